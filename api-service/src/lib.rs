@@ -1,0 +1,1 @@
+//! The Ironic-compatible REST API v1 (axum) and the native gRPC API (tonic).

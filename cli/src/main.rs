@@ -1,0 +1,3 @@
+//! The `ferric` command.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Plumbing shared by every service: config loading, telemetry init, shutdown.

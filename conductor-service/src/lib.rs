@@ -1,0 +1,1 @@
+//! Conductor: event consumers, per-node locks, workflows, drivers, periodic tasks, takeover.

@@ -1,0 +1,1 @@
+//! TFTP server, HTTP boot server and per-MAC boot config rendering.

@@ -1,0 +1,1 @@
+//! Simulated machines: a Redfish BMC, NICs and a file-backed disk that boots a real agent.

@@ -1,0 +1,1 @@
+//! Test harness shared by Ferric's integration and end-to-end suites.
