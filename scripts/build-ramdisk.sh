@@ -127,7 +127,7 @@ mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 exec </dev/console >/dev/console 2>&1
-say() { echo "ferric-ramdisk: $*"; }
+say() { echo "ferric-ramdisk[$(cut -d" " -f1 /proc/uptime)]: $*"; }
 say "starting (kernel $(uname -r))"
 
 KVER="$(uname -r)"
@@ -186,6 +186,17 @@ if [ -x /bin/ferric-agent ]; then
     poweroff -f
 else
     say "this ramdisk has no agent; idling"
+    # Still prove the path to the API works (shows up in the API's access log).
+    # (busybox nc, not wget: the static busybox's wget crashes in glibc's NSS.)
+    case "$API_URL" in
+        http://*)
+            hp="${API_URL#http://}"; hp="${hp%%/*}"; path="/${API_URL#http://*/}"
+            [ "$path" = "/$API_URL" ] && path=/
+            host="${hp%:*}"; port="${hp##*:}"; [ "$port" = "$hp" ] && port=80
+            status="$(printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$hp" | timeout 5 nc "$host" "$port" | head -n 1)"
+            say "API at $API_URL answered: ${status:-nothing}"
+            ;;
+    esac
 fi
 while :; do sleep 3600; done
 INIT
