@@ -1,0 +1,896 @@
+//! A Redfish BMC over HTTP, generic over what it controls.
+//!
+//! The server speaks the subset of DMTF Redfish that Ironic's redfish driver (sushy) and
+//! Ferric's conductor use, shaped like sushy-tools and real BMCs: the service root, the
+//! `Systems` collection, `Systems/{id}` with `PowerState` and `Boot`, `PATCH` of the boot
+//! source override, `Actions/ComputerSystem.Reset`, and `SessionService` sessions next to HTTP
+//! basic auth. What a system *is* lives behind [`MachineBackend`]: a simulated machine
+//! or a QEMU process ([`crate::qemu`]).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A system's power state as Redfish reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PowerStatus {
+    /// `On`
+    On,
+    /// `Off`
+    Off,
+}
+
+impl PowerStatus {
+    /// Redfish spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerStatus::On => "On",
+            PowerStatus::Off => "Off",
+        }
+    }
+}
+
+/// `ResetType` of `ComputerSystem.Reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResetKind {
+    /// Turn on.
+    On,
+    /// Turn on (no-op when on).
+    ForceOn,
+    /// Cut power.
+    ForceOff,
+    /// Ask the OS to shut down.
+    GracefulShutdown,
+    /// Ask the OS to reboot.
+    GracefulRestart,
+    /// Hard reset.
+    ForceRestart,
+    /// Off, then on.
+    PowerCycle,
+    /// Press the power button (toggles).
+    PushPowerButton,
+    /// Non-maskable interrupt.
+    Nmi,
+}
+
+impl ResetKind {
+    /// Every kind, in the order advertised in `ResetType@Redfish.AllowableValues`.
+    pub const ALL: [ResetKind; 9] = [
+        ResetKind::On,
+        ResetKind::ForceOn,
+        ResetKind::ForceOff,
+        ResetKind::GracefulShutdown,
+        ResetKind::GracefulRestart,
+        ResetKind::ForceRestart,
+        ResetKind::PowerCycle,
+        ResetKind::PushPowerButton,
+        ResetKind::Nmi,
+    ];
+
+    /// Redfish spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetKind::On => "On",
+            ResetKind::ForceOn => "ForceOn",
+            ResetKind::ForceOff => "ForceOff",
+            ResetKind::GracefulShutdown => "GracefulShutdown",
+            ResetKind::GracefulRestart => "GracefulRestart",
+            ResetKind::ForceRestart => "ForceRestart",
+            ResetKind::PowerCycle => "PowerCycle",
+            ResetKind::PushPowerButton => "PushPowerButton",
+            ResetKind::Nmi => "Nmi",
+        }
+    }
+
+    /// Parses the Redfish spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// `Boot.BootSourceOverrideTarget`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BootTarget {
+    /// No override: the machine's own boot order.
+    None,
+    /// Network boot.
+    Pxe,
+    /// Local disk.
+    Hdd,
+    /// Optical / virtual media.
+    Cd,
+    /// Firmware setup.
+    BiosSetup,
+    /// UEFI HTTP boot.
+    UefiHttp,
+}
+
+impl BootTarget {
+    /// Every target, as advertised in `BootSourceOverrideTarget@Redfish.AllowableValues`.
+    pub const ALL: [BootTarget; 6] = [
+        BootTarget::None,
+        BootTarget::Pxe,
+        BootTarget::Hdd,
+        BootTarget::Cd,
+        BootTarget::BiosSetup,
+        BootTarget::UefiHttp,
+    ];
+
+    /// Redfish spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootTarget::None => "None",
+            BootTarget::Pxe => "Pxe",
+            BootTarget::Hdd => "Hdd",
+            BootTarget::Cd => "Cd",
+            BootTarget::BiosSetup => "BiosSetup",
+            BootTarget::UefiHttp => "UefiHttp",
+        }
+    }
+
+    /// Parses the Redfish spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// `Boot.BootSourceOverrideEnabled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BootEnabled {
+    /// The override is ignored.
+    Disabled,
+    /// Applies to the next boot only, then reverts to `Disabled`.
+    Once,
+    /// Applies to every boot.
+    Continuous,
+}
+
+impl BootEnabled {
+    /// Redfish spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootEnabled::Disabled => "Disabled",
+            BootEnabled::Once => "Once",
+            BootEnabled::Continuous => "Continuous",
+        }
+    }
+
+    /// Parses the Redfish spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [BootEnabled::Disabled, BootEnabled::Once, BootEnabled::Continuous]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// `Boot.BootSourceOverrideMode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BootMode {
+    /// `UEFI`
+    Uefi,
+    /// `Legacy` (BIOS)
+    Legacy,
+}
+
+impl BootMode {
+    /// Redfish spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootMode::Uefi => "UEFI",
+            BootMode::Legacy => "Legacy",
+        }
+    }
+
+    /// Parses the Redfish spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [BootMode::Uefi, BootMode::Legacy].into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// The boot source override of a system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BootOverride {
+    /// What to boot from.
+    pub target: BootTarget,
+    /// For how many boots.
+    pub enabled: BootEnabled,
+    /// Firmware mode.
+    pub mode: BootMode,
+}
+
+impl Default for BootOverride {
+    fn default() -> Self {
+        BootOverride {
+            target: BootTarget::None,
+            enabled: BootEnabled::Disabled,
+            mode: BootMode::Uefi,
+        }
+    }
+}
+
+impl BootOverride {
+    /// The target the next boot uses: the override when enabled, else `None` (own boot order).
+    pub fn effective_target(&self) -> BootTarget {
+        match self.enabled {
+            BootEnabled::Disabled => BootTarget::None,
+            BootEnabled::Once | BootEnabled::Continuous => self.target,
+        }
+    }
+}
+
+/// Why a BMC operation did not happen. Each maps to one Redfish HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BmcError {
+    /// The request was malformed or names an unknown value (400).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The system cannot do this (400, `ActionNotSupported`).
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// The BMC refuses the credentials (401), e.g. an injected fault.
+    #[error("credentials refused")]
+    Unauthorized,
+    /// The BMC is busy or cannot reach the system now; retry later (503).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The operation failed inside the BMC (500).
+    #[error("operation failed: {0}")]
+    Failed(String),
+}
+
+/// What a Redfish system controls: a simulated machine, a QEMU process, ….
+#[async_trait::async_trait]
+pub trait MachineBackend: Send + Sync + 'static {
+    /// The current power state.
+    async fn power_state(&self) -> Result<PowerStatus, BmcError>;
+    /// Performs a `ComputerSystem.Reset`.
+    async fn reset(&self, kind: ResetKind) -> Result<(), BmcError>;
+    /// The current boot source override.
+    async fn boot_override(&self) -> Result<BootOverride, BmcError>;
+    /// Replaces the boot source override.
+    async fn set_boot_override(&self, o: BootOverride) -> Result<(), BmcError>;
+}
+
+/// Serves Redfish for `systems` on `listener` until `token` is cancelled.
+///
+/// With `credentials`, every resource except the service root needs HTTP basic auth with that
+/// user and password, or an `X-Auth-Token` from `POST /redfish/v1/SessionService/Sessions`.
+/// Serving errors are logged; the function returns when the server has stopped.
+pub async fn serve_redfish(
+    listener: TcpListener,
+    systems: Vec<(String /*system id*/, Arc<dyn MachineBackend>)>,
+    credentials: Option<(String, String)>,
+    token: CancellationToken,
+) {
+    let app = redfish_router(systems, credentials);
+    let addr = listener.local_addr().ok();
+    tracing::debug!(?addr, "redfish BMC listening");
+    let shutdown = token.clone();
+    if let Err(err) =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    {
+        tracing::error!(?addr, error = %err, "redfish BMC stopped");
+    }
+}
+
+/// The Redfish application, for callers that run their own server.
+pub fn redfish_router(
+    systems: Vec<(String, Arc<dyn MachineBackend>)>,
+    credentials: Option<(String, String)>,
+) -> Router {
+    let state =
+        Arc::new(RedfishState { systems, credentials, sessions: Mutex::new(HashSet::new()) });
+    let protected = Router::new()
+        .route("/redfish/v1/Systems", get(systems_collection))
+        .route("/redfish/v1/Systems/", get(systems_collection))
+        .route("/redfish/v1/Systems/{id}", get(system_get).patch(system_patch))
+        .route("/redfish/v1/Systems/{id}/Actions/ComputerSystem.Reset", post(system_reset))
+        .route("/redfish/v1/Managers", get(managers_collection))
+        .route("/redfish/v1/SessionService", get(session_service))
+        .route("/redfish/v1/SessionService/Sessions", get(sessions_collection))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
+    Router::new()
+        .route("/redfish", get(|| async { Json(json!({"v1": "/redfish/v1/"})) }))
+        .route("/redfish/v1", get(service_root))
+        .route("/redfish/v1/", get(service_root))
+        // Creating a session is how a client logs in, so it is open (as the spec requires).
+        .route("/redfish/v1/SessionService/Sessions", post(session_create))
+        .merge(protected)
+        .fallback(|| async {
+            redfish_error(
+                StatusCode::NOT_FOUND,
+                "Base.1.0.ResourceMissingAtURI",
+                "no such resource",
+            )
+        })
+        .with_state(state)
+}
+
+struct RedfishState {
+    systems: Vec<(String, Arc<dyn MachineBackend>)>,
+    credentials: Option<(String, String)>,
+    /// Session tokens handed out by `SessionService`; never logged.
+    sessions: Mutex<HashSet<String>>,
+}
+
+impl RedfishState {
+    fn system(&self, id: &str) -> Option<&Arc<dyn MachineBackend>> {
+        self.systems.iter().find(|(sid, _)| sid == id).map(|(_, b)| b)
+    }
+
+    fn credentials_match(&self, user: &str, password: &str) -> bool {
+        match &self.credentials {
+            None => true,
+            Some((u, p)) => u == user && p == password,
+        }
+    }
+}
+
+async fn require_auth(
+    State(state): State<Arc<RedfishState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if state.credentials.is_none() || authorized(&state, req.headers()) {
+        next.run(req).await
+    } else {
+        let mut resp = redfish_error(
+            StatusCode::UNAUTHORIZED,
+            "Base.1.0.NoValidSession",
+            "authentication required",
+        );
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"redfish\""));
+        resp
+    }
+}
+
+fn authorized(state: &RedfishState, headers: &HeaderMap) -> bool {
+    if let Some(tok) = headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
+        let sessions = state.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        return sessions.contains(tok);
+    }
+    let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(b64) = auth.strip_prefix("Basic ").or_else(|| auth.strip_prefix("basic ")) else {
+        return false;
+    };
+    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+        return false;
+    };
+    let Ok(text) = String::from_utf8(raw) else {
+        return false;
+    };
+    match text.split_once(':') {
+        Some((user, password)) => state.credentials_match(user, password),
+        None => false,
+    }
+}
+
+/// A Redfish error body (`{"error": {"code", "message", "@Message.ExtendedInfo"}}`).
+fn redfish_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({
+        "error": {
+            "code": code,
+            "message": message,
+            "@Message.ExtendedInfo": [{"MessageId": code, "Message": message}],
+        }
+    });
+    (status, Json(body)).into_response()
+}
+
+fn bmc_error_response(err: &BmcError) -> Response {
+    let message = err.to_string();
+    match err {
+        BmcError::Invalid(_) => {
+            redfish_error(StatusCode::BAD_REQUEST, "Base.1.0.PropertyValueNotInList", &message)
+        }
+        BmcError::Unsupported(_) => {
+            redfish_error(StatusCode::BAD_REQUEST, "Base.1.0.ActionNotSupported", &message)
+        }
+        BmcError::Unauthorized => {
+            let mut resp =
+                redfish_error(StatusCode::UNAUTHORIZED, "Base.1.0.NoValidSession", &message);
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"redfish\""),
+            );
+            resp
+        }
+        BmcError::Unavailable(_) => redfish_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Base.1.0.ServiceTemporarilyUnavailable",
+            &message,
+        ),
+        BmcError::Failed(_) => {
+            redfish_error(StatusCode::INTERNAL_SERVER_ERROR, "Base.1.0.InternalError", &message)
+        }
+    }
+}
+
+fn system_missing(id: &str) -> Response {
+    redfish_error(
+        StatusCode::NOT_FOUND,
+        "Base.1.0.ResourceMissingAtURI",
+        &format!("no system '{id}'"),
+    )
+}
+
+async fn service_root() -> Json<Value> {
+    Json(json!({
+        "@odata.type": "#ServiceRoot.v1_5_0.ServiceRoot",
+        "@odata.id": "/redfish/v1/",
+        "Id": "RedfishService",
+        "Name": "Ferric simulated Redfish service",
+        "RedfishVersion": "1.8.0",
+        "UUID": "b5e2bd7a-7a2a-4c6f-9b63-3d7f5e0f6a11",
+        "Systems": {"@odata.id": "/redfish/v1/Systems"},
+        "Managers": {"@odata.id": "/redfish/v1/Managers"},
+        "SessionService": {"@odata.id": "/redfish/v1/SessionService"},
+        "Links": {"Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"}},
+    }))
+}
+
+async fn systems_collection(State(state): State<Arc<RedfishState>>) -> Json<Value> {
+    let members: Vec<Value> = state
+        .systems
+        .iter()
+        .map(|(id, _)| json!({"@odata.id": format!("/redfish/v1/Systems/{id}")}))
+        .collect();
+    Json(json!({
+        "@odata.type": "#ComputerSystemCollection.ComputerSystemCollection",
+        "@odata.id": "/redfish/v1/Systems",
+        "Name": "Computer System Collection",
+        "Members@odata.count": members.len(),
+        "Members": members,
+    }))
+}
+
+async fn managers_collection() -> Json<Value> {
+    Json(json!({
+        "@odata.type": "#ManagerCollection.ManagerCollection",
+        "@odata.id": "/redfish/v1/Managers",
+        "Name": "Manager Collection",
+        "Members@odata.count": 0,
+        "Members": [],
+    }))
+}
+
+async fn session_service() -> Json<Value> {
+    Json(json!({
+        "@odata.type": "#SessionService.v1_1_6.SessionService",
+        "@odata.id": "/redfish/v1/SessionService",
+        "Id": "SessionService",
+        "Name": "Session Service",
+        "ServiceEnabled": true,
+        "SessionTimeout": 3600,
+        "Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"},
+    }))
+}
+
+async fn sessions_collection(State(state): State<Arc<RedfishState>>) -> Json<Value> {
+    let count = state.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len();
+    Json(json!({
+        "@odata.type": "#SessionCollection.SessionCollection",
+        "@odata.id": "/redfish/v1/SessionService/Sessions",
+        "Name": "Session Collection",
+        "Members@odata.count": count,
+        "Members": [],
+    }))
+}
+
+async fn session_create(
+    State(state): State<Arc<RedfishState>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return redfish_error(
+            StatusCode::BAD_REQUEST,
+            "Base.1.0.MalformedJSON",
+            "body is not JSON",
+        );
+    };
+    let user = v.get("UserName").and_then(Value::as_str).unwrap_or_default();
+    let password = v.get("Password").and_then(Value::as_str).unwrap_or_default();
+    if !state.credentials_match(user, password) {
+        return redfish_error(
+            StatusCode::UNAUTHORIZED,
+            "Base.1.0.NoValidSession",
+            "credentials refused",
+        );
+    }
+    let token = new_session_token();
+    let id = token.get(..8).unwrap_or("session").to_owned();
+    state.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(token.clone());
+    let location = format!("/redfish/v1/SessionService/Sessions/{id}");
+    let mut resp = (
+        StatusCode::CREATED,
+        Json(json!({
+            "@odata.type": "#Session.v1_0_0.Session",
+            "@odata.id": location,
+            "Id": id,
+            "UserName": user,
+        })),
+    )
+        .into_response();
+    if let (Ok(tok), Ok(loc)) = (HeaderValue::from_str(&token), HeaderValue::from_str(&location)) {
+        resp.headers_mut().insert("x-auth-token", tok);
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    resp
+}
+
+/// An unguessable session token: 32 hex characters from the OS-seeded hasher state and time.
+fn new_session_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::with_capacity(32);
+    for i in 0..2u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(i);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
+}
+
+async fn system_get(State(state): State<Arc<RedfishState>>, Path(id): Path<String>) -> Response {
+    let Some(backend) = state.system(&id) else {
+        return system_missing(&id);
+    };
+    let power = match backend.power_state().await {
+        Ok(p) => p,
+        Err(e) => return bmc_error_response(&e),
+    };
+    let boot = match backend.boot_override().await {
+        Ok(b) => b,
+        Err(e) => return bmc_error_response(&e),
+    };
+    let base = format!("/redfish/v1/Systems/{id}");
+    let body = json!({
+        "@odata.type": "#ComputerSystem.v1_10_0.ComputerSystem",
+        "@odata.id": base,
+        "Id": id,
+        "Name": id,
+        "SystemType": "Physical",
+        "Manufacturer": "Ferric",
+        "Model": "Simulated",
+        "PowerState": power.as_str(),
+        "Status": {"State": "Enabled", "Health": "OK"},
+        "Boot": {
+            "BootSourceOverrideEnabled": boot.enabled.as_str(),
+            "BootSourceOverrideTarget": boot.target.as_str(),
+            "BootSourceOverrideTarget@Redfish.AllowableValues":
+                BootTarget::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+            "BootSourceOverrideMode": boot.mode.as_str(),
+        },
+        "Actions": {
+            "#ComputerSystem.Reset": {
+                "target": format!("{base}/Actions/ComputerSystem.Reset"),
+                "ResetType@Redfish.AllowableValues":
+                    ResetKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+            }
+        },
+    });
+    let etag = format!(
+        "W/\"{}-{}-{}-{}\"",
+        power.as_str(),
+        boot.target.as_str(),
+        boot.enabled.as_str(),
+        boot.mode.as_str()
+    );
+    let mut resp = Json(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+/// Applies the `Boot` object of a PATCH body to `current`; other properties are rejected.
+fn apply_boot_patch(current: BootOverride, body: &Value) -> Result<BootOverride, BmcError> {
+    let obj =
+        body.as_object().ok_or_else(|| BmcError::Invalid("body must be a JSON object".into()))?;
+    let mut next = current;
+    for (key, value) in obj {
+        if key != "Boot" {
+            return Err(BmcError::Invalid(format!("property '{key}' is read-only or unknown")));
+        }
+        let boot =
+            value.as_object().ok_or_else(|| BmcError::Invalid("Boot must be an object".into()))?;
+        for (bkey, bval) in boot {
+            let s = bval
+                .as_str()
+                .ok_or_else(|| BmcError::Invalid(format!("Boot.{bkey} must be a string")))?;
+            match bkey.as_str() {
+                "BootSourceOverrideTarget" => {
+                    next.target = BootTarget::parse(s).ok_or_else(|| {
+                        BmcError::Invalid(format!("'{s}' is not a BootSourceOverrideTarget"))
+                    })?;
+                }
+                "BootSourceOverrideEnabled" => {
+                    next.enabled = BootEnabled::parse(s).ok_or_else(|| {
+                        BmcError::Invalid(format!("'{s}' is not a BootSourceOverrideEnabled"))
+                    })?;
+                }
+                "BootSourceOverrideMode" => {
+                    next.mode = BootMode::parse(s).ok_or_else(|| {
+                        BmcError::Invalid(format!("'{s}' is not a BootSourceOverrideMode"))
+                    })?;
+                }
+                other => {
+                    return Err(BmcError::Invalid(format!("Boot.{other} is read-only or unknown")));
+                }
+            }
+        }
+    }
+    Ok(next)
+}
+
+async fn system_patch(
+    State(state): State<Arc<RedfishState>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(backend) = state.system(&id) else {
+        return system_missing(&id);
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(&body) else {
+        return redfish_error(
+            StatusCode::BAD_REQUEST,
+            "Base.1.0.MalformedJSON",
+            "body is not JSON",
+        );
+    };
+    let current = match backend.boot_override().await {
+        Ok(b) => b,
+        Err(e) => return bmc_error_response(&e),
+    };
+    let next = match apply_boot_patch(current, &value) {
+        Ok(n) => n,
+        Err(e) => return bmc_error_response(&e),
+    };
+    match backend.set_boot_override(next).await {
+        Ok(()) => {
+            tracing::debug!(system = %id, target = next.target.as_str(), enabled = next.enabled.as_str(), "boot override set");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => bmc_error_response(&e),
+    }
+}
+
+async fn system_reset(
+    State(state): State<Arc<RedfishState>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(backend) = state.system(&id) else {
+        return system_missing(&id);
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(&body) else {
+        return redfish_error(
+            StatusCode::BAD_REQUEST,
+            "Base.1.0.MalformedJSON",
+            "body is not JSON",
+        );
+    };
+    let Some(kind_str) = value.get("ResetType").and_then(Value::as_str) else {
+        return redfish_error(
+            StatusCode::BAD_REQUEST,
+            "Base.1.0.ActionParameterMissing",
+            "ResetType is required",
+        );
+    };
+    let Some(kind) = ResetKind::parse(kind_str) else {
+        return redfish_error(
+            StatusCode::BAD_REQUEST,
+            "Base.1.0.ActionParameterValueNotInList",
+            &format!("'{kind_str}' is not a ResetType"),
+        );
+    };
+    match backend.reset(kind).await {
+        Ok(()) => {
+            tracing::debug!(system = %id, reset = kind.as_str(), "reset performed");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => bmc_error_response(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake {
+        power: Mutex<PowerStatus>,
+        boot: Mutex<BootOverride>,
+    }
+
+    #[async_trait::async_trait]
+    impl MachineBackend for Fake {
+        async fn power_state(&self) -> Result<PowerStatus, BmcError> {
+            Ok(*self.power.lock().unwrap())
+        }
+        async fn reset(&self, kind: ResetKind) -> Result<(), BmcError> {
+            let mut p = self.power.lock().unwrap();
+            *p = match kind {
+                ResetKind::ForceOff | ResetKind::GracefulShutdown => PowerStatus::Off,
+                ResetKind::Nmi => return Err(BmcError::Unsupported("Nmi".into())),
+                _ => PowerStatus::On,
+            };
+            Ok(())
+        }
+        async fn boot_override(&self) -> Result<BootOverride, BmcError> {
+            Ok(*self.boot.lock().unwrap())
+        }
+        async fn set_boot_override(&self, o: BootOverride) -> Result<(), BmcError> {
+            *self.boot.lock().unwrap() = o;
+            Ok(())
+        }
+    }
+
+    async fn start(creds: Option<(String, String)>) -> (String, Arc<Fake>, CancellationToken) {
+        let fake = Arc::new(Fake {
+            power: Mutex::new(PowerStatus::Off),
+            boot: Mutex::new(BootOverride::default()),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let token = CancellationToken::new();
+        let backend: Arc<dyn MachineBackend> = fake.clone();
+        tokio::spawn(serve_redfish(
+            listener,
+            vec![("node-1".into(), backend)],
+            creds,
+            token.clone(),
+        ));
+        (url, fake, token)
+    }
+
+    #[tokio::test]
+    async fn test_power_and_boot_roundtrip_with_basic_auth() {
+        let (url, fake, token) = start(Some(("admin".into(), "secret".into()))).await;
+        let c = reqwest::Client::new();
+        let sys = format!("{url}/redfish/v1/Systems/node-1");
+
+        let r = c.get(&sys).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let r = c.get(&sys).basic_auth("admin", Some("wrong")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        // Service root is open.
+        assert_eq!(c.get(format!("{url}/redfish/v1/")).send().await.unwrap().status(), 200);
+
+        let r = c
+            .patch(&sys)
+            .basic_auth("admin", Some("secret"))
+            .json(&json!({"Boot": {"BootSourceOverrideTarget": "Pxe", "BootSourceOverrideEnabled": "Once"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        assert_eq!(fake.boot.lock().unwrap().target, BootTarget::Pxe);
+        assert_eq!(fake.boot.lock().unwrap().enabled, BootEnabled::Once);
+
+        let r = c
+            .post(format!("{sys}/Actions/ComputerSystem.Reset"))
+            .basic_auth("admin", Some("secret"))
+            .json(&json!({"ResetType": "On"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        let v: Value = c
+            .get(&sys)
+            .basic_auth("admin", Some("secret"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["PowerState"], "On");
+        assert_eq!(v["Boot"]["BootSourceOverrideTarget"], "Pxe");
+        assert_eq!(
+            v["Actions"]["#ComputerSystem.Reset"]["target"],
+            "/redfish/v1/Systems/node-1/Actions/ComputerSystem.Reset"
+        );
+
+        let coll: Value = c
+            .get(format!("{url}/redfish/v1/Systems"))
+            .basic_auth("admin", Some("secret"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(coll["Members"][0]["@odata.id"], "/redfish/v1/Systems/node-1");
+        token.cancel();
+    }
+
+    #[tokio::test]
+    async fn test_bad_input_is_rejected_and_changes_nothing() {
+        let (url, fake, token) = start(None).await;
+        let c = reqwest::Client::new();
+        let sys = format!("{url}/redfish/v1/Systems/node-1");
+        let r = c
+            .patch(&sys)
+            .json(&json!({"Boot": {"BootSourceOverrideTarget": "Floppy"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let r = c.patch(&sys).json(&json!({"PowerState": "On"})).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+        assert_eq!(*fake.boot.lock().unwrap(), BootOverride::default());
+        let r = c
+            .post(format!("{sys}/Actions/ComputerSystem.Reset"))
+            .json(&json!({"ResetType": "Explode"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let r = c
+            .post(format!("{sys}/Actions/ComputerSystem.Reset"))
+            .json(&json!({"ResetType": "Nmi"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        assert_eq!(*fake.power.lock().unwrap(), PowerStatus::Off);
+        assert_eq!(
+            c.get(format!("{url}/redfish/v1/Systems/nope")).send().await.unwrap().status(),
+            404
+        );
+        token.cancel();
+    }
+
+    #[tokio::test]
+    async fn test_session_login_gives_a_working_token() {
+        let (url, _fake, token) = start(Some(("admin".into(), "secret".into()))).await;
+        let c = reqwest::Client::new();
+        let r = c
+            .post(format!("{url}/redfish/v1/SessionService/Sessions"))
+            .json(&json!({"UserName": "admin", "Password": "bad"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let r = c
+            .post(format!("{url}/redfish/v1/SessionService/Sessions"))
+            .json(&json!({"UserName": "admin", "Password": "secret"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let tok = r.headers().get("x-auth-token").unwrap().to_str().unwrap().to_owned();
+        let r = c
+            .get(format!("{url}/redfish/v1/Systems/node-1"))
+            .header("X-Auth-Token", &tok)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = c
+            .get(format!("{url}/redfish/v1/Systems/node-1"))
+            .header("X-Auth-Token", "forged")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        token.cancel();
+    }
+}
