@@ -1,0 +1,64 @@
+//! Ferric events (`proto::events::Event`) on the bus: routing keys from the payload, trace
+//! context from the current span.
+
+use prost::Message as _;
+use proto::events::{Event, event::Payload};
+
+use crate::{Bus, BusError, Delivery, OutgoingMessage, routing};
+
+/// The routing key for an event, from its payload.
+///
+/// # Errors
+/// [`BusError::EmptyEvent`] when the event has no payload.
+pub fn event_routing_key(ev: &Event) -> Result<&'static str, BusError> {
+    let key = match ev.payload.as_ref() {
+        Some(Payload::ProvisionRequested(_)) => routing::PROVISION,
+        Some(Payload::PowerRequested(_)) => routing::POWER,
+        Some(Payload::AgentHeartbeat(_)) => routing::HEARTBEAT,
+        Some(Payload::NodeStateChanged(_)) => routing::CHANGED,
+        Some(Payload::DeployProgressed(_)) => routing::PROGRESS,
+        Some(Payload::MaintenanceChanged(_)) => routing::MAINTENANCE,
+        None => return Err(BusError::EmptyEvent { event_id: ev.event_id.clone() }),
+    };
+    Ok(key)
+}
+
+/// Publishes `ev` with the routing key of its payload, `message_id` = `event_id` (a fresh id
+/// when empty) and the current span's W3C trace context in the headers.
+///
+/// # Errors
+/// [`BusError::EmptyEvent`] when the event has no payload, and the errors of [`Bus::publish`].
+pub async fn publish_event(bus: &dyn Bus, ev: &Event) -> Result<(), BusError> {
+    let key = event_routing_key(ev)?;
+    let mut msg = OutgoingMessage::new(ev.encode_to_vec());
+    if !ev.event_id.is_empty() {
+        msg.message_id.clone_from(&ev.event_id);
+    }
+    crate::trace::inject(&mut msg.headers);
+    bus.publish(key, msg).await
+}
+
+/// Decodes the event carried by a delivery.
+///
+/// # Errors
+/// [`BusError::Decode`] when the payload is not an encoded `Event`.
+pub fn decode_event(d: &Delivery) -> Result<Event, BusError> {
+    Event::decode(d.payload.as_slice())
+        .map_err(|source| BusError::Decode { message_id: d.message_id.clone(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::events::{DeployProgressed, PowerRequested};
+
+    #[test]
+    fn test_routing_key_follows_payload() {
+        let mut ev = Event { event_id: "e1".into(), ..Default::default() };
+        assert!(matches!(event_routing_key(&ev), Err(BusError::EmptyEvent { .. })));
+        ev.payload = Some(Payload::PowerRequested(PowerRequested::default()));
+        assert_eq!(event_routing_key(&ev).ok(), Some(routing::POWER));
+        ev.payload = Some(Payload::DeployProgressed(DeployProgressed::default()));
+        assert_eq!(event_routing_key(&ev).ok(), Some(routing::PROGRESS));
+    }
+}
