@@ -1,4 +1,208 @@
 //! Data access for PostgreSQL and SQLite through sqlx.
 //!
-//! Module plan: `error` (sqlx errors → `PublicError`, one function), `node`, `port`,
-//! `conductor`, `history`, `lock` (reservation queries), migrations per backend.
+//! One [`DataStore`] serves both backends: production runs PostgreSQL, the embedded mode
+//! (`ferric up`) runs SQLite. Every query is written once with `$n` placeholders, which both
+//! backends accept, and run by [`on_pool!`] against whichever pool is open; the few statements
+//! that differ are chosen per backend next to each other.
+//!
+//! Modules: [`error`] (sqlx errors → `PublicError`, in one function), `node` (nodes, listing and
+//! MAC lookup), `lock` (the reservation queries), `port`, `conductor`, `history`, `txn` (the one
+//! transaction helper, which retries serialization failures), `types` (column codecs shared by
+//! both backends), and `migrations/<backend>/` applied by [`DataStore::migrate`].
+
+mod conductor;
+pub mod error;
+mod history;
+mod lock;
+mod node;
+mod port;
+mod query;
+mod sql;
+mod txn;
+mod types;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deploy::PublicError;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use query::{MAX_LIMIT, NodeListQuery, NodeSortKey, PortListQuery, SortDir};
+
+/// How long to wait for a pooled connection before answering `Unavailable`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Server-side cap on any single PostgreSQL statement.
+const PG_STATEMENT_TIMEOUT: &str = "30s";
+/// How long a SQLite writer waits for the database lock before failing with `SQLITE_BUSY`.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pool sizes. SQLite allows one writer at a time anyway; a few readers run alongside in WAL.
+const PG_MAX_CONNECTIONS: u32 = 16;
+const SQLITE_MAX_CONNECTIONS: u32 = 8;
+
+static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The open connection pool.
+#[derive(Clone, Debug)]
+enum Backend {
+    Pg(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Ferric's data store over PostgreSQL or SQLite. Cheap to clone (it holds a pool).
+#[derive(Clone, Debug)]
+pub struct DataStore {
+    backend: Backend,
+}
+
+/// Run `$body` with `$pool` bound to the open pool, whichever backend it is. The body is
+/// type-checked once per backend, so the same query text and binds serve both.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.backend {
+            $crate::Backend::Pg($pool) => $body,
+            $crate::Backend::Sqlite($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+impl DataStore {
+    /// Open a pool for `url`: `postgres://…`/`postgresql://…` or `sqlite:…`
+    /// (`sqlite::memory:` for a private in-memory database).
+    ///
+    /// SQLite is opened in WAL mode with foreign keys on and a busy timeout, and the file is
+    /// created when missing. Migrations are not applied here; call [`DataStore::migrate`].
+    ///
+    /// # Errors
+    /// `InvalidRequest` for an unknown scheme or malformed URL, `Unavailable` when the
+    /// database cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self, PublicError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url)
+                .map_err(|e| PublicError::invalid(format!("invalid PostgreSQL URL: {e}")))?
+                .options([("statement_timeout", PG_STATEMENT_TIMEOUT)]);
+            let pool = PgPoolOptions::new()
+                .max_connections(PG_MAX_CONNECTIONS)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(opts)
+                .await
+                .map_err(|e| error::connect_error("postgres", &e))?;
+            Ok(Self { backend: Backend::Pg(pool) })
+        } else if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|e| PublicError::invalid(format!("invalid SQLite URL: {e}")))?
+                .create_if_missing(true)
+                .foreign_keys(true)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT);
+            // A private in-memory database exists once per connection: keep exactly one, or
+            // every pooled connection would see a different, empty database.
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            let (opts, max) = if in_memory {
+                (opts, 1)
+            } else {
+                (
+                    opts.journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal),
+                    SQLITE_MAX_CONNECTIONS,
+                )
+            };
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(opts)
+                .await
+                .map_err(|e| error::connect_error("sqlite", &e))?;
+            Ok(Self { backend: Backend::Sqlite(pool) })
+        } else {
+            Err(PublicError::invalid(
+                "database URL must start with postgres://, postgresql:// or sqlite:",
+            ))
+        }
+    }
+
+    /// Apply every pending migration for this backend. Idempotent: already-applied
+    /// migrations are skipped (and checked against their recorded checksums).
+    ///
+    /// # Errors
+    /// `Internal` when a migration fails or an applied one was edited afterwards.
+    pub async fn migrate(&self) -> Result<(), PublicError> {
+        let res = match &self.backend {
+            Backend::Pg(pool) => PG_MIGRATOR.run(pool).await,
+            Backend::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await,
+        };
+        res.map_err(|e| error::migrate_error(self.backend_name(), &e))
+    }
+
+    /// A trivial round trip, for health checks.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database does not answer.
+    pub async fn ping(&self) -> Result<(), PublicError> {
+        on_pool!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
+            .map_err(|e| error::public_error(e, &error::Ctx::new("Database", "ping")))
+    }
+
+    /// `"postgres"` or `"sqlite"`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Pg(_) => "postgres",
+            Backend::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Close the pool, waiting for checked-out connections to come back.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Pg(pool) => pool.close().await,
+            Backend::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// Services spawn store calls on a multi-threaded runtime: every future must be `Send`,
+    /// including those that run a transaction body (an async closure).
+    #[test]
+    fn test_store_futures_are_send() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime builds");
+        let _guard = rt.enter();
+        let store =
+            rt.block_on(DataStore::connect("sqlite::memory:")).expect("in-memory SQLite opens");
+        let node = deploy::Node::new(deploy::NodeId::new_v4(), "fake-hardware", chrono::Utc::now());
+        assert_send(&store.node_update(&node));
+        assert_send(&store.node_reserve(node.uuid, "c"));
+        assert_send(&store.node_delete(node.uuid));
+        assert_send(&store.node_list(&NodeListQuery::default()));
+        assert_send(&store.migrate());
+    }
+
+    #[test]
+    fn test_in_memory_sqlite_works_end_to_end() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime builds");
+        rt.block_on(async {
+            let store = DataStore::connect("sqlite::memory:").await.expect("opens");
+            store.migrate().await.expect("migrates");
+            let node =
+                deploy::Node::new(deploy::NodeId::new_v4(), "fake-hardware", chrono::Utc::now());
+            store.node_insert(&node).await.expect("inserts");
+            // One connection, so the pool sees the same private database every time.
+            assert_eq!(store.node_list(&NodeListQuery::default()).await.expect("lists").len(), 1);
+            assert_eq!(store.backend_name(), "sqlite");
+        });
+    }
+}

@@ -1,0 +1,103 @@
+//! Node history: state changes and notable events, with timestamps.
+
+use chrono::{DateTime, Utc};
+use deploy::{NodeHistory, NodeId, PublicError};
+
+use crate::error::{Ctx, public_error};
+use crate::node::RowError;
+use crate::types::{DbUuid, ts};
+use crate::{DataStore, on_pool};
+
+/// A `node_history` row as stored.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct HistoryRow {
+    uuid: DbUuid,
+    node_uuid: DbUuid,
+    severity: String,
+    event_type: String,
+    event: String,
+    conductor: Option<String>,
+    from_state: Option<String>,
+    to_state: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<HistoryRow> for NodeHistory {
+    type Error = RowError;
+
+    fn try_from(r: HistoryRow) -> Result<Self, Self::Error> {
+        let state = |column: &'static str, v: Option<String>| {
+            v.map(|s| {
+                s.parse().map_err(|_| RowError { uuid: r.uuid.0.to_string(), column, value: s })
+            })
+            .transpose()
+        };
+        let from_state = state("node_history.from_state", r.from_state)?;
+        let to_state = state("node_history.to_state", r.to_state)?;
+        Ok(NodeHistory {
+            uuid: r.uuid.0,
+            node_uuid: NodeId(r.node_uuid.0),
+            severity: r.severity,
+            event_type: r.event_type,
+            event: r.event,
+            conductor: r.conductor,
+            from_state,
+            to_state,
+            created_at: r.created_at,
+        })
+    }
+}
+
+impl DataStore {
+    /// Append an entry to a node's history.
+    ///
+    /// # Errors
+    /// `NotFound` when the node does not exist; `AlreadyExists` for a reused entry UUID.
+    pub async fn history_insert(&self, h: &NodeHistory) -> Result<(), PublicError> {
+        let ctx = Ctx::new("History entry", h.uuid)
+            .unique("node_history_uuid_key", format!("History entry {} already exists.", h.uuid))
+            .foreign_key(PublicError::not_found("Node", h.node_uuid));
+        on_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO node_history (uuid, node_uuid, severity, event_type, event, \
+                 conductor, from_state, to_state, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(DbUuid::from(h.uuid))
+            .bind(DbUuid::from(h.node_uuid))
+            .bind(h.severity.as_str())
+            .bind(h.event_type.as_str())
+            .bind(h.event.as_str())
+            .bind(h.conductor.as_deref())
+            .bind(h.from_state.map(|s| s.as_str()))
+            .bind(h.to_state.map(|s| s.as_str()))
+            .bind(ts(h.created_at))
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+        .map_err(|e| public_error(e, &ctx))
+    }
+
+    /// A node's history, oldest first.
+    ///
+    /// # Errors
+    /// `NotFound` when the node does not exist.
+    pub async fn history_list(&self, node: NodeId) -> Result<Vec<NodeHistory>, PublicError> {
+        let ctx = Ctx::new("Node", node);
+        let rows: Vec<HistoryRow> = on_pool!(self, |pool| {
+            sqlx::query_as::<_, HistoryRow>(
+                "SELECT * FROM node_history WHERE node_uuid = $1 ORDER BY created_at, id",
+            )
+            .bind(DbUuid::from(node))
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(|e| public_error(e, &ctx))?;
+        if rows.is_empty() {
+            // Tell "no history yet" from "no such node".
+            self.node_fetch(node).await?;
+        }
+        rows.into_iter().map(|r| NodeHistory::try_from(r).map_err(PublicError::from)).collect()
+    }
+}
