@@ -1,0 +1,123 @@
+//! The HTTP boot server: `boot.ipxe`, per-MAC iPXE scripts rendered from the database, the
+//! image cache, the dnsmasq options file, and static files (kernels, ramdisks, iPXE binaries)
+//! with Range support.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use deploy::ids::MacAddress;
+use store::DataStore;
+use tower::ServiceExt;
+use tower_http::services::{ServeDir, ServeFile};
+use tracing::warn;
+
+use crate::config::{PxeConfig, UnknownMac};
+use crate::files;
+use crate::image_cache::{CacheError, ImageCache};
+use crate::render::{self, Format};
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct HttpState {
+    /// Configuration.
+    pub cfg: Arc<PxeConfig>,
+    /// The database.
+    pub store: DataStore,
+    /// The image cache.
+    pub images: ImageCache,
+}
+
+/// The HTTP router.
+pub fn router(state: HttpState) -> Router {
+    let statics = ServeDir::new(&state.cfg.http_root).fallback(
+        // iPXE binaries come from Debian's package unless the root holds its own copy.
+        ServeDir::new(&state.cfg.ipxe_dir),
+    );
+    Router::new()
+        .route("/boot.ipxe", get(boot_ipxe))
+        .route("/discovery.ipxe", get(discovery_ipxe))
+        .route("/ipxe/{mac}", get(mac_script))
+        .route("/pxelinux.cfg/{mac}", get(mac_script))
+        .route("/images/{key}", get(image))
+        .route("/dnsmasq.conf", get(dnsmasq))
+        .route("/healthz", get(healthz))
+        // Static files; ServeDir refuses `..` and answers Range and HEAD.
+        .fallback_service(statics)
+        .with_state(state)
+}
+
+fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+async fn boot_ipxe(State(st): State<HttpState>) -> Response {
+    text(render::boot_ipxe(&st.cfg))
+}
+
+async fn discovery_ipxe(State(st): State<HttpState>) -> Response {
+    if st.cfg.unknown_mac != UnknownMac::Discovery {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let action = render::decide_unknown(&st.cfg, &render::new_request_id());
+    text(render::render(Format::Ipxe, &action, &st.cfg))
+}
+
+/// `/ipxe/<mac>` and Ironic's `/pxelinux.cfg/<mac-with-hyphens>` (with or without `01-`).
+async fn mac_script(State(st): State<HttpState>, Path(raw): Path<String>) -> Response {
+    let raw = raw.strip_prefix("01-").unwrap_or(&raw);
+    let Ok(mac) = raw.parse::<MacAddress>() else {
+        return (StatusCode::NOT_FOUND, "not a MAC address\n").into_response();
+    };
+    let node = match files::node_for_mac(&st.store, mac).await {
+        Ok(n) => n,
+        Err(error) => {
+            warn!(%error, %mac, "database lookup for iPXE script failed");
+            return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response();
+        }
+    };
+    // Unknown MAC: 404 lets boot.ipxe try the next NIC and then apply the unknown-MAC policy.
+    let Some(node) = node else {
+        return (StatusCode::NOT_FOUND, "unknown MAC\n").into_response();
+    };
+    let action = render::decide(&node, mac, &st.cfg, &render::new_request_id());
+    text(render::render(Format::Ipxe, &action, &st.cfg))
+}
+
+async fn image(State(st): State<HttpState>, Path(key): Path<String>, req: Request) -> Response {
+    match st.images.get(&key).await {
+        Ok(path) => match ServeFile::new(path).oneshot(req).await {
+            Ok(r) => r.into_response(),
+            Err(never) => match never {},
+        },
+        Err(error) => {
+            let status = match &error {
+                CacheError::Unknown => StatusCode::NOT_FOUND,
+                CacheError::NoChecksum { .. } => StatusCode::CONFLICT,
+                CacheError::Origin(_) | CacheError::Mismatch { .. } => StatusCode::BAD_GATEWAY,
+                CacheError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                CacheError::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            warn!(%error, %key, "image not served");
+            let body = match &error {
+                CacheError::Io(_) | CacheError::Db(_) => "image cache unavailable".to_owned(),
+                other => other.to_string(),
+            };
+            (status, format!("{body}\n")).into_response()
+        }
+    }
+}
+
+async fn dnsmasq(State(st): State<HttpState>) -> Response {
+    text(crate::dnsmasq::render(&st.cfg, &crate::dnsmasq::DnsmasqOptions::default()))
+}
+
+async fn healthz(State(st): State<HttpState>) -> Response {
+    match st.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response(),
+    }
+}

@@ -1,0 +1,355 @@
+//! Boot config rendering: what a node should boot, decided from its provision state, and that
+//! decision written as an iPXE script, a PXELINUX config or a GRUB config.
+//!
+//! Pure functions of the node and the settings, so every replica renders the same bytes from
+//! the same database row and nothing per node is written to disk.
+
+use std::fmt::Write as _;
+
+use deploy::ids::MacAddress;
+use deploy::model::JsonObject;
+use deploy::{Node, ProvisionState};
+use serde_json::Value;
+
+use crate::config::{PxeConfig, UnknownMac};
+
+/// A boot config format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// iPXE script.
+    Ipxe,
+    /// PXELINUX config.
+    Pxelinux,
+    /// GRUB config.
+    Grub,
+}
+
+/// A kernel and initrd to boot, each a name under the boot roots or a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelBoot {
+    /// Kernel name or URL.
+    pub kernel: String,
+    /// Ramdisk name or URL.
+    pub ramdisk: String,
+    /// Kernel command line, without `initrd=` (each format adds its own).
+    pub args: String,
+    /// Name iPXE gives the initrd (`initrd=<name>` on the command line).
+    pub initrd_name: &'static str,
+}
+
+/// What a machine should do when it network-boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootAction {
+    /// Boot the deploy/rescue/discovery ramdisk.
+    Ramdisk(KernelBoot),
+    /// Boot the instance's own kernel (`boot_option=netboot`).
+    Instance(KernelBoot),
+    /// Boot from the local disk.
+    LocalDisk {
+        /// Whether the node boots in UEFI mode (no BIOS `sanboot` drive).
+        uefi: bool,
+    },
+    /// Leave network boot; the firmware tries its next boot device.
+    Exit,
+}
+
+/// States in which the agent ramdisk must boot.
+fn boots_ramdisk(state: ProvisionState) -> bool {
+    use ProvisionState as S;
+    matches!(
+        state,
+        S::Deploying
+            | S::WaitCallBack
+            | S::DeployHold
+            | S::Cleaning
+            | S::CleanWait
+            | S::CleanHold
+            | S::Rescuing
+            | S::RescueWait
+            | S::Rescue
+            | S::Inspecting
+            | S::InspectWait
+            | S::Servicing
+            | S::ServiceWait
+            | S::ServiceHold
+    )
+}
+
+/// A fresh `req-<uuid>` id, as Ironic's global request ids look.
+pub fn new_request_id() -> String {
+    format!("req-{}", uuid::Uuid::new_v4())
+}
+
+fn str_field<'a>(obj: &'a JsonObject, key: &str) -> Option<&'a str> {
+    obj.get(key).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// `capabilities` as Ironic stores it: a JSON object, a JSON string of one, or `k:v,k:v`.
+fn capability(obj: &JsonObject, key: &str) -> Option<String> {
+    match obj.get("capabilities")? {
+        Value::Object(map) => map.get(key).and_then(Value::as_str).map(str::to_owned),
+        Value::String(s) => {
+            if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(s) {
+                return map.get(key).and_then(Value::as_str).map(str::to_owned);
+            }
+            s.split(',').filter_map(|kv| kv.split_once(':')).find(|(k, _)| k.trim() == key).map(
+                |(_, v)| v.trim().to_owned(),
+            )
+        }
+        _ => None,
+    }
+}
+
+/// Whether the node's instance boots over the network (`boot_option=netboot`).
+pub fn is_netboot(node: &Node) -> bool {
+    let opt = str_field(&node.instance_info, "boot_option")
+        .map(str::to_owned)
+        .or_else(|| capability(&node.instance_info, "boot_option"))
+        .or_else(|| capability(&node.properties, "boot_option"));
+    opt.as_deref() == Some("netboot")
+}
+
+fn is_uefi(node: &Node) -> bool {
+    let mode = node
+        .boot_mode
+        .clone()
+        .or_else(|| capability(&node.instance_info, "boot_mode"))
+        .or_else(|| capability(&node.properties, "boot_mode"));
+    mode.as_deref() == Some("uefi")
+}
+
+/// Drop characters that would break out of a config line.
+fn one_line(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).collect::<String>().trim().to_owned()
+}
+
+fn join_args<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+    parts.into_iter().map(one_line).filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// The ramdisk command line shared by deploy, discovery and rescue.
+fn ramdisk_args(cfg: &PxeConfig, mac: Option<MacAddress>, append: &str, request_id: &str) -> String {
+    let api = cfg.api_base();
+    let bootif = mac.map(|m| format!("BOOTIF=01-{}", m.hyphenated())).unwrap_or_default();
+    join_args([
+        format!("ferric.api_url={api}").as_str(),
+        format!("ipa-api-url={api}").as_str(),
+        bootif.as_str(),
+        cfg.console.as_str(),
+        format!("ipa-global-request-id={request_id}").as_str(),
+        append,
+    ])
+}
+
+/// Decide what `node`, booting from `mac`, should boot.
+pub fn decide(node: &Node, mac: MacAddress, cfg: &PxeConfig, request_id: &str) -> BootAction {
+    let state = node.provision_state;
+    if boots_ramdisk(state) {
+        let rescue = matches!(
+            state,
+            ProvisionState::Rescuing | ProvisionState::RescueWait | ProvisionState::Rescue
+        );
+        let pick = |key: &str, default: &str| {
+            let rescue_key = key.replace("deploy_", "rescue_");
+            rescue
+                .then(|| str_field(&node.driver_info, &rescue_key))
+                .flatten()
+                .or_else(|| str_field(&node.driver_info, key))
+                .unwrap_or(default)
+                .to_owned()
+        };
+        let append =
+            str_field(&node.driver_info, "kernel_append_params").unwrap_or(&cfg.kernel_append_params);
+        return BootAction::Ramdisk(KernelBoot {
+            kernel: pick("deploy_kernel", &cfg.deploy_kernel),
+            ramdisk: pick("deploy_ramdisk", &cfg.deploy_ramdisk),
+            args: ramdisk_args(cfg, Some(mac), append, request_id),
+            initrd_name: if rescue { "rescue_ramdisk" } else { "deploy_ramdisk" },
+        });
+    }
+    match state {
+        ProvisionState::Active | ProvisionState::Adopting | ProvisionState::Unrescuing => {
+            if is_netboot(node) {
+                let kernel = str_field(&node.instance_info, "kernel");
+                let ramdisk = str_field(&node.instance_info, "ramdisk");
+                if let (Some(kernel), Some(ramdisk)) = (kernel, ramdisk) {
+                    let root = str_field(&node.driver_internal_info, "root_uuid_or_disk_id")
+                        .map(|r| format!("root=UUID={r} ro"))
+                        .unwrap_or_default();
+                    let append = str_field(&node.instance_info, "kernel_append_params")
+                        .unwrap_or(&cfg.kernel_append_params);
+                    return BootAction::Instance(KernelBoot {
+                        kernel: kernel.to_owned(),
+                        ramdisk: ramdisk.to_owned(),
+                        args: join_args([root.as_str(), "text", append]),
+                        initrd_name: "ramdisk",
+                    });
+                }
+                tracing::warn!(node = %node.uuid, "netboot without instance_info kernel/ramdisk; booting from disk");
+            }
+            BootAction::LocalDisk { uefi: is_uefi(node) }
+        }
+        _ => BootAction::Exit,
+    }
+}
+
+/// What an unknown MAC gets.
+pub fn decide_unknown(cfg: &PxeConfig, request_id: &str) -> BootAction {
+    match cfg.unknown_mac {
+        UnknownMac::Exit => BootAction::Exit,
+        UnknownMac::Discovery => {
+            let append = format!("{} ferric.discovery=1", cfg.kernel_append_params);
+            BootAction::Ramdisk(KernelBoot {
+                kernel: cfg.deploy_kernel.clone(),
+                ramdisk: cfg.deploy_ramdisk.clone(),
+                args: ramdisk_args(cfg, None, &append, request_id),
+                initrd_name: "deploy_ramdisk",
+            })
+        }
+    }
+}
+
+fn is_url(s: &str) -> bool {
+    s.contains("://")
+}
+
+/// A kernel/ramdisk reference as an HTTP URL (iPXE).
+fn http_ref(cfg: &PxeConfig, name: &str) -> String {
+    if is_url(name) { name.to_owned() } else { format!("{}/{}", cfg.http_base(), name.trim_start_matches('/')) }
+}
+
+/// A kernel/ramdisk reference for PXELINUX: relative to the TFTP root, or a URL (lpxelinux).
+fn pxelinux_ref(name: &str) -> String {
+    if is_url(name) { name.to_owned() } else { name.trim_start_matches('/').to_owned() }
+}
+
+/// A kernel/ramdisk reference for GRUB: an absolute TFTP path, or `(http,host:port)/path`.
+fn grub_ref(name: &str) -> String {
+    if let Some(rest) = name.strip_prefix("http://") {
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        return format!("(http,{host})/{path}");
+    }
+    format!("/{}", name.trim_start_matches('/'))
+}
+
+/// Render `action` in `format`.
+pub fn render(format: Format, action: &BootAction, cfg: &PxeConfig) -> String {
+    match format {
+        Format::Ipxe => render_ipxe(action, cfg),
+        Format::Pxelinux => render_pxelinux(action),
+        Format::Grub => render_grub(action, cfg),
+    }
+}
+
+fn render_ipxe(action: &BootAction, cfg: &PxeConfig) -> String {
+    let mut s = String::from("#!ipxe\n");
+    let timeout =
+        if cfg.ipxe_timeout_ms > 0 { format!("--timeout {} ", cfg.ipxe_timeout_ms) } else { String::new() };
+    match action {
+        BootAction::Ramdisk(k) | BootAction::Instance(k) => {
+            let label = if matches!(action, BootAction::Ramdisk(_)) { "deploy" } else { "boot_instance" };
+            // Retry with growing pauses like Ironic's template, then power off rather than loop.
+            let _ = write!(
+                s,
+                "set attempts:int32 10\nset i:int32 0\n\n:{label}\nimgfree\n\
+                 kernel {timeout}{kernel} {args} initrd={name} || goto retry\n\
+                 initrd {timeout}--name {name} {ramdisk} || goto retry\nboot\n\n\
+                 :retry\niseq ${{i}} ${{attempts}} && goto fail ||\ninc i\n\
+                 echo No response, retrying in ${{i}} seconds.\nsleep ${{i}}\ngoto {label}\n\n\
+                 :fail\necho Failed to get a response after ${{attempts}} attempts\n\
+                 echo Powering off in 30 seconds.\nsleep 30\npoweroff\n",
+                kernel = http_ref(cfg, &k.kernel),
+                ramdisk = http_ref(cfg, &k.ramdisk),
+                args = k.args,
+                name = k.initrd_name,
+            );
+        }
+        BootAction::LocalDisk { uefi } => {
+            s.push_str("echo Booting from local disk\n");
+            if !uefi {
+                s.push_str("sanboot --no-describe --drive 0x80 || goto exit\n");
+            }
+            // Returning success makes boot.ipxe exit, so the firmware boots its next device.
+            s.push_str(":exit\nexit 0\n");
+        }
+        BootAction::Exit => s.push_str("echo No network boot for this machine now\nexit 0\n"),
+    }
+    s
+}
+
+fn render_pxelinux(action: &BootAction) -> String {
+    match action {
+        BootAction::Ramdisk(k) | BootAction::Instance(k) => {
+            let label = if matches!(action, BootAction::Ramdisk(_)) { "deploy" } else { "boot_instance" };
+            format!(
+                "default {label}\n\nlabel {label}\nkernel {kernel}\nappend initrd={ramdisk} {args}\nipappend 2\n",
+                kernel = pxelinux_ref(&k.kernel),
+                ramdisk = pxelinux_ref(&k.ramdisk),
+                args = k.args,
+            )
+        }
+        BootAction::LocalDisk { .. } => {
+            "default boot_local\n\nlabel boot_local\nlocalboot 0\n".to_owned()
+        }
+        // -1: "boot failed", the BIOS moves on to its next boot device.
+        BootAction::Exit => "default exit\n\nlabel exit\nlocalboot -1\n".to_owned(),
+    }
+}
+
+fn render_grub(action: &BootAction, cfg: &PxeConfig) -> String {
+    let mut s = String::from("set timeout=5\nset hidden_timeout_quiet=false\n");
+    match action {
+        BootAction::Ramdisk(k) | BootAction::Instance(k) => {
+            let label = if matches!(action, BootAction::Ramdisk(_)) { "deploy" } else { "boot_instance" };
+            let boot_server = match cfg.tftp_server_addr() {
+                a if a.is_empty() => String::new(),
+                a => format!(" boot_server={a}"),
+            };
+            let _ = write!(
+                s,
+                "set default={label}\n\nmenuentry \"{label}\" {{\n    linux {kernel} {args}{boot_server}\n    initrd {ramdisk}\n}}\n",
+                kernel = grub_ref(&k.kernel),
+                ramdisk = grub_ref(&k.ramdisk),
+                args = k.args,
+            );
+        }
+        BootAction::LocalDisk { .. } => s.push_str(
+            "set default=boot_local\nset fallback=exit\n\nmenuentry \"boot_local\" {\n    \
+             insmod part_gpt\n    insmod fat\n    insmod chain\n    \
+             search --no-floppy --file --set=root /EFI/BOOT/BOOTX64.EFI\n    \
+             chainloader /EFI/BOOT/BOOTX64.EFI\n    boot\n}\n\nmenuentry \"exit\" {\n    exit\n}\n",
+        ),
+        BootAction::Exit => s.push_str("set default=exit\n\nmenuentry \"exit\" {\n    exit\n}\n"),
+    }
+    s
+}
+
+/// The global iPXE entry script: try each NIC's per-MAC script in turn (like Ironic's).
+pub fn boot_ipxe(cfg: &PxeConfig) -> String {
+    let base = cfg.http_base();
+    let fallback = match cfg.unknown_mac {
+        UnknownMac::Exit => "echo No configuration for any NIC of this machine; leaving network boot.\nexit 0\n".to_owned(),
+        UnknownMac::Discovery => format!("echo Unknown machine: booting discovery.\nchain {base}/discovery.ipxe\n"),
+    };
+    format!(
+        "#!ipxe\n\
+         # Ferric: loop over the NICs and chain the first per-MAC script the database knows.\n\
+         set netid:int32 -1\n\
+         :loop\n\
+         inc netid || chain {base}/pxelinux.cfg/${{mac:hexhyp}} || goto old_rom\n\
+         isset ${{net${{netid}}/mac}} || goto loop_done\n\
+         echo Attempting to boot from MAC ${{net${{netid}}/mac:hexhyp}}\n\
+         chain {base}/pxelinux.cfg/${{net${{netid}}/mac:hexhyp}} && exit 0 || goto loop\n\n\
+         :loop_done\n{fallback}\n\
+         :old_rom\n\
+         echo PXE boot failed: this iPXE has no netX support and no configuration matched.\n\
+         prompt --timeout 180 Press any key to reboot... ||\nreboot\n"
+    )
+}
+
+/// The GRUB master config: load the per-MAC config of the booting NIC.
+pub fn grub_master() -> String {
+    "set default=master\nset timeout=1\nset hidden_timeout_quiet=false\n\n\
+     menuentry \"master\" {\n    configfile /grub.cfg-01-$net_default_mac\n}\n"
+        .to_owned()
+}
