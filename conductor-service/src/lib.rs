@@ -1,1 +1,205 @@
-//! Conductor: event consumers, per-node locks, workflows, drivers, periodic tasks, takeover.
+//! Ferric's conductor: consumes the API's events, drives nodes through the provision state
+//! machine under per-node exclusive locks, talks to BMCs (fake, Redfish, IPMI) and to the
+//! deploy agent (gRPC), and runs the periodic tasks that keep a fleet of conductors honest
+//! (liveness and takeover, sweep, callback timeouts, power sync).
+//!
+//! The database is the truth: a bus delivery only wakes a node; the handler re-reads it,
+//! takes its lock, decides what to do from the recorded state, commits, and only then acks.
+//! See `docs/CONTRACTS.md` for the surfaces this crate uses and exposes.
+
+pub mod agent_client;
+pub mod bin_support;
+pub mod config;
+pub mod deploy_iface;
+pub mod drivers;
+pub mod periodic;
+pub mod task;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod worker;
+pub mod workflows;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bus::DynBus;
+use chrono::Utc;
+use deploy::{Conductor, Node, NodeId, PublicError};
+use store::DataStore;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{ConductorConfig, ConductorConfigError};
+use deploy_iface::{DeployInterface, DirectDeploy, FakeDeploy};
+use drivers::Drivers;
+
+/// Why the conductor could not start or stopped with an error.
+#[derive(Debug, Error)]
+pub enum ConductorError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConductorConfigError),
+    /// The drivers could not be built.
+    #[error("cannot load drivers")]
+    Drivers(#[source] deploy::drivers::DriverError),
+    /// Registering in the database failed.
+    #[error("cannot register conductor {hostname}")]
+    Register {
+        /// This conductor.
+        hostname: String,
+        /// Cause.
+        #[source]
+        source: PublicError,
+    },
+}
+
+/// Everything a conductor's tasks share.
+pub struct Ctx {
+    /// Configuration (validated).
+    pub cfg: ConductorConfig,
+    /// The database.
+    pub store: DataStore,
+    /// The bus.
+    pub bus: DynBus,
+    /// Power and management drivers.
+    pub drivers: Drivers,
+    /// Cancelled on shutdown.
+    pub token: CancellationToken,
+    /// Every spawned task.
+    pub tracker: TaskTracker,
+    /// Nodes being driven by this conductor; `true` = look again when done.
+    pub(crate) inflight: Mutex<HashMap<NodeId, bool>>,
+    /// Consecutive power-sync failures per node.
+    pub(crate) power_failures: Mutex<HashMap<NodeId, u32>>,
+    /// Limit on concurrently driven nodes.
+    pub(crate) tasks: tokio::sync::Semaphore,
+    direct: Arc<dyn DeployInterface>,
+    fake: Arc<dyn DeployInterface>,
+}
+
+impl Ctx {
+    /// This conductor's registration row.
+    pub fn registration(&self) -> Conductor {
+        let now = Utc::now();
+        Conductor {
+            hostname: self.cfg.hostname.clone(),
+            conductor_group: self.cfg.conductor_group.clone(),
+            drivers: drivers::HARDWARE_TYPES.iter().map(|s| (*s).to_owned()).collect(),
+            online: true,
+            last_heartbeat: now,
+            created_at: now,
+        }
+    }
+
+    /// The node's deploy interface (`deploy_interface`, else the configured default).
+    ///
+    /// # Errors
+    /// A planning error naming an unsupported interface.
+    pub fn deploy_interface(
+        &self,
+        node: &Node,
+    ) -> Result<Arc<dyn DeployInterface>, deploy::steps::PlanError> {
+        let name = node.interfaces.deploy.as_deref().unwrap_or(&self.cfg.default_deploy_interface);
+        match name {
+            "direct" => Ok(self.direct.clone()),
+            "fake" => Ok(self.fake.clone()),
+            other => Err(deploy::steps::PlanError::UnknownDeployInterface(other.to_owned())),
+        }
+    }
+}
+
+/// Displays an error with its sources (`a: b: c`).
+pub(crate) struct Chain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&agent_client::chain(self.0))
+    }
+}
+
+/// Run a conductor until `token` is cancelled: register, release this host's stale locks,
+/// consume the work queue and run the periodic tasks; on shutdown drain running workflows
+/// (bounded by `drain_timeout_secs`) and unregister.
+///
+/// # Errors
+/// [`ConductorError`] when the config is invalid or registration fails.
+pub async fn run(
+    cfg: ConductorConfig,
+    store: DataStore,
+    bus: DynBus,
+    token: CancellationToken,
+) -> Result<(), ConductorError> {
+    cfg.validate()?;
+    let drivers = Drivers::new(&cfg).map_err(ConductorError::Drivers)?;
+    let tracker = TaskTracker::new();
+    let ctx = Arc::new(Ctx {
+        tasks: tokio::sync::Semaphore::new(cfg.max_concurrent_tasks),
+        cfg,
+        store,
+        bus,
+        drivers,
+        token: token.clone(),
+        tracker: tracker.clone(),
+        inflight: Mutex::new(HashMap::new()),
+        power_failures: Mutex::new(HashMap::new()),
+        direct: Arc::new(DirectDeploy),
+        fake: Arc::new(FakeDeploy),
+    });
+    let host = ctx.cfg.hostname.clone();
+    ctx.store
+        .conductor_register(&ctx.registration())
+        .await
+        .map_err(|source| ConductorError::Register { hostname: host.clone(), source })?;
+    // Locks this hostname held in a previous life are stale by definition.
+    match ctx.store.node_release_all_held_by(&host).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(released = n, "released locks left by a previous run"),
+        Err(e) => tracing::warn!(error = %Chain(&e), "cannot release stale locks"),
+    }
+    tracing::info!(conductor = %host, "conductor started");
+
+    let c = &ctx.cfg;
+    tracker.spawn(worker::consume(ctx.clone()));
+    tracker.spawn(periodic::every(ctx.clone(), "heartbeat", c.heartbeat_interval(), |x| {
+        periodic::heartbeat(x)
+    }));
+    tracker.spawn(periodic::every(ctx.clone(), "takeover", c.heartbeat_interval(), |x| {
+        periodic::takeover(x)
+    }));
+    tracker.spawn(periodic::every(ctx.clone(), "sweep", config::dur(c.sweep_interval_secs), |x| {
+        periodic::sweep(x)
+    }));
+    tracker.spawn(periodic::every(
+        ctx.clone(),
+        "callback_timeouts",
+        config::dur(c.check_timeouts_interval_secs),
+        |x| periodic::callback_timeouts(x),
+    ));
+    tracker.spawn(periodic::every(
+        ctx.clone(),
+        "power_sync",
+        config::dur(c.power_sync_interval_secs),
+        |x| periodic::power_sync(x),
+    ));
+    // A first sweep at once picks up whatever happened while no conductor was running.
+    tracker.spawn(periodic::sweep(ctx.clone()));
+
+    token.cancelled().await;
+    tracing::info!(conductor = %host, "conductor stopping");
+    tracker.close();
+    let drain = config::dur(ctx.cfg.drain_timeout_secs);
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!("drain timeout reached with workflows still running");
+    }
+    // Anything still held (a workflow cut off by the drain timeout) is released now: its
+    // node keeps its recorded state and the next conductor re-plans it.
+    if let Err(e) = ctx.store.node_release_all_held_by(&host).await {
+        tracing::warn!(error = %Chain(&e), "cannot release locks at shutdown");
+    }
+    if let Err(e) = ctx.store.conductor_unregister(&host).await {
+        tracing::warn!(error = %Chain(&e), "cannot unregister");
+    }
+    tracing::info!(conductor = %host, "conductor stopped");
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! The conductor's configuration: file-facing structs with serde defaults, checked once at
+//! startup by [`ConductorConfig::validate`].
+//!
+//! Durations are written in seconds (floats allowed) so the same keys work in TOML and in
+//! `FERRIC_CONDUCTOR__*` environment overrides.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// A configuration value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid conductor config `{key}`: {message}")]
+pub struct ConductorConfigError {
+    /// The offending key.
+    pub key: &'static str,
+    /// Why.
+    pub message: String,
+}
+
+/// Everything the conductor reads from its config file (`[conductor]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConductorConfig {
+    /// Unique name of this conductor; written into `nodes.reservation` while it holds a lock.
+    pub hostname: String,
+    /// Conductor group served.
+    pub conductor_group: String,
+    /// Durable work queue shared by every conductor (competing consumers).
+    pub queue: String,
+    /// Unacknowledged deliveries per conductor (the bus-side concurrency limit).
+    pub prefetch: u16,
+    /// Node workflows that may run at once in this conductor.
+    pub max_concurrent_tasks: usize,
+    /// Seconds between liveness heartbeats in the conductors table.
+    pub heartbeat_interval_secs: f64,
+    /// Missed heartbeats after which another conductor declares this one dead.
+    pub dead_after_missed_heartbeats: u32,
+    /// Seconds between sweeps for nodes whose wake-up message was lost.
+    pub sweep_interval_secs: f64,
+    /// Seconds between power-state syncs (0 disables).
+    pub power_sync_interval_secs: f64,
+    /// Consecutive BMC failures before power sync puts a node into maintenance.
+    pub power_sync_max_failures: u32,
+    /// Seconds a node may stay in a wait state without hearing from its agent.
+    pub callback_timeout_secs: f64,
+    /// Seconds between callback-timeout checks.
+    pub check_timeouts_interval_secs: f64,
+    /// Default for automated cleaning (a node's `automated_clean` overrides it).
+    pub automated_clean: bool,
+    /// Deploy interface of nodes that do not name one (`direct` or `fake`).
+    pub default_deploy_interface: String,
+    /// Attempts to take a node lock that another task holds, for one delivery.
+    pub lock_retry_attempts: u32,
+    /// Milliseconds between those attempts.
+    pub lock_retry_interval_ms: u64,
+    /// Seconds to wait for a BMC to report the requested power state.
+    pub power_state_change_timeout_secs: f64,
+    /// Seconds the shutdown waits for running workflows.
+    pub drain_timeout_secs: f64,
+    /// The agent client.
+    pub agent: AgentClientConfig,
+    /// The fake hardware type.
+    pub fake: FakeConfig,
+    /// The redfish hardware type.
+    pub redfish: RedfishConfig,
+    /// The ipmi hardware type.
+    pub ipmi: IpmiConfig,
+}
+
+/// Conductor → agent gRPC settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentClientConfig {
+    /// Seconds to connect to the agent.
+    pub connect_timeout_secs: f64,
+    /// Seconds for one unary command.
+    pub command_timeout_secs: f64,
+    /// Minimum milliseconds between progress writes to the database.
+    pub progress_write_interval_ms: u64,
+}
+
+/// Optional latencies of the fake interfaces (seconds), overridable per node with
+/// `driver_info.fake_power_delay`, `fake_boot_delay`, `fake_deploy_delay`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct FakeConfig {
+    /// Seconds per power action.
+    pub power_delay_secs: f64,
+    /// Seconds per boot-device change.
+    pub boot_delay_secs: f64,
+    /// Seconds for the fake deploy step.
+    pub deploy_delay_secs: f64,
+}
+
+/// Redfish client settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedfishConfig {
+    /// Seconds to connect.
+    pub connect_timeout_secs: f64,
+    /// Seconds per request.
+    pub request_timeout_secs: f64,
+    /// Attempts per request on connection errors and 5xx.
+    pub attempts: u32,
+    /// Milliseconds between attempts.
+    pub retry_interval_ms: u64,
+    /// Milliseconds between power-state polls after a reset.
+    pub power_poll_interval_ms: u64,
+}
+
+/// ipmitool settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IpmiConfig {
+    /// The ipmitool binary.
+    pub ipmitool: String,
+    /// Seconds per ipmitool invocation (killed after).
+    pub command_timeout_secs: f64,
+    /// Attempts per command on timeouts and transport errors.
+    pub attempts: u32,
+    /// Milliseconds between power-state polls.
+    pub power_poll_interval_ms: u64,
+}
+
+impl Default for ConductorConfig {
+    fn default() -> Self {
+        Self {
+            hostname: default_hostname(),
+            conductor_group: String::new(),
+            queue: "conductor.work".into(),
+            prefetch: 64,
+            max_concurrent_tasks: 256,
+            heartbeat_interval_secs: 10.0,
+            dead_after_missed_heartbeats: 3,
+            sweep_interval_secs: 10.0,
+            power_sync_interval_secs: 60.0,
+            power_sync_max_failures: 3,
+            callback_timeout_secs: 120.0,
+            check_timeouts_interval_secs: 10.0,
+            automated_clean: true,
+            default_deploy_interface: "direct".into(),
+            lock_retry_attempts: 20,
+            lock_retry_interval_ms: 250,
+            power_state_change_timeout_secs: 60.0,
+            drain_timeout_secs: 30.0,
+            agent: AgentClientConfig::default(),
+            fake: FakeConfig::default(),
+            redfish: RedfishConfig::default(),
+            ipmi: IpmiConfig::default(),
+        }
+    }
+}
+
+impl Default for AgentClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_secs: 5.0,
+            command_timeout_secs: 60.0,
+            progress_write_interval_ms: 1000,
+        }
+    }
+}
+
+impl Default for RedfishConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_secs: 10.0,
+            request_timeout_secs: 30.0,
+            attempts: 3,
+            retry_interval_ms: 1000,
+            power_poll_interval_ms: 1000,
+        }
+    }
+}
+
+impl Default for IpmiConfig {
+    fn default() -> Self {
+        Self {
+            ipmitool: "ipmitool".into(),
+            command_timeout_secs: 20.0,
+            attempts: 2,
+            power_poll_interval_ms: 1000,
+        }
+    }
+}
+
+/// This machine's hostname (from the kernel), or a random name when it cannot be read.
+fn default_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("conductor-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))
+}
+
+fn secs(key: &'static str, v: f64, allow_zero: bool) -> Result<Duration, ConductorConfigError> {
+    if !v.is_finite() || v < 0.0 || (!allow_zero && v == 0.0) || v > 86_400.0 * 365.0 {
+        return Err(ConductorConfigError {
+            key,
+            message: format!("{v} is not a valid number of seconds"),
+        });
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl ConductorConfig {
+    /// Check every value once at startup.
+    ///
+    /// # Errors
+    /// [`ConductorConfigError`] naming the first bad key.
+    pub fn validate(&self) -> Result<(), ConductorConfigError> {
+        let bad = |key, message: &str| Err(ConductorConfigError { key, message: message.into() });
+        if self.hostname.trim().is_empty() || self.hostname.len() > 255 {
+            return bad("hostname", "must be 1..=255 characters");
+        }
+        if self.queue.is_empty() {
+            return bad("queue", "must not be empty");
+        }
+        if self.prefetch == 0 {
+            return bad("prefetch", "must be at least 1");
+        }
+        if self.max_concurrent_tasks == 0 {
+            return bad("max_concurrent_tasks", "must be at least 1");
+        }
+        if self.dead_after_missed_heartbeats == 0 {
+            return bad("dead_after_missed_heartbeats", "must be at least 1");
+        }
+        if !matches!(self.default_deploy_interface.as_str(), "direct" | "fake") {
+            return bad("default_deploy_interface", "must be direct or fake");
+        }
+        if self.redfish.attempts == 0 {
+            return bad("redfish.attempts", "must be at least 1");
+        }
+        if self.ipmi.attempts == 0 {
+            return bad("ipmi.attempts", "must be at least 1");
+        }
+        secs("heartbeat_interval_secs", self.heartbeat_interval_secs, false)?;
+        secs("sweep_interval_secs", self.sweep_interval_secs, false)?;
+        secs("power_sync_interval_secs", self.power_sync_interval_secs, true)?;
+        secs("callback_timeout_secs", self.callback_timeout_secs, false)?;
+        secs("check_timeouts_interval_secs", self.check_timeouts_interval_secs, false)?;
+        secs("power_state_change_timeout_secs", self.power_state_change_timeout_secs, false)?;
+        secs("drain_timeout_secs", self.drain_timeout_secs, true)?;
+        secs("agent.connect_timeout_secs", self.agent.connect_timeout_secs, false)?;
+        secs("agent.command_timeout_secs", self.agent.command_timeout_secs, false)?;
+        secs("fake.power_delay_secs", self.fake.power_delay_secs, true)?;
+        secs("fake.boot_delay_secs", self.fake.boot_delay_secs, true)?;
+        secs("fake.deploy_delay_secs", self.fake.deploy_delay_secs, true)?;
+        secs("redfish.connect_timeout_secs", self.redfish.connect_timeout_secs, false)?;
+        secs("redfish.request_timeout_secs", self.redfish.request_timeout_secs, false)?;
+        secs("ipmi.command_timeout_secs", self.ipmi.command_timeout_secs, false)?;
+        Ok(())
+    }
+
+    /// Liveness heartbeat period.
+    pub fn heartbeat_interval(&self) -> Duration {
+        dur(self.heartbeat_interval_secs)
+    }
+
+    /// Age of the last heartbeat after which a conductor counts as dead.
+    pub fn liveness_timeout(&self) -> Duration {
+        self.heartbeat_interval() * self.dead_after_missed_heartbeats.max(1)
+    }
+
+    /// Callback timeout of the wait states.
+    pub fn callback_timeout(&self) -> Duration {
+        dur(self.callback_timeout_secs)
+    }
+
+    /// Power-state change timeout.
+    pub fn power_state_change_timeout(&self) -> Duration {
+        dur(self.power_state_change_timeout_secs)
+    }
+}
+
+/// Seconds to a `Duration`, clamping values `validate` would have refused.
+pub(crate) fn dur(v: f64) -> Duration {
+    if v.is_finite() && v > 0.0 { Duration::from_secs_f64(v.min(1e9)) } else { Duration::ZERO }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_defaults_validate() {
+        ConductorConfig::default().validate().unwrap();
+        let c = ConductorConfig::default();
+        assert_eq!(c.liveness_timeout(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn test_example_config_parses() {
+        let text = include_str!("../examples/config.toml");
+        let v: toml_like::Root = toml_like::parse(text);
+        v.conductor.validate().unwrap();
+        assert_eq!(v.conductor.callback_timeout(), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn test_bad_values_name_the_key() {
+        let c = ConductorConfig { callback_timeout_secs: -1.0, ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().key, "callback_timeout_secs");
+        let c = ConductorConfig { default_deploy_interface: "iscsi".into(), ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().key, "default_deploy_interface");
+    }
+
+    /// The example file is a full service config; only `[conductor]` is ours.
+    mod toml_like {
+        use super::ConductorConfig;
+
+        #[derive(serde::Deserialize)]
+        pub struct Root {
+            pub conductor: ConductorConfig,
+        }
+
+        pub fn parse(text: &str) -> Root {
+            serde_json::from_value(toml_to_json(text)).unwrap()
+        }
+
+        // The config crate parses TOML for us; use it the same way the service does.
+        fn toml_to_json(text: &str) -> serde_json::Value {
+            let cfg = config::Config::builder()
+                .add_source(config::File::from_str(text, config::FileFormat::Toml))
+                .build()
+                .unwrap();
+            cfg.try_deserialize::<serde_json::Value>().unwrap()
+        }
+    }
+}

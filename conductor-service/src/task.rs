@@ -1,0 +1,304 @@
+//! A node under this conductor's exclusive lock, and the few ways a workflow changes it.
+//!
+//! [`LockGuard`] owns the reservation: released explicitly on every normal path, and by a
+//! tracked background task from `Drop` when a workflow is cancelled. [`Task`] carries the
+//! last committed copy of the node and writes through [`Task::update`], which re-reads and
+//! re-applies the change when another writer (the API recording a heartbeat, an operator
+//! setting maintenance) committed in between, so a conductor never overwrites their fields.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use deploy::state::next;
+use deploy::{Node, NodeHistory, NodeId, ProvisionEvent, ProvisionState, PublicError};
+use proto::events::{Event, event::Payload};
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::Ctx;
+
+/// How a workflow stopped short of its goal.
+#[derive(Debug, Error)]
+pub enum WorkflowError {
+    /// The operation failed: the node goes to the failure state with this `last_error`.
+    #[error("{0}")]
+    Failed(String),
+    /// Someone else moved the node out of the state this workflow was driving (an abort,
+    /// an operator); the workflow stops without touching it further.
+    #[error("node {node} left state '{expected}' (now '{found}') while it was being driven")]
+    StateChanged {
+        /// Node.
+        node: NodeId,
+        /// The state the workflow expected.
+        expected: ProvisionState,
+        /// What it found.
+        found: ProvisionState,
+    },
+    /// The database failed; the node keeps its recorded state and the sweep retries.
+    #[error("database error")]
+    Store(#[source] PublicError),
+    /// The conductor is shutting down.
+    #[error("the conductor is shutting down")]
+    Shutdown,
+}
+
+impl From<PublicError> for WorkflowError {
+    fn from(e: PublicError) -> Self {
+        WorkflowError::Store(e)
+    }
+}
+
+/// The node's exclusive lock, held for the whole of a mutating operation.
+pub struct LockGuard {
+    ctx: Arc<Ctx>,
+    node: NodeId,
+    released: bool,
+}
+
+impl LockGuard {
+    /// Take the lock. Returns the guard and the node as stored (reservation set).
+    ///
+    /// # Errors
+    /// `NodeLocked` when another conductor holds it, `NotFound`, or a database error.
+    pub async fn acquire(ctx: &Arc<Ctx>, node: NodeId) -> Result<(Self, Node), PublicError> {
+        let n = ctx.store.node_reserve(node, &ctx.cfg.hostname).await?;
+        Ok((Self { ctx: ctx.clone(), node, released: false }, n))
+    }
+
+    /// Release the lock now.
+    pub async fn release(mut self) {
+        self.released = true;
+        if let Err(e) = self.ctx.store.node_release(self.node, &self.ctx.cfg.hostname).await {
+            tracing::error!(node = %self.node, error = %crate::Chain(&e),
+                "could not release the node lock; stale-lock cleanup will");
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // Cancelled or unwinding: release from a tracked task (Drop cannot await).
+        let store = self.ctx.store.clone();
+        let host = self.ctx.cfg.hostname.clone();
+        let node = self.node;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.ctx.tracker.spawn(async move {
+                if let Err(e) = store.node_release(node, &host).await {
+                    tracing::error!(node = %node, error = %crate::Chain(&e),
+                        "could not release the node lock after a cancelled task");
+                }
+            });
+        }
+    }
+}
+
+/// A locked node and the context to change it.
+pub struct Task {
+    /// Conductor context.
+    pub ctx: Arc<Ctx>,
+    /// The last committed copy.
+    pub node: Node,
+}
+
+impl Task {
+    /// The node's id.
+    pub fn id(&self) -> NodeId {
+        self.node.uuid
+    }
+
+    /// Apply `f` to the node and commit; on a concurrent modification re-read the node and
+    /// apply `f` again (it must only touch fields the conductor owns while it holds the lock).
+    ///
+    /// # Errors
+    /// What `f` returns, or a database error.
+    pub async fn update<F>(&mut self, mut f: F) -> Result<(), WorkflowError>
+    where
+        F: FnMut(&mut Node) -> Result<(), WorkflowError>,
+    {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut n = self.node.clone();
+            f(&mut n)?;
+            match self.ctx.store.node_update(&n).await {
+                Ok(stored) => {
+                    self.node = stored;
+                    return Ok(());
+                }
+                Err(PublicError::Conflict { .. }) if attempts < 20 => {
+                    self.node = self.ctx.store.node_fetch(self.node.uuid).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Fire `event` from `from`: conditional write of the new state and target (plus what
+    /// `extra` changes), a history entry and a `NodeStateChanged` event.
+    ///
+    /// # Errors
+    /// [`WorkflowError::StateChanged`] when the node is no longer in `from`.
+    pub async fn transition<F>(
+        &mut self,
+        from: ProvisionState,
+        event: ProvisionEvent,
+        mut extra: F,
+    ) -> Result<ProvisionState, WorkflowError>
+    where
+        F: FnMut(&mut Node),
+    {
+        let id = self.id();
+        let to = next(from, event).map_err(|e| WorkflowError::Failed(e.to_string()))?;
+        let now = Utc::now();
+        self.update(|n| {
+            if n.provision_state != from {
+                return Err(WorkflowError::StateChanged {
+                    node: id,
+                    expected: from,
+                    found: n.provision_state,
+                });
+            }
+            n.provision_state = to;
+            n.target_provision_state = target_after(from, to, n.target_provision_state);
+            n.provision_updated_at = Some(now);
+            extra(n);
+            Ok(())
+        })
+        .await?;
+        let failed = to.is_failed()
+            || (to == ProvisionState::Enroll && from == ProvisionState::Verifying)
+            || (to == ProvisionState::Error);
+        let text = format!("{from} -> {to} ({event})");
+        self.record_history(
+            if failed { "ERROR" } else { "INFO" },
+            "provisioning",
+            &text,
+            Some(from),
+            Some(to),
+        )
+        .await;
+        self.publish_changed(from, event.as_str()).await;
+        tracing::info!(node = %id, from = %from, to = %to, event = %event, "provision state changed");
+        Ok(to)
+    }
+
+    /// Append a history entry (failures are logged, never fatal: the state is committed).
+    pub async fn record_history(
+        &self,
+        severity: &str,
+        event_type: &str,
+        event: &str,
+        from: Option<ProvisionState>,
+        to: Option<ProvisionState>,
+    ) {
+        let h = NodeHistory {
+            uuid: uuid::Uuid::new_v4(),
+            node_uuid: self.id(),
+            severity: severity.into(),
+            event_type: event_type.into(),
+            event: event.into(),
+            conductor: Some(self.ctx.cfg.hostname.clone()),
+            from_state: from,
+            to_state: to,
+            created_at: Utc::now(),
+        };
+        if let Err(e) = self.ctx.store.history_insert(&h).await {
+            tracing::warn!(node = %self.id(), error = %crate::Chain(&e), "history entry lost");
+        }
+    }
+
+    /// Publish `NodeStateChanged` for the current node.
+    pub async fn publish_changed(&self, previous: ProvisionState, event: &str) {
+        let n = &self.node;
+        let payload = proto::events::NodeStateChanged {
+            provision_state: n.provision_state.to_string(),
+            target_provision_state: n
+                .target_provision_state
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            previous_provision_state: previous.to_string(),
+            power_state: n.power_state.map(|p| p.to_string()).unwrap_or_default(),
+            last_error: n.last_error.clone().unwrap_or_default(),
+            event: event.to_string(),
+            conductor: self.ctx.cfg.hostname.clone(),
+        };
+        self.ctx.publish(n.uuid, Payload::NodeStateChanged(payload)).await;
+    }
+
+    /// Wipe what the ramdisk's agent left (address, token, version): done on every power
+    /// off and reboot so the next ramdisk boot gets a fresh token.
+    pub fn wipe_agent(n: &mut Node) {
+        for k in [
+            "agent_url",
+            "agent_secret_token",
+            "agent_version",
+            "agent_last_heartbeat",
+            "agent_command_id",
+        ] {
+            n.driver_internal_info.remove(k);
+        }
+    }
+
+    /// A `driver_internal_info` string.
+    pub fn internal_str<'a>(&'a self, key: &str) -> Option<&'a str> {
+        self.node.driver_internal_info.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+    }
+}
+
+/// `target_provision_state` after a transition (reference §2.1 bookkeeping): stable states
+/// clear it; a manual clean keeps `manageable`; others take the state's FSM target.
+pub fn target_after(
+    from: ProvisionState,
+    to: ProvisionState,
+    current: Option<ProvisionState>,
+) -> Option<ProvisionState> {
+    use ProvisionState as S;
+    if to.is_stable() {
+        return None;
+    }
+    let manual_clean = current == Some(S::Manageable)
+        && matches!(from, S::Cleaning | S::CleanWait | S::CleanHold | S::Manageable);
+    if manual_clean && matches!(to, S::Cleaning | S::CleanWait | S::CleanHold | S::CleanFailed) {
+        return Some(S::Manageable);
+    }
+    to.fsm_target()
+}
+
+impl Ctx {
+    /// Publish an event for `node`; failures are logged (the database already holds the
+    /// truth, so a lost event costs only latency).
+    pub async fn publish(&self, node: NodeId, payload: Payload) {
+        let ev = Event {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            node_uuid: node.to_string(),
+            request_id: String::new(),
+            created_at: Utc::now().to_rfc3339(),
+            payload: Some(payload),
+        };
+        if let Err(e) = bus::publish_event(self.bus.as_ref(), &ev).await {
+            tracing::warn!(node = %node, error = %crate::Chain(&e), "event not published");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deploy::ProvisionState as S;
+
+    #[test]
+    fn test_target_bookkeeping() {
+        assert_eq!(target_after(S::Deploying, S::WaitCallBack, Some(S::Active)), Some(S::Active));
+        assert_eq!(target_after(S::Deploying, S::Active, Some(S::Active)), None);
+        assert_eq!(target_after(S::Deploying, S::DeployFailed, Some(S::Active)), Some(S::Active));
+        assert_eq!(
+            target_after(S::Cleaning, S::CleanWait, Some(S::Manageable)),
+            Some(S::Manageable)
+        );
+        assert_eq!(target_after(S::Cleaning, S::CleanWait, Some(S::Available)), Some(S::Available));
+        assert_eq!(target_after(S::Verifying, S::Enroll, Some(S::Manageable)), None);
+    }
+}

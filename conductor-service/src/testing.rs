@@ -1,0 +1,570 @@
+//! Test support (feature `testing`): a simulated agent that implements the generated tonic
+//! server trait, a fleet that plays the ramdisk side (lookup + heartbeat, as the API records
+//! them), and helpers that perform the API's first transition + publish.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use deploy::state::next;
+use deploy::{ApiVerb, Node, NodeHistory, NodeId, PowerState, ProvisionState, PublicError};
+use proto::agent::agent_service_server::{AgentService, AgentServiceServer};
+use proto::agent::{
+    CommandState, CommandStatus, EraseDevicesRequest, GetCommandStatusRequest, GetInventoryRequest,
+    GetPartitionUuidsRequest, InstallBootloaderRequest, Inventory, PartitionUuids, Phase,
+    PowerOffRequest, PrepareImageRequest, Progress, RebootRequest, SyncRequest,
+};
+use proto::events::event::Payload;
+use proto::events::{Event, ProvisionRequested};
+use serde_json::Value;
+use store::{DataStore, NodeListQuery};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::ConductorConfig;
+
+/// How the simulated agent writes images.
+#[derive(Debug, Clone)]
+pub struct SimAgentConfig {
+    /// Image size reported.
+    pub image_bytes: u64,
+    /// Progress messages per write.
+    pub chunks: u32,
+    /// Pause between them.
+    pub chunk_delay: Duration,
+}
+
+impl Default for SimAgentConfig {
+    fn default() -> Self {
+        Self { image_bytes: 64 << 20, chunks: 4, chunk_delay: Duration::from_millis(5) }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    tokens: Mutex<HashMap<String, NodeId>>,
+    last: Mutex<HashMap<NodeId, CommandStatus>>,
+    vanished: Mutex<HashSet<NodeId>>,
+    writes: Mutex<HashMap<NodeId, u32>>,
+    erases: Mutex<HashMap<NodeId, u32>>,
+    fail_write: Mutex<HashSet<NodeId>>,
+}
+
+/// One gRPC server that plays the agent of every simulated node; the token says which.
+#[derive(Clone)]
+pub struct SimAgent {
+    cfg: SimAgentConfig,
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SimAgent {
+    /// Bind 127.0.0.1:0 and serve until `token` is cancelled.
+    ///
+    /// # Errors
+    /// When the listener cannot be bound.
+    pub async fn start(cfg: SimAgentConfig, token: CancellationToken) -> std::io::Result<SimAgent> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let agent = SimAgent { cfg, inner: Arc::new(Inner::default()), addr };
+        let svc = AgentServiceServer::new(agent.clone());
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+                .await;
+        });
+        Ok(agent)
+    }
+
+    /// The agent URL (`http://127.0.0.1:port`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Mint a token for `node` (the API's lookup).
+    pub fn mint_token(&self, node: NodeId) -> String {
+        let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        lock(&self.inner.tokens).insert(token.clone(), node);
+        token
+    }
+
+    fn register_token(&self, token: &str, node: NodeId) {
+        lock(&self.inner.tokens).insert(token.to_owned(), node);
+    }
+
+    /// Make the node's agent vanish: no more heartbeats, streams and calls hang.
+    pub fn vanish(&self, node: NodeId) {
+        lock(&self.inner.vanished).insert(node);
+    }
+
+    /// Whether the node's agent vanished.
+    pub fn vanished(&self, node: NodeId) -> bool {
+        lock(&self.inner.vanished).contains(&node)
+    }
+
+    /// Make the node's next image write fail.
+    pub fn fail_next_write(&self, node: NodeId) {
+        lock(&self.inner.fail_write).insert(node);
+    }
+
+    /// How many times PrepareImage ran for `node`.
+    pub fn writes(&self, node: NodeId) -> u32 {
+        lock(&self.inner.writes).get(&node).copied().unwrap_or(0)
+    }
+
+    /// How many times EraseDevices ran for `node`.
+    pub fn erases(&self, node: NodeId) -> u32 {
+        lock(&self.inner.erases).get(&node).copied().unwrap_or(0)
+    }
+
+    fn auth<T>(&self, req: &Request<T>) -> Result<NodeId, Status> {
+        let token = req
+            .metadata()
+            .get(proto::AGENT_TOKEN_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated("missing agent token"))?;
+        let node = lock(&self.inner.tokens)
+            .get(token)
+            .copied()
+            .ok_or_else(|| Status::unauthenticated("invalid agent token"))?;
+        Ok(node)
+    }
+
+    async fn hang_if_vanished(&self, node: NodeId) {
+        if self.vanished(node) {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn finish(&self, node: NodeId, name: &str) -> CommandStatus {
+        let st = CommandStatus {
+            command_id: uuid::Uuid::new_v4().to_string(),
+            name: name.into(),
+            state: CommandState::Succeeded as i32,
+            ..Default::default()
+        };
+        lock(&self.inner.last).insert(node, st.clone());
+        st
+    }
+}
+
+type ProgressStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<Progress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for SimAgent {
+    type PrepareImageStream = ProgressStream;
+
+    async fn get_inventory(
+        &self,
+        req: Request<GetInventoryRequest>,
+    ) -> Result<Response<Inventory>, Status> {
+        self.auth(&req)?;
+        Ok(Response::new(Inventory::default()))
+    }
+
+    async fn prepare_image(
+        &self,
+        req: Request<PrepareImageRequest>,
+    ) -> Result<Response<Self::PrepareImageStream>, Status> {
+        let node = self.auth(&req)?;
+        self.hang_if_vanished(node).await;
+        let msg = req.into_inner();
+        *lock(&self.inner.writes).entry(node).or_insert(0) += 1;
+        let fail = lock(&self.inner.fail_write).remove(&node);
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let me = self.clone();
+        let command_id = if msg.command_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            msg.command_id
+        };
+        let running = CommandStatus {
+            command_id: command_id.clone(),
+            name: "prepare_image".into(),
+            state: CommandState::Running as i32,
+            ..Default::default()
+        };
+        lock(&self.inner.last).insert(node, running);
+        tokio::spawn(async move {
+            let total = me.cfg.image_bytes;
+            let chunks = u64::from(me.cfg.chunks.max(1));
+            for i in 0..=chunks {
+                if me.vanished(node) {
+                    // Keep the stream open and silent, as a wedged machine would.
+                    let _keep = tx;
+                    std::future::pending::<()>().await;
+                    return;
+                }
+                let p = Progress {
+                    command_id: command_id.clone(),
+                    phase: Phase::Downloading as i32,
+                    bytes_written: total * i / chunks,
+                    total_bytes: total,
+                    rate_bytes_per_sec: 100 << 20,
+                    ..Default::default()
+                };
+                if tx.send(Ok(p)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(me.cfg.chunk_delay).await;
+            }
+            let (phase, error, state) = if fail {
+                (Phase::Failed, "checksum mismatch (simulated)".to_owned(), CommandState::Failed)
+            } else {
+                (Phase::Done, String::new(), CommandState::Succeeded)
+            };
+            let last = Progress {
+                command_id: command_id.clone(),
+                phase: phase as i32,
+                bytes_written: total,
+                total_bytes: total,
+                error: error.clone(),
+                root_uuid_or_disk_id: "0x1234abcd".into(),
+                target_disk: "/dev/vda".into(),
+                ..Default::default()
+            };
+            lock(&me.inner.last).insert(
+                node,
+                CommandStatus {
+                    command_id,
+                    name: "prepare_image".into(),
+                    state: state as i32,
+                    error,
+                    progress: Some(last.clone()),
+                    ..Default::default()
+                },
+            );
+            let _ = tx.send(Ok(last)).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_command_status(
+        &self,
+        req: Request<GetCommandStatusRequest>,
+    ) -> Result<Response<CommandStatus>, Status> {
+        let node = self.auth(&req)?;
+        self.hang_if_vanished(node).await;
+        lock(&self.inner.last)
+            .get(&node)
+            .cloned()
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found("no command has run"))
+    }
+
+    async fn install_bootloader(
+        &self,
+        req: Request<InstallBootloaderRequest>,
+    ) -> Result<Response<CommandStatus>, Status> {
+        let node = self.auth(&req)?;
+        self.hang_if_vanished(node).await;
+        Ok(Response::new(self.finish(node, "install_bootloader")))
+    }
+
+    async fn erase_devices(
+        &self,
+        req: Request<EraseDevicesRequest>,
+    ) -> Result<Response<CommandStatus>, Status> {
+        let node = self.auth(&req)?;
+        self.hang_if_vanished(node).await;
+        *lock(&self.inner.erases).entry(node).or_insert(0) += 1;
+        Ok(Response::new(self.finish(node, "erase_devices")))
+    }
+
+    async fn get_partition_uuids(
+        &self,
+        req: Request<GetPartitionUuidsRequest>,
+    ) -> Result<Response<PartitionUuids>, Status> {
+        self.auth(&req)?;
+        Ok(Response::new(PartitionUuids {
+            root_uuid: "11111111-2222-3333-4444-555555555555".into(),
+            efi_system_partition_uuid: "66666666-7777-8888-9999-000000000000".into(),
+            ..Default::default()
+        }))
+    }
+
+    async fn sync(&self, req: Request<SyncRequest>) -> Result<Response<CommandStatus>, Status> {
+        let node = self.auth(&req)?;
+        Ok(Response::new(self.finish(node, "sync")))
+    }
+
+    async fn power_off(
+        &self,
+        req: Request<PowerOffRequest>,
+    ) -> Result<Response<CommandStatus>, Status> {
+        let node = self.auth(&req)?;
+        Ok(Response::new(self.finish(node, "power_off")))
+    }
+
+    async fn reboot(&self, req: Request<RebootRequest>) -> Result<Response<CommandStatus>, Status> {
+        let node = self.auth(&req)?;
+        Ok(Response::new(self.finish(node, "reboot")))
+    }
+}
+
+/// Record a lookup + heartbeat for `node` as the API does (token minted on first lookup,
+/// agent_url and timestamps in `driver_internal_info`), then publish `AgentHeartbeat`.
+/// Returns false when the node is not in a state that expects an agent.
+///
+/// # Errors
+/// Database errors.
+pub async fn heartbeat(
+    store: &DataStore,
+    bus: &bus::DynBus,
+    agent: &SimAgent,
+    node: NodeId,
+) -> Result<bool, PublicError> {
+    if agent.vanished(node) {
+        return Ok(false);
+    }
+    for _ in 0..20 {
+        let mut n = store.node_fetch(node).await?;
+        if !n.provision_state.is_wait() || n.power_state != Some(PowerState::On) {
+            return Ok(false);
+        }
+        let dii = &mut n.driver_internal_info;
+        let token = match dii.get("agent_secret_token").and_then(Value::as_str) {
+            Some(t) => t.to_owned(),
+            None => {
+                let t = agent.mint_token(node);
+                dii.insert("agent_secret_token".into(), t.clone().into());
+                t
+            }
+        };
+        agent.register_token(&token, node);
+        dii.insert("agent_url".into(), agent.url().into());
+        dii.insert("agent_last_heartbeat".into(), Utc::now().to_rfc3339().into());
+        dii.insert("agent_version".into(), "sim-1.0".into());
+        match store.node_update(&n).await {
+            Ok(n) => {
+                let ev = Event {
+                    event_id: uuid::Uuid::new_v4().to_string(),
+                    node_uuid: node.to_string(),
+                    request_id: String::new(),
+                    created_at: Utc::now().to_rfc3339(),
+                    payload: Some(Payload::AgentHeartbeat(proto::events::AgentHeartbeat {
+                        agent_url: agent.url(),
+                        agent_version: "sim-1.0".into(),
+                        provision_state: n.provision_state.to_string(),
+                    })),
+                };
+                bus::publish_event(bus.as_ref(), &ev)
+                    .await
+                    .map_err(|e| PublicError::unavailable(e.to_string()))?;
+                return Ok(true);
+            }
+            Err(PublicError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// The ramdisk side of every simulated node: when a node enters a wait state powered on,
+/// its "ramdisk boots" and heartbeats; a periodic pass catches missed events.
+pub async fn run_fleet(
+    store: DataStore,
+    bus: bus::DynBus,
+    agent: SimAgent,
+    period: Duration,
+    token: CancellationToken,
+) {
+    let mut sub = match bus.subscribe(&[bus::routing::CHANGED]).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "fleet cannot subscribe; polling only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(period);
+    loop {
+        let from_event = tokio::select! {
+            biased;
+            () = token.cancelled() => return,
+            d = async { match sub.as_mut() { Some(s) => s.next().await, None => std::future::pending().await } } => d,
+            _ = tick.tick() => None,
+        };
+        if let Some(d) = from_event {
+            if let Ok(ev) = bus::decode_event(&d)
+                && let Some(Payload::NodeStateChanged(c)) = &ev.payload
+                && (c.provision_state == "wait call-back" || c.provision_state == "clean wait")
+                && let Ok(id) = ev.node_uuid.parse::<NodeId>()
+            {
+                let (s, b, a) = (store.clone(), bus.clone(), agent.clone());
+                tokio::spawn(async move {
+                    let _ = heartbeat(&s, &b, &a, id).await;
+                });
+            }
+            continue;
+        }
+        let q = NodeListQuery {
+            provision_states: vec![ProvisionState::WaitCallBack, ProvisionState::CleanWait],
+            ..Default::default()
+        };
+        if let Ok(nodes) = crate::periodic::list_all_store(&store, q).await {
+            for n in nodes.into_iter().filter(|n| !crate::workflows::agent_called_back(n)) {
+                let _ = heartbeat(&store, &bus, &agent, n.uuid).await;
+            }
+        }
+    }
+}
+
+/// What the API does for `PUT states/provision`: refuse a locked node (`NodeLocked`) or a
+/// verb the state does not allow (`Conflict`), else apply the first transition with a
+/// conditional update, record history and publish `ProvisionRequested`.
+///
+/// # Errors
+/// `NodeLocked`, `Conflict` (also when another request won the race), database errors.
+pub async fn request_provision(
+    store: &DataStore,
+    bus: &bus::DynBus,
+    node: NodeId,
+    verb: ApiVerb,
+) -> Result<Node, PublicError> {
+    let n = store.node_fetch(node).await?;
+    if let Some(holder) = &n.reservation {
+        return Err(PublicError::NodeLocked { node: node.to_string(), holder: holder.clone() });
+    }
+    let from = n.provision_state;
+    let to = next(from, verb.event()).map_err(|e| PublicError::conflict(e.to_string()))?;
+    let mut upd = n.clone();
+    upd.provision_state = to;
+    upd.target_provision_state = if to.is_stable() {
+        None
+    } else if verb == ApiVerb::Clean {
+        Some(ProvisionState::Manageable)
+    } else {
+        to.fsm_target()
+    };
+    upd.provision_updated_at = Some(Utc::now());
+    upd.last_error = None;
+    let stored = store.node_update(&upd).await?;
+    store
+        .history_insert(&NodeHistory {
+            uuid: uuid::Uuid::new_v4(),
+            node_uuid: node,
+            severity: "INFO".into(),
+            event_type: "provisioning".into(),
+            event: format!("{from} -> {to} ({})", verb.event()),
+            conductor: None,
+            from_state: Some(from),
+            to_state: Some(to),
+            created_at: Utc::now(),
+        })
+        .await?;
+    let ev = Event {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        node_uuid: node.to_string(),
+        request_id: format!("req-{}", uuid::Uuid::new_v4()),
+        created_at: Utc::now().to_rfc3339(),
+        payload: Some(Payload::ProvisionRequested(ProvisionRequested {
+            verb: format!("{verb:?}").to_lowercase(),
+            event: verb.event().to_string(),
+            from_state: from.to_string(),
+            to_state: to.to_string(),
+            ..Default::default()
+        })),
+    };
+    bus::publish_event(bus.as_ref(), &ev)
+        .await
+        .map_err(|e| PublicError::unavailable(e.to_string()))?;
+    Ok(stored)
+}
+
+/// What the API does for `PUT states/power`.
+///
+/// # Errors
+/// `NodeLocked`, `Conflict`, database errors.
+pub async fn request_power(
+    store: &DataStore,
+    bus: &bus::DynBus,
+    node: NodeId,
+    target: PowerState,
+) -> Result<Node, PublicError> {
+    let mut n = store.node_fetch(node).await?;
+    if let Some(holder) = &n.reservation {
+        return Err(PublicError::NodeLocked { node: node.to_string(), holder: holder.clone() });
+    }
+    n.target_power_state = Some(target);
+    let stored = store.node_update(&n).await?;
+    let ev = Event {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        node_uuid: node.to_string(),
+        payload: Some(Payload::PowerRequested(proto::events::PowerRequested {
+            target: target.to_string(),
+            timeout_secs: 0,
+        })),
+        ..Default::default()
+    };
+    bus::publish_event(bus.as_ref(), &ev)
+        .await
+        .map_err(|e| PublicError::unavailable(e.to_string()))?;
+    Ok(stored)
+}
+
+/// A fake-hardware node with the given deploy interface, an image to deploy, inserted.
+///
+/// # Errors
+/// Database errors.
+pub async fn insert_fake_node(
+    store: &DataStore,
+    deploy_interface: &str,
+) -> Result<Node, PublicError> {
+    let mut n = Node::new(NodeId::new_v4(), "fake-hardware", Utc::now());
+    n.interfaces.deploy = Some(deploy_interface.into());
+    n.instance_info.insert("image_source".into(), "http://127.0.0.1:9/image.raw".into());
+    n.instance_info.insert(
+        "image_checksum".into(),
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
+    );
+    store.node_insert(&n).await
+}
+
+/// A conductor config with short intervals for tests.
+pub fn fast_config(hostname: &str, queue: &str) -> ConductorConfig {
+    ConductorConfig {
+        hostname: hostname.into(),
+        queue: queue.into(),
+        heartbeat_interval_secs: 1.0,
+        sweep_interval_secs: 1.0,
+        check_timeouts_interval_secs: 0.5,
+        callback_timeout_secs: 30.0,
+        power_sync_interval_secs: 0.0,
+        lock_retry_interval_ms: 50,
+        lock_retry_attempts: 40,
+        drain_timeout_secs: 5.0,
+        ..ConductorConfig::default()
+    }
+}
+
+/// Poll `f` until it returns `Some`, or panic with `what` after `deadline`.
+///
+/// # Panics
+/// When the deadline passes.
+pub async fn wait_for<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

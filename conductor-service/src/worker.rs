@@ -1,0 +1,252 @@
+//! Waking nodes: the bus consumer and the periodic sweep both call [`wake`], which re-reads
+//! the node, takes its lock, decides from the database what to do and runs it.
+//!
+//! A node is driven by at most one task per conductor (a wake for a node already being
+//! driven here only asks that task to look again when it finishes) and by at most one
+//! conductor (the lock). Panics in a workflow are caught: the node fails with
+//! `last_error` and the lock is released.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::{Delivery, QueueSpec, routing};
+use deploy::{NodeId, PublicError};
+use futures::FutureExt;
+use proto::events::event::Payload;
+use tracing::Instrument;
+
+use crate::Ctx;
+use crate::task::{LockGuard, Task, WorkflowError};
+use crate::workflows::{self, work_for};
+
+/// Removes the node from the in-flight set when the driving task ends, however it ends.
+struct InflightEntry<'a> {
+    ctx: &'a Ctx,
+    node: NodeId,
+}
+
+impl InflightEntry<'_> {
+    /// Whether another wake arrived meanwhile (and clears the flag); removes the entry when
+    /// not, so the decision and the removal are atomic.
+    fn rerun_requested(&self) -> bool {
+        let mut map = self.ctx.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(&self.node) {
+            Some(again) if *again => {
+                *again = false;
+                true
+            }
+            _ => {
+                map.remove(&self.node);
+                false
+            }
+        }
+    }
+}
+
+impl Drop for InflightEntry<'_> {
+    fn drop(&mut self) {
+        self.ctx.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.node);
+    }
+}
+
+/// Drive `node` if it needs work. Returns once the work is committed (or there was none,
+/// or another conductor holds the node for longer than the lock retries).
+///
+/// # Errors
+/// A database error; the caller may retry (the node's recorded state is unchanged).
+pub async fn wake(ctx: &Arc<Ctx>, node: NodeId) -> Result<(), PublicError> {
+    {
+        let mut map = ctx.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(again) = map.get_mut(&node) {
+            *again = true;
+            return Ok(());
+        }
+        map.insert(node, false);
+    }
+    let entry = InflightEntry { ctx, node };
+    // The concurrency limit; the semaphore is never closed, so an error cannot happen.
+    let _permit = ctx.tasks.acquire().await.ok();
+    loop {
+        drive_once(ctx, node).await?;
+        if !entry.rerun_requested() {
+            return Ok(());
+        }
+    }
+}
+
+/// [`wake`] for spawning: owns its context and logs failures. Boxed in a plain function so
+/// the compiler checks `Send` once, with concrete lifetimes (async closures in the store
+/// otherwise trip rustc's higher-ranked `Send` inference at nested spawn sites).
+pub fn wake_owned(ctx: Arc<Ctx>, node: NodeId) -> futures::future::BoxFuture<'static, ()> {
+    Box::pin(async move {
+        if let Err(e) = wake(&ctx, node).await {
+            tracing::warn!(node = %node, error = %crate::Chain(&e), "could not drive node");
+        }
+    })
+}
+
+async fn drive_once(ctx: &Arc<Ctx>, id: NodeId) -> Result<(), PublicError> {
+    let interval = Duration::from_millis(ctx.cfg.lock_retry_interval_ms);
+    for attempt in 0..=ctx.cfg.lock_retry_attempts {
+        let node = match ctx.store.node_fetch(id).await {
+            Ok(n) => n,
+            Err(PublicError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if work_for(&node).is_none() {
+            tracing::debug!(node = %id, state = %node.provision_state, "nothing to do");
+            return Ok(());
+        }
+        match LockGuard::acquire(ctx, id).await {
+            Ok((guard, node)) => {
+                run_locked(ctx, guard, node).await;
+                return Ok(());
+            }
+            Err(PublicError::NodeLocked { holder, .. }) => {
+                tracing::debug!(node = %id, holder, attempt, "node locked; retrying");
+                tokio::select! {
+                    biased;
+                    () = ctx.token.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(interval) => {}
+                }
+            }
+            Err(PublicError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    // Another task keeps the node; it re-reads the state when done, and the sweep heals
+    // anything left behind.
+    tracing::info!(node = %id, "node stayed locked; leaving it to its holder and the sweep");
+    Ok(())
+}
+
+async fn run_locked(ctx: &Arc<Ctx>, guard: LockGuard, node: deploy::Node) {
+    let id = node.uuid;
+    let Some(work) = work_for(&node) else {
+        guard.release().await;
+        return;
+    };
+    let span =
+        tracing::info_span!("workflow", node_id = %id, work = ?work, state = %node.provision_state);
+    let mut task = Task { ctx: ctx.clone(), node };
+    let res =
+        AssertUnwindSafe(workflows::run(&mut task, work)).catch_unwind().instrument(span).await;
+    match res {
+        Ok(Ok(())) => {}
+        Ok(Err(WorkflowError::StateChanged { expected, found, .. })) => {
+            tracing::info!(node = %id, %expected, %found, "state changed concurrently; stopped");
+        }
+        Ok(Err(WorkflowError::Shutdown)) => {
+            tracing::info!(node = %id, "stopped by shutdown; the node keeps its recorded state");
+        }
+        Ok(Err(e @ WorkflowError::Store(_))) => {
+            tracing::error!(node = %id, error = %crate::Chain(&e), "database error; will retry");
+        }
+        Ok(Err(WorkflowError::Failed(msg))) => {
+            // `run` records failures itself; this is a failure while recording one.
+            tracing::error!(node = %id, error = msg, "workflow failed");
+        }
+        Err(_panic) => {
+            tracing::error!(node = %id, "workflow panicked; failing the node");
+            if let Ok(n) = ctx.store.node_fetch(id).await {
+                task.node = n;
+                let msg =
+                    "Internal error: the conductor's workflow crashed; see the conductor logs";
+                if let Err(e) = workflows::fail_current(&mut task, msg).await {
+                    tracing::error!(node = %id, error = %crate::Chain(&e), "could not fail the node");
+                }
+            }
+        }
+    }
+    guard.release().await;
+}
+
+/// Consume the work queue until shutdown, re-subscribing when the bus drops the consumer.
+pub async fn consume(ctx: Arc<Ctx>) {
+    let spec = QueueSpec {
+        queue: ctx.cfg.queue.clone(),
+        patterns: vec![routing::PROVISION.into(), routing::POWER.into(), routing::HEARTBEAT.into()],
+        prefetch: ctx.cfg.prefetch,
+        max_attempts: 10,
+    };
+    loop {
+        let mut consumer = tokio::select! {
+            biased;
+            () = ctx.token.cancelled() => return,
+            c = ctx.bus.consume(spec.clone()) => match c {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(queue = %spec.queue, error = %crate::Chain(&e), "cannot consume; retrying");
+                    tokio::select! {
+                        () = ctx.token.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                    }
+                }
+            },
+        };
+        tracing::info!(queue = %spec.queue, "consuming");
+        loop {
+            let delivery = tokio::select! {
+                // Shutdown first; `next` is cancel-safe (an unreceived delivery stays queued).
+                biased;
+                () = ctx.token.cancelled() => return,
+                d = consumer.next() => d,
+            };
+            let Some(d) = delivery else {
+                tracing::warn!(queue = %spec.queue, "consumer closed; re-subscribing");
+                break;
+            };
+            let c = ctx.clone();
+            ctx.tracker.spawn(handle_delivery_boxed(c, d));
+        }
+    }
+}
+
+fn handle_delivery_boxed(ctx: Arc<Ctx>, d: Delivery) -> futures::future::BoxFuture<'static, ()> {
+    Box::pin(handle_delivery(ctx, d))
+}
+
+async fn handle_delivery(ctx: Arc<Ctx>, d: Delivery) {
+    let span = tracing::info_span!("delivery", routing_key = %d.routing_key,
+        message_id = %d.message_id, attempt = d.attempt, node_id = tracing::field::Empty);
+    bus::trace::set_parent_from(&span, &d.headers);
+    async move {
+        let ev = match bus::decode_event(&d) {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(error = %crate::Chain(&e), "undecodable message; dead-lettering");
+                let _ = d.dead_letter().await;
+                return;
+            }
+        };
+        let Ok(id) = ev.node_uuid.parse::<NodeId>() else {
+            tracing::warn!(node = %ev.node_uuid, "message without a valid node id; dead-lettering");
+            let _ = d.dead_letter().await;
+            return;
+        };
+        tracing::Span::current().record("node_id", tracing::field::display(id));
+        if let Some(Payload::ProvisionRequested(p)) = &ev.payload
+            && p.event == "abort"
+        {
+            tracing::info!(node = %id, from = %p.from_state, "abort requested");
+        }
+        match wake(&ctx, id).await {
+            Ok(()) => {
+                if let Err(e) = d.ack().await {
+                    tracing::warn!(error = %crate::Chain(&e), "ack failed; the message will come again");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(node = %id, error = %crate::Chain(&e), "wake failed; requeueing");
+                tokio::select! {
+                    () = ctx.token.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                let _ = d.nack_requeue().await;
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}

@@ -1,0 +1,485 @@
+//! The workflows a locked node runs, chosen from its recorded state: verify (manage),
+//! deploy, clean (provide, undeploy), delete, resume on the agent's heartbeat, power
+//! requests and abort clean-up. Every failure ends in the failure state with `last_error`.
+
+use chrono::Utc;
+use deploy::drivers::DriverError;
+use deploy::steps::{
+    Recovery, Step, StepKind, plan_from_json, plan_to_json, recover, step_to_json,
+};
+use deploy::{Node, PowerState, ProvisionEvent as E, ProvisionState as S};
+use serde_json::Value;
+
+use crate::deploy_iface::{DeployInterface, StepOutcome};
+use crate::drivers::{DriverSet, bmc_label};
+use crate::task::{Task, WorkflowError};
+
+/// What a node needs from a conductor, decided from its recorded state alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// `verifying`: check the BMC.
+    Verify,
+    /// `deploying`: start or re-plan a deploy.
+    Deploy,
+    /// `cleaning`: start or re-plan cleaning.
+    Clean,
+    /// `deleting`: tear down, then clean.
+    Delete,
+    /// `wait call-back` and the agent has called: continue the deploy.
+    ResumeDeploy,
+    /// `clean wait` and the agent has called: continue cleaning.
+    ResumeClean,
+    /// A power change was requested (`target_power_state`).
+    Power(PowerState),
+}
+
+/// The agent of the current ramdisk boot has heartbeated (its address and token are wiped
+/// on every power off / reboot, so their presence means "called back since the boot").
+pub fn agent_called_back(n: &Node) -> bool {
+    let has = |k: &str| {
+        n.driver_internal_info.get(k).and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+    };
+    has("agent_url") && has("agent_secret_token")
+}
+
+/// What `n` needs, if anything. Reads only; the caller takes the lock and decides again.
+pub fn work_for(n: &Node) -> Option<Work> {
+    match n.provision_state {
+        S::Verifying => Some(Work::Verify),
+        S::Deploying => Some(Work::Deploy),
+        S::Cleaning => Some(Work::Clean),
+        S::Deleting => Some(Work::Delete),
+        S::WaitCallBack if !n.maintenance && agent_called_back(n) => Some(Work::ResumeDeploy),
+        S::CleanWait if !n.maintenance && agent_called_back(n) => Some(Work::ResumeClean),
+        _ => n.target_power_state.map(Work::Power),
+    }
+}
+
+/// Run `work` on the locked node. Failures have already been recorded on the node when
+/// this returns `Ok`; an `Err` means the node was left as recorded (database trouble, a
+/// concurrent state change or shutdown).
+pub async fn run(task: &mut Task, work: Work) -> Result<(), WorkflowError> {
+    let drivers = match task.ctx.drivers.for_node(&task.node) {
+        Ok(d) => d,
+        Err(e) => return fail_current(task, &format!("Cannot load drivers: {e}")).await,
+    };
+    let iface = match task.ctx.deploy_interface(&task.node) {
+        Ok(i) => i,
+        Err(e) => return fail_current(task, &e.to_string()).await,
+    };
+    let res = match work {
+        Work::Verify => verify(task, &drivers).await,
+        Work::Deploy => deploy(task, &drivers, iface.as_ref(), false).await,
+        Work::ResumeDeploy => {
+            task.transition(S::WaitCallBack, E::Resume, |_| {}).await?;
+            deploy(task, &drivers, iface.as_ref(), true).await
+        }
+        Work::Clean => clean(task, &drivers, iface.as_ref(), false).await,
+        Work::ResumeClean => {
+            task.transition(S::CleanWait, E::Resume, |_| {}).await?;
+            clean(task, &drivers, iface.as_ref(), true).await
+        }
+        Work::Delete => delete(task, &drivers, iface.as_ref()).await,
+        Work::Power(target) => return power_request(task, &drivers, target).await,
+    };
+    match res {
+        Err(WorkflowError::Failed(msg)) => fail_current(task, &msg).await,
+        other => other,
+    }
+}
+
+/// Fail the operation the node is in (deploy failed, clean failed, enroll, error) with
+/// `last_error = msg`. Nodes in other states only get `last_error`.
+pub async fn fail_current(task: &mut Task, msg: &str) -> Result<(), WorkflowError> {
+    let state = task.node.provision_state;
+    tracing::error!(node = %task.id(), state = %state, error = msg, "operation failed");
+    let msg = msg.to_owned();
+    if deploy::state::next(state, E::Fail).is_ok() {
+        task.transition(state, E::Fail, |n| {
+            n.last_error = Some(msg.clone());
+            clear_plans(n);
+        })
+        .await?;
+    } else {
+        task.update(|n| {
+            n.last_error = Some(msg.clone());
+            n.target_power_state = None;
+            Ok(())
+        })
+        .await?;
+        task.record_history("ERROR", "provisioning", &msg, None, None).await;
+    }
+    Ok(())
+}
+
+fn clear_plans(n: &mut Node) {
+    for k in ["deploy_steps", "deploy_step_index", "clean_steps", "clean_step_index"] {
+        n.driver_internal_info.remove(k);
+    }
+    n.deploy_step.clear();
+    n.clean_step.clear();
+}
+
+/// Manage: validate driver_info and read the power state through the BMC.
+async fn verify(task: &mut Task, d: &DriverSet) -> Result<(), WorkflowError> {
+    let n = task.node.clone();
+    let bmc = bmc_label(&n);
+    let checked = async {
+        d.power.validate(&n)?;
+        d.management.validate(&n)?;
+        d.power.get_power_state(&n).await
+    }
+    .await;
+    match checked {
+        Ok(p) => {
+            task.transition(S::Verifying, E::Done, |n| {
+                n.power_state = Some(p);
+                n.last_error = None;
+            })
+            .await?;
+            Ok(())
+        }
+        Err(e) => Err(WorkflowError::Failed(format!(
+            "Failed to verify the BMC credentials of node {} (BMC {bmc}): {e}",
+            task.id()
+        ))),
+    }
+}
+
+/// Change the power state through the BMC and record it; power off and reboot wipe the
+/// agent's address and token first.
+pub async fn set_power(
+    task: &mut Task,
+    d: &DriverSet,
+    target: PowerState,
+) -> Result<PowerState, WorkflowError> {
+    if target != PowerState::On {
+        task.update(|n| {
+            Task::wipe_agent(n);
+            Ok(())
+        })
+        .await?;
+    }
+    let n = task.node.clone();
+    let reached =
+        d.power.set_power_state(&n, target).await.map_err(|e| power_failed(&n, target, &e))?;
+    let now = Utc::now().to_rfc3339();
+    task.update(|n| {
+        n.power_state = Some(reached);
+        n.driver_internal_info.insert("last_power_state_change".into(), now.clone().into());
+        Ok(())
+    })
+    .await?;
+    Ok(reached)
+}
+
+fn power_failed(n: &Node, target: PowerState, e: &DriverError) -> WorkflowError {
+    WorkflowError::Failed(format!(
+        "Failed to change power state of node {} to '{target}' (BMC {}): {e}",
+        n.uuid,
+        bmc_label(n)
+    ))
+}
+
+/// A `PUT states/power` request recorded as `target_power_state`.
+async fn power_request(
+    task: &mut Task,
+    d: &DriverSet,
+    target: PowerState,
+) -> Result<(), WorkflowError> {
+    let from = task.node.power_state;
+    match set_power(task, d, target).await {
+        Ok(reached) => {
+            task.update(|n| {
+                n.target_power_state = None;
+                n.last_error = None;
+                Ok(())
+            })
+            .await?;
+            let text = format!(
+                "power {} -> {reached}",
+                from.map_or_else(|| "None".to_owned(), |p| p.to_string())
+            );
+            task.record_history("INFO", "power", &text, None, None).await;
+            tracing::info!(node = %task.id(), power = %reached, "power state changed");
+        }
+        Err(WorkflowError::Failed(msg)) => {
+            let m = msg.clone();
+            task.update(|n| {
+                n.target_power_state = None;
+                n.last_error = Some(m.clone());
+                Ok(())
+            })
+            .await?;
+            task.record_history("ERROR", "power", &msg, None, None).await;
+            tracing::error!(node = %task.id(), error = msg, "power action failed");
+        }
+        Err(e) => return Err(e),
+    }
+    let state = task.node.provision_state;
+    task.publish_changed(state, "power").await;
+    Ok(())
+}
+
+/// Which plan a working state runs.
+#[derive(Clone, Copy)]
+enum PlanKind {
+    Deploy,
+    Clean,
+}
+
+impl PlanKind {
+    fn keys(self) -> (&'static str, &'static str) {
+        match self {
+            PlanKind::Deploy => ("deploy_steps", "deploy_step_index"),
+            PlanKind::Clean => ("clean_steps", "clean_step_index"),
+        }
+    }
+    fn states(self) -> (S, S) {
+        match self {
+            PlanKind::Deploy => (S::Deploying, S::WaitCallBack),
+            PlanKind::Clean => (S::Cleaning, S::CleanWait),
+        }
+    }
+}
+
+enum PlanEnd {
+    Waiting,
+    Finished,
+}
+
+/// The recorded plan and cursor, or `None` when nothing is recorded.
+fn recorded(n: &Node, kind: PlanKind) -> Result<Option<(Vec<Step>, usize)>, WorkflowError> {
+    let (steps_key, index_key) = kind.keys();
+    // A plan without a cursor was requested by a user (manual clean), not recorded by us.
+    if !n.driver_internal_info.contains_key(index_key) {
+        return Ok(None);
+    }
+    let Some(v) = n.driver_internal_info.get(steps_key) else { return Ok(None) };
+    let steps = plan_from_json(v).map_err(|e| WorkflowError::Failed(e.to_string()))?;
+    let index = n
+        .driver_internal_info
+        .get(index_key)
+        .and_then(Value::as_u64)
+        .and_then(|i| usize::try_from(i).ok())
+        .unwrap_or(0);
+    Ok(Some((steps, index)))
+}
+
+/// Choose where to start: a fresh plan, the recorded cursor after a heartbeat, or a
+/// re-plan after a takeover (the interrupted step again if idempotent, else fail).
+fn start_point(
+    task: &Task,
+    kind: PlanKind,
+    resumed: bool,
+    fresh: impl FnOnce() -> Result<Vec<Step>, WorkflowError>,
+) -> Result<(Vec<Step>, usize, bool), WorkflowError> {
+    match recorded(&task.node, kind)? {
+        Some((steps, index)) if resumed => Ok((steps, index, false)),
+        Some((steps, index)) => match recover(&steps, index) {
+            Recovery::ResumeAt(i) => {
+                tracing::warn!(node = %task.id(), index = i, "re-planning an interrupted operation");
+                Ok((steps, i, false))
+            }
+            Recovery::Fail(msg) => Err(WorkflowError::Failed(format!(
+                "Operation on node {} was interrupted: {msg}",
+                task.id()
+            ))),
+        },
+        None => Ok((fresh()?, 0, true)),
+    }
+}
+
+async fn run_plan(
+    task: &mut Task,
+    d: &DriverSet,
+    iface: &dyn DeployInterface,
+    kind: PlanKind,
+    steps: &[Step],
+    start: usize,
+    record_plan: bool,
+) -> Result<PlanEnd, WorkflowError> {
+    let (steps_key, index_key) = kind.keys();
+    let (working, _) = kind.states();
+    let plan_json = plan_to_json(steps);
+    for (i, step) in steps.iter().enumerate().skip(start) {
+        let step_json = step_to_json(step);
+        let id = task.id();
+        task.update(|n| {
+            if n.provision_state != working {
+                return Err(WorkflowError::StateChanged {
+                    node: id,
+                    expected: working,
+                    found: n.provision_state,
+                });
+            }
+            if record_plan || !n.driver_internal_info.contains_key(steps_key) {
+                n.driver_internal_info.insert(steps_key.into(), plan_json.clone());
+            }
+            n.driver_internal_info.insert(index_key.into(), i.into());
+            match kind {
+                PlanKind::Deploy => n.deploy_step = step_json.clone(),
+                PlanKind::Clean => n.clean_step = step_json.clone(),
+            }
+            Ok(())
+        })
+        .await?;
+        if task.ctx.token.is_cancelled() {
+            return Err(WorkflowError::Shutdown);
+        }
+        tracing::info!(node = %task.id(), step = step.name, index = i, "running step");
+        let outcome = iface.execute(task, d, step, i, steps.len()).await?;
+        if let StepOutcome::Wait = outcome {
+            let (working, _) = kind.states();
+            task.transition(working, E::Wait, |n| {
+                n.driver_internal_info.insert(index_key.into(), (i + 1).into());
+                match kind {
+                    PlanKind::Deploy => n.deploy_step.clear(),
+                    PlanKind::Clean => n.clean_step.clear(),
+                }
+            })
+            .await?;
+            return Ok(PlanEnd::Waiting);
+        }
+    }
+    Ok(PlanEnd::Finished)
+}
+
+async fn deploy(
+    task: &mut Task,
+    d: &DriverSet,
+    iface: &dyn DeployInterface,
+    resumed: bool,
+) -> Result<(), WorkflowError> {
+    let node = task.node.clone();
+    let (steps, start, fresh) = start_point(task, PlanKind::Deploy, resumed, || {
+        iface
+            .validate(&node)
+            .map_err(|m| WorkflowError::Failed(format!("Cannot deploy node {}: {m}", node.uuid)))?;
+        iface.deploy_plan(&node).map_err(|e| WorkflowError::Failed(e.to_string()))
+    })?;
+    if fresh {
+        let whole = deploy::steps::is_whole_disk_image(&task.node.instance_info);
+        task.update(|n| {
+            n.last_error = None;
+            n.driver_internal_info.insert("is_whole_disk_image".into(), whole.into());
+            n.driver_internal_info.remove("deploy_progress");
+            n.driver_internal_info.remove("root_uuid_or_disk_id");
+            Ok(())
+        })
+        .await?;
+    }
+    match run_plan(task, d, iface, PlanKind::Deploy, &steps, start, fresh).await? {
+        PlanEnd::Waiting => Ok(()),
+        PlanEnd::Finished => {
+            task.transition(S::Deploying, E::Done, |n| {
+                clear_plans(n);
+                Task::wipe_agent(n);
+                n.last_error = None;
+            })
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+async fn clean(
+    task: &mut Task,
+    d: &DriverSet,
+    iface: &dyn DeployInterface,
+    resumed: bool,
+) -> Result<(), WorkflowError> {
+    let automated = task.node.automated_clean.unwrap_or(task.ctx.cfg.automated_clean);
+    let node = task.node.clone();
+    let (steps, start, fresh) = start_point(task, PlanKind::Clean, resumed, || {
+        let manual = node.target_provision_state == Some(S::Manageable);
+        match node.driver_internal_info.get("clean_steps") {
+            Some(requested) if manual && iface.name() != "fake" => {
+                // Manual clean: boot the ramdisk, run the requested steps, power off.
+                let user = plan_from_json(requested).map_err(|e| {
+                    WorkflowError::Failed(format!("Cannot clean node {}: {e}", node.uuid))
+                })?;
+                let mut plan = iface
+                    .clean_plan(&node, true)
+                    .map_err(|e| WorkflowError::Failed(e.to_string()))?;
+                plan.retain(|s| matches!(s.kind, StepKind::BootRamdisk | StepKind::PowerOff));
+                let tail = plan.split_off(plan.len().min(1));
+                plan.extend(
+                    user.into_iter()
+                        .filter(|s| !matches!(s.kind, StepKind::BootRamdisk | StepKind::PowerOff)),
+                );
+                plan.extend(tail);
+                Ok(plan)
+            }
+            _ if manual && iface.name() == "fake" => Ok(Vec::new()),
+            _ => {
+                iface.clean_plan(&node, automated).map_err(|e| WorkflowError::Failed(e.to_string()))
+            }
+        }
+    })?;
+    match run_plan(task, d, iface, PlanKind::Clean, &steps, start, fresh).await? {
+        PlanEnd::Waiting => Ok(()),
+        PlanEnd::Finished => {
+            // A manual clean returns to manageable, an automated one makes the node available.
+            let event = if task.node.target_provision_state == Some(S::Manageable) {
+                E::Manage
+            } else {
+                E::Done
+            };
+            task.transition(S::Cleaning, event, |n| {
+                clear_plans(n);
+                Task::wipe_agent(n);
+                n.driver_internal_info.remove("deploy_progress");
+                n.last_error = None;
+            })
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+/// Undeploy: power off, wipe the instance, then clean.
+async fn delete(
+    task: &mut Task,
+    d: &DriverSet,
+    iface: &dyn DeployInterface,
+) -> Result<(), WorkflowError> {
+    set_power(task, d, PowerState::Off).await?;
+    task.transition(S::Deleting, E::Clean, |n| {
+        n.instance_info.clear();
+        n.instance_uuid = None;
+        clear_plans(n);
+        for k in ["is_whole_disk_image", "root_uuid_or_disk_id", "deploy_progress"] {
+            n.driver_internal_info.remove(k);
+        }
+    })
+    .await?;
+    match clean(task, d, iface, false).await {
+        Err(WorkflowError::Failed(msg)) => fail_current(task, &msg).await,
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deploy::NodeId;
+
+    #[test]
+    fn test_work_follows_recorded_state() {
+        let mut n = Node::new(NodeId::new_v4(), "fake-hardware", Utc::now());
+        assert_eq!(work_for(&n), None);
+        n.provision_state = S::WaitCallBack;
+        assert_eq!(work_for(&n), None);
+        n.driver_internal_info.insert("agent_url".into(), "http://127.0.0.1:1".into());
+        n.driver_internal_info.insert("agent_secret_token".into(), "t".into());
+        assert_eq!(work_for(&n), Some(Work::ResumeDeploy));
+        n.maintenance = true;
+        assert_eq!(work_for(&n), None, "maintenance: heartbeats are recorded only");
+        n.provision_state = S::Deploying;
+        assert_eq!(work_for(&n), Some(Work::Deploy));
+        n.provision_state = S::Active;
+        n.target_power_state = Some(PowerState::Off);
+        assert_eq!(work_for(&n), Some(Work::Power(PowerState::Off)));
+    }
+}

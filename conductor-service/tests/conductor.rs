@@ -1,0 +1,467 @@
+//! Conductor component tests: workflows over a real store and bus with the simulated agent.
+//!
+//! SQLite + in-process bus tests always run. PostgreSQL + RabbitMQ tests skip loudly when the
+//! services are missing, and fail when `FERRIC_REQUIRE_SERVICES=1`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use conductor_service::ConductorConfig;
+use conductor_service::testing::{
+    SimAgent, SimAgentConfig, fast_config, insert_fake_node, request_provision, run_fleet, wait_for,
+};
+use deploy::{ApiVerb, Node, NodeId, ProvisionState as S, PublicError};
+use store::testing::{TestDatabase, services_required};
+use tokio_util::sync::CancellationToken;
+
+const AMQP_DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn amqp_url() -> String {
+    std::env::var("FERRIC_TEST_AMQP_URL").unwrap_or_else(|_| AMQP_DEFAULT.to_owned())
+}
+
+struct Env {
+    db: TestDatabase,
+    bus: bus::DynBus,
+    exchange: String,
+    queue: String,
+    token: CancellationToken,
+    agent: SimAgent,
+    real: bool,
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+async fn env(real: bool) -> Option<Env> {
+    let token = CancellationToken::new();
+    let exchange = unique("ferric-test");
+    let (db, bus) = if real {
+        let db = TestDatabase::postgres().await?;
+        let bus = match bus::connect_with_exchange(Some(&amqp_url()), &exchange).await {
+            Ok(b) => b,
+            Err(e) => {
+                assert!(!services_required(), "RabbitMQ is required but not reachable: {e}");
+                eprintln!("SKIPPING: RabbitMQ not reachable at {}: {e}", amqp_url());
+                return None;
+            }
+        };
+        (db, bus)
+    } else {
+        (TestDatabase::sqlite().await, bus::connect(None).await.unwrap())
+    };
+    let agent = SimAgent::start(SimAgentConfig::default(), token.clone()).await.unwrap();
+    Some(Env { db, bus, exchange, queue: unique("conductor.work"), token, agent, real })
+}
+
+impl Env {
+    fn store(&self) -> &store::DataStore {
+        self.db.store()
+    }
+
+    fn start_conductor(&self, cfg: ConductorConfig) -> CancellationToken {
+        let t = self.token.child_token();
+        let (s, b, tt) = (self.store().clone(), self.bus.clone(), t.clone());
+        tokio::spawn(async move { conductor_service::run(cfg, s, b, tt).await.unwrap() });
+        t
+    }
+
+    fn start_fleet(&self) {
+        let (s, b, a, t) =
+            (self.store().clone(), self.bus.clone(), self.agent.clone(), self.token.clone());
+        tokio::spawn(run_fleet(s, b, a, Duration::from_millis(500), t));
+    }
+
+    async fn node(&self, id: NodeId) -> Node {
+        self.store().node_fetch(id).await.unwrap()
+    }
+
+    async fn wait_state(&self, id: NodeId, want: S, within: Duration) -> Node {
+        let store = self.store().clone();
+        wait_for(within, &format!("node {id} to reach {want}"), || {
+            let store = store.clone();
+            async move {
+                let n = store.node_fetch(id).await.ok()?;
+                assert!(
+                    !(n.provision_state.is_failed() && !want.is_failed()),
+                    "node {id} failed: {} ({:?})",
+                    n.provision_state,
+                    n.last_error
+                );
+                (n.provision_state == want && n.reservation.is_none()).then_some(n)
+            }
+        })
+        .await
+    }
+
+    async fn provision(&self, id: NodeId, verb: ApiVerb) -> Result<Node, PublicError> {
+        request_provision(self.store(), &self.bus, id, verb).await
+    }
+
+    async fn finish(self) {
+        self.token.cancel();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.db.cleanup().await;
+    }
+}
+
+/// Drive one direct-deploy node through the whole lifecycle and check its history.
+async fn lifecycle(env: &Env, conductors: usize) {
+    for i in 0..conductors {
+        env.start_conductor(fast_config(&format!("c{i}-{}", env.queue), &env.queue));
+    }
+    env.start_fleet();
+    let n = insert_fake_node(env.store(), "direct").await.unwrap();
+    let id = n.uuid;
+    let long = Duration::from_secs(30);
+    env.provision(id, ApiVerb::Manage).await.unwrap();
+    let n = env.wait_state(id, S::Manageable, long).await;
+    assert_eq!(n.power_state, Some(deploy::PowerState::Off));
+    env.provision(id, ApiVerb::Provide).await.unwrap();
+    env.wait_state(id, S::Available, long).await;
+    assert_eq!(env.agent.erases(id), 1, "automated cleaning erased the disk metadata once");
+    env.provision(id, ApiVerb::Active).await.unwrap();
+    let n = env.wait_state(id, S::Active, long).await;
+    assert_eq!(env.agent.writes(id), 1);
+    assert_eq!(n.power_state, Some(deploy::PowerState::On));
+    assert!(n.driver_internal_info.get("agent_url").is_none(), "agent wiped after deploy");
+    let progress = n.driver_internal_info.get("deploy_progress").expect("progress recorded");
+    assert_eq!(progress["bytes_written"], progress["total_bytes"]);
+    assert_eq!(n.driver_internal_info.get("root_uuid_or_disk_id").unwrap(), "0x1234abcd");
+    env.provision(id, ApiVerb::Deleted).await.unwrap();
+    let n = env.wait_state(id, S::Available, long).await;
+    assert!(n.instance_info.is_empty(), "instance_info wiped on undeploy");
+    assert_eq!(env.agent.erases(id), 2);
+    let history = env.store().history_list(id).await.unwrap();
+    let transitions: Vec<(S, S)> =
+        history.iter().filter_map(|h| Some((h.from_state?, h.to_state?))).collect();
+    for want in [
+        (S::Enroll, S::Verifying),
+        (S::Verifying, S::Manageable),
+        (S::Manageable, S::Cleaning),
+        (S::Cleaning, S::CleanWait),
+        (S::CleanWait, S::Cleaning),
+        (S::Cleaning, S::Available),
+        (S::Available, S::Deploying),
+        (S::Deploying, S::WaitCallBack),
+        (S::WaitCallBack, S::Deploying),
+        (S::Deploying, S::Active),
+        (S::Active, S::Deleting),
+        (S::Deleting, S::Cleaning),
+    ] {
+        assert!(transitions.contains(&want), "history lacks {want:?}: {transitions:?}");
+    }
+    assert_eq!(transitions.last(), Some(&(S::Cleaning, S::Available)));
+}
+
+#[tokio::test]
+async fn test_lifecycle_sqlite_in_process_bus() {
+    let env = env(false).await.unwrap();
+    lifecycle(&env, 1).await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn test_lifecycle_postgres_rabbitmq_two_conductors() {
+    let Some(env) = env(true).await else { return };
+    assert!(env.real);
+    lifecycle(&env, 2).await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn test_fake_deploy_interface_and_disabled_cleaning() {
+    let env = env(false).await.unwrap();
+    let mut cfg = fast_config("c-fake", &env.queue);
+    cfg.automated_clean = false;
+    env.start_conductor(cfg);
+    let n = insert_fake_node(env.store(), "fake").await.unwrap();
+    let long = Duration::from_secs(20);
+    env.provision(n.uuid, ApiVerb::Manage).await.unwrap();
+    env.wait_state(n.uuid, S::Manageable, long).await;
+    env.provision(n.uuid, ApiVerb::Provide).await.unwrap();
+    env.wait_state(n.uuid, S::Available, long).await;
+    env.provision(n.uuid, ApiVerb::Active).await.unwrap();
+    env.wait_state(n.uuid, S::Active, long).await;
+    assert_eq!(env.agent.writes(n.uuid), 0, "the fake interface needs no agent");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn test_agent_write_failure_fails_deploy_with_last_error() {
+    let env = env(false).await.unwrap();
+    env.start_conductor(fast_config("c-fail", &env.queue));
+    env.start_fleet();
+    let n = insert_fake_node(env.store(), "direct").await.unwrap();
+    let mut n = n;
+    n.provision_state = S::Available;
+    let n = env.store().node_update(&n).await.unwrap();
+    env.agent.fail_next_write(n.uuid);
+    env.provision(n.uuid, ApiVerb::Active).await.unwrap();
+    let failed = env.wait_state(n.uuid, S::DeployFailed, Duration::from_secs(20)).await;
+    let err = failed.last_error.unwrap();
+    assert!(err.contains("write_image") && err.contains("checksum mismatch"), "{err}");
+    assert_eq!(failed.target_provision_state, Some(S::Active));
+    // Rebuild from deploy failed works and deploys once more.
+    env.provision(n.uuid, ApiVerb::Rebuild).await.unwrap();
+    env.wait_state(n.uuid, S::Active, Duration::from_secs(20)).await;
+    assert_eq!(env.agent.writes(n.uuid), 2);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn test_agent_vanishing_mid_deploy_fails_at_callback_timeout() {
+    let env = env(false).await.unwrap();
+    let mut cfg = fast_config("c-vanish", &env.queue);
+    cfg.callback_timeout_secs = 2.0;
+    cfg.agent.command_timeout_secs = 1.0;
+    env.start_conductor(cfg);
+    env.start_fleet();
+    let mut n = insert_fake_node(env.store(), "direct").await.unwrap();
+    n.provision_state = S::Available;
+    let n = env.store().node_update(&n).await.unwrap();
+    env.provision(n.uuid, ApiVerb::Active).await.unwrap();
+    // Vanish once the write has started.
+    let agent = env.agent.clone();
+    let id = n.uuid;
+    wait_for(Duration::from_secs(10), "the write to start", || {
+        let a = agent.clone();
+        async move { (a.writes(id) > 0).then_some(()) }
+    })
+    .await;
+    env.agent.vanish(id);
+    let started = std::time::Instant::now();
+    let failed = env.wait_state(id, S::DeployFailed, Duration::from_secs(20)).await;
+    let err = failed.last_error.unwrap();
+    assert!(err.contains("Timed out") && err.contains("write_image"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn test_no_heartbeat_fails_wait_call_back_at_timeout() {
+    let env = env(false).await.unwrap();
+    let mut cfg = fast_config("c-timeout", &env.queue);
+    cfg.callback_timeout_secs = 1.0;
+    env.start_conductor(cfg);
+    // No fleet: the ramdisk never calls back.
+    let mut n = insert_fake_node(env.store(), "direct").await.unwrap();
+    n.provision_state = S::Available;
+    let n = env.store().node_update(&n).await.unwrap();
+    env.provision(n.uuid, ApiVerb::Active).await.unwrap();
+    let failed = env.wait_state(n.uuid, S::DeployFailed, Duration::from_secs(15)).await;
+    let err = failed.last_error.unwrap();
+    assert!(
+        err.contains("Timeout reached while waiting for callback")
+            && err.contains("wait call-back"),
+        "{err}"
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn test_maintenance_heartbeat_is_recorded_only_and_abort_fails_wait() {
+    let env = env(false).await.unwrap();
+    env.start_conductor(fast_config("c-maint", &env.queue));
+    let mut n = insert_fake_node(env.store(), "direct").await.unwrap();
+    n.provision_state = S::Available;
+    let n = env.store().node_update(&n).await.unwrap();
+    env.provision(n.uuid, ApiVerb::Active).await.unwrap();
+    let mut n = env.wait_state(n.uuid, S::WaitCallBack, Duration::from_secs(10)).await;
+    n.maintenance = true;
+    env.store().node_update(&n).await.unwrap();
+    // The ramdisk calls back, but the node is in maintenance: nothing happens.
+    conductor_service::testing::heartbeat(env.store(), &env.bus, &env.agent, n.uuid).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let n = env.node(n.uuid).await;
+    assert_eq!(n.provision_state, S::WaitCallBack);
+    assert_eq!(env.agent.writes(n.uuid), 0);
+    // Abort from wait call-back.
+    env.provision(n.uuid, ApiVerb::Abort).await.unwrap();
+    let n = env.node(n.uuid).await;
+    assert_eq!(n.provision_state, S::DeployFailed);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn test_power_request_is_applied_and_recorded() {
+    let env = env(false).await.unwrap();
+    env.start_conductor(fast_config("c-power", &env.queue));
+    let n = insert_fake_node(env.store(), "fake").await.unwrap();
+    conductor_service::testing::request_power(
+        env.store(),
+        &env.bus,
+        n.uuid,
+        deploy::PowerState::On,
+    )
+    .await
+    .unwrap();
+    let store = env.store().clone();
+    let id = n.uuid;
+    wait_for(Duration::from_secs(10), "power on", || {
+        let s = store.clone();
+        async move {
+            let n = s.node_fetch(id).await.ok()?;
+            (n.power_state == Some(deploy::PowerState::On) && n.target_power_state.is_none())
+                .then_some(())
+        }
+    })
+    .await;
+    let h = env.store().history_list(id).await.unwrap();
+    assert!(h.iter().any(|e| e.event_type == "power" && e.event.contains("power on")));
+    env.finish().await;
+}
+
+/// 200 conflicting requests on 20 nodes: each node runs one deploy, losers get 409.
+#[tokio::test]
+async fn test_concurrent_conflicting_requests_deploy_each_node_once() {
+    let Some(env) = env(true).await else { return };
+    env.start_conductor(fast_config("c-race-1", &env.queue));
+    env.start_conductor(fast_config("c-race-2", &env.queue));
+    env.start_fleet();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let mut n = insert_fake_node(env.store(), "direct").await.unwrap();
+        n.provision_state = S::Available;
+        ids.push(env.store().node_update(&n).await.unwrap().uuid);
+    }
+    let env = Arc::new(env);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let (e, id) = (env.clone(), ids[i % 20]);
+        set.spawn(async move { (id, e.provision(id, ApiVerb::Active).await) });
+    }
+    let mut wins: HashMap<NodeId, u32> = HashMap::new();
+    let mut losers = 0;
+    while let Some(r) = set.join_next().await {
+        let (id, res) = r.unwrap();
+        match res {
+            Ok(_) => *wins.entry(id).or_default() += 1,
+            Err(PublicError::Conflict { .. } | PublicError::NodeLocked { .. }) => losers += 1,
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+    assert_eq!(wins.len(), 20);
+    assert!(wins.values().all(|w| *w == 1), "{wins:?}");
+    assert_eq!(losers, 180);
+    for id in &ids {
+        env.wait_state(*id, S::Active, Duration::from_secs(60)).await;
+        assert_eq!(env.agent.writes(*id), 1, "node {id} deployed more than once");
+        let h = env.store().history_list(*id).await.unwrap();
+        let done = h.iter().filter(|e| e.to_state == Some(S::Active)).count();
+        assert_eq!(done, 1);
+    }
+    let env = Arc::into_inner(env).unwrap();
+    env.finish().await;
+}
+
+/// Start the conductor binary as its own process.
+fn spawn_conductor_process(env: &Env, host: &str, dir: &std::path::Path) -> std::process::Child {
+    let cfg = format!(
+        "[conductor]\nhostname = \"{host}\"\nqueue = \"{}\"\nheartbeat_interval_secs = 1\n\
+         sweep_interval_secs = 1\ncheck_timeouts_interval_secs = 1\ncallback_timeout_secs = 60\n\
+         power_sync_interval_secs = 0\nlock_retry_interval_ms = 50\n\n[database]\nurl = \"{}\"\n\n\
+         [bus]\nurl = \"{}\"\nexchange = \"{}\"\n",
+        env.queue,
+        env.db.url(),
+        amqp_url(),
+        env.exchange
+    );
+    let path = dir.join(format!("{host}.toml"));
+    std::fs::write(&path, cfg).unwrap();
+    let log = std::fs::File::create(dir.join(format!("{host}.log"))).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_conductor-service"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(log)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// kill -9 one of two conductor processes during 20 deploys.
+#[tokio::test]
+async fn test_kill_one_of_two_conductors_during_deploys() {
+    let Some(env) = env(true).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // Slow image writes so the kill lands mid-flight.
+    let agent_token = env.token.clone();
+    let slow = SimAgent::start(
+        SimAgentConfig {
+            chunks: 20,
+            chunk_delay: Duration::from_millis(100),
+            ..Default::default()
+        },
+        agent_token,
+    )
+    .await
+    .unwrap();
+    let (s, b, t) = (env.store().clone(), env.bus.clone(), env.token.clone());
+    tokio::spawn(run_fleet(s, b, slow.clone(), Duration::from_millis(500), t));
+    let mut a = spawn_conductor_process(&env, "victim", dir.path());
+    let mut b = spawn_conductor_process(&env, "survivor", dir.path());
+    let store = env.store().clone();
+    wait_for(Duration::from_secs(30), "both conductors registered", || {
+        let s = store.clone();
+        async move {
+            (s.conductor_list().await.ok()?.iter().filter(|c| c.online).count() == 2).then_some(())
+        }
+    })
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let mut n = insert_fake_node(env.store(), "direct").await.unwrap();
+        n.provision_state = S::Available;
+        ids.push(env.store().node_update(&n).await.unwrap().uuid);
+    }
+    for id in &ids {
+        env.provision(*id, ApiVerb::Active).await.unwrap();
+    }
+    // Kill once the victim holds some node mid-deploy.
+    wait_for(Duration::from_secs(30), "the victim to hold a node", || {
+        let s = store.clone();
+        let ids = ids.clone();
+        async move {
+            for id in ids {
+                if s.node_fetch(id).await.ok()?.reservation.as_deref() == Some("victim") {
+                    return Some(());
+                }
+            }
+            None
+        }
+    })
+    .await;
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let killed_at = std::time::Instant::now();
+    // Liveness timeout = 3 × 1 s; two of them plus the work itself.
+    for id in &ids {
+        let n = wait_for(Duration::from_secs(60), "node to settle", || {
+            let s = store.clone();
+            let id = *id;
+            async move {
+                let n = s.node_fetch(id).await.ok()?;
+                (n.reservation.is_none()
+                    && (n.provision_state == S::Active || n.provision_state.is_failed()))
+                .then_some(n)
+            }
+        })
+        .await;
+        if n.provision_state != S::Active {
+            assert!(n.last_error.is_some(), "failed node {id} without last_error");
+        }
+    }
+    let settled = killed_at.elapsed();
+    eprintln!("all 20 nodes settled {settled:?} after the kill");
+    for id in &ids {
+        let n = env.node(*id).await;
+        assert!(n.reservation.is_none());
+        assert!(!n.provision_state.is_transient_working());
+    }
+    b.kill().unwrap();
+    b.wait().unwrap();
+    env.finish().await;
+}
