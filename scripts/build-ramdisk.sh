@@ -24,6 +24,7 @@ OUT="$REPO_ROOT/target/ramdisk"
 AGENT_BIN=""
 WITH_AGENT=1
 PROFILE=dev
+AGENT_TARGET_DIR="${FERRIC_AGENT_TARGET_DIR:-$REPO_ROOT/target/ramdisk/cargo}"
 while (($#)); do
     case "$1" in
         --out) OUT="$2"; shift 2 ;;
@@ -48,11 +49,14 @@ build_agent() {
     fi
     log "building the agent for $target ($PROFILE profile)"
     # Strip only the musl artifacts: keeps the ramdisk small without touching host builds.
+    # Its own target dir: this build never waits for (or blocks) the workspace's build lock,
+    # so it can run from inside `cargo test`.
+    CARGO_TARGET_DIR="$AGENT_TARGET_DIR" \
     CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C strip=debuginfo -C target-feature=+crt-static" \
         cargo build --manifest-path "$REPO_ROOT/Cargo.toml" -p agent --bin agent \
         --target "$target" --profile "$PROFILE" >&2
     local dir="$PROFILE"; [[ "$PROFILE" == dev ]] && dir=debug
-    AGENT_BIN="$REPO_ROOT/target/$target/$dir/agent"
+    AGENT_BIN="$AGENT_TARGET_DIR/$target/$dir/agent"
     [[ -x "$AGENT_BIN" ]] || die "agent build produced no $AGENT_BIN"
 }
 
@@ -178,7 +182,6 @@ say "api_url=${API_URL:-unset} advertise=${ADVERTISE:-default}"
 if [ -x /bin/ferric-agent ]; then
     set -- /bin/ferric-agent
     [ -n "$API_URL" ] && set -- "$@" --api-url "$API_URL"
-    [ -n "$ADVERTISE" ] && set -- "$@" --advertise "$ADVERTISE"
     say "exec $*"
     "$@"
     say "agent exited with status $?"

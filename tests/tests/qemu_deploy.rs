@@ -1,0 +1,823 @@
+//! A real machine deploy: a QEMU virtual machine (TCG) network-boots Ferric's deploy ramdisk
+//! through pxe-service, the agent writes a real OS image to the VM's disk, the conductor
+//! switches the VM to disk boot through its Redfish BMC, and the VM boots the deployed OS,
+//! whose serial console prints a marker with the machine's identity.
+//!
+//! The stack is the production one composed in this process: api-service, conductor-service
+//! and pxe-service on PostgreSQL and RabbitMQ; the BMC is `sim::bmc::serve_redfish` over a
+//! `sim::qemu::QemuMachine`, driven by the conductor's ordinary `redfish` driver. The VM uses
+//! QEMU user networking: the host's 127.0.0.1 is 10.0.2.2 inside, iPXE chainloads
+//! `boot.ipxe` over HTTP, and the agent's gRPC port is forwarded to the host.
+//!
+//! Artifacts come from `scripts/build-ramdisk.sh` and `scripts/build-test-image.sh` (cached
+//! under `target/`). Each test prints the duration of each phase.
+//!
+//! Skips loudly when `qemu-system-x86_64` is missing unless `FERRIC_REQUIRE_QEMU=1`, and when
+//! PostgreSQL or RabbitMQ is missing unless `FERRIC_REQUIRE_SERVICES=1`.
+
+#![expect(clippy::print_stderr, reason = "test progress and phase timings go to the test log")]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+use sim::bmc::{BootTarget, MachineBackend, PowerStatus};
+use sim::qemu::{QemuConfig, QemuMachine, QemuNetwork};
+use store::testing::TestDatabase;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// QEMU under TCG is slow and the machines running the tests have two cores: one VM at a time.
+static VM_SLOT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const BMC_USER: &str = "admin";
+const BMC_PASSWORD: &str = "qemu-bmc-password";
+/// The guest port the agent's gRPC server listens on.
+const AGENT_GUEST_PORT: u16 = 9999;
+/// Upper bound for one provisioning action to settle (TCG boot + image write + reboot).
+const ACTION_DEADLINE: Duration = Duration::from_secs(300);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// `true` when the test must be skipped because QEMU is not installed.
+fn skip_without_qemu(test: &str) -> bool {
+    let present = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return false;
+    }
+    let install = "apt-get install -y --no-install-recommends --allow-downgrades qemu-system-x86 \
+                   qemu-utils=1:7.2+dfsg-7+deb12u18+b3 ipxe busybox-static ovmf dnsmasq-base \
+                   syslinux syslinux-common mtools dosfstools";
+    assert!(
+        std::env::var("FERRIC_REQUIRE_QEMU").as_deref() != Ok("1"),
+        "FERRIC_REQUIRE_QEMU=1 but qemu-system-x86_64 is not installed ({install})"
+    );
+    eprintln!(
+        "\n!!! SKIPPED {test}: qemu-system-x86_64 is not installed ({install}); \
+         set FERRIC_REQUIRE_QEMU=1 to make this a failure\n"
+    );
+    true
+}
+
+// ---------------------------------------------------------------------------------------
+// Artifacts
+
+struct Artifacts {
+    /// Directory with deploy_kernel/deploy_ramdisk (with the agent).
+    ramdisk: PathBuf,
+    /// Directory with deploy_kernel/deploy_ramdisk without the agent.
+    ramdisk_no_agent: PathBuf,
+    raw: PathBuf,
+    qcow2: PathBuf,
+}
+
+async fn run_script(args: &[&str]) {
+    let root = repo_root();
+    let started = Instant::now();
+    let out = tokio::process::Command::new("bash")
+        .args(args)
+        .current_dir(&root)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("[qemu-deploy] {} took {:.1?}", args.join(" "), started.elapsed());
+}
+
+/// Builds (or finds cached) the images; the agent ramdisk only when `with_agent`.
+async fn build_artifacts(with_agent: bool) -> Artifacts {
+    let root = repo_root();
+    run_script(&["scripts/build-test-image.sh"]).await;
+    if with_agent {
+        run_script(&["scripts/build-ramdisk.sh"]).await;
+    }
+    run_script(&["scripts/build-ramdisk.sh", "--no-agent", "--out", "target/ramdisk/no-agent"])
+        .await;
+    Artifacts {
+        ramdisk: root.join("target/ramdisk"),
+        ramdisk_no_agent: root.join("target/ramdisk/no-agent"),
+        raw: root.join("target/test-image/test-os.raw"),
+        qcow2: root.join("target/test-image/test-os.qcow2"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A minimal HTTP/1.1 JSON client for the REST API (loopback only, one request per
+// connection, every step bounded by a timeout).
+
+async fn http_json(method: &str, url: &str, body: Option<&Value>) -> (u16, Value) {
+    let fut = async {
+        let rest = url.strip_prefix("http://").expect("http URL");
+        let (hostport, path) =
+            rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+        let mut stream = TcpStream::connect(hostport).await.expect("connect to the API");
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\
+             Accept: application/json\r\nX-OpenStack-Ironic-API-Version: latest\r\n"
+        );
+        if body.is_some() {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                payload.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(&payload);
+        stream.write_all(req.as_bytes()).await.expect("write request");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read response");
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad HTTP response: {head}"));
+        let chunked = head.lines().any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("transfer-encoding:") && l.contains("chunked")
+        });
+        let body = if chunked { dechunk(body) } else { body.to_owned() };
+        let value = if body.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&body).unwrap_or(Value::String(body))
+        };
+        (status, value)
+    };
+    tokio::time::timeout(Duration::from_secs(30), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {url} timed out"))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// The stack: PostgreSQL + RabbitMQ + api + conductor + pxe, all in this process.
+
+struct Stack {
+    token: CancellationToken,
+    tasks: JoinSet<()>,
+    api: String,
+    /// pxe-service's HTTP base as the VM sees it.
+    pxe_guest_url: String,
+    db: Option<TestDatabase>,
+}
+
+impl Stack {
+    async fn stop(mut self) {
+        self.token.cancel();
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(20), drain).await.is_err() {
+            eprintln!("[qemu-deploy] services did not stop within 20 s; aborting them");
+            self.tasks.abort_all();
+        }
+        if let Some(db) = self.db.take() {
+            db.cleanup().await;
+        }
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos =
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{prefix}-{}-{nanos:x}", std::process::id())
+}
+
+async fn rabbit_bus(exchange: &str) -> Option<bus::DynBus> {
+    let url = std::env::var("FERRIC_TEST_RABBITMQ_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    match bus::connect_with_exchange(Some(&url), exchange).await {
+        Ok(b) => Some(b),
+        Err(e) => {
+            assert!(
+                !store::testing::services_required(),
+                "FERRIC_REQUIRE_SERVICES=1 but RabbitMQ at {url} is not usable: {e}"
+            );
+            eprintln!("\n!!! SKIPPED: RabbitMQ at {url} is not answering ({e})\n");
+            None
+        }
+    }
+}
+
+async fn start_stack(work: &Path, art: &Artifacts, callback_timeout: Duration) -> Option<Stack> {
+    let db = TestDatabase::postgres().await?;
+    let store = db.store().clone();
+    let exchange = unique("ferric-qemu");
+    let bus = rabbit_bus(&exchange).await?;
+    let token = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+
+    // Files pxe-service serves over HTTP: the deploy ramdisks and the images.
+    let http_root = work.join("http");
+    std::fs::create_dir_all(http_root.join("no-agent")).expect("http root");
+    for (src, dst) in [
+        (art.ramdisk.join("deploy_kernel"), http_root.join("deploy_kernel")),
+        (art.ramdisk.join("deploy_ramdisk"), http_root.join("deploy_ramdisk")),
+        (art.ramdisk_no_agent.join("deploy_kernel"), http_root.join("no-agent/deploy_kernel")),
+        (art.ramdisk_no_agent.join("deploy_ramdisk"), http_root.join("no-agent/deploy_ramdisk")),
+        (art.raw.clone(), http_root.join("test-os.raw")),
+        (art.qcow2.clone(), http_root.join("test-os.qcow2")),
+    ] {
+        if src.exists() {
+            std::fs::copy(&src, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+        }
+    }
+
+    let rest = TcpListener::bind("127.0.0.1:0").await.expect("bind REST");
+    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind gRPC");
+    let api_port = rest.local_addr().expect("addr").port();
+    let api = format!("http://127.0.0.1:{api_port}");
+    {
+        let (store, bus, token) = (store.clone(), bus.clone(), token.clone());
+        tasks.spawn(async move {
+            let cfg = api_service::ApiConfig::default();
+            if let Err(e) = api_service::run(cfg, rest, grpc, store, bus, token).await {
+                eprintln!("[qemu-deploy] api-service stopped: {e:?}");
+            }
+        });
+    }
+
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind pxe http");
+    let tftp = UdpSocket::bind("127.0.0.1:0").await.expect("bind pxe tftp");
+    let pxe_port = http.local_addr().expect("addr").port();
+    let pxe_guest_url = format!("http://10.0.2.2:{pxe_port}");
+    {
+        std::fs::create_dir_all(work.join("tftp")).expect("tftp root");
+        let cfg = pxe_service::PxeConfig {
+            tftp_root: work.join("tftp"),
+            http_root: http_root.clone(),
+            data_dir: work.join("pxe-data"),
+            ipxe_dir: PathBuf::from("/usr/lib/ipxe"),
+            api_url: format!("http://10.0.2.2:{api_port}"),
+            http_url: pxe_guest_url.clone(),
+            tftp_server: "10.0.2.2".into(),
+            deploy_kernel: "deploy_kernel".into(),
+            deploy_ramdisk: "deploy_ramdisk".into(),
+            kernel_append_params: "panic=1".into(),
+            console: "console=ttyS0,115200".into(),
+            ..pxe_service::PxeConfig::default()
+        };
+        let (store, token) = (store.clone(), token.clone());
+        tasks.spawn(async move {
+            if let Err(e) = pxe_service::run(cfg, tftp, http, store, token).await {
+                eprintln!("[qemu-deploy] pxe-service stopped: {e:?}");
+            }
+        });
+    }
+
+    {
+        let cfg = conductor_service::config::ConductorConfig {
+            hostname: unique("qemu-conductor"),
+            queue: unique("ferric-qemu-conductor"),
+            heartbeat_interval_secs: 2.0,
+            sweep_interval_secs: 2.0,
+            check_timeouts_interval_secs: 1.0,
+            callback_timeout_secs: callback_timeout.as_secs_f64(),
+            power_sync_interval_secs: 0.0,
+            automated_clean: true,
+            default_deploy_interface: "direct".into(),
+            power_state_change_timeout_secs: 30.0,
+            drain_timeout_secs: 5.0,
+            ..conductor_service::config::ConductorConfig::default()
+        };
+        let (store, bus, token) = (store.clone(), bus.clone(), token.clone());
+        tasks.spawn(async move {
+            if let Err(e) = conductor_service::run(cfg, store, bus, token).await {
+                eprintln!("[qemu-deploy] conductor-service stopped: {e:?}");
+            }
+        });
+    }
+
+    // Ready when the API answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            TcpStream::connect(("127.0.0.1", api_port)),
+        )
+        .await
+        {
+            let (status, _) = http_json("GET", &format!("{api}/v1"), None).await;
+            if status == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "api-service did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Some(Stack { token, tasks, api, pxe_guest_url, db: Some(db) })
+}
+
+// ---------------------------------------------------------------------------------------
+// The VM and its BMC
+
+struct Vm {
+    machine: Arc<QemuMachine>,
+    bmc_url: String,
+    mac: String,
+    name: String,
+    disk: PathBuf,
+    agent_port: u16,
+}
+
+impl Vm {
+    fn serial(&self) -> String {
+        std::fs::read(&self.machine.config().serial_log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn serial_len(&self) -> usize {
+        std::fs::metadata(&self.machine.config().serial_log).map_or(0, |m| m.len() as usize)
+    }
+
+    /// The last lines of the serial console and QEMU's own log, for failure messages.
+    fn diagnostics(&self) -> String {
+        let serial = self.serial();
+        let tail: Vec<&str> = serial.lines().rev().take(40).collect();
+        let qemu = std::fs::read_to_string(&self.machine.config().qemu_log).unwrap_or_default();
+        format!(
+            "--- serial console (last 40 lines) ---\n{}\n--- qemu log ---\n{qemu}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    }
+}
+
+async fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+async fn start_vm(
+    work: &Path,
+    stack: &Stack,
+    token: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Vm {
+    let name = unique("qemu-node");
+    let disk = work.join("disk.raw");
+    let f = std::fs::File::create(&disk).expect("disk file");
+    f.set_len(64 * 1024 * 1024).expect("size the disk");
+    let agent_port = free_port().await;
+    let nanos =
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let mac = format!(
+        "52:54:00:{:02x}:{:02x}:{:02x}",
+        (nanos >> 16) & 0xff,
+        (nanos >> 8) & 0xff,
+        nanos & 0xff
+    );
+    let mut cfg = QemuConfig::new(name.clone(), disk.clone(), mac.clone(), work);
+    cfg.network = QemuNetwork::User {
+        bootfile: Some(format!("{}/boot.ipxe", stack.pxe_guest_url)),
+        forwards: vec![(agent_port, AGENT_GUEST_PORT)],
+    };
+    cfg.smbios_serial = Some(name.clone());
+    cfg.fw_cfg.push(("opt/ferric/agent_advertise".into(), format!("127.0.0.1:{agent_port}")));
+    let machine = Arc::new(QemuMachine::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind BMC");
+    let bmc_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let backend: Arc<dyn MachineBackend> = machine.clone();
+    tasks.spawn(sim::bmc::serve_redfish(
+        listener,
+        vec![("vm1".into(), backend)],
+        Some((BMC_USER.into(), BMC_PASSWORD.into())),
+        token.clone(),
+    ));
+    Vm { machine, bmc_url, mac, name, disk, agent_port }
+}
+
+// ---------------------------------------------------------------------------------------
+// REST helpers
+
+async fn enroll(stack: &Stack, vm: &Vm, no_agent: bool) -> String {
+    let mut driver_info = json!({
+        "redfish_address": vm.bmc_url,
+        "redfish_system_id": "/redfish/v1/Systems/vm1",
+        "redfish_username": BMC_USER,
+        "redfish_password": BMC_PASSWORD,
+        // The agent sits behind QEMU's NAT: the conductor reaches it through the forward.
+        "kernel_append_params": format!(
+            "panic=1 ipa-advertise-host=127.0.0.1 ipa-advertise-port={}", vm.agent_port
+        ),
+    });
+    if no_agent {
+        driver_info["deploy_kernel"] = json!("no-agent/deploy_kernel");
+        driver_info["deploy_ramdisk"] = json!("no-agent/deploy_ramdisk");
+    }
+    let (status, node) = http_json(
+        "POST",
+        &format!("{}/v1/nodes", stack.api),
+        Some(&json!({
+            "name": vm.name,
+            "driver": "redfish",
+            "driver_info": driver_info,
+            "deploy_interface": "direct",
+            "boot_interface": "ipxe",
+            "properties": {"capabilities": "boot_mode:bios"},
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "node create: {node}");
+    let uuid = node["uuid"].as_str().expect("node uuid").to_owned();
+    assert!(
+        !node.to_string().contains(BMC_PASSWORD),
+        "the BMC password must be masked in API answers: {node}"
+    );
+    let (status, port) = http_json(
+        "POST",
+        &format!("{}/v1/ports", stack.api),
+        Some(&json!({"address": vm.mac, "node_uuid": uuid})),
+    )
+    .await;
+    assert_eq!(status, 201, "port create: {port}");
+    uuid
+}
+
+async fn node(stack: &Stack, uuid: &str) -> Value {
+    let (status, n) = http_json("GET", &format!("{}/v1/nodes/{uuid}", stack.api), None).await;
+    assert_eq!(status, 200, "node show: {n}");
+    n
+}
+
+async fn provision(stack: &Stack, uuid: &str, target: &str) {
+    let (status, body) = http_json(
+        "PUT",
+        &format!("{}/v1/nodes/{uuid}/states/provision", stack.api),
+        Some(&json!({"target": target})),
+    )
+    .await;
+    assert_eq!(status, 202, "provision {target}: {body}");
+}
+
+async fn set_instance_info(stack: &Stack, uuid: &str, source: &str, checksum: &str, format: &str) {
+    let patch = json!([
+        {"op": "add", "path": "/instance_info/image_source", "value": source},
+        {"op": "add", "path": "/instance_info/image_checksum", "value": checksum},
+        {"op": "add", "path": "/instance_info/image_disk_format", "value": format},
+    ]);
+    let (status, body) =
+        http_json("PATCH", &format!("{}/v1/nodes/{uuid}", stack.api), Some(&patch)).await;
+    assert_eq!(status, 200, "instance_info patch: {body}");
+}
+
+/// What the poll loop saw, as offsets from the start of the action.
+#[derive(Default, Debug)]
+struct Timeline {
+    power_on: Option<Duration>,
+    first_heartbeat: Option<Duration>,
+    write_started: Option<Duration>,
+    disk_boot: Option<Duration>,
+    marker: Option<Duration>,
+    done: Option<Duration>,
+    max_progress_bytes: u64,
+}
+
+fn since(t0: SystemTime, t: SystemTime) -> Duration {
+    t.duration_since(t0).unwrap_or_default()
+}
+
+/// Polls the node until it reaches one of `targets` (or the deadline), recording phases.
+async fn watch(
+    stack: &Stack,
+    vm: &Vm,
+    uuid: &str,
+    targets: &[&str],
+    marker: Option<&str>,
+    serial_from: usize,
+) -> (Value, Timeline) {
+    let t0 = SystemTime::now();
+    let start = Instant::now();
+    let mut tl = Timeline::default();
+    let boots_before = vm.machine.power_ons().await.len();
+    loop {
+        let n = node(stack, uuid).await;
+        let elapsed = start.elapsed();
+        let dii = &n["driver_internal_info"];
+        if tl.first_heartbeat.is_none() && !dii["agent_last_heartbeat"].is_null() {
+            tl.first_heartbeat = Some(elapsed);
+        }
+        if let Some(bytes) = dii["deploy_progress"]["bytes_written"].as_u64() {
+            tl.write_started.get_or_insert(elapsed);
+            tl.max_progress_bytes = tl.max_progress_bytes.max(bytes);
+        }
+        for boot in vm.machine.power_ons().await.iter().skip(boots_before) {
+            match boot.target {
+                BootTarget::Pxe if tl.power_on.is_none() => tl.power_on = Some(since(t0, boot.at)),
+                BootTarget::Hdd if tl.disk_boot.is_none() => {
+                    tl.disk_boot = Some(since(t0, boot.at))
+                }
+                _ => {}
+            }
+        }
+        if let (Some(m), None) = (marker, tl.marker)
+            && vm.serial().get(serial_from..).is_some_and(|s| s.contains(m))
+        {
+            tl.marker = Some(elapsed);
+        }
+        let state = n["provision_state"].as_str().unwrap_or_default().to_owned();
+        let marker_done = marker.is_none() || tl.marker.is_some() || state != "active";
+        if targets.contains(&state.as_str()) && marker_done {
+            tl.done = Some(elapsed);
+            return (n, tl);
+        }
+        assert!(
+            elapsed < ACTION_DEADLINE,
+            "node stuck in {state} (target {targets:?}) after {elapsed:?}; last_error={}\n{tl:?}\n{}",
+            n["last_error"],
+            vm.diagnostics()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn fmt(d: Option<Duration>) -> String {
+    d.map_or_else(|| "-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()))
+}
+
+fn report(label: &str, tl: &Timeline) {
+    let diff = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+        (Some(a), Some(b)) if b >= a => Some(b - a),
+        _ => None,
+    };
+    eprintln!(
+        "[qemu-deploy] {label}: power-on at {} | power-on -> first heartbeat {} | image write \
+         (first progress -> disk boot) {} | reboot -> OS marker {} | total {} | bytes reported {}",
+        fmt(tl.power_on),
+        fmt(diff(tl.power_on, tl.first_heartbeat)),
+        fmt(diff(tl.write_started, tl.disk_boot)),
+        fmt(diff(tl.disk_boot, tl.marker)),
+        fmt(tl.done),
+        tl.max_progress_bytes
+    );
+}
+
+fn mbr_signature(disk: &Path) -> [u8; 2] {
+    let bytes = std::fs::read(disk).expect("read the VM disk");
+    [bytes[510], bytes[511]]
+}
+
+async fn manage_and_provide(stack: &Stack, vm: &Vm, uuid: &str) {
+    provision(stack, uuid, "manage").await;
+    let (n, _) = watch(stack, vm, uuid, &["manageable", "enroll"], None, 0).await;
+    assert_eq!(n["provision_state"], "manageable", "manage failed: {}", n["last_error"]);
+    provision(stack, uuid, "provide").await;
+    let (n, tl) = watch(stack, vm, uuid, &["available", "clean failed"], None, 0).await;
+    assert_eq!(
+        n["provision_state"],
+        "available",
+        "provide failed: {}\n{}",
+        n["last_error"],
+        vm.diagnostics()
+    );
+    report("provide (automated cleaning)", &tl);
+}
+
+/// Deploys `image` (raw or qcow2) and checks the VM booted it; returns the node.
+async fn deploy_and_check(stack: &Stack, vm: &Vm, uuid: &str, art: &Artifacts, format: &str) {
+    let (file, path) = match format {
+        "qcow2" => ("test-os.qcow2", &art.qcow2),
+        _ => ("test-os.raw", &art.raw),
+    };
+    let checksum = std::fs::read_to_string(path.with_extension(format!("{format}.sha256")))
+        .expect("image checksum file")
+        .split_whitespace()
+        .next()
+        .expect("checksum")
+        .to_owned();
+    set_instance_info(stack, uuid, &format!("{}/{file}", stack.pxe_guest_url), &checksum, format)
+        .await;
+    let serial_from = vm.serial_len();
+    provision(stack, uuid, "active").await;
+    let marker = format!("FERRIC-TEST-OS booted serial={}", vm.name);
+    let (n, tl) =
+        watch(stack, vm, uuid, &["active", "deploy failed"], Some(&marker), serial_from).await;
+    assert_eq!(
+        n["provision_state"],
+        "active",
+        "deploy of the {format} image failed: {}\n{}",
+        n["last_error"],
+        vm.diagnostics()
+    );
+    report(&format!("deploy {format}"), &tl);
+    assert!(tl.marker.is_some(), "the deployed OS never printed its marker\n{}", vm.diagnostics());
+    let boots = vm.machine.power_ons().await;
+    assert!(
+        boots.iter().any(|b| b.target == BootTarget::Hdd),
+        "the conductor never booted the VM from disk: {boots:?}"
+    );
+    // The disk holds exactly the raw image (qcow2 converted by the agent).
+    let raw = std::fs::read(&art.raw).expect("raw image");
+    let disk = std::fs::read(&vm.disk).expect("VM disk");
+    assert!(disk.len() >= raw.len(), "the VM disk is smaller than the image");
+    assert!(disk[..raw.len()] == raw[..], "the VM disk does not hold the {format} image's content");
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+struct Env {
+    _slot: tokio::sync::MutexGuard<'static, ()>,
+    work: PathBuf,
+    art: Artifacts,
+}
+
+async fn prepare(test: &str, with_agent: bool) -> Option<Env> {
+    if skip_without_qemu(test) {
+        return None;
+    }
+    let slot = VM_SLOT.lock().await;
+    let art = build_artifacts(with_agent).await;
+    let work = std::env::temp_dir().join(unique("ferric-qemu"));
+    std::fs::create_dir_all(&work).expect("work dir");
+    eprintln!("[qemu-deploy] {test}: logs in {}", work.display());
+    Some(Env { _slot: slot, work, art })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_qemu_deploy_raw_image_then_undeploy_cleans() {
+    let Some(env) = prepare("test_qemu_deploy_raw_image_then_undeploy_cleans", true).await else {
+        return;
+    };
+    let total = Instant::now();
+    let Some(stack) = start_stack(&env.work, &env.art, Duration::from_secs(240)).await else {
+        return;
+    };
+    let vm_token = CancellationToken::new();
+    let mut vm_tasks = JoinSet::new();
+    let vm = start_vm(&env.work, &stack, &vm_token, &mut vm_tasks).await;
+    let uuid = enroll(&stack, &vm, false).await;
+    manage_and_provide(&stack, &vm, &uuid).await;
+    deploy_and_check(&stack, &vm, &uuid, &env.art, "raw").await;
+    assert_eq!(mbr_signature(&vm.disk), [0x55, 0xAA], "the deployed disk must be bootable");
+
+    // Undeploy: cleaning boots the ramdisk again and erases the disk metadata.
+    let boots_before = vm.machine.power_ons().await.len();
+    provision(&stack, &uuid, "deleted").await;
+    let (n, tl) = watch(&stack, &vm, &uuid, &["available", "clean failed"], None, 0).await;
+    assert_eq!(
+        n["provision_state"],
+        "available",
+        "undeploy failed: {}\n{}",
+        n["last_error"],
+        vm.diagnostics()
+    );
+    report("undeploy (cleaning)", &tl);
+    let boots = vm.machine.power_ons().await;
+    assert!(
+        boots[boots_before..].iter().any(|b| b.target == BootTarget::Pxe),
+        "cleaning did not network-boot the ramdisk: {boots:?}"
+    );
+    assert_ne!(mbr_signature(&vm.disk), [0x55, 0xAA], "cleaning must erase the partition table");
+    eprintln!("[qemu-deploy] raw: whole test {:.1?}", total.elapsed());
+
+    vm.machine.power_off().await.expect("power off");
+    vm_token.cancel();
+    stack.stop().await;
+    let _ = std::fs::remove_dir_all(&env.work);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_qemu_deploy_qcow2_image() {
+    let Some(env) = prepare("test_qemu_deploy_qcow2_image", true).await else { return };
+    let total = Instant::now();
+    let Some(stack) = start_stack(&env.work, &env.art, Duration::from_secs(240)).await else {
+        return;
+    };
+    let vm_token = CancellationToken::new();
+    let mut vm_tasks = JoinSet::new();
+    let vm = start_vm(&env.work, &stack, &vm_token, &mut vm_tasks).await;
+    let uuid = enroll(&stack, &vm, false).await;
+    manage_and_provide(&stack, &vm, &uuid).await;
+    deploy_and_check(&stack, &vm, &uuid, &env.art, "qcow2").await;
+    eprintln!("[qemu-deploy] qcow2: whole test {:.1?}", total.elapsed());
+    vm.machine.power_off().await.expect("power off");
+    vm_token.cancel();
+    stack.stop().await;
+    let _ = std::fs::remove_dir_all(&env.work);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_qemu_deploy_wrong_checksum_fails_without_a_bootable_disk() {
+    let Some(env) =
+        prepare("test_qemu_deploy_wrong_checksum_fails_without_a_bootable_disk", true).await
+    else {
+        return;
+    };
+    let Some(stack) = start_stack(&env.work, &env.art, Duration::from_secs(240)).await else {
+        return;
+    };
+    let vm_token = CancellationToken::new();
+    let mut vm_tasks = JoinSet::new();
+    let vm = start_vm(&env.work, &stack, &vm_token, &mut vm_tasks).await;
+    let uuid = enroll(&stack, &vm, false).await;
+    manage_and_provide(&stack, &vm, &uuid).await;
+    let wrong = "0".repeat(64);
+    set_instance_info(
+        &stack,
+        &uuid,
+        &format!("{}/test-os.raw", stack.pxe_guest_url),
+        &wrong,
+        "raw",
+    )
+    .await;
+    provision(&stack, &uuid, "active").await;
+    let (n, tl) = watch(&stack, &vm, &uuid, &["active", "deploy failed"], None, 0).await;
+    report("deploy with a wrong checksum", &tl);
+    assert_eq!(n["provision_state"], "deploy failed", "a wrong checksum must fail the deploy");
+    let last_error = n["last_error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(last_error.contains("checksum"), "last_error must name the checksum: {last_error}");
+    assert_ne!(
+        mbr_signature(&vm.disk),
+        [0x55, 0xAA],
+        "a failed deploy must not leave a bootable disk"
+    );
+    vm.machine.power_off().await.expect("power off");
+    vm_token.cancel();
+    stack.stop().await;
+    let _ = std::fs::remove_dir_all(&env.work);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_qemu_ramdisk_without_agent_ends_at_callback_timeout() {
+    let Some(env) =
+        prepare("test_qemu_ramdisk_without_agent_ends_at_callback_timeout", false).await
+    else {
+        return;
+    };
+    let timeout = Duration::from_secs(90);
+    let Some(stack) = start_stack(&env.work, &env.art, timeout).await else { return };
+    let vm_token = CancellationToken::new();
+    let mut vm_tasks = JoinSet::new();
+    let vm = start_vm(&env.work, &stack, &vm_token, &mut vm_tasks).await;
+    let uuid = enroll(&stack, &vm, true).await;
+    provision(&stack, &uuid, "manage").await;
+    let (n, _) = watch(&stack, &vm, &uuid, &["manageable", "enroll"], None, 0).await;
+    assert_eq!(n["provision_state"], "manageable", "manage failed: {}", n["last_error"]);
+    // No cleaning: this ramdisk cannot clean, and the point is the deploy's callback timeout.
+    let (status, body) = http_json(
+        "PATCH",
+        &format!("{}/v1/nodes/{uuid}", stack.api),
+        Some(&json!([{"op": "add", "path": "/automated_clean", "value": false}])),
+    )
+    .await;
+    assert_eq!(status, 200, "automated_clean patch: {body}");
+    provision(&stack, &uuid, "provide").await;
+    let (n, _) = watch(&stack, &vm, &uuid, &["available", "clean failed"], None, 0).await;
+    assert_eq!(n["provision_state"], "available", "provide failed: {}", n["last_error"]);
+    let sha = std::fs::read_to_string(env.art.raw.with_extension("raw.sha256")).expect("checksum");
+    let sha = sha.split_whitespace().next().expect("checksum").to_owned();
+    set_instance_info(&stack, &uuid, &format!("{}/test-os.raw", stack.pxe_guest_url), &sha, "raw")
+        .await;
+    provision(&stack, &uuid, "active").await;
+    let (n, tl) = watch(&stack, &vm, &uuid, &["active", "deploy failed"], None, 0).await;
+    report("deploy with a ramdisk without the agent", &tl);
+    assert_eq!(n["provision_state"], "deploy failed", "no agent must end the deploy");
+    let last_error = n["last_error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(
+        last_error.contains("timed out") || last_error.contains("timeout"),
+        "last_error must name the callback timeout: {last_error}"
+    );
+    assert!(
+        vm.serial().contains("this ramdisk has no agent"),
+        "the VM must have booted the agent-less ramdisk\n{}",
+        vm.diagnostics()
+    );
+    assert!(tl.done.is_some_and(|d| d >= timeout), "failed before the callback timeout: {tl:?}");
+    // Ironic powers a node off after a failed deploy ([deploy]power_off_after_deploy_failure);
+    // report what this conductor did.
+    let power = vm.machine.power_state().await.ok();
+    eprintln!("[qemu-deploy] power after the callback timeout: {power:?}");
+    assert!(power.is_some_and(|p| p == PowerStatus::On || p == PowerStatus::Off));
+    vm.machine.power_off().await.expect("power off");
+    vm_token.cancel();
+    stack.stop().await;
+    let _ = std::fs::remove_dir_all(&env.work);
+}
