@@ -1,11 +1,19 @@
 //! Simulated machines: a Redfish BMC, NICs and a file-backed disk that boots a real agent.
 //!
-//! [`bmc`] serves Redfish for anything that implements [`bmc::MachineBackend`]; [`firmware`]
-//! and [`tftp`] are what a machine does between power-on and its kernel; [`disk`] builds the
+//! [`bmc`] serves Redfish for anything that implements [`bmc::MachineBackend`];
+//! [`machine::SimMachine`] is the simulated one, and [`fleet::Fleet`] runs many of them, each
+//! with its own BMC. [`firmware`] and [`tftp`] are what a machine does between power-on and
+//! its kernel; [`ramdisk`] prepares its root tree and starts the agent; [`disk`] builds the
 //! demo image and checks what a machine's disk holds.
 
 pub mod bmc;
 pub mod disk;
 pub mod firmware;
+pub mod fleet;
+pub mod machine;
 pub mod qemu;
+pub mod ramdisk;
 pub mod tftp;
+
+pub use fleet::{Fleet, FleetConfig, FleetMachine};
+pub use machine::{Faults, MachineStatus, Phase, SimMachine};
