@@ -176,7 +176,10 @@ mod tests {
     /// including those that run a transaction body (an async closure).
     #[test]
     fn test_store_futures_are_send() {
-        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime builds");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime builds");
         let _guard = rt.enter();
         let store =
             rt.block_on(DataStore::connect("sqlite::memory:")).expect("in-memory SQLite opens");

@@ -36,7 +36,7 @@ impl DataStore {
         check_conductor(conductor)?;
         let ctx = Ctx::new("Node", id);
         let row: NodeRow = on_pool!(self, |pool| {
-            transaction(pool, &ctx, async |conn| {
+            transaction!(pool, &ctx, |conn| {
                 // On PostgreSQL (read committed) the holder we lost to may release between
                 // our UPDATE and our SELECT; then the node is free and we try again.
                 for _ in 0..RESERVE_ATTEMPTS {
@@ -71,7 +71,6 @@ impl DataStore {
                     "Node {id} is being locked and unlocked too fast, please retry."
                 ))))
             })
-            .await
         })?;
         tracing::debug!(node = %id, conductor, "node reserved");
         Ok(row.try_into()?)

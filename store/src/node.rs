@@ -526,8 +526,9 @@ impl DataStore {
     }
 
     /// The query plan of [`DataStore::node_list`] for `q`, for tests and benchmarks that
-    /// check the listing walks an index. On PostgreSQL sequential scans are disabled for the
-    /// `EXPLAIN`, so the plan is the one a large table would get, whatever this one holds.
+    /// check the listing walks an index. On PostgreSQL sequential and bitmap scans are
+    /// disabled for the `EXPLAIN`, so the plan shows whether an index can deliver the order by
+    /// itself (as it must for a large table), whatever this table holds.
     ///
     /// # Errors
     /// As [`DataStore::node_list`].
@@ -539,12 +540,15 @@ impl DataStore {
         let lines: Vec<String> = match &self.backend {
             Backend::Pg(pool) => {
                 let text = format!("EXPLAIN {}", sql.text);
-                transaction(pool, &ctx, async |conn| {
-                    sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *conn).await?;
+                transaction!(pool, &ctx, |conn| {
+                    for setting in
+                        ["SET LOCAL enable_seqscan = off", "SET LOCAL enable_bitmapscan = off"]
+                    {
+                        sqlx::query(setting).execute(&mut *conn).await?;
+                    }
                     let q = sqlx::query_scalar::<_, String>(AssertSqlSafe(text.as_str()));
                     Ok(bind_args!(q, &sql.args).fetch_all(&mut *conn).await?)
-                })
-                .await?
+                })?
             }
             Backend::Sqlite(pool) => {
                 let text = format!("EXPLAIN QUERY PLAN {}", sql.text);
@@ -588,7 +592,7 @@ impl DataStore {
         check_name(node)?;
         let ctx = write_ctx(node);
         let row: NodeRow = on_pool!(self, |pool| {
-            transaction(pool, &ctx, async |conn| {
+            transaction!(pool, &ctx, |conn| {
                 let q = sqlx::query_as::<_, NodeRow>(AssertSqlSafe(UPDATE_SQL.as_str()));
                 let updated = bind_writable!(q, node)
                     .bind(now())
@@ -613,7 +617,6 @@ impl DataStore {
                     )),
                 }))
             })
-            .await
         })?;
         tracing::debug!(node = %node.uuid, generation = row.generation, "node updated");
         Ok(row.try_into()?)
@@ -626,7 +629,7 @@ impl DataStore {
     pub async fn node_delete(&self, id: NodeId) -> Result<(), PublicError> {
         let ctx = Ctx::new("Node", id);
         on_pool!(self, |pool| {
-            transaction(pool, &ctx, async |conn| {
+            transaction!(pool, &ctx, |conn| {
                 // The foreign keys cascade too; deleting explicitly keeps this correct even on
                 // a SQLite connection opened without `foreign_keys`.
                 for sql in [
@@ -644,7 +647,6 @@ impl DataStore {
                 }
                 Ok(())
             })
-            .await
         })?;
         tracing::debug!(node = %id, "node deleted");
         Ok(())

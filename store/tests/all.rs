@@ -5,6 +5,9 @@
 //! database each and skip loudly (or fail, with `FERRIC_REQUIRE_SERVICES=1`) when no server
 //! answers.
 
+// `cfg(test)` marks the suite as test code for clippy (unwrap allowed), as integration tests
+// are always built with it.
+#[cfg(test)]
 mod suite;
 
 /// Instantiate each named suite test for both backends.

@@ -113,7 +113,8 @@ pub async fn test_node_list_pages_through_every_sort_key(db: &TestDatabase) {
     let drivers = ["ipmi", "redfish", "fake-hardware"];
     let mut inserted = Vec::new();
     for i in 0..23i64 {
-        let mut n = node(if i % 4 == 0 { None } else { Some(&format!("node{:02}", (i * 7) % 23)) });
+        let name = format!("node{:02}", (i * 7) % 23);
+        let mut n = node(if i % 4 == 0 { None } else { Some(&name) });
         n.created_at = t((i * 5) % 7); // many ties
         n.updated_at = if i % 3 == 0 { None } else { Some(t(i % 5)) };
         n.provision_updated_at = if i % 2 == 0 { None } else { Some(t(100 - i)) };
