@@ -539,7 +539,8 @@ pub fn fast_config(hostname: &str, queue: &str) -> ConductorConfig {
         sweep_interval_secs: 1.0,
         check_timeouts_interval_secs: 0.5,
         callback_timeout_secs: 30.0,
-        power_sync_interval_secs: 0.0,
+        // Also heals power requests whose message was lost.
+        power_sync_interval_secs: 1.0,
         lock_retry_interval_ms: 50,
         lock_retry_attempts: 40,
         drain_timeout_secs: 5.0,

@@ -36,6 +36,13 @@ fn unique(prefix: &str) -> String {
 }
 
 async fn env(real: bool) -> Option<Env> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
     let token = CancellationToken::new();
     let exchange = unique("ferric-test");
     let (db, bus) = if real {
