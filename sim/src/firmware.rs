@@ -259,7 +259,9 @@ impl<'a> Ipxe<'a> {
             "set" => {
                 if let Some((k, v)) = positional.split_first() {
                     let v: Vec<&str> = v.iter().map(|s| s.as_str()).collect();
-                    self.vars.insert((*k).clone(), v.join(" "));
+                    // `set name:int32 0`: the type suffix is not part of the name.
+                    let key = k.split(':').next().unwrap_or(k).to_owned();
+                    self.vars.insert(key, v.join(" "));
                 }
                 Step::Continue(true)
             }
@@ -269,6 +271,16 @@ impl<'a> Ipxe<'a> {
                 }
                 Step::Continue(true)
             }
+            "inc" => match positional.first() {
+                Some(k) => {
+                    let by = positional.get(1).and_then(|b| b.parse::<i64>().ok()).unwrap_or(1);
+                    let cur =
+                        self.vars.get(k.as_str()).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+                    self.vars.insert((*k).clone(), (cur + by).to_string());
+                    Step::Continue(true)
+                }
+                None => Step::Continue(false),
+            },
             "isset" => Step::Continue(positional.first().is_some_and(|v| !v.is_empty())),
             "iseq" => Step::Continue(positional.first() == positional.get(1)),
             "chain" => {
@@ -781,6 +793,25 @@ mod tests {
         let unknown: MacAddress = "52:54:00:99:99:99".parse().unwrap();
         let err = netboot(&reqwest::Client::new(), &cfg, &[unknown]).await.unwrap_err();
         assert!(err.to_string().contains("reboot"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn test_ipxe_retry_loop_ends_in_poweroff_when_the_kernel_is_missing() {
+        // The shape of pxe-service's deploy script: counted retries, then power off.
+        let script = "#!ipxe\nset attempts:int32 3\nset i:int32 0\n\n:deploy\nimgfree\n\
+            kernel /missing ferric.api_url=http://api initrd=deploy_ramdisk || goto retry\n\
+            initrd --name deploy_ramdisk /missing2 || goto retry\nboot\n\n\
+            :retry\niseq ${i} ${attempts} && goto fail ||\ninc i\nsleep ${i}\ngoto deploy\n\n\
+            :fail\necho giving up\npoweroff\n";
+        let app = Router::new().route("/boot.ipxe", get(move || async move { script }));
+        let base = serve(app).await;
+        let cfg = NetbootConfig {
+            ipxe_script_url: Some(format!("{base}/boot.ipxe").parse().unwrap()),
+            tftp_server: None,
+            timeout: Duration::from_secs(5),
+        };
+        let err = netboot(&reqwest::Client::new(), &cfg, &[mac()]).await.unwrap_err();
+        assert!(err.to_string().contains("poweroff"), "{err}");
     }
 
     #[test]
