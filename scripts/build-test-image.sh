@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the test OS image that Ferric deploys to QEMU machines: a whole-disk image that boots
 # on its own (MBR + one FAT partition made bootable with syslinux), holding the Debian kernel
-# and a tiny initramfs whose /init prints a marker with the machine's identity to the serial
+# and a tiny initramfs (for BIOS through syslinux, for UEFI as a unified kernel image at
+# \EFI\BOOT\BOOTX64.EFI) whose /init prints a marker with the machine's identity to the serial
 # console and powers off:
 #
 #   FERRIC-TEST-OS booted serial=<DMI product serial> uuid=<DMI product uuid> disk=<label>
@@ -16,7 +17,8 @@
 #   <out>/test-os.raw.sha256, <out>/test-os.qcow2.sha256
 #
 # Usage: scripts/build-test-image.sh [--out DIR] [--size-mib N]
-# Needs: busybox-static syslinux syslinux-common mtools dosfstools fdisk qemu-utils gzip
+# Needs: busybox-static syslinux syslinux-common mtools dosfstools fdisk qemu-utils gzip;
+# systemd-boot-efi and binutils (objcopy) for the UEFI boot path (optional).
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/lib-kernel.sh
@@ -32,19 +34,20 @@ while (($#)); do
         *) die "unknown argument: $1" ;;
     esac
 done
-need busybox mkfs.vfat mcopy syslinux sfdisk qemu-img gzip sha256sum
+need busybox mkfs.vfat mcopy mmd syslinux sfdisk qemu-img gzip sha256sum
 MBR_BIN=""
 for f in /usr/lib/syslinux/mbr/mbr.bin /usr/lib/SYSLINUX/mbr.bin /usr/share/syslinux/mbr.bin; do
     [[ -f "$f" ]] && { MBR_BIN="$f"; break; }
 done
 [[ -n "$MBR_BIN" ]] || die "syslinux mbr.bin not found (apt-get install -y syslinux syslinux-common)"
+EFI_STUB=/usr/lib/systemd/boot/efi/linuxx64.efi.stub
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 
 ferric_kernel_fetch
 
 STAMP="$( { sha256sum "$REPO_ROOT/scripts/build-test-image.sh" "$REPO_ROOT/scripts/lib-kernel.sh" \
-    "$(command -v busybox)" "$MBR_BIN"; echo "$KERNEL_DEB $SIZE_MIB"; } | sha256sum | cut -d' ' -f1)"
+    "$(command -v busybox)" "$MBR_BIN"; ls -l "$EFI_STUB" 2>/dev/null; echo "$KERNEL_DEB $SIZE_MIB"; } | sha256sum | cut -d' ' -f1)"
 if [[ -f "$OUT/.stamp" && "$(cat "$OUT/.stamp")" == "$STAMP" && -f "$OUT/test-os.raw" && -f "$OUT/test-os.qcow2" ]]; then
     log "up to date: $OUT/test-os.raw $OUT/test-os.qcow2"
     exit 0
@@ -96,6 +99,22 @@ LABEL ferric
     APPEND console=ttyS0,115200 panic=1 quiet ferric.test_os=ferric-test-os
 CFG
 mcopy -i "$WORK/part.img" "$KERNEL_VMLINUZ" ::/vmlinuz
+# UEFI: a unified kernel image (systemd's EFI stub + kernel + initrd + command line) at the
+# removable-media path, so OVMF boots the same OS from the same disk.
+if [[ -f "$EFI_STUB" ]]; then
+    printf 'console=ttyS0,115200 panic=1 quiet ferric.test_os=ferric-test-os-uefi' >"$WORK/cmdline.txt"
+    printf 'NAME="Ferric test OS"\nID=ferric-test-os\n' >"$WORK/os-release"
+    objcopy \
+        --add-section .osrel="$WORK/os-release" --change-section-vma .osrel=0x20000 \
+        --add-section .cmdline="$WORK/cmdline.txt" --change-section-vma .cmdline=0x30000 \
+        --add-section .linux="$KERNEL_VMLINUZ" --change-section-vma .linux=0x2000000 \
+        --add-section .initrd="$WORK/initrd.img" --change-section-vma .initrd=0x3000000 \
+        "$EFI_STUB" "$WORK/BOOTX64.EFI"
+    mmd -i "$WORK/part.img" ::/EFI ::/EFI/BOOT
+    mcopy -i "$WORK/part.img" "$WORK/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
+else
+    log "warning: $EFI_STUB missing (apt-get install systemd-boot-efi): the image boots with BIOS only"
+fi
 mcopy -i "$WORK/part.img" "$WORK/initrd.img" ::/initrd.img
 mcopy -i "$WORK/part.img" "$WORK/syslinux.cfg" ::/syslinux.cfg
 syslinux --install "$WORK/part.img"
