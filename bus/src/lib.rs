@@ -26,7 +26,9 @@ use async_trait::async_trait;
 pub use error::BusError;
 pub use event::{decode_event, event_routing_key, publish_event};
 pub use memory::InProcessBus;
-pub use message::{Consumer, Delivery, OutgoingMessage, QueueSpec, dead_letter_queue};
+pub use message::{
+    Consumer, DEAD_LETTER_REASON_HEADER, Delivery, OutgoingMessage, QueueSpec, dead_letter_queue,
+};
 pub use rabbit::{RabbitBus, RabbitOptions};
 
 /// The default topic exchange every Ferric service publishes on.
