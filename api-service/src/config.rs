@@ -1,0 +1,218 @@
+//! api-service configuration: serde defaults < TOML file < `FERRIC_<SECTION>__<KEY>` env,
+//! loaded by `common::config::load`, then checked once into typed values ([`ApiConfig::check`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use common::config::{BusConfig, DatabaseConfig, ListenAddr, TelemetryConfig};
+
+use crate::auth::{Auth, AuthError};
+use crate::service::Settings;
+
+/// The whole configuration file as the API reads it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// `[api]`
+    pub api: ApiSection,
+    /// `[database]`
+    pub database: DatabaseConfig,
+    /// `[bus]`
+    pub bus: BusConfig,
+    /// `[telemetry]`
+    pub telemetry: TelemetryConfig,
+    /// Other services' sections in a shared file; ignored here.
+    #[doc(hidden)]
+    pub conductor: Option<serde_json::Value>,
+    #[doc(hidden)]
+    pub pxe: Option<serde_json::Value>,
+    #[doc(hidden)]
+    pub agent: Option<serde_json::Value>,
+}
+
+/// `[api]`: listeners, auth and Ironic's `[api]` knobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    /// REST listen address (Ironic's port 6385).
+    pub rest_listen: ListenAddr,
+    /// gRPC listen address.
+    pub grpc_listen: ListenAddr,
+    /// Base URL for links; derived from the Host header when unset.
+    pub public_url: Option<String>,
+    /// `noauth` or `http_basic`.
+    pub auth_strategy: String,
+    /// htpasswd file with bcrypt entries (for `http_basic`).
+    pub http_basic_auth_user_file: Option<PathBuf>,
+    /// Lookup only in the states that expect an agent.
+    pub restrict_lookup: bool,
+    /// `heartbeat_timeout` handed to agents, seconds.
+    pub ramdisk_heartbeat_timeout: u64,
+    /// Heartbeats must carry the agent token.
+    pub agent_token_required: bool,
+    /// The agent callback URL must be https.
+    pub require_agent_tls: bool,
+    /// `available` nodes may be deleted.
+    pub allow_deleting_available_nodes: bool,
+    /// A conductor counts as alive if it heartbeated within this many seconds.
+    pub conductor_heartbeat_timeout: u64,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            rest_listen: ListenAddr(SocketAddr::from(([0, 0, 0, 0], 6385))),
+            grpc_listen: ListenAddr(SocketAddr::from(([0, 0, 0, 0], 6386))),
+            public_url: None,
+            auth_strategy: "noauth".into(),
+            http_basic_auth_user_file: None,
+            restrict_lookup: true,
+            ramdisk_heartbeat_timeout: 300,
+            agent_token_required: true,
+            require_agent_tls: false,
+            allow_deleting_available_nodes: true,
+            conductor_heartbeat_timeout: 60,
+        }
+    }
+}
+
+/// A configuration value that cannot be used; names the key.
+#[derive(Debug, Error)]
+pub enum ConfigCheckError {
+    /// A value is malformed.
+    #[error("invalid value for {key}: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `api.rest_listen`.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The htpasswd file is unusable.
+    #[error("invalid value for api.http_basic_auth_user_file")]
+    Htpasswd(#[source] AuthError),
+}
+
+/// The checked, typed configuration.
+#[derive(Debug, Clone)]
+pub struct CheckedConfig {
+    /// REST listen address.
+    pub rest_listen: SocketAddr,
+    /// gRPC listen address.
+    pub grpc_listen: SocketAddr,
+    /// Handler settings.
+    pub settings: Settings,
+    /// Authentication.
+    pub auth: Auth,
+}
+
+impl ApiConfig {
+    /// Check every value once and turn it into typed values.
+    ///
+    /// # Errors
+    /// [`ConfigCheckError`] naming the offending key.
+    pub fn check(&self) -> Result<CheckedConfig, ConfigCheckError> {
+        let a = &self.api;
+        let rest_listen = a.rest_listen.addr();
+        let grpc_listen = a.grpc_listen.addr();
+        common::config::check_database_url(&self.database.url)
+            .map_err(|reason| ConfigCheckError::Invalid { key: "database.url", reason })?;
+        common::config::check_bus_url(&self.bus.url)
+            .map_err(|reason| ConfigCheckError::Invalid { key: "bus.url", reason })?;
+        if let Some(u) = &a.public_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(ConfigCheckError::Invalid {
+                key: "api.public_url",
+                reason: format!("'{u}' is not an http(s) URL"),
+            });
+        }
+        if a.ramdisk_heartbeat_timeout == 0 {
+            return Err(ConfigCheckError::Invalid {
+                key: "api.ramdisk_heartbeat_timeout",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let auth = match a.auth_strategy.as_str() {
+            "noauth" => Auth::NoAuth,
+            "http_basic" => {
+                let path =
+                    a.http_basic_auth_user_file.as_ref().ok_or(ConfigCheckError::Invalid {
+                        key: "api.http_basic_auth_user_file",
+                        reason: "required when api.auth_strategy is http_basic".into(),
+                    })?;
+                Auth::from_htpasswd(path).map_err(ConfigCheckError::Htpasswd)?
+            }
+            other => {
+                return Err(ConfigCheckError::Invalid {
+                    key: "api.auth_strategy",
+                    reason: format!("'{other}' is not one of noauth, http_basic"),
+                });
+            }
+        };
+        Ok(CheckedConfig {
+            rest_listen,
+            grpc_listen,
+            settings: Settings {
+                public_url: a.public_url.clone().map(|u| u.trim_end_matches('/').to_owned()),
+                restrict_lookup: a.restrict_lookup,
+                ramdisk_heartbeat_timeout: a.ramdisk_heartbeat_timeout,
+                agent_token_required: a.agent_token_required,
+                allow_deleting_available_nodes: a.allow_deleting_available_nodes,
+                conductor_heartbeat_timeout: Duration::from_secs(a.conductor_heartbeat_timeout),
+                require_agent_tls: a.require_agent_tls,
+            },
+            auth,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_defaults_check() {
+        let c = ApiConfig::default().check().unwrap();
+        assert_eq!(c.rest_listen.port(), 6385);
+    }
+
+    #[test]
+    fn test_bad_values_name_the_key() {
+        let e = common::config::load_str::<ApiConfig, _>(
+            "[api]\nrest_listen = \"0.0.0.0:99999\"\n",
+            "FERRIC",
+            Vec::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key(), Some("api.rest_listen"), "{e}");
+        let e =
+            common::config::load_str::<ApiConfig, _>("[api]\nbogus = 1\n", "FERRIC", Vec::new())
+                .unwrap_err();
+        assert_eq!(e.key(), Some("api.bogus"), "{e}");
+        let e = common::config::load_str::<ApiConfig, _>(
+            "[database]\nurl = \"postgres//x\"\n",
+            "FERRIC",
+            Vec::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key(), Some("database.url"), "{e}");
+        let mut c = ApiConfig::default();
+        c.database.url = "postgres//nope".into();
+        assert!(c.check().unwrap_err().to_string().contains("database.url"));
+        let mut c = ApiConfig::default();
+        c.api.auth_strategy = "keystone".into();
+        assert!(c.check().unwrap_err().to_string().contains("api.auth_strategy"));
+    }
+
+    #[test]
+    fn test_example_config_parses() {
+        let text = include_str!("../examples/config.toml");
+        let cfg: ApiConfig = common::config::load_str(text, "FERRIC", Vec::new()).unwrap();
+        cfg.check().unwrap();
+        assert_eq!(cfg.api.rest_listen.addr().port(), 6385);
+    }
+}

@@ -1,0 +1,491 @@
+//! JSON Patch (RFC 6902) with Ironic's rules: only `add`, `replace` and `remove`, only on
+//! the patchable top-level fields, `add /instance_uuid` refused when already associated, and
+//! driver/interface changes only in the states Ironic allows (reference §1.5).
+//!
+//! The patch is applied to a JSON document holding only the patchable fields; the result is
+//! type-checked and written back into the node, so a failing patch changes nothing.
+
+use deploy::model::JsonObject;
+use deploy::{Node, Port, ProvisionState, PublicError};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// One patch operation as sent by clients.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchOp {
+    /// `add`, `replace` or `remove`.
+    pub op: String,
+    /// JSON Pointer, e.g. `/driver_info/ipmi_username`.
+    pub path: String,
+    /// New value (required for add/replace).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<Value>,
+}
+
+/// Node fields a PATCH may touch (Ironic's list, minus features we do not have).
+pub const NODE_PATCHABLE: &[&str] = &[
+    "automated_clean",
+    "bios_interface",
+    "boot_interface",
+    "conductor_group",
+    "console_interface",
+    "deploy_interface",
+    "description",
+    "driver",
+    "driver_info",
+    "extra",
+    "firmware_interface",
+    "inspect_interface",
+    "instance_info",
+    "instance_uuid",
+    "lessee",
+    "maintenance",
+    "management_interface",
+    "name",
+    "network_data",
+    "network_interface",
+    "owner",
+    "power_interface",
+    "properties",
+    "protected",
+    "protected_reason",
+    "raid_interface",
+    "rescue_interface",
+    "resource_class",
+    "retired",
+    "retired_reason",
+    "storage_interface",
+    "vendor_interface",
+];
+
+/// Port fields a PATCH may touch.
+pub const PORT_PATCHABLE: &[&str] =
+    &["address", "node_uuid", "pxe_enabled", "local_link_connection", "physical_network", "extra"];
+
+fn unescape(token: &str) -> String {
+    token.replace("~1", "/").replace("~0", "~")
+}
+
+/// Split a JSON Pointer into unescaped tokens.
+fn tokens(path: &str) -> Result<Vec<String>, ApiError> {
+    let rest = path.strip_prefix('/').ok_or_else(|| {
+        ApiError::bad_request(format!("Invalid patch path '{path}': must start with '/'"))
+    })?;
+    Ok(rest.split('/').map(unescape).collect())
+}
+
+/// Apply one operation to `doc` (RFC 6902 semantics for add/replace/remove).
+fn apply_one(doc: &mut Value, op: &PatchOp) -> Result<(), ApiError> {
+    let toks = tokens(&op.path)?;
+    let (last, parents) =
+        toks.split_last().ok_or_else(|| ApiError::bad_request("Empty patch path"))?;
+    let mut cur = &mut *doc;
+    for t in parents {
+        cur = match cur {
+            Value::Object(m) => m.get_mut(t),
+            Value::Array(a) => t.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("Invalid patch path '{}': '{t}' does not exist", op.path))
+        })?;
+    }
+    let value = || {
+        op.value.clone().ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "'value' is a required property for '{}' of '{}'",
+                op.op, op.path
+            ))
+        })
+    };
+    let missing = || ApiError::bad_request(format!("can't {} non-existent object '{last}'", op.op));
+    match (op.op.as_str(), cur) {
+        ("add", Value::Object(m)) => {
+            m.insert(last.clone(), value()?);
+        }
+        ("replace", Value::Object(m)) => {
+            let slot = m.get_mut(last).ok_or_else(missing)?;
+            *slot = value()?;
+        }
+        ("remove", Value::Object(m)) => {
+            m.remove(last).ok_or_else(missing)?;
+        }
+        (op_name, Value::Array(a)) => {
+            let idx = if last == "-" && op_name == "add" {
+                a.len()
+            } else {
+                last.parse::<usize>()
+                    .ok()
+                    .filter(|i| if op_name == "add" { *i <= a.len() } else { *i < a.len() })
+                    .ok_or_else(missing)?
+            };
+            match op_name {
+                "add" => a.insert(idx, value()?),
+                "replace" => a[idx] = value()?,
+                _ => {
+                    a.remove(idx);
+                }
+            }
+        }
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid patch path '{}': the parent is not a container",
+                op.path
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Check op names and top-level paths against an allow-list before touching anything.
+fn check_ops(ops: &[PatchOp], allowed: &[&str]) -> Result<(), ApiError> {
+    if ops.is_empty() {
+        return Err(ApiError::bad_request("Patch must contain at least one operation"));
+    }
+    for op in ops {
+        if !matches!(op.op.as_str(), "add" | "replace" | "remove") {
+            return Err(ApiError::bad_request(format!(
+                "Invalid patch operation '{}': must be one of add, replace, remove",
+                op.op
+            )));
+        }
+        let toks = tokens(&op.path)?;
+        let top = toks.first().map(String::as_str).unwrap_or_default();
+        if !allowed.contains(&top) {
+            return Err(ApiError::bad_request(format!(
+                "Cannot patch {}. Only the following can be updated: {}",
+                op.path,
+                allowed.join(", ")
+            )));
+        }
+        if op.op != "remove" && op.value.is_none() {
+            return Err(ApiError::bad_request(format!(
+                "'value' is a required property for '{}' of '{}'",
+                op.op, op.path
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn opt_string(doc: &mut Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
+    match doc.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "Invalid value for {key}: expected a string, got {other}"
+        ))),
+    }
+}
+
+fn object(doc: &mut Map<String, Value>, key: &str) -> Result<JsonObject, ApiError> {
+    match doc.remove(key) {
+        None | Some(Value::Null) => Ok(JsonObject::new()),
+        Some(Value::Object(m)) => Ok(m),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "Invalid value for {key}: expected an object, got {other}"
+        ))),
+    }
+}
+
+fn boolean(doc: &mut Map<String, Value>, key: &str, default: bool) -> Result<bool, ApiError> {
+    opt_bool(doc, key).map(|b| b.unwrap_or(default))
+}
+
+fn opt_bool(doc: &mut Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
+    match doc.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(b)),
+        Some(Value::String(s)) if matches!(s.to_ascii_lowercase().as_str(), "true" | "false") => {
+            Ok(Some(s.eq_ignore_ascii_case("true")))
+        }
+        Some(other) => Err(ApiError::bad_request(format!(
+            "Invalid value for {key}: expected a boolean, got {other}"
+        ))),
+    }
+}
+
+/// Whether `name` is a valid logical node name (RFC 3986 unreserved characters, ≤255).
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~'))
+        && name.parse::<uuid::Uuid>().is_err()
+}
+
+fn node_doc(n: &Node) -> Value {
+    let s = |o: &Option<String>| o.clone().map_or(Value::Null, Value::String);
+    let mut m = Map::new();
+    m.insert("automated_clean".into(), n.automated_clean.map_or(Value::Null, Value::Bool));
+    m.insert("conductor_group".into(), Value::String(n.conductor_group.clone()));
+    m.insert("description".into(), s(&n.description));
+    m.insert("driver".into(), Value::String(n.driver.clone()));
+    m.insert("driver_info".into(), Value::Object(n.driver_info.clone()));
+    m.insert("extra".into(), Value::Object(n.extra.clone()));
+    m.insert("instance_info".into(), Value::Object(n.instance_info.clone()));
+    m.insert("instance_uuid".into(), s(&n.instance_uuid));
+    m.insert("lessee".into(), s(&n.lessee));
+    m.insert("maintenance".into(), Value::Bool(n.maintenance));
+    m.insert("name".into(), s(&n.name));
+    m.insert("network_data".into(), Value::Object(n.network_data.clone()));
+    m.insert("owner".into(), s(&n.owner));
+    m.insert("properties".into(), Value::Object(n.properties.clone()));
+    m.insert("protected".into(), Value::Bool(n.protected));
+    m.insert("protected_reason".into(), s(&n.protected_reason));
+    m.insert("resource_class".into(), s(&n.resource_class));
+    m.insert("retired".into(), Value::Bool(n.retired));
+    m.insert("retired_reason".into(), s(&n.retired_reason));
+    for (iface, v) in n.interfaces.entries() {
+        m.insert(format!("{iface}_interface"), s(v));
+    }
+    Value::Object(m)
+}
+
+/// States in which the driver or an interface may change outside maintenance.
+fn allows_driver_change(state: ProvisionState) -> bool {
+    use ProvisionState::*;
+    matches!(state, Enroll | Inspecting | InspectWait | Manageable | Available)
+}
+
+/// Apply a JSON Patch to a node, returning the patched copy. The input is not modified.
+///
+/// # Errors
+/// 400 for a bad op/path/value, 409 for `add /instance_uuid` on an associated node or a
+/// driver change in a state that forbids it.
+pub fn patch_node(node: &Node, ops: &[PatchOp]) -> Result<Node, ApiError> {
+    check_ops(ops, NODE_PATCHABLE)?;
+    for op in ops {
+        if op.op == "add"
+            && op.path == "/instance_uuid"
+            && let Some(current) = &node.instance_uuid
+        {
+            return Err(PublicError::conflict(format!(
+                "Node {} is associated with instance {current}.",
+                node.uuid
+            ))
+            .into());
+        }
+    }
+    let mut doc = node_doc(node);
+    for op in ops {
+        apply_one(&mut doc, op)?;
+    }
+    let Value::Object(mut d) = doc else {
+        return Err(ApiError::bad_request("Patch replaced the whole document"));
+    };
+    let mut out = node.clone();
+    out.name = opt_string(&mut d, "name")?;
+    if let Some(name) = &out.name
+        && !is_valid_name(name)
+    {
+        return Err(ApiError::bad_request(format!(
+            "Cannot use '{name}' as a node name: invalid logical name"
+        )));
+    }
+    out.driver = opt_string(&mut d, "driver")?.ok_or_else(|| {
+        ApiError::bad_request("'driver' is a required property and can not be removed")
+    })?;
+    out.driver_info = object(&mut d, "driver_info")?;
+    out.instance_info = object(&mut d, "instance_info")?;
+    out.properties = object(&mut d, "properties")?;
+    out.extra = object(&mut d, "extra")?;
+    out.network_data = object(&mut d, "network_data")?;
+    out.instance_uuid = opt_string(&mut d, "instance_uuid")?;
+    if let Some(iu) = &out.instance_uuid
+        && iu.parse::<uuid::Uuid>().is_err()
+    {
+        return Err(ApiError::bad_request(format!(
+            "Expected a UUID for instance_uuid but received {iu}."
+        )));
+    }
+    out.description = opt_string(&mut d, "description")?;
+    out.owner = opt_string(&mut d, "owner")?;
+    out.lessee = opt_string(&mut d, "lessee")?;
+    out.resource_class = opt_string(&mut d, "resource_class")?;
+    out.conductor_group =
+        opt_string(&mut d, "conductor_group")?.unwrap_or_default().to_ascii_lowercase();
+    out.automated_clean = opt_bool(&mut d, "automated_clean")?;
+    out.protected = boolean(&mut d, "protected", false)?;
+    out.protected_reason = opt_string(&mut d, "protected_reason")?;
+    out.retired = boolean(&mut d, "retired", false)?;
+    out.retired_reason = opt_string(&mut d, "retired_reason")?;
+    out.maintenance = boolean(&mut d, "maintenance", false)?;
+    if !out.maintenance {
+        out.maintenance_reason = None;
+        out.fault = None;
+    }
+    if out.protected_reason.is_some() && !out.protected {
+        return Err(ApiError::bad_request("Cannot set protected_reason when protected is unset"));
+    }
+    if out.protected
+        && !node.protected
+        && !matches!(node.provision_state, ProvisionState::Active | ProvisionState::Rescue)
+    {
+        return Err(PublicError::conflict(format!(
+            "Node {} can not be protected in provision state \"{}\"",
+            node.uuid, node.provision_state
+        ))
+        .into());
+    }
+    let mut interfaces = node.interfaces.clone();
+    for name in NODE_PATCHABLE.iter().filter_map(|f| f.strip_suffix("_interface")) {
+        let v = opt_string(&mut d, &format!("{name}_interface"))?;
+        if let Some(slot) = interfaces.get_mut(name) {
+            *slot = v;
+        }
+    }
+    out.interfaces = interfaces;
+    let driver_changed = out.driver != node.driver || out.interfaces != node.interfaces;
+    if driver_changed && !node.maintenance && !allows_driver_change(node.provision_state) {
+        return Err(PublicError::conflict(format!(
+            "The requested action \"driver or interface change\" can not be performed on node \"{}\" while it is in state \"{}\".",
+            node.uuid, node.provision_state
+        ))
+        .into());
+    }
+    Ok(out)
+}
+
+/// Apply a JSON Patch to a port. `node_uuid` changes are resolved by the caller.
+///
+/// # Errors
+/// 400 for a bad op/path/value.
+pub fn patch_port(port: &Port, ops: &[PatchOp]) -> Result<Port, ApiError> {
+    check_ops(ops, PORT_PATCHABLE)?;
+    let mut m = Map::new();
+    m.insert("address".into(), Value::String(port.address.to_string()));
+    m.insert("node_uuid".into(), Value::String(port.node_uuid.to_string()));
+    m.insert("pxe_enabled".into(), Value::Bool(port.pxe_enabled));
+    m.insert("local_link_connection".into(), Value::Object(port.local_link_connection.clone()));
+    m.insert(
+        "physical_network".into(),
+        port.physical_network.clone().map_or(Value::Null, Value::String),
+    );
+    m.insert("extra".into(), Value::Object(port.extra.clone()));
+    let mut doc = Value::Object(m);
+    for op in ops {
+        apply_one(&mut doc, op)?;
+    }
+    let Value::Object(mut d) = doc else {
+        return Err(ApiError::bad_request("Patch replaced the whole document"));
+    };
+    let mut out = port.clone();
+    let addr = opt_string(&mut d, "address")?
+        .ok_or_else(|| ApiError::bad_request("'address' can not be removed"))?;
+    out.address = addr.parse().map_err(|_| {
+        ApiError::bad_request(format!("Expected a MAC address but received {addr}."))
+    })?;
+    let node = opt_string(&mut d, "node_uuid")?
+        .ok_or_else(|| ApiError::bad_request("'node_uuid' can not be removed"))?;
+    out.node_uuid = node
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("Expected a UUID but received {node}.")))?;
+    out.pxe_enabled = boolean(&mut d, "pxe_enabled", true)?;
+    out.local_link_connection = object(&mut d, "local_link_connection")?;
+    out.physical_network = opt_string(&mut d, "physical_network")?;
+    out.extra = object(&mut d, "extra")?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use serde_json::json;
+
+    fn ops(v: Value) -> Vec<PatchOp> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn node() -> Node {
+        Node::new(deploy::NodeId::new_v4(), "fake-hardware", Utc::now())
+    }
+
+    #[test]
+    fn test_add_replace_remove_nested() {
+        let n = node();
+        let p = patch_node(
+            &n,
+            &ops(json!([
+                {"op": "add", "path": "/instance_info/image_source", "value": "http://img"},
+                {"op": "add", "path": "/properties/root_device", "value": {"size": 10}},
+                {"op": "replace", "path": "/properties/root_device/size", "value": 20},
+                {"op": "add", "path": "/name", "value": "n-1"},
+                {"op": "add", "path": "/extra/a~1b", "value": 1},
+            ])),
+        )
+        .unwrap();
+        assert_eq!(p.instance_info["image_source"], "http://img");
+        assert_eq!(p.properties["root_device"]["size"], 20);
+        assert_eq!(p.name.as_deref(), Some("n-1"));
+        assert_eq!(p.extra["a/b"], 1);
+        let p2 = patch_node(
+            &p,
+            &ops(
+                json!([{"op": "remove", "path": "/name"}, {"op": "remove", "path": "/extra/a~1b"}]),
+            ),
+        )
+        .unwrap();
+        assert!(p2.name.is_none() && p2.extra.is_empty());
+    }
+
+    #[test]
+    fn test_read_only_and_bad_paths_refused() {
+        let n = node();
+        for bad in [
+            json!([{"op": "replace", "path": "/provision_state", "value": "active"}]),
+            json!([{"op": "add", "path": "/driver_internal_info/x", "value": 1}]),
+            json!([{"op": "add", "path": "/reservation", "value": "c"}]),
+            json!([{"op": "move", "path": "/name", "from": "/x"}]),
+            json!([{"op": "remove", "path": "/extra/missing"}]),
+            json!([{"op": "replace", "path": "/instance_info/missing", "value": 1}]),
+            json!([{"op": "add", "path": "name", "value": "x"}]),
+            json!([{"op": "add", "path": "/name", "value": 5}]),
+            json!([{"op": "add", "path": "/maintenance", "value": "yes"}]),
+            json!([{"op": "add", "path": "/name"}]),
+            json!([]),
+        ] {
+            let parsed: Result<Vec<PatchOp>, _> = serde_json::from_value(bad.clone());
+            if let Ok(o) = parsed {
+                let e = patch_node(&n, &o).unwrap_err();
+                assert_eq!(e.status().as_u16(), 400, "{bad}");
+            }
+        }
+    }
+
+    #[test]
+    fn test_instance_uuid_add_conflicts_when_associated() {
+        let mut n = node();
+        n.instance_uuid = Some(uuid::Uuid::new_v4().to_string());
+        let e = patch_node(&n, &ops(json!([{"op": "add", "path": "/instance_uuid", "value": uuid::Uuid::new_v4().to_string()}]))).unwrap_err();
+        assert_eq!(e.status().as_u16(), 409);
+    }
+
+    #[test]
+    fn test_driver_change_refused_while_active() {
+        let mut n = node();
+        n.provision_state = ProvisionState::Active;
+        let o = ops(json!([{"op": "replace", "path": "/driver", "value": "ipmi"}]));
+        assert_eq!(patch_node(&n, &o).unwrap_err().status().as_u16(), 409);
+        n.maintenance = true;
+        assert_eq!(patch_node(&n, &o).unwrap().driver, "ipmi");
+    }
+
+    #[test]
+    fn test_maintenance_off_clears_reason() {
+        let mut n = node();
+        n.maintenance = true;
+        n.maintenance_reason = Some("r".into());
+        n.fault = Some("power failure".into());
+        let p = patch_node(
+            &n,
+            &ops(json!([{"op": "replace", "path": "/maintenance", "value": false}])),
+        )
+        .unwrap();
+        assert!(!p.maintenance && p.maintenance_reason.is_none() && p.fault.is_none());
+    }
+}

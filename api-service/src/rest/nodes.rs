@@ -1,0 +1,277 @@
+//! `/v1/nodes` handlers.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiJson, ApiPath, ApiQuery, Base, accepted};
+use crate::error::ApiError;
+use crate::patch::PatchOp;
+use crate::render::{
+    self, NODE_LIST_FIELDS, node_field_names, node_json, parse_fields, provision_state_value, ts,
+};
+use crate::service::{ApiState, Ctx, NodeCreate, NodeListParams, PowerRequest, ProvisionRequest};
+
+/// Query of `GET /v1/nodes/{ident}`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ShowParams {
+    /// Field selector (1.8).
+    pub fields: Option<String>,
+}
+
+/// Body of `PUT /v1/nodes/{ident}/maintenance`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceBody {
+    /// Why the node is in maintenance.
+    pub reason: Option<String>,
+}
+
+async fn list_inner(
+    state: &ApiState,
+    ctx: &Ctx,
+    base: &str,
+    p: &NodeListParams,
+    detail_path: bool,
+) -> Result<Response, ApiError> {
+    let v = ctx.version;
+    let detail = detail_path || p.wants_detail(v)?;
+    if detail_path && p.fields.is_some() {
+        return Err(ApiError::bad_request(
+            "The fields parameter is not supported on /v1/nodes/detail",
+        ));
+    }
+    let fields: Option<Vec<String>> = if detail {
+        None
+    } else {
+        match parse_fields(p.fields.as_deref(), v, &node_field_names(v))? {
+            Some(f) => Some(f),
+            None => Some(NODE_LIST_FIELDS.iter().map(|s| (*s).to_owned()).collect()),
+        }
+    };
+    let q = p.to_query(v)?;
+    let nodes = state.node_list(&q).await?;
+    let items: Vec<Value> =
+        nodes.iter().map(|n| node_json(n, v, base, fields.as_deref())).collect();
+    let mut body = json!({ "nodes": items });
+    if let Some(last) = nodes.last()
+        && nodes.len() == q.limit as usize
+    {
+        let path = if detail_path { "/v1/nodes/detail" } else { "/v1/nodes" };
+        body["next"] =
+            json!(format!("{base}{path}?{}", p.next_query(q.limit, &last.uuid.to_string())));
+    }
+    Ok(Json(body).into_response())
+}
+
+/// List nodes.
+#[utoipa::path(get, path = "/v1/nodes", params(NodeListParams), responses((status = 200, description = "A page of nodes")))]
+pub async fn list(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    Base(base): Base,
+    ApiQuery(p): ApiQuery<NodeListParams>,
+) -> Result<Response, ApiError> {
+    list_inner(&state, &ctx, &base, &p, false).await
+}
+
+/// List nodes with every field.
+#[utoipa::path(get, path = "/v1/nodes/detail", params(NodeListParams), responses((status = 200, description = "A page of nodes")))]
+pub async fn list_detail(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    Base(base): Base,
+    ApiQuery(p): ApiQuery<NodeListParams>,
+) -> Result<Response, ApiError> {
+    list_inner(&state, &ctx, &base, &p, true).await
+}
+
+/// Create a node.
+#[utoipa::path(post, path = "/v1/nodes", request_body = NodeCreate, responses((status = 201, description = "The node")))]
+pub async fn create(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    Base(base): Base,
+    ApiJson(req): ApiJson<NodeCreate>,
+) -> Result<Response, ApiError> {
+    let node = state.node_create(&ctx, req).await?;
+    let location = format!("{base}/v1/nodes/{}", node.uuid);
+    let mut resp =
+        (StatusCode::CREATED, Json(node_json(&node, ctx.version, &base, None))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// Show one node by UUID or name.
+#[utoipa::path(get, path = "/v1/nodes/{ident}", params(("ident" = String, Path, description = "UUID or name"), ShowParams), responses((status = 200, description = "The node")))]
+pub async fn show(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    Base(base): Base,
+    ApiPath(ident): ApiPath<String>,
+    ApiQuery(p): ApiQuery<ShowParams>,
+) -> Result<Json<Value>, ApiError> {
+    let v = ctx.version;
+    let fields = parse_fields(p.fields.as_deref(), v, &node_field_names(v))?;
+    let node = state.node_by_ident(&ident, v).await?;
+    Ok(Json(node_json(&node, v, &base, fields.as_deref())))
+}
+
+/// Update a node with a JSON Patch.
+#[utoipa::path(patch, path = "/v1/nodes/{ident}", params(("ident" = String, Path, description = "UUID or name")), request_body(content = Vec<PatchOp>, description = "RFC 6902 JSON Patch"), responses((status = 200, description = "The updated node")))]
+pub async fn patch(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    Base(base): Base,
+    ApiPath(ident): ApiPath<String>,
+    ApiJson(ops): ApiJson<Vec<PatchOp>>,
+) -> Result<Json<Value>, ApiError> {
+    let node = state.node_patch(&ctx, &ident, &ops).await?;
+    Ok(Json(node_json(&node, ctx.version, &base, None)))
+}
+
+/// Delete a node.
+#[utoipa::path(delete, path = "/v1/nodes/{ident}", params(("ident" = String, Path, description = "UUID or name")), responses((status = 204, description = "Deleted")))]
+pub async fn delete(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    ApiPath(ident): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    state.node_delete(&ctx, &ident).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The node's state summary.
+#[utoipa::path(get, path = "/v1/nodes/{ident}/states", params(("ident" = String, Path, description = "UUID or name")), responses((status = 200, description = "States")))]
+pub async fn states(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    ApiPath(ident): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let v = ctx.version;
+    let n = state.node_by_ident(&ident, v).await?;
+    let mut body = json!({
+        "power_state": n.power_state.map(|p| p.as_str()),
+        "target_power_state": n.target_power_state.map(|p| p.as_str()),
+        "provision_state": provision_state_value(n.provision_state, v),
+        "target_provision_state": n.target_provision_state.map_or(Value::Null, |s| provision_state_value(s, v)),
+        "provision_updated_at": n.provision_updated_at.as_ref().map(ts),
+        "last_error": n.last_error,
+        "console_enabled": false,
+    });
+    if v.at_least(12) {
+        body["raid_config"] = json!({});
+        body["target_raid_config"] = json!({});
+    }
+    if v.at_least(75) {
+        body["boot_mode"] = json!(n.boot_mode);
+        body["secure_boot"] = Value::Null;
+    }
+    Ok(Json(body))
+}
+
+/// Request a provision state change (202, the conductor does the work).
+#[utoipa::path(put, path = "/v1/nodes/{ident}/states/provision", params(("ident" = String, Path, description = "UUID or name")), request_body = ProvisionRequest, responses((status = 202, description = "Accepted")))]
+pub async fn set_provision(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    Base(base): Base,
+    ApiPath(ident): ApiPath<String>,
+    ApiJson(req): ApiJson<ProvisionRequest>,
+) -> Result<Response, ApiError> {
+    let node = state.node_set_provision(&ctx, &ident, req).await?;
+    Ok(accepted(&format!("{base}/v1/nodes/{}/states", node.uuid)))
+}
+
+/// Request a power state change (202).
+#[utoipa::path(put, path = "/v1/nodes/{ident}/states/power", params(("ident" = String, Path, description = "UUID or name")), request_body = PowerRequest, responses((status = 202, description = "Accepted")))]
+pub async fn set_power(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    Base(base): Base,
+    ApiPath(ident): ApiPath<String>,
+    ApiJson(req): ApiJson<PowerRequest>,
+) -> Result<Response, ApiError> {
+    let node = state.node_set_power(&ctx, &ident, req).await?;
+    Ok(accepted(&format!("{base}/v1/nodes/{}/states", node.uuid)))
+}
+
+/// Put the node in maintenance.
+#[utoipa::path(put, path = "/v1/nodes/{ident}/maintenance", params(("ident" = String, Path, description = "UUID or name")), request_body = MaintenanceBody, responses((status = 202, description = "Accepted")))]
+pub async fn maintenance_on(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    Base(base): Base,
+    ApiPath(ident): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    // The body is optional (`openstack baremetal node maintenance set` without --reason).
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<MaintenanceBody>(&body)
+            .map_err(|e| ApiError::bad_request(format!("Invalid JSON in request body: {e}")))?
+            .reason
+    };
+    let node = state.node_set_maintenance(&ctx, &ident, true, reason).await?;
+    Ok(accepted(&format!("{base}/v1/nodes/{}/maintenance", node.uuid)))
+}
+
+/// Take the node out of maintenance.
+#[utoipa::path(delete, path = "/v1/nodes/{ident}/maintenance", params(("ident" = String, Path, description = "UUID or name")), responses((status = 202, description = "Accepted")))]
+pub async fn maintenance_off(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    Base(base): Base,
+    ApiPath(ident): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let node = state.node_set_maintenance(&ctx, &ident, false, None).await?;
+    Ok(accepted(&format!("{base}/v1/nodes/{}/maintenance", node.uuid)))
+}
+
+/// Validate the node's interfaces.
+#[utoipa::path(get, path = "/v1/nodes/{ident}/validate", params(("ident" = String, Path, description = "UUID or name")), responses((status = 200, description = "Per-interface results")))]
+pub async fn validate(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    ApiPath(ident): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.node_validate(&ctx, &ident).await?))
+}
+
+/// The node's event history (1.78).
+#[utoipa::path(get, path = "/v1/nodes/{ident}/history", params(("ident" = String, Path, description = "UUID or name")), responses((status = 200, description = "History entries")))]
+pub async fn history(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    Base(base): Base,
+    ApiPath(ident): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !ctx.version.at_least(78) {
+        return Err(ApiError::RouteNotFound);
+    }
+    let node = state.node_by_ident(&ident, ctx.version).await?;
+    let entries = state.store.history_list(node.uuid).await?;
+    let items: Vec<Value> = entries
+        .iter()
+        .map(|h| {
+            json!({
+                "uuid": h.uuid.to_string(),
+                "created_at": ts(&h.created_at),
+                "severity": h.severity,
+                "event": h.event,
+                "event_type": h.event_type,
+                "conductor": h.conductor,
+                "user": null,
+                "links": render::links(&base, &format!("nodes/{}/history", node.uuid), &h.uuid.to_string()),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "history": items })))
+}

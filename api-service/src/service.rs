@@ -1,0 +1,221 @@
+//! The operations behind both transports. REST handlers and gRPC methods call these, so a
+//! rule (lock check, state-machine check, version gate, masking) is written exactly once.
+//!
+//! Every write is a conditional update on the node's `generation`; asynchronous work is
+//! recorded in the node (target state) and announced on the bus. The conductor re-reads the
+//! node on each event and also sweeps periodically, so a publish lost after the commit only
+//! delays the work.
+
+mod agent;
+mod nodes;
+mod ports;
+mod provision;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::DynBus;
+use chrono::Utc;
+use deploy::{Node, NodeHistory, ProvisionState, PublicError};
+use proto::events::{Event, event::Payload};
+use store::DataStore;
+
+pub use agent::{HeartbeatRequest, LookupQuery};
+pub use nodes::{NodeCreate, NodeListParams, parse_bool, parse_limit, urlencode, validate_node};
+pub use ports::{PortCreate, PortListParams};
+pub use provision::{PowerRequest, ProvisionRequest};
+
+use crate::auth::Auth;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::version::Version;
+
+/// Typed settings the handlers need (checked once at startup from [`crate::ApiConfig`]).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Base URL for links; `None` derives it from the request's Host header.
+    pub public_url: Option<String>,
+    /// Whether lookup answers only in the states that expect an agent.
+    pub restrict_lookup: bool,
+    /// `heartbeat_timeout` handed to the agent at lookup (seconds).
+    pub ramdisk_heartbeat_timeout: u64,
+    /// Whether heartbeats must carry the agent token.
+    pub agent_token_required: bool,
+    /// Whether `available` nodes may be deleted.
+    pub allow_deleting_available_nodes: bool,
+    /// A conductor is alive when it heartbeated within this.
+    pub conductor_heartbeat_timeout: Duration,
+    /// Whether the agent's callback URL must be https.
+    pub require_agent_tls: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            restrict_lookup: true,
+            ramdisk_heartbeat_timeout: 300,
+            agent_token_required: true,
+            allow_deleting_available_nodes: true,
+            conductor_heartbeat_timeout: Duration::from_secs(60),
+            require_agent_tls: false,
+        }
+    }
+}
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The database.
+    pub store: DataStore,
+    /// The event bus.
+    pub bus: DynBus,
+    /// Typed settings.
+    pub settings: Arc<Settings>,
+    /// Authentication strategy.
+    pub auth: Auth,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("backend", &self.store.backend_name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-request context: the negotiated version and the request id carried into events.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// Negotiated microversion.
+    pub version: Version,
+    /// `req-<uuid>`.
+    pub request_id: String,
+}
+
+impl Ctx {
+    /// A context at the maximum version with a fresh request id (gRPC, internal callers).
+    pub fn latest() -> Self {
+        Self { version: Version::MAX, request_id: new_request_id() }
+    }
+}
+
+/// A fresh Ironic-style request id.
+pub fn new_request_id() -> String {
+    format!("req-{}", uuid::Uuid::new_v4())
+}
+
+/// How many times a write retries after losing a generation race it is allowed to redo.
+const STALE_RETRIES: usize = 5;
+
+impl ApiState {
+    /// Build a state with default settings and no auth (tests, embedded mode).
+    pub fn new(store: DataStore, bus: DynBus, settings: Settings, auth: Auth) -> Self {
+        Self { store, bus, settings: Arc::new(settings), auth, metrics: Arc::new(Metrics::new()) }
+    }
+
+    /// Fetch a node by UUID or name (names need 1.5).
+    ///
+    /// # Errors
+    /// 404 when missing.
+    pub async fn node_by_ident(&self, ident: &str, v: Version) -> Result<Node, ApiError> {
+        if ident.parse::<uuid::Uuid>().is_err() && !v.at_least(5) {
+            return Err(PublicError::not_found("Node", ident).into());
+        }
+        Ok(self.store.node_fetch_by_ident(ident).await?)
+    }
+
+    /// Publish an event for a node; a failure is logged, never returned: the database holds
+    /// the truth and the conductor's sweep picks the work up anyway.
+    pub async fn publish(&self, ctx: &Ctx, node: &Node, payload: Payload) {
+        let ev = Event {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            node_uuid: node.uuid.to_string(),
+            request_id: ctx.request_id.clone(),
+            created_at: Utc::now().to_rfc3339(),
+            payload: Some(payload),
+        };
+        if let Err(e) = bus::publish_event(self.bus.as_ref(), &ev).await {
+            tracing::warn!(node_id = %node.uuid, error = %e, "event publish failed; the conductor sweep will pick the change up");
+        }
+    }
+
+    /// Publish `NodeStateChanged` (for watchers) after a change made by the API.
+    pub async fn publish_changed(
+        &self,
+        ctx: &Ctx,
+        node: &Node,
+        previous: ProvisionState,
+        event: &str,
+    ) {
+        let payload = Payload::NodeStateChanged(proto::events::NodeStateChanged {
+            provision_state: node.provision_state.as_str().to_owned(),
+            target_provision_state: node
+                .target_provision_state
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
+            previous_provision_state: previous.as_str().to_owned(),
+            power_state: node.power_state.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+            last_error: node.last_error.clone().unwrap_or_default(),
+            event: event.to_owned(),
+            conductor: String::new(),
+        });
+        self.publish(ctx, node, payload).await;
+    }
+
+    /// Record a history entry; failures are logged (history is informative, not truth).
+    pub async fn history(
+        &self,
+        node: &Node,
+        event_type: &str,
+        event: String,
+        from: Option<ProvisionState>,
+        to: Option<ProvisionState>,
+    ) {
+        let h = NodeHistory {
+            uuid: uuid::Uuid::new_v4(),
+            node_uuid: node.uuid,
+            severity: "INFO".into(),
+            event_type: event_type.into(),
+            event,
+            conductor: None,
+            from_state: from,
+            to_state: to,
+            created_at: Utc::now(),
+        };
+        if let Err(e) = self.store.history_insert(&h).await {
+            tracing::warn!(node_id = %node.uuid, error = %e, "recording node history failed");
+        }
+    }
+
+    /// Read-modify-write with retry on a lost generation race: `f` is re-run on a fresh read.
+    /// Use only for changes that are valid to redo (maintenance flag, heartbeat records).
+    ///
+    /// # Errors
+    /// Whatever `f` returns, or the store's error after the retries are exhausted.
+    pub async fn update_with_retry<F>(
+        &self,
+        id: deploy::NodeId,
+        mut f: F,
+    ) -> Result<(Node, Node), ApiError>
+    where
+        F: FnMut(&Node) -> Result<Option<Node>, ApiError>,
+    {
+        let mut attempt = 0;
+        loop {
+            let before = self.store.node_fetch(id).await?;
+            let Some(after) = f(&before)? else {
+                return Ok((before.clone(), before));
+            };
+            match self.store.node_update(&after).await {
+                Ok(n) => return Ok((before, n)),
+                Err(PublicError::Conflict { .. }) if attempt < STALE_RETRIES => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The agent-facing endpoints: lookup (mints the agent token once) and heartbeat (checks it),
+//! reference §1.11 and §4.11.
+
+use base64::Engine;
+use chrono::Utc;
+use deploy::ids::MacAddress;
+use deploy::model::SECRET_MASK;
+use deploy::{Node, NodeId, PublicError};
+use proto::events::event::Payload;
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiState, Ctx};
+use crate::error::ApiError;
+use crate::render::{links, masked_instance_info, masked_internal_info};
+
+/// Query of `GET /v1/lookup`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LookupQuery {
+    /// Comma-separated MAC addresses.
+    pub addresses: Option<String>,
+    /// Node UUID, when the agent knows it.
+    pub node_uuid: Option<String>,
+}
+
+/// Body of `POST /v1/heartbeat/{node}`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// URL of the agent's command API (Ferric: its gRPC URL `http://ip:port`).
+    pub callback_url: String,
+    /// The token received at lookup (1.62).
+    pub agent_token: Option<String>,
+    /// Agent version (1.36).
+    pub agent_version: Option<String>,
+    /// PEM of the agent's TLS certificate (1.68).
+    pub agent_verify_ca: Option<String>,
+    /// One-way installer status (1.72).
+    pub agent_status: Option<String>,
+    /// One-way installer status message (1.72).
+    pub agent_status_message: Option<String>,
+}
+
+/// A fresh agent token: 32 random bytes, urlsafe base64 without padding (43 characters),
+/// like Python's `secrets.token_urlsafe()`.
+pub fn mint_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Compare secrets without an early exit, so timing does not reveal the matching prefix.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn check_callback_url(url: &str, require_tls: bool) -> Result<(), ApiError> {
+    if url.is_empty() {
+        return Ok(());
+    }
+    let bad = || {
+        ApiError::bad_request(format!(
+            "Invalid callback_url \"{url}\": expected http(s)://host:port"
+        ))
+    };
+    let rest = if let Some(r) = url.strip_prefix("https://") {
+        r
+    } else if let Some(r) = url.strip_prefix("http://") {
+        if require_tls {
+            return Err(ApiError::bad_request(
+                "The callback_url must use https when TLS is required",
+            ));
+        }
+        r
+    } else {
+        return Err(bad());
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = authority.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+impl ApiState {
+    /// `GET /v1/lookup`: find the node of a booting agent and hand it its config and token.
+    ///
+    /// # Errors
+    /// 404 below 1.22, for an unknown node, or a node in a state that expects no agent;
+    /// 400 without any valid MAC or UUID.
+    pub async fn agent_lookup(
+        &self,
+        ctx: &Ctx,
+        base: &str,
+        q: &LookupQuery,
+    ) -> Result<Value, ApiError> {
+        let v = ctx.version;
+        if !v.at_least(22) {
+            return Err(ApiError::RouteNotFound);
+        }
+        let macs: Vec<MacAddress> = q
+            .addresses
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| match s.parse::<MacAddress>() {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    tracing::warn!(address = %s, "lookup: ignoring an invalid MAC address");
+                    None
+                }
+            })
+            .collect();
+        let node_uuid = match q.node_uuid.as_deref().filter(|s| !s.is_empty()) {
+            Some(u) => Some(u.parse::<NodeId>().map_err(|_| {
+                ApiError::bad_request(format!("Expected a UUID but received {u}."))
+            })?),
+            None => None,
+        };
+        if macs.is_empty() && node_uuid.is_none() {
+            return Err(ApiError::bad_request(
+                "One or more of addresses and node_uuid is required for lookup (invalid MAC addresses are ignored)",
+            ));
+        }
+        let not_found = || {
+            ApiError::Public(PublicError::NotFound {
+                kind: "Node",
+                id: "matching the lookup".into(),
+            })
+        };
+        let node = match node_uuid {
+            Some(id) => match self.store.node_fetch(id).await {
+                Ok(n) => n,
+                Err(PublicError::NotFound { .. }) => return Err(not_found()),
+                Err(e) => return Err(e.into()),
+            },
+            None => self.store.node_lookup_by_macs(&macs).await?.ok_or_else(not_found)?,
+        };
+        if self.settings.restrict_lookup && !node.provision_state.allows_lookup() {
+            // Deliberately the same 404 as "not found" (Ironic).
+            tracing::info!(node_id = %node.uuid, state = %node.provision_state, "lookup refused: state does not expect an agent");
+            return Err(not_found());
+        }
+        let (node, token) = if v.at_least(62) { self.token_for(node).await? } else { (node, None) };
+        let mut config = json!({
+            "heartbeat_timeout": self.settings.ramdisk_heartbeat_timeout,
+            "agent_token_required": self.settings.agent_token_required,
+            "metrics": {"backend": "noop", "prepend_host": false, "prepend_uuid": false,
+                        "prepend_host_reverse": true, "global_prefix": null},
+            "metrics_statsd": {"statsd_host": "localhost", "statsd_port": 8125},
+            "agent_md5_checksum_enable": false,
+            "disable_deep_image_inspection": false,
+            "permitted_image_formats": ["raw", "gpt", "qcow2", "iso"],
+            "agent_skip_bmc_detect": node.driver == "redfish",
+            "enable_bios_bootloader_install": false,
+            "tls_min_version": "1.2",
+            "tls_cipher_suites": null,
+        });
+        if let (Some(t), Some(obj)) = (token, config.as_object_mut()) {
+            obj.insert("agent_token".into(), Value::String(t));
+        }
+        Ok(json!({
+            "node": {
+                "uuid": node.uuid.to_string(),
+                "properties": node.properties,
+                "instance_info": masked_instance_info(&node.instance_info),
+                "driver_internal_info": masked_internal_info(&node.driver_internal_info),
+                "links": links(base, "nodes", &node.uuid.to_string()),
+            },
+            "config": config,
+        }))
+    }
+
+    /// Mint the token at the first lookup; later lookups see `******`.
+    async fn token_for(&self, node: Node) -> Result<(Node, Option<String>), ApiError> {
+        let mut minted = None;
+        let (_, node) = self
+            .update_with_retry(node.uuid, |n| {
+                let dii = &n.driver_internal_info;
+                if dii.contains_key("agent_secret_token") {
+                    return Ok(None);
+                }
+                let t = mint_token();
+                let mut m = n.clone();
+                m.driver_internal_info
+                    .insert("agent_secret_token".into(), Value::String(t.clone()));
+                minted = Some(t);
+                Ok(Some(m))
+            })
+            .await?;
+        let stored = node.driver_internal_info.get("agent_secret_token").and_then(Value::as_str);
+        let pregenerated = node
+            .driver_internal_info
+            .get("agent_secret_token_pregenerated")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let shown = match (&minted, stored) {
+            // We minted and our write won.
+            (Some(t), Some(s)) if t == s => Some(t.clone()),
+            // A pre-generated token is baked into the boot media: handing it out is harmless.
+            (_, Some(s)) if pregenerated => Some(s.to_owned()),
+            _ => Some(SECRET_MASK.to_owned()),
+        };
+        if minted.is_some() {
+            tracing::info!(node_id = %node.uuid, "agent token minted at lookup");
+        }
+        Ok((node, shown))
+    }
+
+    /// `POST /v1/heartbeat/{ident}`: record the agent's URL and liveness, wake the conductor.
+    ///
+    /// # Errors
+    /// 404 below 1.22 or for an unknown node; 400 for a missing/wrong token, a changed
+    /// callback URL or a bad URL; 409 when locked before the agent URL is known.
+    pub async fn agent_heartbeat(
+        &self,
+        ctx: &Ctx,
+        ident: &str,
+        req: HeartbeatRequest,
+    ) -> Result<(), ApiError> {
+        let v = ctx.version;
+        if !v.at_least(22) {
+            return Err(ApiError::RouteNotFound);
+        }
+        for (set, name, since) in [
+            (req.agent_version.is_some(), "agent_version", 36),
+            (req.agent_token.is_some(), "agent_token", 62),
+            (req.agent_verify_ca.is_some(), "agent_verify_ca", 68),
+            (req.agent_status.is_some() || req.agent_status_message.is_some(), "agent_status", 72),
+        ] {
+            if set && !v.at_least(since) {
+                return Err(ApiError::NotAcceptable(format!(
+                    "The \"{name}\" field requires API version 1.{since} or later; the request used {v}."
+                )));
+            }
+        }
+        check_callback_url(&req.callback_url, self.settings.require_agent_tls)?;
+        let node = self.node_by_ident(ident, v).await?;
+        let token_ok = |n: &Node| {
+            let stored = n.driver_internal_info.get("agent_secret_token").and_then(Value::as_str);
+            match (stored, req.agent_token.as_deref()) {
+                (Some(s), Some(given)) => constant_time_eq(s.as_bytes(), given.as_bytes()),
+                (None, _) => !self.settings.agent_token_required,
+                (Some(_), None) => false,
+            }
+        };
+        if !token_ok(&node) {
+            tracing::warn!(node_id = %node.uuid, "heartbeat with an invalid or missing agent token");
+            return Err(ApiError::bad_request("Invalid or missing agent token received."));
+        }
+        if let Some(known) = node.driver_internal_info.get("agent_url").and_then(Value::as_str)
+            && known != req.callback_url
+        {
+            return Err(ApiError::bad_request(
+                "Detected change in ramdisk provided \"callback_url\"",
+            ));
+        }
+        if req.agent_version.is_none() && req.agent_status.is_none() {
+            return Err(ApiError::bad_request("Agent did not transmit a version"));
+        }
+        if let Some(holder) = &node.reservation
+            && !node.driver_internal_info.contains_key("agent_url")
+        {
+            return Err(PublicError::NodeLocked {
+                node: node.uuid.to_string(),
+                holder: holder.clone(),
+            }
+            .into());
+        }
+        let state = node.provision_state;
+        let supported = state.heartbeat_acts() || state.heartbeat_recorded() || state.is_wait();
+        if !supported {
+            tracing::warn!(node_id = %node.uuid, state = %state, "heartbeat in a state that expects no agent; ignored");
+            return Ok(());
+        }
+        let now = Utc::now().to_rfc3339();
+        let (_, updated) = self
+            .update_with_retry(node.uuid, |n| {
+                // Re-check on every fresh read: a power-off may have wiped the token meanwhile.
+                if !token_ok(n) {
+                    return Err(ApiError::bad_request("Invalid or missing agent token received."));
+                }
+                let mut m = n.clone();
+                let dii = &mut m.driver_internal_info;
+                dii.insert("agent_url".into(), Value::String(req.callback_url.clone()));
+                dii.insert("agent_last_heartbeat".into(), Value::String(now.clone()));
+                if let Some(ver) = &req.agent_version {
+                    dii.insert("agent_version".into(), Value::String(ver.clone()));
+                }
+                if let Some(ca) = &req.agent_verify_ca {
+                    dii.insert("agent_verify_ca".into(), Value::String(ca.clone()));
+                }
+                if let Some(s) = &req.agent_status {
+                    dii.insert("agent_status".into(), Value::String(s.clone()));
+                    dii.insert("agent_status_message".into(), json!(req.agent_status_message));
+                }
+                Ok(Some(m))
+            })
+            .await?;
+        tracing::debug!(node_id = %updated.uuid, state = %state, "heartbeat recorded");
+        self.publish(
+            ctx,
+            &updated,
+            Payload::AgentHeartbeat(proto::events::AgentHeartbeat {
+                agent_url: req.callback_url.clone(),
+                agent_version: req.agent_version.clone().unwrap_or_default(),
+                provision_state: updated.provision_state.as_str().to_owned(),
+            }),
+        )
+        .await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_token_shape_and_compare() {
+        let t = mint_token();
+        assert_eq!(t.len(), 43);
+        assert!(t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert_ne!(t, mint_token());
+        assert!(constant_time_eq(t.as_bytes(), t.as_bytes()));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn test_callback_url_rules() {
+        assert!(check_callback_url("http://10.0.0.5:9999", false).is_ok());
+        assert!(check_callback_url("https://[::1]:9999/", true).is_ok());
+        assert!(check_callback_url("", true).is_ok());
+        assert!(check_callback_url("http://10.0.0.5:9999", true).is_err());
+        assert!(check_callback_url("ftp://x:1", false).is_err());
+        assert!(check_callback_url("http://host", false).is_err());
+    }
+}

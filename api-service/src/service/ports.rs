@@ -1,0 +1,212 @@
+//! Port create, list, update and delete.
+
+use chrono::Utc;
+use deploy::ids::MacAddress;
+use deploy::model::JsonObject;
+use deploy::{Port, PortId, PublicError};
+use serde::Deserialize;
+use serde_json::Value;
+use store::{PortListQuery, SortDir};
+
+use super::{ApiState, Ctx};
+use crate::error::ApiError;
+use crate::patch::{PatchOp, patch_port};
+use crate::version::Version;
+
+/// Body of `POST /v1/ports`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortCreate {
+    /// MAC address (required).
+    pub address: String,
+    /// Owning node UUID.
+    pub node_uuid: Option<String>,
+    /// Owning node UUID or name (1.94).
+    pub node_ident: Option<String>,
+    /// Optional UUID.
+    pub uuid: Option<String>,
+    /// PXE from this port (1.19), default true.
+    pub pxe_enabled: Option<bool>,
+    /// Switch info (1.19).
+    #[schema(value_type = Object)]
+    pub local_link_connection: Option<JsonObject>,
+    /// Physical network (1.34).
+    pub physical_network: Option<String>,
+    /// Free form.
+    #[schema(value_type = Object)]
+    pub extra: Option<JsonObject>,
+    /// Port group; only null is supported.
+    #[schema(value_type = Option<String>)]
+    pub portgroup_uuid: Option<Value>,
+    /// Smart NIC flag (1.53); only false is supported.
+    pub is_smartnic: Option<bool>,
+}
+
+/// Query of `GET /v1/ports`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PortListParams {
+    /// Node UUID or name.
+    pub node: Option<String>,
+    /// Node UUID.
+    pub node_uuid: Option<String>,
+    /// MAC address.
+    pub address: Option<String>,
+    /// Page size.
+    pub limit: Option<i64>,
+    /// Last port UUID of the previous page.
+    pub marker: Option<String>,
+    /// Only `id` is supported.
+    pub sort_key: Option<String>,
+    /// `asc` or `desc`.
+    pub sort_dir: Option<String>,
+    /// Field selector.
+    pub fields: Option<String>,
+    /// Full objects.
+    pub detail: Option<String>,
+}
+
+fn parse_mac(s: &str) -> Result<MacAddress, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::bad_request(format!("Expected a MAC address but received {s}.")))
+}
+
+fn gate(v: Version, present: bool, field: &str, since: u32) -> Result<(), ApiError> {
+    if present && !v.at_least(since) {
+        return Err(ApiError::NotAcceptable(format!(
+            "The \"{field}\" field requires API version 1.{since} or later; the request used {v}."
+        )));
+    }
+    Ok(())
+}
+
+impl PortListParams {
+    /// Build the store query (resolving `node` names needs the store, done by the caller).
+    pub fn to_query(&self, node: Option<deploy::NodeId>) -> Result<PortListQuery, ApiError> {
+        let mut q = PortListQuery {
+            limit: super::nodes::parse_limit(self.limit)?,
+            node,
+            ..PortListQuery::default()
+        };
+        if let Some(a) = &self.address {
+            q.address = Some(parse_mac(a)?);
+        }
+        if let Some(m) = &self.marker {
+            q.marker = Some(m.parse::<PortId>().map_err(|_| {
+                ApiError::bad_request(format!("Invalid marker {m}: expected a port UUID"))
+            })?);
+        }
+        if let Some(k) = &self.sort_key
+            && k != "id"
+        {
+            return Err(ApiError::bad_request(format!(
+                "The sort_key value \"{k}\" is an invalid field for sorting"
+            )));
+        }
+        if let Some(d) = &self.sort_dir {
+            q.sort_dir = d.parse::<SortDir>()?;
+        }
+        Ok(q)
+    }
+}
+
+impl ApiState {
+    /// `POST /v1/ports`.
+    ///
+    /// # Errors
+    /// 400 for a bad MAC/UUID or a missing node, 409 for a duplicate MAC.
+    pub async fn port_create(&self, ctx: &Ctx, req: PortCreate) -> Result<Port, ApiError> {
+        let v = ctx.version;
+        gate(v, req.pxe_enabled.is_some(), "pxe_enabled", 19)?;
+        gate(v, req.local_link_connection.is_some(), "local_link_connection", 19)?;
+        gate(v, req.physical_network.is_some(), "physical_network", 34)?;
+        gate(v, req.is_smartnic.is_some(), "is_smartnic", 53)?;
+        gate(v, req.node_ident.is_some(), "node_ident", 94)?;
+        if req.portgroup_uuid.as_ref().is_some_and(|p| !p.is_null()) {
+            return Err(ApiError::bad_request("Port groups are not supported by this service"));
+        }
+        if req.is_smartnic == Some(true) {
+            return Err(ApiError::bad_request("Smart NIC ports are not supported by this service"));
+        }
+        let address = parse_mac(&req.address)?;
+        let node = match (&req.node_uuid, &req.node_ident) {
+            (Some(u), _) => {
+                let id = u.parse::<deploy::NodeId>().map_err(|_| {
+                    ApiError::bad_request(format!("Expected a UUID but received {u}."))
+                })?;
+                self.store.node_fetch(id).await.map_err(|e| match e {
+                    PublicError::NotFound { .. } => {
+                        ApiError::bad_request(format!("Node {u} could not be found."))
+                    }
+                    other => other.into(),
+                })?
+            }
+            (None, Some(ident)) => self.node_by_ident(ident, v).await?,
+            (None, None) => {
+                return Err(ApiError::bad_request("'node_uuid' is a required property"));
+            }
+        };
+        let uuid = match &req.uuid {
+            Some(u) => u
+                .parse::<PortId>()
+                .map_err(|_| ApiError::bad_request(format!("Expected a UUID but received {u}.")))?,
+            None => PortId::new_v4(),
+        };
+        let port = Port {
+            uuid,
+            address,
+            node_uuid: node.uuid,
+            pxe_enabled: req.pxe_enabled.unwrap_or(true),
+            local_link_connection: req.local_link_connection.unwrap_or_default(),
+            physical_network: req.physical_network,
+            extra: req.extra.unwrap_or_default(),
+            created_at: Utc::now(),
+            updated_at: None,
+        };
+        let created = self.store.port_insert(&port).await?;
+        tracing::info!(port_id = %created.uuid, node_id = %created.node_uuid, "port created");
+        Ok(created)
+    }
+
+    /// Fetch a port by UUID.
+    ///
+    /// # Errors
+    /// 404 when missing (or not a UUID).
+    pub async fn port_get(&self, ident: &str) -> Result<Port, ApiError> {
+        let id = ident
+            .parse::<PortId>()
+            .map_err(|_| ApiError::Public(PublicError::not_found("Port", ident)))?;
+        Ok(self.store.port_fetch(id).await?)
+    }
+
+    /// `PATCH /v1/ports/{uuid}`.
+    ///
+    /// # Errors
+    /// 400 for a bad patch, 409 for a duplicate MAC or a stale write.
+    pub async fn port_patch(&self, ident: &str, ops: &[PatchOp]) -> Result<Port, ApiError> {
+        let port = self.port_get(ident).await?;
+        let patched = patch_port(&port, ops)?;
+        if patched.node_uuid != port.node_uuid {
+            self.store.node_fetch(patched.node_uuid).await.map_err(|e| match e {
+                PublicError::NotFound { .. } => {
+                    ApiError::bad_request(format!("Node {} could not be found.", patched.node_uuid))
+                }
+                other => other.into(),
+            })?;
+        }
+        if patched == port {
+            return Ok(port);
+        }
+        Ok(self.store.port_update(&patched).await?)
+    }
+
+    /// `DELETE /v1/ports/{uuid}`.
+    ///
+    /// # Errors
+    /// 404 when missing.
+    pub async fn port_delete(&self, ident: &str) -> Result<(), ApiError> {
+        let port = self.port_get(ident).await?;
+        self.store.port_delete(port.uuid).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,397 @@
+//! Provision and power requests: validated synchronously, recorded in one conditional
+//! update, then announced on the bus for the conductor (reference §1.6, §2.3).
+
+use chrono::Utc;
+use deploy::state::next;
+use deploy::{ApiVerb, Node, PowerState, ProvisionState, PublicError};
+use proto::events::event::Payload;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{ApiState, Ctx};
+use crate::error::ApiError;
+
+/// Body of `PUT /v1/nodes/{ident}/states/provision`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionRequest {
+    /// The verb: manage, provide, active/deploy, deleted/undeploy, clean, inspect, …
+    pub target: String,
+    /// Config drive: gzip+base64 string, URL, or (1.56) an object.
+    #[schema(value_type = Option<Object>)]
+    pub configdrive: Option<Value>,
+    /// Steps for `clean` (1.15).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub clean_steps: Option<Vec<Value>>,
+    /// Steps for `active`/`rebuild` (1.69).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub deploy_steps: Option<Vec<Value>>,
+    /// Steps for `service` (1.87).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub service_steps: Option<Vec<Value>>,
+    /// Password for `rescue` (1.38).
+    pub rescue_password: Option<String>,
+    /// Run out-of-band steps without the ramdisk (1.70).
+    pub disable_ramdisk: Option<bool>,
+    /// Runbook name/UUID (1.92); not supported.
+    pub runbook: Option<String>,
+}
+
+/// Body of `PUT /v1/nodes/{ident}/states/power`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PowerRequest {
+    /// power on, power off, rebooting, soft power off, soft rebooting.
+    pub target: String,
+    /// Seconds (1.27), at least 1.
+    pub timeout: Option<i64>,
+}
+
+fn not_acceptable(what: &str, since: u32, v: crate::version::Version) -> ApiError {
+    ApiError::NotAcceptable(format!(
+        "{what} requires API version 1.{since} or later; the request used {v}."
+    ))
+}
+
+fn check_steps(name: &str, steps: &[Value]) -> Result<(), ApiError> {
+    for s in steps {
+        let ok = s.as_object().is_some_and(|o| {
+            o.get("interface").and_then(Value::as_str).is_some()
+                && o.get("step").and_then(Value::as_str).is_some()
+                && o.get("args").is_none_or(Value::is_object)
+                && o.keys().all(|k| {
+                    matches!(k.as_str(), "interface" | "step" | "args" | "priority" | "order")
+                })
+        });
+        if !ok {
+            return Err(ApiError::bad_request(format!(
+                "Invalid {name}: each step must be an object with string 'interface' and 'step' and an optional object 'args'; got {s}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl ApiState {
+    /// `PUT /v1/nodes/{ident}/states/provision`.
+    ///
+    /// # Errors
+    /// 406 for a verb or field newer than the version, 400 for bad input or a transition
+    /// the state machine refuses, 409 when locked, busy or stale, 404 when missing.
+    pub async fn node_set_provision(
+        &self,
+        ctx: &Ctx,
+        ident: &str,
+        req: ProvisionRequest,
+    ) -> Result<Node, ApiError> {
+        let v = ctx.version;
+        let node = self.node_by_ident(ident, v).await?;
+        let invalid_target = || {
+            ApiError::bad_request(format!(
+                "The requested action \"{}\" can not be performed on node \"{}\" while it is in state \"{}\".",
+                req.target, node.uuid, node.provision_state
+            ))
+        };
+        let (verb, alias) = ApiVerb::parse(&req.target).ok_or_else(invalid_target)?;
+        let since = verb.min_version(alias);
+        if !v.at_least(since) {
+            return Err(not_acceptable(
+                &format!("The \"{}\" provision target", req.target),
+                since,
+                v,
+            ));
+        }
+        // Field checks, in Ironic's order: version gates, then which verb may carry what.
+        if req.runbook.is_some() {
+            return Err(ApiError::bad_request("Runbooks are not supported by this service"));
+        }
+        if let Some(cd) = &req.configdrive {
+            if !matches!(verb, ApiVerb::Active | ApiVerb::Rebuild) {
+                return Err(ApiError::bad_request(
+                    "Adding a config drive is only supported when setting provision state to active or rebuild",
+                ));
+            }
+            if verb == ApiVerb::Rebuild && !v.at_least(35) {
+                return Err(not_acceptable("A config drive on rebuild", 35, v));
+            }
+            match cd {
+                Value::String(_) | Value::Null => {}
+                Value::Object(o) => {
+                    if !v.at_least(56) {
+                        return Err(not_acceptable("A config drive given as an object", 56, v));
+                    }
+                    if o.contains_key("vendor_data") && !v.at_least(59) {
+                        return Err(not_acceptable("Config drive vendor_data", 59, v));
+                    }
+                    if let Some(k) = o.keys().find(|k| {
+                        !matches!(
+                            k.as_str(),
+                            "meta_data" | "network_data" | "user_data" | "vendor_data"
+                        )
+                    }) {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid configdrive key '{k}'"
+                        )));
+                    }
+                }
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid configdrive: expected a string or an object, got {other}"
+                    )));
+                }
+            }
+        }
+        match (&req.clean_steps, verb) {
+            (Some(steps), ApiVerb::Clean) => check_steps("clean_steps", steps)?,
+            (None, ApiVerb::Clean) => {
+                return Err(ApiError::bad_request(format!(
+                    "\"clean_steps\" is required when setting target provision state to {}",
+                    req.target
+                )));
+            }
+            (Some(_), _) => {
+                return Err(ApiError::bad_request(format!(
+                    "\"clean_steps\" is only valid when setting target provision state to clean, not {}",
+                    req.target
+                )));
+            }
+            (None, _) => {}
+        }
+        if let Some(steps) = &req.deploy_steps {
+            if !v.at_least(69) {
+                return Err(not_acceptable("\"deploy_steps\"", 69, v));
+            }
+            if !matches!(verb, ApiVerb::Active | ApiVerb::Rebuild) {
+                return Err(ApiError::bad_request(format!(
+                    "\"deploy_steps\" is only valid when setting target provision state to active or rebuild, not {}",
+                    req.target
+                )));
+            }
+            check_steps("deploy_steps", steps)?;
+        }
+        if req.service_steps.is_some() {
+            if verb != ApiVerb::Service {
+                return Err(ApiError::bad_request(
+                    "\"service_steps\" is only valid with the service target",
+                ));
+            }
+        } else if verb == ApiVerb::Service {
+            return Err(ApiError::bad_request(
+                "\"service_steps\" is required when setting target provision state to service",
+            ));
+        }
+        if req.disable_ramdisk.is_some() && !v.at_least(70) {
+            return Err(not_acceptable("\"disable_ramdisk\"", 70, v));
+        }
+        match (&req.rescue_password, verb) {
+            (Some(p), ApiVerb::Rescue) if !p.trim().is_empty() => {}
+            (_, ApiVerb::Rescue) => {
+                return Err(ApiError::bad_request(
+                    "A non-empty \"rescue_password\" is required when setting target provision state to rescue",
+                ));
+            }
+            (Some(_), _) => {
+                return Err(ApiError::bad_request(
+                    "\"rescue_password\" is only valid when setting target provision state to rescue",
+                ));
+            }
+            (None, _) => {}
+        }
+        // The lock, then maintenance, then the state machine (Ironic's order).
+        if let Some(holder) = &node.reservation {
+            return Err(PublicError::NodeLocked {
+                node: node.uuid.to_string(),
+                holder: holder.clone(),
+            }
+            .into());
+        }
+        if node.maintenance && matches!(verb, ApiVerb::Active | ApiVerb::Rebuild) {
+            return Err(ApiError::bad_request(format!(
+                "The provisioning operation can't be performed on node {} because it's in maintenance mode.",
+                node.uuid
+            )));
+        }
+        if node.protected && matches!(verb, ApiVerb::Rebuild | ApiVerb::Deleted) {
+            return Err(ApiError::Forbidden(format!(
+                "Node {} is protected and cannot be undeployed, rebuilt or deleted",
+                node.uuid
+            )));
+        }
+        let from = node.provision_state;
+        let to = match next(from, verb.event()) {
+            Ok(to) => to,
+            Err(_) => {
+                let busy = from.is_transient_working()
+                    || (node.target_provision_state.is_some() && !from.is_failed());
+                if busy {
+                    return Err(PublicError::conflict(format!(
+                        "Node {} is busy: {from}",
+                        node.uuid
+                    ))
+                    .into());
+                }
+                return Err(invalid_target());
+            }
+        };
+        if matches!(verb, ApiVerb::Active | ApiVerb::Rebuild)
+            && !node.instance_info.contains_key("image_source")
+        {
+            return Err(ApiError::bad_request(format!(
+                "Cannot deploy node {}: instance_info is missing image_source",
+                node.uuid
+            )));
+        }
+        let mut upd = node.clone();
+        upd.provision_state = to;
+        upd.target_provision_state = if to.is_stable() {
+            None
+        } else if verb == ApiVerb::Clean {
+            Some(ProvisionState::Manageable)
+        } else {
+            to.fsm_target()
+        };
+        upd.provision_updated_at = Some(Utc::now());
+        upd.last_error = None;
+        if let Some(cd) = &req.configdrive {
+            upd.instance_info.insert("configdrive".into(), cd.clone());
+        }
+        if let Some(steps) = &req.clean_steps {
+            upd.driver_internal_info.insert("clean_steps".into(), Value::Array(steps.clone()));
+            upd.driver_internal_info.remove("clean_step_index");
+        }
+        if let Some(steps) = &req.deploy_steps {
+            upd.driver_internal_info
+                .insert("user_deploy_steps".into(), Value::Array(steps.clone()));
+        }
+        if let Some(steps) = &req.service_steps {
+            upd.driver_internal_info.insert("service_steps".into(), Value::Array(steps.clone()));
+        }
+        let updated = self.store.node_update(&upd).await?;
+        tracing::info!(node_id = %updated.uuid, verb = %req.target, from = %from, to = %to, "provision state change requested");
+        self.history(
+            &updated,
+            "provisioning",
+            format!("{from} -> {to} ({})", verb.event()),
+            Some(from),
+            Some(to),
+        )
+        .await;
+        let payload = Payload::ProvisionRequested(proto::events::ProvisionRequested {
+            verb: req.target.clone(),
+            event: verb.event().as_str().to_owned(),
+            from_state: from.as_str().to_owned(),
+            to_state: to.as_str().to_owned(),
+            configdrive: match &req.configdrive {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Object(o)) => Value::Object(o.clone()).to_string(),
+                _ => String::new(),
+            },
+            clean_steps_json: req
+                .clean_steps
+                .as_ref()
+                .map(|s| Value::Array(s.clone()).to_string())
+                .unwrap_or_default(),
+            deploy_steps_json: req
+                .deploy_steps
+                .as_ref()
+                .map(|s| Value::Array(s.clone()).to_string())
+                .unwrap_or_default(),
+            rescue_password: req.rescue_password.clone().unwrap_or_default(),
+        });
+        self.publish(ctx, &updated, payload).await;
+        self.publish_changed(ctx, &updated, from, verb.event().as_str()).await;
+        Ok(updated)
+    }
+
+    /// `PUT /v1/nodes/{ident}/states/power`.
+    ///
+    /// # Errors
+    /// 406 for soft targets/timeout below 1.27, 400 for a bad target or timeout or while
+    /// cleaning, 409 when locked or a power action is already running.
+    pub async fn node_set_power(
+        &self,
+        ctx: &Ctx,
+        ident: &str,
+        req: PowerRequest,
+    ) -> Result<Node, ApiError> {
+        let v = ctx.version;
+        let node = self.node_by_ident(ident, v).await?;
+        let target: PowerState =
+            req.target.parse().ok().filter(|t| *t != PowerState::Error).ok_or_else(|| {
+                ApiError::bad_request(format!("Invalid power state {} requested", req.target))
+            })?;
+        if matches!(target, PowerState::SoftOff | PowerState::SoftRebooting) && !v.at_least(27) {
+            return Err(not_acceptable(&format!("Power target \"{}\"", req.target), 27, v));
+        }
+        if let Some(t) = req.timeout {
+            if !v.at_least(27) {
+                return Err(not_acceptable("The power \"timeout\"", 27, v));
+            }
+            if t < 1 {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid timeout value {t}: it must be at least 1 second"
+                )));
+            }
+        }
+        if matches!(node.provision_state, ProvisionState::Cleaning | ProvisionState::CleanWait) {
+            return Err(ApiError::bad_request(format!(
+                "Can not change power state of node {} while it is in state \"{}\".",
+                node.uuid, node.provision_state
+            )));
+        }
+        if let Some(holder) = &node.reservation {
+            return Err(PublicError::NodeLocked {
+                node: node.uuid.to_string(),
+                holder: holder.clone(),
+            }
+            .into());
+        }
+        if let Some(running) = node.target_power_state {
+            return Err(PublicError::conflict(format!(
+                "Node {} is busy: a power action to \"{running}\" is in progress",
+                node.uuid
+            ))
+            .into());
+        }
+        let mut upd = node.clone();
+        upd.target_power_state = Some(
+            if matches!(target, PowerState::On | PowerState::Rebooting | PowerState::SoftRebooting)
+            {
+                PowerState::On
+            } else {
+                PowerState::Off
+            },
+        );
+        upd.last_error = None;
+        if target != PowerState::On {
+            // A power-off or reboot ends the ramdisk: its agent URL and token are void
+            // (Ironic wipes them in node_power_action), unless the token was baked in.
+            wipe_agent_session(&mut upd.driver_internal_info);
+        }
+        let updated = self.store.node_update(&upd).await?;
+        tracing::info!(node_id = %updated.uuid, target = %target, "power state change requested");
+        let timeout_secs = req.timeout.and_then(|t| u32::try_from(t).ok()).unwrap_or(0);
+        self.publish(
+            ctx,
+            &updated,
+            Payload::PowerRequested(proto::events::PowerRequested {
+                target: target.as_str().to_owned(),
+                timeout_secs,
+            }),
+        )
+        .await;
+        Ok(updated)
+    }
+}
+
+/// Remove the agent's URL, cached steps and (unless pre-generated) its token.
+pub(crate) fn wipe_agent_session(dii: &mut deploy::model::JsonObject) {
+    for k in
+        ["agent_url", "agent_verify_ca", "agent_cached_clean_steps", "agent_cached_deploy_steps"]
+    {
+        dii.remove(k);
+    }
+    if !dii.get("agent_secret_token_pregenerated").and_then(Value::as_bool).unwrap_or(false) {
+        dii.remove("agent_secret_token");
+    }
+}

@@ -1,0 +1,123 @@
+//! Agent endpoints: lookup mints the token once, heartbeat requires it and records the URL.
+
+use proto::events::event::Payload;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::harness::{Harness, expect_event};
+
+async fn scenario_lookup_and_heartbeat(h: &Harness) {
+    let node = h.create_node(json!({"driver": "fake-hardware", "name": "ag1"})).await;
+    let uuid = node["uuid"].as_str().unwrap().to_owned();
+    let r = h
+        .send(Method::POST, "/v1/ports", json!({"address": "52:54:00:00:aa:01", "node_uuid": uuid}))
+        .await;
+    assert_eq!(r.status, 201);
+    let lookup = "/v1/lookup?addresses=52:54:00:00:AA:01,not-a-mac";
+
+    // enroll does not expect an agent: the same 404 as an unknown node.
+    assert_eq!(h.call(Method::GET, lookup, Some("1.62"), None).await.status, 404);
+    // Below 1.22 the endpoint does not exist.
+    assert_eq!(h.call(Method::GET, lookup, None, None).await.status, 404);
+
+    let mut n = h.store.node_fetch(uuid.parse().unwrap()).await.unwrap();
+    n.provision_state = deploy::ProvisionState::WaitCallBack;
+    n.target_provision_state = Some(deploy::ProvisionState::Active);
+    n.power_state = Some(deploy::PowerState::On);
+    h.store.node_update(&n).await.unwrap();
+
+    let first = h.call(Method::GET, lookup, Some("1.62"), None).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let body = first.json();
+    assert_eq!(body["node"]["uuid"], uuid.as_str());
+    let token = body["config"]["agent_token"].as_str().unwrap().to_owned();
+    assert_eq!(token.len(), 43);
+    assert_eq!(body["config"]["agent_token_required"], true);
+    assert_eq!(body["config"]["heartbeat_timeout"], 300);
+    assert_eq!(body["node"]["driver_internal_info"]["agent_secret_token"], "******");
+    let second = h.call(Method::GET, lookup, Some("1.62"), None).await.json();
+    assert_eq!(second["config"]["agent_token"], "******");
+    // The token is never shown through the node API.
+    let shown = h.get(&format!("/v1/nodes/{uuid}")).await;
+    assert!(!shown.body.contains(&token));
+
+    let mut sub = h.bus.subscribe(&["node.heartbeat"]).await.unwrap();
+    let hb = |url: &str, tok: &str| {
+        json!({"callback_url": url, "agent_token": tok, "agent_version": "ferric-0.1"}).to_string()
+    };
+    let r = h
+        .call(
+            Method::POST,
+            &format!("/v1/heartbeat/{uuid}"),
+            Some("1.68"),
+            Some(&hb("http://127.0.0.1:50051", &token)),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(r.body.is_empty() && r.headers.get("content-type").is_none());
+    let ev =
+        expect_event(&mut sub, |e| matches!(e.payload, Some(Payload::AgentHeartbeat(_)))).await;
+    let Some(Payload::AgentHeartbeat(a)) = ev.payload else { unreachable!() };
+    assert_eq!(
+        (a.agent_url.as_str(), a.provision_state.as_str()),
+        ("http://127.0.0.1:50051", "wait call-back")
+    );
+    let n = h.store.node_fetch(uuid.parse().unwrap()).await.unwrap();
+    assert_eq!(n.driver_internal_info["agent_url"], "http://127.0.0.1:50051");
+    assert_eq!(n.driver_internal_info["agent_version"], "ferric-0.1");
+    assert!(n.driver_internal_info["agent_last_heartbeat"].is_string());
+
+    // A changed callback URL is refused (stickiness); so is a wrong token.
+    let r = h
+        .call(
+            Method::POST,
+            &format!("/v1/heartbeat/{uuid}"),
+            Some("1.68"),
+            Some(&hb("http://127.0.0.1:50052", &token)),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.fault().contains("callback_url"));
+    let r = h
+        .call(
+            Method::POST,
+            &format!("/v1/heartbeat/{uuid}"),
+            Some("1.68"),
+            Some(&hb("http://127.0.0.1:50051", "x")),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+
+    // Power off wipes the token and URL: the next ramdisk boot gets a new token.
+    let r = h
+        .send(
+            Method::PUT,
+            &format!("/v1/nodes/{uuid}/states/power"),
+            json!({"target": "power off"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let n = h.store.node_fetch(uuid.parse().unwrap()).await.unwrap();
+    assert!(n.driver_internal_info.get("agent_secret_token").is_none());
+    assert!(n.driver_internal_info.get("agent_url").is_none());
+    let r = h
+        .call(
+            Method::POST,
+            &format!("/v1/heartbeat/{uuid}"),
+            Some("1.68"),
+            Some(&hb("http://127.0.0.1:50051", &token)),
+        )
+        .await;
+    assert_eq!(r.status, 400, "old token refused after power off");
+    let again = h.call(Method::GET, lookup, Some("1.62"), None).await.json();
+    let new_token = again["config"]["agent_token"].as_str().unwrap();
+    assert_eq!(new_token.len(), 43);
+    assert_ne!(new_token, token);
+    assert!(matches!(again["node"]["links"], Value::Array(_)));
+}
+both_backends!(
+    scenario_lookup_and_heartbeat,
+    test_lookup_and_heartbeat_sqlite,
+    test_lookup_and_heartbeat_postgres
+);

@@ -1,0 +1,17 @@
+//! api-service integration tests: one binary, modules per area. Each scenario runs on
+//! SQLite + the in-process bus (fast) and on PostgreSQL + RabbitMQ (skipped loudly when
+//! absent, failing when FERRIC_REQUIRE_SERVICES=1).
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::print_stderr,
+    reason = "test code: a failed unwrap is a failed test; skips are announced on stderr"
+)]
+
+mod harness;
+
+mod agent;
+mod bad_input;
+mod binary;
+mod grpc;
+mod rest;
