@@ -34,6 +34,54 @@ pub enum UnknownMac {
     Discovery,
 }
 
+/// The whole configuration file as pxe-service reads it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PxeFileConfig {
+    /// `[pxe]`
+    pub pxe: PxeConfig,
+    /// `[database]`
+    pub database: common::config::DatabaseConfig,
+    /// `[telemetry]`
+    pub telemetry: common::config::TelemetryConfig,
+    /// Other services' sections in a shared file; ignored here.
+    #[doc(hidden)]
+    pub api: Option<serde_json::Value>,
+    #[doc(hidden)]
+    pub conductor: Option<serde_json::Value>,
+    #[doc(hidden)]
+    pub agent: Option<serde_json::Value>,
+    #[doc(hidden)]
+    pub bus: Option<serde_json::Value>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file or environment could not be read or parsed.
+    #[error("loading the configuration")]
+    Load(#[source] common::config::ConfigError),
+    /// A `[pxe]` value is unusable.
+    #[error(transparent)]
+    Invalid(#[from] PxeConfigError),
+    /// The database URL is unusable.
+    #[error("invalid database.url: {0}")]
+    Database(String),
+}
+
+impl PxeFileConfig {
+    /// Load (defaults < TOML file < `FERRIC_*` env) and check everything.
+    ///
+    /// # Errors
+    /// [`LoadError`] naming the key at fault.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, LoadError> {
+        let cfg: Self = common::config::load(file, "FERRIC").map_err(LoadError::Load)?;
+        cfg.pxe.validate()?;
+        common::config::check_database_url(&cfg.database.url).map_err(LoadError::Database)?;
+        Ok(cfg)
+    }
+}
+
 /// Settings of pxe-service (`[pxe]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -70,8 +118,6 @@ pub struct PxeConfig {
     pub tftp_bind: String,
     /// HTTP bind address for the binary (`0.0.0.0:8080`).
     pub http_bind: String,
-    /// Database URL for the binary (`postgres://…` or `sqlite:…`).
-    pub database_url: String,
     /// Most TFTP transfers at once.
     pub tftp_max_transfers: usize,
     /// TFTP retransmission timeout in milliseconds unless the client negotiates one.
@@ -108,7 +154,6 @@ impl Default for PxeConfig {
             ipxe_timeout_ms: 0,
             tftp_bind: "0.0.0.0:69".to_owned(),
             http_bind: "0.0.0.0:8080".to_owned(),
-            database_url: "sqlite:/var/lib/ferric/ferric.db".to_owned(),
             tftp_max_transfers: 256,
             tftp_timeout_ms: 1000,
             tftp_retries: 5,
@@ -155,6 +200,10 @@ impl PxeConfig {
         if self.kernel_append_params.contains(['\n', '\r']) || self.console.contains(['\n', '\r']) {
             return Err(bad("pxe.kernel_append_params", "must be a single line"));
         }
+        common::config::parse_listen_addr("pxe.tftp_bind", &self.tftp_bind)
+            .map_err(|e| bad("pxe.tftp_bind", e.to_string()))?;
+        common::config::parse_listen_addr("pxe.http_bind", &self.http_bind)
+            .map_err(|e| bad("pxe.http_bind", e.to_string()))?;
         if self.tftp_max_transfers == 0 {
             return Err(bad("pxe.tftp_max_transfers", "must be at least 1"));
         }
@@ -218,12 +267,9 @@ mod tests {
 
     #[test]
     fn test_example_config_parses() {
-        #[derive(Deserialize)]
-        struct File {
-            pxe: PxeConfig,
-        }
         let text = include_str!("../examples/config.toml");
-        let file: File = toml::from_str(text).unwrap();
+        let file: PxeFileConfig =
+            common::config::load_str(text, "FERRIC", std::iter::empty::<(String, String)>()).unwrap();
         file.pxe.validate().unwrap();
         assert_eq!(file.pxe.boot_format, BootFormat::Ipxe);
     }

@@ -324,27 +324,42 @@ fn render_grub(action: &BootAction, cfg: &PxeConfig) -> String {
     s
 }
 
+/// NICs `boot.ipxe` tries, `net0` to `net7`.
+const IPXE_NICS: usize = 8;
+
 /// The global iPXE entry script: try each NIC's per-MAC script in turn (like Ironic's).
+///
+/// The loop over `netX` is unrolled into labels instead of using `inc`, so it also runs on
+/// iPXE builds without integer settings. A chained script that returns success (a failed local
+/// boot) makes this script `exit 0`, so the firmware moves on to its next boot device.
 pub fn boot_ipxe(cfg: &PxeConfig) -> String {
     let base = cfg.http_base();
-    let fallback = match cfg.unknown_mac {
-        UnknownMac::Exit => "echo No configuration for any NIC of this machine; leaving network boot.\nexit 0\n".to_owned(),
-        UnknownMac::Discovery => format!("echo Unknown machine: booting discovery.\nchain {base}/discovery.ipxe\n"),
-    };
-    format!(
-        "#!ipxe\n\
-         # Ferric: loop over the NICs and chain the first per-MAC script the database knows.\n\
-         set netid:int32 -1\n\
-         :loop\n\
-         inc netid || chain {base}/pxelinux.cfg/${{mac:hexhyp}} || goto old_rom\n\
-         isset ${{net${{netid}}/mac}} || goto loop_done\n\
-         echo Attempting to boot from MAC ${{net${{netid}}/mac:hexhyp}}\n\
-         chain {base}/pxelinux.cfg/${{net${{netid}}/mac:hexhyp}} && exit 0 || goto loop\n\n\
-         :loop_done\n{fallback}\n\
-         :old_rom\n\
-         echo PXE boot failed: this iPXE has no netX support and no configuration matched.\n\
-         prompt --timeout 180 Press any key to reboot... ||\nreboot\n"
-    )
+    let mut s = String::from(
+        "#!ipxe\n# Ferric: chain the per-MAC script of the first NIC the database knows.\n\
+         isset ${net0/mac} || goto old_rom\n",
+    );
+    for i in 0..IPXE_NICS {
+        let next = if i + 1 < IPXE_NICS { format!("net{}", i + 1) } else { "no_config".to_owned() };
+        let _ = write!(
+            s,
+            ":net{i}\nisset ${{net{i}/mac}} || goto no_config\n\
+             echo Attempting to boot from MAC ${{net{i}/mac:hexhyp}}\n\
+             chain {base}/pxelinux.cfg/${{net{i}/mac:hexhyp}} || goto {next}\nexit 0\n"
+        );
+    }
+    let _ = write!(
+        s,
+        ":old_rom\nchain {base}/pxelinux.cfg/${{mac:hexhyp}} || goto no_config\nexit 0\n:no_config\n"
+    );
+    match cfg.unknown_mac {
+        UnknownMac::Exit => s.push_str(
+            "echo No configuration for any NIC of this machine: leaving network boot.\nexit 0\n",
+        ),
+        UnknownMac::Discovery => {
+            let _ = write!(s, "echo Unknown machine: booting discovery.\nchain {base}/discovery.ipxe\n");
+        }
+    }
+    s
 }
 
 /// The GRUB master config: load the per-MAC config of the booting NIC.

@@ -117,7 +117,6 @@ impl Transfer {
             'send: loop {
                 for (i, block) in window.iter().enumerate() {
                     // Block numbers wrap at 65536 (to 0), as tftp-hpa and most clients expect.
-                    #[expect(clippy::cast_possible_truncation, reason = "16-bit rollover is the protocol")]
                     let wire = (acked + i as u64 + 1) as u16;
                     packet::encode_data(&mut send_buf, wire, block);
                     socket.send(&send_buf).await?;
@@ -132,7 +131,7 @@ impl Transfer {
                         retransmits += 1;
                         continue 'send;
                     };
-                    #[expect(clippy::cast_possible_truncation, reason = "16-bit rollover is the protocol")]
+                    // Truncation to 16 bits is the protocol's block numbering.
                     let diff = u64::from(ack.wrapping_sub(acked as u16));
                     if diff == 0 || diff > window.len() as u64 {
                         // A duplicate or stale ACK: ignore it and keep waiting.

@@ -1,0 +1,44 @@
+//! `pxe-service`: load and check config (exit 2 when bad), init telemetry, bind TFTP and HTTP,
+//! connect the database, serve until SIGTERM/SIGINT. `--dnsmasq` prints the DHCP options file.
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use pxe_service::config::PxeFileConfig;
+
+#[derive(Parser)]
+#[command(version, about = "Ferric's TFTP and HTTP boot server")]
+struct Args {
+    /// TOML config file; FERRIC_<SECTION>__<KEY> env variables override it.
+    #[arg(long, short, env = "FERRIC_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Print a dnsmasq options file pointing machines at this service, then exit.
+    #[arg(long)]
+    dnsmasq: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match PxeFileConfig::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "pxe-service: bad configuration: {}", common::ErrorChain(&e));
+            return ExitCode::from(u8::try_from(common::EXIT_BAD_CONFIG).unwrap_or(2));
+        }
+    };
+    if args.dnsmasq {
+        let text = pxe_service::dnsmasq::render(&cfg.pxe, &Default::default());
+        return std::io::stdout().write_all(text.as_bytes()).map_or(ExitCode::FAILURE, |()| ExitCode::SUCCESS);
+    }
+    let _telemetry = common::telemetry::init_for("pxe-service", &cfg.telemetry);
+    let result = async {
+        let tftp = tokio::net::UdpSocket::bind(&cfg.pxe.tftp_bind).await.context("binding the TFTP socket")?;
+        let http = tokio::net::TcpListener::bind(&cfg.pxe.http_bind).await.context("binding the HTTP listener")?;
+        let store = store::DataStore::connect(&cfg.database.url).await.context("connecting to the database")?;
+        store.migrate().await.context("applying database migrations")?;
+        pxe_service::run(cfg.pxe, tftp, http, store, common::shutdown::signal_token()).await.context("serving")
+    };
+    result.await.map_or_else(|e| { tracing::error!(error = format!("{e:#}"), "pxe-service failed"); ExitCode::FAILURE }, |()| ExitCode::SUCCESS)
+}

@@ -1,0 +1,196 @@
+//! The whole service (`pxe_service::run`) over SQLite: boot.ipxe, static files with Range,
+//! iPXE binaries, the image cache, the dnsmasq file.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploy::ProvisionState;
+use pxe_service::tftp::client::{self, FetchOptions};
+use pxe_service::{image_cache_url, PxeConfig, UnknownMac};
+use rand::RngCore;
+use serde_json::json;
+use sha2::Digest;
+use store::testing::TestDatabase;
+use store::DataStore;
+use tokio_util::sync::CancellationToken;
+
+use crate::render_db::insert_node;
+
+pub struct Service {
+    pub tftp: SocketAddr,
+    pub http_url: String,
+    pub dirs: tempfile::TempDir,
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), pxe_service::PxeError>>,
+}
+
+impl Service {
+    pub async fn start(store: DataStore, tweak: impl FnOnce(&mut PxeConfig)) -> Self {
+        let dirs = tempfile::tempdir().unwrap();
+        for d in ["tftp", "http", "data", "ipxe"] {
+            std::fs::create_dir(dirs.path().join(d)).unwrap();
+        }
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tftp = udp.local_addr().unwrap();
+        let http_url = format!("http://{}", tcp.local_addr().unwrap());
+        let mut cfg = PxeConfig {
+            tftp_root: dirs.path().join("tftp"),
+            http_root: dirs.path().join("http"),
+            data_dir: dirs.path().join("data"),
+            ipxe_dir: dirs.path().join("ipxe"),
+            api_url: "http://api.example:6385".into(),
+            http_url: http_url.clone(),
+            ..PxeConfig::default()
+        };
+        tweak(&mut cfg);
+        let token = CancellationToken::new();
+        let task = tokio::spawn(pxe_service::run(cfg, udp, tcp, store, token.clone()));
+        Self { tftp, http_url, dirs, token, task }
+    }
+
+    pub async fn stop(self) {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task).await.unwrap().unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_boot_ipxe_statics_with_range_and_ipxe_binaries() {
+    let db = TestDatabase::sqlite().await;
+    let svc = Service::start(db.store().clone(), |_| {}).await;
+    let http = reqwest::Client::new();
+
+    let boot = http.get(format!("{}/boot.ipxe", svc.http_url)).send().await.unwrap().text().await.unwrap();
+    assert!(boot.starts_with("#!ipxe\n"), "{boot}");
+    assert!(boot.contains(&format!("chain {}/pxelinux.cfg/${{net0/mac:hexhyp}} || goto net1\n", svc.http_url)), "{boot}");
+    assert!(boot.contains("isset ${net7/mac} || goto no_config\n"), "{boot}");
+    assert!(boot.contains(":no_config\necho No configuration"), "{boot}");
+
+    // Unknown MAC: 404 over HTTP (boot.ipxe moves on), file-not-found over TFTP.
+    let r = http.get(format!("{}/ipxe/52:54:00:de:ad:00", svc.http_url)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let e = client::fetch(svc.tftp, "pxelinux.cfg/01-52-54-00-de-ad-00", &FetchOptions::default()).await;
+    assert!(matches!(e, Err(client::FetchError::Server { code: 1, .. })), "{e:?}");
+
+    // Kernels from the HTTP root, with Range (the agent's resume relies on it).
+    let mut kernel = vec![0u8; 300_000];
+    rand::rng().fill_bytes(&mut kernel);
+    std::fs::write(svc.dirs.path().join("http/deploy_kernel"), &kernel).unwrap();
+    let r = http.get(format!("{}/deploy_kernel", svc.http_url)).header("Range", "bytes=1000-1999").send().await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(&r.bytes().await.unwrap()[..], &kernel[1000..2000]);
+    let r = http.get(format!("{}/../etc/passwd", svc.http_url)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // iPXE binaries from ipxe_dir over both protocols.
+    std::fs::write(svc.dirs.path().join("ipxe/undionly.kpxe"), b"UNDI").unwrap();
+    let body = http.get(format!("{}/undionly.kpxe", svc.http_url)).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(&body[..], b"UNDI");
+    let got = client::fetch(svc.tftp, "undionly.kpxe", &FetchOptions::default()).await.unwrap();
+    assert_eq!(got, b"UNDI");
+
+    let dns = http.get(format!("{}/dnsmasq.conf", svc.http_url)).send().await.unwrap().text().await.unwrap();
+    assert!(dns.contains(&format!("dhcp-boot=tag:ipxe,{}/boot.ipxe\n", svc.http_url)), "{dns}");
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_unknown_mac_discovery_mode() {
+    let db = TestDatabase::sqlite().await;
+    let svc = Service::start(db.store().clone(), |c| c.unknown_mac = UnknownMac::Discovery).await;
+    let http = reqwest::Client::new();
+    let boot = http.get(format!("{}/boot.ipxe", svc.http_url)).send().await.unwrap().text().await.unwrap();
+    assert!(boot.contains(&format!("chain {}/discovery.ipxe", svc.http_url)), "{boot}");
+    let disc = http.get(format!("{}/discovery.ipxe", svc.http_url)).send().await.unwrap().text().await.unwrap();
+    assert!(disc.contains("ipa-api-url=http://api.example:6385 console=ttyS0"), "{disc}");
+    assert!(disc.contains("ferric.discovery=1 initrd=deploy_ramdisk"), "{disc}");
+    let dflt = client::fetch(svc.tftp, "pxelinux.cfg/default", &FetchOptions::default()).await.unwrap();
+    assert!(String::from_utf8(dflt).unwrap().contains("append initrd=deploy_ramdisk ferric.api_url="));
+    svc.stop().await;
+}
+
+/// An origin that counts its requests and answers slowly enough for requests to overlap.
+async fn origin(image: Arc<Vec<u8>>) -> (String, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().route(
+        "/disk.img",
+        axum::routing::get(move || {
+            let image = image.clone();
+            let h = h.clone();
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                image.as_ref().clone()
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/disk.img", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_image_cache_fetches_once_verifies_and_serves_ranges() {
+    let db = TestDatabase::sqlite().await;
+    let store = db.store().clone();
+    let mut image = vec![0u8; 2_000_000];
+    rand::rng().fill_bytes(&mut image);
+    let image = Arc::new(image);
+    let (url, hits) = origin(image.clone()).await;
+    let digest = hex::encode(sha2::Sha256::digest(image.as_slice()));
+    insert_node(&store, "52:54:00:00:10:01", ProvisionState::WaitCallBack, |n| {
+        n.instance_info = json!({"image_source": url, "image_os_hash_algo": "sha256", "image_os_hash_value": digest})
+            .as_object()
+            .unwrap()
+            .clone();
+    })
+    .await;
+    let svc = Service::start(store.clone(), |_| {}).await;
+    let cache_url = image_cache_url(&svc.http_url, &url);
+    let http = reqwest::Client::new();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let (http, cache_url) = (http.clone(), cache_url.clone());
+        tasks.spawn(async move { http.get(&cache_url).send().await.unwrap().bytes().await.unwrap() });
+    }
+    while let Some(body) = tasks.join_next().await {
+        assert!(body.unwrap()[..] == image[..], "cached image differs");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "concurrent requests must share one fetch");
+    let r = http.get(&cache_url).header("Range", "bytes=1500000-").send().await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(&r.bytes().await.unwrap()[..], &image[1_500_000..]);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // Not being deployed by any node: not fetched (no open proxy).
+    let r = http.get(image_cache_url(&svc.http_url, "http://elsewhere/x.img")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http.get(format!("{}/images/not-a-key", svc.http_url)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // A wrong checksum is refused and nothing is cached.
+    let bad_url = format!("{url}?v=2");
+    insert_node(&store, "52:54:00:00:10:02", ProvisionState::Deploying, |n| {
+        n.instance_info = json!({"image_source": bad_url, "image_checksum": "0".repeat(64)})
+            .as_object()
+            .unwrap()
+            .clone();
+    })
+    .await;
+    let r = http.get(image_cache_url(&svc.http_url, &bad_url)).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("checksum mismatch"));
+    let leftovers: Vec<_> = std::fs::read_dir(svc.dirs.path().join("data/images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    svc.stop().await;
+}
