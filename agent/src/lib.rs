@@ -1,1 +1,369 @@
 //! The on-node agent: inventory, lookup and heartbeat, gRPC command server, disk writing.
+//!
+//! [`run`] serves the gRPC command API on a listener the caller bound, and — when an API
+//! URL is configured — looks the node up by its MAC addresses (retrying with backoff until
+//! found or the lookup timeout), takes the agent token from the answer and heartbeats at
+//! the interval the API gave (jittered), plus right after every command finishes. In
+//! `--root` mode ([`AgentConfig::root`]) everything the agent reads or writes lives under a
+//! fake machine tree (see [`fixture`]).
+
+pub mod api_client;
+pub mod bootloader;
+pub mod commands;
+pub mod config;
+pub mod fixture;
+pub mod inventory;
+pub mod server;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use proto::agent::agent_service_server::AgentServiceServer;
+use rand::Rng;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{AgentConfig, AgentFileConfig, Cmdline, Secret};
+
+use crate::api_client::{ApiClient, ApiError};
+use crate::server::LastImage;
+
+/// Why the agent stopped.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// Bad configuration.
+    #[error("invalid agent configuration")]
+    Config(#[from] common::config::ConfigError),
+    /// The API never recognised this machine.
+    #[error("lookup failed: no node found for MACs {macs} within {secs} s (last error: {last})")]
+    LookupTimedOut {
+        /// MACs sent.
+        macs: String,
+        /// Timeout.
+        secs: u64,
+        /// The last error, if any.
+        last: String,
+    },
+    /// The API client could not be built.
+    #[error("API client error")]
+    Api(#[from] ApiError),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(String),
+    /// I/O on the listener.
+    #[error("listener error")]
+    Io(#[from] std::io::Error),
+}
+
+/// State shared by the server, the heartbeat loop and running commands.
+pub struct AgentState {
+    cfg: AgentConfig,
+    root: PathBuf,
+    token: RwLock<Option<String>>,
+    node_uuid: RwLock<Option<String>>,
+    last_image: Mutex<Option<LastImage>>,
+    commands: commands::Commands,
+    heartbeat_now: Notify,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl AgentState {
+    /// New state for `cfg`, stopping with `cancel`.
+    pub fn new(cfg: AgentConfig, cancel: CancellationToken) -> Self {
+        let token = cfg.agent_token.as_ref().map(|s| s.0.clone()).filter(|t| !t.is_empty());
+        Self {
+            root: cfg.root_dir(),
+            cfg,
+            token: RwLock::new(token),
+            node_uuid: RwLock::new(None),
+            last_image: Mutex::new(None),
+            commands: commands::Commands::default(),
+            heartbeat_now: Notify::new(),
+            tracker: TaskTracker::new(),
+            cancel,
+        }
+    }
+
+    /// The current agent token.
+    pub fn token(&self) -> Option<String> {
+        self.token.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn set_token(&self, t: String) {
+        *self.token.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(t);
+    }
+
+    /// The node UUID from the lookup, once known.
+    pub fn node_uuid(&self) -> Option<String> {
+        self.node_uuid.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn last_image(&self) -> Option<LastImage> {
+        self.last_image.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn set_last_image(&self, l: LastImage) {
+        *self.last_image.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(l);
+    }
+
+    /// Power off or reboot: recorded under a fake root, executed on a real machine (after a
+    /// short delay so the answer reaches the caller).
+    async fn power_action(&self, what: &'static str) -> Result<serde_json::Value, String> {
+        if self.cfg.is_fake_root() {
+            let dir = self.root.join("var/lib/ferric");
+            tokio::fs::create_dir_all(&dir).await.map_err(|e| e.to_string())?;
+            tokio::fs::write(dir.join("power"), format!("{what}\n"))
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(serde_json::json!({ "power": what }));
+        }
+        let (prog, sysrq) = if what == "off" { ("poweroff", "o") } else { ("reboot", "b") };
+        self.tracker.spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let ok = tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio::process::Command::new(prog).arg("-f").status(),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok_and(|s| s.success()));
+            if !ok {
+                tracing::warn!(action = what, "falling back to sysrq");
+                let _ = tokio::fs::write("/proc/sysrq-trigger", sysrq).await;
+            }
+        });
+        Ok(serde_json::json!({ "power": what }))
+    }
+}
+
+fn jitter(d: Duration, lo: f64, hi: f64) -> Duration {
+    d.mul_f64(rand::rng().random_range(lo..hi))
+}
+
+/// Split `http://host:port/...` into (host, port).
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?.rsplit('@').next()?;
+    let default = if scheme == "https" { 443 } else { 80 };
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (h, p) = v6.split_once(']')?;
+        let port = p.strip_prefix(':').and_then(|p| p.parse().ok()).unwrap_or(default);
+        return Some((h.to_owned(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_owned(), p.parse().ok()?)),
+        None => Some((authority.to_owned(), default)),
+    }
+}
+
+/// The `callback_url` for heartbeats: configured, or the listener's address — with an
+/// unspecified IP replaced by the local address that routes to the API.
+async fn callback_url(cfg: &AgentConfig, local: SocketAddr) -> String {
+    if let Some(u) = &cfg.advertise_url {
+        return u.clone();
+    }
+    let mut ip = local.ip();
+    if ip.is_unspecified()
+        && let Some((host, port)) = cfg.api_url.as_deref().and_then(host_port)
+        && let Ok(mut addrs) = tokio::net::lookup_host((host.as_str(), port)).await
+        && let Some(api) = addrs.next()
+    {
+        let bind: SocketAddr = if api.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (IpAddr::from([0u16; 8]), 0).into()
+        };
+        if let Ok(s) = tokio::net::UdpSocket::bind(bind).await
+            && s.connect(api).await.is_ok()
+            && let Ok(a) = s.local_addr()
+        {
+            ip = a.ip();
+        }
+    }
+    match ip {
+        IpAddr::V6(v6) => format!("http://[{v6}]:{}", local.port()),
+        IpAddr::V4(v4) => format!("http://{v4}:{}", local.port()),
+    }
+}
+
+async fn lookup_loop(
+    state: &AgentState,
+    api: &ApiClient,
+) -> Result<Option<api_client::LookupResult>, AgentError> {
+    let inv = inventory::collect(&state.root, state.cfg.bootif.as_deref());
+    let mut macs: Vec<String> = inv.interfaces.iter().map(|i| i.mac_address.clone()).collect();
+    if let Some(b) = &state.cfg.bootif
+        && !macs.contains(b)
+    {
+        macs.insert(0, b.clone());
+    }
+    let timeout = Duration::from_secs(state.cfg.lookup_timeout_secs);
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(state.cfg.lookup_interval_ms);
+    let max = Duration::from_millis(state.cfg.lookup_max_interval_ms);
+    let mut last;
+    loop {
+        match api.lookup(&macs).await {
+            Ok(Some(r)) => return Ok(Some(r)),
+            Ok(None) => {
+                tracing::debug!(macs = %macs.join(","), "lookup: node not found yet");
+                last = "node not found".into();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lookup failed");
+                last = e.to_string();
+            }
+        }
+        let wait = jitter(delay, 0.5, 1.0);
+        if Instant::now() + wait > deadline {
+            return Err(AgentError::LookupTimedOut {
+                macs: macs.join(","),
+                secs: timeout.as_secs(),
+                last,
+            });
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = state.cancel.cancelled() => return Ok(None),
+        }
+        delay = (delay * 2).min(max);
+    }
+}
+
+/// Look the node up, then heartbeat until cancelled.
+async fn lookup_and_heartbeat(
+    state: Arc<AgentState>,
+    api: ApiClient,
+    callback: String,
+) -> Result<(), AgentError> {
+    let Some(found) = lookup_loop(&state, &api).await? else { return Ok(()) };
+    tracing::info!(node = %found.node_uuid, heartbeat_timeout = found.heartbeat_timeout, "lookup succeeded");
+    match found.agent_token.clone() {
+        Some(t) => {
+            if t.len() < 32 {
+                tracing::warn!("the API issued an agent token shorter than 32 characters");
+            }
+            state.set_token(t);
+        }
+        None if state.token().is_none() => {
+            tracing::warn!(
+                "the API issued no agent token and none was pre-generated; commands will be refused"
+            );
+        }
+        None => {}
+    }
+    *state.node_uuid.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+        Some(found.node_uuid.clone());
+    let interval = state
+        .cfg
+        .heartbeat_interval_ms
+        .map(Duration::from_millis)
+        .unwrap_or_else(|| Duration::from_secs(found.heartbeat_timeout.max(1)));
+    let min_gap = Duration::from_millis(state.cfg.heartbeat_min_gap_ms);
+    loop {
+        let token = state.token();
+        let wait = match api.heartbeat(&found.node_uuid, &callback, token.as_deref()).await {
+            Ok(()) => {
+                tracing::debug!(node = %found.node_uuid, "heartbeat sent");
+                // IPA's cadence: timeout × U(0.3, 0.6); an explicit interval gets ±10 %.
+                if state.cfg.heartbeat_interval_ms.is_some() {
+                    jitter(interval, 0.9, 1.1)
+                } else {
+                    jitter(interval, 0.3, 0.6)
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed");
+                jitter(Duration::from_secs(5), 1.0, 2.0).min(interval)
+            }
+        };
+        let sent = Instant::now();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = state.heartbeat_now.notified() => {
+                // Forced heartbeat after a command; rate-limited.
+                let gap = min_gap.saturating_sub(sent.elapsed());
+                tokio::select! {
+                    () = tokio::time::sleep(gap) => {}
+                    () = state.cancel.cancelled() => return Ok(()),
+                }
+            }
+            () = state.cancel.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Run the agent until `token` is cancelled: the gRPC server on `grpc` and, with an API
+/// URL, lookup and heartbeats.
+///
+/// # Errors
+/// Bad configuration, a lookup that timed out, or a server failure.
+pub async fn run(
+    cfg: AgentConfig,
+    grpc: TcpListener,
+    token: CancellationToken,
+) -> Result<(), AgentError> {
+    cfg.validate()?;
+    let local = grpc.local_addr()?;
+    let state = Arc::new(AgentState::new(cfg.clone(), token.child_token()));
+    let svc = server::AgentGrpc::new(state.clone());
+    let check_state = state.clone();
+    let service = AgentServiceServer::with_interceptor(svc, move |req: tonic::Request<()>| {
+        server::check_token(&check_state, &req).map(|()| req)
+    });
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+    let stop = state.cancel.clone();
+    let serve = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
+    tracing::info!(addr = %local, root = %state.root.display(), "agent gRPC server listening");
+
+    let hb = match &cfg.api_url {
+        Some(url) => {
+            let api = ApiClient::new(url, cfg.api_timeout(), cfg.global_request_id.clone())?;
+            let cb = callback_url(&cfg, local).await;
+            tracing::info!(api = %url, callback_url = %cb, "looking the node up");
+            Some(lookup_and_heartbeat(state.clone(), api, cb))
+        }
+        None => None,
+    };
+    let result = match hb {
+        Some(hb) => {
+            tokio::pin!(serve);
+            tokio::select! {
+                r = &mut serve => r.map_err(|e| AgentError::Serve(e.to_string())),
+                r = hb => {
+                    if r.is_err() {
+                        state.cancel.cancel();
+                    }
+                    let served = serve.await.map_err(|e| AgentError::Serve(e.to_string()));
+                    r.and(served)
+                }
+            }
+        }
+        None => serve.await.map_err(|e| AgentError::Serve(e.to_string())),
+    };
+    state.cancel.cancel();
+    state.tracker.close();
+    if tokio::time::timeout(Duration::from_secs(10), state.tracker.wait()).await.is_err() {
+        tracing::warn!("commands still running at shutdown were abandoned");
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_host_port() {
+        assert_eq!(host_port("http://10.0.0.1:6385/v1"), Some(("10.0.0.1".into(), 6385)));
+        assert_eq!(host_port("https://api.example"), Some(("api.example".into(), 443)));
+        assert_eq!(host_port("http://[::1]:80"), Some(("::1".into(), 80)));
+    }
+}

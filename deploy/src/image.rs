@@ -307,6 +307,8 @@ pub struct PipelineOptions {
     pub channel_depth: usize,
     /// Allow md5 checksums files.
     pub md5_allowed: bool,
+    /// Size to assume when the target cannot tell its own (a character device).
+    pub disk_size_hint: Option<u64>,
 }
 
 impl Default for PipelineOptions {
@@ -316,6 +318,7 @@ impl Default for PipelineOptions {
             qcow2: Qcow2Options::default(),
             channel_depth: 8,
             md5_allowed: true,
+            disk_size_hint: None,
         }
     }
 }
@@ -527,7 +530,12 @@ pub async fn write_image(
 ) -> Result<WriteOutcome, ImageError> {
     progress.set_phase(ImagePhase::Starting);
     let fetcher = Fetcher::new(opts.fetch.clone()).map_err(ImageError::Fetch)?;
-    let (file, disk_size) = open_disk(disk_path)?;
+    let (file, mut disk_size) = open_disk(disk_path)?;
+    if disk_size == 0
+        && let Some(h) = opts.disk_size_hint
+    {
+        disk_size = h;
+    }
     let file = Arc::new(file);
     let expected = resolve_checksum(&req.checksum, &req.source, &fetcher, opts.md5_allowed).await?;
     let configdrive = match &req.configdrive {
