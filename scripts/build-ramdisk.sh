@@ -96,6 +96,15 @@ while read -r m; do
     (cd "$ROOTFS/lib/modules/$KERNEL_VERSION" && find kernel -name "$m.ko*" | head -1) >>"$ROOTFS/etc/ferric/modules.paths"
 done <"$ROOTFS/etc/ferric/modules"
 
+# CA certificates: HTTPS image sources, and the agent's TLS client refuses to start without
+# any trust roots.
+for ca in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt; do
+    if [[ -f "$ca" ]]; then
+        mkdir -p "$ROOTFS/etc/ssl/certs"
+        cp "$ca" "$ROOTFS/etc/ssl/certs/ca-certificates.crt"
+        break
+    fi
+done
 if ((WITH_AGENT)); then
     cp "$AGENT_BIN" "$ROOTFS/bin/ferric-agent"
     chmod 0755 "$ROOTFS/bin/ferric-agent"
@@ -124,6 +133,7 @@ cat >"$ROOTFS/init" <<'INIT'
 # Ferric deploy ramdisk: bring up the boot NIC, then run the agent against the API URL
 # named on the kernel command line.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+export NO_COLOR=1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null || mdev -s
