@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 use sim::bmc::{BootTarget, MachineBackend, PowerStatus};
-use sim::qemu::{QemuConfig, QemuMachine, QemuNetwork};
+use sim::qemu::{Firmware, QemuConfig, QemuMachine, QemuNetwork};
 use store::testing::TestDatabase;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -179,6 +179,133 @@ fn dechunk(mut s: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
+// Networks
+
+/// How the VM reaches Ferric's services.
+enum Net {
+    /// QEMU user networking: services on 127.0.0.1, seen by the VM as 10.0.2.2; iPXE from
+    /// the NIC ROM chainloads `boot.ipxe` over HTTP; the agent's port is forwarded.
+    User,
+    /// The path real hardware takes: the VM's tap device sits in a network namespace,
+    /// bridged to a veth pair whose host end carries `host_ip`. dnsmasq answers DHCP there,
+    /// UEFI firmware (no NIC ROM) PXE-boots `snponly.efi` from pxe-service's TFTP on port 69,
+    /// iPXE fetches `boot.ipxe` over HTTP, and the agent is reached at its own address.
+    Tap(TapNet),
+}
+
+impl Net {
+    fn bind_ip(&self) -> &str {
+        match self {
+            Net::User => "127.0.0.1",
+            Net::Tap(t) => &t.host_ip,
+        }
+    }
+
+    fn guest_ip(&self) -> &str {
+        match self {
+            Net::User => "10.0.2.2",
+            Net::Tap(t) => &t.host_ip,
+        }
+    }
+}
+
+/// A network namespace holding a bridge with the VM's tap and one end of a veth pair; torn
+/// down on drop.
+struct TapNet {
+    ns: String,
+    veth_host: String,
+    host_ip: String,
+    subnet: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl TapNet {
+    fn create() -> Result<TapNet, String> {
+        let n = std::process::id() % 200 + 20;
+        let ns = format!("ferric-q{n}");
+        let veth_host = format!("fq{n}h");
+        let veth_ns = format!("fq{n}n");
+        let net = TapNet {
+            ns: ns.clone(),
+            veth_host: veth_host.clone(),
+            host_ip: format!("10.213.{n}.1"),
+            subnet: format!("10.213.{n}"),
+        };
+        // Leftovers of an earlier run with the same pid would make the setup fail.
+        net.teardown();
+        ip(&["netns", "add", &ns])?;
+        ip(&["link", "add", &veth_host, "type", "veth", "peer", "name", &veth_ns])?;
+        ip(&["link", "set", &veth_ns, "netns", &ns])?;
+        ip(&["addr", "add", &format!("{}/24", net.host_ip), "dev", &veth_host])?;
+        ip(&["link", "set", &veth_host, "up"])?;
+        for args in [
+            vec!["link", "add", "br0", "type", "bridge"],
+            vec!["link", "set", &veth_ns, "master", "br0"],
+            vec!["tuntap", "add", "tap0", "mode", "tap"],
+            vec!["link", "set", "tap0", "master", "br0"],
+            vec!["link", "set", "lo", "up"],
+            vec!["link", "set", &veth_ns, "up"],
+            vec!["link", "set", "tap0", "up"],
+            vec!["link", "set", "br0", "up"],
+        ] {
+            let mut full = vec!["netns", "exec", ns.as_str(), "ip"];
+            full.extend(args);
+            ip(&full)?;
+        }
+        Ok(net)
+    }
+
+    fn teardown(&self) {
+        let _ = ip(&["netns", "del", &self.ns]);
+        let _ = ip(&["link", "del", &self.veth_host]);
+    }
+}
+
+impl Drop for TapNet {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// Starts dnsmasq (DHCP only) on the tap network with pxe-service's generated options.
+fn start_dnsmasq(work: &Path, net: &TapNet, pxe: &pxe_service::PxeConfig) -> tokio::process::Child {
+    let opts = pxe_service::dnsmasq::DnsmasqOptions {
+        dhcp_range: Some(format!("{0}.100,{0}.200,1h", net.subnet)),
+        interface: Some(net.veth_host.clone()),
+        only_known: false,
+    };
+    let conf = work.join("dnsmasq.conf");
+    let text = format!(
+        "{}bind-interfaces\nleasefile-ro\nlog-dhcp\n",
+        pxe_service::dnsmasq::render(pxe, &opts)
+    );
+    std::fs::write(&conf, text).expect("write dnsmasq.conf");
+    let log = std::fs::File::create(work.join("dnsmasq.log")).expect("dnsmasq log");
+    let log2 = log.try_clone().expect("dnsmasq log");
+    tokio::process::Command::new("dnsmasq")
+        .arg("--keep-in-foreground")
+        .arg("--log-facility=-")
+        .arg(format!("--conf-file={}", conf.display()))
+        .arg("--pid-file=")
+        .stdout(log)
+        .stderr(log2)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start dnsmasq")
+}
+
+// ---------------------------------------------------------------------------------------
 // The stack: PostgreSQL + RabbitMQ + api + conductor + pxe, all in this process.
 
 struct Stack {
@@ -188,10 +315,14 @@ struct Stack {
     /// pxe-service's HTTP base as the VM sees it.
     pxe_guest_url: String,
     db: Option<TestDatabase>,
+    dnsmasq: Option<tokio::process::Child>,
 }
 
 impl Stack {
     async fn stop(mut self) {
+        if let Some(mut d) = self.dnsmasq.take() {
+            let _ = d.kill().await;
+        }
         self.token.cancel();
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(20), drain).await.is_err() {
@@ -226,7 +357,12 @@ async fn rabbit_bus(exchange: &str) -> Option<bus::DynBus> {
     }
 }
 
-async fn start_stack(work: &Path, art: &Artifacts, callback_timeout: Duration) -> Option<Stack> {
+async fn start_stack(
+    work: &Path,
+    art: &Artifacts,
+    net: &Net,
+    callback_timeout: Duration,
+) -> Option<Stack> {
     let db = TestDatabase::postgres().await?;
     let store = db.store().clone();
     let exchange = unique("ferric-qemu");
@@ -250,10 +386,12 @@ async fn start_stack(work: &Path, art: &Artifacts, callback_timeout: Duration) -
         }
     }
 
-    let rest = TcpListener::bind("127.0.0.1:0").await.expect("bind REST");
-    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind gRPC");
+    let bind = net.bind_ip();
+    let guest = net.guest_ip();
+    let rest = TcpListener::bind((bind, 0)).await.expect("bind REST");
+    let grpc = TcpListener::bind((bind, 0)).await.expect("bind gRPC");
     let api_port = rest.local_addr().expect("addr").port();
-    let api = format!("http://127.0.0.1:{api_port}");
+    let api = format!("http://{bind}:{api_port}");
     {
         let (store, bus, token) = (store.clone(), bus.clone(), token.clone());
         tasks.spawn(async move {
@@ -264,10 +402,13 @@ async fn start_stack(work: &Path, art: &Artifacts, callback_timeout: Duration) -
         });
     }
 
-    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind pxe http");
-    let tftp = UdpSocket::bind("127.0.0.1:0").await.expect("bind pxe tftp");
+    let http = TcpListener::bind((bind, 0)).await.expect("bind pxe http");
+    // Firmware PXE only speaks TFTP on port 69 (QEMU user networking keeps 69 for itself).
+    let tftp_port = if matches!(net, Net::Tap(_)) { 69 } else { 0 };
+    let tftp = UdpSocket::bind((bind, tftp_port)).await.expect("bind pxe tftp");
     let pxe_port = http.local_addr().expect("addr").port();
-    let pxe_guest_url = format!("http://10.0.2.2:{pxe_port}");
+    let pxe_guest_url = format!("http://{guest}:{pxe_port}");
+    let mut dnsmasq = None;
     {
         std::fs::create_dir_all(work.join("tftp")).expect("tftp root");
         let cfg = pxe_service::PxeConfig {
@@ -275,15 +416,18 @@ async fn start_stack(work: &Path, art: &Artifacts, callback_timeout: Duration) -
             http_root: http_root.clone(),
             data_dir: work.join("pxe-data"),
             ipxe_dir: PathBuf::from("/usr/lib/ipxe"),
-            api_url: format!("http://10.0.2.2:{api_port}"),
+            api_url: format!("http://{guest}:{api_port}"),
             http_url: pxe_guest_url.clone(),
-            tftp_server: "10.0.2.2".into(),
+            tftp_server: guest.into(),
             deploy_kernel: "deploy_kernel".into(),
             deploy_ramdisk: "deploy_ramdisk".into(),
             kernel_append_params: "panic=1".into(),
             console: "console=ttyS0,115200".into(),
             ..pxe_service::PxeConfig::default()
         };
+        if let Net::Tap(t) = net {
+            dnsmasq = Some(start_dnsmasq(work, t, &cfg));
+        }
         let (store, token) = (store.clone(), token.clone());
         tasks.spawn(async move {
             if let Err(e) = pxe_service::run(cfg, tftp, http, store, token).await {
@@ -318,11 +462,8 @@ async fn start_stack(work: &Path, art: &Artifacts, callback_timeout: Duration) -
     // Ready when the API answers.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(Ok(_)) = tokio::time::timeout(
-            Duration::from_secs(2),
-            TcpStream::connect(("127.0.0.1", api_port)),
-        )
-        .await
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(2), TcpStream::connect((bind, api_port))).await
         {
             let (status, _) = http_json("GET", &format!("{api}/v1"), None).await;
             if status == 200 {
@@ -332,7 +473,7 @@ async fn start_stack(work: &Path, art: &Artifacts, callback_timeout: Duration) -
         assert!(Instant::now() < deadline, "api-service did not come up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Some(Stack { token, tasks, api, pxe_guest_url, db: Some(db) })
+    Some(Stack { token, tasks, api, pxe_guest_url, db: Some(db), dnsmasq })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -345,6 +486,7 @@ struct Vm {
     name: String,
     disk: PathBuf,
     agent_port: u16,
+    uefi: bool,
 }
 
 impl Vm {
@@ -378,6 +520,7 @@ async fn free_port() -> u16 {
 async fn start_vm(
     work: &Path,
     stack: &Stack,
+    net: &Net,
     token: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> Vm {
@@ -395,10 +538,24 @@ async fn start_vm(
         nanos & 0xff
     );
     let mut cfg = QemuConfig::new(name.clone(), disk.clone(), mac.clone(), work);
-    cfg.network = QemuNetwork::User {
-        bootfile: Some(format!("{}/boot.ipxe", stack.pxe_guest_url)),
-        forwards: vec![(agent_port, AGENT_GUEST_PORT)],
-    };
+    match net {
+        Net::User => {
+            cfg.network = QemuNetwork::User {
+                bootfile: Some(format!("{}/boot.ipxe", stack.pxe_guest_url)),
+                forwards: vec![(agent_port, AGENT_GUEST_PORT)],
+            };
+        }
+        Net::Tap(t) => {
+            cfg.network = QemuNetwork::Tap { ifname: "tap0".into() };
+            cfg.netns = Some(t.ns.clone());
+            // No NIC ROM: the UEFI firmware's own PXE client boots, as on real hardware.
+            cfg.nic_romfile = Some(String::new());
+            let vars = work.join("OVMF_VARS.fd");
+            std::fs::copy("/usr/share/OVMF/OVMF_VARS.fd", &vars).expect("copy OVMF vars");
+            cfg.firmware = Firmware::Uefi { code: "/usr/share/OVMF/OVMF_CODE.fd".into(), vars };
+            cfg.memory_mib = 768;
+        }
+    }
     cfg.smbios_serial = Some(name.clone());
     cfg.fw_cfg.push(("opt/ferric/agent_advertise".into(), format!("127.0.0.1:{agent_port}")));
     let machine = Arc::new(QemuMachine::new(cfg));
@@ -411,22 +568,26 @@ async fn start_vm(
         Some((BMC_USER.into(), BMC_PASSWORD.into())),
         token.clone(),
     ));
-    Vm { machine, bmc_url, mac, name, disk, agent_port }
+    let uefi = matches!(net, Net::Tap(_));
+    Vm { machine, bmc_url, mac, name, disk, agent_port, uefi }
 }
 
 // ---------------------------------------------------------------------------------------
 // REST helpers
 
 async fn enroll(stack: &Stack, vm: &Vm, no_agent: bool) -> String {
+    let append = if vm.uefi {
+        "panic=1".to_owned()
+    } else {
+        // The agent sits behind QEMU's NAT: the conductor reaches it through the forward.
+        format!("panic=1 ipa-advertise-host=127.0.0.1 ipa-advertise-port={}", vm.agent_port)
+    };
     let mut driver_info = json!({
         "redfish_address": vm.bmc_url,
         "redfish_system_id": "/redfish/v1/Systems/vm1",
         "redfish_username": BMC_USER,
         "redfish_password": BMC_PASSWORD,
-        // The agent sits behind QEMU's NAT: the conductor reaches it through the forward.
-        "kernel_append_params": format!(
-            "panic=1 ipa-advertise-host=127.0.0.1 ipa-advertise-port={}", vm.agent_port
-        ),
+        "kernel_append_params": append,
     });
     if no_agent {
         driver_info["deploy_kernel"] = json!("no-agent/deploy_kernel");
@@ -441,7 +602,11 @@ async fn enroll(stack: &Stack, vm: &Vm, no_agent: bool) -> String {
             "driver_info": driver_info,
             "deploy_interface": "direct",
             "boot_interface": "ipxe",
-            "properties": {"capabilities": "boot_mode:bios"},
+            // Ironic's default root disk is the smallest of at least 4 GiB; this VM's is 64 MiB.
+            "properties": {
+                "capabilities": if vm.uefi { "boot_mode:uefi" } else { "boot_mode:bios" },
+                "root_device": {"name": "/dev/vda"},
+            },
         })),
     )
     .await;
@@ -667,12 +832,13 @@ async fn test_qemu_deploy_raw_image_then_undeploy_cleans() {
         return;
     };
     let total = Instant::now();
-    let Some(stack) = start_stack(&env.work, &env.art, Duration::from_secs(240)).await else {
+    let Some(stack) = start_stack(&env.work, &env.art, &Net::User, Duration::from_secs(240)).await
+    else {
         return;
     };
     let vm_token = CancellationToken::new();
     let mut vm_tasks = JoinSet::new();
-    let vm = start_vm(&env.work, &stack, &vm_token, &mut vm_tasks).await;
+    let vm = start_vm(&env.work, &stack, &Net::User, &vm_token, &mut vm_tasks).await;
     let uuid = enroll(&stack, &vm, false).await;
     manage_and_provide(&stack, &vm, &uuid).await;
     deploy_and_check(&stack, &vm, &uuid, &env.art, "raw").await;
@@ -708,12 +874,13 @@ async fn test_qemu_deploy_raw_image_then_undeploy_cleans() {
 async fn test_qemu_deploy_qcow2_image() {
     let Some(env) = prepare("test_qemu_deploy_qcow2_image", true).await else { return };
     let total = Instant::now();
-    let Some(stack) = start_stack(&env.work, &env.art, Duration::from_secs(240)).await else {
+    let Some(stack) = start_stack(&env.work, &env.art, &Net::User, Duration::from_secs(240)).await
+    else {
         return;
     };
     let vm_token = CancellationToken::new();
     let mut vm_tasks = JoinSet::new();
-    let vm = start_vm(&env.work, &stack, &vm_token, &mut vm_tasks).await;
+    let vm = start_vm(&env.work, &stack, &Net::User, &vm_token, &mut vm_tasks).await;
     let uuid = enroll(&stack, &vm, false).await;
     manage_and_provide(&stack, &vm, &uuid).await;
     deploy_and_check(&stack, &vm, &uuid, &env.art, "qcow2").await;
@@ -731,12 +898,13 @@ async fn test_qemu_deploy_wrong_checksum_fails_without_a_bootable_disk() {
     else {
         return;
     };
-    let Some(stack) = start_stack(&env.work, &env.art, Duration::from_secs(240)).await else {
+    let Some(stack) = start_stack(&env.work, &env.art, &Net::User, Duration::from_secs(240)).await
+    else {
         return;
     };
     let vm_token = CancellationToken::new();
     let mut vm_tasks = JoinSet::new();
-    let vm = start_vm(&env.work, &stack, &vm_token, &mut vm_tasks).await;
+    let vm = start_vm(&env.work, &stack, &Net::User, &vm_token, &mut vm_tasks).await;
     let uuid = enroll(&stack, &vm, false).await;
     manage_and_provide(&stack, &vm, &uuid).await;
     let wrong = "0".repeat(64);
@@ -773,10 +941,10 @@ async fn test_qemu_ramdisk_without_agent_ends_at_callback_timeout() {
         return;
     };
     let timeout = Duration::from_secs(90);
-    let Some(stack) = start_stack(&env.work, &env.art, timeout).await else { return };
+    let Some(stack) = start_stack(&env.work, &env.art, &Net::User, timeout).await else { return };
     let vm_token = CancellationToken::new();
     let mut vm_tasks = JoinSet::new();
-    let vm = start_vm(&env.work, &stack, &vm_token, &mut vm_tasks).await;
+    let vm = start_vm(&env.work, &stack, &Net::User, &vm_token, &mut vm_tasks).await;
     let uuid = enroll(&stack, &vm, true).await;
     provision(&stack, &uuid, "manage").await;
     let (n, _) = watch(&stack, &vm, &uuid, &["manageable", "enroll"], None, 0).await;
@@ -819,5 +987,66 @@ async fn test_qemu_ramdisk_without_agent_ends_at_callback_timeout() {
     vm.machine.power_off().await.expect("power off");
     vm_token.cancel();
     stack.stop().await;
+    let _ = std::fs::remove_dir_all(&env.work);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_qemu_deploy_over_tap_with_dnsmasq_and_tftp_port_69() {
+    let test = "test_qemu_deploy_over_tap_with_dnsmasq_and_tftp_port_69";
+    let Some(env) = prepare(test, true).await else { return };
+    let required = std::env::var("FERRIC_REQUIRE_QEMU").as_deref() == Ok("1");
+    let dnsmasq_present = std::process::Command::new("dnsmasq")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let tap =
+        if dnsmasq_present { TapNet::create() } else { Err("dnsmasq is not installed".into()) };
+    let tap = match tap {
+        Ok(t) => t,
+        Err(e) => {
+            assert!(!required, "FERRIC_REQUIRE_QEMU=1 but the tap network cannot be built: {e}");
+            eprintln!(
+                "\n!!! SKIPPED {test}: cannot build the tap network (needs root, ip, dnsmasq-base): {e}\n"
+            );
+            return;
+        }
+    };
+    let net = Net::Tap(tap);
+    let total = Instant::now();
+    let Some(stack) = start_stack(&env.work, &env.art, &net, Duration::from_secs(300)).await else {
+        return;
+    };
+    let vm_token = CancellationToken::new();
+    let mut vm_tasks = JoinSet::new();
+    let vm = start_vm(&env.work, &stack, &net, &vm_token, &mut vm_tasks).await;
+    let uuid = enroll(&stack, &vm, false).await;
+    provision(&stack, &uuid, "manage").await;
+    let (n, _) = watch(&stack, &vm, &uuid, &["manageable", "enroll"], None, 0).await;
+    assert_eq!(n["provision_state"], "manageable", "manage failed: {}", n["last_error"]);
+    // Cleaning is covered over user networking; here one ramdisk boot is enough.
+    let (status, body) = http_json(
+        "PATCH",
+        &format!("{}/v1/nodes/{uuid}", stack.api),
+        Some(&json!([{"op": "add", "path": "/automated_clean", "value": false}])),
+    )
+    .await;
+    assert_eq!(status, 200, "automated_clean patch: {body}");
+    provision(&stack, &uuid, "provide").await;
+    let (n, _) = watch(&stack, &vm, &uuid, &["available", "clean failed"], None, 0).await;
+    assert_eq!(n["provision_state"], "available", "provide failed: {}", n["last_error"]);
+    deploy_and_check(&stack, &vm, &uuid, &env.art, "raw").await;
+    let serial = vm.serial();
+    assert!(
+        serial.contains("snponly.efi") || serial.contains("iPXE"),
+        "the firmware did not chainload iPXE over TFTP\n{}",
+        vm.diagnostics()
+    );
+    let dhcp = std::fs::read_to_string(env.work.join("dnsmasq.log")).unwrap_or_default();
+    assert!(dhcp.contains("DHCPACK"), "dnsmasq never acknowledged a lease:\n{dhcp}");
+    eprintln!("[qemu-deploy] tap + UEFI: whole test {:.1?}", total.elapsed());
+    vm.machine.power_off().await.expect("power off");
+    vm_token.cancel();
+    stack.stop().await;
+    drop(net);
     let _ = std::fs::remove_dir_all(&env.work);
 }
