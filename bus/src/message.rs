@@ -127,6 +127,11 @@ impl Consumer {
         Self { inner: ConsumerInner::Memory(c), _task: None }
     }
 
+    /// The deliveries as a stream (e.g. to feed a gRPC server stream).
+    pub fn into_stream(self) -> impl futures::Stream<Item = Delivery> + Send + 'static {
+        futures::stream::unfold(self, |mut c| async move { c.next().await.map(|d| (d, c)) })
+    }
+
     /// The next delivery; `None` once the bus is gone. Cancel-safe.
     pub async fn next(&mut self) -> Option<Delivery> {
         match &mut self.inner {

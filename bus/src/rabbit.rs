@@ -17,6 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -104,11 +105,19 @@ impl Live {
     }
 }
 
-fn endpoint_of(url: &str) -> Result<String, BusError> {
-    let uri: lapin::uri::AMQPUri = url
-        .parse()
-        .map_err(|e: String| BusError::InvalidArgument(format!("malformed AMQP url: {e}")))?;
-    Ok(format!("{}:{}/{}", uri.authority.host, uri.authority.port, uri.vhost))
+/// Heartbeat asked for when the URL names none, so that a broker that vanished without
+/// closing the TCP connection is noticed within about two intervals.
+const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+
+/// Parses the URL; returns it with a heartbeat set, and `host:port/vhost` for messages.
+fn parse_url(url: &str) -> Result<(AMQPUri, String), BusError> {
+    let mut uri: AMQPUri = url.parse().map_err(|e: String| {
+        // Some parser messages quote the URL, password included.
+        BusError::InvalidArgument(format!("malformed AMQP url: {}", e.replace(url, "<url>")))
+    })?;
+    uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
+    let endpoint = format!("{}:{}/{}", uri.authority.host, uri.authority.port, uri.vhost);
+    Ok((uri, endpoint))
 }
 
 impl RabbitBus {
@@ -132,18 +141,18 @@ impl RabbitBus {
         exchange: &str,
         opts: RabbitOptions,
     ) -> Result<Self, BusError> {
-        let endpoint = endpoint_of(url)?;
+        let (uri, endpoint) = parse_url(url)?;
         if exchange.is_empty() || exchange.len() > crate::routing::MAX_SHORT_STRING {
             return Err(BusError::InvalidArgument(format!(
                 "exchange name must be 1 to 255 bytes long (got {exchange:?})"
             )));
         }
-        let first = connect_once(url, exchange, &endpoint, &opts).await?;
+        let first = connect_once(&uri, exchange, &endpoint, &opts).await?;
         tracing::info!(%endpoint, exchange, "connected to the message broker");
         let (tx, rx) = watch::channel(Link { generation: 1, live: Some(Arc::new(first)) });
         let poke = Arc::new(Notify::new());
         let supervisor = tokio::spawn(supervise(
-            url.to_owned(),
+            uri,
             exchange.to_owned(),
             endpoint.clone(),
             opts.clone(),
@@ -179,7 +188,7 @@ impl std::fmt::Debug for RabbitBus {
 
 /// One connection attempt: connect, declare the exchange, open the confirm-mode channel.
 async fn connect_once(
-    url: &str,
+    uri: &AMQPUri,
     exchange: &str,
     endpoint: &str,
     opts: &RabbitOptions,
@@ -187,7 +196,7 @@ async fn connect_once(
     let attempt = async {
         let props = ConnectionProperties::default()
             .with_connection_name(opts.connection_name.clone().into());
-        let conn = Connection::connect(url, props).await?;
+        let conn = Connection::connect_uri(uri.clone(), props).await?;
         let publish = conn.create_channel().await?;
         declare_exchange(&publish, exchange).await?;
         publish.confirm_select(ConfirmSelectOptions::default()).await?;
@@ -219,7 +228,7 @@ fn backoff_delay(opts: &RabbitOptions, step: u32) -> Duration {
 
 /// Keeps the connection up: waits for it to fail, then reconnects with backoff.
 async fn supervise(
-    url: String,
+    uri: AMQPUri,
     exchange: String,
     endpoint: String,
     opts: RabbitOptions,
@@ -243,7 +252,7 @@ async fn supervise(
         // Closing a half-dead connection may hang; don't wait for it long.
         let _ = tokio::time::timeout(
             opts.operation_timeout,
-            live.conn.close(320, "ferric reconnecting".into()),
+            live.conn.close(200, "ferric reconnecting".into()),
         )
         .await;
         drop(live);
@@ -252,7 +261,7 @@ async fn supervise(
             if tx.is_closed() {
                 return;
             }
-            match connect_once(&url, &exchange, &endpoint, &opts).await {
+            match connect_once(&uri, &exchange, &endpoint, &opts).await {
                 Ok(live) => break live,
                 Err(error) => {
                     let delay = backoff_delay(&opts, step);
@@ -449,12 +458,22 @@ impl Bus for RabbitBus {
 mod tests {
     use super::*;
 
+    fn endpoint_of(url: &str) -> Result<String, BusError> {
+        parse_url(url).map(|(_, endpoint)| endpoint)
+    }
+
     #[test]
     fn test_endpoint_hides_credentials() {
         let e = endpoint_of("amqp://guest:secret@127.0.0.1:5672/%2f").unwrap();
         assert_eq!(e, "127.0.0.1:5672//");
         assert!(!e.contains("secret"));
         assert!(endpoint_of("http://nope").is_err());
+        let err = endpoint_of("amqp:guest:hunter2").unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        let (uri, _) = parse_url("amqp://127.0.0.1/%2f").unwrap();
+        assert_eq!(uri.query.heartbeat, Some(DEFAULT_HEARTBEAT_SECS));
+        let (uri, _) = parse_url("amqp://127.0.0.1/%2f?heartbeat=3").unwrap();
+        assert_eq!(uri.query.heartbeat, Some(3));
     }
 
     #[test]

@@ -90,7 +90,10 @@ struct TestVhost {
 
 impl TestVhost {
     async fn create() -> Option<Self> {
-        let name = unique("ferric-test-vhost");
+        Self::create_named(unique("ferric-test-vhost")).await
+    }
+
+    async fn create_named(name: String) -> Option<Self> {
         let created = rabbitmqctl(&["add_vhost", &name]).await.is_some()
             && rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"])
                 .await
@@ -124,6 +127,64 @@ impl TestVhost {
     async fn delete(self) {
         let _ = rabbitmqctl(&["delete_vhost", &self.name]).await;
     }
+}
+
+/// When the broker refuses the connection (its vhost is gone) publishing waits for the
+/// reconnect, bounded by the publish timeout; once the broker is back the bus reconnects by
+/// itself and the consumer resumes.
+#[tokio::test]
+async fn test_rabbit_publish_waits_for_reconnect_and_times_out() {
+    let Some(vhost) = TestVhost::create().await else { return };
+    let opts = RabbitOptions {
+        publish_timeout: Duration::from_secs(2),
+        backoff_max: Duration::from_millis(500),
+        ..crate::support::test_options()
+    };
+    let bus = match RabbitBus::connect_with(&vhost.url(), "ferric", opts).await {
+        Ok(bus) => bus,
+        Err(e) => panic!("vhost created but cannot connect: {e:?}"),
+    };
+    let mut consumer = bus.consume(QueueSpec::new("outage", &["o.#"])).await.unwrap();
+
+    // Deleting the vhost closes our connection and makes every reconnect fail.
+    let name = vhost.name.clone();
+    assert!(rabbitmqctl(&["delete_vhost", &name]).await.is_some());
+    within("the bus to notice the outage", async {
+        while bus.health().await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let err = bus.publish("o.lost", OutgoingMessage::new(b"x".to_vec())).await.unwrap_err();
+    assert!(matches!(err, BusError::Timeout { operation: "publish", .. }), "{err:?}");
+
+    // Bring it back: the supervisor reconnects, the consumer re-declares and resumes.
+    let Some(vhost) = TestVhost::create_named(name).await else { panic!("cannot recreate vhost") };
+    // The queue went with the vhost: messages published before the consumer has re-declared
+    // it are unroutable, so publish until one arrives.
+    let d = within("the consumer to resume", async {
+        loop {
+            let msg = OutgoingMessage {
+                message_id: "back".into(),
+                ..OutgoingMessage::new(b"y".to_vec())
+            };
+            if let Err(e) = bus.publish("o.back", msg).await {
+                assert!(e.retryable(), "{e:?}");
+            }
+            if let Ok(Some(d)) =
+                tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
+            {
+                break d;
+            }
+        }
+    })
+    .await;
+    assert_eq!(d.message_id, "back");
+    d.ack().await.unwrap();
+    assert!(bus.connection_generation() >= 2);
+    drop(consumer);
+    drop(bus);
+    vhost.delete().await;
 }
 
 /// 10,000 messages are published while the connection is forcibly closed midway: every

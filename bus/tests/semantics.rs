@@ -148,8 +148,20 @@ pub async fn subscribe_fans_out(bus: &dyn Bus, queue: &str) {
     got1.into_iter().next().unwrap().nack_requeue().await.unwrap();
 }
 
-/// `publish_event` routes by payload and uses the event id; `decode_event` gives it back.
+/// `publish_event` routes by payload, uses the event id and carries the current span's trace
+/// context; `decode_event` gives the event back.
 pub async fn event_round_trip(bus: &dyn Bus, queue: &str) {
+    use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+    use tracing::Instrument as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bus-test")));
+    // Current-thread test runtime: the thread-local default covers every await below.
+    let _default = tracing::subscriber::set_default(subscriber);
+
     let mut c = bus.consume(QueueSpec::new(queue, &[routing::POWER])).await.unwrap();
     let ev = Event {
         event_id: "ev-1".into(),
@@ -161,9 +173,13 @@ pub async fn event_round_trip(bus: &dyn Bus, queue: &str) {
             timeout_secs: 30,
         })),
     };
-    bus::publish_event(bus, &ev).await.unwrap();
+    let span = tracing::info_span!("api_request");
+    let trace_id = span.context().span().span_context().trace_id();
+    bus::publish_event(bus, &ev).instrument(span).await.unwrap();
     let d = next(&mut c).await;
     assert_eq!(d.message_id, "ev-1");
+    assert!(d.headers.contains_key(bus::trace::TRACEPARENT), "{:?}", d.headers);
+    assert_eq!(bus::trace::extract(&d.headers).span().span_context().trace_id(), trace_id);
     assert_eq!(d.routing_key, routing::POWER);
     assert_eq!(bus::decode_event(&d).unwrap(), ev);
     assert_eq!(d.payload, ev.encode_to_vec());
