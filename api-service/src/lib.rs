@@ -46,6 +46,42 @@ pub enum ApiServiceError {
     /// The gRPC server failed.
     #[error("gRPC server failed")]
     Grpc(#[source] tonic::transport::Error),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be opened or migrated.
+    #[error("database unavailable")]
+    Store(#[source] deploy::PublicError),
+    /// The bus could not be connected.
+    #[error("event bus unavailable")]
+    Bus(#[source] bus::BusError),
+}
+
+/// Everything `main` does after loading the config: check it, bind both listeners, open and
+/// migrate the database, connect the bus, and serve until `token` is cancelled.
+///
+/// # Errors
+/// [`ApiServiceError`]; `Config` means exit code 2.
+pub async fn start(cfg: ApiConfig, token: CancellationToken) -> Result<(), ApiServiceError> {
+    let checked = cfg.check()?;
+    let bind = |addr| async move {
+        TcpListener::bind(addr).await.map_err(|source| ApiServiceError::Bind { addr, source })
+    };
+    let rest = bind(checked.rest_listen).await?;
+    let grpc = bind(checked.grpc_listen).await?;
+    let store = DataStore::connect(&cfg.database.url).await.map_err(ApiServiceError::Store)?;
+    store.migrate().await.map_err(ApiServiceError::Store)?;
+    let bus = bus::connect_with_exchange(Some(&cfg.bus.url), &cfg.bus.exchange)
+        .await
+        .map_err(ApiServiceError::Bus)?;
+    let state = ApiState::new(store, bus, checked.settings, checked.auth);
+    serve(state, rest, grpc, token).await
 }
 
 /// Serve REST on `rest` and gRPC on `grpc` until `token` is cancelled.
