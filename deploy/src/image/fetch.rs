@@ -217,7 +217,11 @@ impl Fetcher {
         #[cfg(feature = "fetch")]
         if url.starts_with("http") {
             let r = self.client.head(url).timeout(self.opts.read_timeout).send().await.ok()?;
-            return r.content_length();
+            if !r.status().is_success() {
+                return None;
+            }
+            // Not `Response::content_length()`: for HEAD that is the (empty) body's size.
+            return header_length(r.headers());
         }
         let path = url.strip_prefix("file://")?;
         tokio::fs::metadata(path).await.ok().map(|m| m.len())
@@ -338,7 +342,7 @@ impl Fetcher {
             } else if status == StatusCode::OK {
                 if offset > 0 {
                     // Range ignored (or If-Range failed): the body starts over.
-                    let len = resp.content_length();
+                    let len = header_length(resp.headers());
                     if len.is_some() && total.is_some() && len != total {
                         return Err(FetchError::Short {
                             url: shown,
@@ -348,7 +352,7 @@ impl Fetcher {
                     }
                     skip = offset;
                 } else {
-                    total = resp.content_length();
+                    total = header_length(resp.headers());
                     etag =
                         resp.headers().get(ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
                 }
@@ -415,6 +419,11 @@ impl Fetcher {
         }
         Ok(FetchSummary { bytes: offset, resumes })
     }
+}
+
+#[cfg(feature = "fetch")]
+fn header_length(h: &reqwest::header::HeaderMap) -> Option<u64> {
+    h.get(reqwest::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
 #[cfg(feature = "fetch")]
