@@ -749,10 +749,20 @@ fn mbr_signature(disk: &Path) -> [u8; 2] {
     [bytes[510], bytes[511]]
 }
 
-async fn manage_and_provide(stack: &Stack, vm: &Vm, uuid: &str) {
+/// manage → provide; with `clean` the provide runs automated cleaning (a ramdisk boot).
+async fn manage_and_provide(stack: &Stack, vm: &Vm, uuid: &str, clean: bool) {
     provision(stack, uuid, "manage").await;
     let (n, _) = watch(stack, vm, uuid, &["manageable", "enroll"], None, 0).await;
     assert_eq!(n["provision_state"], "manageable", "manage failed: {}", n["last_error"]);
+    if !clean {
+        let (status, body) = http_json(
+            "PATCH",
+            &format!("{}/v1/nodes/{uuid}", stack.api),
+            Some(&json!([{"op": "add", "path": "/automated_clean", "value": false}])),
+        )
+        .await;
+        assert_eq!(status, 200, "automated_clean patch: {body}");
+    }
     provision(stack, uuid, "provide").await;
     let (n, tl) = watch(stack, vm, uuid, &["available", "clean failed"], None, 0).await;
     assert_eq!(
@@ -840,7 +850,7 @@ async fn test_qemu_deploy_raw_image_then_undeploy_cleans() {
     let mut vm_tasks = JoinSet::new();
     let vm = start_vm(&env.work, &stack, &Net::User, &vm_token, &mut vm_tasks).await;
     let uuid = enroll(&stack, &vm, false).await;
-    manage_and_provide(&stack, &vm, &uuid).await;
+    manage_and_provide(&stack, &vm, &uuid, true).await;
     deploy_and_check(&stack, &vm, &uuid, &env.art, "raw").await;
     assert_eq!(mbr_signature(&vm.disk), [0x55, 0xAA], "the deployed disk must be bootable");
 
@@ -882,7 +892,7 @@ async fn test_qemu_deploy_qcow2_image() {
     let mut vm_tasks = JoinSet::new();
     let vm = start_vm(&env.work, &stack, &Net::User, &vm_token, &mut vm_tasks).await;
     let uuid = enroll(&stack, &vm, false).await;
-    manage_and_provide(&stack, &vm, &uuid).await;
+    manage_and_provide(&stack, &vm, &uuid, false).await;
     deploy_and_check(&stack, &vm, &uuid, &env.art, "qcow2").await;
     eprintln!("[qemu-deploy] qcow2: whole test {:.1?}", total.elapsed());
     vm.machine.power_off().await.expect("power off");
@@ -906,7 +916,7 @@ async fn test_qemu_deploy_wrong_checksum_fails_without_a_bootable_disk() {
     let mut vm_tasks = JoinSet::new();
     let vm = start_vm(&env.work, &stack, &Net::User, &vm_token, &mut vm_tasks).await;
     let uuid = enroll(&stack, &vm, false).await;
-    manage_and_provide(&stack, &vm, &uuid).await;
+    manage_and_provide(&stack, &vm, &uuid, false).await;
     let wrong = "0".repeat(64);
     set_instance_info(
         &stack,
@@ -940,26 +950,14 @@ async fn test_qemu_ramdisk_without_agent_ends_at_callback_timeout() {
     else {
         return;
     };
-    let timeout = Duration::from_secs(90);
+    let timeout = Duration::from_secs(60);
     let Some(stack) = start_stack(&env.work, &env.art, &Net::User, timeout).await else { return };
     let vm_token = CancellationToken::new();
     let mut vm_tasks = JoinSet::new();
     let vm = start_vm(&env.work, &stack, &Net::User, &vm_token, &mut vm_tasks).await;
     let uuid = enroll(&stack, &vm, true).await;
-    provision(&stack, &uuid, "manage").await;
-    let (n, _) = watch(&stack, &vm, &uuid, &["manageable", "enroll"], None, 0).await;
-    assert_eq!(n["provision_state"], "manageable", "manage failed: {}", n["last_error"]);
-    // No cleaning: this ramdisk cannot clean, and the point is the deploy's callback timeout.
-    let (status, body) = http_json(
-        "PATCH",
-        &format!("{}/v1/nodes/{uuid}", stack.api),
-        Some(&json!([{"op": "add", "path": "/automated_clean", "value": false}])),
-    )
-    .await;
-    assert_eq!(status, 200, "automated_clean patch: {body}");
-    provision(&stack, &uuid, "provide").await;
-    let (n, _) = watch(&stack, &vm, &uuid, &["available", "clean failed"], None, 0).await;
-    assert_eq!(n["provision_state"], "available", "provide failed: {}", n["last_error"]);
+    // No cleaning: this ramdisk cannot clean; the point is the deploy's callback timeout.
+    manage_and_provide(&stack, &vm, &uuid, false).await;
     let sha = std::fs::read_to_string(env.art.raw.with_extension("raw.sha256")).expect("checksum");
     let sha = sha.split_whitespace().next().expect("checksum").to_owned();
     set_instance_info(&stack, &uuid, &format!("{}/test-os.raw", stack.pxe_guest_url), &sha, "raw")
@@ -1020,25 +1018,13 @@ async fn test_qemu_deploy_over_tap_with_dnsmasq_and_tftp_port_69() {
     let mut vm_tasks = JoinSet::new();
     let vm = start_vm(&env.work, &stack, &net, &vm_token, &mut vm_tasks).await;
     let uuid = enroll(&stack, &vm, false).await;
-    provision(&stack, &uuid, "manage").await;
-    let (n, _) = watch(&stack, &vm, &uuid, &["manageable", "enroll"], None, 0).await;
-    assert_eq!(n["provision_state"], "manageable", "manage failed: {}", n["last_error"]);
-    // Cleaning is covered over user networking; here one ramdisk boot is enough.
-    let (status, body) = http_json(
-        "PATCH",
-        &format!("{}/v1/nodes/{uuid}", stack.api),
-        Some(&json!([{"op": "add", "path": "/automated_clean", "value": false}])),
-    )
-    .await;
-    assert_eq!(status, 200, "automated_clean patch: {body}");
-    provision(&stack, &uuid, "provide").await;
-    let (n, _) = watch(&stack, &vm, &uuid, &["available", "clean failed"], None, 0).await;
-    assert_eq!(n["provision_state"], "available", "provide failed: {}", n["last_error"]);
+    manage_and_provide(&stack, &vm, &uuid, false).await;
     deploy_and_check(&stack, &vm, &uuid, &env.art, "raw").await;
     let serial = vm.serial();
+    // The NIC has no option ROM: iPXE can only have come from pxe-service's TFTP.
     assert!(
-        serial.contains("snponly.efi") || serial.contains("iPXE"),
-        "the firmware did not chainload iPXE over TFTP\n{}",
+        serial.contains("Start PXE over IPv4") && serial.contains("iPXE"),
+        "the firmware did not PXE-boot iPXE over TFTP\n{}",
         vm.diagnostics()
     );
     let dhcp = std::fs::read_to_string(env.work.join("dnsmasq.log")).unwrap_or_default();
