@@ -137,3 +137,136 @@ pub(crate) fn migrate_error(
     tracing::error!(backend, error = %err, "database migration failed");
     PublicError::internal(format!("{backend} migration failed: {err}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use sqlx::error::{DatabaseError, ErrorKind};
+
+    use super::*;
+
+    /// A database error as a driver would report it.
+    #[derive(Debug)]
+    struct Fake {
+        message: &'static str,
+        code: Option<&'static str>,
+        constraint: Option<&'static str>,
+        kind: fn() -> ErrorKind,
+    }
+
+    impl fmt::Display for Fake {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.message)
+        }
+    }
+
+    impl std::error::Error for Fake {}
+
+    impl DatabaseError for Fake {
+        fn message(&self) -> &str {
+            self.message
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            self.code.map(Cow::Borrowed)
+        }
+        fn constraint(&self) -> Option<&str> {
+            self.constraint
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> ErrorKind {
+            (self.kind)()
+        }
+    }
+
+    fn db(fake: Fake) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(fake))
+    }
+
+    fn unique(message: &'static str, constraint: Option<&'static str>) -> sqlx::Error {
+        db(Fake { message, code: Some("23505"), constraint, kind: || ErrorKind::UniqueViolation })
+    }
+
+    fn node_ctx() -> Ctx {
+        Ctx::new("Node", "n1")
+            .unique("nodes_name_key", "name taken")
+            .unique("ports_address_key", "mac taken")
+            .foreign_key(PublicError::not_found("Node", "parent"))
+    }
+
+    #[test]
+    fn test_unique_violation_names_the_constraint_on_both_backends() {
+        let cases = [
+            (unique("duplicate key value", Some("nodes_name_key")), "name taken"),
+            (unique("UNIQUE constraint failed: nodes.name", None), "name taken"),
+            (unique("UNIQUE constraint failed: index 'ports_address_key'", None), "mac taken"),
+            (unique("UNIQUE constraint failed: nodes.uuid", None), "Node n1 already exists."),
+        ];
+        for (err, want) in cases {
+            assert_eq!(
+                public_error(err, &node_ctx()),
+                PublicError::AlreadyExists { message: want.into() }
+            );
+        }
+    }
+
+    #[test]
+    fn test_mapping_of_other_errors() {
+        let ctx = node_ctx();
+        assert_eq!(
+            public_error(sqlx::Error::RowNotFound, &ctx),
+            PublicError::not_found("Node", "n1")
+        );
+        let fk = db(Fake {
+            message: "FOREIGN KEY constraint failed",
+            code: Some("787"),
+            constraint: None,
+            kind: || ErrorKind::ForeignKeyViolation,
+        });
+        assert_eq!(public_error(fk, &ctx), PublicError::not_found("Node", "parent"));
+        assert!(matches!(
+            public_error(sqlx::Error::PoolTimedOut, &ctx),
+            PublicError::Unavailable { .. }
+        ));
+        let serialization = db(Fake {
+            message: "could not serialize access",
+            code: Some("40001"),
+            constraint: None,
+            kind: || ErrorKind::Other,
+        });
+        assert!(is_retryable(&serialization));
+        let e = public_error(serialization, &ctx);
+        assert!(matches!(e, PublicError::Unavailable { .. }) && e.retryable());
+        let deadlock = db(Fake {
+            message: "deadlock",
+            code: Some("40P01"),
+            constraint: None,
+            kind: || ErrorKind::Other,
+        });
+        assert!(is_retryable(&deadlock));
+        let syntax = db(Fake {
+            message: "syntax error at x",
+            code: Some("42601"),
+            constraint: None,
+            kind: || ErrorKind::Other,
+        });
+        assert!(!is_retryable(&syntax));
+        let e = public_error(syntax, &ctx);
+        assert!(
+            matches!(&e, PublicError::Internal { internal } if internal.contains("syntax error"))
+        );
+        assert_eq!(e.to_string(), "An internal error occurred.", "details stay internal");
+        // A numeric code from a non-SQLite driver is not read as an SQLite result code.
+        let numeric =
+            db(Fake { message: "x", code: Some("5"), constraint: None, kind: || ErrorKind::Other });
+        assert!(!is_retryable(&numeric));
+    }
+}

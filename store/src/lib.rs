@@ -113,9 +113,13 @@ impl DataStore {
                     SQLITE_MAX_CONNECTIONS,
                 )
             };
-            let pool = SqlitePoolOptions::new()
-                .max_connections(max)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
+            let mut pool_opts =
+                SqlitePoolOptions::new().max_connections(max).acquire_timeout(ACQUIRE_TIMEOUT);
+            if in_memory {
+                // Closing the one connection would discard the database: never retire it.
+                pool_opts = pool_opts.min_connections(1).idle_timeout(None).max_lifetime(None);
+            }
+            let pool = pool_opts
                 .connect_with(opts)
                 .await
                 .map_err(|e| error::connect_error("sqlite", &e))?;

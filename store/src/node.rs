@@ -526,25 +526,33 @@ impl DataStore {
     }
 
     /// The query plan of [`DataStore::node_list`] for `q`, for tests and benchmarks that
-    /// check the listing walks an index. On PostgreSQL sequential and bitmap scans are
-    /// disabled for the `EXPLAIN`, so the plan shows whether an index can deliver the order by
-    /// itself (as it must for a large table), whatever this table holds.
+    /// check the listing walks an index. With `force_index` on PostgreSQL, sequential and
+    /// bitmap scans are disabled for the `EXPLAIN`, so on a small table the plan still shows
+    /// whether an index can deliver the order by itself (as it must for a large table);
+    /// without it the plan is the one the planner picks for the current table.
     ///
     /// # Errors
     /// As [`DataStore::node_list`].
     #[cfg(feature = "testing")]
-    pub async fn node_list_explain(&self, q: &NodeListQuery) -> Result<String, PublicError> {
+    pub async fn node_list_explain(
+        &self,
+        q: &NodeListQuery,
+        force_index: bool,
+    ) -> Result<String, PublicError> {
         let limit = check_limit(q.limit)?;
         let sql = self.node_list_sql(q, limit).await?;
         let ctx = Ctx::new("Node", "explain");
         let lines: Vec<String> = match &self.backend {
             Backend::Pg(pool) => {
                 let text = format!("EXPLAIN {}", sql.text);
+                let settings: &[&'static str] = if force_index {
+                    &["SET LOCAL enable_seqscan = off", "SET LOCAL enable_bitmapscan = off"]
+                } else {
+                    &[]
+                };
                 transaction!(pool, &ctx, |conn| {
-                    for setting in
-                        ["SET LOCAL enable_seqscan = off", "SET LOCAL enable_bitmapscan = off"]
-                    {
-                        sqlx::query(setting).execute(&mut *conn).await?;
+                    for setting in settings {
+                        sqlx::query(*setting).execute(&mut *conn).await?;
                     }
                     let q = sqlx::query_scalar::<_, String>(AssertSqlSafe(text.as_str()));
                     Ok(bind_args!(q, &sql.args).fetch_all(&mut *conn).await?)

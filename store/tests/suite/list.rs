@@ -223,7 +223,7 @@ pub async fn test_node_list_is_served_by_an_index(db: &TestDatabase) {
     });
     queries.push(NodeListQuery { driver: Some("ipmi".into()), ..Default::default() });
     for q in queries {
-        let plan = store.node_list_explain(&q).await.unwrap();
+        let plan = store.node_list_explain(&q, true).await.unwrap();
         // The order comes from an index walk: no sort step, so a page of 1000 out of any
         // number of nodes reads about 1000 index entries.
         assert!(!plan.contains("Sort") && !plan.contains("TEMP B-TREE"), "{q:?}\n{plan}");
