@@ -53,6 +53,12 @@ pub trait DeployInterface: Send + Sync + 'static {
     /// [`PlanError`] when the node cannot be planned.
     fn clean_plan(&self, node: &Node, automated: bool) -> Result<Vec<Step>, PlanError>;
 
+    /// A step that cannot be repeated was in flight when its conductor stopped: find out
+    /// whether it completed (`true`: continue after it). The default knows nothing.
+    async fn reattach(&self, _task: &mut Task, _step: &Step) -> Result<bool, WorkflowError> {
+        Ok(false)
+    }
+
     /// Run one step of a plan (`index` of `count`) on the locked node.
     async fn execute(
         &self,
@@ -207,6 +213,41 @@ impl DeployInterface for DirectDeploy {
 
     fn clean_plan(&self, _node: &Node, automated: bool) -> Result<Vec<Step>, PlanError> {
         clean_plan("direct", automated)
+    }
+
+    async fn reattach(&self, task: &mut Task, step: &Step) -> Result<bool, WorkflowError> {
+        if step.kind != StepKind::WriteImage {
+            return Ok(false);
+        }
+        // The agent keeps running the write while conductors come and go: ask it.
+        let Some(command_id) = task.internal_str("agent_command_id").map(str::to_owned) else {
+            tracing::warn!(node = %task.id(), "interrupted write_image never reached the agent");
+            return Ok(false);
+        };
+        let conn = match connect(task).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(node = %task.id(), error = %e, "cannot ask the agent about the interrupted write");
+                return Ok(false);
+            }
+        };
+        let p = poll_command(task, &conn, &command_id, "write_image", Instant::now()).await?;
+        if Phase::try_from(p.phase) != Ok(Phase::Done) {
+            return Err(WorkflowError::Failed(format!(
+                "Agent step write_image failed on node {}: {}",
+                task.id(),
+                p.error
+            )));
+        }
+        let root = p.root_uuid_or_disk_id;
+        task.update(|n| {
+            if !root.is_empty() {
+                n.driver_internal_info.insert("root_uuid_or_disk_id".into(), root.clone().into());
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(true)
     }
 
     async fn execute(

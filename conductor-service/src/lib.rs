@@ -161,26 +161,35 @@ pub async fn run(
 
     let c = &ctx.cfg;
     tracker.spawn(worker::consume(ctx.clone()));
-    tracker.spawn(periodic::every(ctx.clone(), "heartbeat", c.heartbeat_interval(), |x| {
-        periodic::heartbeat(x)
-    }));
-    tracker.spawn(periodic::every(ctx.clone(), "takeover", c.heartbeat_interval(), |x| {
-        periodic::takeover(x)
-    }));
-    tracker.spawn(periodic::every(ctx.clone(), "sweep", config::dur(c.sweep_interval_secs), |x| {
-        periodic::sweep(x)
-    }));
+    tracker.spawn(periodic::every(
+        ctx.clone(),
+        "heartbeat",
+        c.heartbeat_interval(),
+        periodic::heartbeat,
+    ));
+    tracker.spawn(periodic::every(
+        ctx.clone(),
+        "takeover",
+        c.heartbeat_interval(),
+        periodic::takeover,
+    ));
+    tracker.spawn(periodic::every(
+        ctx.clone(),
+        "sweep",
+        config::dur(c.sweep_interval_secs),
+        periodic::sweep,
+    ));
     tracker.spawn(periodic::every(
         ctx.clone(),
         "callback_timeouts",
         config::dur(c.check_timeouts_interval_secs),
-        |x| periodic::callback_timeouts(x),
+        periodic::callback_timeouts,
     ));
     tracker.spawn(periodic::every(
         ctx.clone(),
         "power_sync",
         config::dur(c.power_sync_interval_secs),
-        |x| periodic::power_sync(x),
+        periodic::power_sync,
     ));
     // A first sweep at once picks up whatever happened while no conductor was running.
     tracker.spawn(periodic::sweep(ctx.clone()));

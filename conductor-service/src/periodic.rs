@@ -61,7 +61,9 @@ pub async fn takeover(ctx: Arc<Ctx>) {
             for c in dead.iter().filter(|c| c.hostname != ctx.cfg.hostname) {
                 match ctx.store.node_release_all_held_by(&c.hostname).await {
                     Ok(n) => {
-                        tracing::warn!(conductor = %c.hostname, released = n, "conductor is dead; took over its nodes");
+                        if n > 0 || c.online {
+                            tracing::warn!(conductor = %c.hostname, released = n, "conductor is dead; took over its nodes");
+                        }
                         released_any |= n > 0;
                     }
                     Err(e) => {
@@ -203,12 +205,12 @@ pub async fn power_sync(ctx: Arc<Ctx>) {
     let sem = Arc::new(tokio::sync::Semaphore::new(8));
     let mut set = tokio::task::JoinSet::new();
     for n in nodes {
-        if n.provision_state.skips_power_sync() || n.provision_state.is_transient_working() {
-            continue;
-        }
-        if n.target_power_state.is_some() {
+        if n.target_power_state.is_some() && !n.provision_state.is_transient_working() {
             // A pending request whose message was lost: drive it.
             set.spawn(wake_owned(ctx.clone(), n.uuid));
+            continue;
+        }
+        if n.provision_state.skips_power_sync() || n.provision_state.is_transient_working() {
             continue;
         }
         set.spawn(sync_one(ctx.clone(), sem.clone(), n));

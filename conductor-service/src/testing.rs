@@ -98,7 +98,8 @@ impl SimAgent {
         token
     }
 
-    fn register_token(&self, token: &str, node: NodeId) {
+    /// Accept `token` as the agent token of `node` (a token minted by the API at lookup).
+    pub fn register_token(&self, token: &str, node: NodeId) {
         lock(&self.inner.tokens).insert(token.to_owned(), node);
     }
 
@@ -213,9 +214,8 @@ impl AgentService for SimAgent {
                     rate_bytes_per_sec: 100 << 20,
                     ..Default::default()
                 };
-                if tx.send(Ok(p)).await.is_err() {
-                    return;
-                }
+                // A real agent keeps writing when the conductor goes away; so does this one.
+                let _ = tx.send(Ok(p)).await;
                 tokio::time::sleep(me.cfg.chunk_delay).await;
             }
             let (phase, error, state) = if fail {

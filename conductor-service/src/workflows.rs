@@ -266,27 +266,59 @@ fn recorded(n: &Node, kind: PlanKind) -> Result<Option<(Vec<Step>, usize)>, Work
     Ok(Some((steps, index)))
 }
 
+/// Where a plan starts.
+enum Start {
+    /// Run `steps` from `index`; `fresh` when the plan was just made.
+    Run(Vec<Step>, usize, bool),
+    /// A step that cannot simply be repeated was in flight when its conductor stopped.
+    Interrupted(Vec<Step>, usize, String),
+}
+
 /// Choose where to start: a fresh plan, the recorded cursor after a heartbeat, or a
-/// re-plan after a takeover (the interrupted step again if idempotent, else fail).
+/// re-plan after a takeover (the interrupted step again if idempotent).
 fn start_point(
     task: &Task,
     kind: PlanKind,
     resumed: bool,
     fresh: impl FnOnce() -> Result<Vec<Step>, WorkflowError>,
-) -> Result<(Vec<Step>, usize, bool), WorkflowError> {
+) -> Result<Start, WorkflowError> {
     match recorded(&task.node, kind)? {
-        Some((steps, index)) if resumed => Ok((steps, index, false)),
+        Some((steps, index)) if resumed => Ok(Start::Run(steps, index, false)),
         Some((steps, index)) => match recover(&steps, index) {
             Recovery::ResumeAt(i) => {
                 tracing::warn!(node = %task.id(), index = i, "re-planning an interrupted operation");
-                Ok((steps, i, false))
+                Ok(Start::Run(steps, i, false))
             }
-            Recovery::Fail(msg) => Err(WorkflowError::Failed(format!(
-                "Operation on node {} was interrupted: {msg}",
-                task.id()
-            ))),
+            Recovery::Fail(msg) => Ok(Start::Interrupted(steps, index, msg)),
         },
-        None => Ok((fresh()?, 0, true)),
+        None => Ok(Start::Run(fresh()?, 0, true)),
+    }
+}
+
+/// Resolve an interrupted step: ask the deploy interface whether it finished meanwhile
+/// (then continue after it), otherwise fail with the reason.
+async fn resolve_start(
+    task: &mut Task,
+    iface: &dyn DeployInterface,
+    start: Start,
+) -> Result<(Vec<Step>, usize, bool), WorkflowError> {
+    match start {
+        Start::Run(steps, index, fresh) => Ok((steps, index, fresh)),
+        Start::Interrupted(steps, index, msg) => {
+            let Some(step) = steps.get(index).copied() else {
+                return Ok((steps, index, false));
+            };
+            match iface.reattach(task, &step).await? {
+                true => {
+                    tracing::warn!(node = %task.id(), step = step.name, "interrupted step had completed; continuing");
+                    Ok((steps, index + 1, false))
+                }
+                false => Err(WorkflowError::Failed(format!(
+                    "Operation on node {} was interrupted: {msg}",
+                    task.id()
+                ))),
+            }
+        }
     }
 }
 
@@ -352,12 +384,13 @@ async fn deploy(
     resumed: bool,
 ) -> Result<(), WorkflowError> {
     let node = task.node.clone();
-    let (steps, start, fresh) = start_point(task, PlanKind::Deploy, resumed, || {
+    let start = start_point(task, PlanKind::Deploy, resumed, || {
         iface
             .validate(&node)
             .map_err(|m| WorkflowError::Failed(format!("Cannot deploy node {}: {m}", node.uuid)))?;
         iface.deploy_plan(&node).map_err(|e| WorkflowError::Failed(e.to_string()))
     })?;
+    let (steps, start, fresh) = resolve_start(task, iface, start).await?;
     if fresh {
         let whole = deploy::steps::is_whole_disk_image(&task.node.instance_info);
         task.update(|n| {
@@ -391,7 +424,7 @@ async fn clean(
 ) -> Result<(), WorkflowError> {
     let automated = task.node.automated_clean.unwrap_or(task.ctx.cfg.automated_clean);
     let node = task.node.clone();
-    let (steps, start, fresh) = start_point(task, PlanKind::Clean, resumed, || {
+    let start = start_point(task, PlanKind::Clean, resumed, || {
         let manual = node.target_provision_state == Some(S::Manageable);
         match node.driver_internal_info.get("clean_steps") {
             Some(requested) if manual && iface.name() != "fake" => {
@@ -417,6 +450,7 @@ async fn clean(
             }
         }
     })?;
+    let (steps, start, fresh) = resolve_start(task, iface, start).await?;
     match run_plan(task, d, iface, PlanKind::Clean, &steps, start, fresh).await? {
         PlanEnd::Waiting => Ok(()),
         PlanEnd::Finished => {

@@ -6,6 +6,12 @@
 //! `target/conductor-peers/venv`, ipmitool from apt). Without them these tests skip loudly,
 //! or fail when `FERRIC_REQUIRE_PEERS=1`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stderr,
+    reason = "integration-test helpers panic on setup failures and report skips on stderr"
+)]
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -13,6 +13,7 @@ struct Args {
 }
 
 #[tokio::main]
+#[expect(clippy::print_stderr, reason = "logging is not set up before the config is loaded")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg: ServiceConfig = match load_config(args.config.as_deref()) {
