@@ -61,13 +61,15 @@ impl FleetConfig {
             dir,
             count,
             seed: 1,
-            disk_bytes: 64 << 20,
+            // Sparse: only written blocks use space. At least 4 GiB, the agent's (and
+            // Ironic's) smallest default root disk.
+            disk_bytes: 8 << 30,
             netboot,
             credentials: Some(("admin".into(), "password".into())),
             post_delay: Duration::from_millis(50),
             nics: 1,
             name_prefix: "sim".into(),
-            launcher: Arc::new(ramdisk::AgentLauncher),
+            launcher: Arc::new(ramdisk::AgentLauncher::default()),
         }
     }
 }

@@ -8,13 +8,15 @@ use std::path::{Path, PathBuf};
 
 use deploy::ids::MacAddress;
 
+use agent::fixture::{Fixture, FixtureDisk, FixtureNic};
+
 use crate::machine::{MachineLayout, RamdiskBoot, RamdiskLauncher};
 
 /// Name of the simulated disk device.
 pub const DISK_NAME: &str = "sda";
 
 /// Creates (or re-uses) a machine root tree in `dir` with one disk of `disk_bytes` and NICs
-/// with `macs`.
+/// with `macs`, in the layout the agent's `--root` mode reads ([`agent::fixture`]).
 ///
 /// # Errors
 /// I/O errors creating the files.
@@ -24,34 +26,23 @@ pub fn prepare_root(
     macs: &[MacAddress],
     serial: &str,
 ) -> std::io::Result<MachineLayout> {
-    let root = dir.to_path_buf();
-    std::fs::create_dir_all(root.join("proc"))?;
-    std::fs::create_dir_all(root.join("dev"))?;
-    std::fs::write(root.join("proc/cmdline"), "\n")?;
-    std::fs::write(root.join("proc/meminfo"), "MemTotal:        4194304 kB\n")?;
-    std::fs::write(
-        root.join("proc/cpuinfo"),
-        "processor\t: 0\nmodel name\t: Ferric Simulated CPU\nflags\t\t: lm\n\nprocessor\t: 1\nmodel name\t: Ferric Simulated CPU\nflags\t\t: lm\n",
-    )?;
-    let disk = root.join("dev").join(DISK_NAME);
-    let f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&disk)?;
-    f.set_len(disk_bytes)?;
-    let block = root.join("sys/block").join(DISK_NAME);
-    std::fs::create_dir_all(block.join("queue"))?;
-    std::fs::create_dir_all(block.join("device"))?;
-    std::fs::write(block.join("size"), format!("{}\n", disk_bytes / 512))?;
-    std::fs::write(block.join("queue/rotational"), "0\n")?;
-    std::fs::write(block.join("device/model"), "Ferric SimDisk\n")?;
-    std::fs::write(block.join("device/vendor"), "Ferric\n")?;
-    std::fs::write(block.join("device/serial"), format!("{serial}\n"))?;
+    let mut fixture = Fixture::new()
+        .disk(
+            FixtureDisk::new(DISK_NAME, disk_bytes)
+                .model("Ferric SimDisk")
+                .vendor("Ferric")
+                .serial(serial)
+                .rotational(false),
+        )
+        .cpus_and_memory(2, 4 << 20)
+        .uefi(true);
     for (i, mac) in macs.iter().enumerate() {
-        let nic = root.join("sys/class/net").join(format!("eth{i}"));
-        std::fs::create_dir_all(&nic)?;
-        std::fs::write(nic.join("address"), format!("{mac}\n"))?;
-        std::fs::write(nic.join("operstate"), "up\n")?;
-        std::fs::write(nic.join("carrier"), "1\n")?;
+        fixture =
+            fixture.nic(FixtureNic::new(&format!("eth{i}"), &mac.to_string()).ipv4("127.0.0.1"));
     }
-    Ok(MachineLayout { root, disk })
+    fixture.serial_number = serial.to_owned();
+    fixture.build(dir)?;
+    Ok(MachineLayout { root: dir.to_path_buf(), disk: Fixture::disk_path(dir, DISK_NAME) })
 }
 
 fn broken_aside(disk: &Path) -> PathBuf {
@@ -87,17 +78,23 @@ pub async fn repair_disk(disk: &Path) -> std::io::Result<()> {
     tokio::fs::rename(&aside, disk).await
 }
 
-/// Runs the real agent (`agent::run`) for a booted machine.
+/// Runs the real agent (`agent::run`) for a booted machine: its config comes from the
+/// machine's `/proc/cmdline` (API URL, `BOOTIF`, `ferric.root`), as on real hardware.
 #[derive(Debug, Clone, Default)]
-pub struct AgentLauncher;
+pub struct AgentLauncher {
+    /// Overrides applied after the command line (e.g. a faster lookup for tests).
+    pub lookup_interval_ms: Option<u64>,
+}
 
 #[async_trait::async_trait]
 impl RamdiskLauncher for AgentLauncher {
     async fn run(&self, boot: RamdiskBoot) -> Result<(), String> {
-        let RamdiskBoot { root, cmdline, listener, token } = boot;
-        tracing::debug!(root = %root.display(), "starting agent");
-        let _ = (cmdline, listener);
-        token.cancelled().await;
-        Ok(())
+        let RamdiskBoot { root, cmdline: _, listener, token } = boot;
+        let mut cfg = agent::AgentConfig::for_root(&root);
+        if let Some(ms) = self.lookup_interval_ms {
+            cfg.lookup_interval_ms = ms;
+            cfg.lookup_max_interval_ms = cfg.lookup_max_interval_ms.max(ms);
+        }
+        agent::run(cfg, listener, token).await.map_err(|e| common::ErrorChain(&e).to_string())
     }
 }
