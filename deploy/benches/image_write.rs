@@ -1,0 +1,287 @@
+//! Image-write benchmark: the agent's pipeline against `curl | dd` and
+//! download-then-`qemu-img convert`, side by side, from a local HTTP server.
+//!
+//! `cargo bench -p deploy --bench image_write -- --dir /work/tmp-bench --size-mib 1024`
+//! Each of our runs is a child process under `/usr/bin/time -v` so its peak RSS is measured.
+#![expect(clippy::print_stdout, reason = "a benchmark prints its numbers")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use deploy::image::checksum::{ExpectedChecksum, HashAlgo, StreamHasher};
+use deploy::image::{ChecksumSpec, ImageLayout, ImageProgress, ImageRequest, PipelineOptions};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Scratch directory (needs ~4× the image size free).
+    #[arg(long, default_value = "/tmp/ferric-image-bench")]
+    dir: PathBuf,
+    /// Image size in MiB.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: u64,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write one image with the pipeline (used as the measured child process).
+    Write {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        disk: PathBuf,
+        #[arg(long)]
+        sha256: String,
+    },
+}
+
+fn fill(data: &mut [u8], seed: &mut u64) {
+    for c in data.chunks_mut(8) {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        let b = seed.to_le_bytes();
+        c.copy_from_slice(&b[..c.len()]);
+    }
+}
+
+/// Write an image of `size` bytes where `zero_pct` % of the 1 MiB blocks are zeros; returns
+/// its sha256.
+fn make_image(path: &Path, size: u64, zero_pct: u64) -> Result<String> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::with_capacity(4 << 20, std::fs::File::create(path)?);
+    let mut h = StreamHasher::new(HashAlgo::Sha256);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..size >> 20 {
+        if (i * 37 % 100) < zero_pct {
+            buf.fill(0);
+        } else {
+            fill(&mut buf, &mut seed);
+        }
+        h.update(&buf);
+        f.write_all(&buf)?;
+    }
+    f.flush()?;
+    f.get_ref().sync_all()?;
+    Ok(h.finish_hex())
+}
+
+async fn serve(dir: PathBuf) -> Result<String> {
+    use axum::body::Body;
+    use axum::extract::Path as UrlPath;
+    let app = axum::Router::new().route(
+        "/{name}",
+        axum::routing::get(move |UrlPath(name): UrlPath<String>| {
+            let p = dir.join(name);
+            async move {
+                let f = tokio::fs::File::open(&p)
+                    .await
+                    .map_err(|_| axum::http::StatusCode::NOT_FOUND)?;
+                let len = f.metadata().await.map_err(|_| axum::http::StatusCode::NOT_FOUND)?.len();
+                let s = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20);
+                axum::response::Response::builder()
+                    .header("content-length", len.to_string())
+                    .body(Body::from_stream(s))
+                    .map_err(|_| axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    Ok(format!("http://{addr}"))
+}
+
+fn sh(cmd: &str) -> Result<Duration> {
+    let t = Instant::now();
+    let st = Command::new("sh").arg("-c").arg(cmd).status()?;
+    if !st.success() {
+        bail!("{cmd} failed: {st}");
+    }
+    Ok(t.elapsed())
+}
+
+fn fresh_disk(p: &Path, size: u64) -> Result<()> {
+    let _ = std::fs::remove_file(p);
+    std::fs::File::create(p)?.set_len(size)?;
+    Ok(())
+}
+
+/// Run our writer as a child under `/usr/bin/time -v`; (wall time, peak RSS KiB).
+fn ours(url: &str, disk: &Path, sha: &str) -> Result<(Duration, u64)> {
+    let exe = std::env::current_exe()?;
+    let t = Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .arg("-v")
+        .arg(exe)
+        .args(["write", "--url", url, "--disk"])
+        .arg(disk)
+        .args(["--sha256", sha])
+        .output()
+        .context("running /usr/bin/time (apt-get install time)")?;
+    let el = t.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("write failed: {err}");
+    }
+    let rss = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    Ok((el, rss))
+}
+
+fn verify(disk: &Path, len: u64, sha: &str) -> Result<()> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(disk)?.take(len);
+    let mut h = StreamHasher::new(HashAlgo::Sha256);
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let got = h.finish_hex();
+    if got != sha {
+        bail!("disk content mismatch: {got} != {sha}");
+    }
+    Ok(())
+}
+
+async fn write_one(url: String, disk: PathBuf, sha: String) -> Result<()> {
+    let req = ImageRequest {
+        source: url,
+        checksum: ChecksumSpec::Value(ExpectedChecksum::new(Some(HashAlgo::Sha256), &sha)?),
+        disk_format: None,
+        layout: ImageLayout::WholeDisk,
+        configdrive: None,
+    };
+    deploy::image::write_image(
+        &req,
+        &disk,
+        &PipelineOptions::default(),
+        Arc::new(ImageProgress::default()),
+        CancellationToken::new(),
+    )
+    .await?;
+    Ok(())
+}
+
+fn mbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(Cmd::Write { url, disk, sha256 }) = args.cmd {
+        return write_one(url, disk, sha256).await;
+    }
+    let size = args.size_mib << 20;
+    std::fs::create_dir_all(&args.dir)?;
+    let dir = args.dir.clone();
+    let base = serve(dir.clone()).await?;
+    let target = dir.join("target.disk");
+    let disk_size = size + (256 << 20);
+    println!("image size {} MiB, scratch {}", args.size_mib, dir.display());
+
+    // 1. Raw, incompressible data.
+    let rand_sha = make_image(&dir.join("rand.raw"), size, 0)?;
+    fresh_disk(&target, 0)?;
+    let dd = sh(&format!(
+        "curl -s {base}/rand.raw | dd of={} bs=4M conv=fsync status=none",
+        target.display()
+    ))?;
+    fresh_disk(&target, disk_size)?;
+    let (t, rss1) = ours(&format!("{base}/rand.raw"), &target, &rand_sha)?;
+    verify(&target, size, &rand_sha)?;
+    println!(
+        "raw (random):   curl|dd {:7.1} MiB/s   ours+sha256 {:7.1} MiB/s   ratio {:.2}x  (goal >= 0.95)  peak RSS {} KiB",
+        mbps(size, dd),
+        mbps(size, t),
+        dd.as_secs_f64() / t.as_secs_f64(),
+        rss1
+    );
+
+    // 2. 80 % zeros.
+    let zero_sha = make_image(&dir.join("zero80.raw"), size, 80)?;
+    fresh_disk(&target, 0)?;
+    let dd = sh(&format!(
+        "curl -s {base}/zero80.raw | dd of={} bs=4M conv=fsync status=none",
+        target.display()
+    ))?;
+    fresh_disk(&target, disk_size)?;
+    let (t, rss2) = ours(&format!("{base}/zero80.raw"), &target, &zero_sha)?;
+    verify(&target, size, &zero_sha)?;
+    println!(
+        "raw (80% zero): curl|dd {:7.1} MiB/s   ours+sha256 {:7.1} MiB/s   ratio {:.2}x  (goal >= 2)     peak RSS {} KiB",
+        mbps(size, dd),
+        mbps(size, t),
+        dd.as_secs_f64() / t.as_secs_f64(),
+        rss2
+    );
+    std::fs::remove_file(dir.join("rand.raw"))?;
+
+    // 3. qcow2 of the 80 %-zero image (what cloud images look like).
+    let q = dir.join("img.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(dir.join("zero80.raw"))
+        .arg(&q)
+        .status()?;
+    if !st.success() {
+        bail!("qemu-img convert failed");
+    }
+    let qsha = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&q)?;
+        let mut h = StreamHasher::new(HashAlgo::Sha256);
+        let mut buf = vec![0u8; 4 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        h.finish_hex()
+    };
+    std::fs::remove_file(dir.join("zero80.raw"))?;
+    let dl = dir.join("dl.qcow2");
+    fresh_disk(&target, disk_size)?;
+    let base_t = sh(&format!(
+        "curl -s -o {dl} {base}/img.qcow2 && qemu-img convert -f qcow2 -O raw -t none -n {dl} {t} && sync {t}",
+        dl = dl.display(),
+        t = target.display()
+    ))?;
+    let _ = std::fs::remove_file(&dl);
+    fresh_disk(&target, disk_size)?;
+    let (t, rss3) = ours(&format!("{base}/img.qcow2"), &target, &qsha)?;
+    verify(&target, size, &zero_sha)?;
+    println!(
+        "qcow2:          download+qemu-img {:7.2} s   ours {:7.2} s   ratio {:.2}x  (goal >= 1.3)  peak RSS {} KiB",
+        base_t.as_secs_f64(),
+        t.as_secs_f64(),
+        base_t.as_secs_f64() / t.as_secs_f64(),
+        rss3
+    );
+    println!("peak RSS max {} KiB (goal <= 65536)", rss1.max(rss2).max(rss3));
+    let _ = std::fs::remove_file(&q);
+    let _ = std::fs::remove_file(&target);
+    Ok(())
+}
