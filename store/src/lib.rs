@@ -2,16 +2,16 @@
 //!
 //! One [`DataStore`] serves both backends: production runs PostgreSQL, the embedded mode
 //! (`ferric up`) runs SQLite. Every query is written once with `$n` placeholders, which both
-//! backends accept, and run by [`on_pool!`] against whichever pool is open; the few statements
+//! backends accept, and run by `on_pool!` against whichever pool is open; the few statements
 //! that differ are chosen per backend next to each other.
 //!
-//! Modules: [`error`] (sqlx errors → `PublicError`, in one function), `node` (nodes, listing and
+//! Modules: `error` (sqlx errors → `PublicError`, in one function), `node` (nodes, listing and
 //! MAC lookup), `lock` (the reservation queries), `port`, `conductor`, `history`, `txn` (the one
 //! transaction helper, which retries serialization failures), `types` (column codecs shared by
 //! both backends), and `migrations/<backend>/` applied by [`DataStore::migrate`].
 
 mod conductor;
-pub mod error;
+mod error;
 mod history;
 mod lock;
 mod node;
