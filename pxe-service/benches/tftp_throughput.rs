@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use pxe_service::tftp::client::{self, FetchOptions};
 use pxe_service::tftp::source::{self, Content, ResolveError, Resolver};
 use pxe_service::tftp::{self, TftpSettings};
@@ -89,7 +89,8 @@ fn start_tftpd_hpa(root: &Path) -> Result<Server> {
 /// Wait until a server answers a small fetch.
 async fn wait_ready(addr: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let opts = FetchOptions { timeout: Duration::from_millis(200), retries: 1, ..Default::default() };
+    let opts =
+        FetchOptions { timeout: Duration::from_millis(200), retries: 1, ..Default::default() };
     loop {
         if client::fetch(addr, "ready", &opts).await.is_ok() {
             return Ok(());
@@ -138,7 +139,10 @@ fn main() -> Result<()> {
     std::fs::write(dir.path().join("big.bin"), &data)?;
     std::fs::write(dir.path().join("ready"), b"ok")?;
     for f in ["big.bin", "ready"] {
-        std::fs::set_permissions(dir.path().join(f), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        std::fs::set_permissions(
+            dir.path().join(f),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )?;
     }
     let size = data.len() as u64;
 
@@ -148,10 +152,18 @@ fn main() -> Result<()> {
         ("rfc1350 512 B lock-step", FetchOptions::default()),
         ("blksize 1428 lock-step", FetchOptions { blksize: Some(1428), ..Default::default() }),
         ("blksize 8192 lock-step", FetchOptions { blksize: Some(8192), ..Default::default() }),
-        ("blksize 1428 windowsize 16", FetchOptions { blksize: Some(1428), windowsize: Some(16), ..Default::default() }),
-        ("blksize 8192 windowsize 16", FetchOptions { blksize: Some(8192), windowsize: Some(16), ..Default::default() }),
+        (
+            "blksize 1428 windowsize 16",
+            FetchOptions { blksize: Some(1428), windowsize: Some(16), ..Default::default() },
+        ),
+        (
+            "blksize 8192 windowsize 16",
+            FetchOptions { blksize: Some(8192), windowsize: Some(16), ..Default::default() },
+        ),
     ];
-    println!("TFTP benchmark: {clients} parallel clients x {mib} MiB, loopback, best of {rounds} rounds");
+    println!(
+        "TFTP benchmark: {clients} parallel clients x {mib} MiB, loopback, best of {rounds} rounds"
+    );
     println!("{:<30} {:>16} {:>16} {:>8}", "case", "pxe-service MiB/s", "tftpd-hpa MiB/s", "ratio");
     rt.block_on(async {
         for s in &servers {
@@ -161,7 +173,9 @@ fn main() -> Result<()> {
             let mut best = [0f64; 2];
             for _ in 0..rounds {
                 for (i, s) in servers.iter().enumerate() {
-                    let r = round(s.addr, clients, size, opts).await.with_context(|| format!("{} {name}", s.name))?;
+                    let r = round(s.addr, clients, size, opts)
+                        .await
+                        .with_context(|| format!("{} {name}", s.name))?;
                     best[i] = best[i].max(r);
                 }
             }
@@ -169,7 +183,11 @@ fn main() -> Result<()> {
         }
         anyhow::Ok(())
     })?;
-    println!("note: tftpd-hpa 5.2 does not implement windowsize (RFC 7440); it ignores the option, so its");
-    println!("      windowed rows are lock-step transfers and compare against our windowed transfers.");
+    println!(
+        "note: tftpd-hpa 5.2 does not implement windowsize (RFC 7440); it ignores the option, so its"
+    );
+    println!(
+        "      windowed rows are lock-step transfers and compare against our windowed transfers."
+    );
     Ok(())
 }

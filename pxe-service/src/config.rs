@@ -191,8 +191,10 @@ impl PxeConfig {
                 return Err(bad(key, "must be an http(s) URL with a host"));
             }
         }
-        for (key, v) in [("pxe.deploy_kernel", &self.deploy_kernel), ("pxe.deploy_ramdisk", &self.deploy_ramdisk)]
-        {
+        for (key, v) in [
+            ("pxe.deploy_kernel", &self.deploy_kernel),
+            ("pxe.deploy_ramdisk", &self.deploy_ramdisk),
+        ] {
             if v.trim().is_empty() {
                 return Err(bad(key, "must not be empty"));
             }
@@ -269,7 +271,8 @@ mod tests {
     fn test_example_config_parses() {
         let text = include_str!("../examples/config.toml");
         let file: PxeFileConfig =
-            common::config::load_str(text, "FERRIC", std::iter::empty::<(String, String)>()).unwrap();
+            common::config::load_str(text, "FERRIC", std::iter::empty::<(String, String)>())
+                .unwrap();
         file.pxe.validate().unwrap();
         assert_eq!(file.pxe.boot_format, BootFormat::Ipxe);
     }

@@ -38,7 +38,11 @@ pub fn render(cfg: &PxeConfig, opts: &DnsmasqOptions) -> String {
         let _ = writeln!(s, "interface={}", clean(iface));
     }
     if let Some(range) = &opts.dhcp_range {
-        let _ = writeln!(s, "dhcp-range={}", range.chars().filter(|c| !c.is_control()).collect::<String>());
+        let _ = writeln!(
+            s,
+            "dhcp-range={}",
+            range.chars().filter(|c| !c.is_control()).collect::<String>()
+        );
     }
     s.push_str(
         "# iPXE announces itself with option 175.\n\
@@ -62,7 +66,7 @@ pub fn render(cfg: &PxeConfig, opts: &DnsmasqOptions) -> String {
             );
         }
         BootFormat::Pxelinux => {
-            let _ = write!(s, "dhcp-boot={known}tag:bios,pxelinux.0,,{tftp}\n");
+            let _ = writeln!(s, "dhcp-boot={known}tag:bios,pxelinux.0,,{tftp}");
         }
         BootFormat::Grub => {
             let _ = write!(
@@ -73,7 +77,10 @@ pub fn render(cfg: &PxeConfig, opts: &DnsmasqOptions) -> String {
         }
     }
     if !tftp.is_empty() {
-        let _ = writeln!(s, "# Options 66/150: TFTP server.\ndhcp-option={known}66,{tftp}\ndhcp-option={known}150,{tftp}");
+        let _ = writeln!(
+            s,
+            "# Options 66/150: TFTP server.\ndhcp-option={known}66,{tftp}\ndhcp-option={known}150,{tftp}"
+        );
     }
     s
 }

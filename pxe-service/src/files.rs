@@ -92,7 +92,11 @@ impl BootFiles {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn render_for_mac(&self, mac: MacAddress, format: Format) -> Result<Option<String>, PublicError> {
+    pub async fn render_for_mac(
+        &self,
+        mac: MacAddress,
+        format: Format,
+    ) -> Result<Option<String>, PublicError> {
         let Some(node) = node_for_mac(&self.store, mac).await? else {
             return Ok(None);
         };
@@ -106,9 +110,11 @@ impl BootFiles {
     fn default_file(&self, path: &str) -> Option<String> {
         let request_id = render::new_request_id();
         match path {
-            "pxelinux.cfg/default" => {
-                Some(render::render(Format::Pxelinux, &render::decide_unknown(&self.cfg, &request_id), &self.cfg))
-            }
+            "pxelinux.cfg/default" => Some(render::render(
+                Format::Pxelinux,
+                &render::decide_unknown(&self.cfg, &request_id),
+                &self.cfg,
+            )),
             "grub.cfg" | "grub/grub.cfg" | "EFI/BOOT/grub.cfg" => Some(render::grub_master()),
             "boot.ipxe" => Some(render::boot_ipxe(&self.cfg)),
             _ => None,
@@ -129,7 +135,11 @@ impl BootFiles {
                 // GRUB has no further fallback after the per-MAC name: answer the default.
                 (None, Format::Grub) => {
                     let action = render::decide_unknown(&self.cfg, &render::new_request_id());
-                    Ok(Content::Memory(Bytes::from(render::render(Format::Grub, &action, &self.cfg))))
+                    Ok(Content::Memory(Bytes::from(render::render(
+                        Format::Grub,
+                        &action,
+                        &self.cfg,
+                    ))))
                 }
                 (None, _) => Err(ResolveError::NotFound),
             };
@@ -194,7 +204,10 @@ mod tests {
             parse_mac_config("grub/grub.cfg-01-52-54-00-12-34-56"),
             Some(MacConfig { mac, format: Format::Grub })
         );
-        assert_eq!(parse_mac_config("52:54:00:12:34:56.conf"), Some(MacConfig { mac, format: Format::Grub }));
+        assert_eq!(
+            parse_mac_config("52:54:00:12:34:56.conf"),
+            Some(MacConfig { mac, format: Format::Grub })
+        );
         assert_eq!(parse_mac_config("pxelinux.cfg/default"), None);
         assert_eq!(parse_mac_config("pxelinux.cfg/C0A80001"), None);
         assert_eq!(parse_mac_config("deploy_kernel"), None);

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use deploy::ids::MacAddress;
 use store::DataStore;
 use tower::ServiceExt;
@@ -47,6 +47,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         // Static files; ServeDir refuses `..` and answers Range and HEAD.
         .fallback_service(statics)
+        // One span per request, with method and path.
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use deploy::model::JsonObject;
 use deploy::{Node, ProvisionState, PublicError};
-use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use md5::Md5;
 use serde_json::Value;
 use sha2::{Digest, Sha256, Sha512};
@@ -95,10 +95,10 @@ fn algo_by_len(hex: &str) -> Option<&'static str> {
 /// `Err(url)` when `image_checksum` is the URL of a checksum file.
 pub fn expected_checksum(ii: &JsonObject) -> Option<Result<Checksum, String>> {
     let s = |k: &str| ii.get(k).and_then(Value::as_str).map(str::trim).filter(|v| !v.is_empty());
-    if let (Some(algo), Some(value)) = (s("image_os_hash_algo"), s("image_os_hash_value")) {
-        if let Some(algo) = algo_for(algo) {
-            return Some(Ok(Checksum { algo, hex: value.to_ascii_lowercase() }));
-        }
+    if let (Some(algo), Some(value)) = (s("image_os_hash_algo"), s("image_os_hash_value"))
+        && let Some(algo) = algo_for(algo)
+    {
+        return Some(Ok(Checksum { algo, hex: value.to_ascii_lowercase() }));
     }
     let legacy = s("image_checksum")?;
     if legacy.contains("://") {
@@ -185,8 +185,13 @@ impl ImageCache {
     ///
     /// # Errors
     /// When the directory cannot be created or the HTTP client cannot be built.
-    pub fn new(dir: PathBuf, store: DataStore, fetch_timeout: Duration) -> Result<Self, CacheError> {
-        std::fs::create_dir_all(&dir).map_err(|e| CacheError::Io(format!("{}: {e}", dir.display())))?;
+    pub fn new(
+        dir: PathBuf,
+        store: DataStore,
+        fetch_timeout: Duration,
+    ) -> Result<Self, CacheError> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| CacheError::Io(format!("{}: {e}", dir.display())))?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(30))
             .timeout(fetch_timeout)
@@ -213,7 +218,8 @@ impl ImageCache {
     /// # Errors
     /// [`CacheError`].
     pub async fn get(&self, key: &str) -> Result<PathBuf, CacheError> {
-        if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
             return Err(CacheError::Unknown);
         }
         let node = self.node_for_key(key).await?;
@@ -233,7 +239,8 @@ impl ImageCache {
             return Ok(path);
         }
         let fut = {
-            let mut map = self.inner.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut map =
+                self.inner.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             map.entry(key.to_owned())
                 .or_insert_with(|| {
                     let handle = self.inner.tracker.spawn(fetch(
@@ -243,7 +250,9 @@ impl ImageCache {
                         path.clone(),
                     ));
                     async move {
-                        handle.await.map_err(|e| CacheError::Io(format!("fetch task failed: {e}")))?
+                        handle
+                            .await
+                            .map_err(|e| CacheError::Io(format!("fetch task failed: {e}")))?
                     }
                     .boxed()
                     .shared()
@@ -261,7 +270,11 @@ impl ImageCache {
         nodes
             .into_iter()
             .find(|n| {
-                n.instance_info.get("image_source").and_then(Value::as_str).map(image_key).as_deref()
+                n.instance_info
+                    .get("image_source")
+                    .and_then(Value::as_str)
+                    .map(image_key)
+                    .as_deref()
                     == Some(key)
             })
             .ok_or(CacheError::Unknown)
@@ -277,7 +290,8 @@ impl ImageCache {
             .await
             .and_then(reqwest::Response::error_for_status)
             .map_err(|e| CacheError::Origin(format!("checksum file: {e}")))?;
-        let text = resp.text().await.map_err(|e| CacheError::Origin(format!("checksum file: {e}")))?;
+        let text =
+            resp.text().await.map_err(|e| CacheError::Origin(format!("checksum file: {e}")))?;
         parse_checksum_file(&text, source)
             .ok_or_else(|| CacheError::NoChecksum { source_url: source.to_owned() })
     }
@@ -290,7 +304,9 @@ fn meta_path(path: &Path) -> PathBuf {
 async fn cached_matches(path: &Path, expected: &Checksum) -> bool {
     let want = format!("{}:{}", expected.algo, expected.hex);
     match tokio::fs::read_to_string(meta_path(path)).await {
-        Ok(have) => have.trim() == want && tokio::fs::metadata(path).await.is_ok_and(|m| m.is_file()),
+        Ok(have) => {
+            have.trim() == want && tokio::fs::metadata(path).await.is_ok_and(|m| m.is_file())
+        }
         Err(_) => false,
     }
 }
@@ -330,7 +346,9 @@ async fn fetch(
             return Err(CacheError::Mismatch { expected: expected.hex.clone(), actual });
         }
         // Write the checksum record before the rename so a visible file is always verified.
-        tokio::fs::write(meta_path(&path), format!("{}:{}", expected.algo, expected.hex)).await.map_err(io)?;
+        tokio::fs::write(meta_path(&path), format!("{}:{}", expected.algo, expected.hex))
+            .await
+            .map_err(io)?;
         tokio::fs::rename(&part, &path).await.map_err(io)?;
         info!(bytes = total, elapsed_ms = started.elapsed().as_millis() as u64, "image cached");
         Ok(path.clone())
@@ -364,7 +382,9 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!((c.algo, c.hex), ("sha256", "ab".repeat(32)));
-        let c = expected_checksum(&ii(serde_json::json!({"image_checksum": "f".repeat(32)}))).unwrap().unwrap();
+        let c = expected_checksum(&ii(serde_json::json!({"image_checksum": "f".repeat(32)})))
+            .unwrap()
+            .unwrap();
         assert_eq!(c.algo, "md5");
         assert_eq!(
             expected_checksum(&ii(serde_json::json!({"image_checksum": "http://x/SHA256SUMS"}))),

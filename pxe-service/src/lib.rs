@@ -103,3 +103,46 @@ pub async fn run(
     info!("pxe-service stopped");
     Ok(())
 }
+
+/// Why the service could not start or stopped with an error (for the binary).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("binding the {what} listener on {addr}")]
+    Bind {
+        /// `tftp` or `http`.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be opened or migrated.
+    #[error("opening the database: {0}")]
+    Database(deploy::PublicError),
+    /// The service failed.
+    #[error("serving")]
+    Run(#[source] PxeError),
+}
+
+/// Bind the configured addresses, open and migrate the database, and [`run`] until `token`.
+///
+/// # Errors
+/// [`StartError`].
+pub async fn serve(cfg: config::PxeFileConfig, token: CancellationToken) -> Result<(), StartError> {
+    let pxe = cfg.pxe;
+    let tftp = UdpSocket::bind(&pxe.tftp_bind).await.map_err(|source| StartError::Bind {
+        what: "tftp",
+        addr: pxe.tftp_bind.clone(),
+        source,
+    })?;
+    let http = TcpListener::bind(&pxe.http_bind).await.map_err(|source| StartError::Bind {
+        what: "http",
+        addr: pxe.http_bind.clone(),
+        source,
+    })?;
+    let store = DataStore::connect(&cfg.database.url).await.map_err(StartError::Database)?;
+    store.migrate().await.map_err(StartError::Database)?;
+    run(pxe, tftp, http, store, token).await.map_err(StartError::Run)
+}

@@ -92,9 +92,10 @@ fn capability(obj: &JsonObject, key: &str) -> Option<String> {
             if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(s) {
                 return map.get(key).and_then(Value::as_str).map(str::to_owned);
             }
-            s.split(',').filter_map(|kv| kv.split_once(':')).find(|(k, _)| k.trim() == key).map(
-                |(_, v)| v.trim().to_owned(),
-            )
+            s.split(',')
+                .filter_map(|kv| kv.split_once(':'))
+                .find(|(k, _)| k.trim() == key)
+                .map(|(_, v)| v.trim().to_owned())
         }
         _ => None,
     }
@@ -128,7 +129,12 @@ fn join_args<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
 }
 
 /// The ramdisk command line shared by deploy, discovery and rescue.
-fn ramdisk_args(cfg: &PxeConfig, mac: Option<MacAddress>, append: &str, request_id: &str) -> String {
+fn ramdisk_args(
+    cfg: &PxeConfig,
+    mac: Option<MacAddress>,
+    append: &str,
+    request_id: &str,
+) -> String {
     let api = cfg.api_base();
     let bootif = mac.map(|m| format!("BOOTIF=01-{}", m.hyphenated())).unwrap_or_default();
     join_args([
@@ -158,8 +164,8 @@ pub fn decide(node: &Node, mac: MacAddress, cfg: &PxeConfig, request_id: &str) -
                 .unwrap_or(default)
                 .to_owned()
         };
-        let append =
-            str_field(&node.driver_info, "kernel_append_params").unwrap_or(&cfg.kernel_append_params);
+        let append = str_field(&node.driver_info, "kernel_append_params")
+            .unwrap_or(&cfg.kernel_append_params);
         return BootAction::Ramdisk(KernelBoot {
             kernel: pick("deploy_kernel", &cfg.deploy_kernel),
             ramdisk: pick("deploy_ramdisk", &cfg.deploy_ramdisk),
@@ -215,7 +221,11 @@ fn is_url(s: &str) -> bool {
 
 /// A kernel/ramdisk reference as an HTTP URL (iPXE).
 fn http_ref(cfg: &PxeConfig, name: &str) -> String {
-    if is_url(name) { name.to_owned() } else { format!("{}/{}", cfg.http_base(), name.trim_start_matches('/')) }
+    if is_url(name) {
+        name.to_owned()
+    } else {
+        format!("{}/{}", cfg.http_base(), name.trim_start_matches('/'))
+    }
 }
 
 /// A kernel/ramdisk reference for PXELINUX: relative to the TFTP root, or a URL (lpxelinux).
@@ -243,11 +253,15 @@ pub fn render(format: Format, action: &BootAction, cfg: &PxeConfig) -> String {
 
 fn render_ipxe(action: &BootAction, cfg: &PxeConfig) -> String {
     let mut s = String::from("#!ipxe\n");
-    let timeout =
-        if cfg.ipxe_timeout_ms > 0 { format!("--timeout {} ", cfg.ipxe_timeout_ms) } else { String::new() };
+    let timeout = if cfg.ipxe_timeout_ms > 0 {
+        format!("--timeout {} ", cfg.ipxe_timeout_ms)
+    } else {
+        String::new()
+    };
     match action {
         BootAction::Ramdisk(k) | BootAction::Instance(k) => {
-            let label = if matches!(action, BootAction::Ramdisk(_)) { "deploy" } else { "boot_instance" };
+            let label =
+                if matches!(action, BootAction::Ramdisk(_)) { "deploy" } else { "boot_instance" };
             // Retry with growing pauses like Ironic's template, then power off rather than loop.
             let _ = write!(
                 s,
@@ -280,7 +294,8 @@ fn render_ipxe(action: &BootAction, cfg: &PxeConfig) -> String {
 fn render_pxelinux(action: &BootAction) -> String {
     match action {
         BootAction::Ramdisk(k) | BootAction::Instance(k) => {
-            let label = if matches!(action, BootAction::Ramdisk(_)) { "deploy" } else { "boot_instance" };
+            let label =
+                if matches!(action, BootAction::Ramdisk(_)) { "deploy" } else { "boot_instance" };
             format!(
                 "default {label}\n\nlabel {label}\nkernel {kernel}\nappend initrd={ramdisk} {args}\nipappend 2\n",
                 kernel = pxelinux_ref(&k.kernel),
@@ -300,7 +315,8 @@ fn render_grub(action: &BootAction, cfg: &PxeConfig) -> String {
     let mut s = String::from("set timeout=5\nset hidden_timeout_quiet=false\n");
     match action {
         BootAction::Ramdisk(k) | BootAction::Instance(k) => {
-            let label = if matches!(action, BootAction::Ramdisk(_)) { "deploy" } else { "boot_instance" };
+            let label =
+                if matches!(action, BootAction::Ramdisk(_)) { "deploy" } else { "boot_instance" };
             let boot_server = match cfg.tftp_server_addr() {
                 a if a.is_empty() => String::new(),
                 a => format!(" boot_server={a}"),
@@ -356,7 +372,10 @@ pub fn boot_ipxe(cfg: &PxeConfig) -> String {
             "echo No configuration for any NIC of this machine: leaving network boot.\nexit 0\n",
         ),
         UnknownMac::Discovery => {
-            let _ = write!(s, "echo Unknown machine: booting discovery.\nchain {base}/discovery.ipxe\n");
+            let _ = write!(
+                s,
+                "echo Unknown machine: booting discovery.\nchain {base}/discovery.ipxe\n"
+            );
         }
     }
     s

@@ -10,6 +10,7 @@ pub mod client;
 pub mod options;
 pub mod packet;
 pub mod source;
+mod timer;
 pub mod transfer;
 
 use std::collections::HashSet;
@@ -21,7 +22,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use self::options::Limits;
 use self::packet::{ErrorCode, Packet, Request};
@@ -138,10 +139,14 @@ pub async fn serve<R: Resolver>(
                     slots: slots.clone(),
                     token: token.child_token(),
                 };
-                tracker.spawn(async move {
-                    let _guard = guard;
-                    ctx.handle(req, peer).await;
-                });
+                let span = tracing::info_span!("tftp_transfer", %peer, file = %req.filename);
+                tracker.spawn(
+                    async move {
+                        let _guard = guard;
+                        ctx.handle(req, peer).await;
+                    }
+                    .instrument(span),
+                );
                 None
             }
             Ok(Packet::Write(req)) => {
@@ -219,9 +224,10 @@ impl<R: Resolver> TransferCtx<R> {
                 return;
             }
         };
-        let name = match self.settings.absolute_paths {
-            true => req.filename.trim_start_matches(['/', '\\']),
-            false => req.filename.as_str(),
+        let name = if self.settings.absolute_paths {
+            req.filename.trim_start_matches(['/', '\\'])
+        } else {
+            req.filename.as_str()
         };
         let content = match source::sanitize(name) {
             Ok(path) => self.resolver.resolve(&path, peer).await,
@@ -236,9 +242,9 @@ impl<R: Resolver> TransferCtx<R> {
             }
         };
         let reader = BlockReader::new(content, req.mode);
-        let oack = negotiated
-            .needs_oack()
-            .then(|| packet::encode_oack(&negotiated.oack_options(reader.transfer_size())));
+        // An OACK with nothing in it would confuse clients: then answer with DATA 1 directly.
+        let oack_options = negotiated.oack_options(reader.transfer_size());
+        let oack = (!oack_options.is_empty()).then(|| packet::encode_oack(&oack_options));
         let socket = match self.transfer_socket(peer).await {
             Ok(s) => s,
             Err(error) => {

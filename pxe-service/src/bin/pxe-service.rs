@@ -3,9 +3,7 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
-use pxe_service::config::PxeFileConfig;
 
 #[derive(Parser)]
 #[command(version, about = "Ferric's TFTP and HTTP boot server")]
@@ -21,24 +19,27 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = match PxeFileConfig::load(args.config.as_deref()) {
+    let cfg = match pxe_service::config::PxeFileConfig::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "pxe-service: bad configuration: {}", common::ErrorChain(&e));
+            let _ = writeln!(
+                std::io::stderr(),
+                "pxe-service: bad configuration: {}",
+                common::ErrorChain(&e)
+            );
             return ExitCode::from(u8::try_from(common::EXIT_BAD_CONFIG).unwrap_or(2));
         }
     };
     if args.dnsmasq {
         let text = pxe_service::dnsmasq::render(&cfg.pxe, &Default::default());
-        return std::io::stdout().write_all(text.as_bytes()).map_or(ExitCode::FAILURE, |()| ExitCode::SUCCESS);
+        return std::io::stdout()
+            .write_all(text.as_bytes())
+            .map_or(ExitCode::FAILURE, |()| ExitCode::SUCCESS);
     }
     let _telemetry = common::telemetry::init_for("pxe-service", &cfg.telemetry);
-    let result = async {
-        let tftp = tokio::net::UdpSocket::bind(&cfg.pxe.tftp_bind).await.context("binding the TFTP socket")?;
-        let http = tokio::net::TcpListener::bind(&cfg.pxe.http_bind).await.context("binding the HTTP listener")?;
-        let store = store::DataStore::connect(&cfg.database.url).await.context("connecting to the database")?;
-        store.migrate().await.context("applying database migrations")?;
-        pxe_service::run(cfg.pxe, tftp, http, store, common::shutdown::signal_token()).await.context("serving")
+    let Err(e) = pxe_service::serve(cfg, common::shutdown::signal_token()).await else {
+        return ExitCode::SUCCESS;
     };
-    result.await.map_or_else(|e| { tracing::error!(error = format!("{e:#}"), "pxe-service failed"); ExitCode::FAILURE }, |()| ExitCode::SUCCESS)
+    tracing::error!(error = %common::ErrorChain(&e), "pxe-service failed");
+    ExitCode::FAILURE
 }

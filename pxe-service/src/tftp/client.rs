@@ -8,8 +8,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
+use tokio::time::Instant;
 
 use super::packet::{self, Mode, Packet};
+use super::timer::Timer;
 
 /// What the client asks for.
 #[derive(Debug, Clone)]
@@ -28,7 +30,13 @@ pub struct FetchOptions {
 
 impl Default for FetchOptions {
     fn default() -> Self {
-        Self { blksize: None, windowsize: None, tsize: false, timeout: Duration::from_secs(1), retries: 5 }
+        Self {
+            blksize: None,
+            windowsize: None,
+            tsize: false,
+            timeout: Duration::from_secs(1),
+            retries: 5,
+        }
     }
 }
 
@@ -69,7 +77,11 @@ pub struct Fetched {
 ///
 /// # Errors
 /// [`FetchError`].
-pub async fn fetch(server: SocketAddr, filename: &str, opts: &FetchOptions) -> Result<Vec<u8>, FetchError> {
+pub async fn fetch(
+    server: SocketAddr,
+    filename: &str,
+    opts: &FetchOptions,
+) -> Result<Vec<u8>, FetchError> {
     let mut out = Vec::new();
     fetch_with(server, filename, opts, |chunk| out.extend_from_slice(chunk)).await?;
     Ok(out)
@@ -85,9 +97,9 @@ pub async fn fetch_with(
     opts: &FetchOptions,
     mut sink: impl FnMut(&[u8]),
 ) -> Result<Fetched, FetchError> {
-    let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(
-        |_| FetchError::Protocol("bad bind address".into()),
-    )?;
+    let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .map_err(|_| FetchError::Protocol("bad bind address".into()))?;
     let socket = UdpSocket::bind(bind).await?;
     let mut req_opts = Vec::new();
     if let Some(b) = opts.blksize {
@@ -130,15 +142,18 @@ pub async fn fetch_with(
     let mut in_window = 0u16;
     let mut pending = Some(n);
     let mut tries = 0;
+    let mut timer = Timer::new(Instant::now() + opts.timeout);
     loop {
         let n = match pending.take() {
             Some(n) => n,
-            None => match tokio::time::timeout(opts.timeout, socket.recv(&mut buf)).await {
-                Ok(r) => {
+            None => match recv_or_timeout(&socket, &mut buf, &mut timer).await {
+                Some(r) => {
                     tries = 0;
+                    timer.set(Instant::now() + opts.timeout);
                     r?
                 }
-                Err(_) => {
+                None => {
+                    timer.set(Instant::now() + opts.timeout);
                     tries += 1;
                     if tries > opts.retries {
                         return Err(FetchError::Timeout);
@@ -186,10 +201,25 @@ pub async fn fetch_with(
                     return Ok(result);
                 }
             }
-            Ok(Packet::Error { code, message }) => return Err(FetchError::Server { code, message }),
+            Ok(Packet::Error { code, message }) => {
+                return Err(FetchError::Server { code, message });
+            }
             Ok(other) => return Err(FetchError::Protocol(format!("unexpected packet {other:?}"))),
             Err(e) => return Err(FetchError::Protocol(e.to_string())),
         }
+    }
+}
+
+/// A datagram, or `None` when the timer expired first.
+async fn recv_or_timeout(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    timer: &mut Timer,
+) -> Option<std::io::Result<usize>> {
+    tokio::select! {
+        biased;
+        r = socket.recv(buf) => Some(r),
+        () = timer.expired() => None,
     }
 }
 

@@ -122,7 +122,8 @@ pub fn negotiate(options: &[(String, String)], limits: Limits) -> Result<Negotia
             "tsize" => out.accepted.push((key, None)),
             _ => {
                 if (1..=65535).contains(&n) {
-                    let granted = u16::try_from(n).unwrap_or(u16::MAX).min(limits.max_windowsize.max(1));
+                    let granted =
+                        u16::try_from(n).unwrap_or(u16::MAX).min(limits.max_windowsize.max(1));
                     out.windowsize = granted;
                     out.accepted.push((key, Some(granted.to_string())));
                 }
@@ -155,10 +156,7 @@ mod tests {
     fn test_values_are_clamped_to_server_limits() {
         let n = negotiate(&opts(&[("blksize", "65464"), ("windowsize", "64")]), limits()).unwrap();
         assert_eq!((n.blksize, n.windowsize), (1468, 32));
-        assert_eq!(
-            n.oack_options(None),
-            opts(&[("blksize", "1468"), ("windowsize", "32")])
-        );
+        assert_eq!(n.oack_options(None), opts(&[("blksize", "1468"), ("windowsize", "32")]));
     }
 
     #[test]

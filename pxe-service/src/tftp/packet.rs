@@ -318,7 +318,10 @@ mod tests {
             (b"\x00\x01file", PacketError::Unterminated),
             (b"\x00\x01file\x00", PacketError::Unterminated),
             (b"\x00\x01file\x00mail\x00", PacketError::BadMode("mail".into())),
-            (b"\x00\x01f\x00octet\x00blksize\x00", PacketError::OptionWithoutValue("blksize".into())),
+            (
+                b"\x00\x01f\x00octet\x00blksize\x00",
+                PacketError::OptionWithoutValue("blksize".into()),
+            ),
             (b"\x00\x01\xff\xfe\x00octet\x00", PacketError::NotUtf8),
             (b"\x00\x04\x01", PacketError::TooShort),
             (b"\x00\x03", PacketError::TooShort),

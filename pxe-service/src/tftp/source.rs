@@ -315,7 +315,8 @@ mod tests {
         }
         assert_eq!(got, data);
 
-        let mut r = BlockReader::new(Content::Memory(Bytes::from_static(b"a\nb\rc")), Mode::Netascii);
+        let mut r =
+            BlockReader::new(Content::Memory(Bytes::from_static(b"a\nb\rc")), Mode::Netascii);
         assert_eq!(r.transfer_size(), Some(7));
         assert_eq!(&r.next_block(4).await.unwrap()[..], b"a\r\nb");
         assert_eq!(&r.next_block(4).await.unwrap()[..], b"\r\0c");

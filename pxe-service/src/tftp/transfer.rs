@@ -6,7 +6,6 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -16,6 +15,7 @@ use tokio::time::Instant;
 use super::options::Negotiated;
 use super::packet::{self, ErrorCode, Packet};
 use super::source::BlockReader;
+use super::timer::Timer;
 
 /// Why a transfer ended early.
 #[derive(Debug, thiserror::Error)]
@@ -78,15 +78,16 @@ impl Transfer {
         let mut recv_buf = vec![0u8; 1024];
         let mut send_buf = BytesMut::with_capacity(blksize + 4);
         let mut retransmits = 0u64;
+        let mut timer = Timer::new(Instant::now() + timeout);
 
         if let Some(oack) = oack {
             // The OACK is "block 0": wait for ACK 0 before the first DATA.
             let mut tries = 0;
             'oack: loop {
                 socket.send(&oack).await?;
-                let deadline = Instant::now() + timeout;
+                timer.set(Instant::now() + timeout);
                 loop {
-                    match wait_ack(&socket, &mut recv_buf, deadline).await? {
+                    match wait_ack(&socket, &mut recv_buf, &mut timer).await? {
                         Some(0) => break 'oack,
                         Some(_) => continue, // stray ACK: keep waiting for ACK 0
                         None => break,
@@ -121,9 +122,9 @@ impl Transfer {
                     packet::encode_data(&mut send_buf, wire, block);
                     socket.send(&send_buf).await?;
                 }
-                let deadline = Instant::now() + timeout;
+                timer.set(Instant::now() + timeout);
                 loop {
-                    let Some(ack) = wait_ack(&socket, &mut recv_buf, deadline).await? else {
+                    let Some(ack) = wait_ack(&socket, &mut recv_buf, &mut timer).await? else {
                         tries += 1;
                         if tries > retries {
                             return Err(TransferError::Timeout { tries });
@@ -149,40 +150,33 @@ impl Transfer {
     }
 }
 
-/// Wait until `deadline` for an ACK; `None` on timeout. Other packets end the transfer.
+/// Wait for an ACK until the timer expires (`None`). Other packets end the transfer.
 async fn wait_ack(
     socket: &UdpSocket,
     buf: &mut [u8],
-    deadline: Instant,
+    timer: &mut Timer,
 ) -> Result<Option<u16>, TransferError> {
-    let mut sleep = pin!(tokio::time::sleep_until(deadline));
-    {
-        tokio::select! {
-            biased;
-            // Cancel-safe: a datagram is either fully received or not at all.
-            r = socket.recv(buf) => {
-                let n = match r {
-                    Ok(n) => n,
-                    // ICMP port unreachable from an earlier send: the client is gone.
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        return Err(TransferError::ClientError { code: 0, message: "port unreachable".into() });
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                match packet::parse(&buf[..n]) {
-                    Ok(Packet::Ack(b)) => return Ok(Some(b)),
-                    Ok(Packet::Error { code, message }) => {
-                        return Err(TransferError::ClientError { code, message });
-                    }
-                    Ok(_) | Err(_) => {
-                        let reply = packet::encode_error(ErrorCode::IllegalOperation, "expected ACK");
-                        // Best effort: the transfer ends either way.
-                        let _ = socket.send(&reply).await;
-                        return Err(TransferError::Protocol);
-                    }
-                }
+    let n = tokio::select! {
+        biased;
+        // Cancel-safe: a datagram is either fully received or not at all.
+        r = socket.recv(buf) => match r {
+            Ok(n) => n,
+            // ICMP port unreachable from an earlier send: the client is gone.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Err(TransferError::ClientError { code: 0, message: "port unreachable".into() });
             }
-            () = &mut sleep => return Ok(None),
+            Err(e) => return Err(e.into()),
+        },
+        () = timer.expired() => return Ok(None),
+    };
+    match packet::parse(&buf[..n]) {
+        Ok(Packet::Ack(b)) => Ok(Some(b)),
+        Ok(Packet::Error { code, message }) => Err(TransferError::ClientError { code, message }),
+        Ok(_) | Err(_) => {
+            let reply = packet::encode_error(ErrorCode::IllegalOperation, "expected ACK");
+            // Best effort: the transfer ends either way.
+            let _ = socket.send(&reply).await;
+            Err(TransferError::Protocol)
         }
     }
 }

@@ -53,6 +53,7 @@ impl TftpHarness {
 
 /// Whether an external tool is installed; if not, skip loudly (or fail under
 /// FERRIC_REQUIRE_SERVICES=1).
+#[expect(clippy::print_stderr, reason = "a skipped test says so loudly")]
 pub fn have_tool(name: &str) -> bool {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| is_exec(&d.join(name))))
@@ -73,8 +74,10 @@ fn is_exec(p: &Path) -> bool {
 /// Run a command with a deadline; returns (status ok, stdout+stderr).
 pub async fn run_cmd(cmd: &mut tokio::process::Command, deadline: Duration) -> (bool, String) {
     cmd.kill_on_drop(true);
-    let out = tokio::time::timeout(deadline, cmd.output()).await.expect("command timed out").unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out =
+        tokio::time::timeout(deadline, cmd.output()).await.expect("command timed out").unwrap();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 

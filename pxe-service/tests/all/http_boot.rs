@@ -2,18 +2,18 @@
 //! iPXE binaries, the image cache, the dnsmasq file.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deploy::ProvisionState;
 use pxe_service::tftp::client::{self, FetchOptions};
-use pxe_service::{image_cache_url, PxeConfig, UnknownMac};
+use pxe_service::{PxeConfig, UnknownMac, image_cache_url};
 use rand::RngCore;
 use serde_json::json;
 use sha2::Digest;
-use store::testing::TestDatabase;
 use store::DataStore;
+use store::testing::TestDatabase;
 use tokio_util::sync::CancellationToken;
 
 use crate::render_db::insert_node;
@@ -63,23 +63,36 @@ async fn test_boot_ipxe_statics_with_range_and_ipxe_binaries() {
     let svc = Service::start(db.store().clone(), |_| {}).await;
     let http = reqwest::Client::new();
 
-    let boot = http.get(format!("{}/boot.ipxe", svc.http_url)).send().await.unwrap().text().await.unwrap();
+    let boot =
+        http.get(format!("{}/boot.ipxe", svc.http_url)).send().await.unwrap().text().await.unwrap();
     assert!(boot.starts_with("#!ipxe\n"), "{boot}");
-    assert!(boot.contains(&format!("chain {}/pxelinux.cfg/${{net0/mac:hexhyp}} || goto net1\n", svc.http_url)), "{boot}");
+    assert!(
+        boot.contains(&format!(
+            "chain {}/pxelinux.cfg/${{net0/mac:hexhyp}} || goto net1\n",
+            svc.http_url
+        )),
+        "{boot}"
+    );
     assert!(boot.contains("isset ${net7/mac} || goto no_config\n"), "{boot}");
     assert!(boot.contains(":no_config\necho No configuration"), "{boot}");
 
     // Unknown MAC: 404 over HTTP (boot.ipxe moves on), file-not-found over TFTP.
     let r = http.get(format!("{}/ipxe/52:54:00:de:ad:00", svc.http_url)).send().await.unwrap();
     assert_eq!(r.status(), 404);
-    let e = client::fetch(svc.tftp, "pxelinux.cfg/01-52-54-00-de-ad-00", &FetchOptions::default()).await;
+    let e = client::fetch(svc.tftp, "pxelinux.cfg/01-52-54-00-de-ad-00", &FetchOptions::default())
+        .await;
     assert!(matches!(e, Err(client::FetchError::Server { code: 1, .. })), "{e:?}");
 
     // Kernels from the HTTP root, with Range (the agent's resume relies on it).
     let mut kernel = vec![0u8; 300_000];
     rand::rng().fill_bytes(&mut kernel);
     std::fs::write(svc.dirs.path().join("http/deploy_kernel"), &kernel).unwrap();
-    let r = http.get(format!("{}/deploy_kernel", svc.http_url)).header("Range", "bytes=1000-1999").send().await.unwrap();
+    let r = http
+        .get(format!("{}/deploy_kernel", svc.http_url))
+        .header("Range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(&r.bytes().await.unwrap()[..], &kernel[1000..2000]);
     let r = http.get(format!("{}/../etc/passwd", svc.http_url)).send().await.unwrap();
@@ -87,12 +100,26 @@ async fn test_boot_ipxe_statics_with_range_and_ipxe_binaries() {
 
     // iPXE binaries from ipxe_dir over both protocols.
     std::fs::write(svc.dirs.path().join("ipxe/undionly.kpxe"), b"UNDI").unwrap();
-    let body = http.get(format!("{}/undionly.kpxe", svc.http_url)).send().await.unwrap().bytes().await.unwrap();
+    let body = http
+        .get(format!("{}/undionly.kpxe", svc.http_url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(&body[..], b"UNDI");
     let got = client::fetch(svc.tftp, "undionly.kpxe", &FetchOptions::default()).await.unwrap();
     assert_eq!(got, b"UNDI");
 
-    let dns = http.get(format!("{}/dnsmasq.conf", svc.http_url)).send().await.unwrap().text().await.unwrap();
+    let dns = http
+        .get(format!("{}/dnsmasq.conf", svc.http_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(dns.contains(&format!("dhcp-boot=tag:ipxe,{}/boot.ipxe\n", svc.http_url)), "{dns}");
     svc.stop().await;
 }
@@ -102,13 +129,24 @@ async fn test_unknown_mac_discovery_mode() {
     let db = TestDatabase::sqlite().await;
     let svc = Service::start(db.store().clone(), |c| c.unknown_mac = UnknownMac::Discovery).await;
     let http = reqwest::Client::new();
-    let boot = http.get(format!("{}/boot.ipxe", svc.http_url)).send().await.unwrap().text().await.unwrap();
+    let boot =
+        http.get(format!("{}/boot.ipxe", svc.http_url)).send().await.unwrap().text().await.unwrap();
     assert!(boot.contains(&format!("chain {}/discovery.ipxe", svc.http_url)), "{boot}");
-    let disc = http.get(format!("{}/discovery.ipxe", svc.http_url)).send().await.unwrap().text().await.unwrap();
+    let disc = http
+        .get(format!("{}/discovery.ipxe", svc.http_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(disc.contains("ipa-api-url=http://api.example:6385 console=ttyS0"), "{disc}");
     assert!(disc.contains("ferric.discovery=1 initrd=deploy_ramdisk"), "{disc}");
-    let dflt = client::fetch(svc.tftp, "pxelinux.cfg/default", &FetchOptions::default()).await.unwrap();
-    assert!(String::from_utf8(dflt).unwrap().contains("append initrd=deploy_ramdisk ferric.api_url="));
+    let dflt =
+        client::fetch(svc.tftp, "pxelinux.cfg/default", &FetchOptions::default()).await.unwrap();
+    assert!(
+        String::from_utf8(dflt).unwrap().contains("append initrd=deploy_ramdisk ferric.api_url=")
+    );
     svc.stop().await;
 }
 
@@ -157,7 +195,9 @@ async fn test_image_cache_fetches_once_verifies_and_serves_ranges() {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..6 {
         let (http, cache_url) = (http.clone(), cache_url.clone());
-        tasks.spawn(async move { http.get(&cache_url).send().await.unwrap().bytes().await.unwrap() });
+        tasks.spawn(
+            async move { http.get(&cache_url).send().await.unwrap().bytes().await.unwrap() },
+        );
     }
     while let Some(body) = tasks.join_next().await {
         assert!(body.unwrap()[..] == image[..], "cached image differs");
@@ -169,7 +209,8 @@ async fn test_image_cache_fetches_once_verifies_and_serves_ranges() {
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 
     // Not being deployed by any node: not fetched (no open proxy).
-    let r = http.get(image_cache_url(&svc.http_url, "http://elsewhere/x.img")).send().await.unwrap();
+    let r =
+        http.get(image_cache_url(&svc.http_url, "http://elsewhere/x.img")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     let r = http.get(format!("{}/images/not-a-key", svc.http_url)).send().await.unwrap();
     assert_eq!(r.status(), 404);

@@ -1,5 +1,8 @@
 //! pxe-service integration tests: one binary, several modules.
 
+// Helpers outside `#[test]` functions fail the test the same way the tests themselves do.
+#![expect(clippy::unwrap_used, reason = "test helpers panic on failure like the tests")]
+
 mod harness;
 mod http_boot;
 mod render_db;

@@ -11,8 +11,8 @@ use pxe_service::files::BootFiles;
 use pxe_service::render::Format;
 use pxe_service::tftp::client::{self, FetchOptions};
 use serde_json::json;
-use store::testing::TestDatabase;
 use store::DataStore;
+use store::testing::TestDatabase;
 
 use crate::http_boot::Service;
 
@@ -22,7 +22,12 @@ fn obj(v: serde_json::Value) -> JsonObject {
     v.as_object().expect("an object").clone()
 }
 
-pub async fn insert_node(store: &DataStore, mac: &str, state: ProvisionState, f: impl FnOnce(&mut Node)) -> Node {
+pub async fn insert_node(
+    store: &DataStore,
+    mac: &str,
+    state: ProvisionState,
+    f: impl FnOnce(&mut Node),
+) -> Node {
     let mut node = Node::new(NodeId::new_v4(), "fake-hardware", chrono::Utc::now());
     node.provision_state = state;
     f(&mut node);
@@ -42,7 +47,12 @@ pub async fn insert_node(store: &DataStore, mac: &str, state: ProvisionState, f:
     node
 }
 
-async fn set_state(store: &DataStore, node: &Node, state: ProvisionState, f: impl FnOnce(&mut Node)) -> Node {
+async fn set_state(
+    store: &DataStore,
+    node: &Node,
+    state: ProvisionState,
+    f: impl FnOnce(&mut Node),
+) -> Node {
     let mut n = store.node_fetch(node.uuid).await.unwrap();
     n.provision_state = state;
     f(&mut n);
@@ -59,8 +69,11 @@ async fn fetch_all(svc: &Service) -> (String, String, String) {
         .await
         .unwrap();
     let opts = FetchOptions::default();
-    let pxelinux = client::fetch(svc.tftp, &format!("pxelinux.cfg/01-{}", mac.hyphenated()), &opts).await.unwrap();
-    let grub = client::fetch(svc.tftp, &format!("grub.cfg-01-{}", mac.hyphenated()), &opts).await.unwrap();
+    let pxelinux = client::fetch(svc.tftp, &format!("pxelinux.cfg/01-{}", mac.hyphenated()), &opts)
+        .await
+        .unwrap();
+    let grub =
+        client::fetch(svc.tftp, &format!("grub.cfg-01-{}", mac.hyphenated()), &opts).await.unwrap();
     (ipxe, String::from_utf8(pxelinux).unwrap(), String::from_utf8(grub).unwrap())
 }
 
@@ -83,17 +96,26 @@ async fn test_rendered_configs_follow_node_state() {
     // deploying → the deploy ramdisk with the agent's kernel arguments.
     let (ipxe, pxelinux, grub) = fetch_all(&svc).await;
     assert!(ipxe.starts_with("#!ipxe\n"), "{ipxe}");
-    assert!(ipxe.contains(&format!("kernel http://images.example/ipa.kernel {api} {bootif}")), "{ipxe}");
+    assert!(
+        ipxe.contains(&format!("kernel http://images.example/ipa.kernel {api} {bootif}")),
+        "{ipxe}"
+    );
     assert!(ipxe.contains(" nofb vga=normal initrd=deploy_ramdisk || goto retry\n"), "{ipxe}");
     assert!(ipxe.contains("initrd --name deploy_ramdisk http://127.0.0.1:"), "{ipxe}");
     assert!(ipxe.contains("/ipa.initramfs || goto retry\nboot\n"), "{ipxe}");
     assert!(!ipxe.contains("hunter2"));
     assert!(pxelinux.contains("default deploy\n"), "{pxelinux}");
     assert!(pxelinux.contains("kernel http://images.example/ipa.kernel\n"), "{pxelinux}");
-    assert!(pxelinux.contains(&format!("append initrd=ipa.initramfs {api} {bootif}")), "{pxelinux}");
+    assert!(
+        pxelinux.contains(&format!("append initrd=ipa.initramfs {api} {bootif}")),
+        "{pxelinux}"
+    );
     assert!(pxelinux.contains("ipappend 2\n"), "{pxelinux}");
     assert!(grub.contains("set default=deploy\n"), "{grub}");
-    assert!(grub.contains(&format!("linux (http,images.example)/ipa.kernel {api} {bootif}")), "{grub}");
+    assert!(
+        grub.contains(&format!("linux (http,images.example)/ipa.kernel {api} {bootif}")),
+        "{grub}"
+    );
     assert!(grub.contains("boot_server=127.0.0.1\n    initrd /ipa.initramfs\n"), "{grub}");
 
     // active with boot_option=netboot → the instance's kernel and ramdisk.
@@ -103,21 +125,32 @@ async fn test_rendered_configs_follow_node_state() {
             "kernel": "http://images.example/vmlinuz",
             "ramdisk": "http://images.example/initrd.img",
         }));
-        n.driver_internal_info = obj(json!({"root_uuid_or_disk_id": "1be26c0b-03f2-4d2e-ae87-c02d7f33c123"}));
+        n.driver_internal_info =
+            obj(json!({"root_uuid_or_disk_id": "1be26c0b-03f2-4d2e-ae87-c02d7f33c123"}));
     })
     .await;
     let (ipxe, pxelinux, grub) = fetch_all(&svc).await;
     let root = "root=UUID=1be26c0b-03f2-4d2e-ae87-c02d7f33c123 ro text";
-    assert!(ipxe.contains(&format!("kernel http://images.example/vmlinuz {root} nofb vga=normal initrd=ramdisk")), "{ipxe}");
+    assert!(
+        ipxe.contains(&format!(
+            "kernel http://images.example/vmlinuz {root} nofb vga=normal initrd=ramdisk"
+        )),
+        "{ipxe}"
+    );
     assert!(ipxe.contains("initrd --name ramdisk http://images.example/initrd.img"), "{ipxe}");
     assert!(!ipxe.contains("ipa-api-url"), "{ipxe}");
     assert!(pxelinux.contains("kernel http://images.example/vmlinuz\n"), "{pxelinux}");
-    assert!(pxelinux.contains(&format!("append initrd=http://images.example/initrd.img {root}")), "{pxelinux}");
+    assert!(
+        pxelinux.contains(&format!("append initrd=http://images.example/initrd.img {root}")),
+        "{pxelinux}"
+    );
     assert!(grub.contains(&format!("linux (http,images.example)/vmlinuz {root}")), "{grub}");
     assert!(grub.contains("initrd (http,images.example)/initrd.img\n"), "{grub}");
 
     // active, local boot → boot from disk in every format.
-    let node = set_state(&store, &node, ProvisionState::Active, |n| n.instance_info = JsonObject::new()).await;
+    let node =
+        set_state(&store, &node, ProvisionState::Active, |n| n.instance_info = JsonObject::new())
+            .await;
     let (ipxe, pxelinux, grub) = fetch_all(&svc).await;
     assert!(ipxe.contains("sanboot --no-describe --drive 0x80 || goto exit\n"), "{ipxe}");
     assert!(ipxe.contains("exit 0\n"), "{ipxe}");
@@ -128,7 +161,10 @@ async fn test_rendered_configs_follow_node_state() {
     // A state in which nothing should boot from the network → exit.
     set_state(&store, &node, ProvisionState::Available, |_| {}).await;
     let (ipxe, pxelinux, grub) = fetch_all(&svc).await;
-    assert!(ipxe.contains("exit 0\n") && !ipxe.contains("sanboot") && !ipxe.contains("kernel"), "{ipxe}");
+    assert!(
+        ipxe.contains("exit 0\n") && !ipxe.contains("sanboot") && !ipxe.contains("kernel"),
+        "{ipxe}"
+    );
     assert!(pxelinux.contains("localboot -1\n"), "{pxelinux}");
     assert!(grub.contains("set default=exit\n"), "{grub}");
     svc.stop().await;
@@ -156,7 +192,41 @@ async fn test_cleaning_rescue_and_unknown_macs() {
     assert!(clean.contains("ipa-api-url=http://api.example:6385 BOOTIF="), "{clean}");
     assert!(clean.contains(" ferric.root=/tmp/x initrd=deploy_ramdisk"), "{clean}");
     assert!(!clean.contains("nofb"), "{clean}");
-    let rescue = files.render_for_mac("52:54:00:00:00:02".parse().unwrap(), Format::Pxelinux).await.unwrap().unwrap();
+    let rescue = files
+        .render_for_mac("52:54:00:00:00:02".parse().unwrap(), Format::Pxelinux)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(rescue.contains("kernel rk\nappend initrd=rr "), "{rescue}");
-    assert_eq!(files.render_for_mac("52:54:00:99:99:99".parse().unwrap(), Format::Ipxe).await.unwrap(), None);
+    assert_eq!(
+        files.render_for_mac("52:54:00:99:99:99".parse().unwrap(), Format::Ipxe).await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_grub_absolute_names_when_enabled() {
+    let db = TestDatabase::sqlite().await;
+    let store = db.store().clone();
+    insert_node(&store, MAC, ProvisionState::Deploying, |_| {}).await;
+    let opts = FetchOptions::default();
+    // Off by default: GRUB's absolute names are refused with an access violation.
+    let svc = Service::start(store.clone(), |_| {}).await;
+    let e = client::fetch(svc.tftp, "/grub.cfg-01-52-54-00-aa-bb-cc", &opts).await;
+    assert!(matches!(e, Err(client::FetchError::Server { code: 2, .. })), "{e:?}");
+    svc.stop().await;
+    let svc = Service::start(store, |c| c.tftp_absolute_paths = true).await;
+    let master = client::fetch(svc.tftp, "/grub/grub.cfg", &opts).await.unwrap();
+    assert!(
+        String::from_utf8(master).unwrap().contains("configfile /grub.cfg-01-$net_default_mac")
+    );
+    // GRUB's $net_default_mac has colons.
+    let grub = client::fetch(svc.tftp, "/grub/grub.cfg-01-52:54:00:aa:bb:cc", &opts).await.unwrap();
+    let grub = String::from_utf8(grub).unwrap();
+    assert!(
+        grub.contains("linux /deploy_kernel ferric.api_url=http://api.example:6385 "),
+        "{grub}"
+    );
+    assert!(grub.contains("initrd /deploy_ramdisk\n"), "{grub}");
+    svc.stop().await;
 }

@@ -3,17 +3,18 @@
 
 use std::time::Duration;
 
+use pxe_service::tftp::TftpSettings;
 use pxe_service::tftp::client::{self, FetchOptions};
 use pxe_service::tftp::packet::{self, Mode};
-use pxe_service::tftp::TftpSettings;
 use tokio::net::UdpSocket;
 
-use crate::harness::{head, recv, TftpHarness};
+use crate::harness::{TftpHarness, head, recv};
 
 const WAIT: Duration = Duration::from_secs(5);
 
 fn rrq(name: &str, opts: &[(&str, &str)]) -> Vec<u8> {
-    let opts: Vec<(String, String)> = opts.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect();
+    let opts: Vec<(String, String)> =
+        opts.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect();
     packet::encode_rrq(name, Mode::Octet, &opts)
 }
 
@@ -35,8 +36,15 @@ async fn test_bad_requests_get_error_packets() {
         ("unknown opcode", b"\x00\x09hello\x00".to_vec(), 4),
         ("unterminated name", b"\x00\x01ok.bin".to_vec(), 4),
         ("mail mode", b"\x00\x01ok.bin\x00mail\x00".to_vec(), 4),
-        ("write request", packet::encode_rrq("x", Mode::Octet, &[]).iter().enumerate()
-            .map(|(i, b)| if i == 1 { 2 } else { *b }).collect(), 2),
+        (
+            "write request",
+            packet::encode_rrq("x", Mode::Octet, &[])
+                .iter()
+                .enumerate()
+                .map(|(i, b)| if i == 1 { 2 } else { *b })
+                .collect(),
+            2,
+        ),
         ("dot-dot", rrq("../etc/passwd", &[]), 2),
         ("nested dot-dot", rrq("dir/../../x", &[]), 2),
         ("absolute", rrq("/etc/passwd", &[]), 2),
@@ -57,11 +65,15 @@ async fn test_out_of_range_window_and_timeout_are_ignored() {
     let h = TftpHarness::start(TftpSettings::default()).await;
     let data = h.write_random("ok.bin", 3000);
     // Only ignorable options: no OACK, plain DATA 1 straight away.
-    assert_eq!(exchange(&h, &rrq("ok.bin", &[("windowsize", "0"), ("timeout", "999")])).await, (3, 1));
+    assert_eq!(
+        exchange(&h, &rrq("ok.bin", &[("windowsize", "0"), ("timeout", "999")])).await,
+        (3, 1)
+    );
     // Oversized blksize is lowered to the maximum, not refused.
     let opts = FetchOptions { blksize: Some(65535), ..Default::default() };
     let mut got = Vec::new();
-    let f = client::fetch_with(h.addr, "ok.bin", &opts, |b| got.extend_from_slice(b)).await.unwrap();
+    let f =
+        client::fetch_with(h.addr, "ok.bin", &opts, |b| got.extend_from_slice(b)).await.unwrap();
     assert_eq!(got, data);
     assert!(f.oack.contains(&("blksize".into(), "65464".into())), "{:?}", f.oack);
     h.stop().await;
@@ -69,7 +81,8 @@ async fn test_out_of_range_window_and_timeout_are_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_silent_client_times_out_cleanly_while_good_transfer_completes() {
-    let settings = TftpSettings { timeout: Duration::from_millis(200), retries: 3, ..TftpSettings::default() };
+    let settings =
+        TftpSettings { timeout: Duration::from_millis(200), retries: 3, ..TftpSettings::default() };
     let h = TftpHarness::start(settings).await;
     let data = h.write_random("big.bin", 4 * 1024 * 1024);
 
@@ -122,7 +135,11 @@ async fn test_duplicate_acks_do_not_duplicate_data() {
 
 #[tokio::test]
 async fn test_retransmitted_request_does_not_start_second_transfer() {
-    let h = TftpHarness::start(TftpSettings { timeout: Duration::from_secs(3), ..TftpSettings::default() }).await;
+    let h = TftpHarness::start(TftpSettings {
+        timeout: Duration::from_secs(3),
+        ..TftpSettings::default()
+    })
+    .await;
     h.write_random("ok.bin", 2000);
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     s.send_to(&rrq("ok.bin", &[]), h.addr).await.unwrap();

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use pxe_service::tftp::client::{self, FetchOptions};
 use pxe_service::tftp::TftpSettings;
+use pxe_service::tftp::client::{self, FetchOptions};
 use tokio::process::Command;
 
-use crate::harness::{have_tool, run_cmd, TftpHarness};
+use crate::harness::{TftpHarness, have_tool, run_cmd};
 
 const TEN_MIB: usize = 10 * 1024 * 1024;
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -84,12 +84,22 @@ async fn test_windowed_fetch_is_identical() {
     let h = TftpHarness::start(TftpSettings::default()).await;
     let data = h.write_random("big.bin", TEN_MIB);
     // Our own RFC 7440 client: the server must acknowledge the window.
-    let opts = FetchOptions { blksize: Some(1428), windowsize: Some(16), tsize: true, ..Default::default() };
+    let opts = FetchOptions {
+        blksize: Some(1428),
+        windowsize: Some(16),
+        tsize: true,
+        ..Default::default()
+    };
     let mut got = Vec::new();
-    let fetched = client::fetch_with(h.addr, "big.bin", &opts, |b| got.extend_from_slice(b)).await.unwrap();
+    let fetched =
+        client::fetch_with(h.addr, "big.bin", &opts, |b| got.extend_from_slice(b)).await.unwrap();
     assert!(got == data, "windowed content differs");
     assert_eq!(fetched.tsize, Some(TEN_MIB as u64));
-    assert!(fetched.oack.contains(&("windowsize".to_owned(), "16".to_owned())), "{:?}", fetched.oack);
+    assert!(
+        fetched.oack.contains(&("windowsize".to_owned(), "16".to_owned())),
+        "{:?}",
+        fetched.oack
+    );
     // The packaged atftp also negotiates windowsize when it supports it.
     if have_tool("atftp") {
         let (got, log) = atftp_get(&h, &["windowsize 16", "blksize 1428"], "window").await;
