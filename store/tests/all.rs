@@ -47,6 +47,7 @@ backend_tests!(
     nodes::test_node_update_does_not_touch_reservation,
     nodes::test_node_delete_removes_ports_and_history,
     nodes::test_node_lookup_by_macs,
+    nodes::test_concurrent_updates_exactly_one_wins,
     list::test_node_list_filters,
     list::test_node_list_pages_through_every_sort_key,
     list::test_node_list_rejects_bad_limit_and_unknown_marker,

@@ -211,3 +211,33 @@ pub async fn test_node_lookup_by_macs(db: &TestDatabase) {
         .unwrap_err();
     assert!(matches!(e, PublicError::Conflict { .. }), "{e:?}");
 }
+
+pub async fn test_concurrent_updates_exactly_one_wins(db: &TestDatabase) {
+    let store = db.store();
+    let n = insert(store, &node(Some("racy"))).await;
+    // 20 writers read the same generation; each writes its own description.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (store, mut copy) = (store.clone(), n.clone());
+        copy.description = Some(format!("writer-{i}"));
+        tasks.spawn(async move { (i, store.node_update(&copy).await) });
+    }
+    let mut winners = Vec::new();
+    for (i, res) in tasks.join_all().await {
+        match res {
+            Ok(updated) => winners.push((i, updated)),
+            Err(PublicError::Conflict { .. }) => {}
+            Err(other) => panic!("writer {i}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one writer wins");
+    let (i, won) = &winners[0];
+    assert_eq!(won.generation, n.generation + 1);
+    let stored = store.node_fetch(n.uuid).await.unwrap();
+    assert_eq!(
+        stored.description,
+        Some(format!("writer-{i}")),
+        "the winner's write is the one kept"
+    );
+    assert_eq!(&stored, won);
+}
