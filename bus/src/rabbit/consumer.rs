@@ -191,29 +191,49 @@ async fn run(inner: Arc<Inner>, kind: Kind, first: Attached, tx: mpsc::Sender<De
             item = current.stream.next() => match item {
                 Some(Ok(d)) => {
                     let delivery = to_delivery(&inner, &kind, d, &abandon_tx);
-                    // Cancel-safety: a delivery lost because the receiver went away is
-                    // requeued when its settle handle drops.
-                    if tx.send(delivery).await.is_err() {
-                        continue;
+                    if matches!(kind, Kind::Transient(_)) {
+                        // Auto-acked fan-out: a subscriber that does not keep up loses
+                        // messages rather than growing memory without bound (as in memory).
+                        if let Err(mpsc::error::TrySendError::Full(d)) = tx.try_send(delivery) {
+                            tracing::warn!(
+                                routing_key = %d.routing_key,
+                                message_id = %d.message_id,
+                                "subscriber is not keeping up; message dropped for it"
+                            );
+                        }
+                    } else {
+                        // A delivery that cannot be handed over (receiver gone) is requeued
+                        // when its settle handle drops; the next turn sees `tx.closed()`.
+                        let _ = tx.send(delivery).await;
                     }
                 }
                 Some(Err(error)) => {
                     tracing::warn!(queue = %name, error = %error, "consumer stream failed; re-attaching");
-                    inner.poke.notify_one();
-                    let generation = current.generation;
-                    attached = None;
-                    inner.wait_past(generation, Duration::from_secs(1)).await;
+                    detach(&inner, &mut attached).await;
                 }
                 None => {
                     tracing::warn!(queue = %name, "consumer cancelled by the broker; re-attaching");
-                    inner.poke.notify_one();
-                    let generation = current.generation;
-                    attached = None;
-                    inner.wait_past(generation, Duration::from_secs(1)).await;
+                    detach(&inner, &mut attached).await;
                 }
             },
         }
     }
+}
+
+/// Drops the current attachment, closing its channel if the connection still stands (a
+/// cancelled consumer on a live connection), and gives the supervisor a moment to notice a
+/// lost connection.
+async fn detach(inner: &Inner, attached: &mut Option<Attached>) {
+    let Some(old) = attached.take() else { return };
+    inner.poke.notify_one();
+    if old.channel.status().connected() {
+        let _ = tokio::time::timeout(
+            inner.opts.operation_timeout,
+            old.channel.close(200, "re-attaching".into()),
+        )
+        .await;
+    }
+    inner.wait_past(old.generation, Duration::from_secs(1)).await;
 }
 
 fn to_delivery(
