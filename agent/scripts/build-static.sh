@@ -1,0 +1,21 @@
+#!/bin/sh
+# Build the agent as a fully static x86_64-unknown-linux-musl binary for the deploy ramdisk
+# and check that it really is static. TLS is rustls (no OpenSSL).
+# Needs: rustup, musl-tools (musl-gcc, for the C parts of the crypto backend), file.
+set -eu
+cd "$(dirname "$0")/../.."
+rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
+cargo build --release -p agent --bin agent --target x86_64-unknown-linux-musl
+BIN=target/x86_64-unknown-linux-musl/release/agent
+info=$(file "$BIN")
+echo "$info"
+case "$info" in
+  *"statically linked"*|*"static-pie linked"*) ;;
+  *) echo "FAIL: $BIN is not statically linked" >&2; exit 1 ;;
+esac
+if ldd "$BIN" 2>&1 | grep -q '=>'; then
+  echo "FAIL: $BIN has dynamic dependencies" >&2
+  exit 1
+fi
+"$BIN" --version
+echo "OK: static agent at $BIN ($(du -h "$BIN" | cut -f1))"
