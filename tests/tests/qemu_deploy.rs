@@ -772,7 +772,9 @@ async fn manage_and_provide(stack: &Stack, vm: &Vm, uuid: &str, clean: bool) {
         n["last_error"],
         vm.diagnostics()
     );
-    report("provide (automated cleaning)", &tl);
+    if clean {
+        report("provide (automated cleaning)", &tl);
+    }
 }
 
 /// Deploys `image` (raw or qcow2) and checks the VM booted it; returns the node.
