@@ -12,6 +12,7 @@ use proto::events::event::Payload;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::patch::PatchOp;
 use crate::render::{masked_instance_info, masked_internal_info, ts};
@@ -78,6 +79,20 @@ fn json_field<T: serde::de::DeserializeOwned>(name: &str, raw: &str) -> Result<O
     serde_json::from_str(raw)
         .map(Some)
         .map_err(|e| Status::invalid_argument(format!("{name}: invalid JSON: {e}")))
+}
+
+/// A span for a gRPC call that continues the caller's W3C trace (`traceparent` metadata), so
+/// the events it publishes join that trace.
+fn call_span<T>(req: &Request<T>, method: &'static str) -> tracing::Span {
+    let span = tracing::info_span!("grpc", method);
+    let carried: std::collections::BTreeMap<String, String> = ["traceparent", "tracestate"]
+        .iter()
+        .filter_map(|k| Some(((*k).to_owned(), req.metadata().get(*k)?.to_str().ok()?.to_owned())))
+        .collect();
+    if !carried.is_empty() {
+        bus::trace::set_parent_from(&span, &carried);
+    }
+    span
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::NodeEvent, Status>> + Send>>;
@@ -168,6 +183,7 @@ impl NodeService for GrpcApi {
         &self,
         req: Request<pb::SetProvisionStateRequest>,
     ) -> Result<Response<pb::SetProvisionStateResponse>, Status> {
+        let span = call_span(&req, "SetProvisionState");
         let r = req.into_inner();
         let configdrive = if r.configdrive.trim_start().starts_with('{') {
             json_field::<Value>("configdrive", &r.configdrive)?
@@ -182,7 +198,8 @@ impl NodeService for GrpcApi {
             rescue_password: opt(&r.rescue_password),
             ..ProvisionRequest::default()
         };
-        let n = self.state.node_set_provision(&Ctx::latest(), &r.node, body).await?;
+        let n =
+            self.state.node_set_provision(&Ctx::latest(), &r.node, body).instrument(span).await?;
         Ok(Response::new(pb::SetProvisionStateResponse { node: Some(node_to_pb(&n)) }))
     }
 
@@ -190,12 +207,13 @@ impl NodeService for GrpcApi {
         &self,
         req: Request<pb::SetPowerStateRequest>,
     ) -> Result<Response<pb::SetPowerStateResponse>, Status> {
+        let span = call_span(&req, "SetPowerState");
         let r = req.into_inner();
         let body = PowerRequest {
             target: r.target,
             timeout: (r.timeout_secs > 0).then_some(i64::from(r.timeout_secs)),
         };
-        let n = self.state.node_set_power(&Ctx::latest(), &r.node, body).await?;
+        let n = self.state.node_set_power(&Ctx::latest(), &r.node, body).instrument(span).await?;
         Ok(Response::new(pb::SetPowerStateResponse { node: Some(node_to_pb(&n)) }))
     }
 

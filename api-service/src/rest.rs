@@ -121,6 +121,15 @@ async fn request_id_layer(mut req: Request, next: Next) -> Response {
     let id = new_request_id();
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    // Continue the caller's W3C trace, so the events published for this request (and the
+    // conductor work they trigger) join it.
+    let carried: std::collections::BTreeMap<String, String> = ["traceparent", "tracestate"]
+        .iter()
+        .filter_map(|k| Some(((*k).to_owned(), req.headers().get(*k)?.to_str().ok()?.to_owned())))
+        .collect();
+    if !carried.is_empty() {
+        bus::trace::set_parent_from(&span, &carried);
+    }
     let mut resp = next.run(req).instrument(span).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("openstack-request-id", v.clone());

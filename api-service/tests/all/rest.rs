@@ -262,3 +262,33 @@ async fn test_http_basic_auth() {
     assert_eq!(r.status(), 404, "lookup is reachable (and finds nothing)");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn test_events_carry_the_callers_trace() {
+    // An OpenTelemetry-aware subscriber, as every service installs at start.
+    let _guard = common::telemetry::init_for(
+        "api-service-test",
+        &common::config::TelemetryConfig::default(),
+    );
+    let h = Harness::sqlite().await;
+    let node = h.create_node(json!({"driver": "fake-hardware"})).await;
+    let mut sub = h.bus.subscribe(&["node.provision"]).await.unwrap();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = h
+        .client()
+        .put(format!("{}/v1/nodes/{}/states/provision", h.base, node["uuid"].as_str().unwrap()))
+        .header("X-OpenStack-Ironic-API-Version", "1.115")
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&json!({"target": "manage"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let d = tokio::time::timeout(std::time::Duration::from_secs(10), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let tp = d.headers.get("traceparent").expect("traceparent header on the event");
+    assert!(tp.contains(trace_id), "event traceparent {tp} does not continue trace {trace_id}");
+    h.stop().await;
+}
