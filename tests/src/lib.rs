@@ -1,1 +1,2 @@
 //! Test harness shared by Ferric's integration and end-to-end suites.
+pub mod openstack;

@@ -1,0 +1,103 @@
+//! A virtualenv with the pinned OpenStack command-line clients, under `target/`, reused
+//! across runs once complete.
+//!
+//! The pins are what the clients on these machines were measured with (shared test-peers
+//! notes). A venv counts as complete only after `pip install` succeeded and the marker file
+//! holding the pin list was written, so an interrupted install is redone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// The packages installed into the venv.
+pub const PINS: &[&str] =
+    &["python-openstackclient==10.5.0", "python-ironicclient==6.3.0", "openstacksdk==4.22.0"];
+
+const MARKER: &str = ".ferric-complete";
+
+/// The pinned `openstack` CLI.
+#[derive(Debug, Clone)]
+pub struct OpenStackCli {
+    venv: PathBuf,
+}
+
+/// The workspace's target directory (`CARGO_TARGET_DIR` or `<workspace>/target`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"),
+        PathBuf::from,
+    )
+}
+
+fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let out = cmd.output().with_context(|| format!("starting {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+impl OpenStackCli {
+    /// Create (or reuse) the venv and install the pinned clients from PyPI.
+    ///
+    /// # Errors
+    /// When python3, venv or pip fail.
+    pub fn ensure() -> anyhow::Result<Self> {
+        let venv = target_dir().join("openstack-venv");
+        let marker = venv.join(MARKER);
+        let wanted = PINS.join("\n");
+        if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted)
+            && venv.join("bin/openstack").exists()
+        {
+            return Ok(Self { venv });
+        }
+        if venv.exists() {
+            std::fs::remove_dir_all(&venv)
+                .with_context(|| format!("removing incomplete {}", venv.display()))?;
+        }
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv), "python3 -m venv")?;
+        let pip = venv.join("bin/pip");
+        run(
+            Command::new(&pip)
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .args(PINS),
+            "pip install",
+        )?;
+        std::fs::write(&marker, wanted).context("writing the venv marker")?;
+        Ok(Self { venv })
+    }
+
+    /// Run `openstack --os-auth-type none --os-endpoint <endpoint> <args…>` with a deadline.
+    ///
+    /// # Errors
+    /// When the process cannot be started or exceeds `timeout`.
+    pub fn run(&self, endpoint: &str, args: &[&str], timeout: Duration) -> anyhow::Result<Output> {
+        let mut child = Command::new(self.venv.join("bin/openstack"))
+            .args(["--os-auth-type", "none", "--os-endpoint", endpoint])
+            .args(args)
+            .env_remove("OS_CLOUD")
+            .env_remove("OS_AUTH_URL")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting openstack")?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if child.try_wait()?.is_some() {
+                return child.wait_with_output().context("collecting openstack output");
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("openstack {args:?} did not finish within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
