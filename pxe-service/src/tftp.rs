@@ -29,6 +29,9 @@ use self::packet::{ErrorCode, Packet, Request};
 use self::source::{BlockReader, Resolver};
 use self::transfer::Transfer;
 
+/// Payload bytes in one window at most (see [`options::Limits::max_window_bytes`]).
+const WINDOW_BYTES: usize = 64 * 1024;
+
 /// Settings of the TFTP server.
 #[derive(Debug, Clone)]
 pub struct TftpSettings {
@@ -215,6 +218,7 @@ impl<R: Resolver> TransferCtx<R> {
             max_blksize: self.settings.max_blksize,
             max_windowsize: self.settings.max_windowsize,
             default_timeout: self.settings.timeout,
+            max_window_bytes: WINDOW_BYTES,
         };
         let negotiated = match options::negotiate(&req.options, limits) {
             Ok(n) => n,

@@ -23,6 +23,9 @@ pub struct Limits {
     pub max_windowsize: u16,
     /// Retransmission timeout when the client does not ask for one.
     pub default_timeout: Duration,
+    /// Most payload bytes in one window: the granted window is lowered so that a burst fits
+    /// in a client's default socket buffer (a dropped window tail costs a whole timeout).
+    pub max_window_bytes: usize,
 }
 
 /// The outcome of negotiation, before the file size is known.
@@ -130,6 +133,17 @@ pub fn negotiate(options: &[(String, String)], limits: Limits) -> Result<Negotia
             }
         }
     }
+    // Lower the window (RFC 7440 lets the server answer a smaller value) so that
+    // windowsize x blksize stays within max_window_bytes.
+    let fit = u16::try_from((limits.max_window_bytes / out.blksize).max(1)).unwrap_or(u16::MAX);
+    if out.windowsize > fit {
+        out.windowsize = fit;
+        for (name, value) in &mut out.accepted {
+            if *name == "windowsize" {
+                *value = Some(fit.to_string());
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -138,7 +152,12 @@ mod tests {
     use super::*;
 
     fn limits() -> Limits {
-        Limits { max_blksize: 1468, max_windowsize: 32, default_timeout: Duration::from_secs(1) }
+        Limits {
+            max_blksize: 1468,
+            max_windowsize: 32,
+            default_timeout: Duration::from_secs(1),
+            max_window_bytes: 64 * 1024,
+        }
     }
 
     fn opts(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -157,6 +176,16 @@ mod tests {
         let n = negotiate(&opts(&[("blksize", "65464"), ("windowsize", "64")]), limits()).unwrap();
         assert_eq!((n.blksize, n.windowsize), (1468, 32));
         assert_eq!(n.oack_options(None), opts(&[("blksize", "1468"), ("windowsize", "32")]));
+    }
+
+    #[test]
+    fn test_window_is_lowered_to_fit_the_byte_budget() {
+        let l = Limits { max_blksize: 65464, ..limits() };
+        let n = negotiate(&opts(&[("windowsize", "16"), ("blksize", "8192")]), l).unwrap();
+        assert_eq!((n.blksize, n.windowsize), (8192, 8));
+        assert_eq!(n.oack_options(None), opts(&[("windowsize", "8"), ("blksize", "8192")]));
+        let n = negotiate(&opts(&[("blksize", "65464"), ("windowsize", "4")]), l).unwrap();
+        assert_eq!(n.windowsize, 1);
     }
 
     #[test]
