@@ -1,6 +1,11 @@
 //! The agent end to end in `--root` mode: fixture trees, the gRPC API with its token and
 //! single-command rule, lookup and heartbeats against a fake API, image writes chosen by
 //! root-device hints.
+#![expect(
+    clippy::unwrap_used,
+    clippy::type_complexity,
+    reason = "test helpers outside #[test] functions"
+)]
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -227,7 +232,9 @@ async fn test_hints_choose_the_disk_and_no_match_names_the_hints() {
             root_device_hints_json: hints.into(),
             ..PrepareImageRequest::default()
         };
+        let t0 = Instant::now();
         let msgs = collect(c.prepare_image(req).await.unwrap().into_inner()).await;
+        eprintln!("case {hints}: {:?}", t0.elapsed());
         let last = msgs.last().unwrap();
         assert_eq!(last.phase, Phase::Done as i32, "{hints}: {last:?}");
         assert_eq!(last.target_disk, want, "{hints}");

@@ -2,6 +2,7 @@
 //! that honours `Range` and can drop or truncate connections.
 //!
 //! Needs `qemu-img` (qemu-utils) and `sfdisk` (fdisk) on PATH.
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
