@@ -190,7 +190,8 @@ impl Stack {
                 .map_err(anyhow::Error::msg)
                 .context("--database-url")?;
             cfg.database.url.clone_from(url);
-        } else if args.config.is_none() {
+        } else if cfg.database.url == DatabaseConfig::default().url {
+            // Nobody chose a database: the SQLite file lives in the data directory.
             cfg.database.url = format!("sqlite:{}?mode=rwc", data_dir.join("ferric.db").display());
         }
         if let Some(url) = &args.bus_url {

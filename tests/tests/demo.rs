@@ -1,0 +1,487 @@
+//! `ferric demo` and `ferric up` end to end, with simulated machines: the built `ferric`
+//! binary, the pinned OpenStack client, PostgreSQL + RabbitMQ, and injected faults.
+//!
+//! The `ferric` binary is (re)built with `cargo build -p cli --bin ferric` at the start.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sim::firmware::NetbootConfig;
+use sim::ramdisk::AgentLauncher;
+use sim::{Faults, Fleet, FleetConfig, Phase};
+use store::testing::{TestDatabase, services_required};
+use tests::openstack::{OpenStackCli, target_dir};
+use tokio_util::sync::CancellationToken;
+
+const AMQP_DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Builds the `ferric` binary (a no-op when it is fresh) and returns its path.
+fn ferric_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "cli", "--bin", "ferric"])
+                .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+                .status()
+                .expect("running cargo build -p cli");
+            assert!(status.success(), "cargo build -p cli failed");
+            let bin = target_dir().join("debug/ferric");
+            assert!(bin.exists(), "{} missing after the build", bin.display());
+            bin
+        })
+        .clone()
+}
+
+/// A `ferric up` child process and the endpoints it printed.
+struct Up {
+    child: Child,
+    api: String,
+    http: String,
+    data_dir: tempfile::TempDir,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Up {
+    /// Starts `ferric up` on free loopback ports with `config` (TOML) and `extra` flags.
+    fn start(config: &str, extra: &[&str]) -> Up {
+        let data_dir = tempfile::tempdir().unwrap();
+        let cfg_path = data_dir.path().join("ferric.toml");
+        std::fs::write(&cfg_path, config).unwrap();
+        let mut child = Command::new(ferric_bin())
+            .arg("up")
+            .arg("--config")
+            .arg(&cfg_path)
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--api-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+            .args(["--tftp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .arg("--placeholder-boot-files")
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting ferric up");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut api = None;
+        let mut http = None;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while api.is_none() || http.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("ferric up did not print its endpoints");
+            let url = line.split_whitespace().last().unwrap_or_default().to_owned();
+            if line.contains("REST API") {
+                api = Some(url);
+            } else if line.contains("HTTP boot") {
+                http = Some(url.trim_end_matches("/boot.ipxe").to_owned());
+            }
+        }
+        Up { child, api: api.unwrap(), http: http.unwrap(), data_dir }
+    }
+
+    /// Serves `bytes` from the HTTP boot root; returns the URL.
+    fn serve_image(&self, bytes: &[u8]) -> String {
+        let dir = self.data_dir.path().join("httpboot/images-test");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("disk.img"), bytes).unwrap();
+        format!("{}/images-test/disk.img", self.http)
+    }
+}
+
+/// One simulated machine booting from `up`.
+async fn fleet(up: &Up, n: usize, token: &CancellationToken) -> Fleet {
+    let netboot = NetbootConfig {
+        ipxe_script_url: Some(format!("{}/boot.ipxe", up.http).parse().unwrap()),
+        tftp_server: None,
+        timeout: Duration::from_secs(30),
+    };
+    let mut cfg = FleetConfig::new(up.data_dir.path().join("machines"), n, netboot);
+    cfg.launcher = Arc::new(AgentLauncher { lookup_interval_ms: Some(300) });
+    cfg.seed = u64::from(std::process::id());
+    Fleet::start(cfg, token.child_token()).await.unwrap()
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+async fn api_json(
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Value>,
+) -> Value {
+    let mut r = c.request(method.clone(), url).header("X-OpenStack-Ironic-API-Version", "latest");
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert!(status.is_success(), "{method} {url}: {status} {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// Polls the node until `pred`; records every provision state seen.
+async fn wait_node(
+    api: &str,
+    node: &str,
+    what: &str,
+    timeout: Duration,
+    seen: &mut Vec<String>,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let c = http();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = api_json(&c, reqwest::Method::GET, &format!("{api}/v1/nodes/{node}"), None).await;
+        let s = n["provision_state"].as_str().unwrap_or_default().to_owned();
+        if seen.last() != Some(&s) {
+            seen.push(s);
+        }
+        if pred(&n) {
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {node} did not reach {what} within {timeout:?}; last {n}; seen {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn state_is(want: &'static str) -> impl Fn(&Value) -> bool {
+    move |n| n["provision_state"] == want && n["target_provision_state"].is_null()
+}
+
+async fn enrol(api: &str, m: &sim::FleetMachine) -> String {
+    let c = http();
+    let node = api_json(
+        &c,
+        reqwest::Method::POST,
+        &format!("{api}/v1/nodes"),
+        Some(json!({"name": m.machine.name(), "driver": "redfish", "driver_info": Value::Object(m.redfish_driver_info()), "deploy_interface": "direct"})),
+    )
+    .await;
+    let uuid = node["uuid"].as_str().unwrap().to_owned();
+    for mac in m.machine.macs() {
+        api_json(
+            &c,
+            reqwest::Method::POST,
+            &format!("{api}/v1/ports"),
+            Some(json!({"address": mac.to_string(), "node_uuid": uuid})),
+        )
+        .await;
+    }
+    uuid
+}
+
+async fn provision(api: &str, node: &str, target: &str) {
+    let c = http();
+    let r = c
+        .put(format!("{api}/v1/nodes/{node}/states/provision"))
+        .header("X-OpenStack-Ironic-API-Version", "latest")
+        .json(&json!({"target": target}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "provision {target}: {}", r.status());
+}
+
+#[test]
+fn test_demo_20_nodes_reach_active_with_verified_disks() {
+    let out = Command::new(ferric_bin())
+        .args(["demo", "--nodes", "20", "--timeout-secs", "600"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running ferric demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ferric demo exited {}:\n{stdout}", out.status);
+    assert!(stdout.contains("20/20 active, 20/20 disks verified"), "{stdout}");
+    // One summary row per node, each active and verified.
+    let rows = stdout
+        .lines()
+        .filter(|l| l.starts_with("sim-") && l.contains(" active ") && l.contains("verified"))
+        .count();
+    assert_eq!(rows, 20, "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_openstack_lifecycle_on_postgres_and_rabbitmq_with_simulated_machines() {
+    let Some(db) = TestDatabase::postgres().await else { return };
+    let amqp = std::env::var("FERRIC_TEST_AMQP_URL").unwrap_or_else(|_| AMQP_DEFAULT.to_owned());
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    // RabbitMQ answering? (required with FERRIC_REQUIRE_SERVICES=1)
+    if let Err(e) = tokio::time::timeout(
+        Duration::from_secs(10),
+        bus::connect_with_exchange(Some(&amqp), &format!("ferric-probe-{tag}")),
+    )
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        assert!(!services_required(), "RabbitMQ is required (FERRIC_REQUIRE_SERVICES=1): {e}");
+        eprintln!("\n*** SKIPPING lifecycle test: RabbitMQ not answering ({e}) ***\n");
+        return;
+    }
+    let cli = tokio::task::spawn_blocking(OpenStackCli::ensure)
+        .await
+        .unwrap()
+        .expect("OpenStack client venv");
+    let config = format!(
+        "[bus]\nexchange = \"ferric-demo-{tag}\"\n[conductor]\nhostname = \"demo-{tag}\"\nqueue = \"conductor.demo-{tag}\"\n\
+         callback_timeout_secs = 60.0\n[conductor.redfish]\npower_poll_interval_ms = 100\nretry_interval_ms = 200\n\
+         [api]\nramdisk_heartbeat_timeout = 10\n[telemetry]\nfilter = \"warn\"\n"
+    );
+    let up = Up::start(&config, &["--database-url", db.url(), "--bus-url", &amqp]);
+    let token = CancellationToken::new();
+    let fleet = fleet(&up, 1, &token).await;
+    let m = &fleet.machines()[0];
+    let image = sim::disk::build_whole_disk_image(6 << 20, 3 << 20, 11);
+    let sha = sim::disk::sha256_hex(&image);
+    m.machine.expect_image(image.len() as u64, &sha);
+    let image_url = up.serve_image(&image);
+    let api = up.api.clone();
+    let os = |args: Vec<String>| {
+        let (cli, api) = (cli.clone(), api.clone());
+        async move {
+            let out = tokio::task::spawn_blocking(move || {
+                let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                cli.run(&api, &refs, Duration::from_secs(120))
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "openstack failed: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            stdout
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    let name = m.machine.name().to_owned();
+    let info = m.redfish_driver_info();
+    let mut create = s(&[
+        "baremetal",
+        "node",
+        "create",
+        "--driver",
+        "redfish",
+        "--name",
+        &name,
+        "--deploy-interface",
+        "direct",
+        "-f",
+        "value",
+        "-c",
+        "uuid",
+    ]);
+    for (k, v) in &info {
+        let v = match v {
+            Value::String(x) => x.clone(),
+            other => other.to_string(),
+        };
+        create.extend(["--driver-info".to_owned(), format!("{k}={v}")]);
+    }
+    let uuid = os(create).await.trim().to_owned();
+    assert_eq!(uuid.len(), 36, "{uuid}");
+    os(s(&["baremetal", "port", "create", &m.machine.macs()[0].to_string(), "--node", &uuid]))
+        .await;
+
+    let mut seen = Vec::new();
+    os(s(&["baremetal", "node", "manage", &name])).await;
+    wait_node(
+        &api,
+        &uuid,
+        "manageable",
+        Duration::from_secs(60),
+        &mut seen,
+        state_is("manageable"),
+    )
+    .await;
+    os(s(&["baremetal", "node", "provide", &name])).await;
+    wait_node(&api, &uuid, "available", Duration::from_secs(120), &mut seen, state_is("available"))
+        .await;
+
+    os(s(&[
+        "baremetal",
+        "node",
+        "set",
+        &name,
+        "--instance-info",
+        &format!("image_source={image_url}"),
+        "--instance-info",
+        "image_os_hash_algo=sha256",
+        "--instance-info",
+        &format!("image_os_hash_value={sha}"),
+        "--instance-info",
+        "image_disk_format=raw",
+    ]))
+    .await;
+    os(s(&["baremetal", "node", "deploy", &name])).await;
+    wait_node(&api, &uuid, "active", Duration::from_secs(180), &mut seen, state_is("active")).await;
+    // The machine booted its disk and the disk holds the image.
+    let st = m
+        .machine
+        .wait_for("OS boot", Duration::from_secs(30), |s| matches!(s.phase, Phase::Os(_)))
+        .await
+        .unwrap();
+    assert!(matches!(&st.phase, Phase::Os(o) if o.image_verified == Some(true)), "{st:?}");
+    assert_eq!(m.machine.disk_sha256(image.len() as u64).unwrap(), sha);
+
+    // Power off / on through the API reach the simulated BMC.
+    os(s(&["baremetal", "node", "power", "off", &name])).await;
+    m.machine
+        .wait_for("power off", Duration::from_secs(60), |s| s.power == sim::bmc::PowerStatus::Off)
+        .await
+        .unwrap();
+    wait_node(&api, &uuid, "power off recorded", Duration::from_secs(60), &mut seen, |n| {
+        n["power_state"] == "power off"
+    })
+    .await;
+    os(s(&["baremetal", "node", "power", "on", &name])).await;
+    m.machine
+        .wait_for("power on", Duration::from_secs(60), |s| s.power == sim::bmc::PowerStatus::On)
+        .await
+        .unwrap();
+    wait_node(&api, &uuid, "power on recorded", Duration::from_secs(60), &mut seen, |n| {
+        n["power_state"] == "power on"
+    })
+    .await;
+
+    // Undeploy: cleaning boots the ramdisk again, which erases the disk metadata; then
+    // available. Cleaning is too fast here for a poll to be sure to see it, so the machine's
+    // own count of ramdisk boots is the evidence.
+    let ramdisk_boots = m.machine.status().ramdisk_boots;
+    os(s(&["baremetal", "node", "undeploy", &name])).await;
+    wait_node(&api, &uuid, "available", Duration::from_secs(180), &mut seen, state_is("available"))
+        .await;
+    assert!(
+        m.machine.status().ramdisk_boots > ramdisk_boots,
+        "undeploy did not boot the cleaning ramdisk"
+    );
+    assert_eq!(
+        m.machine.disk_partition_table().unwrap(),
+        None,
+        "partition table survived cleaning"
+    );
+
+    fleet.shutdown().await;
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_agent_killed_mid_write_fails_the_deploy_with_last_error() {
+    let config = "[conductor]\ncallback_timeout_secs = 10.0\ncheck_timeouts_interval_secs = 1.0\n\
+                  [conductor.redfish]\npower_poll_interval_ms = 100\n[api]\nramdisk_heartbeat_timeout = 5\n\
+                  [telemetry]\nfilter = \"warn\"\n";
+    let up = Up::start(config, &[]);
+    let token = CancellationToken::new();
+    let fleet = fleet(&up, 1, &token).await;
+    let m = &fleet.machines()[0];
+    let uuid = enrol(&up.api, m).await;
+    let mut seen = Vec::new();
+    provision(&up.api, &uuid, "manage").await;
+    wait_node(
+        &up.api,
+        &uuid,
+        "manageable",
+        Duration::from_secs(60),
+        &mut seen,
+        state_is("manageable"),
+    )
+    .await;
+    provision(&up.api, &uuid, "provide").await;
+    wait_node(
+        &up.api,
+        &uuid,
+        "available",
+        Duration::from_secs(120),
+        &mut seen,
+        state_is("available"),
+    )
+    .await;
+
+    // 16 MiB of incompressible data; the ramdisk dies after 2 MiB reached the disk.
+    let image = sim::disk::build_whole_disk_image(24 << 20, 16 << 20, 5);
+    let url = up.serve_image(&image);
+    m.machine.set_faults(Faults { agent_crash_after_bytes: Some(2 << 20), ..Faults::default() });
+    let c = http();
+    api_json(
+        &c,
+        reqwest::Method::PATCH,
+        &format!("{}/v1/nodes/{uuid}", up.api),
+        Some(json!([
+            {"op": "add", "path": "/instance_info/image_source", "value": url},
+            {"op": "add", "path": "/instance_info/image_os_hash_algo", "value": "sha256"},
+            {"op": "add", "path": "/instance_info/image_os_hash_value", "value": sim::disk::sha256_hex(&image)},
+        ])),
+    )
+    .await;
+    provision(&up.api, &uuid, "active").await;
+    m.machine
+        .wait_for(
+            "ramdisk crash",
+            Duration::from_secs(60),
+            |s| matches!(&s.phase, Phase::Hung(w) if w.contains("crashed")),
+        )
+        .await
+        .unwrap();
+    let n = wait_node(&up.api, &uuid, "deploy failed", Duration::from_secs(90), &mut seen, |n| {
+        n["provision_state"] == "deploy failed"
+    })
+    .await;
+    let err = n["last_error"].as_str().unwrap_or_default();
+    assert!(!err.is_empty(), "deploy failed without last_error: {n}");
+    eprintln!("agent crash → last_error: {err}");
+    // The half-written disk must not pass for the image.
+    assert_ne!(m.machine.disk_sha256(image.len() as u64).ok(), Some(sim::disk::sha256_hex(&image)));
+    fleet.shutdown().await;
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_bmc_refusing_credentials_fails_manage_naming_the_bmc() {
+    let config = "[conductor.redfish]\nattempts = 1\n[telemetry]\nfilter = \"warn\"\n";
+    let up = Up::start(config, &[]);
+    let token = CancellationToken::new();
+    let fleet = fleet(&up, 1, &token).await;
+    let m = &fleet.machines()[0];
+    m.machine.set_faults(Faults { bmc_refuse_credentials: true, ..Faults::default() });
+    let uuid = enrol(&up.api, m).await;
+    provision(&up.api, &uuid, "manage").await;
+    let mut seen = Vec::new();
+    let n = wait_node(&up.api, &uuid, "manage failure", Duration::from_secs(60), &mut seen, |n| {
+        n["provision_state"] == "enroll" && n["last_error"].as_str().is_some_and(|e| !e.is_empty())
+    })
+    .await;
+    let err = n["last_error"].as_str().unwrap();
+    let bmc = m.bmc_url.trim_start_matches("http://");
+    assert!(err.contains(bmc), "last_error does not name the BMC {bmc}: {err}");
+    // The password never shows up.
+    assert!(!n.to_string().contains("\"password\""), "{n}");
+    fleet.shutdown().await;
+    token.cancel();
+}
