@@ -3,6 +3,11 @@
 //!
 //! The `ferric` binary is (re)built with `cargo build -p cli --bin ferric` at the start.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "harness helpers of an end-to-end test: a failure is a test failure"
+)]
+
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
