@@ -187,7 +187,9 @@ fn test_missing_and_malformed_files() {
     let f = file("[api\nport = 1");
     let err = load_from::<TestConfig, _>(Some(f.path()), ENV_PREFIX, Vec::new()).unwrap_err();
     assert!(matches!(err, ConfigError::File { .. }), "{err:?}");
-    assert!(err.to_string().contains(&f.path().display().to_string()), "{err}");
+    // The config crate may render the path relative to the working directory: match the name.
+    let name = f.path().file_name().unwrap().to_string_lossy().into_owned();
+    assert!(err.to_string().contains(&name), "{err}");
 }
 
 #[test]
