@@ -70,11 +70,17 @@ pub fn load_config(file: Option<&Path>) -> Result<ServiceConfig, LoadError> {
     if let Some(f) = file {
         b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
     }
+    // Only FERRIC_SECTION__KEY variables are config; others such as FERRIC_REQUIRE_SERVICES
+    // belong to tools and tests and must not trip the unknown-key check.
+    let vars: config::Map<String, String> = std::env::vars()
+        .filter(|(k, _)| k.strip_prefix("FERRIC_").is_some_and(|rest| rest.contains("__")))
+        .collect();
     b = b.add_source(
         config::Environment::with_prefix("FERRIC")
             .prefix_separator("_")
             .separator("__")
-            .try_parsing(true),
+            .try_parsing(true)
+            .source(Some(vars)),
     );
     let cfg: ServiceConfig =
         b.build().and_then(config::Config::try_deserialize).map_err(LoadError::Parse)?;
