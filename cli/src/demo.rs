@@ -367,12 +367,13 @@ async fn drive(
         let state =
             node.get("provision_state").and_then(Value::as_str).unwrap_or(&track.state).to_owned();
         let seconds = track.finished.map_or(deploy_wall, |f| f.duration_since(t0)).as_secs_f64();
-        let mb_s = match (track.write_started, track.write_last) {
-            (Some(a), Some(b)) if b > a => mb_per_sec(track.bytes_written, b - a),
-            _ if track.rate_bytes_per_sec > 0 => {
-                mb_per_sec(track.rate_bytes_per_sec, Duration::from_secs(1))
-            }
-            _ => mb_per_sec(image.len, Duration::from_secs_f64(seconds.max(0.001))),
+        // The agent's own write rate when it reported one; otherwise the image size over the
+        // node's whole deploy time. Timing progress events here would be wrong: the stream
+        // bunches them, so the first one seen may already cover most of the write.
+        let mb_s = if track.rate_bytes_per_sec > 0 {
+            mb_per_sec(track.rate_bytes_per_sec, Duration::from_secs(1))
+        } else {
+            mb_per_sec(image.len, Duration::from_secs_f64(seconds.max(0.001)))
         };
         let (verified, note) = match fleet.get(name) {
             Some(m) if state == "active" => verify_machine(&m.machine, image).await,

@@ -22,10 +22,6 @@ pub struct NodeTrack {
     pub total_bytes: u64,
     /// Write rate the agent reported last.
     pub rate_bytes_per_sec: u64,
-    /// First progress event with bytes > 0 and the last one.
-    pub write_started: Option<Instant>,
-    /// Last progress event.
-    pub write_last: Option<Instant>,
     /// When the node reached a final state.
     pub finished: Option<Instant>,
 }
@@ -122,11 +118,6 @@ impl Board {
             }
             Some(Kind::State(_)) => {}
             Some(Kind::Progress(p)) => {
-                let now = Instant::now();
-                if p.bytes_written > 0 && track.write_started.is_none() {
-                    track.write_started = Some(now);
-                }
-                track.write_last = Some(now);
                 track.bytes_written = p.bytes_written;
                 track.total_bytes = p.total_bytes.max(track.total_bytes);
                 if p.rate_bytes_per_sec > 0 {
