@@ -633,7 +633,7 @@ async fn node(stack: &Stack, uuid: &str) -> Value {
 }
 
 async fn provision(stack: &Stack, uuid: &str, target: &str) {
-    let (status, body) = http_json(
+    let (status, body) = http_json_retry_locked(
         "PUT",
         &format!("{}/v1/nodes/{uuid}/states/provision", stack.api),
         Some(&json!({"target": target})),
@@ -649,8 +649,22 @@ async fn set_instance_info(stack: &Stack, uuid: &str, source: &str, checksum: &s
         {"op": "add", "path": "/instance_info/image_disk_format", "value": format},
     ]);
     let (status, body) =
-        http_json("PATCH", &format!("{}/v1/nodes/{uuid}", stack.api), Some(&patch)).await;
+        http_json_retry_locked("PATCH", &format!("{}/v1/nodes/{uuid}", stack.api), Some(&patch))
+            .await;
     assert_eq!(status, 200, "instance_info patch: {body}");
+}
+
+/// Like the OpenStack clients, retry while the node is locked (409): a conductor may still hold
+/// the lock for its bookkeeping right after the node reached a stable state.
+async fn http_json_retry_locked(method: &str, url: &str, body: Option<&Value>) -> (u16, Value) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, resp) = http_json(method, url, body).await;
+        if status != 409 || std::time::Instant::now() > deadline {
+            return (status, resp);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// What the poll loop saw, as offsets from the start of the action.
