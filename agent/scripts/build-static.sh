@@ -5,8 +5,13 @@
 set -eu
 cd "$(dirname "$0")/../.."
 rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
-cargo build --release -p agent --bin agent --target x86_64-unknown-linux-musl
-BIN=target/x86_64-unknown-linux-musl/release/agent
+# Same target dir, profile and flags as scripts/build-ramdisk.sh, so the two share one build
+# (and this never waits for the workspace's build lock when run from `cargo test`).
+AGENT_TARGET_DIR="${FERRIC_AGENT_TARGET_DIR:-$PWD/target/ramdisk/cargo}"
+CARGO_TARGET_DIR="$AGENT_TARGET_DIR" \
+CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C strip=debuginfo -C target-feature=+crt-static" \
+    cargo build -p agent --bin agent --target x86_64-unknown-linux-musl --profile dev
+BIN="$AGENT_TARGET_DIR/x86_64-unknown-linux-musl/debug/agent"
 info=$(file "$BIN")
 echo "$info"
 case "$info" in
