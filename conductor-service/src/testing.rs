@@ -52,6 +52,7 @@ struct Inner {
     writes: Mutex<HashMap<NodeId, u32>>,
     erases: Mutex<HashMap<NodeId, u32>>,
     fail_write: Mutex<HashSet<NodeId>>,
+    vanish_mid_write: Mutex<HashSet<NodeId>>,
 }
 
 /// One gRPC server that plays the agent of every simulated node; the token says which.
@@ -106,6 +107,12 @@ impl SimAgent {
     /// Make the node's agent vanish: no more heartbeats, streams and calls hang.
     pub fn vanish(&self, node: NodeId) {
         lock(&self.inner.vanished).insert(node);
+    }
+
+    /// Make the node's agent vanish in the middle of its next image write, right after
+    /// the first progress message (so the write has visibly started).
+    pub fn vanish_mid_write(&self, node: NodeId) {
+        lock(&self.inner.vanish_mid_write).insert(node);
     }
 
     /// Whether the node's agent vanished.
@@ -182,6 +189,7 @@ impl AgentService for SimAgent {
         let msg = req.into_inner();
         *lock(&self.inner.writes).entry(node).or_insert(0) += 1;
         let fail = lock(&self.inner.fail_write).remove(&node);
+        let vanish_mid = lock(&self.inner.vanish_mid_write).remove(&node);
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let me = self.clone();
         let command_id = if msg.command_id.is_empty() {
@@ -200,6 +208,9 @@ impl AgentService for SimAgent {
             let total = me.cfg.image_bytes;
             let chunks = u64::from(me.cfg.chunks.max(1));
             for i in 0..=chunks {
+                if vanish_mid && i == 1 {
+                    me.vanish(node);
+                }
                 if me.vanished(node) {
                     // Keep the stream open and silent, as a wedged machine would.
                     let _keep = tx;

@@ -235,16 +235,16 @@ async fn test_agent_vanishing_mid_deploy_fails_at_callback_timeout() {
     let mut n = insert_fake_node(env.store(), "direct").await.unwrap();
     n.provision_state = S::Available;
     let n = env.store().node_update(&n).await.unwrap();
+    // Vanish right after the write's first progress message.
+    env.agent.vanish_mid_write(n.uuid);
     env.provision(n.uuid, ApiVerb::Active).await.unwrap();
-    // Vanish once the write has started.
     let agent = env.agent.clone();
     let id = n.uuid;
-    wait_for(Duration::from_secs(10), "the write to start", || {
+    wait_for(Duration::from_secs(10), "the agent to vanish mid-write", || {
         let a = agent.clone();
-        async move { (a.writes(id) > 0).then_some(()) }
+        async move { (a.writes(id) > 0 && a.vanished(id)).then_some(()) }
     })
     .await;
-    env.agent.vanish(id);
     let started = std::time::Instant::now();
     let failed = env.wait_state(id, S::DeployFailed, Duration::from_secs(20)).await;
     let err = failed.last_error.unwrap();
