@@ -4,7 +4,8 @@
 //! Run: `cargo bench -p pxe-service --bench tftp_throughput` (needs `apt-get install -y tftpd-hpa`).
 //! Both servers run as separate processes (pxe-service's server is this binary re-executed
 //! with `--serve`), and one client implementation (pxe-service's own) drives both.
-//! Env: `BENCH_CLIENTS` (32), `BENCH_MIB` (32), `BENCH_ROUNDS` (2, best round reported).
+//! Env: `BENCH_CLIENTS` (32), `BENCH_MIB` (32), `BENCH_ROUNDS` (2, best round reported),
+//! `BENCH_CASE` (only the cases whose name contains it).
 
 #![expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
@@ -169,7 +170,8 @@ fn main() -> Result<()> {
         for s in &servers {
             wait_ready(s.addr).await.with_context(|| s.name)?;
         }
-        for (name, opts) in &cases {
+        let only = std::env::var("BENCH_CASE").unwrap_or_default();
+        for (name, opts) in cases.iter().filter(|(n, _)| n.contains(only.as_str())) {
             let mut best = [0f64; 2];
             for _ in 0..rounds {
                 for (i, s) in servers.iter().enumerate() {

@@ -259,7 +259,7 @@ impl<R: Resolver> TransferCtx<R> {
         let (blksize, windowsize) = (negotiated.blksize, negotiated.windowsize);
         let started = tokio::time::Instant::now();
         let transfer = Transfer { socket, peer, negotiated, oack, retries: self.settings.retries };
-        match transfer.run(reader).await {
+        match transfer.run(reader, self.token.clone()).await {
             Ok(sent) => info!(
                 %peer, file = %req.filename, bytes = sent.bytes, retransmits = sent.retransmits,
                 blksize, windowsize, elapsed_ms = started.elapsed().as_millis() as u64,
@@ -269,7 +269,7 @@ impl<R: Resolver> TransferCtx<R> {
         }
     }
 
-    async fn transfer_socket(&self, peer: SocketAddr) -> std::io::Result<UdpSocket> {
+    async fn transfer_socket(&self, peer: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
         // Reply from the address the request came in on when it is known; a wildcard listener
         // lets the kernel pick the source address by route.
         let ip = match (self.local_ip, peer.ip()) {
@@ -277,15 +277,17 @@ impl<R: Resolver> TransferCtx<R> {
             (_, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             (_, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         };
-        let socket = UdpSocket::bind((ip, 0)).await?;
-        socket.connect(peer).await?;
+        // Binding and connecting a UDP socket never waits on the network.
+        let socket = std::net::UdpSocket::bind((ip, 0))?;
+        socket.connect(peer)?;
         Ok(socket)
     }
 
     async fn fail(&self, peer: SocketAddr, code: ErrorCode, message: &str) {
         // Errors come from a fresh transfer ID too, as RFC 1350 expects.
         if let Ok(socket) = self.transfer_socket(peer).await {
-            let _ = socket.send(&packet::encode_error(code, message)).await;
+            // Best effort, and a UDP send to a connected peer does not block.
+            let _ = socket.send(&packet::encode_error(code, message));
         }
     }
 }

@@ -239,6 +239,13 @@ pub fn encode_data(out: &mut BytesMut, block: u16, data: &[u8]) {
     out.put_slice(data);
 }
 
+/// The 4-byte header of a DATA packet (sent in front of the block with vectored I/O).
+pub fn data_header(block: u16) -> [u8; 4] {
+    let [a, b] = OP_DATA.to_be_bytes();
+    let [c, d] = block.to_be_bytes();
+    [a, b, c, d]
+}
+
 /// An ACK packet.
 pub fn encode_ack(block: u16) -> [u8; 4] {
     let [a, b] = OP_ACK.to_be_bytes();

@@ -1,13 +1,12 @@
 //! What a transfer reads from: a file under the root or bytes rendered in memory, and the
 //! resolver trait that maps a requested name to one of them.
 //!
-//! Files are read sequentially in large chunks on the blocking pool and cut into blocks without
-//! copying, so the per-packet path never touches the filesystem.
+//! Files are read sequentially in large chunks (on the transfer's thread) and cut into blocks
+//! without copying, so the per-packet path rarely touches the filesystem.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
@@ -159,7 +158,7 @@ pub struct BlockReader {
 
 enum Inner {
     Memory(Bytes),
-    File { file: Arc<std::fs::File>, pos: u64, len: u64, buf: Bytes },
+    File { file: std::fs::File, pos: u64, len: u64, buf: Bytes },
 }
 
 impl BlockReader {
@@ -167,9 +166,7 @@ impl BlockReader {
     pub fn new(content: Content, mode: Mode) -> Self {
         let inner = match content {
             Content::Memory(b) => Inner::Memory(b),
-            Content::File { file, len } => {
-                Inner::File { file: Arc::new(file), pos: 0, len, buf: Bytes::new() }
-            }
+            Content::File { file, len } => Inner::File { file, pos: 0, len, buf: Bytes::new() },
         };
         Self { inner, mode, pending: BytesMut::new(), raw_eof: false }
     }
@@ -186,15 +183,16 @@ impl BlockReader {
     }
 
     /// The next block of at most `blksize` bytes; shorter (possibly empty) only at the end.
+    /// Blocking: files are read here, in large chunks, on the transfer's thread.
     ///
     /// # Errors
     /// I/O errors from reading the file.
-    pub async fn next_block(&mut self, blksize: usize) -> std::io::Result<Bytes> {
+    pub fn next_block(&mut self, blksize: usize) -> std::io::Result<Bytes> {
         match self.mode {
-            Mode::Octet => self.next_raw(blksize).await,
+            Mode::Octet => self.next_raw(blksize),
             Mode::Netascii => {
                 while self.pending.len() < blksize && !self.raw_eof {
-                    let raw = self.next_raw(CHUNK.max(blksize)).await?;
+                    let raw = self.next_raw(CHUNK.max(blksize))?;
                     if raw.is_empty() {
                         self.raw_eof = true;
                     }
@@ -206,7 +204,7 @@ impl BlockReader {
         }
     }
 
-    async fn next_raw(&mut self, blksize: usize) -> std::io::Result<Bytes> {
+    fn next_raw(&mut self, blksize: usize) -> std::io::Result<Bytes> {
         match &mut self.inner {
             Inner::Memory(b) => {
                 let n = blksize.min(b.len());
@@ -216,7 +214,7 @@ impl BlockReader {
                 if buf.len() < blksize && *pos < *len {
                     // Read a whole number of blocks so leftovers only happen at the end.
                     let want = CHUNK.div_ceil(blksize) * blksize;
-                    let fresh = read_chunk(file.clone(), *pos, want).await?;
+                    let fresh = read_chunk(file, *pos, want)?;
                     *pos += fresh.len() as u64;
                     *buf = if buf.is_empty() {
                         fresh
@@ -234,23 +232,14 @@ impl BlockReader {
     }
 }
 
-async fn read_chunk(file: Arc<std::fs::File>, offset: u64, want: usize) -> std::io::Result<Bytes> {
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut out = vec![0u8; want];
-        let mut filled = 0;
-        while filled < want {
-            let n = file.read_at(&mut out[filled..], offset + filled as u64)?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        out.truncate(filled);
-        Ok(Bytes::from(out))
-    })
-    .await
-    .map_err(std::io::Error::other)?
+/// Read up to `want` bytes at `offset` (into fresh capacity: nothing is zero-filled first).
+fn read_chunk(file: &std::fs::File, offset: u64, want: usize) -> std::io::Result<Bytes> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = file;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut out = Vec::with_capacity(want);
+    f.take(want as u64).read_to_end(&mut out)?;
+    Ok(Bytes::from(out))
 }
 
 fn encode_netascii(raw: &[u8], out: &mut BytesMut) {
@@ -307,7 +296,7 @@ mod tests {
         let mut r = BlockReader::new(content, Mode::Octet);
         let mut got = Vec::new();
         loop {
-            let b = r.next_block(1000).await.unwrap();
+            let b = r.next_block(1000).unwrap();
             got.extend_from_slice(&b);
             if b.len() < 1000 {
                 break;
@@ -318,7 +307,7 @@ mod tests {
         let mut r =
             BlockReader::new(Content::Memory(Bytes::from_static(b"a\nb\rc")), Mode::Netascii);
         assert_eq!(r.transfer_size(), Some(7));
-        assert_eq!(&r.next_block(4).await.unwrap()[..], b"a\r\nb");
-        assert_eq!(&r.next_block(4).await.unwrap()[..], b"\r\0c");
+        assert_eq!(&r.next_block(4).unwrap()[..], b"a\r\nb");
+        assert_eq!(&r.next_block(4).unwrap()[..], b"\r\0c");
     }
 }
