@@ -26,14 +26,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-use bytes::Bytes;
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::checksum::{ChecksumError, ExpectedChecksum, HashAlgo, StreamHasher};
 use self::configdrive::ConfigDriveError;
-use self::fetch::{FetchError, FetchOptions, Fetcher};
+use self::fetch::{Chunk, FetchError, FetchOptions, Fetcher};
 use self::partition::{
     BootMode, DiskLabel, PartRole, PartitionError, PartitionLayoutSpec, PartitionTable,
 };
@@ -452,7 +451,7 @@ impl GuestSink for Sink {
 
 /// Writer thread: detect the format and write every chunk.
 fn run_writer(
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Chunk>,
     mut sink: Sink,
     declared: Option<DiskFormat>,
     total: Option<u64>,
@@ -465,8 +464,11 @@ fn run_writer(
             total: total.unwrap_or(0),
         }));
     };
-    let detected =
-        if first.starts_with(&qcow2::MAGIC) { DiskFormat::Qcow2 } else { DiskFormat::Raw };
+    let detected = if first.head(qcow2::MAGIC.len()) == qcow2::MAGIC {
+        DiskFormat::Qcow2
+    } else {
+        DiskFormat::Raw
+    };
     if let Some(d) = declared
         && d != detected
     {
@@ -489,8 +491,10 @@ fn run_writer(
             let mut off = 0u64;
             let mut chunk = Some(first);
             while let Some(c) = chunk {
-                sink.region.write_at(off, &c)?;
-                off += c.len() as u64;
+                for p in c.parts() {
+                    sink.region.write_at(off, p)?;
+                    off += p.len() as u64;
+                }
                 chunk = rx.blocking_recv();
             }
             sink.extent = off;
@@ -499,7 +503,9 @@ fn run_writer(
             let mut dec = Qcow2Decoder::new(qopts);
             let mut chunk = Some(first);
             while let Some(c) = chunk {
-                dec.feed(&c, &mut sink)?;
+                for p in c.parts() {
+                    dec.feed(p, &mut sink)?;
+                }
                 chunk = rx.blocking_recv();
             }
             let summary = dec.finish(&mut sink)?;
@@ -509,10 +515,12 @@ fn run_writer(
     Ok((sink, detected))
 }
 
-fn run_hasher(mut rx: mpsc::Receiver<Bytes>, algo: HashAlgo) -> String {
+fn run_hasher(mut rx: mpsc::Receiver<Chunk>, algo: HashAlgo) -> String {
     let mut h = StreamHasher::new(algo);
     while let Some(c) = rx.blocking_recv() {
-        h.update(&c);
+        for p in c.parts() {
+            h.update(p);
+        }
     }
     h.finish_hex()
 }
@@ -645,9 +653,9 @@ async fn write_inner(
     };
 
     let depth = opts.channel_depth.max(1);
-    let (wtx, wrx) = mpsc::channel::<Bytes>(depth);
-    let (htx, hrx) = mpsc::channel::<Bytes>(depth);
-    let (ftx, mut frx) = mpsc::channel::<Bytes>(depth);
+    let (wtx, wrx) = mpsc::channel::<Chunk>(depth);
+    let (htx, hrx) = mpsc::channel::<Chunk>(depth);
+    let (ftx, mut frx) = mpsc::channel::<Chunk>(depth);
     let declared = req.disk_format;
     let qopts = opts.qcow2.clone();
     let writer = tokio::task::spawn_blocking(move || run_writer(wrx, sink, declared, total, qopts));

@@ -1,7 +1,8 @@
 //! Fetching images: HTTP(S) streaming that resumes a dropped transfer with a `Range`
 //! request from the byte where it stopped (instead of starting over), and `file://` for
-//! local sources. Bytes are handed on in chunks of [`FetchOptions::chunk_size`] through a
-//! bounded channel, so memory stays flat whatever the image size.
+//! local sources. Bytes are handed on in [`Chunk`]s of about [`FetchOptions::chunk_size`]
+//! through a bounded channel, so memory stays flat whatever the image size. A chunk batches
+//! the buffers the HTTP stack received instead of copying them into one.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +14,59 @@ use thiserror::Error;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// A run of consecutive image bytes: the buffers as received, batched without copying.
+#[derive(Debug, Clone, Default)]
+pub struct Chunk {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl Chunk {
+    /// Append the next bytes.
+    pub fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len();
+            self.parts.push(b);
+        }
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The buffers, in order.
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
+    /// A copy of the first `n` bytes (fewer if the chunk is shorter).
+    pub fn head(&self, n: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(n.min(self.len));
+        for p in &self.parts {
+            let take = (n - out.len()).min(p.len());
+            out.extend_from_slice(&p[..take]);
+            if out.len() == n {
+                break;
+            }
+        }
+        out
+    }
+}
+
+impl From<Bytes> for Chunk {
+    fn from(b: Bytes) -> Self {
+        let mut c = Chunk::default();
+        c.push(b);
+        c
+    }
+}
 
 /// Fetch failures.
 #[derive(Debug, Error)]
@@ -180,7 +234,9 @@ impl Fetcher {
                 over = true;
                 break;
             }
-            out.extend_from_slice(&b);
+            for p in b.parts() {
+                out.extend_from_slice(p);
+            }
         }
         drop(rx);
         let res = task.await.map_err(|e| FetchError::Client(e.to_string()))?;
@@ -198,7 +254,7 @@ impl Fetcher {
     pub async fn stream(
         &self,
         url: &str,
-        tx: mpsc::Sender<Bytes>,
+        tx: mpsc::Sender<Chunk>,
         counter: Counter,
         cancel: CancellationToken,
     ) -> Result<FetchSummary, FetchError> {
@@ -230,7 +286,7 @@ impl Fetcher {
     async fn stream_file(
         &self,
         path: PathBuf,
-        tx: mpsc::Sender<Bytes>,
+        tx: mpsc::Sender<Chunk>,
         counter: Counter,
         cancel: CancellationToken,
     ) -> Result<FetchSummary, FetchError> {
@@ -257,7 +313,7 @@ impl Fetcher {
             total += filled as u64;
             counter.fetch_add(filled as u64, Ordering::Relaxed);
             tokio::select! {
-                r = tx.send(buf.freeze()) => r.map_err(|_| FetchError::Aborted)?,
+                r = tx.send(buf.freeze().into()) => r.map_err(|_| FetchError::Aborted)?,
                 () = cancel.cancelled() => return Err(FetchError::Aborted),
             }
         }
@@ -267,7 +323,7 @@ impl Fetcher {
     async fn stream_http(
         &self,
         url: &str,
-        tx: mpsc::Sender<Bytes>,
+        tx: mpsc::Sender<Chunk>,
         counter: Counter,
         cancel: CancellationToken,
     ) -> Result<FetchSummary, FetchError> {
@@ -280,7 +336,7 @@ impl Fetcher {
         let mut etag: Option<String> = None;
         let mut attempts = 0u32;
         let mut resumes = 0u32;
-        let mut buf = BytesMut::with_capacity(self.opts.chunk_size);
+        let mut batch = Chunk::default();
         let mut last_err = String::new();
         loop {
             if attempts >= self.opts.max_attempts {
@@ -384,10 +440,9 @@ impl Fetcher {
                         attempts = 1;
                         offset += c.len() as u64;
                         counter.fetch_add(c.len() as u64, Ordering::Relaxed);
-                        buf.extend_from_slice(&c);
-                        if buf.len() >= self.opts.chunk_size {
-                            let out = buf.split().freeze();
-                            buf.reserve(self.opts.chunk_size);
+                        batch.push(c);
+                        if batch.len() >= self.opts.chunk_size {
+                            let out = std::mem::take(&mut batch);
                             tx.send(out).await.map_err(|_| FetchError::Aborted)?;
                         }
                     }
@@ -414,8 +469,8 @@ impl Fetcher {
                 _ => break,
             }
         }
-        if !buf.is_empty() {
-            tx.send(buf.freeze()).await.map_err(|_| FetchError::Aborted)?;
+        if !batch.is_empty() {
+            tx.send(batch).await.map_err(|_| FetchError::Aborted)?;
         }
         Ok(FetchSummary { bytes: offset, resumes })
     }
@@ -451,6 +506,18 @@ fn error_text(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_chunk_batches_without_copying() {
+        let mut c = Chunk::default();
+        c.push(Bytes::from_static(b"QF"));
+        c.push(Bytes::new());
+        c.push(Bytes::from_static(b"I\xfbrest"));
+        assert_eq!((c.len(), c.parts().len()), (8, 2));
+        assert_eq!(c.head(4), b"QFI\xfb");
+        assert_eq!(c.head(100).len(), 8);
+        assert!(Chunk::default().is_empty());
+    }
 
     #[test]
     fn test_redact_url_hides_credentials() {
