@@ -38,6 +38,11 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Only serve `dir` over HTTP (for profiling a `write` by hand); prints the URL.
+    Serve {
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Write one image with the pipeline (used as the measured child process).
     Write {
         #[arg(long)]
@@ -81,30 +86,46 @@ fn make_image(path: &Path, size: u64, zero_pct: u64) -> Result<String> {
     Ok(h.finish_hex())
 }
 
-async fn serve(dir: PathBuf) -> Result<String> {
-    use axum::body::Body;
-    use axum::extract::Path as UrlPath;
-    let app = axum::Router::new().route(
-        "/{name}",
-        axum::routing::get(move |UrlPath(name): UrlPath<String>| {
-            let p = dir.join(name);
-            async move {
-                let f = tokio::fs::File::open(&p)
-                    .await
-                    .map_err(|_| axum::http::StatusCode::NOT_FOUND)?;
-                let len = f.metadata().await.map_err(|_| axum::http::StatusCode::NOT_FOUND)?.len();
-                let s = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20);
-                axum::response::Response::builder()
-                    .header("content-length", len.to_string())
-                    .body(Body::from_stream(s))
-                    .map_err(|_| axum::http::StatusCode::INTERNAL_SERVER_ERROR)
-            }
-        }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = l.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
+/// A static file server the way production image servers run (nginx with `sendfile on`):
+/// one thread per connection, the body copied by the kernel with `sendfile`, so the server
+/// costs both sides of the comparison as little CPU as possible. GET and HEAD only.
+fn serve(dir: PathBuf) -> Result<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let dir = dir.clone();
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut reader = BufReader::new(conn.try_clone()?);
+                let mut out = conn;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line)? == 0 {
+                        return Ok(());
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+                            break;
+                        }
+                    }
+                    let mut parts = line.split_whitespace();
+                    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+                    let file = std::fs::File::open(dir.join(path.trim_start_matches('/')));
+                    let Ok(mut file) = file else {
+                        out.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")?;
+                        continue;
+                    };
+                    let len = file.metadata()?.len();
+                    write!(out, "HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n")?;
+                    if method == "GET" {
+                        // std uses sendfile(2) for a file into a TCP socket.
+                        std::io::copy(&mut file, &mut out)?;
+                    }
+                }
+            });
+        }
     });
     Ok(format!("http://{addr}"))
 }
@@ -215,14 +236,19 @@ fn compare(
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    if let Some(Cmd::Write { url, disk, sha256 }) = args.cmd {
-        return write_one(url, disk, sha256).await;
+    match args.cmd {
+        Some(Cmd::Write { url, disk, sha256 }) => return write_one(url, disk, sha256).await,
+        Some(Cmd::Serve { dir }) => {
+            println!("{}", serve(dir)?);
+            std::future::pending::<()>().await;
+        }
+        None => {}
     }
     let size = args.size_mib << 20;
     let rounds = args.rounds;
     std::fs::create_dir_all(&args.dir)?;
     let dir = args.dir.clone();
-    let base = serve(dir.clone()).await?;
+    let base = serve(dir.clone())?;
     let target = dir.join("target.disk");
     let disk_size = size + (256 << 20);
     println!(
