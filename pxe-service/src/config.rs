@@ -133,6 +133,11 @@ pub struct PxeConfig {
     pub tftp_absolute_paths: bool,
     /// Timeout for fetching one image from its origin into the cache, in seconds.
     pub image_fetch_timeout_secs: u64,
+    /// Most MiB of images the cache keeps (Ironic's `image_cache_size`; 0 = no limit).
+    pub image_cache_size_mib: u64,
+    /// Minutes an unused cached image is kept (Ironic's `master_image_ttl`; 0 = until space
+    /// is needed).
+    pub image_cache_ttl_mins: u64,
 }
 
 impl Default for PxeConfig {
@@ -161,6 +166,8 @@ impl Default for PxeConfig {
             tftp_max_windowsize: 64,
             tftp_absolute_paths: false,
             image_fetch_timeout_secs: 1800,
+            image_cache_size_mib: 20480,
+            image_cache_ttl_mins: 10080,
         }
     }
 }
@@ -222,6 +229,14 @@ impl PxeConfig {
             return Err(bad("pxe.image_fetch_timeout_secs", "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// The image cache's bounds.
+    pub fn image_cache_limits(&self) -> crate::image_cache::CacheLimits {
+        crate::image_cache::CacheLimits {
+            max_bytes: self.image_cache_size_mib.saturating_mul(1 << 20),
+            ttl: Duration::from_secs(self.image_cache_ttl_mins.saturating_mul(60)),
+        }
     }
 
     /// The TFTP server settings.

@@ -5,11 +5,17 @@
 //! The cache is not an open proxy: a key is only fetched when a node being deployed names an
 //! `image_source` with that hash, and the expected checksum comes from that node's
 //! `instance_info`. Concurrent requests for one image share one fetch.
+//!
+//! The cache is bounded like Ironic's master image cache (`image_cache_size`,
+//! `master_image_ttl`): every hit refreshes an image's time, and [`ImageCache::clean`] (run
+//! after each fetch and periodically) removes images unused for longer than the TTL, then the
+//! least recently used ones until the total fits the size limit. An image a node is being
+//! deployed with, or one being fetched, is never removed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use deploy::model::JsonObject;
 use deploy::{Node, ProvisionState, PublicError};
@@ -62,6 +68,33 @@ pub enum CacheError {
     /// The database failed.
     #[error("database: {0}")]
     Db(PublicError),
+}
+
+/// How big and how old the cache may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// Most bytes of images kept (0 = no limit).
+    pub max_bytes: u64,
+    /// Images unused for longer are removed (zero = kept until space is needed).
+    pub ttl: Duration,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        // Ironic's defaults: image_cache_size = 20480 MiB, master_image_ttl = 10080 min.
+        Self { max_bytes: 20480 << 20, ttl: Duration::from_secs(10080 * 60) }
+    }
+}
+
+/// What one [`ImageCache::clean`] pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanReport {
+    /// Images removed.
+    pub removed: usize,
+    /// Bytes freed.
+    pub freed: u64,
+    /// Bytes of images kept.
+    pub kept: u64,
 }
 
 /// A checksum to verify against.
@@ -174,6 +207,9 @@ struct Inner {
     client: reqwest::Client,
     inflight: Mutex<HashMap<String, FetchFuture>>,
     tracker: TaskTracker,
+    limits: CacheLimits,
+    fetch_timeout: Duration,
+    cleaning: tokio::sync::Mutex<()>,
 }
 
 /// States whose node may download its image.
@@ -181,7 +217,8 @@ const DEPLOYING: &[ProvisionState] =
     &[ProvisionState::Deploying, ProvisionState::WaitCallBack, ProvisionState::DeployHold];
 
 impl ImageCache {
-    /// A cache in `dir` (created if missing); fetches time out after `fetch_timeout`.
+    /// A cache in `dir` (created if missing) bounded by `limits`; fetches time out after
+    /// `fetch_timeout`.
     ///
     /// # Errors
     /// When the directory cannot be created or the HTTP client cannot be built.
@@ -189,6 +226,7 @@ impl ImageCache {
         dir: PathBuf,
         store: DataStore,
         fetch_timeout: Duration,
+        limits: CacheLimits,
     ) -> Result<Self, CacheError> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| CacheError::Io(format!("{}: {e}", dir.display())))?;
@@ -204,6 +242,9 @@ impl ImageCache {
                 client,
                 inflight: Mutex::new(HashMap::new()),
                 tracker: TaskTracker::new(),
+                limits,
+                fetch_timeout,
+                cleaning: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -236,6 +277,7 @@ impl ImageCache {
         };
         let path = self.inner.dir.join(key);
         if cached_matches(&path, &expected).await {
+            touch(&path).await;
             return Ok(path);
         }
         let fut = {
@@ -260,8 +302,61 @@ impl ImageCache {
                 .clone()
         };
         let result = fut.await;
-        self.inner.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(key);
+        let fetched = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key)
+            .is_some();
+        if fetched && result.is_ok() {
+            // The first waiter back makes room for what was just added.
+            if let Err(error) = self.clean().await {
+                warn!(%error, "image cache cleaning failed");
+            }
+        }
         result
+    }
+
+    /// Remove images unused for longer than the TTL, then the least recently used ones until
+    /// the cache fits its size limit, and fetch leftovers older than the fetch timeout. Images
+    /// of nodes being deployed and images being fetched are kept whatever their age.
+    ///
+    /// # Errors
+    /// The database failed (nothing is removed then).
+    pub async fn clean(&self) -> Result<CleanReport, CacheError> {
+        let _one_at_a_time = self.inner.cleaning.lock().await;
+        let mut keep: HashSet<String> = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        let q = NodeListQuery { provision_states: DEPLOYING.to_vec(), ..NodeListQuery::default() };
+        let nodes = self.inner.store.node_list(&q).await.map_err(CacheError::Db)?;
+        keep.extend(
+            nodes
+                .iter()
+                .filter_map(|n| n.instance_info.get("image_source").and_then(Value::as_str))
+                .map(image_key),
+        );
+        let dir = self.inner.dir.clone();
+        let (limits, stale_parts) = (self.inner.limits, self.inner.fetch_timeout * 2);
+        let report =
+            tokio::task::spawn_blocking(move || clean_dir(&dir, &keep, limits, stale_parts))
+                .await
+                .map_err(|e| CacheError::Io(format!("cleaning task failed: {e}")))?;
+        if report.removed > 0 {
+            info!(
+                removed = report.removed,
+                freed = report.freed,
+                kept = report.kept,
+                "image cache cleaned"
+            );
+        }
+        Ok(report)
     }
 
     async fn node_for_key(&self, key: &str) -> Result<Node, CacheError> {
@@ -295,6 +390,78 @@ impl ImageCache {
         parse_checksum_file(&text, source)
             .ok_or_else(|| CacheError::NoChecksum { source_url: source.to_owned() })
     }
+}
+
+/// Mark an image as used now (its modification time orders eviction).
+async fn touch(path: &Path) {
+    let path = path.to_owned();
+    let _ = tokio::task::spawn_blocking(move || {
+        std::fs::File::options().write(true).open(path)?.set_modified(SystemTime::now())
+    })
+    .await;
+}
+
+fn is_key(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+fn clean_dir(
+    dir: &Path,
+    keep: &HashSet<String>,
+    limits: CacheLimits,
+    stale_parts: Duration,
+) -> CleanReport {
+    let now = SystemTime::now();
+    let age = |m: &std::fs::Metadata| {
+        m.modified().ok().and_then(|t| now.duration_since(t).ok()).unwrap_or_default()
+    };
+    let mut images = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return CleanReport::default();
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        if name.contains(".part-") {
+            // A fetch that died with its process; live ones finish within the fetch timeout.
+            if age(&meta) > stale_parts {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        } else if is_key(&name) {
+            images.push((name, meta.len(), age(&meta)));
+        }
+    }
+    // Oldest first.
+    images.sort_by_key(|i| std::cmp::Reverse(i.2));
+    let mut total: u64 = images.iter().map(|i| i.1).sum();
+    let mut report = CleanReport::default();
+    for (name, len, unused) in &images {
+        let expired = !limits.ttl.is_zero() && *unused > limits.ttl;
+        let over = limits.max_bytes > 0 && total > limits.max_bytes;
+        if !(expired || over) || keep.contains(name) {
+            continue;
+        }
+        let path = dir.join(name);
+        // Readers that have the file open keep reading it; new requests fetch it again.
+        if std::fs::remove_file(&path).is_ok() {
+            let _ = std::fs::remove_file(meta_path(&path));
+            total -= len;
+            report.removed += 1;
+            report.freed += len;
+        }
+    }
+    report.kept = total;
+    if limits.max_bytes > 0 && total > limits.max_bytes {
+        warn!(
+            kept = total,
+            limit = limits.max_bytes,
+            "image cache over its size limit: every remaining image is in use"
+        );
+    }
+    report
 }
 
 fn meta_path(path: &Path) -> PathBuf {

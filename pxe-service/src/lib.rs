@@ -27,6 +27,8 @@ pub use image_cache::image_cache_url;
 
 /// How long running transfers and image fetches get to finish after shutdown was requested.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// How often the image cache is checked against its size and TTL limits.
+const CACHE_CLEAN_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Why pxe-service stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,7 @@ pub async fn run(
         cfg.data_dir.join("images"),
         store.clone(),
         Duration::from_secs(cfg.image_fetch_timeout_secs),
+        cfg.image_cache_limits(),
     )
     .map_err(PxeError::ImageCache)?;
     let resolver = Arc::new(files::BootFiles::tftp(cfg.clone(), store.clone()));
@@ -77,6 +80,23 @@ pub async fn run(
 
     // Either server failing stops the other.
     let inner = token.child_token();
+    // Keep the image cache within its limits even when nothing new is fetched (TTL).
+    let cleaner = {
+        let (images, stop) = (images.clone(), inner.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CACHE_CLEAN_INTERVAL);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {
+                        if let Err(error) = images.clean().await {
+                            warn!(%error, "image cache cleaning failed");
+                        }
+                    }
+                }
+            }
+        })
+    };
     let tftp = tftp::serve(tftp_socket, cfg.tftp_settings(), resolver, inner.clone());
     let http_token = inner.clone();
     let http = async move {
@@ -94,6 +114,7 @@ pub async fn run(
             r
         }
     );
+    cleaner.abort();
     images.tracker().close();
     if tokio::time::timeout(DRAIN_GRACE, images.tracker().wait()).await.is_err() {
         warn!("image fetches still running after the grace period; abandoning them");

@@ -235,3 +235,74 @@ async fn test_image_cache_fetches_once_verifies_and_serves_ranges() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn test_image_cache_evicts_expired_then_least_recently_used_but_never_images_in_use() {
+    use pxe_service::image_cache::{CacheLimits, ImageCache, image_key};
+    use std::time::SystemTime;
+
+    let db = TestDatabase::sqlite().await;
+    let store = db.store().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let limits = CacheLimits { max_bytes: 3 << 20, ttl: Duration::from_secs(3600) };
+    let cache =
+        ImageCache::new(dir.path().to_owned(), store.clone(), Duration::from_secs(60), limits)
+            .unwrap();
+    let mib = vec![7u8; 1 << 20];
+    let digest = hex::encode(sha2::Sha256::digest(&mib));
+    let put = |name: &str, age_mins: u64| {
+        let path = dir.path().join(image_key(&format!("http://origin/{name}")));
+        std::fs::write(&path, &mib).unwrap();
+        std::fs::write(path.with_extension("checksum"), format!("sha256:{digest}")).unwrap();
+        let when = SystemTime::now() - Duration::from_secs(age_mins * 60);
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(when).unwrap();
+        path
+    };
+    let in_use = put("in-use", 300); // expired, but a node is being deployed with it
+    let expired = put("expired", 120);
+    let old = put("old", 50);
+    let mid = put("mid", 40);
+    let new = put("new", 10);
+    let stale_part = dir.path().join(format!("{}.part-dead", image_key("x")));
+    std::fs::write(&stale_part, b"half").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&stale_part)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(600))
+        .unwrap();
+    let live_part = dir.path().join(format!("{}.part-live", image_key("y")));
+    std::fs::write(&live_part, b"busy").unwrap();
+    let info = |name: &str| {
+        json!({"image_source": format!("http://origin/{name}"), "image_checksum": digest})
+            .as_object()
+            .unwrap()
+            .clone()
+    };
+    insert_node(&store, "52:54:00:00:20:01", ProvisionState::Deploying, |n| {
+        n.instance_info = info("in-use");
+    })
+    .await;
+    // A hit refreshes an image's time: "mid" becomes the most recently used.
+    let user = insert_node(&store, "52:54:00:00:20:02", ProvisionState::WaitCallBack, |n| {
+        n.instance_info = info("mid");
+    })
+    .await;
+    assert_eq!(cache.get(&image_key("http://origin/mid")).await.unwrap(), mid);
+    let mut done = store.node_fetch(user.uuid).await.unwrap();
+    done.provision_state = ProvisionState::Active;
+    store.node_update(&done).await.unwrap();
+
+    let report = cache.clean().await.unwrap();
+    // "expired" goes for its age; then 4 MiB > 3 MiB: the least recently used, "old", goes.
+    assert_eq!((report.removed, report.freed, report.kept), (2, 2 << 20, 3 << 20));
+    for gone in [&expired, &old, &stale_part] {
+        assert!(!gone.exists(), "{} should be gone", gone.display());
+    }
+    assert!(!expired.with_extension("checksum").exists());
+    for kept in [&in_use, &mid, &new, &live_part] {
+        assert!(kept.exists(), "{} should be kept", kept.display());
+    }
+    // Nothing more to do on a second pass.
+    assert_eq!(cache.clean().await.unwrap().removed, 0);
+}
