@@ -14,7 +14,8 @@
 #   --no-agent   a ramdisk without the agent (for the callback-timeout failure test)
 #   --release    build the agent with the release profile (default: dev profile, stripped)
 # Needs: busybox-static, gzip, apt-get (for `apt-get download`), the rust target
-# x86_64-unknown-linux-musl (rustup target add x86_64-unknown-linux-musl).
+# x86_64-unknown-linux-musl (rustup target add x86_64-unknown-linux-musl) and musl-gcc
+# (apt-get install musl-tools: the agent's TLS library, aws-lc, is C).
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/lib-kernel.sh
@@ -46,6 +47,9 @@ build_agent() {
     if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
         log "adding rust target $target"
         rustup target add "$target" >&2
+    fi
+    if ! command -v musl-gcc >/dev/null && ! command -v x86_64-linux-musl-gcc >/dev/null; then
+        die "musl-gcc not found: apt-get install musl-tools (the agent's TLS library is C)"
     fi
     log "building the agent for $target ($PROFILE profile)"
     # Strip only the musl artifacts: keeps the ramdisk small without touching host builds.

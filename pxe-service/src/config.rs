@@ -118,7 +118,7 @@ pub struct PxeConfig {
     pub tftp_bind: String,
     /// HTTP bind address for the binary (`0.0.0.0:8080`).
     pub http_bind: String,
-    /// Most TFTP transfers at once.
+    /// Most TFTP transfers at once (1..=256; each holds a thread of the blocking pool).
     pub tftp_max_transfers: usize,
     /// TFTP retransmission timeout in milliseconds unless the client negotiates one.
     pub tftp_timeout_ms: u64,
@@ -213,8 +213,10 @@ impl PxeConfig {
             .map_err(|e| bad("pxe.tftp_bind", e.to_string()))?;
         common::config::parse_listen_addr("pxe.http_bind", &self.http_bind)
             .map_err(|e| bad("pxe.http_bind", e.to_string()))?;
-        if self.tftp_max_transfers == 0 {
-            return Err(bad("pxe.tftp_max_transfers", "must be at least 1"));
+        // Each transfer holds a thread of tokio's blocking pool (512 threads), which file
+        // serving and the image cache share: keep at least half of it for them.
+        if !(1..=256).contains(&self.tftp_max_transfers) {
+            return Err(bad("pxe.tftp_max_transfers", "must be between 1 and 256"));
         }
         if !(10..=255_000).contains(&self.tftp_timeout_ms) {
             return Err(bad("pxe.tftp_timeout_ms", "must be between 10 and 255000"));
