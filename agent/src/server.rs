@@ -221,8 +221,14 @@ async fn prepare(
         let dt = last.0.elapsed().as_secs_f64();
         let rate = if dt > 0.0 { (bytes.saturating_sub(last.1) as f64 / dt) as u64 } else { 0 };
         *last = (Instant::now(), bytes);
+        // Only the final message may carry a terminal phase (with the outcome and error):
+        // the pipeline marks itself done or failed before it has finished cleaning up.
+        let phase = match phase_of(progress.phase()) {
+            Phase::Done | Phase::Failed => Phase::Verifying,
+            other => other,
+        };
         Progress {
-            phase: phase_of(progress.phase()) as i32,
+            phase: phase as i32,
             bytes_written: bytes,
             total_bytes: progress.total.load(std::sync::atomic::Ordering::Relaxed),
             rate_bytes_per_sec: rate,

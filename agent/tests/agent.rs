@@ -205,6 +205,15 @@ async fn collect(mut s: tonic::Streaming<Progress>) -> Vec<Progress> {
     while let Ok(Some(p)) = s.message().await {
         v.push(p);
     }
+    // Only the last message may say done or failed (and carry the outcome).
+    if let Some((_, rest)) = v.split_last() {
+        for p in rest {
+            assert!(
+                p.phase != Phase::Done as i32 && p.phase != Phase::Failed as i32,
+                "a terminal phase before the end of the stream: {p:?}"
+            );
+        }
+    }
     v
 }
 
@@ -267,6 +276,19 @@ async fn test_hints_choose_the_disk_and_no_match_names_the_hints() {
     assert!(last.error.contains("nonexistent") && last.error.contains(">= 100"), "{}", last.error);
     let st = c.get_command_status(GetCommandStatusRequest::default()).await.unwrap().into_inner();
     assert_eq!(st.state, CommandState::Failed as i32);
+    // A checksum mismatch found after a download long enough for periodic progress: the
+    // failure and its cause arrive in the last message only.
+    let slow = slow_server(img.clone(), 6, Duration::from_millis(250)).await;
+    let req = PrepareImageRequest {
+        image_source: slow,
+        image_checksum: "0".repeat(64),
+        ..PrepareImageRequest::default()
+    };
+    let msgs = collect(c.prepare_image(req).await.unwrap().into_inner()).await;
+    assert!(msgs.len() >= 3, "expected periodic progress: {msgs:?}");
+    let last = msgs.last().unwrap();
+    assert_eq!(last.phase, Phase::Failed as i32);
+    assert!(last.error.to_lowercase().contains("checksum"), "{}", last.error);
     // Malformed hints are rejected before anything starts.
     let bad = PrepareImageRequest {
         image_source: url,

@@ -49,6 +49,9 @@ pub struct ConductorConfig {
     pub check_timeouts_interval_secs: f64,
     /// Default for automated cleaning (a node's `automated_clean` overrides it).
     pub automated_clean: bool,
+    /// Power a node off when its deploy fails (Ironic's `[deploy]power_off_after_deploy_failure`),
+    /// so a half-deployed machine does not stay up in the ramdisk.
+    pub power_off_after_deploy_failure: bool,
     /// Deploy interface of nodes that do not name one (`direct` or `fake`).
     pub default_deploy_interface: String,
     /// Attempts to take a node lock that another task holds, for one delivery.
@@ -140,6 +143,7 @@ impl Default for ConductorConfig {
             callback_timeout_secs: 120.0,
             check_timeouts_interval_secs: 10.0,
             automated_clean: true,
+            power_off_after_deploy_failure: true,
             default_deploy_interface: "direct".into(),
             lock_retry_attempts: 20,
             lock_retry_interval_ms: 250,

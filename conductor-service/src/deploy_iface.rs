@@ -421,10 +421,12 @@ async fn write_image(
         return Err(WorkflowError::Failed(format!(
             "Agent step write_image failed on node {}: {}",
             task.id(),
-            if outcome.error.is_empty() {
+            if !outcome.error.is_empty() {
+                outcome.error.as_str()
+            } else if !outcome.message.is_empty() {
                 outcome.message.as_str()
             } else {
-                outcome.error.as_str()
+                "the agent reported a failure without a reason"
             }
         )));
     }

@@ -100,6 +100,12 @@ pub async fn fail_current(task: &mut Task, msg: &str) -> Result<(), WorkflowErro
             clear_plans(n);
         })
         .await?;
+        if task.node.provision_state == S::DeployFailed
+            && task.ctx.cfg.power_off_after_deploy_failure
+            && !task.node.maintenance
+        {
+            power_off_after_failure(task, &msg).await?;
+        }
     } else {
         task.update(|n| {
             n.last_error = Some(msg.clone());
@@ -110,6 +116,35 @@ pub async fn fail_current(task: &mut Task, msg: &str) -> Result<(), WorkflowErro
         task.record_history("ERROR", "provisioning", &msg, None, None).await;
     }
     Ok(())
+}
+
+/// Power off a node whose deploy failed, as Ironic does; a BMC failure is added to
+/// `last_error` rather than replacing the deploy's own error.
+async fn power_off_after_failure(task: &mut Task, msg: &str) -> Result<(), WorkflowError> {
+    let outcome = match task.ctx.drivers.for_node(&task.node) {
+        Ok(d) => set_power(task, &d, PowerState::Off).await.map(|_| ()),
+        Err(e) => Err(WorkflowError::Failed(format!("Cannot load drivers: {e}"))),
+    };
+    match outcome {
+        Ok(()) => {
+            task.update(|n| {
+                n.target_power_state = None;
+                Ok(())
+            })
+            .await
+        }
+        Err(WorkflowError::Failed(power_err)) => {
+            tracing::warn!(node = %task.id(), error = %power_err, "power off after deploy failure failed");
+            let combined =
+                format!("{msg}. Additionally, powering the node off failed: {power_err}");
+            task.update(|n| {
+                n.last_error = Some(combined.clone());
+                Ok(())
+            })
+            .await
+        }
+        Err(other) => Err(other),
+    }
 }
 
 fn clear_plans(n: &mut Node) {

@@ -217,6 +217,9 @@ async fn test_agent_write_failure_fails_deploy_with_last_error() {
     let err = failed.last_error.unwrap();
     assert!(err.contains("write_image") && err.contains("checksum mismatch"), "{err}");
     assert_eq!(failed.target_provision_state, Some(S::Active));
+    // Powered off after the failure, as Ironic does, which also wipes the agent's token.
+    assert_eq!(failed.power_state, Some(deploy::PowerState::Off));
+    assert!(!failed.driver_internal_info.contains_key("agent_secret_token"));
     // Rebuild from deploy failed works and deploys once more.
     env.provision(n.uuid, ApiVerb::Rebuild).await.unwrap();
     env.wait_state(n.uuid, S::Active, Duration::from_secs(20)).await;
@@ -481,5 +484,36 @@ async fn test_kill_one_of_two_conductors_during_deploys() {
     }
     b.kill().unwrap();
     b.wait().unwrap();
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn test_deploy_failure_on_a_dead_bmc_keeps_the_cause_and_adds_the_power_off_failure() {
+    let env = env(false).await.unwrap();
+    let mut cfg = fast_config("c-dead-bmc", &env.queue);
+    cfg.redfish.connect_timeout_secs = 0.5;
+    cfg.redfish.request_timeout_secs = 0.5;
+    cfg.redfish.attempts = 1;
+    cfg.power_sync_interval_secs = 0.0;
+    env.start_conductor(cfg);
+    // A port nothing listens on: every BMC call is refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut n = insert_fake_node(env.store(), "direct").await.unwrap();
+    n.driver = "redfish".into();
+    n.driver_info.insert("redfish_address".into(), format!("http://{dead}").into());
+    n.driver_info.insert("redfish_system_id".into(), "/redfish/v1/Systems/1".into());
+    n.driver_info.insert("redfish_username".into(), "admin".into());
+    n.driver_info.insert("redfish_password".into(), "password".into());
+    n.provision_state = S::Available;
+    let n = env.store().node_update(&n).await.unwrap();
+    env.provision(n.uuid, ApiVerb::Active).await.unwrap();
+    let failed = env.wait_state(n.uuid, S::DeployFailed, Duration::from_secs(20)).await;
+    let err = failed.last_error.unwrap();
+    let (cause, power) = err
+        .split_once("Additionally, powering the node off failed")
+        .unwrap_or_else(|| panic!("the power-off failure must be added: {err}"));
+    assert!(cause.contains(&dead.to_string()), "the deploy's own error comes first: {err}");
+    assert!(power.contains("power off") && power.contains(&dead.to_string()), "{err}");
+    assert!(!err.contains("password"), "{err}");
     env.finish().await;
 }
