@@ -55,6 +55,16 @@ pub struct AgentGrpc {
     state: Arc<AgentState>,
 }
 
+/// The phase a periodic progress message shows. Only the final message may carry a terminal
+/// phase (with the outcome and error): the pipeline marks itself done or failed before it has
+/// finished cleaning up, and a tick in between must not look like the end.
+fn periodic_phase(p: ImagePhase) -> Phase {
+    match phase_of(p) {
+        Phase::Done | Phase::Failed => Phase::Verifying,
+        other => other,
+    }
+}
+
 impl AgentGrpc {
     /// Wrap the shared state.
     pub fn new(state: Arc<AgentState>) -> Self {
@@ -221,14 +231,8 @@ async fn prepare(
         let dt = last.0.elapsed().as_secs_f64();
         let rate = if dt > 0.0 { (bytes.saturating_sub(last.1) as f64 / dt) as u64 } else { 0 };
         *last = (Instant::now(), bytes);
-        // Only the final message may carry a terminal phase (with the outcome and error):
-        // the pipeline marks itself done or failed before it has finished cleaning up.
-        let phase = match phase_of(progress.phase()) {
-            Phase::Done | Phase::Failed => Phase::Verifying,
-            other => other,
-        };
         Progress {
-            phase: phase as i32,
+            phase: periodic_phase(progress.phase()) as i32,
             bytes_written: bytes,
             total_bytes: progress.total.load(std::sync::atomic::Ordering::Relaxed),
             rate_bytes_per_sec: rate,
@@ -480,5 +484,18 @@ impl AgentService for AgentGrpc {
     async fn reboot(&self, _r: Request<RebootRequest>) -> Result<Response<CommandStatus>, Status> {
         let state = self.state.clone();
         self.run_command("reboot", async move { state.power_action("reboot").await }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_periodic_progress_never_shows_a_terminal_phase() {
+        assert_eq!(periodic_phase(ImagePhase::Failed), Phase::Verifying);
+        assert_eq!(periodic_phase(ImagePhase::Done), Phase::Verifying);
+        assert_eq!(periodic_phase(ImagePhase::Downloading), Phase::Downloading);
+        assert_eq!(periodic_phase(ImagePhase::ConfigDrive), Phase::Configdrive);
     }
 }

@@ -580,3 +580,32 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Check that `history` holds every transition of a full direct-deploy lifecycle with
+/// automated cleaning (manage, provide, deploy, undeploy); returns the recorded transitions
+/// in order.
+///
+/// # Panics
+/// When one is missing.
+pub fn assert_lifecycle_history(history: &[NodeHistory]) -> Vec<(ProvisionState, ProvisionState)> {
+    use ProvisionState as S;
+    let transitions: Vec<(S, S)> =
+        history.iter().filter_map(|h| Some((h.from_state?, h.to_state?))).collect();
+    for want in [
+        (S::Enroll, S::Verifying),
+        (S::Verifying, S::Manageable),
+        (S::Manageable, S::Cleaning),
+        (S::Cleaning, S::CleanWait),
+        (S::CleanWait, S::Cleaning),
+        (S::Cleaning, S::Available),
+        (S::Available, S::Deploying),
+        (S::Deploying, S::WaitCallBack),
+        (S::WaitCallBack, S::Deploying),
+        (S::Deploying, S::Active),
+        (S::Active, S::Deleting),
+        (S::Deleting, S::Cleaning),
+    ] {
+        assert!(transitions.contains(&want), "history lacks {want:?}: {transitions:?}");
+    }
+    transitions
+}

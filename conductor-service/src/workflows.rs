@@ -126,13 +126,7 @@ async fn power_off_after_failure(task: &mut Task, msg: &str) -> Result<(), Workf
         Err(e) => Err(WorkflowError::Failed(format!("Cannot load drivers: {e}"))),
     };
     match outcome {
-        Ok(()) => {
-            task.update(|n| {
-                n.target_power_state = None;
-                Ok(())
-            })
-            .await
-        }
+        Ok(()) => Ok(()),
         Err(WorkflowError::Failed(power_err)) => {
             tracing::warn!(node = %task.id(), error = %power_err, "power off after deploy failure failed");
             let combined =

@@ -148,24 +148,7 @@ async fn lifecycle(env: &Env, conductors: usize) {
     assert!(n.instance_info.is_empty(), "instance_info wiped on undeploy");
     assert_eq!(env.agent.erases(id), 2);
     let history = env.store().history_list(id).await.unwrap();
-    let transitions: Vec<(S, S)> =
-        history.iter().filter_map(|h| Some((h.from_state?, h.to_state?))).collect();
-    for want in [
-        (S::Enroll, S::Verifying),
-        (S::Verifying, S::Manageable),
-        (S::Manageable, S::Cleaning),
-        (S::Cleaning, S::CleanWait),
-        (S::CleanWait, S::Cleaning),
-        (S::Cleaning, S::Available),
-        (S::Available, S::Deploying),
-        (S::Deploying, S::WaitCallBack),
-        (S::WaitCallBack, S::Deploying),
-        (S::Deploying, S::Active),
-        (S::Active, S::Deleting),
-        (S::Deleting, S::Cleaning),
-    ] {
-        assert!(transitions.contains(&want), "history lacks {want:?}: {transitions:?}");
-    }
+    let transitions = conductor_service::testing::assert_lifecycle_history(&history);
     assert_eq!(transitions.last(), Some(&(S::Cleaning, S::Available)));
 }
 

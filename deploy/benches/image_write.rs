@@ -170,9 +170,10 @@ fn ours(url: &str, disk: &Path, sha: &str) -> Result<(Duration, u64)> {
     Ok((el, rss))
 }
 
-fn verify(disk: &Path, len: u64, sha: &str) -> Result<()> {
+/// sha256 of the first `len` bytes of `path`.
+fn sha256_of(path: &Path, len: u64) -> Result<String> {
     use std::io::Read;
-    let mut f = std::fs::File::open(disk)?.take(len);
+    let mut f = std::fs::File::open(path)?.take(len);
     let mut h = StreamHasher::new(HashAlgo::Sha256);
     let mut buf = vec![0u8; 4 << 20];
     loop {
@@ -182,7 +183,11 @@ fn verify(disk: &Path, len: u64, sha: &str) -> Result<()> {
         }
         h.update(&buf[..n]);
     }
-    let got = h.finish_hex();
+    Ok(h.finish_hex())
+}
+
+fn verify(disk: &Path, len: u64, sha: &str) -> Result<()> {
+    let got = sha256_of(disk, len)?;
     if got != sha {
         bail!("disk content mismatch: {got} != {sha}");
     }
@@ -259,6 +264,7 @@ async fn main() -> Result<()> {
 
     // 1 and 2: raw images, incompressible and 80 % zeros, against curl | dd.
     let mut rss_max = 0;
+    let mut zero_sha = String::new();
     for (name, file, zero_pct, goal) in
         [("raw (random):  ", "rand.raw", 0, 0.95), ("raw (80% zero):", "zero80.raw", 80, 2.0)]
     {
@@ -287,9 +293,9 @@ async fn main() -> Result<()> {
             mbps(size, t),
             dd.as_secs_f64() / t.as_secs_f64(),
         );
+        zero_sha = sha;
     }
     std::fs::remove_file(dir.join("rand.raw"))?;
-    let zero_sha = make_image(&dir.join("zero80.raw"), size, 80)?;
 
     // 3. qcow2 of the 80 %-zero image (what cloud images look like).
     let q = dir.join("img.qcow2");
@@ -301,20 +307,7 @@ async fn main() -> Result<()> {
     if !st.success() {
         bail!("qemu-img convert failed");
     }
-    let qsha = {
-        use std::io::Read;
-        let mut f = std::fs::File::open(&q)?;
-        let mut h = StreamHasher::new(HashAlgo::Sha256);
-        let mut buf = vec![0u8; 4 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        h.finish_hex()
-    };
+    let qsha = sha256_of(&q, u64::MAX)?;
     std::fs::remove_file(dir.join("zero80.raw"))?;
     let dl = dir.join("dl.qcow2");
     let qurl = format!("{base}/img.qcow2");

@@ -300,5 +300,9 @@ mod tests {
         assert_eq!(cfg.validate().unwrap_err().key, "pxe.http_url");
         let cfg = PxeConfig { tftp_max_blksize: 4, ..PxeConfig::default() };
         assert_eq!(cfg.validate().unwrap_err().key, "pxe.tftp_max_blksize");
+        for n in [0, 257] {
+            let cfg = PxeConfig { tftp_max_transfers: n, ..PxeConfig::default() };
+            assert_eq!(cfg.validate().unwrap_err().key, "pxe.tftp_max_transfers");
+        }
     }
 }

@@ -215,24 +215,7 @@ async fn test_rest_lifecycle_with_two_conductors() {
     assert_eq!(agent.erases(uuid), 2, "cleaning after provide and after undeploy");
 
     let history = db.store().history_list(uuid).await.unwrap();
-    let transitions: Vec<(S, S)> =
-        history.iter().filter_map(|h| Some((h.from_state?, h.to_state?))).collect();
-    for want in [
-        (S::Enroll, S::Verifying),
-        (S::Verifying, S::Manageable),
-        (S::Manageable, S::Cleaning),
-        (S::Cleaning, S::CleanWait),
-        (S::CleanWait, S::Cleaning),
-        (S::Cleaning, S::Available),
-        (S::Available, S::Deploying),
-        (S::Deploying, S::WaitCallBack),
-        (S::WaitCallBack, S::Deploying),
-        (S::Deploying, S::Active),
-        (S::Active, S::Deleting),
-        (S::Deleting, S::Cleaning),
-    ] {
-        assert!(transitions.contains(&want), "history lacks {want:?}: {transitions:?}");
-    }
+    conductor_service::testing::assert_lifecycle_history(&history);
     token.cancel();
     tokio::time::sleep(Duration::from_millis(300)).await;
     db.cleanup().await;

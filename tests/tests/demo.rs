@@ -408,26 +408,11 @@ async fn test_agent_killed_mid_write_fails_the_deploy_with_last_error() {
     let m = &fleet.machines()[0];
     let uuid = enrol(&up.api, m).await;
     let mut seen = Vec::new();
-    provision(&up.api, &uuid, "manage").await;
-    wait_node(
-        &up.api,
-        &uuid,
-        "manageable",
-        Duration::from_secs(60),
-        &mut seen,
-        state_is("manageable"),
-    )
-    .await;
-    provision(&up.api, &uuid, "provide").await;
-    wait_node(
-        &up.api,
-        &uuid,
-        "available",
-        Duration::from_secs(120),
-        &mut seen,
-        state_is("available"),
-    )
-    .await;
+    for (verb, state, secs) in [("manage", "manageable", 60), ("provide", "available", 120)] {
+        provision(&up.api, &uuid, verb).await;
+        wait_node(&up.api, &uuid, state, Duration::from_secs(secs), &mut seen, state_is(state))
+            .await;
+    }
 
     // 16 MiB of incompressible data; the ramdisk dies after 2 MiB reached the disk.
     let image = sim::disk::build_whole_disk_image(24 << 20, 16 << 20, 5);

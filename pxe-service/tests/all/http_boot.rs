@@ -18,6 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::render_db::insert_node;
 
+async fn get_text(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 pub struct Service {
     pub tftp: SocketAddr,
     pub http_url: String,
@@ -63,8 +67,7 @@ async fn test_boot_ipxe_statics_with_range_and_ipxe_binaries() {
     let svc = Service::start(db.store().clone(), |_| {}).await;
     let http = reqwest::Client::new();
 
-    let boot =
-        http.get(format!("{}/boot.ipxe", svc.http_url)).send().await.unwrap().text().await.unwrap();
+    let boot = get_text(&http, format!("{}/boot.ipxe", svc.http_url)).await;
     assert!(boot.starts_with("#!ipxe\n"), "{boot}");
     assert!(
         boot.contains(&format!(
@@ -112,14 +115,7 @@ async fn test_boot_ipxe_statics_with_range_and_ipxe_binaries() {
     let got = client::fetch(svc.tftp, "undionly.kpxe", &FetchOptions::default()).await.unwrap();
     assert_eq!(got, b"UNDI");
 
-    let dns = http
-        .get(format!("{}/dnsmasq.conf", svc.http_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let dns = get_text(&http, format!("{}/dnsmasq.conf", svc.http_url)).await;
     assert!(dns.contains(&format!("dhcp-boot=tag:ipxe,{}/boot.ipxe\n", svc.http_url)), "{dns}");
     svc.stop().await;
 }
@@ -129,17 +125,9 @@ async fn test_unknown_mac_discovery_mode() {
     let db = TestDatabase::sqlite().await;
     let svc = Service::start(db.store().clone(), |c| c.unknown_mac = UnknownMac::Discovery).await;
     let http = reqwest::Client::new();
-    let boot =
-        http.get(format!("{}/boot.ipxe", svc.http_url)).send().await.unwrap().text().await.unwrap();
+    let boot = get_text(&http, format!("{}/boot.ipxe", svc.http_url)).await;
     assert!(boot.contains(&format!("chain {}/discovery.ipxe", svc.http_url)), "{boot}");
-    let disc = http
-        .get(format!("{}/discovery.ipxe", svc.http_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let disc = get_text(&http, format!("{}/discovery.ipxe", svc.http_url)).await;
     assert!(disc.contains("ipa-api-url=http://api.example:6385 console=ttyS0"), "{disc}");
     assert!(disc.contains("ferric.discovery=1 initrd=deploy_ramdisk"), "{disc}");
     let dflt =
