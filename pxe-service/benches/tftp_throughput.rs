@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use pxe_service::tftp::client::{self, FetchOptions};
 use pxe_service::tftp::source::{self, Content, ResolveError, Resolver};
 use pxe_service::tftp::{self, TftpSettings};
 use rand::RngCore;
+use sim::tftp::{self as client, FetchOptions};
 
 struct Dir(PathBuf);
 
