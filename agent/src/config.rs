@@ -266,8 +266,8 @@ impl AgentConfig {
     }
 
     /// The image pipeline options this config implies.
-    pub fn pipeline_options(&self) -> deploy::image::PipelineOptions {
-        let mut o = deploy::image::PipelineOptions::default();
+    pub fn pipeline_options(&self) -> image::PipelineOptions {
+        let mut o = image::PipelineOptions::default();
         o.fetch.max_attempts = self.download_attempts;
         o.fetch.retry_delay = Duration::from_millis(self.download_retry_delay_ms);
         o.fetch.read_timeout = Duration::from_secs(self.download_read_timeout_secs.max(1));

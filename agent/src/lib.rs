@@ -5,12 +5,14 @@
 //! found or the lookup timeout), takes the agent token from the answer and heartbeats at
 //! the interval the API gave (jittered), plus right after every command finishes. In
 //! `--root` mode ([`AgentConfig::root`]) everything the agent reads or writes lives under a
-//! fake machine tree (see [`fixture`]).
+//! fake machine tree; `fixture` (feature `fixture`, for tests and the simulator, never in the
+//! ramdisk build) makes such trees.
 
 pub mod api_client;
 pub mod bootloader;
 pub mod commands;
 pub mod config;
+#[cfg(feature = "fixture")]
 pub mod fixture;
 pub mod inventory;
 pub mod server;

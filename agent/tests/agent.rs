@@ -413,7 +413,7 @@ async fn test_partition_image_bootloader_and_erase_in_root_mode() {
         .into_inner();
     assert_eq!(st.state, CommandState::Succeeded as i32);
     let f = std::fs::File::open(dir.path().join("dev/sda")).unwrap();
-    assert!(deploy::image::partition::read_table(&f).unwrap().is_none());
+    assert!(image::partition::read_table(&f).unwrap().is_none());
     let e = c
         .erase_devices(EraseDevicesRequest {
             mode: EraseMode::Metadata as i32,

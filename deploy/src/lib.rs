@@ -2,15 +2,14 @@
 //!
 //! Everything here is pure and fast to test: typed identifiers, the node/port/conductor
 //! models with Ironic's fields, the provision state machine, the one public error type that
-//! crosses service boundaries, the driver traits the conductor plans over, root-device hints
-//! and the image pipeline used by the agent (and later by the conductor's iSCSI path).
-//! No database, broker or RPC crate is a dependency of this crate.
+//! crosses service boundaries, the driver traits the conductor plans over and root-device
+//! hints. No database, broker, RPC or HTTP crate is a dependency of this crate, and it does no
+//! I/O: the image pipeline, which downloads and writes disks, is the `image` crate.
 
 pub mod drivers;
 pub mod error;
 pub mod hints;
 pub mod ids;
-pub mod image;
 pub mod model;
 pub mod state;
 pub mod steps;
