@@ -151,7 +151,8 @@ async fn main() -> anyhow::Result<()> {
         n.provision_state = ProvisionState::WaitCallBack;
         n.target_provision_state = Some(ProvisionState::Active);
         let tok = format!("{:0>43}", i);
-        n.driver_internal_info.insert("agent_secret_token".into(), json!(tok));
+        n.driver_internal_info
+            .insert(deploy::internal_info::keys::AGENT_SECRET_TOKEN.into(), json!(tok));
         let n = store.node_insert(&n).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         targets.push((n.uuid.to_string(), tok, format!("http://10.2.0.{i}:50051")));
     }

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use deploy::hardware::DeployIface;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -52,7 +53,9 @@ pub struct ConductorConfig {
     /// Power a node off when its deploy fails (Ironic's `[deploy]power_off_after_deploy_failure`),
     /// so a half-deployed machine does not stay up in the ramdisk.
     pub power_off_after_deploy_failure: bool,
-    /// Deploy interface of nodes that do not name one (`direct` or `fake`).
+    /// Deploy interface of nodes that do not name one, where their hardware type enables it
+    /// (Ironic's `[DEFAULT]default_deploy_interface`); empty: each hardware type's default
+    /// from `deploy::hardware`, as `GET /v1/drivers` reports it.
     pub default_deploy_interface: String,
     /// Attempts to take a node lock that another task holds, for one delivery.
     pub lock_retry_attempts: u32,
@@ -144,7 +147,7 @@ impl Default for ConductorConfig {
             check_timeouts_interval_secs: 10.0,
             automated_clean: true,
             power_off_after_deploy_failure: true,
-            default_deploy_interface: "direct".into(),
+            default_deploy_interface: String::new(),
             lock_retry_attempts: 20,
             lock_retry_interval_ms: 250,
             power_state_change_timeout_secs: 60.0,
@@ -231,8 +234,14 @@ impl ConductorConfig {
         if self.dead_after_missed_heartbeats == 0 {
             return bad("dead_after_missed_heartbeats", "must be at least 1");
         }
-        if !matches!(self.default_deploy_interface.as_str(), "direct" | "fake") {
-            return bad("default_deploy_interface", "must be direct or fake");
+        if !self.default_deploy_interface.is_empty()
+            && DeployIface::parse(&self.default_deploy_interface).is_none()
+        {
+            let names: Vec<&str> = DeployIface::ALL.iter().map(|d| d.as_str()).collect();
+            return bad(
+                "default_deploy_interface",
+                &format!("must be empty or one of: {}", names.join(", ")),
+            );
         }
         if self.redfish.attempts == 0 {
             return bad("redfish.attempts", "must be at least 1");
@@ -276,6 +285,11 @@ impl ConductorConfig {
     /// Power-state change timeout.
     pub fn power_state_change_timeout(&self) -> Duration {
         dur(self.power_state_change_timeout_secs)
+    }
+
+    /// The configured default deploy interface (`None`: each hardware type's own default).
+    pub fn default_deploy(&self) -> Option<DeployIface> {
+        DeployIface::parse(&self.default_deploy_interface)
     }
 }
 

@@ -13,6 +13,7 @@ pub mod config;
 pub mod deploy_iface;
 pub mod drivers;
 pub mod periodic;
+pub mod power;
 pub mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -24,6 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use bus::DynBus;
 use chrono::Utc;
+use deploy::hardware::HardwareError;
 use deploy::{Conductor, Node, NodeId, PublicError};
 use store::DataStore;
 use thiserror::Error;
@@ -31,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{ConductorConfig, ConductorConfigError};
-use deploy_iface::{DeployInterface, DirectDeploy, FakeDeploy};
+use deploy_iface::DeployInterface;
 use drivers::Drivers;
 
 /// Why the conductor could not start or stopped with an error.
@@ -74,8 +76,6 @@ pub struct Ctx {
     pub(crate) power_failures: Mutex<HashMap<NodeId, u32>>,
     /// Limit on concurrently driven nodes.
     pub(crate) tasks: tokio::sync::Semaphore,
-    direct: Arc<dyn DeployInterface>,
-    fake: Arc<dyn DeployInterface>,
 }
 
 impl Ctx {
@@ -85,27 +85,21 @@ impl Ctx {
         Conductor {
             hostname: self.cfg.hostname.clone(),
             conductor_group: self.cfg.conductor_group.clone(),
-            drivers: drivers::HARDWARE_TYPES.iter().map(|s| (*s).to_owned()).collect(),
+            drivers: deploy::hardware::hardware_type_names().map(str::to_owned).collect(),
             online: true,
             last_heartbeat: now,
             created_at: now,
         }
     }
 
-    /// The node's deploy interface (`deploy_interface`, else the configured default).
+    /// The node's deploy interface: its `deploy_interface`, else the configured default
+    /// where its hardware type enables it, else the hardware type's default.
     ///
     /// # Errors
-    /// A planning error naming an unsupported interface.
-    pub fn deploy_interface(
-        &self,
-        node: &Node,
-    ) -> Result<Arc<dyn DeployInterface>, deploy::steps::PlanError> {
-        let name = node.interfaces.deploy.as_deref().unwrap_or(&self.cfg.default_deploy_interface);
-        match name {
-            "direct" => Ok(self.direct.clone()),
-            "fake" => Ok(self.fake.clone()),
-            other => Err(deploy::steps::PlanError::UnknownDeployInterface(other.to_owned())),
-        }
+    /// [`HardwareError`] for an unknown hardware type or an interface it does not enable.
+    pub fn deploy_interface(&self, node: &Node) -> Result<Arc<dyn DeployInterface>, HardwareError> {
+        let ifaces = deploy::hardware::resolve(node, self.cfg.default_deploy())?;
+        Ok(deploy_iface::implementation(ifaces.deploy))
     }
 }
 
@@ -143,8 +137,6 @@ pub async fn run(
         tracker: tracker.clone(),
         inflight: Mutex::new(HashMap::new()),
         power_failures: Mutex::new(HashMap::new()),
-        direct: Arc::new(DirectDeploy),
-        fake: Arc::new(FakeDeploy),
     });
     let host = ctx.cfg.hostname.clone();
     ctx.store

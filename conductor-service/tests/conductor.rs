@@ -17,6 +17,7 @@ use conductor_service::ConductorConfig;
 use conductor_service::testing::{
     SimAgent, SimAgentConfig, fast_config, insert_fake_node, request_provision, run_fleet, wait_for,
 };
+use deploy::internal_info::keys;
 use deploy::{ApiVerb, Node, NodeId, ProvisionState as S, PublicError};
 use store::testing::{TestDatabase, services_required};
 use tokio_util::sync::CancellationToken;
@@ -139,10 +140,10 @@ async fn lifecycle(env: &Env, conductors: usize) {
     let n = env.wait_state(id, S::Active, long).await;
     assert_eq!(env.agent.writes(id), 1);
     assert_eq!(n.power_state, Some(deploy::PowerState::On));
-    assert!(n.driver_internal_info.get("agent_url").is_none(), "agent wiped after deploy");
-    let progress = n.driver_internal_info.get("deploy_progress").expect("progress recorded");
+    assert!(n.driver_internal_info.get(keys::AGENT_URL).is_none(), "agent wiped after deploy");
+    let progress = n.driver_internal_info.get(keys::DEPLOY_PROGRESS).expect("progress recorded");
     assert_eq!(progress["bytes_written"], progress["total_bytes"]);
-    assert_eq!(n.driver_internal_info.get("root_uuid_or_disk_id").unwrap(), "0x1234abcd");
+    assert_eq!(n.driver_internal_info.get(keys::ROOT_UUID_OR_DISK_ID).unwrap(), "0x1234abcd");
     env.provision(id, ApiVerb::Deleted).await.unwrap();
     let n = env.wait_state(id, S::Available, long).await;
     assert!(n.instance_info.is_empty(), "instance_info wiped on undeploy");
@@ -202,7 +203,7 @@ async fn test_agent_write_failure_fails_deploy_with_last_error() {
     assert_eq!(failed.target_provision_state, Some(S::Active));
     // Powered off after the failure, as Ironic does, which also wipes the agent's token.
     assert_eq!(failed.power_state, Some(deploy::PowerState::Off));
-    assert!(!failed.driver_internal_info.contains_key("agent_secret_token"));
+    assert!(!failed.driver_internal_info.contains_key(keys::AGENT_SECRET_TOKEN));
     // Rebuild from deploy failed works and deploys once more.
     env.provision(n.uuid, ApiVerb::Rebuild).await.unwrap();
     env.wait_state(n.uuid, S::Active, Duration::from_secs(20)).await;

@@ -179,9 +179,12 @@ pub fn decide(node: &Node, mac: MacAddress, cfg: &PxeConfig, request_id: &str) -
                 let kernel = str_field(&node.instance_info, "kernel");
                 let ramdisk = str_field(&node.instance_info, "ramdisk");
                 if let (Some(kernel), Some(ramdisk)) = (kernel, ramdisk) {
-                    let root = str_field(&node.driver_internal_info, "root_uuid_or_disk_id")
-                        .map(|r| format!("root=UUID={r} ro"))
-                        .unwrap_or_default();
+                    let root = str_field(
+                        &node.driver_internal_info,
+                        deploy::internal_info::keys::ROOT_UUID_OR_DISK_ID,
+                    )
+                    .map(|r| format!("root=UUID={r} ro"))
+                    .unwrap_or_default();
                     let append = str_field(&node.instance_info, "kernel_append_params")
                         .unwrap_or(&cfg.kernel_append_params);
                     return BootAction::Instance(KernelBoot {

@@ -6,14 +6,16 @@
 //! that differ are chosen per backend next to each other.
 //!
 //! Modules: `error` (sqlx errors → `PublicError`, in one function), `node` (nodes, listing and
-//! MAC lookup), `lock` (the reservation queries), `port`, `conductor`, `history`, `txn` (the one
-//! transaction helper, which retries serialization failures), `types` (column codecs shared by
-//! both backends), and `migrations/<backend>/` applied by [`DataStore::migrate`].
+//! MAC lookup), `modify` (read-modify-write of a node with bounded re-reads), `lock` (the
+//! reservation queries), `port`, `conductor`, `history`, `txn` (the one transaction helper,
+//! which retries serialization failures), `types` (column codecs shared by both backends),
+//! and `migrations/<backend>/` applied by [`DataStore::migrate`].
 
 mod conductor;
 mod error;
 mod history;
 mod lock;
+mod modify;
 mod node;
 mod port;
 mod query;
@@ -33,6 +35,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use modify::{NODE_MODIFY_ATTEMPTS, NodeModify};
 pub use query::{MAX_LIMIT, NodeListQuery, NodeSortKey, PortListQuery, SortDir};
 
 /// How long to wait for a pooled connection before answering `Unavailable`.
