@@ -27,10 +27,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let Args { root, api_url, listen, config } = Args::parse();
-    let cfg = match agent::AgentFileConfig::load(
-        config.as_deref(),
-        agent::Flags { root, api_url, listen },
-    ) {
+    let flags = agent::Flags { root, api_url, listen };
+    let cfg = match agent::AgentFileConfig::load(config.as_deref(), flags) {
         Ok(c) => c,
         Err(e) => return common::bad_config("ferric-agent", &e),
     };
