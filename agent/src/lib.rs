@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ConstantBuilder, ExponentialBuilder};
+use common::shutdown::Shutdown;
 use proto::agent::agent_service_server::AgentServiceServer;
 use rand::Rng;
 use thiserror::Error;
@@ -31,7 +32,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{AgentConfig, AgentFileConfig, Cmdline, Secret};
+pub use config::{AgentConfig, AgentFileConfig, Cmdline, Flags, Secret};
 
 use crate::api_client::{ApiClient, ApiError};
 use crate::server::LastImage;
@@ -77,8 +78,9 @@ pub struct AgentState {
 }
 
 impl AgentState {
-    /// New state for `cfg`, stopping with `cancel`.
-    pub fn new(cfg: AgentConfig, cancel: CancellationToken) -> Self {
+    /// New state for `cfg`: commands stop with a child of `shutdown`'s token and run on its
+    /// tracker, so that its drain waits for them.
+    pub fn new(cfg: AgentConfig, shutdown: &Shutdown) -> Self {
         let token = cfg.agent_token.as_ref().map(|s| s.0.clone()).filter(|t| !t.is_empty());
         Self {
             root: cfg.root_dir(),
@@ -88,8 +90,8 @@ impl AgentState {
             last_image: Mutex::new(None),
             commands: commands::Commands::default(),
             heartbeat_now: Notify::new(),
-            tracker: TaskTracker::new(),
-            cancel,
+            tracker: shutdown.tracker().clone(),
+            cancel: shutdown.child_token(),
         }
     }
 
@@ -326,19 +328,21 @@ async fn lookup_and_heartbeat(
     }
 }
 
-/// Run the agent until `token` is cancelled: the gRPC server on `grpc` and, with an API
-/// URL, lookup and heartbeats.
+/// Run the agent until `shutdown` is cancelled: the gRPC server on `grpc` (already bound)
+/// and, with an API URL, lookup and heartbeats. Ready ([`Shutdown::ready`]) once the server
+/// serves (the lookup goes on in the background). On shutdown running commands get the drain
+/// timeout ([`Shutdown::drain`]).
 ///
 /// # Errors
 /// Bad configuration, a lookup that timed out, or a server failure.
 pub async fn run(
     cfg: AgentConfig,
     grpc: TcpListener,
-    token: CancellationToken,
+    shutdown: Shutdown,
 ) -> Result<(), AgentError> {
     cfg.validate()?;
     let local = grpc.local_addr()?;
-    let state = Arc::new(AgentState::new(cfg.clone(), token.child_token()));
+    let state = Arc::new(AgentState::new(cfg.clone(), &shutdown));
     let svc = server::AgentGrpc::new(state.clone());
     let check_state = state.clone();
     let service = AgentServiceServer::with_interceptor(svc, move |req: tonic::Request<()>| {
@@ -349,6 +353,7 @@ pub async fn run(
     let serve = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
+    shutdown.ready();
     tracing::info!(addr = %local, root = %state.root.display(), "agent gRPC server listening");
 
     let hb = match &cfg.api_url {
@@ -377,8 +382,7 @@ pub async fn run(
         None => serve.await.map_err(|e| AgentError::Serve(e.to_string())),
     };
     state.cancel.cancel();
-    state.tracker.close();
-    if tokio::time::timeout(Duration::from_secs(10), state.tracker.wait()).await.is_err() {
+    if shutdown.drain().await.is_err() {
         tracing::warn!("commands still running at shutdown were abandoned");
     }
     result

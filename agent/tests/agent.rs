@@ -19,6 +19,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use common::shutdown::{CancellationToken, Shutdown};
 use proto::agent::agent_service_client::AgentServiceClient;
 use proto::agent::{
     CommandState, EraseDevicesRequest, EraseMode, GetCommandStatusRequest, GetInventoryRequest,
@@ -26,7 +27,6 @@ use proto::agent::{
     SyncRequest,
 };
 use sha2::{Digest, Sha256};
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -85,11 +85,14 @@ struct Running {
     task: tokio::task::JoinHandle<Result<(), agent::AgentError>>,
 }
 
+/// Runs the agent on 127.0.0.1:0 and waits until its gRPC server serves.
 async fn start(cfg: AgentConfig) -> Running {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let task = tokio::spawn(agent::run(cfg, l, stop.clone()));
+    let (shutdown, ready) = Shutdown::new(stop.clone(), Duration::from_secs(10)).service();
+    let task = tokio::spawn(agent::run(cfg, l, shutdown));
+    ready.wait().await.unwrap();
     Running { addr, stop, task }
 }
 

@@ -8,7 +8,6 @@
 //! See `docs/CONTRACTS.md` for the surfaces this crate uses and exposes.
 
 pub mod agent_client;
-pub mod bin_support;
 pub mod config;
 pub mod deploy_iface;
 pub mod drivers;
@@ -25,6 +24,8 @@ use std::sync::{Arc, Mutex};
 
 use bus::DynBus;
 use chrono::Utc;
+use common::ErrorChain;
+use common::shutdown::Shutdown;
 use deploy::hardware::HardwareError;
 use deploy::{Conductor, Node, NodeId, PublicError};
 use store::DataStore;
@@ -32,7 +33,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{ConductorConfig, ConductorConfigError};
+pub use config::{ConductorConfig, ConductorConfigError, ConductorFileConfig};
 use deploy_iface::DeployInterface;
 use drivers::Drivers;
 
@@ -103,18 +104,11 @@ impl Ctx {
     }
 }
 
-/// Displays an error with its sources (`a: b: c`).
-pub(crate) struct Chain<'a>(pub &'a dyn std::error::Error);
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&agent_client::chain(self.0))
-    }
-}
-
-/// Run a conductor until `token` is cancelled: register, release this host's stale locks,
-/// consume the work queue and run the periodic tasks; on shutdown drain running workflows
-/// (bounded by `drain_timeout_secs`) and unregister.
+/// Run a conductor until `shutdown` is cancelled: register, release this host's stale locks,
+/// start consuming the work queue — then it is ready ([`Shutdown::ready`]) — and run the
+/// periodic tasks; on shutdown drain running workflows through [`Shutdown::drain`] (bounded by
+/// `drain_timeout_secs`, which replaces the shutdown's own timeout), release what is still
+/// held and unregister.
 ///
 /// # Errors
 /// [`ConductorError`] when the config is invalid or registration fails.
@@ -122,18 +116,19 @@ pub async fn run(
     cfg: ConductorConfig,
     store: DataStore,
     bus: DynBus,
-    token: CancellationToken,
+    shutdown: Shutdown,
 ) -> Result<(), ConductorError> {
     cfg.validate()?;
+    let shutdown = shutdown.with_drain_timeout(cfg.drain_timeout());
     let drivers = Drivers::new(&cfg).map_err(ConductorError::Drivers)?;
-    let tracker = TaskTracker::new();
+    let tracker = shutdown.tracker().clone();
     let ctx = Arc::new(Ctx {
         tasks: tokio::sync::Semaphore::new(cfg.max_concurrent_tasks),
         cfg,
         store,
         bus,
         drivers,
-        token: token.clone(),
+        token: shutdown.token().clone(),
         tracker: tracker.clone(),
         inflight: Mutex::new(HashMap::new()),
         power_failures: Mutex::new(HashMap::new()),
@@ -147,12 +142,17 @@ pub async fn run(
     match ctx.store.node_release_all_held_by(&host).await {
         Ok(0) => {}
         Ok(n) => tracing::warn!(released = n, "released locks left by a previous run"),
-        Err(e) => tracing::warn!(error = %Chain(&e), "cannot release stale locks"),
+        Err(e) => tracing::warn!(error = %ErrorChain(&e), "cannot release stale locks"),
     }
-    tracing::info!(conductor = %host, "conductor started");
+
+    // Deliveries published before the queue exists would be lost: consume first, then say
+    // ready (below). `None`: shut down before the bus answered.
+    let Some(consumer) = worker::subscribe(&ctx).await else {
+        return stop(&ctx, &shutdown).await;
+    };
 
     let c = &ctx.cfg;
-    tracker.spawn(worker::consume(ctx.clone()));
+    tracker.spawn(worker::consume(ctx.clone(), consumer));
     tracker.spawn(periodic::every(
         ctx.clone(),
         "heartbeat",
@@ -185,21 +185,26 @@ pub async fn run(
     ));
     // A first sweep at once picks up whatever happened while no conductor was running.
     tracker.spawn(periodic::sweep(ctx.clone()));
+    shutdown.ready();
+    tracing::info!(conductor = %host, queue = %c.queue, "conductor ready");
 
-    token.cancelled().await;
+    shutdown.cancelled().await;
+    stop(&ctx, &shutdown).await
+}
+
+/// On shutdown: drain running workflows (bounded), release what is still held, unregister.
+async fn stop(ctx: &Ctx, shutdown: &Shutdown) -> Result<(), ConductorError> {
+    let host = &ctx.cfg.hostname;
     tracing::info!(conductor = %host, "conductor stopping");
-    tracker.close();
-    let drain = config::dur(ctx.cfg.drain_timeout_secs);
-    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-        tracing::warn!("drain timeout reached with workflows still running");
-    }
+    // `drain` logs the tasks it gave up on.
+    let _ = shutdown.drain().await;
     // Anything still held (a workflow cut off by the drain timeout) is released now: its
     // node keeps its recorded state and the next conductor re-plans it.
-    if let Err(e) = ctx.store.node_release_all_held_by(&host).await {
-        tracing::warn!(error = %Chain(&e), "cannot release locks at shutdown");
+    if let Err(e) = ctx.store.node_release_all_held_by(host).await {
+        tracing::warn!(error = %ErrorChain(&e), "cannot release locks at shutdown");
     }
-    if let Err(e) = ctx.store.conductor_unregister(&host).await {
-        tracing::warn!(error = %Chain(&e), "cannot unregister");
+    if let Err(e) = ctx.store.conductor_unregister(host).await {
+        tracing::warn!(error = %ErrorChain(&e), "cannot unregister");
     }
     tracing::info!(conductor = %host, "conductor stopped");
     Ok(())

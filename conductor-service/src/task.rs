@@ -70,7 +70,7 @@ impl LockGuard {
     pub async fn release(mut self) {
         self.released = true;
         if let Err(e) = self.ctx.store.node_release(self.node, &self.ctx.cfg.hostname).await {
-            tracing::error!(node = %self.node, error = %crate::Chain(&e),
+            tracing::error!(node = %self.node, error = %common::ErrorChain(&e),
                 "could not release the node lock; stale-lock cleanup will");
         }
     }
@@ -88,7 +88,7 @@ impl Drop for LockGuard {
         if tokio::runtime::Handle::try_current().is_ok() {
             self.ctx.tracker.spawn(async move {
                 if let Err(e) = store.node_release(node, &host).await {
-                    tracing::error!(node = %node, error = %crate::Chain(&e),
+                    tracing::error!(node = %node, error = %common::ErrorChain(&e),
                         "could not release the node lock after a cancelled task");
                 }
             });
@@ -202,7 +202,7 @@ impl Task {
             created_at: Utc::now(),
         };
         if let Err(e) = self.ctx.store.history_insert(&h).await {
-            tracing::warn!(node = %self.id(), error = %crate::Chain(&e), "history entry lost");
+            tracing::warn!(node = %self.id(), error = %common::ErrorChain(&e), "history entry lost");
         }
     }
 
@@ -261,7 +261,7 @@ impl Ctx {
             payload: Some(payload),
         };
         if let Err(e) = bus::publish_event(self.bus.as_ref(), &ev).await {
-            tracing::warn!(node = %node, error = %crate::Chain(&e), "event not published");
+            tracing::warn!(node = %node, error = %common::ErrorChain(&e), "event not published");
         }
     }
 }

@@ -13,20 +13,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conductor_service::ConductorConfig;
+use bus::testing::amqp_url;
+use common::shutdown::{CancellationToken, Shutdown};
 use conductor_service::testing::{
     SimAgent, SimAgentConfig, fast_config, insert_fake_node, request_provision, run_fleet, wait_for,
 };
 use deploy::internal_info::keys;
+use conductor_service::{ConductorConfig, ConductorError};
 use deploy::{ApiVerb, Node, NodeId, ProvisionState as S, PublicError};
-use store::testing::{TestDatabase, services_required};
-use tokio_util::sync::CancellationToken;
-
-const AMQP_DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-fn amqp_url() -> String {
-    std::env::var("FERRIC_TEST_AMQP_URL").unwrap_or_else(|_| AMQP_DEFAULT.to_owned())
-}
+use store::testing::TestDatabase;
+use tokio::task::JoinHandle;
 
 struct Env {
     db: TestDatabase,
@@ -36,6 +32,8 @@ struct Env {
     token: CancellationToken,
     agent: SimAgent,
     real: bool,
+    /// The conductors started in this process, awaited by [`Env::finish`].
+    conductors: std::sync::Mutex<Vec<JoinHandle<Result<(), ConductorError>>>>,
 }
 
 fn unique(prefix: &str) -> String {
@@ -54,20 +52,13 @@ async fn env(real: bool) -> Option<Env> {
     let exchange = unique("ferric-test");
     let (db, bus) = if real {
         let db = TestDatabase::postgres().await?;
-        let bus = match bus::connect_with_exchange(Some(&amqp_url()), &exchange).await {
-            Ok(b) => b,
-            Err(e) => {
-                assert!(!services_required(), "RabbitMQ is required but not reachable: {e}");
-                eprintln!("SKIPPING: RabbitMQ not reachable at {}: {e}", amqp_url());
-                return None;
-            }
-        };
-        (db, bus)
+        (db, bus::testing::rabbit(&exchange).await?)
     } else {
         (TestDatabase::sqlite().await, bus::connect(None).await.unwrap())
     };
     let agent = SimAgent::start(SimAgentConfig::default(), token.clone()).await.unwrap();
-    Some(Env { db, bus, exchange, queue: unique("conductor.work"), token, agent, real })
+    let queue = unique("conductor.work");
+    Some(Env { db, bus, exchange, queue, token, agent, real, conductors: Default::default() })
 }
 
 impl Env {
@@ -75,11 +66,15 @@ impl Env {
         self.db.store()
     }
 
-    fn start_conductor(&self, cfg: ConductorConfig) -> CancellationToken {
-        let t = self.token.child_token();
-        let (s, b, tt) = (self.store().clone(), self.bus.clone(), t.clone());
-        tokio::spawn(async move { conductor_service::run(cfg, s, b, tt).await.unwrap() });
-        t
+    /// Starts a conductor in this process and waits until it is ready (registered and
+    /// consuming the work queue).
+    async fn start_conductor(&self, cfg: ConductorConfig) {
+        let root = Shutdown::new(self.token.clone(), Duration::from_secs(5));
+        let (shutdown, ready) = root.service();
+        let (s, b) = (self.store().clone(), self.bus.clone());
+        let task = tokio::spawn(conductor_service::run(cfg, s, b, shutdown));
+        ready.wait().await.unwrap();
+        self.conductors.lock().unwrap().push(task);
     }
 
     fn start_fleet(&self) {
@@ -114,9 +109,13 @@ impl Env {
         request_provision(self.store(), &self.bus, id, verb).await
     }
 
+    /// Stops everything, waits for the conductors to drain and unregister, drops the database.
     async fn finish(self) {
         self.token.cancel();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let conductors = std::mem::take(&mut *self.conductors.lock().unwrap());
+        for c in conductors {
+            c.await.unwrap().unwrap();
+        }
         self.db.cleanup().await;
     }
 }
@@ -124,7 +123,7 @@ impl Env {
 /// Drive one direct-deploy node through the whole lifecycle and check its history.
 async fn lifecycle(env: &Env, conductors: usize) {
     for i in 0..conductors {
-        env.start_conductor(fast_config(&format!("c{i}-{}", env.queue), &env.queue));
+        env.start_conductor(fast_config(&format!("c{i}-{}", env.queue), &env.queue)).await;
     }
     env.start_fleet();
     let n = insert_fake_node(env.store(), "direct").await.unwrap();
@@ -173,7 +172,7 @@ async fn test_fake_deploy_interface_and_disabled_cleaning() {
     let env = env(false).await.unwrap();
     let mut cfg = fast_config("c-fake", &env.queue);
     cfg.automated_clean = false;
-    env.start_conductor(cfg);
+    env.start_conductor(cfg).await;
     let n = insert_fake_node(env.store(), "fake").await.unwrap();
     let long = Duration::from_secs(20);
     env.provision(n.uuid, ApiVerb::Manage).await.unwrap();
@@ -189,7 +188,7 @@ async fn test_fake_deploy_interface_and_disabled_cleaning() {
 #[tokio::test]
 async fn test_agent_write_failure_fails_deploy_with_last_error() {
     let env = env(false).await.unwrap();
-    env.start_conductor(fast_config("c-fail", &env.queue));
+    env.start_conductor(fast_config("c-fail", &env.queue)).await;
     env.start_fleet();
     let n = insert_fake_node(env.store(), "direct").await.unwrap();
     let mut n = n;
@@ -217,7 +216,7 @@ async fn test_agent_vanishing_mid_deploy_fails_at_callback_timeout() {
     let mut cfg = fast_config("c-vanish", &env.queue);
     cfg.callback_timeout_secs = 2.0;
     cfg.agent.command_timeout_secs = 1.0;
-    env.start_conductor(cfg);
+    env.start_conductor(cfg).await;
     env.start_fleet();
     let mut n = insert_fake_node(env.store(), "direct").await.unwrap();
     n.provision_state = S::Available;
@@ -245,7 +244,7 @@ async fn test_no_heartbeat_fails_wait_call_back_at_timeout() {
     let env = env(false).await.unwrap();
     let mut cfg = fast_config("c-timeout", &env.queue);
     cfg.callback_timeout_secs = 1.0;
-    env.start_conductor(cfg);
+    env.start_conductor(cfg).await;
     // No fleet: the ramdisk never calls back.
     let mut n = insert_fake_node(env.store(), "direct").await.unwrap();
     n.provision_state = S::Available;
@@ -264,7 +263,7 @@ async fn test_no_heartbeat_fails_wait_call_back_at_timeout() {
 #[tokio::test]
 async fn test_maintenance_heartbeat_is_recorded_only_and_abort_fails_wait() {
     let env = env(false).await.unwrap();
-    env.start_conductor(fast_config("c-maint", &env.queue));
+    env.start_conductor(fast_config("c-maint", &env.queue)).await;
     let mut n = insert_fake_node(env.store(), "direct").await.unwrap();
     n.provision_state = S::Available;
     let n = env.store().node_update(&n).await.unwrap();
@@ -288,7 +287,7 @@ async fn test_maintenance_heartbeat_is_recorded_only_and_abort_fails_wait() {
 #[tokio::test]
 async fn test_power_request_is_applied_and_recorded() {
     let env = env(false).await.unwrap();
-    env.start_conductor(fast_config("c-power", &env.queue));
+    env.start_conductor(fast_config("c-power", &env.queue)).await;
     let n = insert_fake_node(env.store(), "fake").await.unwrap();
     conductor_service::testing::request_power(
         env.store(),
@@ -318,8 +317,8 @@ async fn test_power_request_is_applied_and_recorded() {
 #[tokio::test]
 async fn test_concurrent_conflicting_requests_deploy_each_node_once() {
     let Some(env) = env(true).await else { return };
-    env.start_conductor(fast_config("c-race-1", &env.queue));
-    env.start_conductor(fast_config("c-race-2", &env.queue));
+    env.start_conductor(fast_config("c-race-1", &env.queue)).await;
+    env.start_conductor(fast_config("c-race-2", &env.queue)).await;
     env.start_fleet();
     let mut ids = Vec::new();
     for _ in 0..20 {
@@ -375,7 +374,7 @@ fn spawn_conductor_process(env: &Env, host: &str, dir: &std::path::Path) -> std:
     std::process::Command::new(env!("CARGO_BIN_EXE_conductor-service"))
         .arg("--config")
         .arg(&path)
-        .env("RUST_LOG", "info")
+        .env("FERRIC_TELEMETRY__FILTER", "info")
         .stderr(log)
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -479,7 +478,7 @@ async fn test_deploy_failure_on_a_dead_bmc_keeps_the_cause_and_adds_the_power_of
     cfg.redfish.request_timeout_secs = 0.5;
     cfg.redfish.attempts = 1;
     cfg.power_sync_interval_secs = 0.0;
-    env.start_conductor(cfg);
+    env.start_conductor(cfg).await;
     // A port nothing listens on: every BMC call is refused.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut n = insert_fake_node(env.store(), "direct").await.unwrap();

@@ -1,8 +1,7 @@
 //! REST happy paths: version documents, node CRUD, provision/power verbs with their events,
 //! maintenance, listing with pagination, auth, health, metrics and OpenAPI.
 
-use api_service::Settings;
-use api_service::auth::Auth;
+use api_service::ApiConfig;
 use proto::events::event::Payload;
 use reqwest::Method;
 use serde_json::json;
@@ -240,8 +239,10 @@ async fn test_http_basic_auth() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("htpasswd");
     std::fs::write(&path, format!("admin:{}\n", bcrypt::hash("s3cret", 4).unwrap())).unwrap();
-    let auth = Auth::from_htpasswd(&path).unwrap();
-    let h = Harness::sqlite_with(Settings::default(), auth).await;
+    let mut cfg = ApiConfig::default();
+    cfg.api.auth_strategy = "http_basic".into();
+    cfg.api.http_basic_auth_user_file = Some(path.clone());
+    let h = Harness::sqlite_with(cfg).await;
     let url = format!("{}/v1/nodes", h.base);
     let r = h.client().get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::shutdown::{CancellationToken, Shutdown};
 use deploy::ProvisionState;
 use pxe_service::{PxeConfig, UnknownMac, image_cache_url};
 use rand::RngCore;
@@ -14,7 +15,6 @@ use sha2::Digest;
 use sim::tftp::{self as client, FetchOptions};
 use store::DataStore;
 use store::testing::TestDatabase;
-use tokio_util::sync::CancellationToken;
 
 use crate::render_db::insert_node;
 
@@ -51,7 +51,9 @@ impl Service {
         };
         tweak(&mut cfg);
         let token = CancellationToken::new();
-        let task = tokio::spawn(pxe_service::run(cfg, udp, tcp, store, token.clone()));
+        let (shutdown, ready) = Shutdown::new(token.clone(), Duration::from_secs(10)).service();
+        let task = tokio::spawn(pxe_service::run(cfg, udp, tcp, store, shutdown));
+        ready.wait().await.unwrap();
         Self { tftp, http_url, dirs, token, task }
     }
 
