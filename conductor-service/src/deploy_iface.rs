@@ -558,3 +558,6 @@ mod tokio_stream_lite {
         s.message().await
     }
 }
+
+#[cfg(test)]
+mod tests;

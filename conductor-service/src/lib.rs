@@ -23,8 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bus::DynBus;
-use chrono::Utc;
-use deploy::{Conductor, Node, NodeId, PublicError};
+use deploy::{Conductor, Node, NodeId, PublicError, SharedClock, SystemClock};
 use store::DataStore;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +63,9 @@ pub struct Ctx {
     pub bus: DynBus,
     /// Power and management drivers.
     pub drivers: Drivers,
+    /// Wall-clock time for every timestamp written and every timeout compared (callback
+    /// timeouts, conductor liveness); waiting and elapsed time use Tokio's timers.
+    pub clock: SharedClock,
     /// Cancelled on shutdown.
     pub token: CancellationToken,
     /// Every spawned task.
@@ -81,7 +83,7 @@ pub struct Ctx {
 impl Ctx {
     /// This conductor's registration row.
     pub fn registration(&self) -> Conductor {
-        let now = Utc::now();
+        let now = self.clock.now();
         Conductor {
             hostname: self.cfg.hostname.clone(),
             conductor_group: self.cfg.conductor_group.clone(),
@@ -130,6 +132,21 @@ pub async fn run(
     bus: DynBus,
     token: CancellationToken,
 ) -> Result<(), ConductorError> {
+    run_with_clock(cfg, store, bus, token, SystemClock::shared()).await
+}
+
+/// [`run`] on `clock` instead of the system clock (tests run timeouts in simulated time
+/// with `sim::SimClock` on a paused runtime).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_clock(
+    cfg: ConductorConfig,
+    store: DataStore,
+    bus: DynBus,
+    token: CancellationToken,
+    clock: SharedClock,
+) -> Result<(), ConductorError> {
     cfg.validate()?;
     let drivers = Drivers::new(&cfg).map_err(ConductorError::Drivers)?;
     let tracker = TaskTracker::new();
@@ -139,6 +156,7 @@ pub async fn run(
         store,
         bus,
         drivers,
+        clock,
         token: token.clone(),
         tracker: tracker.clone(),
         inflight: Mutex::new(HashMap::new()),
@@ -148,7 +166,7 @@ pub async fn run(
     });
     let host = ctx.cfg.hostname.clone();
     ctx.store
-        .conductor_register(&ctx.registration())
+        .conductor_register(&ctx.registration(), ctx.clock.now())
         .await
         .map_err(|source| ConductorError::Register { hostname: host.clone(), source })?;
     // Locks this hostname held in a previous life are stale by definition.

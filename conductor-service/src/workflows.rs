@@ -2,7 +2,6 @@
 //! deploy, clean (provide, undeploy), delete, resume on the agent's heartbeat, power
 //! requests and abort clean-up. Every failure ends in the failure state with `last_error`.
 
-use chrono::Utc;
 use deploy::drivers::DriverError;
 use deploy::steps::{
     Recovery, Step, StepKind, plan_from_json, plan_to_json, recover, step_to_json,
@@ -192,7 +191,7 @@ pub async fn set_power(
     let n = task.node.clone();
     let reached =
         d.power.set_power_state(&n, target).await.map_err(|e| power_failed(&n, target, &e))?;
-    let now = Utc::now().to_rfc3339();
+    let now = task.ctx.clock.now().to_rfc3339();
     task.update(|n| {
         n.power_state = Some(reached);
         n.driver_internal_info.insert("last_power_state_change".into(), now.clone().into());
@@ -526,6 +525,7 @@ async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
     use deploy::NodeId;
 
     #[test]

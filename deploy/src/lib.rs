@@ -6,6 +6,7 @@
 //! and the image pipeline used by the agent (and later by the conductor's iSCSI path).
 //! No database, broker or RPC crate is a dependency of this crate.
 
+pub mod clock;
 pub mod drivers;
 pub mod error;
 pub mod hints;
@@ -15,6 +16,7 @@ pub mod model;
 pub mod state;
 pub mod steps;
 
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::PublicError;
 pub use ids::{NodeId, PortId};
 pub use model::{Conductor, Node, NodeHistory, Port, PowerState};

@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use api_service::auth::Auth;
 use api_service::{ApiState, Settings};
-use conductor_service::testing::{SimAgent, SimAgentConfig, fast_config, wait_for};
+use conductor_service::testing::{fast_config, wait_for};
 use deploy::{NodeId, ProvisionState as S};
 use proto::events::event::Payload;
 use serde_json::{Value, json};
+use sim::{SimAgent, SimAgentConfig};
 use store::testing::{TestDatabase, services_required};
 use tokio_util::sync::CancellationToken;
 
