@@ -12,6 +12,12 @@ CARGO_TARGET_DIR="$AGENT_TARGET_DIR" \
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C strip=debuginfo -C target-feature=+crt-static" \
     cargo build -p agent --bin agent --target x86_64-unknown-linux-musl --profile dev
 BIN="$AGENT_TARGET_DIR/x86_64-unknown-linux-musl/debug/agent"
+# The ramdisk agent carries no test fixtures: the agent's `fixture` feature must stay off here.
+if cargo tree -p agent --target x86_64-unknown-linux-musl -e normal,build,features -i agent \
+    | grep -q 'feature "fixture"'; then
+  echo "FAIL: the ramdisk build of the agent enables its fixture feature" >&2
+  exit 1
+fi
 info=$(file "$BIN")
 echo "$info"
 case "$info" in

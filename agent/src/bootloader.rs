@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use deploy::image::partition::{PartRole, PartitionTable};
+use image::partition::{PartRole, PartitionTable};
 use serde::Serialize;
 
 /// A firmware boot entry (`efibootmgr -c`).
@@ -228,9 +228,7 @@ async fn run(c: &[String]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use deploy::image::partition::{
-        BootMode, DiskLabel, PartitionLayoutSpec, plan_partition_image,
-    };
+    use image::partition::{BootMode, DiskLabel, PartitionLayoutSpec, plan_partition_image};
 
     #[test]
     fn test_plans() {

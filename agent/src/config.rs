@@ -108,6 +108,41 @@ pub struct AgentFileConfig {
     pub telemetry: common::config::TelemetryConfig,
 }
 
+/// What the agent binary's flags say; they win over the file and the kernel command line.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// `--root`: a fake machine tree.
+    pub root: Option<PathBuf>,
+    /// `--api-url`.
+    pub api_url: Option<String>,
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+}
+
+impl AgentFileConfig {
+    /// The agent's whole configuration, checked: defaults < `file` (TOML) < `FERRIC_*` env
+    /// < the kernel command line (read under the root) < `flags`.
+    ///
+    /// # Errors
+    /// A [`common::config::ConfigError`] naming the key.
+    pub fn load(file: Option<&Path>, flags: Flags) -> Result<Self, common::config::ConfigError> {
+        let mut cfg: Self = common::config::load(file, common::config::ENV_PREFIX)?;
+        let agent = &mut cfg.agent;
+        if flags.root.is_some() {
+            agent.root = flags.root;
+        }
+        agent.apply_cmdline(&Cmdline::read(&agent.root_dir()));
+        if flags.api_url.is_some() {
+            agent.api_url = flags.api_url;
+        }
+        if let Some(l) = flags.listen {
+            agent.listen = l;
+        }
+        agent.validate()?;
+        Ok(cfg)
+    }
+}
+
 /// What the kernel command line said.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cmdline {
@@ -266,8 +301,8 @@ impl AgentConfig {
     }
 
     /// The image pipeline options this config implies.
-    pub fn pipeline_options(&self) -> deploy::image::PipelineOptions {
-        let mut o = deploy::image::PipelineOptions::default();
+    pub fn pipeline_options(&self) -> image::PipelineOptions {
+        let mut o = image::PipelineOptions::default();
         o.fetch.max_attempts = self.download_attempts;
         o.fetch.retry_delay = Duration::from_millis(self.download_retry_delay_ms);
         o.fetch.read_timeout = Duration::from_secs(self.download_read_timeout_secs.max(1));

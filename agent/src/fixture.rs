@@ -1,6 +1,7 @@
 //! Fake machine trees for `--root` mode: a directory holding the `/proc`, `/sys` and `/dev`
 //! files the agent reads, with disks as plain (sparse) files. Used by the agent's tests and
-//! by the simulator.
+//! by the simulator, so it is compiled only with the `fixture` feature: the deploy ramdisk's
+//! agent reads real `/proc`, `/sys` and `/dev` and carries none of this.
 //!
 //! ```no_run
 //! use agent::fixture::{Fixture, FixtureDisk, FixtureNic};

@@ -5,12 +5,14 @@
 //! found or the lookup timeout), takes the agent token from the answer and heartbeats at
 //! the interval the API gave (jittered), plus right after every command finishes. In
 //! `--root` mode ([`AgentConfig::root`]) everything the agent reads or writes lives under a
-//! fake machine tree (see [`fixture`]).
+//! fake machine tree; `fixture` (feature `fixture`, for tests and the simulator, never in the
+//! ramdisk build) makes such trees.
 
 pub mod api_client;
 pub mod bootloader;
 pub mod commands;
 pub mod config;
+#[cfg(feature = "fixture")]
 pub mod fixture;
 pub mod inventory;
 pub mod server;
@@ -20,6 +22,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ConstantBuilder, ExponentialBuilder};
+use common::shutdown::Shutdown;
 use proto::agent::agent_service_server::AgentServiceServer;
 use rand::Rng;
 use thiserror::Error;
@@ -28,7 +32,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{AgentConfig, AgentFileConfig, Cmdline, Secret};
+pub use config::{AgentConfig, AgentFileConfig, Cmdline, Flags, Secret};
 
 use crate::api_client::{ApiClient, ApiError};
 use crate::server::LastImage;
@@ -74,8 +78,9 @@ pub struct AgentState {
 }
 
 impl AgentState {
-    /// New state for `cfg`, stopping with `cancel`.
-    pub fn new(cfg: AgentConfig, cancel: CancellationToken) -> Self {
+    /// New state for `cfg`: commands stop with a child of `shutdown`'s token and run on its
+    /// tracker, so that its drain waits for them.
+    pub fn new(cfg: AgentConfig, shutdown: &Shutdown) -> Self {
         let token = cfg.agent_token.as_ref().map(|s| s.0.clone()).filter(|t| !t.is_empty());
         Self {
             root: cfg.root_dir(),
@@ -85,8 +90,8 @@ impl AgentState {
             last_image: Mutex::new(None),
             commands: commands::Commands::default(),
             heartbeat_now: Notify::new(),
-            tracker: TaskTracker::new(),
-            cancel,
+            tracker: shutdown.tracker().clone(),
+            cancel: shutdown.child_token(),
         }
     }
 
@@ -141,8 +146,33 @@ impl AgentState {
     }
 }
 
+/// `d` scaled by a random factor in `[lo, hi)`: the heartbeat cadence.
 fn jitter(d: Duration, lo: f64, hi: f64) -> Duration {
     d.mul_f64(rand::rng().random_range(lo..hi))
+}
+
+/// Pauses between lookups: `lookup_interval_ms` doubling up to `lookup_max_interval_ms`,
+/// each drawn from the upper half of its step (as IPA spreads a booting rack), and no more
+/// of them than fit in the lookup timeout.
+fn lookup_backoff(cfg: &AgentConfig) -> impl Iterator<Item = Duration> {
+    // backon adds up to 100 % jitter on top of each step; halving both ends keeps every
+    // pause within `[step / 2, step)`.
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(cfg.lookup_interval_ms) / 2)
+        .with_max_delay(Duration::from_millis(cfg.lookup_max_interval_ms) / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .with_total_delay(Some(Duration::from_secs(cfg.lookup_timeout_secs)))
+        .build()
+}
+
+/// Pause after a failed heartbeat: 5 to 10 s, for as long as the agent runs (the
+/// heartbeat is how the conductor knows the agent is alive; it stops only on shutdown).
+const HEARTBEAT_RETRY: Duration = Duration::from_secs(5);
+
+fn heartbeat_retry_backoff() -> impl Iterator<Item = Duration> {
+    ConstantBuilder::new().with_delay(HEARTBEAT_RETRY).with_jitter().without_max_times().build()
 }
 
 /// Split `http://host:port/...` into (host, port).
@@ -204,8 +234,7 @@ async fn lookup_loop(
     }
     let timeout = Duration::from_secs(state.cfg.lookup_timeout_secs);
     let deadline = Instant::now() + timeout;
-    let mut delay = Duration::from_millis(state.cfg.lookup_interval_ms);
-    let max = Duration::from_millis(state.cfg.lookup_max_interval_ms);
+    let mut pauses = lookup_backoff(&state.cfg);
     let mut last;
     loop {
         match api.lookup(&macs).await {
@@ -219,19 +248,18 @@ async fn lookup_loop(
                 last = e.to_string();
             }
         }
-        let wait = jitter(delay, 0.5, 1.0);
-        if Instant::now() + wait > deadline {
+        // The pauses alone fit in the timeout; the lookups themselves take time too.
+        let Some(wait) = pauses.next().filter(|w| Instant::now() + *w <= deadline) else {
             return Err(AgentError::LookupTimedOut {
                 macs: macs.join(","),
                 secs: timeout.as_secs(),
                 last,
             });
-        }
+        };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = state.cancel.cancelled() => return Ok(None),
         }
-        delay = (delay * 2).min(max);
     }
 }
 
@@ -265,6 +293,7 @@ async fn lookup_and_heartbeat(
         .map(Duration::from_millis)
         .unwrap_or_else(|| Duration::from_secs(found.heartbeat_timeout.max(1)));
     let min_gap = Duration::from_millis(state.cfg.heartbeat_min_gap_ms);
+    let mut retry_pauses = heartbeat_retry_backoff();
     loop {
         let token = state.token();
         let wait = match api.heartbeat(&found.node_uuid, &callback, token.as_deref()).await {
@@ -279,7 +308,8 @@ async fn lookup_and_heartbeat(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "heartbeat failed");
-                jitter(Duration::from_secs(5), 1.0, 2.0).min(interval)
+                // Built without a limit on attempts, so the pauses never run out.
+                retry_pauses.next().unwrap_or(HEARTBEAT_RETRY).min(interval)
             }
         };
         let sent = Instant::now();
@@ -298,19 +328,21 @@ async fn lookup_and_heartbeat(
     }
 }
 
-/// Run the agent until `token` is cancelled: the gRPC server on `grpc` and, with an API
-/// URL, lookup and heartbeats.
+/// Run the agent until `shutdown` is cancelled: the gRPC server on `grpc` (already bound)
+/// and, with an API URL, lookup and heartbeats. Ready ([`Shutdown::ready`]) once the server
+/// serves (the lookup goes on in the background). On shutdown running commands get the drain
+/// timeout ([`Shutdown::drain`]).
 ///
 /// # Errors
 /// Bad configuration, a lookup that timed out, or a server failure.
 pub async fn run(
     cfg: AgentConfig,
     grpc: TcpListener,
-    token: CancellationToken,
+    shutdown: Shutdown,
 ) -> Result<(), AgentError> {
     cfg.validate()?;
     let local = grpc.local_addr()?;
-    let state = Arc::new(AgentState::new(cfg.clone(), token.child_token()));
+    let state = Arc::new(AgentState::new(cfg.clone(), &shutdown));
     let svc = server::AgentGrpc::new(state.clone());
     let check_state = state.clone();
     let service = AgentServiceServer::with_interceptor(svc, move |req: tonic::Request<()>| {
@@ -321,6 +353,7 @@ pub async fn run(
     let serve = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
+    shutdown.ready();
     tracing::info!(addr = %local, root = %state.root.display(), "agent gRPC server listening");
 
     let hb = match &cfg.api_url {
@@ -349,8 +382,7 @@ pub async fn run(
         None => serve.await.map_err(|e| AgentError::Serve(e.to_string())),
     };
     state.cancel.cancel();
-    state.tracker.close();
-    if tokio::time::timeout(Duration::from_secs(10), state.tracker.wait()).await.is_err() {
+    if shutdown.drain().await.is_err() {
         tracing::warn!("commands still running at shutdown were abandoned");
     }
     result
@@ -359,6 +391,35 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_lookup_backoff_grows_is_capped_and_ends_with_the_timeout() {
+        let cfg = AgentConfig {
+            lookup_interval_ms: 1000,
+            lookup_max_interval_ms: 8000,
+            lookup_timeout_secs: 60,
+            ..AgentConfig::default()
+        };
+        for _ in 0..100 {
+            let pauses: Vec<Duration> = lookup_backoff(&cfg).collect();
+            let ms = |p: &Duration| p.as_millis();
+            assert!((500..1000).contains(&ms(&pauses[0])), "{pauses:?}");
+            assert!((1000..2000).contains(&ms(&pauses[1])), "{pauses:?}");
+            assert!(pauses[4..].iter().all(|p| (4000..8000).contains(&ms(p))), "{pauses:?}");
+            let total: Duration = pauses.iter().sum();
+            assert!(total <= Duration::from_secs(60), "{pauses:?}");
+            // The series ends only when the next pause no longer fits.
+            assert!(total + Duration::from_secs(8) > Duration::from_secs(60), "{pauses:?}");
+        }
+    }
+
+    #[test]
+    fn test_heartbeat_retry_backoff_is_jittered_and_endless() {
+        let pauses: Vec<Duration> = heartbeat_retry_backoff().take(1000).collect();
+        assert_eq!(pauses.len(), 1000);
+        assert!(pauses.iter().all(|p| *p >= HEARTBEAT_RETRY && *p < 2 * HEARTBEAT_RETRY));
+        assert!(pauses.iter().any(|p| *p != pauses[0]), "jittered");
+    }
 
     #[test]
     fn test_host_port() {

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deploy::hints::{RootDeviceHints, select_root_device};
-use deploy::image::partition::{PartRole, PartitionTable};
-use deploy::image::{ImagePhase, ImageProgress, ImageRequest, IronicImageInfo, WriteOutcome};
 use futures::Stream;
+use image::partition::{PartRole, PartitionTable};
+use image::{ImagePhase, ImageProgress, ImageRequest, IronicImageInfo, WriteOutcome};
 use proto::agent::agent_service_server::AgentService;
 use proto::agent::{
     CommandState, CommandStatus, EraseDevicesRequest, EraseMode, GetCommandStatusRequest,
@@ -221,7 +221,7 @@ async fn prepare(
     let mut opts = state.cfg.pipeline_options();
     opts.disk_size_hint = Some(disk.size);
     let cancel = state.cancel.child_token();
-    let write = deploy::image::write_image(&req, &path, &opts, progress.clone(), cancel);
+    let write = image::write_image(&req, &path, &opts, progress.clone(), cancel);
     tokio::pin!(write);
     let started = Instant::now();
     let mut last = (Instant::now(), 0u64);
@@ -239,7 +239,7 @@ async fn prepare(
             ..base.clone()
         }
     };
-    let result: Result<WriteOutcome, deploy::image::ImageError> = loop {
+    let result: Result<WriteOutcome, image::ImageError> = loop {
         tokio::select! {
             r = &mut write => break r,
             _ = tick.tick() => send(snapshot(&mut last)),
@@ -258,7 +258,7 @@ async fn prepare(
             );
             state.set_last_image(LastImage {
                 disk: disk.name.clone(),
-                partition_image: matches!(req.layout, deploy::image::ImageLayout::Partition { .. }),
+                partition_image: matches!(req.layout, image::ImageLayout::Partition { .. }),
                 root_uuid_or_disk_id: o.root_uuid_or_disk_id.clone(),
                 table: o.table.clone(),
             });
@@ -399,7 +399,7 @@ impl AgentService for AgentGrpc {
             let table = tokio::task::spawn_blocking(move || {
                 let f = std::fs::File::open(&path)
                     .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-                deploy::image::partition::read_table(&f).map_err(|e| e.to_string())
+                image::partition::read_table(&f).map_err(|e| e.to_string())
             })
             .await
             .map_err(|e| e.to_string())??;
@@ -433,8 +433,8 @@ impl AgentService for AgentGrpc {
                 let mut done = Vec::new();
                 for (name, path, _) in disks {
                     let r = match mode {
-                        EraseMode::Full => deploy::image::erase_full(&path, &cancel),
-                        _ => deploy::image::erase_metadata(&path),
+                        EraseMode::Full => image::erase_full(&path, &cancel),
+                        _ => image::erase_metadata(&path),
                     };
                     r.map_err(|e| format!("erasing {name} failed: {e}"))?;
                     done.push(name);

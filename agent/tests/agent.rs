@@ -19,6 +19,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use common::shutdown::{CancellationToken, Shutdown};
 use proto::agent::agent_service_client::AgentServiceClient;
 use proto::agent::{
     CommandState, EraseDevicesRequest, EraseMode, GetCommandStatusRequest, GetInventoryRequest,
@@ -26,7 +27,6 @@ use proto::agent::{
     SyncRequest,
 };
 use sha2::{Digest, Sha256};
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -85,11 +85,14 @@ struct Running {
     task: tokio::task::JoinHandle<Result<(), agent::AgentError>>,
 }
 
+/// Runs the agent on 127.0.0.1:0 and waits until its gRPC server serves.
 async fn start(cfg: AgentConfig) -> Running {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let task = tokio::spawn(agent::run(cfg, l, stop.clone()));
+    let (shutdown, ready) = Shutdown::new(stop.clone(), Duration::from_secs(10)).service();
+    let task = tokio::spawn(agent::run(cfg, l, shutdown));
+    ready.wait().await.unwrap();
     Running { addr, stop, task }
 }
 
@@ -413,7 +416,7 @@ async fn test_partition_image_bootloader_and_erase_in_root_mode() {
         .into_inner();
     assert_eq!(st.state, CommandState::Succeeded as i32);
     let f = std::fs::File::open(dir.path().join("dev/sda")).unwrap();
-    assert!(deploy::image::partition::read_table(&f).unwrap().is_none());
+    assert!(image::partition::read_table(&f).unwrap().is_none());
     let e = c
         .erase_devices(EraseDevicesRequest {
             mode: EraseMode::Metadata as i32,

@@ -15,9 +15,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api_service::auth::Auth;
-use api_service::{ApiState, Settings};
+use api_service::ApiConfig;
 use chrono::Utc;
+use common::shutdown::{DEFAULT_DRAIN_TIMEOUT, Shutdown};
 use deploy::{Node, NodeId, ProvisionState};
 use serde_json::json;
 use store::testing::TestDatabase;
@@ -54,12 +54,14 @@ async fn main() -> anyhow::Result<()> {
         _ => (bus::connect(None).await?, "in-process bus (RabbitMQ unavailable)"),
     };
     let store = db.store().clone();
-    let state = ApiState::new(store.clone(), bus, Settings::default(), Auth::NoAuth);
     let rest = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", rest.local_addr()?);
     let token = CancellationToken::new();
-    let server = tokio::spawn(api_service::serve(state, rest, grpc, token.clone()));
+    let (shutdown, ready) = Shutdown::new(token.clone(), DEFAULT_DRAIN_TIMEOUT).service();
+    let cfg = ApiConfig::default();
+    let server = tokio::spawn(api_service::run(cfg, rest, grpc, store.clone(), bus, shutdown));
+    ready.wait().await?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(64)
@@ -151,7 +153,8 @@ async fn main() -> anyhow::Result<()> {
         n.provision_state = ProvisionState::WaitCallBack;
         n.target_provision_state = Some(ProvisionState::Active);
         let tok = format!("{:0>43}", i);
-        n.driver_internal_info.insert("agent_secret_token".into(), json!(tok));
+        n.driver_internal_info
+            .insert(deploy::internal_info::keys::AGENT_SECRET_TOKEN.into(), json!(tok));
         let n = store.node_insert(&n).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         targets.push((n.uuid.to_string(), tok, format!("http://10.2.0.{i}:50051")));
     }

@@ -96,6 +96,17 @@ pub enum ConfigCheckError {
     Htpasswd(#[source] AuthError),
 }
 
+/// Why the configuration could not be loaded (exit with `common::EXIT_BAD_CONFIG`).
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The file or environment could not be read or parsed.
+    #[error("loading the configuration")]
+    Load(#[source] common::config::ConfigError),
+    /// A value is unusable.
+    #[error(transparent)]
+    Check(#[from] ConfigCheckError),
+}
+
 /// The checked, typed configuration.
 #[derive(Debug, Clone)]
 pub struct CheckedConfig {
@@ -110,6 +121,17 @@ pub struct CheckedConfig {
 }
 
 impl ApiConfig {
+    /// Load (defaults < TOML file < `FERRIC_*` env) and check everything once.
+    ///
+    /// # Errors
+    /// [`LoadError`] naming the key at fault.
+    pub fn load(file: Option<&std::path::Path>) -> Result<(Self, CheckedConfig), LoadError> {
+        let cfg: Self =
+            common::config::load(file, common::config::ENV_PREFIX).map_err(LoadError::Load)?;
+        let checked = cfg.check()?;
+        Ok((cfg, checked))
+    }
+
     /// Check every value once and turn it into typed values.
     ///
     /// # Errors

@@ -25,10 +25,10 @@ pub mod version;
 use std::sync::Arc;
 
 use bus::DynBus;
+use common::shutdown::{Shutdown, joined};
 use store::DataStore;
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 pub use config::{ApiConfig, CheckedConfig, ConfigCheckError};
 pub use rest::router;
@@ -46,45 +46,13 @@ pub enum ApiServiceError {
     /// The gRPC server failed.
     #[error("gRPC server failed")]
     Grpc(#[source] tonic::transport::Error),
-    /// A listener could not be bound.
-    #[error("cannot listen on {addr}")]
-    Bind {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The database could not be opened or migrated.
-    #[error("database unavailable")]
-    Store(#[source] deploy::PublicError),
-    /// The bus could not be connected.
-    #[error("event bus unavailable")]
-    Bus(#[source] bus::BusError),
 }
 
-/// Everything `main` does after loading the config: check it, bind both listeners, open and
-/// migrate the database, connect the bus, and serve until `token` is cancelled.
+/// Serve REST on `rest` and gRPC on `grpc` (both already bound) until `shutdown` is
+/// cancelled or either server fails; ready ([`Shutdown::ready`]) once both serve. On shutdown
+/// in-flight requests get the drain timeout ([`Shutdown::drain`]) to finish.
 ///
-/// # Errors
-/// [`ApiServiceError`]; `Config` means exit code 2.
-pub async fn start(cfg: ApiConfig, token: CancellationToken) -> Result<(), ApiServiceError> {
-    let checked = cfg.check()?;
-    let bind = |addr| async move {
-        TcpListener::bind(addr).await.map_err(|source| ApiServiceError::Bind { addr, source })
-    };
-    let rest = bind(checked.rest_listen).await?;
-    let grpc = bind(checked.grpc_listen).await?;
-    let store = DataStore::connect(&cfg.database.url).await.map_err(ApiServiceError::Store)?;
-    store.migrate().await.map_err(ApiServiceError::Store)?;
-    let bus = bus::connect_with_exchange(Some(&cfg.bus.url), &cfg.bus.exchange)
-        .await
-        .map_err(ApiServiceError::Bus)?;
-    let state = ApiState::new(store, bus, checked.settings, checked.auth);
-    serve(state, rest, grpc, token).await
-}
-
-/// Serve REST on `rest` and gRPC on `grpc` until `token` is cancelled.
+/// The database must be migrated already (`main` and `ferric up` do it).
 ///
 /// # Errors
 /// [`ApiServiceError`] for a bad configuration or a server failure.
@@ -94,68 +62,51 @@ pub async fn run(
     grpc: TcpListener,
     store: DataStore,
     bus: DynBus,
-    token: CancellationToken,
+    shutdown: Shutdown,
 ) -> Result<(), ApiServiceError> {
     let checked = cfg.check()?;
     let state = ApiState::new(store, bus, checked.settings, checked.auth);
-    serve(state, rest, grpc, token).await
-}
-
-/// Serve an already-built state (tests and `ferric up` share one state).
-///
-/// # Errors
-/// [`ApiServiceError`] for a server failure.
-pub async fn serve(
-    state: ApiState,
-    rest: TcpListener,
-    grpc: TcpListener,
-    token: CancellationToken,
-) -> Result<(), ApiServiceError> {
     let rest_addr = rest.local_addr().ok();
     let grpc_addr = grpc.local_addr().ok();
-    tracing::info!(rest = ?rest_addr, grpc = ?grpc_addr, backend = state.store.backend_name(), "api-service listening");
+    let backend = state.store.backend_name();
+    let token = shutdown.token().clone();
     let app = router(state.clone());
-    let rest_token = token.clone();
-    let rest_fut = async move {
-        axum::serve(rest, app)
-            .with_graceful_shutdown(async move { rest_token.cancelled().await })
+    let (rest_token, stop) = (token.clone(), token.clone());
+    // Either server stopping stops the other too rather than limp along half-up.
+    let rest_task = shutdown.spawn(async move {
+        let r = axum::serve(rest, app)
+            .with_graceful_shutdown(rest_token.cancelled_owned())
             .await
-            .map_err(ApiServiceError::Rest)
-    };
+            .map_err(ApiServiceError::Rest);
+        stop.cancel();
+        r
+    });
     let grpc_svc = proto::api::node_service_server::NodeServiceServer::from_arc(Arc::new(
         grpc::GrpcApi::new(state, token.clone()),
     ));
-    let grpc_token = token.clone();
-    let grpc_fut = async move {
-        tonic::transport::Server::builder()
+    let (grpc_token, stop) = (token.clone(), token);
+    let grpc_task = shutdown.spawn(async move {
+        let r = tonic::transport::Server::builder()
             .add_service(grpc_svc)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                async move {
-                    grpc_token.cancelled().await;
-                },
+                grpc_token.cancelled_owned(),
             )
             .await
-            .map_err(ApiServiceError::Grpc)
-    };
-    // If one server dies, stop the other too rather than limp along half-up.
-    let stop_all = token.clone();
-    let res = tokio::try_join!(
-        async {
-            let r = rest_fut.await;
-            if r.is_err() {
-                stop_all.cancel();
-            }
-            r
-        },
-        async {
-            let r = grpc_fut.await;
-            if r.is_err() {
-                token.cancel();
-            }
-            r
-        }
-    );
+            .map_err(ApiServiceError::Grpc);
+        stop.cancel();
+        r
+    });
+    shutdown.ready();
+    tracing::info!(rest = ?rest_addr, grpc = ?grpc_addr, backend, "api-service ready");
+
+    shutdown.cancelled().await;
+    if shutdown.drain().await.is_err() {
+        rest_task.abort();
+        grpc_task.abort();
+    }
+    let rest_res = joined(rest_task).await.unwrap_or(Ok(()));
+    let grpc_res = joined(grpc_task).await.unwrap_or(Ok(()));
     tracing::info!("api-service stopped");
-    res.map(|_| ())
+    rest_res.and(grpc_res)
 }

@@ -2,11 +2,18 @@
 //! the patchable top-level fields, `add /instance_uuid` refused when already associated, and
 //! driver/interface changes only in the states Ironic allows (reference §1.5).
 //!
+//! The RFC 6902 mechanics (JSON Pointer parsing and escapes, array indices, `add` replacing
+//! an existing member, `remove`/`replace` of a missing one failing) are the `json-patch`
+//! crate's. This module checks Ironic's rules before anything is applied and words a refused
+//! operation as Ironic does (every failure is a 400).
+//!
 //! The patch is applied to a JSON document holding only the patchable fields; the result is
 //! type-checked and written back into the node, so a failing patch changes nothing.
 
 use deploy::model::JsonObject;
 use deploy::{Node, Port, ProvisionState, PublicError};
+use json_patch::jsonptr::Pointer;
+use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -66,110 +73,98 @@ pub const NODE_PATCHABLE: &[&str] = &[
 pub const PORT_PATCHABLE: &[&str] =
     &["address", "node_uuid", "pxe_enabled", "local_link_connection", "physical_network", "extra"];
 
-fn unescape(token: &str) -> String {
-    token.replace("~1", "/").replace("~0", "~")
-}
-
-/// Split a JSON Pointer into unescaped tokens.
-fn tokens(path: &str) -> Result<Vec<String>, ApiError> {
-    let rest = path.strip_prefix('/').ok_or_else(|| {
-        ApiError::bad_request(format!("Invalid patch path '{path}': must start with '/'"))
-    })?;
-    Ok(rest.split('/').map(unescape).collect())
-}
-
-/// Apply one operation to `doc` (RFC 6902 semantics for add/replace/remove).
-fn apply_one(doc: &mut Value, op: &PatchOp) -> Result<(), ApiError> {
-    let toks = tokens(&op.path)?;
-    let (last, parents) =
-        toks.split_last().ok_or_else(|| ApiError::bad_request("Empty patch path"))?;
-    let mut cur = &mut *doc;
-    for t in parents {
-        cur = match cur {
-            Value::Object(m) => m.get_mut(t),
-            Value::Array(a) => t.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
-            _ => None,
-        }
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("Invalid patch path '{}': '{t}' does not exist", op.path))
-        })?;
+/// The operation's path as a JSON Pointer.
+fn pointer(path: &str) -> Result<&Pointer, ApiError> {
+    // The root ("") is a valid pointer, but no patch may replace the whole resource.
+    if !path.starts_with('/') {
+        return Err(ApiError::bad_request(format!(
+            "Invalid patch path '{path}': must start with '/'"
+        )));
     }
-    let value = || {
-        op.value.clone().ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "'value' is a required property for '{}' of '{}'",
-                op.op, op.path
-            ))
-        })
-    };
-    let missing = || ApiError::bad_request(format!("can't {} non-existent object '{last}'", op.op));
-    match (op.op.as_str(), cur) {
-        ("add", Value::Object(m)) => {
-            m.insert(last.clone(), value()?);
-        }
-        ("replace", Value::Object(m)) => {
-            let slot = m.get_mut(last).ok_or_else(missing)?;
-            *slot = value()?;
-        }
-        ("remove", Value::Object(m)) => {
-            m.remove(last).ok_or_else(missing)?;
-        }
-        (op_name, Value::Array(a)) => {
-            let idx = if last == "-" && op_name == "add" {
-                a.len()
-            } else {
-                last.parse::<usize>()
-                    .ok()
-                    .filter(|i| if op_name == "add" { *i <= a.len() } else { *i < a.len() })
-                    .ok_or_else(missing)?
-            };
-            match op_name {
-                "add" => a.insert(idx, value()?),
-                "replace" => a[idx] = value()?,
-                _ => {
-                    a.remove(idx);
-                }
-            }
-        }
-        _ => {
-            return Err(ApiError::bad_request(format!(
-                "Invalid patch path '{}': the parent is not a container",
-                op.path
-            )));
-        }
-    }
-    Ok(())
+    Pointer::parse(path).map_err(|_| {
+        ApiError::bad_request(format!(
+            "Invalid patch path '{path}': '~' must be followed by '0' or '1'"
+        ))
+    })
 }
 
-/// Check op names and top-level paths against an allow-list before touching anything.
-fn check_ops(ops: &[PatchOp], allowed: &[&str]) -> Result<(), ApiError> {
+/// Check op names, top-level paths and values against Ironic's rules before touching
+/// anything, and return the operations in json-patch's form.
+fn check_ops(ops: &[PatchOp], allowed: &[&str]) -> Result<Vec<PatchOperation>, ApiError> {
     if ops.is_empty() {
         return Err(ApiError::bad_request("Patch must contain at least one operation"));
     }
-    for op in ops {
-        if !matches!(op.op.as_str(), "add" | "replace" | "remove") {
-            return Err(ApiError::bad_request(format!(
-                "Invalid patch operation '{}': must be one of add, replace, remove",
-                op.op
-            )));
-        }
-        let toks = tokens(&op.path)?;
-        let top = toks.first().map(String::as_str).unwrap_or_default();
-        if !allowed.contains(&top) {
-            return Err(ApiError::bad_request(format!(
-                "Cannot patch {}. Only the following can be updated: {}",
-                op.path,
-                allowed.join(", ")
-            )));
-        }
-        if op.op != "remove" && op.value.is_none() {
-            return Err(ApiError::bad_request(format!(
-                "'value' is a required property for '{}' of '{}'",
-                op.op, op.path
-            )));
-        }
+    let invalid_op = |op: &PatchOp| {
+        ApiError::bad_request(format!(
+            "Invalid patch operation '{}': must be one of add, replace, remove",
+            op.op
+        ))
+    };
+    ops.iter()
+        .map(|op| {
+            if !matches!(op.op.as_str(), "add" | "replace" | "remove") {
+                return Err(invalid_op(op));
+            }
+            let path = pointer(&op.path)?;
+            let top = path.first().map(|t| t.decoded().into_owned()).unwrap_or_default();
+            if !allowed.contains(&top.as_str()) {
+                return Err(ApiError::bad_request(format!(
+                    "Cannot patch {}. Only the following can be updated: {}",
+                    op.path,
+                    allowed.join(", ")
+                )));
+            }
+            let path = path.to_buf();
+            Ok(match (op.op.as_str(), op.value.clone()) {
+                ("remove", _) => PatchOperation::Remove(RemoveOperation { path }),
+                ("add", Some(value)) => PatchOperation::Add(AddOperation { path, value }),
+                ("replace", Some(value)) => {
+                    PatchOperation::Replace(ReplaceOperation { path, value })
+                }
+                (_, None) => {
+                    return Err(ApiError::bad_request(format!(
+                        "'value' is a required property for '{}' of '{}'",
+                        op.op, op.path
+                    )));
+                }
+                (_, Some(_)) => return Err(invalid_op(op)),
+            })
+        })
+        .collect()
+}
+
+/// Apply the checked `operations` (from `ops`) to `doc` one at a time, so that a refused
+/// operation is explained against the document it met.
+fn apply(doc: &mut Value, ops: &[PatchOp], operations: &[PatchOperation]) -> Result<(), ApiError> {
+    for (op, operation) in ops.iter().zip(operations) {
+        // `patch` leaves `doc` as it was when the operation fails.
+        json_patch::patch(doc, std::slice::from_ref(operation))
+            .map_err(|_| explain(doc, op, operation.path()))?;
     }
     Ok(())
+}
+
+/// Why json-patch refused `op` on `doc`: its parent is missing or not a container, or the
+/// member to replace or remove (or the array index) does not exist.
+fn explain(doc: &Value, op: &PatchOp, path: &Pointer) -> ApiError {
+    let invalid_path =
+        |why: String| ApiError::bad_request(format!("Invalid patch path '{}': {why}", op.path));
+    // `check_ops` refused the root, the only pointer without a last token.
+    let Some((parent, last)) = path.split_back() else {
+        return invalid_path("must not be empty".to_owned());
+    };
+    match parent.resolve(doc) {
+        Ok(Value::Object(_) | Value::Array(_)) => ApiError::bad_request(format!(
+            "can't {} non-existent object '{}'",
+            op.op,
+            last.decoded()
+        )),
+        Ok(_) => invalid_path("the parent is not a container".to_owned()),
+        Err(e) => {
+            let missing = parent.get(e.position()).map(|t| t.decoded().into_owned());
+            invalid_path(format!("'{}' does not exist", missing.unwrap_or_default()))
+        }
+    }
 }
 
 fn opt_string(doc: &mut Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
@@ -257,7 +252,7 @@ fn allows_driver_change(state: ProvisionState) -> bool {
 /// 400 for a bad op/path/value, 409 for `add /instance_uuid` on an associated node or a
 /// driver change in a state that forbids it.
 pub fn patch_node(node: &Node, ops: &[PatchOp]) -> Result<Node, ApiError> {
-    check_ops(ops, NODE_PATCHABLE)?;
+    let operations = check_ops(ops, NODE_PATCHABLE)?;
     for op in ops {
         if op.op == "add"
             && op.path == "/instance_uuid"
@@ -271,9 +266,7 @@ pub fn patch_node(node: &Node, ops: &[PatchOp]) -> Result<Node, ApiError> {
         }
     }
     let mut doc = node_doc(node);
-    for op in ops {
-        apply_one(&mut doc, op)?;
-    }
+    apply(&mut doc, ops, &operations)?;
     let Value::Object(mut d) = doc else {
         return Err(ApiError::bad_request("Patch replaced the whole document"));
     };
@@ -355,7 +348,7 @@ pub fn patch_node(node: &Node, ops: &[PatchOp]) -> Result<Node, ApiError> {
 /// # Errors
 /// 400 for a bad op/path/value.
 pub fn patch_port(port: &Port, ops: &[PatchOp]) -> Result<Port, ApiError> {
-    check_ops(ops, PORT_PATCHABLE)?;
+    let operations = check_ops(ops, PORT_PATCHABLE)?;
     let mut m = Map::new();
     m.insert("address".into(), Value::String(port.address.to_string()));
     m.insert("node_uuid".into(), Value::String(port.node_uuid.to_string()));
@@ -367,9 +360,7 @@ pub fn patch_port(port: &Port, ops: &[PatchOp]) -> Result<Port, ApiError> {
     );
     m.insert("extra".into(), Value::Object(port.extra.clone()));
     let mut doc = Value::Object(m);
-    for op in ops {
-        apply_one(&mut doc, op)?;
-    }
+    apply(&mut doc, ops, &operations)?;
     let Value::Object(mut d) = doc else {
         return Err(ApiError::bad_request("Patch replaced the whole document"));
     };
@@ -473,6 +464,145 @@ mod tests {
         assert_eq!(patch_node(&n, &o).unwrap_err().status().as_u16(), 409);
         n.maintenance = true;
         assert_eq!(patch_node(&n, &o).unwrap().driver, "ipmi");
+    }
+
+    fn fault(n: &Node, v: Value) -> String {
+        let e = patch_node(n, &ops(v)).unwrap_err();
+        assert_eq!(e.status().as_u16(), 400, "{e:?}");
+        e.to_string()
+    }
+
+    #[test]
+    fn test_pointer_escapes_and_arrays_follow_rfc_6902() {
+        let n = node();
+        let p = patch_node(
+            &n,
+            &ops(json!([
+                {"op": "add", "path": "/extra/a~1b~0c", "value": 1},
+                {"op": "add", "path": "/extra/list", "value": [1, 2]},
+                {"op": "add", "path": "/extra/list/-", "value": 3},
+                {"op": "add", "path": "/extra/list/0", "value": 0},
+                {"op": "replace", "path": "/extra/list/1", "value": 9},
+                {"op": "remove", "path": "/extra/list/2"},
+                // `add` on an existing member replaces it.
+                {"op": "add", "path": "/extra/a~1b~0c", "value": 2},
+            ])),
+        )
+        .unwrap();
+        assert_eq!(p.extra["a/b~c"], 2);
+        assert_eq!(p.extra["list"], json!([0, 9, 3]));
+    }
+
+    #[test]
+    fn test_refused_operations_are_worded_as_ironic_does() {
+        let mut n = node();
+        n.extra.insert("list".into(), json!([1]));
+        n.extra.insert("s".into(), json!("x"));
+        let cases = [
+            (
+                json!([{"op": "remove", "path": "/extra/nope"}]),
+                "can't remove non-existent object 'nope'",
+            ),
+            (
+                json!([{"op": "replace", "path": "/extra/nope", "value": 1}]),
+                "can't replace non-existent object 'nope'",
+            ),
+            (
+                json!([{"op": "add", "path": "/extra/a/b", "value": 1}]),
+                "Invalid patch path '/extra/a/b': 'a' does not exist",
+            ),
+            (json!([{"op": "add", "path": "/extra/a/b/c", "value": 1}]), "'a' does not exist"),
+            (
+                json!([{"op": "add", "path": "/extra/s/b", "value": 1}]),
+                "Invalid patch path '/extra/s/b': the parent is not a container",
+            ),
+            (
+                json!([{"op": "add", "path": "/extra/list/5", "value": 1}]),
+                "can't add non-existent object '5'",
+            ),
+            (
+                json!([{"op": "replace", "path": "/extra/list/-", "value": 1}]),
+                "can't replace non-existent object '-'",
+            ),
+            // RFC 6901: no leading zeros in an index, `~` only as `~0` or `~1`.
+            (
+                json!([{"op": "remove", "path": "/extra/list/00"}]),
+                "can't remove non-existent object '00'",
+            ),
+            (
+                json!([{"op": "add", "path": "/extra/a~2b", "value": 1}]),
+                "Invalid patch path '/extra/a~2b': '~' must be followed by '0' or '1'",
+            ),
+            (
+                json!([{"op": "add", "path": "", "value": {}}]),
+                "Invalid patch path '': must start with '/'",
+            ),
+            (
+                json!([{"op": "bogus", "path": "/provision_state"}]),
+                "Invalid patch operation 'bogus'",
+            ),
+            (
+                json!([{"op": "replace", "path": "/name"}]),
+                "'value' is a required property for 'replace' of '/name'",
+            ),
+            (
+                json!([{"op": "add", "path": "/", "value": 1}]),
+                "Cannot patch /. Only the following can be updated",
+            ),
+            // A later operation's failure: nothing is applied.
+            (
+                json!([{"op": "add", "path": "/extra/x", "value": {}}, {"op": "remove", "path": "/extra/x/y"}]),
+                "can't remove non-existent object 'y'",
+            ),
+        ];
+        for (patch, expected) in cases {
+            let got = fault(&n, patch.clone());
+            assert!(got.contains(expected), "{patch}: {got:?} lacks {expected:?}");
+        }
+    }
+
+    #[test]
+    fn test_bad_operations_are_refused_before_the_association_conflict() {
+        let mut n = node();
+        n.instance_uuid = Some(uuid::Uuid::new_v4().to_string());
+        let got = fault(
+            &n,
+            json!([
+                {"op": "add", "path": "/instance_uuid", "value": uuid::Uuid::new_v4().to_string()},
+                {"op": "replace", "path": "/provision_state", "value": "active"},
+            ]),
+        );
+        assert!(got.contains("/provision_state"), "{got}");
+    }
+
+    #[test]
+    fn test_port_patch_uses_the_port_fields() {
+        let port = Port {
+            uuid: deploy::PortId::new_v4(),
+            address: "52:54:00:12:34:56".parse().unwrap(),
+            node_uuid: deploy::NodeId::new_v4(),
+            pxe_enabled: true,
+            local_link_connection: JsonObject::new(),
+            physical_network: None,
+            extra: JsonObject::new(),
+            created_at: Utc::now(),
+            updated_at: None,
+        };
+        let p = patch_port(
+            &port,
+            &ops(json!([
+                {"op": "replace", "path": "/pxe_enabled", "value": false},
+                {"op": "add", "path": "/local_link_connection/switch_id", "value": "sw"},
+            ])),
+        )
+        .unwrap();
+        assert!(!p.pxe_enabled);
+        assert_eq!(p.local_link_connection["switch_id"], "sw");
+        let e = patch_port(&port, &ops(json!([{"op": "add", "path": "/name", "value": "x"}])))
+            .unwrap_err();
+        assert!(e.to_string().contains("Cannot patch /name"), "{e}");
+        let e = patch_port(&port, &ops(json!([{"op": "remove", "path": "/address"}]))).unwrap_err();
+        assert!(e.to_string().contains("'address' can not be removed"), "{e}");
     }
 
     #[test]

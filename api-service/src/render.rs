@@ -311,7 +311,8 @@ mod tests {
         n.provision_state = ProvisionState::Available;
         n.driver_info.insert("ipmi_password".into(), json!("hunter2"));
         n.driver_info.insert("ipmi_address".into(), json!("10.0.0.1"));
-        n.driver_internal_info.insert("agent_secret_token".into(), json!("tok-abc"));
+        n.driver_internal_info
+            .insert(deploy::internal_info::keys::AGENT_SECRET_TOKEN.into(), json!("tok-abc"));
         n.instance_info.insert("configdrive".into(), json!("H4sIAAAA"));
         n
     }

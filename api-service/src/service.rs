@@ -107,9 +107,6 @@ pub fn new_request_id() -> String {
     format!("req-{}", uuid::Uuid::new_v4())
 }
 
-/// How many times a write retries after losing a generation race it is allowed to redo.
-const STALE_RETRIES: usize = 5;
-
 impl ApiState {
     /// Build a state with default settings and no auth (tests, embedded mode).
     pub fn new(store: DataStore, bus: DynBus, settings: Settings, auth: Auth) -> Self {
@@ -187,35 +184,6 @@ impl ApiState {
         };
         if let Err(e) = self.store.history_insert(&h).await {
             tracing::warn!(node_id = %node.uuid, error = %e, "recording node history failed");
-        }
-    }
-
-    /// Read-modify-write with retry on a lost generation race: `f` is re-run on a fresh read.
-    /// Use only for changes that are valid to redo (maintenance flag, heartbeat records).
-    ///
-    /// # Errors
-    /// Whatever `f` returns, or the store's error after the retries are exhausted.
-    pub async fn update_with_retry<F>(
-        &self,
-        id: deploy::NodeId,
-        mut f: F,
-    ) -> Result<(Node, Node), ApiError>
-    where
-        F: FnMut(&Node) -> Result<Option<Node>, ApiError>,
-    {
-        let mut attempt = 0;
-        loop {
-            let before = self.store.node_fetch(id).await?;
-            let Some(after) = f(&before)? else {
-                return Ok((before.clone(), before));
-            };
-            match self.store.node_update(&after).await {
-                Ok(n) => return Ok((before, n)),
-                Err(PublicError::Conflict { .. }) if attempt < STALE_RETRIES => {
-                    attempt += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
         }
     }
 }

@@ -17,6 +17,8 @@ mod memory;
 mod message;
 mod rabbit;
 pub mod routing;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod trace;
 
 use std::sync::Arc;

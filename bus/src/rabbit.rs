@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::AMQPUri;
@@ -35,9 +36,11 @@ pub struct RabbitOptions {
     pub publish_timeout: Duration,
     /// Declarations, binds and acks.
     pub operation_timeout: Duration,
-    /// First delay between reconnect attempts; doubled up to `backoff_max`, with jitter.
+    /// First delay between reconnect attempts; doubled up to `backoff_max`. Each delay is
+    /// drawn at random from the upper half of its step, so the first lies in
+    /// `[backoff_min / 2, backoff_min)`.
     pub backoff_min: Duration,
-    /// Longest delay between reconnect attempts.
+    /// Bound on every delay between reconnect attempts.
     pub backoff_max: Duration,
     /// How often the supervisor checks the connection (it also checks at once when an
     /// operation fails).
@@ -219,11 +222,37 @@ pub(crate) async fn declare_exchange(ch: &lapin::Channel, exchange: &str) -> lap
     .await
 }
 
-/// `base` doubled `step` times, capped, with ±25 % jitter so reconnecting clients spread out.
-fn backoff_delay(opts: &RabbitOptions, step: u32) -> Duration {
-    let base = opts.backoff_min.saturating_mul(1u32 << step.min(16)).min(opts.backoff_max);
-    let jitter = rand::random_range(0.75..1.25);
-    base.mul_f64(jitter)
+impl RabbitOptions {
+    /// Delays between reconnect attempts: `backoff_min` doubling up to `backoff_max`, each
+    /// drawn from the upper half of its step so that reconnecting clients spread out. They
+    /// never run out: reconnecting is a reconciler's job, given up only when the bus is
+    /// dropped.
+    pub(crate) fn reconnect_backoff(&self) -> Backoff {
+        // backon adds up to 100 % jitter on top of each step; halving both ends keeps every
+        // delay within `[step / 2, step)` and below `backoff_max`.
+        let delays = ExponentialBuilder::new()
+            .with_min_delay(self.backoff_min / 2)
+            .with_max_delay(self.backoff_max / 2)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        Backoff { delays, max: self.backoff_max }
+    }
+}
+
+/// An endless series of reconnect delays (see [`RabbitOptions::reconnect_backoff`]).
+pub(crate) struct Backoff {
+    delays: <ExponentialBuilder as BackoffBuilder>::Backoff,
+    max: Duration,
+}
+
+impl Backoff {
+    /// The pause before the next attempt.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        // Built without a limit on attempts, so `delays` never ends.
+        self.delays.next().unwrap_or(self.max)
+    }
 }
 
 /// Keeps the connection up: waits for it to fail, then reconnects with backoff.
@@ -256,7 +285,7 @@ async fn supervise(
         )
         .await;
         drop(live);
-        let mut step = 0;
+        let mut backoff = opts.reconnect_backoff();
         let live = loop {
             if tx.is_closed() {
                 return;
@@ -264,8 +293,7 @@ async fn supervise(
             match connect_once(&uri, &exchange, &endpoint, &opts).await {
                 Ok(live) => break live,
                 Err(error) => {
-                    let delay = backoff_delay(&opts, step);
-                    step = step.saturating_add(1);
+                    let delay = backoff.next_delay();
                     tracing::warn!(
                         %endpoint,
                         error = %crate::error::chain(&error),
@@ -493,8 +521,18 @@ mod tests {
     #[test]
     fn test_backoff_grows_and_is_capped() {
         let opts = RabbitOptions::default();
-        assert!(backoff_delay(&opts, 0) <= Duration::from_millis(125));
-        assert!(backoff_delay(&opts, 30) <= Duration::from_millis(6250));
-        assert!(backoff_delay(&opts, 30) >= Duration::from_millis(3750));
+        for _ in 0..100 {
+            let mut backoff = opts.reconnect_backoff();
+            let delays: Vec<Duration> = (0..40).map(|_| backoff.next_delay()).collect();
+            assert!(delays[0] >= Duration::from_millis(50), "{delays:?}");
+            assert!(delays[0] < Duration::from_millis(100), "{delays:?}");
+            // 100 ms doubled: 800 ms at the fourth step.
+            assert!(delays[3] >= Duration::from_millis(400), "{delays:?}");
+            assert!(delays[3] < Duration::from_millis(800), "{delays:?}");
+            // Capped, and still going after many failures.
+            for d in &delays[10..] {
+                assert!(*d >= Duration::from_millis(2500) && *d < Duration::from_secs(5), "{d:?}");
+            }
+        }
     }
 }

@@ -13,7 +13,9 @@ use futures::StreamExt as _;
 use tokio::process::Command;
 
 use crate::semantics;
-use crate::support::{amqp_url, cleanup, rabbit, rabbit_at, services_required, unique, within};
+use common::testing::{Need, missing};
+
+use crate::support::{amqp_url, cleanup, rabbit, rabbit_at, unique, within};
 
 macro_rules! rabbit_case {
     ($name:ident, $check:path) => {
@@ -101,12 +103,7 @@ impl TestVhost {
         if created {
             return Some(Self { name });
         }
-        if services_required() {
-            panic!("RabbitMQ and rabbitmqctl are required (FERRIC_REQUIRE_SERVICES=1)");
-        }
-        eprintln!(
-            "\n*** SKIPPING RabbitMQ reconnect test: rabbitmqctl cannot create a vhost ***\n"
-        );
+        missing(Need::Services, "RabbitMQ with rabbitmqctl", &"rabbitmqctl cannot create a vhost");
         None
     }
 

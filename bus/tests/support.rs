@@ -4,6 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use bus::{Consumer, Delivery, RabbitBus, RabbitOptions};
+use common::testing::{Need, require_service};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 
 /// How long any single wait in these tests may take before the test fails.
@@ -12,10 +13,6 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 pub fn amqp_url() -> String {
     std::env::var("FERRIC_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
-
-pub fn services_required() -> bool {
-    std::env::var("FERRIC_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
 }
 
 pub fn unique(prefix: &str) -> String {
@@ -33,19 +30,8 @@ pub fn test_options() -> RabbitOptions {
 /// A RabbitMQ bus on a fresh exchange, or `None` (after a loud message) when RabbitMQ is not
 /// running. Panics instead when `FERRIC_REQUIRE_SERVICES=1`.
 pub async fn rabbit_at(url: &str, exchange: &str) -> Option<RabbitBus> {
-    match RabbitBus::connect_with(url, exchange, test_options()).await {
-        Ok(bus) => Some(bus),
-        Err(e) if services_required() => {
-            panic!("RabbitMQ is required (FERRIC_REQUIRE_SERVICES=1) but unreachable: {e:?}")
-        }
-        Err(e) => {
-            eprintln!(
-                "\n*** SKIPPING RabbitMQ test: cannot connect ({e}); start RabbitMQ or set \
-                 FERRIC_TEST_AMQP_URL; FERRIC_REQUIRE_SERVICES=1 makes this a failure ***\n"
-            );
-            None
-        }
-    }
+    let connected = RabbitBus::connect_with(url, exchange, test_options()).await;
+    require_service(Need::Services, "RabbitMQ (FERRIC_TEST_AMQP_URL)", connected)
 }
 
 pub async fn rabbit(exchange: &str) -> Option<RabbitBus> {

@@ -437,3 +437,32 @@ fn print_summary(rows: &[Row], wall: Duration) -> anyhow::Result<()> {
     out.flush()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::DemoArgs;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        demo: DemoArgs,
+    }
+
+    /// The README promises a fleet size for a bare `ferric demo`; it must be the default.
+    #[test]
+    fn test_readme_states_the_default_fleet_size() {
+        let default = Cmd::parse_from(["demo"]).demo.nodes;
+        let readme = include_str!("../../README.md");
+        assert!(
+            readme.contains(&format!("enrols {default} simulated machines")),
+            "README.md does not say that `ferric demo` enrols {default} machines"
+        );
+        assert!(
+            readme.contains(&format!(
+                "`{default}/{default} active, {default}/{default} disks verified"
+            ))
+        );
+    }
+}

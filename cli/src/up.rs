@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use common::config::{BusConfig, DatabaseConfig, TelemetryConfig};
+use common::shutdown::{DEFAULT_DRAIN_TIMEOUT, Ready, Shutdown};
 
 /// Options shared by `ferric up` and `ferric demo`.
 #[derive(Debug, Clone, Args)]
@@ -145,6 +146,7 @@ pub struct Stack {
     /// Where they listen.
     pub endpoints: Endpoints,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    ready: Vec<(&'static str, Ready)>,
     token: CancellationToken,
 }
 
@@ -271,36 +273,42 @@ impl Stack {
                 format!("connecting to the bus {}", common::config::redact_url(&cfg.bus.url))
             })?;
 
+        // Each service gets its own child of `token` and its own ready signal.
+        let root = Shutdown::new(token.clone(), DEFAULT_DRAIN_TIMEOUT);
         let mut tasks = JoinSet::new();
+        let mut ready = Vec::new();
         {
-            let (store, bus, token) = (store.clone(), bus.clone(), token.clone());
+            let (store, bus, (shutdown, r)) = (store.clone(), bus.clone(), root.service());
+            ready.push(("api-service", r));
             tasks.spawn(async move {
                 (
                     "api-service",
-                    api_service::run(api, rest, grpc, store, bus, token)
+                    api_service::run(api, rest, grpc, store, bus, shutdown)
                         .await
                         .map_err(anyhow::Error::from),
                 )
             });
         }
         {
-            let (store, bus, token, conductor) =
-                (store.clone(), bus.clone(), token.clone(), cfg.conductor.clone());
+            let (store, bus, conductor) = (store.clone(), bus.clone(), cfg.conductor.clone());
+            let (shutdown, r) = root.service();
+            ready.push(("conductor-service", r));
             tasks.spawn(async move {
                 (
                     "conductor-service",
-                    conductor_service::run(conductor, store, bus, token)
+                    conductor_service::run(conductor, store, bus, shutdown)
                         .await
                         .map_err(anyhow::Error::from),
                 )
             });
         }
         {
-            let (store, token, pxe) = (store.clone(), token.clone(), pxe.clone());
+            let (store, pxe, (shutdown, r)) = (store.clone(), pxe.clone(), root.service());
+            ready.push(("pxe-service", r));
             tasks.spawn(async move {
                 (
                     "pxe-service",
-                    pxe_service::run(pxe, tftp, http, store, token)
+                    pxe_service::run(pxe, tftp, http, store, shutdown)
                         .await
                         .map_err(anyhow::Error::from),
                 )
@@ -320,32 +328,32 @@ impl Stack {
                 common::config::redact_url(&cfg.bus.url)
             },
         };
-        Ok(Stack { endpoints, tasks, token })
+        Ok(Stack { endpoints, tasks, ready, token })
     }
 
-    /// Waits until the API answers `/healthz` (or `/v1`), at most `timeout`.
+    /// Waits until every service said it is ready (listening, registered, consuming), at
+    /// most `timeout`.
     ///
     /// # Errors
-    /// When it does not, or a service stopped meanwhile.
+    /// When one is not, or a service stopped meanwhile (with its own error).
     pub async fn wait_ready(&mut self, timeout: std::time::Duration) -> anyhow::Result<()> {
-        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(2)).build()?;
         let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Ok(r) = http.get(format!("{}/v1", self.endpoints.api_url)).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
+        for (name, ready) in std::mem::take(&mut self.ready) {
+            match tokio::time::timeout_at(deadline, ready.wait()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(not_ready)) => {
+                    // It has returned (or is returning): its task holds the reason.
+                    if let Some(done) = self.tasks.join_next().await {
+                        let (stopped, res) = done.context("a service task panicked")?;
+                        res.with_context(|| format!("{stopped} stopped during start-up"))?;
+                    }
+                    let why = anyhow::Error::from(not_ready);
+                    return Err(why.context(format!("{name} did not start")));
+                }
+                Err(_) => bail!("{name} was not ready within {timeout:?}"),
             }
-            if let Some(done) = self.tasks.try_join_next() {
-                let (name, res) = done.context("a service task panicked")?;
-                res.with_context(|| format!("{name} stopped during start-up"))?;
-                bail!("{name} stopped during start-up");
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!("the API at {} did not answer within {timeout:?}", self.endpoints.api_url);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+        Ok(())
     }
 
     /// Runs until the token is cancelled or a service fails; then stops the others.

@@ -1,16 +1,37 @@
 //! Plumbing shared by every service: config loading ([`config`]), telemetry init
-//! ([`telemetry`]), and shutdown with a drain timeout ([`shutdown`]). Domain logic never goes
-//! here.
+//! ([`telemetry`]), shutdown with a drain timeout and the ready signal ([`shutdown`]), and,
+//! for tests (feature `testing`), what to do when PostgreSQL, RabbitMQ, QEMU or a peer is
+//! missing (`testing`). Domain logic never goes here.
 
 pub mod config;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::fmt;
 
 /// Process exit code for a configuration that cannot be loaded or is invalid (`EX_USAGE`-like,
 /// chosen before anything binds).
 pub const EXIT_BAD_CONFIG: i32 = 2;
+
+/// What `main` does with a configuration it cannot use, before telemetry is up and before
+/// anything binds: says why on stderr, naming the program, and returns
+/// [`EXIT_BAD_CONFIG`].
+pub fn bad_config(
+    program: &str,
+    error: &(dyn std::error::Error + 'static),
+) -> std::process::ExitCode {
+    #[expect(clippy::print_stderr, reason = "telemetry is not up yet when the config is bad")]
+    {
+        eprintln!("{program}: bad configuration: {}", ErrorChain(error));
+    }
+    std::process::ExitCode::from(EXIT_BAD_CONFIG_U8)
+}
+
+/// [`EXIT_BAD_CONFIG`] as a process exit status.
+const EXIT_BAD_CONFIG_U8: u8 = 2;
+const _: () = assert!(EXIT_BAD_CONFIG == EXIT_BAD_CONFIG_U8 as i32);
 
 /// Displays an error followed by its whole `source()` chain: `outer: middle: root`.
 ///

@@ -1,9 +1,22 @@
-//! Graceful shutdown: SIGTERM or SIGINT cancels a root [`CancellationToken`]; tasks spawned on
-//! a [`Shutdown`]'s [`TaskTracker`] get a grace period (the drain timeout) to finish.
+//! Graceful shutdown and readiness: SIGTERM or SIGINT cancels a root [`CancellationToken`];
+//! tasks spawned on a [`Shutdown`]'s [`TaskTracker`] get a grace period (the drain timeout) to
+//! finish; a service says it is ready through its `Shutdown` and whoever started it awaits
+//! [`Ready`].
+//!
+//! Every service has one entry point, `run(config, listeners, store, bus, shutdown)`. The
+//! caller binds the listeners and builds the `Shutdown`: `main` from the signals
+//! ([`Shutdown::from_signals`]), `ferric up` and the tests from a token of their own, each
+//! service getting its own child with [`Shutdown::service`] so that it can be awaited
+//! ([`Ready::wait`]) and stopped on its own. Inside `run` the service spawns its tasks with
+//! [`Shutdown::spawn`], calls [`Shutdown::ready`] once it is serving (bound, registered,
+//! consuming — whatever "ready" means for it), and on cancellation calls [`Shutdown::drain`],
+//! which waits for those tasks at most the drain timeout.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 pub use tokio_util::sync::CancellationToken;
 pub use tokio_util::task::TaskTracker;
@@ -48,6 +61,17 @@ async fn wait_for_signal() -> &'static str {
     }
 }
 
+/// The output of a task spawned with [`Shutdown::spawn`], once [`Shutdown::drain`] returned:
+/// `None` when the task had to be aborted because the drain timed out. A panic in the task is
+/// resumed here.
+pub async fn joined<T>(task: JoinHandle<T>) -> Option<T> {
+    match task.await {
+        Ok(v) => Some(v),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => None,
+    }
+}
+
 /// Tasks still running when the drain timeout expired.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{remaining} task(s) still running after the {timeout:?} drain timeout")]
@@ -58,18 +82,95 @@ pub struct DrainError {
     pub timeout: Duration,
 }
 
-/// A root token, the tasks that must stop when it is cancelled, and how long they may take.
+/// The drain timeout of services whose config does not name one.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The service stopped before it said it was ready (it failed while starting, or was
+/// cancelled first); its own result says why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the service stopped before it was ready")]
+pub struct NotReady;
+
+/// The waiting side of a service's ready signal, from [`Shutdown::service`].
+#[derive(Debug, Clone)]
+pub struct Ready {
+    rx: watch::Receiver<bool>,
+}
+
+impl Ready {
+    /// Resolves once the service called [`Shutdown::ready`].
+    ///
+    /// # Errors
+    /// [`NotReady`] when the service dropped its `Shutdown` (returned) without being ready.
+    pub async fn wait(mut self) -> Result<(), NotReady> {
+        self.rx.wait_for(|ready| *ready).await.map(|_| ()).map_err(|_| NotReady)
+    }
+
+    /// Whether the service is ready now.
+    pub fn is_ready(&self) -> bool {
+        *self.rx.borrow()
+    }
+}
+
+/// A token, the tasks that must stop when it is cancelled, how long they may take, and
+/// (for a service started with [`Shutdown::service`]) the ready signal.
 #[derive(Debug, Clone)]
 pub struct Shutdown {
     token: CancellationToken,
     tracker: TaskTracker,
     drain_timeout: Duration,
+    ready: Option<Arc<watch::Sender<bool>>>,
 }
 
 impl Shutdown {
     /// Shutdown driven by `token`, with `drain_timeout` of grace.
     pub fn new(token: CancellationToken, drain_timeout: Duration) -> Self {
-        Self { token, tracker: TaskTracker::new(), drain_timeout }
+        Self { token, tracker: TaskTracker::new(), drain_timeout, ready: None }
+    }
+
+    /// The shutdown of one service started under this one: a child token (cancelling this
+    /// one stops the service; the service stopping itself leaves the others alone), its own
+    /// tracker, the same drain timeout, and a ready signal the caller awaits.
+    ///
+    /// ```
+    /// # async fn demo() {
+    /// use common::shutdown::{CancellationToken, Shutdown};
+    /// let root = Shutdown::new(CancellationToken::new(), std::time::Duration::from_secs(5));
+    /// let (service, ready) = root.service();
+    /// tokio::spawn(async move {
+    ///     // bind, register, …
+    ///     service.ready();
+    ///     service.cancelled().await;
+    ///     let _ = service.drain().await;
+    /// });
+    /// ready.wait().await.unwrap();
+    /// root.token().cancel();
+    /// # }
+    /// ```
+    pub fn service(&self) -> (Shutdown, Ready) {
+        let (tx, rx) = watch::channel(false);
+        let service = Shutdown {
+            token: self.token.child_token(),
+            tracker: TaskTracker::new(),
+            drain_timeout: self.drain_timeout,
+            ready: Some(Arc::new(tx)),
+        };
+        (service, Ready { rx })
+    }
+
+    /// The same shutdown with another drain timeout (a service whose config names one).
+    #[must_use]
+    pub fn with_drain_timeout(mut self, drain_timeout: Duration) -> Self {
+        self.drain_timeout = drain_timeout;
+        self
+    }
+
+    /// Says the service is ready: whoever awaits its [`Ready`] goes on. Idempotent; a no-op
+    /// for a shutdown that nobody awaits (e.g. the one `main` builds).
+    pub fn ready(&self) {
+        if let Some(tx) = &self.ready {
+            tx.send_replace(true);
+        }
     }
 
     /// Shutdown driven by SIGTERM/SIGINT ([`signal_token`]).
@@ -170,6 +271,62 @@ mod tests {
         shutdown.spawn(std::future::pending::<()>());
         let err = shutdown.drain().await.unwrap_err();
         assert_eq!(err, DrainError { remaining: 1, timeout: Duration::from_secs(5) });
+    }
+
+    #[tokio::test]
+    async fn test_ready_resolves_once_the_service_is_ready() {
+        let root = Shutdown::new(CancellationToken::new(), Duration::from_secs(1));
+        let (service, ready) = root.service();
+        assert!(!ready.is_ready());
+        let waiter = tokio::spawn(ready.clone().wait());
+        service.ready();
+        service.ready();
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        assert!(ready.is_ready());
+        // Still ready after the service has gone.
+        drop(service);
+        assert_eq!(ready.wait().await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn test_service_gone_before_ready_is_not_ready() {
+        let root = Shutdown::new(CancellationToken::new(), Duration::from_secs(1));
+        let (service, ready) = root.service();
+        let task = tokio::spawn(async move {
+            let clone = service.clone();
+            drop(service);
+            drop(clone);
+        });
+        assert_eq!(ready.wait().await, Err(NotReady));
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn test_service_is_a_child_with_its_own_tracker() {
+        let root = Shutdown::new(CancellationToken::new(), Duration::from_secs(7));
+        let (a, _ready_a) = root.service();
+        let (b, _ready_b) = root.service();
+        assert_eq!(a.drain_timeout(), Duration::from_secs(7));
+        b.spawn(std::future::pending::<()>());
+        // Draining one service neither waits for nor cancels the other.
+        a.drain().await.unwrap();
+        assert!(!b.is_shutting_down() && !root.is_shutting_down());
+        root.token().cancel();
+        assert!(b.is_shutting_down());
+        let b = b.with_drain_timeout(Duration::from_millis(10));
+        assert_eq!(b.drain().await.unwrap_err().remaining, 1);
+        b.tracker().close();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn test_joined_is_none_for_an_aborted_task() {
+        let shutdown = Shutdown::new(CancellationToken::new(), Duration::from_secs(1));
+        let done = shutdown.spawn(async { 7 });
+        let stuck = shutdown.spawn(std::future::pending::<u8>());
+        assert!(shutdown.drain().await.is_err());
+        stuck.abort();
+        assert_eq!(joined(done).await, Some(7));
+        assert_eq!(joined(stuck).await, None);
     }
 
     #[tokio::test]

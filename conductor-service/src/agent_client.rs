@@ -106,7 +106,10 @@ impl AgentConn {
         let channel = match tokio::time::timeout(connect_timeout, endpoint.connect()).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
-                return Err(AgentError::Unreachable { url: url.to_owned(), detail: chain(&e) });
+                return Err(AgentError::Unreachable {
+                    url: url.to_owned(),
+                    detail: common::ErrorChain(&e).to_string(),
+                });
             }
             Err(_) => {
                 return Err(AgentError::Timeout {
@@ -234,16 +237,4 @@ impl AgentConn {
         let req = self.request(msg);
         self.unary("EraseDevices", |mut c| async move { c.erase_devices(req).await }).await
     }
-}
-
-/// An error and its sources on one line.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }

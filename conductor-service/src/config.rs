@@ -1,13 +1,86 @@
 //! The conductor's configuration: file-facing structs with serde defaults, checked once at
 //! startup by [`ConductorConfig::validate`].
 //!
-//! Durations are written in seconds (floats allowed) so the same keys work in TOML and in
-//! `FERRIC_CONDUCTOR__*` environment overrides.
+//! [`ConductorFileConfig`] is the service's whole file (`[conductor]`, `[database]`, `[bus]`,
+//! `[telemetry]`), loaded by `common::config::load`: serde defaults < TOML <
+//! `FERRIC_<SECTION>__<KEY>` environment variables. Durations are written in seconds (floats
+//! allowed) so the same keys work in TOML and in `FERRIC_CONDUCTOR__*` overrides.
 
+use std::path::Path;
 use std::time::Duration;
 
+use common::config::{BusConfig, ConfigError, DatabaseConfig, TelemetryConfig};
+use deploy::hardware::DeployIface;
 use serde::Deserialize;
 use thiserror::Error;
+
+/// The database a conductor uses when its file names none: PostgreSQL on this machine (a
+/// conductor shares its database with the API; SQLite only makes sense inside `ferric up`).
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/ferric";
+
+/// The conductor service's config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConductorFileConfig {
+    /// `[conductor]`
+    pub conductor: ConductorConfig,
+    /// `[database]` (default [`DEFAULT_DATABASE_URL`]).
+    pub database: DatabaseConfig,
+    /// `[bus]` (default the in-process bus, `memory://`).
+    pub bus: BusConfig,
+    /// `[telemetry]`
+    pub telemetry: TelemetryConfig,
+    /// Other services' sections in a shared file; ignored here.
+    #[doc(hidden)]
+    pub api: Option<serde_json::Value>,
+    #[doc(hidden)]
+    pub pxe: Option<serde_json::Value>,
+    #[doc(hidden)]
+    pub agent: Option<serde_json::Value>,
+}
+
+impl Default for ConductorFileConfig {
+    fn default() -> Self {
+        Self {
+            conductor: ConductorConfig::default(),
+            database: DatabaseConfig { url: DEFAULT_DATABASE_URL.to_owned() },
+            bus: BusConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            api: None,
+            pxe: None,
+            agent: None,
+        }
+    }
+}
+
+impl ConductorFileConfig {
+    /// Loads `file` (or only defaults) with `FERRIC_*` overrides from the environment and
+    /// checks `[conductor]`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key at fault.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::checked(common::config::load(file, common::config::ENV_PREFIX)?)
+    }
+
+    /// As [`load`](Self::load), from TOML text and an explicit environment (for tests).
+    ///
+    /// # Errors
+    /// As for [`load`](Self::load).
+    pub fn load_str<I>(toml: &str, env: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        Self::checked(common::config::load_str(toml, common::config::ENV_PREFIX, env)?)
+    }
+
+    fn checked(cfg: Self) -> Result<Self, ConfigError> {
+        cfg.conductor
+            .validate()
+            .map_err(|e| ConfigError::invalid(format!("conductor.{}", e.key), e.message))?;
+        Ok(cfg)
+    }
+}
 
 /// A configuration value that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -52,7 +125,9 @@ pub struct ConductorConfig {
     /// Power a node off when its deploy fails (Ironic's `[deploy]power_off_after_deploy_failure`),
     /// so a half-deployed machine does not stay up in the ramdisk.
     pub power_off_after_deploy_failure: bool,
-    /// Deploy interface of nodes that do not name one (`direct` or `fake`).
+    /// Deploy interface of nodes that do not name one, where their hardware type enables it
+    /// (Ironic's `[DEFAULT]default_deploy_interface`); empty: each hardware type's default
+    /// from `deploy::hardware`, as `GET /v1/drivers` reports it.
     pub default_deploy_interface: String,
     /// Attempts to take a node lock that another task holds, for one delivery.
     pub lock_retry_attempts: u32,
@@ -144,7 +219,7 @@ impl Default for ConductorConfig {
             check_timeouts_interval_secs: 10.0,
             automated_clean: true,
             power_off_after_deploy_failure: true,
-            default_deploy_interface: "direct".into(),
+            default_deploy_interface: String::new(),
             lock_retry_attempts: 20,
             lock_retry_interval_ms: 250,
             power_state_change_timeout_secs: 60.0,
@@ -231,8 +306,14 @@ impl ConductorConfig {
         if self.dead_after_missed_heartbeats == 0 {
             return bad("dead_after_missed_heartbeats", "must be at least 1");
         }
-        if !matches!(self.default_deploy_interface.as_str(), "direct" | "fake") {
-            return bad("default_deploy_interface", "must be direct or fake");
+        if !self.default_deploy_interface.is_empty()
+            && DeployIface::parse(&self.default_deploy_interface).is_none()
+        {
+            let names: Vec<&str> = DeployIface::ALL.iter().map(|d| d.as_str()).collect();
+            return bad(
+                "default_deploy_interface",
+                &format!("must be empty or one of: {}", names.join(", ")),
+            );
         }
         if self.redfish.attempts == 0 {
             return bad("redfish.attempts", "must be at least 1");
@@ -277,6 +358,16 @@ impl ConductorConfig {
     pub fn power_state_change_timeout(&self) -> Duration {
         dur(self.power_state_change_timeout_secs)
     }
+
+    /// The configured default deploy interface (`None`: each hardware type's own default).
+    pub fn default_deploy(&self) -> Option<DeployIface> {
+        DeployIface::parse(&self.default_deploy_interface)
+    }
+
+    /// How long a stopping conductor waits for its running workflows.
+    pub fn drain_timeout(&self) -> Duration {
+        dur(self.drain_timeout_secs)
+    }
 }
 
 /// Seconds to a `Duration`, clamping values `validate` would have refused.
@@ -298,9 +389,50 @@ mod tests {
     #[test]
     fn test_example_config_parses() {
         let text = include_str!("../examples/config.toml");
-        let v: toml_like::Root = toml_like::parse(text);
-        v.conductor.validate().unwrap();
-        assert_eq!(v.conductor.callback_timeout(), Duration::from_secs(120));
+        let cfg = ConductorFileConfig::load_str(text, std::iter::empty()).unwrap();
+        assert_eq!(cfg.conductor.hostname, "conductor-1");
+        assert_eq!(cfg.conductor.callback_timeout(), Duration::from_secs(120));
+        assert_eq!(cfg.conductor.drain_timeout(), Duration::from_secs(30));
+        assert_eq!(cfg.database.url, DEFAULT_DATABASE_URL);
+        assert_eq!(cfg.bus.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(cfg.bus.exchange, "ferric");
+        assert_eq!(cfg.telemetry.filter, "info");
+    }
+
+    #[test]
+    fn test_file_defaults_and_env_overrides() {
+        let cfg = ConductorFileConfig::load_str("", std::iter::empty()).unwrap();
+        assert_eq!(cfg.database.url, DEFAULT_DATABASE_URL);
+        assert_eq!(cfg.bus.url, "memory://");
+        let env = [
+            ("FERRIC_CONDUCTOR__CALLBACK_TIMEOUT_SECS", "60"),
+            ("FERRIC_CONDUCTOR__REDFISH__ATTEMPTS", "5"),
+            ("FERRIC_DATABASE__URL", "sqlite:c.db"),
+            ("FERRIC_BUS__EXCHANGE", "other"),
+            ("FERRIC_REQUIRE_SERVICES", "1"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let cfg = ConductorFileConfig::load_str("[conductor]\nqueue = \"q\"\n", env).unwrap();
+        assert_eq!(cfg.conductor.callback_timeout(), Duration::from_secs(60));
+        assert_eq!(cfg.conductor.redfish.attempts, 5);
+        assert_eq!(cfg.conductor.queue, "q");
+        assert_eq!(cfg.database.url, "sqlite:c.db");
+        assert_eq!(cfg.bus.exchange, "other");
+    }
+
+    #[test]
+    fn test_file_errors_name_the_key() {
+        let bad = |toml: &str, env: &[(&str, &str)]| {
+            let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+            ConductorFileConfig::load_str(toml, env).unwrap_err()
+        };
+        let e = bad("[conductor]\ncallback_timeout_secs = -1\n", &[]);
+        assert_eq!(e.key(), Some("conductor.callback_timeout_secs"));
+        let e = bad("[conductor]\nnope = 1\n", &[]);
+        assert_eq!(e.key(), Some("conductor.nope"));
+        let e = bad("", &[("FERRIC_BUS__URL", "http://x")]);
+        assert_eq!(e.key(), Some("bus.url"));
+        assert!(e.to_string().contains("FERRIC_BUS__URL"), "{e}");
     }
 
     #[test]
@@ -309,28 +441,5 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().key, "callback_timeout_secs");
         let c = ConductorConfig { default_deploy_interface: "iscsi".into(), ..Default::default() };
         assert_eq!(c.validate().unwrap_err().key, "default_deploy_interface");
-    }
-
-    /// The example file is a full service config; only `[conductor]` is ours.
-    mod toml_like {
-        use super::ConductorConfig;
-
-        #[derive(serde::Deserialize)]
-        pub struct Root {
-            pub conductor: ConductorConfig,
-        }
-
-        pub fn parse(text: &str) -> Root {
-            serde_json::from_value(toml_to_json(text)).unwrap()
-        }
-
-        // The config crate parses TOML for us; use it the same way the service does.
-        fn toml_to_json(text: &str) -> serde_json::Value {
-            let cfg = config::Config::builder()
-                .add_source(config::File::from_str(text, config::FileFormat::Toml))
-                .build()
-                .unwrap();
-            cfg.try_deserialize::<serde_json::Value>().unwrap()
-        }
     }
 }

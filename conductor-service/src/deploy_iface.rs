@@ -1,11 +1,15 @@
 //! Deploy interfaces: how an image gets onto a node. `direct` (the agent downloads and
-//! writes it, reference §5.6) and `fake` (nothing to do). An `iscsi` interface plugs in by
-//! implementing [`DeployInterface`] with its own plan and steps.
+//! writes it, reference §5.6) and `fake` (nothing to do). Another interface (`iscsi`) plugs
+//! in by implementing [`DeployInterface`] with its own plan and steps, adding its value to
+//! [`deploy::hardware::DeployIface`] and the table, and a case to [`implementation`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy::drivers::BootDevice;
+use deploy::hardware::DeployIface;
+use deploy::internal_info::{AgentSession, keys};
 use deploy::steps::{PlanError, Step, StepKind, clean_plan, deploy_plan};
 use deploy::{Node, PowerState};
 use proto::agent::{CommandState, Phase};
@@ -17,8 +21,8 @@ use tokio_stream_lite::next_message;
 use crate::agent_client::{AgentConn, AgentError};
 use crate::drivers::DriverSet;
 use crate::drivers::fake::fake_delay;
+use crate::power::set_power;
 use crate::task::{Task, WorkflowError};
-use crate::workflows::set_power;
 
 /// A step either finished or left the node waiting for the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +72,14 @@ pub trait DeployInterface: Send + Sync + 'static {
         index: usize,
         count: usize,
     ) -> Result<StepOutcome, WorkflowError>;
+}
+
+/// The implementation of a deploy interface from the table of [`deploy::hardware`].
+pub fn implementation(iface: DeployIface) -> Arc<dyn DeployInterface> {
+    match iface {
+        DeployIface::Direct => Arc::new(DirectDeploy),
+        DeployIface::Fake => Arc::new(FakeDeploy),
+    }
 }
 
 /// The `fake` deploy interface: deploys finish at once (after an optional delay).
@@ -131,8 +143,8 @@ async fn common_step(
         StepKind::BootRamdisk => {
             // Wipe the previous agent first: a heartbeat after this point is from the new boot.
             task.update(|n| {
-                Task::wipe_agent(n);
-                n.driver_internal_info.remove("deploy_progress");
+                AgentSession::wipe(&mut n.driver_internal_info);
+                n.driver_internal_info.remove(keys::DEPLOY_PROGRESS);
                 Ok(())
             })
             .await?;
@@ -220,7 +232,7 @@ impl DeployInterface for DirectDeploy {
             return Ok(false);
         }
         // The agent keeps running the write while conductors come and go: ask it.
-        let Some(command_id) = task.internal_str("agent_command_id").map(str::to_owned) else {
+        let Some(command_id) = AgentSession::of(&task.node).command_id else {
             tracing::warn!(node = %task.id(), "interrupted write_image never reached the agent");
             return Ok(false);
         };
@@ -242,7 +254,8 @@ impl DeployInterface for DirectDeploy {
         let root = p.root_uuid_or_disk_id;
         task.update(|n| {
             if !root.is_empty() {
-                n.driver_internal_info.insert("root_uuid_or_disk_id".into(), root.clone().into());
+                n.driver_internal_info
+                    .insert(keys::ROOT_UUID_OR_DISK_ID.into(), root.clone().into());
             }
             Ok(())
         })
@@ -272,13 +285,14 @@ fn agent_failed(step: &str, e: &AgentError) -> WorkflowError {
 }
 
 async fn connect(task: &Task) -> Result<AgentConn, WorkflowError> {
-    let url = task.internal_str("agent_url").ok_or_else(|| {
+    let session = AgentSession::of(&task.node);
+    let url = session.url.ok_or_else(|| {
         WorkflowError::Failed("No agent address recorded: the ramdisk has not called back".into())
     })?;
-    let token = task.internal_str("agent_secret_token").ok_or_else(|| {
+    let token = session.token.ok_or_else(|| {
         WorkflowError::Failed("No agent token recorded: the ramdisk has not looked up".into())
     })?;
-    AgentConn::connect(url, token, &task.ctx.cfg.agent)
+    AgentConn::connect(&url, &token, &task.ctx.cfg.agent)
         .await
         .map_err(|e| agent_failed("connect", &e))
 }
@@ -348,7 +362,7 @@ async fn record_progress(
     });
     if write_db {
         task.update(|n| {
-            n.driver_internal_info.insert("deploy_progress".into(), progress.clone());
+            n.driver_internal_info.insert(keys::DEPLOY_PROGRESS.into(), progress.clone());
             Ok(())
         })
         .await?;
@@ -378,7 +392,7 @@ async fn write_image(
     let command_id = uuid::Uuid::new_v4().to_string();
     let cid = command_id.clone();
     task.update(|n| {
-        n.driver_internal_info.insert("agent_command_id".into(), cid.clone().into());
+        AgentSession::set_command_id(&mut n.driver_internal_info, &cid);
         Ok(())
     })
     .await?;
@@ -433,7 +447,7 @@ async fn write_image(
     let root = outcome.root_uuid_or_disk_id.clone();
     task.update(|n| {
         if !root.is_empty() {
-            n.driver_internal_info.insert("root_uuid_or_disk_id".into(), root.clone().into());
+            n.driver_internal_info.insert(keys::ROOT_UUID_OR_DISK_ID.into(), root.clone().into());
         }
         Ok(())
     })
@@ -524,7 +538,7 @@ async fn install_bootloader(task: &mut Task) -> Result<StepOutcome, WorkflowErro
     let conn = connect(task).await?;
     let uuids = conn.partition_uuids().await.map_err(|e| agent_failed("install_bootloader", &e))?;
     let root = if uuids.root_uuid.is_empty() {
-        task.internal_str("root_uuid_or_disk_id").unwrap_or_default().to_owned()
+        task.internal_str(keys::ROOT_UUID_OR_DISK_ID).unwrap_or_default().to_owned()
     } else {
         uuids.root_uuid.clone()
     };

@@ -1,5 +1,7 @@
-//! Hardware types and their interfaces (reference §6.1): `fake-hardware`, `redfish` and
-//! `ipmi` power/management drivers, chosen per node from `driver` and `*_interface`.
+//! The power and management implementations behind the hardware types of
+//! [`deploy::hardware`] (reference §6.1): `fake-hardware`, `redfish` and `ipmi`. Which one
+//! runs for a node is decided by [`deploy::hardware::resolve`] from its `driver` and
+//! `*_interface`; this module only maps each typed value to its driver, exhaustively.
 
 pub mod fake;
 pub mod ipmi;
@@ -9,12 +11,10 @@ use std::sync::Arc;
 
 use deploy::Node;
 use deploy::drivers::{DriverError, ManagementDriver, PowerDriver};
+use deploy::hardware::{ManagementIface, NodeInterfaces, PowerIface};
 use serde_json::Value;
 
 use crate::config::ConductorConfig;
-
-/// Hardware types this conductor loads.
-pub const HARDWARE_TYPES: [&str; 3] = ["fake-hardware", "ipmi", "redfish"];
 
 /// The power and management interfaces chosen for one node.
 #[derive(Clone)]
@@ -57,46 +57,34 @@ impl Drivers {
     /// # Errors
     /// [`DriverError::InvalidDriverInfo`] for an unknown hardware type or interface.
     pub fn for_node(&self, node: &Node) -> Result<DriverSet, DriverError> {
-        let default = match node.driver.as_str() {
-            "fake-hardware" => "fake",
-            "redfish" => "redfish",
-            "ipmi" => "ipmitool",
-            other => {
-                return Err(DriverError::InvalidDriverInfo {
-                    message: format!(
-                        "hardware type '{other}' is not enabled (enabled: {})",
-                        HARDWARE_TYPES.join(", ")
-                    ),
-                });
-            }
-        };
-        let power = self.power(node.interfaces.power.as_deref().unwrap_or(default))?;
-        let management =
-            self.management(node.interfaces.management.as_deref().unwrap_or(default))?;
-        Ok(DriverSet { power, management })
+        let ifaces = deploy::hardware::resolve(node, None)
+            .map_err(|e| DriverError::InvalidDriverInfo { message: e.to_string() })?;
+        Ok(self.set(&ifaces))
     }
 
-    fn power(&self, name: &str) -> Result<Arc<dyn PowerDriver>, DriverError> {
-        Ok(match name {
-            "fake" => self.fake.clone(),
-            "redfish" => self.redfish.clone(),
-            "ipmitool" | "ipmi" => self.ipmi.clone(),
-            other => return Err(unknown("power", other)),
-        })
+    /// The drivers of resolved interfaces.
+    pub fn set(&self, ifaces: &NodeInterfaces) -> DriverSet {
+        DriverSet {
+            power: self.power(ifaces.power),
+            management: self.management(ifaces.management),
+        }
     }
 
-    fn management(&self, name: &str) -> Result<Arc<dyn ManagementDriver>, DriverError> {
-        Ok(match name {
-            "fake" | "noop" => self.fake.clone(),
-            "redfish" => self.redfish.clone(),
-            "ipmitool" | "ipmi" => self.ipmi.clone(),
-            other => return Err(unknown("management", other)),
-        })
+    fn power(&self, iface: PowerIface) -> Arc<dyn PowerDriver> {
+        match iface {
+            PowerIface::Fake => self.fake.clone(),
+            PowerIface::Redfish => self.redfish.clone(),
+            PowerIface::Ipmitool => self.ipmi.clone(),
+        }
     }
-}
 
-fn unknown(iface: &str, name: &str) -> DriverError {
-    DriverError::InvalidDriverInfo { message: format!("{iface} interface '{name}' is not enabled") }
+    fn management(&self, iface: ManagementIface) -> Arc<dyn ManagementDriver> {
+        match iface {
+            ManagementIface::Fake => self.fake.clone(),
+            ManagementIface::Redfish => self.redfish.clone(),
+            ManagementIface::Ipmitool => self.ipmi.clone(),
+        }
+    }
 }
 
 /// A string value of `driver_info`, trimmed; `None` when absent or empty.
@@ -123,4 +111,52 @@ pub fn bmc_label(node: &Node) -> String {
         }
     }
     format!("(no BMC address; driver {})", node.driver)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use deploy::NodeId;
+    use deploy::hardware::{HARDWARE_TYPES, resolve};
+
+    use super::*;
+    use crate::deploy_iface::implementation;
+
+    /// Every value the table enables (what `GET /v1/drivers` advertises) is one this
+    /// conductor can run: each is set on a node and instantiated.
+    #[test]
+    fn test_every_enabled_interface_is_implemented() {
+        let drivers = Drivers::new(&ConductorConfig::default()).unwrap();
+        for hw in &HARDWARE_TYPES {
+            for spec in &hw.interfaces {
+                for value in spec.enabled {
+                    let mut n = Node::new(NodeId::new_v4(), hw.name, Utc::now());
+                    *n.interfaces.get_mut(spec.interface).unwrap() = Some((*value).to_owned());
+                    let what = format!("{} {}={value}", hw.name, spec.interface);
+                    let ifaces = resolve(&n, None).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let set = drivers.for_node(&n).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let built = match spec.interface {
+                        "power" => set.power.name(),
+                        "management" => set.management.name(),
+                        "deploy" => implementation(ifaces.deploy).name(),
+                        "boot" => ifaces.boot.as_str(),
+                        // Nothing runs for the others: the table offers only no-op values.
+                        _ => value,
+                    };
+                    assert_eq!(built, *value, "{what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn test_unknown_hardware_type_or_interface_is_refused() {
+        let drivers = Drivers::new(&ConductorConfig::default()).unwrap();
+        let mut n = Node::new(NodeId::new_v4(), "ipmi", Utc::now());
+        n.interfaces.power = Some("redfish".into());
+        let e = drivers.for_node(&n).err().expect("redfish power on ipmi refused");
+        assert!(e.to_string().contains("power interface 'redfish'"), "{e}");
+        n.driver = "pxe_ipmitool".into();
+        assert!(drivers.for_node(&n).is_err());
+    }
 }

@@ -8,11 +8,11 @@
 //! See `docs/CONTRACTS.md` for the surfaces this crate uses and exposes.
 
 pub mod agent_client;
-pub mod bin_support;
 pub mod config;
 pub mod deploy_iface;
 pub mod drivers;
 pub mod periodic;
+pub mod power;
 pub mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -23,14 +23,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bus::DynBus;
+use common::ErrorChain;
+use common::shutdown::Shutdown;
+use deploy::hardware::HardwareError;
 use deploy::{Conductor, Node, NodeId, PublicError, SharedClock, SystemClock};
 use store::DataStore;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{ConductorConfig, ConductorConfigError};
-use deploy_iface::{DeployInterface, DirectDeploy, FakeDeploy};
+pub use config::{ConductorConfig, ConductorConfigError, ConductorFileConfig};
+use deploy_iface::DeployInterface;
 use drivers::Drivers;
 
 /// Why the conductor could not start or stopped with an error.
@@ -76,8 +79,6 @@ pub struct Ctx {
     pub(crate) power_failures: Mutex<HashMap<NodeId, u32>>,
     /// Limit on concurrently driven nodes.
     pub(crate) tasks: tokio::sync::Semaphore,
-    direct: Arc<dyn DeployInterface>,
-    fake: Arc<dyn DeployInterface>,
 }
 
 impl Ctx {
@@ -87,42 +88,29 @@ impl Ctx {
         Conductor {
             hostname: self.cfg.hostname.clone(),
             conductor_group: self.cfg.conductor_group.clone(),
-            drivers: drivers::HARDWARE_TYPES.iter().map(|s| (*s).to_owned()).collect(),
+            drivers: deploy::hardware::hardware_type_names().map(str::to_owned).collect(),
             online: true,
             last_heartbeat: now,
             created_at: now,
         }
     }
 
-    /// The node's deploy interface (`deploy_interface`, else the configured default).
+    /// The node's deploy interface: its `deploy_interface`, else the configured default
+    /// where its hardware type enables it, else the hardware type's default.
     ///
     /// # Errors
-    /// A planning error naming an unsupported interface.
-    pub fn deploy_interface(
-        &self,
-        node: &Node,
-    ) -> Result<Arc<dyn DeployInterface>, deploy::steps::PlanError> {
-        let name = node.interfaces.deploy.as_deref().unwrap_or(&self.cfg.default_deploy_interface);
-        match name {
-            "direct" => Ok(self.direct.clone()),
-            "fake" => Ok(self.fake.clone()),
-            other => Err(deploy::steps::PlanError::UnknownDeployInterface(other.to_owned())),
-        }
+    /// [`HardwareError`] for an unknown hardware type or an interface it does not enable.
+    pub fn deploy_interface(&self, node: &Node) -> Result<Arc<dyn DeployInterface>, HardwareError> {
+        let ifaces = deploy::hardware::resolve(node, self.cfg.default_deploy())?;
+        Ok(deploy_iface::implementation(ifaces.deploy))
     }
 }
 
-/// Displays an error with its sources (`a: b: c`).
-pub(crate) struct Chain<'a>(pub &'a dyn std::error::Error);
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&agent_client::chain(self.0))
-    }
-}
-
-/// Run a conductor until `token` is cancelled: register, release this host's stale locks,
-/// consume the work queue and run the periodic tasks; on shutdown drain running workflows
-/// (bounded by `drain_timeout_secs`) and unregister.
+/// Run a conductor until `shutdown` is cancelled: register, release this host's stale locks,
+/// start consuming the work queue — then it is ready ([`Shutdown::ready`]) — and run the
+/// periodic tasks; on shutdown drain running workflows through [`Shutdown::drain`] (bounded by
+/// `drain_timeout_secs`, which replaces the shutdown's own timeout), release what is still
+/// held and unregister.
 ///
 /// # Errors
 /// [`ConductorError`] when the config is invalid or registration fails.
@@ -130,9 +118,9 @@ pub async fn run(
     cfg: ConductorConfig,
     store: DataStore,
     bus: DynBus,
-    token: CancellationToken,
+    shutdown: Shutdown,
 ) -> Result<(), ConductorError> {
-    run_with_clock(cfg, store, bus, token, SystemClock::shared()).await
+    run_with_clock(cfg, store, bus, shutdown, SystemClock::shared()).await
 }
 
 /// [`run`] on `clock` instead of the system clock (tests run timeouts in simulated time
@@ -144,12 +132,13 @@ pub async fn run_with_clock(
     cfg: ConductorConfig,
     store: DataStore,
     bus: DynBus,
-    token: CancellationToken,
+    shutdown: Shutdown,
     clock: SharedClock,
 ) -> Result<(), ConductorError> {
     cfg.validate()?;
+    let shutdown = shutdown.with_drain_timeout(cfg.drain_timeout());
     let drivers = Drivers::new(&cfg).map_err(ConductorError::Drivers)?;
-    let tracker = TaskTracker::new();
+    let tracker = shutdown.tracker().clone();
     let ctx = Arc::new(Ctx {
         tasks: tokio::sync::Semaphore::new(cfg.max_concurrent_tasks),
         cfg,
@@ -157,12 +146,10 @@ pub async fn run_with_clock(
         bus,
         drivers,
         clock,
-        token: token.clone(),
+        token: shutdown.token().clone(),
         tracker: tracker.clone(),
         inflight: Mutex::new(HashMap::new()),
         power_failures: Mutex::new(HashMap::new()),
-        direct: Arc::new(DirectDeploy),
-        fake: Arc::new(FakeDeploy),
     });
     let host = ctx.cfg.hostname.clone();
     ctx.store
@@ -173,12 +160,17 @@ pub async fn run_with_clock(
     match ctx.store.node_release_all_held_by(&host).await {
         Ok(0) => {}
         Ok(n) => tracing::warn!(released = n, "released locks left by a previous run"),
-        Err(e) => tracing::warn!(error = %Chain(&e), "cannot release stale locks"),
+        Err(e) => tracing::warn!(error = %ErrorChain(&e), "cannot release stale locks"),
     }
-    tracing::info!(conductor = %host, "conductor started");
+
+    // Deliveries published before the queue exists would be lost: consume first, then say
+    // ready (below). `None`: shut down before the bus answered.
+    let Some(consumer) = worker::subscribe(&ctx).await else {
+        return stop(&ctx, &shutdown).await;
+    };
 
     let c = &ctx.cfg;
-    tracker.spawn(worker::consume(ctx.clone()));
+    tracker.spawn(worker::consume(ctx.clone(), consumer));
     tracker.spawn(periodic::every(
         ctx.clone(),
         "heartbeat",
@@ -211,21 +203,26 @@ pub async fn run_with_clock(
     ));
     // A first sweep at once picks up whatever happened while no conductor was running.
     tracker.spawn(periodic::sweep(ctx.clone()));
+    shutdown.ready();
+    tracing::info!(conductor = %host, queue = %c.queue, "conductor ready");
 
-    token.cancelled().await;
+    shutdown.cancelled().await;
+    stop(&ctx, &shutdown).await
+}
+
+/// On shutdown: drain running workflows (bounded), release what is still held, unregister.
+async fn stop(ctx: &Ctx, shutdown: &Shutdown) -> Result<(), ConductorError> {
+    let host = &ctx.cfg.hostname;
     tracing::info!(conductor = %host, "conductor stopping");
-    tracker.close();
-    let drain = config::dur(ctx.cfg.drain_timeout_secs);
-    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-        tracing::warn!("drain timeout reached with workflows still running");
-    }
+    // `drain` logs the tasks it gave up on.
+    let _ = shutdown.drain().await;
     // Anything still held (a workflow cut off by the drain timeout) is released now: its
     // node keeps its recorded state and the next conductor re-plans it.
-    if let Err(e) = ctx.store.node_release_all_held_by(&host).await {
-        tracing::warn!(error = %Chain(&e), "cannot release locks at shutdown");
+    if let Err(e) = ctx.store.node_release_all_held_by(host).await {
+        tracing::warn!(error = %ErrorChain(&e), "cannot release locks at shutdown");
     }
-    if let Err(e) = ctx.store.conductor_unregister(&host).await {
-        tracing::warn!(error = %Chain(&e), "cannot unregister");
+    if let Err(e) = ctx.store.conductor_unregister(host).await {
+        tracing::warn!(error = %ErrorChain(&e), "cannot unregister");
     }
     tracing::info!(conductor = %host, "conductor stopped");
     Ok(())

@@ -41,7 +41,7 @@ where
 /// Touch this conductor's row.
 pub async fn heartbeat(ctx: Arc<Ctx>) {
     if let Err(e) = ctx.store.conductor_heartbeat(&ctx.cfg.hostname, ctx.clock.now()).await {
-        tracing::warn!(error = %crate::Chain(&e), "conductor heartbeat failed");
+        tracing::warn!(error = %common::ErrorChain(&e), "conductor heartbeat failed");
         // Re-register in case the row was removed.
         let _ = ctx.store.conductor_register(&ctx.registration(), ctx.clock.now()).await;
     }
@@ -66,7 +66,7 @@ pub async fn takeover(ctx: Arc<Ctx>) {
                         released_any |= n > 0;
                     }
                     Err(e) => {
-                        tracing::error!(conductor = %c.hostname, error = %crate::Chain(&e), "cannot release locks")
+                        tracing::error!(conductor = %c.hostname, error = %common::ErrorChain(&e), "cannot release locks")
                     }
                 }
                 if c.online {
@@ -74,7 +74,7 @@ pub async fn takeover(ctx: Arc<Ctx>) {
                 }
             }
         }
-        Err(e) => tracing::warn!(error = %crate::Chain(&e), "cannot list stale conductors"),
+        Err(e) => tracing::warn!(error = %common::ErrorChain(&e), "cannot list stale conductors"),
     }
     // Locks held by names that are not live conductors at all (stale-lock cleanup).
     if let Ok(all) = ctx.store.conductor_list().await {
@@ -143,7 +143,7 @@ pub async fn sweep(ctx: Arc<Ctx>) {
     let nodes = match list_all(&ctx, q).await {
         Ok(n) => n,
         Err(e) => {
-            tracing::warn!(error = %crate::Chain(&e), "sweep cannot list nodes");
+            tracing::warn!(error = %common::ErrorChain(&e), "sweep cannot list nodes");
             return;
         }
     };
@@ -190,7 +190,7 @@ pub async fn callback_timeouts(ctx: Arc<Ctx>) {
             );
             let mut task = Task { ctx: ctx.clone(), node };
             if let Err(e) = fail_current(&mut task, &msg).await {
-                tracing::error!(node = %n.uuid, error = %crate::Chain(&e), "could not fail timed-out node");
+                tracing::error!(node = %n.uuid, error = %common::ErrorChain(&e), "could not fail timed-out node");
             }
         }
         guard.release().await;

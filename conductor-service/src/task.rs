@@ -4,14 +4,15 @@
 //! tracked background task from `Drop` when a workflow is cancelled. [`Task`] carries the
 //! last committed copy of the node and writes through [`Task::update`], which re-reads and
 //! re-applies the change when another writer (the API recording a heartbeat, an operator
-//! setting maintenance) committed in between, so a conductor never overwrites their fields.
+//! setting maintenance) committed in between (`DataStore::node_modify_from`), so a
+//! conductor never overwrites their fields.
 
 use std::sync::Arc;
 
 use deploy::state::next;
 use deploy::{Node, NodeHistory, NodeId, ProvisionEvent, ProvisionState, PublicError};
 use proto::events::{Event, event::Payload};
-use serde_json::Value;
+use store::NodeModify;
 use thiserror::Error;
 
 use crate::Ctx;
@@ -68,7 +69,7 @@ impl LockGuard {
     pub async fn release(mut self) {
         self.released = true;
         if let Err(e) = self.ctx.store.node_release(self.node, &self.ctx.cfg.hostname).await {
-            tracing::error!(node = %self.node, error = %crate::Chain(&e),
+            tracing::error!(node = %self.node, error = %common::ErrorChain(&e),
                 "could not release the node lock; stale-lock cleanup will");
         }
     }
@@ -86,7 +87,7 @@ impl Drop for LockGuard {
         if tokio::runtime::Handle::try_current().is_ok() {
             self.ctx.tracker.spawn(async move {
                 if let Err(e) = store.node_release(node, &host).await {
-                    tracing::error!(node = %node, error = %crate::Chain(&e),
+                    tracing::error!(node = %node, error = %common::ErrorChain(&e),
                         "could not release the node lock after a cancelled task");
                 }
             });
@@ -108,31 +109,26 @@ impl Task {
         self.node.uuid
     }
 
-    /// Apply `f` to the node and commit; on a concurrent modification re-read the node and
-    /// apply `f` again (it must only touch fields the conductor owns while it holds the lock).
+    /// Apply `f` to the node and commit through [`store::DataStore::node_modify_from`]: when
+    /// another writer committed first, `f` runs again on a fresh read (it must only touch
+    /// fields the conductor owns while it holds the lock).
     ///
     /// # Errors
-    /// What `f` returns, or a database error.
-    pub async fn update<F>(&mut self, mut f: F) -> Result<(), WorkflowError>
+    /// What `f` returns; a database error, also when the node is gone or every attempt
+    /// lost a race.
+    pub async fn update<F>(&mut self, f: F) -> Result<(), WorkflowError>
     where
         F: FnMut(&mut Node) -> Result<(), WorkflowError>,
     {
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let mut n = self.node.clone();
-            f(&mut n)?;
-            match self.ctx.store.node_update(&n).await {
-                Ok(stored) => {
-                    self.node = stored;
-                    return Ok(());
-                }
-                Err(PublicError::Conflict { .. }) if attempts < 20 => {
-                    self.node = self.ctx.store.node_fetch(self.node.uuid).await?;
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let id = self.id();
+        let outcome = self.ctx.store.node_modify_from(self.node.clone(), f).await?;
+        if let NodeModify::Stale { node } = &outcome {
+            // Keep the freshest copy; the sweep picks the node up again.
+            self.node = node.clone();
         }
+        let (node, ()) = outcome.into_result(id)?;
+        self.node = node;
+        Ok(())
     }
 
     /// Fire `event` from `from`: conditional write of the new state and target (plus what
@@ -205,7 +201,7 @@ impl Task {
             created_at: self.ctx.clock.now(),
         };
         if let Err(e) = self.ctx.store.history_insert(&h).await {
-            tracing::warn!(node = %self.id(), error = %crate::Chain(&e), "history entry lost");
+            tracing::warn!(node = %self.id(), error = %common::ErrorChain(&e), "history entry lost");
         }
     }
 
@@ -227,23 +223,9 @@ impl Task {
         self.ctx.publish(n.uuid, Payload::NodeStateChanged(payload)).await;
     }
 
-    /// Wipe what the ramdisk's agent left (address, token, version): done on every power
-    /// off and reboot so the next ramdisk boot gets a fresh token.
-    pub fn wipe_agent(n: &mut Node) {
-        for k in [
-            "agent_url",
-            "agent_secret_token",
-            "agent_version",
-            "agent_last_heartbeat",
-            "agent_command_id",
-        ] {
-            n.driver_internal_info.remove(k);
-        }
-    }
-
-    /// A `driver_internal_info` string.
+    /// A non-empty `driver_internal_info` string.
     pub fn internal_str<'a>(&'a self, key: &str) -> Option<&'a str> {
-        self.node.driver_internal_info.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+        deploy::internal_info::internal_str(&self.node.driver_internal_info, key)
     }
 }
 
@@ -278,7 +260,7 @@ impl Ctx {
             payload: Some(payload),
         };
         if let Err(e) = bus::publish_event(self.bus.as_ref(), &ev).await {
-            tracing::warn!(node = %node, error = %crate::Chain(&e), "event not published");
+            tracing::warn!(node = %node, error = %common::ErrorChain(&e), "event not published");
         }
     }
 }

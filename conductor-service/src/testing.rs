@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use deploy::state::next;
+use deploy::internal_info::{AgentSession, Heartbeat};
+use deploy::provision::{Refusal, RequestArgs, apply_request};
 use deploy::{ApiVerb, Node, NodeHistory, NodeId, PowerState, ProvisionState, PublicError};
 use proto::events::event::Payload;
 use proto::events::{Event, ProvisionRequested};
-use serde_json::Value;
 use sim::SimAgent;
-use store::{DataStore, NodeListQuery};
+use store::{DataStore, NodeListQuery, NodeModify};
 use tokio_util::sync::CancellationToken;
 
 use crate::ConductorConfig;
@@ -31,48 +31,57 @@ pub async fn heartbeat(
     if agent.vanished(node) {
         return Ok(false);
     }
-    for _ in 0..20 {
-        let mut n = store.node_fetch(node).await?;
-        if !n.provision_state.is_wait() || n.power_state != Some(PowerState::On) {
-            return Ok(false);
-        }
-        let dii = &mut n.driver_internal_info;
-        let token = match dii.get("agent_secret_token").and_then(Value::as_str) {
-            Some(t) => t.to_owned(),
-            None => {
-                let t = agent.mint_token(node);
-                dii.insert("agent_secret_token".into(), t.clone().into());
-                t
+    let url = agent.url();
+    let recorded = store
+        .node_modify(node, |n| {
+            if !n.provision_state.is_wait() || n.power_state != Some(PowerState::On) {
+                return Ok(false);
             }
-        };
-        agent.register_token(&token, node);
-        dii.insert("agent_url".into(), agent.url().into());
-        dii.insert("agent_last_heartbeat".into(), Utc::now().to_rfc3339().into());
-        dii.insert("agent_version".into(), "sim-1.0".into());
-        match store.node_update(&n).await {
-            Ok(n) => {
-                let ev = Event {
-                    event_id: uuid::Uuid::new_v4().to_string(),
-                    node_uuid: node.to_string(),
-                    request_id: String::new(),
-                    created_at: Utc::now().to_rfc3339(),
-                    payload: Some(Payload::AgentHeartbeat(proto::events::AgentHeartbeat {
-                        agent_url: agent.url(),
-                        agent_version: "sim-1.0".into(),
-                        provision_state: n.provision_state.to_string(),
-                    })),
-                };
-                bus::publish_event(bus.as_ref(), &ev)
-                    .await
-                    .map_err(|e| PublicError::unavailable(e.to_string()))?;
-                return Ok(true);
-            }
-            Err(PublicError::Conflict { .. }) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(false)
+            let dii = &mut n.driver_internal_info;
+            let token = match AgentSession::from_internal_info(dii).token {
+                Some(t) => t,
+                None => {
+                    let t = agent.mint_token(node);
+                    AgentSession::set_token(dii, &t);
+                    t
+                }
+            };
+            agent.register_token(&token, node);
+            let hb = Heartbeat {
+                url: &url,
+                at: Utc::now(),
+                version: Some(SIM_AGENT_VERSION),
+                verify_ca: None,
+                status: None,
+            };
+            AgentSession::record_heartbeat(dii, &hb);
+            Ok::<_, PublicError>(true)
+        })
+        .await?;
+    let n = match recorded {
+        NodeModify::Updated { node: n, value: true } => n,
+        NodeModify::NotFound => return Err(PublicError::not_found("Node", node)),
+        _ => return Ok(false),
+    };
+    let ev = Event {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        node_uuid: node.to_string(),
+        request_id: String::new(),
+        created_at: Utc::now().to_rfc3339(),
+        payload: Some(Payload::AgentHeartbeat(proto::events::AgentHeartbeat {
+            agent_url: url,
+            agent_version: SIM_AGENT_VERSION.into(),
+            provision_state: n.provision_state.to_string(),
+        })),
+    };
+    bus::publish_event(bus.as_ref(), &ev)
+        .await
+        .map_err(|e| PublicError::unavailable(e.to_string()))?;
+    Ok(true)
 }
+
+/// The version the simulated agent reports in its heartbeats.
+const SIM_AGENT_VERSION: &str = "sim-1.0";
 
 /// The ramdisk side of every simulated node: when a node enters a wait state powered on,
 /// its "ramdisk boots" and heartbeats; a periodic pass catches missed events.
@@ -123,9 +132,10 @@ pub async fn run_fleet(
     }
 }
 
-/// What the API does for `PUT states/provision`: refuse a locked node (`NodeLocked`) or a
-/// verb the state does not allow (`Conflict`), else apply the first transition with a
-/// conditional update, record history and publish `ProvisionRequested`.
+/// What the API does for `PUT states/provision`, through the same rules
+/// ([`deploy::provision::apply_request`]): refuse a locked node (`NodeLocked`) or a verb the
+/// node does not allow (`Conflict`), else commit the first transition with a conditional
+/// update, record history and publish `ProvisionRequested`.
 ///
 /// # Errors
 /// `NodeLocked`, `Conflict` (also when another request won the race), database errors.
@@ -135,47 +145,41 @@ pub async fn request_provision(
     node: NodeId,
     verb: ApiVerb,
 ) -> Result<Node, PublicError> {
-    let n = store.node_fetch(node).await?;
-    if let Some(holder) = &n.reservation {
-        return Err(PublicError::NodeLocked { node: node.to_string(), holder: holder.clone() });
-    }
-    let from = n.provision_state;
-    let to = next(from, verb.event()).map_err(|e| PublicError::conflict(e.to_string()))?;
-    let mut upd = n.clone();
-    upd.provision_state = to;
-    upd.target_provision_state = if to.is_stable() {
-        None
-    } else if verb == ApiVerb::Clean {
-        Some(ProvisionState::Manageable)
-    } else {
-        to.fsm_target()
-    };
-    upd.provision_updated_at = Some(Utc::now());
-    upd.last_error = None;
-    let stored = store.node_update(&upd).await?;
+    let now = Utc::now();
+    let (stored, change) = store
+        .node_modify(node, |n| {
+            apply_request(n, verb, &RequestArgs::default(), now).map_err(|r| match r {
+                Refusal::Locked { holder } => {
+                    PublicError::NodeLocked { node: node.to_string(), holder }
+                }
+                other => PublicError::conflict(format!("{verb:?} refused: {other:?}")),
+            })
+        })
+        .await?
+        .into_result(node)?;
     store
         .history_insert(&NodeHistory {
             uuid: uuid::Uuid::new_v4(),
             node_uuid: node,
             severity: "INFO".into(),
             event_type: "provisioning".into(),
-            event: format!("{from} -> {to} ({})", verb.event()),
+            event: change.history_text(),
             conductor: None,
-            from_state: Some(from),
-            to_state: Some(to),
-            created_at: Utc::now(),
+            from_state: Some(change.from),
+            to_state: Some(change.to),
+            created_at: now,
         })
         .await?;
     let ev = Event {
         event_id: uuid::Uuid::new_v4().to_string(),
         node_uuid: node.to_string(),
         request_id: format!("req-{}", uuid::Uuid::new_v4()),
-        created_at: Utc::now().to_rfc3339(),
+        created_at: now.to_rfc3339(),
         payload: Some(Payload::ProvisionRequested(ProvisionRequested {
             verb: format!("{verb:?}").to_lowercase(),
-            event: verb.event().to_string(),
-            from_state: from.to_string(),
-            to_state: to.to_string(),
+            event: change.event.to_string(),
+            from_state: change.from.to_string(),
+            to_state: change.to.to_string(),
             ..Default::default()
         })),
     };

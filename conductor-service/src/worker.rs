@@ -10,7 +10,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus::{Delivery, QueueSpec, routing};
+use bus::{Consumer, Delivery, QueueSpec, routing};
 use deploy::{NodeId, PublicError};
 use futures::FutureExt;
 use proto::events::event::Payload;
@@ -81,7 +81,7 @@ pub async fn wake(ctx: &Arc<Ctx>, node: NodeId) -> Result<(), PublicError> {
 pub fn wake_owned(ctx: Arc<Ctx>, node: NodeId) -> futures::future::BoxFuture<'static, ()> {
     Box::pin(async move {
         if let Err(e) = wake(&ctx, node).await {
-            tracing::warn!(node = %node, error = %crate::Chain(&e), "could not drive node");
+            tracing::warn!(node = %node, error = %common::ErrorChain(&e), "could not drive node");
         }
     })
 }
@@ -141,7 +141,7 @@ async fn run_locked(ctx: &Arc<Ctx>, guard: LockGuard, node: deploy::Node) {
             tracing::info!(node = %id, "stopped by shutdown; the node keeps its recorded state");
         }
         Ok(Err(e @ WorkflowError::Store(_))) => {
-            tracing::error!(node = %id, error = %crate::Chain(&e), "database error; will retry");
+            tracing::error!(node = %id, error = %common::ErrorChain(&e), "database error; will retry");
         }
         Ok(Err(WorkflowError::Failed(msg))) => {
             // `run` records failures itself; this is a failure while recording one.
@@ -154,7 +154,7 @@ async fn run_locked(ctx: &Arc<Ctx>, guard: LockGuard, node: deploy::Node) {
                 let msg =
                     "Internal error: the conductor's workflow crashed; see the conductor logs";
                 if let Err(e) = workflows::fail_current(&mut task, msg).await {
-                    tracing::error!(node = %id, error = %crate::Chain(&e), "could not fail the node");
+                    tracing::error!(node = %id, error = %common::ErrorChain(&e), "could not fail the node");
                 }
             }
         }
@@ -162,30 +162,46 @@ async fn run_locked(ctx: &Arc<Ctx>, guard: LockGuard, node: deploy::Node) {
     guard.release().await;
 }
 
-/// Consume the work queue until shutdown, re-subscribing when the bus drops the consumer.
-pub async fn consume(ctx: Arc<Ctx>) {
-    let spec = QueueSpec {
+/// The work queue: every conductor competes for it.
+fn work_queue(ctx: &Ctx) -> QueueSpec {
+    QueueSpec {
         queue: ctx.cfg.queue.clone(),
         patterns: vec![routing::PROVISION.into(), routing::POWER.into(), routing::HEARTBEAT.into()],
         prefetch: ctx.cfg.prefetch,
         max_attempts: 10,
-    };
+    }
+}
+
+/// Start consuming the work queue (declaring and binding it), retrying while the bus
+/// refuses; `None` when shutdown comes first.
+pub async fn subscribe(ctx: &Ctx) -> Option<Consumer> {
+    let spec = work_queue(ctx);
     loop {
-        let mut consumer = tokio::select! {
+        tokio::select! {
             biased;
-            () = ctx.token.cancelled() => return,
+            () = ctx.token.cancelled() => return None,
             c = ctx.bus.consume(spec.clone()) => match c {
-                Ok(c) => c,
+                Ok(c) => {
+                    tracing::info!(queue = %spec.queue, "consuming");
+                    return Some(c);
+                }
                 Err(e) => {
-                    tracing::warn!(queue = %spec.queue, error = %crate::Chain(&e), "cannot consume; retrying");
+                    tracing::warn!(queue = %spec.queue, error = %common::ErrorChain(&e), "cannot consume; retrying");
                     tokio::select! {
-                        () = ctx.token.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                        () = ctx.token.cancelled() => return None,
+                        () = tokio::time::sleep(Duration::from_secs(2)) => {}
                     }
                 }
             },
-        };
-        tracing::info!(queue = %spec.queue, "consuming");
+        }
+    }
+}
+
+/// Handle deliveries from `consumer` (see [`subscribe`]) until shutdown, re-subscribing when
+/// the bus drops the consumer.
+pub async fn consume(ctx: Arc<Ctx>, mut consumer: Consumer) {
+    let queue = ctx.cfg.queue.clone();
+    loop {
         loop {
             let delivery = tokio::select! {
                 // Shutdown first; `next` is cancel-safe (an unreceived delivery stays queued).
@@ -194,12 +210,14 @@ pub async fn consume(ctx: Arc<Ctx>) {
                 d = consumer.next() => d,
             };
             let Some(d) = delivery else {
-                tracing::warn!(queue = %spec.queue, "consumer closed; re-subscribing");
+                tracing::warn!(queue = %queue, "consumer closed; re-subscribing");
                 break;
             };
             let c = ctx.clone();
             ctx.tracker.spawn(handle_delivery_boxed(c, d));
         }
+        let Some(again) = subscribe(&ctx).await else { return };
+        consumer = again;
     }
 }
 
@@ -215,7 +233,7 @@ async fn handle_delivery(ctx: Arc<Ctx>, d: Delivery) {
         let ev = match bus::decode_event(&d) {
             Ok(ev) => ev,
             Err(e) => {
-                tracing::warn!(error = %crate::Chain(&e), "undecodable message; dead-lettering");
+                tracing::warn!(error = %common::ErrorChain(&e), "undecodable message; dead-lettering");
                 let _ = d.dead_letter().await;
                 return;
             }
@@ -234,11 +252,11 @@ async fn handle_delivery(ctx: Arc<Ctx>, d: Delivery) {
         match wake(&ctx, id).await {
             Ok(()) => {
                 if let Err(e) = d.ack().await {
-                    tracing::warn!(error = %crate::Chain(&e), "ack failed; the message will come again");
+                    tracing::warn!(error = %common::ErrorChain(&e), "ack failed; the message will come again");
                 }
             }
             Err(e) => {
-                tracing::warn!(node = %id, error = %crate::Chain(&e), "wake failed; requeueing");
+                tracing::warn!(node = %id, error = %common::ErrorChain(&e), "wake failed; requeueing");
                 tokio::select! {
                     () = ctx.token.cancelled() => {}
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -2,7 +2,7 @@
 //! deploy, clean (provide, undeploy), delete, resume on the agent's heartbeat, power
 //! requests and abort clean-up. Every failure ends in the failure state with `last_error`.
 
-use deploy::drivers::DriverError;
+use deploy::internal_info::{AgentSession, keys};
 use deploy::steps::{
     Recovery, Step, StepKind, plan_from_json, plan_to_json, recover, step_to_json,
 };
@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::deploy_iface::{DeployInterface, StepOutcome};
 use crate::drivers::{DriverSet, bmc_label};
+use crate::power::set_power;
 use crate::task::{Task, WorkflowError};
 
 /// What a node needs from a conductor, decided from its recorded state alone.
@@ -32,13 +33,10 @@ pub enum Work {
     Power(PowerState),
 }
 
-/// The agent of the current ramdisk boot has heartbeated (its address and token are wiped
-/// on every power off / reboot, so their presence means "called back since the boot").
+/// The agent of the current ramdisk boot has heartbeated (see
+/// [`AgentSession::called_back`]).
 pub fn agent_called_back(n: &Node) -> bool {
-    let has = |k: &str| {
-        n.driver_internal_info.get(k).and_then(Value::as_str).is_some_and(|s| !s.is_empty())
-    };
-    has("agent_url") && has("agent_secret_token")
+    AgentSession::of(n).called_back()
 }
 
 /// What `n` needs, if anything. Reads only; the caller takes the lock and decides again.
@@ -141,7 +139,9 @@ async fn power_off_after_failure(task: &mut Task, msg: &str) -> Result<(), Workf
 }
 
 fn clear_plans(n: &mut Node) {
-    for k in ["deploy_steps", "deploy_step_index", "clean_steps", "clean_step_index"] {
+    for k in
+        [keys::DEPLOY_STEPS, keys::DEPLOY_STEP_INDEX, keys::CLEAN_STEPS, keys::CLEAN_STEP_INDEX]
+    {
         n.driver_internal_info.remove(k);
     }
     n.deploy_step.clear();
@@ -172,41 +172,6 @@ async fn verify(task: &mut Task, d: &DriverSet) -> Result<(), WorkflowError> {
             task.id()
         ))),
     }
-}
-
-/// Change the power state through the BMC and record it; power off and reboot wipe the
-/// agent's address and token first.
-pub async fn set_power(
-    task: &mut Task,
-    d: &DriverSet,
-    target: PowerState,
-) -> Result<PowerState, WorkflowError> {
-    if target != PowerState::On {
-        task.update(|n| {
-            Task::wipe_agent(n);
-            Ok(())
-        })
-        .await?;
-    }
-    let n = task.node.clone();
-    let reached =
-        d.power.set_power_state(&n, target).await.map_err(|e| power_failed(&n, target, &e))?;
-    let now = task.ctx.clock.now().to_rfc3339();
-    task.update(|n| {
-        n.power_state = Some(reached);
-        n.driver_internal_info.insert("last_power_state_change".into(), now.clone().into());
-        Ok(())
-    })
-    .await?;
-    Ok(reached)
-}
-
-fn power_failed(n: &Node, target: PowerState, e: &DriverError) -> WorkflowError {
-    WorkflowError::Failed(format!(
-        "Failed to change power state of node {} to '{target}' (BMC {}): {e}",
-        n.uuid,
-        bmc_label(n)
-    ))
 }
 
 /// A `PUT states/power` request recorded as `target_power_state`.
@@ -259,8 +224,8 @@ enum PlanKind {
 impl PlanKind {
     fn keys(self) -> (&'static str, &'static str) {
         match self {
-            PlanKind::Deploy => ("deploy_steps", "deploy_step_index"),
-            PlanKind::Clean => ("clean_steps", "clean_step_index"),
+            PlanKind::Deploy => (keys::DEPLOY_STEPS, keys::DEPLOY_STEP_INDEX),
+            PlanKind::Clean => (keys::CLEAN_STEPS, keys::CLEAN_STEP_INDEX),
         }
     }
     fn states(self) -> (S, S) {
@@ -423,9 +388,9 @@ async fn deploy(
         let whole = deploy::steps::is_whole_disk_image(&task.node.instance_info);
         task.update(|n| {
             n.last_error = None;
-            n.driver_internal_info.insert("is_whole_disk_image".into(), whole.into());
-            n.driver_internal_info.remove("deploy_progress");
-            n.driver_internal_info.remove("root_uuid_or_disk_id");
+            n.driver_internal_info.insert(keys::IS_WHOLE_DISK_IMAGE.into(), whole.into());
+            n.driver_internal_info.remove(keys::DEPLOY_PROGRESS);
+            n.driver_internal_info.remove(keys::ROOT_UUID_OR_DISK_ID);
             Ok(())
         })
         .await?;
@@ -435,7 +400,7 @@ async fn deploy(
         PlanEnd::Finished => {
             task.transition(S::Deploying, E::Done, |n| {
                 clear_plans(n);
-                Task::wipe_agent(n);
+                AgentSession::wipe(&mut n.driver_internal_info);
                 n.last_error = None;
             })
             .await?;
@@ -454,7 +419,7 @@ async fn clean(
     let node = task.node.clone();
     let start = start_point(task, PlanKind::Clean, resumed, || {
         let manual = node.target_provision_state == Some(S::Manageable);
-        match node.driver_internal_info.get("clean_steps") {
+        match node.driver_internal_info.get(keys::CLEAN_STEPS) {
             Some(requested) if manual && iface.name() != "fake" => {
                 // Manual clean: boot the ramdisk, run the requested steps, power off.
                 let user = plan_from_json(requested).map_err(|e| {
@@ -490,8 +455,8 @@ async fn clean(
             };
             task.transition(S::Cleaning, event, |n| {
                 clear_plans(n);
-                Task::wipe_agent(n);
-                n.driver_internal_info.remove("deploy_progress");
+                AgentSession::wipe(&mut n.driver_internal_info);
+                n.driver_internal_info.remove(keys::DEPLOY_PROGRESS);
                 n.last_error = None;
             })
             .await?;
@@ -511,7 +476,7 @@ async fn delete(
         n.instance_info.clear();
         n.instance_uuid = None;
         clear_plans(n);
-        for k in ["is_whole_disk_image", "root_uuid_or_disk_id", "deploy_progress"] {
+        for k in [keys::IS_WHOLE_DISK_IMAGE, keys::ROOT_UUID_OR_DISK_ID, keys::DEPLOY_PROGRESS] {
             n.driver_internal_info.remove(k);
         }
     })
@@ -534,8 +499,8 @@ mod tests {
         assert_eq!(work_for(&n), None);
         n.provision_state = S::WaitCallBack;
         assert_eq!(work_for(&n), None);
-        n.driver_internal_info.insert("agent_url".into(), "http://127.0.0.1:1".into());
-        n.driver_internal_info.insert("agent_secret_token".into(), "t".into());
+        AgentSession::set_token(&mut n.driver_internal_info, "t");
+        n.driver_internal_info.insert(keys::AGENT_URL.into(), "http://127.0.0.1:1".into());
         assert_eq!(work_for(&n), Some(Work::ResumeDeploy));
         n.maintenance = true;
         assert_eq!(work_for(&n), None, "maintenance: heartbeats are recorded only");

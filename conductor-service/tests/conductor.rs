@@ -19,20 +19,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conductor_service::ConductorConfig;
+use bus::testing::amqp_url;
+use common::shutdown::{CancellationToken, Shutdown};
 use conductor_service::testing::{
     fast_config, insert_fake_node, request_provision, run_fleet, wait_for,
 };
+use conductor_service::{ConductorConfig, ConductorError};
+use deploy::internal_info::keys;
 use deploy::{ApiVerb, Node, NodeId, ProvisionState as S, PublicError, SharedClock, SystemClock};
 use sim::{SimAgent, SimAgentConfig, SimClock};
-use store::testing::{TestDatabase, services_required};
-use tokio_util::sync::CancellationToken;
-
-const AMQP_DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-fn amqp_url() -> String {
-    std::env::var("FERRIC_TEST_AMQP_URL").unwrap_or_else(|_| AMQP_DEFAULT.to_owned())
-}
+use store::testing::TestDatabase;
+use tokio::task::JoinHandle;
 
 struct Env {
     db: TestDatabase,
@@ -44,6 +41,8 @@ struct Env {
     clock: SharedClock,
     real: bool,
     paused: bool,
+    /// The conductors started in this process, awaited by [`Env::finish`].
+    conductors: std::sync::Mutex<Vec<JoinHandle<Result<(), ConductorError>>>>,
 }
 
 #[path = "conductor/properties.rs"]
@@ -58,12 +57,16 @@ async fn env(real: bool) -> Option<Env> {
 }
 
 /// SQLite and the in-process bus with conductors on simulated time: Tokio's clock is paused
-/// once the database is open (sqlx bounds opening a connection with a timer, which paused
-/// time would fire at once while the SQLite thread works) and resumed by [`Env::finish`].
+/// once the database is open, and resumed by [`Env::finish`]; the store holds the clock still
+/// while a statement runs on SQLite's thread (`TestDatabase::hold_paused_clock`), and a ticker
+/// moves time in 10 ms steps so loopback I/O lands before a far-off deadline
+/// (`sim::clock::spawn_ticker`).
 /// Call it from a current-thread runtime (`#[tokio::test]`).
 async fn env_sim() -> Env {
     let mut env = env_on(false, SimClock::starting_now().shared()).await.unwrap();
+    env.db.hold_paused_clock();
     tokio::time::pause();
+    sim::clock::spawn_ticker(sim::clock::TICK, env.token.clone());
     env.paused = true;
     env
 }
@@ -96,20 +99,14 @@ async fn env_on(real: bool, clock: SharedClock) -> Option<Env> {
     let exchange = unique("ferric-test");
     let (db, bus) = if real {
         let db = TestDatabase::postgres().await?;
-        let bus = match bus::connect_with_exchange(Some(&amqp_url()), &exchange).await {
-            Ok(b) => b,
-            Err(e) => {
-                assert!(!services_required(), "RabbitMQ is required but not reachable: {e}");
-                eprintln!("SKIPPING: RabbitMQ not reachable at {}: {e}", amqp_url());
-                return None;
-            }
-        };
-        (db, bus)
+        (db, bus::testing::rabbit(&exchange).await?)
     } else {
         (TestDatabase::sqlite().await, bus::connect(None).await.unwrap())
     };
     let agent = SimAgent::start(SimAgentConfig::default(), token.clone()).await.unwrap();
-    Some(Env { db, bus, exchange, queue: unique("conductor.work"), token, agent, clock, real, paused: false })
+    let queue = unique("conductor.work");
+    let conductors = Default::default();
+    Some(Env { db, bus, exchange, queue, token, agent, clock, real, paused: false, conductors })
 }
 
 impl Env {
@@ -117,13 +114,15 @@ impl Env {
         self.db.store()
     }
 
-    fn start_conductor(&self, cfg: ConductorConfig) -> CancellationToken {
-        let t = self.token.child_token();
-        let (s, b, tt, c) = (self.store().clone(), self.bus.clone(), t.clone(), self.clock.clone());
-        tokio::spawn(
-            async move { conductor_service::run_with_clock(cfg, s, b, tt, c).await.unwrap() },
-        );
-        t
+    /// Starts a conductor in this process, on the environment's clock, and waits until it
+    /// is ready (registered and consuming the work queue).
+    async fn start_conductor(&self, cfg: ConductorConfig) {
+        let root = Shutdown::new(self.token.clone(), Duration::from_secs(5));
+        let (shutdown, ready) = root.service();
+        let (s, b, c) = (self.store().clone(), self.bus.clone(), self.clock.clone());
+        let task = tokio::spawn(conductor_service::run_with_clock(cfg, s, b, shutdown, c));
+        ready.wait().await.unwrap();
+        self.conductors.lock().unwrap().push(task);
     }
 
     fn start_fleet(&self) {
@@ -158,9 +157,13 @@ impl Env {
         request_provision(self.store(), &self.bus, id, verb).await
     }
 
+    /// Stops everything, waits for the conductors to drain and unregister, drops the database.
     async fn finish(self) {
         self.token.cancel();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let conductors = std::mem::take(&mut *self.conductors.lock().unwrap());
+        for c in conductors {
+            c.await.unwrap().unwrap();
+        }
         if self.paused {
             tokio::time::resume();
         }
@@ -171,7 +174,7 @@ impl Env {
 /// Drive one direct-deploy node through the whole lifecycle and check its history.
 async fn lifecycle(env: &Env, conductors: usize) {
     for i in 0..conductors {
-        env.start_conductor(fast_config(&format!("c{i}-{}", env.queue), &env.queue));
+        env.start_conductor(fast_config(&format!("c{i}-{}", env.queue), &env.queue)).await;
     }
     env.start_fleet();
     let n = insert_fake_node(env.store(), "direct").await.unwrap();
@@ -187,10 +190,10 @@ async fn lifecycle(env: &Env, conductors: usize) {
     let n = env.wait_state(id, S::Active, long).await;
     assert_eq!(env.agent.writes(id), 1);
     assert_eq!(n.power_state, Some(deploy::PowerState::On));
-    assert!(n.driver_internal_info.get("agent_url").is_none(), "agent wiped after deploy");
-    let progress = n.driver_internal_info.get("deploy_progress").expect("progress recorded");
+    assert!(n.driver_internal_info.get(keys::AGENT_URL).is_none(), "agent wiped after deploy");
+    let progress = n.driver_internal_info.get(keys::DEPLOY_PROGRESS).expect("progress recorded");
     assert_eq!(progress["bytes_written"], progress["total_bytes"]);
-    assert_eq!(n.driver_internal_info.get("root_uuid_or_disk_id").unwrap(), "0x1234abcd");
+    assert_eq!(n.driver_internal_info.get(keys::ROOT_UUID_OR_DISK_ID).unwrap(), "0x1234abcd");
     env.provision(id, ApiVerb::Deleted).await.unwrap();
     let n = env.wait_state(id, S::Available, long).await;
     assert!(n.instance_info.is_empty(), "instance_info wiped on undeploy");
@@ -220,7 +223,7 @@ async fn test_fake_deploy_interface_and_disabled_cleaning() {
     let env = env(false).await.unwrap();
     let mut cfg = fast_config("c-fake", &env.queue);
     cfg.automated_clean = false;
-    env.start_conductor(cfg);
+    env.start_conductor(cfg).await;
     let n = insert_fake_node(env.store(), "fake").await.unwrap();
     let long = Duration::from_secs(20);
     env.provision(n.uuid, ApiVerb::Manage).await.unwrap();
@@ -236,7 +239,7 @@ async fn test_fake_deploy_interface_and_disabled_cleaning() {
 #[tokio::test]
 async fn test_agent_write_failure_fails_deploy_with_last_error() {
     let env = env(false).await.unwrap();
-    env.start_conductor(fast_config("c-fail", &env.queue));
+    env.start_conductor(fast_config("c-fail", &env.queue)).await;
     env.start_fleet();
     let n = insert_fake_node(env.store(), "direct").await.unwrap();
     let mut n = n;
@@ -250,7 +253,7 @@ async fn test_agent_write_failure_fails_deploy_with_last_error() {
     assert_eq!(failed.target_provision_state, Some(S::Active));
     // Powered off after the failure, as Ironic does, which also wipes the agent's token.
     assert_eq!(failed.power_state, Some(deploy::PowerState::Off));
-    assert!(!failed.driver_internal_info.contains_key("agent_secret_token"));
+    assert!(!failed.driver_internal_info.contains_key(keys::AGENT_SECRET_TOKEN));
     // Rebuild from deploy failed works and deploys once more.
     env.provision(n.uuid, ApiVerb::Rebuild).await.unwrap();
     env.wait_state(n.uuid, S::Active, Duration::from_secs(20)).await;
@@ -275,7 +278,7 @@ async fn available_node(env: &Env) -> Node {
 #[tokio::test]
 async fn test_agent_vanishing_mid_deploy_fails_at_callback_timeout() {
     let env = env_sim().await;
-    env.start_conductor(sim_config("c-vanish", &env.queue));
+    env.start_conductor(sim_config("c-vanish", &env.queue)).await;
     env.start_fleet();
     let n = available_node(&env).await;
     // Vanish right after the write's first progress message.
@@ -306,7 +309,7 @@ async fn test_agent_vanishing_mid_deploy_fails_at_callback_timeout() {
 #[tokio::test]
 async fn test_no_heartbeat_fails_wait_call_back_at_timeout() {
     let env = env_sim().await;
-    env.start_conductor(sim_config("c-timeout", &env.queue));
+    env.start_conductor(sim_config("c-timeout", &env.queue)).await;
     // No fleet: the ramdisk never calls back.
     let n = available_node(&env).await;
     env.provision(n.uuid, ApiVerb::Active).await.unwrap();
@@ -333,7 +336,7 @@ async fn test_no_heartbeat_fails_wait_call_back_at_timeout() {
 #[tokio::test]
 async fn test_maintenance_heartbeat_is_recorded_only_and_abort_fails_wait() {
     let env = env_sim().await;
-    env.start_conductor(sim_config("c-maint", &env.queue));
+    env.start_conductor(sim_config("c-maint", &env.queue)).await;
     let n = available_node(&env).await;
     env.provision(n.uuid, ApiVerb::Active).await.unwrap();
     let mut n = env.wait_state(n.uuid, S::WaitCallBack, Duration::from_secs(600)).await;
@@ -384,7 +387,7 @@ async fn test_takeover_of_a_dead_conductors_nodes() {
         held.push((n.uuid, why));
     }
     let started = env.clock.now();
-    env.start_conductor(sim_config("survivor", &env.queue));
+    env.start_conductor(sim_config("survivor", &env.queue)).await;
     env.start_fleet();
     let (resumed, interrupted) = (held[0].0, held[1].0);
     let n = env.wait_state(resumed, S::Active, Duration::from_secs(3600)).await;
@@ -409,7 +412,7 @@ async fn test_takeover_of_a_dead_conductors_nodes() {
 #[tokio::test]
 async fn test_power_request_is_applied_and_recorded() {
     let env = env(false).await.unwrap();
-    env.start_conductor(fast_config("c-power", &env.queue));
+    env.start_conductor(fast_config("c-power", &env.queue)).await;
     let n = insert_fake_node(env.store(), "fake").await.unwrap();
     conductor_service::testing::request_power(
         env.store(),
@@ -439,8 +442,8 @@ async fn test_power_request_is_applied_and_recorded() {
 #[tokio::test]
 async fn test_concurrent_conflicting_requests_deploy_each_node_once() {
     let Some(env) = env(true).await else { return };
-    env.start_conductor(fast_config("c-race-1", &env.queue));
-    env.start_conductor(fast_config("c-race-2", &env.queue));
+    env.start_conductor(fast_config("c-race-1", &env.queue)).await;
+    env.start_conductor(fast_config("c-race-2", &env.queue)).await;
     env.start_fleet();
     let mut ids = Vec::new();
     for _ in 0..20 {
@@ -496,7 +499,7 @@ fn spawn_conductor_process(env: &Env, host: &str, dir: &std::path::Path) -> std:
     std::process::Command::new(env!("CARGO_BIN_EXE_conductor-service"))
         .arg("--config")
         .arg(&path)
-        .env("RUST_LOG", "info")
+        .env("FERRIC_TELEMETRY__FILTER", "info")
         .stderr(log)
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -600,7 +603,7 @@ async fn test_deploy_failure_on_a_dead_bmc_keeps_the_cause_and_adds_the_power_of
     cfg.redfish.request_timeout_secs = 0.5;
     cfg.redfish.attempts = 1;
     cfg.power_sync_interval_secs = 0.0;
-    env.start_conductor(cfg);
+    env.start_conductor(cfg).await;
     // A port nothing listens on: every BMC call is refused.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut n = insert_fake_node(env.store(), "direct").await.unwrap();

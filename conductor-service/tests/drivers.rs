@@ -16,6 +16,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::shutdown::{CancellationToken, Shutdown};
+use common::testing::{Need, require_service};
 use conductor_service::config::{IpmiConfig, RedfishConfig};
 use conductor_service::drivers::ipmi::IpmiDriver;
 use conductor_service::drivers::redfish::RedfishDriver;
@@ -23,36 +25,39 @@ use conductor_service::testing::{fast_config, request_provision, wait_for};
 use deploy::drivers::{BootDevice, DriverError, ManagementDriver, PowerDriver};
 use deploy::{ApiVerb, Node, NodeId, PowerState, ProvisionState as S};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 fn venv() -> Option<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/conductor-peers/venv/bin");
     let p = std::env::var("FERRIC_PEERS_VENV").map(PathBuf::from).unwrap_or(root);
-    if p.join("sushy-emulator").exists() && p.join("python3").exists() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("FERRIC_REQUIRE_PEERS").as_deref() != Ok("1"),
-        "test peers required but {} lacks sushy-emulator/pyghmi; run conductor-service/scripts/setup-test-peers.sh",
-        p.display()
-    );
-    eprintln!(
-        "SKIPPING: no test-peer venv at {}; run conductor-service/scripts/setup-test-peers.sh",
-        p.display()
-    );
-    None
+    let found = if p.join("sushy-emulator").exists() && p.join("python3").exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "no venv with sushy-emulator/pyghmi at {}; run conductor-service/scripts/setup-test-peers.sh",
+            p.display()
+        ))
+    };
+    require_service(Need::Peers, "the BMC emulators", found)
 }
 
 fn have_ipmitool() -> bool {
     let ok = Command::new("ipmitool").arg("-V").output().is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("FERRIC_REQUIRE_PEERS").as_deref() != Ok("1"),
-            "ipmitool is required"
-        );
-        eprintln!("SKIPPING: ipmitool is not installed (apt-get install ipmitool)");
-    }
-    ok
+    let found = if ok { Ok(()) } else { Err("not installed (apt-get install ipmitool)") };
+    require_service(Need::Peers, "ipmitool", found).is_some()
+}
+
+/// Starts a conductor and waits until it consumes its work queue (so that nothing published
+/// afterwards is lost).
+async fn start_conductor(
+    cfg: conductor_service::ConductorConfig,
+    store: &store::DataStore,
+    bus: &bus::DynBus,
+    token: &CancellationToken,
+) {
+    let (shutdown, ready) = Shutdown::new(token.clone(), Duration::from_secs(5)).service();
+    let (s, b) = (store.clone(), bus.clone());
+    tokio::spawn(async move { conductor_service::run(cfg, s, b, shutdown).await.unwrap() });
+    ready.wait().await.unwrap();
 }
 
 fn free_tcp_port() -> u16 {
@@ -279,12 +284,9 @@ async fn test_manage_with_wrong_ipmi_credentials_fails_naming_the_bmc() {
     let mut cfg = fast_config("c-creds", "conductor.creds");
     cfg.ipmi.command_timeout_secs = 5.0;
     cfg.ipmi.attempts = 1;
-    let (s, b, t) = (db.store().clone(), bus.clone(), token.clone());
-    tokio::spawn(async move { conductor_service::run(cfg, s, b, t).await.unwrap() });
+    start_conductor(cfg, db.store(), &bus, &token).await;
     let secret = "hunter2-wrong";
     let node = db.store().node_insert(&ipmi_node(port, secret)).await.unwrap();
-    // Let the conductor's consumer start before publishing.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     request_provision(db.store(), &bus, node.uuid, ApiVerb::Manage).await.unwrap();
     let store = db.store().clone();
     let n = wait_for(Duration::from_secs(30), "manage to fail", || {
@@ -321,10 +323,8 @@ async fn test_manage_with_unreachable_bmc_fails_within_timeout() {
     let mut cfg = fast_config("c-unreach", "conductor.unreach");
     cfg.redfish.request_timeout_secs = 1.0;
     cfg.redfish.attempts = 1;
-    let (s, b, t) = (db.store().clone(), bus.clone(), token.clone());
-    tokio::spawn(async move { conductor_service::run(cfg, s, b, t).await.unwrap() });
+    start_conductor(cfg, db.store(), &bus, &token).await;
     let node = db.store().node_insert(&redfish_node(&format!("http://{addr}"))).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     request_provision(db.store(), &bus, node.uuid, ApiVerb::Manage).await.unwrap();
     let store = db.store().clone();

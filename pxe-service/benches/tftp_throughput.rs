@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo bench -p pxe-service --bench tftp_throughput` (needs `apt-get install -y tftpd-hpa`).
 //! Both servers run as separate processes (pxe-service's server is this binary re-executed
-//! with `--serve`), and one client implementation (pxe-service's own) drives both.
+//! with `--serve`), and one client implementation (`sim::tftp`) drives both.
 //! Env: `BENCH_CLIENTS` (32), `BENCH_MIB` (32), `BENCH_ROUNDS` (2, best round reported),
 //! `BENCH_CASE` (only the cases whose name contains it).
 
@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use pxe_service::tftp::client::{self, FetchOptions};
 use pxe_service::tftp::source::{self, Content, ResolveError, Resolver};
 use pxe_service::tftp::{self, TftpSettings};
 use rand::RngCore;
+use sim::tftp::{self as client, FetchOptions};
 
 struct Dir(PathBuf);
 

@@ -109,4 +109,23 @@ mod tests {
         let only = render(&cfg, &DnsmasqOptions { only_known: true, ..Default::default() });
         assert!(only.contains("dhcp-boot=tag:ferric,tag:ipxe,http://10.0.0.1:8080/boot.ipxe\n"));
     }
+
+    #[test]
+    fn test_hosts_file_lists_only_pxe_enabled_ports() {
+        let port = |mac: &str, pxe_enabled| Port {
+            uuid: deploy::PortId::new_v4(),
+            address: mac.parse().unwrap(),
+            node_uuid: deploy::NodeId::new_v4(),
+            pxe_enabled,
+            local_link_connection: Default::default(),
+            physical_network: None,
+            extra: Default::default(),
+            created_at: chrono::Utc::now(),
+            updated_at: None,
+        };
+        let out =
+            render_hosts(&[port("52:54:00:AA:00:01", true), port("52:54:00:aa:00:02", false)]);
+        assert!(out.contains("dhcp-host=52:54:00:aa:00:01,set:ferric\n"), "{out}");
+        assert!(!out.contains("52:54:00:aa:00:02"), "{out}");
+    }
 }

@@ -17,15 +17,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use common::ErrorChain;
 use deploy::model::JsonObject;
 use deploy::{Node, ProvisionState, PublicError};
-use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Shared};
-use md5::Md5;
+use image::ImageError;
+use image::checksum::{ChecksumError, ChecksumSpec, ExpectedChecksum};
+use image::fetch::{FetchOptions, Fetcher};
 use serde_json::Value;
-use sha2::{Digest, Sha256, Sha512};
+use sha2::{Digest, Sha256};
 use store::{DataStore, NodeListQuery};
-use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
@@ -97,99 +99,31 @@ pub struct CleanReport {
     pub kept: u64,
 }
 
-/// A checksum to verify against.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checksum {
-    /// `md5`, `sha256` or `sha512`.
-    pub algo: &'static str,
-    /// Lower-case hex digest.
-    pub hex: String,
+/// The checksum `instance_info` names for its image, by the rule the agent applies
+/// ([`ChecksumSpec::from_ironic`]): `image_os_hash_*` first, then `image_checksum` by length;
+/// either may be the URL of a checksum file.
+///
+/// # Errors
+/// No checksum, an unsupported algorithm or a malformed value.
+pub fn checksum_spec(ii: &JsonObject) -> Result<ChecksumSpec, ChecksumError> {
+    let s = |k: &str| ii.get(k).and_then(Value::as_str).unwrap_or_default();
+    ChecksumSpec::from_ironic(
+        s("image_checksum"),
+        s("image_os_hash_algo"),
+        s("image_os_hash_value"),
+    )
 }
 
-fn algo_for(name: &str) -> Option<&'static str> {
-    match name.to_ascii_lowercase().as_str() {
-        "md5" => Some("md5"),
-        "sha256" => Some("sha256"),
-        "sha512" => Some("sha512"),
-        _ => None,
-    }
-}
-
-fn algo_by_len(hex: &str) -> Option<&'static str> {
-    match hex.len() {
-        32 => Some("md5"),
-        64 => Some("sha256"),
-        128 => Some("sha512"),
-        _ => None,
-    }
-}
-
-/// The checksum in `instance_info` (`image_os_hash_*` first, then `image_checksum` by length).
-/// `Err(url)` when `image_checksum` is the URL of a checksum file.
-pub fn expected_checksum(ii: &JsonObject) -> Option<Result<Checksum, String>> {
-    let s = |k: &str| ii.get(k).and_then(Value::as_str).map(str::trim).filter(|v| !v.is_empty());
-    if let (Some(algo), Some(value)) = (s("image_os_hash_algo"), s("image_os_hash_value"))
-        && let Some(algo) = algo_for(algo)
-    {
-        return Some(Ok(Checksum { algo, hex: value.to_ascii_lowercase() }));
-    }
-    let legacy = s("image_checksum")?;
-    if legacy.contains("://") {
-        return Some(Err(legacy.to_owned()));
-    }
-    let (algo, hex) = match legacy.split_once(':') {
-        Some((a, h)) => (algo_for(a)?, h),
-        None => (algo_by_len(legacy)?, legacy),
-    };
-    Some(Ok(Checksum { algo, hex: hex.to_ascii_lowercase() }))
-}
-
-/// Find the digest for `image_source` in a checksum file (`<hex>  <name>` lines, or one bare hex).
-fn parse_checksum_file(text: &str, image_source: &str) -> Option<Checksum> {
-    let name = image_source.rsplit('/').next().unwrap_or(image_source);
-    let mut single = None;
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        let mut parts = line.split_whitespace();
-        let hex = parts.next()?;
-        match parts.next().map(|f| f.trim_start_matches('*')) {
-            Some(file) if file.rsplit('/').next() == Some(name) => {
-                return Some(Checksum { algo: algo_by_len(hex)?, hex: hex.to_ascii_lowercase() });
-            }
-            Some(_) => {}
-            None => single = Some(hex),
+/// The cache's view of an image pipeline failure: the origin's fault, a mismatch or ours.
+fn cache_error(e: ImageError) -> CacheError {
+    match e {
+        ImageError::Checksum(ChecksumError::Mismatch { expected, actual, .. }) => {
+            CacheError::Mismatch { expected, actual }
         }
-    }
-    let hex = single?;
-    Some(Checksum { algo: algo_by_len(hex)?, hex: hex.to_ascii_lowercase() })
-}
-
-enum Hasher {
-    Md5(Md5),
-    Sha256(Sha256),
-    Sha512(Sha512),
-}
-
-impl Hasher {
-    fn new(algo: &str) -> Self {
-        match algo {
-            "md5" => Hasher::Md5(Md5::new()),
-            "sha512" => Hasher::Sha512(Sha512::new()),
-            _ => Hasher::Sha256(Sha256::new()),
+        e @ (ImageError::Save { .. } | ImageError::Internal(_)) => {
+            CacheError::Io(ErrorChain(&e).to_string())
         }
-    }
-    fn update(&mut self, data: &[u8]) {
-        match self {
-            Hasher::Md5(h) => h.update(data),
-            Hasher::Sha256(h) => h.update(data),
-            Hasher::Sha512(h) => h.update(data),
-        }
-    }
-    fn finish(self) -> String {
-        match self {
-            Hasher::Md5(h) => hex::encode(h.finalize()),
-            Hasher::Sha256(h) => hex::encode(h.finalize()),
-            Hasher::Sha512(h) => hex::encode(h.finalize()),
-        }
+        e => CacheError::Origin(ErrorChain(&e).to_string()),
     }
 }
 
@@ -204,7 +138,7 @@ pub struct ImageCache {
 struct Inner {
     dir: PathBuf,
     store: DataStore,
-    client: reqwest::Client,
+    fetcher: Fetcher,
     inflight: Mutex<HashMap<String, FetchFuture>>,
     tracker: TaskTracker,
     limits: CacheLimits,
@@ -230,16 +164,17 @@ impl ImageCache {
     ) -> Result<Self, CacheError> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| CacheError::Io(format!("{}: {e}", dir.display())))?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(fetch_timeout)
-            .build()
-            .map_err(|e| CacheError::Origin(e.to_string()))?;
+        // The whole fetch is bounded by `fetch_timeout`; within it a dropped transfer resumes.
+        let fetcher = Fetcher::new(FetchOptions {
+            connect_timeout: Duration::from_secs(30),
+            ..FetchOptions::default()
+        })
+        .map_err(|e| CacheError::Origin(ErrorChain(&e).to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 dir,
                 store,
-                client,
+                fetcher,
                 inflight: Mutex::new(HashMap::new()),
                 tracker: TaskTracker::new(),
                 limits,
@@ -270,11 +205,16 @@ impl ImageCache {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        let expected = match expected_checksum(&node.instance_info) {
-            Some(Ok(c)) => c,
-            Some(Err(url)) => self.fetch_checksum_file(&url, &source).await?,
-            None => return Err(CacheError::NoChecksum { source_url: source }),
-        };
+        let spec = checksum_spec(&node.instance_info)
+            .map_err(|_| CacheError::NoChecksum { source_url: source.clone() })?;
+        let expected = image::resolve_checksum(&spec, &source, &self.inner.fetcher, true)
+            .await
+            .map_err(|e| match e {
+                ImageError::Fetch(e) => {
+                    CacheError::Origin(format!("checksum file: {}", ErrorChain(&e)))
+                }
+                _ => CacheError::NoChecksum { source_url: source.clone() },
+            })?;
         let path = self.inner.dir.join(key);
         if cached_matches(&path, &expected).await {
             touch(&path).await;
@@ -286,10 +226,11 @@ impl ImageCache {
             map.entry(key.to_owned())
                 .or_insert_with(|| {
                     let handle = self.inner.tracker.spawn(fetch(
-                        self.inner.client.clone(),
+                        self.inner.fetcher.clone(),
                         source.clone(),
                         expected.clone(),
                         path.clone(),
+                        self.inner.fetch_timeout,
                     ));
                     async move {
                         handle
@@ -374,22 +315,6 @@ impl ImageCache {
             })
             .ok_or(CacheError::Unknown)
     }
-
-    async fn fetch_checksum_file(&self, url: &str, source: &str) -> Result<Checksum, CacheError> {
-        let resp = self
-            .inner
-            .client
-            .get(url)
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| CacheError::Origin(format!("checksum file: {e}")))?;
-        let text =
-            resp.text().await.map_err(|e| CacheError::Origin(format!("checksum file: {e}")))?;
-        parse_checksum_file(&text, source)
-            .ok_or_else(|| CacheError::NoChecksum { source_url: source.to_owned() })
-    }
 }
 
 /// Mark an image as used now (its modification time orders eviction).
@@ -468,8 +393,13 @@ fn meta_path(path: &Path) -> PathBuf {
     path.with_extension("checksum")
 }
 
-async fn cached_matches(path: &Path, expected: &Checksum) -> bool {
-    let want = format!("{}:{}", expected.algo, expected.hex);
+/// What the checksum record beside an image holds: `<algo>:<hex>`.
+fn record(expected: &ExpectedChecksum) -> String {
+    format!("{}:{}", expected.algo.name(), expected.hex)
+}
+
+async fn cached_matches(path: &Path, expected: &ExpectedChecksum) -> bool {
+    let want = record(expected);
     match tokio::fs::read_to_string(meta_path(path)).await {
         Ok(have) => {
             have.trim() == want && tokio::fs::metadata(path).await.is_ok_and(|m| m.is_file())
@@ -479,10 +409,11 @@ async fn cached_matches(path: &Path, expected: &Checksum) -> bool {
 }
 
 async fn fetch(
-    client: reqwest::Client,
+    fetcher: Fetcher,
     source: String,
-    expected: Checksum,
+    expected: ExpectedChecksum,
     path: PathBuf,
+    timeout: Duration,
 ) -> Result<PathBuf, CacheError> {
     if cached_matches(&path, &expected).await {
         return Ok(path);
@@ -491,33 +422,24 @@ async fn fetch(
     let part = path.with_extension(format!("part-{}", uuid::Uuid::new_v4().simple()));
     let result = async {
         let started = std::time::Instant::now();
-        let resp = client
-            .get(&source)
-            .send()
+        // Stops the download whichever way this ends, the timeout included.
+        let cancel = CancellationToken::new();
+        let _stop = cancel.clone().drop_guard();
+        let download =
+            image::download::download_verified(&fetcher, &source, &expected, &part, cancel);
+        let got = tokio::time::timeout(timeout, download)
             .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| CacheError::Origin(e.without_url().to_string()))?;
-        let mut file = tokio::fs::File::create(&part).await.map_err(io)?;
-        let mut hasher = Hasher::new(expected.algo);
-        let mut stream = resp.bytes_stream();
-        let mut total = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| CacheError::Origin(e.without_url().to_string()))?;
-            hasher.update(&chunk);
-            total += chunk.len() as u64;
-            file.write_all(&chunk).await.map_err(io)?;
-        }
-        file.sync_all().await.map_err(io)?;
-        let actual = hasher.finish();
-        if actual != expected.hex {
-            return Err(CacheError::Mismatch { expected: expected.hex.clone(), actual });
-        }
+            .map_err(|_| CacheError::Origin(format!("no complete image within {timeout:?}")))?
+            .map_err(cache_error)?;
         // Write the checksum record before the rename so a visible file is always verified.
-        tokio::fs::write(meta_path(&path), format!("{}:{}", expected.algo, expected.hex))
-            .await
-            .map_err(io)?;
+        tokio::fs::write(meta_path(&path), record(&expected)).await.map_err(io)?;
         tokio::fs::rename(&part, &path).await.map_err(io)?;
-        info!(bytes = total, elapsed_ms = started.elapsed().as_millis() as u64, "image cached");
+        info!(
+            bytes = got.bytes,
+            resumes = got.resumes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "image cached"
+        );
         Ok(path.clone())
     }
     .await;
@@ -542,29 +464,42 @@ mod tests {
 
     #[test]
     fn test_expected_checksum_sources() {
-        let ii = |v: serde_json::Value| v.as_object().unwrap().clone();
-        let c = expected_checksum(&ii(serde_json::json!({
+        use image::checksum::HashAlgo;
+        let spec = |v: serde_json::Value| checksum_spec(v.as_object().unwrap());
+        let value = |v| match spec(v).unwrap() {
+            ChecksumSpec::Value(e) => e,
+            other => panic!("not a value: {other:?}"),
+        };
+        let c = value(serde_json::json!({
             "image_os_hash_algo": "SHA256", "image_os_hash_value": "AB".repeat(32),
-            "image_checksum": "0".repeat(32)})))
-        .unwrap()
-        .unwrap();
-        assert_eq!((c.algo, c.hex), ("sha256", "ab".repeat(32)));
-        let c = expected_checksum(&ii(serde_json::json!({"image_checksum": "f".repeat(32)})))
-            .unwrap()
-            .unwrap();
-        assert_eq!(c.algo, "md5");
+            "image_checksum": "0".repeat(32)}));
+        assert_eq!((c.algo, c.hex), (HashAlgo::Sha256, "ab".repeat(32)));
+        let c = value(serde_json::json!({"image_checksum": "f".repeat(32)}));
+        assert_eq!(c.algo, HashAlgo::Md5);
         assert_eq!(
-            expected_checksum(&ii(serde_json::json!({"image_checksum": "http://x/SHA256SUMS"}))),
-            Some(Err("http://x/SHA256SUMS".to_owned()))
+            spec(serde_json::json!({"image_checksum": "http://x/SHA256SUMS"})).unwrap(),
+            ChecksumSpec::Url { url: "http://x/SHA256SUMS".to_owned(), algo: None }
         );
-        assert_eq!(expected_checksum(&ii(serde_json::json!({"image_checksum": "short"}))), None);
+        assert!(spec(serde_json::json!({"image_checksum": "short"})).is_err());
+        assert!(spec(serde_json::json!({})).is_err());
     }
 
-    #[test]
-    fn test_checksum_file_parsing() {
+    #[tokio::test]
+    async fn test_checksum_file_names_the_image_by_its_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let sums = dir.path().join("SHA256SUMS");
         let text = format!("{}  other.img\n{} *disk.qcow2\n", "1".repeat(64), "2".repeat(64));
-        let c = parse_checksum_file(&text, "http://o/x/disk.qcow2").unwrap();
+        std::fs::write(&sums, text).unwrap();
+        let bare = dir.path().join("bare.sha512");
+        std::fs::write(&bare, "3".repeat(128)).unwrap();
+        let fetcher = Fetcher::new(FetchOptions::default()).unwrap();
+        let file =
+            |p: &Path| ChecksumSpec::Url { url: format!("file://{}", p.display()), algo: None };
+        let c = image::resolve_checksum(&file(&sums), "http://o/x/disk.qcow2", &fetcher, true)
+            .await
+            .unwrap();
         assert_eq!(c.hex, "2".repeat(64));
-        assert_eq!(parse_checksum_file(&"3".repeat(128), "http://o/a").unwrap().algo, "sha512");
+        let c = image::resolve_checksum(&file(&bare), "http://o/a", &fetcher, true).await.unwrap();
+        assert_eq!(c.algo, image::checksum::HashAlgo::Sha512);
     }
 }

@@ -17,16 +17,14 @@ pub mod tftp;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::shutdown::{Shutdown, joined};
 use store::DataStore;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use config::{BootFormat, PxeConfig, PxeConfigError, UnknownMac};
 pub use image_cache::image_cache_url;
 
-/// How long running transfers and image fetches get to finish after shutdown was requested.
-const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// How often the image cache is checked against its size and TTL limits.
 const CACHE_CLEAN_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -50,7 +48,11 @@ pub enum PxeError {
     },
 }
 
-/// Run the TFTP and HTTP servers on already-bound sockets until `token` is cancelled.
+/// Run the TFTP and HTTP servers on already-bound sockets until `shutdown` is cancelled or
+/// either fails; ready ([`Shutdown::ready`]) once the image cache is open and both serve. On
+/// shutdown, transfers and image fetches get the drain timeout ([`Shutdown::drain`]).
+///
+/// The database must be migrated already (`main` and `ferric up` do it).
 ///
 /// # Errors
 /// [`PxeError`] for bad configuration or a listener that fails.
@@ -59,7 +61,7 @@ pub async fn run(
     tftp_socket: UdpSocket,
     http_listener: TcpListener,
     store: DataStore,
-    token: CancellationToken,
+    shutdown: Shutdown,
 ) -> Result<(), PxeError> {
     cfg.validate()?;
     files::check_ipxe_binaries(&cfg);
@@ -74,16 +76,15 @@ pub async fn run(
     let resolver = Arc::new(files::BootFiles::tftp(cfg.clone(), store.clone()));
     let state = http::HttpState { cfg: cfg.clone(), store, images: images.clone() };
     let app = http::router(state);
-    if let Ok(addr) = http_listener.local_addr() {
-        info!(%addr, "http boot server listening");
-    }
+    let tftp_addr = tftp_socket.local_addr().ok();
+    let http_addr = http_listener.local_addr().ok();
 
     // Either server failing stops the other.
-    let inner = token.child_token();
+    let token = shutdown.token().clone();
     // Keep the image cache within its limits even when nothing new is fetched (TTL).
-    let cleaner = {
-        let (images, stop) = (images.clone(), inner.clone());
-        tokio::spawn(async move {
+    shutdown.spawn({
+        let (images, stop) = (images.clone(), token.clone());
+        async move {
             let mut tick = tokio::time::interval(CACHE_CLEAN_INTERVAL);
             loop {
                 tokio::select! {
@@ -95,75 +96,39 @@ pub async fn run(
                     }
                 }
             }
-        })
-    };
-    let tftp = tftp::serve(tftp_socket, cfg.tftp_settings(), resolver, inner.clone());
-    let http_token = inner.clone();
-    let http = async move {
-        axum::serve(http_listener, app).with_graceful_shutdown(http_token.cancelled_owned()).await
-    };
-    let (tftp_res, http_res) = tokio::join!(
-        async {
-            let r = tftp.await;
-            inner.cancel();
-            r
-        },
-        async {
-            let r = http.await;
-            inner.cancel();
-            r
         }
-    );
-    cleaner.abort();
-    images.tracker().close();
-    if tokio::time::timeout(DRAIN_GRACE, images.tracker().wait()).await.is_err() {
-        warn!("image fetches still running after the grace period; abandoning them");
+    });
+    let tftp = tftp::serve(tftp_socket, cfg.tftp_settings(), resolver, token.clone());
+    let stop = token.clone();
+    let tftp_task = shutdown.spawn(async move {
+        let r = tftp.await.map_err(|source| PxeError::Io { what: "tftp", source });
+        stop.cancel();
+        r
+    });
+    let (http_token, stop) = (token.clone(), token);
+    let http_task = shutdown.spawn(async move {
+        let r = axum::serve(http_listener, app)
+            .with_graceful_shutdown(http_token.cancelled_owned())
+            .await
+            .map_err(|source| PxeError::Io { what: "http", source });
+        stop.cancel();
+        r
+    });
+    shutdown.ready();
+    info!(tftp = ?tftp_addr, http = ?http_addr, "pxe-service ready");
+
+    shutdown.cancelled().await;
+    // Image fetches run on the cache's own tracker; the drain waits for them too.
+    let fetches = images.tracker().clone();
+    fetches.close();
+    shutdown.spawn(async move { fetches.wait().await });
+    if shutdown.drain().await.is_err() {
+        warn!("transfers or image fetches still running after the drain timeout; abandoning them");
+        tftp_task.abort();
+        http_task.abort();
     }
-    tftp_res.map_err(|source| PxeError::Io { what: "tftp", source })?;
-    http_res.map_err(|source| PxeError::Io { what: "http", source })?;
+    let tftp_res = joined(tftp_task).await.unwrap_or(Ok(()));
+    let http_res = joined(http_task).await.unwrap_or(Ok(()));
     info!("pxe-service stopped");
-    Ok(())
-}
-
-/// Why the service could not start or stopped with an error (for the binary).
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// A listener could not be bound.
-    #[error("binding the {what} listener on {addr}")]
-    Bind {
-        /// `tftp` or `http`.
-        what: &'static str,
-        /// The address.
-        addr: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The database could not be opened or migrated.
-    #[error("opening the database: {0}")]
-    Database(deploy::PublicError),
-    /// The service failed.
-    #[error("serving")]
-    Run(#[source] PxeError),
-}
-
-/// Bind the configured addresses, open and migrate the database, and [`run`] until `token`.
-///
-/// # Errors
-/// [`StartError`].
-pub async fn serve(cfg: config::PxeFileConfig, token: CancellationToken) -> Result<(), StartError> {
-    let pxe = cfg.pxe;
-    let tftp = UdpSocket::bind(&pxe.tftp_bind).await.map_err(|source| StartError::Bind {
-        what: "tftp",
-        addr: pxe.tftp_bind.clone(),
-        source,
-    })?;
-    let http = TcpListener::bind(&pxe.http_bind).await.map_err(|source| StartError::Bind {
-        what: "http",
-        addr: pxe.http_bind.clone(),
-        source,
-    })?;
-    let store = DataStore::connect(&cfg.database.url).await.map_err(StartError::Database)?;
-    store.migrate().await.map_err(StartError::Database)?;
-    run(pxe, tftp, http, store, token).await.map_err(StartError::Run)
+    tftp_res.and(http_res)
 }

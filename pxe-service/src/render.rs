@@ -179,9 +179,12 @@ pub fn decide(node: &Node, mac: MacAddress, cfg: &PxeConfig, request_id: &str) -
                 let kernel = str_field(&node.instance_info, "kernel");
                 let ramdisk = str_field(&node.instance_info, "ramdisk");
                 if let (Some(kernel), Some(ramdisk)) = (kernel, ramdisk) {
-                    let root = str_field(&node.driver_internal_info, "root_uuid_or_disk_id")
-                        .map(|r| format!("root=UUID={r} ro"))
-                        .unwrap_or_default();
+                    let root = str_field(
+                        &node.driver_internal_info,
+                        deploy::internal_info::keys::ROOT_UUID_OR_DISK_ID,
+                    )
+                    .map(|r| format!("root=UUID={r} ro"))
+                    .unwrap_or_default();
                     let append = str_field(&node.instance_info, "kernel_append_params")
                         .unwrap_or(&cfg.kernel_append_params);
                     return BootAction::Instance(KernelBoot {
@@ -386,4 +389,82 @@ pub fn grub_master() -> String {
     "set default=master\nset timeout=1\nset hidden_timeout_quiet=false\n\n\
      menuentry \"master\" {\n    configfile /grub.cfg-01-$net_default_mac\n}\n"
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use deploy::NodeId;
+    use deploy::state::ALL_STATES;
+    use serde_json::json;
+
+    use super::*;
+
+    fn node_in(state: ProvisionState, netboot: bool) -> Node {
+        let mut n = Node::new(NodeId::new_v4(), "fake-hardware", chrono::Utc::now());
+        n.provision_state = state;
+        if netboot {
+            n.instance_info.insert("boot_option".into(), json!("netboot"));
+            n.instance_info.insert("kernel".into(), json!("vmlinuz"));
+            n.instance_info.insert("ramdisk".into(), json!("initrd"));
+        }
+        n
+    }
+
+    /// The states named in a cell of the README's state table (`active (also adopting,
+    /// unrescuing) with …` names three).
+    fn states_in(cell: &str) -> Vec<ProvisionState> {
+        let names = cell.split(" with ").next().unwrap_or(cell).replace("(also ", ",");
+        names
+            .replace(')', "")
+            .split(',')
+            .filter_map(|s| s.trim().parse::<ProvisionState>().ok())
+            .collect()
+    }
+
+    /// pxe-service's README documents what each provision state boots; every row of that
+    /// table is checked against [`decide`], and every state it does not name must exit.
+    #[test]
+    fn test_readme_state_table_matches_decide() {
+        let readme = include_str!("../README.md");
+        let table: Vec<&str> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| State | Boots |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        assert_eq!(table.len(), 5, "the README's state table changed shape: {table:?}");
+        let cfg = PxeConfig::default();
+        let mac: MacAddress = "52:54:00:12:34:56".parse().unwrap();
+        let mut named = BTreeSet::new();
+        for row in &table {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (cell, boots) = (cells[1], cells[2]);
+            if cell.starts_with("anything else") {
+                continue;
+            }
+            let states = states_in(cell);
+            assert!(!states.is_empty(), "no state parsed from {cell:?}");
+            for s in states {
+                named.insert(s.as_str());
+                let netboot = cell.contains("netboot");
+                let got = decide(&node_in(s, netboot), mac, &cfg, "req-1");
+                match got {
+                    BootAction::Ramdisk(k) if boots.starts_with("deploy ramdisk") => {
+                        assert_eq!(k.initrd_name, "deploy_ramdisk", "{s}");
+                    }
+                    BootAction::Ramdisk(k) if boots.starts_with("rescue ramdisk") => {
+                        assert_eq!(k.initrd_name, "rescue_ramdisk", "{s}");
+                    }
+                    BootAction::Instance(_) if boots.starts_with("`instance_info.kernel`") => {}
+                    BootAction::LocalDisk { .. } if boots.starts_with("iPXE `sanboot") => {}
+                    other => panic!("README says {s} boots {boots:?}, decide gives {other:?}"),
+                }
+            }
+        }
+        for s in ALL_STATES.iter().filter(|s| !named.contains(s.as_str())) {
+            assert_eq!(decide(&node_in(*s, false), mac, &cfg, "req-1"), BootAction::Exit, "{s}");
+        }
+    }
 }

@@ -6,11 +6,9 @@
 //! packets. A semaphore bounds concurrent transfers; retransmitted requests from a client whose
 //! transfer is already queued or running are ignored instead of starting a second transfer.
 
-pub mod client;
 pub mod options;
 pub mod packet;
 pub mod source;
-mod timer;
 pub mod transfer;
 
 use std::collections::HashSet;

@@ -42,6 +42,31 @@ impl Clock for SimClock {
     }
 }
 
+/// Keep a paused runtime's clock moving in steps of at most `step` until `token` is
+/// cancelled.
+///
+/// A paused runtime that finds nothing to do jumps its clock straight to the next timer. When
+/// a task waits on a socket whose bytes are still on their way through the kernel (the gRPC
+/// stream of [`crate::SimAgent`], the simulated BMC's HTTP), that jump would reach a far-off
+/// deadline (a 30-minute callback timeout) before the bytes arrive. With this ticker each jump
+/// is one `step`, and each step polls the sockets again, so loopback I/O lands within a few
+/// steps of simulated time.
+pub fn spawn_ticker(step: std::time::Duration, token: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(step);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+        }
+    });
+}
+
+/// The step [`spawn_ticker`] is usually given: 10 ms of simulated time.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use deploy::ids::MacAddress;
 use reqwest::Url;
 
-use crate::tftp::{self, TftpError, TftpOptions};
+use crate::tftp::{self, FetchOptions, TftpError};
 
 /// Where the machine's network boot goes (what DHCP would have told it).
 #[derive(Debug, Clone)]
@@ -548,13 +548,21 @@ async fn pxelinux(
     timeout: Duration,
     macs: &[MacAddress],
 ) -> Result<BootDecision, FirmwareError> {
-    let opts = TftpOptions { timeout, ..TftpOptions::default() };
+    // What a PXE ROM asks for: Ethernet-sized blocks and the file size, lock-step.
+    let opts = FetchOptions {
+        blksize: Some(1468),
+        tsize: true,
+        timeout,
+        max_bytes: 512 << 20,
+        ..FetchOptions::default()
+    };
+    let image_opts = FetchOptions { max_bytes: MAX_IMAGE_BYTES, ..opts.clone() };
     let mut last_err = None;
     let mut names: Vec<String> =
         macs.iter().map(|m| format!("pxelinux.cfg/01-{}", m.hyphenated())).collect();
     names.push("pxelinux.cfg/default".into());
     for name in names {
-        match tftp::fetch(server, &name, opts).await {
+        match tftp::fetch(server, &name, &opts).await {
             Ok(bytes) => {
                 let text = String::from_utf8_lossy(&bytes).into_owned();
                 let entry = parse_pxelinux(&text, macs.first()).map_err(|message| {
@@ -563,21 +571,11 @@ async fn pxelinux(
                 return match entry {
                     PxelinuxEntry::Local => Ok(BootDecision::LocalDisk),
                     PxelinuxEntry::Kernel { kernel, initrd, cmdline } => {
-                        let mut loaded = tftp::fetch(
-                            server,
-                            &kernel,
-                            TftpOptions { max_bytes: MAX_IMAGE_BYTES, ..opts },
-                        )
-                        .await?
-                        .len() as u64;
+                        // Counted, not kept: the simulated machine only needs to have loaded them.
+                        let mut loaded =
+                            tftp::fetch_with(server, &kernel, &image_opts, |_| {}).await?.bytes;
                         if let Some(i) = &initrd {
-                            loaded += tftp::fetch(
-                                server,
-                                i,
-                                TftpOptions { max_bytes: MAX_IMAGE_BYTES, ..opts },
-                            )
-                            .await?
-                            .len() as u64;
+                            loaded += tftp::fetch_with(server, i, &image_opts, |_| {}).await?.bytes;
                         }
                         Ok(BootDecision::Kernel { kernel, initrd, cmdline, loaded_bytes: loaded })
                     }

@@ -3,7 +3,8 @@
 //! [`bmc`] serves Redfish for anything that implements [`bmc::MachineBackend`];
 //! [`machine::SimMachine`] is the simulated one, and [`fleet::Fleet`] runs many of them, each
 //! with its own BMC. [`firmware`] and [`tftp`] are what a machine does between power-on and
-//! its kernel; [`ramdisk`] prepares its root tree and starts the agent; [`disk`] builds the
+//! its kernel ([`tftp`] is also the one TFTP client, which pxe-service's tests drive its server
+//! with); [`ramdisk`] prepares its root tree and starts the agent; [`disk`] builds the
 //! demo image and checks what a machine's disk holds. [`agent::SimAgent`] plays the agent of
 //! many nodes at once over gRPC for the conductor's tests, and [`clock::SimClock`] is the
 //! wall clock that follows paused Tokio time.

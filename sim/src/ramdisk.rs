@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use common::shutdown::{DEFAULT_DRAIN_TIMEOUT, Shutdown};
 use deploy::ids::MacAddress;
 
 use agent::fixture::{Fixture, FixtureDisk, FixtureNic};
@@ -95,6 +96,7 @@ impl RamdiskLauncher for AgentLauncher {
             cfg.lookup_interval_ms = ms;
             cfg.lookup_max_interval_ms = cfg.lookup_max_interval_ms.max(ms);
         }
-        agent::run(cfg, listener, token).await.map_err(|e| common::ErrorChain(&e).to_string())
+        let shutdown = Shutdown::new(token, DEFAULT_DRAIN_TIMEOUT);
+        agent::run(cfg, listener, shutdown).await.map_err(|e| common::ErrorChain(&e).to_string())
     }
 }

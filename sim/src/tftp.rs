@@ -1,19 +1,70 @@
-//! A small TFTP read client (RFC 1350 with the blksize and tsize options of RFC 2348/2349),
-//! the way a PXE ROM fetches its boot configuration and kernel.
+//! The TFTP read client: what a PXE ROM does to fetch its boot configuration and kernel, and
+//! what pxe-service's tests and throughput benchmark drive its server with. RFC 1350 in octet
+//! mode with the option extension (RFC 2347): blksize (RFC 2348), tsize (RFC 2349) and
+//! windowsize (RFC 7440).
 //!
-//! One request at a time, lock-step, each packet retransmitted on a bounded timeout; the
-//! server's transfer port (TID) is learned from its first answer and enforced afterwards.
+//! Written by hand because no crate on crates.io does this job: `async-tftp` is a server only;
+//! `tftpd`'s client is blocking, writes into a local file and is configured from command-line
+//! arguments; `rtftp` is blocking and has no windowsize. None hands the blocks to the caller as
+//! they arrive or reports the options the server acknowledged, and the tests check both.
+//! It lives in `sim` rather than beside the server in pxe-service so that the simulated
+//! firmware and the server's tests speak the protocol through code independent of the server's
+//! own packet codec (a shared codec would hide its own bugs); pxe-service takes it as a
+//! dev-dependency.
+//!
+//! The server's transfer ID is learned from its first answer and enforced by connecting the
+//! socket to it. As an RFC 7440 receiver the client acknowledges every `windowsize` blocks and,
+//! when a block arrives out of order, acknowledges the last block received in order so the
+//! sender restarts there. Every wait is bounded by [`FetchOptions::timeout`]; after
+//! [`FetchOptions::retries`] silent waits in a row the fetch fails.
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
+use tokio::time::Instant;
 
 const OP_RRQ: u16 = 1;
 const OP_DATA: u16 = 3;
 const OP_ACK: u16 = 4;
 const OP_ERROR: u16 = 5;
 const OP_OACK: u16 = 6;
+
+/// RFC 1350's block size, used unless the server acknowledges another.
+const DEFAULT_BLKSIZE: usize = 512;
+/// Smallest block size RFC 2348 allows.
+const MIN_BLKSIZE: usize = 8;
+
+/// What the client asks for.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// `blksize` to request (`None`: RFC 1350's 512).
+    pub blksize: Option<u16>,
+    /// `windowsize` to request (`None`: lock-step).
+    pub windowsize: Option<u16>,
+    /// Ask for `tsize`.
+    pub tsize: bool,
+    /// How long to wait for a packet before re-sending the request (or the last ACK).
+    pub timeout: Duration,
+    /// Re-sends before giving up.
+    pub retries: u32,
+    /// Largest file accepted.
+    pub max_bytes: u64,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        Self {
+            blksize: None,
+            windowsize: None,
+            tsize: false,
+            timeout: Duration::from_secs(1),
+            retries: 5,
+            max_bytes: u64::MAX,
+        }
+    }
+}
 
 /// Why a TFTP fetch failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,17 +90,17 @@ pub enum TftpError {
         /// Its message.
         message: String,
     },
-    /// No answer after every retry.
-    #[error("TFTP server {server} did not answer for '{file}' after {tries} tries")]
+    /// Nothing arrived in time, again and again.
+    #[error("TFTP server {server} did not answer for '{file}' after {tries} waits")]
     Timeout {
         /// The server.
         server: SocketAddr,
         /// The requested file.
         file: String,
-        /// How many times the last packet was sent.
+        /// Waits that ran out in a row.
         tries: u32,
     },
-    /// The server broke the protocol or the file is too big.
+    /// The server broke the protocol, or the file is too big.
     #[error("TFTP transfer of '{file}' from {server} failed: {message}")]
     Protocol {
         /// The server.
@@ -61,119 +112,144 @@ pub enum TftpError {
     },
 }
 
-/// How to fetch.
-#[derive(Debug, Clone, Copy)]
-pub struct TftpOptions {
-    /// Block size asked for (server may refuse; 512 is then used).
-    pub blksize: u16,
-    /// Per-packet wait before retransmitting.
-    pub timeout: Duration,
-    /// Sends of one packet before giving up.
-    pub tries: u32,
-    /// Largest file accepted.
-    pub max_bytes: u64,
-}
-
-impl Default for TftpOptions {
-    fn default() -> Self {
-        TftpOptions {
-            blksize: 1468,
-            timeout: Duration::from_millis(500),
-            tries: 6,
-            max_bytes: 512 << 20,
-        }
-    }
+/// What a finished fetch looked like.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    /// Bytes received.
+    pub bytes: u64,
+    /// `tsize` the server announced, if any.
+    pub tsize: Option<u64>,
+    /// The options the server acknowledged (names lower-cased), in its order.
+    pub oack: Vec<(String, String)>,
 }
 
 /// Fetches `file` from `server` into memory.
 ///
 /// # Errors
-/// [`TftpError`] on a refusal, timeout, protocol violation or a file above `max_bytes`.
+/// [`TftpError`] on a refusal, a timeout, a protocol violation or a file above
+/// [`FetchOptions::max_bytes`].
 pub async fn fetch(
     server: SocketAddr,
     file: &str,
-    opts: TftpOptions,
+    opts: &FetchOptions,
 ) -> Result<Vec<u8>, TftpError> {
+    let mut out = Vec::new();
+    fetch_with(server, file, opts, |block| out.extend_from_slice(block)).await?;
+    Ok(out)
+}
+
+/// Fetches `file` from `server`, handing each block to `sink` in order as it arrives.
+///
+/// # Errors
+/// As [`fetch`].
+pub async fn fetch_with(
+    server: SocketAddr,
+    file: &str,
+    opts: &FetchOptions,
+    mut sink: impl FnMut(&[u8]),
+) -> Result<Fetched, TftpError> {
+    let io = |source| TftpError::Io { server, source };
+    let proto = |message: String| TftpError::Protocol { server, file: file.to_owned(), message };
+    let timed_out = |tries| TftpError::Timeout { server, file: file.to_owned(), tries };
     let bind: SocketAddr =
         if server.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    let io = |source| TftpError::Io { server, source };
-    let sock = UdpSocket::bind(bind).await.map_err(io)?;
-    let proto = |message: String| TftpError::Protocol { server, file: file.to_owned(), message };
-
-    let mut rrq = Vec::with_capacity(file.len() + 40);
-    rrq.extend_from_slice(&OP_RRQ.to_be_bytes());
-    for part in [file, "octet", "blksize", &opts.blksize.to_string(), "tsize", "0"] {
-        rrq.extend_from_slice(part.as_bytes());
-        rrq.push(0);
-    }
-
-    let mut out = Vec::new();
-    let mut blksize = 512usize;
-    let mut expected: u16 = 1;
-    let mut peer: Option<SocketAddr> = None;
-    let mut last_sent = rrq;
+    let socket = UdpSocket::bind(bind).await.map_err(io)?;
+    let rrq = encode_rrq(file, opts);
+    // Room for the largest datagram, so an oversized block is seen as such, not truncated.
     let mut buf = vec![0u8; 65536];
-    let mut tries = 0u32;
-    loop {
-        let dest = peer.unwrap_or(server);
-        sock.send_to(&last_sent, dest).await.map_err(io)?;
-        tries += 1;
-        let (n, from) = match tokio::time::timeout(opts.timeout, sock.recv_from(&mut buf)).await {
-            Ok(r) => r.map_err(io)?,
-            Err(_) => {
-                if tries >= opts.tries {
-                    return Err(TftpError::Timeout { server, file: file.to_owned(), tries });
-                }
-                continue;
+
+    // The first answer (OACK, DATA 1 or ERROR) comes from the server's new transfer ID; only
+    // the server's address may start the transfer.
+    let mut tries = 0;
+    let (first, tid) = loop {
+        socket.send_to(&rrq, server).await.map_err(io)?;
+        let deadline = Instant::now() + opts.timeout;
+        let answer = loop {
+            match tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+                Ok(r) => match r.map_err(io)? {
+                    (n, from) if from.ip() == server.ip() => break Some((n, from)),
+                    _ => continue,
+                },
+                Err(_) => break None,
             }
         };
-        // Only the server's address may start a transfer; afterwards only its TID may talk.
-        match peer {
-            Some(p) if p != from => continue,
-            None if from.ip() != server.ip() => continue,
-            _ => {}
+        if let Some(a) = answer {
+            break a;
         }
-        let pkt = buf.get(..n).unwrap_or_default();
-        if pkt.len() < 4 {
-            return Err(proto(format!("{n}-byte packet")));
+        tries += 1;
+        if tries > opts.retries {
+            return Err(timed_out(tries));
         }
-        let op = u16::from_be_bytes([pkt[0], pkt[1]]);
-        match op {
-            OP_ERROR => {
-                let code = u16::from_be_bytes([pkt[2], pkt[3]]);
-                let message = String::from_utf8_lossy(pkt.get(4..).unwrap_or_default())
-                    .trim_end_matches('\0')
-                    .to_owned();
-                return Err(TftpError::Refused { server, file: file.to_owned(), code, message });
-            }
-            OP_OACK if peer.is_none() => {
-                peer = Some(from);
-                let fields: Vec<&[u8]> = pkt[2..].split(|b| *b == 0).collect();
-                for kv in fields.chunks(2) {
-                    if let [k, v] = kv
-                        && k.eq_ignore_ascii_case(b"blksize")
-                    {
-                        let v = std::str::from_utf8(v).ok().and_then(|s| s.parse::<usize>().ok());
-                        match v {
-                            Some(b) if (8..=usize::from(opts.blksize)).contains(&b) => blksize = b,
-                            _ => {
-                                return Err(proto("server acknowledged an invalid blksize".into()));
-                            }
+    };
+    socket.connect(tid).await.map_err(io)?;
+
+    let mut result = Fetched::default();
+    let mut blksize = DEFAULT_BLKSIZE;
+    let mut windowsize = 1u16;
+    let mut oack_seen = false;
+    let mut expected: u16 = 1; // next block wanted (wire numbering, wraps to 0)
+    let mut last_ack: u16 = 0;
+    let mut in_window = 0u16;
+    let mut pending = Some(first);
+    let mut silent = 0;
+    // Re-arming a timer per packet would touch the timer wheel at line rate; instead the
+    // deadline moves and the sleep, when it fires early, catches up with it.
+    let mut deadline = Instant::now() + opts.timeout;
+    let mut sleep = pin!(tokio::time::sleep_until(deadline));
+    loop {
+        let n = match pending.take() {
+            Some(n) => n,
+            None => {
+                // Biased: a packet that is already there is taken before a timeout is declared.
+                let got = tokio::select! {
+                    biased;
+                    r = socket.recv(&mut buf) => Some(r),
+                    () = &mut sleep => None,
+                };
+                match got {
+                    Some(r) => {
+                        silent = 0;
+                        deadline = Instant::now() + opts.timeout;
+                        r.map_err(io)?
+                    }
+                    None if Instant::now() < deadline => {
+                        sleep.as_mut().reset(deadline);
+                        continue;
+                    }
+                    None => {
+                        silent += 1;
+                        if silent > opts.retries {
+                            return Err(timed_out(silent));
                         }
+                        socket.send(&ack(last_ack)).await.map_err(io)?;
+                        in_window = 0;
+                        deadline = Instant::now() + opts.timeout;
+                        sleep.as_mut().reset(deadline);
+                        continue;
                     }
                 }
-                last_sent = ack(0);
-                tries = 0;
             }
-            OP_DATA => {
-                peer.get_or_insert(from);
-                let block = u16::from_be_bytes([pkt[2], pkt[3]]);
-                let data = &pkt[4..];
+        };
+        match parse(buf.get(..n).unwrap_or_default()).map_err(proto)? {
+            Reply::OptionAck(list) => {
+                if oack_seen || expected != 1 {
+                    continue; // a retransmitted OACK: ACK 0 is repeated on timeout
+                }
+                oack_seen = true;
+                (blksize, windowsize, result.tsize) = negotiated(&list, opts).map_err(proto)?;
+                if let Some(t) = result.tsize
+                    && t > opts.max_bytes
+                {
+                    return Err(proto(format!("file of {t} bytes exceeds {}", opts.max_bytes)));
+                }
+                result.oack = list;
+                socket.send(&ack(0)).await.map_err(io)?;
+            }
+            Reply::Data { block, data } => {
                 if block != expected {
-                    // A duplicate of an earlier block: re-acknowledge it, do not append.
-                    if block == expected.wrapping_sub(1) {
-                        sock.send_to(&ack(block), from).await.map_err(io)?;
-                    }
+                    // Out of order or a duplicate: restart the sender after our last block.
+                    socket.send(&ack(last_ack)).await.map_err(io)?;
+                    in_window = 0;
                     continue;
                 }
                 if data.len() > blksize {
@@ -182,28 +258,129 @@ pub async fn fetch(
                         data.len()
                     )));
                 }
-                out.extend_from_slice(data);
-                if out.len() as u64 > opts.max_bytes {
+                result.bytes += data.len() as u64;
+                if result.bytes > opts.max_bytes {
                     return Err(proto(format!("file exceeds {} bytes", opts.max_bytes)));
                 }
-                let a = ack(block);
-                if data.len() < blksize {
-                    sock.send_to(&a, from).await.map_err(io)?;
-                    return Ok(out);
+                sink(data);
+                last_ack = block;
+                expected = block.wrapping_add(1);
+                in_window += 1;
+                let done = data.len() < blksize;
+                if done || in_window >= windowsize {
+                    socket.send(&ack(block)).await.map_err(io)?;
+                    in_window = 0;
                 }
-                last_sent = a;
-                expected = expected.wrapping_add(1);
-                tries = 0;
+                if done {
+                    return Ok(result);
+                }
             }
-            other => return Err(proto(format!("unexpected opcode {other}"))),
+            Reply::Error { code, message } => {
+                return Err(TftpError::Refused { server, file: file.to_owned(), code, message });
+            }
         }
     }
 }
 
-fn ack(block: u16) -> Vec<u8> {
-    let mut a = OP_ACK.to_be_bytes().to_vec();
-    a.extend_from_slice(&block.to_be_bytes());
-    a
+/// Block size, window size and tsize from an OACK, checked against what was asked: a server
+/// may lower blksize and windowsize (RFC 2348, RFC 7440) but never raise them.
+fn negotiated(
+    list: &[(String, String)],
+    opts: &FetchOptions,
+) -> Result<(usize, u16, Option<u64>), String> {
+    let (mut blksize, mut windowsize, mut tsize) = (DEFAULT_BLKSIZE, 1u16, None);
+    let asked_blksize = opts.blksize.map_or(DEFAULT_BLKSIZE, usize::from);
+    let asked_window = opts.windowsize.unwrap_or(1);
+    for (name, value) in list {
+        let bad = || format!("server acknowledged an invalid {name} {value:?}");
+        match name.as_str() {
+            "blksize" => {
+                blksize = value
+                    .parse()
+                    .ok()
+                    .filter(|b| (MIN_BLKSIZE..=asked_blksize).contains(b))
+                    .ok_or_else(bad)?;
+            }
+            "windowsize" => {
+                windowsize = value
+                    .parse()
+                    .ok()
+                    .filter(|w| (1..=asked_window).contains(w))
+                    .ok_or_else(bad)?;
+            }
+            "tsize" => tsize = Some(value.parse().map_err(|_| bad())?),
+            _ => {}
+        }
+    }
+    Ok((blksize, windowsize, tsize))
+}
+
+/// What a server may send a reading client.
+enum Reply<'a> {
+    OptionAck(Vec<(String, String)>),
+    Data { block: u16, data: &'a [u8] },
+    Error { code: u16, message: String },
+}
+
+fn parse(pkt: &[u8]) -> Result<Reply<'_>, String> {
+    let (op, body) = split_u16(pkt).ok_or_else(|| format!("{}-byte packet", pkt.len()))?;
+    match op {
+        OP_DATA => {
+            let (block, data) = split_u16(body).ok_or("short DATA packet")?;
+            Ok(Reply::Data { block, data })
+        }
+        OP_ERROR => {
+            let (code, rest) = split_u16(body).ok_or("short ERROR packet")?;
+            // Some stacks omit the message's trailing NUL.
+            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+            Ok(Reply::Error { code, message: String::from_utf8_lossy(&rest[..end]).into_owned() })
+        }
+        OP_OACK => {
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            let mut fields = body.strip_suffix(&[0]).unwrap_or(body).split(|&b| b == 0);
+            let mut list = Vec::new();
+            while let Some(name) = fields.next().filter(|n| !n.is_empty()) {
+                let value = fields
+                    .next()
+                    .ok_or_else(|| format!("OACK option {} has no value", text(name)))?;
+                list.push((text(name).to_ascii_lowercase(), text(value)));
+            }
+            Ok(Reply::OptionAck(list))
+        }
+        other => Err(format!("unexpected opcode {other}")),
+    }
+}
+
+fn split_u16(b: &[u8]) -> Option<(u16, &[u8])> {
+    match b {
+        [hi, lo, rest @ ..] => Some((u16::from_be_bytes([*hi, *lo]), rest)),
+        _ => None,
+    }
+}
+
+fn encode_rrq(file: &str, opts: &FetchOptions) -> Vec<u8> {
+    let mut out = OP_RRQ.to_be_bytes().to_vec();
+    let mut fields = vec![file.to_owned(), "octet".to_owned()];
+    if let Some(b) = opts.blksize {
+        fields.extend(["blksize".to_owned(), b.to_string()]);
+    }
+    if opts.tsize {
+        fields.extend(["tsize".to_owned(), "0".to_owned()]);
+    }
+    if let Some(w) = opts.windowsize {
+        fields.extend(["windowsize".to_owned(), w.to_string()]);
+    }
+    for f in fields {
+        out.extend_from_slice(f.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+fn ack(block: u16) -> [u8; 4] {
+    let [a, b] = OP_ACK.to_be_bytes();
+    let [c, d] = block.to_be_bytes();
+    [a, b, c, d]
 }
 
 #[cfg(test)]
@@ -227,7 +404,9 @@ mod tests {
         }
         let blk = 1000usize;
         let mut oack = OP_OACK.to_be_bytes().to_vec();
-        oack.extend_from_slice(b"blksize\x001000\x00");
+        oack.extend_from_slice(b"blksize\x001000\x00tsize\x00");
+        oack.extend_from_slice(content.len().to_string().as_bytes());
+        oack.push(0);
         xfer.send_to(&oack, client).await.unwrap();
         let (_, _) = xfer.recv_from(&mut buf).await.unwrap();
         let mut block = 1u16;
@@ -247,6 +426,10 @@ mod tests {
         }
     }
 
+    fn opts() -> FetchOptions {
+        FetchOptions { blksize: Some(1468), tsize: true, ..FetchOptions::default() }
+    }
+
     #[tokio::test]
     async fn test_fetch_negotiates_blksize_and_reassembles_exactly() {
         let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -254,9 +437,31 @@ mod tests {
         // 3000 bytes = exactly 3 blocks of 1000, so an empty final block must end it.
         let content: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
         let task = tokio::spawn(serve_once(server, content.clone(), "pxelinux.cfg/01-aa"));
-        let got = fetch(addr, "pxelinux.cfg/01-aa", TftpOptions::default()).await.unwrap();
+        let mut got = Vec::new();
+        let fetched = fetch_with(addr, "pxelinux.cfg/01-aa", &opts(), |b| got.extend_from_slice(b))
+            .await
+            .unwrap();
         assert_eq!(got, content);
+        assert_eq!((fetched.bytes, fetched.tsize), (3000, Some(3000)));
+        assert_eq!(fetched.oack[0], ("blksize".to_owned(), "1000".to_owned()));
         task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn test_oversized_file_and_blksize_above_the_request_are_refused() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(serve_once(server, vec![7; 3000], "f"));
+        let small = FetchOptions { max_bytes: 100, ..opts() };
+        let err = fetch(addr, "f", &small).await.unwrap_err();
+        assert!(matches!(err, TftpError::Protocol { .. }), "{err}");
+
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(serve_once(server, vec![7; 3000], "f"));
+        let err =
+            fetch(addr, "f", &FetchOptions { blksize: Some(512), ..opts() }).await.unwrap_err();
+        assert!(err.to_string().contains("invalid blksize"), "{err}");
     }
 
     #[tokio::test]
@@ -264,13 +469,16 @@ mod tests {
         let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = server.local_addr().unwrap();
         tokio::spawn(serve_once(server, vec![1, 2, 3], "present"));
-        let err = fetch(addr, "absent", TftpOptions::default()).await.unwrap_err();
+        let err = fetch(addr, "absent", &opts()).await.unwrap_err();
         assert!(matches!(err, TftpError::Refused { code: 1, .. }), "{err}");
 
         let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let opts =
-            TftpOptions { timeout: Duration::from_millis(20), tries: 3, ..TftpOptions::default() };
-        let err = fetch(silent.local_addr().unwrap(), "x", opts).await.unwrap_err();
+        let quick = FetchOptions {
+            timeout: Duration::from_millis(20),
+            retries: 2,
+            ..FetchOptions::default()
+        };
+        let err = fetch(silent.local_addr().unwrap(), "x", &quick).await.unwrap_err();
         assert!(matches!(err, TftpError::Timeout { tries: 3, .. }), "{err}");
     }
 }

@@ -2,7 +2,8 @@
 //! lookup by MAC address.
 //!
 //! Every write other than the reservation is `UPDATE … WHERE uuid = $ AND generation = $`:
-//! a writer holding a stale copy gets `Conflict`, never a lost update.
+//! a writer holding a stale copy learns it is stale, never loses an update. Read-modify-write
+//! callers go through `DataStore::node_modify` (module `modify`).
 
 use std::fmt::Write as _;
 use std::sync::LazyLock;
@@ -76,6 +77,20 @@ pub(crate) struct NodeRow {
     generation: i64,
     created_at: DateTime<Utc>,
     updated_at: Option<DateTime<Utc>>,
+}
+
+/// What a conditional node write found.
+#[derive(Debug)]
+pub(crate) enum UpdateCheck {
+    /// Written; the stored row.
+    Updated(Node),
+    /// Another writer committed first: the stored generation is `found`.
+    Stale {
+        /// The stored generation.
+        found: i64,
+    },
+    /// No such node.
+    NotFound,
 }
 
 /// A stored value that does not parse (e.g. an unknown provision state written by hand).
@@ -593,13 +608,36 @@ impl DataStore {
     /// equals `node.generation`; the stored generation becomes `node.generation + 1` and
     /// `updated_at` now. Returns the stored row.
     ///
+    /// Callers that read, change and write a node use [`DataStore::node_modify`], which
+    /// re-reads and re-applies their change when another writer won.
+    ///
     /// # Errors
     /// `Conflict` when the node was modified since `node` was read; `NotFound` when it is
     /// gone; `AlreadyExists` when the new name or instance UUID is taken.
     pub async fn node_update(&self, node: &Node) -> Result<Node, PublicError> {
+        match self.node_update_checked(node).await? {
+            UpdateCheck::Updated(n) => Ok(n),
+            UpdateCheck::NotFound => Err(PublicError::not_found("Node", node.uuid)),
+            UpdateCheck::Stale { found } => Err(PublicError::conflict(format!(
+                "Node {} was modified concurrently (generation {} expected, {found} \
+                 found); re-read it and retry.",
+                node.uuid, node.generation
+            ))),
+        }
+    }
+
+    /// The conditional write of [`DataStore::node_update`], reporting a stale generation or
+    /// a missing node as values rather than errors (omicron's update-and-check).
+    ///
+    /// # Errors
+    /// `AlreadyExists`, `InvalidRequest` for a bad name, database errors.
+    pub(crate) async fn node_update_checked(
+        &self,
+        node: &Node,
+    ) -> Result<UpdateCheck, PublicError> {
         check_name(node)?;
         let ctx = write_ctx(node);
-        let row: NodeRow = on_pool!(self, |pool| {
+        let checked = on_pool!(self, |pool| {
             transaction!(pool, &ctx, |conn| {
                 let q = sqlx::query_as::<_, NodeRow>(AssertSqlSafe(UPDATE_SQL.as_str()));
                 let updated = bind_writable!(q, node)
@@ -609,25 +647,24 @@ impl DataStore {
                     .fetch_optional(&mut *conn)
                     .await?;
                 if let Some(row) = updated {
-                    return Ok(row);
+                    let node = Node::try_from(row).map_err(PublicError::from)?;
+                    return Ok(UpdateCheck::Updated(node));
                 }
                 let current: Option<i64> =
                     sqlx::query_scalar("SELECT generation FROM nodes WHERE uuid = $1")
                         .bind(DbUuid::from(node.uuid))
                         .fetch_optional(&mut *conn)
                         .await?;
-                Err(TxnError::Public(match current {
-                    None => PublicError::not_found("Node", node.uuid),
-                    Some(found) => PublicError::conflict(format!(
-                        "Node {} was modified concurrently (generation {} expected, {found} \
-                         found); re-read it and retry.",
-                        node.uuid, node.generation
-                    )),
-                }))
+                Ok(match current {
+                    None => UpdateCheck::NotFound,
+                    Some(found) => UpdateCheck::Stale { found },
+                })
             })
         })?;
-        tracing::debug!(node = %node.uuid, generation = row.generation, "node updated");
-        Ok(row.try_into()?)
+        if let UpdateCheck::Updated(n) = &checked {
+            tracing::debug!(node = %node.uuid, generation = n.generation, "node updated");
+        }
+        Ok(checked)
     }
 
     /// Delete the node with its ports and history.

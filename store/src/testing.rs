@@ -4,7 +4,7 @@
 //! PostgreSQL tests need a server at `FERRIC_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`). When it does not answer,
 //! [`TestDatabase::postgres`] panics if `FERRIC_REQUIRE_SERVICES=1` and otherwise returns
-//! `None` after a loud message on stderr, so the caller skips.
+//! `None` after a loud message on stderr, so the caller skips (`common::testing`'s rule).
 //!
 //! The database is dropped by [`TestDatabase::cleanup`], or failing that when the value is
 //! dropped (on a helper thread with its own runtime, so it is safe inside async tests).
@@ -15,6 +15,8 @@ use std::time::Duration;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
+use common::testing::{Need, require_service};
+
 use crate::DataStore;
 
 /// The admin database used to create and drop test databases.
@@ -24,7 +26,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Whether `FERRIC_REQUIRE_SERVICES=1` (missing services fail tests instead of skipping).
 pub fn services_required() -> bool {
-    std::env::var("FERRIC_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+    Need::Services.required()
 }
 
 /// The PostgreSQL admin URL tests use.
@@ -59,25 +61,8 @@ impl TestDatabase {
     /// migrating the database fails.
     pub async fn postgres() -> Option<TestDatabase> {
         let admin_url = postgres_admin_url();
-        let mut admin = match admin_connect(&admin_url).await {
-            Ok(c) => c,
-            Err(e) => {
-                if services_required() {
-                    panic!(
-                        "PostgreSQL is required (FERRIC_REQUIRE_SERVICES=1) but {admin_url} \
-                         is not answering: {e}"
-                    );
-                }
-                #[expect(clippy::print_stderr, reason = "a skipped test must say so loudly")]
-                {
-                    eprintln!(
-                        "\n*** SKIPPING PostgreSQL test: {admin_url} is not answering ({e}); \
-                         set FERRIC_REQUIRE_SERVICES=1 to make this a failure ***\n"
-                    );
-                }
-                return None;
-            }
-        };
+        let what = format!("PostgreSQL at {admin_url}");
+        let mut admin = require_service(Need::Services, &what, admin_connect(&admin_url).await)?;
         let name = format!("ferric_test_{}", uuid::Uuid::new_v4().simple());
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut admin)
@@ -107,6 +92,12 @@ impl TestDatabase {
             .unwrap_or_else(|e| panic!("opening {url} failed: {e:?}"));
         store.migrate().await.unwrap_or_else(|e| panic!("migrating {url} failed: {e:?}"));
         TestDatabase { store, url, kind: Kind::Sqlite { _dir: dir, path } }
+    }
+
+    /// From now on the store holds a paused Tokio clock still while a statement runs
+    /// ([`DataStore::holding_paused_clock`]), for tests in simulated time.
+    pub fn hold_paused_clock(&mut self) {
+        self.store = self.store.clone().holding_paused_clock();
     }
 
     /// The store over this database.

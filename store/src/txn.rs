@@ -9,15 +9,28 @@
 use std::ops::ControlFlow;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use deploy::PublicError;
 use sqlx::{Database, Pool, Transaction};
 
 use crate::error::{Ctx, is_retryable, public_error};
 
 /// How many times a transaction is tried before its conflict is reported as `Unavailable`.
-const MAX_ATTEMPTS: u32 = 5;
-/// First backoff; doubled per attempt and jittered.
-const BASE_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_ATTEMPTS: usize = 5;
+
+/// Pauses between the attempts of one transaction: 5 ms doubling to 40 ms, each stretched by
+/// up to 100 % at random so racing retries spread out, and only `MAX_ATTEMPTS - 1` of them,
+/// after which the conflict is reported (a store call never retries forever; a whole
+/// transaction sleeps less than 150 ms in all).
+pub(crate) fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(5))
+        .with_max_delay(Duration::from_millis(40))
+        .with_factor(2.0)
+        .with_jitter()
+        .with_max_times(MAX_ATTEMPTS - 1)
+        .build()
+}
 
 /// Why a transaction body stopped: a database error (maybe retryable) or a decision of the
 /// body itself (e.g. a stale generation), which is never retried.
@@ -49,7 +62,7 @@ impl From<PublicError> for TxnError {
 macro_rules! transaction {
     ($pool:expr, $ctx:expr, |$conn:ident| $body:block) => {{
         let pool = $pool;
-        let mut attempt: u32 = 1;
+        let mut pauses = $crate::txn::backoff();
         loop {
             let res: Result<_, $crate::txn::TxnError> = async {
                 let mut tx = $crate::txn::begin(pool).await?;
@@ -64,12 +77,9 @@ macro_rules! transaction {
                 Ok(value)
             }
             .await;
-            match $crate::txn::outcome(res, attempt, $ctx) {
+            match $crate::txn::outcome(res, &mut pauses, $ctx) {
                 std::ops::ControlFlow::Break(done) => break done,
-                std::ops::ControlFlow::Continue(pause) => {
-                    tokio::time::sleep(pause).await;
-                    attempt += 1;
-                }
+                std::ops::ControlFlow::Continue(pause) => tokio::time::sleep(pause).await,
             }
         }
     }};
@@ -84,28 +94,25 @@ pub(crate) async fn begin<DB: Database>(
     if DB::NAME == "SQLite" { pool.begin_with("BEGIN IMMEDIATE").await } else { pool.begin().await }
 }
 
-/// What to do after an attempt: finish with a result, or retry after a pause.
+/// What to do after an attempt: finish with a result, or retry after the next of `pauses`
+/// (from [`backoff`]); a retryable error is reported once they run out.
 pub(crate) fn outcome<T>(
     res: Result<T, TxnError>,
-    attempt: u32,
+    pauses: &mut impl Iterator<Item = Duration>,
     ctx: &Ctx,
 ) -> ControlFlow<Result<T, PublicError>, Duration> {
     match res {
         Ok(v) => ControlFlow::Break(Ok(v)),
         Err(TxnError::Public(e)) => ControlFlow::Break(Err(e)),
-        Err(TxnError::Db(e)) if is_retryable(&e) && attempt < MAX_ATTEMPTS => {
-            tracing::debug!(attempt, error = %e, "retrying transaction");
-            ControlFlow::Continue(backoff(attempt))
-        }
+        Err(TxnError::Db(e)) if is_retryable(&e) => match pauses.next() {
+            Some(pause) => {
+                tracing::debug!(error = %e, retry_in = ?pause, "retrying transaction");
+                ControlFlow::Continue(pause)
+            }
+            None => ControlFlow::Break(Err(public_error(e, ctx))),
+        },
         Err(TxnError::Db(e)) => ControlFlow::Break(Err(public_error(e, ctx))),
     }
-}
-
-/// Exponential backoff with jitter so that racing retries spread out.
-fn backoff(attempt: u32) -> Duration {
-    let base = BASE_BACKOFF * 2u32.saturating_pow(attempt.saturating_sub(1));
-    let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 8;
-    base + Duration::from_millis(jitter)
 }
 
 #[cfg(test)]
@@ -114,24 +121,84 @@ mod tests {
 
     #[test]
     fn test_backoff_grows_and_is_bounded() {
-        assert!(backoff(1) < Duration::from_millis(13));
-        assert!(backoff(4) >= Duration::from_millis(40));
-        assert!(backoff(MAX_ATTEMPTS) < Duration::from_millis(100));
+        for _ in 0..100 {
+            let pauses: Vec<Duration> = backoff().collect();
+            assert_eq!(pauses.len(), MAX_ATTEMPTS - 1, "{pauses:?}");
+            assert!(pauses[0] >= Duration::from_millis(5) && pauses[0] < Duration::from_millis(10));
+            assert!(pauses[3] >= Duration::from_millis(40), "{pauses:?}");
+            assert!(pauses.iter().all(|p| *p < Duration::from_millis(80)), "{pauses:?}");
+            assert!(pauses.iter().sum::<Duration>() < Duration::from_millis(150), "{pauses:?}");
+        }
     }
 
     #[test]
     fn test_outcome_retries_only_database_conflicts() {
         let ctx = Ctx::new("Node", "n1");
         let locked = TxnError::Public(PublicError::conflict("stale"));
+        let mut pauses = backoff();
         assert_eq!(
-            outcome::<()>(Err(locked), 1, &ctx),
+            outcome::<()>(Err(locked), &mut pauses, &ctx),
             ControlFlow::Break(Err(PublicError::conflict("stale")))
         );
-        assert_eq!(outcome(Ok(5), 1, &ctx), ControlFlow::Break(Ok(5)));
+        assert_eq!(outcome(Ok(5), &mut pauses, &ctx), ControlFlow::Break(Ok(5)));
         // Not retryable: mapped at once.
         assert_eq!(
-            outcome::<()>(Err(TxnError::Db(sqlx::Error::RowNotFound)), 1, &ctx),
+            outcome::<()>(Err(TxnError::Db(sqlx::Error::RowNotFound)), &mut pauses, &ctx),
             ControlFlow::Break(Err(PublicError::not_found("Node", "n1")))
+        );
+        // None of that used up a retry.
+        assert_eq!(pauses.count(), MAX_ATTEMPTS - 1);
+    }
+
+    /// A PostgreSQL serialization failure, without a database.
+    #[derive(Debug)]
+    struct SerializationFailure;
+
+    impl std::fmt::Display for SerializationFailure {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("could not serialize access")
+        }
+    }
+
+    impl std::error::Error for SerializationFailure {}
+
+    impl sqlx::error::DatabaseError for SerializationFailure {
+        fn message(&self) -> &str {
+            "could not serialize access"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some("40001".into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    #[test]
+    fn test_outcome_gives_up_after_max_attempts() {
+        let ctx = Ctx::new("Node", "n1");
+        let conflict = || TxnError::Db(sqlx::Error::Database(Box::new(SerializationFailure)));
+        let mut pauses = backoff();
+        for _ in 1..MAX_ATTEMPTS {
+            assert!(matches!(
+                outcome::<()>(Err(conflict()), &mut pauses, &ctx),
+                ControlFlow::Continue(_)
+            ));
+        }
+        assert_eq!(
+            outcome::<()>(Err(conflict()), &mut pauses, &ctx),
+            ControlFlow::Break(Err(PublicError::unavailable(
+                "The database is busy, please retry."
+            )))
         );
     }
 }

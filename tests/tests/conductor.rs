@@ -11,45 +11,17 @@
 
 use std::time::Duration;
 
-use api_service::auth::Auth;
-use api_service::{ApiState, Settings};
+use api_service::ApiConfig;
+use bus::testing::rabbit;
+use common::shutdown::{CancellationToken, Shutdown};
 use conductor_service::testing::{fast_config, wait_for};
 use deploy::{NodeId, ProvisionState as S};
 use proto::events::event::Payload;
 use serde_json::{Value, json};
 use sim::{SimAgent, SimAgentConfig};
-use store::testing::{TestDatabase, services_required};
-use tokio_util::sync::CancellationToken;
+use store::testing::TestDatabase;
 
-const AMQP_DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const VERSION: &str = "1.78";
-
-fn amqp_url() -> String {
-    std::env::var("FERRIC_TEST_AMQP_URL").unwrap_or_else(|_| AMQP_DEFAULT.to_owned())
-}
-
-async fn rabbit(exchange: &str) -> Option<bus::DynBus> {
-    match tokio::time::timeout(
-        Duration::from_secs(15),
-        bus::connect_with_exchange(Some(&amqp_url()), exchange),
-    )
-    .await
-    {
-        Ok(Ok(b)) => Some(b),
-        other => {
-            let why = match other {
-                Ok(Err(e)) => e.to_string(),
-                Ok(Ok(_)) | Err(_) => "timed out".into(),
-            };
-            assert!(
-                !services_required(),
-                "RabbitMQ is required (FERRIC_REQUIRE_SERVICES=1): {why}"
-            );
-            eprintln!("\n*** SKIPPING conductor e2e test: RabbitMQ not answering ({why}) ***\n");
-            None
-        }
-    }
-}
 
 struct Api {
     http: reqwest::Client,
@@ -154,24 +126,32 @@ async fn test_rest_lifecycle_with_two_conductors() {
     let exchange = format!("ferric_cond_e2e_{}", uuid::Uuid::new_v4().simple());
     let Some(bus) = rabbit(&exchange).await else { return };
     let token = CancellationToken::new();
+    let root = Shutdown::new(token.clone(), Duration::from_secs(5));
     let queue = format!("conductor.e2e-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let state = ApiState::new(db.store().clone(), bus.clone(), Settings::default(), Auth::NoAuth);
     let rest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", rest.local_addr().unwrap());
-    tokio::spawn(api_service::serve(state, rest, grpc, token.clone()));
+    let mut services = tokio::task::JoinSet::new();
+    let (shutdown, api_ready) = root.service();
+    let (store, b) = (db.store().clone(), bus.clone());
+    services.spawn(async move {
+        api_service::run(ApiConfig::default(), rest, grpc, store, b, shutdown).await.unwrap();
+    });
+    api_ready.wait().await.unwrap();
     for i in 0..2 {
         let store = store::DataStore::connect(db.url()).await.unwrap();
         let b = rabbit(&exchange).await.unwrap();
         let cfg = fast_config(&format!("e2e-c{i}-{queue}"), &queue);
-        let t = token.clone();
-        tokio::spawn(async move { conductor_service::run(cfg, store, b, t).await.unwrap() });
+        let (shutdown, ready) = root.service();
+        services.spawn(async move {
+            conductor_service::run(cfg, store, b, shutdown).await.unwrap();
+        });
+        // Consuming the work queue: no request from here on is lost.
+        ready.wait().await.unwrap();
     }
     let agent = SimAgent::start(SimAgentConfig::default(), token.clone()).await.unwrap();
     let mut events = bus.subscribe(&[bus::routing::PROGRESS]).await.unwrap();
     let api = Api { http: reqwest::Client::new(), base: base.clone() };
-    // Consumers must have bound the queue before the first request.
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let (status, node) = api
         .call(
@@ -218,6 +198,8 @@ async fn test_rest_lifecycle_with_two_conductors() {
     let history = db.store().history_list(uuid).await.unwrap();
     conductor_service::testing::assert_lifecycle_history(&history);
     token.cancel();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Some(stopped) = services.join_next().await {
+        stopped.unwrap();
+    }
     db.cleanup().await;
 }

@@ -2,49 +2,17 @@
 //! api-service on PostgreSQL + RabbitMQ. Every command must exit 0 and its output is checked;
 //! provision/power verbs are checked for their recorded target and their bus event.
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::print_stderr,
-    reason = "test code: a failed unwrap is a failed test; skips are announced on stderr"
-)]
+#![expect(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 use std::time::Duration;
 
-use api_service::auth::Auth;
-use api_service::{ApiState, Settings};
-use bus::DynBus;
+use api_service::ApiConfig;
+use common::shutdown::{CancellationToken, Shutdown};
+use common::testing::{Need, require_service};
 use proto::events::event::Payload;
 use serde_json::Value;
-use store::testing::{TestDatabase, services_required};
+use store::testing::TestDatabase;
 use tests::openstack::OpenStackCli;
-use tokio_util::sync::CancellationToken;
-
-const AMQP_DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-async fn rabbit() -> Option<DynBus> {
-    let url = std::env::var("FERRIC_TEST_AMQP_URL").unwrap_or_else(|_| AMQP_DEFAULT.to_owned());
-    let exchange = format!("ferric_cli_{}", uuid::Uuid::new_v4().simple());
-    match tokio::time::timeout(
-        Duration::from_secs(15),
-        bus::connect_with_exchange(Some(&url), &exchange),
-    )
-    .await
-    {
-        Ok(Ok(b)) => Some(b),
-        other => {
-            let why = match other {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".to_owned(),
-            };
-            assert!(
-                !services_required(),
-                "RabbitMQ is required (FERRIC_REQUIRE_SERVICES=1): {why}"
-            );
-            eprintln!("\n*** SKIPPING openstack CLI test: RabbitMQ not answering ({why}) ***\n");
-            None
-        }
-    }
-}
 
 struct Cli {
     cli: OpenStackCli,
@@ -81,24 +49,22 @@ impl Cli {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_openstack_cli_against_api_service() {
     let Some(db) = TestDatabase::postgres().await else { return };
-    let Some(bus) = rabbit().await else { return };
-    let cli = match tokio::task::spawn_blocking(OpenStackCli::ensure).await.unwrap() {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(!services_required(), "the openstack client venv is required: {e:#}");
-            eprintln!(
-                "\n*** SKIPPING openstack CLI test: cannot build the client venv: {e:#} ***\n"
-            );
-            return;
-        }
+    let Some(bus) = bus::testing::rabbit(&bus::testing::unique("ferric_cli")).await else { return };
+    let venv = tokio::task::spawn_blocking(OpenStackCli::ensure).await.unwrap();
+    let venv = venv.map_err(|e| format!("{e:#}"));
+    let Some(cli) = require_service(Need::Services, "the openstack client venv", venv) else {
+        return;
     };
     let store = db.store().clone();
-    let state = ApiState::new(store.clone(), bus.clone(), Settings::default(), Auth::NoAuth);
     let rest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", rest.local_addr().unwrap());
     let token = CancellationToken::new();
-    let server = tokio::spawn(api_service::serve(state, rest, grpc, token.clone()));
+    let (shutdown, ready) = Shutdown::new(token.clone(), Duration::from_secs(10)).service();
+    let cfg = ApiConfig::default();
+    let server =
+        tokio::spawn(api_service::run(cfg, rest, grpc, store.clone(), bus.clone(), shutdown));
+    ready.wait().await.unwrap();
     let mut events = bus.subscribe(&["node.#"]).await.unwrap();
     let c = Cli { cli, endpoint };
 

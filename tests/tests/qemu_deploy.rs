@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::shutdown::{CancellationToken, Shutdown};
+use common::testing::{Need, require_service};
 use serde_json::{Value, json};
 use sim::bmc::{BootTarget, MachineBackend, PowerStatus};
 use sim::qemu::{Firmware, QemuConfig, QemuMachine, QemuNetwork};
@@ -28,7 +30,6 @@ use store::testing::TestDatabase;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 /// QEMU under TCG is slow and the machines running the tests have two cores: one VM at a time.
 static VM_SLOT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -50,21 +51,11 @@ fn skip_without_qemu(test: &str) -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if present {
-        return false;
-    }
     let install = "apt-get install -y --no-install-recommends --allow-downgrades qemu-system-x86 \
                    qemu-utils=1:7.2+dfsg-7+deb12u18+b3 ipxe busybox-static ovmf dnsmasq-base \
                    syslinux syslinux-common mtools dosfstools";
-    assert!(
-        std::env::var("FERRIC_REQUIRE_QEMU").as_deref() != Ok("1"),
-        "FERRIC_REQUIRE_QEMU=1 but qemu-system-x86_64 is not installed ({install})"
-    );
-    eprintln!(
-        "\n!!! SKIPPED {test}: qemu-system-x86_64 is not installed ({install}); \
-         set FERRIC_REQUIRE_QEMU=1 to make this a failure\n"
-    );
-    true
+    let found = if present { Ok(()) } else { Err(format!("not installed ({install})")) };
+    require_service(Need::Qemu, &format!("qemu-system-x86_64 for {test}"), found).is_none()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -341,22 +332,6 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos:x}", std::process::id())
 }
 
-async fn rabbit_bus(exchange: &str) -> Option<bus::DynBus> {
-    let url = std::env::var("FERRIC_TEST_RABBITMQ_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-    match bus::connect_with_exchange(Some(&url), exchange).await {
-        Ok(b) => Some(b),
-        Err(e) => {
-            assert!(
-                !store::testing::services_required(),
-                "FERRIC_REQUIRE_SERVICES=1 but RabbitMQ at {url} is not usable: {e}"
-            );
-            eprintln!("\n!!! SKIPPED: RabbitMQ at {url} is not answering ({e})\n");
-            None
-        }
-    }
-}
-
 async fn start_stack(
     work: &Path,
     art: &Artifacts,
@@ -366,8 +341,11 @@ async fn start_stack(
     let db = TestDatabase::postgres().await?;
     let store = db.store().clone();
     let exchange = unique("ferric-qemu");
-    let bus = rabbit_bus(&exchange).await?;
+    let bus = bus::testing::rabbit(&exchange).await?;
     let token = CancellationToken::new();
+    // Each service gets its own child of `token` and a ready signal, awaited below.
+    let root = Shutdown::new(token.clone(), Duration::from_secs(10));
+    let mut ready = Vec::new();
     let mut tasks = JoinSet::new();
 
     // Files pxe-service serves over HTTP: the deploy ramdisks and the images.
@@ -393,10 +371,11 @@ async fn start_stack(
     let api_port = rest.local_addr().expect("addr").port();
     let api = format!("http://{bind}:{api_port}");
     {
-        let (store, bus, token) = (store.clone(), bus.clone(), token.clone());
+        let (store, bus, (shutdown, r)) = (store.clone(), bus.clone(), root.service());
+        ready.push(("api-service", r));
         tasks.spawn(async move {
             let cfg = api_service::ApiConfig::default();
-            if let Err(e) = api_service::run(cfg, rest, grpc, store, bus, token).await {
+            if let Err(e) = api_service::run(cfg, rest, grpc, store, bus, shutdown).await {
                 eprintln!("[qemu-deploy] api-service stopped: {e:?}");
             }
         });
@@ -428,9 +407,10 @@ async fn start_stack(
         if let Net::Tap(t) = net {
             dnsmasq = Some(start_dnsmasq(work, t, &cfg));
         }
-        let (store, token) = (store.clone(), token.clone());
+        let (store, (shutdown, r)) = (store.clone(), root.service());
+        ready.push(("pxe-service", r));
         tasks.spawn(async move {
-            if let Err(e) = pxe_service::run(cfg, tftp, http, store, token).await {
+            if let Err(e) = pxe_service::run(cfg, tftp, http, store, shutdown).await {
                 eprintln!("[qemu-deploy] pxe-service stopped: {e:?}");
             }
         });
@@ -451,27 +431,18 @@ async fn start_stack(
             drain_timeout_secs: 5.0,
             ..conductor_service::config::ConductorConfig::default()
         };
-        let (store, bus, token) = (store.clone(), bus.clone(), token.clone());
+        let (store, bus, (shutdown, r)) = (store.clone(), bus.clone(), root.service());
+        ready.push(("conductor-service", r));
         tasks.spawn(async move {
-            if let Err(e) = conductor_service::run(cfg, store, bus, token).await {
+            if let Err(e) = conductor_service::run(cfg, store, bus, shutdown).await {
                 eprintln!("[qemu-deploy] conductor-service stopped: {e:?}");
             }
         });
     }
 
-    // Ready when the API answers.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Ok(_)) =
-            tokio::time::timeout(Duration::from_secs(2), TcpStream::connect((bind, api_port))).await
-        {
-            let (status, _) = http_json("GET", &format!("{api}/v1"), None).await;
-            if status == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "api-service did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    for (name, r) in ready {
+        let started = tokio::time::timeout(Duration::from_secs(30), r.wait()).await;
+        assert!(matches!(started, Ok(Ok(()))), "{name} did not become ready: {started:?}");
     }
     Some(Stack { token, tasks, api, pxe_guest_url, db: Some(db), dnsmasq })
 }
@@ -1008,23 +979,14 @@ async fn test_qemu_ramdisk_without_agent_ends_at_callback_timeout() {
 async fn test_qemu_deploy_over_tap_with_dnsmasq_and_tftp_port_69() {
     let test = "test_qemu_deploy_over_tap_with_dnsmasq_and_tftp_port_69";
     let Some(env) = prepare(test, true).await else { return };
-    let required = std::env::var("FERRIC_REQUIRE_QEMU").as_deref() == Ok("1");
     let dnsmasq_present = std::process::Command::new("dnsmasq")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     let tap =
         if dnsmasq_present { TapNet::create() } else { Err("dnsmasq is not installed".into()) };
-    let tap = match tap {
-        Ok(t) => t,
-        Err(e) => {
-            assert!(!required, "FERRIC_REQUIRE_QEMU=1 but the tap network cannot be built: {e}");
-            eprintln!(
-                "\n!!! SKIPPED {test}: cannot build the tap network (needs root, ip, dnsmasq-base): {e}\n"
-            );
-            return;
-        }
-    };
+    let what = format!("a tap network for {test} (needs root, ip, dnsmasq-base)");
+    let Some(tap) = require_service(Need::Qemu, &what, tap) else { return };
     let net = Net::Tap(tap);
     let total = Instant::now();
     let Some(stack) = start_stack(&env.work, &env.art, &net, Duration::from_secs(300)).await else {

@@ -1,7 +1,10 @@
-//! The deploy ramdisk's main program.
+//! The deploy ramdisk's main program: load the config (file, kernel command line, flags; exit 2
+//! when bad), init telemetry, bind the gRPC listener, run until SIGTERM/SIGINT.
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::Parser;
+use common::shutdown::{DEFAULT_DRAIN_TIMEOUT, Shutdown};
 
 /// Ferric's on-node agent.
 #[derive(Parser)]
@@ -22,47 +25,23 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let file: agent::AgentFileConfig = match common::config::load(args.config.as_deref(), "FERRIC")
-    {
+async fn main() -> ExitCode {
+    let Args { root, api_url, listen, config } = Args::parse();
+    let flags = agent::Flags { root, api_url, listen };
+    let cfg = match agent::AgentFileConfig::load(config.as_deref(), flags) {
         Ok(c) => c,
-        Err(e) => {
-            #[expect(clippy::print_stderr, reason = "telemetry is not up yet")]
-            {
-                eprintln!("ferric-agent: {}", common::ErrorChain(&e));
-            }
-            return std::process::ExitCode::from(common::EXIT_BAD_CONFIG as u8);
-        }
+        Err(e) => return common::bad_config("ferric-agent", &e),
     };
-    let _guard = common::telemetry::init_for("ferric-agent", &file.telemetry);
-    let mut cfg = file.agent;
-    if args.root.is_some() {
-        cfg.root = args.root;
-    }
-    cfg.apply_cmdline(&agent::Cmdline::read(&cfg.root_dir()));
-    if args.api_url.is_some() {
-        cfg.api_url = args.api_url;
-    }
-    if let Some(l) = args.listen {
-        cfg.listen = l;
-    }
-    if let Err(e) = cfg.validate() {
-        tracing::error!(error = %common::ErrorChain(&e), "invalid configuration");
-        return std::process::ExitCode::from(common::EXIT_BAD_CONFIG as u8);
-    }
-    let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
+    let _telemetry = common::telemetry::init_for("ferric-agent", &cfg.telemetry);
+    let listener = match tokio::net::TcpListener::bind(cfg.agent.listen).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(error = %e, addr = %cfg.listen, "cannot bind the gRPC listener");
-            return std::process::ExitCode::FAILURE;
+            tracing::error!(error = %e, addr = %cfg.agent.listen, "cannot bind the gRPC listener");
+            return ExitCode::FAILURE;
         }
     };
-    match agent::run(cfg, listener, common::shutdown::signal_token()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %common::ErrorChain(&e), "agent stopped");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let shutdown = Shutdown::from_signals(DEFAULT_DRAIN_TIMEOUT);
+    let Err(e) = agent::run(cfg.agent, listener, shutdown).await else { return ExitCode::SUCCESS };
+    tracing::error!(error = %common::ErrorChain(&e), "agent stopped");
+    ExitCode::FAILURE
 }

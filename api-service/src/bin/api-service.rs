@@ -1,46 +1,42 @@
-//! `api-service`: parse args, load the config (exit 2 when bad), init telemetry, serve until
-//! SIGTERM/SIGINT.
+//! `api-service`: load and check the config (exit 2 when bad), init telemetry, bind both
+//! listeners, open and migrate the database, connect the bus, serve until SIGTERM/SIGINT.
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use api_service::ApiConfig;
+use anyhow::Context as _;
+use api_service::{ApiConfig, CheckedConfig};
 use clap::Parser;
+use common::shutdown::{DEFAULT_DRAIN_TIMEOUT, Shutdown};
+use tokio::net::TcpListener;
 
 #[derive(Parser)]
 #[command(version, about = "Ferric's Ironic-compatible REST API and gRPC API")]
 struct Args {
     /// TOML config file; FERRIC_<SECTION>__<KEY> env variables override it.
     #[arg(long, short, env = "FERRIC_CONFIG")]
-    config: Option<PathBuf>,
-}
-
-fn load(path: Option<&Path>) -> Result<ApiConfig, String> {
-    let cfg = common::config::load::<ApiConfig>(path, "FERRIC")
-        .map_err(|e| common::ErrorChain(&e).to_string())?;
-    cfg.check().map_err(|e| common::ErrorChain(&e).to_string())?;
-    Ok(cfg)
+    config: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cfg = match load(Args::parse().config.as_deref()) {
+    let (cfg, checked) = match ApiConfig::load(Args::parse().config.as_deref()) {
         Ok(c) => c,
-        Err(e) => {
-            #[expect(
-                clippy::print_stderr,
-                reason = "telemetry is not up yet when the config is bad"
-            )]
-            {
-                eprintln!("api-service: bad configuration: {e}");
-            }
-            return ExitCode::from(u8::try_from(common::EXIT_BAD_CONFIG).unwrap_or(2));
-        }
+        Err(e) => return common::bad_config("api-service", &e),
     };
     let _telemetry = common::telemetry::init_for("api-service", &cfg.telemetry);
-    if let Err(e) = api_service::start(cfg, common::shutdown::signal_token()).await {
-        tracing::error!(error = %common::ErrorChain(&e), "api-service failed");
-        return ExitCode::FAILURE;
-    }
-    ExitCode::SUCCESS
+    let Err(e) = serve(cfg, checked).await else { return ExitCode::SUCCESS };
+    tracing::error!(error = format!("{e:#}"), "api-service failed");
+    ExitCode::FAILURE
+}
+
+async fn serve(cfg: ApiConfig, checked: CheckedConfig) -> anyhow::Result<()> {
+    let bind =
+        |a| async move { TcpListener::bind(a).await.with_context(|| format!("binding {a}")) };
+    let (rest, grpc) = (bind(checked.rest_listen).await?, bind(checked.grpc_listen).await?);
+    let store = store::DataStore::connect(&cfg.database.url).await.context("database")?;
+    store.migrate().await.context("migrating the database")?;
+    let bus =
+        bus::connect_with_exchange(Some(&cfg.bus.url), &cfg.bus.exchange).await.context("bus")?;
+    let shutdown = Shutdown::from_signals(DEFAULT_DRAIN_TIMEOUT);
+    Ok(api_service::run(cfg, rest, grpc, store, bus, shutdown).await?)
 }

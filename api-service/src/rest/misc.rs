@@ -122,8 +122,11 @@ pub async fn drivers(
         }
     }
     let hosts = hosts_by_driver(&state).await?;
-    let list: Vec<Value> =
-        HARDWARE_TYPES.iter().zip(&hosts).map(|(h, (_, hs))| h.json(&base, hs, detail)).collect();
+    let list: Vec<Value> = HARDWARE_TYPES
+        .iter()
+        .zip(&hosts)
+        .map(|(h, (_, hs))| drivers::json(h, &base, hs, detail))
+        .collect();
     Ok(Json(json!({ "drivers": list })))
 }
 
@@ -138,7 +141,7 @@ pub async fn driver(
         .ok_or_else(|| ApiError::Public(deploy::PublicError::not_found("Driver", &name)))?;
     let hosts = hosts_by_driver(&state).await?;
     let hs = hosts.iter().find(|(n, _)| n == hw.name).map(|(_, h)| h.clone()).unwrap_or_default();
-    Ok(Json(hw.json(&base, &hs, true)))
+    Ok(Json(drivers::json(hw, &base, &hs, true)))
 }
 
 /// The `driver_info` keys a hardware type accepts.

@@ -4,8 +4,9 @@
 use base64::Engine;
 use chrono::Utc;
 use deploy::ids::MacAddress;
+use deploy::internal_info::Heartbeat;
 use deploy::model::SECRET_MASK;
-use deploy::{Node, NodeId, PublicError};
+use deploy::{AgentSession, Node, NodeId, PublicError};
 use proto::events::event::Payload;
 use rand::RngCore;
 use serde::Deserialize;
@@ -181,27 +182,21 @@ impl ApiState {
 
     /// Mint the token at the first lookup; later lookups see `******`.
     async fn token_for(&self, node: Node) -> Result<(Node, Option<String>), ApiError> {
-        let mut minted = None;
-        let (_, node) = self
-            .update_with_retry(node.uuid, |n| {
-                let dii = &n.driver_internal_info;
-                if dii.contains_key("agent_secret_token") {
-                    return Ok(None);
+        let id = node.uuid;
+        let (node, minted) = self
+            .store
+            .node_modify_from(node, |n| {
+                if AgentSession::of(n).token.is_some() {
+                    return Ok::<_, ApiError>(None);
                 }
                 let t = mint_token();
-                let mut m = n.clone();
-                m.driver_internal_info
-                    .insert("agent_secret_token".into(), Value::String(t.clone()));
-                minted = Some(t);
-                Ok(Some(m))
+                AgentSession::set_token(&mut n.driver_internal_info, &t);
+                Ok(Some(t))
             })
-            .await?;
-        let stored = node.driver_internal_info.get("agent_secret_token").and_then(Value::as_str);
-        let pregenerated = node
-            .driver_internal_info
-            .get("agent_secret_token_pregenerated")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+            .await?
+            .into_result(id)?;
+        let session = AgentSession::of(&node);
+        let (stored, pregenerated) = (session.token.as_deref(), session.token_pregenerated);
         let shown = match (&minted, stored) {
             // We minted and our write won.
             (Some(t), Some(s)) if t == s => Some(t.clone()),
@@ -245,8 +240,8 @@ impl ApiState {
         check_callback_url(&req.callback_url, self.settings.require_agent_tls)?;
         let node = self.node_by_ident(ident, v).await?;
         let token_ok = |n: &Node| {
-            let stored = n.driver_internal_info.get("agent_secret_token").and_then(Value::as_str);
-            match (stored, req.agent_token.as_deref()) {
+            let stored = AgentSession::of(n).token;
+            match (stored.as_deref(), req.agent_token.as_deref()) {
                 (Some(s), Some(given)) => constant_time_eq(s.as_bytes(), given.as_bytes()),
                 (None, _) => !self.settings.agent_token_required,
                 (Some(_), None) => false,
@@ -256,8 +251,9 @@ impl ApiState {
             tracing::warn!(node_id = %node.uuid, "heartbeat with an invalid or missing agent token");
             return Err(ApiError::bad_request("Invalid or missing agent token received."));
         }
-        if let Some(known) = node.driver_internal_info.get("agent_url").and_then(Value::as_str)
-            && known != req.callback_url
+        let session = AgentSession::of(&node);
+        if let Some(known) = &session.url
+            && *known != req.callback_url
         {
             return Err(ApiError::bad_request(
                 "Detected change in ramdisk provided \"callback_url\"",
@@ -267,7 +263,7 @@ impl ApiState {
             return Err(ApiError::bad_request("Agent did not transmit a version"));
         }
         if let Some(holder) = &node.reservation
-            && !node.driver_internal_info.contains_key("agent_url")
+            && session.url.is_none()
         {
             return Err(PublicError::NodeLocked {
                 node: node.uuid.to_string(),
@@ -281,30 +277,26 @@ impl ApiState {
             tracing::warn!(node_id = %node.uuid, state = %state, "heartbeat in a state that expects no agent; ignored");
             return Ok(());
         }
-        let now = Utc::now().to_rfc3339();
-        let (_, updated) = self
-            .update_with_retry(node.uuid, |n| {
+        let hb = Heartbeat {
+            url: &req.callback_url,
+            at: Utc::now(),
+            version: req.agent_version.as_deref(),
+            verify_ca: req.agent_verify_ca.as_deref(),
+            status: req.agent_status.as_deref().map(|s| (s, req.agent_status_message.as_deref())),
+        };
+        let id = node.uuid;
+        let (updated, ()) = self
+            .store
+            .node_modify_from(node, |n| {
                 // Re-check on every fresh read: a power-off may have wiped the token meanwhile.
                 if !token_ok(n) {
                     return Err(ApiError::bad_request("Invalid or missing agent token received."));
                 }
-                let mut m = n.clone();
-                let dii = &mut m.driver_internal_info;
-                dii.insert("agent_url".into(), Value::String(req.callback_url.clone()));
-                dii.insert("agent_last_heartbeat".into(), Value::String(now.clone()));
-                if let Some(ver) = &req.agent_version {
-                    dii.insert("agent_version".into(), Value::String(ver.clone()));
-                }
-                if let Some(ca) = &req.agent_verify_ca {
-                    dii.insert("agent_verify_ca".into(), Value::String(ca.clone()));
-                }
-                if let Some(s) = &req.agent_status {
-                    dii.insert("agent_status".into(), Value::String(s.clone()));
-                    dii.insert("agent_status_message".into(), json!(req.agent_status_message));
-                }
-                Ok(Some(m))
+                AgentSession::record_heartbeat(&mut n.driver_internal_info, &hb);
+                Ok(())
             })
-            .await?;
+            .await?
+            .into_result(id)?;
         tracing::debug!(node_id = %updated.uuid, state = %state, "heartbeat recorded");
         self.publish(
             ctx,

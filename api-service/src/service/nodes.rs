@@ -113,11 +113,7 @@ pub(crate) fn check_interfaces(node: &Node) -> Result<(), ApiError> {
         {
             return Err(ApiError::bad_request(format!(
                 "Could not find the following interface in the 'ironic.hardware.interfaces.{iface}' entrypoint: {value}. Valid interfaces are {:?}.",
-                hw.interfaces
-                    .iter()
-                    .find(|(n, _, _)| *n == iface)
-                    .map(|(_, _, e)| *e)
-                    .unwrap_or_default()
+                hw.interface(iface).map(|s| s.enabled).unwrap_or_default()
             )));
         }
     }
@@ -495,9 +491,10 @@ impl ApiState {
         reason: Option<String>,
     ) -> Result<Node, ApiError> {
         let node = self.node_by_ident(ident, ctx.version).await?;
-        let (_, updated) = self
-            .update_with_retry(node.uuid, |n| {
-                let mut m = n.clone();
+        let id = node.uuid;
+        let (updated, ()) = self
+            .store
+            .node_modify_from(node, |m| {
                 m.maintenance = on;
                 if on {
                     m.maintenance_reason.clone_from(&reason);
@@ -505,9 +502,10 @@ impl ApiState {
                     m.maintenance_reason = None;
                     m.fault = None;
                 }
-                Ok((m != *n).then_some(m))
+                Ok::<_, ApiError>(())
             })
-            .await?;
+            .await?
+            .into_result(id)?;
         tracing::info!(node_id = %updated.uuid, maintenance = on, "maintenance changed");
         self.publish_maintenance(ctx, &updated).await;
         Ok(updated)
@@ -535,9 +533,9 @@ impl ApiState {
 pub fn validate_node(node: &Node) -> Value {
     let mut out = Map::new();
     let Some(hw) = drivers::find(&node.driver) else {
-        for (iface, _, _) in &drivers::HARDWARE_TYPES[0].interfaces {
+        for iface in deploy::hardware::INTERFACE_NAMES {
             out.insert(
-                (*iface).to_owned(),
+                iface.to_owned(),
                 json!({"result": false, "reason": format!("Unknown driver {}", node.driver)}),
             );
         }

@@ -2,8 +2,8 @@
 //! update, then announced on the bus for the conductor (reference §1.6, §2.3).
 
 use chrono::Utc;
-use deploy::state::next;
-use deploy::{ApiVerb, Node, PowerState, ProvisionState, PublicError};
+use deploy::provision::{Refusal, RequestArgs, apply_request};
+use deploy::{AgentSession, ApiVerb, Node, PowerState, ProvisionState, PublicError};
 use proto::events::event::Payload;
 use serde::Deserialize;
 use serde_json::Value;
@@ -197,85 +197,25 @@ impl ApiState {
             }
             (None, _) => {}
         }
-        // The lock, then maintenance, then the state machine (Ironic's order).
-        if let Some(holder) = &node.reservation {
-            return Err(PublicError::NodeLocked {
-                node: node.uuid.to_string(),
-                holder: holder.clone(),
-            }
-            .into());
-        }
-        if node.maintenance && matches!(verb, ApiVerb::Active | ApiVerb::Rebuild) {
-            return Err(ApiError::bad_request(format!(
-                "The provisioning operation can't be performed on node {} because it's in maintenance mode.",
-                node.uuid
-            )));
-        }
-        if node.protected && matches!(verb, ApiVerb::Rebuild | ApiVerb::Deleted) {
-            return Err(ApiError::Forbidden(format!(
-                "Node {} is protected and cannot be undeployed, rebuilt or deleted",
-                node.uuid
-            )));
-        }
-        let from = node.provision_state;
-        let to = match next(from, verb.event()) {
-            Ok(to) => to,
-            Err(_) => {
-                let busy = from.is_transient_working()
-                    || (node.target_provision_state.is_some() && !from.is_failed());
-                if busy {
-                    return Err(PublicError::conflict(format!(
-                        "Node {} is busy: {from}",
-                        node.uuid
-                    ))
-                    .into());
-                }
-                return Err(invalid_target());
-            }
+        // The lock, maintenance, protection, the state machine, then what the verb needs
+        // (Ironic's order), checked again on every fresh read should another writer win.
+        let args = RequestArgs {
+            configdrive: req.configdrive.as_ref(),
+            clean_steps: req.clean_steps.as_deref(),
+            deploy_steps: req.deploy_steps.as_deref(),
+            service_steps: req.service_steps.as_deref(),
         };
-        if matches!(verb, ApiVerb::Active | ApiVerb::Rebuild)
-            && !node.instance_info.contains_key("image_source")
-        {
-            return Err(ApiError::bad_request(format!(
-                "Cannot deploy node {}: instance_info is missing image_source",
-                node.uuid
-            )));
-        }
-        let mut upd = node.clone();
-        upd.provision_state = to;
-        upd.target_provision_state = if to.is_stable() {
-            None
-        } else if verb == ApiVerb::Clean {
-            Some(ProvisionState::Manageable)
-        } else {
-            to.fsm_target()
-        };
-        upd.provision_updated_at = Some(Utc::now());
-        upd.last_error = None;
-        if let Some(cd) = &req.configdrive {
-            upd.instance_info.insert("configdrive".into(), cd.clone());
-        }
-        if let Some(steps) = &req.clean_steps {
-            upd.driver_internal_info.insert("clean_steps".into(), Value::Array(steps.clone()));
-            upd.driver_internal_info.remove("clean_step_index");
-        }
-        if let Some(steps) = &req.deploy_steps {
-            upd.driver_internal_info
-                .insert("user_deploy_steps".into(), Value::Array(steps.clone()));
-        }
-        if let Some(steps) = &req.service_steps {
-            upd.driver_internal_info.insert("service_steps".into(), Value::Array(steps.clone()));
-        }
-        let updated = self.store.node_update(&upd).await?;
+        let now = Utc::now();
+        let (updated, change) = self
+            .store
+            .node_modify_from(node.clone(), |n| {
+                apply_request(n, verb, &args, now).map_err(|r| refused(r, n, &req.target))
+            })
+            .await?
+            .into_result(node.uuid)?;
+        let (from, to) = (change.from, change.to);
         tracing::info!(node_id = %updated.uuid, verb = %req.target, from = %from, to = %to, "provision state change requested");
-        self.history(
-            &updated,
-            "provisioning",
-            format!("{from} -> {to} ({})", verb.event()),
-            Some(from),
-            Some(to),
-        )
-        .await;
+        self.history(&updated, "provisioning", change.history_text(), Some(from), Some(to)).await;
         let payload = Payload::ProvisionRequested(proto::events::ProvisionRequested {
             verb: req.target.clone(),
             event: verb.event().as_str().to_owned(),
@@ -366,7 +306,7 @@ impl ApiState {
         if target != PowerState::On {
             // A power-off or reboot ends the ramdisk: its agent URL and token are void
             // (Ironic wipes them in node_power_action), unless the token was baked in.
-            wipe_agent_session(&mut upd.driver_internal_info);
+            AgentSession::wipe(&mut upd.driver_internal_info);
         }
         let updated = self.store.node_update(&upd).await?;
         tracing::info!(node_id = %updated.uuid, target = %target, "power state change requested");
@@ -384,14 +324,30 @@ impl ApiState {
     }
 }
 
-/// Remove the agent's URL, cached steps and (unless pre-generated) its token.
-pub(crate) fn wipe_agent_session(dii: &mut deploy::model::JsonObject) {
-    for k in
-        ["agent_url", "agent_verify_ca", "agent_cached_clean_steps", "agent_cached_deploy_steps"]
-    {
-        dii.remove(k);
-    }
-    if !dii.get("agent_secret_token_pregenerated").and_then(Value::as_bool).unwrap_or(false) {
-        dii.remove("agent_secret_token");
+/// Ironic's status and message for a refused provision request on `node`.
+fn refused(r: Refusal, node: &Node, target: &str) -> ApiError {
+    match r {
+        Refusal::Locked { holder } => {
+            PublicError::NodeLocked { node: node.uuid.to_string(), holder }.into()
+        }
+        Refusal::InMaintenance => ApiError::bad_request(format!(
+            "The provisioning operation can't be performed on node {} because it's in maintenance mode.",
+            node.uuid
+        )),
+        Refusal::Protected => ApiError::Forbidden(format!(
+            "Node {} is protected and cannot be undeployed, rebuilt or deleted",
+            node.uuid
+        )),
+        Refusal::Busy { state } => {
+            PublicError::conflict(format!("Node {} is busy: {state}", node.uuid)).into()
+        }
+        Refusal::InvalidTransition { state } => ApiError::bad_request(format!(
+            "The requested action \"{target}\" can not be performed on node \"{}\" while it is in state \"{state}\".",
+            node.uuid
+        )),
+        Refusal::MissingImageSource => ApiError::bad_request(format!(
+            "Cannot deploy node {}: instance_info is missing image_source",
+            node.uuid
+        )),
     }
 }

@@ -1,5 +1,6 @@
 //! Agent endpoints: lookup mints the token once, heartbeat requires it and records the URL.
 
+use deploy::internal_info::keys;
 use proto::events::event::Payload;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -64,9 +65,9 @@ async fn scenario_lookup_and_heartbeat(h: &Harness) {
         ("http://127.0.0.1:50051", "wait call-back")
     );
     let n = h.store.node_fetch(uuid.parse().unwrap()).await.unwrap();
-    assert_eq!(n.driver_internal_info["agent_url"], "http://127.0.0.1:50051");
-    assert_eq!(n.driver_internal_info["agent_version"], "ferric-0.1");
-    assert!(n.driver_internal_info["agent_last_heartbeat"].is_string());
+    assert_eq!(n.driver_internal_info[keys::AGENT_URL], "http://127.0.0.1:50051");
+    assert_eq!(n.driver_internal_info[keys::AGENT_VERSION], "ferric-0.1");
+    assert!(n.driver_internal_info[keys::AGENT_LAST_HEARTBEAT].is_string());
 
     // A changed callback URL is refused (stickiness); so is a wrong token.
     let r = h
@@ -99,8 +100,8 @@ async fn scenario_lookup_and_heartbeat(h: &Harness) {
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
     let n = h.store.node_fetch(uuid.parse().unwrap()).await.unwrap();
-    assert!(n.driver_internal_info.get("agent_secret_token").is_none());
-    assert!(n.driver_internal_info.get("agent_url").is_none());
+    assert!(n.driver_internal_info.get(keys::AGENT_SECRET_TOKEN).is_none());
+    assert!(n.driver_internal_info.get(keys::AGENT_URL).is_none());
     let r = h
         .call(
             Method::POST,

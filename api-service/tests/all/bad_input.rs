@@ -1,6 +1,7 @@
 //! Bad input: each request is answered with Ironic's status and error body, and the store
 //! is left exactly as it was.
 
+use deploy::internal_info::keys;
 use deploy::{Node, Port};
 use reqwest::Method;
 use serde_json::json;
@@ -30,7 +31,7 @@ async fn scenario_bad_input(h: &Harness) {
     let mut n = h.store.node_fetch(uuid.parse().unwrap()).await.unwrap();
     n.provision_state = deploy::ProvisionState::WaitCallBack;
     n.target_provision_state = Some(deploy::ProvisionState::Active);
-    n.driver_internal_info.insert("agent_secret_token".into(), json!("a".repeat(43)));
+    n.driver_internal_info.insert(keys::AGENT_SECRET_TOKEN.into(), json!("a".repeat(43)));
     h.store.node_update(&n).await.unwrap();
     let before = snapshot(h).await;
 

@@ -1,17 +1,17 @@
-//! Starts api-service in-process on a fresh database and bus, bound to 127.0.0.1:0.
+//! Starts api-service (`api_service::run`) in-process on a fresh database and bus, bound to
+//! 127.0.0.1:0, and waits for its ready signal.
 
 use std::time::Duration;
 
-use api_service::auth::Auth;
-use api_service::{ApiState, Settings};
+use api_service::{ApiConfig, ApiServiceError};
 use bus::{Consumer, DynBus};
+use common::shutdown::{CancellationToken, Shutdown};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use store::DataStore;
-use store::testing::{TestDatabase, services_required};
+use store::testing::TestDatabase;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// A running API with its database and bus.
 pub struct Harness {
@@ -20,7 +20,7 @@ pub struct Harness {
     pub store: DataStore,
     pub bus: DynBus,
     token: CancellationToken,
-    server: Option<JoinHandle<()>>,
+    server: Option<JoinHandle<Result<(), ApiServiceError>>>,
     db: Option<TestDatabase>,
     client: reqwest::Client,
 }
@@ -50,66 +50,35 @@ impl Resp {
     }
 }
 
-pub const AMQP_DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-/// Connect to RabbitMQ on a unique exchange, or `None` (skip) when it is absent.
-pub async fn rabbit_bus() -> Option<DynBus> {
-    let url = std::env::var("FERRIC_TEST_AMQP_URL").unwrap_or_else(|_| AMQP_DEFAULT.to_owned());
-    let exchange = format!("ferric_test_{}", uuid::Uuid::new_v4().simple());
-    match tokio::time::timeout(
-        Duration::from_secs(15),
-        bus::connect_with_exchange(Some(&url), &exchange),
-    )
-    .await
-    {
-        Ok(Ok(b)) => Some(b),
-        other => {
-            let why = match other {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".to_owned(),
-            };
-            assert!(
-                !services_required(),
-                "RabbitMQ is required (FERRIC_REQUIRE_SERVICES=1) but not answering: {why}"
-            );
-            eprintln!(
-                "\n*** SKIPPING RabbitMQ test: {why}; set FERRIC_REQUIRE_SERVICES=1 to make this a failure ***\n"
-            );
-            None
-        }
-    }
-}
-
 impl Harness {
     pub async fn sqlite() -> Harness {
-        Self::sqlite_with(Settings::default(), Auth::NoAuth).await
+        Self::sqlite_with(ApiConfig::default()).await
     }
 
-    pub async fn sqlite_with(settings: Settings, auth: Auth) -> Harness {
+    pub async fn sqlite_with(cfg: ApiConfig) -> Harness {
         let db = TestDatabase::sqlite().await;
         let bus = bus::connect(None).await.unwrap();
-        Self::start(db, bus, settings, auth).await
+        Self::start(db, bus, cfg).await
     }
 
     /// PostgreSQL + RabbitMQ, or `None` when either is absent (and not required).
     pub async fn postgres() -> Option<Harness> {
         let db = TestDatabase::postgres().await?;
-        let bus = rabbit_bus().await?;
-        Some(Self::start(db, bus, Settings::default(), Auth::NoAuth).await)
+        let bus = bus::testing::rabbit(&bus::testing::unique("ferric_test")).await?;
+        Some(Self::start(db, bus, ApiConfig::default()).await)
     }
 
-    async fn start(db: TestDatabase, bus: DynBus, settings: Settings, auth: Auth) -> Harness {
+    async fn start(db: TestDatabase, bus: DynBus, cfg: ApiConfig) -> Harness {
         let store = db.store().clone();
-        let state = ApiState::new(store.clone(), bus.clone(), settings, auth);
         let rest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", rest.local_addr().unwrap());
         let grpc_url = format!("http://{}", grpc.local_addr().unwrap());
         let token = CancellationToken::new();
-        let t = token.clone();
-        let server = tokio::spawn(async move {
-            api_service::serve(state, rest, grpc, t).await.unwrap();
-        });
+        let (shutdown, ready) = Shutdown::new(token.clone(), Duration::from_secs(10)).service();
+        let server =
+            tokio::spawn(api_service::run(cfg, rest, grpc, store.clone(), bus.clone(), shutdown));
+        ready.wait().await.unwrap();
         let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         Harness { base, grpc_url, store, bus, token, server: Some(server), db: Some(db), client }
     }
@@ -159,7 +128,11 @@ impl Harness {
     pub async fn stop(mut self) {
         self.token.cancel();
         if let Some(s) = self.server.take() {
-            tokio::time::timeout(Duration::from_secs(10), s).await.expect("server stops").unwrap();
+            tokio::time::timeout(Duration::from_secs(15), s)
+                .await
+                .expect("server stops")
+                .unwrap()
+                .unwrap();
         }
         if let Some(db) = self.db.take() {
             db.cleanup().await;

@@ -2,11 +2,7 @@
 //! SQLite + the in-process bus (fast) and on PostgreSQL + RabbitMQ (skipped loudly when
 //! absent, failing when FERRIC_REQUIRE_SERVICES=1).
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::print_stderr,
-    reason = "test code: a failed unwrap is a failed test; skips are announced on stderr"
-)]
+#![expect(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 mod harness;
 

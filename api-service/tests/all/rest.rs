@@ -1,8 +1,7 @@
 //! REST happy paths: version documents, node CRUD, provision/power verbs with their events,
 //! maintenance, listing with pagination, auth, health, metrics and OpenAPI.
 
-use api_service::Settings;
-use api_service::auth::Auth;
+use api_service::ApiConfig;
 use proto::events::event::Payload;
 use reqwest::Method;
 use serde_json::json;
@@ -240,8 +239,10 @@ async fn test_http_basic_auth() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("htpasswd");
     std::fs::write(&path, format!("admin:{}\n", bcrypt::hash("s3cret", 4).unwrap())).unwrap();
-    let auth = Auth::from_htpasswd(&path).unwrap();
-    let h = Harness::sqlite_with(Settings::default(), auth).await;
+    let mut cfg = ApiConfig::default();
+    cfg.api.auth_strategy = "http_basic".into();
+    cfg.api.http_basic_auth_user_file = Some(path.clone());
+    let h = Harness::sqlite_with(cfg).await;
     let url = format!("{}/v1/nodes", h.base);
     let r = h.client().get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401);
@@ -290,5 +291,58 @@ async fn test_events_carry_the_callers_trace() {
         .unwrap();
     let tp = d.headers.get("traceparent").expect("traceparent header on the event");
     assert!(tp.contains(trace_id), "event traceparent {tp} does not continue trace {trace_id}");
+    h.stop().await;
+}
+
+/// `GET /v1/drivers?detail=true` lists exactly the table in `deploy::hardware` (which the
+/// conductor's own test instantiates value by value), and node validation accepts exactly
+/// its enabled values.
+#[tokio::test]
+async fn test_drivers_advertise_exactly_the_hardware_table() {
+    use deploy::hardware::{HARDWARE_TYPES, INTERFACE_NAMES};
+    let h = Harness::sqlite().await;
+    let listed = h.get("/v1/drivers?detail=true").await.json();
+    let listed = listed["drivers"].as_array().unwrap();
+    assert_eq!(listed.len(), HARDWARE_TYPES.len());
+    for (hw, shown) in HARDWARE_TYPES.iter().zip(listed) {
+        assert_eq!(shown["name"], hw.name);
+        let mut advertised: Vec<&str> = shown
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with("enabled_") || k.starts_with("default_"))
+            .map(String::as_str)
+            .collect();
+        advertised.sort_unstable();
+        let mut expected: Vec<String> = INTERFACE_NAMES
+            .iter()
+            .flat_map(|i| [format!("default_{i}_interface"), format!("enabled_{i}_interfaces")])
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(advertised, expected, "{}", hw.name);
+        for spec in &hw.interfaces {
+            let i = spec.interface;
+            assert_eq!(shown[format!("default_{i}_interface")], spec.default, "{} {i}", hw.name);
+            assert_eq!(shown[format!("enabled_{i}_interfaces")], json!(spec.enabled));
+        }
+        assert_eq!(h.get(&format!("/v1/drivers/{}", hw.name)).await.json(), *shown);
+    }
+    // What is not in the table is refused on create, whatever Ironic may know it as.
+    for (field, value) in [("deploy_interface", "iscsi"), ("bios_interface", "fake")] {
+        let r = h
+            .call(
+                Method::POST,
+                "/v1/nodes",
+                Some("1.115"),
+                Some(&json!({"driver": "ipmi", field: value}).to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{field}={value}: {}", r.body);
+        assert!(r.fault().contains(value), "{}", r.body);
+    }
+    // Only the driver: the node keeps no interface of its own and the defaults apply.
+    let r = h.send(Method::POST, "/v1/nodes", json!({"driver": "ipmi"})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(r.json()["deploy_interface"].is_null());
     h.stop().await;
 }

@@ -132,7 +132,7 @@ async fn declare_and_consume(
 async fn run(inner: Arc<Inner>, kind: Kind, first: Attached, tx: mpsc::Sender<Delivery>) {
     let (abandon_tx, mut abandon_rx) = mpsc::unbounded_channel::<Acker>();
     let mut attached = Some(first);
-    let mut step = 0;
+    let mut backoff = inner.opts.reconnect_backoff();
     let name = match &kind {
         Kind::Durable(spec) => spec.queue.clone(),
         Kind::Transient(_) => "(subscription)".to_owned(),
@@ -153,11 +153,10 @@ async fn run(inner: Arc<Inner>, kind: Kind, first: Attached, tx: mpsc::Sender<De
                 Ok(a) => {
                     tracing::info!(queue = %name, generation = a.generation, "consumer resumed");
                     attached = Some(a);
-                    step = 0;
+                    backoff = inner.opts.reconnect_backoff();
                 }
                 Err(error) => {
-                    let delay = super::backoff_delay(&inner.opts, step);
-                    step = step.saturating_add(1);
+                    let delay = backoff.next_delay();
                     tracing::warn!(
                         queue = %name,
                         error = %crate::error::chain(&error),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
+use common::shutdown::{DEFAULT_DRAIN_TIMEOUT, Shutdown};
 use conductor_service::testing::{fast_config, insert_fake_node, request_provision, run_fleet};
 use deploy::{ApiVerb, ProvisionState};
 use futures::StreamExt as _;
@@ -30,7 +31,7 @@ struct Args {
 #[expect(clippy::print_stdout, reason = "a benchmark prints its numbers")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    conductor_service::bin_support::init_logging();
+    let _telemetry = common::telemetry::init_for("conductor-bench", &Default::default());
     for &k in &args.conductors {
         let (wall, n) = run_once(&args, k).await?;
         #[expect(clippy::cast_precision_loss, reason = "node counts are far below 2^52")]
@@ -64,6 +65,8 @@ async fn run_once(args: &Args, conductors: usize) -> anyhow::Result<(Duration, u
         n.provision_state = ProvisionState::Available;
         ids.push(db.store().node_update(&n).await?.uuid);
     }
+    let root = Shutdown::new(token.clone(), DEFAULT_DRAIN_TIMEOUT);
+    let mut running = Vec::new();
     for i in 0..conductors {
         let store = store::DataStore::connect(db.url()).await?;
         let bus = bus::connect_with_exchange(Some(&args.amqp), &exchange).await?;
@@ -71,11 +74,11 @@ async fn run_once(args: &Args, conductors: usize) -> anyhow::Result<(Duration, u
         cfg.callback_timeout_secs = 600.0;
         cfg.power_sync_interval_secs = 0.0;
         cfg.sweep_interval_secs = 5.0;
-        let t = token.clone();
-        tokio::spawn(async move { conductor_service::run(cfg, store, bus, t).await });
+        let (shutdown, ready) = root.service();
+        running.push(tokio::spawn(conductor_service::run(cfg, store, bus, shutdown)));
+        // Consuming: nothing published from here on is lost.
+        ready.wait().await?;
     }
-    // Let the consumers bind their queue before the first publish.
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
     let api_bus = fleet_bus.clone();
     let store = db.store().clone();
@@ -114,7 +117,9 @@ async fn run_once(args: &Args, conductors: usize) -> anyhow::Result<(Duration, u
     }
     let wall = started.elapsed();
     token.cancel();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    for conductor in running {
+        conductor.await??;
+    }
     db.cleanup().await;
     Ok((wall, ids.len()))
 }

@@ -1,34 +1,37 @@
-//! The conductor service: load config, init logging, connect, run until SIGTERM/SIGINT.
+//! `conductor-service`: load the config (exit 2 when bad), init telemetry, connect the
+//! database and bus, run until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use conductor_service::bin_support::{ServiceConfig, init_logging, load_config, signal_token};
+use common::shutdown::Shutdown;
+use conductor_service::ConductorFileConfig;
 
-/// Ferric's conductor.
 #[derive(Parser)]
+#[command(version, about = "Ferric's conductor")]
 struct Args {
-    /// TOML config file (keys may be overridden with FERRIC_SECTION__KEY).
-    #[arg(long, env = "FERRIC_CONFIG")]
+    /// TOML config file; FERRIC_<SECTION>__<KEY> env variables override it.
+    #[arg(long, short, env = "FERRIC_CONFIG")]
     config: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
-#[expect(clippy::print_stderr, reason = "logging is not set up before the config is loaded")]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let cfg: ServiceConfig = match load_config(args.config.as_deref()) {
+async fn main() -> ExitCode {
+    let cfg = match ConductorFileConfig::load(Args::parse().config.as_deref()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("bad configuration: {e:#}");
-            std::process::exit(2);
-        }
+        Err(e) => return common::bad_config("conductor-service", &e),
     };
-    init_logging();
+    let _telemetry = common::telemetry::init_for("conductor-service", &cfg.telemetry);
+    let Err(e) = serve(cfg).await else { return ExitCode::SUCCESS };
+    tracing::error!(error = format!("{e:#}"), "conductor-service failed");
+    ExitCode::FAILURE
+}
+
+async fn serve(cfg: ConductorFileConfig) -> anyhow::Result<()> {
     let store = store::DataStore::connect(&cfg.database.url).await.context("database")?;
-    let bus = bus::connect_with_exchange(cfg.bus.url.as_deref(), &cfg.bus.exchange)
-        .await
-        .context("bus")?;
-    let token = signal_token();
-    conductor_service::run(cfg.conductor, store, bus, token).await.context("conductor")?;
-    Ok(())
+    let bus =
+        bus::connect_with_exchange(Some(&cfg.bus.url), &cfg.bus.exchange).await.context("bus")?;
+    let shutdown = Shutdown::from_signals(cfg.conductor.drain_timeout());
+    Ok(conductor_service::run(cfg.conductor, store, bus, shutdown).await?)
 }

@@ -1,12 +1,13 @@
-//! Every step of the `direct` deploy and clean plans, run twice in a row on the same node,
-//! leaves the node, its BMC and its disk as one run does (the property that lets a conductor
-//! that takes over a node run the interrupted step again). Paused time, SQLite, the Redfish
+//! Every step of the `direct` deploy and clean plans that is declared idempotent, run twice
+//! in a row on the same node, leaves the node, its BMC and its disk as one run does (the
+//! property that lets a conductor that takes over a node run the interrupted step again). Paused time, SQLite, the Redfish
 //! driver against a simulated BMC, and the simulated agent.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use deploy::steps::{Step, clean_plan, deploy_plan};
+use deploy::internal_info::{AgentSession, keys};
+use deploy::steps::{Recovery, Step, clean_plan, deploy_plan, recover};
 use deploy::{Node, NodeId, PowerState};
 use serde_json::Value;
 use sim::agent::AgentMachine;
@@ -15,7 +16,7 @@ use store::testing::TestDatabase;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{DeployInterface, DirectDeploy, FakeDeploy, StepOutcome};
+use super::{DeployInterface, DirectDeploy, StepOutcome};
 use crate::drivers::{DriverSet, Drivers};
 use crate::task::{LockGuard, Task};
 use crate::{ConductorConfig, Ctx};
@@ -30,10 +31,11 @@ struct Rig {
 
 async fn rig() -> Rig {
     let token = CancellationToken::new();
-    let db = TestDatabase::sqlite().await;
-    // Paused once the database is open: sqlx bounds opening a connection with a timer, which
-    // paused time would fire at once while the SQLite thread works.
+    let mut db = TestDatabase::sqlite().await;
+    // Simulated time from here on; the store holds the clock still while SQLite works.
+    db.hold_paused_clock();
     tokio::time::pause();
+    sim::clock::spawn_ticker(sim::clock::TICK, token.clone());
     let bus = bus::connect(None).await.unwrap();
     let agent = SimAgent::start(SimAgentConfig::default(), token.clone()).await.unwrap();
     let machine = AgentMachine::new();
@@ -45,6 +47,8 @@ async fn rig() -> Rig {
     let mut cfg = ConductorConfig { hostname: "c-idem".into(), ..ConductorConfig::default() };
     cfg.redfish.attempts = 1;
     cfg.redfish.power_poll_interval_ms = 100;
+    cfg.callback_timeout_secs = 1800.0;
+    cfg.agent.command_timeout_secs = 60.0;
     let drivers = Drivers::new(&cfg).unwrap();
     let ctx = Arc::new(Ctx {
         tasks: tokio::sync::Semaphore::new(1),
@@ -57,8 +61,6 @@ async fn rig() -> Rig {
         tracker: TaskTracker::new(),
         inflight: Mutex::new(HashMap::new()),
         power_failures: Mutex::new(HashMap::new()),
-        direct: Arc::new(DirectDeploy),
-        fake: Arc::new(FakeDeploy),
     });
     let mut n = Node::new(NodeId::new_v4(), "redfish", ctx.clock.now());
     n.driver_info.insert("redfish_address".into(), format!("http://{bmc}").into());
@@ -71,7 +73,8 @@ async fn rig() -> Rig {
 }
 
 /// What one run of a step leaves behind, without what differs by design between runs
-/// (timestamps, the id of each agent command).
+/// (timestamps, the id of each agent command, and the value of the agent's token, which a
+/// ramdisk booted again mints anew at its lookup: only its presence counts).
 #[derive(Debug, PartialEq)]
 struct Snapshot {
     power_state: Option<PowerState>,
@@ -83,12 +86,15 @@ struct Snapshot {
 }
 
 fn snapshot(r: &Rig, n: &Node) -> Snapshot {
-    let skip: HashSet<&str> = ["last_power_state_change", "agent_command_id"].into();
+    let skip: HashSet<&str> = [keys::LAST_POWER_STATE_CHANGE, keys::AGENT_COMMAND_ID].into();
     let mut internal: Vec<(String, Value)> = n
         .driver_internal_info
         .iter()
         .filter(|(k, _)| !skip.contains(k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, v)| {
+            let v = if k == keys::AGENT_SECRET_TOKEN { Value::Bool(true) } else { v.clone() };
+            (k.clone(), v)
+        })
         .collect();
     internal.sort_by(|a, b| a.0.cmp(&b.0));
     let boot = r.machine.boot_override();
@@ -107,8 +113,8 @@ async fn call_back(r: &Rig, task: &mut Task) {
     let token = r.agent.mint_token(task.id());
     let url = r.agent.url();
     task.update(|n| {
-        n.driver_internal_info.insert("agent_url".into(), url.clone().into());
-        n.driver_internal_info.insert("agent_secret_token".into(), token.clone().into());
+        n.driver_internal_info.insert(keys::AGENT_URL.into(), url.clone().into());
+        AgentSession::set_token(&mut n.driver_internal_info, &token);
         Ok(())
     })
     .await
@@ -130,6 +136,12 @@ async fn run_plan_twice_each(r: &Rig, plan: &[Step], what: &str) {
     let d = r.ctx.drivers.for_node(&task.node).unwrap();
     for (i, step) in plan.iter().enumerate() {
         run_step(r, &mut task, &d, step, i, plan.len()).await;
+        if !step.idempotent {
+            // Not repeatable (the image write): a conductor that takes over never runs it
+            // again, it fails the node.
+            assert!(matches!(recover(plan, i), Recovery::Fail(_)), "{what}: {} re-run", step.name);
+            continue;
+        }
         let once = snapshot(r, &task.node);
         run_step(r, &mut task, &d, step, i, plan.len()).await;
         let twice = snapshot(r, &task.node);

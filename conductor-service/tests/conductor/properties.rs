@@ -91,7 +91,7 @@ async fn case(flow: Flow) -> Case {
     cfg.redfish.attempts = 1;
     cfg.redfish.power_poll_interval_ms = 100;
     cfg.agent.command_timeout_secs = 60.0;
-    env.start_conductor(cfg);
+    env.start_conductor(cfg).await;
     env.start_fleet();
     let mut n = Node::new(NodeId::new_v4(), "redfish", env.clock.now());
     n.interfaces.deploy = Some("direct".into());

@@ -1,9 +1,13 @@
 //! `pxe-service`: load and check config (exit 2 when bad), init telemetry, bind TFTP and HTTP,
-//! connect the database, serve until SIGTERM/SIGINT. `--dnsmasq` prints the DHCP options file.
+//! open and migrate the database, serve until SIGTERM/SIGINT. `--dnsmasq` prints the DHCP
+//! options file instead.
 use std::io::Write as _;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser;
+use common::shutdown::{DEFAULT_DRAIN_TIMEOUT, Shutdown};
+use pxe_service::config::PxeFileConfig;
 
 #[derive(Parser)]
 #[command(version, about = "Ferric's TFTP and HTTP boot server")]
@@ -19,16 +23,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = match pxe_service::config::PxeFileConfig::load(args.config.as_deref()) {
+    let cfg = match PxeFileConfig::load(args.config.as_deref()) {
         Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "pxe-service: bad configuration: {}",
-                common::ErrorChain(&e)
-            );
-            return ExitCode::from(u8::try_from(common::EXIT_BAD_CONFIG).unwrap_or(2));
-        }
+        Err(e) => return common::bad_config("pxe-service", &e),
     };
     if args.dnsmasq {
         let text = pxe_service::dnsmasq::render(&cfg.pxe, &Default::default());
@@ -37,9 +34,21 @@ async fn main() -> ExitCode {
             .map_or(ExitCode::FAILURE, |()| ExitCode::SUCCESS);
     }
     let _telemetry = common::telemetry::init_for("pxe-service", &cfg.telemetry);
-    let Err(e) = pxe_service::serve(cfg, common::shutdown::signal_token()).await else {
-        return ExitCode::SUCCESS;
-    };
-    tracing::error!(error = %common::ErrorChain(&e), "pxe-service failed");
+    let Err(e) = serve(cfg).await else { return ExitCode::SUCCESS };
+    tracing::error!(error = format!("{e:#}"), "pxe-service failed");
     ExitCode::FAILURE
+}
+
+async fn serve(cfg: PxeFileConfig) -> anyhow::Result<()> {
+    let (tftp_at, http_at) = (&cfg.pxe.tftp_bind, &cfg.pxe.http_bind);
+    let tftp = tokio::net::UdpSocket::bind(tftp_at)
+        .await
+        .with_context(|| format!("binding TFTP to {tftp_at}"))?;
+    let http = tokio::net::TcpListener::bind(http_at)
+        .await
+        .with_context(|| format!("binding HTTP to {http_at}"))?;
+    let store = store::DataStore::connect(&cfg.database.url).await.context("database")?;
+    store.migrate().await.context("migrating the database")?;
+    let shutdown = Shutdown::from_signals(DEFAULT_DRAIN_TIMEOUT);
+    Ok(pxe_service::run(cfg.pxe, tftp, http, store, shutdown).await?)
 }

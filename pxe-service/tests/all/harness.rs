@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::testing::{Need, require_service};
 use pxe_service::tftp::source::{self, Content, ResolveError, Resolver};
 use pxe_service::tftp::{self, TftpSettings};
 use rand::RngCore;
@@ -51,20 +52,14 @@ impl TftpHarness {
     }
 }
 
-/// Whether an external tool is installed; if not, skip loudly (or fail under
-/// FERRIC_REQUIRE_SERVICES=1).
-#[expect(clippy::print_stderr, reason = "a skipped test says so loudly")]
+/// Whether an external tool (a peer: a TFTP client or server) is installed; if not, skip
+/// loudly (or fail under FERRIC_REQUIRE_PEERS=1).
 pub fn have_tool(name: &str) -> bool {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| is_exec(&d.join(name))))
         .unwrap_or(false);
-    if !found {
-        if std::env::var("FERRIC_REQUIRE_SERVICES").as_deref() == Ok("1") {
-            panic!("{name} is required (apt-get install -y tftp-hpa atftp tftpd-hpa ipxe)");
-        }
-        eprintln!("SKIPPING: {name} not installed (apt-get install -y tftp-hpa atftp tftpd-hpa)");
-    }
-    found
+    let why = "not installed (apt-get install -y tftp-hpa atftp tftpd-hpa ipxe)";
+    require_service(Need::Peers, name, if found { Ok(()) } else { Err(why) }).is_some()
 }
 
 fn is_exec(p: &Path) -> bool {

@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::shutdown::{CancellationToken, Shutdown};
 use deploy::ProvisionState;
-use pxe_service::tftp::client::{self, FetchOptions};
 use pxe_service::{PxeConfig, UnknownMac, image_cache_url};
 use rand::RngCore;
 use serde_json::json;
 use sha2::Digest;
+use sim::tftp::{self as client, FetchOptions};
 use store::DataStore;
 use store::testing::TestDatabase;
-use tokio_util::sync::CancellationToken;
 
 use crate::render_db::insert_node;
 
@@ -51,7 +51,9 @@ impl Service {
         };
         tweak(&mut cfg);
         let token = CancellationToken::new();
-        let task = tokio::spawn(pxe_service::run(cfg, udp, tcp, store, token.clone()));
+        let (shutdown, ready) = Shutdown::new(token.clone(), Duration::from_secs(10)).service();
+        let task = tokio::spawn(pxe_service::run(cfg, udp, tcp, store, shutdown));
+        ready.wait().await.unwrap();
         Self { tftp, http_url, dirs, token, task }
     }
 
@@ -84,7 +86,7 @@ async fn test_boot_ipxe_statics_with_range_and_ipxe_binaries() {
     assert_eq!(r.status(), 404);
     let e = client::fetch(svc.tftp, "pxelinux.cfg/01-52-54-00-de-ad-00", &FetchOptions::default())
         .await;
-    assert!(matches!(e, Err(client::FetchError::Server { code: 1, .. })), "{e:?}");
+    assert!(matches!(e, Err(client::TftpError::Refused { code: 1, .. })), "{e:?}");
 
     // Kernels from the HTTP root, with Range (the agent's resume relies on it).
     let mut kernel = vec![0u8; 300_000];

@@ -9,8 +9,8 @@ use deploy::model::JsonObject;
 use deploy::{Node, Port, ProvisionState};
 use pxe_service::files::BootFiles;
 use pxe_service::render::Format;
-use pxe_service::tftp::client::{self, FetchOptions};
 use serde_json::json;
+use sim::tftp::{self as client, FetchOptions};
 use store::DataStore;
 use store::testing::TestDatabase;
 
@@ -213,7 +213,7 @@ async fn test_grub_absolute_names_when_enabled() {
     // Off by default: GRUB's absolute names are refused with an access violation.
     let svc = Service::start(store.clone(), |_| {}).await;
     let e = client::fetch(svc.tftp, "/grub.cfg-01-52-54-00-aa-bb-cc", &opts).await;
-    assert!(matches!(e, Err(client::FetchError::Server { code: 2, .. })), "{e:?}");
+    assert!(matches!(e, Err(client::TftpError::Refused { code: 2, .. })), "{e:?}");
     svc.stop().await;
     let svc = Service::start(store, |c| c.tftp_absolute_paths = true).await;
     let master = client::fetch(svc.tftp, "/grub/grub.cfg", &opts).await.unwrap();

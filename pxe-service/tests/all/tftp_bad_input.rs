@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use pxe_service::tftp::TftpSettings;
-use pxe_service::tftp::client::{self, FetchOptions};
 use pxe_service::tftp::packet::{self, Mode};
+use sim::tftp::{self as client, FetchOptions};
 use tokio::net::UdpSocket;
 
 use crate::harness::{TftpHarness, head, recv};

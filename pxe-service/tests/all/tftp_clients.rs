@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use pxe_service::tftp::TftpSettings;
-use pxe_service::tftp::client::{self, FetchOptions};
+use sim::tftp::{self as client, FetchOptions};
 use tokio::process::Command;
 
 use crate::harness::{TftpHarness, have_tool, run_cmd};

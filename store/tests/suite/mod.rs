@@ -4,12 +4,14 @@ pub mod conductors;
 pub mod history;
 pub mod list;
 pub mod lock;
+pub mod modify;
 pub mod nodes;
 pub mod ports;
 pub mod schema;
 
 use chrono::{DateTime, TimeZone, Utc};
 use deploy::ids::MacAddress;
+use deploy::internal_info::keys;
 use deploy::model::{Interfaces, JsonObject};
 use deploy::{Node, NodeId, Port, PortId, PowerState, ProvisionState};
 use serde_json::json;
@@ -41,7 +43,7 @@ pub fn full_node() -> Node {
     n.driver_info =
         obj(json!({"redfish_address": "http://127.0.0.1:8000", "redfish_password": "s3cret"}));
     n.driver_internal_info =
-        obj(json!({"agent_url": "http://127.0.0.1:9999", "deploy_step_index": 2}));
+        obj(json!({keys::AGENT_URL: "http://127.0.0.1:9999", keys::DEPLOY_STEP_INDEX: 2}));
     n.instance_info = obj(json!({"image_source": "http://img", "root_gb": 10}));
     n.instance_uuid = Some("inst-1".into());
     n.properties = obj(json!({"cpu_arch": "x86_64", "root_device": {"size": ">= 10"}}));

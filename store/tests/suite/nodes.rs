@@ -1,3 +1,4 @@
+use deploy::internal_info::keys;
 use deploy::{NodeHistory, NodeId, PublicError};
 use store::testing::TestDatabase;
 
@@ -92,7 +93,7 @@ pub async fn test_node_update_is_conditional_on_generation(db: &TestDatabase) {
     assert_eq!(n.generation, 0);
 
     let mut first = n.clone();
-    first.driver_internal_info.insert("agent_url".into(), "http://x".into());
+    first.driver_internal_info.insert(keys::AGENT_URL.into(), "http://x".into());
     first.provision_state = deploy::ProvisionState::Manageable;
     first.name = Some("gen-renamed".into());
     let updated = store.node_update(&first).await.unwrap();
@@ -100,7 +101,7 @@ pub async fn test_node_update_is_conditional_on_generation(db: &TestDatabase) {
     assert!(updated.updated_at.is_some());
     assert_eq!(updated.provision_state, deploy::ProvisionState::Manageable);
     assert_eq!(updated.name.as_deref(), Some("gen-renamed"));
-    assert_eq!(updated.driver_internal_info["agent_url"], "http://x");
+    assert_eq!(updated.driver_internal_info[keys::AGENT_URL], "http://x");
     assert_eq!(updated.created_at, n.created_at, "created_at is not rewritten");
     assert_eq!(store.node_fetch(n.uuid).await.unwrap(), updated);
 

@@ -171,6 +171,11 @@ pub struct FetchSummary {
     pub resumes: u32,
 }
 
+/// Whether the fetcher can read `s`: an `http://`, `https://` or `file://` URL.
+pub fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://") || s.starts_with("file://")
+}
+
 /// Strip user:password from a URL before it goes into a message.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.find('@')) {
@@ -184,7 +189,6 @@ pub fn redact_url(url: &str) -> String {
 /// Image fetcher (one HTTP connection pool).
 #[derive(Clone)]
 pub struct Fetcher {
-    #[cfg(feature = "fetch")]
     client: reqwest::Client,
     opts: FetchOptions,
 }
@@ -198,17 +202,12 @@ impl Fetcher {
     /// # Errors
     /// The TLS backend cannot be initialised.
     pub fn new(opts: FetchOptions) -> Result<Self, FetchError> {
-        #[cfg(feature = "fetch")]
         let client = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
             .read_timeout(opts.read_timeout)
             .build()
             .map_err(|e| FetchError::Client(e.to_string()))?;
-        Ok(Self {
-            #[cfg(feature = "fetch")]
-            client,
-            opts,
-        })
+        Ok(Self { client, opts })
     }
 
     /// The options.
@@ -262,7 +261,6 @@ impl Fetcher {
             return self.stream_file(PathBuf::from(path), tx, counter, cancel).await;
         }
         if url.starts_with("http://") || url.starts_with("https://") {
-            #[cfg(feature = "fetch")]
             return self.stream_http(url, tx, counter, cancel).await;
         }
         Err(FetchError::BadUrl(redact_url(url)))
@@ -270,7 +268,6 @@ impl Fetcher {
 
     /// Content length of an HTTP resource via HEAD, if the server tells.
     pub async fn content_length(&self, url: &str) -> Option<u64> {
-        #[cfg(feature = "fetch")]
         if url.starts_with("http") {
             let r = self.client.head(url).timeout(self.opts.read_timeout).send().await.ok()?;
             if !r.status().is_success() {
@@ -319,7 +316,6 @@ impl Fetcher {
         }
     }
 
-    #[cfg(feature = "fetch")]
     async fn stream_http(
         &self,
         url: &str,
@@ -476,12 +472,10 @@ impl Fetcher {
     }
 }
 
-#[cfg(feature = "fetch")]
 fn header_length(h: &reqwest::header::HeaderMap) -> Option<u64> {
     h.get(reqwest::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
-#[cfg(feature = "fetch")]
 fn error_text(e: &reqwest::Error) -> String {
     use std::error::Error as _;
     // The top-level message embeds the URL (maybe with credentials): describe the kind.

@@ -1,5 +1,13 @@
-//! The image pipeline: HTTP(S) fetch with Range resume, streaming checksums, format
+//! Ferric's image pipeline: HTTP(S) fetch with Range resume, streaming checksums, format
 //! detection, qcow2 decoding, partition layout, configdrive and sparse-aware writing.
+//!
+//! It owns everything between an image URL and bytes on a disk (or in a file), for every
+//! crate that moves images: the agent writes disks with [`write_image`], pxe-service's image
+//! cache keeps verified copies with [`download::download_verified`], and the conductor's iSCSI
+//! deploy path is meant to write through the same code. It is a crate of its own, not part of
+//! `deploy`, because it does I/O and brings an HTTP client (reqwest with rustls), compression
+//! and hashing with it, while `deploy` stays the pure domain model that every service links;
+//! it needs none of `deploy`'s types, so it does not depend on it.
 //!
 //! [`write_image`] runs three stages concurrently, connected by bounded channels of 1 MiB
 //! chunks so memory stays flat: the fetcher (async), the hasher (a blocking thread) and the
@@ -14,6 +22,7 @@
 
 pub mod checksum;
 pub mod configdrive;
+pub mod download;
 pub mod fetch;
 pub mod partition;
 pub mod qcow2;
@@ -30,6 +39,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use self::checksum::ChecksumSpec;
 use self::checksum::{ChecksumError, ExpectedChecksum, HashAlgo, StreamHasher};
 use self::configdrive::ConfigDriveError;
 use self::fetch::{Chunk, FetchError, FetchOptions, Fetcher};
@@ -90,6 +100,15 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+    /// A downloaded copy could not be written to its local file.
+    #[error("cannot save the image to {path}")]
+    Save {
+        /// Path.
+        path: String,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The command was cancelled.
     #[error("image write cancelled")]
     Cancelled,
@@ -136,20 +155,6 @@ impl DiskFormat {
             Self::Qcow2 => "qcow2",
         }
     }
-}
-
-/// How the expected checksum is given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChecksumSpec {
-    /// A digest value.
-    Value(ExpectedChecksum),
-    /// A checksum file to download; `algo` from `image_os_hash_algo` if given.
-    Url {
-        /// URL of the checksum file.
-        url: String,
-        /// Algorithm, if known.
-        algo: Option<HashAlgo>,
-    },
 }
 
 /// Whole-disk or partition image.
@@ -216,10 +221,6 @@ pub struct IronicImageInfo {
     pub disk_label: String,
 }
 
-fn is_url(s: &str) -> bool {
-    s.starts_with("http://") || s.starts_with("https://") || s.starts_with("file://")
-}
-
 impl ImageRequest {
     /// Validate Ironic's fields the way IPA does (§4.9 step 1–2). MD5 is accepted only
     /// when `md5_allowed`.
@@ -229,37 +230,21 @@ impl ImageRequest {
     pub fn from_ironic(info: &IronicImageInfo, md5_allowed: bool) -> Result<Self, ImageError> {
         let bad = |s: String| ImageError::InvalidRequest(s);
         let source = info.image_source.trim().to_owned();
-        if !is_url(&source) {
+        if !fetch::is_url(&source) {
             return Err(bad(format!(
                 "image_source must be an http(s):// or file:// URL, got {:?}",
                 fetch::redact_url(&source)
             )));
         }
-        let algo = if info.image_os_hash_algo.trim().is_empty() {
-            None
-        } else {
-            Some(HashAlgo::parse(&info.image_os_hash_algo)?)
-        };
-        let checksum = if let (Some(a), v) = (algo, info.image_os_hash_value.trim()) {
-            if v.is_empty() {
-                return Err(bad("image_os_hash_algo given without image_os_hash_value".into()));
-            }
-            if is_url(v) {
-                ChecksumSpec::Url { url: v.to_owned(), algo: Some(a) }
-            } else {
-                ChecksumSpec::Value(ExpectedChecksum::new(Some(a), v)?)
-            }
-        } else {
-            let v = info.image_checksum.trim();
-            if v.is_empty() {
-                return Err(ChecksumError::Missing.into());
-            }
-            if is_url(v) {
-                ChecksumSpec::Url { url: v.to_owned(), algo: None }
-            } else {
-                ChecksumSpec::Value(ExpectedChecksum::new(None, v)?)
-            }
-        };
+        let checksum = ChecksumSpec::from_ironic(
+            &info.image_checksum,
+            &info.image_os_hash_algo,
+            &info.image_os_hash_value,
+        )
+        .map_err(|e| match e {
+            ChecksumError::HashValueMissing => bad(e.to_string()),
+            e => e.into(),
+        })?;
         if let ChecksumSpec::Value(e) = &checksum
             && e.algo == HashAlgo::Md5
             && !md5_allowed

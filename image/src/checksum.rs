@@ -1,6 +1,11 @@
 //! Streaming checksums: md5, sha256 and sha512, chosen the way IPA does (reference §4.9):
 //! `image_os_hash_algo`/`image_os_hash_value` first, else the legacy `image_checksum` by its
 //! length (32 = md5, 64 = sha256, 128 = sha512), or a checksum file named by URL.
+//!
+//! This is the one place that rule lives: the agent applies it before writing a disk
+//! ([`crate::ImageRequest::from_ironic`]) and pxe-service's image cache before keeping a copy
+//! ([`ChecksumSpec::from_ironic`], [`parse_checksum_file`]), so the two cannot disagree about
+//! which images verify.
 
 use md5::Md5;
 use sha2::{Digest, Sha256, Sha512};
@@ -63,6 +68,9 @@ pub enum ChecksumError {
     /// No checksum was given at all.
     #[error("no image checksum given (image_checksum or image_os_hash_algo/value required)")]
     Missing,
+    /// `image_os_hash_algo` without `image_os_hash_value`.
+    #[error("image_os_hash_algo given without image_os_hash_value")]
+    HashValueMissing,
     /// A checksum file did not name the image.
     #[error("checksum file does not contain a checksum for {0:?}")]
     NotInFile(String),
@@ -123,13 +131,65 @@ impl ExpectedChecksum {
     }
 }
 
+/// How the expected checksum is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChecksumSpec {
+    /// A digest value.
+    Value(ExpectedChecksum),
+    /// A checksum file to download; `algo` from `image_os_hash_algo` if given.
+    Url {
+        /// URL of the checksum file.
+        url: String,
+        /// Algorithm, if known.
+        algo: Option<HashAlgo>,
+    },
+}
+
+impl ChecksumSpec {
+    /// Choose the checksum from Ironic's `instance_info` fields: `image_os_hash_algo` with
+    /// `image_os_hash_value` when the algorithm is given, else `image_checksum` (its
+    /// algorithm implied by its length). Either value may instead be the URL of a checksum
+    /// file. Empty strings count as absent.
+    ///
+    /// # Errors
+    /// An algorithm we do not implement, an algorithm without a value, no checksum at all,
+    /// or a value that is not a hex digest of the algorithm's length.
+    pub fn from_ironic(
+        image_checksum: &str,
+        os_hash_algo: &str,
+        os_hash_value: &str,
+    ) -> Result<Self, ChecksumError> {
+        let algo = match os_hash_algo.trim() {
+            "" => None,
+            a => Some(HashAlgo::parse(a)?),
+        };
+        let (value, algo) = match algo {
+            Some(_) if os_hash_value.trim().is_empty() => {
+                return Err(ChecksumError::HashValueMissing);
+            }
+            Some(a) => (os_hash_value.trim(), Some(a)),
+            None => (image_checksum.trim(), None),
+        };
+        if value.is_empty() {
+            return Err(ChecksumError::Missing);
+        }
+        if crate::fetch::is_url(value) {
+            Ok(Self::Url { url: value.to_owned(), algo })
+        } else {
+            Ok(Self::Value(ExpectedChecksum::new(algo, value)?))
+        }
+    }
+}
+
 /// Find the digest for `file_name` in a checksum file: a single bare value, or
 /// `sha256sum`-style lines `<hex>  [*]<name>` (also BSD style `SHA256 (name) = hex`).
+/// Blank lines and `#` comments are skipped.
 ///
 /// # Errors
 /// [`ChecksumError::NotInFile`] when nothing matches.
 pub fn parse_checksum_file(text: &str, file_name: &str) -> Result<String, ChecksumError> {
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     let is_hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
     if lines.len() == 1 {
         let only = lines[0].split_whitespace().collect::<Vec<_>>();
@@ -232,5 +292,37 @@ mod tests {
         let bsd = format!("SHA256 (disk.raw) = {b}\n");
         assert_eq!(parse_checksum_file(&bsd, "disk.raw").unwrap(), b);
         assert!(parse_checksum_file(&file, "missing.img").is_err());
+        let commented = format!("# made by sha512sum\n{}\n", "3".repeat(128));
+        assert_eq!(parse_checksum_file(&commented, "a").unwrap(), "3".repeat(128));
+    }
+
+    #[test]
+    fn test_checksum_choice_follows_ironic() {
+        let (a, b) = ("a".repeat(64), "b".repeat(128));
+        let value = |c: &str, algo: &str, v: &str| match ChecksumSpec::from_ironic(c, algo, v) {
+            Ok(ChecksumSpec::Value(e)) => e,
+            other => panic!("not a value: {other:?}"),
+        };
+        // os_hash first, whatever image_checksum says; upper case is fine.
+        let e = value(&"0".repeat(32), "SHA512", &b.to_uppercase());
+        assert_eq!((e.algo, e.hex), (HashAlgo::Sha512, b.clone()));
+        // Legacy image_checksum by its length.
+        assert_eq!(value(&a, "", "").algo, HashAlgo::Sha256);
+        assert_eq!(value(&"f".repeat(32), " ", "").algo, HashAlgo::Md5);
+        // A URL names a checksum file, with the algorithm if given.
+        assert_eq!(
+            ChecksumSpec::from_ironic("", "sha256", "https://o/SUMS").unwrap(),
+            ChecksumSpec::Url { url: "https://o/SUMS".into(), algo: Some(HashAlgo::Sha256) }
+        );
+        assert_eq!(
+            ChecksumSpec::from_ironic("file:///x/SUMS", "", "").unwrap(),
+            ChecksumSpec::Url { url: "file:///x/SUMS".into(), algo: None }
+        );
+        let err = |c: &str, algo: &str, v: &str| ChecksumSpec::from_ironic(c, algo, v).unwrap_err();
+        assert_eq!(err("", "", ""), ChecksumError::Missing);
+        assert_eq!(err(&a, "sha256", ""), ChecksumError::HashValueMissing);
+        assert_eq!(err(&a, "crc32", &a), ChecksumError::UnsupportedAlgo("crc32".into()));
+        assert!(matches!(err("short", "", ""), ChecksumError::Malformed(_)));
+        assert!(matches!(err("", "md5", &a), ChecksumError::Malformed(_)));
     }
 }

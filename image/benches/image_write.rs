@@ -1,7 +1,7 @@
 //! Image-write benchmark: the agent's pipeline against `curl | dd` and
 //! download-then-`qemu-img convert`, side by side, from a local HTTP server.
 //!
-//! `cargo bench -p deploy --bench image_write -- --dir /var/tmp/ferric-image-bench --size-mib 1024`
+//! `cargo bench -p image --bench image_write -- --dir /var/tmp/ferric-image-bench --size-mib 1024`
 //! Each case alternates the baseline and ours `--rounds` times (3) and compares medians: the
 //! disk's flush speed varies from run to run far more than either side does.
 //! Each of our runs is a child process under `/usr/bin/time -v` so its peak RSS is measured.
@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use deploy::image::checksum::{ExpectedChecksum, HashAlgo, StreamHasher};
-use deploy::image::{ChecksumSpec, ImageLayout, ImageProgress, ImageRequest, PipelineOptions};
+use image::checksum::{ExpectedChecksum, HashAlgo, StreamHasher};
+use image::{ChecksumSpec, ImageLayout, ImageProgress, ImageRequest, PipelineOptions};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -202,7 +202,7 @@ async fn write_one(url: String, disk: PathBuf, sha: String) -> Result<()> {
         layout: ImageLayout::WholeDisk,
         configdrive: None,
     };
-    deploy::image::write_image(
+    image::write_image(
         &req,
         &disk,
         &PipelineOptions::default(),

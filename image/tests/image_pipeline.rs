@@ -16,9 +16,9 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use deploy::image::checksum::{ExpectedChecksum, HashAlgo};
-use deploy::image::partition::{BootMode, DiskLabel};
-use deploy::image::{
+use image::checksum::{ExpectedChecksum, HashAlgo};
+use image::partition::{BootMode, DiskLabel};
+use image::{
     ChecksumSpec, DiskFormat, ImageError, ImageLayout, ImageProgress, ImageRequest,
     IronicImageInfo, PipelineOptions, WriteOutcome, write_image,
 };
@@ -316,8 +316,8 @@ async fn test_partition_image_gets_a_table_sfdisk_reads_and_a_config2_partition(
         let o = write(&r, &d).await.unwrap();
         let dump = sfdisk_dump(&d).unwrap();
         let t = o.table.unwrap();
-        let root = t.by_role(deploy::image::partition::PartRole::Root).unwrap();
-        let cdp = t.by_role(deploy::image::partition::PartRole::ConfigDrive).unwrap();
+        let root = t.by_role(image::partition::PartRole::Root).unwrap();
+        let cdp = t.by_role(image::partition::PartRole::ConfigDrive).unwrap();
         let bytes = std::fs::read(&d).unwrap();
         assert_eq!(
             sha256(&bytes[root.start as usize..root.start as usize + fs_img.len()]),
@@ -361,9 +361,8 @@ async fn test_whole_disk_configdrive_is_added_at_the_end() {
     assert!(dump.contains("name=\"config-2\""), "{dump}");
     assert!(dump.contains("name=\"root\""), "{dump}");
     let bytes = std::fs::read(&d).unwrap();
-    let t =
-        deploy::image::partition::read_table(&std::fs::File::open(&d).unwrap()).unwrap().unwrap();
-    let cdp = t.by_role(deploy::image::partition::PartRole::ConfigDrive).unwrap();
+    let t = image::partition::read_table(&std::fs::File::open(&d).unwrap()).unwrap().unwrap();
+    let cdp = t.by_role(image::partition::PartRole::ConfigDrive).unwrap();
     assert!(cdp.start + cdp.size > 126 * MIB);
     assert!(bytes[cdp.start as usize..cdp.start as usize + 200_000].iter().all(|b| *b == 0xC3));
     // The image's own bytes before the table area are untouched (boot code, partition data).
@@ -558,10 +557,10 @@ async fn test_erase_metadata_removes_tables_at_both_ends() {
     let d = disk(dir.path(), "e", 4 * MIB);
     write(&req(&url, &sha256(&raw), None, ImageLayout::WholeDisk), &d).await.unwrap();
     assert!(sfdisk_dump(&d).is_ok());
-    deploy::image::erase_metadata(&d).unwrap();
+    image::erase_metadata(&d).unwrap();
     assert!(sfdisk_dump(&d).is_err());
     let bytes = std::fs::read(&d).unwrap();
     assert!(bytes[bytes.len() - 64 * 1024..].iter().all(|b| *b == 0), "backup GPT wiped");
-    deploy::image::erase_full(&d, &CancellationToken::new()).unwrap();
+    image::erase_full(&d, &CancellationToken::new()).unwrap();
     assert!(std::fs::read(&d).unwrap().iter().all(|b| *b == 0));
 }

@@ -1,0 +1,445 @@
+//! The hardware types Ferric ships and, for each of Ironic's 13 interfaces, the
+//! implementations it really has.
+//!
+//! This is the one table both sides read: the API renders `GET /v1/drivers` from it and
+//! checks every `*_interface` a client sets against it; the conductor registers its
+//! hardware types from it and picks a node's power, management, deploy and boot
+//! implementations through [`resolve`]. A value is listed only when something acts on it:
+//! the conductor for power, management and deploy, pxe-service and the management driver for
+//! boot. The other interfaces list only Ironic's `no-*`/`noop` values, which promise nothing.
+//!
+//! The interfaces the conductor acts on have typed values ([`PowerIface`],
+//! [`ManagementIface`], [`DeployIface`], [`BootIface`]); the conductor matches on them
+//! exhaustively, so a value added to the table without an implementation does not compile
+//! there, and `tests::test_every_enabled_value_is_typed` fails here.
+
+use thiserror::Error;
+
+use crate::Node;
+
+/// Ironic's interface names, in the order the API renders them.
+pub const INTERFACE_NAMES: [&str; 13] = [
+    "bios",
+    "boot",
+    "console",
+    "deploy",
+    "firmware",
+    "inspect",
+    "management",
+    "network",
+    "power",
+    "raid",
+    "rescue",
+    "storage",
+    "vendor",
+];
+
+/// The interfaces the conductor or pxe-service act on; every other interface only has
+/// "nothing to do" values.
+pub const ACTIVE_INTERFACES: [&str; 4] = ["boot", "deploy", "management", "power"];
+
+/// One interface of a hardware type: its default and every enabled value.
+#[derive(Debug)]
+pub struct InterfaceSpec {
+    /// Interface name (`power`, `deploy`, …).
+    pub interface: &'static str,
+    /// The value used when a node names none.
+    pub default: &'static str,
+    /// Every value a node may name.
+    pub enabled: &'static [&'static str],
+}
+
+/// One hardware type (Ironic's `driver`).
+#[derive(Debug)]
+pub struct HardwareType {
+    /// `fake-hardware`, `ipmi`, `redfish`.
+    pub name: &'static str,
+    /// One entry per interface, in [`INTERFACE_NAMES`] order.
+    pub interfaces: [InterfaceSpec; 13],
+    /// Required `driver_info` keys for power/management validation.
+    pub required_driver_info: &'static [&'static str],
+    /// Accepted `driver_info` keys with descriptions (`/drivers/{name}/properties`).
+    pub properties: &'static [(&'static str, &'static str)],
+}
+
+const fn spec(
+    interface: &'static str,
+    default: &'static str,
+    enabled: &'static [&'static str],
+) -> InterfaceSpec {
+    InterfaceSpec { interface, default, enabled }
+}
+
+// The interfaces nothing acts on, with Ironic's "nothing to do" value as the only one.
+const NO_BIOS: InterfaceSpec = spec("bios", "no-bios", &["no-bios"]);
+const NO_CONSOLE: InterfaceSpec = spec("console", "no-console", &["no-console"]);
+const NO_FIRMWARE: InterfaceSpec = spec("firmware", "no-firmware", &["no-firmware"]);
+const NO_INSPECT: InterfaceSpec = spec("inspect", "no-inspect", &["no-inspect"]);
+const NO_NETWORK: InterfaceSpec = spec("network", "noop", &["noop"]);
+const NO_RAID: InterfaceSpec = spec("raid", "no-raid", &["no-raid"]);
+const NO_RESCUE: InterfaceSpec = spec("rescue", "no-rescue", &["no-rescue"]);
+const NO_STORAGE: InterfaceSpec = spec("storage", "noop", &["noop"]);
+const NO_VENDOR: InterfaceSpec = spec("vendor", "no-vendor", &["no-vendor"]);
+
+const DEPLOY_KERNEL: (&str, &str) =
+    ("deploy_kernel", "UUID or URL of the deploy kernel. Required for agent-based deploys.");
+const DEPLOY_RAMDISK: (&str, &str) =
+    ("deploy_ramdisk", "UUID or URL of the deploy ramdisk. Required for agent-based deploys.");
+
+/// Every hardware type, sorted by name.
+pub static HARDWARE_TYPES: [HardwareType; 3] = [
+    HardwareType {
+        name: "fake-hardware",
+        interfaces: [
+            NO_BIOS,
+            spec("boot", "fake", &["fake", "pxe", "ipxe"]),
+            NO_CONSOLE,
+            spec("deploy", "fake", &["fake", "direct"]),
+            NO_FIRMWARE,
+            NO_INSPECT,
+            spec("management", "fake", &["fake"]),
+            NO_NETWORK,
+            spec("power", "fake", &["fake"]),
+            NO_RAID,
+            NO_RESCUE,
+            NO_STORAGE,
+            NO_VENDOR,
+        ],
+        required_driver_info: &[],
+        properties: &[
+            DEPLOY_KERNEL,
+            DEPLOY_RAMDISK,
+            ("kernel_append_params", "Additional kernel parameters for the ramdisk. Optional."),
+        ],
+    },
+    HardwareType {
+        name: "ipmi",
+        interfaces: [
+            NO_BIOS,
+            spec("boot", "ipxe", &["ipxe", "pxe"]),
+            NO_CONSOLE,
+            spec("deploy", "direct", &["direct"]),
+            NO_FIRMWARE,
+            NO_INSPECT,
+            spec("management", "ipmitool", &["ipmitool"]),
+            NO_NETWORK,
+            spec("power", "ipmitool", &["ipmitool"]),
+            NO_RAID,
+            NO_RESCUE,
+            NO_STORAGE,
+            NO_VENDOR,
+        ],
+        required_driver_info: &["ipmi_address"],
+        properties: &[
+            ("ipmi_address", "IP address or hostname of the node. Required."),
+            ("ipmi_username", "username; default is NULL user. Optional."),
+            ("ipmi_password", "password. Optional."),
+            ("ipmi_port", "remote IPMI RMCP port. Optional."),
+            ("ipmi_priv_level", "privilege level; default is ADMINISTRATOR. Optional."),
+            (
+                "ipmi_protocol_version",
+                "the version of the IPMI protocol; default is \"2.0\". Optional.",
+            ),
+            DEPLOY_KERNEL,
+            DEPLOY_RAMDISK,
+        ],
+    },
+    HardwareType {
+        name: "redfish",
+        interfaces: [
+            NO_BIOS,
+            spec("boot", "ipxe", &["ipxe", "pxe"]),
+            NO_CONSOLE,
+            spec("deploy", "direct", &["direct"]),
+            NO_FIRMWARE,
+            NO_INSPECT,
+            spec("management", "redfish", &["redfish"]),
+            NO_NETWORK,
+            spec("power", "redfish", &["redfish"]),
+            NO_RAID,
+            NO_RESCUE,
+            NO_STORAGE,
+            NO_VENDOR,
+        ],
+        required_driver_info: &["redfish_address"],
+        properties: &[
+            ("redfish_address", "The URL address to the Redfish controller. Required."),
+            ("redfish_system_id", "The canonical path to the ComputerSystem resource. Optional."),
+            (
+                "redfish_username",
+                "User account with admin/server-profile access privilege. Optional.",
+            ),
+            ("redfish_password", "User account password. Optional."),
+            (
+                "redfish_verify_ca",
+                "Either a Boolean value, a path to a CA_BUNDLE file or directory. Optional.",
+            ),
+            (
+                "redfish_auth_type",
+                "Redfish HTTP client authentication method: basic, session or auto. Optional.",
+            ),
+            DEPLOY_KERNEL,
+            DEPLOY_RAMDISK,
+        ],
+    },
+];
+
+/// The names of every hardware type, in table order (what a conductor registers).
+pub fn hardware_type_names() -> impl Iterator<Item = &'static str> {
+    HARDWARE_TYPES.iter().map(|h| h.name)
+}
+
+/// Look up a hardware type by name.
+pub fn find(name: &str) -> Option<&'static HardwareType> {
+    HARDWARE_TYPES.iter().find(|h| h.name == name)
+}
+
+impl HardwareType {
+    /// The spec of `iface` (`"deploy"`, not `"deploy_interface"`).
+    pub fn interface(&self, iface: &str) -> Option<&InterfaceSpec> {
+        self.interfaces.iter().find(|s| s.interface == iface)
+    }
+
+    /// The value of `iface` for a node that chose `chosen` (its default when `None`).
+    pub fn effective<'a>(&'static self, iface: &str, chosen: Option<&'a str>) -> Option<&'a str> {
+        let spec = self.interface(iface)?;
+        Some(chosen.unwrap_or(spec.default))
+    }
+
+    /// Whether `value` is an enabled implementation of `iface`.
+    pub fn supports(&self, iface: &str, value: &str) -> bool {
+        self.interface(iface).is_some_and(|s| s.enabled.contains(&value))
+    }
+}
+
+/// Typed values of one interface: an enum with its wire names.
+macro_rules! iface_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            /// Every value.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The wire name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// Parse a wire name.
+            pub fn parse(s: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == s)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+iface_enum! {
+    /// `power_interface` values the conductor implements.
+    PowerIface {
+        /// The fake BMC (in-memory power state).
+        Fake = "fake",
+        /// Redfish over HTTPS.
+        Redfish = "redfish",
+        /// IPMI through `ipmitool`.
+        Ipmitool = "ipmitool",
+    }
+}
+
+iface_enum! {
+    /// `management_interface` values the conductor implements.
+    ManagementIface {
+        /// The fake BMC (records the boot device).
+        Fake = "fake",
+        /// Redfish over HTTPS.
+        Redfish = "redfish",
+        /// IPMI through `ipmitool`.
+        Ipmitool = "ipmitool",
+    }
+}
+
+iface_enum! {
+    /// `deploy_interface` values the conductor implements.
+    DeployIface {
+        /// Finishes at once: no agent, no image.
+        Fake = "fake",
+        /// The agent downloads the image and writes it.
+        Direct = "direct",
+    }
+}
+
+iface_enum! {
+    /// `boot_interface` values: how the node reaches the ramdisk. The conductor sets the
+    /// boot device through the management interface; pxe-service serves both PXE and iPXE.
+    BootIface {
+        /// Boot device recorded by the fake management driver; nothing boots.
+        Fake = "fake",
+        /// PXELINUX/GRUB over TFTP.
+        Pxe = "pxe",
+        /// iPXE over HTTP.
+        Ipxe = "ipxe",
+    }
+}
+
+/// Why a node's interfaces cannot be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum HardwareError {
+    /// The node's `driver` is not in the table.
+    #[error("hardware type '{driver}' is not enabled (enabled: {enabled})")]
+    UnknownHardwareType {
+        /// The node's driver.
+        driver: String,
+        /// The enabled hardware types, comma-separated.
+        enabled: String,
+    },
+    /// The node names a value the hardware type does not enable.
+    #[error(
+        "{interface} interface '{value}' is not enabled for hardware type '{driver}' (enabled: {enabled})"
+    )]
+    NotEnabled {
+        /// The node's driver.
+        driver: String,
+        /// The interface.
+        interface: &'static str,
+        /// The value the node names.
+        value: String,
+        /// The enabled values, comma-separated.
+        enabled: String,
+    },
+}
+
+/// The implementations that run for one node, resolved from its `driver` and `*_interface`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeInterfaces {
+    /// Power.
+    pub power: PowerIface,
+    /// Management.
+    pub management: ManagementIface,
+    /// Deploy.
+    pub deploy: DeployIface,
+    /// Boot.
+    pub boot: BootIface,
+}
+
+/// Resolve the interfaces the conductor runs for `node`: each one is the node's own
+/// `*_interface` when set, else `default_deploy` for the deploy interface when given and
+/// enabled for the hardware type, else the hardware type's default.
+///
+/// # Errors
+/// [`HardwareError`] for an unknown hardware type or a value the type does not enable.
+pub fn resolve(
+    node: &Node,
+    default_deploy: Option<DeployIface>,
+) -> Result<NodeInterfaces, HardwareError> {
+    let hw = find(&node.driver).ok_or_else(|| HardwareError::UnknownHardwareType {
+        driver: node.driver.clone(),
+        enabled: hardware_type_names().collect::<Vec<_>>().join(", "),
+    })?;
+    let i = &node.interfaces;
+    let deploy_default = default_deploy
+        .map(DeployIface::as_str)
+        .filter(|d| hw.supports("deploy", d))
+        .unwrap_or_else(|| hw.interface("deploy").map_or("", |s| s.default));
+    let deploy = i.deploy.as_deref().unwrap_or(deploy_default);
+    Ok(NodeInterfaces {
+        power: typed(hw, "power", i.power.as_deref(), PowerIface::parse)?,
+        management: typed(hw, "management", i.management.as_deref(), ManagementIface::parse)?,
+        deploy: typed(hw, "deploy", Some(deploy), DeployIface::parse)?,
+        boot: typed(hw, "boot", i.boot.as_deref(), BootIface::parse)?,
+    })
+}
+
+fn typed<T>(
+    hw: &'static HardwareType,
+    iface: &'static str,
+    chosen: Option<&str>,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, HardwareError> {
+    let value = hw.effective(iface, chosen).unwrap_or_default();
+    hw.supports(iface, value).then(|| parse(value)).flatten().ok_or_else(|| {
+        HardwareError::NotEnabled {
+            driver: hw.name.to_owned(),
+            interface: iface,
+            value: value.to_owned(),
+            enabled: hw.interface(iface).map(|s| s.enabled.join(", ")).unwrap_or_default(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::NodeId;
+
+    #[test]
+    fn test_table_shape() {
+        for h in &HARDWARE_TYPES {
+            let names: Vec<&str> = h.interfaces.iter().map(|s| s.interface).collect();
+            assert_eq!(names, INTERFACE_NAMES, "{}", h.name);
+            for s in &h.interfaces {
+                assert!(s.enabled.contains(&s.default), "{} {}", h.name, s.interface);
+            }
+        }
+        let names: Vec<&str> = hardware_type_names().collect();
+        assert_eq!(names, ["fake-hardware", "ipmi", "redfish"]);
+        assert!(find("nope").is_none());
+    }
+
+    /// Every enabled value of an interface something acts on has a typed implementation;
+    /// every other interface offers only "nothing to do".
+    #[test]
+    fn test_every_enabled_value_is_typed() {
+        for h in &HARDWARE_TYPES {
+            for s in &h.interfaces {
+                for v in s.enabled {
+                    let known = match s.interface {
+                        "power" => PowerIface::parse(v).is_some(),
+                        "management" => ManagementIface::parse(v).is_some(),
+                        "deploy" => DeployIface::parse(v).is_some(),
+                        "boot" => BootIface::parse(v).is_some(),
+                        _ => *v == "noop" || v.strip_prefix("no-") == Some(s.interface),
+                    };
+                    assert!(known, "{} {}={v} has no implementation", h.name, s.interface);
+                }
+            }
+        }
+        assert!(!find("ipmi").is_some_and(|h| h.supports("deploy", "iscsi")));
+    }
+
+    #[test]
+    fn test_resolve_defaults_and_overrides() {
+        let mut n = Node::new(NodeId::new_v4(), "redfish", Utc::now());
+        let r = resolve(&n, None).unwrap();
+        assert_eq!(r.power, PowerIface::Redfish);
+        assert_eq!(r.management, ManagementIface::Redfish);
+        assert_eq!(r.deploy, DeployIface::Direct);
+        assert_eq!(r.boot, BootIface::Ipxe);
+        n.interfaces.boot = Some("pxe".into());
+        assert_eq!(resolve(&n, None).unwrap().boot, BootIface::Pxe);
+        n.interfaces.deploy = Some("iscsi".into());
+        let e = resolve(&n, None).unwrap_err();
+        assert!(e.to_string().contains("deploy interface 'iscsi'"), "{e}");
+        n.interfaces.deploy = None;
+        // The configured default applies only where the type enables it.
+        assert_eq!(resolve(&n, Some(DeployIface::Fake)).unwrap().deploy, DeployIface::Direct);
+        let mut f = Node::new(NodeId::new_v4(), "fake-hardware", Utc::now());
+        assert_eq!(resolve(&f, None).unwrap().deploy, DeployIface::Fake);
+        assert_eq!(resolve(&f, Some(DeployIface::Direct)).unwrap().deploy, DeployIface::Direct);
+        f.driver = "classic".into();
+        assert!(matches!(resolve(&f, None), Err(HardwareError::UnknownHardwareType { .. })));
+    }
+}
