@@ -9,8 +9,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use deploy::hardware::DeployIface;
 use common::config::{BusConfig, ConfigError, DatabaseConfig, TelemetryConfig};
+use deploy::hardware::DeployIface;
 use serde::Deserialize;
 use thiserror::Error;
 

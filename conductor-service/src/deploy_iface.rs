@@ -572,3 +572,6 @@ mod tokio_stream_lite {
         s.message().await
     }
 }
+
+#[cfg(test)]
+mod tests;

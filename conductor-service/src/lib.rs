@@ -23,11 +23,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bus::DynBus;
-use chrono::Utc;
 use common::ErrorChain;
 use common::shutdown::Shutdown;
 use deploy::hardware::HardwareError;
-use deploy::{Conductor, Node, NodeId, PublicError};
+use deploy::{Conductor, Node, NodeId, PublicError, SharedClock, SystemClock};
 use store::DataStore;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +66,9 @@ pub struct Ctx {
     pub bus: DynBus,
     /// Power and management drivers.
     pub drivers: Drivers,
+    /// Wall-clock time for every timestamp written and every timeout compared (callback
+    /// timeouts, conductor liveness); waiting and elapsed time use Tokio's timers.
+    pub clock: SharedClock,
     /// Cancelled on shutdown.
     pub token: CancellationToken,
     /// Every spawned task.
@@ -82,7 +84,7 @@ pub struct Ctx {
 impl Ctx {
     /// This conductor's registration row.
     pub fn registration(&self) -> Conductor {
-        let now = Utc::now();
+        let now = self.clock.now();
         Conductor {
             hostname: self.cfg.hostname.clone(),
             conductor_group: self.cfg.conductor_group.clone(),
@@ -118,6 +120,21 @@ pub async fn run(
     bus: DynBus,
     shutdown: Shutdown,
 ) -> Result<(), ConductorError> {
+    run_with_clock(cfg, store, bus, shutdown, SystemClock::shared()).await
+}
+
+/// [`run`] on `clock` instead of the system clock (tests run timeouts in simulated time
+/// with `sim::SimClock` on a paused runtime).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_clock(
+    cfg: ConductorConfig,
+    store: DataStore,
+    bus: DynBus,
+    shutdown: Shutdown,
+    clock: SharedClock,
+) -> Result<(), ConductorError> {
     cfg.validate()?;
     let shutdown = shutdown.with_drain_timeout(cfg.drain_timeout());
     let drivers = Drivers::new(&cfg).map_err(ConductorError::Drivers)?;
@@ -128,6 +145,7 @@ pub async fn run(
         store,
         bus,
         drivers,
+        clock,
         token: shutdown.token().clone(),
         tracker: tracker.clone(),
         inflight: Mutex::new(HashMap::new()),
@@ -135,7 +153,7 @@ pub async fn run(
     });
     let host = ctx.cfg.hostname.clone();
     ctx.store
-        .conductor_register(&ctx.registration())
+        .conductor_register(&ctx.registration(), ctx.clock.now())
         .await
         .map_err(|source| ConductorError::Register { hostname: host.clone(), source })?;
     // Locks this hostname held in a previous life are stale by definition.

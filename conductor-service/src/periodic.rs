@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use deploy::{Node, NodeId, PowerState, ProvisionState as S};
 use proto::events::event::Payload;
 use store::NodeListQuery;
@@ -41,10 +40,10 @@ where
 
 /// Touch this conductor's row.
 pub async fn heartbeat(ctx: Arc<Ctx>) {
-    if let Err(e) = ctx.store.conductor_heartbeat(&ctx.cfg.hostname).await {
+    if let Err(e) = ctx.store.conductor_heartbeat(&ctx.cfg.hostname, ctx.clock.now()).await {
         tracing::warn!(error = %common::ErrorChain(&e), "conductor heartbeat failed");
         // Re-register in case the row was removed.
-        let _ = ctx.store.conductor_register(&ctx.registration()).await;
+        let _ = ctx.store.conductor_register(&ctx.registration(), ctx.clock.now()).await;
     }
 }
 
@@ -54,7 +53,7 @@ pub async fn heartbeat(ctx: Arc<Ctx>) {
 pub async fn takeover(ctx: Arc<Ctx>) {
     let timeout =
         chrono::Duration::from_std(ctx.cfg.liveness_timeout()).unwrap_or(chrono::Duration::MAX);
-    let before = Utc::now() - timeout;
+    let before = ctx.clock.now() - timeout;
     let mut released_any = false;
     match ctx.store.conductor_list_stale(before).await {
         Ok(dead) => {
@@ -167,7 +166,8 @@ pub async fn callback_timeouts(ctx: Arc<Ctx>) {
     };
     let Ok(nodes) = list_all(&ctx, q).await else { return };
     let limit = ctx.cfg.callback_timeout();
-    let cutoff = Utc::now() - chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
+    let cutoff =
+        ctx.clock.now() - chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
     for n in nodes {
         let expired = n.provision_updated_at.is_none_or(|t| t < cutoff);
         if !expired || agent_called_back(&n) {

@@ -1,7 +1,6 @@
 //! Changing a node's power state through its BMC: the one place that does it, used by the
 //! workflows and by every deploy interface's steps.
 
-use chrono::Utc;
 use deploy::drivers::DriverError;
 use deploy::internal_info::{AgentSession, keys};
 use deploy::{Node, PowerState};
@@ -29,7 +28,7 @@ pub async fn set_power(
     let n = task.node.clone();
     let reached =
         d.power.set_power_state(&n, target).await.map_err(|e| power_failed(&n, target, &e))?;
-    let now = Utc::now().to_rfc3339();
+    let now = task.ctx.clock.now().to_rfc3339();
     task.update(|n| {
         n.power_state = Some(reached);
         n.driver_internal_info.insert(keys::LAST_POWER_STATE_CHANGE.into(), now.clone().into());

@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use deploy::state::next;
 use deploy::{Node, NodeHistory, NodeId, ProvisionEvent, ProvisionState, PublicError};
 use proto::events::{Event, event::Payload};
@@ -148,7 +147,7 @@ impl Task {
     {
         let id = self.id();
         let to = next(from, event).map_err(|e| WorkflowError::Failed(e.to_string()))?;
-        let now = Utc::now();
+        let now = self.ctx.clock.now();
         self.update(|n| {
             if n.provision_state != from {
                 return Err(WorkflowError::StateChanged {
@@ -199,7 +198,7 @@ impl Task {
             conductor: Some(self.ctx.cfg.hostname.clone()),
             from_state: from,
             to_state: to,
-            created_at: Utc::now(),
+            created_at: self.ctx.clock.now(),
         };
         if let Err(e) = self.ctx.store.history_insert(&h).await {
             tracing::warn!(node = %self.id(), error = %common::ErrorChain(&e), "history entry lost");
@@ -257,7 +256,7 @@ impl Ctx {
             event_id: uuid::Uuid::new_v4().to_string(),
             node_uuid: node.to_string(),
             request_id: String::new(),
-            created_at: Utc::now().to_rfc3339(),
+            created_at: self.clock.now().to_rfc3339(),
             payload: Some(payload),
         };
         if let Err(e) = bus::publish_event(self.bus.as_ref(), &ev).await {

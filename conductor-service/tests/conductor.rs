@@ -2,6 +2,12 @@
 //!
 //! SQLite + in-process bus tests always run. PostgreSQL + RabbitMQ tests skip loudly when the
 //! services are missing, and fail when `FERRIC_REQUIRE_SERVICES=1`.
+//!
+//! Timeouts (callback timeout, a silent agent, conductor liveness and takeover) are tested in
+//! simulated time: a paused Tokio runtime and a conductor on [`SimClock`], so Ironic's
+//! 30-minute defaults pass in milliseconds and the tests can check when a timeout fired.
+//! The workflow properties (every step idempotent, every injected failure unwinds cleanly)
+//! are in [`properties`].
 
 #![allow(
     clippy::unwrap_used,
@@ -16,11 +22,12 @@ use std::time::Duration;
 use bus::testing::amqp_url;
 use common::shutdown::{CancellationToken, Shutdown};
 use conductor_service::testing::{
-    SimAgent, SimAgentConfig, fast_config, insert_fake_node, request_provision, run_fleet, wait_for,
+    fast_config, insert_fake_node, request_provision, run_fleet, wait_for,
 };
-use deploy::internal_info::keys;
 use conductor_service::{ConductorConfig, ConductorError};
-use deploy::{ApiVerb, Node, NodeId, ProvisionState as S, PublicError};
+use deploy::internal_info::keys;
+use deploy::{ApiVerb, Node, NodeId, ProvisionState as S, PublicError, SharedClock, SystemClock};
+use sim::{SimAgent, SimAgentConfig, SimClock};
 use store::testing::TestDatabase;
 use tokio::task::JoinHandle;
 
@@ -31,16 +38,56 @@ struct Env {
     queue: String,
     token: CancellationToken,
     agent: SimAgent,
+    clock: SharedClock,
     real: bool,
+    paused: bool,
     /// The conductors started in this process, awaited by [`Env::finish`].
     conductors: std::sync::Mutex<Vec<JoinHandle<Result<(), ConductorError>>>>,
 }
+
+#[path = "conductor/properties.rs"]
+mod properties;
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
 async fn env(real: bool) -> Option<Env> {
+    env_on(real, SystemClock::shared()).await
+}
+
+/// SQLite and the in-process bus with conductors on simulated time: Tokio's clock is paused
+/// once the database is open, and resumed by [`Env::finish`]; the store holds the clock still
+/// while a statement runs on SQLite's thread (`TestDatabase::hold_paused_clock`), and a ticker
+/// moves time in 10 ms steps so loopback I/O lands before a far-off deadline
+/// (`sim::clock::spawn_ticker`).
+/// Call it from a current-thread runtime (`#[tokio::test]`).
+async fn env_sim() -> Env {
+    let mut env = env_on(false, SimClock::starting_now().shared()).await.unwrap();
+    env.db.hold_paused_clock();
+    tokio::time::pause();
+    sim::clock::spawn_ticker(sim::clock::TICK, env.token.clone());
+    env.paused = true;
+    env
+}
+
+/// A conductor config for simulated time: Ironic-like periods (each tick costs real work,
+/// so they are not shortened) and no power sync (the fake BMC has nothing to drift).
+fn sim_config(hostname: &str, queue: &str) -> ConductorConfig {
+    ConductorConfig {
+        hostname: hostname.into(),
+        queue: queue.into(),
+        heartbeat_interval_secs: 10.0,
+        sweep_interval_secs: 60.0,
+        check_timeouts_interval_secs: 60.0,
+        callback_timeout_secs: 1800.0,
+        power_sync_interval_secs: 0.0,
+        lock_retry_interval_ms: 250,
+        ..ConductorConfig::default()
+    }
+}
+
+async fn env_on(real: bool, clock: SharedClock) -> Option<Env> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -58,7 +105,8 @@ async fn env(real: bool) -> Option<Env> {
     };
     let agent = SimAgent::start(SimAgentConfig::default(), token.clone()).await.unwrap();
     let queue = unique("conductor.work");
-    Some(Env { db, bus, exchange, queue, token, agent, real, conductors: Default::default() })
+    let conductors = Default::default();
+    Some(Env { db, bus, exchange, queue, token, agent, clock, real, paused: false, conductors })
 }
 
 impl Env {
@@ -66,13 +114,13 @@ impl Env {
         self.db.store()
     }
 
-    /// Starts a conductor in this process and waits until it is ready (registered and
-    /// consuming the work queue).
+    /// Starts a conductor in this process, on the environment's clock, and waits until it
+    /// is ready (registered and consuming the work queue).
     async fn start_conductor(&self, cfg: ConductorConfig) {
         let root = Shutdown::new(self.token.clone(), Duration::from_secs(5));
         let (shutdown, ready) = root.service();
-        let (s, b) = (self.store().clone(), self.bus.clone());
-        let task = tokio::spawn(conductor_service::run(cfg, s, b, shutdown));
+        let (s, b, c) = (self.store().clone(), self.bus.clone(), self.clock.clone());
+        let task = tokio::spawn(conductor_service::run_with_clock(cfg, s, b, shutdown, c));
         ready.wait().await.unwrap();
         self.conductors.lock().unwrap().push(task);
     }
@@ -115,6 +163,9 @@ impl Env {
         let conductors = std::mem::take(&mut *self.conductors.lock().unwrap());
         for c in conductors {
             c.await.unwrap().unwrap();
+        }
+        if self.paused {
+            tokio::time::resume();
         }
         self.db.cleanup().await;
     }
@@ -210,70 +261,92 @@ async fn test_agent_write_failure_fails_deploy_with_last_error() {
     env.finish().await;
 }
 
-#[tokio::test]
-async fn test_agent_vanishing_mid_deploy_fails_at_callback_timeout() {
-    let env = env(false).await.unwrap();
-    let mut cfg = fast_config("c-vanish", &env.queue);
-    cfg.callback_timeout_secs = 2.0;
-    cfg.agent.command_timeout_secs = 1.0;
-    env.start_conductor(cfg).await;
-    env.start_fleet();
+/// The simulated clock's time since `since`.
+fn since(clock: &SharedClock, since: chrono::DateTime<chrono::Utc>) -> chrono::Duration {
+    clock.now() - since
+}
+
+/// An available direct-deploy node.
+async fn available_node(env: &Env) -> Node {
     let mut n = insert_fake_node(env.store(), "direct").await.unwrap();
     n.provision_state = S::Available;
-    let n = env.store().node_update(&n).await.unwrap();
+    env.store().node_update(&n).await.unwrap()
+}
+
+/// Dead-agent detection: the agent goes silent in the middle of the image write; the deploy
+/// fails once it has been silent for the callback timeout (30 minutes, simulated).
+#[tokio::test]
+async fn test_agent_vanishing_mid_deploy_fails_at_callback_timeout() {
+    let env = env_sim().await;
+    env.start_conductor(sim_config("c-vanish", &env.queue)).await;
+    env.start_fleet();
+    let n = available_node(&env).await;
     // Vanish right after the write's first progress message.
     env.agent.vanish_mid_write(n.uuid);
     env.provision(n.uuid, ApiVerb::Active).await.unwrap();
     let agent = env.agent.clone();
     let id = n.uuid;
-    wait_for(Duration::from_secs(10), "the agent to vanish mid-write", || {
+    wait_for(Duration::from_secs(600), "the agent to vanish mid-write", || {
         let a = agent.clone();
         async move { (a.writes(id) > 0 && a.vanished(id)).then_some(()) }
     })
     .await;
-    let started = std::time::Instant::now();
-    let failed = env.wait_state(id, S::DeployFailed, Duration::from_secs(20)).await;
+    let vanished_at = env.clock.now();
+    let failed = env.wait_state(id, S::DeployFailed, Duration::from_secs(7200)).await;
     let err = failed.last_error.unwrap();
-    assert!(err.contains("Timed out") && err.contains("write_image"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(err.contains("Timed out after 1800s") && err.contains("write_image"), "{err}");
+    let silent = since(&env.clock, vanished_at);
+    assert!(
+        silent >= chrono::Duration::seconds(1800) && silent < chrono::Duration::seconds(1800 + 60),
+        "failed {silent} after the agent went silent"
+    );
+    assert!(!env.agent.disk(id).bootable(), "a cut-off write leaves nothing bootable");
     env.finish().await;
 }
 
+/// Callback timeout: the ramdisk never calls back; the node fails 30 minutes (simulated)
+/// after it entered `wait call-back`, at the first check after that.
 #[tokio::test]
 async fn test_no_heartbeat_fails_wait_call_back_at_timeout() {
-    let env = env(false).await.unwrap();
-    let mut cfg = fast_config("c-timeout", &env.queue);
-    cfg.callback_timeout_secs = 1.0;
-    env.start_conductor(cfg).await;
+    let env = env_sim().await;
+    env.start_conductor(sim_config("c-timeout", &env.queue)).await;
     // No fleet: the ramdisk never calls back.
-    let mut n = insert_fake_node(env.store(), "direct").await.unwrap();
-    n.provision_state = S::Available;
-    let n = env.store().node_update(&n).await.unwrap();
+    let n = available_node(&env).await;
     env.provision(n.uuid, ApiVerb::Active).await.unwrap();
-    let failed = env.wait_state(n.uuid, S::DeployFailed, Duration::from_secs(15)).await;
+    let waiting = env.wait_state(n.uuid, S::WaitCallBack, Duration::from_secs(600)).await;
+    let entered = waiting.provision_updated_at.unwrap();
+    let failed = env.wait_state(n.uuid, S::DeployFailed, Duration::from_secs(7200)).await;
     let err = failed.last_error.unwrap();
     assert!(
         err.contains("Timeout reached while waiting for callback")
-            && err.contains("wait call-back"),
+            && err.contains("wait call-back")
+            && err.contains("1800s"),
         "{err}"
     );
+    // Failed by the first check (every 60 s) after the 30 minutes, not before.
+    let waited = failed.provision_updated_at.unwrap() - entered;
+    assert!(
+        waited >= chrono::Duration::seconds(1800) && waited <= chrono::Duration::seconds(1800 + 61),
+        "failed after {waited}"
+    );
+    assert_eq!(failed.power_state, Some(deploy::PowerState::Off), "powered off after the failure");
     env.finish().await;
 }
 
 #[tokio::test]
 async fn test_maintenance_heartbeat_is_recorded_only_and_abort_fails_wait() {
-    let env = env(false).await.unwrap();
-    env.start_conductor(fast_config("c-maint", &env.queue)).await;
-    let mut n = insert_fake_node(env.store(), "direct").await.unwrap();
-    n.provision_state = S::Available;
-    let n = env.store().node_update(&n).await.unwrap();
+    let env = env_sim().await;
+    env.start_conductor(sim_config("c-maint", &env.queue)).await;
+    let n = available_node(&env).await;
     env.provision(n.uuid, ApiVerb::Active).await.unwrap();
-    let mut n = env.wait_state(n.uuid, S::WaitCallBack, Duration::from_secs(10)).await;
+    let mut n = env.wait_state(n.uuid, S::WaitCallBack, Duration::from_secs(600)).await;
     n.maintenance = true;
     env.store().node_update(&n).await.unwrap();
-    // The ramdisk calls back, but the node is in maintenance: nothing happens.
+    // The ramdisk calls back, but the node is in maintenance: nothing happens, however long
+    // the conductor looks (a sweep and a timeout check run in these ten simulated minutes;
+    // the callback timeout skips nodes in maintenance).
     conductor_service::testing::heartbeat(env.store(), &env.bus, &env.agent, n.uuid).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_secs(600)).await;
     let n = env.node(n.uuid).await;
     assert_eq!(n.provision_state, S::WaitCallBack);
     assert_eq!(env.agent.writes(n.uuid), 0);
@@ -281,6 +354,58 @@ async fn test_maintenance_heartbeat_is_recorded_only_and_abort_fails_wait() {
     env.provision(n.uuid, ApiVerb::Abort).await.unwrap();
     let n = env.node(n.uuid).await;
     assert_eq!(n.provision_state, S::DeployFailed);
+    env.finish().await;
+}
+
+/// Takeover: a conductor dies (its heartbeat stops) holding two nodes mid-deploy. After the
+/// liveness timeout (3 missed 10-second heartbeats, simulated) the survivor releases its
+/// locks and re-plans both: the one interrupted at an idempotent step finishes its deploy,
+/// the one interrupted in the (non-repeatable) image write fails with the reason.
+#[tokio::test]
+async fn test_takeover_of_a_dead_conductors_nodes() {
+    let env = env_sim().await;
+    let store = env.store().clone();
+    let dead = deploy::Conductor {
+        hostname: "dead".into(),
+        conductor_group: String::new(),
+        drivers: vec!["fake-hardware".into()],
+        online: true,
+        last_heartbeat: env.clock.now(),
+        created_at: env.clock.now(),
+    };
+    store.conductor_register(&dead, env.clock.now()).await.unwrap();
+    let plan = deploy::steps::deploy_plan("direct", true).unwrap();
+    let mut held = Vec::new();
+    for (index, why) in [(0, "booting the ramdisk"), (1, "writing the image")] {
+        let mut n = available_node(&env).await;
+        n.provision_state = S::Deploying;
+        n.target_provision_state = Some(S::Active);
+        n.driver_internal_info.insert("deploy_steps".into(), deploy::steps::plan_to_json(&plan));
+        n.driver_internal_info.insert("deploy_step_index".into(), index.into());
+        let n = store.node_update(&n).await.unwrap();
+        store.node_reserve(n.uuid, "dead").await.unwrap();
+        held.push((n.uuid, why));
+    }
+    let started = env.clock.now();
+    env.start_conductor(sim_config("survivor", &env.queue)).await;
+    env.start_fleet();
+    let (resumed, interrupted) = (held[0].0, held[1].0);
+    let n = env.wait_state(resumed, S::Active, Duration::from_secs(3600)).await;
+    assert_eq!(env.agent.writes(resumed), 1);
+    assert!(env.agent.disk(resumed).bootable());
+    assert!(n.reservation.is_none());
+    let n = env.wait_state(interrupted, S::DeployFailed, Duration::from_secs(3600)).await;
+    let err = n.last_error.unwrap();
+    assert!(err.contains("interrupted") && err.contains("write_image"), "{err}");
+    assert_eq!(env.agent.writes(interrupted), 0, "an interrupted write is not started again");
+    // Not before the liveness timeout, and soon after it.
+    let took = since(&env.clock, started);
+    assert!(
+        took >= chrono::Duration::seconds(30) && took < chrono::Duration::seconds(120),
+        "took over after {took}"
+    );
+    let dead = store.conductor_fetch("dead").await.unwrap();
+    assert!(!dead.online, "the dead conductor is marked offline");
     env.finish().await;
 }
 

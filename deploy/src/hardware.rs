@@ -70,36 +70,16 @@ const fn spec(
     InterfaceSpec { interface, default, enabled }
 }
 
-/// The interfaces nothing acts on, with Ironic's "nothing to do" value as the only one.
-macro_rules! passive {
-    (bios) => {
-        spec("bios", "no-bios", &["no-bios"])
-    };
-    (console) => {
-        spec("console", "no-console", &["no-console"])
-    };
-    (firmware) => {
-        spec("firmware", "no-firmware", &["no-firmware"])
-    };
-    (inspect) => {
-        spec("inspect", "no-inspect", &["no-inspect"])
-    };
-    (network) => {
-        spec("network", "noop", &["noop"])
-    };
-    (raid) => {
-        spec("raid", "no-raid", &["no-raid"])
-    };
-    (rescue) => {
-        spec("rescue", "no-rescue", &["no-rescue"])
-    };
-    (storage) => {
-        spec("storage", "noop", &["noop"])
-    };
-    (vendor) => {
-        spec("vendor", "no-vendor", &["no-vendor"])
-    };
-}
+// The interfaces nothing acts on, with Ironic's "nothing to do" value as the only one.
+const NO_BIOS: InterfaceSpec = spec("bios", "no-bios", &["no-bios"]);
+const NO_CONSOLE: InterfaceSpec = spec("console", "no-console", &["no-console"]);
+const NO_FIRMWARE: InterfaceSpec = spec("firmware", "no-firmware", &["no-firmware"]);
+const NO_INSPECT: InterfaceSpec = spec("inspect", "no-inspect", &["no-inspect"]);
+const NO_NETWORK: InterfaceSpec = spec("network", "noop", &["noop"]);
+const NO_RAID: InterfaceSpec = spec("raid", "no-raid", &["no-raid"]);
+const NO_RESCUE: InterfaceSpec = spec("rescue", "no-rescue", &["no-rescue"]);
+const NO_STORAGE: InterfaceSpec = spec("storage", "noop", &["noop"]);
+const NO_VENDOR: InterfaceSpec = spec("vendor", "no-vendor", &["no-vendor"]);
 
 const DEPLOY_KERNEL: (&str, &str) =
     ("deploy_kernel", "UUID or URL of the deploy kernel. Required for agent-based deploys.");
@@ -111,19 +91,19 @@ pub static HARDWARE_TYPES: [HardwareType; 3] = [
     HardwareType {
         name: "fake-hardware",
         interfaces: [
-            passive!(bios),
+            NO_BIOS,
             spec("boot", "fake", &["fake", "pxe", "ipxe"]),
-            passive!(console),
+            NO_CONSOLE,
             spec("deploy", "fake", &["fake", "direct"]),
-            passive!(firmware),
-            passive!(inspect),
+            NO_FIRMWARE,
+            NO_INSPECT,
             spec("management", "fake", &["fake"]),
-            passive!(network),
+            NO_NETWORK,
             spec("power", "fake", &["fake"]),
-            passive!(raid),
-            passive!(rescue),
-            passive!(storage),
-            passive!(vendor),
+            NO_RAID,
+            NO_RESCUE,
+            NO_STORAGE,
+            NO_VENDOR,
         ],
         required_driver_info: &[],
         properties: &[
@@ -135,19 +115,19 @@ pub static HARDWARE_TYPES: [HardwareType; 3] = [
     HardwareType {
         name: "ipmi",
         interfaces: [
-            passive!(bios),
+            NO_BIOS,
             spec("boot", "ipxe", &["ipxe", "pxe"]),
-            passive!(console),
+            NO_CONSOLE,
             spec("deploy", "direct", &["direct"]),
-            passive!(firmware),
-            passive!(inspect),
+            NO_FIRMWARE,
+            NO_INSPECT,
             spec("management", "ipmitool", &["ipmitool"]),
-            passive!(network),
+            NO_NETWORK,
             spec("power", "ipmitool", &["ipmitool"]),
-            passive!(raid),
-            passive!(rescue),
-            passive!(storage),
-            passive!(vendor),
+            NO_RAID,
+            NO_RESCUE,
+            NO_STORAGE,
+            NO_VENDOR,
         ],
         required_driver_info: &["ipmi_address"],
         properties: &[
@@ -167,19 +147,19 @@ pub static HARDWARE_TYPES: [HardwareType; 3] = [
     HardwareType {
         name: "redfish",
         interfaces: [
-            passive!(bios),
+            NO_BIOS,
             spec("boot", "ipxe", &["ipxe", "pxe"]),
-            passive!(console),
+            NO_CONSOLE,
             spec("deploy", "direct", &["direct"]),
-            passive!(firmware),
-            passive!(inspect),
+            NO_FIRMWARE,
+            NO_INSPECT,
             spec("management", "redfish", &["redfish"]),
-            passive!(network),
+            NO_NETWORK,
             spec("power", "redfish", &["redfish"]),
-            passive!(raid),
-            passive!(rescue),
-            passive!(storage),
-            passive!(vendor),
+            NO_RAID,
+            NO_RESCUE,
+            NO_STORAGE,
+            NO_VENDOR,
         ],
         required_driver_info: &["redfish_address"],
         properties: &[

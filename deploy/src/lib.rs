@@ -7,6 +7,7 @@
 //! hints. No database, broker, RPC or HTTP crate is a dependency of this crate, and it does no
 //! I/O: the image pipeline, which downloads and writes disks, is the `image` crate.
 
+pub mod clock;
 pub mod drivers;
 pub mod error;
 pub mod hardware;
@@ -18,6 +19,7 @@ pub mod provision;
 pub mod state;
 pub mod steps;
 
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::PublicError;
 pub use ids::{NodeId, PortId};
 pub use internal_info::AgentSession;

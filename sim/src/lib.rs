@@ -5,9 +5,13 @@
 //! with its own BMC. [`firmware`] and [`tftp`] are what a machine does between power-on and
 //! its kernel ([`tftp`] is also the one TFTP client, which pxe-service's tests drive its server
 //! with); [`ramdisk`] prepares its root tree and starts the agent; [`disk`] builds the
-//! demo image and checks what a machine's disk holds.
+//! demo image and checks what a machine's disk holds. [`agent::SimAgent`] plays the agent of
+//! many nodes at once over gRPC for the conductor's tests, and [`clock::SimClock`] is the
+//! wall clock that follows paused Tokio time.
 
+pub mod agent;
 pub mod bmc;
+pub mod clock;
 pub mod disk;
 pub mod firmware;
 pub mod fleet;
@@ -16,5 +20,7 @@ pub mod qemu;
 pub mod ramdisk;
 pub mod tftp;
 
+pub use agent::{AgentCommand, SimAgent, SimAgentConfig, SimDisk};
+pub use clock::SimClock;
 pub use fleet::{Fleet, FleetConfig, FleetMachine};
 pub use machine::{Faults, MachineStatus, Phase, SimMachine};

@@ -35,15 +35,21 @@ impl From<ConductorRow> for Conductor {
 
 impl DataStore {
     /// Register (or re-register) a conductor: group and drivers are taken from `c`, it is
-    /// marked online and its heartbeat is now. A re-registration keeps `created_at`.
+    /// marked online and its heartbeat is `at`, the time on the conductor's clock (the one its
+    /// peers compare liveness against; `c.last_heartbeat` and `c.created_at` are ignored).
+    /// A re-registration keeps `created_at`.
     ///
     /// # Errors
     /// `InvalidRequest` for an empty hostname.
-    pub async fn conductor_register(&self, c: &Conductor) -> Result<Conductor, PublicError> {
+    pub async fn conductor_register(
+        &self,
+        c: &Conductor,
+        at: DateTime<Utc>,
+    ) -> Result<Conductor, PublicError> {
         if c.hostname.is_empty() {
             return Err(PublicError::invalid("A conductor hostname must not be empty."));
         }
-        let at = now();
+        let at = ts(at);
         let row: ConductorRow = on_pool!(self, |pool| {
             sqlx::query_as::<_, ConductorRow>(
                 "INSERT INTO conductors (hostname, conductor_group, drivers, online, \
@@ -64,19 +70,23 @@ impl DataStore {
         Ok(row.into())
     }
 
-    /// Record that the conductor is alive now (and online again if it had been declared
-    /// dead).
+    /// Record that the conductor is alive at `at`, the time on its clock (and online again if
+    /// it had been declared dead).
     ///
     /// # Errors
     /// `NotFound` when it never registered.
-    pub async fn conductor_heartbeat(&self, hostname: &str) -> Result<(), PublicError> {
+    pub async fn conductor_heartbeat(
+        &self,
+        hostname: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), PublicError> {
         let n = on_pool!(self, |pool| {
             sqlx::query(
                 "UPDATE conductors SET last_heartbeat = $2, updated_at = $2, online = TRUE \
                  WHERE hostname = $1",
             )
             .bind(hostname)
-            .bind(now())
+            .bind(ts(at))
             .execute(pool)
             .await
             .map(|r| r.rows_affected())
@@ -139,7 +149,9 @@ impl DataStore {
     }
 
     /// Conductors whose last heartbeat is older than `heartbeat_before`, online or not (an
-    /// offline one may still hold locks if it died while unregistering), by hostname.
+    /// offline one may still hold locks if it died while unregistering), by hostname. The
+    /// caller computes `heartbeat_before` from its clock; the database's own clock is never
+    /// consulted.
     ///
     /// # Errors
     /// Only database failures.

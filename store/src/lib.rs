@@ -62,15 +62,28 @@ enum Backend {
 #[derive(Clone, Debug)]
 pub struct DataStore {
     backend: Backend,
+    /// Tests on a paused Tokio clock: hold the clock still while a statement runs (see
+    /// [`DataStore::hold_clock`]).
+    hold_paused_clock: bool,
 }
+
+/// While alive, a blocking task is running, and a paused current-thread Tokio runtime does
+/// not auto-advance its clock. Dropping it ends the task.
+struct ClockHold(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
 
 /// Run `$body` with `$pool` bound to the open pool, whichever backend it is. The body is
 /// type-checked once per backend, so the same query text and binds serve both.
 macro_rules! on_pool {
     ($store:expr, |$pool:ident| $body:expr) => {
         match &$store.backend {
-            $crate::Backend::Pg($pool) => $body,
-            $crate::Backend::Sqlite($pool) => $body,
+            $crate::Backend::Pg($pool) => {
+                let _hold = $store.hold_clock();
+                $body
+            }
+            $crate::Backend::Sqlite($pool) => {
+                let _hold = $store.hold_clock();
+                $body
+            }
         }
     };
 }
@@ -97,7 +110,7 @@ impl DataStore {
                 .connect_with(opts)
                 .await
                 .map_err(|e| error::connect_error("postgres", &e))?;
-            Ok(Self { backend: Backend::Pg(pool) })
+            Ok(Self { backend: Backend::Pg(pool), hold_paused_clock: false })
         } else if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)
                 .map_err(|e| PublicError::invalid(format!("invalid SQLite URL: {e}")))?
@@ -126,12 +139,37 @@ impl DataStore {
                 .connect_with(opts)
                 .await
                 .map_err(|e| error::connect_error("sqlite", &e))?;
-            Ok(Self { backend: Backend::Sqlite(pool) })
+            Ok(Self { backend: Backend::Sqlite(pool), hold_paused_clock: false })
         } else {
             Err(PublicError::invalid(
                 "database URL must start with postgres://, postgresql:// or sqlite:",
             ))
         }
+    }
+
+    /// This store for a test on a paused Tokio clock (`tokio::time::pause`, a current-thread
+    /// runtime): every statement holds the clock still while it runs. The database works on
+    /// threads of its own (SQLite's worker, the socket to PostgreSQL), which the runtime cannot
+    /// see: without the hold it would find itself idle mid-statement and jump its clock to the
+    /// next timer, firing the pool's acquire timeout and every other deadline early.
+    #[cfg(feature = "testing")]
+    #[must_use]
+    pub fn holding_paused_clock(mut self) -> Self {
+        self.hold_paused_clock = true;
+        self
+    }
+
+    /// A [`ClockHold`] when this store holds a paused clock (a blocking task inhibits Tokio's
+    /// auto-advance until it ends), else nothing.
+    fn hold_clock(&self) -> Option<ClockHold> {
+        if !self.hold_paused_clock {
+            return None;
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        drop(tokio::task::spawn_blocking(move || {
+            let _ = rx.recv();
+        }));
+        Some(ClockHold(tx))
     }
 
     /// Apply every pending migration for this backend. Idempotent: already-applied

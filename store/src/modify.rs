@@ -105,7 +105,9 @@ impl DataStore {
                 return Ok(NodeModify::Unchanged { node: current, value });
             }
             match self.node_update_checked(&changed).await? {
-                UpdateCheck::Updated(node) => return Ok(NodeModify::Updated { node, value }),
+                UpdateCheck::Updated(node) => {
+                    return Ok(NodeModify::Updated { node: *node, value });
+                }
                 UpdateCheck::NotFound => return Ok(NodeModify::NotFound),
                 UpdateCheck::Stale { found } => {
                     tracing::debug!(node = %id, attempt, expected = current.generation, found,

@@ -82,8 +82,8 @@ pub(crate) struct NodeRow {
 /// What a conditional node write found.
 #[derive(Debug)]
 pub(crate) enum UpdateCheck {
-    /// Written; the stored row.
-    Updated(Node),
+    /// Written; the stored row (boxed: the other variants are a few bytes).
+    Updated(Box<Node>),
     /// Another writer committed first: the stored generation is `found`.
     Stale {
         /// The stored generation.
@@ -616,7 +616,7 @@ impl DataStore {
     /// gone; `AlreadyExists` when the new name or instance UUID is taken.
     pub async fn node_update(&self, node: &Node) -> Result<Node, PublicError> {
         match self.node_update_checked(node).await? {
-            UpdateCheck::Updated(n) => Ok(n),
+            UpdateCheck::Updated(n) => Ok(*n),
             UpdateCheck::NotFound => Err(PublicError::not_found("Node", node.uuid)),
             UpdateCheck::Stale { found } => Err(PublicError::conflict(format!(
                 "Node {} was modified concurrently (generation {} expected, {found} \
@@ -648,7 +648,7 @@ impl DataStore {
                     .await?;
                 if let Some(row) = updated {
                     let node = Node::try_from(row).map_err(PublicError::from)?;
-                    return Ok(UpdateCheck::Updated(node));
+                    return Ok(UpdateCheck::Updated(Box::new(node)));
                 }
                 let current: Option<i64> =
                     sqlx::query_scalar("SELECT generation FROM nodes WHERE uuid = $1")

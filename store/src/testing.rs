@@ -94,6 +94,12 @@ impl TestDatabase {
         TestDatabase { store, url, kind: Kind::Sqlite { _dir: dir, path } }
     }
 
+    /// From now on the store holds a paused Tokio clock still while a statement runs
+    /// ([`DataStore::holding_paused_clock`]), for tests in simulated time.
+    pub fn hold_paused_clock(&mut self) {
+        self.store = self.store.clone().holding_paused_clock();
+    }
+
     /// The store over this database.
     pub fn store(&self) -> &DataStore {
         &self.store

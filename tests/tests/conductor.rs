@@ -14,10 +14,11 @@ use std::time::Duration;
 use api_service::ApiConfig;
 use bus::testing::rabbit;
 use common::shutdown::{CancellationToken, Shutdown};
-use conductor_service::testing::{SimAgent, SimAgentConfig, fast_config, wait_for};
+use conductor_service::testing::{fast_config, wait_for};
 use deploy::{NodeId, ProvisionState as S};
 use proto::events::event::Payload;
 use serde_json::{Value, json};
+use sim::{SimAgent, SimAgentConfig};
 use store::testing::TestDatabase;
 
 const VERSION: &str = "1.78";

@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser;
 use common::shutdown::{DEFAULT_DRAIN_TIMEOUT, Shutdown};
-use conductor_service::testing::{
-    SimAgent, SimAgentConfig, fast_config, insert_fake_node, request_provision, run_fleet,
-};
+use conductor_service::testing::{fast_config, insert_fake_node, request_provision, run_fleet};
 use deploy::{ApiVerb, ProvisionState};
 use futures::StreamExt as _;
+use sim::{SimAgent, SimAgentConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]

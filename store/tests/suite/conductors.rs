@@ -1,4 +1,4 @@
-use chrono::{Duration, Utc};
+use chrono::{Duration, SubsecRound, Utc};
 use deploy::{Conductor, PublicError};
 use store::testing::TestDatabase;
 
@@ -15,55 +15,59 @@ fn conductor(hostname: &str) -> Conductor {
 
 pub async fn test_conductor_register_heartbeat_unregister(db: &TestDatabase) {
     let store = db.store();
-    let before = Utc::now() - Duration::seconds(1);
-    let c = store.conductor_register(&conductor("cond-a")).await.unwrap();
+    // The caller's clock, not the database's: a simulated clock may be hours ahead.
+    let at = Utc::now() + Duration::hours(3);
+    let c = store.conductor_register(&conductor("cond-a"), at).await.unwrap();
     assert!(c.online, "registering marks it online");
-    assert!(c.last_heartbeat >= before, "heartbeat is the store's now, not the caller's");
+    assert_eq!(c.last_heartbeat, at.trunc_subsecs(6), "heartbeat is the caller's time");
+    assert_eq!(c.created_at, c.last_heartbeat);
     assert_eq!(c.drivers, vec!["fake-hardware", "ipmi"]);
     assert_eq!(store.conductor_fetch("cond-a").await.unwrap(), c);
 
     store.conductor_unregister("cond-a").await.unwrap();
     assert!(!store.conductor_fetch("cond-a").await.unwrap().online);
-    store.conductor_heartbeat("cond-a").await.unwrap();
+    let later = at + Duration::seconds(10);
+    store.conductor_heartbeat("cond-a", later).await.unwrap();
     let beat = store.conductor_fetch("cond-a").await.unwrap();
-    assert!(beat.online && beat.last_heartbeat >= c.last_heartbeat);
+    assert!(beat.online && beat.last_heartbeat == later.trunc_subsecs(6));
 
     // Re-registering updates group and drivers but keeps created_at.
     let mut again = conductor("cond-a");
     again.conductor_group = "g2".into();
     again.drivers = vec!["redfish".into()];
-    let re = store.conductor_register(&again).await.unwrap();
+    let re = store.conductor_register(&again, later).await.unwrap();
     assert_eq!(re.created_at, c.created_at);
     assert_eq!(re.conductor_group, "g2");
     assert_eq!(re.drivers, vec!["redfish"]);
 
-    store.conductor_register(&conductor("cond-b")).await.unwrap();
+    store.conductor_register(&conductor("cond-b"), Utc::now()).await.unwrap();
     let names: Vec<String> =
         store.conductor_list().await.unwrap().into_iter().map(|c| c.hostname).collect();
     assert_eq!(names, ["cond-a", "cond-b"]);
 
     for res in [
-        store.conductor_heartbeat("nope").await,
+        store.conductor_heartbeat("nope", Utc::now()).await,
         store.conductor_unregister("nope").await,
         store.conductor_fetch("nope").await.map(|_| ()),
     ] {
         assert_eq!(res.unwrap_err(), PublicError::not_found("Conductor", "nope"));
     }
     assert!(matches!(
-        store.conductor_register(&conductor("")).await,
+        store.conductor_register(&conductor(""), Utc::now()).await,
         Err(PublicError::InvalidRequest { .. })
     ));
 }
 
 pub async fn test_conductor_list_stale(db: &TestDatabase) {
     let store = db.store();
-    store.conductor_register(&conductor("cond-a")).await.unwrap();
-    store.conductor_register(&conductor("cond-b")).await.unwrap();
-    let cutoff = store.conductor_fetch("cond-b").await.unwrap().last_heartbeat;
-    assert!(store.conductor_list_stale(cutoff - Duration::seconds(60)).await.unwrap().is_empty());
+    // Times come from the caller's clock, so the test picks them.
+    let t0 = Utc::now().trunc_subsecs(6);
+    store.conductor_register(&conductor("cond-a"), t0).await.unwrap();
+    store.conductor_register(&conductor("cond-b"), t0).await.unwrap();
+    assert!(store.conductor_list_stale(t0).await.unwrap().is_empty(), "strictly older only");
 
     let stale: Vec<String> = store
-        .conductor_list_stale(Utc::now() + Duration::seconds(60))
+        .conductor_list_stale(t0 + Duration::seconds(60))
         .await
         .unwrap()
         .into_iter()
@@ -72,16 +76,8 @@ pub async fn test_conductor_list_stale(db: &TestDatabase) {
     assert_eq!(stale, ["cond-a", "cond-b"]);
 
     // A heartbeat after the cutoff takes a conductor off the stale list.
-    let mid = Utc::now() + Duration::milliseconds(1);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        store.conductor_heartbeat("cond-b").await.unwrap();
-        if store.conductor_fetch("cond-b").await.unwrap().last_heartbeat > mid {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "clock did not advance");
-        tokio::task::yield_now().await;
-    }
+    let mid = t0 + Duration::seconds(30);
+    store.conductor_heartbeat("cond-b", t0 + Duration::seconds(31)).await.unwrap();
     let stale: Vec<String> =
         store.conductor_list_stale(mid).await.unwrap().into_iter().map(|c| c.hostname).collect();
     assert_eq!(stale, ["cond-a"]);
