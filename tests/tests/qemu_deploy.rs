@@ -740,7 +740,7 @@ async fn manage_and_provide(stack: &Stack, vm: &Vm, uuid: &str, clean: bool) {
     let (n, _) = watch(stack, vm, uuid, &["manageable", "enroll"], None, 0).await;
     assert_eq!(n["provision_state"], "manageable", "manage failed: {}", n["last_error"]);
     if !clean {
-        let (status, body) = http_json(
+        let (status, body) = http_json_retry_locked(
             "PATCH",
             &format!("{}/v1/nodes/{uuid}", stack.api),
             Some(&json!([{"op": "add", "path": "/automated_clean", "value": false}])),
