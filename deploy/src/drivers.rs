@@ -157,6 +157,14 @@ pub enum DriverError {
 }
 
 impl DriverError {
+    /// A request for power state `error`, which a BMC reports but nobody can ask for.
+    pub fn error_state_requested(interface: &str) -> Self {
+        DriverError::Unsupported {
+            interface: interface.into(),
+            operation: "setting power state 'error'".into(),
+        }
+    }
+
     /// Whether the same call may succeed if retried later (transport hiccups, timeouts).
     pub fn retryable(&self) -> bool {
         match self {

@@ -94,10 +94,7 @@ impl PowerDriver for FakeDriver {
                     Ok(PowerState::On)
                 }
                 PowerState::Off | PowerState::SoftOff => Ok(PowerState::Off),
-                PowerState::Error => Err(DriverError::Unsupported {
-                    interface: "fake".into(),
-                    operation: "setting power state 'error'".into(),
-                }),
+                PowerState::Error => Err(DriverError::error_state_requested("fake")),
             }
         })
     }

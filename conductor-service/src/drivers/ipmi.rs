@@ -262,10 +262,7 @@ impl PowerDriver for IpmiDriver {
                     self.run(&t, &["power", "on"]).await?;
                     self.wait_for(&t, PowerState::On).await
                 }
-                PowerState::Error => Err(DriverError::Unsupported {
-                    interface: "ipmitool".into(),
-                    operation: "setting power state 'error'".into(),
-                }),
+                PowerState::Error => Err(DriverError::error_state_requested("ipmitool")),
             }
         })
     }

@@ -345,10 +345,7 @@ impl PowerDriver for RedfishDriver {
                     }
                     self.wait_for(&t, &system, PowerState::On).await
                 }
-                PowerState::Error => Err(DriverError::Unsupported {
-                    interface: "redfish".into(),
-                    operation: "setting power state 'error'".into(),
-                }),
+                PowerState::Error => Err(DriverError::error_state_requested("redfish")),
             }
         })
     }
