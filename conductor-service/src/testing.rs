@@ -266,6 +266,10 @@ where
     Fut: std::future::Future<Output = Option<T>>,
 {
     let end = tokio::time::Instant::now() + deadline;
+    // Every 50 ms for the short waits of real-time tests; a long wait (a test in simulated
+    // time waiting out a 30-minute timeout) looks about 2,000 times, at most every 5 s, so
+    // the checks do not cost more than the workflow they watch.
+    let every = (deadline / 2000).clamp(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         if let Some(v) = f().await {
             return v;
@@ -274,7 +278,7 @@ where
             tokio::time::Instant::now() < end,
             "timed out after {deadline:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -59,7 +59,7 @@ async fn env(real: bool) -> Option<Env> {
 /// SQLite and the in-process bus with conductors on simulated time: Tokio's clock is paused
 /// once the database is open, and resumed by [`Env::finish`]; the store holds the clock still
 /// while a statement runs on SQLite's thread (`TestDatabase::hold_paused_clock`), and a ticker
-/// moves time in 10 ms steps so loopback I/O lands before a far-off deadline
+/// moves time in 100 ms steps so loopback I/O lands before a far-off deadline
 /// (`sim::clock::spawn_ticker`).
 /// Call it from a current-thread runtime (`#[tokio::test]`).
 async fn env_sim() -> Env {

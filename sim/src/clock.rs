@@ -64,8 +64,9 @@ pub fn spawn_ticker(step: std::time::Duration, token: tokio_util::sync::Cancella
     });
 }
 
-/// The step [`spawn_ticker`] is usually given: 10 ms of simulated time.
-pub const TICK: std::time::Duration = std::time::Duration::from_millis(10);
+/// The step [`spawn_ticker`] is usually given: 100 ms of simulated time (loopback I/O
+/// lands within a step or two; the tests that use it allow a minute of slack).
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[cfg(test)]
 mod tests {
