@@ -210,6 +210,19 @@ impl HardwareType {
     pub fn supports(&self, iface: &str, value: &str) -> bool {
         self.interface(iface).is_some_and(|s| s.enabled.contains(&value))
     }
+
+    /// Give every interface `interfaces` leaves unset this hardware type's default, as Ironic
+    /// does when it creates a node: what the API stores and shows is then what the conductor
+    /// runs. Values already set are kept (the caller checks them with [`Self::supports`]).
+    pub fn fill_defaults(&self, interfaces: &mut crate::model::Interfaces) {
+        for spec in &self.interfaces {
+            if let Some(slot) = interfaces.get_mut(spec.interface)
+                && slot.is_none()
+            {
+                *slot = Some(spec.default.to_owned());
+            }
+        }
+    }
 }
 
 /// Typed values of one interface: an enum with its wire names.
@@ -384,6 +397,24 @@ mod tests {
 
     use super::*;
     use crate::NodeId;
+
+    #[test]
+    fn test_fill_defaults_sets_only_what_is_unset() {
+        let mut n = Node::new(NodeId::new_v4(), "redfish", Utc::now());
+        n.interfaces.boot = Some("pxe".into());
+        let hw = find("redfish").unwrap();
+        hw.fill_defaults(&mut n.interfaces);
+        assert_eq!(n.interfaces.boot.as_deref(), Some("pxe"), "a chosen value stays");
+        for (iface, value) in n.interfaces.entries() {
+            let value = value.as_deref().unwrap_or_else(|| panic!("{iface} left unset"));
+            assert!(hw.supports(iface, value), "{iface}={value}");
+        }
+        assert_eq!(n.interfaces.deploy.as_deref(), Some("direct"));
+        let fake = find("fake-hardware").unwrap();
+        let mut i = crate::model::Interfaces::default();
+        fake.fill_defaults(&mut i);
+        assert_eq!((i.deploy.as_deref(), i.power.as_deref()), (Some("fake"), Some("fake")));
+    }
 
     #[test]
     fn test_table_shape() {

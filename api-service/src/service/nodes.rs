@@ -372,6 +372,10 @@ impl ApiState {
         n.interfaces.storage = req.storage_interface;
         n.interfaces.vendor = req.vendor_interface;
         check_interfaces(&n)?;
+        // As Ironic: what the request leaves unset gets the hardware type's default.
+        if let Some(hw) = drivers::find(&n.driver) {
+            hw.fill_defaults(&mut n.interfaces);
+        }
         // Before 1.11 nodes started out available (the enroll state did not exist).
         if !v.at_least(11) {
             n.provision_state = ProvisionState::Available;

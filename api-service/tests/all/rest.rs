@@ -340,9 +340,16 @@ async fn test_drivers_advertise_exactly_the_hardware_table() {
         assert_eq!(r.status, 400, "{field}={value}: {}", r.body);
         assert!(r.fault().contains(value), "{}", r.body);
     }
-    // Only the driver: the node keeps no interface of its own and the defaults apply.
-    let r = h.send(Method::POST, "/v1/nodes", json!({"driver": "ipmi"})).await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    assert!(r.json()["deploy_interface"].is_null());
+    // Only the driver: every interface gets the hardware type's default, as Ironic stores
+    // and shows them.
+    for hw in &HARDWARE_TYPES {
+        let r = h.send(Method::POST, "/v1/nodes", json!({"driver": hw.name})).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let created = r.json();
+        for spec in &hw.interfaces {
+            let field = format!("{}_interface", spec.interface);
+            assert_eq!(created[&field], spec.default, "{} {field}", hw.name);
+        }
+    }
     h.stop().await;
 }
