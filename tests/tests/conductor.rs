@@ -197,6 +197,35 @@ async fn test_rest_lifecycle_with_two_conductors() {
 
     let history = db.store().history_list(uuid).await.unwrap();
     conductor_service::testing::assert_lifecycle_history(&history);
+
+    // Only the driver, as `openstack baremetal node create --driver fake-hardware`: the node
+    // gets fake-hardware's default interfaces, and its fake cleaning and deploy finish
+    // without any ramdisk (it has no port, so nothing could look it up).
+    let (status, fake) = api
+        .call(reqwest::Method::POST, "/v1/nodes", Some(json!({"driver": "fake-hardware"})))
+        .await;
+    assert_eq!(status, 201, "{fake}");
+    for (iface, value) in
+        [("deploy", "fake"), ("power", "fake"), ("boot", "fake"), ("raid", "no-raid")]
+    {
+        assert_eq!(fake[format!("{iface}_interface")], value, "{fake}");
+    }
+    let fid = fake["uuid"].as_str().unwrap().to_owned();
+    api.provision(&fid, "manage").await;
+    api.wait_state(&fid, S::Manageable).await;
+    api.provision(&fid, "provide").await;
+    api.wait_state(&fid, S::Available).await;
+    let image = json!([{"op": "add", "path": "/instance_info/image_source", "value": "http://127.0.0.1:9/i"}]);
+    let (status, body) =
+        api.call(reqwest::Method::PATCH, &format!("/v1/nodes/{fid}"), Some(image)).await;
+    assert_eq!(status, 200, "{body}");
+    api.provision(&fid, "active").await;
+    api.wait_state(&fid, S::Active).await;
+    api.provision(&fid, "deleted").await;
+    api.wait_state(&fid, S::Available).await;
+    let fuuid: NodeId = fid.parse().unwrap();
+    assert_eq!((agent.writes(fuuid), agent.erases(fuuid)), (0, 0), "no agent was involved");
+
     token.cancel();
     while let Some(stopped) = services.join_next().await {
         stopped.unwrap();
