@@ -577,17 +577,8 @@ mod tests {
 
     #[test]
     fn test_port_patch_uses_the_port_fields() {
-        let port = Port {
-            uuid: deploy::PortId::new_v4(),
-            address: "52:54:00:12:34:56".parse().unwrap(),
-            node_uuid: deploy::NodeId::new_v4(),
-            pxe_enabled: true,
-            local_link_connection: JsonObject::new(),
-            physical_network: None,
-            extra: JsonObject::new(),
-            created_at: Utc::now(),
-            updated_at: None,
-        };
+        let mac = "52:54:00:12:34:56".parse().unwrap();
+        let port = Port::new(deploy::NodeId::new_v4(), mac, Utc::now());
         let p = patch_port(
             &port,
             &ops(json!([

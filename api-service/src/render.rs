@@ -247,17 +247,7 @@ fn port_field_table(p: &Port, v: Version, base: &str) -> Vec<(&'static str, u32,
 
 /// Names of the port fields visible at a version.
 pub fn port_field_names(v: Version) -> Vec<&'static str> {
-    let probe = Port {
-        uuid: deploy::PortId::new_v4(),
-        address: deploy::ids::MacAddress([0; 6]),
-        node_uuid: deploy::NodeId::new_v4(),
-        pxe_enabled: true,
-        local_link_connection: JsonObject::new(),
-        physical_network: None,
-        extra: JsonObject::new(),
-        created_at: Utc::now(),
-        updated_at: None,
-    };
+    let probe = Port::new(deploy::NodeId::new_v4(), deploy::ids::MacAddress([0; 6]), Utc::now());
     port_field_table(&probe, v, "")
         .into_iter()
         .filter(|(_, s, _)| v.at_least(*s))

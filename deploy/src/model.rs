@@ -311,6 +311,23 @@ pub struct Port {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
+impl Port {
+    /// A new port of `node` with Ironic's defaults: PXE-enabled, no switch info, no extra.
+    pub fn new(node_uuid: NodeId, address: MacAddress, now: DateTime<Utc>) -> Self {
+        Self {
+            uuid: PortId::new_v4(),
+            address,
+            node_uuid,
+            pxe_enabled: true,
+            local_link_connection: JsonObject::new(),
+            physical_network: None,
+            extra: JsonObject::new(),
+            created_at: now,
+            updated_at: None,
+        }
+    }
+}
+
 /// A registered conductor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Conductor {

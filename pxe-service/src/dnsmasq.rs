@@ -113,15 +113,8 @@ mod tests {
     #[test]
     fn test_hosts_file_lists_only_pxe_enabled_ports() {
         let port = |mac: &str, pxe_enabled| Port {
-            uuid: deploy::PortId::new_v4(),
-            address: mac.parse().unwrap(),
-            node_uuid: deploy::NodeId::new_v4(),
             pxe_enabled,
-            local_link_connection: Default::default(),
-            physical_network: None,
-            extra: Default::default(),
-            created_at: chrono::Utc::now(),
-            updated_at: None,
+            ..Port::new(deploy::NodeId::new_v4(), mac.parse().unwrap(), chrono::Utc::now())
         };
         let out =
             render_hosts(&[port("52:54:00:AA:00:01", true), port("52:54:00:aa:00:02", false)]);

@@ -138,21 +138,21 @@ pub(crate) fn migrate_error(
     PublicError::internal(format!("{backend} migration failed: {err}"))
 }
 
+/// A database error as a driver would report it, for tests without a database.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fake {
     use std::borrow::Cow;
+    use std::fmt;
 
     use sqlx::error::{DatabaseError, ErrorKind};
 
-    use super::*;
-
-    /// A database error as a driver would report it.
+    /// The error's message, SQLSTATE code, constraint and kind.
     #[derive(Debug)]
-    struct Fake {
-        message: &'static str,
-        code: Option<&'static str>,
-        constraint: Option<&'static str>,
-        kind: fn() -> ErrorKind,
+    pub(crate) struct Fake {
+        pub(crate) message: &'static str,
+        pub(crate) code: Option<&'static str>,
+        pub(crate) constraint: Option<&'static str>,
+        pub(crate) kind: fn() -> ErrorKind,
     }
 
     impl fmt::Display for Fake {
@@ -187,9 +187,18 @@ mod tests {
         }
     }
 
-    fn db(fake: Fake) -> sqlx::Error {
+    /// As `sqlx` hands it over.
+    pub(crate) fn db(fake: Fake) -> sqlx::Error {
         sqlx::Error::Database(Box::new(fake))
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::error::ErrorKind;
+
+    use super::fake::{Fake, db};
+    use super::*;
 
     fn unique(message: &'static str, constraint: Option<&'static str>) -> sqlx::Error {
         db(Fake { message, code: Some("23505"), constraint, kind: || ErrorKind::UniqueViolation })

@@ -69,7 +69,9 @@ pub struct DataStore {
 
 /// While alive, a blocking task is running, and a paused current-thread Tokio runtime does
 /// not auto-advance its clock. Dropping it ends the task.
-struct ClockHold(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+struct ClockHold {
+    _task_runs_until_dropped: std::sync::mpsc::Sender<()>,
+}
 
 /// Run `$body` with `$pool` bound to the open pool, whichever backend it is. The body is
 /// type-checked once per backend, so the same query text and binds serve both.
@@ -169,7 +171,7 @@ impl DataStore {
         drop(tokio::task::spawn_blocking(move || {
             let _ = rx.recv();
         }));
-        Some(ClockHold(tx))
+        Some(ClockHold { _task_runs_until_dropped: tx })
     }
 
     /// Apply every pending migration for this backend. Idempotent: already-applied

@@ -151,42 +151,19 @@ mod tests {
     }
 
     /// A PostgreSQL serialization failure, without a database.
-    #[derive(Debug)]
-    struct SerializationFailure;
-
-    impl std::fmt::Display for SerializationFailure {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("could not serialize access")
-        }
-    }
-
-    impl std::error::Error for SerializationFailure {}
-
-    impl sqlx::error::DatabaseError for SerializationFailure {
-        fn message(&self) -> &str {
-            "could not serialize access"
-        }
-        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
-            Some("40001".into())
-        }
-        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-            self
-        }
-        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
-            self
-        }
-        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-            self
-        }
-        fn kind(&self) -> sqlx::error::ErrorKind {
-            sqlx::error::ErrorKind::Other
-        }
+    fn serialization_failure() -> sqlx::Error {
+        crate::error::fake::db(crate::error::fake::Fake {
+            message: "could not serialize access",
+            code: Some("40001"),
+            constraint: None,
+            kind: || sqlx::error::ErrorKind::Other,
+        })
     }
 
     #[test]
     fn test_outcome_gives_up_after_max_attempts() {
         let ctx = Ctx::new("Node", "n1");
-        let conflict = || TxnError::Db(sqlx::Error::Database(Box::new(SerializationFailure)));
+        let conflict = || TxnError::Db(serialization_failure());
         let mut pauses = backoff();
         for _ in 1..MAX_ATTEMPTS {
             assert!(matches!(

@@ -1,6 +1,7 @@
 //! Node create, list, update (JSON Patch), delete, maintenance and validation.
 
 use chrono::Utc;
+use deploy::hardware::HardwareType;
 use deploy::model::JsonObject;
 use deploy::{Node, NodeId, ProvisionState, PublicError};
 use proto::events::event::Payload;
@@ -99,8 +100,8 @@ fn gate(v: Version, present: bool, field: &str, since: u32) -> Result<(), ApiErr
     Ok(())
 }
 
-/// Check every interface value of `node` against its hardware type.
-pub(crate) fn check_interfaces(node: &Node) -> Result<(), ApiError> {
+/// Check every interface value of `node` against its hardware type, which it returns.
+pub(crate) fn check_interfaces(node: &Node) -> Result<&'static HardwareType, ApiError> {
     let hw = drivers::find(&node.driver).ok_or_else(|| {
         ApiError::bad_request(format!(
             "No valid host was found. Reason: No conductor service registered which supports driver {} for conductor group \"{}\".",
@@ -117,7 +118,7 @@ pub(crate) fn check_interfaces(node: &Node) -> Result<(), ApiError> {
             )));
         }
     }
-    Ok(())
+    Ok(hw)
 }
 
 /// Query of `GET /v1/nodes` (and `/detail`).
@@ -371,11 +372,8 @@ impl ApiState {
         n.interfaces.rescue = req.rescue_interface;
         n.interfaces.storage = req.storage_interface;
         n.interfaces.vendor = req.vendor_interface;
-        check_interfaces(&n)?;
         // As Ironic: what the request leaves unset gets the hardware type's default.
-        if let Some(hw) = drivers::find(&n.driver) {
-            hw.fill_defaults(&mut n.interfaces);
-        }
+        check_interfaces(&n)?.fill_defaults(&mut n.interfaces);
         // Before 1.11 nodes started out available (the enroll state did not exist).
         if !v.at_least(11) {
             n.provision_state = ProvisionState::Available;

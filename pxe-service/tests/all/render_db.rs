@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use deploy::ids::{MacAddress, NodeId, PortId};
+use deploy::ids::{MacAddress, NodeId};
 use deploy::model::JsonObject;
 use deploy::{Node, Port, ProvisionState};
 use pxe_service::files::BootFiles;
@@ -32,17 +32,7 @@ pub async fn insert_node(
     node.provision_state = state;
     f(&mut node);
     let node = store.node_insert(&node).await.unwrap();
-    let port = Port {
-        uuid: PortId::new_v4(),
-        address: mac.parse().unwrap(),
-        node_uuid: node.uuid,
-        pxe_enabled: true,
-        local_link_connection: JsonObject::new(),
-        physical_network: None,
-        extra: JsonObject::new(),
-        created_at: chrono::Utc::now(),
-        updated_at: None,
-    };
+    let port = Port::new(node.uuid, mac.parse().unwrap(), chrono::Utc::now());
     store.port_insert(&port).await.unwrap();
     node
 }
