@@ -308,7 +308,8 @@ fn event_to_pb(ev: proto::events::Event, name: &str) -> Option<pb::NodeEvent> {
         Payload::ProvisionRequested(_)
         | Payload::PowerRequested(_)
         | Payload::AgentHeartbeat(_)
-        | Payload::MaintenanceChanged(_) => return None,
+        | Payload::MaintenanceChanged(_)
+        | Payload::AllocationRequested(_) => return None,
     };
     Some(pb::NodeEvent {
         node_uuid: ev.node_uuid,

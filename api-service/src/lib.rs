@@ -18,6 +18,7 @@ pub mod metrics;
 mod openapi;
 pub mod patch;
 pub mod render;
+pub mod resources;
 mod rest;
 pub mod service;
 pub mod version;

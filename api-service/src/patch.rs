@@ -36,6 +36,12 @@ pub struct PatchOp {
 /// Node fields a PATCH may touch (Ironic's list, minus features we do not have).
 pub const NODE_PATCHABLE: &[&str] = &[
     "automated_clean",
+    "chassis_uuid",
+    "disable_power_off",
+    "instance_name",
+    "maintenance_reason",
+    "parent_node",
+    "shard",
     "bios_interface",
     "boot_interface",
     "conductor_group",
@@ -70,8 +76,15 @@ pub const NODE_PATCHABLE: &[&str] = &[
 ];
 
 /// Port fields a PATCH may touch.
-pub const PORT_PATCHABLE: &[&str] =
-    &["address", "node_uuid", "pxe_enabled", "local_link_connection", "physical_network", "extra"];
+pub const PORT_PATCHABLE: &[&str] = &[
+    "address",
+    "node_uuid",
+    "pxe_enabled",
+    "local_link_connection",
+    "physical_network",
+    "extra",
+    "portgroup_uuid",
+];
 
 /// The operation's path as a JSON Pointer.
 fn pointer(path: &str) -> Result<&Pointer, ApiError> {
@@ -144,6 +157,23 @@ fn apply(doc: &mut Value, ops: &[PatchOp], operations: &[PatchOperation]) -> Res
     Ok(())
 }
 
+/// Check `ops` against Ironic's rules with `allowed` top-level paths, then apply them to
+/// `doc`; on failure `doc` is unchanged.
+///
+/// # Errors
+/// 400 naming the refused operation.
+pub(crate) fn apply_checked(
+    doc: &mut Value,
+    ops: &[PatchOp],
+    allowed: &[&str],
+) -> Result<(), ApiError> {
+    let operations = check_ops(ops, allowed)?;
+    let mut work = doc.clone();
+    apply(&mut work, ops, &operations)?;
+    *doc = work;
+    Ok(())
+}
+
 /// Why json-patch refused `op` on `doc`: its parent is missing or not a container, or the
 /// member to replace or remove (or the array index) does not exist.
 fn explain(doc: &Value, op: &PatchOp, path: &Pointer) -> ApiError {
@@ -174,6 +204,15 @@ fn opt_string(doc: &mut Map<String, Value>, key: &str) -> Result<Option<String>,
         Some(other) => Err(ApiError::bad_request(format!(
             "Invalid value for {key}: expected a string, got {other}"
         ))),
+    }
+}
+
+fn opt_uuid(doc: &mut Map<String, Value>, key: &str) -> Result<Option<uuid::Uuid>, ApiError> {
+    match opt_string(doc, key)? {
+        None => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(|_| {
+            ApiError::bad_request(format!("Invalid value for {key}: expected a UUID, got {s}"))
+        }),
     }
 }
 
@@ -237,6 +276,13 @@ fn node_doc(n: &Node) -> Value {
     for (iface, v) in n.interfaces.entries() {
         m.insert(format!("{iface}_interface"), s(v));
     }
+    let u = |o: Option<String>| o.map_or(Value::Null, Value::String);
+    m.insert("chassis_uuid".into(), u(n.chassis_uuid.map(|c| c.to_string())));
+    m.insert("disable_power_off".into(), Value::Bool(n.disable_power_off));
+    m.insert("instance_name".into(), s(&n.instance_name));
+    m.insert("maintenance_reason".into(), s(&n.maintenance_reason));
+    m.insert("parent_node".into(), u(n.parent_node.map(|c| c.to_string())));
+    m.insert("shard".into(), s(&n.shard));
     Value::Object(m)
 }
 
@@ -306,10 +352,37 @@ pub fn patch_node(node: &Node, ops: &[PatchOp]) -> Result<Node, ApiError> {
     out.protected_reason = opt_string(&mut d, "protected_reason")?;
     out.retired = boolean(&mut d, "retired", false)?;
     out.retired_reason = opt_string(&mut d, "retired_reason")?;
+    if !out.retired {
+        out.retired_reason = None;
+    }
     out.maintenance = boolean(&mut d, "maintenance", false)?;
+    out.maintenance_reason = opt_string(&mut d, "maintenance_reason")?;
     if !out.maintenance {
         out.maintenance_reason = None;
         out.fault = None;
+    }
+    out.chassis_uuid = opt_uuid(&mut d, "chassis_uuid")?;
+    out.disable_power_off = boolean(&mut d, "disable_power_off", false)?;
+    out.instance_name = opt_string(&mut d, "instance_name")?;
+    // Ironic: an instance name not given explicitly follows instance_info's display_name.
+    if out.instance_name.is_none()
+        && node.instance_name.is_none()
+        && out.instance_info != node.instance_info
+        && let Some(Value::String(dn)) = out.instance_info.get("display_name")
+    {
+        out.instance_name = Some(dn.clone());
+    }
+    out.parent_node = opt_uuid(&mut d, "parent_node")?.map(deploy::NodeId);
+    out.shard = opt_string(&mut d, "shard")?;
+    if out.shard.as_deref() == Some("") {
+        return Err(ApiError::bad_request("Shard must not be empty"));
+    }
+    if out.retired && !node.retired && node.provision_state == ProvisionState::Available {
+        return Err(PublicError::conflict(format!(
+            "Node {} can not be retired in provision state \"available\"",
+            node.uuid
+        ))
+        .into());
     }
     if out.protected_reason.is_some() && !out.protected {
         return Err(ApiError::bad_request("Cannot set protected_reason when protected is unset"));
@@ -359,6 +432,10 @@ pub fn patch_port(port: &Port, ops: &[PatchOp]) -> Result<Port, ApiError> {
         port.physical_network.clone().map_or(Value::Null, Value::String),
     );
     m.insert("extra".into(), Value::Object(port.extra.clone()));
+    m.insert(
+        "portgroup_uuid".into(),
+        port.portgroup_uuid.map_or(Value::Null, |u| Value::String(u.to_string())),
+    );
     let mut doc = Value::Object(m);
     apply(&mut doc, ops, &operations)?;
     let Value::Object(mut d) = doc else {
@@ -379,6 +456,13 @@ pub fn patch_port(port: &Port, ops: &[PatchOp]) -> Result<Port, ApiError> {
     out.local_link_connection = object(&mut d, "local_link_connection")?;
     out.physical_network = opt_string(&mut d, "physical_network")?;
     out.extra = object(&mut d, "extra")?;
+    out.portgroup_uuid =
+        match opt_string(&mut d, "portgroup_uuid")? {
+            None => None,
+            Some(pg) => Some(pg.parse().map_err(|_| {
+                ApiError::bad_request(format!("Expected a UUID but received {pg}."))
+            })?),
+        };
     Ok(out)
 }
 

@@ -6,6 +6,7 @@
 
 pub(crate) mod agent;
 pub(crate) mod misc;
+pub(crate) mod node_extras;
 pub(crate) mod nodes;
 pub(crate) mod ports;
 
@@ -180,6 +181,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/openapi.json", get(misc::openapi))
         .route("/healthz", get(misc::healthz))
         .route("/metrics", get(misc::metrics))
+        .merge(node_extras::router())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .merge(provision)
         .fallback(not_found)

@@ -18,6 +18,7 @@ pub fn event_routing_key(ev: &Event) -> Result<&'static str, BusError> {
         Some(Payload::NodeStateChanged(_)) => routing::CHANGED,
         Some(Payload::DeployProgressed(_)) => routing::PROGRESS,
         Some(Payload::MaintenanceChanged(_)) => routing::MAINTENANCE,
+        Some(Payload::AllocationRequested(_)) => routing::ALLOCATION,
         None => return Err(BusError::EmptyEvent { event_id: ev.event_id.clone() }),
     };
     Ok(key)

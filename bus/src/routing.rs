@@ -17,6 +17,8 @@ pub const CHANGED: &str = "node.changed";
 pub const PROGRESS: &str = "node.progress";
 /// [`proto::events::MaintenanceChanged`].
 pub const MAINTENANCE: &str = "node.maintenance";
+/// [`proto::events::AllocationRequested`].
+pub const ALLOCATION: &str = "allocation.requested";
 /// Every node event.
 pub const ALL_NODE_EVENTS: &str = "node.#";
 

@@ -18,6 +18,7 @@ pub mod model;
 pub mod provision;
 pub mod state;
 pub mod steps;
+pub mod traits;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::PublicError;

@@ -233,6 +233,49 @@ pub struct Node {
     pub network_data: JsonObject,
     /// Cached boot mode (`uefi`/`bios`).
     pub boot_mode: Option<String>,
+    /// Cached secure boot state.
+    #[serde(default)]
+    pub secure_boot: Option<bool>,
+    /// The chassis it sits in.
+    #[serde(default)]
+    pub chassis_uuid: Option<uuid::Uuid>,
+    /// The allocation that holds it.
+    #[serde(default)]
+    pub allocation_uuid: Option<uuid::Uuid>,
+    /// Shard (a partition key for external services such as Nova's driver).
+    #[serde(default)]
+    pub shard: Option<String>,
+    /// The node this one is a child of (e.g. a DPU inside its host).
+    #[serde(default)]
+    pub parent_node: Option<NodeId>,
+    /// Human-readable name of the instance on it.
+    #[serde(default)]
+    pub instance_name: Option<String>,
+    /// Never power it off (e.g. a DPU serving its host); reboots instead.
+    #[serde(default)]
+    pub disable_power_off: bool,
+    /// Whether its serial console is enabled.
+    #[serde(default)]
+    pub console_enabled: bool,
+    /// The RAID configuration in place.
+    #[serde(default)]
+    pub raid_config: JsonObject,
+    /// The RAID configuration requested for the next cleaning.
+    #[serde(default)]
+    pub target_raid_config: JsonObject,
+    /// Currently executing service step (`{}` when none).
+    #[serde(default)]
+    pub service_step: JsonObject,
+    /// When the last inspection started.
+    #[serde(default)]
+    pub inspection_started_at: Option<DateTime<Utc>>,
+    /// When the last inspection finished.
+    #[serde(default)]
+    pub inspection_finished_at: Option<DateTime<Utc>>,
+    /// Per-node records served by sub-resources: `bios` settings, `firmware` components,
+    /// the inspected `inventory` and `plugin_data`, `boot_device`, `indicators`, `vmedia`.
+    #[serde(default)]
+    pub attributes: JsonObject,
     /// Optimistic-concurrency counter: every write is conditional on it.
     pub generation: i64,
     /// Creation time.
@@ -281,6 +324,20 @@ impl Node {
             deploy_step: JsonObject::new(),
             network_data: JsonObject::new(),
             boot_mode: None,
+            secure_boot: None,
+            chassis_uuid: None,
+            allocation_uuid: None,
+            shard: None,
+            parent_node: None,
+            instance_name: None,
+            disable_power_off: false,
+            console_enabled: false,
+            raid_config: JsonObject::new(),
+            target_raid_config: JsonObject::new(),
+            service_step: JsonObject::new(),
+            inspection_started_at: None,
+            inspection_finished_at: None,
+            attributes: JsonObject::new(),
             generation: 0,
             created_at: now,
             updated_at: None,
@@ -305,6 +362,12 @@ pub struct Port {
     pub physical_network: Option<String>,
     /// Free form.
     pub extra: JsonObject,
+    /// The port group it belongs to.
+    #[serde(default)]
+    pub portgroup_uuid: Option<uuid::Uuid>,
+    /// The service's notes on it (`tenant_vif_port_id`: the attached VIF).
+    #[serde(default)]
+    pub internal_info: JsonObject,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last update time.
@@ -322,6 +385,8 @@ impl Port {
             local_link_connection: JsonObject::new(),
             physical_network: None,
             extra: JsonObject::new(),
+            portgroup_uuid: None,
+            internal_info: JsonObject::new(),
             created_at: now,
             updated_at: None,
         }

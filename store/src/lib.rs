@@ -19,6 +19,7 @@ mod modify;
 mod node;
 mod port;
 mod query;
+mod resource;
 mod sql;
 mod txn;
 mod types;
@@ -37,6 +38,10 @@ use sqlx::sqlite::{
 
 pub use modify::{NODE_MODIFY_ATTEMPTS, NodeModify};
 pub use query::{MAX_LIMIT, NodeListQuery, NodeSortKey, PortListQuery, SortDir};
+pub use resource::{
+    BodyFilter, Duplicates, Referrer, Resource, ResourceKind, ResourceListQuery, ResourceSortKey,
+    filter_text,
+};
 
 /// How long to wait for a pooled connection before answering `Unavailable`.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);

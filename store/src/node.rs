@@ -74,6 +74,20 @@ pub(crate) struct NodeRow {
     deploy_step: Json<JsonObject>,
     network_data: Json<JsonObject>,
     boot_mode: Option<String>,
+    secure_boot: Option<bool>,
+    chassis_uuid: Option<DbUuid>,
+    allocation_uuid: Option<DbUuid>,
+    shard: Option<String>,
+    parent_node: Option<DbUuid>,
+    instance_name: Option<String>,
+    disable_power_off: bool,
+    console_enabled: bool,
+    raid_config: Json<JsonObject>,
+    target_raid_config: Json<JsonObject>,
+    service_step: Json<JsonObject>,
+    inspection_started_at: Option<DateTime<Utc>>,
+    inspection_finished_at: Option<DateTime<Utc>>,
+    attributes: Json<JsonObject>,
     generation: i64,
     created_at: DateTime<Utc>,
     updated_at: Option<DateTime<Utc>>,
@@ -189,6 +203,20 @@ impl TryFrom<NodeRow> for Node {
             deploy_step: r.deploy_step.0,
             network_data: r.network_data.0,
             boot_mode: r.boot_mode,
+            secure_boot: r.secure_boot,
+            chassis_uuid: r.chassis_uuid.map(|u| u.0),
+            allocation_uuid: r.allocation_uuid.map(|u| u.0),
+            shard: r.shard,
+            parent_node: r.parent_node.map(|u| NodeId(u.0)),
+            instance_name: r.instance_name,
+            disable_power_off: r.disable_power_off,
+            console_enabled: r.console_enabled,
+            raid_config: r.raid_config.0,
+            target_raid_config: r.target_raid_config.0,
+            service_step: r.service_step.0,
+            inspection_started_at: r.inspection_started_at,
+            inspection_finished_at: r.inspection_finished_at,
+            attributes: r.attributes.0,
             generation: r.generation,
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -199,7 +227,7 @@ impl TryFrom<NodeRow> for Node {
 /// Columns that `node_update` writes from the caller's copy, in bind order
 /// (see [`bind_writable!`]). Not here: `id`, `uuid`, `reservation` (the lock has its own
 /// queries), `generation`, `created_at` and `updated_at` (the store maintains them).
-const WRITABLE: [&str; 46] = [
+const WRITABLE: [&str; 60] = [
     "name",
     "driver",
     "driver_info",
@@ -246,6 +274,20 @@ const WRITABLE: [&str; 46] = [
     "deploy_step",
     "network_data",
     "boot_mode",
+    "secure_boot",
+    "chassis_uuid",
+    "allocation_uuid",
+    "shard",
+    "parent_node",
+    "instance_name",
+    "disable_power_off",
+    "console_enabled",
+    "raid_config",
+    "target_raid_config",
+    "service_step",
+    "inspection_started_at",
+    "inspection_finished_at",
+    "attributes",
 ];
 
 /// Bind the [`WRITABLE`] columns of `$n` (a `&Node`) in order.
@@ -299,6 +341,20 @@ macro_rules! bind_writable {
             .bind(Json(&n.deploy_step))
             .bind(Json(&n.network_data))
             .bind(n.boot_mode.as_deref())
+            .bind(n.secure_boot)
+            .bind(n.chassis_uuid.map(DbUuid))
+            .bind(n.allocation_uuid.map(DbUuid))
+            .bind(n.shard.as_deref())
+            .bind(n.parent_node.map(DbUuid::from))
+            .bind(n.instance_name.as_deref())
+            .bind(n.disable_power_off)
+            .bind(n.console_enabled)
+            .bind(Json(&n.raid_config))
+            .bind(Json(&n.target_raid_config))
+            .bind(Json(&n.service_step))
+            .bind(n.inspection_started_at.map(ts))
+            .bind(n.inspection_finished_at.map(ts))
+            .bind(Json(&n.attributes))
     }};
 }
 
@@ -484,6 +540,36 @@ impl DataStore {
             Some(true) => sql.and("reservation IS NOT NULL"),
             Some(false) => sql.and("reservation IS NULL"),
             None => {}
+        }
+        if let Some(c) = q.chassis {
+            let p = sql.arg(Arg::Uuid(c.into()));
+            sql.and(&format!("chassis_uuid = {p}"));
+        }
+        if let Some(parent) = q.parent_node {
+            let p = sql.arg(Arg::Uuid(parent.into()));
+            sql.and(&format!("parent_node = {p}"));
+        } else if !q.include_children {
+            sql.and("parent_node IS NULL");
+        }
+        sql.eq_text("instance_name", &q.instance_name);
+        sql.eq_text("conductor_group", &q.conductor_group);
+        sql.eq_text("fault", &q.fault);
+        if !q.shards.is_empty() {
+            let ps: Vec<String> = q.shards.iter().map(|s| sql.arg(Arg::Text(s.clone()))).collect();
+            sql.and(&format!("shard IN ({})", ps.join(", ")));
+        }
+        match q.sharded {
+            Some(true) => sql.and("shard IS NOT NULL"),
+            Some(false) => sql.and("shard IS NULL"),
+            None => {}
+        }
+        if let Some(r) = q.retired {
+            let p = sql.arg(Arg::Bool(r));
+            sql.and(&format!("retired = {p}"));
+        }
+        if let Some(d) = &q.description_contains {
+            let p = sql.arg(Arg::Text(d.clone()));
+            sql.and(&format!("instr(description, {p}) > 0"));
         }
 
         let key = q.sort_key;
@@ -733,5 +819,20 @@ impl DataStore {
                 )))
             }
         }
+    }
+
+    /// How many nodes each shard holds (nodes without a shard are counted under `None`).
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is.
+    pub async fn node_shard_counts(&self) -> Result<Vec<(Option<String>, i64)>, PublicError> {
+        on_pool!(self, |pool| {
+            sqlx::query_as::<_, (Option<String>, i64)>(
+                "SELECT shard, COUNT(*) FROM nodes GROUP BY shard ORDER BY shard",
+            )
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(|e| public_error(e, &Ctx::new("Node", "shards")))
     }
 }

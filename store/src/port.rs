@@ -24,6 +24,8 @@ pub(crate) struct PortRow {
     local_link_connection: Json<JsonObject>,
     physical_network: Option<String>,
     extra: Json<JsonObject>,
+    portgroup_uuid: Option<DbUuid>,
+    internal_info: Json<JsonObject>,
     created_at: DateTime<Utc>,
     updated_at: Option<DateTime<Utc>>,
 }
@@ -45,6 +47,8 @@ impl TryFrom<PortRow> for Port {
             local_link_connection: r.local_link_connection.0,
             physical_network: r.physical_network,
             extra: r.extra.0,
+            portgroup_uuid: r.portgroup_uuid.map(|u| u.0),
+            internal_info: r.internal_info.0,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
@@ -58,7 +62,11 @@ fn write_ctx(port: &Port) -> Ctx {
             "ports_address_key",
             format!("A port with MAC address {} already exists.", port.address),
         )
-        .foreign_key(PublicError::not_found("Node", port.node_uuid))
+        .foreign_key(PublicError::invalid(format!(
+            "Node {} or port group {} could not be found.",
+            port.node_uuid,
+            port.portgroup_uuid.map_or_else(|| "-".to_owned(), |u| u.to_string())
+        )))
 }
 
 impl DataStore {
@@ -71,8 +79,8 @@ impl DataStore {
         let row: PortRow = on_pool!(self, |pool| {
             sqlx::query_as::<_, PortRow>(
                 "INSERT INTO ports (uuid, address, node_uuid, pxe_enabled, local_link_connection, \
-                 physical_network, extra, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *",
+                 physical_network, extra, created_at, updated_at, portgroup_uuid, internal_info) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
             )
             .bind(DbUuid::from(port.uuid))
             .bind(port.address.to_string())
@@ -83,6 +91,8 @@ impl DataStore {
             .bind(Json(&port.extra))
             .bind(ts(port.created_at))
             .bind(port.updated_at.map(ts))
+            .bind(port.portgroup_uuid.map(DbUuid))
+            .bind(Json(&port.internal_info))
             .fetch_one(pool)
             .await
         })
@@ -143,6 +153,10 @@ impl DataStore {
             let p = sql.arg(Arg::Uuid(node.into()));
             sql.and(&format!("node_uuid = {p}"));
         }
+        if let Some(pg) = q.portgroup {
+            let p = sql.arg(Arg::Uuid(pg.into()));
+            sql.and(&format!("portgroup_uuid = {p}"));
+        }
         if let Some(mac) = q.address {
             let p = sql.arg(Arg::Text(mac.to_string()));
             sql.and(&format!("lower(address) = {p}"));
@@ -174,8 +188,8 @@ impl DataStore {
         let row: Option<PortRow> = on_pool!(self, |pool| {
             sqlx::query_as::<_, PortRow>(
                 "UPDATE ports SET address = $2, node_uuid = $3, pxe_enabled = $4, \
-                 local_link_connection = $5, physical_network = $6, extra = $7, updated_at = $8 \
-                 WHERE uuid = $1 RETURNING *",
+                 local_link_connection = $5, physical_network = $6, extra = $7, updated_at = $8, \
+                 portgroup_uuid = $9, internal_info = $10 WHERE uuid = $1 RETURNING *",
             )
             .bind(DbUuid::from(port.uuid))
             .bind(port.address.to_string())
@@ -185,6 +199,8 @@ impl DataStore {
             .bind(port.physical_network.as_deref())
             .bind(Json(&port.extra))
             .bind(now())
+            .bind(port.portgroup_uuid.map(DbUuid))
+            .bind(Json(&port.internal_info))
             .fetch_optional(pool)
             .await
         })

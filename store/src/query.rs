@@ -164,6 +164,27 @@ pub struct NodeListQuery {
     pub associated: Option<bool>,
     /// `Some(true)`: only locked nodes; `Some(false)`: only unlocked nodes.
     pub reserved: Option<bool>,
+    /// Only nodes in this chassis.
+    pub chassis: Option<uuid::Uuid>,
+    /// Only children of this node.
+    pub parent_node: Option<NodeId>,
+    /// Whether child nodes are listed (Ironic leaves them out unless asked, or unless
+    /// `parent_node` is given).
+    pub include_children: bool,
+    /// Only nodes with this instance name.
+    pub instance_name: Option<String>,
+    /// Only nodes in one of these shards.
+    pub shards: Vec<String>,
+    /// Only nodes with (true) or without (false) a shard.
+    pub sharded: Option<bool>,
+    /// Only nodes in this conductor group.
+    pub conductor_group: Option<String>,
+    /// Only nodes with this fault.
+    pub fault: Option<String>,
+    /// Only retired (true) or unretired (false) nodes.
+    pub retired: Option<bool>,
+    /// Only nodes whose description contains this text.
+    pub description_contains: Option<String>,
     /// Page size, 1..=1000.
     pub limit: u32,
     /// Start after this node (the last one of the previous page).
@@ -188,6 +209,16 @@ impl Default for NodeListQuery {
             instance_uuid: None,
             associated: None,
             reserved: None,
+            chassis: None,
+            parent_node: None,
+            include_children: true,
+            instance_name: None,
+            shards: Vec::new(),
+            sharded: None,
+            conductor_group: None,
+            fault: None,
+            retired: None,
+            description_contains: None,
             limit: MAX_LIMIT,
             marker: None,
             sort_key: NodeSortKey::Id,
@@ -203,6 +234,8 @@ pub struct PortListQuery {
     pub node: Option<NodeId>,
     /// Only the port with this MAC address.
     pub address: Option<MacAddress>,
+    /// Only ports of this port group.
+    pub portgroup: Option<uuid::Uuid>,
     /// Page size, 1..=1000.
     pub limit: u32,
     /// Start after this port (the last one of the previous page).
@@ -213,7 +246,14 @@ pub struct PortListQuery {
 
 impl Default for PortListQuery {
     fn default() -> Self {
-        Self { node: None, address: None, limit: MAX_LIMIT, marker: None, sort_dir: SortDir::Asc }
+        Self {
+            node: None,
+            address: None,
+            portgroup: None,
+            limit: MAX_LIMIT,
+            marker: None,
+            sort_dir: SortDir::Asc,
+        }
     }
 }
 

@@ -89,6 +89,14 @@ pub struct NodeCreate {
     pub storage_interface: Option<String>,
     /// Interface override.
     pub vendor_interface: Option<String>,
+    /// Shard (1.82).
+    pub shard: Option<String>,
+    /// Parent node UUID or name (1.83).
+    pub parent_node: Option<String>,
+    /// Never power off (1.95).
+    pub disable_power_off: Option<bool>,
+    /// Instance name (1.104).
+    pub instance_name: Option<String>,
 }
 
 fn gate(v: Version, present: bool, field: &str, since: u32) -> Result<(), ApiError> {
@@ -155,6 +163,26 @@ pub struct NodeListParams {
     pub instance_uuid: Option<String>,
     /// Only nodes with (true) or without (false) an instance.
     pub associated: Option<String>,
+    /// Filter by chassis UUID.
+    pub chassis_uuid: Option<String>,
+    /// Filter by conductor group (1.46).
+    pub conductor_group: Option<String>,
+    /// Filter by fault (1.42).
+    pub fault: Option<String>,
+    /// Filter by retired (1.61).
+    pub retired: Option<String>,
+    /// Filter by description substring (1.51).
+    pub description_contains: Option<String>,
+    /// Filter by shards, comma-separated (1.82).
+    pub shard: Option<String>,
+    /// Only nodes with (true) or without (false) a shard (1.82).
+    pub sharded: Option<String>,
+    /// Only children of this node (1.83).
+    pub parent_node: Option<String>,
+    /// Whether child nodes are listed (1.83).
+    pub include_children: Option<String>,
+    /// Filter by instance name (1.104).
+    pub instance_name: Option<String>,
 }
 
 /// Parse Ironic's boolean spellings.
@@ -223,6 +251,41 @@ impl NodeListParams {
         q.lessee.clone_from(&self.lessee);
         q.conductor.clone_from(&self.conductor);
         q.instance_uuid.clone_from(&self.instance_uuid);
+        gate(v, self.conductor_group.is_some(), "conductor_group", 46)?;
+        gate(v, self.fault.is_some(), "fault", 42)?;
+        gate(v, self.retired.is_some(), "retired", 61)?;
+        gate(v, self.description_contains.is_some(), "description_contains", 51)?;
+        gate(v, self.shard.is_some() || self.sharded.is_some(), "shard", 82)?;
+        gate(v, self.parent_node.is_some() || self.include_children.is_some(), "parent_node", 83)?;
+        gate(v, self.instance_name.is_some(), "instance_name", 104)?;
+        if let Some(c) = &self.chassis_uuid {
+            q.chassis = Some(c.parse().map_err(|_| {
+                ApiError::bad_request(format!("Expected a UUID for chassis_uuid but received {c}."))
+            })?);
+        }
+        q.conductor_group = self.conductor_group.as_ref().map(|g| g.to_ascii_lowercase());
+        q.fault.clone_from(&self.fault);
+        q.retired = self.retired.as_deref().map(|m| parse_bool("retired", m)).transpose()?;
+        q.description_contains.clone_from(&self.description_contains);
+        if let Some(sh) = &self.shard {
+            q.shards =
+                sh.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        }
+        q.sharded = self.sharded.as_deref().map(|m| parse_bool("sharded", m)).transpose()?;
+        if let Some(p) = &self.parent_node {
+            q.parent_node = Some(p.parse().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "Expected a node UUID for parent_node but received {p}."
+                ))
+            })?);
+        }
+        q.include_children = self
+            .include_children
+            .as_deref()
+            .map(|m| parse_bool("include_children", m))
+            .transpose()?
+            .unwrap_or(false);
+        q.instance_name.clone_from(&self.instance_name);
         if let Some(m) = &self.marker {
             q.marker = Some(m.parse::<NodeId>().map_err(|_| {
                 ApiError::bad_request(format!("Invalid marker {m}: expected a node UUID"))
@@ -250,6 +313,16 @@ impl NodeListParams {
         push("fields", &self.fields);
         push("detail", &self.detail);
         push("provision_state", &self.provision_state);
+        push("chassis_uuid", &self.chassis_uuid);
+        push("conductor_group", &self.conductor_group);
+        push("fault", &self.fault);
+        push("retired", &self.retired);
+        push("description_contains", &self.description_contains);
+        push("shard", &self.shard);
+        push("sharded", &self.sharded);
+        push("parent_node", &self.parent_node);
+        push("include_children", &self.include_children);
+        push("instance_name", &self.instance_name);
         push("maintenance", &self.maintenance);
         push("driver", &self.driver);
         push("resource_class", &self.resource_class);
@@ -311,11 +384,35 @@ impl ApiState {
         gate(v, req.lessee.is_some(), "lessee", 65)?;
         gate(v, req.network_data.is_some(), "network_data", 66)?;
         gate(v, req.firmware_interface.is_some(), "firmware_interface", 86)?;
-        if req.chassis_uuid.as_ref().is_some_and(|c| !c.is_null()) {
-            return Err(ApiError::bad_request(
-                "Chassis are not supported by this service; chassis_uuid must be null",
-            ));
-        }
+        gate(v, req.shard.is_some(), "shard", 82)?;
+        gate(v, req.parent_node.is_some(), "parent_node", 83)?;
+        gate(v, req.disable_power_off.is_some(), "disable_power_off", 95)?;
+        gate(v, req.instance_name.is_some(), "instance_name", 104)?;
+        let chassis_uuid = match &req.chassis_uuid {
+            None | Some(Value::Null) => None,
+            Some(Value::String(c)) => Some(c.parse::<uuid::Uuid>().map_err(|_| {
+                ApiError::bad_request(format!("Expected a UUID for chassis_uuid but received {c}."))
+            })?),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "Expected a UUID for chassis_uuid but received {other}."
+                )));
+            }
+        };
+        let parent_node = match &req.parent_node {
+            None => None,
+            Some(p) => Some(
+                self.node_by_ident(p, v)
+                    .await
+                    .map_err(|e| match e {
+                        ApiError::Public(PublicError::NotFound { .. }) => {
+                            ApiError::bad_request(format!("Node {p} could not be found."))
+                        }
+                        other => other,
+                    })?
+                    .uuid,
+            ),
+        };
         if req.protected == Some(true) {
             return Err(PublicError::conflict(
                 "A node can only be protected in the active or rescue state",
@@ -359,6 +456,15 @@ impl ApiState {
         n.network_data = req.network_data.unwrap_or_default();
         n.retired = req.retired.unwrap_or(false);
         n.retired_reason = req.retired_reason;
+        n.chassis_uuid = chassis_uuid;
+        n.parent_node = parent_node;
+        n.shard = req.shard;
+        n.disable_power_off = req.disable_power_off.unwrap_or(false);
+        n.instance_name = req.instance_name.or_else(|| {
+            n.instance_info.get("display_name").and_then(Value::as_str).map(str::to_owned)
+        });
+        let blank = Node::new(n.uuid, n.driver.clone(), now);
+        self.check_node_refs(&n, &blank).await?;
         n.interfaces.bios = req.bios_interface;
         n.interfaces.boot = req.boot_interface;
         n.interfaces.console = req.console_interface;
@@ -392,6 +498,39 @@ impl ApiState {
         Ok(created)
     }
 
+    /// The chassis and parent node a node names must exist (checked when they change).
+    ///
+    /// # Errors
+    /// 400 naming the missing one.
+    pub(crate) async fn check_node_refs(&self, n: &Node, old: &Node) -> Result<(), ApiError> {
+        if let Some(c) = n.chassis_uuid
+            && Some(c) != old.chassis_uuid
+        {
+            self.store.resource_fetch(store::ResourceKind::Chassis, c).await.map_err(
+                |e| match e {
+                    PublicError::NotFound { .. } => {
+                        ApiError::bad_request(format!("Chassis {c} could not be found."))
+                    }
+                    other => other.into(),
+                },
+            )?;
+        }
+        if let Some(p) = n.parent_node
+            && Some(p) != old.parent_node
+        {
+            if p == n.uuid {
+                return Err(ApiError::bad_request("A node cannot be its own parent."));
+            }
+            self.store.node_fetch(p).await.map_err(|e| match e {
+                PublicError::NotFound { .. } => {
+                    ApiError::bad_request(format!("Node {p} could not be found."))
+                }
+                other => other.into(),
+            })?;
+        }
+        Ok(())
+    }
+
     /// List nodes; returns the page and whether it is full (a `next` link is due).
     ///
     /// # Errors
@@ -418,7 +557,32 @@ impl ApiState {
             }
             .into());
         }
-        let patched = patch_node(&node, ops)?;
+        for op in ops {
+            let top = op.path.trim_start_matches('/').split('/').next().unwrap_or_default();
+            let since = match top {
+                "shard" => 82,
+                "parent_node" => 83,
+                "disable_power_off" => 95,
+                "instance_name" => 104,
+                "retired" | "retired_reason" => 61,
+                "lessee" => 65,
+                "network_data" => 66,
+                "owner" => 50,
+                "description" => 51,
+                _ => 1,
+            };
+            gate(ctx.version, true, top, since)?;
+        }
+        let mut patched = patch_node(&node, ops)?;
+        self.check_node_refs(&patched, &node).await?;
+        // As Ironic: taking the instance off a node also removes the allocation that set it.
+        let released = match node.allocation_uuid {
+            Some(a) if patched.instance_uuid.is_none() => {
+                patched.allocation_uuid = None;
+                Some(a)
+            }
+            _ => None,
+        };
         if patched.driver != node.driver || patched.interfaces != node.interfaces {
             check_interfaces(&patched)?;
         }
@@ -427,6 +591,14 @@ impl ApiState {
         }
         let updated = self.store.node_update(&patched).await?;
         tracing::info!(node_id = %updated.uuid, "node updated");
+        if let Some(a) = released {
+            match self.store.resource_delete(store::ResourceKind::Allocation, a).await {
+                Ok(()) | Err(PublicError::NotFound { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(node_id = %updated.uuid, allocation = %a, error = %e, "removing the allocation failed")
+                }
+            }
+        }
         if updated.maintenance != node.maintenance {
             self.publish_maintenance(ctx, &updated).await;
         }

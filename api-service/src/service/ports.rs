@@ -122,9 +122,15 @@ impl ApiState {
         gate(v, req.physical_network.is_some(), "physical_network", 34)?;
         gate(v, req.is_smartnic.is_some(), "is_smartnic", 53)?;
         gate(v, req.node_ident.is_some(), "node_ident", 94)?;
-        if req.portgroup_uuid.as_ref().is_some_and(|p| !p.is_null()) {
-            return Err(ApiError::bad_request("Port groups are not supported by this service"));
-        }
+        let portgroup_uuid = match &req.portgroup_uuid {
+            None | Some(Value::Null) => None,
+            Some(Value::String(pg)) => Some(pg.clone()),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "Expected a port group UUID but received {other}."
+                )));
+            }
+        };
         if req.is_smartnic == Some(true) {
             return Err(ApiError::bad_request("Smart NIC ports are not supported by this service"));
         }
@@ -152,6 +158,10 @@ impl ApiState {
                 .map_err(|_| ApiError::bad_request(format!("Expected a UUID but received {u}.")))?,
             None => PortId::new_v4(),
         };
+        let portgroup_uuid = match portgroup_uuid {
+            Some(pg) => Some(self.portgroup_for(&pg, node.uuid).await?),
+            None => None,
+        };
         let port = Port {
             uuid,
             address,
@@ -160,12 +170,43 @@ impl ApiState {
             local_link_connection: req.local_link_connection.unwrap_or_default(),
             physical_network: req.physical_network,
             extra: req.extra.unwrap_or_default(),
+            portgroup_uuid,
+            internal_info: JsonObject::new(),
             created_at: Utc::now(),
             updated_at: None,
         };
         let created = self.store.port_insert(&port).await?;
         tracing::info!(port_id = %created.uuid, node_id = %created.node_uuid, "port created");
         Ok(created)
+    }
+
+    /// The port group a port names (UUID or name), which must belong to the port's node.
+    ///
+    /// # Errors
+    /// 400 when it does not exist or belongs to another node.
+    pub async fn portgroup_for(
+        &self,
+        ident: &str,
+        node: deploy::NodeId,
+    ) -> Result<uuid::Uuid, ApiError> {
+        let kind = store::ResourceKind::Portgroup;
+        let found = match ident.parse::<uuid::Uuid>() {
+            Ok(u) => self.store.resource_fetch(kind, u).await,
+            Err(_) => self.store.resource_fetch_by_name(kind, ident).await,
+        };
+        let pg = found.map_err(|e| match e {
+            PublicError::NotFound { .. } => {
+                ApiError::bad_request(format!("Portgroup {ident} could not be found."))
+            }
+            other => other.into(),
+        })?;
+        if pg.node_uuid != Some(node) {
+            return Err(ApiError::bad_request(format!(
+                "Port group {} is not on node {node}; a port may only join a port group of its own node.",
+                pg.uuid
+            )));
+        }
+        Ok(pg.uuid)
     }
 
     /// Fetch a port by UUID.
@@ -193,6 +234,13 @@ impl ApiState {
                 }
                 other => other.into(),
             })?;
+        }
+        if patched.portgroup_uuid.is_some()
+            && (patched.portgroup_uuid != port.portgroup_uuid
+                || patched.node_uuid != port.node_uuid)
+        {
+            let pg = patched.portgroup_uuid.map(|u| u.to_string()).unwrap_or_default();
+            self.portgroup_for(&pg, patched.node_uuid).await?;
         }
         if patched == port {
             return Ok(port);

@@ -116,6 +116,8 @@ pub fn port(node: NodeId, address: &str) -> Port {
         local_link_connection: obj(json!({"switch_id": "aa:bb:cc:dd:ee:ff", "port_id": "Eth1"})),
         physical_network: Some("physnet1".into()),
         extra: obj(json!({"k": "v"})),
+        portgroup_uuid: None,
+        internal_info: obj(json!({})),
         created_at: t(10),
         updated_at: None,
     }
