@@ -27,10 +27,15 @@ pub struct PatchOp {
     pub op: String,
     /// JSON Pointer, e.g. `/driver_info/ipmi_username`.
     pub path: String,
-    /// New value (required for add/replace).
-    #[serde(default)]
+    /// New value (required for add/replace; `null` is a value).
+    #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Object>)]
     pub value: Option<Value>,
+}
+
+/// A member that is present is `Some`, even when it is `null`; a missing one is `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// Node fields a PATCH may touch (Ironic's list, minus features we do not have).
@@ -302,6 +307,7 @@ pub fn patch_node(node: &Node, ops: &[PatchOp]) -> Result<Node, ApiError> {
     for op in ops {
         if op.op == "add"
             && op.path == "/instance_uuid"
+            && op.value.as_ref().is_some_and(|v| !v.is_null())
             && let Some(current) = &node.instance_uuid
         {
             return Err(PublicError::conflict(format!(

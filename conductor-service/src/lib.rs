@@ -1,13 +1,15 @@
 //! Ferric's conductor: consumes the API's events, drives nodes through the provision state
 //! machine under per-node exclusive locks, talks to BMCs (fake, Redfish, IPMI) and to the
 //! deploy agent (gRPC), and runs the periodic tasks that keep a fleet of conductors honest
-//! (liveness and takeover, sweep, callback timeouts, power sync).
+//! (liveness and takeover, sweep, callback timeouts, power sync); it also reserves nodes for
+//! allocations ([`allocation`]).
 //!
 //! The database is the truth: a bus delivery only wakes a node; the handler re-reads it,
 //! takes its lock, decides what to do from the recorded state, commits, and only then acks.
 //! See `docs/CONTRACTS.md` for the surfaces this crate uses and exposes.
 
 pub mod agent_client;
+pub mod allocation;
 pub mod config;
 pub mod deploy_iface;
 pub mod drivers;
@@ -77,6 +79,8 @@ pub struct Ctx {
     pub(crate) inflight: Mutex<HashMap<NodeId, bool>>,
     /// Consecutive power-sync failures per node.
     pub(crate) power_failures: Mutex<HashMap<NodeId, u32>>,
+    /// Allocations being processed here and their failed attempts.
+    pub(crate) allocations: allocation::Tracker,
     /// Limit on concurrently driven nodes.
     pub(crate) tasks: tokio::sync::Semaphore,
 }
@@ -150,6 +154,7 @@ pub async fn run_with_clock(
         tracker: tracker.clone(),
         inflight: Mutex::new(HashMap::new()),
         power_failures: Mutex::new(HashMap::new()),
+        allocations: allocation::Tracker::default(),
     });
     let host = ctx.cfg.hostname.clone();
     ctx.store
@@ -201,8 +206,15 @@ pub async fn run_with_clock(
         config::dur(c.power_sync_interval_secs),
         periodic::power_sync,
     ));
+    tracker.spawn(periodic::every(
+        ctx.clone(),
+        "allocations",
+        config::dur(c.sweep_interval_secs),
+        allocation::sweep,
+    ));
     // A first sweep at once picks up whatever happened while no conductor was running.
     tracker.spawn(periodic::sweep(ctx.clone()));
+    tracker.spawn(allocation::sweep(ctx.clone()));
     shutdown.ready();
     tracing::info!(conductor = %host, queue = %c.queue, "conductor ready");
 

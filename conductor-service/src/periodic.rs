@@ -1,6 +1,6 @@
 //! Periodic tasks (reference §5.4): liveness heartbeat, takeover of dead conductors' nodes
 //! and stale-lock cleanup, the sweep that heals lost wake-ups, callback timeouts and the
-//! power-state sync.
+//! power-state sync. The allocations' sweep is [`crate::allocation::sweep`].
 
 use std::collections::HashSet;
 use std::sync::Arc;

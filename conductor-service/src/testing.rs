@@ -1,6 +1,6 @@
 //! Test support (feature `testing`): a fleet that plays the ramdisk side of the simulated
 //! agent ([`sim::SimAgent`]: lookup + heartbeat, as the API records them), and helpers that
-//! perform the API's first transition + publish.
+//! perform the API's first transition + publish, or record an allocation + publish.
 
 use std::time::Duration;
 
@@ -235,6 +235,70 @@ pub async fn insert_fake_node(
         "image_checksum".into(),
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
     );
+    store.node_insert(&n).await
+}
+
+/// A new allocation's body as the API stores it: `resource_class`, no traits, no candidate
+/// nodes, no owner, state `allocating`.
+pub fn allocation_body(resource_class: &str) -> deploy::model::JsonObject {
+    let mut body = deploy::model::JsonObject::new();
+    body.insert("resource_class".into(), resource_class.into());
+    body.insert("traits".into(), serde_json::json!([]));
+    body.insert("candidate_nodes".into(), serde_json::json!([]));
+    body.insert("state".into(), crate::allocation::state::ALLOCATING.into());
+    body.insert("last_error".into(), serde_json::Value::Null);
+    body.insert("extra".into(), serde_json::json!({}));
+    body.insert("owner".into(), serde_json::Value::Null);
+    body
+}
+
+/// What the API does for `POST /v1/allocations` without a node: insert the allocation
+/// (named `name`, with `body`, see [`allocation_body`]) and, when `bus` is given, publish
+/// `AllocationRequested` (`None`: the event is lost).
+///
+/// # Errors
+/// Database or bus errors.
+pub async fn request_allocation(
+    store: &DataStore,
+    bus: Option<&bus::DynBus>,
+    name: Option<&str>,
+    body: deploy::model::JsonObject,
+) -> Result<store::Resource, PublicError> {
+    let mut r = store::Resource::new(store::ResourceKind::Allocation, uuid::Uuid::new_v4(), body);
+    r.name = name.map(str::to_owned);
+    let r = store.resource_insert(&r, &store::Duplicates::default()).await?;
+    if let Some(bus) = bus {
+        let ev = Event {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            node_uuid: String::new(),
+            request_id: String::new(),
+            created_at: Utc::now().to_rfc3339(),
+            payload: Some(Payload::AllocationRequested(proto::events::AllocationRequested {
+                allocation_uuid: r.uuid.to_string(),
+            })),
+        };
+        bus::publish_event(bus.as_ref(), &ev)
+            .await
+            .map_err(|e| PublicError::unavailable(e.to_string()))?;
+    }
+    Ok(r)
+}
+
+/// A node an allocation of `resource_class` can take: fake hardware, `available`, powered
+/// off, inserted.
+///
+/// # Errors
+/// Database errors.
+pub async fn insert_free_node(
+    store: &DataStore,
+    resource_class: &str,
+    f: impl FnOnce(&mut Node),
+) -> Result<Node, PublicError> {
+    let mut n = Node::new(NodeId::new_v4(), "fake-hardware", Utc::now());
+    n.provision_state = ProvisionState::Available;
+    n.power_state = Some(PowerState::Off);
+    n.resource_class = Some(resource_class.into());
+    f(&mut n);
     store.node_insert(&n).await
 }
 

@@ -5,6 +5,8 @@
 //! driven here only asks that task to look again when it finishes) and by at most one
 //! conductor (the lock). Panics in a workflow are caught: the node fails with
 //! `last_error` and the lock is released.
+//!
+//! Allocation events name no node: they go to [`crate::allocation::process`].
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -166,7 +168,12 @@ async fn run_locked(ctx: &Arc<Ctx>, guard: LockGuard, node: deploy::Node) {
 fn work_queue(ctx: &Ctx) -> QueueSpec {
     QueueSpec {
         queue: ctx.cfg.queue.clone(),
-        patterns: vec![routing::PROVISION.into(), routing::POWER.into(), routing::HEARTBEAT.into()],
+        patterns: vec![
+            routing::PROVISION.into(),
+            routing::POWER.into(),
+            routing::HEARTBEAT.into(),
+            routing::ALLOCATION.into(),
+        ],
         prefetch: ctx.cfg.prefetch,
         max_attempts: 10,
     }
@@ -227,7 +234,8 @@ fn handle_delivery_boxed(ctx: Arc<Ctx>, d: Delivery) -> futures::future::BoxFutu
 
 async fn handle_delivery(ctx: Arc<Ctx>, d: Delivery) {
     let span = tracing::info_span!("delivery", routing_key = %d.routing_key,
-        message_id = %d.message_id, attempt = d.attempt, node_id = tracing::field::Empty);
+        message_id = %d.message_id, attempt = d.attempt, node_id = tracing::field::Empty,
+        allocation_id = tracing::field::Empty);
     bus::trace::set_parent_from(&span, &d.headers);
     async move {
         let ev = match bus::decode_event(&d) {
@@ -238,6 +246,11 @@ async fn handle_delivery(ctx: Arc<Ctx>, d: Delivery) {
                 return;
             }
         };
+        // Allocation events name no node (the conductor picks one).
+        if let Some(Payload::AllocationRequested(p)) = &ev.payload {
+            handle_allocation(&ctx, d, &p.allocation_uuid).await;
+            return;
+        }
         let Ok(id) = ev.node_uuid.parse::<NodeId>() else {
             tracing::warn!(node = %ev.node_uuid, "message without a valid node id; dead-lettering");
             let _ = d.dead_letter().await;
@@ -267,4 +280,22 @@ async fn handle_delivery(ctx: Arc<Ctx>, d: Delivery) {
     }
     .instrument(span)
     .await;
+}
+
+/// Process the allocation and ack: failures leave it `allocating` for the allocation sweep,
+/// which retries (and eventually gives up), so the message is never requeued.
+async fn handle_allocation(ctx: &Arc<Ctx>, d: Delivery, allocation: &str) {
+    let Ok(uuid) = allocation.parse::<uuid::Uuid>() else {
+        tracing::warn!(
+            allocation,
+            "allocation event without a valid allocation id; dead-lettering"
+        );
+        let _ = d.dead_letter().await;
+        return;
+    };
+    tracing::Span::current().record("allocation_id", tracing::field::display(uuid));
+    crate::allocation::process(ctx, uuid).await;
+    if let Err(e) = d.ack().await {
+        tracing::warn!(error = %common::ErrorChain(&e), "ack failed; the message will come again");
+    }
 }

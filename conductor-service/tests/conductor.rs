@@ -7,7 +7,7 @@
 //! simulated time: a paused Tokio runtime and a conductor on [`SimClock`], so Ironic's
 //! 30-minute defaults pass in milliseconds and the tests can check when a timeout fired.
 //! The workflow properties (every step idempotent, every injected failure unwinds cleanly)
-//! are in [`properties`].
+//! are in [`properties`]; allocations through whole conductors in [`allocation`].
 
 #![allow(
     clippy::unwrap_used,
@@ -45,6 +45,8 @@ struct Env {
     conductors: std::sync::Mutex<Vec<JoinHandle<Result<(), ConductorError>>>>,
 }
 
+#[path = "conductor/allocation.rs"]
+mod allocation;
 #[path = "conductor/properties.rs"]
 mod properties;
 

@@ -1,2 +1,3 @@
 //! Test harness shared by Ferric's integration and end-to-end suites.
+pub mod junit;
 pub mod openstack;

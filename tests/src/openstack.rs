@@ -1,9 +1,11 @@
-//! A virtualenv with the pinned OpenStack command-line clients, under `target/`, reused
-//! across runs once complete.
+//! A virtualenv with the pinned OpenStack command-line clients and the test runner that
+//! openstacksdk's own functional suite needs, under `target/`, reused across runs once
+//! complete.
 //!
 //! The pins are what the clients on these machines were measured with (shared test-peers
-//! notes). A venv counts as complete only after `pip install` succeeded and the marker file
-//! holding the pin list was written, so an interrupted install is redone.
+//! notes); the test-runner pins are what `pip install` served when they were added. A venv
+//! counts as complete only after `pip install` succeeded and the marker file holding the pin
+//! list was written, so an interrupted install (or a changed pin list) is redone.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,13 +13,22 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-/// The packages installed into the venv.
-pub const PINS: &[&str] =
-    &["python-openstackclient==10.5.0", "python-ironicclient==6.3.0", "openstacksdk==4.22.0"];
+/// The packages installed into the venv: the clients, then what running
+/// `openstack.tests.functional` (shipped inside the openstacksdk wheel) needs.
+pub const PINS: &[&str] = &[
+    "python-openstackclient==10.5.0",
+    "python-ironicclient==6.3.0",
+    "openstacksdk==4.22.0",
+    "pytest==9.2.0",
+    "oslotest==6.1.1",
+    "testtools==2.9.1",
+    "fixtures==4.3.2",
+    "requests-mock==1.12.1",
+];
 
 const MARKER: &str = ".ferric-complete";
 
-/// The pinned `openstack` CLI.
+/// The pinned `openstack` CLI (and the venv's Python, for openstacksdk's own tests).
 #[derive(Debug, Clone)]
 pub struct OpenStackCli {
     venv: PathBuf,
@@ -72,6 +83,11 @@ impl OpenStackCli {
         )?;
         std::fs::write(&marker, wanted).context("writing the venv marker")?;
         Ok(Self { venv })
+    }
+
+    /// The venv's `python`, which has every package in [`PINS`].
+    pub fn python(&self) -> PathBuf {
+        self.venv.join("bin/python")
     }
 
     /// Run `openstack --os-auth-type none --os-endpoint <endpoint> <args…>` with a deadline.

@@ -280,7 +280,11 @@ pub(super) async fn prepare(
             check_steps(r.body.get("steps").unwrap_or(&Value::Null), "priority")?;
         }
         ResourceKind::Runbook => {
-            check_trait_name(r.name.as_deref())?;
+            // Since 1.112 a runbook's name is a logical name; before, it was a trait.
+            let logical = ctx.version.at_least(112) && r.name.as_deref().is_some_and(is_valid_name);
+            if !logical {
+                check_trait_name(r.name.as_deref())?;
+            }
             check_steps(r.body.get("steps").unwrap_or(&Value::Null), "order")?;
         }
         ResourceKind::InspectionRule => {

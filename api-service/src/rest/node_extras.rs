@@ -837,6 +837,24 @@ async fn shards(State(state): State<ApiState>, ctx: Ctx) -> Result<Json<Value>, 
     Ok(Json(json!({ "shards": items })))
 }
 
+async fn runbook_traits_set(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    ApiPath(ident): ApiPath<String>,
+    ApiJson(body): ApiJson<TraitsBody>,
+) -> Result<StatusCode, ApiError> {
+    gate(&ctx, 112)?;
+    let traits = deploy::traits::check_all(&body.traits).map_err(ApiError::bad_request)?;
+    let kind = ResourceKind::Runbook;
+    let mut rb = match ident.parse::<uuid::Uuid>() {
+        Ok(u) => state.store.resource_fetch(kind, u).await?,
+        Err(_) => state.store.resource_fetch_by_name(kind, &ident).await?,
+    };
+    rb.body.insert("traits".into(), json!(traits));
+    state.store.resource_update(&rb, &store::Duplicates::default()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn runbook_trait(
     state: ApiState,
     ctx: Ctx,
@@ -863,13 +881,8 @@ async fn runbook_trait(
         }
         traits = deploy::traits::check_all(&traits).map_err(ApiError::bad_request)?;
     } else {
-        let before = traits.len();
+        // Removing a trait the runbook does not have changes nothing (Ironic's behaviour).
         traits.retain(|t| *t != name);
-        if traits.len() == before {
-            return Err(
-                PublicError::not_found("Trait", format!("{name} of runbook {}", rb.uuid)).into()
-            );
-        }
     }
     rb.body.insert("traits".into(), json!(traits));
     state.store.resource_update(&rb, &store::Duplicates::default()).await?;
@@ -908,6 +921,7 @@ pub(crate) fn router() -> Router<ApiState> {
         .route("/v1/chassis/{ident}/nodes", get(chassis_nodes))
         .route("/v1/portgroups/{ident}/ports", get(portgroup_ports))
         .route("/v1/shards", get(shards))
+        .route("/v1/runbooks/{ident}/traits", put(runbook_traits_set))
         .route(
             "/v1/runbooks/{ident}/traits/{name}",
             put(

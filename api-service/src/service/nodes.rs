@@ -485,6 +485,7 @@ impl ApiState {
             n.provision_state = ProvisionState::Available;
         }
         n.provision_updated_at = Some(now);
+        n.conductor = self.pick_conductor(&n).await;
         let created = self.store.node_insert(&n).await?;
         tracing::info!(node_id = %created.uuid, driver = %created.driver, "node created");
         self.history(
@@ -496,6 +497,30 @@ impl ApiState {
         )
         .await;
         Ok(created)
+    }
+
+    /// The conductor that manages `n`, as Ironic's hash ring shows it: among the online
+    /// conductors of its group that serve its driver, a stable choice by node UUID.
+    pub(crate) async fn pick_conductor(&self, n: &Node) -> Option<String> {
+        let all = match self.store.conductor_list().await {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing conductors failed; node left unassigned");
+                return None;
+            }
+        };
+        let mut hosts: Vec<&str> = all
+            .iter()
+            .filter(|c| c.online && c.conductor_group == n.conductor_group)
+            .filter(|c| c.drivers.contains(&n.driver))
+            .map(|c| c.hostname.as_str())
+            .collect();
+        hosts.sort_unstable();
+        if hosts.is_empty() {
+            return None;
+        }
+        let i = usize::try_from(n.uuid.0.as_u128() % hosts.len() as u128).unwrap_or(0);
+        hosts.get(i).map(|h| (*h).to_owned())
     }
 
     /// The chassis and parent node a node names must exist (checked when they change).
@@ -575,6 +600,9 @@ impl ApiState {
         }
         let mut patched = patch_node(&node, ops)?;
         self.check_node_refs(&patched, &node).await?;
+        if patched.driver != node.driver || patched.conductor_group != node.conductor_group {
+            patched.conductor = self.pick_conductor(&patched).await;
+        }
         // As Ironic: taking the instance off a node also removes the allocation that set it.
         let released = match node.allocation_uuid {
             Some(a) if patched.instance_uuid.is_none() => {
