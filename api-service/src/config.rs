@@ -60,6 +60,9 @@ pub struct ApiSection {
     pub allow_deleting_available_nodes: bool,
     /// A conductor counts as alive if it heartbeated within this many seconds.
     pub conductor_heartbeat_timeout: u64,
+    /// Default interface per interface name for new nodes, where the hardware type enables
+    /// it (Ironic's `[DEFAULT]default_<interface>_interface`), e.g. `{ network = "flat" }`.
+    pub default_interfaces: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ApiSection {
@@ -76,6 +79,7 @@ impl Default for ApiSection {
             require_agent_tls: false,
             allow_deleting_available_nodes: true,
             conductor_heartbeat_timeout: 60,
+            default_interfaces: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -175,6 +179,20 @@ impl ApiConfig {
                 });
             }
         };
+        for (iface, value) in &a.default_interfaces {
+            if !deploy::hardware::INTERFACE_NAMES.contains(&iface.as_str()) {
+                return Err(ConfigCheckError::Invalid {
+                    key: "api.default_interfaces",
+                    reason: format!("unknown interface {iface}"),
+                });
+            }
+            if !deploy::hardware::HARDWARE_TYPES.iter().any(|h| h.supports(iface, value)) {
+                return Err(ConfigCheckError::Invalid {
+                    key: "api.default_interfaces",
+                    reason: format!("no hardware type enables {iface} interface {value}"),
+                });
+            }
+        }
         Ok(CheckedConfig {
             rest_listen,
             grpc_listen,
@@ -186,6 +204,7 @@ impl ApiConfig {
                 allow_deleting_available_nodes: a.allow_deleting_available_nodes,
                 conductor_heartbeat_timeout: Duration::from_secs(a.conductor_heartbeat_timeout),
                 require_agent_tls: a.require_agent_tls,
+                default_interfaces: a.default_interfaces.clone(),
             },
             auth,
         })

@@ -167,7 +167,7 @@ impl NodeService for GrpcApi {
         let ops: Vec<PatchOp> = json_field("json_patch", &r.json_patch)?.ok_or_else(|| {
             Status::invalid_argument("json_patch: a JSON Patch document is required")
         })?;
-        let n = self.state.node_patch(&Ctx::latest(), &r.node, &ops).await?;
+        let n = self.state.node_patch(&Ctx::latest(), &r.node, &ops, None).await?;
         Ok(Response::new(node_to_pb(&n)))
     }
 

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod config;
 pub mod drivers;
+pub mod endpoints;
 pub mod error;
 pub mod grpc;
 pub mod metrics;

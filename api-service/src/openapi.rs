@@ -59,7 +59,10 @@ struct ApiDoc;
 /// The OpenAPI document as JSON.
 pub fn document() -> Value {
     match serde_json::to_value(ApiDoc::openapi()) {
-        Ok(v) => v,
+        Ok(mut v) => {
+            crate::endpoints::complete_openapi(&mut v);
+            v
+        }
         Err(e) => {
             tracing::error!(error = %e, "serializing the OpenAPI document failed");
             Value::Null

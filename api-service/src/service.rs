@@ -47,6 +47,8 @@ pub struct Settings {
     pub conductor_heartbeat_timeout: Duration,
     /// Whether the agent's callback URL must be https.
     pub require_agent_tls: bool,
+    /// Configured default interfaces for new nodes.
+    pub default_interfaces: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Settings {
@@ -59,6 +61,7 @@ impl Default for Settings {
             allow_deleting_available_nodes: true,
             conductor_heartbeat_timeout: Duration::from_secs(60),
             require_agent_tls: false,
+            default_interfaces: std::collections::BTreeMap::new(),
         }
     }
 }

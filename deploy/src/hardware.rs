@@ -73,9 +73,12 @@ const fn spec(
 // The interfaces nothing acts on, with Ironic's "nothing to do" value as the only one.
 const NO_BIOS: InterfaceSpec = spec("bios", "no-bios", &["no-bios"]);
 const NO_CONSOLE: InterfaceSpec = spec("console", "no-console", &["no-console"]);
+const FAKE_CONSOLE: InterfaceSpec = spec("console", "no-console", &["no-console", "fake"]);
 const NO_FIRMWARE: InterfaceSpec = spec("firmware", "no-firmware", &["no-firmware"]);
 const NO_INSPECT: InterfaceSpec = spec("inspect", "no-inspect", &["no-inspect"]);
-const NO_NETWORK: InterfaceSpec = spec("network", "noop", &["noop"]);
+// Network: `noop` records nothing; `flat` records each attached VIF on a free port or port
+// group of the node (there is no separate tenant network to switch to).
+const NETWORK: InterfaceSpec = spec("network", "noop", &["noop", "flat"]);
 const NO_RAID: InterfaceSpec = spec("raid", "no-raid", &["no-raid"]);
 const NO_RESCUE: InterfaceSpec = spec("rescue", "no-rescue", &["no-rescue"]);
 const NO_STORAGE: InterfaceSpec = spec("storage", "noop", &["noop"]);
@@ -93,12 +96,12 @@ pub static HARDWARE_TYPES: [HardwareType; 3] = [
         interfaces: [
             NO_BIOS,
             spec("boot", "fake", &["fake", "pxe", "ipxe"]),
-            NO_CONSOLE,
+            FAKE_CONSOLE,
             spec("deploy", "fake", &["fake", "direct"]),
             NO_FIRMWARE,
             NO_INSPECT,
             spec("management", "fake", &["fake"]),
-            NO_NETWORK,
+            NETWORK,
             spec("power", "fake", &["fake"]),
             NO_RAID,
             NO_RESCUE,
@@ -122,7 +125,7 @@ pub static HARDWARE_TYPES: [HardwareType; 3] = [
             NO_FIRMWARE,
             NO_INSPECT,
             spec("management", "ipmitool", &["ipmitool"]),
-            NO_NETWORK,
+            NETWORK,
             spec("power", "ipmitool", &["ipmitool"]),
             NO_RAID,
             NO_RESCUE,
@@ -154,7 +157,7 @@ pub static HARDWARE_TYPES: [HardwareType; 3] = [
             NO_FIRMWARE,
             NO_INSPECT,
             spec("management", "redfish", &["redfish"]),
-            NO_NETWORK,
+            NETWORK,
             spec("power", "redfish", &["redfish"]),
             NO_RAID,
             NO_RESCUE,
@@ -215,11 +218,26 @@ impl HardwareType {
     /// does when it creates a node: what the API stores and shows is then what the conductor
     /// runs. Values already set are kept (the caller checks them with [`Self::supports`]).
     pub fn fill_defaults(&self, interfaces: &mut crate::model::Interfaces) {
+        self.fill_defaults_with(interfaces, &std::collections::BTreeMap::new());
+    }
+
+    /// [`HardwareType::fill_defaults`] with configured defaults first (Ironic's
+    /// `[DEFAULT]default_<interface>_interface`): a configured value the hardware type
+    /// enables wins over the type's own default.
+    pub fn fill_defaults_with(
+        &self,
+        interfaces: &mut crate::model::Interfaces,
+        configured: &std::collections::BTreeMap<String, String>,
+    ) {
         for spec in &self.interfaces {
             if let Some(slot) = interfaces.get_mut(spec.interface)
                 && slot.is_none()
             {
-                *slot = Some(spec.default.to_owned());
+                let chosen = configured
+                    .get(spec.interface)
+                    .filter(|v| spec.enabled.contains(&v.as_str()))
+                    .map_or(spec.default, String::as_str);
+                *slot = Some(chosen.to_owned());
             }
         }
     }

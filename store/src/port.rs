@@ -62,11 +62,13 @@ fn write_ctx(port: &Port) -> Ctx {
             "ports_address_key",
             format!("A port with MAC address {} already exists.", port.address),
         )
-        .foreign_key(PublicError::invalid(format!(
-            "Node {} or port group {} could not be found.",
-            port.node_uuid,
-            port.portgroup_uuid.map_or_else(|| "-".to_owned(), |u| u.to_string())
-        )))
+        .foreign_key(match port.portgroup_uuid {
+            None => PublicError::not_found("Node", port.node_uuid),
+            Some(pg) => PublicError::invalid(format!(
+                "Node {} or port group {pg} could not be found.",
+                port.node_uuid
+            )),
+        })
 }
 
 impl DataStore {

@@ -64,8 +64,20 @@ pub async fn v1(ctx: Ctx, Base(base): Base) -> Json<Value> {
         doc["lookup"] = pair(&base, "lookup");
         doc["heartbeat"] = pair(&base, "heartbeat");
     }
-    if v.at_least(49) {
-        doc["conductors"] = pair(&base, "conductors");
+    for (name, since) in [
+        ("portgroups", 24),
+        ("volume", 32),
+        ("conductors", 49),
+        ("allocations", 52),
+        ("events", 54),
+        ("deploy_templates", 55),
+        ("shards", 82),
+        ("runbooks", 92),
+        ("inspection_rules", 96),
+    ] {
+        if v.at_least(since) {
+            doc[name] = pair(&base, name);
+        }
     }
     Json(doc)
 }

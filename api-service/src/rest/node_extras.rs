@@ -889,6 +889,124 @@ async fn runbook_trait(
     Ok(StatusCode::NO_CONTENT)
 }
 
+// ---- vendor passthru, indicators, events --------------------------------------------------
+
+/// `GET …/vendor_passthru/methods`: the vendor interfaces here (`no-vendor`) have none.
+async fn node_vendor_methods(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    ApiPath(ident): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.node_by_ident(&ident, ctx.version).await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST|PUT|… …/vendor_passthru?method=…`: no vendor method exists, so every call is a 400
+/// naming the method.
+async fn node_vendor_call(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    ApiPath(ident): ApiPath<String>,
+    ApiQuery(q): ApiQuery<BTreeMap<String, String>>,
+) -> Result<StatusCode, ApiError> {
+    let n = state.node_by_ident(&ident, ctx.version).await?;
+    let Some(method) = q.get("method") else {
+        return Err(ApiError::bad_request("Method not specified"));
+    };
+    Err(ApiError::bad_request(format!(
+        "Unsupported method ({method}) passed to the vendor interface {} of node {}.",
+        n.interfaces.vendor.as_deref().unwrap_or("no-vendor"),
+        n.uuid
+    )))
+}
+
+async fn driver_vendor_methods(ApiPath(name): ApiPath<String>) -> Result<Json<Value>, ApiError> {
+    deploy::hardware::find(&name).ok_or_else(|| PublicError::not_found("Driver", &name))?;
+    Ok(Json(json!({})))
+}
+
+async fn driver_vendor_call(
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<BTreeMap<String, String>>,
+) -> Result<StatusCode, ApiError> {
+    deploy::hardware::find(&name).ok_or_else(|| PublicError::not_found("Driver", &name))?;
+    let method = q.get("method").map_or("(none)", String::as_str);
+    Err(ApiError::bad_request(format!(
+        "Unsupported method ({method}) passed to the vendor interface of driver {name}."
+    )))
+}
+
+/// `GET /v1/drivers/{name}/raid/logical_disk_properties` (1.12): no hardware type here
+/// enables a RAID interface, so this is Ironic's "not supported" answer.
+async fn driver_raid_properties(
+    ctx: Ctx,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    gate(&ctx, 12)?;
+    let hw =
+        deploy::hardware::find(&name).ok_or_else(|| PublicError::not_found("Driver", &name))?;
+    if hw.interface("raid").is_some_and(|r| r.enabled.iter().any(|v| *v != "no-raid")) {
+        return Ok(Json(json!({})));
+    }
+    Err(ApiError::bad_request(format!("Driver {name} does not support RAID configuration.")))
+}
+
+/// `GET /v1/nodes/{ident}/management/indicators` (1.63): the fake management interface has
+/// one LED per component, off.
+async fn indicators(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    Base(base): Base,
+    ApiPath(ident): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    gate(&ctx, 63)?;
+    let n = state.node_by_ident(&ident, ctx.version).await?;
+    fake_management_only(&n, "indicators")?;
+    let comps: Vec<Value> = ["system", "chassis"]
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c,
+                "links": render::links(&base, &format!("nodes/{}/management/indicators", n.uuid), c),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "components": comps })))
+}
+
+/// Network events Ironic accepts on `POST /v1/events` (1.54).
+const EVENT_NAMES: &[&str] = &["network.bind_port", "network.unbind_port", "network.delete_port"];
+
+/// `POST /v1/events` (1.54): validated and logged; this service has no Neutron waiting on
+/// them, so there is nothing more to do.
+async fn events(ctx: Ctx, ApiJson(body): ApiJson<Value>) -> Result<StatusCode, ApiError> {
+    gate(&ctx, 54)?;
+    let list = body
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .and_then(|o| o.get("events"))
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::bad_request("The body must be {\"events\": [...]}"))?;
+    for (i, ev) in list.iter().enumerate() {
+        let name = ev.get("event").and_then(Value::as_str).unwrap_or_default();
+        if !EVENT_NAMES.contains(&name) {
+            return Err(ApiError::bad_request(format!(
+                "event {i}: unknown event '{name}'; must be one of {}",
+                EVENT_NAMES.join(", ")
+            )));
+        }
+        if ev
+            .get("port_id")
+            .and_then(Value::as_str)
+            .is_none_or(|p| p.parse::<uuid::Uuid>().is_err())
+        {
+            return Err(ApiError::bad_request(format!("event {i}: port_id must be a UUID")));
+        }
+        tracing::info!(event = name, port = %ev["port_id"], "network event received");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Every route of this module.
 pub(crate) fn router() -> Router<ApiState> {
     Router::new()
@@ -921,6 +1039,27 @@ pub(crate) fn router() -> Router<ApiState> {
         .route("/v1/chassis/{ident}/nodes", get(chassis_nodes))
         .route("/v1/portgroups/{ident}/ports", get(portgroup_ports))
         .route("/v1/shards", get(shards))
+        .route("/v1/events", axum::routing::post(events))
+        .route("/v1/nodes/{ident}/management/indicators", get(indicators))
+        .route("/v1/nodes/{ident}/vendor_passthru/methods", get(node_vendor_methods))
+        .route(
+            "/v1/nodes/{ident}/vendor_passthru",
+            get(node_vendor_call)
+                .post(node_vendor_call)
+                .put(node_vendor_call)
+                .patch(node_vendor_call)
+                .delete(node_vendor_call),
+        )
+        .route("/v1/drivers/{name}/vendor_passthru/methods", get(driver_vendor_methods))
+        .route(
+            "/v1/drivers/{name}/vendor_passthru",
+            get(driver_vendor_call)
+                .post(driver_vendor_call)
+                .put(driver_vendor_call)
+                .patch(driver_vendor_call)
+                .delete(driver_vendor_call),
+        )
+        .route("/v1/drivers/{name}/raid/logical_disk_properties", get(driver_raid_properties))
         .route("/v1/runbooks/{ident}/traits", put(runbook_traits_set))
         .route(
             "/v1/runbooks/{ident}/traits/{name}",

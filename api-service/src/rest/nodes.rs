@@ -123,16 +123,30 @@ pub async fn show(
     Ok(Json(node_json(&node, v, &base, fields.as_deref())))
 }
 
+/// Query of `PATCH /v1/nodes/{ident}`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PatchParams {
+    /// With a driver change: reset every interface the patch does not set (1.45).
+    pub reset_interfaces: Option<String>,
+}
+
 /// Update a node with a JSON Patch.
-#[utoipa::path(patch, path = "/v1/nodes/{ident}", params(("ident" = String, Path, description = "UUID or name")), request_body(content = Vec<PatchOp>, description = "RFC 6902 JSON Patch"), responses((status = 200, description = "The updated node")))]
+#[utoipa::path(patch, path = "/v1/nodes/{ident}", params(("ident" = String, Path, description = "UUID or name"), PatchParams), request_body(content = Vec<PatchOp>, description = "RFC 6902 JSON Patch"), responses((status = 200, description = "The updated node")))]
 pub async fn patch(
     State(state): State<ApiState>,
     ctx: Ctx,
     Base(base): Base,
     ApiPath(ident): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PatchParams>,
     ApiJson(ops): ApiJson<Vec<PatchOp>>,
 ) -> Result<Json<Value>, ApiError> {
-    let node = state.node_patch(&ctx, &ident, &ops).await?;
+    let reset = q
+        .reset_interfaces
+        .as_deref()
+        .map(|r| crate::service::parse_bool("reset_interfaces", r))
+        .transpose()?;
+    let node = state.node_patch(&ctx, &ident, &ops, reset).await?;
     Ok(Json(node_json(&node, ctx.version, &base, None)))
 }
 

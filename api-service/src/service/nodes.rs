@@ -479,7 +479,8 @@ impl ApiState {
         n.interfaces.storage = req.storage_interface;
         n.interfaces.vendor = req.vendor_interface;
         // As Ironic: what the request leaves unset gets the hardware type's default.
-        check_interfaces(&n)?.fill_defaults(&mut n.interfaces);
+        check_interfaces(&n)?
+            .fill_defaults_with(&mut n.interfaces, &self.settings.default_interfaces);
         // Before 1.11 nodes started out available (the enroll state did not exist).
         if !v.at_least(11) {
             n.provision_state = ProvisionState::Available;
@@ -509,9 +510,11 @@ impl ApiState {
                 return None;
             }
         };
+        let cutoff = Utc::now() - self.settings.conductor_heartbeat_timeout;
         let mut hosts: Vec<&str> = all
             .iter()
-            .filter(|c| c.online && c.conductor_group == n.conductor_group)
+            .filter(|c| c.online && c.last_heartbeat > cutoff)
+            .filter(|c| c.conductor_group == n.conductor_group)
             .filter(|c| c.drivers.contains(&n.driver))
             .map(|c| c.hostname.as_str())
             .collect();
@@ -573,7 +576,9 @@ impl ApiState {
         ctx: &Ctx,
         ident: &str,
         ops: &[PatchOp],
+        reset_interfaces: Option<bool>,
     ) -> Result<Node, ApiError> {
+        gate(ctx.version, reset_interfaces.is_some(), "reset_interfaces", 45)?;
         let node = self.node_by_ident(ident, ctx.version).await?;
         if let Some(holder) = &node.reservation {
             return Err(PublicError::NodeLocked {
@@ -600,6 +605,30 @@ impl ApiState {
         }
         let mut patched = patch_node(&node, ops)?;
         self.check_node_refs(&patched, &node).await?;
+        if reset_interfaces.is_some() && patched.driver == node.driver {
+            return Err(ApiError::bad_request(
+                "The reset_interfaces parameter can be provided only when changing the node's driver.",
+            ));
+        }
+        if reset_interfaces == Some(true) {
+            // Every interface this patch does not set goes back to the new type's default.
+            let explicit: Vec<String> = ops
+                .iter()
+                .filter_map(|op| op.path.strip_prefix('/'))
+                .filter_map(|p| p.strip_suffix("_interface"))
+                .map(str::to_owned)
+                .collect();
+            let names: Vec<&str> = patched.interfaces.entries().map(|(n, _)| n).to_vec();
+            for name in names {
+                if !explicit.iter().any(|e| e == name)
+                    && let Some(slot) = patched.interfaces.get_mut(name)
+                {
+                    *slot = None;
+                }
+            }
+            check_interfaces(&patched)?
+                .fill_defaults_with(&mut patched.interfaces, &self.settings.default_interfaces);
+        }
         if patched.driver != node.driver || patched.conductor_group != node.conductor_group {
             patched.conductor = self.pick_conductor(&patched).await;
         }
