@@ -9,5 +9,6 @@ mod harness;
 mod agent;
 mod bad_input;
 mod binary;
+mod endpoints;
 mod grpc;
 mod rest;
