@@ -107,6 +107,10 @@ impl IntoResponse for ApiError {
         let mut resp = (status, error_body(status, &self.to_string())).into_response();
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if matches!(self, ApiError::Public(PublicError::NodeLocked { .. })) {
+            // The lock is held for the length of one operation; clients may retry.
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if matches!(self, ApiError::Unauthorized) {
             h.insert(
                 header::WWW_AUTHENTICATE,

@@ -89,6 +89,11 @@ pub const PORT_PATCHABLE: &[&str] = &[
     "physical_network",
     "extra",
     "portgroup_uuid",
+    "is_smartnic",
+    "name",
+    "description",
+    "vendor",
+    "category",
 ];
 
 /// The operation's path as a JSON Pointer.
@@ -442,6 +447,12 @@ pub fn patch_port(port: &Port, ops: &[PatchOp]) -> Result<Port, ApiError> {
         "portgroup_uuid".into(),
         port.portgroup_uuid.map_or(Value::Null, |u| Value::String(u.to_string())),
     );
+    m.insert("is_smartnic".into(), Value::Bool(port.is_smartnic));
+    let s = |o: &Option<String>| o.clone().map_or(Value::Null, Value::String);
+    m.insert("name".into(), s(&port.name));
+    m.insert("description".into(), s(&port.description));
+    m.insert("vendor".into(), s(&port.vendor));
+    m.insert("category".into(), s(&port.category));
     let mut doc = Value::Object(m);
     apply(&mut doc, ops, &operations)?;
     let Value::Object(mut d) = doc else {

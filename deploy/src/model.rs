@@ -368,6 +368,21 @@ pub struct Port {
     /// The service's notes on it (`tenant_vif_port_id`: the attached VIF).
     #[serde(default)]
     pub internal_info: JsonObject,
+    /// Logical name (1.88).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Free-text description (1.97).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The NIC's vendor (1.100).
+    #[serde(default)]
+    pub vendor: Option<String>,
+    /// The NIC's category (1.101).
+    #[serde(default)]
+    pub category: Option<String>,
+    /// Whether it is a smart NIC (1.53).
+    #[serde(default)]
+    pub is_smartnic: bool,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last update time.
@@ -387,6 +402,11 @@ impl Port {
             extra: JsonObject::new(),
             portgroup_uuid: None,
             internal_info: JsonObject::new(),
+            name: None,
+            description: None,
+            vendor: None,
+            category: None,
+            is_smartnic: false,
             created_at: now,
             updated_at: None,
         }

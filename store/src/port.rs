@@ -26,6 +26,11 @@ pub(crate) struct PortRow {
     extra: Json<JsonObject>,
     portgroup_uuid: Option<DbUuid>,
     internal_info: Json<JsonObject>,
+    name: Option<String>,
+    description: Option<String>,
+    vendor: Option<String>,
+    category: Option<String>,
+    is_smartnic: bool,
     created_at: DateTime<Utc>,
     updated_at: Option<DateTime<Utc>>,
 }
@@ -49,6 +54,11 @@ impl TryFrom<PortRow> for Port {
             extra: r.extra.0,
             portgroup_uuid: r.portgroup_uuid.map(|u| u.0),
             internal_info: r.internal_info.0,
+            name: r.name,
+            description: r.description,
+            vendor: r.vendor,
+            category: r.category,
+            is_smartnic: r.is_smartnic,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
@@ -81,8 +91,10 @@ impl DataStore {
         let row: PortRow = on_pool!(self, |pool| {
             sqlx::query_as::<_, PortRow>(
                 "INSERT INTO ports (uuid, address, node_uuid, pxe_enabled, local_link_connection, \
-                 physical_network, extra, created_at, updated_at, portgroup_uuid, internal_info) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
+                 physical_network, extra, created_at, updated_at, portgroup_uuid, internal_info, name, description, vendor, \
+                 category, is_smartnic) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+                 RETURNING *",
             )
             .bind(DbUuid::from(port.uuid))
             .bind(port.address.to_string())
@@ -95,6 +107,11 @@ impl DataStore {
             .bind(port.updated_at.map(ts))
             .bind(port.portgroup_uuid.map(DbUuid))
             .bind(Json(&port.internal_info))
+            .bind(port.name.as_deref())
+            .bind(port.description.as_deref())
+            .bind(port.vendor.as_deref())
+            .bind(port.category.as_deref())
+            .bind(port.is_smartnic)
             .fetch_one(pool)
             .await
         })
@@ -191,7 +208,8 @@ impl DataStore {
             sqlx::query_as::<_, PortRow>(
                 "UPDATE ports SET address = $2, node_uuid = $3, pxe_enabled = $4, \
                  local_link_connection = $5, physical_network = $6, extra = $7, updated_at = $8, \
-                 portgroup_uuid = $9, internal_info = $10 WHERE uuid = $1 RETURNING *",
+                 portgroup_uuid = $9, internal_info = $10, name = $11, description = $12, \
+                 vendor = $13, category = $14, is_smartnic = $15 WHERE uuid = $1 RETURNING *",
             )
             .bind(DbUuid::from(port.uuid))
             .bind(port.address.to_string())
@@ -203,6 +221,11 @@ impl DataStore {
             .bind(now())
             .bind(port.portgroup_uuid.map(DbUuid))
             .bind(Json(&port.internal_info))
+            .bind(port.name.as_deref())
+            .bind(port.description.as_deref())
+            .bind(port.vendor.as_deref())
+            .bind(port.category.as_deref())
+            .bind(port.is_smartnic)
             .fetch_optional(pool)
             .await
         })

@@ -53,7 +53,20 @@ async fn list_inner(
         Some(ident) => Some(state.node_by_ident(ident, v).await?.uuid),
         None => None,
     };
-    let q = p.to_query(node)?;
+    let mut q = p.to_query(node)?;
+    if let Some(pg) = &p.portgroup {
+        if !v.at_least(24) {
+            return Err(ApiError::NotAcceptable(
+                "The portgroup filter requires API version 1.24 or later.".into(),
+            ));
+        }
+        let kind = store::ResourceKind::Portgroup;
+        let found = match pg.parse::<uuid::Uuid>() {
+            Ok(u) => state.store.resource_fetch(kind, u).await?,
+            Err(_) => state.store.resource_fetch_by_name(kind, pg).await?,
+        };
+        q.portgroup = Some(found.uuid);
+    }
     let ports = state.store.port_list(&q).await?;
     let items: Vec<Value> =
         ports.iter().map(|pt| port_json(pt, v, base, fields.as_deref())).collect();
@@ -71,6 +84,7 @@ async fn list_inner(
             ("node", &p.node),
             ("node_uuid", &p.node_uuid),
             ("address", &p.address),
+            ("portgroup", &p.portgroup),
             ("sort_dir", &p.sort_dir),
             ("fields", &p.fields),
             ("detail", &p.detail),

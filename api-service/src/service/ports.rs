@@ -35,11 +35,19 @@ pub struct PortCreate {
     /// Free form.
     #[schema(value_type = Object)]
     pub extra: Option<JsonObject>,
-    /// Port group; only null is supported.
+    /// Port group UUID or name (1.24).
     #[schema(value_type = Option<String>)]
     pub portgroup_uuid: Option<Value>,
-    /// Smart NIC flag (1.53); only false is supported.
+    /// Smart NIC flag (1.53).
     pub is_smartnic: Option<bool>,
+    /// Logical name (1.88).
+    pub name: Option<String>,
+    /// Description (1.97).
+    pub description: Option<String>,
+    /// NIC vendor (1.100).
+    pub vendor: Option<String>,
+    /// NIC category (1.101).
+    pub category: Option<String>,
 }
 
 /// Query of `GET /v1/ports`.
@@ -64,6 +72,8 @@ pub struct PortListParams {
     pub fields: Option<String>,
     /// Full objects.
     pub detail: Option<String>,
+    /// Port group UUID or name (1.24).
+    pub portgroup: Option<String>,
 }
 
 fn parse_mac(s: &str) -> Result<MacAddress, ApiError> {
@@ -131,8 +141,17 @@ impl ApiState {
                 )));
             }
         };
-        if req.is_smartnic == Some(true) {
-            return Err(ApiError::bad_request("Smart NIC ports are not supported by this service"));
+        gate(v, req.portgroup_uuid.is_some(), "portgroup_uuid", 24)?;
+        gate(v, req.name.is_some(), "name", 88)?;
+        gate(v, req.description.is_some(), "description", 97)?;
+        gate(v, req.vendor.is_some(), "vendor", 100)?;
+        gate(v, req.category.is_some(), "category", 101)?;
+        if let Some(name) = &req.name
+            && !crate::patch::is_valid_name(name)
+        {
+            return Err(ApiError::bad_request(format!(
+                "Expected a logical name but received {name} for the port."
+            )));
         }
         let address = parse_mac(&req.address)?;
         let node = match (&req.node_uuid, &req.node_ident) {
@@ -172,6 +191,11 @@ impl ApiState {
             extra: req.extra.unwrap_or_default(),
             portgroup_uuid,
             internal_info: JsonObject::new(),
+            name: req.name,
+            description: req.description,
+            vendor: req.vendor,
+            category: req.category,
+            is_smartnic: req.is_smartnic.unwrap_or(false),
             created_at: Utc::now(),
             updated_at: None,
         };

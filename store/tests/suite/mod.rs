@@ -118,6 +118,11 @@ pub fn port(node: NodeId, address: &str) -> Port {
         extra: obj(json!({"k": "v"})),
         portgroup_uuid: None,
         internal_info: obj(json!({})),
+        name: None,
+        description: None,
+        vendor: None,
+        category: None,
+        is_smartnic: false,
         created_at: t(10),
         updated_at: None,
     }
