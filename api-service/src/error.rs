@@ -31,6 +31,10 @@ pub enum ApiError {
     /// The route exists but not for this method (405).
     #[error("The method is not allowed for the requested URL.")]
     MethodNotAllowed,
+    /// The node's driver does not implement this interface (Ironic's
+    /// `UnsupportedDriverExtension`, a 404).
+    #[error("{0}")]
+    Unsupported(String),
     /// The request body is larger than allowed (413).
     #[error("Request is too large.")]
     PayloadTooLarge,
@@ -58,7 +62,7 @@ impl ApiError {
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::RouteNotFound | ApiError::Unsupported(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
@@ -80,6 +84,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Unauthorized => tonic::Status::unauthenticated("Authentication required"),
             ApiError::Forbidden(m) => tonic::Status::permission_denied(m),
             ApiError::RouteNotFound => tonic::Status::not_found("The resource could not be found."),
+            ApiError::Unsupported(m) => tonic::Status::unimplemented(m),
             ApiError::MethodNotAllowed => tonic::Status::unimplemented("Method not allowed"),
             ApiError::PayloadTooLarge => tonic::Status::resource_exhausted("Request is too large."),
         }

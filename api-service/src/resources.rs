@@ -106,17 +106,38 @@ pub struct Field {
     pub required: bool,
     /// Its value when left out.
     pub default: Default,
+    /// Below its version the field is unknown (400, a JSON-schema refusal) rather than too
+    /// new (406).
+    pub unknown_below: bool,
 }
 
 impl Field {
     /// A writable field.
     pub const fn rw(name: &'static str, since: u32, ty: Ty, default: Default) -> Self {
-        Self { name, since, ty, access: Access::Write, nullable: true, required: false, default }
+        Self {
+            name,
+            since,
+            ty,
+            access: Access::Write,
+            nullable: true,
+            required: false,
+            default,
+            unknown_below: false,
+        }
     }
 
     /// A field only the service writes.
     pub const fn ro(name: &'static str, since: u32, ty: Ty, default: Default) -> Self {
-        Self { name, since, ty, access: Access::ReadOnly, nullable: true, required: false, default }
+        Self {
+            name,
+            since,
+            ty,
+            access: Access::ReadOnly,
+            nullable: true,
+            required: false,
+            default,
+            unknown_below: false,
+        }
     }
 
     /// The same field, required at create.
@@ -129,6 +150,12 @@ impl Field {
     /// The same field, never `null`.
     pub const fn not_null(mut self) -> Self {
         self.nullable = false;
+        self
+    }
+
+    /// The same field, unknown (400) rather than too new (406) below its version.
+    pub const fn unknown_below(mut self) -> Self {
+        self.unknown_below = true;
         self
     }
 
@@ -189,11 +216,28 @@ pub struct Spec {
     pub filters: &'static [Filter],
     /// The version from which `?detail=` is accepted (`/detail` always is).
     pub detail_param_since: u32,
+    /// The version from which PATCH is accepted (some kinds gained it later).
+    pub patch_since: u32,
+    /// Whether writes below the version answer 405 rather than 404 (Ironic's newer
+    /// controllers).
+    pub hidden_writes_405: bool,
 }
 
 impl Spec {
     fn gate(&self, v: Version) -> Result<(), ApiError> {
         if v.at_least(self.since) { Ok(()) } else { Err(ApiError::RouteNotFound) }
+    }
+
+    /// Writes below the resource's version: a 405 for the kinds whose Ironic controller
+    /// answers so, else the 404 of a hidden resource.
+    fn gate_write(&self, v: Version, since: u32) -> Result<(), ApiError> {
+        if v.at_least(self.since.max(since)) {
+            Ok(())
+        } else if self.hidden_writes_405 {
+            Err(ApiError::MethodNotAllowed)
+        } else {
+            Err(ApiError::RouteNotFound)
+        }
     }
 
     fn title(&self) -> &'static str {
@@ -348,15 +392,20 @@ fn check_doc(
             }
         };
     }
-    let node_writable =
-        spec.node == NodeLink::Required || (creating && spec.node == NodeLink::Assigned);
-    if node_writable {
-        node = match doc.remove("node_uuid") {
+    // A port group or volume resource names its node as `node_uuid`; an allocation being
+    // backfilled names it as `node` (Ironic's field).
+    let node_key = match spec.node {
+        NodeLink::Required => Some("node_uuid"),
+        NodeLink::Assigned if creating => Some("node"),
+        NodeLink::Assigned | NodeLink::None => None,
+    };
+    if let Some(key) = node_key {
+        node = match doc.remove(key) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s),
             Some(other) => {
                 return Err(ApiError::bad_request(format!(
-                    "Invalid value for node_uuid: expected a UUID, got {other}"
+                    "Invalid value for {key}: expected a UUID or name, got {other}"
                 )));
             }
         };
@@ -373,6 +422,12 @@ fn check_doc(
             )));
         };
         if !v.at_least(f.since) {
+            if f.unknown_below {
+                return Err(ApiError::bad_request(format!(
+                    "Unknown attribute '{k}' for {} at API version {v}",
+                    spec.title().to_lowercase()
+                )));
+            }
             return Err(ApiError::NotAcceptable(format!(
                 "The \"{k}\" field requires API version 1.{} or later; the request used {v}.",
                 f.since
@@ -410,7 +465,8 @@ async fn fetch(state: &ApiState, spec: &Spec, ident: &str) -> Result<Resource, A
     if spec.named {
         return Ok(state.store.resource_fetch_by_name(spec.kind, ident).await?);
     }
-    Err(PublicError::not_found(spec.title(), ident).into())
+    // Kinds without names are addressed by UUID only; anything else is malformed (Ironic: 400).
+    Err(ApiError::bad_request(format!("Expected a UUID but received {ident}.")))
 }
 
 /// `fields=` checked against the kind's fields at `v`.
@@ -441,7 +497,7 @@ async fn create(
     doc: Value,
 ) -> Result<Response, ApiError> {
     let v = ctx.version;
-    spec.gate(v)?;
+    spec.gate_write(v, spec.since)?;
     let Value::Object(mut doc) = doc else {
         return Err(ApiError::bad_request("The request body must be a JSON object."));
     };
@@ -557,7 +613,16 @@ pub(crate) async fn list(
                 });
                 match filter {
                     Some(Filter::Node(_)) => {
-                        let node = state.node_by_ident(val, v).await?;
+                        // Ironic's allocation list checks the node as input (400); the
+                        // older collections look it up (404).
+                        let node = state.node_by_ident(val, v).await.map_err(|e| match e {
+                            ApiError::Public(PublicError::NotFound { .. })
+                                if spec.kind == store::ResourceKind::Allocation =>
+                            {
+                                ApiError::bad_request(format!("Node {val} could not be found."))
+                            }
+                            other => other,
+                        })?;
                         query.node = Some(node.uuid);
                     }
                     Some(Filter::Body(n, since)) => {
@@ -658,8 +723,20 @@ async fn patch(
     ops: Vec<PatchOp>,
 ) -> Result<Json<Value>, ApiError> {
     let v = ctx.version;
-    spec.gate(v)?;
+    spec.gate_write(v, spec.patch_since)?;
     let old = fetch(&state, spec, &ident).await?;
+    for op in &ops {
+        let top = op.path.trim_start_matches('/').split('/').next().unwrap_or_default();
+        if let Some(f) = spec.field(top)
+            && !v.at_least(f.since)
+            && !f.unknown_below
+        {
+            return Err(ApiError::NotAcceptable(format!(
+                "The \"{top}\" field requires API version 1.{} or later; the request used {v}.",
+                f.since
+            )));
+        }
+    }
     let doc = patch_doc(spec, &old, v);
     let allowed: Vec<&str> = doc.keys().map(String::as_str).collect();
     let mut patched = Value::Object(doc.clone());
@@ -692,7 +769,7 @@ async fn delete(
     ctx: Ctx,
     ident: String,
 ) -> Result<StatusCode, ApiError> {
-    spec.gate(ctx.version)?;
+    spec.gate_write(ctx.version, spec.since)?;
     let r = fetch(&state, spec, &ident).await?;
     hooks::before_delete(&state, spec, &r).await?;
     state.store.resource_delete(spec.kind, r.uuid).await?;
@@ -767,7 +844,7 @@ pub(crate) fn routes(spec: &'static Spec) -> Router<ApiState> {
 }
 
 /// `GET /v1/nodes/{ident}/<kind>` for a node-owned kind.
-pub(crate) fn node_route(spec: &'static Spec, path: &str) -> Router<ApiState> {
+pub(crate) fn node_route(spec: &'static Spec, path: &str, since: u32) -> Router<ApiState> {
     Router::new().route(
         path,
         get(
@@ -776,6 +853,9 @@ pub(crate) fn node_route(spec: &'static Spec, path: &str) -> Router<ApiState> {
                   Base(base): Base,
                   ApiPath(ident): ApiPath<String>,
                   ApiQuery(q): ApiQuery<BTreeMap<String, String>>| async move {
+                if !ctx.version.at_least(since) {
+                    return Err(ApiError::RouteNotFound);
+                }
                 list(spec, &state, &ctx, &base, Scope::Node(ident), &q).await
             },
         ),
@@ -788,7 +868,7 @@ pub(crate) fn router() -> Router<ApiState> {
     for spec in kinds::ALL {
         r = r.merge(routes(spec));
     }
-    r.merge(node_route(&kinds::PORTGROUP, "/v1/nodes/{ident}/portgroups"))
-        .merge(node_route(&kinds::VOLUME_CONNECTOR, "/v1/nodes/{ident}/volume/connectors"))
-        .merge(node_route(&kinds::VOLUME_TARGET, "/v1/nodes/{ident}/volume/targets"))
+    r.merge(node_route(&kinds::PORTGROUP, "/v1/nodes/{ident}/portgroups", 24))
+        .merge(node_route(&kinds::VOLUME_CONNECTOR, "/v1/nodes/{ident}/volume/connectors", 32))
+        .merge(node_route(&kinds::VOLUME_TARGET, "/v1/nodes/{ident}/volume/targets", 32))
 }

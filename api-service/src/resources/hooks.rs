@@ -12,30 +12,40 @@ use crate::error::ApiError;
 use crate::patch::is_valid_name;
 use crate::service::{ApiState, Ctx};
 
-/// Linux bonding modes (names and numbers), what a port group's `mode` may be.
-const BOND_MODES: &[&str] = &[
-    "balance-rr",
-    "active-backup",
-    "balance-xor",
-    "broadcast",
-    "802.3ad",
-    "balance-tlb",
-    "balance-alb",
-    "0",
-    "1",
-    "2",
-    "3",
-    "4",
-    "5",
-    "6",
-];
-
-/// Volume connector types Ironic accepts.
+/// Volume connector types Ironic documents (others are stored as given, as Ironic does).
 const CONNECTOR_TYPES: &[&str] = &["iqn", "ip", "mac", "wwnn", "wwpn", "port", "portgroup"];
 
 /// Step interfaces a deploy template or runbook may name.
 const STEP_INTERFACES: &[&str] =
-    &["bios", "boot", "deploy", "firmware", "management", "network", "power", "raid", "vendor"];
+    &["bios", "deploy", "firmware", "management", "power", "raid", "vendor"];
+
+/// Inspection rule condition operators (optionally negated with a leading `!`).
+const RULE_CONDITIONS: &[&str] = &[
+    "eq", "ne", "lt", "gt", "le", "ge", "is-empty", "is-none", "is-true", "is-false", "in-net",
+    "matches", "contains", "one-of",
+];
+
+/// Inspection rule actions.
+const RULE_ACTIONS: &[&str] = &[
+    "fail",
+    "set-attribute",
+    "extend-attribute",
+    "del-attribute",
+    "add-trait",
+    "remove-trait",
+    "set-capability",
+    "unset-capability",
+    "set-plugin-data",
+    "extend-plugin-data",
+    "unset-plugin-data",
+    "log",
+    "set-port-attribute",
+    "extend-port-attribute",
+    "del-port-attribute",
+];
+
+/// How a condition over a list of values combines them.
+const RULE_MULTIPLE: &[&str] = &["any", "all", "first", "last"];
 
 /// The message for a duplicate natural key.
 pub(super) fn duplicate_key_message(spec: &Spec, key: &str) -> String {
@@ -120,16 +130,28 @@ fn check_steps(steps: &Value, order_key: &str) -> Result<(), ApiError> {
                 "'step' is a required property in step {i}"
             )));
         }
-        if obj.get("args").is_some_and(|a| !a.is_object()) {
-            return Err(ApiError::bad_request(format!("'args' must be an object in step {i}")));
+        if !obj.get("args").is_some_and(Value::is_object) {
+            return Err(ApiError::bad_request(format!(
+                "'args' is a required property and must be an object in step {i}"
+            )));
         }
-        match obj.get(order_key).and_then(Value::as_i64) {
-            Some(p) if p >= 0 => {}
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "'{order_key}' must be a non-negative integer in step {i}"
-                )));
-            }
+        let order = match obj.get(order_key) {
+            Some(Value::Number(n)) => n.as_i64(),
+            Some(Value::String(t)) => t.trim().parse::<i64>().ok(),
+            _ => None,
+        };
+        if !order.is_some_and(|p| p >= 0) {
+            return Err(ApiError::bad_request(format!(
+                "'{order_key}' must be a non-negative integer in step {i}"
+            )));
+        }
+        let key = (str_field(obj, "interface"), str_field(obj, "step"));
+        if list[..i].iter().any(|o| (o["interface"].as_str(), o["step"].as_str()) == key) {
+            return Err(ApiError::bad_request(format!(
+                "Duplicate step {}.{} in step {i}",
+                key.0.unwrap_or_default(),
+                key.1.unwrap_or_default()
+            )));
         }
     }
     Ok(())
@@ -137,17 +159,20 @@ fn check_steps(steps: &Value, order_key: &str) -> Result<(), ApiError> {
 
 /// Check an inspection rule's conditions or actions: each an object with a string `op` and
 /// `args` (a list or an object).
-fn check_rule_ops(list: &Value, what: &str) -> Result<(), ApiError> {
+fn check_rule_ops(list: &Value, what: &str, known: &[&str]) -> Result<(), ApiError> {
     let Some(items) = list.as_array() else {
-        return Err(ApiError::bad_request(format!("{what} must be a list")));
+        return Err(ApiError::bad_request(format!("{what}s must be a list")));
     };
     for (i, item) in items.iter().enumerate() {
         let Some(obj) = item.as_object() else {
             return Err(ApiError::bad_request(format!("{what} {i} must be an object")));
         };
-        if str_field(obj, "op").is_none_or(str::is_empty) {
+        let op = str_field(obj, "op").unwrap_or_default();
+        let bare = if what == "condition" { op.strip_prefix('!').unwrap_or(op) } else { op };
+        if !known.contains(&bare) {
             return Err(ApiError::bad_request(format!(
-                "'op' is a required property in {what} {i}"
+                "Unknown {what} operator '{op}' in {what} {i}: must be one of {}",
+                known.join(", ")
             )));
         }
         if !obj.get("args").is_some_and(|a| a.is_array() || a.is_object()) {
@@ -155,8 +180,16 @@ fn check_rule_ops(list: &Value, what: &str) -> Result<(), ApiError> {
                 "'args' must be a list or an object in {what} {i}"
             )));
         }
+        if let Some(m) = obj.get("multiple")
+            && !m.as_str().is_some_and(|m| RULE_MULTIPLE.contains(&m))
+        {
+            return Err(ApiError::bad_request(format!(
+                "Invalid 'multiple' {m} in {what} {i}: must be one of {}",
+                RULE_MULTIPLE.join(", ")
+            )));
+        }
         for k in obj.keys() {
-            if !matches!(k.as_str(), "op" | "args" | "multiple" | "invert" | "loop") {
+            if !matches!(k.as_str(), "op" | "args" | "multiple" | "loop") {
                 return Err(ApiError::bad_request(format!(
                     "Additional properties are not allowed ('{k}' was unexpected) in {what} {i}"
                 )));
@@ -222,30 +255,24 @@ pub(super) async fn prepare(
                     Some(mac.to_string())
                 }
             };
-            if let Some(mode) = str_field(&r.body, "mode")
-                && !BOND_MODES.contains(&mode)
-            {
-                return Err(ApiError::bad_request(format!(
-                    "Invalid mode {mode}: must be one of {}",
-                    BOND_MODES.join(", ")
-                )));
+            if str_field(&r.body, "mode").is_some_and(str::is_empty) {
+                return Err(ApiError::bad_request("A port group mode must not be empty."));
             }
             if let Some(old) = old
                 && old.node_uuid != r.node_uuid
                 && state.store.resource_references(Referrer::PortPortgroup, old.uuid).await? > 0
             {
-                return Err(PublicError::conflict(format!(
+                return Err(ApiError::bad_request(format!(
                     "Port group {} has ports; it cannot move to another node.",
                     old.uuid
-                ))
-                .into());
+                )));
             }
         }
         ResourceKind::VolumeConnector => {
             let ty = str_field(&r.body, "type").unwrap_or_default().to_owned();
-            if !CONNECTOR_TYPES.contains(&ty.as_str()) {
+            if ty.is_empty() || ty.len() > 32 {
                 return Err(ApiError::bad_request(format!(
-                    "Invalid volume connector type {ty}: must be one of {}",
+                    "Invalid volume connector type '{ty}': 1 to 32 characters, e.g. {}",
                     CONNECTOR_TYPES.join(", ")
                 )));
             }
@@ -291,10 +318,33 @@ pub(super) async fn prepare(
             if str_field(&r.body, "phase") != Some("main") {
                 return Err(ApiError::bad_request("Invalid phase: the only phase is 'main'."));
             }
-            check_rule_ops(r.body.get("conditions").unwrap_or(&Value::Null), "condition")?;
-            check_rule_ops(r.body.get("actions").unwrap_or(&Value::Null), "action")?;
+            if str_field(&r.body, "description").is_some_and(|d| d.chars().count() > 255) {
+                return Err(ApiError::bad_request(
+                    "Invalid description: it must be at most 255 characters long.",
+                ));
+            }
+            match r.body.get("priority").and_then(Value::as_i64) {
+                Some(p) if (0..=9999).contains(&p) => {}
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid priority {}: must be between 0 and 9999",
+                        other.map_or_else(|| "(missing)".to_owned(), |p| p.to_string())
+                    )));
+                }
+            }
+            let conditions = r.body.get("conditions").unwrap_or(&Value::Null);
+            check_rule_ops(conditions, "condition", RULE_CONDITIONS)?;
+            check_rule_ops(r.body.get("actions").unwrap_or(&Value::Null), "action", RULE_ACTIONS)?;
             if r.body.get("actions").and_then(Value::as_array).is_some_and(Vec::is_empty) {
                 return Err(ApiError::bad_request("actions must contain at least one action"));
+            }
+            if let Some(old) = old
+                && old.body.get("sensitive") == Some(&Value::Bool(true))
+                && r.body.get("sensitive") != Some(&Value::Bool(true))
+            {
+                return Err(ApiError::bad_request(
+                    "A sensitive inspection rule cannot be made non-sensitive.",
+                ));
             }
         }
         ResourceKind::Allocation => {
@@ -327,8 +377,13 @@ async fn prepare_allocation(
     r: &mut Resource,
     node: Option<&Node>,
 ) -> Result<(), ApiError> {
-    let traits = string_list(&r.body, "traits")?;
-    let traits = deploy::traits::check_all(&traits).map_err(ApiError::bad_request)?;
+    let mut traits: Vec<String> = Vec::new();
+    for t in string_list(&r.body, "traits")? {
+        deploy::traits::check(&t).map_err(ApiError::bad_request)?;
+        if !traits.contains(&t) {
+            traits.push(t);
+        }
+    }
     r.body.insert("traits".into(), serde_json::json!(traits));
     let mut candidates = Vec::new();
     for ident in string_list(&r.body, "candidate_nodes")? {
@@ -462,11 +517,10 @@ pub(super) async fn before_delete(
         }
         ResourceKind::Portgroup => {
             if state.store.resource_references(Referrer::PortPortgroup, r.uuid).await? > 0 {
-                return Err(PublicError::conflict(format!(
+                return Err(ApiError::bad_request(format!(
                     "Cannot complete the requested action because port group {} contains ports.",
                     r.uuid
-                ))
-                .into());
+                )));
             }
         }
         ResourceKind::VolumeConnector | ResourceKind::VolumeTarget => {

@@ -20,6 +20,8 @@ pub static CHASSIS: Spec = Spec {
     subs: &[("nodes", 1)],
     filters: &[],
     detail_param_since: 43,
+    patch_since: 1,
+    hidden_writes_405: false,
 };
 
 /// `/v1/portgroups` (1.23).
@@ -43,6 +45,8 @@ pub static PORTGROUP: Spec = Spec {
     subs: &[("ports", 24)],
     filters: &[Filter::Node("node"), Filter::Mac("address")],
     detail_param_since: 43,
+    patch_since: 1,
+    hidden_writes_405: false,
 };
 
 /// `/v1/volume/connectors` (1.32).
@@ -62,6 +66,8 @@ pub static VOLUME_CONNECTOR: Spec = Spec {
     subs: &[],
     filters: &[Filter::Node("node")],
     detail_param_since: 32,
+    patch_since: 1,
+    hidden_writes_405: false,
 };
 
 /// `/v1/volume/targets` (1.32).
@@ -83,6 +89,8 @@ pub static VOLUME_TARGET: Spec = Spec {
     subs: &[],
     filters: &[Filter::Node("node")],
     detail_param_since: 32,
+    patch_since: 1,
+    hidden_writes_405: false,
 };
 
 /// `/v1/deploy_templates` (1.55).
@@ -98,6 +106,8 @@ pub static DEPLOY_TEMPLATE: Spec = Spec {
     subs: &[],
     filters: &[],
     detail_param_since: 55,
+    patch_since: 1,
+    hidden_writes_405: true,
 };
 
 /// `/v1/runbooks` (1.92).
@@ -109,7 +119,7 @@ pub static RUNBOOK: Spec = Spec {
     named: true,
     node: NodeLink::None,
     fields: &[
-        Field::rw("description", 112, Ty::Str, D::Null),
+        Field::rw("description", 112, Ty::Str, D::Null).unknown_below(),
         Field::rw("steps", 92, Ty::List, D::List).required(),
         Field::rw("disable_ramdisk", 92, Ty::Bool, D::Bool(false)).not_null(),
         Field::rw("public", 92, Ty::Bool, D::Bool(false)).not_null(),
@@ -121,6 +131,8 @@ pub static RUNBOOK: Spec = Spec {
     subs: &[],
     filters: &[Filter::Body("owner", 92)],
     detail_param_since: 92,
+    patch_since: 1,
+    hidden_writes_405: true,
 };
 
 /// `/v1/inspection_rules` (1.96).
@@ -144,6 +156,8 @@ pub static INSPECTION_RULE: Spec = Spec {
     subs: &[],
     filters: &[Filter::Body("phase", 96)],
     detail_param_since: 96,
+    patch_since: 1,
+    hidden_writes_405: true,
 };
 
 /// `/v1/allocations` (1.52).
@@ -185,6 +199,8 @@ pub static ALLOCATION: Spec = Spec {
         Filter::Body("owner", 60),
     ],
     detail_param_since: 52,
+    patch_since: 57,
+    hidden_writes_405: true,
 };
 
 /// Every kind.

@@ -192,15 +192,19 @@ enum Holder {
 async fn vif_holders(state: &ApiState, n: &Node) -> Result<Vec<(Holder, JsonObject)>, ApiError> {
     let mut q = store::ResourceListQuery::new(ResourceKind::Portgroup);
     q.node = Some(n.uuid);
-    let mut out = Vec::new();
-    for pg in state.store.resource_list(&q).await? {
-        let info = pg.body.get("internal_info").and_then(Value::as_object).cloned();
-        out.push((Holder::Portgroup(pg), info.unwrap_or_default()));
-    }
     let ports = state
         .store
         .port_list(&PortListQuery { node: Some(n.uuid), ..PortListQuery::default() })
         .await?;
+    let mut out = Vec::new();
+    for pg in state.store.resource_list(&q).await? {
+        // An empty port group cannot carry a VIF (Ironic skips it).
+        if !ports.iter().any(|p| p.portgroup_uuid == Some(pg.uuid)) {
+            continue;
+        }
+        let info = pg.body.get("internal_info").and_then(Value::as_object).cloned();
+        out.push((Holder::Portgroup(pg), info.unwrap_or_default()));
+    }
     for p in ports.into_iter().filter(|p| p.portgroup_uuid.is_none()) {
         let info = p.internal_info.clone();
         out.push((Holder::Port(p), info));
@@ -254,11 +258,10 @@ async fn vif_attach(
         info.get(VIF_KEY).is_none_or(Value::is_null) && wanted.is_none_or(|w| w == id)
     });
     let Some((holder, mut info)) = free else {
-        return Err(PublicError::conflict(format!(
+        return Err(ApiError::bad_request(format!(
             "Unable to attach VIF {} to node {}: not enough free physical ports.",
             body.id, n.uuid
-        ))
-        .into());
+        )));
     };
     info.insert(VIF_KEY.into(), Value::String(body.id.clone()));
     match holder {
@@ -373,7 +376,13 @@ async fn vmedia_detach(
 ) -> Result<StatusCode, ApiError> {
     gate(&ctx, 89)?;
     let only: Option<Vec<String>> =
-        q.get("device_types").map(|d| d.split(',').map(str::to_owned).collect());
+        q.get("device_types").map(|d| d.split(',').map(str::trim).map(str::to_owned).collect());
+    if let Some(bad) = only.iter().flatten().find(|d| !VMEDIA_DEVICES.contains(&d.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "Invalid device type {bad}: must be one of {}",
+            VMEDIA_DEVICES.join(", ")
+        )));
+    }
     modify(&state, &ident, &ctx, |n| {
         fake_management_only(n, "virtual media")?;
         let mut list: Vec<Value> =
@@ -393,7 +402,7 @@ async fn vmedia_get(
     ctx: Ctx,
     ApiPath(ident): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    gate(&ctx, 89)?;
+    gate(&ctx, 93)?;
     let n = state.node_by_ident(&ident, ctx.version).await?;
     Ok(Json(json!({ "vmedia": attr(&n, "vmedia").cloned().unwrap_or(json!([])) })))
 }
@@ -484,6 +493,9 @@ async fn inventory(
 
 // ---- management: boot device, NMI ---------------------------------------------------------
 
+/// What Ironic's fake management interface supports.
+const FAKE_BOOT_DEVICES: &[&str] = &["pxe"];
+
 const BOOT_DEVICES: &[&str] = &["pxe", "disk", "cdrom", "bios", "safe", "wanboot", "uefi http"];
 
 async fn boot_device_get(
@@ -506,11 +518,10 @@ async fn boot_device_supported(
 ) -> Result<Json<Value>, ApiError> {
     let n = state.node_by_ident(&ident, ctx.version).await?;
     fake_management_only(&n, "listing boot devices")?;
-    Ok(Json(json!({ "supported_boot_devices": ["pxe", "disk"] })))
+    Ok(Json(json!({ "supported_boot_devices": FAKE_BOOT_DEVICES })))
 }
 
 #[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct BootDeviceBody {
     boot_device: String,
     #[serde(default)]
@@ -532,10 +543,12 @@ async fn boot_device_set(
     }
     modify(&state, &ident, &ctx, |n| {
         fake_management_only(n, "setting the boot device")?;
-        if !["pxe", "disk"].contains(&body.boot_device.as_str()) {
+        if !FAKE_BOOT_DEVICES.contains(&body.boot_device.as_str()) {
             return Err(ApiError::bad_request(format!(
-                "Boot device {} is not supported by node {}; supported: pxe, disk",
-                body.boot_device, n.uuid
+                "Boot device {} is not supported by node {}; supported: {}",
+                body.boot_device,
+                n.uuid,
+                FAKE_BOOT_DEVICES.join(", ")
             )));
         }
         n.attributes.insert(
@@ -555,8 +568,8 @@ async fn inject_nmi(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<StatusCode, ApiError> {
     gate(&ctx, 29)?;
-    if body.as_object().is_none_or(|o| !o.is_empty()) {
-        return Err(ApiError::bad_request("The body of inject_nmi must be an empty object."));
+    if !body.is_object() {
+        return Err(ApiError::bad_request("The body of inject_nmi must be a JSON object."));
     }
     let n = state.node_by_ident(&ident, ctx.version).await?;
     if let Some(holder) = &n.reservation {
@@ -579,16 +592,34 @@ async fn raid_set(
     ApiPath(ident): ApiPath<String>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<StatusCode, ApiError> {
-    gate(&ctx, 12)?;
+    if !ctx.version.at_least(12) {
+        return Err(ApiError::NotAcceptable(
+            "Setting the target RAID configuration requires API version 1.12 or later.".into(),
+        ));
+    }
     let Some(obj) = body.as_object() else {
         return Err(ApiError::bad_request("The RAID configuration must be an object."));
     };
+    // Ironic hands a non-empty configuration to the node's RAID interface, which validates
+    // it; `no-raid` refuses any.
+    let node = state.node_by_ident(&ident, ctx.version).await?;
+    if node.interfaces.raid.as_deref().is_none_or(|r| r == "no-raid") && !obj.is_empty() {
+        return Err(ApiError::Unsupported(format!(
+            "Driver {} does not support raid (disabled or not implemented).",
+            node.driver
+        )));
+    }
     if obj.keys().any(|k| k != "logical_disks") {
         return Err(ApiError::bad_request("The RAID configuration may only hold logical_disks."));
     }
-    let disks = obj.get("logical_disks").and_then(Value::as_array).ok_or_else(|| {
-        ApiError::bad_request("'logical_disks' is a required property and must be a list")
-    })?;
+    // `{}` clears the target configuration.
+    let no_disks = Vec::new();
+    let disks = match obj.get("logical_disks") {
+        None if obj.is_empty() => &no_disks,
+        other => other.and_then(Value::as_array).ok_or_else(|| {
+            ApiError::bad_request("'logical_disks' is a required property and must be a list")
+        })?,
+    };
     for (i, d) in disks.iter().enumerate() {
         let size_ok = match d.get("size_gb") {
             Some(Value::Number(n)) => n.as_u64().is_some_and(|s| s > 0),
@@ -613,9 +644,9 @@ async fn raid_set(
     }
     let config = obj.clone();
     modify(&state, &ident, &ctx, |n| {
-        if n.interfaces.raid.as_deref() == Some("no-raid") && !disks.is_empty() {
-            return Err(ApiError::bad_request(format!(
-                "Driver {} does not support RAID configuration (raid interface no-raid).",
+        if n.interfaces.raid.as_deref().is_none_or(|r| r == "no-raid") && !disks.is_empty() {
+            return Err(ApiError::Unsupported(format!(
+                "Driver {} does not support raid (disabled or not implemented).",
                 n.driver
             )));
         }
@@ -627,7 +658,6 @@ async fn raid_set(
 }
 
 #[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct TargetBody {
     target: Value,
 }
@@ -661,8 +691,14 @@ async fn secure_boot_set(
     ApiJson(body): ApiJson<TargetBody>,
 ) -> Result<Response, ApiError> {
     gate(&ctx, 76)?;
-    let Some(on) = body.target.as_bool() else {
-        return Err(ApiError::bad_request("Invalid secure boot target: must be true or false"));
+    let on = match &body.target {
+        Value::Bool(b) => *b,
+        Value::String(t) => crate::service::parse_bool("target", t).map_err(|_| {
+            ApiError::bad_request(format!("Invalid secure boot target {t}: must be true or false"))
+        })?,
+        _ => {
+            return Err(ApiError::bad_request("Invalid secure boot target: must be true or false"));
+        }
     };
     let n = modify(&state, &ident, &ctx, |n| {
         fake_management_only(n, "setting secure boot")?;
@@ -689,7 +725,6 @@ async fn console_get(
 }
 
 #[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ConsoleBody {
     enabled: bool,
 }

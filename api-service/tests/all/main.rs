@@ -8,6 +8,7 @@ mod harness;
 
 mod agent;
 mod bad_input;
+mod bad_input_resources;
 mod binary;
 mod endpoints;
 mod grpc;
