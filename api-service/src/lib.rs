@@ -17,6 +17,7 @@ pub mod error;
 pub mod grpc;
 pub mod metrics;
 mod openapi;
+pub mod outbox;
 pub mod patch;
 pub mod render;
 pub mod resources;
@@ -73,6 +74,11 @@ pub async fn run(
     let backend = state.store.backend_name();
     let token = shutdown.token().clone();
     let app = router(state.clone());
+    let relay = shutdown.spawn(state.outbox.clone().relay(
+        state.store.clone(),
+        state.bus.clone(),
+        token.clone(),
+    ));
     let (rest_token, stop) = (token.clone(), token.clone());
     // Either server stopping stops the other too rather than limp along half-up.
     let rest_task = shutdown.spawn(async move {
@@ -107,6 +113,7 @@ pub async fn run(
         rest_task.abort();
         grpc_task.abort();
     }
+    let _ = joined(relay).await;
     let rest_res = joined(rest_task).await.unwrap_or(Ok(()));
     let grpc_res = joined(grpc_task).await.unwrap_or(Ok(()));
     tracing::info!("api-service stopped");

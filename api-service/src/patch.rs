@@ -356,6 +356,22 @@ pub fn patch_node(node: &Node, ops: &[PatchOp]) -> Result<Node, ApiError> {
     out.owner = opt_string(&mut d, "owner")?;
     out.lessee = opt_string(&mut d, "lessee")?;
     out.resource_class = opt_string(&mut d, "resource_class")?;
+    // Ironic: once set, the resource class changes only while the node is not schedulable.
+    if out.resource_class != node.resource_class
+        && node.resource_class.is_some()
+        && !matches!(
+            node.provision_state,
+            ProvisionState::Enroll
+                | ProvisionState::Inspecting
+                | ProvisionState::InspectWait
+                | ProvisionState::Manageable
+        )
+    {
+        return Err(ApiError::bad_request(format!(
+            "The requested action \"setting resource_class\" can not be performed on node \"{}\" while it is in state \"{}\".",
+            node.uuid, node.provision_state
+        )));
+    }
     out.conductor_group =
         opt_string(&mut d, "conductor_group")?.unwrap_or_default().to_ascii_lowercase();
     out.automated_clean = opt_bool(&mut d, "automated_clean")?;

@@ -79,6 +79,8 @@ pub struct ApiState {
     pub auth: Auth,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Where events go before the bus.
+    pub outbox: crate::outbox::Outbox,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -113,7 +115,14 @@ pub fn new_request_id() -> String {
 impl ApiState {
     /// Build a state with default settings and no auth (tests, embedded mode).
     pub fn new(store: DataStore, bus: DynBus, settings: Settings, auth: Auth) -> Self {
-        Self { store, bus, settings: Arc::new(settings), auth, metrics: Arc::new(Metrics::new()) }
+        Self {
+            store,
+            bus,
+            settings: Arc::new(settings),
+            auth,
+            metrics: Arc::new(Metrics::new()),
+            outbox: crate::outbox::Outbox::default(),
+        }
     }
 
     /// Fetch a node by UUID or name (names need 1.5).
@@ -127,8 +136,8 @@ impl ApiState {
         Ok(self.store.node_fetch_by_ident(ident).await?)
     }
 
-    /// Publish an event for a node; a failure is logged, never returned: the database holds
-    /// the truth and the conductor's sweep picks the work up anyway.
+    /// Publish an event for a node through the outbox: the caller never waits on the bus,
+    /// and a failure is logged, never returned (the database holds the truth).
     pub async fn publish(&self, ctx: &Ctx, node: &Node, payload: Payload) {
         let ev = Event {
             event_id: uuid::Uuid::new_v4().to_string(),
@@ -137,9 +146,7 @@ impl ApiState {
             created_at: Utc::now().to_rfc3339(),
             payload: Some(payload),
         };
-        if let Err(e) = bus::publish_event(self.bus.as_ref(), &ev).await {
-            tracing::warn!(node_id = %node.uuid, error = %e, "event publish failed; the conductor sweep will pick the change up");
-        }
+        self.outbox.enqueue(&self.store, &self.bus, &ev).await;
     }
 
     /// Publish `NodeStateChanged` (for watchers) after a change made by the API.

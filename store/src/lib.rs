@@ -17,6 +17,7 @@ mod history;
 mod lock;
 mod modify;
 mod node;
+mod outbox;
 mod port;
 mod query;
 mod resource;
@@ -37,6 +38,7 @@ use sqlx::sqlite::{
 };
 
 pub use modify::{NODE_MODIFY_ATTEMPTS, NodeModify};
+pub use outbox::OutboxEntry;
 pub use query::{MAX_LIMIT, NodeListQuery, NodeSortKey, PortListQuery, SortDir};
 pub use resource::{
     BodyFilter, Duplicates, Referrer, Resource, ResourceKind, ResourceListQuery, ResourceSortKey,

@@ -140,7 +140,7 @@ fn check_steps(steps: &Value, order_key: &str) -> Result<(), ApiError> {
             Some(Value::String(t)) => t.trim().parse::<i64>().ok(),
             _ => None,
         };
-        if !order.is_some_and(|p| p >= 0) {
+        if order.is_none_or(|p| p < 0) {
             return Err(ApiError::bad_request(format!(
                 "'{order_key}' must be a non-negative integer in step {i}"
             )));
@@ -494,9 +494,7 @@ pub(super) async fn after_create(
             allocation_uuid: r.uuid.to_string(),
         })),
     };
-    if let Err(e) = bus::publish_event(state.bus.as_ref(), &ev).await {
-        tracing::warn!(allocation = %r.uuid, error = %e, "allocation event publish failed; the conductor sweep will pick it up");
-    }
+    state.outbox.enqueue(&state.store, &state.bus, &ev).await;
     Ok(r)
 }
 

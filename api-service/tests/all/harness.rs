@@ -68,7 +68,7 @@ impl Harness {
         Some(Self::start(db, bus, ApiConfig::default()).await)
     }
 
-    async fn start(db: TestDatabase, bus: DynBus, cfg: ApiConfig) -> Harness {
+    pub async fn start(db: TestDatabase, bus: DynBus, cfg: ApiConfig) -> Harness {
         let store = db.store().clone();
         let rest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -12,4 +12,5 @@ mod bad_input_resources;
 mod binary;
 mod endpoints;
 mod grpc;
+mod outbox;
 mod rest;
