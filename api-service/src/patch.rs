@@ -489,6 +489,18 @@ pub fn patch_port(port: &Port, ops: &[PatchOp]) -> Result<Port, ApiError> {
     out.local_link_connection = object(&mut d, "local_link_connection")?;
     out.physical_network = opt_string(&mut d, "physical_network")?;
     out.extra = object(&mut d, "extra")?;
+    out.is_smartnic = boolean(&mut d, "is_smartnic", false)?;
+    out.name = opt_string(&mut d, "name")?;
+    if let Some(name) = &out.name
+        && !is_valid_name(name)
+    {
+        return Err(ApiError::bad_request(format!(
+            "Expected a logical name but received {name} for the port."
+        )));
+    }
+    out.description = opt_string(&mut d, "description")?;
+    out.vendor = opt_string(&mut d, "vendor")?;
+    out.category = opt_string(&mut d, "category")?;
     out.portgroup_uuid =
         match opt_string(&mut d, "portgroup_uuid")? {
             None => None,
@@ -706,9 +718,12 @@ mod tests {
         .unwrap();
         assert!(!p.pxe_enabled);
         assert_eq!(p.local_link_connection["switch_id"], "sw");
-        let e = patch_port(&port, &ops(json!([{"op": "add", "path": "/name", "value": "x"}])))
+        let named =
+            patch_port(&port, &ops(json!([{"op": "add", "path": "/name", "value": "x"}]))).unwrap();
+        assert_eq!(named.name.as_deref(), Some("x"));
+        let e = patch_port(&port, &ops(json!([{"op": "add", "path": "/uuid", "value": "x"}])))
             .unwrap_err();
-        assert!(e.to_string().contains("Cannot patch /name"), "{e}");
+        assert!(e.to_string().contains("Cannot patch /uuid"), "{e}");
         let e = patch_port(&port, &ops(json!([{"op": "remove", "path": "/address"}]))).unwrap_err();
         assert!(e.to_string().contains("'address' can not be removed"), "{e}");
     }

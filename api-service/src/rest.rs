@@ -18,6 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::de::DeserializeOwned;
+use tower_http::normalize_path::NormalizePathLayer;
 use tracing::Instrument;
 
 use crate::error::ApiError;
@@ -186,11 +187,16 @@ pub fn router(state: ApiState) -> Router {
         .merge(provision)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
-    v1.layer(middleware::from_fn_with_state(state.auth.clone(), crate::auth::layer))
+    let routed = v1
+        .layer(middleware::from_fn_with_state(state.auth.clone(), crate::auth::layer))
         .layer(middleware::from_fn(version::layer))
         .layer(middleware::from_fn_with_state(state.clone(), crate::metrics::layer))
         .layer(middleware::from_fn(request_id_layer))
-        .with_state(state)
+        .with_state(state);
+    // Ironic serves `/v1/nodes/` as `/v1/nodes` (python-ironicclient sends filtered lists
+    // that way): the trailing slash goes before routing.
+    Router::new()
+        .fallback_service(tower::Layer::layer(&NormalizePathLayer::trim_trailing_slash(), routed))
 }
 
 /// An empty 202 with a `Location` header: the openstack client insists on no body and no

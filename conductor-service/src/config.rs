@@ -118,6 +118,18 @@ pub struct ConductorConfig {
     pub power_sync_max_failures: u32,
     /// Seconds a node may stay in a wait state without hearing from its agent.
     pub callback_timeout_secs: f64,
+    /// Seconds a node may stay in `inspect wait` after its inspection started (Ironic's
+    /// `[conductor]inspect_wait_timeout`; 0 disables).
+    pub inspect_wait_timeout_secs: f64,
+    /// Seconds a node may stay in `rescue wait` without hearing from its rescue ramdisk
+    /// (Ironic's `[conductor]rescue_callback_timeout`; 0 disables).
+    pub rescue_callback_timeout_secs: f64,
+    /// Seconds a node may stay in `service wait` without hearing from its agent (Ironic's
+    /// `[conductor]service_callback_timeout`; 0 disables).
+    pub service_callback_timeout_secs: f64,
+    /// The longest pause a `wait` step with a `seconds` argument takes (Ironic's
+    /// `[conductor]max_conductor_wait_step_seconds`).
+    pub max_wait_step_secs: f64,
     /// Seconds between callback-timeout checks.
     pub check_timeouts_interval_secs: f64,
     /// Default for automated cleaning (a node's `automated_clean` overrides it).
@@ -216,6 +228,10 @@ impl Default for ConductorConfig {
             power_sync_interval_secs: 60.0,
             power_sync_max_failures: 3,
             callback_timeout_secs: 120.0,
+            inspect_wait_timeout_secs: 1800.0,
+            rescue_callback_timeout_secs: 1800.0,
+            service_callback_timeout_secs: 1800.0,
+            max_wait_step_secs: 30.0,
             check_timeouts_interval_secs: 10.0,
             automated_clean: true,
             power_off_after_deploy_failure: true,
@@ -325,6 +341,10 @@ impl ConductorConfig {
         secs("sweep_interval_secs", self.sweep_interval_secs, false)?;
         secs("power_sync_interval_secs", self.power_sync_interval_secs, true)?;
         secs("callback_timeout_secs", self.callback_timeout_secs, false)?;
+        secs("inspect_wait_timeout_secs", self.inspect_wait_timeout_secs, true)?;
+        secs("rescue_callback_timeout_secs", self.rescue_callback_timeout_secs, true)?;
+        secs("service_callback_timeout_secs", self.service_callback_timeout_secs, true)?;
+        secs("max_wait_step_secs", self.max_wait_step_secs, true)?;
         secs("check_timeouts_interval_secs", self.check_timeouts_interval_secs, false)?;
         secs("power_state_change_timeout_secs", self.power_state_change_timeout_secs, false)?;
         secs("drain_timeout_secs", self.drain_timeout_secs, true)?;
@@ -349,9 +369,28 @@ impl ConductorConfig {
         self.heartbeat_interval() * self.dead_after_missed_heartbeats.max(1)
     }
 
-    /// Callback timeout of the wait states.
+    /// Callback timeout of `wait call-back` and `clean wait`, and the longest silence of an
+    /// agent running a command.
     pub fn callback_timeout(&self) -> Duration {
         dur(self.callback_timeout_secs)
+    }
+
+    /// How long a node may stay in a wait state before the conductor fails it
+    /// (`Duration::ZERO`: never); `None` for a state that is not a wait state.
+    pub fn wait_timeout(&self, state: deploy::ProvisionState) -> Option<Duration> {
+        use deploy::ProvisionState as S;
+        match state {
+            S::WaitCallBack | S::CleanWait => Some(self.callback_timeout()),
+            S::InspectWait => Some(dur(self.inspect_wait_timeout_secs)),
+            S::RescueWait => Some(dur(self.rescue_callback_timeout_secs)),
+            S::ServiceWait => Some(dur(self.service_callback_timeout_secs)),
+            _ => None,
+        }
+    }
+
+    /// The longest pause of a `wait` step.
+    pub fn max_wait_step(&self) -> Duration {
+        dur(self.max_wait_step_secs)
     }
 
     /// Power-state change timeout.
@@ -384,6 +423,15 @@ mod tests {
         ConductorConfig::default().validate().unwrap();
         let c = ConductorConfig::default();
         assert_eq!(c.liveness_timeout(), Duration::from_secs(30));
+        // Ironic's defaults for the wait states this conductor reaches by its own workflows.
+        use deploy::ProvisionState as S;
+        for s in [S::InspectWait, S::RescueWait, S::ServiceWait] {
+            assert_eq!(c.wait_timeout(s), Some(Duration::from_secs(1800)), "{s}");
+        }
+        for s in deploy::state::ALL_STATES {
+            assert_eq!(c.wait_timeout(s).is_some(), s.is_wait(), "{s}");
+        }
+        assert_eq!(c.max_wait_step(), Duration::from_secs(30));
     }
 
     #[test]

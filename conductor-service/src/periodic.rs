@@ -11,9 +11,10 @@ use proto::events::event::Payload;
 use store::NodeListQuery;
 
 use crate::Ctx;
-use crate::task::{LockGuard, Task};
+use crate::config::ConductorConfig;
+use crate::task::{LockGuard, Task, WorkflowError};
 use crate::worker::wake_owned;
-use crate::workflows::{agent_called_back, fail_current, work_for};
+use crate::workflows::{fail_current, power_off_after_failure, work_for};
 
 /// Run `f` every `period` until shutdown (first run after one period).
 pub async fn every<F, Fut>(ctx: Arc<Ctx>, name: &'static str, period: Duration, mut f: F)
@@ -126,7 +127,8 @@ pub async fn list_all_store(
 }
 
 /// Find unlocked nodes that need a conductor (working states, wait states whose agent
-/// called back, pending power requests) and wake them.
+/// called back or that were released from a hold) and wake them. Pending power requests
+/// whose message was lost are the power sync's.
 pub async fn sweep(ctx: Arc<Ctx>) {
     let q = NodeListQuery {
         reserved: Some(false),
@@ -135,8 +137,14 @@ pub async fn sweep(ctx: Arc<Ctx>) {
             S::Deploying,
             S::Cleaning,
             S::Deleting,
+            S::Inspecting,
+            S::Adopting,
+            S::Rescuing,
+            S::Unrescuing,
+            S::Servicing,
             S::WaitCallBack,
             S::CleanWait,
+            S::ServiceWait,
         ],
         ..Default::default()
     };
@@ -156,45 +164,108 @@ pub async fn sweep(ctx: Arc<Ctx>) {
     }
 }
 
-/// Fail nodes that waited for their agent longer than the callback timeout.
+/// Fail nodes that stayed in a wait state longer than its timeout (reference §5.4:
+/// `wait call-back` and `clean wait` after `callback_timeout_secs`, `inspect wait`,
+/// `rescue wait` and `service wait` after Ironic's `inspect_wait_timeout`,
+/// `rescue_callback_timeout` and `service_callback_timeout`), skipping nodes in
+/// maintenance and nodes a workflow is about to continue.
 pub async fn callback_timeouts(ctx: Arc<Ctx>) {
+    let waits: Vec<S> = deploy::state::ALL_STATES
+        .into_iter()
+        .filter(|s| ctx.cfg.wait_timeout(*s).is_some_and(|t| !t.is_zero()))
+        .collect();
     let q = NodeListQuery {
         reserved: Some(false),
         maintenance: Some(false),
-        provision_states: vec![S::WaitCallBack, S::CleanWait],
+        provision_states: waits,
         ..Default::default()
     };
     let Ok(nodes) = list_all(&ctx, q).await else { return };
-    let limit = ctx.cfg.callback_timeout();
-    let cutoff =
-        ctx.clock.now() - chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
+    let now = ctx.clock.now();
     for n in nodes {
-        let expired = n.provision_updated_at.is_none_or(|t| t < cutoff);
-        if !expired || agent_called_back(&n) {
+        if !timed_out(&ctx.cfg, &n, now) || work_for(&n).is_some() {
             continue;
         }
         let Ok((guard, node)) = LockGuard::acquire(&ctx, n.uuid).await else { continue };
         // Re-check under the lock: the agent may have called back meanwhile.
         let still = node.provision_state == n.provision_state
-            && !agent_called_back(&node)
-            && node.provision_updated_at.is_none_or(|t| t < cutoff);
+            && timed_out(&ctx.cfg, &node, now)
+            && work_for(&node).is_none();
         if still {
-            let what = match node.provision_state {
-                S::WaitCallBack => "the deploy ramdisk's agent to call back (wait call-back)",
-                _ => "the cleaning ramdisk's agent to call back (clean wait)",
-            };
-            let msg = format!(
-                "Timeout reached while waiting for callback for node {}: no heartbeat from {what} within {}s",
-                node.uuid,
-                limit.as_secs()
-            );
             let mut task = Task { ctx: ctx.clone(), node };
-            if let Err(e) = fail_current(&mut task, &msg).await {
+            if let Err(e) = fail_wait(&mut task).await {
                 tracing::error!(node = %n.uuid, error = %common::ErrorChain(&e), "could not fail timed-out node");
             }
         }
         guard.release().await;
     }
+}
+
+/// Whether `n` has been in its wait state longer than the state's timeout. Inspection is
+/// timed from its start (Ironic's `inspection_started_at`), the others from the last
+/// provision update, which the agent's heartbeats bump.
+fn timed_out(cfg: &ConductorConfig, n: &Node, now: chrono::DateTime<chrono::Utc>) -> bool {
+    let Some(limit) = cfg.wait_timeout(n.provision_state).filter(|t| !t.is_zero()) else {
+        return false;
+    };
+    let since = match n.provision_state {
+        S::InspectWait => n.inspection_started_at.or(n.provision_updated_at),
+        _ => n.provision_updated_at,
+    };
+    let cutoff = chrono::Duration::from_std(limit).ok().and_then(|d| now.checked_sub_signed(d));
+    match (since, cutoff) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(t), Some(cutoff)) => t < cutoff,
+    }
+}
+
+/// Fail a node whose wait timed out, with Ironic's message for its state, and power off the
+/// ramdisk Ironic tears down: the cleaning one (`tear_down_cleaning`), the inspection one
+/// (its managed boot) and the rescue one (`rescuing_error_handler`); a deploy's is powered
+/// off by [`fail_current`] when `power_off_after_deploy_failure` says so.
+async fn fail_wait(task: &mut Task) -> Result<(), WorkflowError> {
+    let n = &task.node;
+    let limit = task.ctx.cfg.wait_timeout(n.provision_state).unwrap_or_default();
+    let step = |s: &deploy::model::JsonObject| serde_json::Value::Object(s.clone()).to_string();
+    let (msg, power_off) = match n.provision_state {
+        S::WaitCallBack => (
+            format!(
+                "Timeout reached while waiting for callback for node {}: no heartbeat from the deploy ramdisk's agent to call back (wait call-back) within {}s",
+                n.uuid,
+                limit.as_secs()
+            ),
+            false,
+        ),
+        S::CleanWait => (
+            format!(
+                "Timeout reached while cleaning the node. Please check if the ramdisk responsible for the cleaning is running on the node. Failed on step {}.",
+                step(&n.clean_step)
+            ),
+            true,
+        ),
+        S::InspectWait => (
+            "Timeout reached while inspecting the node. Please check if the ramdisk responsible for the inspection is running on the node.".to_owned(),
+            true,
+        ),
+        S::RescueWait => (
+            format!("Timeout reached while waiting for rescue ramdisk callback for node {}", n.uuid),
+            true,
+        ),
+        S::ServiceWait => (
+            format!(
+                "Timeout reached while servicing the node. Please check if the ramdisk responsible for the servicing is running on the node. Failed on step {}.",
+                step(&n.service_step)
+            ),
+            false,
+        ),
+        _ => return Ok(()),
+    };
+    fail_current(task, &msg).await?;
+    if power_off {
+        power_off_after_failure(task, &msg).await?;
+    }
+    Ok(())
 }
 
 /// Read every eligible node's power state from its BMC; record out-of-band changes and

@@ -158,7 +158,7 @@ impl Task {
             }
             n.provision_state = to;
             n.target_provision_state = target_after(from, to, n.target_provision_state);
-            n.provision_updated_at = Some(now);
+            deploy::provision::stamp_transition(n, from, to, now);
             extra(n);
             Ok(())
         })

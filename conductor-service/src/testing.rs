@@ -145,10 +145,25 @@ pub async fn request_provision(
     node: NodeId,
     verb: ApiVerb,
 ) -> Result<Node, PublicError> {
+    request_provision_with(store, bus, node, verb, &RequestArgs::default()).await
+}
+
+/// [`request_provision`] with what the request carries besides its verb (clean or service
+/// steps, a config drive).
+///
+/// # Errors
+/// As [`request_provision`].
+pub async fn request_provision_with(
+    store: &DataStore,
+    bus: &bus::DynBus,
+    node: NodeId,
+    verb: ApiVerb,
+    args: &RequestArgs<'_>,
+) -> Result<Node, PublicError> {
     let now = Utc::now();
     let (stored, change) = store
         .node_modify(node, |n| {
-            apply_request(n, verb, &RequestArgs::default(), now).map_err(|r| match r {
+            apply_request(n, verb, args, now).map_err(|r| match r {
                 Refusal::Locked { holder } => {
                     PublicError::NodeLocked { node: node.to_string(), holder }
                 }

@@ -1,6 +1,13 @@
 //! The workflows a locked node runs, chosen from its recorded state: verify (manage),
 //! deploy, clean (provide, undeploy), delete, resume on the agent's heartbeat, power
-//! requests and abort clean-up. Every failure ends in the failure state with `last_error`.
+//! requests (also the power-off an abort leaves pending), and the operations of
+//! [`ops`] (inspect, adopt, rescue, unrescue) and [`service`]. Every failure ends in the
+//! failure state with `last_error`; every state the API can put a node in either has a
+//! workflow here, is stable or failed, or is a wait state that a heartbeat, an abort or the
+//! callback timeout ([`crate::periodic::callback_timeouts`]) ends.
+
+mod ops;
+pub mod service;
 
 use deploy::internal_info::{AgentSession, keys};
 use deploy::steps::{
@@ -29,6 +36,18 @@ pub enum Work {
     ResumeDeploy,
     /// `clean wait` and the agent has called: continue cleaning.
     ResumeClean,
+    /// `inspecting`: inspect the hardware.
+    Inspect,
+    /// `adopting`: take over a machine deployed elsewhere.
+    Adopt,
+    /// `rescuing`: start the rescue environment.
+    Rescue,
+    /// `unrescuing`: boot the instance again.
+    Unrescue,
+    /// `servicing`: start or re-plan the requested service steps.
+    Service,
+    /// `service wait` and servicing may go on (released from a hold, or the agent called).
+    ResumeService,
     /// A power change was requested (`target_power_state`).
     Power(PowerState),
 }
@@ -48,6 +67,12 @@ pub fn work_for(n: &Node) -> Option<Work> {
         S::Deleting => Some(Work::Delete),
         S::WaitCallBack if !n.maintenance && agent_called_back(n) => Some(Work::ResumeDeploy),
         S::CleanWait if !n.maintenance && agent_called_back(n) => Some(Work::ResumeClean),
+        S::Inspecting => Some(Work::Inspect),
+        S::Adopting => Some(Work::Adopt),
+        S::Rescuing => Some(Work::Rescue),
+        S::Unrescuing => Some(Work::Unrescue),
+        S::Servicing => Some(Work::Service),
+        S::ServiceWait if !n.maintenance && service::may_resume(n) => Some(Work::ResumeService),
         _ => n.target_power_state.map(Work::Power),
     }
 }
@@ -77,6 +102,15 @@ pub async fn run(task: &mut Task, work: Work) -> Result<(), WorkflowError> {
             clean(task, &drivers, iface.as_ref(), true).await
         }
         Work::Delete => delete(task, &drivers, iface.as_ref()).await,
+        Work::Inspect => ops::inspect(task, &drivers).await,
+        Work::Adopt => ops::adopt(task, iface.as_ref()).await,
+        Work::Rescue => ops::rescue(task, &drivers).await,
+        Work::Unrescue => ops::unrescue(task, &drivers).await,
+        Work::Service => service::run(task, &drivers, iface.as_ref()).await,
+        Work::ResumeService => {
+            task.transition(S::ServiceWait, E::Resume, |_| {}).await?;
+            service::run(task, &drivers, iface.as_ref()).await
+        }
         Work::Power(target) => return power_request(task, &drivers, target).await,
     };
     match res {
@@ -85,7 +119,8 @@ pub async fn run(task: &mut Task, work: Work) -> Result<(), WorkflowError> {
     }
 }
 
-/// Fail the operation the node is in (deploy failed, clean failed, enroll, error) with
+/// Fail the operation the node is in (deploy failed, clean failed, inspect failed, adopt
+/// failed, rescue failed, unrescue failed, service failed, enroll, error) with
 /// `last_error = msg`. Nodes in other states only get `last_error`.
 pub async fn fail_current(task: &mut Task, msg: &str) -> Result<(), WorkflowError> {
     let state = task.node.provision_state;
@@ -95,6 +130,17 @@ pub async fn fail_current(task: &mut Task, msg: &str) -> Result<(), WorkflowErro
         task.transition(state, E::Fail, |n| {
             n.last_error = Some(msg.clone());
             clear_plans(n);
+            match state {
+                // A failed adoption says nothing reliable about the power (Ironic: NOSTATE).
+                S::Adopting => n.power_state = None,
+                // The rescue password must not outlive a failed rescue.
+                S::Rescuing | S::RescueWait => {
+                    for k in ["rescue_password", "hashed_rescue_password"] {
+                        n.instance_info.remove(k);
+                    }
+                }
+                _ => {}
+            }
         })
         .await?;
         if task.node.provision_state == S::DeployFailed
@@ -115,9 +161,16 @@ pub async fn fail_current(task: &mut Task, msg: &str) -> Result<(), WorkflowErro
     Ok(())
 }
 
-/// Power off a node whose deploy failed, as Ironic does; a BMC failure is added to
-/// `last_error` rather than replacing the deploy's own error.
-async fn power_off_after_failure(task: &mut Task, msg: &str) -> Result<(), WorkflowError> {
+/// Power off a node whose operation failed (a deploy, or a wait that timed out), as Ironic
+/// does; a BMC failure is added to `last_error` rather than replacing the operation's own
+/// error. A node with `disable_power_off` is never powered off.
+pub(crate) async fn power_off_after_failure(
+    task: &mut Task,
+    msg: &str,
+) -> Result<(), WorkflowError> {
+    if task.node.disable_power_off {
+        return Ok(());
+    }
     let outcome = match task.ctx.drivers.for_node(&task.node) {
         Ok(d) => set_power(task, &d, PowerState::Off).await.map(|_| ()),
         Err(e) => Err(WorkflowError::Failed(format!("Cannot load drivers: {e}"))),
@@ -138,14 +191,21 @@ async fn power_off_after_failure(task: &mut Task, msg: &str) -> Result<(), Workf
     }
 }
 
+/// Forget the step cursors of every operation. The requested service steps stay, as in
+/// Ironic, for whoever looks at a failed servicing.
 fn clear_plans(n: &mut Node) {
-    for k in
-        [keys::DEPLOY_STEPS, keys::DEPLOY_STEP_INDEX, keys::CLEAN_STEPS, keys::CLEAN_STEP_INDEX]
-    {
+    for k in [
+        keys::DEPLOY_STEPS,
+        keys::DEPLOY_STEP_INDEX,
+        keys::CLEAN_STEPS,
+        keys::CLEAN_STEP_INDEX,
+        keys::SERVICE_STEP_INDEX,
+    ] {
         n.driver_internal_info.remove(k);
     }
     n.deploy_step.clear();
     n.clean_step.clear();
+    n.service_step.clear();
 }
 
 /// Manage: validate driver_info and read the power state through the BMC.
@@ -185,7 +245,11 @@ async fn power_request(
         Ok(reached) => {
             task.update(|n| {
                 n.target_power_state = None;
-                n.last_error = None;
+                // A power action clears the last error, except on a failed node, whose error
+                // says why it failed (Ironic's node_power_action).
+                if !n.provision_state.is_failed() {
+                    n.last_error = None;
+                }
                 Ok(())
             })
             .await?;
@@ -509,5 +573,22 @@ mod tests {
         n.provision_state = S::Active;
         n.target_power_state = Some(PowerState::Off);
         assert_eq!(work_for(&n), Some(Work::Power(PowerState::Off)));
+    }
+
+    /// Every working state the API can move a node into has a workflow.
+    #[test]
+    fn test_every_working_state_has_work() {
+        let mut n = Node::new(NodeId::new_v4(), "fake-hardware", Utc::now());
+        for s in deploy::state::ALL_STATES.into_iter().filter(|s| s.is_transient_working()) {
+            n.provision_state = s;
+            assert!(work_for(&n).is_some(), "{s} has no workflow");
+        }
+        // A service wait released from a hold goes on; one waiting for an agent waits.
+        n.provision_state = S::ServiceWait;
+        n.service_step.insert("interface".into(), "deploy".into());
+        n.service_step.insert("step".into(), "wait".into());
+        assert_eq!(work_for(&n), None);
+        n.service_step.insert("step".into(), "hold".into());
+        assert_eq!(work_for(&n), Some(Work::ResumeService));
     }
 }

@@ -7,7 +7,9 @@
 //! simulated time: a paused Tokio runtime and a conductor on [`SimClock`], so Ironic's
 //! 30-minute defaults pass in milliseconds and the tests can check when a timeout fired.
 //! The workflow properties (every step idempotent, every injected failure unwinds cleanly)
-//! are in [`properties`]; allocations through whole conductors in [`allocation`].
+//! are in [`properties`]; allocations through whole conductors in [`allocation`]; inspect,
+//! adopt, rescue, service, every wait state's timeout and abort in [`verbs`]; the walk over
+//! every (state, verb) the API accepts in [`walk`].
 
 #![allow(
     clippy::unwrap_used,
@@ -49,6 +51,10 @@ struct Env {
 mod allocation;
 #[path = "conductor/properties.rs"]
 mod properties;
+#[path = "conductor/verbs.rs"]
+mod verbs;
+#[path = "conductor/walk.rs"]
+mod walk;
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])

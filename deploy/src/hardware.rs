@@ -2,16 +2,19 @@
 //! implementations it really has.
 //!
 //! This is the one table both sides read: the API renders `GET /v1/drivers` from it and
-//! checks every `*_interface` a client sets against it; the conductor registers its
-//! hardware types from it and picks a node's power, management, deploy and boot
-//! implementations through [`resolve`]. A value is listed only when something acts on it:
-//! the conductor for power, management and deploy, pxe-service and the management driver for
-//! boot. The other interfaces list only Ironic's `no-*`/`noop` values, which promise nothing.
+//! checks every `*_interface` a client sets against it, and refuses an operation whose
+//! interface is Ironic's "not supported" value ([`lacks`]); the conductor registers its
+//! hardware types from it and picks a node's power, management, deploy, boot, inspect and
+//! rescue implementations through [`resolve`]. A value is listed only when something acts
+//! on it: the conductor for power, management, deploy, inspect and rescue, pxe-service and the
+//! management driver for boot. The other interfaces list only Ironic's `no-*`/`noop` values
+//! (and `fake` where fake-hardware has one), which promise nothing.
 //!
 //! The interfaces the conductor acts on have typed values ([`PowerIface`],
-//! [`ManagementIface`], [`DeployIface`], [`BootIface`]); the conductor matches on them
-//! exhaustively, so a value added to the table without an implementation does not compile
-//! there, and `tests::test_every_enabled_value_is_typed` fails here.
+//! [`ManagementIface`], [`DeployIface`], [`BootIface`], [`InspectIface`], [`RescueIface`]);
+//! the conductor matches on them exhaustively, so a value added to the table without an
+//! implementation does not compile there, and `tests::test_every_enabled_value_is_typed`
+//! fails here.
 
 use thiserror::Error;
 
@@ -36,7 +39,8 @@ pub const INTERFACE_NAMES: [&str; 13] = [
 
 /// The interfaces the conductor or pxe-service act on; every other interface only has
 /// "nothing to do" values.
-pub const ACTIVE_INTERFACES: [&str; 4] = ["boot", "deploy", "management", "power"];
+pub const ACTIVE_INTERFACES: [&str; 6] =
+    ["boot", "deploy", "inspect", "management", "power", "rescue"];
 
 /// One interface of a hardware type: its default and every enabled value.
 #[derive(Debug)]
@@ -76,6 +80,10 @@ const NO_CONSOLE: InterfaceSpec = spec("console", "no-console", &["no-console"])
 const FAKE_CONSOLE: InterfaceSpec = spec("console", "no-console", &["no-console", "fake"]);
 const NO_FIRMWARE: InterfaceSpec = spec("firmware", "no-firmware", &["no-firmware"]);
 const NO_INSPECT: InterfaceSpec = spec("inspect", "no-inspect", &["no-inspect"]);
+// fake-hardware's `fake` inspect and rescue finish at once, as Ironic's FakeInspect and
+// FakeRescue do; `no-*` stays the default, as in Ironic, where `fake` must be chosen.
+const FAKE_INSPECT: InterfaceSpec = spec("inspect", "no-inspect", &["no-inspect", "fake"]);
+const FAKE_RESCUE: InterfaceSpec = spec("rescue", "no-rescue", &["no-rescue", "fake"]);
 // Network: `noop` records nothing; `flat` records each attached VIF on a free port or port
 // group of the node (there is no separate tenant network to switch to).
 const NETWORK: InterfaceSpec = spec("network", "noop", &["noop", "flat"]);
@@ -99,12 +107,12 @@ pub static HARDWARE_TYPES: [HardwareType; 3] = [
             FAKE_CONSOLE,
             spec("deploy", "fake", &["fake", "direct"]),
             NO_FIRMWARE,
-            NO_INSPECT,
+            FAKE_INSPECT,
             spec("management", "fake", &["fake"]),
             NETWORK,
             spec("power", "fake", &["fake"]),
             NO_RAID,
-            NO_RESCUE,
+            FAKE_RESCUE,
             NO_STORAGE,
             NO_VENDOR,
         ],
@@ -324,6 +332,41 @@ iface_enum! {
     }
 }
 
+iface_enum! {
+    /// `inspect_interface` values the conductor implements.
+    InspectIface {
+        /// Inspection is not supported: refused as Ironic's UnsupportedDriverExtension.
+        NoInspect = "no-inspect",
+        /// Finishes at once without reading anything (Ironic's FakeInspect).
+        Fake = "fake",
+    }
+}
+
+iface_enum! {
+    /// `rescue_interface` values the conductor implements.
+    RescueIface {
+        /// Rescue is not supported: refused as Ironic's UnsupportedDriverExtension.
+        NoRescue = "no-rescue",
+        /// Rescue and unrescue finish at once (Ironic's FakeRescue).
+        Fake = "fake",
+    }
+}
+
+/// Whether the node's `iface` (`"inspect"`, `"rescue"`, …) is Ironic's "not supported"
+/// value (`no-*`, `noop`), so an operation that needs it is refused up front. A node of an
+/// unknown hardware type is not this check's business (the conductor fails it).
+pub fn lacks(node: &Node, iface: &str) -> bool {
+    let Some(hw) = find(&node.driver) else { return false };
+    let chosen = node.interfaces.entries().into_iter().find(|(name, _)| *name == iface);
+    let value = hw.effective(iface, chosen.and_then(|(_, v)| v.as_deref()));
+    value.is_some_and(|v| v == "noop" || v.starts_with("no-"))
+}
+
+/// Ironic's UnsupportedDriverExtension text for an operation whose interface is `no-*`.
+pub fn unsupported(driver: &str, interface: &str) -> String {
+    format!("Driver {driver} does not support {interface} (disabled or not implemented).")
+}
+
 /// Why a node's interfaces cannot be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum HardwareError {
@@ -362,6 +405,10 @@ pub struct NodeInterfaces {
     pub deploy: DeployIface,
     /// Boot.
     pub boot: BootIface,
+    /// Inspect.
+    pub inspect: InspectIface,
+    /// Rescue.
+    pub rescue: RescueIface,
 }
 
 /// Resolve the interfaces the conductor runs for `node`: each one is the node's own
@@ -389,6 +436,8 @@ pub fn resolve(
         management: typed(hw, "management", i.management.as_deref(), ManagementIface::parse)?,
         deploy: typed(hw, "deploy", Some(deploy), DeployIface::parse)?,
         boot: typed(hw, "boot", i.boot.as_deref(), BootIface::parse)?,
+        inspect: typed(hw, "inspect", i.inspect.as_deref(), InspectIface::parse)?,
+        rescue: typed(hw, "rescue", i.rescue.as_deref(), RescueIface::parse)?,
     })
 }
 
@@ -460,6 +509,11 @@ mod tests {
                         "management" => ManagementIface::parse(v).is_some(),
                         "deploy" => DeployIface::parse(v).is_some(),
                         "boot" => BootIface::parse(v).is_some(),
+                        "inspect" => InspectIface::parse(v).is_some(),
+                        "rescue" => RescueIface::parse(v).is_some(),
+                        // Acted on by the API alone: the fake console, flat VIF records.
+                        "console" => matches!(*v, "no-console" | "fake"),
+                        "network" => matches!(*v, "noop" | "flat"),
                         _ => *v == "noop" || v.strip_prefix("no-") == Some(s.interface),
                     };
                     assert!(known, "{} {}={v} has no implementation", h.name, s.interface);
@@ -488,7 +542,26 @@ mod tests {
         let mut f = Node::new(NodeId::new_v4(), "fake-hardware", Utc::now());
         assert_eq!(resolve(&f, None).unwrap().deploy, DeployIface::Fake);
         assert_eq!(resolve(&f, Some(DeployIface::Direct)).unwrap().deploy, DeployIface::Direct);
+        assert_eq!(resolve(&f, None).unwrap().inspect, InspectIface::NoInspect);
+        f.interfaces.inspect = Some("fake".into());
+        f.interfaces.rescue = Some("fake".into());
+        let r = resolve(&f, None).unwrap();
+        assert_eq!((r.inspect, r.rescue), (InspectIface::Fake, RescueIface::Fake));
         f.driver = "classic".into();
         assert!(matches!(resolve(&f, None), Err(HardwareError::UnknownHardwareType { .. })));
+    }
+
+    #[test]
+    fn test_lacks_names_the_not_supported_values() {
+        let mut n = Node::new(NodeId::new_v4(), "fake-hardware", Utc::now());
+        assert!(lacks(&n, "inspect") && lacks(&n, "rescue"), "no-* is the default");
+        n.interfaces.inspect = Some("fake".into());
+        assert!(!lacks(&n, "inspect"));
+        assert!(!lacks(&n, "deploy"));
+        n.interfaces.rescue = Some("no-rescue".into());
+        assert!(lacks(&n, "rescue"));
+        assert!(!find("ipmi").is_some_and(|h| h.supports("rescue", "fake")));
+        n.driver = "classic".into();
+        assert!(!lacks(&n, "inspect"));
     }
 }

@@ -50,6 +50,8 @@ pub mod keys {
     pub const USER_DEPLOY_STEPS: &str = "user_deploy_steps";
     /// Service steps a user asked for with `service` (1.87).
     pub const SERVICE_STEPS: &str = "service_steps";
+    /// The index of the next service step to run.
+    pub const SERVICE_STEP_INDEX: &str = "service_step_index";
     /// The image write's progress as the conductor last recorded it.
     pub const DEPLOY_PROGRESS: &str = "deploy_progress";
     /// Whether the deployed image is a whole-disk image.

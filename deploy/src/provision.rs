@@ -3,15 +3,23 @@
 //! conductor. The API calls [`apply_request`] after its version gates and field checks;
 //! test helpers that play the API's part call it too, so they cannot drift from it.
 //!
-//! The order of the refusals is Ironic's: the lock, maintenance, protection, the state
-//! machine, then what the verb needs from the node.
+//! The order of the refusals is Ironic's: the lock, maintenance, protection, the interface
+//! the verb needs (inspect, rescue), the state machine, then what the verb needs from the
+//! node.
+//!
+//! An `abort` is finished here, as Ironic's conductor finishes it inside the API's RPC call
+//! (`_do_abort`): the node leaves its wait state with Ironic's `last_error`, its agent
+//! session and step plan wiped; what needs the hardware (powering off a node whose cleaning
+//! or inspection ramdisk was aborted) is left to the conductor as a pending power request.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::internal_info::keys;
+use crate::hardware;
+use crate::internal_info::{AgentSession, keys};
+use crate::model::JsonObject;
 use crate::state::next;
-use crate::{ApiVerb, Node, ProvisionEvent, ProvisionState};
+use crate::{ApiVerb, Node, PowerState, ProvisionEvent, ProvisionState, TransitionError};
 
 /// What a provision request carries besides its verb (already checked for shape).
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,10 +42,19 @@ pub enum Refusal {
         /// The lock holder.
         holder: String,
     },
-    /// `active`/`rebuild` on a node in maintenance.
+    /// `active`/`rebuild`/`rescue`/`unrescue`, or `abort` of a failed servicing, on a node
+    /// in maintenance.
     InMaintenance,
     /// `rebuild`/`deleted` on a protected node.
     Protected,
+    /// The node's interface for the verb is Ironic's "not supported" value (`no-inspect`,
+    /// `no-rescue`): Ironic's UnsupportedDriverExtension, raised before the state machine.
+    Unsupported {
+        /// The node's hardware type.
+        driver: String,
+        /// The interface the verb needs (`inspect`, `rescue`).
+        interface: &'static str,
+    },
     /// The node is working on something else (a transient state or a pending target).
     Busy {
         /// The node's state.
@@ -74,9 +91,10 @@ impl Change {
 
 /// Check `verb` against `node` and, when it may proceed, write to `node` what the conductor
 /// expects: the new `provision_state`, its `target_provision_state` (`manageable` for a
-/// manual clean), `provision_updated_at = now`, no `last_error`, the config drive, and the
-/// requested clean, deploy or service steps. The caller commits `node` with a conditional
-/// update.
+/// manual clean), `provision_updated_at = now` (and the inspection times, see
+/// [`stamp_transition`]), no `last_error` (an abort's own, see the module doc), the config
+/// drive, and the requested clean, deploy or service steps. The caller commits `node` with
+/// a conditional update.
 ///
 /// # Errors
 /// A [`Refusal`]; `node` is then unchanged.
@@ -86,18 +104,27 @@ pub fn apply_request(
     args: &RequestArgs<'_>,
     now: DateTime<Utc>,
 ) -> Result<Change, Refusal> {
+    use ProvisionState as S;
     if let Some(holder) = &node.reservation {
         return Err(Refusal::Locked { holder: holder.clone() });
     }
-    if node.maintenance && matches!(verb, ApiVerb::Active | ApiVerb::Rebuild) {
+    let maintenance_refuses =
+        matches!(verb, ApiVerb::Active | ApiVerb::Rebuild | ApiVerb::Rescue | ApiVerb::Unrescue)
+            || (verb == ApiVerb::Abort && node.provision_state == S::ServiceFailed);
+    if node.maintenance && maintenance_refuses {
         return Err(Refusal::InMaintenance);
     }
     if node.protected && matches!(verb, ApiVerb::Rebuild | ApiVerb::Deleted) {
         return Err(Refusal::Protected);
     }
+    if let Some(interface) = needed_interface(verb)
+        && hardware::lacks(node, interface)
+    {
+        return Err(Refusal::Unsupported { driver: node.driver.clone(), interface });
+    }
     let from = node.provision_state;
     let event = verb.event();
-    let to = next(from, event).map_err(|_| {
+    let to = destination(from, verb).map_err(|_| {
         let busy = from.is_transient_working()
             || (node.target_provision_state.is_some() && !from.is_failed());
         if busy {
@@ -111,10 +138,14 @@ pub fn apply_request(
     {
         return Err(Refusal::MissingImageSource);
     }
+    let previous_target = node.target_provision_state;
+    stamp_transition(node, from, to, now);
     node.provision_state = to;
     node.target_provision_state = target_of_request(verb, to);
-    node.provision_updated_at = Some(now);
     node.last_error = None;
+    if verb == ApiVerb::Abort {
+        finish_abort(node, from, previous_target);
+    }
     if let Some(cd) = args.configdrive {
         node.instance_info.insert("configdrive".into(), cd.clone());
     }
@@ -126,10 +157,144 @@ pub fn apply_request(
     if let Some(steps) = args.deploy_steps {
         dii.insert(keys::USER_DEPLOY_STEPS.into(), Value::Array(steps.to_vec()));
     }
-    if let Some(steps) = args.service_steps {
-        dii.insert(keys::SERVICE_STEPS.into(), Value::Array(steps.to_vec()));
+    if verb == ApiVerb::Service {
+        // A new servicing starts from its first step (Ironic wipes the previous one's).
+        match args.service_steps {
+            Some(steps) => dii.insert(keys::SERVICE_STEPS.into(), Value::Array(steps.to_vec())),
+            None => dii.remove(keys::SERVICE_STEPS),
+        };
+        dii.remove(keys::SERVICE_STEP_INDEX);
+        node.service_step.clear();
     }
     Ok(Change { verb, event, from, to })
+}
+
+/// The interface a verb needs before the state machine is asked: Ironic validates it
+/// synchronously (`inspect.validate`, `rescue.validate`) and refuses `no-*` values.
+fn needed_interface(verb: ApiVerb) -> Option<&'static str> {
+    match verb {
+        ApiVerb::Inspect => Some("inspect"),
+        ApiVerb::Rescue => Some("rescue"),
+        _ => None,
+    }
+}
+
+/// Where `verb` takes a node in `from`: the state machine's transition, except that
+/// aborting a servicing fails it and then aborts the failure, so the node returns to
+/// `active` (Ironic's `_do_abort` fires `fail` and then `abort`).
+fn destination(from: ProvisionState, verb: ApiVerb) -> Result<ProvisionState, TransitionError> {
+    use ProvisionState as S;
+    match (from, verb) {
+        (S::ServiceWait | S::ServiceHold, ApiVerb::Abort) => {
+            next(next(from, ProvisionEvent::Fail)?, ProvisionEvent::Abort)
+        }
+        _ => next(from, verb.event()),
+    }
+}
+
+/// What Ironic's abort leaves on a node that left `from` (reference §2.2; Ironic's
+/// `_do_abort` and the clean, deploy, rescue, service and inspection abort handlers):
+/// `last_error` saying the operation was aborted by request (and during or after which
+/// step), the agent session and the operation's plan wiped, and, where Ironic tears a
+/// ramdisk down (cleaning, inspection), a pending power-off for the conductor.
+///
+/// Steps are abortable here: a Ferric node waits only for its ramdisk to boot, or in a
+/// reserved `wait`/`hold` service step, never while an agent step runs, so Ironic's
+/// `abort_after` deferral of a running non-abortable step has nothing to defer.
+fn finish_abort(node: &mut Node, from: ProvisionState, previous_target: Option<ProvisionState>) {
+    use ProvisionState as S;
+    AgentSession::wipe(&mut node.driver_internal_info);
+    let tear_down_ramdisk = match from {
+        S::CleanWait | S::CleanHold => {
+            node.last_error = Some(aborted("clean", &node.clean_step));
+            node.clean_step.clear();
+            remove(node, &[keys::CLEAN_STEPS, keys::CLEAN_STEP_INDEX]);
+            if previous_target == Some(S::Manageable) {
+                node.target_provision_state = Some(S::Manageable);
+            }
+            true
+        }
+        S::WaitCallBack | S::DeployHold => {
+            node.last_error = Some(aborted("deploy", &node.deploy_step));
+            node.deploy_step.clear();
+            remove(node, &[keys::DEPLOY_STEPS, keys::DEPLOY_STEP_INDEX, keys::USER_DEPLOY_STEPS]);
+            false
+        }
+        S::InspectWait => {
+            node.last_error = Some("Inspection was aborted by request.".into());
+            true
+        }
+        S::RescueWait => {
+            // Ironic records this as information only; Ferric keeps it as the failure's
+            // cause, so `rescue failed` always says why.
+            node.last_error = Some("By request, the rescue operation was aborted.".into());
+            for k in ["rescue_password", "hashed_rescue_password"] {
+                node.instance_info.remove(k);
+            }
+            false
+        }
+        S::ServiceWait | S::ServiceHold | S::ServiceFailed => {
+            node.last_error = Some(aborted("service", &node.service_step));
+            node.service_step.clear();
+            remove(node, &[keys::SERVICE_STEPS, keys::SERVICE_STEP_INDEX]);
+            false
+        }
+        _ => false,
+    };
+    if tear_down_ramdisk && !node.disable_power_off {
+        node.target_power_state = Some(PowerState::Off);
+    }
+}
+
+fn remove(node: &mut Node, keys: &[&str]) {
+    for k in keys {
+        node.driver_internal_info.remove(*k);
+    }
+}
+
+/// Ironic's abort message: `By request, the <operation> operation was aborted`, and
+/// `during or after the completion of step "<interface>.<step>"` when a step was recorded.
+pub fn aborted(operation: &str, step: &JsonObject) -> String {
+    let mut msg = format!("By request, the {operation} operation was aborted");
+    if let Some(id) = step_id(step) {
+        msg.push_str(&format!(" during or after the completion of step \"{id}\""));
+    }
+    msg
+}
+
+/// A step's id as Ironic writes it (`deploy.erase_devices_metadata`); `None` for `{}`.
+pub fn step_id(step: &JsonObject) -> Option<String> {
+    let interface = step.get("interface").and_then(Value::as_str)?;
+    let name = step.get("step").and_then(Value::as_str)?;
+    Some(format!("{interface}.{name}"))
+}
+
+/// What every provision-state write records besides the state, as Ironic's database layer
+/// does: `provision_updated_at = now`, and the inspection times: entering `inspecting`
+/// starts an inspection (started now, finished none), `inspecting`/`inspect wait` →
+/// `manageable` finishes it (finished now, started none), and → `inspect failed` ends it
+/// (started none).
+pub fn stamp_transition(
+    node: &mut Node,
+    from: ProvisionState,
+    to: ProvisionState,
+    now: DateTime<Utc>,
+) {
+    use ProvisionState as S;
+    node.provision_updated_at = Some(now);
+    let inspecting = matches!(from, S::Inspecting | S::InspectWait);
+    match to {
+        S::Inspecting => {
+            node.inspection_started_at = Some(now);
+            node.inspection_finished_at = None;
+        }
+        S::Manageable if inspecting => {
+            node.inspection_finished_at = Some(now);
+            node.inspection_started_at = None;
+        }
+        S::InspectFailed if inspecting => node.inspection_started_at = None,
+        _ => {}
+    }
 }
 
 /// `target_provision_state` after a request moved the node to `to`: none for a stable
@@ -181,7 +346,8 @@ mod tests {
             assert_eq!(n.provision_state, to);
             assert_eq!(n.target_provision_state, target, "{from} {verb:?}");
             assert_eq!(n.provision_updated_at, Some(now));
-            assert_eq!(n.last_error, None);
+            // A request clears the last error; an abort leaves its own (tested below).
+            assert_eq!(n.last_error.is_some(), verb == ApiVerb::Abort, "{from} {verb:?}");
             assert_eq!(
                 n.driver_internal_info.contains_key(keys::CLEAN_STEPS),
                 args.clean_steps.is_some()
@@ -235,5 +401,147 @@ mod tests {
         assert_eq!(r, Err(Refusal::InvalidTransition { state: S::Enroll }));
         n.reservation = Some("c1".into());
         assert_eq!(n, before);
+    }
+
+    #[test]
+    fn test_inspect_and_rescue_need_their_interface() {
+        let now = Utc::now();
+        let mut n = node(S::Manageable);
+        let before = n.clone();
+        let r = apply_request(&mut n, ApiVerb::Inspect, &RequestArgs::default(), now);
+        let unsupported =
+            |interface| Err(Refusal::Unsupported { driver: "fake-hardware".into(), interface });
+        assert_eq!(r, unsupported("inspect"));
+        // Ironic validates the interface before the state machine.
+        let mut a = node(S::Available);
+        let r = apply_request(&mut a, ApiVerb::Rescue, &RequestArgs::default(), now);
+        assert_eq!(r, unsupported("rescue"));
+        assert_eq!(n, before);
+        n.interfaces.inspect = Some("fake".into());
+        apply_request(&mut n, ApiVerb::Inspect, &RequestArgs::default(), now).unwrap();
+        assert_eq!(n.provision_state, S::Inspecting);
+        assert_eq!((n.inspection_started_at, n.inspection_finished_at), (Some(now), None));
+        let mut r = node(S::Active);
+        r.interfaces.rescue = Some("fake".into());
+        r.maintenance = true;
+        let got = apply_request(&mut r, ApiVerb::Rescue, &RequestArgs::default(), now);
+        assert_eq!(got, Err(Refusal::InMaintenance));
+        r.maintenance = false;
+        apply_request(&mut r, ApiVerb::Rescue, &RequestArgs::default(), now).unwrap();
+        assert_eq!((r.provision_state, r.target_provision_state), (S::Rescuing, Some(S::Rescue)));
+    }
+
+    #[test]
+    fn test_inspection_times_follow_ironic() {
+        let t0 = Utc::now();
+        let t1 = t0 + chrono::Duration::seconds(5);
+        let mut n = node(S::Manageable);
+        n.inspection_finished_at = Some(t0);
+        stamp_transition(&mut n, S::Manageable, S::Inspecting, t0);
+        assert_eq!((n.inspection_started_at, n.inspection_finished_at), (Some(t0), None));
+        stamp_transition(&mut n, S::Inspecting, S::Manageable, t1);
+        assert_eq!((n.inspection_started_at, n.inspection_finished_at), (None, Some(t1)));
+        assert_eq!(n.provision_updated_at, Some(t1));
+        stamp_transition(&mut n, S::Manageable, S::Inspecting, t0);
+        stamp_transition(&mut n, S::Inspecting, S::InspectWait, t1);
+        assert_eq!(n.inspection_started_at, Some(t0), "waiting keeps the start");
+        stamp_transition(&mut n, S::InspectWait, S::InspectFailed, t1);
+        assert_eq!((n.inspection_started_at, n.inspection_finished_at), (None, None));
+        // Other transitions leave them alone.
+        n.inspection_finished_at = Some(t0);
+        stamp_transition(&mut n, S::Cleaning, S::Manageable, t1);
+        assert_eq!(n.inspection_finished_at, Some(t0));
+    }
+
+    #[test]
+    fn test_abort_leaves_ironic_last_error_and_wipes_the_operation() {
+        let now = Utc::now();
+        let abort = |n: &mut Node| {
+            apply_request(n, ApiVerb::Abort, &RequestArgs::default(), now).unwrap();
+        };
+        // Clean wait of a manual clean: clean failed, still heading to manageable, the
+        // plan and the agent gone, the ramdisk to be powered off.
+        let mut n = node(S::CleanWait);
+        n.target_provision_state = Some(S::Manageable);
+        n.driver_internal_info.insert(keys::CLEAN_STEPS.into(), json!([]));
+        n.driver_internal_info.insert(keys::CLEAN_STEP_INDEX.into(), json!(1));
+        AgentSession::set_token(&mut n.driver_internal_info, "t");
+        abort(&mut n);
+        assert_eq!(n.provision_state, S::CleanFailed);
+        assert_eq!(n.target_provision_state, Some(S::Manageable));
+        assert_eq!(n.last_error.as_deref(), Some("By request, the clean operation was aborted"));
+        assert!(n.driver_internal_info.is_empty(), "{:?}", n.driver_internal_info);
+        assert_eq!(n.target_power_state, Some(PowerState::Off));
+        // A node that must never be powered off is not.
+        let mut n = node(S::CleanWait);
+        n.disable_power_off = true;
+        abort(&mut n);
+        assert_eq!((n.target_provision_state, n.target_power_state), (Some(S::Available), None));
+        // Wait call-back: deploy failed, no power action.
+        let mut n = node(S::WaitCallBack);
+        n.deploy_step = step("deploy", "deploy");
+        abort(&mut n);
+        assert_eq!(n.provision_state, S::DeployFailed);
+        assert_eq!(
+            n.last_error.as_deref(),
+            Some(
+                "By request, the deploy operation was aborted during or after the completion of step \"deploy.deploy\""
+            )
+        );
+        assert!(n.deploy_step.is_empty() && n.target_power_state.is_none());
+        let mut n = node(S::InspectWait);
+        abort(&mut n);
+        assert_eq!(n.provision_state, S::InspectFailed);
+        assert_eq!(n.last_error.as_deref(), Some("Inspection was aborted by request."));
+        assert_eq!(n.target_power_state, Some(PowerState::Off));
+        let mut n = node(S::RescueWait);
+        n.instance_info.insert("rescue_password".into(), json!("p"));
+        abort(&mut n);
+        assert_eq!(n.provision_state, S::RescueFailed);
+        assert!(
+            n.last_error.as_deref().is_some_and(|e| e.contains("rescue operation was aborted"))
+        );
+        assert!(!n.instance_info.contains_key("rescue_password"));
+        // Servicing: fail, then abort the failure: back to active, with the cause.
+        for from in [S::ServiceWait, S::ServiceHold, S::ServiceFailed] {
+            let mut n = node(from);
+            n.service_step = step("deploy", "wait");
+            n.driver_internal_info.insert(keys::SERVICE_STEPS.into(), json!([]));
+            let c = apply_request(&mut n, ApiVerb::Abort, &RequestArgs::default(), now).unwrap();
+            assert_eq!((c.from, c.to, c.event), (from, S::Active, ProvisionEvent::Abort));
+            assert_eq!((n.provision_state, n.target_provision_state), (S::Active, None));
+            assert_eq!(
+                n.last_error.as_deref(),
+                Some(
+                    "By request, the service operation was aborted during or after the completion of step \"deploy.wait\""
+                )
+            );
+            assert!(n.service_step.is_empty() && n.driver_internal_info.is_empty());
+        }
+        let mut n = node(S::ServiceFailed);
+        n.maintenance = true;
+        let r = apply_request(&mut n, ApiVerb::Abort, &RequestArgs::default(), now);
+        assert_eq!(r, Err(Refusal::InMaintenance));
+    }
+
+    #[test]
+    fn test_service_records_its_steps_afresh() {
+        let mut n = node(S::ServiceFailed);
+        n.service_step = step("deploy", "x");
+        n.driver_internal_info.insert(keys::SERVICE_STEP_INDEX.into(), json!(2));
+        let steps = [json!({"interface": "power", "step": "reboot"})];
+        let args = RequestArgs { service_steps: Some(&steps), ..Default::default() };
+        apply_request(&mut n, ApiVerb::Service, &args, Utc::now()).unwrap();
+        assert_eq!(n.provision_state, S::Servicing);
+        assert_eq!(n.driver_internal_info[keys::SERVICE_STEPS], json!(steps));
+        assert!(!n.driver_internal_info.contains_key(keys::SERVICE_STEP_INDEX));
+        assert!(n.service_step.is_empty());
+    }
+
+    fn step(interface: &str, name: &str) -> crate::model::JsonObject {
+        let mut o = crate::model::JsonObject::new();
+        o.insert("interface".into(), json!(interface));
+        o.insert("step".into(), json!(name));
+        o
     }
 }

@@ -7,18 +7,17 @@
 //! the conductor. Passing all 96 tests — none skipped for a missing microversion — proves that
 //! Ferric is wire-compatible with Ironic for everything the SDK's suite exercises.
 
+#[path = "support/cluster.rs"]
+mod cluster;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use api_service::ApiConfig;
-use bus::testing::{rabbit, unique};
-use common::shutdown::{CancellationToken, Shutdown};
+use cluster::Cluster;
 use common::testing::{Need, require_service};
-use conductor_service::testing::fast_config;
-use store::testing::TestDatabase;
 use tests::junit::{self, Case, Outcome};
 use tests::openstack::OpenStackCli;
 
@@ -35,36 +34,13 @@ const PREFIX: &str = "openstack.tests.functional.baremetal.v1.";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_openstacksdk_functional_baremetal_suite_passes() {
-    let Some(db) = TestDatabase::postgres().await else { return };
-    let exchange = unique("ferric_sdk");
-    let Some(bus) = rabbit(&exchange).await else { return };
+    let Some(cluster) = Cluster::start("sdk").await else { return };
     let venv = tokio::task::spawn_blocking(OpenStackCli::ensure).await.unwrap();
     let venv = venv.map_err(|e| format!("{e:#}"));
     let Some(venv) = require_service(Need::Services, "the openstack client venv", venv) else {
         return;
     };
-
-    let token = CancellationToken::new();
-    let root = Shutdown::new(token.clone(), Duration::from_secs(10));
-    let rest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", rest.local_addr().unwrap());
-    let mut services = tokio::task::JoinSet::new();
-    let (shutdown, api_ready) = root.service();
-    let (store, b) = (db.store().clone(), bus.clone());
-    services.spawn(async move {
-        api_service::run(ApiConfig::default(), rest, grpc, store, b, shutdown).await.unwrap();
-    });
-    api_ready.wait().await.unwrap();
-    let queue = unique("conductor.sdk");
-    let cfg = fast_config(&unique("sdk-conductor"), &queue);
-    let store = store::DataStore::connect(db.url()).await.unwrap();
-    let b = rabbit(&exchange).await.unwrap();
-    let (shutdown, conductor_ready) = root.service();
-    services.spawn(async move {
-        conductor_service::run(cfg, store, b, shutdown).await.unwrap();
-    });
-    conductor_ready.wait().await.unwrap();
+    let endpoint = cluster.endpoint.clone();
 
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
@@ -74,13 +50,7 @@ async fn test_openstacksdk_functional_baremetal_suite_passes() {
     };
     let elapsed = started.elapsed();
 
-    token.cancel();
-    while let Some(stopped) =
-        tokio::time::timeout(Duration::from_secs(30), services.join_next()).await.unwrap()
-    {
-        stopped.unwrap();
-    }
-    db.cleanup().await;
+    cluster.stop().await;
 
     let run = run.unwrap();
     // Kept for a look after the temp dir is gone.

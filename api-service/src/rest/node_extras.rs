@@ -768,6 +768,7 @@ async fn children(
 async fn history_event(
     State(state): State<ApiState>,
     ctx: Ctx,
+    Base(base): Base,
     ApiPath((ident, event)): ApiPath<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     gate(&ctx, 78)?;
@@ -785,6 +786,7 @@ async fn history_event(
         "event_type": h.event_type,
         "conductor": h.conductor,
         "user": null,
+        "links": render::links(&base, &format!("nodes/{}/history", n.uuid), &h.uuid.to_string()),
     })))
 }
 
@@ -868,7 +870,11 @@ async fn shards(State(state): State<ApiState>, ctx: Ctx) -> Result<Json<Value>, 
     gate(&ctx, 82)?;
     let counts = state.store.node_shard_counts().await?;
     let items: Vec<Value> =
-        counts.into_iter().map(|(name, count)| json!({"name": name, "count": count})).collect();
+        // Ironic names the unsharded group "None".
+        counts
+            .into_iter()
+            .map(|(name, count)| json!({"name": name.unwrap_or_else(|| "None".into()), "count": count}))
+            .collect();
     Ok(Json(json!({ "shards": items })))
 }
 

@@ -169,12 +169,18 @@ impl ApiState {
             }
             check_steps("deploy_steps", steps)?;
         }
-        if req.service_steps.is_some() {
+        if let Some(steps) = &req.service_steps {
             if verb != ApiVerb::Service {
                 return Err(ApiError::bad_request(
                     "\"service_steps\" is only valid with the service target",
                 ));
             }
+            if steps.is_empty() {
+                return Err(ApiError::bad_request(
+                    "\"service_steps\" is required when setting target provision state to service",
+                ));
+            }
+            check_steps("service_steps", steps)?;
         } else if verb == ApiVerb::Service {
             return Err(ApiError::bad_request(
                 "\"service_steps\" is required when setting target provision state to service",
@@ -334,6 +340,21 @@ fn refused(r: Refusal, node: &Node, target: &str) -> ApiError {
             "The provisioning operation can't be performed on node {} because it's in maintenance mode.",
             node.uuid
         )),
+        // Ironic refuses inspection with UnsupportedDriverExtension (400) and wraps the
+        // rescue refusal in InstanceRescueFailure (sent as 500 by Ironic; a 400 here: the
+        // request, not the service, is at fault).
+        Refusal::Unsupported { driver, interface } => {
+            let unsupported = deploy::hardware::unsupported(&driver, interface);
+            ApiError::bad_request(if interface == "rescue" {
+                format!(
+                    "Failed to rescue instance {} for node {}: Validation failed: {unsupported}",
+                    node.instance_uuid.as_deref().unwrap_or("None"),
+                    node.uuid
+                )
+            } else {
+                unsupported
+            })
+        }
         Refusal::Protected => ApiError::Forbidden(format!(
             "Node {} is protected and cannot be undeployed, rebuilt or deleted",
             node.uuid

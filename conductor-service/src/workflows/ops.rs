@@ -1,0 +1,114 @@
+//! The operations that need no agent today: inspection, adoption, rescue and unrescue.
+//!
+//! Each follows Ironic's conductor (`inspection.inspect_hardware`, `_do_adoption`,
+//! `_do_node_rescue`, `_do_node_unrescue`) with the interfaces this conductor has: `fake`
+//! inspect and rescue finish at once, as Ironic's FakeInspect and FakeRescue do, and the
+//! `no-*` values fail with Ironic's UnsupportedDriverExtension text (the API refuses them
+//! before the state changes; these paths only meet a node that got here otherwise). In-band
+//! inspection and the rescue ramdisk, which wait for an agent, are later work; their wait
+//! states already have a timeout and an abort.
+
+use deploy::hardware::{self, InspectIface, NodeInterfaces, RescueIface};
+use deploy::internal_info::{AgentSession, keys};
+use deploy::{ProvisionEvent as E, ProvisionState as S};
+
+use crate::deploy_iface::DeployInterface;
+use crate::drivers::DriverSet;
+use crate::task::{Task, WorkflowError};
+
+fn interfaces(task: &Task) -> Result<NodeInterfaces, WorkflowError> {
+    hardware::resolve(&task.node, task.ctx.cfg.default_deploy())
+        .map_err(|e| WorkflowError::Failed(e.to_string()))
+}
+
+/// `inspecting`: validate the power interface, then run the inspect interface.
+pub(super) async fn inspect(task: &mut Task, d: &DriverSet) -> Result<(), WorkflowError> {
+    let failed =
+        |e: String| WorkflowError::Failed(format!("Failed to inspect hardware. Reason: {e}"));
+    d.power.validate(&task.node).map_err(|e| failed(e.to_string()))?;
+    match interfaces(task)?.inspect {
+        InspectIface::NoInspect => {
+            Err(WorkflowError::Failed(hardware::unsupported(&task.node.driver, "inspect")))
+        }
+        InspectIface::Fake => {
+            // An inspection never starts on a fast-track agent: its session is void.
+            task.transition(S::Inspecting, E::Done, |n| {
+                AgentSession::wipe(&mut n.driver_internal_info);
+                n.last_error = None;
+            })
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+/// `adopting`: a machine deployed elsewhere becomes `active` without a deploy. The deploy
+/// interface validates `instance_info` (what a later rebuild or undeploy will need); the
+/// hardware is not touched (Ironic sets no boot device while adopting). A failure goes to
+/// `adopt failed` with Ironic's message and an unknown power state.
+pub(super) async fn adopt(
+    task: &mut Task,
+    iface: &dyn DeployInterface,
+) -> Result<(), WorkflowError> {
+    let id = task.id();
+    match iface.validate(&task.node) {
+        Ok(()) => {
+            let whole = deploy::steps::is_whole_disk_image(&task.node.instance_info);
+            task.transition(S::Adopting, E::Done, |n| {
+                n.driver_internal_info.insert(keys::IS_WHOLE_DISK_IMAGE.into(), whole.into());
+                n.last_error = None;
+            })
+            .await?;
+            tracing::info!(node = %id, "adopted");
+            Ok(())
+        }
+        Err(e) => {
+            let msg = format!("Error while attempting to adopt node {id}: {e}.");
+            tracing::error!(node = %id, error = %msg, "adoption failed");
+            task.transition(S::Adopting, E::Fail, |n| {
+                n.last_error = Some(msg.clone());
+                n.power_state = None;
+            })
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+/// `rescuing`: start the rescue environment.
+pub(super) async fn rescue(task: &mut Task, d: &DriverSet) -> Result<(), WorkflowError> {
+    let failed = |e: String| WorkflowError::Failed(format!("Failed to rescue: {e}"));
+    d.power.validate(&task.node).map_err(|e| failed(e.to_string()))?;
+    match interfaces(task)?.rescue {
+        RescueIface::NoRescue => Err(failed(hardware::unsupported(&task.node.driver, "rescue"))),
+        RescueIface::Fake => {
+            // A previous agent's address and token are void (Ironic wipes them first).
+            task.transition(S::Rescuing, E::Done, |n| {
+                AgentSession::wipe(&mut n.driver_internal_info);
+                n.last_error = None;
+            })
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+/// `unrescuing`: boot the instance again.
+pub(super) async fn unrescue(task: &mut Task, d: &DriverSet) -> Result<(), WorkflowError> {
+    let failed = |e: String| WorkflowError::Failed(format!("Failed to unrescue: {e}"));
+    d.power.validate(&task.node).map_err(|e| failed(e.to_string()))?;
+    match interfaces(task)?.rescue {
+        RescueIface::NoRescue => Err(failed(hardware::unsupported(&task.node.driver, "rescue"))),
+        RescueIface::Fake => {
+            task.transition(S::Unrescuing, E::Done, |n| {
+                AgentSession::wipe(&mut n.driver_internal_info);
+                for k in ["rescue_password", "hashed_rescue_password"] {
+                    n.instance_info.remove(k);
+                }
+                n.last_error = None;
+            })
+            .await?;
+            Ok(())
+        }
+    }
+}
