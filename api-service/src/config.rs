@@ -60,6 +60,9 @@ pub struct ApiSection {
     pub allow_deleting_available_nodes: bool,
     /// A conductor counts as alive if it heartbeated within this many seconds.
     pub conductor_heartbeat_timeout: u64,
+    /// How long a management call (boot device, NMI, boot mode, secure boot on a real
+    /// BMC) waits for a conductor's answer, in seconds (Ironic's RPC timeout, 60).
+    pub management_timeout: u64,
     /// Default interface per interface name for new nodes, where the hardware type enables
     /// it (Ironic's `[DEFAULT]default_<interface>_interface`), e.g. `{ network = "flat" }`.
     pub default_interfaces: std::collections::BTreeMap<String, String>,
@@ -79,6 +82,7 @@ impl Default for ApiSection {
             require_agent_tls: false,
             allow_deleting_available_nodes: true,
             conductor_heartbeat_timeout: 60,
+            management_timeout: 60,
             default_interfaces: std::collections::BTreeMap::new(),
         }
     }
@@ -203,6 +207,7 @@ impl ApiConfig {
                 agent_token_required: a.agent_token_required,
                 allow_deleting_available_nodes: a.allow_deleting_available_nodes,
                 conductor_heartbeat_timeout: Duration::from_secs(a.conductor_heartbeat_timeout),
+                management_timeout: Duration::from_secs(a.management_timeout.max(1)),
                 require_agent_tls: a.require_agent_tls,
                 default_interfaces: a.default_interfaces.clone(),
             },

@@ -38,6 +38,10 @@ pub enum ApiError {
     /// The request body is larger than allowed (413).
     #[error("Request is too large.")]
     PayloadTooLarge,
+    /// The node's BMC failed a management call (Ironic's `IPMIFailure` / `RedfishError`,
+    /// a 500 that carries the message: it names the BMC, never credentials).
+    #[error("{0}")]
+    BmcFailed(String),
 }
 
 impl ApiError {
@@ -65,6 +69,7 @@ impl ApiError {
             ApiError::RouteNotFound | ApiError::Unsupported(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BmcFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -87,6 +92,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Unsupported(m) => tonic::Status::unimplemented(m),
             ApiError::MethodNotAllowed => tonic::Status::unimplemented("Method not allowed"),
             ApiError::PayloadTooLarge => tonic::Status::resource_exhausted("Request is too large."),
+            ApiError::BmcFailed(m) => tonic::Status::internal(m),
         }
     }
 }

@@ -307,6 +307,7 @@ fn event_to_pb(ev: proto::events::Event, name: &str) -> Option<pb::NodeEvent> {
         }),
         Payload::ProvisionRequested(_)
         | Payload::PowerRequested(_)
+        | Payload::ManagementRequested(_)
         | Payload::AgentHeartbeat(_)
         | Payload::MaintenanceChanged(_)
         | Payload::AllocationRequested(_) => return None,

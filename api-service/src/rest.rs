@@ -5,6 +5,7 @@
 //! rejection into [`ApiError`] so malformed input gets Ironic's error body too.
 
 pub(crate) mod agent;
+pub(crate) mod bmc;
 pub(crate) mod misc;
 pub(crate) mod node_extras;
 pub(crate) mod nodes;

@@ -45,6 +45,8 @@ pub struct Settings {
     pub allow_deleting_available_nodes: bool,
     /// A conductor is alive when it heartbeated within this.
     pub conductor_heartbeat_timeout: Duration,
+    /// How long a management call waits for the conductor's answer.
+    pub management_timeout: Duration,
     /// Whether the agent's callback URL must be https.
     pub require_agent_tls: bool,
     /// Configured default interfaces for new nodes.
@@ -60,6 +62,7 @@ impl Default for Settings {
             agent_token_required: true,
             allow_deleting_available_nodes: true,
             conductor_heartbeat_timeout: Duration::from_secs(60),
+            management_timeout: Duration::from_secs(60),
             require_agent_tls: false,
             default_interfaces: std::collections::BTreeMap::new(),
         }

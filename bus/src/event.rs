@@ -14,6 +14,7 @@ pub fn event_routing_key(ev: &Event) -> Result<&'static str, BusError> {
     let key = match ev.payload.as_ref() {
         Some(Payload::ProvisionRequested(_)) => routing::PROVISION,
         Some(Payload::PowerRequested(_)) => routing::POWER,
+        Some(Payload::ManagementRequested(_)) => routing::MANAGEMENT,
         Some(Payload::AgentHeartbeat(_)) => routing::HEARTBEAT,
         Some(Payload::NodeStateChanged(_)) => routing::CHANGED,
         Some(Payload::DeployProgressed(_)) => routing::PROGRESS,

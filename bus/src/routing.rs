@@ -9,6 +9,8 @@ use crate::BusError;
 pub const PROVISION: &str = "node.provision";
 /// [`proto::events::PowerRequested`].
 pub const POWER: &str = "node.power";
+/// [`proto::events::ManagementRequested`].
+pub const MANAGEMENT: &str = "node.management";
 /// [`proto::events::AgentHeartbeat`].
 pub const HEARTBEAT: &str = "node.heartbeat";
 /// [`proto::events::NodeStateChanged`].

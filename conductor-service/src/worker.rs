@@ -52,6 +52,9 @@ impl Drop for InflightEntry<'_> {
     }
 }
 
+/// How often [`wake`] looks at a node again right after answering a management call.
+const MANAGEMENT_RELOOKS: usize = 4;
+
 /// Drive `node` if it needs work. Returns once the work is committed (or there was none,
 /// or another conductor holds the node for longer than the lock retries).
 ///
@@ -70,7 +73,13 @@ pub async fn wake(ctx: &Arc<Ctx>, node: NodeId) -> Result<(), PublicError> {
     // The concurrency limit; the semaphore is never closed, so an error cannot happen.
     let _permit = ctx.tasks.acquire().await.ok();
     loop {
-        drive_once(ctx, node).await?;
+        // After a management call the node may still need its workflow or power change;
+        // bounded, so a request that cannot be answered (database trouble) cannot spin.
+        for _ in 0..MANAGEMENT_RELOOKS {
+            if drive_once(ctx, node).await? != Some(workflows::Work::Management) {
+                break;
+            }
+        }
         if !entry.rerun_requested() {
             return Ok(());
         }
@@ -88,46 +97,49 @@ pub fn wake_owned(ctx: Arc<Ctx>, node: NodeId) -> futures::future::BoxFuture<'st
     })
 }
 
-async fn drive_once(ctx: &Arc<Ctx>, id: NodeId) -> Result<(), PublicError> {
+/// One look at the node; returns the work it ran, if any.
+async fn drive_once(ctx: &Arc<Ctx>, id: NodeId) -> Result<Option<workflows::Work>, PublicError> {
     let interval = Duration::from_millis(ctx.cfg.lock_retry_interval_ms);
     for attempt in 0..=ctx.cfg.lock_retry_attempts {
         let node = match ctx.store.node_fetch(id).await {
             Ok(n) => n,
-            Err(PublicError::NotFound { .. }) => return Ok(()),
+            Err(PublicError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         if work_for(&node).is_none() {
             tracing::debug!(node = %id, state = %node.provision_state, "nothing to do");
-            return Ok(());
+            return Ok(None);
         }
         match LockGuard::acquire(ctx, id).await {
-            Ok((guard, node)) => {
-                run_locked(ctx, guard, node).await;
-                return Ok(());
-            }
+            Ok((guard, node)) => return Ok(run_locked(ctx, guard, node).await),
             Err(PublicError::NodeLocked { holder, .. }) => {
                 tracing::debug!(node = %id, holder, attempt, "node locked; retrying");
                 tokio::select! {
                     biased;
-                    () = ctx.token.cancelled() => return Ok(()),
+                    () = ctx.token.cancelled() => return Ok(None),
                     () = tokio::time::sleep(interval) => {}
                 }
             }
-            Err(PublicError::NotFound { .. }) => return Ok(()),
+            Err(PublicError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
         }
     }
     // Another task keeps the node; it re-reads the state when done, and the sweep heals
     // anything left behind.
     tracing::info!(node = %id, "node stayed locked; leaving it to its holder and the sweep");
-    Ok(())
+    Ok(None)
 }
 
-async fn run_locked(ctx: &Arc<Ctx>, guard: LockGuard, node: deploy::Node) {
+/// Run the node's work under the lock; returns the work run.
+async fn run_locked(
+    ctx: &Arc<Ctx>,
+    guard: LockGuard,
+    node: deploy::Node,
+) -> Option<workflows::Work> {
     let id = node.uuid;
     let Some(work) = work_for(&node) else {
         guard.release().await;
-        return;
+        return None;
     };
     let span =
         tracing::info_span!("workflow", node_id = %id, work = ?work, state = %node.provision_state);
@@ -162,6 +174,7 @@ async fn run_locked(ctx: &Arc<Ctx>, guard: LockGuard, node: deploy::Node) {
         }
     }
     guard.release().await;
+    Some(work)
 }
 
 /// The work queue: every conductor competes for it.
@@ -171,6 +184,7 @@ fn work_queue(ctx: &Ctx) -> QueueSpec {
         patterns: vec![
             routing::PROVISION.into(),
             routing::POWER.into(),
+            routing::MANAGEMENT.into(),
             routing::HEARTBEAT.into(),
             routing::ALLOCATION.into(),
         ],

@@ -50,6 +50,9 @@ pub enum Work {
     ResumeService,
     /// A power change was requested (`target_power_state`).
     Power(PowerState),
+    /// The API waits for a management call ([`deploy::management`]); answered before
+    /// anything else, then the node is looked at again.
+    Management,
 }
 
 /// The agent of the current ramdisk boot has heartbeated (see
@@ -60,6 +63,9 @@ pub fn agent_called_back(n: &Node) -> bool {
 
 /// What `n` needs, if anything. Reads only; the caller takes the lock and decides again.
 pub fn work_for(n: &Node) -> Option<Work> {
+    if deploy::management::ManagementRequest::pending(n) {
+        return Some(Work::Management);
+    }
     match n.provision_state {
         S::Verifying => Some(Work::Verify),
         S::Deploying => Some(Work::Deploy),
@@ -81,6 +87,11 @@ pub fn work_for(n: &Node) -> Option<Work> {
 /// this returns `Ok`; an `Err` means the node was left as recorded (database trouble, a
 /// concurrent state change or shutdown).
 pub async fn run(task: &mut Task, work: Work) -> Result<(), WorkflowError> {
+    if work == Work::Management {
+        // A management call answers the API and never fails the node.
+        let drivers = task.ctx.drivers.for_node(&task.node);
+        return crate::management::answer(task, drivers.as_ref()).await;
+    }
     let drivers = match task.ctx.drivers.for_node(&task.node) {
         Ok(d) => d,
         Err(e) => return fail_current(task, &format!("Cannot load drivers: {e}")).await,
@@ -112,6 +123,7 @@ pub async fn run(task: &mut Task, work: Work) -> Result<(), WorkflowError> {
             service::run(task, &drivers, iface.as_ref()).await
         }
         Work::Power(target) => return power_request(task, &drivers, target).await,
+        Work::Management => return crate::management::answer(task, Ok(&drivers)).await,
     };
     match res {
         Err(WorkflowError::Failed(msg)) => fail_current(task, &msg).await,

@@ -28,6 +28,10 @@ pub enum BootDevice {
     Cdrom,
     /// Firmware setup.
     Bios,
+    /// Boot with a minimal set of drivers (IPMI's "safe mode").
+    Safe,
+    /// UEFI HTTP boot.
+    UefiHttp,
 }
 
 impl BootDevice {
@@ -38,8 +42,34 @@ impl BootDevice {
             BootDevice::Disk => "disk",
             BootDevice::Cdrom => "cdrom",
             BootDevice::Bios => "bios",
+            BootDevice::Safe => "safe",
+            BootDevice::UefiHttp => "uefi http",
         }
     }
+
+    /// Every device, in Ironic's order.
+    pub const ALL: [BootDevice; 6] = [
+        BootDevice::Pxe,
+        BootDevice::Disk,
+        BootDevice::Cdrom,
+        BootDevice::Bios,
+        BootDevice::Safe,
+        BootDevice::UefiHttp,
+    ];
+
+    /// The device Ironic names `s`.
+    pub fn parse(s: &str) -> Option<BootDevice> {
+        BootDevice::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+/// The boot device a BMC reports; `None` where it cannot tell (Ironic answers `null`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootDeviceInfo {
+    /// The next boot device.
+    pub device: Option<BootDevice>,
+    /// Whether it applies to every boot.
+    pub persistent: Option<bool>,
 }
 
 impl fmt::Display for BootDevice {
@@ -220,6 +250,41 @@ pub trait ManagementDriver: Send + Sync + 'static {
         device: BootDevice,
         persistent: bool,
     ) -> DriverFuture<'a, ()>;
+
+    /// The boot device the BMC reports.
+    fn get_boot_device<'a>(&'a self, node: &'a Node) -> DriverFuture<'a, BootDeviceInfo> {
+        let _ = node;
+        Box::pin(async move { Err(self.unsupported("getting the boot device")) })
+    }
+
+    /// The boot devices this BMC can set.
+    fn supported_boot_devices<'a>(&'a self, node: &'a Node) -> DriverFuture<'a, Vec<BootDevice>> {
+        let _ = node;
+        Box::pin(async move { Err(self.unsupported("listing boot devices")) })
+    }
+
+    /// Inject a non-maskable interrupt.
+    fn inject_nmi<'a>(&'a self, node: &'a Node) -> DriverFuture<'a, ()> {
+        let _ = node;
+        Box::pin(async move { Err(self.unsupported("injecting an NMI")) })
+    }
+
+    /// Set the firmware boot mode.
+    fn set_boot_mode<'a>(&'a self, node: &'a Node, mode: BootMode) -> DriverFuture<'a, ()> {
+        let _ = (node, mode);
+        Box::pin(async move { Err(self.unsupported("setting the boot mode")) })
+    }
+
+    /// Turn UEFI secure boot on or off.
+    fn set_secure_boot<'a>(&'a self, node: &'a Node, enabled: bool) -> DriverFuture<'a, ()> {
+        let _ = (node, enabled);
+        Box::pin(async move { Err(self.unsupported("setting secure boot")) })
+    }
+
+    /// [`DriverError::Unsupported`] for `operation` on this interface.
+    fn unsupported(&self, operation: &str) -> DriverError {
+        DriverError::Unsupported { interface: self.name().into(), operation: operation.into() }
+    }
 }
 
 #[cfg(test)]

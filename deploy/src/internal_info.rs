@@ -60,6 +60,11 @@ pub mod keys {
     pub const ROOT_UUID_OR_DISK_ID: &str = "root_uuid_or_disk_id";
     /// When the conductor last changed the power state (RFC 3339).
     pub const LAST_POWER_STATE_CHANGE: &str = "last_power_state_change";
+    /// A management request the API recorded for the conductor
+    /// ([`crate::management::ManagementRequest`]).
+    pub const MANAGEMENT_REQUEST: &str = "management_request";
+    /// The conductor's answer to it ([`crate::management::ManagementResult`]).
+    pub const MANAGEMENT_RESULT: &str = "management_result";
 }
 
 /// Every key [`AgentSession::wipe`] removes (the token only when it was not pre-generated).

@@ -14,6 +14,7 @@ pub mod hardware;
 pub mod hints;
 pub mod ids;
 pub mod internal_info;
+pub mod management;
 pub mod model;
 pub mod provision;
 pub mod state;

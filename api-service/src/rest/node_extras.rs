@@ -3,10 +3,11 @@
 //! boot mode, secure boot, console, children, one history event; plus the chassis' nodes,
 //! a port group's ports, the `/v1/volume` index and the shards.
 //!
-//! What only a BMC can do (boot device, NMI, virtual media, boot mode, secure boot) is
-//! served for the `fake` management interface, which records the request and succeeds at
-//! once as Ironic's does; other management interfaces answer 400 naming the interface
-//! rather than pretending.
+//! What only a BMC can do (boot device, NMI, boot mode, secure boot) is served for the
+//! `fake` management interface here, which records the request and succeeds at once as
+//! Ironic's does, and for `ipmitool` and `redfish` by the conductor holding the node's lock
+//! ([`super::bmc`]). Virtual media and indicators are served for `fake` only; other
+//! management interfaces answer 400 naming the interface rather than pretending.
 
 use std::collections::BTreeMap;
 
@@ -16,12 +17,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, put};
+use deploy::management::{BootModeName, ManagementOp};
 use deploy::model::JsonObject;
 use deploy::{Node, PublicError};
 use serde_json::{Value, json};
 use store::{NodeListQuery, PortListQuery, ResourceKind};
 
-use super::{ApiJson, ApiPath, ApiQuery, Base, accepted};
+use super::{ApiJson, ApiPath, ApiQuery, Base, accepted, bmc};
 use crate::error::ApiError;
 use crate::render;
 use crate::resources;
@@ -504,6 +506,11 @@ async fn boot_device_get(
     ApiPath(ident): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let n = state.node_by_ident(&ident, ctx.version).await?;
+    if bmc::needs_conductor(&n) {
+        let v = bmc::call(&state, &ctx, n, ManagementOp::GetBootDevice, "getting the boot device")
+            .await?;
+        return Ok(Json(v));
+    }
     fake_management_only(&n, "getting the boot device")?;
     let d = attr(&n, "boot_device")
         .cloned()
@@ -517,6 +524,10 @@ async fn boot_device_supported(
     ApiPath(ident): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let n = state.node_by_ident(&ident, ctx.version).await?;
+    if bmc::needs_conductor(&n) {
+        let op = ManagementOp::SupportedBootDevices;
+        return Ok(Json(bmc::call(&state, &ctx, n, op, "listing boot devices").await?));
+    }
     fake_management_only(&n, "listing boot devices")?;
     Ok(Json(json!({ "supported_boot_devices": FAKE_BOOT_DEVICES })))
 }
@@ -540,6 +551,15 @@ async fn boot_device_set(
             body.boot_device,
             BOOT_DEVICES.join(", ")
         )));
+    }
+    let node = state.node_by_ident(&ident, ctx.version).await?;
+    if bmc::needs_conductor(&node) {
+        let op = ManagementOp::SetBootDevice {
+            device: body.boot_device.clone(),
+            persistent: body.persistent.unwrap_or(false),
+        };
+        bmc::call(&state, &ctx, node, op, "setting the boot device").await?;
+        return Ok(StatusCode::NO_CONTENT);
     }
     modify(&state, &ident, &ctx, |n| {
         fake_management_only(n, "setting the boot device")?;
@@ -576,6 +596,10 @@ async fn inject_nmi(
         return Err(
             PublicError::NodeLocked { node: n.uuid.to_string(), holder: holder.clone() }.into()
         );
+    }
+    if bmc::needs_conductor(&n) {
+        bmc::call(&state, &ctx, n, ManagementOp::InjectNmi, "injecting an NMI").await?;
+        return Ok(StatusCode::NO_CONTENT);
     }
     fake_management_only(&n, "injecting an NMI")?;
     tracing::info!(node_id = %n.uuid, "NMI injected (fake management)");
@@ -674,6 +698,14 @@ async fn boot_mode_set(
         Some(m @ ("uefi" | "bios")) => m.to_owned(),
         _ => return Err(ApiError::bad_request("Invalid boot mode target: must be uefi or bios")),
     };
+    let node = state.node_by_ident(&ident, ctx.version).await?;
+    if bmc::needs_conductor(&node) {
+        let uuid = node.uuid;
+        let mode = if mode == "bios" { BootModeName::Bios } else { BootModeName::Uefi };
+        let op = ManagementOp::SetBootMode { mode };
+        bmc::call(&state, &ctx, node, op, "setting the boot mode").await?;
+        return Ok(accepted(&format!("{base}/v1/nodes/{uuid}/states")));
+    }
     let n = modify(&state, &ident, &ctx, |n| {
         fake_management_only(n, "setting the boot mode")?;
         n.boot_mode = Some(mode.clone());
@@ -700,6 +732,13 @@ async fn secure_boot_set(
             return Err(ApiError::bad_request("Invalid secure boot target: must be true or false"));
         }
     };
+    let node = state.node_by_ident(&ident, ctx.version).await?;
+    if bmc::needs_conductor(&node) {
+        let uuid = node.uuid;
+        let op = ManagementOp::SetSecureBoot { enabled: on };
+        bmc::call(&state, &ctx, node, op, "setting secure boot").await?;
+        return Ok(accepted(&format!("{base}/v1/nodes/{uuid}/states")));
+    }
     let n = modify(&state, &ident, &ctx, |n| {
         fake_management_only(n, "setting secure boot")?;
         n.secure_boot = Some(on);

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use deploy::drivers::{
-    BootDevice, BootMode, DriverError, DriverFuture, ManagementDriver, PowerDriver,
+    BootDevice, BootDeviceInfo, BootMode, DriverError, DriverFuture, ManagementDriver, PowerDriver,
 };
 use deploy::{Node, PowerState};
 use serde_json::Value;
@@ -284,6 +284,9 @@ impl ManagementDriver for IpmiDriver {
         persistent: bool,
     ) -> DriverFuture<'a, ()> {
         Box::pin(async move {
+            if !IPMI_BOOT_DEVICES.contains(&device) {
+                return Err(self.unsupported(&format!("boot device '{device}'")));
+            }
             let t = Self::target(node)?;
             let mut options = Vec::new();
             if persistent {
@@ -300,6 +303,53 @@ impl ManagementDriver for IpmiDriver {
             self.run(&t, &args).await.map(|_| ())
         })
     }
+
+    fn get_boot_device<'a>(&'a self, node: &'a Node) -> DriverFuture<'a, BootDeviceInfo> {
+        Box::pin(async move {
+            let t = Self::target(node)?;
+            let out = self.run(&t, &["chassis", "bootparam", "get", "5"]).await?;
+            Ok(parse_bootparam(&out))
+        })
+    }
+
+    fn supported_boot_devices<'a>(&'a self, _node: &'a Node) -> DriverFuture<'a, Vec<BootDevice>> {
+        Box::pin(async move { Ok(IPMI_BOOT_DEVICES.to_vec()) })
+    }
+
+    fn inject_nmi<'a>(&'a self, node: &'a Node) -> DriverFuture<'a, ()> {
+        Box::pin(async move {
+            let t = Self::target(node)?;
+            self.run(&t, &["chassis", "power", "diag"]).await.map(|_| ())
+        })
+    }
+}
+
+/// What Ironic's ipmitool management interface offers.
+const IPMI_BOOT_DEVICES: [BootDevice; 5] =
+    [BootDevice::Pxe, BootDevice::Disk, BootDevice::Cdrom, BootDevice::Bios, BootDevice::Safe];
+
+/// `chassis bootparam get 5` as Ironic reads it: the "Boot Device Selector" line and
+/// whether the options apply to all future boots.
+fn parse_bootparam(out: &str) -> BootDeviceInfo {
+    let selector = out
+        .lines()
+        .find_map(|l| l.split_once("Boot Device Selector :").map(|(_, v)| v.trim().to_owned()));
+    let device = selector.and_then(|s| {
+        if s.contains("PXE") {
+            Some(BootDevice::Pxe)
+        } else if s.contains("Hard-Drive") {
+            Some(BootDevice::Disk)
+        } else if s.contains("BIOS") {
+            Some(BootDevice::Bios)
+        } else if s.contains("Safe Mode") {
+            Some(BootDevice::Safe)
+        } else if s.contains("CD/DVD") {
+            Some(BootDevice::Cdrom)
+        } else {
+            None
+        }
+    });
+    BootDeviceInfo { device, persistent: Some(out.contains("Options apply to all future boots")) }
 }
 
 #[cfg(test)]
@@ -311,6 +361,17 @@ mod tests {
         assert_eq!(parse_power("Chassis Power is on\n"), Some(PowerState::On));
         assert_eq!(parse_power("Chassis Power is off"), Some(PowerState::Off));
         assert_eq!(parse_power("garbage"), None);
+    }
+
+    #[test]
+    fn test_parse_bootparam() {
+        let out = "Boot parameter version: 1\n Boot Flags :\n   - Boot Flag Valid\n   - Options apply to all future boots\n   - Boot Device Selector : Force PXE\n";
+        assert_eq!(
+            parse_bootparam(out),
+            BootDeviceInfo { device: Some(BootDevice::Pxe), persistent: Some(true) }
+        );
+        let out = "   - Options apply to only next boot\n   - Boot Device Selector : No override\n";
+        assert_eq!(parse_bootparam(out), BootDeviceInfo { device: None, persistent: Some(false) });
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use deploy::drivers::{
-    BootDevice, BootMode, DriverError, DriverFuture, ManagementDriver, PowerDriver,
+    BootDevice, BootDeviceInfo, BootMode, DriverError, DriverFuture, ManagementDriver, PowerDriver,
 };
 use deploy::{Node, PowerState};
 use reqwest::{Method, StatusCode};
@@ -367,14 +367,11 @@ impl ManagementDriver for RedfishDriver {
         persistent: bool,
     ) -> DriverFuture<'a, ()> {
         Box::pin(async move {
+            let Some(target) = redfish_target(device) else {
+                return Err(self.unsupported(&format!("boot device '{device}'")));
+            };
             let t = Self::target(node)?;
             let system = self.system_path(&t).await?;
-            let target = match device {
-                BootDevice::Pxe => "Pxe",
-                BootDevice::Disk => "Hdd",
-                BootDevice::Cdrom => "Cd",
-                BootDevice::Bios => "BiosSetup",
-            };
             let mode = match BootMode::of(node) {
                 BootMode::Uefi => "UEFI",
                 BootMode::Bios => "Legacy",
@@ -387,6 +384,100 @@ impl ManagementDriver for RedfishDriver {
             self.request(&t, Method::PATCH, &system, Some(&body)).await.map(|_| ())
         })
     }
+
+    fn get_boot_device<'a>(&'a self, node: &'a Node) -> DriverFuture<'a, BootDeviceInfo> {
+        Box::pin(async move {
+            let t = Self::target(node)?;
+            let system = self.system_path(&t).await?;
+            let sys = self.request(&t, Method::GET, &system, None).await?;
+            let boot = sys.get("Boot");
+            let device = boot
+                .and_then(|b| b.get("BootSourceOverrideTarget"))
+                .and_then(Value::as_str)
+                .and_then(from_redfish_target);
+            let persistent = boot
+                .and_then(|b| b.get("BootSourceOverrideEnabled"))
+                .and_then(Value::as_str)
+                .map(|e| e == "Continuous");
+            Ok(BootDeviceInfo { device, persistent })
+        })
+    }
+
+    fn supported_boot_devices<'a>(&'a self, node: &'a Node) -> DriverFuture<'a, Vec<BootDevice>> {
+        Box::pin(async move {
+            let t = Self::target(node)?;
+            let system = self.system_path(&t).await?;
+            let sys = self.request(&t, Method::GET, &system, None).await?;
+            let allowed = sys
+                .pointer("/Boot/BootSourceOverrideTarget@Redfish.AllowableValues")
+                .and_then(Value::as_array);
+            // As Ironic: without AllowableValues, every device the driver can map.
+            Ok(match allowed {
+                Some(a) => {
+                    let mut out: Vec<BootDevice> = a
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .filter_map(from_redfish_target)
+                        .collect();
+                    out.dedup();
+                    out
+                }
+                None => {
+                    BootDevice::ALL.into_iter().filter(|d| redfish_target(*d).is_some()).collect()
+                }
+            })
+        })
+    }
+
+    fn inject_nmi<'a>(&'a self, node: &'a Node) -> DriverFuture<'a, ()> {
+        Box::pin(async move {
+            let t = Self::target(node)?;
+            let system = self.system_path(&t).await?;
+            self.reset(&t, &system, "Nmi").await
+        })
+    }
+
+    fn set_boot_mode<'a>(&'a self, node: &'a Node, mode: BootMode) -> DriverFuture<'a, ()> {
+        Box::pin(async move {
+            let t = Self::target(node)?;
+            let system = self.system_path(&t).await?;
+            let mode = match mode {
+                BootMode::Uefi => "UEFI",
+                BootMode::Bios => "Legacy",
+            };
+            let body = json!({"Boot": {"BootSourceOverrideMode": mode}});
+            self.request(&t, Method::PATCH, &system, Some(&body)).await.map(|_| ())
+        })
+    }
+
+    fn set_secure_boot<'a>(&'a self, node: &'a Node, enabled: bool) -> DriverFuture<'a, ()> {
+        Box::pin(async move {
+            let t = Self::target(node)?;
+            let system = self.system_path(&t).await?;
+            let sys = self.request(&t, Method::GET, &system, None).await?;
+            let Some(path) = sys.pointer("/SecureBoot/@odata.id").and_then(Value::as_str) else {
+                return Err(self.unsupported("secure boot (the system has no SecureBoot resource)"));
+            };
+            let body = json!({"SecureBootEnable": enabled});
+            self.request(&t, Method::PATCH, path, Some(&body)).await.map(|_| ())
+        })
+    }
+}
+
+/// Ironic's boot device → `BootSourceOverrideTarget`; `None` where Redfish has none.
+fn redfish_target(d: BootDevice) -> Option<&'static str> {
+    match d {
+        BootDevice::Pxe => Some("Pxe"),
+        BootDevice::Disk => Some("Hdd"),
+        BootDevice::Cdrom => Some("Cd"),
+        BootDevice::Bios => Some("BiosSetup"),
+        BootDevice::UefiHttp => Some("UefiHttp"),
+        BootDevice::Safe => None,
+    }
+}
+
+fn from_redfish_target(s: &str) -> Option<BootDevice> {
+    BootDevice::ALL.into_iter().find(|d| redfish_target(*d) == Some(s))
 }
 
 #[cfg(test)]

@@ -1,0 +1,422 @@
+//! Management calls over REST on real BMC emulators: api-service and a conductor in-process
+//! (SQLite, in-process bus), a node whose management interface is `redfish` (sushy-tools,
+//! fake driver) or `ipmitool` (pyghmi's BMC through ipmitool). The API records the request,
+//! the conductor runs it under the node's lock and the API answers with the BMC's result,
+//! as Ironic's synchronous management RPCs do; a BMC that never answers and a missing
+//! conductor end in bounded errors with the node unlocked.
+//!
+//! The peers come from `conductor-service/scripts/setup-test-peers.sh`; without them the
+//! peer tests skip loudly, or fail when `FERRIC_REQUIRE_PEERS=1`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stderr,
+    reason = "integration-test helpers panic on setup failures and report skips on stderr"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use api_service::ApiConfig;
+use common::shutdown::{CancellationToken, Shutdown};
+use common::testing::{Need, require_service};
+use conductor_service::ConductorConfig;
+use conductor_service::testing::{fast_config, wait_for};
+use reqwest::Method;
+use serde_json::{Value, json};
+use store::testing::TestDatabase;
+
+const VERSION: &str = "1.78";
+const SYSTEM_UUID: &str = "27946b59-9e44-4fa7-8e91-f3527a1ef094";
+
+fn venv() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/conductor-peers/venv/bin");
+    let p = std::env::var("FERRIC_PEERS_VENV").map(PathBuf::from).unwrap_or(root);
+    let found = if p.join("sushy-emulator").exists() && p.join("python3").exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "no venv with sushy-emulator/pyghmi at {}; run conductor-service/scripts/setup-test-peers.sh",
+            p.display()
+        ))
+    };
+    require_service(Need::Peers, "the BMC emulators", found)
+}
+
+fn have_ipmitool() -> bool {
+    let ok = Command::new("ipmitool").arg("-V").output().is_ok_and(|o| o.status.success());
+    let found = if ok { Ok(()) } else { Err("not installed (apt-get install ipmitool)") };
+    require_service(Need::Peers, "ipmitool", found).is_some()
+}
+
+/// A child process killed on drop.
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// api-service and (optionally) one conductor on a fresh SQLite database.
+struct Cluster {
+    base: String,
+    http: reqwest::Client,
+    token: CancellationToken,
+    db: TestDatabase,
+}
+
+impl Cluster {
+    async fn start(conductor: Option<ConductorConfig>, management_timeout: u64) -> Cluster {
+        let db = TestDatabase::sqlite().await;
+        let bus = bus::connect(None).await.unwrap();
+        let token = CancellationToken::new();
+        let root = Shutdown::new(token.clone(), Duration::from_secs(5));
+        if let Some(cfg) = conductor {
+            let (shutdown, ready) = root.service();
+            let (s, b) = (db.store().clone(), bus.clone());
+            tokio::spawn(async move { conductor_service::run(cfg, s, b, shutdown).await.unwrap() });
+            ready.wait().await.unwrap();
+        }
+        let rest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", rest.local_addr().unwrap());
+        let mut cfg = ApiConfig::default();
+        cfg.api.management_timeout = management_timeout;
+        let (shutdown, ready) = root.service();
+        let store = db.store().clone();
+        tokio::spawn(async move {
+            api_service::run(cfg, rest, grpc, store, bus, shutdown).await.unwrap();
+        });
+        ready.wait().await.unwrap();
+        Cluster { base, http: reqwest::Client::new(), token, db }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("X-OpenStack-Ironic-API-Version", VERSION);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn create(&self, driver: &str, driver_info: Value) -> String {
+        let (status, n) = self
+            .call(
+                Method::POST,
+                "/v1/nodes",
+                Some(json!({"driver": driver, "driver_info": driver_info})),
+            )
+            .await;
+        assert_eq!(status, 201, "{n}");
+        n["uuid"].as_str().unwrap().to_owned()
+    }
+
+    /// The node, asserting that no conductor holds it and no request is left on it.
+    async fn settled(&self, id: &str) -> Value {
+        let (_, n) = self.call(Method::GET, &format!("/v1/nodes/{id}"), None).await;
+        assert!(n["reservation"].is_null(), "node still locked: {n}");
+        let info = &n["driver_internal_info"];
+        assert!(info.get("management_request").is_none(), "request left: {info}");
+        assert!(info.get("management_result").is_none(), "result left: {info}");
+        n
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+fn conductor(name: &str) -> ConductorConfig {
+    let mut cfg = fast_config(name, &format!("conductor.{name}"));
+    cfg.redfish.request_timeout_secs = 2.0;
+    cfg.redfish.attempts = 1;
+    cfg.ipmi.command_timeout_secs = 5.0;
+    cfg.ipmi.attempts = 1;
+    cfg
+}
+
+fn fault(body: &Value) -> String {
+    body["error_message"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn start_sushy(bin: &Path, dir: &Path) -> (Peer, String) {
+    let port = free_tcp_port();
+    let cfg = dir.join("sushy.conf");
+    std::fs::write(
+        &cfg,
+        format!(
+            "SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{SYSTEM_UUID}', \
+             'name': 'fake-1', 'power_state': 'Off', 'nics': [{{'mac': '00:5c:52:31:3a:9c', 'ip': '172.22.0.100'}}]}}]\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin.join("sushy-emulator"))
+        .args(["--fake", "--config"])
+        .arg(&cfg)
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let probe = format!("{url}/redfish/v1/Systems");
+    wait_for(Duration::from_secs(20), "sushy-emulator to answer", || {
+        let p = probe.clone();
+        async move { reqwest::get(&p).await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+    })
+    .await;
+    (Peer(child), url)
+}
+
+async fn read_system(url: &str) -> Value {
+    reqwest::get(format!("{url}/redfish/v1/Systems/{SYSTEM_UUID}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn redfish_info(url: &str) -> Value {
+    json!({
+        "redfish_address": url,
+        "redfish_system_id": format!("/redfish/v1/Systems/{SYSTEM_UUID}"),
+        "redfish_username": "admin",
+        "redfish_password": "password",
+    })
+}
+
+#[tokio::test]
+async fn test_redfish_boot_device_and_boot_mode_over_rest_against_sushy_tools() {
+    let Some(bin) = venv() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (_peer, url) = start_sushy(&bin, dir.path()).await;
+    let c = Cluster::start(Some(conductor("mgmt-redfish")), 30).await;
+    let id = c.create("redfish", redfish_info(&url)).await;
+    let dev = format!("/v1/nodes/{id}/management/boot_device");
+
+    let (s, b) =
+        c.call(Method::PUT, &dev, Some(json!({"boot_device": "pxe", "persistent": true}))).await;
+    assert_eq!(s, 204, "{b}");
+    let sys = read_system(&url).await;
+    assert_eq!(sys["Boot"]["BootSourceOverrideTarget"], "Pxe", "{sys}");
+    assert_eq!(sys["Boot"]["BootSourceOverrideEnabled"], "Continuous", "{sys}");
+    let (s, b) = c.call(Method::GET, &dev, None).await;
+    assert_eq!((s, b.clone()), (200, json!({"boot_device": "pxe", "persistent": true})), "{b}");
+
+    let (s, b) =
+        c.call(Method::PUT, &dev, Some(json!({"boot_device": "disk", "persistent": true}))).await;
+    assert_eq!(s, 204, "{b}");
+    assert_eq!(read_system(&url).await["Boot"]["BootSourceOverrideTarget"], "Hdd");
+    let (s, b) = c.call(Method::GET, &dev, None).await;
+    assert_eq!((s, &b["boot_device"]), (200, &json!("disk")), "{b}");
+
+    let (s, b) = c.call(Method::GET, &format!("{dev}/supported"), None).await;
+    assert_eq!(s, 200, "{b}");
+    let supported: Vec<&str> =
+        b["supported_boot_devices"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(supported.contains(&"pxe") && supported.contains(&"disk"), "{b}");
+    assert!(!supported.contains(&"safe"), "{b}");
+
+    // What Redfish cannot do: 400 naming it, and the emulator is left as it was.
+    let (s, b) = c.call(Method::PUT, &dev, Some(json!({"boot_device": "safe"}))).await;
+    assert_eq!(s, 400, "{b}");
+    assert!(fault(&b).contains("safe"), "{b}");
+    assert_eq!(read_system(&url).await["Boot"]["BootSourceOverrideTarget"], "Hdd");
+
+    // Boot mode goes to the BMC and is cached on the node.
+    let (s, b) = c
+        .call(
+            Method::PUT,
+            &format!("/v1/nodes/{id}/states/boot_mode"),
+            Some(json!({"target": "bios"})),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    assert_eq!(read_system(&url).await["Boot"]["BootSourceOverrideMode"], "Legacy");
+    let n = c.settled(&id).await;
+    assert_eq!(n["boot_mode"], "bios", "{n}");
+
+    // sushy-tools' fake driver answers the Nmi reset with 501 (only its libvirt driver
+    // injects one): the BMC's refusal is a 500 naming the BMC, as Ironic's RedfishError.
+    let (s, b) = c
+        .call(Method::PUT, &format!("/v1/nodes/{id}/management/inject_nmi"), Some(json!({})))
+        .await;
+    assert_eq!(s, 500, "{b}");
+    assert!(fault(&b).contains(&url) && fault(&b).contains("ComputerSystem.Reset"), "{b}");
+    c.settled(&id).await;
+}
+
+const FAKEBMC: &str = r"
+import sys
+import pyghmi.ipmi.bmc as bmc
+from pyghmi.cmd.fakebmc import FakeBmc
+
+class LoopbackBmc(FakeBmc):
+    def __init__(self, authdata, port):
+        bmc.Bmc.__init__(self, authdata, port, address='127.0.0.1')
+        self.powerstate = 'off'
+        self.bootdevice = 'default'
+
+    def pulse_diag(self):
+        with open(sys.argv[2], 'a') as f:
+            f.write('nmi\n')
+
+LoopbackBmc({'admin': 'password'}, port=int(sys.argv[1])).listen()
+";
+
+fn ipmitool(port: u16, args: &[&str]) -> String {
+    let out = Command::new("ipmitool")
+        .args(["-I", "lanplus", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", "admin", "-P", "password"])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn test_ipmi_boot_device_and_nmi_over_rest_against_pyghmi() {
+    let Some(bin) = venv() else { return };
+    if !have_ipmitool() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let script = dir.path().join("fakebmc.py");
+    let nmi_log = dir.path().join("nmi.log");
+    std::fs::write(&script, FAKEBMC).unwrap();
+    let _peer = Peer(
+        Command::new(bin.join("python3"))
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(&nmi_log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(Duration::from_secs(20), "fakebmc to answer", || async {
+        ipmitool(port, &["power", "status"]).contains("Chassis Power").then_some(())
+    })
+    .await;
+    let c = Cluster::start(Some(conductor("mgmt-ipmi")), 30).await;
+    let id = c
+        .create(
+            "ipmi",
+            json!({"ipmi_address": "127.0.0.1", "ipmi_port": port,
+                   "ipmi_username": "admin", "ipmi_password": "password"}),
+        )
+        .await;
+    let dev = format!("/v1/nodes/{id}/management/boot_device");
+
+    let (s, b) = c.call(Method::PUT, &dev, Some(json!({"boot_device": "pxe"}))).await;
+    assert_eq!(s, 204, "{b}");
+    let param = ipmitool(port, &["chassis", "bootparam", "get", "5"]);
+    assert!(param.contains("PXE"), "{param}");
+    let (s, b) = c.call(Method::GET, &dev, None).await;
+    assert_eq!((s, &b["boot_device"]), (200, &json!("pxe")), "{b}");
+    assert!(b["persistent"].is_boolean(), "{b}");
+
+    let (s, b) =
+        c.call(Method::PUT, &dev, Some(json!({"boot_device": "disk", "persistent": true}))).await;
+    assert_eq!(s, 204, "{b}");
+    let param = ipmitool(port, &["chassis", "bootparam", "get", "5"]);
+    assert!(param.contains("Hard-Drive"), "{param}");
+    let (s, b) = c.call(Method::GET, &dev, None).await;
+    assert_eq!((s, &b["boot_device"]), (200, &json!("disk")), "{b}");
+
+    let (s, b) = c.call(Method::GET, &format!("{dev}/supported"), None).await;
+    assert_eq!(
+        (s, b.clone()),
+        (200, json!({"supported_boot_devices": ["pxe", "disk", "cdrom", "bios", "safe"]})),
+        "{b}"
+    );
+
+    let (s, b) = c
+        .call(Method::PUT, &format!("/v1/nodes/{id}/management/inject_nmi"), Some(json!({})))
+        .await;
+    assert_eq!(s, 204, "{b}");
+    assert_eq!(std::fs::read_to_string(&nmi_log).unwrap_or_default(), "nmi\n");
+
+    // What ipmitool cannot do: 400 naming the interface.
+    let (s, b) = c.call(Method::PUT, &dev, Some(json!({"boot_device": "uefi http"}))).await;
+    assert_eq!(s, 400, "{b}");
+    let (s, b) = c
+        .call(
+            Method::PUT,
+            &format!("/v1/nodes/{id}/states/boot_mode"),
+            Some(json!({"target": "uefi"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(fault(&b).contains("ipmitool"), "{b}");
+    c.settled(&id).await;
+}
+
+/// A BMC that accepts connections and never answers: a 500 within the driver's timeout,
+/// naming the BMC, and the node is unlocked.
+#[tokio::test]
+async fn test_unresponsive_bmc_is_a_bounded_error_and_the_node_is_released() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let c = Cluster::start(Some(conductor("mgmt-hung")), 30).await;
+    let id = c.create("redfish", redfish_info(&format!("http://{addr}"))).await;
+    let started = Instant::now();
+    let (s, b) = c
+        .call(
+            Method::PUT,
+            &format!("/v1/nodes/{id}/management/boot_device"),
+            Some(json!({"boot_device": "pxe"})),
+        )
+        .await;
+    assert_eq!(s, 500, "{b}");
+    assert!(fault(&b).contains(&addr.to_string()) && fault(&b).contains("did not answer"), "{b}");
+    assert!(!fault(&b).contains("password"), "{b}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    c.settled(&id).await;
+}
+
+/// Without a conductor the API gives up at its deadline with a 503 and withdraws the
+/// request; a node held by a conductor answers 409 NodeLocked at once.
+#[tokio::test]
+async fn test_no_conductor_is_a_bounded_503_and_a_locked_node_409() {
+    let c = Cluster::start(None, 1).await;
+    let id = c.create("redfish", redfish_info("http://127.0.0.1:9")).await;
+    let dev = format!("/v1/nodes/{id}/management/boot_device");
+    let started = Instant::now();
+    let (s, b) = c.call(Method::GET, &dev, None).await;
+    assert_eq!(s, 503, "{b}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    c.settled(&id).await;
+
+    c.db.store().node_reserve(id.parse().unwrap(), "other-conductor").await.unwrap();
+    let (s, b) = c.call(Method::PUT, &dev, Some(json!({"boot_device": "pxe"}))).await;
+    assert_eq!(s, 409, "{b}");
+    assert!(fault(&b).contains("other-conductor"), "{b}");
+}
