@@ -22,6 +22,7 @@ pub struct Endpoint {
 
 const SDK: &str = "openstacksdk_functional, openstack_cli_resources, bad_input_resources";
 const NODE_EXTRAS: &str = "openstack_cli_resources, bad_input_resources, rest";
+const BMC_CALLS: &str = "openstack_cli_resources, bad_input_resources, rest, bmc_management";
 
 fn ep(
     method: &'static str,
@@ -81,7 +82,7 @@ pub fn all() -> Vec<Endpoint> {
             "Set the target RAID configuration",
             NODE_EXTRAS,
         ),
-        ep("PUT", "/v1/nodes/{ident}/states/boot_mode", 76, "Set the boot mode", NODE_EXTRAS),
+        ep("PUT", "/v1/nodes/{ident}/states/boot_mode", 76, "Set the boot mode", BMC_CALLS),
         ep(
             "PUT",
             "/v1/nodes/{ident}/states/secure_boot",
@@ -135,29 +136,29 @@ pub fn all() -> Vec<Endpoint> {
             "GET",
             "/v1/nodes/{ident}/management/boot_device",
             1,
-            "The boot device (fake management)",
-            NODE_EXTRAS,
+            "The boot device (fake, ipmitool, redfish)",
+            BMC_CALLS,
         ),
         ep(
             "PUT",
             "/v1/nodes/{ident}/management/boot_device",
             1,
-            "Set the boot device (fake management)",
-            NODE_EXTRAS,
+            "Set the boot device (fake, ipmitool, redfish)",
+            BMC_CALLS,
         ),
         ep(
             "GET",
             "/v1/nodes/{ident}/management/boot_device/supported",
             1,
             "Supported boot devices",
-            NODE_EXTRAS,
+            BMC_CALLS,
         ),
         ep(
             "PUT",
             "/v1/nodes/{ident}/management/inject_nmi",
             29,
-            "Inject an NMI (fake management)",
-            NODE_EXTRAS,
+            "Inject an NMI (fake, ipmitool, redfish)",
+            BMC_CALLS,
         ),
         ep(
             "GET",
