@@ -88,7 +88,7 @@ pub fn all() -> Vec<Endpoint> {
             "/v1/nodes/{ident}/states/secure_boot",
             76,
             "Turn secure boot on or off",
-            NODE_EXTRAS,
+            BMC_CALLS,
         ),
         ep("GET", "/v1/nodes/{ident}/states/console", 1, "Console state", NODE_EXTRAS),
         ep(

@@ -206,7 +206,7 @@ fn redfish_info(url: &str) -> Value {
 }
 
 #[tokio::test]
-async fn test_redfish_boot_device_and_boot_mode_over_rest_against_sushy_tools() {
+async fn test_redfish_boot_device_boot_mode_and_secure_boot_over_rest_against_sushy_tools() {
     let Some(bin) = venv() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (_peer, url) = start_sushy(&bin, dir.path()).await;
@@ -255,6 +255,25 @@ async fn test_redfish_boot_device_and_boot_mode_over_rest_against_sushy_tools() 
     assert_eq!(read_system(&url).await["Boot"]["BootSourceOverrideMode"], "Legacy");
     let n = c.settled(&id).await;
     assert_eq!(n["boot_mode"], "bios", "{n}");
+
+    // Secure boot: the system's SecureBoot resource, cached on the node.
+    let (s, b) = c
+        .call(
+            Method::PUT,
+            &format!("/v1/nodes/{id}/states/secure_boot"),
+            Some(json!({"target": true})),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let sb: Value = reqwest::get(format!("{url}/redfish/v1/Systems/{SYSTEM_UUID}/SecureBoot"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sb["SecureBootEnable"], true, "{sb}");
+    let n = c.settled(&id).await;
+    assert_eq!(n["secure_boot"], true, "{n}");
 
     // sushy-tools' fake driver answers the Nmi reset with 501 (only its libvirt driver
     // injects one): the BMC's refusal is a 500 naming the BMC, as Ironic's RedfishError.
