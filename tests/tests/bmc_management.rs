@@ -421,8 +421,8 @@ async fn test_unresponsive_bmc_is_a_bounded_error_and_the_node_is_released() {
     c.settled(&id).await;
 }
 
-/// Without a conductor the API gives up at its deadline with a 503 and withdraws the
-/// request; a node held by a conductor answers 409 NodeLocked at once.
+/// Without a conductor online the API refuses at once with a 503 and records nothing; a
+/// node held by a conductor answers 409 NodeLocked at once.
 #[tokio::test]
 async fn test_no_conductor_is_a_bounded_503_and_a_locked_node_409() {
     let c = Cluster::start(None, 1).await;

@@ -43,6 +43,16 @@ pub(crate) async fn call(
     what: &str,
 ) -> Result<Value, ApiError> {
     let id = node.uuid;
+    // As Ironic: with no conductor to take the call, refuse at once rather than wait (a
+    // node a conductor holds is NodeLocked first).
+    if node.reservation.is_none() && state.pick_conductor(&node).await.is_none() {
+        return Err(PublicError::unavailable(format!(
+            "No conductor is online for driver {} in conductor group \"{}\"; \
+             {what} for node {id} cannot be done now.",
+            node.driver, node.conductor_group
+        ))
+        .into());
+    }
     let req = ManagementRequest::new(op.clone());
     let recorded = state
         .store
