@@ -459,11 +459,8 @@ fn check_doc(
 
 /// The UUID or name in a path, resolved.
 async fn fetch(state: &ApiState, spec: &Spec, ident: &str) -> Result<Resource, ApiError> {
-    if let Ok(u) = ident.parse::<Uuid>() {
-        return Ok(state.store.resource_fetch(spec.kind, u).await?);
-    }
-    if spec.named {
-        return Ok(state.store.resource_fetch_by_name(spec.kind, ident).await?);
+    if spec.named || ident.parse::<Uuid>().is_ok() {
+        return Ok(state.store.resource_fetch_by_ident(spec.kind, ident).await?);
     }
     // Kinds without names are addressed by UUID only; anything else is malformed (Ironic: 400).
     Err(ApiError::bad_request(format!("Expected a UUID but received {ident}.")))

@@ -345,6 +345,21 @@ impl DataStore {
         Ok(row.into_resource(kind))
     }
 
+    /// The resource of `kind` named by `ident`: a UUID, else a name.
+    ///
+    /// # Errors
+    /// `NotFound` when there is none.
+    pub async fn resource_fetch_by_ident(
+        &self,
+        kind: ResourceKind,
+        ident: &str,
+    ) -> Result<Resource, PublicError> {
+        match ident.parse::<Uuid>() {
+            Ok(u) => self.resource_fetch(kind, u).await,
+            Err(_) => self.resource_fetch_by_name(kind, ident).await,
+        }
+    }
+
     /// One page of resources matching `q` (keyset on `(sort key, id)`).
     ///
     /// # Errors

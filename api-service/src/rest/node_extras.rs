@@ -860,10 +860,7 @@ async fn portgroup_ports(
 ) -> Result<Json<Value>, ApiError> {
     gate(&ctx, 24)?;
     let kind = ResourceKind::Portgroup;
-    let pg = match ident.parse::<uuid::Uuid>() {
-        Ok(u) => state.store.resource_fetch(kind, u).await?,
-        Err(_) => state.store.resource_fetch_by_name(kind, &ident).await?,
-    };
+    let pg = state.store.resource_fetch_by_ident(kind, &ident).await?;
     let q = PortListQuery { portgroup: Some(pg.uuid), ..PortListQuery::default() };
     let ports = state.store.port_list(&q).await?;
     let fields: Vec<String> = render::PORT_LIST_FIELDS.iter().map(|s| (*s).to_owned()).collect();
@@ -926,10 +923,7 @@ async fn runbook_traits_set(
     gate(&ctx, 112)?;
     let traits = deploy::traits::check_all(&body.traits).map_err(ApiError::bad_request)?;
     let kind = ResourceKind::Runbook;
-    let mut rb = match ident.parse::<uuid::Uuid>() {
-        Ok(u) => state.store.resource_fetch(kind, u).await?,
-        Err(_) => state.store.resource_fetch_by_name(kind, &ident).await?,
-    };
+    let mut rb = state.store.resource_fetch_by_ident(kind, &ident).await?;
     rb.body.insert("traits".into(), json!(traits));
     state.store.resource_update(&rb, &store::Duplicates::default()).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -944,10 +938,7 @@ async fn runbook_trait(
 ) -> Result<StatusCode, ApiError> {
     gate(&ctx, 112)?;
     let kind = ResourceKind::Runbook;
-    let mut rb = match ident.parse::<uuid::Uuid>() {
-        Ok(u) => state.store.resource_fetch(kind, u).await?,
-        Err(_) => state.store.resource_fetch_by_name(kind, &ident).await?,
-    };
+    let mut rb = state.store.resource_fetch_by_ident(kind, &ident).await?;
     let mut traits: Vec<String> = rb
         .body
         .get("traits")

@@ -61,10 +61,7 @@ async fn list_inner(
             ));
         }
         let kind = store::ResourceKind::Portgroup;
-        let found = match pg.parse::<uuid::Uuid>() {
-            Ok(u) => state.store.resource_fetch(kind, u).await?,
-            Err(_) => state.store.resource_fetch_by_name(kind, pg).await?,
-        };
+        let found = state.store.resource_fetch_by_ident(kind, pg).await?;
         q.portgroup = Some(found.uuid);
     }
     let ports = state.store.port_list(&q).await?;

@@ -214,10 +214,7 @@ impl ApiState {
         node: deploy::NodeId,
     ) -> Result<uuid::Uuid, ApiError> {
         let kind = store::ResourceKind::Portgroup;
-        let found = match ident.parse::<uuid::Uuid>() {
-            Ok(u) => self.store.resource_fetch(kind, u).await,
-            Err(_) => self.store.resource_fetch_by_name(kind, ident).await,
-        };
+        let found = self.store.resource_fetch_by_ident(kind, ident).await;
         let pg = found.map_err(|e| match e {
             PublicError::NotFound { .. } => {
                 ApiError::bad_request(format!("Portgroup {ident} could not be found."))
