@@ -21,7 +21,8 @@ pub struct Endpoint {
 }
 
 const SDK: &str = "openstacksdk_functional, openstack_cli_resources, bad_input_resources";
-const NODE_EXTRAS: &str = "openstack_cli_resources, bad_input_resources, rest";
+const NODE_EXTRAS: &str = "openstack_cli_resources, bad_input_resources";
+const EXTRAS: &str = "node_extras";
 const BMC_CALLS: &str = "openstack_cli_resources, bad_input_resources, rest, bmc_management";
 
 fn ep(
@@ -165,21 +166,15 @@ pub fn all() -> Vec<Endpoint> {
             "/v1/nodes/{ident}/management/indicators",
             63,
             "Indicator components (fake management)",
-            NODE_EXTRAS,
+            EXTRAS,
         ),
-        ep(
-            "GET",
-            "/v1/nodes/{ident}/vendor_passthru/methods",
-            1,
-            "Vendor methods (none)",
-            NODE_EXTRAS,
-        ),
+        ep("GET", "/v1/nodes/{ident}/vendor_passthru/methods", 1, "Vendor methods (none)", EXTRAS),
         ep(
             "POST",
             "/v1/nodes/{ident}/vendor_passthru",
             1,
             "Call a vendor method (400: none exist)",
-            NODE_EXTRAS,
+            EXTRAS,
         ),
         ep("GET", "/v1/nodes/{ident}/children", 83, "Child nodes", NODE_EXTRAS),
         ep("GET", "/v1/nodes/{ident}/volume", 32, "A node's volume resources", NODE_EXTRAS),
@@ -209,26 +204,26 @@ pub fn all() -> Vec<Endpoint> {
             "/v1/drivers/{name}/raid/logical_disk_properties",
             12,
             "RAID logical disk properties",
-            NODE_EXTRAS,
+            EXTRAS,
         ),
         ep(
             "GET",
             "/v1/drivers/{name}/vendor_passthru/methods",
             1,
             "Driver vendor methods (none)",
-            NODE_EXTRAS,
+            EXTRAS,
         ),
         ep(
             "POST",
             "/v1/drivers/{name}/vendor_passthru",
             1,
             "Call a driver vendor method (400)",
-            NODE_EXTRAS,
+            EXTRAS,
         ),
         ep("GET", "/v1/conductors", 49, "List conductors", SDK),
         ep("GET", "/v1/conductors/{hostname}", 49, "Show a conductor", SDK),
         ep("GET", "/v1/shards", 82, "Shards and their node counts", NODE_EXTRAS),
-        ep("POST", "/v1/events", 54, "Network events (validated)", NODE_EXTRAS),
+        ep("POST", "/v1/events", 54, "Network events (validated)", EXTRAS),
         ep("GET", "/v1/lookup", 22, "Agent lookup", "rest, agent"),
         ep("POST", "/v1/heartbeat/{ident}", 22, "Agent heartbeat", "rest, agent"),
         ep("GET", "/v1/openapi.json", 1, "This document", "rest"),

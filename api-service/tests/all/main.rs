@@ -12,5 +12,6 @@ mod bad_input_resources;
 mod binary;
 mod endpoints;
 mod grpc;
+mod node_extras;
 mod outbox;
 mod rest;
