@@ -22,6 +22,7 @@ pub mod patch;
 pub mod render;
 pub mod resources;
 mod rest;
+pub mod ring;
 pub mod service;
 pub mod version;
 

@@ -11,7 +11,7 @@ use bus::{DynBus, OutgoingMessage};
 use prost::Message as _;
 use proto::events::Event;
 use store::DataStore;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// Events claimed per round.
@@ -26,13 +26,56 @@ const IDLE_POLL: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// Wake-ups published without the outbox that may wait on the broker at once.
+const DIRECT_IN_FLIGHT: usize = 1024;
+
 /// Wakes the relay when an event is written.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Outbox {
     wake: Arc<Notify>,
+    direct: Arc<Semaphore>,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self { wake: Arc::default(), direct: Arc::new(Semaphore::new(DIRECT_IN_FLIGHT)) }
+    }
 }
 
 impl Outbox {
+    /// Publish a wake-up that may be lost (an agent heartbeat: the node row already holds
+    /// it, and the next heartbeat repeats it) in the background, without an outbox row.
+    /// While the broker is slow at most [`DIRECT_IN_FLIGHT`] wait; later ones are dropped.
+    pub fn publish_lossy(&self, bus: &DynBus, ev: &Event) {
+        let Ok(permit) = self.direct.clone().try_acquire_owned() else {
+            tracing::debug!("broker slow: heartbeat wake-up dropped");
+            return;
+        };
+        let key = match bus::event_routing_key(ev) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "event without a payload not published");
+                return;
+            }
+        };
+        let mut msg = OutgoingMessage::new(ev.encode_to_vec());
+        if !ev.event_id.is_empty() {
+            msg.message_id.clone_from(&ev.event_id);
+        }
+        bus::trace::inject(&mut msg.headers);
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(PUBLISH_TIMEOUT, bus.publish(key, msg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, routing_key = key, "wake-up not published")
+                }
+                Err(_) => tracing::debug!(routing_key = key, "wake-up publish timed out"),
+            }
+        });
+    }
+
     /// Record `ev` for the relay. A database failure falls back to a background publish, so
     /// the event still has its chance; either way the caller does not wait on the broker.
     pub async fn enqueue(&self, store: &DataStore, bus: &DynBus, ev: &Event) {
@@ -97,6 +140,7 @@ impl Outbox {
                 continue;
             }
             let mut failed_from = None;
+            let mut done = Vec::with_capacity(batch.len());
             for (i, e) in batch.iter().enumerate() {
                 let msg = OutgoingMessage {
                     message_id: e.message_id.clone(),
@@ -108,12 +152,7 @@ impl Outbox {
                     r = tokio::time::timeout(PUBLISH_TIMEOUT, bus.publish(&e.routing_key, msg)) => Some(r),
                 };
                 match sent {
-                    Some(Ok(Ok(()))) => {
-                        if let Err(err) = store.outbox_done(e.id).await {
-                            // Published but still listed: it will go out again (at least once).
-                            tracing::warn!(error = %err, id = e.id, "outbox row not deleted after publish");
-                        }
-                    }
+                    Some(Ok(Ok(()))) => done.push(e.id),
                     Some(Ok(Err(err))) => {
                         tracing::warn!(error = %err, routing_key = %e.routing_key, attempts = e.attempts + 1, "publish failed; will retry");
                         failed_from = Some(i);
@@ -129,6 +168,11 @@ impl Outbox {
                         break;
                     }
                 }
+            }
+            if let Err(err) = store.outbox_done(&done).await {
+                // Published but still listed: they go out again when the lease lapses
+                // (delivery is at least once).
+                tracing::warn!(error = %err, rows = done.len(), "outbox rows not deleted after publish");
             }
             match failed_from {
                 None => backoff = BACKOFF_MIN,

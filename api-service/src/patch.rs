@@ -94,6 +94,7 @@ pub const PORT_PATCHABLE: &[&str] = &[
     "description",
     "vendor",
     "category",
+    "available_for_dynamic_portgroup",
 ];
 
 /// The operation's path as a JSON Pointer.
@@ -469,6 +470,10 @@ pub fn patch_port(port: &Port, ops: &[PatchOp]) -> Result<Port, ApiError> {
     m.insert("description".into(), s(&port.description));
     m.insert("vendor".into(), s(&port.vendor));
     m.insert("category".into(), s(&port.category));
+    m.insert(
+        "available_for_dynamic_portgroup".into(),
+        Value::Bool(port.available_for_dynamic_portgroup),
+    );
     let mut doc = Value::Object(m);
     apply(&mut doc, ops, &operations)?;
     let Value::Object(mut d) = doc else {
@@ -501,6 +506,7 @@ pub fn patch_port(port: &Port, ops: &[PatchOp]) -> Result<Port, ApiError> {
     out.description = opt_string(&mut d, "description")?;
     out.vendor = opt_string(&mut d, "vendor")?;
     out.category = opt_string(&mut d, "category")?;
+    out.available_for_dynamic_portgroup = boolean(&mut d, "available_for_dynamic_portgroup", true)?;
     out.portgroup_uuid =
         match opt_string(&mut d, "portgroup_uuid")? {
             None => None,

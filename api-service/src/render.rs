@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use deploy::model::{JsonObject, SECRET_MASK, mask_secrets};
-use deploy::{Conductor, Node, Port, ProvisionState};
+use deploy::{Conductor, Node, NodeHistory, Port, ProvisionState};
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
@@ -247,6 +247,7 @@ fn port_field_table(p: &Port, v: Version, base: &str) -> Vec<(&'static str, u32,
         ("description", 97, opt_str(p.description.as_deref())),
         ("vendor", 100, opt_str(p.vendor.as_deref())),
         ("category", 101, opt_str(p.category.as_deref())),
+        ("available_for_dynamic_portgroup", 111, Value::Bool(p.available_for_dynamic_portgroup)),
         ("created_at", 1, Value::String(ts(&p.created_at))),
         ("updated_at", 1, opt_ts(p.updated_at.as_ref())),
         ("links", 1, links(base, "ports", &id)),
@@ -285,6 +286,45 @@ pub fn port_json(p: &Port, v: Version, base: &str, fields: Option<&[String]>) ->
 }
 
 /// Render a conductor; `detail` adds timestamps and drivers as `GET /v1/conductors/{h}` does.
+/// One node history entry as Ironic's history controller shows it: the standard fields
+/// (the event cut to 255 characters) in a list, every field with `detail` and for one entry;
+/// `project` from 1.113, `state`, `target_provision_state` and `duration_seconds` from 1.115.
+pub fn history_json(h: &NodeHistory, v: Version, base: &str, detail: bool) -> Value {
+    let mut m = Map::new();
+    m.insert("uuid".into(), Value::String(h.uuid.to_string()));
+    m.insert("created_at".into(), Value::String(ts(&h.created_at)));
+    m.insert("severity".into(), Value::String(h.severity.clone()));
+    if detail {
+        m.insert("event".into(), Value::String(h.event.clone()));
+        m.insert("event_type".into(), Value::String(h.event_type.clone()));
+        m.insert("conductor".into(), opt_str(h.conductor.as_deref()));
+        m.insert("user".into(), Value::Null);
+        if v.at_least(113) {
+            m.insert("project".into(), opt_str(h.project.as_deref()));
+        }
+        if v.at_least(115) {
+            m.insert("state".into(), opt_str(h.state.map(ProvisionState::as_str)));
+            m.insert(
+                "target_provision_state".into(),
+                opt_str(h.target_state.map(ProvisionState::as_str)),
+            );
+            m.insert("duration_seconds".into(), h.duration_secs.map_or(Value::Null, Value::from));
+        }
+    } else {
+        let event = if h.event.chars().count() > 255 {
+            format!("{}...", h.event.chars().take(251).collect::<String>())
+        } else {
+            h.event.clone()
+        };
+        m.insert("event".into(), Value::String(event));
+    }
+    m.insert(
+        "links".into(),
+        links(base, &format!("nodes/{}/history", h.node_uuid), &h.uuid.to_string()),
+    );
+    Value::Object(m)
+}
+
 pub fn conductor_json(c: &Conductor, base: &str, detail: bool, alive: bool) -> Value {
     let mut out = Map::new();
     out.insert("hostname".into(), json!(c.hostname));

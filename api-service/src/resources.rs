@@ -177,6 +177,10 @@ pub enum Filter {
     Mac(&'static str),
     /// The resource's name.
     Name,
+    /// `shard=`: those of nodes in the listed shards (since the version given).
+    NodeShard(u32),
+    /// `conductor_groups=`: those of nodes in the listed conductor groups (since the version).
+    NodeConductorGroups(u32),
 }
 
 /// How a kind refers to a node.
@@ -559,6 +563,17 @@ pub(crate) enum Scope {
 }
 
 /// `GET /v1/<kind>`, `/v1/<kind>/detail` and `/v1/nodes/{ident}/<kind>`.
+/// 406 for a filter used below the microversion that added it.
+fn since_or_406(v: Version, name: &str, since: u32) -> Result<(), ApiError> {
+    if v.at_least(since) {
+        Ok(())
+    } else {
+        Err(ApiError::NotAcceptable(format!(
+            "The {name} filter requires API version 1.{since} or later."
+        )))
+    }
+}
+
 pub(crate) async fn list(
     spec: &'static Spec,
     state: &ApiState,
@@ -607,6 +622,8 @@ pub(crate) async fn list(
                     Filter::Node(n) => *n == other || other == "node_uuid" || other == "node",
                     Filter::Body(n, _) | Filter::Mac(n) => *n == other,
                     Filter::Name => other == "name",
+                    Filter::NodeShard(_) => other == "shard",
+                    Filter::NodeConductorGroups(_) => other == "conductor_groups",
                 });
                 match filter {
                     Some(Filter::Node(_)) => {
@@ -639,6 +656,18 @@ pub(crate) async fn list(
                         query.filters.push(BodyFilter::Eq((*n).to_owned(), mac.to_string()));
                     }
                     Some(Filter::Name) => query.name = Some(val.clone()),
+                    Some(Filter::NodeShard(since)) => {
+                        since_or_406(v, "shard", *since)?;
+                        query.node_shards = crate::service::ports::string_list(Some(val));
+                    }
+                    Some(Filter::NodeConductorGroups(since)) => {
+                        since_or_406(v, "conductor_groups", *since)?;
+                        query.node_conductor_groups =
+                            crate::service::ports::string_list(Some(val.as_str()))
+                                .iter()
+                                .map(|g| g.to_lowercase())
+                                .collect();
+                    }
                     None => {
                         return Err(ApiError::bad_request(format!(
                             "Unknown query parameter '{other}'"
@@ -651,6 +680,20 @@ pub(crate) async fn list(
     if let Scope::Node(ident) = &scope {
         let node = state.node_by_ident(ident, v).await?;
         query.node = Some(node.uuid);
+    }
+    // Ironic's port group list takes one way of scoping at a time.
+    if spec.kind == store::ResourceKind::Portgroup {
+        let scoped = [
+            query.node.is_some(),
+            q.contains_key("address"),
+            !query.node_shards.is_empty(),
+            !query.node_conductor_groups.is_empty(),
+        ];
+        if scoped.into_iter().filter(|b| *b).count() > 1 {
+            return Err(ApiError::bad_request(
+                "Filtering by node, address, or shard simultaneously is not supported.",
+            ));
+        }
     }
     if detail && fields_raw.is_some() {
         return Err(ApiError::bad_request(

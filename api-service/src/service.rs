@@ -8,7 +8,7 @@
 
 mod agent;
 mod nodes;
-mod ports;
+pub(crate) mod ports;
 mod provision;
 
 use std::sync::Arc;
@@ -84,6 +84,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Where events go before the bus.
     pub outbox: crate::outbox::Outbox,
+    /// Which conductor manages a node.
+    pub ring: Arc<crate::ring::ConductorRing>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -125,6 +127,7 @@ impl ApiState {
             auth,
             metrics: Arc::new(Metrics::new()),
             outbox: crate::outbox::Outbox::default(),
+            ring: Arc::default(),
         }
     }
 
@@ -152,6 +155,19 @@ impl ApiState {
         self.outbox.enqueue(&self.store, &self.bus, &ev).await;
     }
 
+    /// Publish a wake-up that may be lost (agent heartbeats) straight to the bus, in the
+    /// background: it costs no outbox row.
+    pub fn publish_lossy(&self, ctx: &Ctx, node: &Node, payload: Payload) {
+        let ev = Event {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            node_uuid: node.uuid.to_string(),
+            request_id: ctx.request_id.clone(),
+            created_at: Utc::now().to_rfc3339(),
+            payload: Some(payload),
+        };
+        self.outbox.publish_lossy(&self.bus, &ev);
+    }
+
     /// Publish `NodeStateChanged` (for watchers) after a change made by the API.
     pub async fn publish_changed(
         &self,
@@ -176,14 +192,16 @@ impl ApiState {
     }
 
     /// Record a history entry; failures are logged (history is informative, not truth).
+    /// `since` is when the node entered the state it left (for the entry's duration).
     pub async fn history(
         &self,
         node: &Node,
         event_type: &str,
         event: String,
-        from: Option<ProvisionState>,
-        to: Option<ProvisionState>,
+        (from, to): (Option<ProvisionState>, Option<ProvisionState>),
+        since: Option<chrono::DateTime<Utc>>,
     ) {
+        let now = Utc::now();
         let h = NodeHistory {
             uuid: uuid::Uuid::new_v4(),
             node_uuid: node.uuid,
@@ -193,7 +211,11 @@ impl ApiState {
             conductor: None,
             from_state: from,
             to_state: to,
-            created_at: Utc::now(),
+            state: Some(node.provision_state),
+            target_state: node.target_provision_state,
+            duration_secs: since.map(|s| (now - s).num_seconds().max(0)),
+            project: None,
+            created_at: now,
         };
         if let Err(e) = self.store.history_insert(&h).await {
             tracing::warn!(node_id = %node.uuid, error = %e, "recording node history failed");

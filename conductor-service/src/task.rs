@@ -148,6 +148,7 @@ impl Task {
         let id = self.id();
         let to = next(from, event).map_err(|e| WorkflowError::Failed(e.to_string()))?;
         let now = self.ctx.clock.now();
+        let entered_from = self.node.provision_updated_at;
         self.update(|n| {
             if n.provision_state != from {
                 return Err(WorkflowError::StateChanged {
@@ -167,14 +168,8 @@ impl Task {
             || (to == ProvisionState::Enroll && from == ProvisionState::Verifying)
             || (to == ProvisionState::Error);
         let text = format!("{from} -> {to} ({event})");
-        self.record_history(
-            if failed { "ERROR" } else { "INFO" },
-            "provisioning",
-            &text,
-            Some(from),
-            Some(to),
-        )
-        .await;
+        let severity = if failed { "ERROR" } else { "INFO" };
+        self.record(severity, "provisioning", &text, (Some(from), Some(to)), entered_from).await;
         self.publish_changed(from, event.as_str()).await;
         tracing::info!(node = %id, from = %from, to = %to, event = %event, "provision state changed");
         Ok(to)
@@ -189,6 +184,20 @@ impl Task {
         from: Option<ProvisionState>,
         to: Option<ProvisionState>,
     ) {
+        self.record(severity, event_type, event, (from, to), self.node.provision_updated_at).await;
+    }
+
+    /// Append a history entry with the node's current state and target, and the seconds
+    /// since `since` (when the node entered the state the entry is about).
+    async fn record(
+        &self,
+        severity: &str,
+        event_type: &str,
+        event: &str,
+        (from, to): (Option<ProvisionState>, Option<ProvisionState>),
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) {
+        let now = self.ctx.clock.now();
         let h = NodeHistory {
             uuid: uuid::Uuid::new_v4(),
             node_uuid: self.id(),
@@ -198,7 +207,11 @@ impl Task {
             conductor: Some(self.ctx.cfg.hostname.clone()),
             from_state: from,
             to_state: to,
-            created_at: self.ctx.clock.now(),
+            state: Some(self.node.provision_state),
+            target_state: self.node.target_provision_state,
+            duration_secs: since.map(|s| (now - s).num_seconds().max(0)),
+            project: None,
+            created_at: now,
         };
         if let Err(e) = self.ctx.store.history_insert(&h).await {
             tracing::warn!(node = %self.id(), error = %common::ErrorChain(&e), "history entry lost");

@@ -182,6 +182,10 @@ pub async fn request_provision_with(
             conductor: None,
             from_state: Some(change.from),
             to_state: Some(change.to),
+            state: Some(change.to),
+            target_state: None,
+            duration_secs: None,
+            project: None,
             created_at: now,
         })
         .await?;

@@ -383,10 +383,17 @@ pub struct Port {
     /// Whether it is a smart NIC (1.53).
     #[serde(default)]
     pub is_smartnic: bool,
+    /// Whether it may join a dynamic port group (1.111).
+    #[serde(default = "yes")]
+    pub available_for_dynamic_portgroup: bool,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last update time.
     pub updated_at: Option<DateTime<Utc>>,
+}
+
+const fn yes() -> bool {
+    true
 }
 
 impl Port {
@@ -407,6 +414,7 @@ impl Port {
             vendor: None,
             category: None,
             is_smartnic: false,
+            available_for_dynamic_portgroup: true,
             created_at: now,
             updated_at: None,
         }
@@ -449,6 +457,18 @@ pub struct NodeHistory {
     pub from_state: Option<ProvisionState>,
     /// Provision state after the event, when it was a transition.
     pub to_state: Option<ProvisionState>,
+    /// The node's provision state when the entry was recorded (1.115).
+    #[serde(default)]
+    pub state: Option<ProvisionState>,
+    /// The node's target provision state when the entry was recorded (1.115).
+    #[serde(default)]
+    pub target_state: Option<ProvisionState>,
+    /// Seconds the node had spent in its previous provision state (1.115).
+    #[serde(default)]
+    pub duration_secs: Option<i64>,
+    /// Project that caused the event, when known (1.113).
+    #[serde(default)]
+    pub project: Option<String>,
     /// When it happened.
     pub created_at: DateTime<Utc>,
 }

@@ -19,6 +19,10 @@ pub(crate) struct HistoryRow {
     conductor: Option<String>,
     from_state: Option<String>,
     to_state: Option<String>,
+    state: Option<String>,
+    target_state: Option<String>,
+    duration_seconds: Option<i64>,
+    project: Option<String>,
     created_at: DateTime<Utc>,
 }
 
@@ -34,6 +38,8 @@ impl TryFrom<HistoryRow> for NodeHistory {
         };
         let from_state = state("node_history.from_state", r.from_state)?;
         let to_state = state("node_history.to_state", r.to_state)?;
+        let at_state = state("node_history.state", r.state)?;
+        let target_state = state("node_history.target_state", r.target_state)?;
         Ok(NodeHistory {
             uuid: r.uuid.0,
             node_uuid: NodeId(r.node_uuid.0),
@@ -43,6 +49,10 @@ impl TryFrom<HistoryRow> for NodeHistory {
             conductor: r.conductor,
             from_state,
             to_state,
+            state: at_state,
+            target_state,
+            duration_secs: r.duration_seconds,
+            project: r.project,
             created_at: r.created_at,
         })
     }
@@ -60,8 +70,9 @@ impl DataStore {
         on_pool!(self, |pool| {
             sqlx::query(
                 "INSERT INTO node_history (uuid, node_uuid, severity, event_type, event, \
-                 conductor, from_state, to_state, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 conductor, from_state, to_state, created_at, state, target_state, \
+                 duration_seconds, project) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )
             .bind(DbUuid::from(h.uuid))
             .bind(DbUuid::from(h.node_uuid))
@@ -72,6 +83,10 @@ impl DataStore {
             .bind(h.from_state.map(|s| s.as_str()))
             .bind(h.to_state.map(|s| s.as_str()))
             .bind(ts(h.created_at))
+            .bind(h.state.map(|s| s.as_str()))
+            .bind(h.target_state.map(|s| s.as_str()))
+            .bind(h.duration_secs)
+            .bind(h.project.as_deref())
             .execute(pool)
             .await
             .map(|_| ())

@@ -569,7 +569,9 @@ impl DataStore {
         }
         if let Some(d) = &q.description_contains {
             let p = sql.arg(Arg::Text(d.clone()));
-            sql.and(&format!("instr(description, {p}) > 0"));
+            // PostgreSQL has strpos, SQLite instr: both find a literal substring.
+            let f = if pg { "strpos" } else { "instr" };
+            sql.and(&format!("{f}(description, {p}) > 0"));
         }
 
         let key = q.sort_key;

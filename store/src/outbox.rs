@@ -2,7 +2,7 @@
 //! so a client never waits on the broker and an accepted request's event is never lost.
 //!
 //! `outbox_push` appends; `outbox_claim` hands a batch (oldest first) to one relay for a
-//! lease, skipping rows another relay holds; `outbox_done` deletes what was published and
+//! lease, skipping rows another relay holds; `outbox_done` deletes what was published (a batch per statement) and
 //! `outbox_retry` releases what was not, counting the attempt.
 
 use std::collections::BTreeMap;
@@ -120,19 +120,24 @@ impl DataStore {
         Ok(rows.into_iter().map(OutboxEntry::from).collect())
     }
 
-    /// Delete a published event.
+    /// Delete published events, in one statement.
     ///
     /// # Errors
     /// `Unavailable` when the database is.
-    pub async fn outbox_done(&self, id: i64) -> Result<(), PublicError> {
+    pub async fn outbox_done(&self, ids: &[i64]) -> Result<(), PublicError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // Integers only: the list is built from i64 values, never from text.
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let sql = format!("DELETE FROM outbox WHERE id IN ({list})");
         on_pool!(self, |pool| {
-            sqlx::query("DELETE FROM outbox WHERE id = $1")
-                .bind(id)
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .execute(pool)
                 .await
                 .map(|r| r.rows_affected())
         })
-        .map_err(|e| public_error(e, &Ctx::new("Outbox", id)))?;
+        .map_err(|e| public_error(e, &Ctx::new("Outbox", "delete")))?;
         Ok(())
     }
 

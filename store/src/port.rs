@@ -12,7 +12,7 @@ use crate::node::RowError;
 use crate::query::{PortListQuery, SortDir, check_limit};
 use crate::sql::{Arg, Sql, bind_args};
 use crate::types::{DbUuid, now, ts};
-use crate::{DataStore, on_pool};
+use crate::{Backend, DataStore, on_pool};
 
 /// A `ports` row as stored.
 #[derive(Debug, sqlx::FromRow)]
@@ -31,6 +31,7 @@ pub(crate) struct PortRow {
     vendor: Option<String>,
     category: Option<String>,
     is_smartnic: bool,
+    available_for_dynamic_portgroup: bool,
     created_at: DateTime<Utc>,
     updated_at: Option<DateTime<Utc>>,
 }
@@ -59,6 +60,7 @@ impl TryFrom<PortRow> for Port {
             vendor: r.vendor,
             category: r.category,
             is_smartnic: r.is_smartnic,
+            available_for_dynamic_portgroup: r.available_for_dynamic_portgroup,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
@@ -92,8 +94,8 @@ impl DataStore {
             sqlx::query_as::<_, PortRow>(
                 "INSERT INTO ports (uuid, address, node_uuid, pxe_enabled, local_link_connection, \
                  physical_network, extra, created_at, updated_at, portgroup_uuid, internal_info, name, description, vendor, \
-                 category, is_smartnic) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+                 category, is_smartnic, available_for_dynamic_portgroup) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
                  RETURNING *",
             )
             .bind(DbUuid::from(port.uuid))
@@ -112,6 +114,7 @@ impl DataStore {
             .bind(port.vendor.as_deref())
             .bind(port.category.as_deref())
             .bind(port.is_smartnic)
+            .bind(port.available_for_dynamic_portgroup)
             .fetch_one(pool)
             .await
         })
@@ -180,6 +183,21 @@ impl DataStore {
             let p = sql.arg(Arg::Text(mac.to_string()));
             sql.and(&format!("lower(address) = {p}"));
         }
+        for (column, values) in [("shard", &q.shards), ("conductor_group", &q.conductor_groups)] {
+            if !values.is_empty() {
+                let ps: Vec<String> =
+                    values.iter().map(|s| sql.arg(Arg::Text(s.clone()))).collect();
+                sql.and(&format!(
+                    "node_uuid IN (SELECT uuid FROM nodes WHERE {column} IN ({}))",
+                    ps.join(", ")
+                ));
+            }
+        }
+        if let Some(d) = &q.description_contains {
+            let p = sql.arg(Arg::Text(d.clone()));
+            let f = if matches!(self.backend, Backend::Pg(_)) { "strpos" } else { "instr" };
+            sql.and(&format!("{f}(description, {p}) > 0"));
+        }
         let (cmp, dir) = match q.sort_dir {
             SortDir::Asc => (">", "ASC"),
             SortDir::Desc => ("<", "DESC"),
@@ -209,7 +227,8 @@ impl DataStore {
                 "UPDATE ports SET address = $2, node_uuid = $3, pxe_enabled = $4, \
                  local_link_connection = $5, physical_network = $6, extra = $7, updated_at = $8, \
                  portgroup_uuid = $9, internal_info = $10, name = $11, description = $12, \
-                 vendor = $13, category = $14, is_smartnic = $15 WHERE uuid = $1 RETURNING *",
+                 vendor = $13, category = $14, is_smartnic = $15, \
+                 available_for_dynamic_portgroup = $16 WHERE uuid = $1 RETURNING *",
             )
             .bind(DbUuid::from(port.uuid))
             .bind(port.address.to_string())
@@ -226,6 +245,7 @@ impl DataStore {
             .bind(port.vendor.as_deref())
             .bind(port.category.as_deref())
             .bind(port.is_smartnic)
+            .bind(port.available_for_dynamic_portgroup)
             .fetch_optional(pool)
             .await
         })

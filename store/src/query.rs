@@ -236,6 +236,12 @@ pub struct PortListQuery {
     pub address: Option<MacAddress>,
     /// Only ports of this port group.
     pub portgroup: Option<uuid::Uuid>,
+    /// Only ports of nodes in one of these shards.
+    pub shards: Vec<String>,
+    /// Only ports of nodes in one of these conductor groups.
+    pub conductor_groups: Vec<String>,
+    /// Only ports whose description contains this text.
+    pub description_contains: Option<String>,
     /// Page size, 1..=1000.
     pub limit: u32,
     /// Start after this port (the last one of the previous page).
@@ -250,6 +256,9 @@ impl Default for PortListQuery {
             node: None,
             address: None,
             portgroup: None,
+            shards: Vec::new(),
+            conductor_groups: Vec::new(),
+            description_contains: None,
             limit: MAX_LIMIT,
             marker: None,
             sort_dir: SortDir::Asc,

@@ -194,6 +194,10 @@ pub struct ResourceListQuery {
     pub name: Option<String>,
     /// Filters on body fields (all must hold).
     pub filters: Vec<BodyFilter>,
+    /// Only those of nodes in one of these shards.
+    pub node_shards: Vec<String>,
+    /// Only those of nodes in one of these conductor groups.
+    pub node_conductor_groups: Vec<String>,
     /// Page size, 1..=1000.
     pub limit: u32,
     /// Start after this one.
@@ -212,6 +216,8 @@ impl ResourceListQuery {
             node: None,
             name: None,
             filters: Vec::new(),
+            node_shards: Vec::new(),
+            node_conductor_groups: Vec::new(),
             limit: crate::MAX_LIMIT,
             marker: None,
             sort_key: ResourceSortKey::Id,
@@ -378,6 +384,18 @@ impl DataStore {
         if let Some(name) = &q.name {
             let p = sql.arg(Arg::Text(scope(kind, name)));
             sql.and(&format!("scoped_name = {p}"));
+        }
+        for (column, values) in
+            [("shard", &q.node_shards), ("conductor_group", &q.node_conductor_groups)]
+        {
+            if !values.is_empty() {
+                let ps: Vec<String> =
+                    values.iter().map(|s| sql.arg(Arg::Text(s.clone()))).collect();
+                sql.and(&format!(
+                    "node_uuid IN (SELECT uuid FROM nodes WHERE {column} IN ({}))",
+                    ps.join(", ")
+                ));
+            }
         }
         let pg = matches!(self.backend, Backend::Pg(_));
         for f in &q.filters {

@@ -474,7 +474,31 @@ async fn firmware_list(
 ) -> Result<Json<Value>, ApiError> {
     gate(&ctx, 86)?;
     let n = state.node_by_ident(&ident, ctx.version).await?;
-    Ok(Json(json!({ "firmware": attr(&n, "firmware").cloned().unwrap_or(json!([])) })))
+    let stored = attr(&n, "firmware").and_then(Value::as_array).cloned().unwrap_or_default();
+    let items: Vec<Value> =
+        stored.iter().map(|c| firmware_json(c, ctx.version.at_least(114))).collect();
+    Ok(Json(json!({ "firmware": items })))
+}
+
+/// One firmware component with Ironic's fields; the hardware identity (vendor, model,
+/// serial number) from 1.114, null when the BMC did not report it.
+fn firmware_json(c: &Value, identity: bool) -> Value {
+    let mut keys = vec![
+        "component",
+        "initial_version",
+        "current_version",
+        "last_version_flashed",
+        "created_at",
+        "updated_at",
+    ];
+    if identity {
+        keys.extend(["vendor", "model", "serial_number"]);
+    }
+    let out: serde_json::Map<String, Value> = keys
+        .into_iter()
+        .map(|k| (k.to_owned(), c.get(k).cloned().unwrap_or(Value::Null)))
+        .collect();
+    Value::Object(out)
 }
 
 async fn inventory(
@@ -817,16 +841,7 @@ async fn history_event(
         .iter()
         .find(|h| h.uuid.to_string() == event)
         .ok_or_else(|| PublicError::not_found("History event", &event))?;
-    Ok(Json(json!({
-        "uuid": h.uuid.to_string(),
-        "created_at": render::ts(&h.created_at),
-        "severity": h.severity,
-        "event": h.event,
-        "event_type": h.event_type,
-        "conductor": h.conductor,
-        "user": null,
-        "links": render::links(&base, &format!("nodes/{}/history", n.uuid), &h.uuid.to_string()),
-    })))
+    Ok(Json(render::history_json(h, ctx.version, &base, true)))
 }
 
 // ---- chassis nodes, port group ports, volume index, shards, runbook traits ----------------

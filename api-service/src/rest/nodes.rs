@@ -54,7 +54,10 @@ async fn list_inner(
         }
     };
     let q = p.to_query(v)?;
-    let nodes = state.node_list(&q).await?;
+    let mut nodes = state.node_list(&q).await?;
+    if v.at_least(49) && fields.as_ref().is_none_or(|f| f.iter().any(|f| f == "conductor")) {
+        state.assign_conductors(&mut nodes).await;
+    }
     let items: Vec<Value> =
         nodes.iter().map(|n| node_json(n, v, base, fields.as_deref())).collect();
     let mut body = json!({ "nodes": items });
@@ -119,7 +122,10 @@ pub async fn show(
 ) -> Result<Json<Value>, ApiError> {
     let v = ctx.version;
     let fields = parse_fields(p.fields.as_deref(), v, &node_field_names(v))?;
-    let node = state.node_by_ident(&ident, v).await?;
+    let mut node = state.node_by_ident(&ident, v).await?;
+    if v.at_least(49) {
+        state.assign_conductors(std::slice::from_mut(&mut node)).await;
+    }
     Ok(Json(node_json(&node, v, &base, fields.as_deref())))
 }
 
@@ -259,33 +265,86 @@ pub async fn validate(
     Ok(Json(state.node_validate(&ctx, &ident).await?))
 }
 
+/// Query of `GET /v1/nodes/{ident}/history`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryParams {
+    /// Every field of each entry.
+    pub detail: Option<String>,
+    /// Page size.
+    pub limit: Option<i64>,
+    /// Last entry UUID of the previous page.
+    pub marker: Option<String>,
+    /// `asc` (oldest first, the default) or `desc`.
+    pub sort_dir: Option<String>,
+    /// Only `created_at` is supported.
+    pub sort_key: Option<String>,
+}
+
 /// The node's event history (1.78).
-#[utoipa::path(get, path = "/v1/nodes/{ident}/history", params(("ident" = String, Path, description = "UUID or name")), responses((status = 200, description = "History entries")))]
+#[utoipa::path(get, path = "/v1/nodes/{ident}/history", params(("ident" = String, Path, description = "UUID or name"), HistoryParams), responses((status = 200, description = "History entries")))]
 pub async fn history(
     State(state): State<ApiState>,
     ctx: Ctx,
     Base(base): Base,
     ApiPath(ident): ApiPath<String>,
+    ApiQuery(p): ApiQuery<HistoryParams>,
 ) -> Result<Json<Value>, ApiError> {
     if !ctx.version.at_least(78) {
         return Err(ApiError::RouteNotFound);
     }
-    let node = state.node_by_ident(&ident, ctx.version).await?;
-    let entries = state.store.history_list(node.uuid).await?;
-    let items: Vec<Value> = entries
-        .iter()
-        .map(|h| {
-            json!({
-                "uuid": h.uuid.to_string(),
-                "created_at": ts(&h.created_at),
-                "severity": h.severity,
-                "event": h.event,
-                "event_type": h.event_type,
-                "conductor": h.conductor,
-                "user": null,
-                "links": render::links(&base, &format!("nodes/{}/history", node.uuid), &h.uuid.to_string()),
-            })
+    let detail = p
+        .detail
+        .as_deref()
+        .map(|d| crate::service::parse_bool("detail", d))
+        .transpose()?
+        .unwrap_or(false);
+    let limit = crate::service::parse_limit(p.limit)? as usize;
+    if let Some(k) = &p.sort_key
+        && k != "created_at"
+    {
+        return Err(ApiError::bad_request(format!(
+            "The sort_key value \"{k}\" is an invalid field for sorting"
+        )));
+    }
+    let dir = p.sort_dir.as_deref().unwrap_or("asc").parse::<store::SortDir>()?;
+    let marker = p
+        .marker
+        .as_deref()
+        .map(|m| {
+            m.parse::<uuid::Uuid>()
+                .map_err(|_| ApiError::bad_request(format!("Expected a UUID but received {m}.")))
         })
-        .collect();
-    Ok(Json(json!({ "history": items })))
+        .transpose()?;
+    let node = state.node_by_ident(&ident, ctx.version).await?;
+    let mut entries = state.store.history_list(node.uuid).await?;
+    if dir == store::SortDir::Desc {
+        entries.reverse();
+    }
+    let start = match marker {
+        None => 0,
+        Some(m) => match entries.iter().position(|h| h.uuid == m) {
+            Some(i) => i + 1,
+            None => return Err(deploy::PublicError::not_found("History event", m).into()),
+        },
+    };
+    let page: Vec<&deploy::NodeHistory> = entries.iter().skip(start).take(limit).collect();
+    let items: Vec<Value> =
+        page.iter().map(|h| render::history_json(h, ctx.version, &base, detail)).collect();
+    let mut body = json!({ "history": items });
+    if let Some(last) = page.last()
+        && page.len() == limit
+        && start + limit < entries.len()
+    {
+        let mut qs = vec![format!("limit={limit}")];
+        if detail {
+            qs.push("detail=True".into());
+        }
+        if let Some(d) = &p.sort_dir {
+            qs.push(format!("sort_dir={}", crate::service::urlencode(d)));
+        }
+        qs.push(format!("marker={}", last.uuid));
+        body["next"] = json!(format!("{base}/v1/nodes/{}/history?{}", node.uuid, qs.join("&")));
+    }
+    Ok(Json(body))
 }

@@ -49,6 +49,19 @@ async fn list_inner(
         }
     };
     let node_filter = node_ident.or(p.node.as_deref()).or(p.node_uuid.as_deref());
+    crate::service::ports::check_scope_filters(
+        v,
+        node_filter.is_some(),
+        p.portgroup.is_some(),
+        p.address.is_some(),
+        (p.shard.as_deref(), 82),
+        p.conductor_groups.as_deref(),
+    )?;
+    if p.description_contains.is_some() && !v.at_least(97) {
+        return Err(ApiError::NotAcceptable(
+            "The description_contains filter requires API version 1.97 or later.".into(),
+        ));
+    }
     let node = match node_filter {
         Some(ident) => Some(state.node_by_ident(ident, v).await?.uuid),
         None => None,
@@ -82,6 +95,9 @@ async fn list_inner(
             ("node_uuid", &p.node_uuid),
             ("address", &p.address),
             ("portgroup", &p.portgroup),
+            ("shard", &p.shard),
+            ("description_contains", &p.description_contains),
+            ("conductor_groups", &p.conductor_groups),
             ("sort_dir", &p.sort_dir),
             ("fields", &p.fields),
             ("detail", &p.detail),
@@ -171,7 +187,7 @@ pub async fn patch(
     ApiPath(ident): ApiPath<String>,
     ApiJson(ops): ApiJson<Vec<PatchOp>>,
 ) -> Result<Json<Value>, ApiError> {
-    let port = state.port_patch(&ident, &ops).await?;
+    let port = state.port_patch(ctx.version, &ident, &ops).await?;
     Ok(Json(port_json(&port, ctx.version, &base, None)))
 }
 

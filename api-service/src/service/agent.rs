@@ -298,7 +298,8 @@ impl ApiState {
             .await?
             .into_result(id)?;
         tracing::debug!(node_id = %updated.uuid, state = %state, "heartbeat recorded");
-        self.publish(
+        // The heartbeat is recorded on the node; the event only wakes its conductor sooner.
+        self.publish_lossy(
             ctx,
             &updated,
             Payload::AgentHeartbeat(proto::events::AgentHeartbeat {
@@ -306,8 +307,7 @@ impl ApiState {
                 agent_version: req.agent_version.clone().unwrap_or_default(),
                 provision_state: updated.provision_state.as_str().to_owned(),
             }),
-        )
-        .await;
+        );
         Ok(())
     }
 }

@@ -493,8 +493,8 @@ impl ApiState {
             &created,
             "provisioning",
             format!("node created in state {}", created.provision_state),
+            (None, Some(created.provision_state)),
             None,
-            Some(created.provision_state),
         )
         .await;
         Ok(created)
@@ -503,27 +503,12 @@ impl ApiState {
     /// The conductor that manages `n`, as Ironic's hash ring shows it: among the online
     /// conductors of its group that serve its driver, a stable choice by node UUID.
     pub(crate) async fn pick_conductor(&self, n: &Node) -> Option<String> {
-        let all = match self.store.conductor_list().await {
-            Ok(all) => all,
-            Err(e) => {
-                tracing::warn!(error = %e, "listing conductors failed; node left unassigned");
-                return None;
-            }
-        };
-        let cutoff = Utc::now() - self.settings.conductor_heartbeat_timeout;
-        let mut hosts: Vec<&str> = all
-            .iter()
-            .filter(|c| c.online && c.last_heartbeat > cutoff)
-            .filter(|c| c.conductor_group == n.conductor_group)
-            .filter(|c| c.drivers.contains(&n.driver))
-            .map(|c| c.hostname.as_str())
-            .collect();
-        hosts.sort_unstable();
-        if hosts.is_empty() {
-            return None;
-        }
-        let i = usize::try_from(n.uuid.0.as_u128() % hosts.len() as u128).unwrap_or(0);
-        hosts.get(i).map(|h| (*h).to_owned())
+        self.ring.conductor_for(&self.store, self.settings.conductor_heartbeat_timeout, n).await
+    }
+
+    /// Set each node's `conductor` from the current ring (Ironic computes it when read).
+    pub(crate) async fn assign_conductors(&self, nodes: &mut [Node]) {
+        self.ring.assign(&self.store, self.settings.conductor_heartbeat_timeout, nodes).await;
     }
 
     /// The chassis and parent node a node names must exist (checked when they change).

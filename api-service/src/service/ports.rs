@@ -48,6 +48,8 @@ pub struct PortCreate {
     pub vendor: Option<String>,
     /// NIC category (1.101).
     pub category: Option<String>,
+    /// May join a dynamic port group (1.111), default true.
+    pub available_for_dynamic_portgroup: Option<bool>,
 }
 
 /// Query of `GET /v1/ports`.
@@ -74,6 +76,12 @@ pub struct PortListParams {
     pub detail: Option<String>,
     /// Port group UUID or name (1.24).
     pub portgroup: Option<String>,
+    /// Comma-separated shards: ports of nodes in them (1.82).
+    pub shard: Option<String>,
+    /// Text the description contains (1.97).
+    pub description_contains: Option<String>,
+    /// Comma-separated conductor groups: ports of nodes in them (1.99).
+    pub conductor_groups: Option<String>,
 }
 
 fn parse_mac(s: &str) -> Result<MacAddress, ApiError> {
@@ -81,11 +89,55 @@ fn parse_mac(s: &str) -> Result<MacAddress, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("Expected a MAC address but received {s}.")))
 }
 
+/// Writable port fields newer than the port API, with the microversion that added each.
+const PORT_FIELD_VERSIONS: &[(&str, u32)] = &[
+    ("pxe_enabled", 19),
+    ("local_link_connection", 19),
+    ("portgroup_uuid", 24),
+    ("physical_network", 34),
+    ("is_smartnic", 53),
+    ("name", 88),
+    ("description", 97),
+    ("vendor", 100),
+    ("category", 101),
+    ("available_for_dynamic_portgroup", 111),
+];
+
 fn gate(v: Version, present: bool, field: &str, since: u32) -> Result<(), ApiError> {
     if present && !v.at_least(since) {
         return Err(ApiError::NotAcceptable(format!(
             "The \"{field}\" field requires API version 1.{since} or later; the request used {v}."
         )));
+    }
+    Ok(())
+}
+
+/// A comma-separated query value as a list (empty items dropped).
+pub(crate) fn string_list(s: Option<&str>) -> Vec<String> {
+    s.map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Ironic's rules for the node-scoping filters of port and port group lists: node, port
+/// group and shard exclude one another (403), conductor groups combine with none of node,
+/// port group or address (400), and each needs its microversion (406).
+pub(crate) fn check_scope_filters(
+    v: Version,
+    node: bool,
+    portgroup: bool,
+    address: bool,
+    shard: (Option<&str>, u32),
+    conductor_groups: Option<&str>,
+) -> Result<(), ApiError> {
+    gate(v, shard.0.is_some(), "shard", shard.1)?;
+    gate(v, conductor_groups.is_some(), "conductor_groups", 99)?;
+    if [node, portgroup, shard.0.is_some()].into_iter().filter(|b| *b).count() > 1 {
+        return Err(ApiError::Forbidden("Operation not permitted.".into()));
+    }
+    if conductor_groups.is_some() && (node || portgroup || address) {
+        return Err(ApiError::bad_request(
+            "Filtering by conductor_groups cannot be combined with node_ident, portgroup_ident, or node address filters.",
+        ));
     }
     Ok(())
 }
@@ -116,6 +168,12 @@ impl PortListParams {
         if let Some(d) = &self.sort_dir {
             q.sort_dir = d.parse::<SortDir>()?;
         }
+        q.shards = string_list(self.shard.as_deref());
+        q.conductor_groups = string_list(self.conductor_groups.as_deref())
+            .iter()
+            .map(|g| g.to_lowercase())
+            .collect();
+        q.description_contains.clone_from(&self.description_contains);
         Ok(q)
     }
 }
@@ -146,6 +204,12 @@ impl ApiState {
         gate(v, req.description.is_some(), "description", 97)?;
         gate(v, req.vendor.is_some(), "vendor", 100)?;
         gate(v, req.category.is_some(), "category", 101)?;
+        gate(
+            v,
+            req.available_for_dynamic_portgroup.is_some(),
+            "available_for_dynamic_portgroup",
+            111,
+        )?;
         if let Some(name) = &req.name
             && !crate::patch::is_valid_name(name)
         {
@@ -196,6 +260,7 @@ impl ApiState {
             vendor: req.vendor,
             category: req.category,
             is_smartnic: req.is_smartnic.unwrap_or(false),
+            available_for_dynamic_portgroup: req.available_for_dynamic_portgroup.unwrap_or(true),
             created_at: Utc::now(),
             updated_at: None,
         };
@@ -245,7 +310,18 @@ impl ApiState {
     ///
     /// # Errors
     /// 400 for a bad patch, 409 for a duplicate MAC or a stale write.
-    pub async fn port_patch(&self, ident: &str, ops: &[PatchOp]) -> Result<Port, ApiError> {
+    pub async fn port_patch(
+        &self,
+        v: Version,
+        ident: &str,
+        ops: &[PatchOp],
+    ) -> Result<Port, ApiError> {
+        for op in ops {
+            let field = op.path.trim_start_matches('/').split('/').next().unwrap_or_default();
+            if let Some((_, since)) = PORT_FIELD_VERSIONS.iter().find(|(f, _)| *f == field) {
+                gate(v, true, field, *since)?;
+            }
+        }
         let port = self.port_get(ident).await?;
         let patched = patch_port(&port, ops)?;
         if patched.node_uuid != port.node_uuid {

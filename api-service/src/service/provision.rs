@@ -221,7 +221,15 @@ impl ApiState {
             .into_result(node.uuid)?;
         let (from, to) = (change.from, change.to);
         tracing::info!(node_id = %updated.uuid, verb = %req.target, from = %from, to = %to, "provision state change requested");
-        self.history(&updated, "provisioning", change.history_text(), Some(from), Some(to)).await;
+        let text = change.history_text();
+        self.history(
+            &updated,
+            "provisioning",
+            text,
+            (Some(from), Some(to)),
+            node.provision_updated_at,
+        )
+        .await;
         let payload = Payload::ProvisionRequested(proto::events::ProvisionRequested {
             verb: req.target.clone(),
             event: verb.event().as_str().to_owned(),

@@ -123,6 +123,8 @@ pub fn port(node: NodeId, address: &str) -> Port {
         vendor: None,
         category: None,
         is_smartnic: false,
+        // Not the default, so a column that is not written or read back shows.
+        available_for_dynamic_portgroup: false,
         created_at: t(10),
         updated_at: None,
     }

@@ -177,6 +177,10 @@ pub fn history(node: NodeId, event: &str) -> NodeHistory {
         conductor: Some("cond-1".into()),
         from_state: Some(deploy::ProvisionState::Enroll),
         to_state: Some(deploy::ProvisionState::Verifying),
+        state: Some(deploy::ProvisionState::Verifying),
+        target_state: Some(deploy::ProvisionState::Manageable),
+        duration_secs: Some(7),
+        project: Some("p1".into()),
         created_at: t(100),
     }
 }

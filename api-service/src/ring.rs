@@ -1,0 +1,130 @@
+//! The API's view of the conductors: which one manages a node, as Ironic's hash ring shows
+//! it — among the live conductors of the node's group that load its driver, a stable choice
+//! by node UUID. Ironic derives `node.conductor` from the ring whenever a node is read, so a
+//! conductor joining or leaving shows at once; here the live list is cached for a moment so
+//! that a node create or a list of a thousand nodes costs no extra query.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use deploy::{Conductor, Node};
+use store::DataStore;
+
+/// How long a read of the conductors table serves.
+const TTL: Duration = Duration::from_secs(2);
+
+/// Cached live conductors, shared by every request of one API process.
+#[derive(Debug, Default)]
+pub struct ConductorRing {
+    cached: Mutex<Option<(Instant, Arc<Vec<Conductor>>)>>,
+}
+
+impl ConductorRing {
+    /// The live conductors (online, heartbeat within `timeout`), from the cache when fresh.
+    /// `fresh` bypasses the cache (a miss that must not come from a stale read).
+    /// `None` when the database cannot be read.
+    async fn live(
+        &self,
+        store: &DataStore,
+        timeout: Duration,
+        fresh: bool,
+    ) -> Option<Arc<Vec<Conductor>>> {
+        if !fresh
+            && let Some((at, list)) =
+                self.cached.lock().unwrap_or_else(PoisonError::into_inner).as_ref()
+            && at.elapsed() < TTL
+        {
+            return Some(list.clone());
+        }
+        let all = match store.conductor_list().await {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing conductors failed");
+                return None;
+            }
+        };
+        let cutoff = Utc::now() - timeout;
+        let mut live: Vec<Conductor> =
+            all.into_iter().filter(|c| c.online && c.last_heartbeat > cutoff).collect();
+        live.sort_unstable_by(|a, b| a.hostname.cmp(&b.hostname));
+        let live = Arc::new(live);
+        *self.cached.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((Instant::now(), live.clone()));
+        Some(live)
+    }
+
+    /// The conductor that manages `n`; `None` when no live conductor serves it. A miss is
+    /// checked against a fresh read, so a conductor that just came up is found at once.
+    pub async fn conductor_for(
+        &self,
+        store: &DataStore,
+        timeout: Duration,
+        n: &Node,
+    ) -> Option<String> {
+        let live = self.live(store, timeout, false).await?;
+        if let Some(h) = pick(&live, n) {
+            return Some(h);
+        }
+        pick(&self.live(store, timeout, true).await?, n)
+    }
+
+    /// Set `conductor` on every node from the ring (nodes no conductor serves get `None`).
+    /// When the conductors cannot be read the stored values stay.
+    pub async fn assign(&self, store: &DataStore, timeout: Duration, nodes: &mut [Node]) {
+        if nodes.is_empty() {
+            return;
+        }
+        let Some(live) = self.live(store, timeout, false).await else { return };
+        for n in nodes {
+            n.conductor = pick(&live, n);
+        }
+    }
+}
+
+/// The stable choice for `n` among `live` (sorted by hostname).
+fn pick(live: &[Conductor], n: &Node) -> Option<String> {
+    let hosts: Vec<&str> = live
+        .iter()
+        .filter(|c| c.conductor_group == n.conductor_group)
+        .filter(|c| c.drivers.contains(&n.driver))
+        .map(|c| c.hostname.as_str())
+        .collect();
+    if hosts.is_empty() {
+        return None;
+    }
+    let i = usize::try_from(n.uuid.0.as_u128() % hosts.len() as u128).unwrap_or(0);
+    hosts.get(i).map(|h| (*h).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conductor(host: &str, group: &str) -> Conductor {
+        Conductor {
+            hostname: host.into(),
+            conductor_group: group.into(),
+            drivers: vec!["fake-hardware".into()],
+            online: true,
+            last_heartbeat: Utc::now(),
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn test_pick_is_stable_and_follows_group_and_driver() {
+        let live = vec![conductor("a", ""), conductor("b", ""), conductor("c", "rack2")];
+        let mut n = Node::new(deploy::NodeId::new_v4(), "fake-hardware", Utc::now());
+        let first = pick(&live, &n);
+        assert!(matches!(first.as_deref(), Some("a" | "b")));
+        assert_eq!(pick(&live, &n), first, "the same node maps to the same conductor");
+        n.conductor_group = "rack2".into();
+        assert_eq!(pick(&live, &n).as_deref(), Some("c"));
+        n.conductor_group = "rack3".into();
+        assert_eq!(pick(&live, &n), None);
+        n.conductor_group = String::new();
+        n.driver = "ipmi".into();
+        assert_eq!(pick(&live, &n), None, "no conductor loads the driver");
+    }
+}
