@@ -13,6 +13,10 @@ use store::DataStore;
 
 /// How long a read of the conductors table serves.
 const TTL: Duration = Duration::from_secs(2);
+/// How old a read may be before a miss (no conductor for a node) reads again: a conductor
+/// that just registered is found at once, and a driver nobody serves costs at most one
+/// query per this interval.
+const MISS_TTL: Duration = Duration::from_millis(250);
 
 /// Cached live conductors, shared by every request of one API process.
 #[derive(Debug, Default)]
@@ -21,19 +25,17 @@ pub struct ConductorRing {
 }
 
 impl ConductorRing {
-    /// The live conductors (online, heartbeat within `timeout`), from the cache when fresh.
-    /// `fresh` bypasses the cache (a miss that must not come from a stale read).
-    /// `None` when the database cannot be read.
+    /// The live conductors (online, heartbeat within `timeout`), from the cache when it is
+    /// younger than `max_age`. `None` when the database cannot be read.
     async fn live(
         &self,
         store: &DataStore,
         timeout: Duration,
-        fresh: bool,
+        max_age: Duration,
     ) -> Option<Arc<Vec<Conductor>>> {
-        if !fresh
-            && let Some((at, list)) =
-                self.cached.lock().unwrap_or_else(PoisonError::into_inner).as_ref()
-            && at.elapsed() < TTL
+        if let Some((at, list)) =
+            self.cached.lock().unwrap_or_else(PoisonError::into_inner).as_ref()
+            && at.elapsed() < max_age
         {
             return Some(list.clone());
         }
@@ -55,18 +57,19 @@ impl ConductorRing {
     }
 
     /// The conductor that manages `n`; `None` when no live conductor serves it. A miss is
-    /// checked against a fresh read, so a conductor that just came up is found at once.
+    /// checked against a read at most [`MISS_TTL`] old, so a conductor that just came up is
+    /// found at once.
     pub async fn conductor_for(
         &self,
         store: &DataStore,
         timeout: Duration,
         n: &Node,
     ) -> Option<String> {
-        let live = self.live(store, timeout, false).await?;
+        let live = self.live(store, timeout, TTL).await?;
         if let Some(h) = pick(&live, n) {
             return Some(h);
         }
-        pick(&self.live(store, timeout, true).await?, n)
+        pick(&self.live(store, timeout, MISS_TTL).await?, n)
     }
 
     /// Set `conductor` on every node from the ring (nodes no conductor serves get `None`).
@@ -75,7 +78,7 @@ impl ConductorRing {
         if nodes.is_empty() {
             return;
         }
-        let Some(live) = self.live(store, timeout, false).await else { return };
+        let Some(live) = self.live(store, timeout, TTL).await else { return };
         for n in nodes {
             n.conductor = pick(&live, n);
         }

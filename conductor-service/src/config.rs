@@ -169,6 +169,9 @@ pub struct AgentClientConfig {
     pub command_timeout_secs: f64,
     /// Minimum milliseconds between progress writes to the database.
     pub progress_write_interval_ms: u64,
+    /// Seconds of silence from an agent that is running a command (no progress, no answer
+    /// to a status poll) after which the agent counts as dead and the step fails.
+    pub silence_timeout_secs: f64,
 }
 
 /// Optional latencies of the fake interfaces (seconds), overridable per node with
@@ -227,7 +230,7 @@ impl Default for ConductorConfig {
             sweep_interval_secs: 10.0,
             power_sync_interval_secs: 60.0,
             power_sync_max_failures: 3,
-            callback_timeout_secs: 120.0,
+            callback_timeout_secs: 1800.0,
             inspect_wait_timeout_secs: 1800.0,
             rescue_callback_timeout_secs: 1800.0,
             service_callback_timeout_secs: 1800.0,
@@ -254,6 +257,7 @@ impl Default for AgentClientConfig {
             connect_timeout_secs: 5.0,
             command_timeout_secs: 60.0,
             progress_write_interval_ms: 1000,
+            silence_timeout_secs: 30.0,
         }
     }
 }
@@ -350,6 +354,7 @@ impl ConductorConfig {
         secs("drain_timeout_secs", self.drain_timeout_secs, true)?;
         secs("agent.connect_timeout_secs", self.agent.connect_timeout_secs, false)?;
         secs("agent.command_timeout_secs", self.agent.command_timeout_secs, false)?;
+        secs("agent.silence_timeout_secs", self.agent.silence_timeout_secs, false)?;
         secs("fake.power_delay_secs", self.fake.power_delay_secs, true)?;
         secs("fake.boot_delay_secs", self.fake.boot_delay_secs, true)?;
         secs("fake.deploy_delay_secs", self.fake.deploy_delay_secs, true)?;
@@ -373,6 +378,11 @@ impl ConductorConfig {
     /// agent running a command.
     pub fn callback_timeout(&self) -> Duration {
         dur(self.callback_timeout_secs)
+    }
+
+    /// How long an agent running a command may stay silent before it counts as dead.
+    pub fn agent_silence_timeout(&self) -> Duration {
+        dur(self.agent.silence_timeout_secs)
     }
 
     /// How long a node may stay in a wait state before the conductor fails it
@@ -439,7 +449,8 @@ mod tests {
         let text = include_str!("../examples/config.toml");
         let cfg = ConductorFileConfig::load_str(text, std::iter::empty()).unwrap();
         assert_eq!(cfg.conductor.hostname, "conductor-1");
-        assert_eq!(cfg.conductor.callback_timeout(), Duration::from_secs(120));
+        assert_eq!(cfg.conductor.callback_timeout(), Duration::from_secs(1800));
+        assert_eq!(cfg.conductor.agent_silence_timeout(), Duration::from_secs(30));
         assert_eq!(cfg.conductor.drain_timeout(), Duration::from_secs(30));
         assert_eq!(cfg.database.url, DEFAULT_DATABASE_URL);
         assert_eq!(cfg.bus.url, "amqp://guest:guest@127.0.0.1:5672/%2f");

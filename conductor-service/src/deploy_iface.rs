@@ -397,7 +397,7 @@ async fn write_image(
     })
     .await?;
     let req = image_request(&task.node, &command_id);
-    let silence = task.ctx.cfg.callback_timeout();
+    let silence = task.ctx.cfg.agent_silence_timeout();
     let throttle = Duration::from_millis(task.ctx.cfg.agent.progress_write_interval_ms);
     let mut stream = conn.prepare_image(req).await.map_err(|e| agent_failed("write_image", &e))?;
     let mut last_write: Option<Instant> = None;
@@ -464,7 +464,7 @@ async fn poll_command(
     step: &str,
     mut last_heard: Instant,
 ) -> Result<proto::agent::Progress, WorkflowError> {
-    let silence = task.ctx.cfg.callback_timeout();
+    let silence = task.ctx.cfg.agent_silence_timeout();
     let mut last_bytes = 0u64;
     loop {
         if task.ctx.token.is_cancelled() {

@@ -133,14 +133,32 @@ pub async fn run(task: &mut Task, work: Work) -> Result<(), WorkflowError> {
 
 /// Fail the operation the node is in (deploy failed, clean failed, inspect failed, adopt
 /// failed, rescue failed, unrescue failed, service failed, enroll, error) with
-/// `last_error = msg`. Nodes in other states only get `last_error`.
+/// `last_error = msg`. Nodes in other states only get `last_error`. A clean or service step
+/// that fails puts the node in maintenance with the fault `clean failure` / `service failure`
+/// (and the error as the maintenance reason unless one is set), as Ironic does.
 pub async fn fail_current(task: &mut Task, msg: &str) -> Result<(), WorkflowError> {
     let state = task.node.provision_state;
     tracing::error!(node = %task.id(), state = %state, error = msg, "operation failed");
     let msg = msg.to_owned();
+    // As Ironic's cleaning and servicing error handlers: a step that failed while it ran
+    // leaves the node in maintenance with the fault, for an operator to look at.
+    let fault = match state {
+        S::Cleaning | S::CleanWait if !task.node.clean_step.is_empty() => Some("clean failure"),
+        S::Servicing | S::ServiceWait if !task.node.service_step.is_empty() => {
+            Some("service failure")
+        }
+        _ => None,
+    };
     if deploy::state::next(state, E::Fail).is_ok() {
         task.transition(state, E::Fail, |n| {
             n.last_error = Some(msg.clone());
+            if let Some(fault) = fault {
+                n.maintenance = true;
+                n.fault = Some(fault.to_owned());
+                if n.maintenance_reason.is_none() {
+                    n.maintenance_reason = Some(msg.clone());
+                }
+            }
             clear_plans(n);
             match state {
                 // A failed adoption says nothing reliable about the power (Ironic: NOSTATE).

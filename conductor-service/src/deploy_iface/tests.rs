@@ -48,6 +48,8 @@ async fn rig() -> Rig {
     cfg.redfish.attempts = 1;
     cfg.redfish.power_poll_interval_ms = 100;
     cfg.callback_timeout_secs = 1800.0;
+    // Paused time jumps ahead while real I/O is pending: keep silence limits out of reach.
+    cfg.agent.silence_timeout_secs = 1800.0;
     cfg.agent.command_timeout_secs = 60.0;
     let drivers = Drivers::new(&cfg).unwrap();
     let ctx = Arc::new(Ctx {

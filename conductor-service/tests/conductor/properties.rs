@@ -198,7 +198,17 @@ fn check_failed(flow: Flow, fault: Fault, out: &Outcome, committed_at: Option<us
             // Cleaning failed before or at the erase: the old image is still there, and the
             // node is not handed out; after the erase: the disk is blank.
             assert_ne!(n.provision_state, S::Available, "{what}");
+            // A step that failed while it ran leaves the node in maintenance with Ironic's
+            // fault, the error as the reason.
+            if matches!(fault, Fault::AgentFails(_) | Fault::AgentVanishes(_)) {
+                assert!(n.maintenance, "{what}: not in maintenance");
+                assert_eq!(n.fault.as_deref(), Some("clean failure"), "{what}");
+                assert_eq!(n.maintenance_reason, n.last_error, "{what}");
+            }
         }
+    }
+    if matches!(flow, Flow::Deploy { .. }) {
+        assert!(!n.maintenance && n.fault.is_none(), "{what}: a failed deploy sets no fault");
     }
 }
 
