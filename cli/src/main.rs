@@ -12,6 +12,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The service allocator: much faster than the C library's under many threads.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Ferric: bare-metal provisioning with Ironic's API.
 #[derive(Debug, Parser)]
 #[command(name = "ferric", version, about)]

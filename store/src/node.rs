@@ -725,30 +725,36 @@ impl DataStore {
     ) -> Result<UpdateCheck, PublicError> {
         check_name(node)?;
         let ctx = write_ctx(node);
-        let checked = on_pool!(self, |pool| {
-            transaction!(pool, &ctx, |conn| {
-                let q = sqlx::query_as::<_, NodeRow>(AssertSqlSafe(UPDATE_SQL.as_str()));
-                let updated = bind_writable!(q, node)
-                    .bind(now())
-                    .bind(DbUuid::from(node.uuid))
-                    .bind(node.generation)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                if let Some(row) = updated {
-                    let node = Node::try_from(row).map_err(PublicError::from)?;
-                    return Ok(UpdateCheck::Updated(Box::new(node)));
-                }
-                let current: Option<i64> =
+        // One statement, atomic on its own: no transaction round trips on the hottest write
+        // path (heartbeats, every workflow step). When it matched nothing, a second read
+        // tells a stale generation from a deleted node; what it finds may already be newer,
+        // which only means the caller re-reads once more.
+        let updated: Option<NodeRow> = on_pool!(self, |pool| {
+            let q = sqlx::query_as::<_, NodeRow>(AssertSqlSafe(UPDATE_SQL.as_str()));
+            bind_writable!(q, node)
+                .bind(now())
+                .bind(DbUuid::from(node.uuid))
+                .bind(node.generation)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(|e| public_error(e, &ctx))?;
+        let checked = match updated {
+            Some(row) => UpdateCheck::Updated(Box::new(Node::try_from(row)?)),
+            None => {
+                let current: Option<i64> = on_pool!(self, |pool| {
                     sqlx::query_scalar("SELECT generation FROM nodes WHERE uuid = $1")
                         .bind(DbUuid::from(node.uuid))
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                Ok(match current {
+                        .fetch_optional(pool)
+                        .await
+                })
+                .map_err(|e| public_error(e, &ctx))?;
+                match current {
                     None => UpdateCheck::NotFound,
                     Some(found) => UpdateCheck::Stale { found },
-                })
-            })
-        })?;
+                }
+            }
+        };
         if let UpdateCheck::Updated(n) = &checked {
             tracing::debug!(node = %node.uuid, generation = n.generation, "node updated");
         }

@@ -9,6 +9,10 @@ use clap::Parser;
 use common::shutdown::{DEFAULT_DRAIN_TIMEOUT, Shutdown};
 use tokio::net::TcpListener;
 
+/// The service allocator: much faster than the C library's under many threads.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Ferric's Ironic-compatible REST API and gRPC API")]
 struct Args {

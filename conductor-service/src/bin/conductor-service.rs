@@ -8,6 +8,10 @@ use clap::Parser;
 use common::shutdown::Shutdown;
 use conductor_service::ConductorFileConfig;
 
+/// The service allocator: much faster than the C library's under many threads.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Ferric's conductor")]
 struct Args {
