@@ -173,7 +173,17 @@ impl RedfishDriver {
     async fn disks(&self, t: &Target, sys: &Value) -> Result<Vec<Value>, DriverError> {
         let mut disks = Vec::new();
         if let Some(path) = link(sys, "Storage") {
-            for storage in self.collection(t, &path).await? {
+            // A BMC that links Storage but cannot serve it (sushy-tools without a storage
+            // configuration answers 500) has no storage to report: Ironic ignores it too.
+            let storages = match self.collection(t, &path).await {
+                Ok(s) => s,
+                Err(e @ DriverError::Bmc { .. }) => {
+                    tracing::warn!(bmc = %t.base, error = %e, "cannot read the Storage resources");
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            };
+            for storage in storages {
                 let drives: Vec<String> = storage
                     .get("Drives")
                     .and_then(Value::as_array)
