@@ -48,7 +48,13 @@ pub(super) async fn inspect(task: &mut Task, d: &DriverSet) -> Result<(), Workfl
 /// `inspect wait` and the ramdisk reported (the caller resumed the node to `inspecting`):
 /// process what it reported.
 pub(super) async fn resume_inspect(task: &mut Task, d: &DriverSet) -> Result<(), WorkflowError> {
-    crate::inspection::resume_agent(task, d).await
+    match interfaces(task)?.inspect {
+        InspectIface::Agent => crate::inspection::resume_agent(task, d).await,
+        other => Err(WorkflowError::Failed(format!(
+            "Failed to inspect hardware. Reason: the {other} inspect interface does not take \
+             inspection data from a ramdisk"
+        ))),
+    }
 }
 
 /// `adopting`: a machine deployed elsewhere becomes `active` without a deploy. The deploy
