@@ -514,6 +514,7 @@ pub struct AgentMachine {
 
 #[derive(Debug, Default)]
 struct MachineState {
+    hardware: Option<Inventory>,
     on: bool,
     boot: crate::bmc::BootOverride,
     booted_from: Option<crate::bmc::BootTarget>,
@@ -525,6 +526,12 @@ impl AgentMachine {
     /// A machine that is off, with no boot override.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Make the BMC describe `inventory` (processors, memory, disks, NICs) for out-of-band
+    /// inspection; give the same to [`SimAgent::set_inventory`] so both see one machine.
+    pub fn set_hardware(&self, inventory: Inventory) {
+        lock(&self.state).hardware = Some(inventory);
     }
 
     /// Fail the BMC change with this index (counted from 0 over the machine's life) with a
@@ -618,6 +625,10 @@ impl crate::bmc::MachineBackend for AgentMachine {
 
     async fn boot_override(&self) -> Result<crate::bmc::BootOverride, crate::bmc::BmcError> {
         Ok(self.boot_override())
+    }
+
+    async fn hardware(&self) -> Result<Option<Inventory>, crate::bmc::BmcError> {
+        Ok(lock(&self.state).hardware.clone())
     }
 
     async fn set_boot_override(

@@ -364,3 +364,59 @@ async fn test_agent_inspection_times_out_in_inspect_wait() {
     assert_eq!(failed.power_state, Some(PowerState::Off));
     env.finish().await;
 }
+
+/// The same simulated machine inspected out of band (its Redfish BMC describes its
+/// processors, memory, disks and NICs) and in band (its agent reports its inventory): both
+/// give the node the same properties; the BMC cannot tell which NIC boots, so Ironic's
+/// `pxe` default adds a port for every NIC, the agent only for the one that booted.
+#[tokio::test]
+async fn test_redfish_and_agent_inspection_agree_on_a_simulated_machine() {
+    let env = env(false).await.unwrap();
+    let mut cfg = conductor(&env, "c-oob", AddPorts::Pxe, KeepPorts::All);
+    cfg.redfish.attempts = 1;
+    cfg.redfish.power_poll_interval_ms = 100;
+    env.start_conductor(cfg).await;
+    env.start_fleet();
+    let mut hw = machine();
+    hw.boot.as_mut().unwrap().current_boot_mode = "uefi".into();
+    let mut props = Vec::new();
+    for (i, inspect) in ["redfish", "agent"].into_iter().enumerate() {
+        let machine = sim::agent::AgentMachine::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bmc = listener.local_addr().unwrap();
+        let systems: Vec<(String, std::sync::Arc<dyn sim::bmc::MachineBackend>)> =
+            vec![("1".into(), std::sync::Arc::new(machine.clone()))];
+        tokio::spawn(sim::bmc::serve_redfish(listener, systems, None, env.token.clone()));
+        let mut n = Node::new(deploy::NodeId::new_v4(), "redfish", env.clock.now());
+        n.driver_info.insert("redfish_address".into(), format!("http://{bmc}").into());
+        n.driver_info.insert("redfish_system_id".into(), "1".into());
+        n.interfaces.inspect = Some(inspect.into());
+        n.provision_state = S::Manageable;
+        n.power_state = Some(PowerState::Off);
+        let n = env.store().node_insert(&n).await.unwrap();
+        // The agent's MACs must not collide with the other machine's ports.
+        let mut own = hw.clone();
+        for nic in &mut own.interfaces {
+            nic.mac_address = nic.mac_address.replace("52:54:00:12", &format!("52:54:0{i}:12"));
+        }
+        own.boot.as_mut().unwrap().pxe_interface = own.interfaces[0].mac_address.clone();
+        machine.set_hardware(own.clone());
+        env.agent.set_inventory(n.uuid, own);
+        env.provision(n.uuid, ApiVerb::Inspect).await.unwrap();
+        let done = env.wait_state(n.uuid, S::Manageable, SHORT).await;
+        assert_eq!(done.power_state, Some(PowerState::Off), "{inspect}");
+        let nports = ports(&env, &done).await.len();
+        assert_eq!(nports, if inspect == "redfish" { 2 } else { 1 }, "{inspect}");
+        let oob = machine.changes().is_empty();
+        assert_eq!(oob, inspect == "redfish", "only in-band inspection powers the machine on");
+        props.push(done.properties.clone());
+    }
+    assert_eq!(props[0], props[1]);
+    let p = &props[0];
+    assert_eq!(
+        (p["cpus"].clone(), p["cpu_arch"].clone(), p["memory_mb"].clone(), p["local_gb"].clone()),
+        (json!(8), json!("x86_64"), json!(16384), json!(59))
+    );
+    assert_eq!(p["capabilities"], "boot_mode:uefi");
+    env.finish().await;
+}
