@@ -107,6 +107,11 @@ async fn collect_and_process(task: &mut Task) -> Result<(), WorkflowError> {
             (proto::inventory::to_ipa_json(&inv), json!({}))
         }
     };
+    // Ironic's `ramdisk-error` hook: the ramdisk says its inspection went wrong.
+    if let Some(e) = plugin_data.get("error").filter(|e| !e.is_null() && *e != "" && *e != false) {
+        let text = e.as_str().map_or_else(|| e.to_string(), str::to_owned);
+        return Err(failed(format!("Ramdisk reported error: {text}")));
+    }
     process(task, inventory, plugin_data, Source::Agent).await
 }
 

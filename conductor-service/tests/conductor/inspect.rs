@@ -254,6 +254,26 @@ async fn test_posted_inspection_data_is_processed() {
     assert!(!done.attributes.contains_key(attributes::PENDING));
     assert_eq!(done.properties["memory_mb"], 16384);
     assert_eq!(macs(&ports(&env, &n).await), [("52:54:00:12:34:01".to_owned(), true)]);
+
+    // A ramdisk that reports an error fails the inspection with it (Ironic's ramdisk-error).
+    env.provision(n.uuid, ApiVerb::Inspect).await.unwrap();
+    env.wait_state(n.uuid, S::InspectWait, SHORT).await;
+    let inv = inventory.clone();
+    env.store()
+        .node_modify(n.uuid, |n| {
+            deploy::inspection::set_pending(n, inv.clone(), json!({"error": "lshw failed"}));
+            Ok::<_, deploy::PublicError>(())
+        })
+        .await
+        .unwrap()
+        .into_result(n.uuid)
+        .unwrap();
+    conductor_service::testing::publish_heartbeat(&env.bus, n.uuid, "inspect wait").await.unwrap();
+    let failed = env.wait_state(n.uuid, S::InspectFailed, SHORT).await;
+    assert_eq!(
+        failed.last_error.as_deref(),
+        Some("Failed to inspect hardware. Reason: Ramdisk reported error: lshw failed")
+    );
     env.finish().await;
 }
 
