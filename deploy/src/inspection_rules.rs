@@ -12,6 +12,9 @@
 //! field's JSON type instead of becoming text, so numbers compare as numbers and
 //! `set-attribute` stores `8`, not `"8"`; text around a field makes it text, as in Ironic.
 //!
+//! Secrets in the inventory and plugin data (`password`, `auth_token`, `bmc_password`) read
+//! as `***`, as with Ironic's default `mask_secrets = always`.
+//!
 //! Every operator and action of Ironic is here except `api-call`, which would make the
 //! domain core do network I/O: a rule that uses it fails with a clear message. The engine
 //! is pure; the conductor loads the rules and writes back what changed.
@@ -255,12 +258,36 @@ struct Context {
     root: Map<String, Value>,
 }
 
+/// Keys whose values rules never see (Ironic's `SENSITIVE_FIELDS`, masked as with its
+/// default `[inspection_rules] mask_secrets = always`).
+const SENSITIVE_FIELDS: [&str; 3] = ["password", "auth_token", "bmc_password"];
+
+/// `v` with every [`SENSITIVE_FIELDS`] value, at any depth, replaced by `***`.
+fn masked(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| {
+                    let x = if SENSITIVE_FIELDS.contains(&k.as_str()) {
+                        Value::String("***".into())
+                    } else {
+                        masked(x)
+                    };
+                    (k.clone(), x)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(masked).collect()),
+        other => other.clone(),
+    }
+}
+
 impl Context {
     fn new(subject: &Subject<'_>, item: Option<&Value>) -> Self {
         let mut root = Map::new();
         root.insert("node".into(), serde_json::to_value(&*subject.node).unwrap_or(Value::Null));
-        root.insert("inventory".into(), subject.inventory.clone());
-        root.insert("plugin_data".into(), subject.plugin_data.clone());
+        root.insert("inventory".into(), masked(subject.inventory));
+        root.insert("plugin_data".into(), masked(subject.plugin_data));
         if let Some(i) = item {
             root.insert("item".into(), i.clone());
         }

@@ -208,3 +208,23 @@ fn test_every_listed_op_has_a_signature() {
     assert!(OPERATORS.iter().all(|op| operator_signature(op).is_some()));
     assert!(ACTIONS.iter().all(|op| action_signature(op).is_some()));
 }
+
+#[test]
+fn test_secrets_are_masked() {
+    let mut f = Fixture::new();
+    let inv = json!({"bmc": {"bmc_password": "hunter2", "user": "admin"}});
+    let r = rule(
+        0,
+        json!([{"op": "eq", "args": {"values": ["{inventory[bmc][bmc_password]}", "***"]}}]),
+        json!([{"op": "set-attribute", "args": {"path": "extra/bmc", "value": "{inventory[bmc]}"}}]),
+    );
+    let mut s = Subject {
+        node: &mut f.node,
+        ports: &mut f.ports,
+        inventory: &inv,
+        plugin_data: &mut f.plugin_data,
+    };
+    let out = apply(&[r], PHASE_MAIN, &mut s).unwrap();
+    assert_eq!(out.applied.len(), 1);
+    assert_eq!(f.node.extra["bmc"], json!({"bmc_password": "***", "user": "admin"}));
+}
