@@ -226,6 +226,13 @@ pub fn all() -> Vec<Endpoint> {
         ep("POST", "/v1/events", 54, "Network events (validated)", EXTRAS),
         ep("GET", "/v1/lookup", 22, "Agent lookup", "rest, agent"),
         ep("POST", "/v1/heartbeat/{ident}", 22, "Agent heartbeat", "rest, agent"),
+        ep(
+            "POST",
+            "/v1/continue_inspection",
+            84,
+            "In-band inspection data from the ramdisk",
+            "inspection",
+        ),
         ep("GET", "/v1/openapi.json", 1, "This document", "rest"),
         ep("GET", "/healthz", 1, "Liveness and readiness", "rest"),
         ep("GET", "/metrics", 1, "Prometheus metrics", "rest"),

@@ -6,6 +6,7 @@
 
 pub(crate) mod agent;
 pub(crate) mod bmc;
+pub(crate) mod inspection;
 pub(crate) mod misc;
 pub(crate) mod node_extras;
 pub(crate) mod nodes;
@@ -180,6 +181,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/conductors/{hostname}", get(misc::conductor))
         .route("/v1/lookup", get(agent::lookup))
         .route("/v1/heartbeat/{ident}", post(agent::heartbeat))
+        .route("/v1/continue_inspection", post(inspection::continue_inspection))
         .route("/v1/openapi.json", get(misc::openapi))
         .route("/healthz", get(misc::healthz))
         .route("/metrics", get(misc::metrics))

@@ -178,6 +178,15 @@ impl AgentConn {
         }
     }
 
+    /// The machine's hardware inventory (in-band inspection).
+    ///
+    /// # Errors
+    /// [`AgentError`] on transport or RPC failure.
+    pub async fn inventory(&self) -> Result<proto::agent::Inventory, AgentError> {
+        let req = self.request(proto::agent::GetInventoryRequest {});
+        self.unary("GetInventory", |mut c| async move { c.get_inventory(req).await }).await
+    }
+
     /// Start PrepareImage; returns the progress stream.
     ///
     /// # Errors

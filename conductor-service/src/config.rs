@@ -157,6 +157,21 @@ pub struct ConductorConfig {
     pub redfish: RedfishConfig,
     /// The ipmi hardware type.
     pub ipmi: IpmiConfig,
+    /// What inspections do with the ports they find (Ironic's `[inspector]`).
+    pub inspector: InspectorConfig,
+}
+
+/// Ports after an inspection (Ironic's `[inspector] add_ports` and `keep_ports`). The
+/// `redfish` inspect interface always adds every NIC the BMC reports, as Ironic's does.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct InspectorConfig {
+    /// Which NICs of an in-band inspection get a port: `pxe` (the one the ramdisk booted
+    /// from; default), `active` (those with an IP address), `all`, `disabled` (or `none`).
+    pub add_ports: deploy::inspection::AddPorts,
+    /// Which existing ports stay: `all` (default), `present` (their MAC is in the
+    /// inventory), `added` (their MAC is one `add_ports` selected).
+    pub keep_ports: deploy::inspection::KeepPorts,
 }
 
 /// Conductor → agent gRPC settings.
@@ -247,6 +262,7 @@ impl Default for ConductorConfig {
             fake: FakeConfig::default(),
             redfish: RedfishConfig::default(),
             ipmi: IpmiConfig::default(),
+            inspector: InspectorConfig::default(),
         }
     }
 }

@@ -130,6 +130,29 @@ impl DeployInterface for FakeDeploy {
     }
 }
 
+/// Boot the node into the deploy ramdisk: wipe the previous agent session (a heartbeat after
+/// this point is from the new boot), set a one-time network boot, power on or reboot. Used by
+/// the deploy and clean plans and by in-band inspection.
+///
+/// # Errors
+/// [`WorkflowError::Failed`] when the BMC refuses.
+pub(crate) async fn boot_ramdisk(task: &mut Task, d: &DriverSet) -> Result<(), WorkflowError> {
+    task.update(|n| {
+        AgentSession::wipe(&mut n.driver_internal_info);
+        n.driver_internal_info.remove(keys::DEPLOY_PROGRESS);
+        Ok(())
+    })
+    .await?;
+    let n = task.node.clone();
+    d.management.set_boot_device(&n, BootDevice::Pxe, false).await.map_err(|e| {
+        WorkflowError::Failed(format!("Failed to set one-time PXE boot for node: {e}"))
+    })?;
+    let target =
+        if n.power_state == Some(PowerState::On) { PowerState::Rebooting } else { PowerState::On };
+    set_power(task, d, target).await?;
+    Ok(())
+}
+
 /// Steps that only need the BMC, shared by every interface.
 async fn common_step(
     task: &mut Task,
@@ -141,24 +164,7 @@ async fn common_step(
     };
     match kind {
         StepKind::BootRamdisk => {
-            // Wipe the previous agent first: a heartbeat after this point is from the new boot.
-            task.update(|n| {
-                AgentSession::wipe(&mut n.driver_internal_info);
-                n.driver_internal_info.remove(keys::DEPLOY_PROGRESS);
-                Ok(())
-            })
-            .await?;
-            let n = task.node.clone();
-            d.management
-                .set_boot_device(&n, BootDevice::Pxe, false)
-                .await
-                .map_err(|e| bmc_err("set one-time PXE boot", e))?;
-            let target = if n.power_state == Some(PowerState::On) {
-                PowerState::Rebooting
-            } else {
-                PowerState::On
-            };
-            set_power(task, d, target).await?;
+            boot_ramdisk(task, d).await?;
             Ok(StepOutcome::Wait)
         }
         StepKind::SetBootDisk => {
@@ -284,7 +290,11 @@ fn agent_failed(step: &str, e: &AgentError) -> WorkflowError {
     WorkflowError::Failed(format!("Agent step {step} failed: {e}"))
 }
 
-async fn connect(task: &Task) -> Result<AgentConn, WorkflowError> {
+/// Connect to the node's agent with the recorded session.
+///
+/// # Errors
+/// [`WorkflowError::Failed`] without a session or when the agent cannot be reached.
+pub(crate) async fn connect(task: &Task) -> Result<AgentConn, WorkflowError> {
     let session = AgentSession::of(&task.node);
     let url = session.url.ok_or_else(|| {
         WorkflowError::Failed("No agent address recorded: the ramdisk has not called back".into())

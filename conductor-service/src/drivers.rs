@@ -70,6 +70,11 @@ impl Drivers {
         }
     }
 
+    /// The Redfish driver (out-of-band inspection reads the BMC beyond power and boot).
+    pub fn redfish(&self) -> &Arc<redfish::RedfishDriver> {
+        &self.redfish
+    }
+
     fn power(&self, iface: PowerIface) -> Arc<dyn PowerDriver> {
         match iface {
             PowerIface::Fake => self.fake.clone(),

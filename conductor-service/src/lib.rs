@@ -13,6 +13,7 @@ pub mod allocation;
 pub mod config;
 pub mod deploy_iface;
 pub mod drivers;
+pub mod inspection;
 pub mod management;
 pub mod periodic;
 pub mod power;

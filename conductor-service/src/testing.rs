@@ -63,21 +63,41 @@ pub async fn heartbeat(
         NodeModify::NotFound => return Err(PublicError::not_found("Node", node)),
         _ => return Ok(false),
     };
+    publish_agent_event(bus, node, &url, &n.provision_state.to_string()).await?;
+    Ok(true)
+}
+
+/// Publish the `AgentHeartbeat` event the API publishes after it recorded something from
+/// the ramdisk (a heartbeat, or inspection data posted to `/v1/continue_inspection`).
+///
+/// # Errors
+/// The bus refused the event.
+pub async fn publish_heartbeat(
+    bus: &bus::DynBus,
+    node: NodeId,
+    provision_state: &str,
+) -> Result<(), PublicError> {
+    publish_agent_event(bus, node, "", provision_state).await
+}
+
+async fn publish_agent_event(
+    bus: &bus::DynBus,
+    node: NodeId,
+    url: &str,
+    provision_state: &str,
+) -> Result<(), PublicError> {
     let ev = Event {
         event_id: uuid::Uuid::new_v4().to_string(),
         node_uuid: node.to_string(),
         request_id: String::new(),
         created_at: Utc::now().to_rfc3339(),
         payload: Some(Payload::AgentHeartbeat(proto::events::AgentHeartbeat {
-            agent_url: url,
+            agent_url: url.to_owned(),
             agent_version: SIM_AGENT_VERSION.into(),
-            provision_state: n.provision_state.to_string(),
+            provision_state: provision_state.to_owned(),
         })),
     };
-    bus::publish_event(bus.as_ref(), &ev)
-        .await
-        .map_err(|e| PublicError::unavailable(e.to_string()))?;
-    Ok(true)
+    bus::publish_event(bus.as_ref(), &ev).await.map_err(|e| PublicError::unavailable(e.to_string()))
 }
 
 /// The version the simulated agent reports in its heartbeats.
@@ -110,7 +130,10 @@ pub async fn run_fleet(
         if let Some(d) = from_event {
             if let Ok(ev) = bus::decode_event(&d)
                 && let Some(Payload::NodeStateChanged(c)) = &ev.payload
-                && (c.provision_state == "wait call-back" || c.provision_state == "clean wait")
+                && matches!(
+                    c.provision_state.as_str(),
+                    "wait call-back" | "clean wait" | "inspect wait"
+                )
                 && let Ok(id) = ev.node_uuid.parse::<NodeId>()
             {
                 let (s, b, a) = (store.clone(), bus.clone(), agent.clone());
@@ -121,7 +144,11 @@ pub async fn run_fleet(
             continue;
         }
         let q = NodeListQuery {
-            provision_states: vec![ProvisionState::WaitCallBack, ProvisionState::CleanWait],
+            provision_states: vec![
+                ProvisionState::WaitCallBack,
+                ProvisionState::CleanWait,
+                ProvisionState::InspectWait,
+            ],
             ..Default::default()
         };
         if let Ok(nodes) = crate::periodic::list_all_store(&store, q).await {

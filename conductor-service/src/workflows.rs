@@ -38,6 +38,8 @@ pub enum Work {
     ResumeClean,
     /// `inspecting`: inspect the hardware.
     Inspect,
+    /// `inspect wait` and the ramdisk heartbeated or posted its inspection data.
+    ResumeInspect,
     /// `adopting`: take over a machine deployed elsewhere.
     Adopt,
     /// `rescuing`: start the rescue environment.
@@ -74,6 +76,11 @@ pub fn work_for(n: &Node) -> Option<Work> {
         S::WaitCallBack if !n.maintenance && agent_called_back(n) => Some(Work::ResumeDeploy),
         S::CleanWait if !n.maintenance && agent_called_back(n) => Some(Work::ResumeClean),
         S::Inspecting => Some(Work::Inspect),
+        S::InspectWait
+            if !n.maintenance && (agent_called_back(n) || deploy::inspection::has_pending(n)) =>
+        {
+            Some(Work::ResumeInspect)
+        }
         S::Adopting => Some(Work::Adopt),
         S::Rescuing => Some(Work::Rescue),
         S::Unrescuing => Some(Work::Unrescue),
@@ -114,6 +121,10 @@ pub async fn run(task: &mut Task, work: Work) -> Result<(), WorkflowError> {
         }
         Work::Delete => delete(task, &drivers, iface.as_ref()).await,
         Work::Inspect => ops::inspect(task, &drivers).await,
+        Work::ResumeInspect => {
+            task.transition(S::InspectWait, E::Resume, |_| {}).await?;
+            ops::resume_inspect(task, &drivers).await
+        }
         Work::Adopt => ops::adopt(task, iface.as_ref()).await,
         Work::Rescue => ops::rescue(task, &drivers).await,
         Work::Unrescue => ops::unrescue(task, &drivers).await,

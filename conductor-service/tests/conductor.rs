@@ -8,7 +8,8 @@
 //! 30-minute defaults pass in milliseconds and the tests can check when a timeout fired.
 //! The workflow properties (every step idempotent, every injected failure unwinds cleanly)
 //! are in [`properties`]; allocations through whole conductors in [`allocation`]; inspect,
-//! adopt, rescue, service, every wait state's timeout and abort in [`verbs`]; the walk over
+//! adopt, rescue, service, every wait state's timeout and abort in [`verbs`]; in-band
+//! inspection end to end in [`inspect`]; the walk over
 //! every (state, verb) the API accepts in [`walk`].
 
 #![allow(
@@ -49,6 +50,8 @@ struct Env {
 
 #[path = "conductor/allocation.rs"]
 mod allocation;
+#[path = "conductor/inspect.rs"]
+mod inspect;
 #[path = "conductor/properties.rs"]
 mod properties;
 #[path = "conductor/verbs.rs"]

@@ -81,13 +81,28 @@ impl Drop for Peer {
 const SYSTEM_UUID: &str = "27946b59-9e44-4fa7-8e91-f3527a1ef094";
 
 async fn start_sushy(bin: &std::path::Path, dir: &std::path::Path) -> (Peer, String) {
+    let systems = format!(
+        "SUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{SYSTEM_UUID}', 'name': 'fake-1', \
+         'power_state': 'Off', 'nics': [{{'mac': '00:5c:52:31:3a:9c', 'ip': '172.22.0.100'}}]}}]\n"
+    );
+    start_sushy_with(bin, dir, &systems).await
+}
+
+/// sushy-tools' fake driver with `config` (Python) after `SUSHY_EMULATOR_FAKE_DRIVER`. Its
+/// state lives in `dir` (by default the fake driver keeps it in a file under /tmp shared
+/// by every emulator, so a system would keep another test's power state or NICs).
+async fn start_sushy_with(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    config: &str,
+) -> (Peer, String) {
     let port = free_tcp_port();
     let cfg = dir.join("sushy.conf");
+    let state = dir.display();
     std::fs::write(
         &cfg,
         format!(
-            "SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{SYSTEM_UUID}', \
-             'name': 'fake-1', 'power_state': 'Off', 'nics': [{{'mac': '00:5c:52:31:3a:9c', 'ip': '172.22.0.100'}}]}}]\n"
+            "SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_STATE_DIR = '{state}'\n{config}"
         ),
     )
     .unwrap();
@@ -341,4 +356,190 @@ async fn test_manage_with_unreachable_bmc_fails_within_timeout() {
     assert!(err.contains(&addr.to_string()) && err.contains("did not answer"), "{err}");
     assert!(!err.contains("password"));
     token.cancel();
+}
+
+// ---- inspection -----------------------------------------------------------------------
+
+/// sushy-tools' fake system with two NICs and a storage with two drives (100 GiB and
+/// 2 GiB). Its fake driver (2.2.0) reports neither CPUs nor memory: its `ProcessorSummary`
+/// and `MemorySummary` have no values and it has no `Processors` collection.
+fn sushy_inspection_config() -> String {
+    format!(
+        "SUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{SYSTEM_UUID}', 'name': 'fake-1', \
+         'power_state': 'Off', 'nics': [{{'mac': '00:5c:52:31:3a:9c', 'ip': '172.22.0.100'}}, \
+         {{'mac': '00:5c:52:31:3a:9d', 'ip': '172.22.0.101'}}]}}]\n\
+         SUSHY_EMULATOR_STORAGE = {{'{SYSTEM_UUID}': [{{'Id': '1', 'Name': 'Local Storage Controller', \
+         'StorageControllers': [{{'MemberId': '0', 'Name': 'RAID', 'SpeedGbps': 12}}], \
+         'Drives': ['d1', 'd2']}}]}}\n\
+         SUSHY_EMULATOR_DRIVES = {{('{SYSTEM_UUID}', '1'): [\
+         {{'Id': 'd1', 'Name': 'Drive 1', 'CapacityBytes': {}, 'Protocol': 'SAS'}}, \
+         {{'Id': 'd2', 'Name': 'Drive 2', 'CapacityBytes': {}, 'Protocol': 'SAS'}}]}}\n",
+        100u64 << 30,
+        2u64 << 30
+    )
+}
+
+/// A SQLite store, the in-process bus and a conductor with `cfg`.
+async fn conductor_env(
+    cfg: conductor_service::ConductorConfig,
+    token: &CancellationToken,
+) -> (store::testing::TestDatabase, bus::DynBus) {
+    let db = store::testing::TestDatabase::sqlite().await;
+    let bus = bus::connect(None).await.unwrap();
+    start_conductor(cfg, db.store(), &bus, token).await;
+    (db, bus)
+}
+
+async fn wait_settled(store: &store::DataStore, id: NodeId, want: S, within: Duration) -> Node {
+    let store = store.clone();
+    wait_for(within, &format!("node {id} to reach {want}"), || {
+        let s = store.clone();
+        async move {
+            let n = s.node_fetch(id).await.ok()?;
+            (n.provision_state == want && n.reservation.is_none()).then_some(n)
+        }
+    })
+    .await
+}
+
+fn manageable(mut n: Node, inspect: &str) -> Node {
+    n.interfaces.inspect = Some(inspect.into());
+    n.provision_state = S::Manageable;
+    n.power_state = Some(PowerState::Off);
+    n
+}
+
+/// Out-of-band inspection against sushy-tools: without the memory and CPU architecture
+/// the fake BMC cannot report, it fails as Ironic's does; with them known, the node gets
+/// `local_gb` from the BMC's drives, the boot mode, a port per NIC (the existing one kept,
+/// not duplicated) and the stored inventory.
+#[tokio::test]
+async fn test_redfish_inspection_against_sushy_tools() {
+    let Some(bin) = venv() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (_peer, url) = start_sushy_with(&bin, dir.path(), &sushy_inspection_config()).await;
+    let token = CancellationToken::new();
+    let (db, bus) = conductor_env(fast_config("c-rf-inspect", "conductor.rfinspect"), &token).await;
+    let store = db.store();
+    let node = store.node_insert(&manageable(redfish_node(&url), "redfish")).await.unwrap();
+    request_provision(store, &bus, node.uuid, ApiVerb::Inspect).await.unwrap();
+    let failed = wait_settled(store, node.uuid, S::InspectFailed, Duration::from_secs(30)).await;
+    let err = failed.last_error.clone().unwrap();
+    assert!(
+        err.contains("Failed to discover the following properties: cpu_arch, memory_mb"),
+        "{err}"
+    );
+
+    // The operator records what the BMC cannot tell, and a port for one NIC.
+    let mut n = failed;
+    n.properties.insert("cpu_arch".into(), "x86_64".into());
+    n.properties.insert("memory_mb".into(), 8192.into());
+    store.node_update(&n).await.unwrap();
+    let known = deploy::Port::new(n.uuid, "00:5c:52:31:3a:9c".parse().unwrap(), chrono::Utc::now());
+    store.port_insert(&known).await.unwrap();
+    request_provision(store, &bus, node.uuid, ApiVerb::Inspect).await.unwrap();
+    let done = wait_settled(store, node.uuid, S::Manageable, Duration::from_secs(30)).await;
+    let p = &done.properties;
+    // The smallest drive of at least 4 GiB, less one GiB.
+    assert_eq!(p["local_gb"], 99);
+    assert_eq!(p["capabilities"], "boot_mode:uefi");
+    assert_eq!((p["cpu_arch"].clone(), p["memory_mb"].clone()), (json!("x86_64"), json!(8192)));
+    assert!(p.get("cpus").is_none(), "the fake BMC reports no CPU count");
+    assert!(done.last_error.is_none() && done.inspection_finished_at.is_some());
+    let inv = &done.attributes["inventory"];
+    let macs: Vec<&str> = inv["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["mac_address"].as_str().unwrap())
+        .collect();
+    assert_eq!(macs, ["00:5c:52:31:3a:9c", "00:5c:52:31:3a:9d"]);
+    assert_eq!(
+        inv["disks"],
+        json!([{"name": "Drive 1", "size": 100u64 << 30}, {"name": "Drive 2", "size": 2u64 << 30}])
+    );
+    assert_eq!(inv["boot"], json!({"current_boot_mode": "uefi"}));
+    assert_eq!(inv["system_vendor"]["manufacturer"], "Sushy Emulator");
+    assert_eq!(inv["system_vendor"]["system_uuid"], SYSTEM_UUID);
+    let q = store::PortListQuery { node: Some(node.uuid), ..Default::default() };
+    let mut ports: Vec<String> =
+        store.port_list(&q).await.unwrap().iter().map(|p| p.address.to_string()).collect();
+    ports.sort();
+    assert_eq!(ports, ["00:5c:52:31:3a:9c", "00:5c:52:31:3a:9d"]);
+    // Out-of-band: the machine was never powered on.
+    assert_eq!(read_system(&url).await["PowerState"], "Off");
+    token.cancel();
+}
+
+/// In-band inspection through a real BMC: the conductor sets network boot and powers the
+/// machine on through the BMC, the (simulated) agent reports its inventory, and the machine
+/// is powered off again.
+async fn agent_inspection_through(
+    node: Node,
+    bmc_power: impl Fn() -> futures::future::BoxFuture<'static, String>,
+) {
+    let token = CancellationToken::new();
+    let mut cfg = fast_config(&format!("c-agent-{}", node.driver), "conductor.agentinspect");
+    cfg.redfish.power_poll_interval_ms = 250;
+    cfg.ipmi.power_poll_interval_ms = 100;
+    let (db, bus) = conductor_env(cfg, &token).await;
+    let store = db.store().clone();
+    let agent = sim::SimAgent::start(sim::SimAgentConfig::default(), token.clone()).await.unwrap();
+    tokio::spawn(conductor_service::testing::run_fleet(
+        store.clone(),
+        bus.clone(),
+        agent.clone(),
+        Duration::from_millis(500),
+        token.clone(),
+    ));
+    let node = store.node_insert(&manageable(node, "agent")).await.unwrap();
+    request_provision(&store, &bus, node.uuid, ApiVerb::Inspect).await.unwrap();
+    let done = wait_settled(&store, node.uuid, S::Manageable, Duration::from_secs(60)).await;
+    let want = sim::SimAgent::default_inventory(node.uuid);
+    assert_eq!(done.properties["cpus"], 2);
+    assert_eq!(done.properties["memory_mb"], 4096);
+    assert_eq!(done.properties["local_gb"], 19);
+    assert_eq!(done.attributes["inventory"], proto::inventory::to_ipa_json(&want));
+    assert_eq!(agent.inventory_reads(node.uuid), 1);
+    let q = store::PortListQuery { node: Some(node.uuid), ..Default::default() };
+    let ports = store.port_list(&q).await.unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].address.to_string(), sim::SimAgent::default_mac(node.uuid));
+    assert_eq!(done.power_state, Some(PowerState::Off));
+    let history = store.history_list(node.uuid).await.unwrap();
+    assert!(history.iter().any(|h| h.to_state == Some(S::InspectWait)), "waited for the agent");
+    let power = bmc_power().await;
+    assert!(power.contains("Off") || power.contains("off"), "the BMC says {power}");
+    token.cancel();
+}
+
+#[tokio::test]
+async fn test_agent_inspection_through_ipmi_against_pyghmi_fakebmc() {
+    let Some(bin) = venv() else { return };
+    if !have_ipmitool() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_peer, port) = start_fakebmc(&bin, dir.path());
+    wait_for(Duration::from_secs(20), "fakebmc to answer", || async move {
+        ipmitool(port, &["power", "status"]).contains("Chassis Power").then_some(())
+    })
+    .await;
+    agent_inspection_through(ipmi_node(port, "password"), move || {
+        Box::pin(async move { ipmitool(port, &["power", "status"]) })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn test_agent_inspection_through_redfish_against_sushy_tools() {
+    let Some(bin) = venv() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (_peer, url) = start_sushy(&bin, dir.path()).await;
+    let u = url.clone();
+    agent_inspection_through(redfish_node(&url), move || {
+        let u = u.clone();
+        Box::pin(async move { read_system(&u).await["PowerState"].to_string() })
+    })
+    .await;
 }

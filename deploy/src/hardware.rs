@@ -79,10 +79,14 @@ const NO_BIOS: InterfaceSpec = spec("bios", "no-bios", &["no-bios"]);
 const NO_CONSOLE: InterfaceSpec = spec("console", "no-console", &["no-console"]);
 const FAKE_CONSOLE: InterfaceSpec = spec("console", "no-console", &["no-console", "fake"]);
 const NO_FIRMWARE: InterfaceSpec = spec("firmware", "no-firmware", &["no-firmware"]);
-const NO_INSPECT: InterfaceSpec = spec("inspect", "no-inspect", &["no-inspect"]);
 // fake-hardware's `fake` inspect and rescue finish at once, as Ironic's FakeInspect and
 // FakeRescue do; `no-*` stays the default, as in Ironic, where `fake` must be chosen.
-const FAKE_INSPECT: InterfaceSpec = spec("inspect", "no-inspect", &["no-inspect", "fake"]);
+// `agent` (in-band: the ramdisk reports its inventory) is there as in Ironic's generic
+// hardware types; `redfish` reads the BMC's resources (out-of-band).
+const FAKE_INSPECT: InterfaceSpec = spec("inspect", "no-inspect", &["no-inspect", "fake", "agent"]);
+const IPMI_INSPECT: InterfaceSpec = spec("inspect", "no-inspect", &["no-inspect", "agent"]);
+const REDFISH_INSPECT: InterfaceSpec =
+    spec("inspect", "no-inspect", &["no-inspect", "redfish", "agent"]);
 const FAKE_RESCUE: InterfaceSpec = spec("rescue", "no-rescue", &["no-rescue", "fake"]);
 // Network: `noop` records nothing; `flat` records each attached VIF on a free port or port
 // group of the node (there is no separate tenant network to switch to).
@@ -131,7 +135,7 @@ pub static HARDWARE_TYPES: [HardwareType; 3] = [
             NO_CONSOLE,
             spec("deploy", "direct", &["direct"]),
             NO_FIRMWARE,
-            NO_INSPECT,
+            IPMI_INSPECT,
             spec("management", "ipmitool", &["ipmitool"]),
             NETWORK,
             spec("power", "ipmitool", &["ipmitool"]),
@@ -163,7 +167,7 @@ pub static HARDWARE_TYPES: [HardwareType; 3] = [
             NO_CONSOLE,
             spec("deploy", "direct", &["direct"]),
             NO_FIRMWARE,
-            NO_INSPECT,
+            REDFISH_INSPECT,
             spec("management", "redfish", &["redfish"]),
             NETWORK,
             spec("power", "redfish", &["redfish"]),
@@ -339,6 +343,12 @@ iface_enum! {
         NoInspect = "no-inspect",
         /// Finishes at once without reading anything (Ironic's FakeInspect).
         Fake = "fake",
+        /// Out-of-band: the BMC's Redfish System, Processors, Memory, Storage and
+        /// EthernetInterfaces resources (Ironic's RedfishInspect).
+        Redfish = "redfish",
+        /// In-band: the node boots the deploy ramdisk and its agent reports the inventory
+        /// (Ironic's AgentInspect).
+        Agent = "agent",
     }
 }
 

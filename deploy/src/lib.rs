@@ -13,6 +13,8 @@ pub mod error;
 pub mod hardware;
 pub mod hints;
 pub mod ids;
+pub mod inspection;
+pub mod inspection_rules;
 pub mod internal_info;
 pub mod management;
 pub mod model;

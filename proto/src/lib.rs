@@ -1,6 +1,7 @@
 //! Protobuf definitions and generated code: the agent service, the public gRPC API and the
 //! bus event payloads, plus the one mapping between `PublicError` and gRPC status codes.
 
+pub mod inventory;
 pub mod status;
 
 /// The agent's command API (`ferric.agent.v1`).

@@ -17,9 +17,10 @@ use std::time::Duration;
 use deploy::NodeId;
 use proto::agent::agent_service_server::{AgentService, AgentServiceServer};
 use proto::agent::{
-    CommandState, CommandStatus, EraseDevicesRequest, GetCommandStatusRequest, GetInventoryRequest,
-    GetPartitionUuidsRequest, InstallBootloaderRequest, Inventory, PartitionUuids, Phase,
-    PowerOffRequest, PrepareImageRequest, Progress, RebootRequest, SyncRequest,
+    Boot, CommandState, CommandStatus, Cpu, Disk, EraseDevicesRequest, GetCommandStatusRequest,
+    GetInventoryRequest, GetPartitionUuidsRequest, InstallBootloaderRequest, Inventory, Memory,
+    NetworkInterface, PartitionUuids, Phase, PowerOffRequest, PrepareImageRequest, Progress,
+    RebootRequest, SyncRequest, SystemVendor,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -92,6 +93,8 @@ struct Inner {
     fail_next: Mutex<HashSet<(NodeId, AgentCommand)>>,
     vanish_at: Mutex<HashSet<(NodeId, AgentCommand)>>,
     vanish_mid_write: Mutex<HashSet<NodeId>>,
+    inventories: Mutex<HashMap<NodeId, Inventory>>,
+    inventory_reads: Mutex<HashMap<NodeId, u32>>,
 }
 
 /// One gRPC server that plays the agent of every simulated node; the token says which.
@@ -201,6 +204,68 @@ impl SimAgent {
         (lock(&self.inner.fail_next).remove(&(node, command)), self.vanished(node))
     }
 
+    /// Make `node`'s machine report `inventory` (GetInventory); without one it reports
+    /// [`SimAgent::default_inventory`].
+    pub fn set_inventory(&self, node: NodeId, inventory: Inventory) {
+        lock(&self.inner.inventories).insert(node, inventory);
+    }
+
+    /// What `node`'s machine reports.
+    pub fn inventory(&self, node: NodeId) -> Inventory {
+        lock(&self.inner.inventories)
+            .get(&node)
+            .cloned()
+            .unwrap_or_else(|| Self::default_inventory(node))
+    }
+
+    /// How many times GetInventory ran for `node`.
+    pub fn inventory_reads(&self, node: NodeId) -> u32 {
+        lock(&self.inner.inventory_reads).get(&node).copied().unwrap_or(0)
+    }
+
+    /// A small virtual machine: 2 x86_64 CPUs, 4 GiB of memory, one 20 GiB disk and one NIC
+    /// (booted from, UEFI) whose MAC is [`SimAgent::default_mac`].
+    pub fn default_inventory(node: NodeId) -> Inventory {
+        let mac = Self::default_mac(node);
+        Inventory {
+            cpu: Some(Cpu {
+                model_name: "Simulated CPU".into(),
+                frequency: "2400".into(),
+                count: 2,
+                architecture: "x86_64".into(),
+                flags: vec!["lm".into()],
+            }),
+            memory: Some(Memory { total: 4 << 30, physical_mb: 4096 }),
+            disks: vec![Disk {
+                name: "/dev/vda".into(),
+                size: 20 << 30,
+                model: "sim-disk".into(),
+                ..Default::default()
+            }],
+            interfaces: vec![NetworkInterface {
+                name: "eth0".into(),
+                mac_address: mac.clone(),
+                ipv4_address: "192.0.2.10".into(),
+                has_carrier: true,
+                ..Default::default()
+            }],
+            system_vendor: Some(SystemVendor {
+                product_name: "Ferric simulated machine".into(),
+                serial_number: node.to_string(),
+                manufacturer: "Ferric".into(),
+            }),
+            boot: Some(Boot { current_boot_mode: "uefi".into(), pxe_interface: mac }),
+            hostname: "sim".into(),
+            ..Default::default()
+        }
+    }
+
+    /// The MAC of the default inventory's NIC: `52:54:00` and the node UUID's last 3 bytes.
+    pub fn default_mac(node: NodeId) -> String {
+        let b = *node.as_uuid().as_bytes();
+        format!("52:54:00:{:02x}:{:02x}:{:02x}", b[13], b[14], b[15])
+    }
+
     /// How many times PrepareImage ran for `node`.
     pub fn writes(&self, node: NodeId) -> u32 {
         lock(&self.inner.writes).get(&node).copied().unwrap_or(0)
@@ -264,8 +329,10 @@ impl AgentService for SimAgent {
         &self,
         req: Request<GetInventoryRequest>,
     ) -> Result<Response<Inventory>, Status> {
-        self.auth(&req)?;
-        Ok(Response::new(Inventory::default()))
+        let node = self.auth(&req)?;
+        self.hang_if_vanished(node).await;
+        *lock(&self.inner.inventory_reads).entry(node).or_insert(0) += 1;
+        Ok(Response::new(self.inventory(node)))
     }
 
     async fn prepare_image(
@@ -447,6 +514,7 @@ pub struct AgentMachine {
 
 #[derive(Debug, Default)]
 struct MachineState {
+    hardware: Option<Inventory>,
     on: bool,
     boot: crate::bmc::BootOverride,
     booted_from: Option<crate::bmc::BootTarget>,
@@ -458,6 +526,12 @@ impl AgentMachine {
     /// A machine that is off, with no boot override.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Make the BMC describe `inventory` (processors, memory, disks, NICs) for out-of-band
+    /// inspection; give the same to [`SimAgent::set_inventory`] so both see one machine.
+    pub fn set_hardware(&self, inventory: Inventory) {
+        lock(&self.state).hardware = Some(inventory);
     }
 
     /// Fail the BMC change with this index (counted from 0 over the machine's life) with a
@@ -551,6 +625,10 @@ impl crate::bmc::MachineBackend for AgentMachine {
 
     async fn boot_override(&self) -> Result<crate::bmc::BootOverride, crate::bmc::BmcError> {
         Ok(self.boot_override())
+    }
+
+    async fn hardware(&self) -> Result<Option<Inventory>, crate::bmc::BmcError> {
+        Ok(lock(&self.state).hardware.clone())
     }
 
     async fn set_boot_override(

@@ -21,6 +21,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod hardware;
+
 /// A system's power state as Redfish reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PowerStatus {
@@ -259,6 +261,11 @@ pub trait MachineBackend: Send + Sync + 'static {
     async fn boot_override(&self) -> Result<BootOverride, BmcError>;
     /// Replaces the boot source override.
     async fn set_boot_override(&self, o: BootOverride) -> Result<(), BmcError>;
+    /// The hardware the BMC describes (CPUs, memory, disks, NICs), in the agent's inventory
+    /// shape; `None` (the default): the BMC reports no hardware resources.
+    async fn hardware(&self) -> Result<Option<proto::agent::Inventory>, BmcError> {
+        Ok(None)
+    }
 }
 
 /// Serves Redfish for `systems` on `listener` until `token` is cancelled.
@@ -297,7 +304,8 @@ pub fn redfish_router(
         .route("/redfish/v1/Systems/{id}/Actions/ComputerSystem.Reset", post(system_reset))
         .route("/redfish/v1/Managers", get(managers_collection))
         .route("/redfish/v1/SessionService", get(session_service))
-        .route("/redfish/v1/SessionService/Sessions", get(sessions_collection))
+        .route("/redfish/v1/SessionService/Sessions", get(sessions_collection));
+    let protected = hardware::routes(protected)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
     Router::new()
         .route("/redfish", get(|| async { Json(json!({"v1": "/redfish/v1/"})) }))
@@ -560,8 +568,12 @@ async fn system_get(State(state): State<Arc<RedfishState>>, Path(id): Path<Strin
         Ok(b) => b,
         Err(e) => return bmc_error_response(&e),
     };
+    let hw = match backend.hardware().await {
+        Ok(h) => h,
+        Err(e) => return bmc_error_response(&e),
+    };
     let base = format!("/redfish/v1/Systems/{id}");
-    let body = json!({
+    let mut body = json!({
         "@odata.type": "#ComputerSystem.v1_10_0.ComputerSystem",
         "@odata.id": base,
         "Id": id,
@@ -586,6 +598,9 @@ async fn system_get(State(state): State<Arc<RedfishState>>, Path(id): Path<Strin
             }
         },
     });
+    if let (Some(inv), Some(obj)) = (&hw, body.as_object_mut()) {
+        obj.extend(hardware::system_fields(inv, &base));
+    }
     let etag = format!(
         "W/\"{}-{}-{}-{}\"",
         power.as_str(),

@@ -19,30 +19,10 @@ const CONNECTOR_TYPES: &[&str] = &["iqn", "ip", "mac", "wwnn", "wwpn", "port", "
 const STEP_INTERFACES: &[&str] =
     &["bios", "deploy", "firmware", "management", "power", "raid", "vendor"];
 
-/// Inspection rule condition operators (optionally negated with a leading `!`).
-const RULE_CONDITIONS: &[&str] = &[
-    "eq", "ne", "lt", "gt", "le", "ge", "is-empty", "is-none", "is-true", "is-false", "in-net",
-    "matches", "contains", "one-of",
-];
-
-/// Inspection rule actions.
-const RULE_ACTIONS: &[&str] = &[
-    "fail",
-    "set-attribute",
-    "extend-attribute",
-    "del-attribute",
-    "add-trait",
-    "remove-trait",
-    "set-capability",
-    "unset-capability",
-    "set-plugin-data",
-    "extend-plugin-data",
-    "unset-plugin-data",
-    "log",
-    "set-port-attribute",
-    "extend-port-attribute",
-    "del-port-attribute",
-];
+/// Inspection rule condition operators (optionally negated with a leading `!`) and actions:
+/// exactly what the conductor's rules engine runs.
+const RULE_CONDITIONS: &[&str] = &deploy::inspection_rules::OPERATORS;
+const RULE_ACTIONS: &[&str] = &deploy::inspection_rules::ACTIONS;
 
 /// How a condition over a list of values combines them.
 const RULE_MULTIPLE: &[&str] = &["any", "all", "first", "last"];

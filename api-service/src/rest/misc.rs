@@ -72,6 +72,7 @@ pub async fn v1(ctx: Ctx, Base(base): Base) -> Json<Value> {
         ("events", 54),
         ("deploy_templates", 55),
         ("shards", 82),
+        ("continue_inspection", 84),
         ("runbooks", 92),
         ("inspection_rules", 96),
     ] {

@@ -12,6 +12,7 @@ mod bad_input_resources;
 mod binary;
 mod endpoints;
 mod grpc;
+mod inspection;
 mod late_versions;
 mod node_extras;
 mod outbox;

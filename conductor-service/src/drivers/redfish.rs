@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::{info_str, required_str};
+
+mod inspect;
 use crate::config::{RedfishConfig, dur};
 
 /// The redfish driver: two shared HTTP clients (verifying and not verifying TLS).
@@ -135,7 +137,7 @@ impl RedfishDriver {
         }
     }
 
-    /// One request with retries; returns the status and the JSON body (or Null).
+    /// One request with retries; returns the JSON body (or Null).
     async fn request(
         &self,
         t: &Target,
@@ -143,6 +145,18 @@ impl RedfishDriver {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, DriverError> {
+        self.request_or_missing(t, method, path, body, false).await.map(Option::unwrap_or_default)
+    }
+
+    /// [`Self::request`]; with `allow_missing`, a 404 answer is `Ok(None)`.
+    async fn request_or_missing(
+        &self,
+        t: &Target,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        allow_missing: bool,
+    ) -> Result<Option<Value>, DriverError> {
         let client = self.client(t)?;
         let url = format!("{}{}", t.base, path);
         let attempts = self.cfg.attempts.max(1);
@@ -186,6 +200,9 @@ impl RedfishDriver {
                 });
                 continue;
             }
+            if allow_missing && status == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
             if !status.is_success() {
                 return Err(DriverError::Bmc {
                     bmc: t.bmc(),
@@ -195,7 +212,7 @@ impl RedfishDriver {
                     ),
                 });
             }
-            return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
+            return Ok(Some(serde_json::from_str(&text).unwrap_or(Value::Null)));
         }
         Err(last.unwrap_or_else(|| DriverError::Unreachable {
             bmc: t.bmc(),

@@ -1,12 +1,12 @@
-//! The operations that need no agent today: inspection, adoption, rescue and unrescue.
+//! Inspection, adoption, rescue and unrescue.
 //!
 //! Each follows Ironic's conductor (`inspection.inspect_hardware`, `_do_adoption`,
 //! `_do_node_rescue`, `_do_node_unrescue`) with the interfaces this conductor has: `fake`
-//! inspect and rescue finish at once, as Ironic's FakeInspect and FakeRescue do, and the
-//! `no-*` values fail with Ironic's UnsupportedDriverExtension text (the API refuses them
-//! before the state changes; these paths only meet a node that got here otherwise). In-band
-//! inspection and the rescue ramdisk, which wait for an agent, are later work; their wait
-//! states already have a timeout and an abort.
+//! inspect and rescue finish at once, as Ironic's FakeInspect and FakeRescue do; `redfish`
+//! and `agent` inspection are [`crate::inspection`]; the `no-*` values fail with Ironic's
+//! UnsupportedDriverExtension text (the API refuses them before the state changes; these
+//! paths only meet a node that got here otherwise). The rescue ramdisk, which waits for an
+//! agent, is later work; its wait state already has a timeout and an abort.
 
 use deploy::hardware::{self, InspectIface, NodeInterfaces, RescueIface};
 use deploy::internal_info::{AgentSession, keys};
@@ -21,7 +21,8 @@ fn interfaces(task: &Task) -> Result<NodeInterfaces, WorkflowError> {
         .map_err(|e| WorkflowError::Failed(e.to_string()))
 }
 
-/// `inspecting`: validate the power interface, then run the inspect interface.
+/// `inspecting`: validate the power interface, then run the inspect interface (the
+/// `agent` one boots the ramdisk here and continues in [`resume_inspect`]).
 pub(super) async fn inspect(task: &mut Task, d: &DriverSet) -> Result<(), WorkflowError> {
     let failed =
         |e: String| WorkflowError::Failed(format!("Failed to inspect hardware. Reason: {e}"));
@@ -39,6 +40,20 @@ pub(super) async fn inspect(task: &mut Task, d: &DriverSet) -> Result<(), Workfl
             .await?;
             Ok(())
         }
+        InspectIface::Redfish => crate::inspection::redfish(task).await,
+        InspectIface::Agent => crate::inspection::boot_agent(task, d).await,
+    }
+}
+
+/// `inspect wait` and the ramdisk reported (the caller resumed the node to `inspecting`):
+/// process what it reported.
+pub(super) async fn resume_inspect(task: &mut Task, d: &DriverSet) -> Result<(), WorkflowError> {
+    match interfaces(task)?.inspect {
+        InspectIface::Agent => crate::inspection::resume_agent(task, d).await,
+        other => Err(WorkflowError::Failed(format!(
+            "Failed to inspect hardware. Reason: the {other} inspect interface does not take \
+             inspection data from a ramdisk"
+        ))),
     }
 }
 

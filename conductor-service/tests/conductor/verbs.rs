@@ -10,9 +10,9 @@
 //!   `abort` from each does what Ironic's `_do_abort` does;
 //! - and, in [`super::walk`], a walk over every (state, verb) the API accepts.
 //!
-//! `inspect wait` and `rescue wait` are reached only by in-band inspection and the rescue
-//! ramdisk, which are later work; their tests put the node there the way such a workflow
-//! would leave it.
+//! `rescue wait` is reached only by the rescue ramdisk, which is later work, so its tests put
+//! the node there the way such a workflow would leave it; so do these tests for `inspect
+//! wait` (in-band inspection itself, with its own abort and timeout, is [`super::inspect`]).
 
 use std::time::Duration;
 
