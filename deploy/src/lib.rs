@@ -13,6 +13,7 @@ pub mod error;
 pub mod hardware;
 pub mod hints;
 pub mod ids;
+pub mod indicators;
 pub mod internal_info;
 pub mod management;
 pub mod model;
@@ -20,6 +21,7 @@ pub mod provision;
 pub mod state;
 pub mod steps;
 pub mod traits;
+pub mod vmedia;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::PublicError;
