@@ -368,6 +368,13 @@ async fn test_redfish_indicators_over_rest_against_sushy_tools() {
     let (s, b) = c.call(Method::GET, &format!("{ind}/{SYSTEM_UUID}"), None).await;
     assert_eq!(s, 400, "{b}");
     assert!(fault(&b).contains("Malformed indicator name"), "{b}");
+    // Only Ironic's lower-case settable states reach the BMC.
+    for bad in ["ON", "unknown", "Lit"] {
+        let (s, b) =
+            c.call(Method::PUT, &format!("{ind}/{system}"), Some(json!({"state": bad}))).await;
+        assert_eq!(s, 400, "{b}");
+        assert!(fault(&b).contains("blinking, off, on"), "{b}");
+    }
     assert_eq!(read_system(&url).await["IndicatorLED"], "Blinking");
     c.settled(&id).await;
 }

@@ -228,16 +228,16 @@ async fn indicator_set(
     gate(&ctx, 63)?;
     let n = state.node_by_ident(&ident, ctx.version).await?;
     let id = IndicatorId::parse(&indicator).map_err(ApiError::bad_request)?;
-    // Ironic hands any string to the driver, whose lookup then fails with a 500; refusing
-    // what no driver can set is kinder.
-    let Some(wanted) = IndicatorState::parse_settable(&body.state) else {
-        return Err(ApiError::bad_request(format!(
-            "Invalid indicator state {}: must be one of {}",
-            body.state,
-            IndicatorState::SETTABLE.map(IndicatorState::as_str).join(", ")
-        )));
-    };
     if bmc::needs_conductor(&n) {
+        // Ironic hands any string to the driver, whose lookup then fails with a 500;
+        // refusing what no driver can set is kinder.
+        let Some(wanted) = IndicatorState::parse_settable(&body.state) else {
+            return Err(ApiError::bad_request(format!(
+                "Invalid indicator state {}: must be one of {}",
+                body.state,
+                IndicatorState::SETTABLE.map(IndicatorState::as_str).join(", ")
+            )));
+        };
         let op = ManagementOp::SetIndicatorState {
             component: id.component,
             name: id.name,
