@@ -24,6 +24,10 @@ const SDK: &str = "openstacksdk_functional, openstack_cli_resources, bad_input_r
 const NODE_EXTRAS: &str = "openstack_cli_resources, bad_input_resources";
 const EXTRAS: &str = "node_extras";
 const BMC_CALLS: &str = "openstack_cli_resources, bad_input_resources, rest, bmc_management";
+const VMEDIA: &str =
+    "openstacksdk_functional, openstack_cli_resources, bad_input_resources, bmc_management";
+const VMEDIA_GET: &str = "openstack_cli_resources, bad_input_resources, bmc_management";
+const INDICATORS: &str = "node_extras, bmc_management";
 
 fn ep(
     method: &'static str,
@@ -120,9 +124,21 @@ pub fn all() -> Vec<Endpoint> {
             SDK,
         ),
         ep("DELETE", "/v1/nodes/{ident}/vifs/{vif}", 28, "Detach a VIF", SDK),
-        ep("GET", "/v1/nodes/{ident}/vmedia", 89, "Attached virtual media", NODE_EXTRAS),
-        ep("POST", "/v1/nodes/{ident}/vmedia", 89, "Attach virtual media (fake management)", SDK),
-        ep("DELETE", "/v1/nodes/{ident}/vmedia", 89, "Detach virtual media (fake management)", SDK),
+        ep(
+            "GET",
+            "/v1/nodes/{ident}/vmedia",
+            93,
+            "Virtual media devices (fake: what was attached; redfish: every device)",
+            VMEDIA_GET,
+        ),
+        ep("POST", "/v1/nodes/{ident}/vmedia", 89, "Attach virtual media (fake, redfish)", VMEDIA),
+        ep(
+            "DELETE",
+            "/v1/nodes/{ident}/vmedia",
+            89,
+            "Detach virtual media (fake, redfish)",
+            VMEDIA,
+        ),
         ep("GET", "/v1/nodes/{ident}/bios", 40, "BIOS settings", NODE_EXTRAS),
         ep("GET", "/v1/nodes/{ident}/bios/{name}", 40, "One BIOS setting", NODE_EXTRAS),
         ep("GET", "/v1/nodes/{ident}/firmware", 86, "Firmware components", SDK),
@@ -165,8 +181,22 @@ pub fn all() -> Vec<Endpoint> {
             "GET",
             "/v1/nodes/{ident}/management/indicators",
             63,
-            "Indicator components (fake management)",
-            EXTRAS,
+            "Indicators of every component (fake, redfish)",
+            INDICATORS,
+        ),
+        ep(
+            "GET",
+            "/v1/nodes/{ident}/management/indicators/{indicator}",
+            63,
+            "An indicator's state, by name@component (fake, redfish)",
+            INDICATORS,
+        ),
+        ep(
+            "PUT",
+            "/v1/nodes/{ident}/management/indicators/{indicator}",
+            63,
+            "Set an indicator's state (redfish; fake cannot, as Ironic's)",
+            INDICATORS,
         ),
         ep("GET", "/v1/nodes/{ident}/vendor_passthru/methods", 1, "Vendor methods (none)", EXTRAS),
         ep(

@@ -8,6 +8,7 @@ pub(crate) mod agent;
 pub(crate) mod bmc;
 pub(crate) mod inspection;
 pub(crate) mod misc;
+pub(crate) mod node_bmc;
 pub(crate) mod node_extras;
 pub(crate) mod nodes;
 pub(crate) mod ports;

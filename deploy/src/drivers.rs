@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::indicators::{Indicator, IndicatorState};
 use crate::model::{Node, PowerState};
+use crate::vmedia::{VirtualMedia, VmediaDevice};
 
 /// The future every driver call returns.
 pub type DriverFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, DriverError>> + Send + 'a>>;
@@ -176,6 +178,14 @@ pub enum DriverError {
         /// The configured limit.
         after: Duration,
     },
+    /// An argument names nothing the hardware has (an unknown indicator, no virtual media
+    /// device of the type asked for): Ironic's `InvalidParameterValue` /
+    /// `MissingParameterValue`. Nothing was changed.
+    #[error("{message}")]
+    InvalidParameter {
+        /// What is wrong, naming the node or BMC.
+        message: String,
+    },
     /// The interface does not support the operation.
     #[error("{interface} does not support {operation}")]
     Unsupported {
@@ -202,6 +212,7 @@ impl DriverError {
             | DriverError::Timeout { .. }
             | DriverError::PowerStateTimeout { .. } => true,
             DriverError::InvalidDriverInfo { .. }
+            | DriverError::InvalidParameter { .. }
             | DriverError::AuthFailed { .. }
             | DriverError::Bmc { .. }
             | DriverError::Unsupported { .. } => false,
@@ -232,7 +243,9 @@ pub trait PowerDriver: Send + Sync + 'static {
     ) -> DriverFuture<'a, PowerState>;
 }
 
-/// The management interface: boot device control.
+/// The management interface: boot device, NMI, boot mode, secure boot, indicators and
+/// virtual media. What an interface cannot do answers [`DriverError::Unsupported`] (Ironic's
+/// `UnsupportedDriverExtension`).
 pub trait ManagementDriver: Send + Sync + 'static {
     /// Interface name.
     fn name(&self) -> &'static str;
@@ -279,6 +292,62 @@ pub trait ManagementDriver: Send + Sync + 'static {
     fn set_secure_boot<'a>(&'a self, node: &'a Node, enabled: bool) -> DriverFuture<'a, ()> {
         let _ = (node, enabled);
         Box::pin(async move { Err(self.unsupported("setting secure boot")) })
+    }
+
+    /// The indicators the hardware has, components in Ironic's order (chassis, system, disk).
+    fn supported_indicators<'a>(&'a self, node: &'a Node) -> DriverFuture<'a, Vec<Indicator>> {
+        let _ = node;
+        Box::pin(async move { Err(self.unsupported("get_supported_indicators")) })
+    }
+
+    /// The state of indicator `name` of `component`.
+    fn get_indicator_state<'a>(
+        &'a self,
+        node: &'a Node,
+        component: &'a str,
+        name: &'a str,
+    ) -> DriverFuture<'a, IndicatorState> {
+        let _ = (node, component, name);
+        Box::pin(async move { Err(self.unsupported("get_indicator_state")) })
+    }
+
+    /// Set indicator `name` of `component` to `state`.
+    fn set_indicator_state<'a>(
+        &'a self,
+        node: &'a Node,
+        component: &'a str,
+        name: &'a str,
+        state: IndicatorState,
+    ) -> DriverFuture<'a, ()> {
+        let _ = (node, component, name, state);
+        Box::pin(async move { Err(self.unsupported("set_indicator_state")) })
+    }
+
+    /// Every virtual media device and what it holds.
+    fn get_virtual_media<'a>(&'a self, node: &'a Node) -> DriverFuture<'a, Vec<VirtualMedia>> {
+        let _ = node;
+        Box::pin(async move { Err(self.unsupported("get_virtual_media")) })
+    }
+
+    /// Insert the image at `image_url` into a device of type `device`.
+    fn attach_virtual_media<'a>(
+        &'a self,
+        node: &'a Node,
+        device: VmediaDevice,
+        image_url: &'a str,
+    ) -> DriverFuture<'a, ()> {
+        let _ = (node, device, image_url);
+        Box::pin(async move { Err(self.unsupported("attach_virtual_media")) })
+    }
+
+    /// Eject the media of the devices of these types (`None`: of every device).
+    fn detach_virtual_media<'a>(
+        &'a self,
+        node: &'a Node,
+        devices: Option<&'a [VmediaDevice]>,
+    ) -> DriverFuture<'a, ()> {
+        let _ = (node, devices);
+        Box::pin(async move { Err(self.unsupported("detach_virtual_media")) })
     }
 
     /// [`DriverError::Unsupported`] for `operation` on this interface.

@@ -13,6 +13,7 @@ pub mod error;
 pub mod hardware;
 pub mod hints;
 pub mod ids;
+pub mod indicators;
 pub mod inspection;
 pub mod inspection_rules;
 pub mod internal_info;
@@ -22,6 +23,7 @@ pub mod provision;
 pub mod state;
 pub mod steps;
 pub mod traits;
+pub mod vmedia;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::PublicError;

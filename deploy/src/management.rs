@@ -1,4 +1,5 @@
-//! A synchronous management call (boot device, NMI, boot mode, secure boot) carried through
+//! A synchronous management call (boot device, NMI, boot mode, secure boot, indicators,
+//! virtual media) carried through
 //! the node row: Ironic makes these as a blocking RPC to the conductor that holds the node
 //! lock; Ferric's API records a [`ManagementRequest`] in `driver_internal_info`, publishes
 //! `ManagementRequested`, and polls the row until the conductor, under the node's lock,
@@ -12,8 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::drivers::{BootMode, DriverError};
+use crate::indicators::IndicatorState;
 use crate::internal_info::keys;
 use crate::model::{JsonObject, Node};
+use crate::vmedia::VmediaDevice;
 
 /// What the API asks the management interface to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +45,63 @@ pub enum ManagementOp {
         /// Turn secure boot on or off.
         enabled: bool,
     },
+    /// `GET …/management/indicators`: `{"indicators": […]}` (the API adds the links).
+    SupportedIndicators,
+    /// `GET …/management/indicators/{name@component}`: `{"state": …}`.
+    GetIndicatorState {
+        /// The component (`system`, `chassis`, …).
+        component: String,
+        /// The indicator's name within it.
+        name: String,
+    },
+    /// `PUT …/management/indicators/{name@component}`.
+    SetIndicatorState {
+        /// The component.
+        component: String,
+        /// The indicator's name within it.
+        name: String,
+        /// The state wanted.
+        state: IndicatorState,
+    },
+    /// `GET …/vmedia`: the list of devices.
+    GetVirtualMedia,
+    /// `POST …/vmedia`.
+    AttachVirtualMedia {
+        /// The device type to insert into.
+        device_type: VmediaDevice,
+        /// The image's URL, handed to the BMC.
+        image_url: String,
+        /// Ironic's `image_download_source` (`local`, `http`, `swift`), as asked.
+        image_download_source: String,
+    },
+    /// `DELETE …/vmedia`.
+    DetachVirtualMedia {
+        /// The device types to eject; `None` ejects every device.
+        device_types: Option<Vec<VmediaDevice>>,
+    },
+}
+
+impl ManagementOp {
+    /// Whether the call runs in the background in Ironic (spawned after the RPC returns):
+    /// then only a bad argument or `driver_info` fails the request, and a later failure is
+    /// recorded in the node's `last_error` (cleared when the call starts).
+    pub fn reports_in_last_error(&self) -> bool {
+        match self {
+            ManagementOp::AttachVirtualMedia { .. } | ManagementOp::DetachVirtualMedia { .. } => {
+                true
+            }
+            ManagementOp::GetBootDevice
+            | ManagementOp::SetBootDevice { .. }
+            | ManagementOp::SupportedBootDevices
+            | ManagementOp::InjectNmi
+            | ManagementOp::SetBootMode { .. }
+            | ManagementOp::SetSecureBoot { .. }
+            | ManagementOp::SupportedIndicators
+            | ManagementOp::GetIndicatorState { .. }
+            | ManagementOp::SetIndicatorState { .. }
+            | ManagementOp::GetVirtualMedia => false,
+        }
+    }
 }
 
 /// A boot mode as stored in a request (`uefi`/`bios`).
@@ -90,7 +150,9 @@ impl From<&DriverError> for FailureKind {
     fn from(e: &DriverError) -> Self {
         match e {
             DriverError::Unsupported { .. } => FailureKind::Unsupported,
-            DriverError::InvalidDriverInfo { .. } => FailureKind::Invalid,
+            DriverError::InvalidDriverInfo { .. } | DriverError::InvalidParameter { .. } => {
+                FailureKind::Invalid
+            }
             DriverError::AuthFailed { .. }
             | DriverError::Unreachable { .. }
             | DriverError::Timeout { .. }
@@ -229,6 +291,42 @@ mod tests {
         assert!(n.driver_internal_info.contains_key(keys::MANAGEMENT_RESULT));
         ManagementRequest::forget(&mut n.driver_internal_info, &req.id);
         assert!(!n.driver_internal_info.contains_key(keys::MANAGEMENT_RESULT));
+    }
+
+    #[test]
+    fn test_new_ops_round_trip() {
+        let ops = [
+            ManagementOp::SupportedIndicators,
+            ManagementOp::GetIndicatorState { component: "system".into(), name: "x".into() },
+            ManagementOp::SetIndicatorState {
+                component: "chassis".into(),
+                name: "y".into(),
+                state: IndicatorState::Blinking,
+            },
+            ManagementOp::GetVirtualMedia,
+            ManagementOp::AttachVirtualMedia {
+                device_type: VmediaDevice::Cdrom,
+                image_url: "http://h/i.iso".into(),
+                image_download_source: "http".into(),
+            },
+            ManagementOp::DetachVirtualMedia { device_types: Some(vec![VmediaDevice::Disk]) },
+            ManagementOp::DetachVirtualMedia { device_types: None },
+        ];
+        for op in ops {
+            let req = ManagementRequest::new(op);
+            let v = serde_json::to_value(&req).unwrap();
+            assert_eq!(serde_json::from_value::<ManagementRequest>(v).unwrap(), req);
+        }
+        let v = serde_json::to_value(ManagementRequest::new(ManagementOp::SetIndicatorState {
+            component: "system".into(),
+            name: "n".into(),
+            state: IndicatorState::On,
+        }))
+        .unwrap();
+        assert_eq!(
+            (v["op"].as_str(), v["state"].as_str()),
+            (Some("set_indicator_state"), Some("on"))
+        );
     }
 
     #[test]

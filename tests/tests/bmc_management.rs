@@ -2,8 +2,9 @@
 //! (SQLite, in-process bus), a node whose management interface is `redfish` (sushy-tools,
 //! fake driver) or `ipmitool` (pyghmi's BMC through ipmitool). The API records the request,
 //! the conductor runs it under the node's lock and the API answers with the BMC's result,
-//! as Ironic's synchronous management RPCs do; a BMC that never answers and a missing
-//! conductor end in bounded errors with the node unlocked.
+//! as Ironic's synchronous management RPCs do (boot device, boot mode, secure boot, NMI,
+//! indicators, virtual media); a BMC that never answers and a missing conductor end in
+//! bounded errors with the node unlocked.
 //!
 //! The peers come from `conductor-service/scripts/setup-test-peers.sh`; without them the
 //! peer tests skip loudly, or fail when `FERRIC_REQUIRE_PEERS=1`.
@@ -103,10 +104,20 @@ impl Cluster {
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_at(VERSION, method, path, body).await
+    }
+
+    async fn call_at(
+        &self,
+        version: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
-            .header("X-OpenStack-Ironic-API-Version", VERSION);
+            .header("X-OpenStack-Ironic-API-Version", version);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -161,11 +172,17 @@ fn fault(body: &Value) -> String {
 async fn start_sushy(bin: &Path, dir: &Path) -> (Peer, String) {
     let port = free_tcp_port();
     let cfg = dir.join("sushy.conf");
+    // sushy-tools keeps its systems, LEDs and virtual media in SQLite files, by default
+    // under the machine's shared temp dir: each emulator gets its own so no state leaks
+    // between tests or runs.
+    let state = dir.join("sushy-state");
     std::fs::write(
         &cfg,
         format!(
-            "SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{SYSTEM_UUID}', \
-             'name': 'fake-1', 'power_state': 'Off', 'nics': [{{'mac': '00:5c:52:31:3a:9c', 'ip': '172.22.0.100'}}]}}]\n"
+            "SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_STATE_DIR = '{}'\n\
+             SUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{SYSTEM_UUID}', \
+             'name': 'fake-1', 'power_state': 'Off', 'nics': [{{'mac': '00:5c:52:31:3a:9c', 'ip': '172.22.0.100'}}]}}]\n",
+            state.display()
         ),
     )
     .unwrap();
@@ -285,6 +302,214 @@ async fn test_redfish_boot_device_boot_mode_and_secure_boot_over_rest_against_su
     c.settled(&id).await;
 }
 
+/// sushy-tools' default chassis, which every fake system links to.
+const CHASSIS_UUID: &str = "15693887-7984-9484-3272-842188918912";
+
+async fn read_json(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+/// Indicators on sushy-tools: the system's and its chassis' `IndicatorLED`, named by their
+/// UUIDs, read and set over REST and checked on the emulator's own resources.
+#[tokio::test]
+async fn test_redfish_indicators_over_rest_against_sushy_tools() {
+    let Some(bin) = venv() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (_peer, url) = start_sushy(&bin, dir.path()).await;
+    let c = Cluster::start(Some(conductor("ind-redfish")), 30).await;
+    let id = c.create("redfish", redfish_info(&url)).await;
+    let ind = format!("/v1/nodes/{id}/management/indicators");
+    let system = format!("{SYSTEM_UUID}@system");
+    let chassis = format!("{CHASSIS_UUID}@chassis");
+
+    let (s, b) = c.call(Method::GET, &ind, None).await;
+    assert_eq!(s, 200, "{b}");
+    let list = b["indicators"].as_array().unwrap();
+    let names: Vec<&str> = list.iter().filter_map(|i| i["name"].as_str()).collect();
+    assert_eq!(names, [chassis.as_str(), system.as_str()], "{b}");
+    for i in list {
+        assert_eq!(i["readonly"], false, "{i}");
+        assert_eq!(i["states"], json!(["blinking", "off", "on"]), "{i}");
+        let name = i["name"].as_str().unwrap();
+        let href = format!("{}/v1/nodes/{id}/management/indicators/{name}", c.base);
+        assert_eq!(i["links"][0], json!({"href": href, "rel": "self"}), "{i}");
+    }
+    assert_eq!(list[0]["component"], "chassis");
+    assert_eq!(list[1]["component"], "system");
+
+    // sushy-tools starts every LED Lit.
+    let (s, b) = c.call(Method::GET, &format!("{ind}/{system}"), None).await;
+    assert_eq!((s, b.clone()), (200, json!({"state": "on"})), "{b}");
+
+    let (s, b) =
+        c.call(Method::PUT, &format!("{ind}/{system}"), Some(json!({"state": "blinking"}))).await;
+    assert_eq!(s, 204, "{b}");
+    assert_eq!(read_system(&url).await["IndicatorLED"], "Blinking");
+    let (s, b) = c.call(Method::GET, &format!("{ind}/{system}"), None).await;
+    assert_eq!((s, b.clone()), (200, json!({"state": "blinking"})), "{b}");
+
+    let (s, b) =
+        c.call(Method::PUT, &format!("{ind}/{chassis}"), Some(json!({"state": "off"}))).await;
+    assert_eq!(s, 204, "{b}");
+    let ch = read_json(&format!("{url}/redfish/v1/Chassis/{CHASSIS_UUID}")).await;
+    assert_eq!(ch["IndicatorLED"], "Off", "{ch}");
+    let (s, b) = c.call(Method::GET, &format!("{ind}/{chassis}"), None).await;
+    assert_eq!((s, b.clone()), (200, json!({"state": "off"})), "{b}");
+    // The system's LED was left alone.
+    assert_eq!(read_system(&url).await["IndicatorLED"], "Blinking");
+
+    // An indicator the BMC does not have: Ironic's 400, and nothing changed.
+    for bad in ["nope@system".to_owned(), format!("{SYSTEM_UUID}@chassis")] {
+        let (s, b) =
+            c.call(Method::PUT, &format!("{ind}/{bad}"), Some(json!({"state": "on"}))).await;
+        assert_eq!(s, 400, "{b}");
+        assert!(fault(&b).contains("Unknown indicator"), "{b}");
+    }
+    let (s, b) = c.call(Method::GET, &format!("{ind}/{SYSTEM_UUID}"), None).await;
+    assert_eq!(s, 400, "{b}");
+    assert!(fault(&b).contains("Malformed indicator name"), "{b}");
+    // Only Ironic's lower-case settable states reach the BMC.
+    for bad in ["ON", "unknown", "Lit"] {
+        let (s, b) =
+            c.call(Method::PUT, &format!("{ind}/{system}"), Some(json!({"state": bad}))).await;
+        assert_eq!(s, 400, "{b}");
+        assert!(fault(&b).contains("blinking, off, on"), "{b}");
+    }
+    assert_eq!(read_system(&url).await["IndicatorLED"], "Blinking");
+    c.settled(&id).await;
+}
+
+/// Serve `dir` over HTTP on loopback (the BMC downloads what it is given to insert).
+async fn serve_dir(bin: &Path, dir: &Path) -> (Peer, String) {
+    let port = free_tcp_port();
+    let child = Command::new(bin.join("python3"))
+        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let probe = format!("{url}/");
+    wait_for(Duration::from_secs(20), "the image server to answer", || {
+        let p = probe.clone();
+        async move { reqwest::get(&p).await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+    })
+    .await;
+    (Peer(child), url)
+}
+
+/// Virtual media on sushy-tools: attach downloads the image into the device of the type
+/// asked for, `GET …/vmedia` lists every device as Ironic does, detach ejects by type or
+/// everything; an image the BMC cannot fetch ends in `last_error`, as Ironic's background
+/// attach does.
+#[tokio::test]
+async fn test_redfish_virtual_media_over_rest_against_sushy_tools() {
+    let Some(bin) = venv() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    std::fs::write(images.join("boot.iso"), b"not really an ISO").unwrap();
+    std::fs::write(images.join("config.img"), b"not really a disk").unwrap();
+    let (_images, img_url) = serve_dir(&bin, &images).await;
+    let (_peer, url) = start_sushy(&bin, dir.path()).await;
+    let c = Cluster::start(Some(conductor("vmedia-redfish")), 30).await;
+    let id = c.create("redfish", redfish_info(&url)).await;
+    let vm = format!("/v1/nodes/{id}/vmedia");
+    let device = |name: &'static str| {
+        let u = url.clone();
+        async move {
+            read_json(&format!("{u}/redfish/v1/Systems/{SYSTEM_UUID}/VirtualMedia/{name}")).await
+        }
+    };
+    let listed = |b: &Value| -> Vec<(String, Value, Value)> {
+        b.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["media_types"].to_string(), d["inserted"].clone(), d["image"].clone()))
+            .collect()
+    };
+    let cd_types = json!(["CD", "DVD"]).to_string();
+    let usb_types = json!(["Floppy", "USBStick"]).to_string();
+
+    let (s, b) = c.call_at("1.93", Method::GET, &vm, None).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        listed(&b),
+        [(cd_types.clone(), json!(false), json!("")), (usb_types.clone(), json!(false), json!("")),],
+        "{b}"
+    );
+
+    let iso = format!("{img_url}/boot.iso");
+    let attach = json!({"device_type": "cdrom", "image_url": iso, "image_download_source": "http"});
+    let (s, b) = c.call_at("1.93", Method::POST, &vm, Some(attach)).await;
+    assert_eq!(s, 204, "{b}");
+    let cd = device("Cd").await;
+    assert_eq!(
+        (&cd["Inserted"], &cd["Image"], &cd["ImageName"]),
+        (&json!(true), &json!(iso), &json!("boot.iso")),
+        "{cd}"
+    );
+    assert_eq!(device("Floppy").await["Inserted"], false);
+
+    // `disk` is Redfish's USBStick: the removable-media device takes it.
+    let img = format!("{img_url}/config.img");
+    let (s, b) = c
+        .call_at("1.93", Method::POST, &vm, Some(json!({"device_type": "disk", "image_url": img})))
+        .await;
+    assert_eq!(s, 204, "{b}");
+    let (s, b) = c.call_at("1.93", Method::GET, &vm, None).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        listed(&b),
+        [(cd_types.clone(), json!(true), json!(iso)), (usb_types.clone(), json!(true), json!(img)),],
+        "{b}"
+    );
+    let n = c.settled(&id).await;
+    assert!(n["last_error"].is_null(), "{n}");
+
+    // Detach by type leaves the other device alone; detach with no type ejects everything.
+    let (s, b) = c.call_at("1.93", Method::DELETE, &format!("{vm}?device_types=cdrom"), None).await;
+    assert_eq!(s, 204, "{b}");
+    let cd = device("Cd").await;
+    assert_eq!((&cd["Inserted"], &cd["Image"]), (&json!(false), &json!("")), "{cd}");
+    assert_eq!(device("Floppy").await["Image"], json!(img));
+    let (s, b) = c.call_at("1.93", Method::DELETE, &vm, None).await;
+    assert_eq!(s, 204, "{b}");
+    let fl = device("Floppy").await;
+    assert_eq!((&fl["Inserted"], &fl["Image"]), (&json!(false), &json!("")), "{fl}");
+    let (s, b) = c.call_at("1.93", Method::GET, &vm, None).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(listed(&b).iter().all(|(_, ins, _)| *ins == json!(false)), "{b}");
+
+    // The BMC cannot fetch the image: Ironic's API has already answered 204 when its worker
+    // fails, so the failure is the node's last_error (and a history entry).
+    let missing = format!("{img_url}/missing.iso");
+    let (s, b) = c
+        .call_at(
+            "1.93",
+            Method::POST,
+            &vm,
+            Some(json!({"device_type": "cdrom", "image_url": missing})),
+        )
+        .await;
+    assert_eq!(s, 204, "{b}");
+    let n = c.settled(&id).await;
+    let err = n["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("Could not attach device cdrom") && err.contains("missing.iso"), "{n}");
+    assert_eq!(device("Cd").await["Inserted"], false);
+    let (_, h) = c.call(Method::GET, &format!("/v1/nodes/{id}/history"), None).await;
+    assert!(h.to_string().contains("Could not attach device cdrom"), "{h}");
+    // The next call starts clean.
+    let (s, b) = c
+        .call_at("1.93", Method::POST, &vm, Some(json!({"device_type": "cdrom", "image_url": iso})))
+        .await;
+    assert_eq!(s, 204, "{b}");
+    let n = c.settled(&id).await;
+    assert!(n["last_error"].is_null(), "{n}");
+    assert_eq!(device("Cd").await["Inserted"], true);
+}
+
 const FAKEBMC: &str = r"
 import sys
 import pyghmi.ipmi.bmc as bmc
@@ -389,6 +614,21 @@ async fn test_ipmi_boot_device_and_nmi_over_rest_against_pyghmi() {
         .await;
     assert_eq!(s, 400, "{b}");
     assert!(fault(&b).contains("ipmitool"), "{b}");
+
+    // Ironic's ipmitool management has neither indicators nor virtual media.
+    let (s, b) = c.call(Method::GET, &format!("/v1/nodes/{id}/management/indicators"), None).await;
+    assert_eq!(s, 400, "{b}");
+    assert!(fault(&b).contains("ipmitool does not support get_supported_indicators"), "{b}");
+    let (s, b) = c
+        .call_at(
+            "1.93",
+            Method::POST,
+            &format!("/v1/nodes/{id}/vmedia"),
+            Some(json!({"device_type": "cdrom", "image_url": "http://127.0.0.1:9/x.iso"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(fault(&b).contains("ipmitool does not support attach_virtual_media"), "{b}");
     c.settled(&id).await;
 }
 

@@ -1,13 +1,12 @@
-//! A node's sub-resources beyond states and ports: traits, VIFs, virtual media, BIOS
-//! settings, firmware components, the inspected inventory, the boot device, NMI, RAID,
-//! boot mode, secure boot, console, children, one history event; plus the chassis' nodes,
-//! a port group's ports, the `/v1/volume` index and the shards.
+//! A node's sub-resources beyond states and ports: traits, VIFs, BIOS settings, firmware
+//! components, the inspected inventory, the boot device, NMI, RAID, boot mode, secure boot,
+//! console, children, one history event; plus the chassis' nodes, a port group's ports, the
+//! `/v1/volume` index and the shards. Virtual media and indicators are in [`super::node_bmc`].
 //!
 //! What only a BMC can do (boot device, NMI, boot mode, secure boot) is served for the
 //! `fake` management interface here, which records the request and succeeds at once as
 //! Ironic's does, and for `ipmitool` and `redfish` by the conductor holding the node's lock
-//! ([`super::bmc`]). Virtual media and indicators are served for `fake` only; other
-//! management interfaces answer 400 naming the interface rather than pretending.
+//! ([`super::bmc`]).
 
 use std::collections::BTreeMap;
 
@@ -23,18 +22,23 @@ use deploy::{Node, PublicError};
 use serde_json::{Value, json};
 use store::{NodeListQuery, PortListQuery, ResourceKind};
 
-use super::{ApiJson, ApiPath, ApiQuery, Base, accepted, bmc};
+use super::{ApiJson, ApiPath, ApiQuery, Base, accepted, bmc, node_bmc};
 use crate::error::ApiError;
 use crate::render;
 use crate::resources;
 use crate::service::{ApiState, Ctx};
 
-fn gate(ctx: &Ctx, since: u32) -> Result<(), ApiError> {
+pub(super) fn gate(ctx: &Ctx, since: u32) -> Result<(), ApiError> {
     if ctx.version.at_least(since) { Ok(()) } else { Err(ApiError::RouteNotFound) }
 }
 
 /// Read-modify-write a node as the API does: refused while a conductor holds it.
-async fn modify<F>(state: &ApiState, ident: &str, ctx: &Ctx, mut f: F) -> Result<Node, ApiError>
+pub(super) async fn modify<F>(
+    state: &ApiState,
+    ident: &str,
+    ctx: &Ctx,
+    mut f: F,
+) -> Result<Node, ApiError>
 where
     F: FnMut(&mut Node) -> Result<(), ApiError>,
 {
@@ -56,7 +60,7 @@ where
 }
 
 /// Refuse a BMC action for a management interface that is not `fake`.
-fn fake_management_only(n: &Node, what: &str) -> Result<(), ApiError> {
+pub(super) fn fake_management_only(n: &Node, what: &str) -> Result<(), ApiError> {
     match n.interfaces.management.as_deref() {
         Some("fake") => Ok(()),
         other => Err(ApiError::bad_request(format!(
@@ -67,7 +71,7 @@ fn fake_management_only(n: &Node, what: &str) -> Result<(), ApiError> {
     }
 }
 
-fn attr<'a>(n: &'a Node, key: &str) -> Option<&'a Value> {
+pub(super) fn attr<'a>(n: &'a Node, key: &str) -> Option<&'a Value> {
     n.attributes.get(key)
 }
 
@@ -317,96 +321,6 @@ async fn vif_detach(
         "Unable to detach VIF {vif} from node {} because it is not attached to it.",
         n.uuid
     )))
-}
-
-// ---- virtual media (1.89) -----------------------------------------------------------------
-
-const VMEDIA_DEVICES: &[&str] = &["cdrom", "floppy", "disk"];
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VmediaBody {
-    device_type: String,
-    image_url: String,
-    #[serde(default)]
-    image_download_source: Option<String>,
-}
-
-async fn vmedia_attach(
-    State(state): State<ApiState>,
-    ctx: Ctx,
-    ApiPath(ident): ApiPath<String>,
-    ApiJson(body): ApiJson<VmediaBody>,
-) -> Result<StatusCode, ApiError> {
-    gate(&ctx, 89)?;
-    if !VMEDIA_DEVICES.contains(&body.device_type.as_str()) {
-        return Err(ApiError::bad_request(format!(
-            "Invalid device_type {}: must be one of {}",
-            body.device_type,
-            VMEDIA_DEVICES.join(", ")
-        )));
-    }
-    if !(body.image_url.starts_with("http://") || body.image_url.starts_with("https://")) {
-        return Err(ApiError::bad_request("image_url must be an http:// or https:// URL"));
-    }
-    let source = body.image_download_source.clone().unwrap_or_else(|| "local".into());
-    if !matches!(source.as_str(), "local" | "swift" | "http") {
-        return Err(ApiError::bad_request(format!("Invalid image_download_source {source}")));
-    }
-    modify(&state, &ident, &ctx, |n| {
-        fake_management_only(n, "virtual media")?;
-        let mut list: Vec<Value> =
-            attr(n, "vmedia").and_then(Value::as_array).cloned().unwrap_or_default();
-        list.retain(|m| m["device_type"] != body.device_type.as_str());
-        list.push(json!({
-            "device_type": body.device_type,
-            "image_url": body.image_url,
-            "image_download_source": source,
-        }));
-        n.attributes.insert("vmedia".into(), Value::Array(list));
-        Ok(())
-    })
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn vmedia_detach(
-    State(state): State<ApiState>,
-    ctx: Ctx,
-    ApiPath(ident): ApiPath<String>,
-    ApiQuery(q): ApiQuery<BTreeMap<String, String>>,
-) -> Result<StatusCode, ApiError> {
-    gate(&ctx, 89)?;
-    let only: Option<Vec<String>> =
-        q.get("device_types").map(|d| d.split(',').map(str::trim).map(str::to_owned).collect());
-    if let Some(bad) = only.iter().flatten().find(|d| !VMEDIA_DEVICES.contains(&d.as_str())) {
-        return Err(ApiError::bad_request(format!(
-            "Invalid device type {bad}: must be one of {}",
-            VMEDIA_DEVICES.join(", ")
-        )));
-    }
-    modify(&state, &ident, &ctx, |n| {
-        fake_management_only(n, "virtual media")?;
-        let mut list: Vec<Value> =
-            attr(n, "vmedia").and_then(Value::as_array).cloned().unwrap_or_default();
-        list.retain(|m| {
-            only.as_ref().is_some_and(|o| !o.iter().any(|d| m["device_type"] == d.as_str()))
-        });
-        n.attributes.insert("vmedia".into(), Value::Array(list));
-        Ok(())
-    })
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn vmedia_get(
-    State(state): State<ApiState>,
-    ctx: Ctx,
-    ApiPath(ident): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
-    gate(&ctx, 93)?;
-    let n = state.node_by_ident(&ident, ctx.version).await?;
-    Ok(Json(json!({ "vmedia": attr(&n, "vmedia").cloned().unwrap_or(json!([])) })))
 }
 
 // ---- BIOS (1.40), firmware (1.86), inventory (1.81) ---------------------------------------
@@ -975,7 +889,7 @@ async fn runbook_trait(
     Ok(StatusCode::NO_CONTENT)
 }
 
-// ---- vendor passthru, indicators, events --------------------------------------------------
+// ---- vendor passthru, events --------------------------------------------------------------
 
 /// `GET …/vendor_passthru/methods`: the vendor interfaces here (`no-vendor`) have none.
 async fn node_vendor_methods(
@@ -1037,29 +951,6 @@ async fn driver_raid_properties(
     Err(ApiError::bad_request(format!("Driver {name} does not support RAID configuration.")))
 }
 
-/// `GET /v1/nodes/{ident}/management/indicators` (1.63): the fake management interface has
-/// one LED per component, off.
-async fn indicators(
-    State(state): State<ApiState>,
-    ctx: Ctx,
-    Base(base): Base,
-    ApiPath(ident): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
-    gate(&ctx, 63)?;
-    let n = state.node_by_ident(&ident, ctx.version).await?;
-    fake_management_only(&n, "indicators")?;
-    let comps: Vec<Value> = ["system", "chassis"]
-        .iter()
-        .map(|c| {
-            json!({
-                "name": c,
-                "links": render::links(&base, &format!("nodes/{}/management/indicators", n.uuid), c),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "components": comps })))
-}
-
 /// Network events Ironic accepts on `POST /v1/events` (1.54).
 const EVENT_NAMES: &[&str] = &["network.bind_port", "network.unbind_port", "network.delete_port"];
 
@@ -1100,10 +991,6 @@ pub(crate) fn router() -> Router<ApiState> {
         .route("/v1/nodes/{ident}/traits/{name}", put(trait_add).delete(trait_remove))
         .route("/v1/nodes/{ident}/vifs", get(vifs_list).post(vif_attach))
         .route("/v1/nodes/{ident}/vifs/{vif}", axum::routing::delete(vif_detach))
-        .route(
-            "/v1/nodes/{ident}/vmedia",
-            get(vmedia_get).post(vmedia_attach).delete(vmedia_detach),
-        )
         .route("/v1/nodes/{ident}/bios", get(bios_list))
         .route("/v1/nodes/{ident}/bios/{name}", get(bios_one))
         .route("/v1/nodes/{ident}/firmware", get(firmware_list))
@@ -1126,7 +1013,6 @@ pub(crate) fn router() -> Router<ApiState> {
         .route("/v1/portgroups/{ident}/ports", get(portgroup_ports))
         .route("/v1/shards", get(shards))
         .route("/v1/events", axum::routing::post(events))
-        .route("/v1/nodes/{ident}/management/indicators", get(indicators))
         .route("/v1/nodes/{ident}/vendor_passthru/methods", get(node_vendor_methods))
         .route(
             "/v1/nodes/{ident}/vendor_passthru",
@@ -1164,5 +1050,6 @@ pub(crate) fn router() -> Router<ApiState> {
                 },
             ),
         )
+        .merge(node_bmc::router())
         .merge(resources::router())
 }

@@ -1,5 +1,6 @@
 //! The `redfish` power and management interfaces (reference §6.3) over reqwest:
-//! `Systems/{id}` PowerState, `ComputerSystem.Reset`, and the boot source override.
+//! `Systems/{id}` PowerState, `ComputerSystem.Reset`, and the boot source override; the
+//! indicator LEDs ([`indicators`]) and virtual media ([`vmedia`]) in their own modules.
 //!
 //! `driver_info`: `redfish_address` (required; `https://` assumed without a scheme),
 //! `redfish_system_id` (discovered when the BMC has exactly one system),
@@ -7,11 +8,16 @@
 //! to a PEM bundle). Every request has a connect and a total timeout and is retried on
 //! connection errors and 5xx answers.
 
+mod indicators;
+mod vmedia;
+
 use std::time::Duration;
 
 use deploy::drivers::{
     BootDevice, BootDeviceInfo, BootMode, DriverError, DriverFuture, ManagementDriver, PowerDriver,
 };
+use deploy::indicators::{Indicator, IndicatorState};
+use deploy::vmedia::{VirtualMedia, VmediaDevice};
 use deploy::{Node, PowerState};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -145,7 +151,10 @@ impl RedfishDriver {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, DriverError> {
-        self.request_or_missing(t, method, path, body, false).await.map(Option::unwrap_or_default)
+        self.request_core(t, method, path, body, false)
+            .await
+            .map(Option::unwrap_or_default)
+            .map_err(|(_, e)| e)
     }
 
     /// [`Self::request`]; with `allow_missing`, a 404 answer is `Ok(None)`.
@@ -157,7 +166,32 @@ impl RedfishDriver {
         body: Option<&Value>,
         allow_missing: bool,
     ) -> Result<Option<Value>, DriverError> {
-        let client = self.client(t)?;
+        self.request_core(t, method, path, body, allow_missing).await.map_err(|(_, e)| e)
+    }
+
+    /// [`Self::request`], with the HTTP status of a refusal (4xx other than 401/403) beside
+    /// the error, for callers that try another resource on some refusals.
+    async fn request_status(
+        &self,
+        t: &Target,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, (Option<StatusCode>, DriverError)> {
+        self.request_core(t, method, path, body, false).await.map(Option::unwrap_or_default)
+    }
+
+    /// One request with retries: the body read, `None` for a 404 when `allow_missing`, or
+    /// the error with the refusal's status.
+    async fn request_core(
+        &self,
+        t: &Target,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        allow_missing: bool,
+    ) -> Result<Option<Value>, (Option<StatusCode>, DriverError)> {
+        let client = self.client(t).map_err(|e| (None, e))?;
         let url = format!("{}{}", t.base, path);
         let attempts = self.cfg.attempts.max(1);
         let mut last = None;
@@ -190,7 +224,7 @@ impl RedfishDriver {
             };
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                return Err(DriverError::AuthFailed { bmc: t.bmc() });
+                return Err((None, DriverError::AuthFailed { bmc: t.bmc() }));
             }
             let text = resp.text().await.unwrap_or_default();
             if status.is_server_error() {
@@ -204,20 +238,26 @@ impl RedfishDriver {
                 return Ok(None);
             }
             if !status.is_success() {
-                return Err(DriverError::Bmc {
-                    bmc: t.bmc(),
-                    message: format!(
-                        "{method} {path} answered {status}: {}",
-                        redfish_message(&text)
-                    ),
-                });
+                return Err((
+                    Some(status),
+                    DriverError::Bmc {
+                        bmc: t.bmc(),
+                        message: format!(
+                            "{method} {path} answered {status}: {}",
+                            redfish_message(&text)
+                        ),
+                    },
+                ));
             }
             return Ok(Some(serde_json::from_str(&text).unwrap_or(Value::Null)));
         }
-        Err(last.unwrap_or_else(|| DriverError::Unreachable {
-            bmc: t.bmc(),
-            detail: "no attempt was made".into(),
-        }))
+        Err((
+            None,
+            last.unwrap_or_else(|| DriverError::Unreachable {
+                bmc: t.bmc(),
+                detail: "no attempt was made".into(),
+            }),
+        ))
     }
 
     /// The system's path: `redfish_system_id`, or the only member of `/redfish/v1/Systems`.
@@ -478,6 +518,50 @@ impl ManagementDriver for RedfishDriver {
             let body = json!({"SecureBootEnable": enabled});
             self.request(&t, Method::PATCH, path, Some(&body)).await.map(|_| ())
         })
+    }
+
+    fn supported_indicators<'a>(&'a self, node: &'a Node) -> DriverFuture<'a, Vec<Indicator>> {
+        Box::pin(self.indicators(node))
+    }
+
+    fn get_indicator_state<'a>(
+        &'a self,
+        node: &'a Node,
+        component: &'a str,
+        name: &'a str,
+    ) -> DriverFuture<'a, IndicatorState> {
+        Box::pin(self.indicator_state(node, component, name))
+    }
+
+    fn set_indicator_state<'a>(
+        &'a self,
+        node: &'a Node,
+        component: &'a str,
+        name: &'a str,
+        state: IndicatorState,
+    ) -> DriverFuture<'a, ()> {
+        Box::pin(self.set_indicator(node, component, name, state))
+    }
+
+    fn get_virtual_media<'a>(&'a self, node: &'a Node) -> DriverFuture<'a, Vec<VirtualMedia>> {
+        Box::pin(self.virtual_media(node))
+    }
+
+    fn attach_virtual_media<'a>(
+        &'a self,
+        node: &'a Node,
+        device: VmediaDevice,
+        image_url: &'a str,
+    ) -> DriverFuture<'a, ()> {
+        Box::pin(self.insert_media(node, device, image_url))
+    }
+
+    fn detach_virtual_media<'a>(
+        &'a self,
+        node: &'a Node,
+        devices: Option<&'a [VmediaDevice]>,
+    ) -> DriverFuture<'a, ()> {
+        Box::pin(self.eject_media(node, devices))
     }
 }
 
