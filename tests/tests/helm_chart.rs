@@ -59,10 +59,14 @@ fn render_script() -> PathBuf {
 /// The venv with helm-python-sdk and kubernetes-validate, or a skip (failure when peers are
 /// required).
 async fn helm_venv() -> Option<PyVenv> {
-    let venv = tokio::task::spawn_blocking(|| PyVenv::ensure("helm-venv", HELM_PINS))
-        .await
-        .unwrap()
-        .map_err(|e| format!("{e:#}"));
+    // Both tests of this binary need it and run at once: one creates it, the other waits.
+    static VENV: std::sync::OnceLock<Result<PyVenv, String>> = std::sync::OnceLock::new();
+    let venv = tokio::task::spawn_blocking(|| {
+        VENV.get_or_init(|| PyVenv::ensure("helm-venv", HELM_PINS).map_err(|e| format!("{e:#}")))
+            .clone()
+    })
+    .await
+    .unwrap();
     require_service(Need::Peers, "helm-python-sdk and kubernetes-validate (PyPI venv)", venv)
 }
 
