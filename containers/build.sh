@@ -126,7 +126,7 @@ fi
 for img in "${IMAGES[@]}"; do
     ref="localhost/ferric/$img:$TAG"
     log "building $ref"
-    "${BUILD[@]}" --quiet --build-arg "VERSION=$VERSION" -f "$HERE/$img.Containerfile" -t "$ref" "$CTX" >/dev/null
+    "${BUILD[@]}" --quiet --layers=false --build-arg "VERSION=$VERSION" -f "$HERE/$img.Containerfile" -t "$ref" "$CTX" >/dev/null
     size=$("${INSPECT[@]}" --format '{{.Size}}' "$ref" 2>/dev/null || echo "?")
     echo "image $img $ref $size"
 done
