@@ -712,7 +712,7 @@ async fn test_chart_runs_under_podman_and_deploys_through_the_containers() {
     cfg.seed = u64::from(std::process::id());
     // Each boot (ramdisk, then the deployed disk) takes a few seconds of POST, as real
     // machines do: the deploys are still running when the conductor is replaced.
-    cfg.post_delay = Duration::from_secs(5);
+    cfg.post_delay = Duration::from_secs(8);
     let fleet = Fleet::start(cfg, token.child_token()).await.unwrap();
     // 24 MiB, half of it incompressible data: long enough a write to overlap the upgrade.
     let image = sim::disk::build_whole_disk_image(24 << 20, 12 << 20, 7);
