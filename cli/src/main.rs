@@ -1,8 +1,10 @@
 //! The `ferric` command: every service in one process (`up`), an end-to-end demo on simulated
-//! machines (`demo`), and admin commands over the REST API (`node`).
+//! machines (`demo`), database migrations as a step of their own (`migrate`), and admin
+//! commands over the REST API (`node`).
 
 mod client;
 mod demo;
+mod migrate;
 mod node;
 mod progress;
 mod up;
@@ -30,6 +32,8 @@ enum Cmd {
     Up(up::StackArgs),
     /// `up` plus N simulated machines, deployed end to end; exits 0 when all verified.
     Demo(demo::DemoArgs),
+    /// Apply the database migrations and exit (what a deployment runs before it upgrades).
+    Migrate(migrate::MigrateArgs),
     /// Admin commands over the REST API.
     Node {
         #[command(flatten)]
@@ -93,6 +97,16 @@ async fn main() -> ExitCode {
         Cmd::Demo(args) => match demo::run(args, token).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                report(&e);
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Migrate(args) => match migrate::run(&args).await {
+            Ok(url) => {
+                let _ = writeln!(std::io::stdout(), "migrations applied to {url}");
+                ExitCode::SUCCESS
+            }
             Err(e) => {
                 report(&e);
                 ExitCode::FAILURE

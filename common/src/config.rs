@@ -239,17 +239,32 @@ pub struct DatabaseConfig {
     /// `sqlite::memory:`.
     #[serde(deserialize_with = "de_database_url")]
     pub url: String,
+    /// Apply pending migrations when a service starts (the default). Off where migrations are
+    /// a deployment step of their own (`ferric migrate`, the Helm chart's migration Job): a
+    /// pod of the previous version restarting during an upgrade must not refuse a schema that
+    /// is already newer than it.
+    pub migrate_on_start: bool,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: "sqlite:ferric.db?mode=rwc".to_owned() }
+        Self { url: "sqlite:ferric.db?mode=rwc".to_owned(), migrate_on_start: true }
+    }
+}
+
+impl DatabaseConfig {
+    /// The default settings with another URL.
+    pub fn with_url(url: impl Into<String>) -> Self {
+        Self { url: url.into(), ..Self::default() }
     }
 }
 
 impl fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DatabaseConfig").field("url", &redact_url(&self.url)).finish()
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("migrate_on_start", &self.migrate_on_start)
+            .finish()
     }
 }
 

@@ -43,7 +43,7 @@ impl Default for ConductorFileConfig {
     fn default() -> Self {
         Self {
             conductor: ConductorConfig::default(),
-            database: DatabaseConfig { url: DEFAULT_DATABASE_URL.to_owned() },
+            database: DatabaseConfig::with_url(DEFAULT_DATABASE_URL),
             bus: BusConfig::default(),
             telemetry: TelemetryConfig::default(),
             api: None,

@@ -1,3 +1,4 @@
 //! Test harness shared by Ferric's integration and end-to-end suites.
 pub mod junit;
 pub mod openstack;
+pub mod pyvenv;

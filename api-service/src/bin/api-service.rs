@@ -1,5 +1,6 @@
 //! `api-service`: load and check the config (exit 2 when bad), init telemetry, bind both
-//! listeners, open and migrate the database, connect the bus, serve until SIGTERM/SIGINT.
+//! listeners, open the database (and migrate it unless `database.migrate_on_start` is off),
+//! connect the bus, serve until SIGTERM/SIGINT.
 
 use std::process::ExitCode;
 
@@ -38,7 +39,9 @@ async fn serve(cfg: ApiConfig, checked: CheckedConfig) -> anyhow::Result<()> {
         |a| async move { TcpListener::bind(a).await.with_context(|| format!("binding {a}")) };
     let (rest, grpc) = (bind(checked.rest_listen).await?, bind(checked.grpc_listen).await?);
     let store = store::DataStore::connect(&cfg.database.url).await.context("database")?;
-    store.migrate().await.context("migrating the database")?;
+    if cfg.database.migrate_on_start {
+        store.migrate().await.context("migrating the database")?;
+    }
     let bus =
         bus::connect_with_exchange(Some(&cfg.bus.url), &cfg.bus.exchange).await.context("bus")?;
     let shutdown = Shutdown::from_signals(DEFAULT_DRAIN_TIMEOUT);

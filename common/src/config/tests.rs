@@ -206,7 +206,7 @@ fn test_missing_required_key_is_named() {
 
 #[test]
 fn test_secrets_are_redacted_in_debug() {
-    let db = DatabaseConfig { url: "postgres://ferric:s3cret@db:5432/ferric".to_owned() };
+    let db = DatabaseConfig::with_url("postgres://ferric:s3cret@db:5432/ferric");
     let bus =
         BusConfig { url: "amqp://guest:s3cret@rabbit:5672/%2f".to_owned(), ..BusConfig::default() };
     for shown in [format!("{db:?}"), format!("{bus:?}")] {
@@ -235,4 +235,13 @@ fn test_example_config_parses() {
     assert_eq!(cfg.bus.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
     assert_eq!(cfg.telemetry.format, LogFormat::Json);
     let _: BTreeMap<String, toml::Value> = toml::from_str(example).unwrap();
+}
+
+#[test]
+fn test_migrate_on_start_defaults_on_and_env_turns_it_off() {
+    assert!(load_test(None, &[]).unwrap().database.migrate_on_start);
+    let off = load_test(None, &[("FERRIC_DATABASE__MIGRATE_ON_START", "false")]).unwrap();
+    assert!(!off.database.migrate_on_start);
+    let file_off = load_test(Some("[database]\nmigrate_on_start = false\n"), &[]).unwrap();
+    assert!(!file_off.database.migrate_on_start);
 }

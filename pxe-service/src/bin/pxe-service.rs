@@ -1,6 +1,6 @@
 //! `pxe-service`: load and check config (exit 2 when bad), init telemetry, bind TFTP and HTTP,
-//! open and migrate the database, serve until SIGTERM/SIGINT. `--dnsmasq` prints the DHCP
-//! options file instead.
+//! open the database (and migrate it unless `database.migrate_on_start` is off), serve until
+//! SIGTERM/SIGINT. `--dnsmasq` prints the DHCP options file instead.
 use std::io::Write as _;
 use std::process::ExitCode;
 
@@ -52,7 +52,9 @@ async fn serve(cfg: PxeFileConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding HTTP to {http_at}"))?;
     let store = store::DataStore::connect(&cfg.database.url).await.context("database")?;
-    store.migrate().await.context("migrating the database")?;
+    if cfg.database.migrate_on_start {
+        store.migrate().await.context("migrating the database")?;
+    }
     let shutdown = Shutdown::from_signals(DEFAULT_DRAIN_TIMEOUT);
     Ok(pxe_service::run(cfg.pxe, tftp, http, store, shutdown).await?)
 }
