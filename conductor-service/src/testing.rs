@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ConductorConfig;
 
+pub mod peers;
+
 /// Record a lookup + heartbeat for `node` as the API does (token minted on first lookup,
 /// agent_url and timestamps in `driver_internal_info`), then publish `AgentHeartbeat`.
 /// Returns false when the node is not in a state that expects an agent.

@@ -12,39 +12,20 @@
     reason = "integration-test helpers panic on setup failures and report skips on stderr"
 )]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::shutdown::{CancellationToken, Shutdown};
-use common::testing::{Need, require_service};
 use conductor_service::config::{IpmiConfig, RedfishConfig};
 use conductor_service::drivers::ipmi::IpmiDriver;
 use conductor_service::drivers::redfish::RedfishDriver;
+use conductor_service::testing::peers::{
+    SYSTEM_UUID, have_ipmitool, start_fakebmc, start_sushy, start_sushy_with, venv,
+};
 use conductor_service::testing::{fast_config, request_provision, wait_for};
 use deploy::drivers::{BootDevice, DriverError, ManagementDriver, PowerDriver};
 use deploy::{ApiVerb, Node, NodeId, PowerState, ProvisionState as S};
 use serde_json::{Value, json};
-
-fn venv() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/conductor-peers/venv/bin");
-    let p = std::env::var("FERRIC_PEERS_VENV").map(PathBuf::from).unwrap_or(root);
-    let found = if p.join("sushy-emulator").exists() && p.join("python3").exists() {
-        Ok(p)
-    } else {
-        Err(format!(
-            "no venv with sushy-emulator/pyghmi at {}; run conductor-service/scripts/setup-test-peers.sh",
-            p.display()
-        ))
-    };
-    require_service(Need::Peers, "the BMC emulators", found)
-}
-
-fn have_ipmitool() -> bool {
-    let ok = Command::new("ipmitool").arg("-V").output().is_ok_and(|o| o.status.success());
-    let found = if ok { Ok(()) } else { Err("not installed (apt-get install ipmitool)") };
-    require_service(Need::Peers, "ipmitool", found).is_some()
-}
 
 /// Starts a conductor and waits until it consumes its work queue (so that nothing published
 /// afterwards is lost).
@@ -58,70 +39,6 @@ async fn start_conductor(
     let (s, b) = (store.clone(), bus.clone());
     tokio::spawn(async move { conductor_service::run(cfg, s, b, shutdown).await.unwrap() });
     ready.wait().await.unwrap();
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A child process killed on drop.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-const SYSTEM_UUID: &str = "27946b59-9e44-4fa7-8e91-f3527a1ef094";
-
-async fn start_sushy(bin: &std::path::Path, dir: &std::path::Path) -> (Peer, String) {
-    let systems = format!(
-        "SUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{SYSTEM_UUID}', 'name': 'fake-1', \
-         'power_state': 'Off', 'nics': [{{'mac': '00:5c:52:31:3a:9c', 'ip': '172.22.0.100'}}]}}]\n"
-    );
-    start_sushy_with(bin, dir, &systems).await
-}
-
-/// sushy-tools' fake driver with `config` (Python) after `SUSHY_EMULATOR_FAKE_DRIVER`. Its
-/// state lives in `dir` (by default the fake driver keeps it in a file under /tmp shared
-/// by every emulator, so a system would keep another test's power state or NICs).
-async fn start_sushy_with(
-    bin: &std::path::Path,
-    dir: &std::path::Path,
-    config: &str,
-) -> (Peer, String) {
-    let port = free_tcp_port();
-    let cfg = dir.join("sushy.conf");
-    let state = dir.display();
-    std::fs::write(
-        &cfg,
-        format!(
-            "SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_STATE_DIR = '{state}'\n{config}"
-        ),
-    )
-    .unwrap();
-    let child = Command::new(bin.join("sushy-emulator"))
-        .args(["--fake", "--config"])
-        .arg(&cfg)
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let probe = format!("{url}/redfish/v1/Systems");
-    wait_for(Duration::from_secs(20), "sushy-emulator to answer", || {
-        let p = probe.clone();
-        async move { reqwest::get(&p).await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
-    })
-    .await;
-    (Peer(child), url)
 }
 
 async fn read_system(url: &str) -> Value {
@@ -194,34 +111,6 @@ async fn test_redfish_unresponsive_bmc_fails_within_timeout() {
     assert!(matches!(err, DriverError::Timeout { .. }), "{err:?}");
     assert!(err.to_string().contains(&addr.to_string()));
     assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
-}
-
-const FAKEBMC: &str = r"
-import sys
-import pyghmi.ipmi.bmc as bmc
-from pyghmi.cmd.fakebmc import FakeBmc
-
-class LoopbackBmc(FakeBmc):
-    def __init__(self, authdata, port):
-        bmc.Bmc.__init__(self, authdata, port, address='127.0.0.1')
-        self.powerstate = 'off'
-        self.bootdevice = 'default'
-
-LoopbackBmc({'admin': 'password'}, port=int(sys.argv[1])).listen()
-";
-
-fn start_fakebmc(bin: &std::path::Path, dir: &std::path::Path) -> (Peer, u16) {
-    let port = free_udp_port();
-    let script = dir.join("fakebmc.py");
-    std::fs::write(&script, FAKEBMC).unwrap();
-    let child = Command::new(bin.join("python3"))
-        .arg(&script)
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    (Peer(child), port)
 }
 
 fn ipmi_node(port: u16, password: &str) -> Node {

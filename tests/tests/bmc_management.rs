@@ -15,60 +15,22 @@
     reason = "integration-test helpers panic on setup failures and report skips on stderr"
 )]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use api_service::ApiConfig;
 use common::shutdown::{CancellationToken, Shutdown};
-use common::testing::{Need, require_service};
 use conductor_service::ConductorConfig;
+use conductor_service::testing::peers::{
+    Peer, SYSTEM_UUID, free_tcp_port, have_ipmitool, start_fakebmc, start_sushy, venv,
+};
 use conductor_service::testing::{fast_config, wait_for};
 use reqwest::Method;
 use serde_json::{Value, json};
 use store::testing::TestDatabase;
 
 const VERSION: &str = "1.78";
-const SYSTEM_UUID: &str = "27946b59-9e44-4fa7-8e91-f3527a1ef094";
-
-fn venv() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/conductor-peers/venv/bin");
-    let p = std::env::var("FERRIC_PEERS_VENV").map(PathBuf::from).unwrap_or(root);
-    let found = if p.join("sushy-emulator").exists() && p.join("python3").exists() {
-        Ok(p)
-    } else {
-        Err(format!(
-            "no venv with sushy-emulator/pyghmi at {}; run conductor-service/scripts/setup-test-peers.sh",
-            p.display()
-        ))
-    };
-    require_service(Need::Peers, "the BMC emulators", found)
-}
-
-fn have_ipmitool() -> bool {
-    let ok = Command::new("ipmitool").arg("-V").output().is_ok_and(|o| o.status.success());
-    let found = if ok { Ok(()) } else { Err("not installed (apt-get install ipmitool)") };
-    require_service(Need::Peers, "ipmitool", found).is_some()
-}
-
-/// A child process killed on drop.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// api-service and (optionally) one conductor on a fresh SQLite database.
 struct Cluster {
     base: String,
@@ -167,41 +129,6 @@ fn conductor(name: &str) -> ConductorConfig {
 
 fn fault(body: &Value) -> String {
     body["error_message"].as_str().unwrap_or_default().to_owned()
-}
-
-async fn start_sushy(bin: &Path, dir: &Path) -> (Peer, String) {
-    let port = free_tcp_port();
-    let cfg = dir.join("sushy.conf");
-    // sushy-tools keeps its systems, LEDs and virtual media in SQLite files, by default
-    // under the machine's shared temp dir: each emulator gets its own so no state leaks
-    // between tests or runs.
-    let state = dir.join("sushy-state");
-    std::fs::write(
-        &cfg,
-        format!(
-            "SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_STATE_DIR = '{}'\n\
-             SUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{SYSTEM_UUID}', \
-             'name': 'fake-1', 'power_state': 'Off', 'nics': [{{'mac': '00:5c:52:31:3a:9c', 'ip': '172.22.0.100'}}]}}]\n",
-            state.display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(bin.join("sushy-emulator"))
-        .args(["--fake", "--config"])
-        .arg(&cfg)
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let probe = format!("{url}/redfish/v1/Systems");
-    wait_for(Duration::from_secs(20), "sushy-emulator to answer", || {
-        let p = probe.clone();
-        async move { reqwest::get(&p).await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
-    })
-    .await;
-    (Peer(child), url)
 }
 
 async fn read_system(url: &str) -> Value {
@@ -510,24 +437,6 @@ async fn test_redfish_virtual_media_over_rest_against_sushy_tools() {
     assert_eq!(device("Cd").await["Inserted"], true);
 }
 
-const FAKEBMC: &str = r"
-import sys
-import pyghmi.ipmi.bmc as bmc
-from pyghmi.cmd.fakebmc import FakeBmc
-
-class LoopbackBmc(FakeBmc):
-    def __init__(self, authdata, port):
-        bmc.Bmc.__init__(self, authdata, port, address='127.0.0.1')
-        self.powerstate = 'off'
-        self.bootdevice = 'default'
-
-    def pulse_diag(self):
-        with open(sys.argv[2], 'a') as f:
-            f.write('nmi\n')
-
-LoopbackBmc({'admin': 'password'}, port=int(sys.argv[1])).listen()
-";
-
 fn ipmitool(port: u16, args: &[&str]) -> String {
     let out = Command::new("ipmitool")
         .args(["-I", "lanplus", "-H", "127.0.0.1", "-p", &port.to_string()])
@@ -545,20 +454,8 @@ async fn test_ipmi_boot_device_and_nmi_over_rest_against_pyghmi() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = free_udp_port();
-    let script = dir.path().join("fakebmc.py");
+    let (_peer, port) = start_fakebmc(&bin, dir.path());
     let nmi_log = dir.path().join("nmi.log");
-    std::fs::write(&script, FAKEBMC).unwrap();
-    let _peer = Peer(
-        Command::new(bin.join("python3"))
-            .arg(&script)
-            .arg(port.to_string())
-            .arg(&nmi_log)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
     wait_for(Duration::from_secs(20), "fakebmc to answer", || async {
         ipmitool(port, &["power", "status"]).contains("Chassis Power").then_some(())
     })
