@@ -554,10 +554,7 @@ impl DataStore {
         sql.eq_text("instance_name", &q.instance_name);
         sql.eq_text("conductor_group", &q.conductor_group);
         sql.eq_text("fault", &q.fault);
-        if !q.shards.is_empty() {
-            let ps: Vec<String> = q.shards.iter().map(|s| sql.arg(Arg::Text(s.clone()))).collect();
-            sql.and(&format!("shard IN ({})", ps.join(", ")));
-        }
+        sql.in_text("shard", &q.shards);
         match q.sharded {
             Some(true) => sql.and("shard IS NOT NULL"),
             Some(false) => sql.and("shard IS NULL"),
@@ -568,10 +565,7 @@ impl DataStore {
             sql.and(&format!("retired = {p}"));
         }
         if let Some(d) = &q.description_contains {
-            let p = sql.arg(Arg::Text(d.clone()));
-            // PostgreSQL has strpos, SQLite instr: both find a literal substring.
-            let f = if pg { "strpos" } else { "instr" };
-            sql.and(&format!("{f}(description, {p}) > 0"));
+            sql.contains(pg, "description", d);
         }
 
         let key = q.sort_key;

@@ -183,20 +183,10 @@ impl DataStore {
             let p = sql.arg(Arg::Text(mac.to_string()));
             sql.and(&format!("lower(address) = {p}"));
         }
-        for (column, values) in [("shard", &q.shards), ("conductor_group", &q.conductor_groups)] {
-            if !values.is_empty() {
-                let ps: Vec<String> =
-                    values.iter().map(|s| sql.arg(Arg::Text(s.clone()))).collect();
-                sql.and(&format!(
-                    "node_uuid IN (SELECT uuid FROM nodes WHERE {column} IN ({}))",
-                    ps.join(", ")
-                ));
-            }
-        }
+        sql.node_field_in("shard", &q.shards);
+        sql.node_field_in("conductor_group", &q.conductor_groups);
         if let Some(d) = &q.description_contains {
-            let p = sql.arg(Arg::Text(d.clone()));
-            let f = if matches!(self.backend, Backend::Pg(_)) { "strpos" } else { "instr" };
-            sql.and(&format!("{f}(description, {p}) > 0"));
+            sql.contains(matches!(self.backend, Backend::Pg(_)), "description", d);
         }
         let (cmp, dir) = match q.sort_dir {
             SortDir::Asc => (">", "ASC"),

@@ -385,18 +385,8 @@ impl DataStore {
             let p = sql.arg(Arg::Text(scope(kind, name)));
             sql.and(&format!("scoped_name = {p}"));
         }
-        for (column, values) in
-            [("shard", &q.node_shards), ("conductor_group", &q.node_conductor_groups)]
-        {
-            if !values.is_empty() {
-                let ps: Vec<String> =
-                    values.iter().map(|s| sql.arg(Arg::Text(s.clone()))).collect();
-                sql.and(&format!(
-                    "node_uuid IN (SELECT uuid FROM nodes WHERE {column} IN ({}))",
-                    ps.join(", ")
-                ));
-            }
-        }
+        sql.node_field_in("shard", &q.node_shards);
+        sql.node_field_in("conductor_group", &q.node_conductor_groups);
         let pg = matches!(self.backend, Backend::Pg(_));
         for f in &q.filters {
             let (field, cond) = match f {

@@ -57,4 +57,32 @@ impl Sql {
             self.and(&format!("{column} = {p}"));
         }
     }
+
+    /// Append ` AND text_column IN ($a, $b, …)` when `values` is not empty.
+    pub(crate) fn in_text(&mut self, column: &str, values: &[String]) {
+        if !values.is_empty() {
+            let ps: Vec<String> = values.iter().map(|v| self.arg(Arg::Text(v.clone()))).collect();
+            self.and(&format!("{column} IN ({})", ps.join(", ")));
+        }
+    }
+
+    /// Append ` AND node_uuid IN (nodes whose node_column is one of values)` when `values`
+    /// is not empty: a port's or resource's filter on a field of its node.
+    pub(crate) fn node_field_in(&mut self, node_column: &str, values: &[String]) {
+        if !values.is_empty() {
+            let ps: Vec<String> = values.iter().map(|v| self.arg(Arg::Text(v.clone()))).collect();
+            self.and(&format!(
+                "node_uuid IN (SELECT uuid FROM nodes WHERE {node_column} IN ({}))",
+                ps.join(", ")
+            ));
+        }
+    }
+
+    /// Append ` AND description contains text` (PostgreSQL's `strpos`, SQLite's `instr`;
+    /// both find a literal substring).
+    pub(crate) fn contains(&mut self, pg: bool, column: &str, text: &str) {
+        let p = self.arg(Arg::Text(text.to_owned()));
+        let f = if pg { "strpos" } else { "instr" };
+        self.and(&format!("{f}({column}, {p}) > 0"));
+    }
 }

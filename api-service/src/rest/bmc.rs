@@ -57,12 +57,7 @@ pub(crate) async fn call(
     let recorded = state
         .store
         .node_modify_from(node, |n| {
-            if let Some(holder) = &n.reservation {
-                return Err(ApiError::Public(PublicError::NodeLocked {
-                    node: n.uuid.to_string(),
-                    holder: holder.clone(),
-                }));
-            }
+            super::node_extras::not_locked(n)?;
             if ManagementRequest::pending(n) {
                 return Err(ApiError::Public(PublicError::conflict(format!(
                     "Node {} is busy: another management call is in progress, please retry after it is completed.",

@@ -47,12 +47,7 @@ where
     let res = state
         .store
         .node_modify_from(node, |n| {
-            if let Some(holder) = &n.reservation {
-                return Err(ApiError::Public(PublicError::NodeLocked {
-                    node: n.uuid.to_string(),
-                    holder: holder.clone(),
-                }));
-            }
+            not_locked(n)?;
             f(n)
         })
         .await?;
@@ -68,6 +63,16 @@ pub(super) fn fake_management_only(n: &Node, what: &str) -> Result<(), ApiError>
             n.driver,
             other.unwrap_or("none")
         ))),
+    }
+}
+
+/// 409 NodeLocked while a conductor holds the node (Ironic's clients retry it).
+pub(crate) fn not_locked(n: &Node) -> Result<(), ApiError> {
+    match &n.reservation {
+        Some(holder) => {
+            Err(PublicError::NodeLocked { node: n.uuid.to_string(), holder: holder.clone() }.into())
+        }
+        None => Ok(()),
     }
 }
 
@@ -238,11 +243,7 @@ async fn vif_attach(
         return Err(ApiError::bad_request("A VIF id must be 1 to 255 characters long."));
     }
     let n = state.node_by_ident(&ident, ctx.version).await?;
-    if let Some(holder) = &n.reservation {
-        return Err(
-            PublicError::NodeLocked { node: n.uuid.to_string(), holder: holder.clone() }.into()
-        );
-    }
+    not_locked(&n)?;
     if n.interfaces.network.as_deref() == Some("noop") {
         // Ironic's noop network interface records nothing.
         return Ok(StatusCode::NO_CONTENT);
@@ -291,11 +292,7 @@ async fn vif_detach(
 ) -> Result<StatusCode, ApiError> {
     gate(&ctx, 28)?;
     let n = state.node_by_ident(&ident, ctx.version).await?;
-    if let Some(holder) = &n.reservation {
-        return Err(
-            PublicError::NodeLocked { node: n.uuid.to_string(), holder: holder.clone() }.into()
-        );
-    }
+    not_locked(&n)?;
     if n.interfaces.network.as_deref() == Some("noop") {
         return Ok(StatusCode::NO_CONTENT);
     }
@@ -530,11 +527,7 @@ async fn inject_nmi(
         return Err(ApiError::bad_request("The body of inject_nmi must be a JSON object."));
     }
     let n = state.node_by_ident(&ident, ctx.version).await?;
-    if let Some(holder) = &n.reservation {
-        return Err(
-            PublicError::NodeLocked { node: n.uuid.to_string(), holder: holder.clone() }.into()
-        );
-    }
+    not_locked(&n)?;
     if bmc::needs_conductor(&n) {
         bmc::call(&state, &ctx, n, ManagementOp::InjectNmi, "injecting an NMI").await?;
         return Ok(StatusCode::NO_CONTENT);
