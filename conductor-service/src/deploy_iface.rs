@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_stream_lite::next_message;
 
+pub mod configdrive;
+
 use crate::agent_client::{AgentConn, AgentError};
 use crate::drivers::DriverSet;
 use crate::drivers::fake::fake_delay;
@@ -222,6 +224,8 @@ impl DeployInterface for DirectDeploy {
                     .into(),
             );
         }
+        // A config drive given as an object must be buildable before the node boots.
+        configdrive::files(node)?;
         Ok(())
     }
 
@@ -308,7 +312,12 @@ pub(crate) async fn connect(task: &Task) -> Result<AgentConn, WorkflowError> {
 }
 
 /// The agent's image request from `instance_info` (reference §3.3).
-pub fn image_request(n: &Node, command_id: &str) -> proto::agent::PrepareImageRequest {
+/// `configdrive` is the value the agent takes (see [`configdrive::agent_value`]).
+pub fn image_request(
+    n: &Node,
+    command_id: &str,
+    configdrive: String,
+) -> proto::agent::PrepareImageRequest {
     let ii = &n.instance_info;
     let s = |k: &str| ii.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
     let mb = |k: &str| {
@@ -332,7 +341,7 @@ pub fn image_request(n: &Node, command_id: &str) -> proto::agent::PrepareImageRe
         root_mb: mb("root_gb") * 1024 + mb("root_mb"),
         swap_mb: mb("swap_mb"),
         ephemeral_mb: mb("ephemeral_gb") * 1024 + mb("ephemeral_mb"),
-        configdrive: s("configdrive"),
+        configdrive,
         root_device_hints_json: hints,
         boot_mode: deploy::drivers::BootMode::of(n).as_str().into(),
         disk_label: s("disk_label"),
@@ -406,7 +415,13 @@ async fn write_image(
         Ok(())
     })
     .await?;
-    let req = image_request(&task.node, &command_id);
+    // The object form becomes an image here (gzip of up to 64 MiB: off the async workers).
+    let (node, now) = (task.node.clone(), task.ctx.clock.now());
+    let cd = tokio::task::spawn_blocking(move || configdrive::agent_value(&node, now))
+        .await
+        .map_err(|e| WorkflowError::Failed(format!("Building the config drive stopped: {e}")))?
+        .map_err(WorkflowError::Failed)?;
+    let req = image_request(&task.node, &command_id, cd);
     let silence = task.ctx.cfg.agent_silence_timeout();
     let throttle = Duration::from_millis(task.ctx.cfg.agent.progress_write_interval_ms);
     let mut stream = conn.prepare_image(req).await.map_err(|e| agent_failed("write_image", &e))?;

@@ -24,6 +24,7 @@ pub mod checksum;
 pub mod configdrive;
 pub mod download;
 pub mod fetch;
+pub mod iso9660;
 pub mod partition;
 pub mod qcow2;
 pub mod target;

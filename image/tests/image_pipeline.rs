@@ -345,6 +345,52 @@ async fn test_partition_image_gets_a_table_sfdisk_reads_and_a_config2_partition(
     }
 }
 
+/// The object form end to end on the agent's side: a drive built by
+/// [`image::configdrive::build`], passed gzipped and base64-encoded as the conductor passes
+/// it, lands in the disk's config-2 partition, where isoinfo finds Ironic's files.
+#[tokio::test]
+async fn test_built_configdrive_files_are_in_the_config2_partition() {
+    use image::configdrive::{ConfigDriveFiles, build, encode};
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start().await;
+    let raw = make_raw_image(dir.path(), 4 * MIB);
+    let url = srv.put("wd.raw", raw.clone(), Fault::None);
+    let files = ConfigDriveFiles {
+        meta_data: br#"{"uuid":"2f0b1c4e","name":"node-1"}"#.to_vec(),
+        user_data: Some(b"#cloud-config\nhostname: node-1\n".to_vec()),
+        network_data: Some(br#"{"links":[],"networks":[],"services":[]}"#.to_vec()),
+        vendor_data: None,
+    };
+    let iso = build(&files, 1_700_000_000).unwrap();
+    let d = disk(dir.path(), "wd-cd", 128 * MIB);
+    let mut r = req(&url, &sha256(&raw), None, ImageLayout::WholeDisk);
+    r.configdrive = Some(encode(&iso));
+    write(&r, &d).await.unwrap();
+    let t = image::partition::read_table(&std::fs::File::open(&d).unwrap()).unwrap().unwrap();
+    let cdp = t.by_role(image::partition::PartRole::ConfigDrive).unwrap();
+    let bytes = std::fs::read(&d).unwrap();
+    let part = dir.path().join("config-2.img");
+    std::fs::write(&part, &bytes[cdp.start as usize..(cdp.start + cdp.size) as usize]).unwrap();
+    let isoinfo = |args: &[&str]| {
+        let o = Command::new("isoinfo")
+            .args(args)
+            .arg("-i")
+            .arg(&part)
+            .output()
+            .expect("isoinfo is required for this test (apt-get install genisoimage)");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    let info = String::from_utf8(isoinfo(&["-d"])).unwrap();
+    assert!(info.contains("Volume id: config-2"), "{info}");
+    for v in ["latest", "2012-08-10"] {
+        let get = |f: &str| isoinfo(&["-x", &format!("/openstack/{v}/{f}")]);
+        assert_eq!(get("meta_data.json;1"), files.meta_data);
+        assert_eq!(Some(get("user_data.;1")), files.user_data);
+        assert_eq!(Some(get("network_data.json;1")), files.network_data);
+    }
+}
+
 #[tokio::test]
 async fn test_whole_disk_configdrive_is_added_at_the_end() {
     let dir = tempfile::tempdir().unwrap();

@@ -386,6 +386,144 @@ async fn test_openstack_lifecycle_on_postgres_and_rabbitmq_with_simulated_machin
     token.cancel();
 }
 
+/// The object form of a config drive through the real OpenStack CLI
+/// (`baremetal node deploy --config-drive '{…}'`): the conductor builds the ISO 9660 image,
+/// the real agent writes it into a `config-2` partition of the simulated machine's disk, and
+/// isoinfo finds Ironic's files there with what was asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_openstack_deploy_with_configdrive_object_fills_the_config2_partition() {
+    let cli = tokio::task::spawn_blocking(OpenStackCli::ensure)
+        .await
+        .unwrap()
+        .expect("OpenStack client venv");
+    let config = "[conductor]\ncallback_timeout_secs = 60.0\n[conductor.redfish]\npower_poll_interval_ms = 100\n\
+                  [api]\nramdisk_heartbeat_timeout = 10\n[telemetry]\nfilter = \"warn\"\n";
+    let up = Up::start(config, &[]);
+    let token = CancellationToken::new();
+    let fleet = fleet(&up, 1, &token).await;
+    let m = &fleet.machines()[0];
+    let uuid = enrol(&up.api, m).await;
+    let mut seen = Vec::new();
+    for (verb, state, secs) in [("manage", "manageable", 60), ("provide", "available", 120)] {
+        provision(&up.api, &uuid, verb).await;
+        wait_node(&up.api, &uuid, state, Duration::from_secs(secs), &mut seen, state_is(state))
+            .await;
+    }
+    let image = sim::disk::build_whole_disk_image(6 << 20, 3 << 20, 17);
+    let url = up.serve_image(&image);
+    let c = http();
+    api_json(
+        &c,
+        reqwest::Method::PATCH,
+        &format!("{}/v1/nodes/{uuid}", up.api),
+        Some(json!([
+            {"op": "add", "path": "/instance_info/image_source", "value": url},
+            {"op": "add", "path": "/instance_info/image_os_hash_algo", "value": "sha256"},
+            {"op": "add", "path": "/instance_info/image_os_hash_value", "value": sim::disk::sha256_hex(&image)},
+        ])),
+    )
+    .await;
+    let user_data = "#cloud-config\nhostname: cd-test\n";
+    let drive = json!({
+        "meta_data": {"hostname": "cd-test", "public_keys": {"k": "ssh-ed25519 AAAA test"}},
+        "user_data": user_data,
+        "network_data": {"links": [{"id": "eth0", "type": "phy", "ethernet_mac_address": m.machine.macs()[0].to_string()}], "networks": [], "services": []},
+        "vendor_data": {"cloud-init": "#cloud-config\n"},
+    });
+    let (api, node, drive_text) = (up.api.clone(), uuid.clone(), drive.to_string());
+    let c2 = cli.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        c2.run(
+            &api,
+            &["baremetal", "node", "deploy", &node, "--config-drive", &drive_text],
+            Duration::from_secs(120),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "openstack failed: {}", String::from_utf8_lossy(&out.stderr));
+    let n = wait_node(&up.api, &uuid, "active", Duration::from_secs(180), &mut seen, |n| {
+        assert!(n["provision_state"] != "deploy failed", "deploy failed: {n}");
+        state_is("active")(n)
+    })
+    .await;
+    assert_eq!(n["instance_info"]["configdrive"], "******", "the drive leaked: {n}");
+
+    // The disk's config-2 partition holds the drive.
+    let Some(sim::disk::PartitionTable::Gpt { partitions, .. }) =
+        m.machine.disk_partition_table().unwrap()
+    else {
+        panic!("no GPT on the disk after the deploy");
+    };
+    let (first, last, _) =
+        partitions.iter().find(|p| p.2 == "config-2").expect("a config-2 partition").clone();
+    let disk = std::fs::read(&m.machine.layout().disk).unwrap();
+    let part = up.data_dir.path().join("config-2.img");
+    std::fs::write(&part, &disk[(first * 512) as usize..((last + 1) * 512) as usize]).unwrap();
+    let isoinfo = |args: &[&str]| {
+        let o = Command::new("isoinfo")
+            .args(args)
+            .arg("-i")
+            .arg(&part)
+            .output()
+            .expect("isoinfo is required for this test (apt-get install genisoimage)");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert!(isoinfo(&["-d"]).contains("Volume id: config-2"));
+    for v in ["latest", "2012-08-10"] {
+        let get = |f: &str| isoinfo(&["-x", &format!("/openstack/{v}/{f}")]);
+        let meta: Value = serde_json::from_str(&get("meta_data.json;1")).unwrap();
+        assert_eq!(meta["uuid"], uuid.as_str(), "{meta}");
+        assert_eq!(meta["name"], m.machine.name(), "{meta}");
+        assert_eq!(meta["hostname"], "cd-test", "{meta}");
+        assert_eq!(get("user_data.;1"), user_data);
+        let net: Value = serde_json::from_str(&get("network_data.json;1")).unwrap();
+        assert_eq!(net, drive["network_data"]);
+        let vendor: Value = serde_json::from_str(&get("vendor_data2.json;1")).unwrap();
+        assert_eq!(vendor, drive["vendor_data"]);
+    }
+
+    // The string form: the CLI builds the drive from a directory itself (genisoimage, gzip,
+    // base64) and the rebuild writes that image as it is.
+    let tree = up.data_dir.path().join("cd-tree/openstack/latest");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("meta_data.json"), r#"{"uuid":"from-a-directory"}"#).unwrap();
+    let (api, node, dir) = (up.api.clone(), uuid.clone(), up.data_dir.path().join("cd-tree"));
+    let out = tokio::task::spawn_blocking(move || {
+        let dir = dir.to_string_lossy().into_owned();
+        cli.run(
+            &api,
+            &["baremetal", "node", "rebuild", &node, "--config-drive", &dir],
+            Duration::from_secs(120),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "openstack failed: {}", String::from_utf8_lossy(&out.stderr));
+    wait_node(&up.api, &uuid, "active again", Duration::from_secs(180), &mut seen, |n| {
+        assert!(n["provision_state"] != "deploy failed", "rebuild failed: {n}");
+        state_is("active")(n)
+    })
+    .await;
+    let Some(sim::disk::PartitionTable::Gpt { partitions, .. }) =
+        m.machine.disk_partition_table().unwrap()
+    else {
+        panic!("no GPT on the disk after the rebuild");
+    };
+    let (first, last, _) =
+        partitions.iter().find(|p| p.2 == "config-2").expect("a config-2 partition").clone();
+    let disk = std::fs::read(&m.machine.layout().disk).unwrap();
+    std::fs::write(&part, &disk[(first * 512) as usize..((last + 1) * 512) as usize]).unwrap();
+    // genisoimage wrote Rock Ridge names: read them with -R.
+    let meta = isoinfo(&["-R", "-x", "/openstack/latest/meta_data.json"]);
+    assert_eq!(meta, r#"{"uuid":"from-a-directory"}"#);
+    fleet.shutdown().await;
+    token.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn test_agent_killed_mid_write_fails_the_deploy_with_last_error() {
     let config = "[conductor]\ncallback_timeout_secs = 10.0\ncheck_timeouts_interval_secs = 1.0\n\
