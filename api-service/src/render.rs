@@ -5,8 +5,9 @@
 //! are masked (`******`) everywhere a value leaves the service.
 
 use chrono::{DateTime, Utc};
-use deploy::model::{JsonObject, SECRET_MASK, mask_secrets};
+use deploy::model::{JsonObject, SECRET_MASK, is_secret_key, mask_secrets};
 use deploy::{Conductor, Node, NodeHistory, Port, ProvisionState};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
@@ -14,8 +15,11 @@ use crate::version::Version;
 
 /// Ironic's timestamp format: ISO 8601 with microseconds and an explicit UTC offset.
 pub fn ts(t: &DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+    t.format(TS_FORMAT).to_string()
 }
+
+/// The `strftime` form of [`ts`].
+const TS_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6f+00:00";
 
 fn opt_ts(t: Option<&DateTime<Utc>>) -> Value {
     t.map_or(Value::Null, |t| Value::String(ts(t)))
@@ -50,7 +54,7 @@ pub fn masked_internal_info(info: &JsonObject) -> JsonObject {
 /// `instance_info` as shown to API callers: secrets plus `configdrive`/`image_url` masked.
 pub fn masked_instance_info(info: &JsonObject) -> JsonObject {
     let mut out = mask_secrets(info);
-    for k in ["configdrive", "image_url"] {
+    for &k in INSTANCE_INFO_MASKED {
         if let Some(v) = out.get_mut(k)
             && !v.is_null()
         {
@@ -60,119 +64,230 @@ pub fn masked_instance_info(info: &JsonObject) -> JsonObject {
     out
 }
 
-/// Every node field with the microversion (minor) that introduced it, in Ironic's order.
-fn node_field_table(n: &Node, v: Version, base: &str) -> Vec<(&'static str, u32, Value)> {
+/// Where the one table of node fields ([`node_fields`]) goes: a JSON serializer, or a list
+/// of the names visible at a version.
+trait FieldSink {
+    type Error;
+    /// One field, introduced at microversion 1.`since`.
+    fn put<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        since: u32,
+        value: &T,
+    ) -> Result<(), Self::Error>;
+}
+
+/// A JSON object whose secrets (recursively) and, at the top level, the `extra` keys show as
+/// [`SECRET_MASK`] — [`mask_secrets`] without building a copy.
+struct Masked<'a> {
+    obj: &'a JsonObject,
+    extra: &'a [&'a str],
+}
+
+impl Serialize for Masked<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.obj.len()))?;
+        for (k, v) in self.obj {
+            if !v.is_null() && (is_secret_key(k) || self.extra.contains(&k.as_str())) {
+                m.serialize_entry(k, SECRET_MASK)?;
+            } else if let Value::Object(inner) = v {
+                m.serialize_entry(k, &Masked { obj: inner, extra: &[] })?;
+            } else {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// A timestamp in Ironic's format ([`ts`]), written without an intermediate string.
+struct Ts<'a>(&'a DateTime<Utc>);
+
+impl Serialize for Ts<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0.format(TS_FORMAT))
+    }
+}
+
+/// One `{"href", "rel"}` link.
+#[derive(serde::Serialize)]
+struct Link {
+    href: String,
+    rel: &'static str,
+}
+
+/// `self` and `bookmark` links to `{coll}/{id}` with an optional sub-resource.
+fn link_pair(base: &str, coll: &str, id: &str, sub: Option<&str>) -> [Link; 2] {
+    let tail = sub.map_or_else(String::new, |s| format!("/{s}"));
+    [
+        Link { href: format!("{base}/v1/{coll}/{id}{tail}"), rel: "self" },
+        Link { href: format!("{base}/{coll}/{id}{tail}"), rel: "bookmark" },
+    ]
+}
+
+/// Every node field with the microversion (minor) that introduced it, in Ironic's order:
+/// the one table behind [`NodeView`], [`node_json`] and [`node_field_names`].
+fn node_fields<K: FieldSink>(n: &Node, v: Version, base: &str, k: &mut K) -> Result<(), K::Error> {
     let id = n.uuid.to_string();
-    let sub = |name: &str| {
-        json!([
-            {"href": format!("{base}/v1/nodes/{id}/{name}"), "rel": "self"},
-            {"href": format!("{base}/nodes/{id}/{name}"), "rel": "bookmark"},
-        ])
-    };
-    let mut f: Vec<(&'static str, u32, Value)> = vec![
-        ("uuid", 1, Value::String(id.clone())),
-        ("name", 5, opt_str(n.name.as_deref())),
-        ("driver", 1, Value::String(n.driver.clone())),
-        ("driver_info", 1, Value::Object(mask_secrets(&n.driver_info))),
-        ("driver_internal_info", 3, Value::Object(masked_internal_info(&n.driver_internal_info))),
-        ("instance_info", 1, Value::Object(masked_instance_info(&n.instance_info))),
-        ("instance_uuid", 1, opt_str(n.instance_uuid.as_deref())),
-        ("properties", 1, Value::Object(n.properties.clone())),
-        ("extra", 1, Value::Object(n.extra.clone())),
-        ("provision_state", 1, provision_state_value(n.provision_state, v)),
-        (
-            "target_provision_state",
-            1,
-            n.target_provision_state.map_or(Value::Null, |s| provision_state_value(s, v)),
-        ),
-        ("provision_updated_at", 1, opt_ts(n.provision_updated_at.as_ref())),
-        ("power_state", 1, opt_str(n.power_state.map(|p| p.as_str()))),
-        ("target_power_state", 1, opt_str(n.target_power_state.map(|p| p.as_str()))),
-        ("maintenance", 1, Value::Bool(n.maintenance)),
-        ("maintenance_reason", 1, opt_str(n.maintenance_reason.as_deref())),
-        ("last_error", 1, opt_str(n.last_error.as_deref())),
-        ("reservation", 1, opt_str(n.reservation.as_deref())),
-        ("console_enabled", 1, Value::Bool(n.console_enabled)),
-        ("chassis_uuid", 1, n.chassis_uuid.map_or(Value::Null, |u| Value::String(u.to_string()))),
-        ("inspection_started_at", 6, opt_ts(n.inspection_started_at.as_ref())),
-        ("inspection_finished_at", 6, opt_ts(n.inspection_finished_at.as_ref())),
-        ("clean_step", 7, Value::Object(n.clean_step.clone())),
-        ("raid_config", 12, Value::Object(n.raid_config.clone())),
-        ("target_raid_config", 12, Value::Object(n.target_raid_config.clone())),
-        ("network_interface", 20, opt_str(n.interfaces.network.as_deref())),
-        ("resource_class", 21, opt_str(n.resource_class.as_deref())),
-        ("traits", 37, json!(n.traits)),
-        ("fault", 42, opt_str(n.fault.as_deref())),
-        ("deploy_step", 44, Value::Object(n.deploy_step.clone())),
-        ("conductor_group", 46, Value::String(n.conductor_group.clone())),
-        ("automated_clean", 47, n.automated_clean.map_or(Value::Null, Value::Bool)),
-        ("protected", 48, Value::Bool(n.protected)),
-        ("protected_reason", 48, opt_str(n.protected_reason.as_deref())),
-        ("conductor", 49, opt_str(n.conductor.as_deref())),
-        ("owner", 50, opt_str(n.owner.as_deref())),
-        ("description", 51, opt_str(n.description.as_deref())),
-        (
-            "allocation_uuid",
-            52,
-            n.allocation_uuid.map_or(Value::Null, |u| Value::String(u.to_string())),
-        ),
-        ("retired", 61, Value::Bool(n.retired)),
-        ("retired_reason", 61, opt_str(n.retired_reason.as_deref())),
-        ("lessee", 65, opt_str(n.lessee.as_deref())),
-        ("network_data", 66, Value::Object(n.network_data.clone())),
-        ("boot_mode", 75, opt_str(n.boot_mode.as_deref())),
-        ("secure_boot", 75, n.secure_boot.map_or(Value::Null, Value::Bool)),
-        ("shard", 82, opt_str(n.shard.as_deref())),
-        ("parent_node", 83, n.parent_node.map_or(Value::Null, |u| Value::String(u.to_string()))),
-        ("service_step", 87, Value::Object(n.service_step.clone())),
-        ("disable_power_off", 95, Value::Bool(n.disable_power_off)),
-        ("instance_name", 104, opt_str(n.instance_name.as_deref())),
-        ("health", 109, Value::Null),
-        ("created_at", 1, Value::String(ts(&n.created_at))),
-        ("updated_at", 1, opt_ts(n.updated_at.as_ref())),
-        ("links", 1, links(base, "nodes", &id)),
-        ("ports", 1, sub("ports")),
-        ("states", 14, sub("states")),
-        ("portgroups", 24, sub("portgroups")),
-        ("volume", 32, sub("volume")),
-    ];
+    let state =
+        |s: ProvisionState| (s != ProvisionState::Available || v.at_least(2)).then(|| s.as_str());
+    k.put("uuid", 1, &id)?;
+    k.put("name", 5, &n.name)?;
+    k.put("driver", 1, &n.driver)?;
+    k.put("driver_info", 1, &Masked { obj: &n.driver_info, extra: &[] })?;
+    k.put("driver_internal_info", 3, &Masked { obj: &n.driver_internal_info, extra: &[] })?;
+    k.put("instance_info", 1, &Masked { obj: &n.instance_info, extra: INSTANCE_INFO_MASKED })?;
+    k.put("instance_uuid", 1, &n.instance_uuid)?;
+    k.put("properties", 1, &n.properties)?;
+    k.put("extra", 1, &n.extra)?;
+    k.put("provision_state", 1, &state(n.provision_state))?;
+    k.put("target_provision_state", 1, &n.target_provision_state.and_then(state))?;
+    k.put("provision_updated_at", 1, &n.provision_updated_at.as_ref().map(Ts))?;
+    k.put("power_state", 1, &n.power_state.map(|p| p.as_str()))?;
+    k.put("target_power_state", 1, &n.target_power_state.map(|p| p.as_str()))?;
+    k.put("maintenance", 1, &n.maintenance)?;
+    k.put("maintenance_reason", 1, &n.maintenance_reason)?;
+    k.put("last_error", 1, &n.last_error)?;
+    k.put("reservation", 1, &n.reservation)?;
+    k.put("console_enabled", 1, &n.console_enabled)?;
+    k.put("chassis_uuid", 1, &n.chassis_uuid.map(|u| u.to_string()))?;
+    k.put("inspection_started_at", 6, &n.inspection_started_at.as_ref().map(Ts))?;
+    k.put("inspection_finished_at", 6, &n.inspection_finished_at.as_ref().map(Ts))?;
+    k.put("clean_step", 7, &n.clean_step)?;
+    k.put("raid_config", 12, &n.raid_config)?;
+    k.put("target_raid_config", 12, &n.target_raid_config)?;
+    k.put("network_interface", 20, &n.interfaces.network)?;
+    k.put("resource_class", 21, &n.resource_class)?;
+    k.put("traits", 37, &n.traits)?;
+    k.put("fault", 42, &n.fault)?;
+    k.put("deploy_step", 44, &n.deploy_step)?;
+    k.put("conductor_group", 46, &n.conductor_group)?;
+    k.put("automated_clean", 47, &n.automated_clean)?;
+    k.put("protected", 48, &n.protected)?;
+    k.put("protected_reason", 48, &n.protected_reason)?;
+    k.put("conductor", 49, &n.conductor)?;
+    k.put("owner", 50, &n.owner)?;
+    k.put("description", 51, &n.description)?;
+    k.put("allocation_uuid", 52, &n.allocation_uuid.map(|u| u.to_string()))?;
+    k.put("retired", 61, &n.retired)?;
+    k.put("retired_reason", 61, &n.retired_reason)?;
+    k.put("lessee", 65, &n.lessee)?;
+    k.put("network_data", 66, &n.network_data)?;
+    k.put("boot_mode", 75, &n.boot_mode)?;
+    k.put("secure_boot", 75, &n.secure_boot)?;
+    k.put("shard", 82, &n.shard)?;
+    k.put("parent_node", 83, &n.parent_node.map(|u| u.to_string()))?;
+    k.put("service_step", 87, &n.service_step)?;
+    k.put("disable_power_off", 95, &n.disable_power_off)?;
+    k.put("instance_name", 104, &n.instance_name)?;
+    k.put("health", 109, &None::<String>)?;
+    k.put("created_at", 1, &Ts(&n.created_at))?;
+    k.put("updated_at", 1, &n.updated_at.as_ref().map(Ts))?;
+    k.put("links", 1, &link_pair(base, "nodes", &id, None))?;
+    k.put("ports", 1, &link_pair(base, "nodes", &id, Some("ports")))?;
+    k.put("states", 14, &link_pair(base, "nodes", &id, Some("states")))?;
+    k.put("portgroups", 24, &link_pair(base, "nodes", &id, Some("portgroups")))?;
+    k.put("volume", 32, &link_pair(base, "nodes", &id, Some("volume")))?;
     // Per-node interface fields: network (1.20) is above; the rest came in 1.31+.
     for (iface, value) in n.interfaces.entries() {
-        let since = match iface {
+        let (name, since) = match iface {
             "network" => continue,
-            "storage" => 33,
-            "rescue" => 38,
-            "bios" => 40,
-            "firmware" => 86,
-            _ => 31,
+            "bios" => ("bios_interface", 40),
+            "boot" => ("boot_interface", 31),
+            "console" => ("console_interface", 31),
+            "deploy" => ("deploy_interface", 31),
+            "firmware" => ("firmware_interface", 86),
+            "inspect" => ("inspect_interface", 31),
+            "management" => ("management_interface", 31),
+            "power" => ("power_interface", 31),
+            "raid" => ("raid_interface", 31),
+            "rescue" => ("rescue_interface", 38),
+            "storage" => ("storage_interface", 33),
+            _ => ("vendor_interface", 31),
         };
-        let name: &'static str = match iface {
-            "bios" => "bios_interface",
-            "boot" => "boot_interface",
-            "console" => "console_interface",
-            "deploy" => "deploy_interface",
-            "firmware" => "firmware_interface",
-            "inspect" => "inspect_interface",
-            "management" => "management_interface",
-            "power" => "power_interface",
-            "raid" => "raid_interface",
-            "rescue" => "rescue_interface",
-            "storage" => "storage_interface",
-            _ => "vendor_interface",
-        };
-        f.push((name, since, value.clone().map_or(Value::Null, Value::String)));
+        k.put(name, since, value)?;
     }
-    f
+    Ok(())
+}
+
+/// The top-level `instance_info` keys shown masked besides secrets.
+const INSTANCE_INFO_MASKED: &[&str] = &["configdrive", "image_url"];
+
+/// Collects the names of the fields visible at a version.
+struct Names(Version, Vec<&'static str>);
+
+impl FieldSink for Names {
+    type Error = std::convert::Infallible;
+    fn put<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        since: u32,
+        _: &T,
+    ) -> Result<(), Self::Error> {
+        if self.0.at_least(since) {
+            self.1.push(name);
+        }
+        Ok(())
+    }
+}
+
+/// Writes the visible (and, with `fields`, wanted) fields into a JSON map.
+struct Entries<'a, M> {
+    map: M,
+    v: Version,
+    fields: Option<&'a [String]>,
+}
+
+impl<M: SerializeMap> FieldSink for Entries<'_, M> {
+    type Error = M::Error;
+    fn put<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        since: u32,
+        value: &T,
+    ) -> Result<(), M::Error> {
+        if !self.v.at_least(since) {
+            return Ok(());
+        }
+        if let Some(fields) = self.fields
+            && name != "links"
+            && !fields.iter().any(|f| f == name)
+        {
+            return Ok(());
+        }
+        self.map.serialize_entry(name, value)
+    }
+}
+
+/// A node as a client at version `v` sees it, serialized straight to JSON: a list of a
+/// thousand nodes builds no intermediate `Value` tree. `fields` restricts the output (links
+/// always present).
+pub struct NodeView<'a> {
+    /// The node.
+    pub node: &'a Node,
+    /// The client's microversion.
+    pub v: Version,
+    /// The API's base URL for links.
+    pub base: &'a str,
+    /// The wanted fields (`fields=`), or every visible one.
+    pub fields: Option<&'a [String]>,
+}
+
+impl Serialize for NodeView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut e = Entries { map: s.serialize_map(None)?, v: self.v, fields: self.fields };
+        node_fields(self.node, self.v, self.base, &mut e)?;
+        e.map.end()
+    }
 }
 
 /// Names of the node fields visible at a version (for `fields=` validation).
 pub fn node_field_names(v: Version) -> Vec<&'static str> {
     let probe = Node::new(deploy::NodeId::new_v4(), "x", Utc::now());
-    node_field_table(&probe, v, "")
-        .into_iter()
-        .filter(|(_, since, _)| v.at_least(*since))
-        .map(|(n, _, _)| n)
-        .collect()
+    let mut names = Names(v, Vec::new());
+    match node_fields(&probe, v, "", &mut names) {
+        Ok(()) => names.1,
+    }
 }
 
 /// The default fields of a node list without `detail`.
@@ -206,22 +321,14 @@ pub fn parse_fields(
     Ok(Some(wanted))
 }
 
-/// Render a node at version `v`; `fields` restricts the output (links always present).
+/// Render a node at version `v` as a `Value` (for callers that edit it further); `fields`
+/// restricts the output (links always present). Lists serialize [`NodeView`] directly.
 pub fn node_json(n: &Node, v: Version, base: &str, fields: Option<&[String]>) -> Value {
-    let mut out = Map::new();
-    for (name, since, value) in node_field_table(n, v, base) {
-        if !v.at_least(since) {
-            continue;
-        }
-        if let Some(fields) = fields
-            && name != "links"
-            && !fields.iter().any(|f| f == name)
-        {
-            continue;
-        }
-        out.insert(name.to_owned(), value);
-    }
-    Value::Object(out)
+    serde_json::to_value(NodeView { node: n, v, base, fields }).unwrap_or_else(|e| {
+        // Only a map with non-string keys can fail, and a node has none.
+        tracing::error!(error = %e, "rendering a node failed");
+        Value::Null
+    })
 }
 
 /// Every port field with the microversion that introduced it.

@@ -11,7 +11,8 @@ use super::{ApiJson, ApiPath, ApiQuery, Base, accepted};
 use crate::error::ApiError;
 use crate::patch::PatchOp;
 use crate::render::{
-    self, NODE_LIST_FIELDS, node_field_names, node_json, parse_fields, provision_state_value, ts,
+    self, NODE_LIST_FIELDS, NodeView, node_field_names, node_json, parse_fields,
+    provision_state_value, ts,
 };
 use crate::service::{ApiState, Ctx, NodeCreate, NodeListParams, PowerRequest, ProvisionRequest};
 
@@ -58,17 +59,21 @@ async fn list_inner(
     if v.at_least(49) && fields.as_ref().is_none_or(|f| f.iter().any(|f| f == "conductor")) {
         state.assign_conductors(&mut nodes).await;
     }
-    let items: Vec<Value> =
-        nodes.iter().map(|n| node_json(n, v, base, fields.as_deref())).collect();
-    let mut body = json!({ "nodes": items });
-    if let Some(last) = nodes.last()
-        && nodes.len() == q.limit as usize
-    {
+    let next = nodes.last().filter(|_| nodes.len() == q.limit as usize).map(|last| {
         let path = if detail_path { "/v1/nodes/detail" } else { "/v1/nodes" };
-        body["next"] =
-            json!(format!("{base}{path}?{}", p.next_query(q.limit, &last.uuid.to_string())));
-    }
-    Ok(Json(body).into_response())
+        format!("{base}{path}?{}", p.next_query(q.limit, &last.uuid.to_string()))
+    });
+    let nodes =
+        nodes.iter().map(|n| NodeView { node: n, v, base, fields: fields.as_deref() }).collect();
+    Ok(Json(NodePage { nodes, next }).into_response())
+}
+
+/// A page of nodes, serialized without an intermediate `Value` per node.
+#[derive(serde::Serialize)]
+struct NodePage<'a> {
+    nodes: Vec<NodeView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }
 
 /// List nodes.
