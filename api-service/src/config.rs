@@ -38,14 +38,17 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSection {
-    /// REST listen address (Ironic's port 6385).
+    /// REST listen address (Ironic's port 6385; loopback by default).
     pub rest_listen: ListenAddr,
-    /// gRPC listen address.
+    /// gRPC listen address (loopback by default).
     pub grpc_listen: ListenAddr,
     /// Base URL for links; derived from the Host header when unset.
     pub public_url: Option<String>,
-    /// `noauth` or `http_basic`.
+    /// `noauth`, `http_basic` or `keystone` (identity headers from a trusted front proxy).
     pub auth_strategy: String,
+    /// Let `noauth` serve on a non-loopback address (anyone who reaches the port is an
+    /// administrator; for a private network or a pod behind an authenticating proxy only).
+    pub noauth_allow_remote: bool,
     /// htpasswd file with bcrypt entries (for `http_basic`).
     pub http_basic_auth_user_file: Option<PathBuf>,
     /// Lookup only in the states that expect an agent.
@@ -71,10 +74,11 @@ pub struct ApiSection {
 impl Default for ApiSection {
     fn default() -> Self {
         Self {
-            rest_listen: ListenAddr(SocketAddr::from(([0, 0, 0, 0], 6385))),
-            grpc_listen: ListenAddr(SocketAddr::from(([0, 0, 0, 0], 6386))),
+            rest_listen: ListenAddr(SocketAddr::from(([127, 0, 0, 1], 6385))),
+            grpc_listen: ListenAddr(SocketAddr::from(([127, 0, 0, 1], 6386))),
             public_url: None,
             auth_strategy: "noauth".into(),
+            noauth_allow_remote: false,
             http_basic_auth_user_file: None,
             restrict_lookup: true,
             ramdisk_heartbeat_timeout: 300,
@@ -126,6 +130,8 @@ pub struct CheckedConfig {
     pub settings: Settings,
     /// Authentication.
     pub auth: Auth,
+    /// Whether `noauth` may serve on non-loopback addresses.
+    pub noauth_allow_remote: bool,
 }
 
 impl ApiConfig {
@@ -168,6 +174,7 @@ impl ApiConfig {
         }
         let auth = match a.auth_strategy.as_str() {
             "noauth" => Auth::NoAuth,
+            "keystone" => Auth::TrustedHeaders,
             "http_basic" => {
                 let path =
                     a.http_basic_auth_user_file.as_ref().ok_or(ConfigCheckError::Invalid {
@@ -179,10 +186,16 @@ impl ApiConfig {
             other => {
                 return Err(ConfigCheckError::Invalid {
                     key: "api.auth_strategy",
-                    reason: format!("'{other}' is not one of noauth, http_basic"),
+                    reason: format!("'{other}' is not one of noauth, http_basic, keystone"),
                 });
             }
         };
+        if matches!(auth, Auth::NoAuth) && !a.noauth_allow_remote {
+            for (key, addr) in [("api.rest_listen", rest_listen), ("api.grpc_listen", grpc_listen)]
+            {
+                check_noauth_listen(key, addr)?;
+            }
+        }
         for (iface, value) in &a.default_interfaces {
             if !deploy::hardware::INTERFACE_NAMES.contains(&iface.as_str()) {
                 return Err(ConfigCheckError::Invalid {
@@ -212,6 +225,27 @@ impl ApiConfig {
                 default_interfaces: a.default_interfaces.clone(),
             },
             auth,
+            noauth_allow_remote: a.noauth_allow_remote,
+        })
+    }
+}
+
+/// `noauth` makes every caller an administrator: refuse a non-loopback address unless
+/// `api.noauth_allow_remote` is set.
+///
+/// # Errors
+/// [`ConfigCheckError::Invalid`] naming `key`.
+pub fn check_noauth_listen(key: &'static str, addr: SocketAddr) -> Result<(), ConfigCheckError> {
+    if addr.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(ConfigCheckError::Invalid {
+            key,
+            reason: format!(
+                "{addr} is not a loopback address and api.auth_strategy is noauth (every caller \
+                 would be an administrator); use http_basic or keystone, or set \
+                 api.noauth_allow_remote = true"
+            ),
         })
     }
 }
@@ -250,8 +284,24 @@ mod tests {
         c.database.url = "postgres//nope".into();
         assert!(c.check().unwrap_err().to_string().contains("database.url"));
         let mut c = ApiConfig::default();
-        c.api.auth_strategy = "keystone".into();
+        c.api.auth_strategy = "ldap".into();
         assert!(c.check().unwrap_err().to_string().contains("api.auth_strategy"));
+        let mut c = ApiConfig::default();
+        c.api.auth_strategy = "keystone".into();
+        assert!(matches!(c.check().unwrap().auth, Auth::TrustedHeaders));
+    }
+
+    #[test]
+    fn test_noauth_binds_only_loopback_unless_allowed() {
+        let mut c = ApiConfig::default();
+        c.api.grpc_listen = ListenAddr(SocketAddr::from(([0, 0, 0, 0], 6386)));
+        let e = c.check().unwrap_err();
+        assert!(matches!(e, ConfigCheckError::Invalid { key: "api.grpc_listen", .. }), "{e}");
+        c.api.noauth_allow_remote = true;
+        c.check().unwrap();
+        c.api.noauth_allow_remote = false;
+        c.api.auth_strategy = "keystone".into();
+        c.check().unwrap();
     }
 
     #[test]

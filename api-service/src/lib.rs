@@ -7,7 +7,7 @@
 //! Modules: [`version`] (microversions), [`error`] (the one HTTP/gRPC error mapping),
 //! [`render`] (version-gated, secret-masked JSON), [`patch`] (JSON Patch with Ironic's
 //! rules), [`service`] (the operations both transports share), `rest` (axum handlers),
-//! [`grpc`] (tonic), [`auth`], [`metrics`], [`config`].
+//! [`grpc`] (tonic), [`auth`] and [`policy`] (who may do what, both transports), [`metrics`], [`config`].
 
 pub mod auth;
 pub mod config;
@@ -19,6 +19,7 @@ pub mod metrics;
 mod openapi;
 pub mod outbox;
 pub mod patch;
+pub mod policy;
 pub mod render;
 pub mod resources;
 mod rest;
@@ -52,6 +53,34 @@ pub enum ApiServiceError {
     Grpc(#[source] tonic::transport::Error),
 }
 
+/// Refuse `noauth` on non-loopback listeners unless allowed, and say loudly when the API
+/// is open or trusts identity headers on an address others can reach.
+fn check_listeners(
+    checked: &CheckedConfig,
+    addrs: [(&'static str, Option<std::net::SocketAddr>); 2],
+) -> Result<(), ConfigCheckError> {
+    for (key, addr) in addrs {
+        let Some(addr) = addr else { continue };
+        match &checked.auth {
+            auth::Auth::NoAuth if !checked.noauth_allow_remote => {
+                config::check_noauth_listen(key, addr)?;
+            }
+            auth::Auth::NoAuth if !addr.ip().is_loopback() => tracing::warn!(
+                %addr,
+                "AUTHENTICATION IS OFF (api.auth_strategy = noauth) on a non-loopback address: \
+                 anyone who reaches this port can enroll, deploy and delete machines"
+            ),
+            auth::Auth::TrustedHeaders if !addr.ip().is_loopback() => tracing::warn!(
+                %addr,
+                "keystone mode trusts the X-Roles/X-Project-Id headers: only a proxy that \
+                 validates tokens and strips client-sent identity headers may reach this port"
+            ),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Serve REST on `rest` and gRPC on `grpc` (both already bound) until `shutdown` is
 /// cancelled or either server fails; ready ([`Shutdown::ready`]) once both serve. On shutdown
 /// in-flight requests get the drain timeout ([`Shutdown::drain`]) to finish.
@@ -69,9 +98,11 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), ApiServiceError> {
     let checked = cfg.check()?;
-    let state = ApiState::new(store, bus, checked.settings, checked.auth);
     let rest_addr = rest.local_addr().ok();
     let grpc_addr = grpc.local_addr().ok();
+    // The listeners are bound by the caller: check the addresses they really have.
+    check_listeners(&checked, [("api.rest_listen", rest_addr), ("api.grpc_listen", grpc_addr)])?;
+    let state = ApiState::new(store, bus, checked.settings, checked.auth);
     let backend = state.store.backend_name();
     let token = shutdown.token().clone();
     let app = router(state.clone());

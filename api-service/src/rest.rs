@@ -93,7 +93,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
         let version = Version::from_request_parts(parts, state).await?;
         let request_id =
             parts.extensions.get::<RequestId>().map_or_else(new_request_id, |r| r.0.clone());
-        Ok(Ctx { version, request_id })
+        // The auth layer records the identity on every request it lets through.
+        let identity = parts
+            .extensions
+            .get::<crate::auth::Identity>()
+            .cloned()
+            .unwrap_or_else(crate::auth::Identity::anonymous);
+        Ok(Ctx { version, request_id, identity })
     }
 }
 
@@ -192,7 +198,7 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     let routed = v1
-        .layer(middleware::from_fn_with_state(state.auth.clone(), crate::auth::layer))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::layer))
         .layer(middleware::from_fn(version::layer))
         .layer(middleware::from_fn_with_state(state.clone(), crate::metrics::layer))
         .layer(middleware::from_fn(request_id_layer))

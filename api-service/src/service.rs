@@ -103,12 +103,20 @@ pub struct Ctx {
     pub version: Version,
     /// `req-<uuid>`.
     pub request_id: String,
+    /// Who is calling (the policy decides from this).
+    pub identity: crate::auth::Identity,
 }
 
 impl Ctx {
-    /// A context at the maximum version with a fresh request id (gRPC, internal callers).
+    /// A context at the maximum version with a fresh request id and an unrestricted
+    /// identity, for the service's own work (never for a caller's request).
     pub fn latest() -> Self {
-        Self { version: Version::MAX, request_id: new_request_id() }
+        Self::for_identity(crate::auth::Identity::unrestricted(None))
+    }
+
+    /// A context at the maximum version for an authenticated caller (gRPC).
+    pub fn for_identity(identity: crate::auth::Identity) -> Self {
+        Self { version: Version::MAX, request_id: new_request_id(), identity }
     }
 }
 

@@ -53,13 +53,16 @@ async fn list_inner(
             None => Some(NODE_LIST_FIELDS.iter().map(|s| (*s).to_owned()).collect()),
         }
     };
-    let q = p.to_query(v)?;
+    let mut q = p.to_query(v)?;
+    state.scope_node_list(&ctx.identity, &mut q)?;
     let mut nodes = state.node_list(&q).await?;
     if v.at_least(49) && fields.as_ref().is_none_or(|f| f.iter().any(|f| f == "conductor")) {
         state.assign_conductors(&mut nodes).await;
     }
-    let items: Vec<Value> =
-        nodes.iter().map(|n| node_json(n, v, base, fields.as_deref())).collect();
+    let items: Vec<Value> = nodes
+        .iter()
+        .map(|n| node_json(&ctx.identity.node_view(n), v, base, fields.as_deref()))
+        .collect();
     let mut body = json!({ "nodes": items });
     if let Some(last) = nodes.last()
         && nodes.len() == q.limit as usize
@@ -103,8 +106,11 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let node = state.node_create(&ctx, req).await?;
     let location = format!("{base}/v1/nodes/{}", node.uuid);
-    let mut resp =
-        (StatusCode::CREATED, Json(node_json(&node, ctx.version, &base, None))).into_response();
+    let mut resp = (
+        StatusCode::CREATED,
+        Json(node_json(&ctx.identity.node_view(&node), ctx.version, &base, None)),
+    )
+        .into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
@@ -126,7 +132,7 @@ pub async fn show(
     if v.at_least(49) {
         state.assign_conductors(std::slice::from_mut(&mut node)).await;
     }
-    Ok(Json(node_json(&node, v, &base, fields.as_deref())))
+    Ok(Json(node_json(&ctx.identity.node_view(&node), v, &base, fields.as_deref())))
 }
 
 /// Query of `PATCH /v1/nodes/{ident}`.
@@ -153,7 +159,7 @@ pub async fn patch(
         .map(|r| crate::service::parse_bool("reset_interfaces", r))
         .transpose()?;
     let node = state.node_patch(&ctx, &ident, &ops, reset).await?;
-    Ok(Json(node_json(&node, ctx.version, &base, None)))
+    Ok(Json(node_json(&ctx.identity.node_view(&node), ctx.version, &base, None)))
 }
 
 /// Delete a node.

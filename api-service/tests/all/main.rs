@@ -16,4 +16,5 @@ mod inspection;
 mod late_versions;
 mod node_extras;
 mod outbox;
+mod policy;
 mod rest;
