@@ -69,6 +69,16 @@ pub struct ApiSection {
     /// Default interface per interface name for new nodes, where the hardware type enables
     /// it (Ironic's `[DEFAULT]default_<interface>_interface`), e.g. `{ network = "flat" }`.
     pub default_interfaces: std::collections::BTreeMap<String, String>,
+    /// Seconds a REST client may take to send a request's headers; also how long an idle
+    /// keep-alive connection stays open (slow-loris protection).
+    pub header_read_timeout: u64,
+    /// Seconds a REST request body may pause between chunks.
+    pub body_read_timeout: u64,
+    /// Lookup and heartbeat requests per second per client address before 429
+    /// (0 = unlimited).
+    pub ramdisk_rate_limit_per_second: u32,
+    /// How many lookup/heartbeat requests one address may send in a burst.
+    pub ramdisk_rate_limit_burst: u32,
 }
 
 impl Default for ApiSection {
@@ -88,6 +98,10 @@ impl Default for ApiSection {
             conductor_heartbeat_timeout: 60,
             management_timeout: 60,
             default_interfaces: std::collections::BTreeMap::new(),
+            header_read_timeout: 10,
+            body_read_timeout: 30,
+            ramdisk_rate_limit_per_second: 100,
+            ramdisk_rate_limit_burst: 500,
         }
     }
 }
@@ -166,6 +180,14 @@ impl ApiConfig {
                 reason: format!("'{u}' is not an http(s) URL"),
             });
         }
+        for (key, v) in [
+            ("api.header_read_timeout", a.header_read_timeout),
+            ("api.body_read_timeout", a.body_read_timeout),
+        ] {
+            if v == 0 {
+                return Err(ConfigCheckError::Invalid { key, reason: "must be at least 1".into() });
+            }
+        }
         if a.ramdisk_heartbeat_timeout == 0 {
             return Err(ConfigCheckError::Invalid {
                 key: "api.ramdisk_heartbeat_timeout",
@@ -223,6 +245,10 @@ impl ApiConfig {
                 management_timeout: Duration::from_secs(a.management_timeout.max(1)),
                 require_agent_tls: a.require_agent_tls,
                 default_interfaces: a.default_interfaces.clone(),
+                header_read_timeout: Duration::from_secs(a.header_read_timeout),
+                body_read_timeout: Duration::from_secs(a.body_read_timeout),
+                ramdisk_rate_limit_per_second: a.ramdisk_rate_limit_per_second,
+                ramdisk_rate_limit_burst: a.ramdisk_rate_limit_burst,
             },
             auth,
             noauth_allow_remote: a.noauth_allow_remote,

@@ -15,6 +15,7 @@ pub mod drivers;
 pub mod endpoints;
 pub mod error;
 pub mod grpc;
+pub mod limits;
 pub mod metrics;
 mod openapi;
 pub mod outbox;
@@ -24,6 +25,7 @@ pub mod render;
 pub mod resources;
 mod rest;
 pub mod ring;
+pub mod serve;
 pub mod service;
 pub mod version;
 
@@ -113,11 +115,10 @@ pub async fn run(
     ));
     let (rest_token, stop) = (token.clone(), token.clone());
     // Either server stopping stops the other too rather than limp along half-up.
+    let timeouts = serve::HttpTimeouts { header_read: state.settings.header_read_timeout };
     let rest_task = shutdown.spawn(async move {
-        let r = axum::serve(rest, app)
-            .with_graceful_shutdown(rest_token.cancelled_owned())
-            .await
-            .map_err(ApiServiceError::Rest);
+        let r =
+            serve::serve_rest(rest, app, timeouts, rest_token).await.map_err(ApiServiceError::Rest);
         stop.cancel();
         r
     });
@@ -127,6 +128,10 @@ pub async fn run(
     let (grpc_token, stop) = (token.clone(), token);
     let grpc_task = shutdown.spawn(async move {
         let r = tonic::transport::Server::builder()
+            // Dead or stalled peers are found and their streams closed.
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+            .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
             .add_service(grpc_svc)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),

@@ -49,7 +49,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         let req = Request::from_parts(parts, body);
-        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::bad_request(format!("Invalid request body: {}", r.body_text()))
+            }
+        })?;
+        if crate::limits::json_too_deep(&bytes, crate::limits::MAX_JSON_DEPTH) {
+            return Err(ApiError::bad_request(format!(
+                "The request body nests JSON deeper than {} levels.",
+                crate::limits::MAX_JSON_DEPTH
+            )));
+        }
+        let axum::Json(v) = axum::Json::<T>::from_bytes(&bytes)?;
         Ok(ApiJson(v))
     }
 }
@@ -186,8 +199,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/drivers/{name}/properties", get(misc::driver_properties))
         .route("/v1/conductors", get(misc::conductors))
         .route("/v1/conductors/{hostname}", get(misc::conductor))
-        .route("/v1/lookup", get(agent::lookup))
-        .route("/v1/heartbeat/{ident}", post(agent::heartbeat))
+        .merge(
+            Router::new()
+                .route("/v1/lookup", get(agent::lookup))
+                .route("/v1/heartbeat/{ident}", post(agent::heartbeat))
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::limits::ramdisk_rate_limit,
+                )),
+        )
         .route("/v1/continue_inspection", post(inspection::continue_inspection))
         .route("/v1/openapi.json", get(misc::openapi))
         .route("/healthz", get(misc::healthz))
@@ -202,6 +222,8 @@ pub fn router(state: ApiState) -> Router {
         .layer(middleware::from_fn(version::layer))
         .layer(middleware::from_fn_with_state(state.clone(), crate::metrics::layer))
         .layer(middleware::from_fn(request_id_layer))
+        // A body must keep arriving: a client dripping it byte by byte is cut off.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(state.settings.body_read_timeout))
         .with_state(state);
     // Ironic serves `/v1/nodes/` as `/v1/nodes` (python-ironicclient sends filtered lists
     // that way): the trailing slash goes before routing.
