@@ -14,6 +14,8 @@ pub mod config;
 pub mod drivers;
 pub mod endpoints;
 pub mod error;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod grpc;
 pub mod limits;
 pub mod metrics;
