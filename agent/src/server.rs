@@ -72,9 +72,9 @@ impl AgentGrpc {
     }
 }
 
-/// Constant-time comparison (no early exit on the first differing byte).
+/// Constant-time comparison (`subtle`: no early exit on the first differing byte).
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 /// The token check run before every call.

@@ -38,14 +38,17 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSection {
-    /// REST listen address (Ironic's port 6385).
+    /// REST listen address (Ironic's port 6385; loopback by default).
     pub rest_listen: ListenAddr,
-    /// gRPC listen address.
+    /// gRPC listen address (loopback by default).
     pub grpc_listen: ListenAddr,
     /// Base URL for links; derived from the Host header when unset.
     pub public_url: Option<String>,
-    /// `noauth` or `http_basic`.
+    /// `noauth`, `http_basic` or `keystone` (identity headers from a trusted front proxy).
     pub auth_strategy: String,
+    /// Let `noauth` serve on a non-loopback address (anyone who reaches the port is an
+    /// administrator; for a private network or a pod behind an authenticating proxy only).
+    pub noauth_allow_remote: bool,
     /// htpasswd file with bcrypt entries (for `http_basic`).
     pub http_basic_auth_user_file: Option<PathBuf>,
     /// Lookup only in the states that expect an agent.
@@ -66,15 +69,26 @@ pub struct ApiSection {
     /// Default interface per interface name for new nodes, where the hardware type enables
     /// it (Ironic's `[DEFAULT]default_<interface>_interface`), e.g. `{ network = "flat" }`.
     pub default_interfaces: std::collections::BTreeMap<String, String>,
+    /// Seconds a REST client may take to send a request's headers; also how long an idle
+    /// keep-alive connection stays open (slow-loris protection).
+    pub header_read_timeout: u64,
+    /// Seconds a REST request body may pause between chunks.
+    pub body_read_timeout: u64,
+    /// Lookup and heartbeat requests per second per client address before 429
+    /// (0 = unlimited).
+    pub ramdisk_rate_limit_per_second: u32,
+    /// How many lookup/heartbeat requests one address may send in a burst.
+    pub ramdisk_rate_limit_burst: u32,
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
         Self {
-            rest_listen: ListenAddr(SocketAddr::from(([0, 0, 0, 0], 6385))),
-            grpc_listen: ListenAddr(SocketAddr::from(([0, 0, 0, 0], 6386))),
+            rest_listen: ListenAddr(SocketAddr::from(([127, 0, 0, 1], 6385))),
+            grpc_listen: ListenAddr(SocketAddr::from(([127, 0, 0, 1], 6386))),
             public_url: None,
             auth_strategy: "noauth".into(),
+            noauth_allow_remote: false,
             http_basic_auth_user_file: None,
             restrict_lookup: true,
             ramdisk_heartbeat_timeout: 300,
@@ -84,6 +98,10 @@ impl Default for ApiSection {
             conductor_heartbeat_timeout: 60,
             management_timeout: 60,
             default_interfaces: std::collections::BTreeMap::new(),
+            header_read_timeout: 10,
+            body_read_timeout: 30,
+            ramdisk_rate_limit_per_second: 100,
+            ramdisk_rate_limit_burst: 500,
         }
     }
 }
@@ -126,6 +144,8 @@ pub struct CheckedConfig {
     pub settings: Settings,
     /// Authentication.
     pub auth: Auth,
+    /// Whether `noauth` may serve on non-loopback addresses.
+    pub noauth_allow_remote: bool,
 }
 
 impl ApiConfig {
@@ -160,6 +180,14 @@ impl ApiConfig {
                 reason: format!("'{u}' is not an http(s) URL"),
             });
         }
+        for (key, v) in [
+            ("api.header_read_timeout", a.header_read_timeout),
+            ("api.body_read_timeout", a.body_read_timeout),
+        ] {
+            if v == 0 {
+                return Err(ConfigCheckError::Invalid { key, reason: "must be at least 1".into() });
+            }
+        }
         if a.ramdisk_heartbeat_timeout == 0 {
             return Err(ConfigCheckError::Invalid {
                 key: "api.ramdisk_heartbeat_timeout",
@@ -168,6 +196,7 @@ impl ApiConfig {
         }
         let auth = match a.auth_strategy.as_str() {
             "noauth" => Auth::NoAuth,
+            "keystone" => Auth::TrustedHeaders,
             "http_basic" => {
                 let path =
                     a.http_basic_auth_user_file.as_ref().ok_or(ConfigCheckError::Invalid {
@@ -179,10 +208,16 @@ impl ApiConfig {
             other => {
                 return Err(ConfigCheckError::Invalid {
                     key: "api.auth_strategy",
-                    reason: format!("'{other}' is not one of noauth, http_basic"),
+                    reason: format!("'{other}' is not one of noauth, http_basic, keystone"),
                 });
             }
         };
+        if matches!(auth, Auth::NoAuth) && !a.noauth_allow_remote {
+            for (key, addr) in [("api.rest_listen", rest_listen), ("api.grpc_listen", grpc_listen)]
+            {
+                check_noauth_listen(key, addr)?;
+            }
+        }
         for (iface, value) in &a.default_interfaces {
             if !deploy::hardware::INTERFACE_NAMES.contains(&iface.as_str()) {
                 return Err(ConfigCheckError::Invalid {
@@ -210,8 +245,33 @@ impl ApiConfig {
                 management_timeout: Duration::from_secs(a.management_timeout.max(1)),
                 require_agent_tls: a.require_agent_tls,
                 default_interfaces: a.default_interfaces.clone(),
+                header_read_timeout: Duration::from_secs(a.header_read_timeout),
+                body_read_timeout: Duration::from_secs(a.body_read_timeout),
+                ramdisk_rate_limit_per_second: a.ramdisk_rate_limit_per_second,
+                ramdisk_rate_limit_burst: a.ramdisk_rate_limit_burst,
             },
             auth,
+            noauth_allow_remote: a.noauth_allow_remote,
+        })
+    }
+}
+
+/// `noauth` makes every caller an administrator: refuse a non-loopback address unless
+/// `api.noauth_allow_remote` is set.
+///
+/// # Errors
+/// [`ConfigCheckError::Invalid`] naming `key`.
+pub fn check_noauth_listen(key: &'static str, addr: SocketAddr) -> Result<(), ConfigCheckError> {
+    if addr.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(ConfigCheckError::Invalid {
+            key,
+            reason: format!(
+                "{addr} is not a loopback address and api.auth_strategy is noauth (every caller \
+                 would be an administrator); use http_basic or keystone, or set \
+                 api.noauth_allow_remote = true"
+            ),
         })
     }
 }
@@ -250,8 +310,24 @@ mod tests {
         c.database.url = "postgres//nope".into();
         assert!(c.check().unwrap_err().to_string().contains("database.url"));
         let mut c = ApiConfig::default();
-        c.api.auth_strategy = "keystone".into();
+        c.api.auth_strategy = "ldap".into();
         assert!(c.check().unwrap_err().to_string().contains("api.auth_strategy"));
+        let mut c = ApiConfig::default();
+        c.api.auth_strategy = "keystone".into();
+        assert!(matches!(c.check().unwrap().auth, Auth::TrustedHeaders));
+    }
+
+    #[test]
+    fn test_noauth_binds_only_loopback_unless_allowed() {
+        let mut c = ApiConfig::default();
+        c.api.grpc_listen = ListenAddr(SocketAddr::from(([0, 0, 0, 0], 6386)));
+        let e = c.check().unwrap_err();
+        assert!(matches!(e, ConfigCheckError::Invalid { key: "api.grpc_listen", .. }), "{e}");
+        c.api.noauth_allow_remote = true;
+        c.check().unwrap();
+        c.api.noauth_allow_remote = false;
+        c.api.auth_strategy = "keystone".into();
+        c.check().unwrap();
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub enum ApiError {
     /// The request body is larger than allowed (413).
     #[error("Request is too large.")]
     PayloadTooLarge,
+    /// The client sent too many requests to a rate-limited endpoint (429).
+    #[error("Too many requests, please slow down.")]
+    TooManyRequests,
     /// The node's BMC failed a management call (Ironic's `IPMIFailure` / `RedfishError`,
     /// a 500 that carries the message: it names the BMC, never credentials).
     #[error("{0}")]
@@ -69,6 +72,7 @@ impl ApiError {
             ApiError::RouteNotFound | ApiError::Unsupported(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BmcFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -92,6 +96,9 @@ impl From<ApiError> for tonic::Status {
             ApiError::Unsupported(m) => tonic::Status::unimplemented(m),
             ApiError::MethodNotAllowed => tonic::Status::unimplemented("Method not allowed"),
             ApiError::PayloadTooLarge => tonic::Status::resource_exhausted("Request is too large."),
+            ApiError::TooManyRequests => {
+                tonic::Status::resource_exhausted("Too many requests, please slow down.")
+            }
             ApiError::BmcFailed(m) => tonic::Status::internal(m),
         }
     }
@@ -120,6 +127,9 @@ impl IntoResponse for ApiError {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if matches!(self, ApiError::Public(PublicError::NodeLocked { .. })) {
             // The lock is held for the length of one operation; clients may retry.
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, ApiError::TooManyRequests) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if matches!(self, ApiError::Unauthorized) {

@@ -1,6 +1,10 @@
 //! `ferric.v1.NodeService` over tonic. Every method calls the same service functions as
 //! REST (at the maximum microversion), so validation is identical; errors map to gRPC codes
 //! in `ApiError → Status` (error.rs), which defers to `proto::status` for `PublicError`.
+//!
+//! Every call is authenticated from its metadata by the same [`crate::auth::Auth`] as REST
+//! (`authorization` for http_basic, the identity headers in keystone mode) and checked by the
+//! same [`crate::policy`] rules; `WatchNode` streams only the nodes the caller may see.
 
 use std::pin::Pin;
 
@@ -14,7 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::auth::Identity;
+use crate::error::ApiError;
 use crate::patch::PatchOp;
+use crate::policy::{Policy, Target, p};
 use crate::render::{masked_instance_info, masked_internal_info, ts};
 use crate::service::{ApiState, Ctx, NodeCreate, NodeListParams, PowerRequest, ProvisionRequest};
 
@@ -29,6 +36,24 @@ impl GrpcApi {
     /// A service over `state`; watch streams end when `shutdown` is cancelled.
     pub fn new(state: ApiState, shutdown: CancellationToken) -> Self {
         Self { state, shutdown }
+    }
+
+    /// Authenticate a call from its metadata.
+    async fn ctx<T>(&self, req: &Request<T>) -> Result<Ctx, Status> {
+        let headers = req.metadata().clone().into_headers();
+        let identity = self.state.auth.authenticate(&headers).await.map_err(ApiError::from)?;
+        Ok(Ctx::for_identity(identity))
+    }
+
+    /// Fetch a node the caller may act on with `policy` (404 when hidden, 403 when denied).
+    async fn node_for(&self, ctx: &Ctx, ident: &str, policy: Policy) -> Result<Node, Status> {
+        let n = self.state.node_by_ident(ident, ctx.version).await?;
+        if policy == p::NODE_DELETE {
+            self.state.authorize_delete(&ctx.identity, &n, ident)?;
+        } else {
+            ctx.identity.authorize_node(policy, &n, ident)?;
+        }
+        Ok(n)
     }
 }
 
@@ -100,15 +125,16 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::NodeEvent, Status>> + Se
 #[tonic::async_trait]
 impl NodeService for GrpcApi {
     async fn get(&self, req: Request<pb::GetNodeRequest>) -> Result<Response<pb::Node>, Status> {
-        let ctx = Ctx::latest();
-        let n = self.state.node_by_ident(&req.get_ref().node, ctx.version).await?;
-        Ok(Response::new(node_to_pb(&n)))
+        let ctx = self.ctx(&req).await?;
+        let n = self.node_for(&ctx, &req.get_ref().node, p::NODE_GET).await?;
+        Ok(Response::new(node_to_pb(&ctx.identity.node_view(&n))))
     }
 
     async fn list(
         &self,
         req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let ctx = self.ctx(&req).await?;
         let r = req.into_inner();
         let params = NodeListParams {
             limit: (r.limit > 0).then_some(i64::from(r.limit)),
@@ -123,14 +149,15 @@ impl NodeService for GrpcApi {
             sort_dir: opt(&r.sort_dir),
             ..NodeListParams::default()
         };
-        let q = params.to_query(Ctx::latest().version)?;
+        let mut q = params.to_query(ctx.version)?;
+        self.state.scope_node_list(&ctx.identity, &mut q)?;
         let nodes = self.state.node_list(&q).await?;
         let next_marker = match nodes.last() {
             Some(last) if nodes.len() == q.limit as usize => last.uuid.to_string(),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListNodesResponse {
-            nodes: nodes.iter().map(node_to_pb).collect(),
+            nodes: nodes.iter().map(|n| node_to_pb(&ctx.identity.node_view(n))).collect(),
             next_marker,
         }))
     }
@@ -139,6 +166,7 @@ impl NodeService for GrpcApi {
         &self,
         req: Request<pb::CreateNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
+        let ctx = self.ctx(&req).await?;
         let r = req.into_inner();
         let body = NodeCreate {
             driver: r.driver,
@@ -155,27 +183,30 @@ impl NodeService for GrpcApi {
         if body.driver.is_empty() {
             return Err(Status::invalid_argument("'driver' is a required property"));
         }
-        let n = self.state.node_create(&Ctx::latest(), body).await?;
-        Ok(Response::new(node_to_pb(&n)))
+        let n = self.state.node_create(&ctx, body).await?;
+        Ok(Response::new(node_to_pb(&ctx.identity.node_view(&n))))
     }
 
     async fn update(
         &self,
         req: Request<pb::UpdateNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
+        let ctx = self.ctx(&req).await?;
         let r = req.into_inner();
         let ops: Vec<PatchOp> = json_field("json_patch", &r.json_patch)?.ok_or_else(|| {
             Status::invalid_argument("json_patch: a JSON Patch document is required")
         })?;
-        let n = self.state.node_patch(&Ctx::latest(), &r.node, &ops, None).await?;
-        Ok(Response::new(node_to_pb(&n)))
+        let n = self.state.node_patch(&ctx, &r.node, &ops, None).await?;
+        Ok(Response::new(node_to_pb(&ctx.identity.node_view(&n))))
     }
 
     async fn delete(
         &self,
         req: Request<pb::DeleteNodeRequest>,
     ) -> Result<Response<pb::DeleteNodeResponse>, Status> {
-        self.state.node_delete(&Ctx::latest(), &req.get_ref().node).await?;
+        let ctx = self.ctx(&req).await?;
+        self.node_for(&ctx, &req.get_ref().node, p::NODE_DELETE).await?;
+        self.state.node_delete(&ctx, &req.get_ref().node).await?;
         Ok(Response::new(pb::DeleteNodeResponse {}))
     }
 
@@ -184,7 +215,9 @@ impl NodeService for GrpcApi {
         req: Request<pb::SetProvisionStateRequest>,
     ) -> Result<Response<pb::SetProvisionStateResponse>, Status> {
         let span = call_span(&req, "SetProvisionState");
+        let ctx = self.ctx(&req).await?;
         let r = req.into_inner();
+        self.node_for(&ctx, &r.node, p::NODE_SET_PROVISION).await?;
         let configdrive = if r.configdrive.trim_start().starts_with('{') {
             json_field::<Value>("configdrive", &r.configdrive)?
         } else {
@@ -198,9 +231,10 @@ impl NodeService for GrpcApi {
             rescue_password: opt(&r.rescue_password),
             ..ProvisionRequest::default()
         };
-        let n =
-            self.state.node_set_provision(&Ctx::latest(), &r.node, body).instrument(span).await?;
-        Ok(Response::new(pb::SetProvisionStateResponse { node: Some(node_to_pb(&n)) }))
+        let n = self.state.node_set_provision(&ctx, &r.node, body).instrument(span).await?;
+        Ok(Response::new(pb::SetProvisionStateResponse {
+            node: Some(node_to_pb(&ctx.identity.node_view(&n))),
+        }))
     }
 
     async fn set_power_state(
@@ -208,13 +242,17 @@ impl NodeService for GrpcApi {
         req: Request<pb::SetPowerStateRequest>,
     ) -> Result<Response<pb::SetPowerStateResponse>, Status> {
         let span = call_span(&req, "SetPowerState");
+        let ctx = self.ctx(&req).await?;
         let r = req.into_inner();
+        self.node_for(&ctx, &r.node, p::NODE_SET_POWER).await?;
         let body = PowerRequest {
             target: r.target,
             timeout: (r.timeout_secs > 0).then_some(i64::from(r.timeout_secs)),
         };
-        let n = self.state.node_set_power(&Ctx::latest(), &r.node, body).instrument(span).await?;
-        Ok(Response::new(pb::SetPowerStateResponse { node: Some(node_to_pb(&n)) }))
+        let n = self.state.node_set_power(&ctx, &r.node, body).instrument(span).await?;
+        Ok(Response::new(pb::SetPowerStateResponse {
+            node: Some(node_to_pb(&ctx.identity.node_view(&n))),
+        }))
     }
 
     type WatchNodeStream = WatchStream;
@@ -223,11 +261,12 @@ impl NodeService for GrpcApi {
         &self,
         req: Request<pb::WatchNodeRequest>,
     ) -> Result<Response<Self::WatchNodeStream>, Status> {
+        let ctx = self.ctx(&req).await?;
         let r = req.into_inner();
         let node = if r.node.is_empty() {
             None
         } else {
-            Some(self.state.node_by_ident(&r.node, Ctx::latest().version).await?)
+            Some(self.node_for(&ctx, &r.node, p::NODE_GET).await?)
         };
         // Subscribe before reading the initial state so no change falls in between.
         let consumer = self
@@ -247,7 +286,7 @@ impl NodeService for GrpcApi {
                         .map(|t| t.as_str().to_owned())
                         .unwrap_or_default(),
                     power_state: n.power_state.map(|p| p.as_str().to_owned()).unwrap_or_default(),
-                    last_error: n.last_error.clone().unwrap_or_default(),
+                    last_error: ctx.identity.node_view(n).last_error.clone().unwrap_or_default(),
                     event: "initial".into(),
                     previous_provision_state: String::new(),
                 })),
@@ -257,32 +296,90 @@ impl NodeService for GrpcApi {
         };
         let filter = node.as_ref().map(|n| n.uuid.to_string());
         let name = node.as_ref().and_then(|n| n.name.clone()).unwrap_or_default();
-        let events = futures::stream::unfold(consumer, move |mut consumer| {
-            let filter = filter.clone();
-            let name = name.clone();
-            async move {
-                loop {
-                    let delivery = consumer.next().await?;
-                    let ev = match bus::decode_event(&delivery) {
-                        Ok(ev) => ev,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "watch: undecodable event skipped");
+        let visibility = Visibility::new(self.state.clone(), ctx.identity);
+        let events =
+            futures::stream::unfold((consumer, visibility), move |(mut consumer, mut vis)| {
+                let filter = filter.clone();
+                let name = name.clone();
+                async move {
+                    loop {
+                        let delivery = consumer.next().await?;
+                        let ev = match bus::decode_event(&delivery) {
+                            Ok(ev) => ev,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "watch: undecodable event skipped");
+                                continue;
+                            }
+                        };
+                        if filter.as_ref().is_some_and(|f| *f != ev.node_uuid) {
                             continue;
                         }
-                    };
-                    if filter.as_ref().is_some_and(|f| *f != ev.node_uuid) {
-                        continue;
-                    }
-                    if let Some(out) = event_to_pb(ev, &name) {
-                        return Some((Ok(out), consumer));
+                        let Some(sees_error) = vis.check(&ev.node_uuid).await else { continue };
+                        if let Some(mut out) = event_to_pb(ev, &name) {
+                            if !sees_error
+                                && let Some(pb::node_event::Kind::State(s)) = &mut out.kind
+                                && !s.last_error.is_empty()
+                            {
+                                s.last_error = REDACTED_LAST_ERROR.into();
+                            }
+                            return Some((Ok(out), (consumer, vis)));
+                        }
                     }
                 }
-            }
-        });
+            });
         let stream = futures::stream::iter(initial)
             .chain(events)
             .take_until(self.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// What a lessee sees instead of a node's `last_error` (Ironic's redaction note).
+const REDACTED_LAST_ERROR: &str =
+    "** Value Redacted - Requires baremetal:node:get:last_error permission. **";
+
+/// Which nodes a watcher may see, remembered for a few seconds per node so a busy stream
+/// does not read the node for every progress event.
+struct Visibility {
+    state: ApiState,
+    identity: Identity,
+    seen: std::collections::HashMap<String, (std::time::Instant, Option<bool>)>,
+}
+
+impl Visibility {
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn new(state: ApiState, identity: Identity) -> Self {
+        Self { state, identity, seen: std::collections::HashMap::new() }
+    }
+
+    /// `None` when the node is hidden from the caller, else whether it sees `last_error`.
+    async fn check(&mut self, node_uuid: &str) -> Option<bool> {
+        if !self.identity.enforced() || self.identity.sees_all() {
+            return Some(true);
+        }
+        if let Some((at, v)) = self.seen.get(node_uuid)
+            && at.elapsed() < Self::FRESH
+        {
+            return *v;
+        }
+        let verdict = match node_uuid.parse::<deploy::NodeId>() {
+            Ok(id) => match self.state.store.node_fetch(id).await {
+                Ok(n) => {
+                    let t = Target::node(&n);
+                    self.identity
+                        .allows(p::NODE_GET.rule, t)
+                        .then(|| self.identity.sees_last_error(t))
+                }
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        if self.seen.len() > 10_000 {
+            self.seen.clear();
+        }
+        self.seen.insert(node_uuid.to_owned(), (std::time::Instant::now(), verdict));
+        verdict
     }
 }
 

@@ -7,22 +7,27 @@
 //! Modules: [`version`] (microversions), [`error`] (the one HTTP/gRPC error mapping),
 //! [`render`] (version-gated, secret-masked JSON), [`patch`] (JSON Patch with Ironic's
 //! rules), [`service`] (the operations both transports share), `rest` (axum handlers),
-//! [`grpc`] (tonic), [`auth`], [`metrics`], [`config`].
+//! [`grpc`] (tonic), [`auth`] and [`policy`] (who may do what, both transports), [`metrics`], [`config`].
 
 pub mod auth;
 pub mod config;
 pub mod drivers;
 pub mod endpoints;
 pub mod error;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod grpc;
+pub mod limits;
 pub mod metrics;
 mod openapi;
 pub mod outbox;
 pub mod patch;
+pub mod policy;
 pub mod render;
 pub mod resources;
 mod rest;
 pub mod ring;
+pub mod serve;
 pub mod service;
 pub mod version;
 
@@ -52,6 +57,34 @@ pub enum ApiServiceError {
     Grpc(#[source] tonic::transport::Error),
 }
 
+/// Refuse `noauth` on non-loopback listeners unless allowed, and say loudly when the API
+/// is open or trusts identity headers on an address others can reach.
+fn check_listeners(
+    checked: &CheckedConfig,
+    addrs: [(&'static str, Option<std::net::SocketAddr>); 2],
+) -> Result<(), ConfigCheckError> {
+    for (key, addr) in addrs {
+        let Some(addr) = addr else { continue };
+        match &checked.auth {
+            auth::Auth::NoAuth if !checked.noauth_allow_remote => {
+                config::check_noauth_listen(key, addr)?;
+            }
+            auth::Auth::NoAuth if !addr.ip().is_loopback() => tracing::warn!(
+                %addr,
+                "AUTHENTICATION IS OFF (api.auth_strategy = noauth) on a non-loopback address: \
+                 anyone who reaches this port can enroll, deploy and delete machines"
+            ),
+            auth::Auth::TrustedHeaders if !addr.ip().is_loopback() => tracing::warn!(
+                %addr,
+                "keystone mode trusts the X-Roles/X-Project-Id headers: only a proxy that \
+                 validates tokens and strips client-sent identity headers may reach this port"
+            ),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Serve REST on `rest` and gRPC on `grpc` (both already bound) until `shutdown` is
 /// cancelled or either server fails; ready ([`Shutdown::ready`]) once both serve. On shutdown
 /// in-flight requests get the drain timeout ([`Shutdown::drain`]) to finish.
@@ -69,9 +102,11 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), ApiServiceError> {
     let checked = cfg.check()?;
-    let state = ApiState::new(store, bus, checked.settings, checked.auth);
     let rest_addr = rest.local_addr().ok();
     let grpc_addr = grpc.local_addr().ok();
+    // The listeners are bound by the caller: check the addresses they really have.
+    check_listeners(&checked, [("api.rest_listen", rest_addr), ("api.grpc_listen", grpc_addr)])?;
+    let state = ApiState::new(store, bus, checked.settings, checked.auth);
     let backend = state.store.backend_name();
     let token = shutdown.token().clone();
     let app = router(state.clone());
@@ -82,11 +117,10 @@ pub async fn run(
     ));
     let (rest_token, stop) = (token.clone(), token.clone());
     // Either server stopping stops the other too rather than limp along half-up.
+    let timeouts = serve::HttpTimeouts { header_read: state.settings.header_read_timeout };
     let rest_task = shutdown.spawn(async move {
-        let r = axum::serve(rest, app)
-            .with_graceful_shutdown(rest_token.cancelled_owned())
-            .await
-            .map_err(ApiServiceError::Rest);
+        let r =
+            serve::serve_rest(rest, app, timeouts, rest_token).await.map_err(ApiServiceError::Rest);
         stop.cancel();
         r
     });
@@ -96,6 +130,10 @@ pub async fn run(
     let (grpc_token, stop) = (token.clone(), token);
     let grpc_task = shutdown.spawn(async move {
         let r = tonic::transport::Server::builder()
+            // Dead or stalled peers are found and their streams closed.
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+            .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
             .add_service(grpc_svc)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),

@@ -213,7 +213,8 @@ fn opt_string(doc: &mut Map<String, Value>, key: &str) -> Result<Option<String>,
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(other) => Err(ApiError::bad_request(format!(
-            "Invalid value for {key}: expected a string, got {other}"
+            "Invalid value for {key}: expected a string, got {}",
+            json_kind(&other)
         ))),
     }
 }
@@ -227,12 +228,26 @@ fn opt_uuid(doc: &mut Map<String, Value>, key: &str) -> Result<Option<uuid::Uuid
     }
 }
 
+/// What kind of JSON value `v` is, for error messages: the value itself is never echoed,
+/// since it may be a password (`driver_info`, `instance_info`).
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 fn object(doc: &mut Map<String, Value>, key: &str) -> Result<JsonObject, ApiError> {
     match doc.remove(key) {
         None | Some(Value::Null) => Ok(JsonObject::new()),
         Some(Value::Object(m)) => Ok(m),
         Some(other) => Err(ApiError::bad_request(format!(
-            "Invalid value for {key}: expected an object, got {other}"
+            "Invalid value for {key}: expected an object, got {}",
+            json_kind(&other)
         ))),
     }
 }
@@ -249,7 +264,8 @@ fn opt_bool(doc: &mut Map<String, Value>, key: &str) -> Result<Option<bool>, Api
             Ok(Some(s.eq_ignore_ascii_case("true")))
         }
         Some(other) => Err(ApiError::bad_request(format!(
-            "Invalid value for {key}: expected a boolean, got {other}"
+            "Invalid value for {key}: expected a boolean, got {}",
+            json_kind(&other)
         ))),
     }
 }

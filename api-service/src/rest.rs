@@ -49,7 +49,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         let req = Request::from_parts(parts, body);
-        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::bad_request(format!("Invalid request body: {}", r.body_text()))
+            }
+        })?;
+        if crate::limits::json_too_deep(&bytes, crate::limits::MAX_JSON_DEPTH) {
+            return Err(ApiError::bad_request(format!(
+                "The request body nests JSON deeper than {} levels.",
+                crate::limits::MAX_JSON_DEPTH
+            )));
+        }
+        let axum::Json(v) = axum::Json::<T>::from_bytes(&bytes)?;
         Ok(ApiJson(v))
     }
 }
@@ -93,7 +106,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
         let version = Version::from_request_parts(parts, state).await?;
         let request_id =
             parts.extensions.get::<RequestId>().map_or_else(new_request_id, |r| r.0.clone());
-        Ok(Ctx { version, request_id })
+        // The auth layer records the identity on every request it lets through.
+        let identity = parts
+            .extensions
+            .get::<crate::auth::Identity>()
+            .cloned()
+            .unwrap_or_else(crate::auth::Identity::anonymous);
+        Ok(Ctx { version, request_id, identity })
     }
 }
 
@@ -180,8 +199,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/drivers/{name}/properties", get(misc::driver_properties))
         .route("/v1/conductors", get(misc::conductors))
         .route("/v1/conductors/{hostname}", get(misc::conductor))
-        .route("/v1/lookup", get(agent::lookup))
-        .route("/v1/heartbeat/{ident}", post(agent::heartbeat))
+        .merge(
+            Router::new()
+                .route("/v1/lookup", get(agent::lookup))
+                .route("/v1/heartbeat/{ident}", post(agent::heartbeat))
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::limits::ramdisk_rate_limit,
+                )),
+        )
         .route("/v1/continue_inspection", post(inspection::continue_inspection))
         .route("/v1/openapi.json", get(misc::openapi))
         .route("/healthz", get(misc::healthz))
@@ -192,10 +218,12 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     let routed = v1
-        .layer(middleware::from_fn_with_state(state.auth.clone(), crate::auth::layer))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::layer))
         .layer(middleware::from_fn(version::layer))
         .layer(middleware::from_fn_with_state(state.clone(), crate::metrics::layer))
         .layer(middleware::from_fn(request_id_layer))
+        // A body must keep arriving: a client dripping it byte by byte is cut off.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(state.settings.body_read_timeout))
         .with_state(state);
     // Ironic serves `/v1/nodes/` as `/v1/nodes` (python-ironicclient sends filtered lists
     // that way): the trailing slash goes before routing.

@@ -51,6 +51,14 @@ pub struct Settings {
     pub require_agent_tls: bool,
     /// Configured default interfaces for new nodes.
     pub default_interfaces: std::collections::BTreeMap<String, String>,
+    /// How long a client may take to send request headers (REST).
+    pub header_read_timeout: Duration,
+    /// How long a request body may pause between chunks (REST).
+    pub body_read_timeout: Duration,
+    /// Lookup/heartbeat requests per second per client address (0 = unlimited).
+    pub ramdisk_rate_limit_per_second: u32,
+    /// Lookup/heartbeat requests a client address may send at once.
+    pub ramdisk_rate_limit_burst: u32,
 }
 
 impl Default for Settings {
@@ -65,6 +73,10 @@ impl Default for Settings {
             management_timeout: Duration::from_secs(60),
             require_agent_tls: false,
             default_interfaces: std::collections::BTreeMap::new(),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            ramdisk_rate_limit_per_second: 100,
+            ramdisk_rate_limit_burst: 500,
         }
     }
 }
@@ -86,6 +98,8 @@ pub struct ApiState {
     pub outbox: crate::outbox::Outbox,
     /// Which conductor manages a node.
     pub ring: Arc<crate::ring::ConductorRing>,
+    /// The per-address rate limit of lookup and heartbeat.
+    pub ramdisk_limiter: Arc<crate::limits::RateLimiter>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -103,12 +117,20 @@ pub struct Ctx {
     pub version: Version,
     /// `req-<uuid>`.
     pub request_id: String,
+    /// Who is calling (the policy decides from this).
+    pub identity: crate::auth::Identity,
 }
 
 impl Ctx {
-    /// A context at the maximum version with a fresh request id (gRPC, internal callers).
+    /// A context at the maximum version with a fresh request id and an unrestricted
+    /// identity, for the service's own work (never for a caller's request).
     pub fn latest() -> Self {
-        Self { version: Version::MAX, request_id: new_request_id() }
+        Self::for_identity(crate::auth::Identity::unrestricted(None))
+    }
+
+    /// A context at the maximum version for an authenticated caller (gRPC).
+    pub fn for_identity(identity: crate::auth::Identity) -> Self {
+        Self { version: Version::MAX, request_id: new_request_id(), identity }
     }
 }
 
@@ -120,9 +142,14 @@ pub fn new_request_id() -> String {
 impl ApiState {
     /// Build a state with default settings and no auth (tests, embedded mode).
     pub fn new(store: DataStore, bus: DynBus, settings: Settings, auth: Auth) -> Self {
+        let ramdisk_limiter = Arc::new(crate::limits::RateLimiter::new(
+            settings.ramdisk_rate_limit_per_second,
+            settings.ramdisk_rate_limit_burst,
+        ));
         Self {
             store,
             bus,
+            ramdisk_limiter,
             settings: Arc::new(settings),
             auth,
             metrics: Arc::new(Metrics::new()),

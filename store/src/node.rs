@@ -529,6 +529,7 @@ impl DataStore {
         sql.eq_text("resource_class", &q.resource_class);
         sql.eq_text("owner", &q.owner);
         sql.eq_text("lessee", &q.lessee);
+        sql.project_node(&q.project);
         sql.eq_text("conductor", &q.conductor);
         sql.eq_text("instance_uuid", &q.instance_uuid);
         match q.associated {

@@ -185,6 +185,7 @@ impl DataStore {
         }
         sql.node_field_in("shard", &q.shards);
         sql.node_field_in("conductor_group", &q.conductor_groups);
+        sql.project_of_node(&q.project);
         if let Some(d) = &q.description_contains {
             sql.contains(matches!(self.backend, Backend::Pg(_)), "description", d);
         }

@@ -156,6 +156,9 @@ pub struct NodeListQuery {
     pub owner: Option<String>,
     /// Only nodes leased to this project.
     pub lessee: Option<String>,
+    /// Only nodes this project owns or leases (a project-scoped caller's view, as Ironic's
+    /// `project` filter).
+    pub project: Option<String>,
     /// Only nodes managed by this conductor (hostname).
     pub conductor: Option<String>,
     /// Only the node with this instance UUID.
@@ -205,6 +208,7 @@ impl Default for NodeListQuery {
             resource_class: None,
             owner: None,
             lessee: None,
+            project: None,
             conductor: None,
             instance_uuid: None,
             associated: None,
@@ -240,6 +244,8 @@ pub struct PortListQuery {
     pub shards: Vec<String>,
     /// Only ports of nodes in one of these conductor groups.
     pub conductor_groups: Vec<String>,
+    /// Only ports of nodes this project owns or leases (a project-scoped caller's view).
+    pub project: Option<String>,
     /// Only ports whose description contains this text.
     pub description_contains: Option<String>,
     /// Page size, 1..=1000.
@@ -258,6 +264,7 @@ impl Default for PortListQuery {
             portgroup: None,
             shards: Vec::new(),
             conductor_groups: Vec::new(),
+            project: None,
             description_contains: None,
             limit: MAX_LIMIT,
             marker: None,

@@ -78,6 +78,24 @@ impl Sql {
         }
     }
 
+    /// Append ` AND (owner = $p OR lessee = $p)` for a node row, when `project` is set.
+    pub(crate) fn project_node(&mut self, project: &Option<String>) {
+        if let Some(v) = project {
+            let (o, l) = (self.arg(Arg::Text(v.clone())), self.arg(Arg::Text(v.clone())));
+            self.and(&format!("(owner = {o} OR lessee = {l})"));
+        }
+    }
+
+    /// Append ` AND node_uuid IN (nodes owned or leased by project)`, when `project` is set.
+    pub(crate) fn project_of_node(&mut self, project: &Option<String>) {
+        if let Some(v) = project {
+            let (o, l) = (self.arg(Arg::Text(v.clone())), self.arg(Arg::Text(v.clone())));
+            self.and(&format!(
+                "node_uuid IN (SELECT uuid FROM nodes WHERE owner = {o} OR lessee = {l})"
+            ));
+        }
+    }
+
     /// Append ` AND description contains text` (PostgreSQL's `strpos`, SQLite's `instr`;
     /// both find a literal substring).
     pub(crate) fn contains(&mut self, pg: bool, column: &str, text: &str) {

@@ -729,7 +729,8 @@ async fn children(
 ) -> Result<Json<Value>, ApiError> {
     gate(&ctx, 83)?;
     let n = state.node_by_ident(&ident, ctx.version).await?;
-    let q = NodeListQuery { parent_node: Some(n.uuid), ..NodeListQuery::default() };
+    let mut q = NodeListQuery { parent_node: Some(n.uuid), ..NodeListQuery::default() };
+    state.scope_node_list(&ctx.identity, &mut q)?;
     let kids = state.store.node_list(&q).await?;
     let ids: Vec<String> = kids.iter().map(|k| k.uuid.to_string()).collect();
     Ok(Json(json!({ "children": ids })))

@@ -54,7 +54,8 @@ async fn list_inner(
             None => Some(NODE_LIST_FIELDS.iter().map(|s| (*s).to_owned()).collect()),
         }
     };
-    let q = p.to_query(v)?;
+    let mut q = p.to_query(v)?;
+    state.scope_node_list(&ctx.identity, &mut q)?;
     let mut nodes = state.node_list(&q).await?;
     if v.at_least(49) && fields.as_ref().is_none_or(|f| f.iter().any(|f| f == "conductor")) {
         state.assign_conductors(&mut nodes).await;
@@ -63,8 +64,11 @@ async fn list_inner(
         let path = if detail_path { "/v1/nodes/detail" } else { "/v1/nodes" };
         format!("{base}{path}?{}", p.next_query(q.limit, &last.uuid.to_string()))
     });
-    let nodes =
-        nodes.iter().map(|n| NodeView { node: n, v, base, fields: fields.as_deref() }).collect();
+    let views: Vec<_> = nodes.iter().map(|n| ctx.identity.node_view(n)).collect();
+    let nodes = views
+        .iter()
+        .map(|n| NodeView { node: n.as_ref(), v, base, fields: fields.as_deref() })
+        .collect();
     Ok(Json(NodePage { nodes, next }).into_response())
 }
 
@@ -108,8 +112,11 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let node = state.node_create(&ctx, req).await?;
     let location = format!("{base}/v1/nodes/{}", node.uuid);
-    let mut resp =
-        (StatusCode::CREATED, Json(node_json(&node, ctx.version, &base, None))).into_response();
+    let mut resp = (
+        StatusCode::CREATED,
+        Json(node_json(&ctx.identity.node_view(&node), ctx.version, &base, None)),
+    )
+        .into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
@@ -131,7 +138,7 @@ pub async fn show(
     if v.at_least(49) {
         state.assign_conductors(std::slice::from_mut(&mut node)).await;
     }
-    Ok(Json(node_json(&node, v, &base, fields.as_deref())))
+    Ok(Json(node_json(&ctx.identity.node_view(&node), v, &base, fields.as_deref())))
 }
 
 /// Query of `PATCH /v1/nodes/{ident}`.
@@ -158,7 +165,7 @@ pub async fn patch(
         .map(|r| crate::service::parse_bool("reset_interfaces", r))
         .transpose()?;
     let node = state.node_patch(&ctx, &ident, &ops, reset).await?;
-    Ok(Json(node_json(&node, ctx.version, &base, None)))
+    Ok(Json(node_json(&ctx.identity.node_view(&node), ctx.version, &base, None)))
 }
 
 /// Delete a node.

@@ -67,6 +67,7 @@ async fn list_inner(
         None => None,
     };
     let mut q = p.to_query(node)?;
+    state.scope_port_list(&ctx.identity, &mut q)?;
     if let Some(pg) = &p.portgroup {
         if !v.at_least(24) {
             return Err(ApiError::NotAcceptable(

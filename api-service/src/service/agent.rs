@@ -52,12 +52,10 @@ pub fn mint_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Compare secrets without an early exit, so timing does not reveal the matching prefix.
+/// Compare secrets in constant time (`subtle`), so timing does not reveal the matching
+/// prefix. Only the length may differ quickly, and agent tokens all have the same length.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 fn check_callback_url(url: &str, require_tls: bool) -> Result<(), ApiError> {

@@ -355,7 +355,8 @@ impl ApiState {
     /// # Errors
     /// 400 for bad values or an unknown driver, 406 for fields newer than `v`, 409 for a
     /// duplicate UUID or name.
-    pub async fn node_create(&self, ctx: &Ctx, req: NodeCreate) -> Result<Node, ApiError> {
+    pub async fn node_create(&self, ctx: &Ctx, mut req: NodeCreate) -> Result<Node, ApiError> {
+        self.authorize_create(&ctx.identity, &mut req.owner)?;
         let v = ctx.version;
         gate(v, req.name.is_some(), "name", 5)?;
         gate(v, req.network_interface.is_some(), "network_interface", 20)?;
@@ -565,6 +566,11 @@ impl ApiState {
     ) -> Result<Node, ApiError> {
         gate(ctx.version, reset_interfaces.is_some(), "reset_interfaces", 45)?;
         let node = self.node_by_ident(ident, ctx.version).await?;
+        for policy in crate::policy::node_patch_policies(
+            ops.iter().map(|o| (o.path.as_str(), o.value.as_ref())),
+        ) {
+            ctx.identity.authorize_node(policy, &node, ident)?;
+        }
         if let Some(holder) = &node.reservation {
             return Err(PublicError::NodeLocked {
                 node: node.uuid.to_string(),

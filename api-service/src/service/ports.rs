@@ -235,6 +235,8 @@ impl ApiState {
                 return Err(ApiError::bad_request("'node_uuid' is a required property"));
             }
         };
+        ctx.identity
+            .authorize(crate::policy::p::PORT_CREATE, crate::policy::Target::node(&node))?;
         let uuid = match &req.uuid {
             Some(u) => u
                 .parse::<PortId>()

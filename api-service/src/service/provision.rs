@@ -136,7 +136,8 @@ impl ApiState {
                 }
                 other => {
                     return Err(ApiError::bad_request(format!(
-                        "Invalid configdrive: expected a string or an object, got {other}"
+                        "Invalid configdrive: expected a string or an object, got {}",
+                        crate::patch::json_kind(other)
                     )));
                 }
             }
@@ -235,11 +236,9 @@ impl ApiState {
             event: verb.event().as_str().to_owned(),
             from_state: from.as_str().to_owned(),
             to_state: to.as_str().to_owned(),
-            configdrive: match &req.configdrive {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Object(o)) => Value::Object(o.clone()).to_string(),
-                _ => String::new(),
-            },
+            // The config drive and the rescue password stay in the database (the conductor
+            // reads them from the node): events are seen by every watcher and broker admin.
+            configdrive: String::new(),
             clean_steps_json: req
                 .clean_steps
                 .as_ref()
@@ -250,7 +249,7 @@ impl ApiState {
                 .as_ref()
                 .map(|s| Value::Array(s.clone()).to_string())
                 .unwrap_or_default(),
-            rescue_password: req.rescue_password.clone().unwrap_or_default(),
+            rescue_password: String::new(),
         });
         self.publish(ctx, &updated, payload).await;
         self.publish_changed(ctx, &updated, from, verb.event().as_str()).await;

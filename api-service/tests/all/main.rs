@@ -14,6 +14,8 @@ mod endpoints;
 mod grpc;
 mod inspection;
 mod late_versions;
+mod limits;
 mod node_extras;
 mod outbox;
+mod policy;
 mod rest;

@@ -351,4 +351,38 @@ mod tests {
         assert_eq!(parse(&buf).unwrap(), Packet::Data { block: 65535, data: b"xyz" });
         assert_eq!(parse(&encode_ack(7)).unwrap(), Packet::Ack(7));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 2048, ..Default::default() })]
+
+        /// Any datagram decodes or is refused; none panics.
+        #[test]
+        fn test_fuzz_any_datagram(buf in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = parse(&buf);
+        }
+
+        /// Read requests with arbitrary names and options survive encode → parse, and
+        /// datagrams built from TFTP-looking pieces (opcodes, NULs, option names) never panic.
+        #[test]
+        fn test_fuzz_requests_and_options(
+            name in "[^\u{0}]{1,40}",
+            opts in proptest::collection::vec(("[a-zA-Z]{1,10}", "[^\u{0}]{0,10}"), 0..5),
+            pieces in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just(b"\x00\x01".to_vec()),
+                proptest::strategy::Just(b"\x00\x06".to_vec()),
+                proptest::strategy::Just(b"\x00".to_vec()),
+                proptest::strategy::Just(b"octet".to_vec()),
+                proptest::strategy::Just(b"blksize".to_vec()),
+                proptest::strategy::Just(b"windowsize".to_vec()),
+                proptest::strategy::Just(b"65536".to_vec()),
+                proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+            ], 0..10),
+        ) {
+            let raw = encode_rrq(&name, Mode::Octet, &opts);
+            if let Ok(Packet::Read(req)) = parse(&raw) {
+                proptest::prop_assert_eq!(req.filename, name);
+            }
+            let _ = parse(&pieces.concat());
+        }
+    }
 }

@@ -78,10 +78,35 @@ pub async fn test_node_list_filters(db: &TestDatabase) {
         (NodeListQuery { driver: Some("nope".into()), ..Default::default() }, vec![]),
         // A filter value is a value, never SQL.
         (NodeListQuery { owner: Some("p1' OR '1'='1".into()), ..Default::default() }, vec![]),
+        // A project's view: what it owns or leases.
+        (NodeListQuery { project: Some("p1".into()), ..Default::default() }, vec![a.uuid, c.uuid]),
+        (NodeListQuery { project: Some("p2".into()), ..Default::default() }, vec![b.uuid]),
+        (NodeListQuery { project: Some("p3".into()), ..Default::default() }, vec![]),
+        (
+            NodeListQuery {
+                project: Some("p1".into()),
+                driver: Some("ipmi".into()),
+                resource_class: Some("gold".into()),
+                ..Default::default()
+            },
+            vec![a.uuid],
+        ),
     ];
     for (q, want) in cases {
         let got = store.node_list(&q).await.unwrap();
         assert_eq!(uuids(&got), want, "{q:?}");
+    }
+    // Ports follow their node's owner or lessee.
+    let mac = |i: u8| format!("52:54:00:00:01:{i:02x}").parse().unwrap();
+    for (i, n) in [&a, &b, &c].into_iter().enumerate() {
+        let i = u8::try_from(i).unwrap();
+        store.port_insert(&deploy::Port::new(n.uuid, mac(i), chrono::Utc::now())).await.unwrap();
+    }
+    for (project, want) in [("p1", vec![a.uuid, c.uuid]), ("p2", vec![b.uuid]), ("p3", vec![])] {
+        let q = store::PortListQuery { project: Some(project.into()), ..Default::default() };
+        let got: Vec<NodeId> =
+            store.port_list(&q).await.unwrap().iter().map(|p| p.node_uuid).collect();
+        assert_eq!(got, want, "ports of {project}");
     }
 }
 
