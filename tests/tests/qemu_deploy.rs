@@ -374,7 +374,9 @@ async fn start_stack(
         let (store, bus, (shutdown, r)) = (store.clone(), bus.clone(), root.service());
         ready.push(("api-service", r));
         tasks.spawn(async move {
-            let cfg = api_service::ApiConfig::default();
+            let mut cfg = api_service::ApiConfig::default();
+            // On the tap network the VM reaches the API at the namespace bridge's address.
+            cfg.api.noauth_allow_remote = true;
             if let Err(e) = api_service::run(cfg, rest, grpc, store, bus, shutdown).await {
                 eprintln!("[qemu-deploy] api-service stopped: {e:?}");
             }
