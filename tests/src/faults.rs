@@ -13,6 +13,7 @@ pub mod postgres;
 pub mod rabbit;
 pub mod ramdisk;
 pub mod scenario;
+pub mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
