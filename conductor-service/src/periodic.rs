@@ -43,9 +43,30 @@ where
 pub async fn heartbeat(ctx: Arc<Ctx>) {
     if let Err(e) = ctx.store.conductor_heartbeat(&ctx.cfg.hostname, ctx.clock.now()).await {
         tracing::warn!(error = %common::ErrorChain(&e), "conductor heartbeat failed");
+        *ok_since(&ctx) = None;
         // Re-register in case the row was removed.
-        let _ = ctx.store.conductor_register(&ctx.registration(), ctx.clock.now()).await;
+        if ctx.store.conductor_register(&ctx.registration(), ctx.clock.now()).await.is_ok() {
+            heartbeat_succeeded(&ctx);
+        }
+    } else {
+        heartbeat_succeeded(&ctx);
     }
+}
+
+fn ok_since(ctx: &Ctx) -> std::sync::MutexGuard<'_, Option<chrono::DateTime<chrono::Utc>>> {
+    ctx.heartbeats_ok_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Record a successful heartbeat (the start of a streak, if none runs).
+pub(crate) fn heartbeat_succeeded(ctx: &Ctx) {
+    let now = ctx.clock.now();
+    ok_since(ctx).get_or_insert(now);
+}
+
+/// Whether this conductor has heartbeated without a failure for a whole liveness timeout,
+/// so a silent peer is really silent and not just cut off from the database as it was.
+fn can_judge_liveness(ctx: &Ctx, timeout: chrono::Duration) -> bool {
+    ok_since(ctx).is_some_and(|since| ctx.clock.now() - since >= timeout)
 }
 
 /// Declare conductors dead whose heartbeat is older than the liveness timeout, release
@@ -54,6 +75,10 @@ pub async fn heartbeat(ctx: Arc<Ctx>) {
 pub async fn takeover(ctx: Arc<Ctx>) {
     let timeout =
         chrono::Duration::from_std(ctx.cfg.liveness_timeout()).unwrap_or(chrono::Duration::MAX);
+    if !can_judge_liveness(&ctx, timeout) {
+        tracing::debug!("own heartbeats too recent or failing; judging no conductor dead");
+        return;
+    }
     let before = ctx.clock.now() - timeout;
     let mut released_any = false;
     match ctx.store.conductor_list_stale(before).await {

@@ -255,3 +255,26 @@ async fn test_api_killed_while_clients_send_requests() {
     fleet.wait_all(&s.client, "active", Duration::from_secs(240)).await.unwrap();
     s.finish(&fleet, "api-kill").await;
 }
+
+/// The soak in CI size: two deploy/undeploy cycles of eight nodes under faults chosen by a
+/// fixed seed. Nothing may fail, get lost or be dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_soak_two_cycles() {
+    if require_service(Need::Services, "PostgreSQL and RabbitMQ server binaries", tools()).is_none() {
+        return;
+    }
+    let started = Instant::now();
+    let report = tests::faults::soak::run(tests::faults::soak::SoakOptions {
+        duration: Duration::from_secs(600),
+        max_cycles: Some(2),
+        seed: 7,
+        nodes: 8,
+        conductors: 3,
+    })
+    .await
+    .unwrap();
+    eprintln!("soak: {report}\nin {:?}", started.elapsed());
+    assert_eq!(report.cycles, 2);
+    assert_eq!(report.faults_total(), 4);
+    assert!(report.clean(), "{report}");
+}
