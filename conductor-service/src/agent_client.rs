@@ -220,9 +220,8 @@ impl AgentConn {
     ) -> Result<proto::agent::CommandStatus, AgentError> {
         let req = self
             .request(proto::agent::GetCommandStatusRequest { command_id: command_id.to_owned() });
-        let call = |mut c: AgentServiceClient<Channel>| async move {
-            c.get_command_status(req).await
-        };
+        let call =
+            |mut c: AgentServiceClient<Channel>| async move { c.get_command_status(req).await };
         match tokio::time::timeout(self.timeout, call(self.client.clone())).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(s)) if s.code() == tonic::Code::NotFound && !command_id.is_empty() => {

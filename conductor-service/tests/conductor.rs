@@ -396,7 +396,9 @@ async fn test_takeover_of_a_dead_conductors_nodes() {
     // Nothing listens there: the agent cannot be asked.
     let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut held = Vec::new();
-    for (index, agent_url) in [(0, None), (1, Some(env.agent.url())), (1, Some(format!("http://{gone}")))] {
+    for (index, agent_url) in
+        [(0, None), (1, Some(env.agent.url())), (1, Some(format!("http://{gone}")))]
+    {
         let mut n = available_node(&env).await;
         n.provision_state = S::Deploying;
         n.target_provision_state = Some(S::Active);

@@ -412,7 +412,8 @@ impl AgentService for SimAgent {
                 if vanish_mid && i == 1 {
                     me.vanish(node);
                 }
-                me.run_hook(node, HookPoint::WriteChunk(u32::try_from(i).unwrap_or(u32::MAX))).await;
+                me.run_hook(node, HookPoint::WriteChunk(u32::try_from(i).unwrap_or(u32::MAX)))
+                    .await;
                 if me.vanished(node) {
                     // Keep the stream open and silent, as a wedged machine would.
                     let _keep = tx;

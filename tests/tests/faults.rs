@@ -95,7 +95,8 @@ impl Setup {
 /// image written once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_conductor_killed_during_writes_and_cleaning() {
-    let agent = SimAgentConfig { chunks: 10, chunk_delay: Duration::from_millis(40), ..Default::default() };
+    let agent =
+        SimAgentConfig { chunks: 10, chunk_delay: Duration::from_millis(40), ..Default::default() };
     let Some(mut s) = setup("kill-conductor", 3, agent).await else { return };
     let n = 24;
     // Cleaning at enrollment: two nodes are held in EraseDevices and their holder killed.
@@ -127,8 +128,12 @@ async fn test_conductor_killed_during_writes_and_cleaning() {
     // Deploy: every eighth node's write is held mid-image and its conductor killed.
     let victims: Vec<NodeId> = fleet.ids.iter().step_by(8).copied().collect();
     let held = scenario::arm(&s.agent, victims.iter().map(|id| (*id, HookPoint::WriteChunk(3))));
-    let killer =
-        tokio::spawn(scenario::kill_holders(s.cluster.clone(), s.client.clone(), held, victims.len()));
+    let killer = tokio::spawn(scenario::kill_holders(
+        s.cluster.clone(),
+        s.client.clone(),
+        held,
+        victims.len(),
+    ));
     fleet.request_all(&s.client, "active").await.unwrap();
     let killed_writing = killer.await.unwrap().unwrap();
     fleet.wait_all(&s.client, "active", Duration::from_secs(180)).await.unwrap();
@@ -153,9 +158,11 @@ async fn active_count(client: &Client, fleet: &Fleet) -> usize {
 
 /// Poll until at least `n` nodes of the fleet are active.
 async fn wait_active(client: &Client, fleet: &Fleet, n: usize) {
-    conductor_service::testing::wait_for(Duration::from_secs(120), "nodes to become active", || async {
-        (active_count(client, fleet).await >= n).then_some(())
-    })
+    conductor_service::testing::wait_for(
+        Duration::from_secs(120),
+        "nodes to become active",
+        || async { (active_count(client, fleet).await >= n).then_some(()) },
+    )
     .await;
 }
 
@@ -164,7 +171,8 @@ async fn wait_active(client: &Client, fleet: &Fleet, n: usize) {
 /// mid-deploy and a restart. Nothing is lost and nothing is dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_broker_stopped_and_killed_during_deploys() {
-    let agent = SimAgentConfig { chunks: 10, chunk_delay: Duration::from_millis(50), ..Default::default() };
+    let agent =
+        SimAgentConfig { chunks: 10, chunk_delay: Duration::from_millis(50), ..Default::default() };
     let Some(mut s) = setup("broker", 2, agent).await else { return };
     let fleet = scenario::enroll(&s.client, &mut s.ramdisks, "bk", 20).await.unwrap();
     let (first, second) = fleet.ids.split_at(10);
@@ -193,7 +201,11 @@ async fn test_broker_stopped_and_killed_during_deploys() {
 /// recovers by itself and every deploy finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_postgres_immediate_shutdown_during_deploys() {
-    let agent = SimAgentConfig { chunks: 10, chunk_delay: Duration::from_millis(100), ..Default::default() };
+    let agent = SimAgentConfig {
+        chunks: 10,
+        chunk_delay: Duration::from_millis(100),
+        ..Default::default()
+    };
     let Some(mut s) = setup("postgres", 2, agent).await else { return };
     let fleet = scenario::enroll(&s.client, &mut s.ramdisks, "pg", 20).await.unwrap();
     fleet.request_all(&s.client, "active").await.unwrap();
@@ -214,7 +226,11 @@ async fn test_postgres_immediate_shutdown_during_deploys() {
     let health = raw.get(format!("{}/healthz", s.client.base())).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 503);
     let h: serde_json::Value = health.json().await.unwrap();
-    assert_eq!((h["database"].as_str(), h["bus"].as_str()), (Some("unavailable"), Some("ok")), "{h}");
+    assert_eq!(
+        (h["database"].as_str(), h["bus"].as_str()),
+        (Some("unavailable"), Some("ok")),
+        "{h}"
+    );
     s.with_cluster(|c| c.pg.start_again()).await;
     fleet.wait_all(&s.client, "active", Duration::from_secs(240)).await.unwrap();
     let health = raw.get(format!("{}/healthz", s.client.base())).send().await.unwrap();
@@ -227,7 +243,8 @@ async fn test_postgres_immediate_shutdown_during_deploys() {
 /// deploy happens exactly once (one image write per node).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_api_killed_while_clients_send_requests() {
-    let agent = SimAgentConfig { chunks: 10, chunk_delay: Duration::from_millis(20), ..Default::default() };
+    let agent =
+        SimAgentConfig { chunks: 10, chunk_delay: Duration::from_millis(20), ..Default::default() };
     let Some(mut s) = setup("api-kill", 2, agent).await else { return };
     let fleet = scenario::enroll(&s.client, &mut s.ramdisks, "ak", 20).await.unwrap();
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -260,7 +277,8 @@ async fn test_api_killed_while_clients_send_requests() {
 /// fixed seed. Nothing may fail, get lost or be dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_soak_two_cycles() {
-    if require_service(Need::Services, "PostgreSQL and RabbitMQ server binaries", tools()).is_none() {
+    if require_service(Need::Services, "PostgreSQL and RabbitMQ server binaries", tools()).is_none()
+    {
         return;
     }
     let started = Instant::now();

@@ -32,7 +32,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let a = Args::parse();
-    let _telemetry = common::telemetry::init_for("soak", &common::config::TelemetryConfig::default());
+    let _telemetry =
+        common::telemetry::init_for("soak", &common::config::TelemetryConfig::default());
     let report = run(SoakOptions {
         duration: Duration::from_secs(a.minutes * 60),
         max_cycles: a.cycles,

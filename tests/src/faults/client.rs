@@ -142,7 +142,11 @@ impl Client {
                             } else if saw_5xx > 0 {
                                 self.stats.retried_5xx.fetch_add(saw_5xx, Ordering::Relaxed);
                             }
-                            return Ok(Answer { status, body, maybe_applied_before: maybe_applied });
+                            return Ok(Answer {
+                                status,
+                                body,
+                                maybe_applied_before: maybe_applied,
+                            });
                         }
                     }
                 }

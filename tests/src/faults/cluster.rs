@@ -242,11 +242,17 @@ impl Cluster {
         if let Some(c) = self.api.as_mut()
             && let Some(st) = c.try_wait()?
         {
-            bail!("api-service exited ({st}): {}", super::tail(&self.logs.join("api-service.log"), 30));
+            bail!(
+                "api-service exited ({st}): {}",
+                super::tail(&self.logs.join("api-service.log"), 30)
+            );
         }
         for (name, c) in &mut self.conductors {
             if let Some(st) = c.try_wait()? {
-                bail!("{name} exited ({st}): {}", super::tail(&self.logs.join(format!("{name}.log")), 30));
+                bail!(
+                    "{name} exited ({st}): {}",
+                    super::tail(&self.logs.join(format!("{name}.log")), 30)
+                );
             }
         }
         Ok(())

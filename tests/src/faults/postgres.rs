@@ -54,10 +54,14 @@ impl Postgres {
             keep_log: log.to_owned(),
         };
         run(
-            pg.cmd("initdb")
-                .arg("-D")
-                .arg(pg.data())
-                .args(["-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync"]),
+            pg.cmd("initdb").arg("-D").arg(pg.data()).args([
+                "-U",
+                USER,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]),
             "initdb",
         )?;
         pg.start_again()?;

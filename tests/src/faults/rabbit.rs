@@ -133,7 +133,9 @@ impl Rabbit {
     /// When rabbitmqctl fails or the port stays open.
     pub fn stop_app(&self) -> anyhow::Result<()> {
         self.ctl(&["stop_app"])?;
-        poll_blocking(Duration::from_secs(30), "AMQP to close", || Ok((!port_open(self.port)).then_some(())))
+        poll_blocking(Duration::from_secs(30), "AMQP to close", || {
+            Ok((!port_open(self.port)).then_some(()))
+        })
     }
 
     /// `rabbitmqctl start_app`, retried while the old listener socket lingers.
@@ -144,7 +146,9 @@ impl Rabbit {
         poll_blocking(Duration::from_secs(60), "rabbitmqctl start_app", || {
             Ok(self.ctl(&["start_app"]).ok().map(|_| ()))
         })?;
-        poll_blocking(Duration::from_secs(30), "AMQP to open", || Ok(port_open(self.port).then_some(())))
+        poll_blocking(Duration::from_secs(30), "AMQP to open", || {
+            Ok(port_open(self.port).then_some(()))
+        })
     }
 
     /// kill -9 of the node's Erlang VM (its pid file names it), as a crash.
@@ -158,7 +162,9 @@ impl Rabbit {
         if let Some(mut c) = self.child.take() {
             let _ = c.wait();
         }
-        poll_blocking(Duration::from_secs(30), "AMQP to close", || Ok((!port_open(self.port)).then_some(())))
+        poll_blocking(Duration::from_secs(30), "AMQP to close", || {
+            Ok((!port_open(self.port)).then_some(()))
+        })
     }
 
     /// Messages waiting in dead-letter queues (`*.dead`).
@@ -166,7 +172,8 @@ impl Rabbit {
     /// # Errors
     /// When rabbitmqctl fails.
     pub fn dead_letters(&self) -> anyhow::Result<u64> {
-        let out = self.ctl(&["list_queues", "name", "messages", "--quiet", "--no-table-headers"])?;
+        let out =
+            self.ctl(&["list_queues", "name", "messages", "--quiet", "--no-table-headers"])?;
         Ok(out
             .lines()
             .filter_map(|l| {

@@ -100,10 +100,8 @@ impl Fleet {
                     continue;
                 }
             };
-            let by_id: HashMap<String, &Value> = nodes
-                .iter()
-                .filter_map(|n| Some((n["uuid"].as_str()?.to_owned(), n)))
-                .collect();
+            let by_id: HashMap<String, &Value> =
+                nodes.iter().filter_map(|n| Some((n["uuid"].as_str()?.to_owned(), n))).collect();
             let mut waiting = Vec::new();
             for id in &self.ids {
                 let Some(n) = by_id.get(&id.to_string()) else {
@@ -131,7 +129,11 @@ impl Fleet {
     ///
     /// # Errors
     /// Naming the first node that is not.
-    pub fn check_deployed(&self, agent: &SimAgent, writes: &HashMap<NodeId, u32>) -> anyhow::Result<()> {
+    pub fn check_deployed(
+        &self,
+        agent: &SimAgent,
+        writes: &HashMap<NodeId, u32>,
+    ) -> anyhow::Result<()> {
         for id in &self.ids {
             if !agent.disk(*id).bootable() {
                 bail!("node {id}: disk {:?} is not bootable", agent.disk(*id));
@@ -195,7 +197,6 @@ pub fn arm(
     }));
     rx
 }
-
 
 /// For each held command: kill -9 the conductor that holds its node, start a replacement,
 /// wait until the node's lock has left the dead conductor (lease expiry and takeover), then

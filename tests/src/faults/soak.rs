@@ -84,7 +84,10 @@ impl SoakReport {
 
     /// Whether nothing was lost, failed or left behind.
     pub fn clean(&self) -> bool {
-        self.nodes_failed == 0 && self.lost == 0 && self.unretried_5xx == 0 && self.dead_letters == 0
+        self.nodes_failed == 0
+            && self.lost == 0
+            && self.unretried_5xx == 0
+            && self.dead_letters == 0
     }
 }
 
@@ -178,6 +181,12 @@ impl Soak {
         target: &str,
         settled: &str,
     ) -> anyhow::Result<Vec<deploy::NodeId>> {
+        if target == "active" {
+            // Undeploying clears instance_info; every deploy names its image again.
+            for id in ids {
+                self.client.patch_node(&id.to_string(), &scenario::instance_patch()).await?;
+            }
+        }
         let fault = FAULTS[self.rng.random_range(0..FAULTS.len())];
         let victim = ids[self.rng.random_range(0..ids.len())];
         *self.report.faults.entry(format!("{fault:?}")).or_default() += 1;
