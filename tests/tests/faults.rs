@@ -7,7 +7,11 @@
 //! The faults are hit deliberately: the simulated agent holds a command at a chosen point
 //! and tells the test, which kills the conductor driving it (tests::faults::scenario::arm).
 
-#![expect(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::print_stderr,
+    reason = "test code: a failed unwrap is a failed test; each case reports its numbers on stderr"
+)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

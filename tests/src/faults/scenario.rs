@@ -179,7 +179,7 @@ pub fn arm(
     points: impl IntoIterator<Item = (NodeId, HookPoint)>,
 ) -> tokio::sync::mpsc::UnboundedReceiver<Held> {
     let armed: Arc<Mutex<HashSet<(NodeId, HookPoint)>>> =
-        Arc::new(Mutex::new(points.into_iter().map(|(n, p)| (n, p)).collect()));
+        Arc::new(Mutex::new(points.into_iter().collect()));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     agent.set_hook(Arc::new(move |node, point| {
         let hit = armed.lock().unwrap_or_else(|p| p.into_inner()).remove(&(node, point));
