@@ -85,10 +85,10 @@ pub struct Ctx {
     pub(crate) allocations: allocation::Tracker,
     /// Limit on concurrently driven nodes.
     pub(crate) tasks: tokio::sync::Semaphore,
-    /// Since when this conductor's own liveness heartbeats have all succeeded (`None`
-    /// after a failure): it judges others dead only when it could have seen their
-    /// heartbeats for a whole liveness timeout (a database outage silences everyone).
-    pub(crate) heartbeats_ok_since: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+    /// This conductor's own run of successful heartbeats: it judges others dead only when
+    /// it could have seen their heartbeats for a whole liveness timeout (a database outage
+    /// silences everyone).
+    pub(crate) heartbeat_streak: Mutex<periodic::HeartbeatStreak>,
 }
 
 impl Ctx {
@@ -161,7 +161,7 @@ pub async fn run_with_clock(
         inflight: Mutex::new(HashMap::new()),
         power_failures: Mutex::new(HashMap::new()),
         allocations: allocation::Tracker::default(),
-        heartbeats_ok_since: Mutex::new(None),
+        heartbeat_streak: Mutex::default(),
     });
     let host = ctx.cfg.hostname.clone();
     ctx.store

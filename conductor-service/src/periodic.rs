@@ -43,7 +43,7 @@ where
 pub async fn heartbeat(ctx: Arc<Ctx>) {
     if let Err(e) = ctx.store.conductor_heartbeat(&ctx.cfg.hostname, ctx.clock.now()).await {
         tracing::warn!(error = %common::ErrorChain(&e), "conductor heartbeat failed");
-        *ok_since(&ctx) = None;
+        streak(&ctx).since = None;
         // Re-register in case the row was removed.
         if ctx.store.conductor_register(&ctx.registration(), ctx.clock.now()).await.is_ok() {
             heartbeat_succeeded(&ctx);
@@ -53,20 +53,37 @@ pub async fn heartbeat(ctx: Arc<Ctx>) {
     }
 }
 
-fn ok_since(ctx: &Ctx) -> std::sync::MutexGuard<'_, Option<chrono::DateTime<chrono::Utc>>> {
-    ctx.heartbeats_ok_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// This conductor's run of successful heartbeats.
+#[derive(Debug, Default)]
+pub(crate) struct HeartbeatStreak {
+    /// When the run started (`None` after a failure).
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the last heartbeat of the run completed.
+    last: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Record a successful heartbeat (the start of a streak, if none runs).
+fn streak(ctx: &Ctx) -> std::sync::MutexGuard<'_, HeartbeatStreak> {
+    ctx.heartbeat_streak.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Record a heartbeat that just completed. A gap of more than two intervals since the last
+/// one (a call that hung while the database was away, a stalled process) starts a new run:
+/// peers were as unable to heartbeat as this conductor was.
 pub(crate) fn heartbeat_succeeded(ctx: &Ctx) {
     let now = ctx.clock.now();
-    ok_since(ctx).get_or_insert(now);
+    let gap = chrono::Duration::from_std(ctx.cfg.heartbeat_interval() * 2)
+        .unwrap_or(chrono::Duration::MAX);
+    let mut s = streak(ctx);
+    if s.since.is_none() || s.last.is_none_or(|last| now - last > gap) {
+        s.since = Some(now);
+    }
+    s.last = Some(now);
 }
 
-/// Whether this conductor has heartbeated without a failure for a whole liveness timeout,
-/// so a silent peer is really silent and not just cut off from the database as it was.
+/// Whether this conductor has heartbeated without a failure or a gap for a whole liveness
+/// timeout, so a silent peer is really silent and not just cut off as it was.
 fn can_judge_liveness(ctx: &Ctx, timeout: chrono::Duration) -> bool {
-    ok_since(ctx).is_some_and(|since| ctx.clock.now() - since >= timeout)
+    streak(ctx).since.is_some_and(|since| ctx.clock.now() - since >= timeout)
 }
 
 /// Declare conductors dead whose heartbeat is older than the liveness timeout, release

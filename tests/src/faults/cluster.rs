@@ -175,11 +175,12 @@ impl Cluster {
         let mut child = self.spawn(&self.bins.api, "api-service", &path, "warn")?;
         let log = self.logs.join("api-service.log");
         let port = self.api_port;
-        let res = poll_blocking(Duration::from_secs(60), "api-service to listen", || {
+        // Listening comes before migrating: wait until it serves a database-backed list.
+        let res = poll_blocking(Duration::from_secs(60), "api-service to serve", || {
             if let Some(st) = child.try_wait()? {
                 bail!("api-service exited ({st}): {}", super::tail(&log, 20));
             }
-            Ok(port_open(port).then_some(()))
+            Ok((port_open(port) && http_status(port, "/v1/nodes") == Some(200)).then_some(()))
         });
         self.api = Some(child);
         res
@@ -193,8 +194,8 @@ impl Cluster {
         }
     }
 
-    /// Start one more conductor (named `c<n>`, never reused) and return its name; it counts
-    /// as started once its process runs (registration is the caller's to wait for).
+    /// Start one more conductor (named `c<n>`, never reused), wait until it has registered,
+    /// and return its name.
     ///
     /// # Errors
     /// When its process cannot start.
@@ -216,9 +217,17 @@ impl Cluster {
             self.rabbit.url()
         );
         let path = self.write_config(&name, &cfg)?;
-        let child = self.spawn(&self.bins.conductor, &name, &path, "info")?;
+        let mut child = self.spawn(&self.bins.conductor, &name, &path, "info")?;
+        let log = self.logs.join(format!("{name}.log"));
+        let (port, path) = (self.api_port, format!("/v1/conductors/{name}"));
+        let res = poll_blocking(Duration::from_secs(60), "the conductor to register", || {
+            if let Some(st) = child.try_wait()? {
+                bail!("{name} exited ({st}): {}", super::tail(&log, 20));
+            }
+            Ok((http_status(port, &path) == Some(200)).then_some(()))
+        });
         self.conductors.insert(name.clone(), child);
-        Ok(name)
+        res.map(|()| name)
     }
 
     /// kill -9 the conductor `name`; `false` when no such process runs.
@@ -257,6 +266,23 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// The status of `GET path` on 127.0.0.1:`port` (HTTP/1.0, Ironic's newest microversion
+/// this client speaks), or `None` when the server does not answer.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read as _, Write as _};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    let req = format!(
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nX-OpenStack-Ironic-API-Version: {}\r\n\r\n",
+        super::client::VERSION
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
 impl Drop for Cluster {
