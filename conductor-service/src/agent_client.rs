@@ -44,6 +44,15 @@ pub enum AgentError {
         /// Agent address.
         url: String,
     },
+    /// The agent does not know the command asked about: it never reached the agent (or
+    /// the agent restarted since).
+    #[error("the agent at {url} knows no command {command_id}")]
+    UnknownCommand {
+        /// Agent address.
+        url: String,
+        /// The id asked about.
+        command_id: String,
+    },
     /// The agent answered with an error status.
     #[error("the agent at {url} failed {call}: {message}")]
     Rpc {
@@ -63,6 +72,7 @@ impl AgentError {
             AgentError::Unreachable { .. } | AgentError::Timeout { .. } => true,
             AgentError::NotConfigured(_)
             | AgentError::Unauthorized { .. }
+            | AgentError::UnknownCommand { .. }
             | AgentError::Rpc { .. } => false,
         }
     }
@@ -202,6 +212,7 @@ impl AgentConn {
     /// Status of a command (empty id: the last one).
     ///
     /// # Errors
+    /// [`AgentError::UnknownCommand`] when the agent never ran `command_id`; otherwise
     /// [`AgentError`] on transport or RPC failure.
     pub async fn command_status(
         &self,
@@ -209,7 +220,23 @@ impl AgentConn {
     ) -> Result<proto::agent::CommandStatus, AgentError> {
         let req = self
             .request(proto::agent::GetCommandStatusRequest { command_id: command_id.to_owned() });
-        self.unary("GetCommandStatus", |mut c| async move { c.get_command_status(req).await }).await
+        let call =
+            |mut c: AgentServiceClient<Channel>| async move { c.get_command_status(req).await };
+        match tokio::time::timeout(self.timeout, call(self.client.clone())).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) if s.code() == tonic::Code::NotFound && !command_id.is_empty() => {
+                Err(AgentError::UnknownCommand {
+                    url: self.url.clone(),
+                    command_id: command_id.to_owned(),
+                })
+            }
+            Ok(Err(s)) => Err(self.status_err("GetCommandStatus", &s)),
+            Err(_) => Err(AgentError::Timeout {
+                url: self.url.clone(),
+                call: "GetCommandStatus",
+                after: self.timeout,
+            }),
+        }
     }
 
     /// Partition UUIDs of the written image.

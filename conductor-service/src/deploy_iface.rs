@@ -35,6 +35,17 @@ pub enum StepOutcome {
     Wait,
 }
 
+/// What a conductor that took a node over learned about the step that was in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reattached {
+    /// The step completed (possibly while nobody watched): go on after it.
+    Completed,
+    /// The step provably never started on the machine: run it again from the start.
+    Restart,
+    /// Nothing can be learned: the operation fails with the reason.
+    Unknown,
+}
+
 /// A deploy interface: its plans and the code of its steps.
 #[async_trait]
 pub trait DeployInterface: Send + Sync + 'static {
@@ -60,9 +71,10 @@ pub trait DeployInterface: Send + Sync + 'static {
     fn clean_plan(&self, node: &Node, automated: bool) -> Result<Vec<Step>, PlanError>;
 
     /// A step that cannot be repeated was in flight when its conductor stopped: find out
-    /// whether it completed (`true`: continue after it). The default knows nothing.
-    async fn reattach(&self, _task: &mut Task, _step: &Step) -> Result<bool, WorkflowError> {
-        Ok(false)
+    /// whether it completed, is still running (then wait for it), or never started. The
+    /// default knows nothing.
+    async fn reattach(&self, _task: &mut Task, _step: &Step) -> Result<Reattached, WorkflowError> {
+        Ok(Reattached::Unknown)
     }
 
     /// Run one step of a plan (`index` of `count`) on the locked node.
@@ -237,22 +249,31 @@ impl DeployInterface for DirectDeploy {
         clean_plan("direct", automated)
     }
 
-    async fn reattach(&self, task: &mut Task, step: &Step) -> Result<bool, WorkflowError> {
+    async fn reattach(&self, task: &mut Task, step: &Step) -> Result<Reattached, WorkflowError> {
         if step.kind != StepKind::WriteImage {
-            return Ok(false);
+            return Ok(Reattached::Unknown);
         }
         // The agent keeps running the write while conductors come and go: ask it.
         let Some(command_id) = AgentSession::of(&task.node).command_id else {
-            tracing::warn!(node = %task.id(), "interrupted write_image never reached the agent");
-            return Ok(false);
+            // The id is recorded before PrepareImage is sent: without one the agent was
+            // never asked, and writing from the start is what would have happened.
+            tracing::warn!(node = %task.id(), "interrupted write_image never reached the agent; starting it");
+            return Ok(Reattached::Restart);
         };
         let conn = match connect(task).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(node = %task.id(), error = %e, "cannot ask the agent about the interrupted write");
-                return Ok(false);
+                return Ok(Reattached::Unknown);
             }
         };
+        if let Err(AgentError::UnknownCommand { .. }) = conn.command_status(&command_id).await {
+            // Recorded but never received (the conductor died between the two): nothing
+            // was written, so the write starts now.
+            tracing::warn!(node = %task.id(), command_id, "interrupted write_image never reached the agent; starting it");
+            return Ok(Reattached::Restart);
+        }
+        // Running: wait for it as its first conductor would have; otherwise its outcome.
         let p = poll_command(task, &conn, &command_id, "write_image", Instant::now()).await?;
         if Phase::try_from(p.phase) != Ok(Phase::Done) {
             return Err(WorkflowError::Failed(format!(
@@ -261,6 +282,7 @@ impl DeployInterface for DirectDeploy {
                 p.error
             )));
         }
+        tracing::info!(node = %task.id(), command_id, "re-attached to the agent: the interrupted write completed");
         let root = p.root_uuid_or_disk_id;
         task.update(|n| {
             if !root.is_empty() {
@@ -270,7 +292,7 @@ impl DeployInterface for DirectDeploy {
             Ok(())
         })
         .await?;
-        Ok(true)
+        Ok(Reattached::Completed)
     }
 
     async fn execute(

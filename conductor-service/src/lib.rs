@@ -85,6 +85,10 @@ pub struct Ctx {
     pub(crate) allocations: allocation::Tracker,
     /// Limit on concurrently driven nodes.
     pub(crate) tasks: tokio::sync::Semaphore,
+    /// This conductor's own run of successful heartbeats: it judges others dead only when
+    /// it could have seen their heartbeats for a whole liveness timeout (a database outage
+    /// silences everyone).
+    pub(crate) heartbeat_streak: Mutex<periodic::HeartbeatStreak>,
 }
 
 impl Ctx {
@@ -157,12 +161,14 @@ pub async fn run_with_clock(
         inflight: Mutex::new(HashMap::new()),
         power_failures: Mutex::new(HashMap::new()),
         allocations: allocation::Tracker::default(),
+        heartbeat_streak: Mutex::default(),
     });
     let host = ctx.cfg.hostname.clone();
     ctx.store
         .conductor_register(&ctx.registration(), ctx.clock.now())
         .await
         .map_err(|source| ConductorError::Register { hostname: host.clone(), source })?;
+    periodic::heartbeat_succeeded(&ctx);
     // Locks this hostname held in a previous life are stale by definition.
     match ctx.store.node_release_all_held_by(&host).await {
         Ok(0) => {}

@@ -43,9 +43,47 @@ where
 pub async fn heartbeat(ctx: Arc<Ctx>) {
     if let Err(e) = ctx.store.conductor_heartbeat(&ctx.cfg.hostname, ctx.clock.now()).await {
         tracing::warn!(error = %common::ErrorChain(&e), "conductor heartbeat failed");
+        streak(&ctx).since = None;
         // Re-register in case the row was removed.
-        let _ = ctx.store.conductor_register(&ctx.registration(), ctx.clock.now()).await;
+        if ctx.store.conductor_register(&ctx.registration(), ctx.clock.now()).await.is_ok() {
+            heartbeat_succeeded(&ctx);
+        }
+    } else {
+        heartbeat_succeeded(&ctx);
     }
+}
+
+/// This conductor's run of successful heartbeats.
+#[derive(Debug, Default)]
+pub(crate) struct HeartbeatStreak {
+    /// When the run started (`None` after a failure).
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the last heartbeat of the run completed.
+    last: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn streak(ctx: &Ctx) -> std::sync::MutexGuard<'_, HeartbeatStreak> {
+    ctx.heartbeat_streak.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Record a heartbeat that just completed. A gap of more than two intervals since the last
+/// one (a call that hung while the database was away, a stalled process) starts a new run:
+/// peers were as unable to heartbeat as this conductor was.
+pub(crate) fn heartbeat_succeeded(ctx: &Ctx) {
+    let now = ctx.clock.now();
+    let gap = chrono::Duration::from_std(ctx.cfg.heartbeat_interval() * 2)
+        .unwrap_or(chrono::Duration::MAX);
+    let mut s = streak(ctx);
+    if s.since.is_none() || s.last.is_none_or(|last| now - last > gap) {
+        s.since = Some(now);
+    }
+    s.last = Some(now);
+}
+
+/// Whether this conductor has heartbeated without a failure or a gap for a whole liveness
+/// timeout, so a silent peer is really silent and not just cut off as it was.
+fn can_judge_liveness(ctx: &Ctx, timeout: chrono::Duration) -> bool {
+    streak(ctx).since.is_some_and(|since| ctx.clock.now() - since >= timeout)
 }
 
 /// Declare conductors dead whose heartbeat is older than the liveness timeout, release
@@ -54,6 +92,10 @@ pub async fn heartbeat(ctx: Arc<Ctx>) {
 pub async fn takeover(ctx: Arc<Ctx>) {
     let timeout =
         chrono::Duration::from_std(ctx.cfg.liveness_timeout()).unwrap_or(chrono::Duration::MAX);
+    if !can_judge_liveness(&ctx, timeout) {
+        tracing::debug!("own heartbeats too recent or failing; judging no conductor dead");
+        return;
+    }
     let before = ctx.clock.now() - timeout;
     let mut released_any = false;
     match ctx.store.conductor_list_stale(before).await {

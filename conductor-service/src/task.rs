@@ -48,6 +48,11 @@ impl From<PublicError> for WorkflowError {
     }
 }
 
+/// How long a failed lock release is retried while the database is away.
+const RELEASE_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+/// Between release attempts.
+const RELEASE_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The node's exclusive lock, held for the whole of a mutating operation.
 pub struct LockGuard {
     ctx: Arc<Ctx>,
@@ -65,12 +70,30 @@ impl LockGuard {
         Ok((Self { ctx: ctx.clone(), node, released: false }, n))
     }
 
-    /// Release the lock now.
+    /// Release the lock now. While the database is unavailable the release is retried
+    /// (for up to [`RELEASE_RETRY_FOR`]): this conductor is alive, so no takeover would ever
+    /// free a lock it failed to give back, and the node would stay locked.
     pub async fn release(mut self) {
         self.released = true;
-        if let Err(e) = self.ctx.store.node_release(self.node, &self.ctx.cfg.hostname).await {
-            tracing::error!(node = %self.node, error = %common::ErrorChain(&e),
-                "could not release the node lock; stale-lock cleanup will");
+        let start = tokio::time::Instant::now();
+        loop {
+            match self.ctx.store.node_release(self.node, &self.ctx.cfg.hostname).await {
+                Ok(_) => return,
+                Err(e)
+                    if e.retryable()
+                        && start.elapsed() < RELEASE_RETRY_FOR
+                        && !self.ctx.token.is_cancelled() =>
+                {
+                    tracing::warn!(node = %self.node, error = %common::ErrorChain(&e),
+                        "could not release the node lock; retrying");
+                    tokio::time::sleep(RELEASE_RETRY_INTERVAL).await;
+                }
+                Err(e) => {
+                    tracing::error!(node = %self.node, error = %common::ErrorChain(&e),
+                        "could not release the node lock; stale-lock cleanup will");
+                    return;
+                }
+            }
         }
     }
 }

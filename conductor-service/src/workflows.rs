@@ -16,7 +16,7 @@ use deploy::steps::{
 use deploy::{Node, PowerState, ProvisionEvent as E, ProvisionState as S};
 use serde_json::Value;
 
-use crate::deploy_iface::{DeployInterface, StepOutcome};
+use crate::deploy_iface::{DeployInterface, Reattached, StepOutcome};
 use crate::drivers::{DriverSet, bmc_label};
 use crate::power::set_power;
 use crate::task::{Task, WorkflowError};
@@ -407,11 +407,15 @@ async fn resolve_start(
                 return Ok((steps, index, false));
             };
             match iface.reattach(task, &step).await? {
-                true => {
+                Reattached::Completed => {
                     tracing::warn!(node = %task.id(), step = step.name, "interrupted step had completed; continuing");
                     Ok((steps, index + 1, false))
                 }
-                false => Err(WorkflowError::Failed(format!(
+                Reattached::Restart => {
+                    tracing::warn!(node = %task.id(), step = step.name, "interrupted step never started; running it");
+                    Ok((steps, index, false))
+                }
+                Reattached::Unknown => Err(WorkflowError::Failed(format!(
                     "Operation on node {} was interrupted: {msg}",
                     task.id()
                 ))),

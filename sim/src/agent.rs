@@ -82,10 +82,30 @@ pub enum AgentCommand {
     EraseDevices,
 }
 
+/// Where a running command reaches an [`AgentHook`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookPoint {
+    /// An image write is about to report chunk `n` (0 = it has just started; the last
+    /// chunk is [`SimAgentConfig::chunks`]); the image is not committed yet.
+    WriteChunk(u32),
+    /// A unary command (InstallBootloader, EraseDevices) arrived and is about to run.
+    Command(AgentCommand),
+}
+
+/// Awaited at every [`HookPoint`] of every node before the agent goes on: a fault test
+/// uses it to learn that a command is under way and to hold it there while it kills the
+/// conductor that drives it. The agent keeps running whatever happens to its caller.
+pub type AgentHook =
+    Arc<dyn Fn(NodeId, HookPoint) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
 #[derive(Default)]
 struct Inner {
     tokens: Mutex<HashMap<String, NodeId>>,
     last: Mutex<HashMap<NodeId, CommandStatus>>,
+    /// Every command by id, as the real agent keeps them: GetCommandStatus with an id
+    /// answers only for a command that reached the agent.
+    commands: Mutex<HashMap<String, CommandStatus>>,
+    hook: Mutex<Option<AgentHook>>,
     vanished: Mutex<HashSet<NodeId>>,
     writes: Mutex<HashMap<NodeId, u32>>,
     erases: Mutex<HashMap<NodeId, u32>>,
@@ -196,6 +216,29 @@ impl SimAgent {
         lock(&self.inner.vanish_at).retain(|(n, _)| *n != node);
     }
 
+    /// Install `hook` (replacing any other): awaited at every [`HookPoint`].
+    pub fn set_hook(&self, hook: AgentHook) {
+        *lock(&self.inner.hook) = Some(hook);
+    }
+
+    /// Remove the hook.
+    pub fn clear_hook(&self) {
+        *lock(&self.inner.hook) = None;
+    }
+
+    async fn run_hook(&self, node: NodeId, point: HookPoint) {
+        let hook = lock(&self.inner.hook).clone();
+        if let Some(h) = hook {
+            h(node, point).await;
+        }
+    }
+
+    /// Record `st` as the node's last command and under its id.
+    fn record(&self, node: NodeId, st: CommandStatus) {
+        lock(&self.inner.commands).insert(st.command_id.clone(), st.clone());
+        lock(&self.inner.last).insert(node, st);
+    }
+
     /// Take the faults armed for `command`: `(fail, vanished)`.
     fn faults(&self, node: NodeId, command: AgentCommand) -> (bool, bool) {
         if lock(&self.inner.vanish_at).remove(&(node, command)) {
@@ -302,7 +345,7 @@ impl SimAgent {
             state: CommandState::Succeeded as i32,
             ..Default::default()
         };
-        lock(&self.inner.last).insert(node, st.clone());
+        self.record(node, st.clone());
         st
     }
 
@@ -314,7 +357,7 @@ impl SimAgent {
             error: format!("{name} failed (simulated)"),
             ..Default::default()
         };
-        lock(&self.inner.last).insert(node, st.clone());
+        self.record(node, st.clone());
         st
     }
 }
@@ -361,7 +404,7 @@ impl AgentService for SimAgent {
             state: CommandState::Running as i32,
             ..Default::default()
         };
-        lock(&self.inner.last).insert(node, running);
+        self.record(node, running);
         tokio::spawn(async move {
             let total = me.cfg.image_bytes;
             let chunks = u64::from(me.cfg.chunks.max(1));
@@ -369,6 +412,8 @@ impl AgentService for SimAgent {
                 if vanish_mid && i == 1 {
                     me.vanish(node);
                 }
+                me.run_hook(node, HookPoint::WriteChunk(u32::try_from(i).unwrap_or(u32::MAX)))
+                    .await;
                 if me.vanished(node) {
                     // Keep the stream open and silent, as a wedged machine would.
                     let _keep = tx;
@@ -405,7 +450,7 @@ impl AgentService for SimAgent {
                 target_disk: "/dev/vda".into(),
                 ..Default::default()
             };
-            lock(&me.inner.last).insert(
+            me.record(
                 node,
                 CommandStatus {
                     command_id,
@@ -427,6 +472,14 @@ impl AgentService for SimAgent {
     ) -> Result<Response<CommandStatus>, Status> {
         let node = self.auth(&req)?;
         self.hang_if_vanished(node).await;
+        let id = req.into_inner().command_id;
+        if !id.is_empty() {
+            return lock(&self.inner.commands)
+                .get(&id)
+                .cloned()
+                .map(Response::new)
+                .ok_or_else(|| Status::not_found(format!("unknown command {id}")));
+        }
         lock(&self.inner.last)
             .get(&node)
             .cloned()
@@ -441,6 +494,7 @@ impl AgentService for SimAgent {
         let node = self.auth(&req)?;
         let (fail, _) = self.faults(node, AgentCommand::InstallBootloader);
         self.hang_if_vanished(node).await;
+        self.run_hook(node, HookPoint::Command(AgentCommand::InstallBootloader)).await;
         if fail {
             return Ok(Response::new(self.failed(node, "install_bootloader")));
         }
@@ -457,6 +511,7 @@ impl AgentService for SimAgent {
         let node = self.auth(&req)?;
         let (fail, _) = self.faults(node, AgentCommand::EraseDevices);
         self.hang_if_vanished(node).await;
+        self.run_hook(node, HookPoint::Command(AgentCommand::EraseDevices)).await;
         *lock(&self.inner.erases).entry(node).or_insert(0) += 1;
         if fail {
             return Ok(Response::new(self.failed(node, "erase_devices")));

@@ -20,7 +20,7 @@ pub mod qemu;
 pub mod ramdisk;
 pub mod tftp;
 
-pub use agent::{AgentCommand, SimAgent, SimAgentConfig, SimDisk};
+pub use agent::{AgentCommand, AgentHook, HookPoint, SimAgent, SimAgentConfig, SimDisk};
 pub use clock::SimClock;
 pub use fleet::{Fleet, FleetConfig, FleetMachine};
 pub use machine::{Faults, MachineStatus, Phase, SimMachine};

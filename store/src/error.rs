@@ -3,8 +3,8 @@
 //! The mapping: no row → `NotFound`; unique violation → `AlreadyExists` with a message naming
 //! the duplicate (chosen by the violated constraint); foreign-key violation → what the caller
 //! says the missing parent is; serialization failure, deadlock or a busy SQLite database →
-//! `Unavailable` (retryable, after the transaction helper has already retried); pool timeout
-//! and I/O → `Unavailable`; anything else → `Internal`, whose details go to the log only.
+//! `Unavailable` (retryable, after the transaction helper has already retried); pool timeout,
+//! I/O and a PostgreSQL server shutting down or starting up → `Unavailable`; anything else → `Internal`, whose details go to the log only.
 
 use std::fmt;
 
@@ -45,6 +45,10 @@ pub(crate) fn public_error(err: sqlx::Error, ctx: &Ctx) -> PublicError {
     if is_retryable(&err) {
         tracing::warn!(error = %err, kind = ctx.kind, id = %ctx.id, "database busy or transaction conflict");
         return PublicError::unavailable("The database is busy, please retry.");
+    }
+    if server_gone(&err) {
+        tracing::warn!(error = %err, kind = ctx.kind, id = %ctx.id, "database unavailable");
+        return PublicError::unavailable("The database is unavailable, please retry.");
     }
     match &err {
         sqlx::Error::RowNotFound => PublicError::not_found(ctx.kind, &ctx.id),
@@ -121,6 +125,22 @@ pub(crate) fn is_retryable(err: &sqlx::Error) -> bool {
                 && other.parse::<i64>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
         }
     }
+}
+
+/// Whether PostgreSQL answered that it is going away or not there yet: a connection
+/// exception (class 08), an administrator or crash shutdown, "the database system is
+/// starting up" (57P01–57P03), or too many connections (53300). These pass when the
+/// server is back, so callers see `Unavailable` (503) rather than an internal error.
+pub(crate) fn server_gone(err: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = err else {
+        return false;
+    };
+    if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_none() {
+        return false;
+    }
+    db.code().is_some_and(|c| {
+        c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+    })
 }
 
 /// `Unavailable` for a pool that could not be opened (details to the log).

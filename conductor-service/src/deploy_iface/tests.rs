@@ -64,6 +64,7 @@ async fn rig() -> Rig {
         inflight: Mutex::new(HashMap::new()),
         power_failures: Mutex::new(HashMap::new()),
         allocations: Default::default(),
+        heartbeat_streak: Mutex::default(),
     });
     let mut n = Node::new(NodeId::new_v4(), "redfish", ctx.clock.now());
     n.driver_info.insert("redfish_address".into(), format!("http://{bmc}").into());
