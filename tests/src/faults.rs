@@ -17,6 +17,8 @@ pub mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+pub use crate::run;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -98,23 +100,6 @@ pub fn hand_over(dir: &Path, user: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     run(Command::new("chown").arg("-R").arg(format!("{user}:{user}")).arg(dir), "chown")
-}
-
-/// Run `cmd` to completion; fail with its output when it exits non-zero.
-///
-/// # Errors
-/// When it cannot start or fails.
-pub fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
-    let out = cmd.output().with_context(|| format!("starting {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }
 
 /// Where a run keeps its logs: `target/fault-logs/<name>-<random>`.

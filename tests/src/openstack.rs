@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::run;
+
 /// The packages installed into the venv: the clients, then what running
 /// `openstack.tests.functional` (shipped inside the openstacksdk wheel) needs.
 pub const PINS: &[&str] = &[
@@ -40,19 +42,6 @@ pub fn target_dir() -> PathBuf {
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"),
         PathBuf::from,
     )
-}
-
-fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
-    let out = cmd.output().with_context(|| format!("starting {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }
 
 impl OpenStackCli {

@@ -5,9 +5,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::openstack::target_dir;
+use crate::run;
 
 const MARKER: &str = ".ferric-complete";
 
@@ -15,19 +16,6 @@ const MARKER: &str = ".ferric-complete";
 #[derive(Debug, Clone)]
 pub struct PyVenv {
     dir: PathBuf,
-}
-
-fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
-    let out = cmd.output().with_context(|| format!("starting {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }
 
 impl PyVenv {
