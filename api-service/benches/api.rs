@@ -64,7 +64,11 @@ async fn main() -> anyhow::Result<()> {
     let base = format!("http://{}", rest.local_addr()?);
     let token = CancellationToken::new();
     let (shutdown, ready) = Shutdown::new(token.clone(), DEFAULT_DRAIN_TIMEOUT).service();
-    let cfg = ApiConfig::default();
+    let mut cfg = ApiConfig::default();
+    // Every simulated agent here shares one address: keep the per-address ramdisk limiter in
+    // the path (its cost is part of a heartbeat) but high enough never to refuse.
+    cfg.api.ramdisk_rate_limit_per_second = 1_000_000;
+    cfg.api.ramdisk_rate_limit_burst = 1_000_000;
     let server = tokio::spawn(api_service::run(cfg, rest, grpc, store.clone(), bus, shutdown));
     ready.wait().await?;
     let client = reqwest::Client::builder()
