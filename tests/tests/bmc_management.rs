@@ -76,17 +76,7 @@ impl Cluster {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("X-OpenStack-Ironic-API-Version", version);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        tests::api_call(&self.http, &self.base, version, method, path, body).await
     }
 
     async fn create(&self, driver: &str, driver_info: Value) -> String {
