@@ -132,6 +132,13 @@ pub struct ConductorConfig {
     pub max_wait_step_secs: f64,
     /// Seconds between callback-timeout checks.
     pub check_timeouts_interval_secs: f64,
+    /// Seconds after booting the deploy ramdisk (deploy, cleaning, in-band inspection) in
+    /// which its agent must heartbeat before the node is booted into it again (a network
+    /// boot that failed, a lookup answer lost with its token); 0 disables. The wait state's
+    /// callback timeout still bounds the whole wait.
+    pub ramdisk_boot_timeout_secs: f64,
+    /// How many times a ramdisk that never called is booted again.
+    pub ramdisk_boot_retries: u32,
     /// Default for automated cleaning (a node's `automated_clean` overrides it).
     pub automated_clean: bool,
     /// Power a node off when its deploy fails (Ironic's `[deploy]power_off_after_deploy_failure`),
@@ -251,6 +258,8 @@ impl Default for ConductorConfig {
             service_callback_timeout_secs: 1800.0,
             max_wait_step_secs: 30.0,
             check_timeouts_interval_secs: 10.0,
+            ramdisk_boot_timeout_secs: 600.0,
+            ramdisk_boot_retries: 2,
             automated_clean: true,
             power_off_after_deploy_failure: true,
             default_deploy_interface: String::new(),
@@ -366,6 +375,7 @@ impl ConductorConfig {
         secs("service_callback_timeout_secs", self.service_callback_timeout_secs, true)?;
         secs("max_wait_step_secs", self.max_wait_step_secs, true)?;
         secs("check_timeouts_interval_secs", self.check_timeouts_interval_secs, false)?;
+        secs("ramdisk_boot_timeout_secs", self.ramdisk_boot_timeout_secs, true)?;
         secs("power_state_change_timeout_secs", self.power_state_change_timeout_secs, false)?;
         secs("drain_timeout_secs", self.drain_timeout_secs, true)?;
         secs("agent.connect_timeout_secs", self.agent.connect_timeout_secs, false)?;
@@ -412,6 +422,13 @@ impl ConductorConfig {
             S::ServiceWait => Some(dur(self.service_callback_timeout_secs)),
             _ => None,
         }
+    }
+
+    /// How long a booted ramdisk may stay silent before it is booted again, when retries
+    /// are on.
+    pub fn ramdisk_boot_timeout(&self) -> Option<Duration> {
+        Some(dur(self.ramdisk_boot_timeout_secs))
+            .filter(|t| !t.is_zero() && self.ramdisk_boot_retries > 0)
     }
 
     /// The longest pause of a `wait` step.

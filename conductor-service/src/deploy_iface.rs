@@ -417,7 +417,7 @@ async fn record_progress(
         step_index: u32::try_from(index).unwrap_or(u32::MAX),
         step_count: u32::try_from(count).unwrap_or(u32::MAX),
     };
-    task.ctx.publish(task.id(), Payload::DeployProgressed(ev)).await;
+    task.ctx.publish(task.id(), Payload::DeployProgressed(ev));
     Ok(())
 }
 

@@ -13,6 +13,7 @@ pub mod allocation;
 pub mod config;
 pub mod deploy_iface;
 pub mod drivers;
+pub mod events;
 pub mod inspection;
 pub mod management;
 pub mod periodic;
@@ -68,6 +69,8 @@ pub struct Ctx {
     pub store: DataStore,
     /// The bus.
     pub bus: DynBus,
+    /// Notifications on their way to the bus ([`Ctx::publish`]).
+    pub events: events::Events,
     /// Power and management drivers.
     pub drivers: Drivers,
     /// Wall-clock time for every timestamp written and every timeout compared (callback
@@ -153,6 +156,7 @@ pub async fn run_with_clock(
         tasks: tokio::sync::Semaphore::new(cfg.max_concurrent_tasks),
         cfg,
         store,
+        events: events::Events::start(bus.clone()),
         bus,
         drivers,
         clock,
@@ -230,6 +234,9 @@ pub async fn run_with_clock(
     stop(&ctx, &shutdown).await
 }
 
+/// How long a stopping conductor spends publishing the notifications still queued.
+const EVENTS_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// On shutdown: drain running workflows (bounded), release what is still held, unregister.
 async fn stop(ctx: &Ctx, shutdown: &Shutdown) -> Result<(), ConductorError> {
     let host = &ctx.cfg.hostname;
@@ -244,6 +251,7 @@ async fn stop(ctx: &Ctx, shutdown: &Shutdown) -> Result<(), ConductorError> {
     if let Err(e) = ctx.store.conductor_unregister(host).await {
         tracing::warn!(error = %ErrorChain(&e), "cannot unregister");
     }
+    ctx.events.close(EVENTS_FLUSH_TIMEOUT).await;
     tracing::info!(conductor = %host, "conductor stopped");
     Ok(())
 }

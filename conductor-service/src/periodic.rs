@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use deploy::internal_info::keys;
 use deploy::{Node, NodeId, PowerState, ProvisionState as S};
 use proto::events::event::Payload;
 use store::NodeListQuery;
@@ -214,7 +215,10 @@ pub async fn sweep(ctx: Arc<Ctx>) {
 pub async fn callback_timeouts(ctx: Arc<Ctx>) {
     let waits: Vec<S> = deploy::state::ALL_STATES
         .into_iter()
-        .filter(|s| ctx.cfg.wait_timeout(*s).is_some_and(|t| !t.is_zero()))
+        .filter(|s| {
+            ctx.cfg.wait_timeout(*s).is_some_and(|t| !t.is_zero())
+                || (RAMDISK_WAITS.contains(s) && ctx.cfg.ramdisk_boot_timeout().is_some())
+        })
         .collect();
     let q = NodeListQuery {
         reserved: Some(false),
@@ -225,22 +229,130 @@ pub async fn callback_timeouts(ctx: Arc<Ctx>) {
     let Ok(nodes) = list_all(&ctx, q).await else { return };
     let now = ctx.clock.now();
     for n in nodes {
-        if !timed_out(&ctx.cfg, &n, now) || work_for(&n).is_some() {
+        if work_for(&n).is_some() {
             continue;
         }
+        let due = if timed_out(&ctx.cfg, &n, now) {
+            Due::Fail
+        } else if boot_retry_due(&ctx.cfg, &n, now) {
+            Due::BootAgain
+        } else {
+            continue;
+        };
         let Ok((guard, node)) = LockGuard::acquire(&ctx, n.uuid).await else { continue };
         // Re-check under the lock: the agent may have called back meanwhile.
         let still = node.provision_state == n.provision_state
-            && timed_out(&ctx.cfg, &node, now)
-            && work_for(&node).is_none();
+            && work_for(&node).is_none()
+            && match due {
+                Due::Fail => timed_out(&ctx.cfg, &node, now),
+                Due::BootAgain => boot_retry_due(&ctx.cfg, &node, now),
+            };
         if still {
             let mut task = Task { ctx: ctx.clone(), node };
-            if let Err(e) = fail_wait(&mut task).await {
-                tracing::error!(node = %n.uuid, error = %common::ErrorChain(&e), "could not fail timed-out node");
+            let res = match due {
+                Due::Fail => fail_wait(&mut task).await,
+                Due::BootAgain => boot_again(&mut task).await,
+            };
+            if let Err(e) = res {
+                tracing::error!(node = %n.uuid, error = %common::ErrorChain(&e), ?due, "could not handle a silent ramdisk");
             }
         }
         guard.release().await;
     }
+}
+
+/// What a waiting node whose agent is silent needs.
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    /// Its wait timed out.
+    Fail,
+    /// Its ramdisk never called: boot it again.
+    BootAgain,
+}
+
+/// The wait states entered right after booting the deploy ramdisk.
+const RAMDISK_WAITS: [S; 3] = [S::WaitCallBack, S::CleanWait, S::InspectWait];
+
+/// Whether `n` waits for a deploy ramdisk it booted that has not heartbeated for the
+/// ramdisk boot timeout, with retries left.
+fn boot_retry_due(cfg: &ConductorConfig, n: &Node, now: chrono::DateTime<chrono::Utc>) -> bool {
+    let Some(limit) = cfg.ramdisk_boot_timeout() else { return false };
+    if !RAMDISK_WAITS.contains(&n.provision_state) || !boots_ramdisk(cfg, n) {
+        return false;
+    }
+    let session = deploy::internal_info::AgentSession::of(n);
+    if session.last_heartbeat.is_some() || session.token_pregenerated {
+        return false;
+    }
+    let (attempts, at) = retry_record(n);
+    if attempts >= cfg.ramdisk_boot_retries {
+        return false;
+    }
+    let since = at.or(match n.provision_state {
+        S::InspectWait => n.inspection_started_at.or(n.provision_updated_at),
+        _ => n.provision_updated_at,
+    });
+    let cutoff = chrono::Duration::from_std(limit).ok().and_then(|d| now.checked_sub_signed(d));
+    matches!((since, cutoff), (Some(t), Some(cutoff)) if t < cutoff)
+}
+
+/// Whether the node's wait follows a boot into the deploy ramdisk: an agent-based deploy
+/// interface for deploying and cleaning, the `agent` inspect interface for inspection.
+fn boots_ramdisk(cfg: &ConductorConfig, n: &Node) -> bool {
+    let Ok(ifaces) = deploy::hardware::resolve(n, cfg.default_deploy()) else { return false };
+    match n.provision_state {
+        S::InspectWait => ifaces.inspect == deploy::hardware::InspectIface::Agent,
+        _ => ifaces.deploy == deploy::hardware::DeployIface::Direct,
+    }
+}
+
+fn retry_record(n: &Node) -> (u32, Option<chrono::DateTime<chrono::Utc>>) {
+    let r = n.driver_internal_info.get(keys::RAMDISK_BOOT_RETRY);
+    let attempts =
+        r.and_then(|r| r["attempts"].as_u64()).and_then(|a| u32::try_from(a).ok()).unwrap_or(0);
+    let at = r
+        .and_then(|r| r["at"].as_str())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc));
+    (attempts, at)
+}
+
+/// Boot the silent ramdisk again (a fresh agent session: the next lookup mints a new token)
+/// and record the attempt; the node stays in its wait state.
+async fn boot_again(task: &mut Task) -> Result<(), WorkflowError> {
+    let (attempts, _) = retry_record(&task.node);
+    let attempt = attempts + 1;
+    let now = task.ctx.clock.now();
+    // Recorded before the boot (a BMC that refuses still uses up an attempt) and again after
+    // it (booting wipes the agent session, this record with it).
+    let record = serde_json::json!({"attempts": attempt, "at": now.to_rfc3339()});
+    save_retry(task, &record).await?;
+    let d =
+        task.ctx.drivers.for_node(&task.node).map_err(|e| WorkflowError::Failed(e.to_string()))?;
+    let msg = format!(
+        "the deploy ramdisk did not call back within {}s of its boot; booting it again (attempt {attempt} of {})",
+        task.ctx.cfg.ramdisk_boot_timeout().unwrap_or_default().as_secs(),
+        task.ctx.cfg.ramdisk_boot_retries
+    );
+    tracing::warn!(node = %task.id(), state = %task.node.provision_state, "{msg}");
+    task.record_history("INFO", "ramdisk", &msg, None, None).await;
+    match crate::deploy_iface::boot_ramdisk(task, &d).await {
+        Ok(()) => {}
+        // The BMC refused: the wait's own timeout will end it; say why meanwhile.
+        Err(WorkflowError::Failed(e)) => {
+            tracing::warn!(node = %task.id(), error = %e, "booting the ramdisk again failed");
+        }
+        Err(e) => return Err(e),
+    }
+    save_retry(task, &record).await
+}
+
+async fn save_retry(task: &mut Task, record: &serde_json::Value) -> Result<(), WorkflowError> {
+    task.update(|n| {
+        n.driver_internal_info.insert(keys::RAMDISK_BOOT_RETRY.into(), record.clone());
+        Ok(())
+    })
+    .await
 }
 
 /// Whether `n` has been in its wait state longer than the state's timeout. Inspection is
@@ -403,8 +515,7 @@ async fn sync_one_inner(ctx: &Arc<Ctx>, n: Node) {
                         maintenance: true,
                         reason: reason.clone(),
                     }),
-                )
-                .await;
+                );
                 tracing::error!(node = %n.uuid, "node put into maintenance after power sync failures");
             }
             guard.release().await;

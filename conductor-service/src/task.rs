@@ -193,7 +193,7 @@ impl Task {
         let text = format!("{from} -> {to} ({event})");
         let severity = if failed { "ERROR" } else { "INFO" };
         self.record(severity, "provisioning", &text, (Some(from), Some(to)), entered_from).await;
-        self.publish_changed(from, event.as_str()).await;
+        self.publish_changed(from, event.as_str());
         tracing::info!(node = %id, from = %from, to = %to, event = %event, "provision state changed");
         Ok(to)
     }
@@ -242,7 +242,7 @@ impl Task {
     }
 
     /// Publish `NodeStateChanged` for the current node.
-    pub async fn publish_changed(&self, previous: ProvisionState, event: &str) {
+    pub fn publish_changed(&self, previous: ProvisionState, event: &str) {
         let n = &self.node;
         let payload = proto::events::NodeStateChanged {
             provision_state: n.provision_state.to_string(),
@@ -256,7 +256,7 @@ impl Task {
             event: event.to_string(),
             conductor: self.ctx.cfg.hostname.clone(),
         };
-        self.ctx.publish(n.uuid, Payload::NodeStateChanged(payload)).await;
+        self.ctx.publish(n.uuid, Payload::NodeStateChanged(payload));
     }
 
     /// A non-empty `driver_internal_info` string.
@@ -285,9 +285,9 @@ pub fn target_after(
 }
 
 impl Ctx {
-    /// Publish an event for `node`; failures are logged (the database already holds the
-    /// truth, so a lost event costs only latency).
-    pub async fn publish(&self, node: NodeId, payload: Payload) {
+    /// Queue an event for `node` ([`crate::events`]); never waits for the bus. The database
+    /// already holds the truth, so a lost event costs watchers only latency.
+    pub fn publish(&self, node: NodeId, payload: Payload) {
         let ev = Event {
             event_id: uuid::Uuid::new_v4().to_string(),
             node_uuid: node.to_string(),
@@ -295,9 +295,7 @@ impl Ctx {
             created_at: self.clock.now().to_rfc3339(),
             payload: Some(payload),
         };
-        if let Err(e) = bus::publish_event(self.bus.as_ref(), &ev).await {
-            tracing::warn!(node = %node, error = %common::ErrorChain(&e), "event not published");
-        }
+        self.events.send(ev);
     }
 }
 

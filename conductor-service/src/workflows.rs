@@ -315,7 +315,7 @@ async fn power_request(
         Err(e) => return Err(e),
     }
     let state = task.node.provision_state;
-    task.publish_changed(state, "power").await;
+    task.publish_changed(state, "power");
     Ok(())
 }
 

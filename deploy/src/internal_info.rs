@@ -37,6 +37,9 @@ pub mod keys {
     pub const AGENT_CACHED_CLEAN_STEPS: &str = "agent_cached_clean_steps";
     /// Deploy steps the agent reported (Ironic's cache; wiped with the session).
     pub const AGENT_CACHED_DEPLOY_STEPS: &str = "agent_cached_deploy_steps";
+    /// How often the conductor booted a silent ramdisk again during the current wait, and
+    /// when last (`{"attempts": n, "at": rfc3339}`); wiped with the session.
+    pub const RAMDISK_BOOT_RETRY: &str = "ramdisk_boot_retry";
 
     /// The recorded deploy plan.
     pub const DEPLOY_STEPS: &str = "deploy_steps";
@@ -68,7 +71,7 @@ pub mod keys {
 }
 
 /// Every key [`AgentSession::wipe`] removes (the token only when it was not pre-generated).
-const SESSION_KEYS: [&str; 10] = [
+const SESSION_KEYS: [&str; 11] = [
     keys::AGENT_URL,
     keys::AGENT_VERSION,
     keys::AGENT_LAST_HEARTBEAT,
@@ -78,6 +81,7 @@ const SESSION_KEYS: [&str; 10] = [
     keys::AGENT_COMMAND_ID,
     keys::AGENT_CACHED_CLEAN_STEPS,
     keys::AGENT_CACHED_DEPLOY_STEPS,
+    keys::RAMDISK_BOOT_RETRY,
     keys::AGENT_SECRET_TOKEN,
 ];
 

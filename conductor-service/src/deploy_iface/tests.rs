@@ -56,6 +56,7 @@ async fn rig() -> Rig {
         tasks: tokio::sync::Semaphore::new(1),
         cfg,
         store: db.store().clone(),
+        events: crate::events::Events::start(bus.clone()),
         bus,
         drivers,
         clock: SimClock::starting_now().shared(),

@@ -206,6 +206,7 @@ impl Cluster {
             "[conductor]\nhostname = \"{name}\"\nqueue = \"{}\"\nheartbeat_interval_secs = 1\n\
              dead_after_missed_heartbeats = 3\nsweep_interval_secs = 1\n\
              check_timeouts_interval_secs = 1\ncallback_timeout_secs = 120\n\
+             ramdisk_boot_timeout_secs = 20\nramdisk_boot_retries = 2\n\
              power_sync_interval_secs = 0\nlock_retry_interval_ms = 50\nautomated_clean = {}\n\
              drain_timeout_secs = 2\n\n[conductor.agent]\nconnect_timeout_secs = 2\n\
              command_timeout_secs = 10\nsilence_timeout_secs = {}\n\n\
