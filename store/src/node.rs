@@ -709,6 +709,20 @@ impl DataStore {
         }
     }
 
+    /// [`DataStore::node_update`] for a caller that re-reads and re-applies its change when
+    /// another writer won: `Ok(None)` when the stored generation is no longer
+    /// `node.generation`.
+    ///
+    /// # Errors
+    /// As [`DataStore::node_update`], except for the stale generation.
+    pub async fn node_update_if_unchanged(&self, node: &Node) -> Result<Option<Node>, PublicError> {
+        match self.node_update_checked(node).await? {
+            UpdateCheck::Updated(n) => Ok(Some(*n)),
+            UpdateCheck::NotFound => Err(PublicError::not_found("Node", node.uuid)),
+            UpdateCheck::Stale { .. } => Ok(None),
+        }
+    }
+
     /// The conditional write of [`DataStore::node_update`], reporting a stale generation or
     /// a missing node as values rather than errors (omicron's update-and-check).
     ///

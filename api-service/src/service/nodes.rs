@@ -15,6 +15,9 @@ use crate::error::ApiError;
 use crate::patch::{PatchOp, is_valid_name, patch_node};
 use crate::version::Version;
 
+/// Read-patch-write rounds a node PATCH makes when other writers keep winning.
+const PATCH_ATTEMPTS: usize = 5;
+
 /// Body of `POST /v1/nodes`.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -553,10 +556,12 @@ impl ApiState {
         Ok(self.store.node_list(q).await?)
     }
 
-    /// Apply a JSON Patch (`PATCH /v1/nodes/{ident}`).
+    /// Apply a JSON Patch (`PATCH /v1/nodes/{ident}`). A patch is defined against the node
+    /// as it is: when a conductor or a heartbeat wrote the node between the read and the
+    /// write, the patch is applied again to what is stored now (a few times at most).
     ///
     /// # Errors
-    /// 404, 409 when locked or stale, 400 for a bad patch.
+    /// 404, 409 when locked or still contended, 400 for a bad patch.
     pub async fn node_patch(
         &self,
         ctx: &Ctx,
@@ -564,6 +569,26 @@ impl ApiState {
         ops: &[PatchOp],
         reset_interfaces: Option<bool>,
     ) -> Result<Node, ApiError> {
+        for _ in 0..PATCH_ATTEMPTS {
+            if let Some(n) = self.node_patch_attempt(ctx, ident, ops, reset_interfaces).await? {
+                return Ok(n);
+            }
+            tracing::debug!(ident, "node modified while being patched; applying the patch again");
+        }
+        Err(PublicError::conflict(format!(
+            "Node {ident} kept being modified while it was patched; re-read it and retry."
+        ))
+        .into())
+    }
+
+    /// One read-patch-write of [`Self::node_patch`]; `None` when the node changed meanwhile.
+    async fn node_patch_attempt(
+        &self,
+        ctx: &Ctx,
+        ident: &str,
+        ops: &[PatchOp],
+        reset_interfaces: Option<bool>,
+    ) -> Result<Option<Node>, ApiError> {
         gate(ctx.version, reset_interfaces.is_some(), "reset_interfaces", 45)?;
         let node = self.node_by_ident(ident, ctx.version).await?;
         for policy in crate::policy::node_patch_policies(
@@ -635,9 +660,11 @@ impl ApiState {
             check_interfaces(&patched)?;
         }
         if patched == node {
-            return Ok(node);
+            return Ok(Some(node));
         }
-        let updated = self.store.node_update(&patched).await?;
+        let Some(updated) = self.store.node_update_if_unchanged(&patched).await? else {
+            return Ok(None);
+        };
         tracing::info!(node_id = %updated.uuid, "node updated");
         if let Some(a) = released {
             match self.store.resource_delete(store::ResourceKind::Allocation, a).await {
@@ -650,7 +677,7 @@ impl ApiState {
         if updated.maintenance != node.maintenance {
             self.publish_maintenance(ctx, &updated).await;
         }
-        Ok(updated)
+        Ok(Some(updated))
     }
 
     /// Delete a node (`DELETE /v1/nodes/{ident}`), with Ironic's checks.
