@@ -24,6 +24,7 @@ pub use agent::{HeartbeatRequest, LookupQuery};
 pub use nodes::{NodeCreate, NodeListParams, parse_bool, parse_limit, urlencode, validate_node};
 pub use ports::{PortCreate, PortListParams};
 pub use provision::{PowerRequest, ProvisionRequest};
+pub(crate) use provision::check_configdrive;
 
 use crate::auth::Auth;
 use crate::error::ApiError;

@@ -171,6 +171,20 @@ impl DataStore {
         }
     }
 
+    /// [`DataStore::connect`] to `cfg.url`, sealing `driver_info` secrets with the keys of
+    /// `cfg` ([`DataStore::with_secret_keys`]): how every service opens its store.
+    ///
+    /// # Errors
+    /// As [`DataStore::connect`]; `InvalidRequest` for a key set that does not hold together.
+    pub async fn open(cfg: &common::config::DatabaseConfig) -> Result<Self, PublicError> {
+        let keys = SecretKeys::new(
+            cfg.active_secret_key.as_deref(),
+            cfg.secret_keys.iter().map(|(id, key)| (id.as_str(), &key.0)),
+        )
+        .map_err(|e| PublicError::invalid(format!("database.secret_keys: {e}")))?;
+        Ok(Self::connect(&cfg.url).await?.with_secret_keys(keys))
+    }
+
     /// This store sealing `driver_info` secrets with `keys` on every write and opening them on
     /// every read. Services call it once at start; with no keys it logs a warning that
     /// secrets are stored in plaintext.
