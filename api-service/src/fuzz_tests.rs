@@ -158,8 +158,11 @@ fn json_of(bytes: &[u8]) -> Option<Value> {
 fn test_fuzz_corpus_json_patch() {
     use common::testing::corpus::replay;
     let node = deploy::Node::new(deploy::NodeId::new_v4(), "fake-hardware", chrono::Utc::now());
-    let port =
-        deploy::Port::new(deploy::NodeId::new_v4(), "52:54:00:12:34:56".parse().unwrap(), chrono::Utc::now());
+    let port = deploy::Port::new(
+        deploy::NodeId::new_v4(),
+        "52:54:00:12:34:56".parse().unwrap(),
+        chrono::Utc::now(),
+    );
     replay("json_patch", MUTATIONS, 1, |bytes| {
         let _ = crate::limits::json_too_deep(bytes, crate::limits::MAX_JSON_DEPTH);
         let Ok(ops) = serde_json::from_slice::<Vec<PatchOp>>(bytes) else { return };
@@ -270,7 +273,9 @@ fn test_fuzz_corpus_configdrive_api() {
         let Some(v) = json_of(bytes) else { return };
         let cd = v.get("configdrive").cloned().unwrap_or(v);
         for minor in [1, 35, 56, 59, 115] {
-            for verb in [deploy::ApiVerb::Active, deploy::ApiVerb::Rebuild, deploy::ApiVerb::Deleted] {
+            for verb in
+                [deploy::ApiVerb::Active, deploy::ApiVerb::Rebuild, deploy::ApiVerb::Deleted]
+            {
                 if let Err(e) = crate::service::check_configdrive(&cd, verb, Version { minor }) {
                     assert!(is_client_error(&e), "{e:?}");
                 }

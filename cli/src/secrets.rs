@@ -58,9 +58,8 @@ pub async fn run(cmd: &SecretsCmd) -> anyhow::Result<String> {
         anyhow::bail!("no database.active_secret_key is configured: nothing to rotate to");
     };
     let redacted = common::config::redact_url(&db.url);
-    let store = store::DataStore::open(&db)
-        .await
-        .with_context(|| format!("connecting to {redacted}"))?;
+    let store =
+        store::DataStore::open(&db).await.with_context(|| format!("connecting to {redacted}"))?;
     let done = store
         .node_secrets_rotate(args.batch_size)
         .await

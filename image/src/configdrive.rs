@@ -232,10 +232,12 @@ mod tests {
                     let _ = decode(s.as_bytes());
                 }
                 serde_json::Value::Object(o) => {
-                    let field = |k: &str| o.get(k).map(|x| match x {
-                        serde_json::Value::String(s) => s.as_bytes().to_vec(),
-                        other => other.to_string().into_bytes(),
-                    });
+                    let field = |k: &str| {
+                        o.get(k).map(|x| match x {
+                            serde_json::Value::String(s) => s.as_bytes().to_vec(),
+                            other => other.to_string().into_bytes(),
+                        })
+                    };
                     let files = ConfigDriveFiles {
                         meta_data: field("meta_data").unwrap_or_else(|| b"{}".to_vec()),
                         user_data: field("user_data"),

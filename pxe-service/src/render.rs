@@ -594,7 +594,8 @@ mod tests {
         common::testing::corpus::replay("boot_script", 300, 16, |bytes| {
             let value = String::from_utf8_lossy(bytes).into_owned();
             for netboot in [false, true] {
-                let state = if netboot { ProvisionState::Active } else { ProvisionState::Deploying };
+                let state =
+                    if netboot { ProvisionState::Active } else { ProvisionState::Deploying };
                 let benign = node_in(state, netboot);
                 let mut crafted = benign.clone();
                 for key in ["kernel_append_params", "deploy_kernel", "deploy_ramdisk"] {
@@ -606,7 +607,9 @@ mod tests {
                 let a = decide(&crafted, mac, &cfg, "req-1");
                 for format in [Format::Ipxe, Format::Grub, Format::Pxelinux] {
                     let got = render(format, &a, &cfg);
-                    if std::mem::discriminant(&a) == std::mem::discriminant(&decide(&benign, mac, &cfg, "req-1")) {
+                    if std::mem::discriminant(&a)
+                        == std::mem::discriminant(&decide(&benign, mac, &cfg, "req-1"))
+                    {
                         let want = render(format, &decide(&benign, mac, &cfg, "req-1"), &cfg);
                         assert_eq!(commands(&got), commands(&want), "{got}");
                     }
@@ -615,7 +618,8 @@ mod tests {
                         if matches!(word, "kernel" | "linux" | "append" | "initrd") {
                             let body = line.trim_start();
                             let body = body.strip_suffix(" || goto retry").unwrap_or(body);
-                            for bad in ["||", "&&", ";", "$", "{", "}", "#", "\"", "'", "\\", "\r"] {
+                            for bad in ["||", "&&", ";", "$", "{", "}", "#", "\"", "'", "\\", "\r"]
+                            {
                                 assert!(!body.contains(bad), "{bad:?} in {line:?}");
                             }
                         }

@@ -42,13 +42,13 @@ use sqlx::sqlite::{
 
 pub use modify::{NODE_MODIFY_ATTEMPTS, NodeModify};
 pub use outbox::OutboxEntry;
-pub use rotate::SecretsRotated;
-pub use secrets::{SecretError, SecretKeys, SecretKeysError};
 pub use query::{MAX_LIMIT, NodeListQuery, NodeSortKey, PortListQuery, SortDir};
 pub use resource::{
     BodyFilter, Duplicates, Referrer, Resource, ResourceKind, ResourceListQuery, ResourceSortKey,
     filter_text,
 };
+pub use rotate::SecretsRotated;
+pub use secrets::{SecretError, SecretKeys, SecretKeysError};
 
 /// How long to wait for a pooled connection before answering `Unavailable`.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -164,11 +164,7 @@ impl DataStore {
     }
 
     fn with_backend(backend: Backend) -> Self {
-        Self {
-            backend,
-            hold_paused_clock: false,
-            secrets: std::sync::Arc::new(SecretKeys::none()),
-        }
+        Self { backend, hold_paused_clock: false, secrets: std::sync::Arc::new(SecretKeys::none()) }
     }
 
     /// [`DataStore::connect`] to `cfg.url`, sealing `driver_info` secrets with the keys of
@@ -191,7 +187,9 @@ impl DataStore {
     #[must_use]
     pub fn with_secret_keys(mut self, keys: SecretKeys) -> Self {
         match keys.active() {
-            Some(id) => tracing::info!(active_key = id, "driver_info secrets are encrypted at rest"),
+            Some(id) => {
+                tracing::info!(active_key = id, "driver_info secrets are encrypted at rest")
+            }
             None => tracing::warn!(
                 "no database.secret_keys configured: driver_info secrets are stored in plaintext"
             ),

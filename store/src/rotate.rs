@@ -94,15 +94,13 @@ impl DataStore {
             self.secrets.open(id, &mut plain)?;
             let sealed = self.secrets.seal(id, &plain)?;
             let written = on_pool!(self, |pool| {
-                sqlx::query(
-                    "UPDATE nodes SET driver_info = $1 WHERE uuid = $2 AND generation = $3",
-                )
-                .bind(Json(&sealed))
-                .bind(DbUuid::from(id))
-                .bind(row.generation)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected())
+                sqlx::query("UPDATE nodes SET driver_info = $1 WHERE uuid = $2 AND generation = $3")
+                    .bind(Json(&sealed))
+                    .bind(DbUuid::from(id))
+                    .bind(row.generation)
+                    .execute(pool)
+                    .await
+                    .map(|r| r.rows_affected())
             })
             .map_err(|e| public_error(e, &ctx))?;
             if written == 1 {

@@ -168,10 +168,8 @@ impl SecretKeys {
         let cipher = self.keys.get(active).ok_or(SecretError::NoActiveKey)?;
         let mut out = obj.clone();
         walk(&mut out, "", &mut |field, v| {
-            let plain = serde_json::to_vec(v).map_err(|_| SecretError::Seal {
-                node,
-                field: field.to_owned(),
-            })?;
+            let plain = serde_json::to_vec(v)
+                .map_err(|_| SecretError::Seal { node, field: field.to_owned() })?;
             let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
             let aad = aad(node, field);
             let ct = cipher
@@ -212,8 +210,11 @@ impl SecretKeys {
             let (nonce, ct) = blob.split_at(NONCE_LEN);
             let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| malformed())?;
             let aad = aad(node, field);
-            let undecryptable =
-                || SecretError::Undecryptable { node, field: field.to_owned(), key_id: key_id.to_owned() };
+            let undecryptable = || SecretError::Undecryptable {
+                node,
+                field: field.to_owned(),
+                key_id: key_id.to_owned(),
+            };
             let plain = cipher
                 .decrypt(&Nonce::from(nonce), Payload { msg: ct, aad: &aad })
                 .map_err(|_| undecryptable())?;

@@ -101,14 +101,9 @@ pub(crate) fn check_configdrive(
                 return Err(not_acceptable("Config drive vendor_data", 59, v));
             }
             if let Some(k) = o.keys().find(|k| {
-                !matches!(
-                    k.as_str(),
-                    "meta_data" | "network_data" | "user_data" | "vendor_data"
-                )
+                !matches!(k.as_str(), "meta_data" | "network_data" | "user_data" | "vendor_data")
             }) {
-                return Err(ApiError::bad_request(format!(
-                    "Invalid configdrive key '{k}'"
-                )));
+                return Err(ApiError::bad_request(format!("Invalid configdrive key '{k}'")));
             }
         }
         other => {

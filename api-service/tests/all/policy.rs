@@ -529,10 +529,11 @@ async fn test_ramdisk_endpoints_need_no_user_credentials() {
         .unwrap();
     assert_eq!(r.status(), 404);
     let (node, _) = fresh_node(&h).await;
-    let r = post(&format!("/v1/heartbeat/{node}"), json!({"callback_url": "http://127.0.0.1:9999"}))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        post(&format!("/v1/heartbeat/{node}"), json!({"callback_url": "http://127.0.0.1:9999"}))
+            .send()
+            .await
+            .unwrap();
     assert_eq!(r.status(), 400, "no agent token: {}", r.text().await.unwrap());
     h.stop().await;
 }

@@ -27,9 +27,7 @@ pub fn corpus(target: &str) -> Vec<Vec<u8>> {
     assert!(!paths.is_empty(), "fuzz corpus {} is empty", dir.display());
     paths
         .iter()
-        .map(|p| {
-            std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
-        })
+        .map(|p| std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display())))
         .collect()
 }
 
@@ -109,8 +107,7 @@ pub fn mutate(input: &[u8], pool: &[Vec<u8>], rng: &mut Rng) -> Vec<u8> {
             6 => {
                 let at = rng.below(len + 1);
                 let n = 1 + rng.below(8);
-                let bytes: Vec<u8> =
-                    (0..n).map(|_| rng.next_u64().to_le_bytes()[0]).collect();
+                let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64().to_le_bytes()[0]).collect();
                 out.splice(at..at, bytes);
             }
             // Set a 16- or 32-bit big-endian field to an extreme.

@@ -13,7 +13,11 @@ use super::{insert, node, obj};
 const K1: [u8; 32] = [0x11; 32];
 const K2: [u8; 32] = [0x22; 32];
 
-fn store_with(db: &TestDatabase, active: &str, keys: &[(&'static str, &'static [u8; 32])]) -> DataStore {
+fn store_with(
+    db: &TestDatabase,
+    active: &str,
+    keys: &[(&'static str, &'static [u8; 32])],
+) -> DataStore {
     let keys = SecretKeys::new(Some(active), keys.iter().copied()).expect("valid key set");
     db.store().with_keys_for_test(keys)
 }
@@ -126,7 +130,10 @@ pub async fn test_unknown_key_and_tampering_give_a_clear_error(db: &TestDatabase
     for other in [store_with(db, "k2", &[("k2", &K2)]), db.store().clone()] {
         let e = other.node_fetch(n.uuid).await.unwrap_err();
         let PublicError::Internal { internal } = &e else { panic!("{e:?}") };
-        assert!(internal.contains(&n.uuid.to_string()) && internal.contains("\"k1\""), "{internal}");
+        assert!(
+            internal.contains(&n.uuid.to_string()) && internal.contains("\"k1\""),
+            "{internal}"
+        );
         assert!(internal.contains("not configured"), "{internal}");
         assert!(!internal.contains("tamper-secret"), "{internal}");
     }
