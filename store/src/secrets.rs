@@ -309,7 +309,7 @@ mod tests {
         // Only k2 configured.
         let only_k2 = SecretKeys::new(Some("k2"), [("k2", &[2u8; 32])]).unwrap();
         let e = only_k2.open(node, &mut sealed.clone()).unwrap_err();
-        assert_eq!(e.to_string().contains("\"k1\""), true, "{e}");
+        assert!(e.to_string().contains("\"k1\""), "{e}");
         assert!(e.to_string().contains(&node.to_string()), "{e}");
         // One flipped character.
         let mut tampered = sealed.clone();
