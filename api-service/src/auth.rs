@@ -12,9 +12,10 @@
 //!   `X-Project-Name`, `X-User-Id`, `X-System-Scope` (or `OpenStack-System-Scope`). The
 //!   caller's rights are then decided by Ironic's default policy ([`crate::policy`]).
 //!
-//! The version documents, the agent endpoints (lookup/heartbeat; heartbeat is guarded by the
-//! agent token instead) and the health/metrics endpoints stay reachable without
-//! credentials, as in Ironic.
+//! The version documents, the agent endpoints (lookup, heartbeat and continue_inspection;
+//! heartbeat is guarded by the agent token instead, and lookup and continue_inspection hand
+//! out a node's token only once) and the health/metrics endpoints stay reachable without
+//! credentials, as in Ironic (its `public_routes`; a ramdisk holds no user credentials).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -331,7 +332,13 @@ fn trusted_identity(h: &HeaderMap) -> Option<Identity> {
 pub fn is_exempt(path: &str) -> bool {
     matches!(
         path,
-        "/" | "/v1" | "/v1/" | "/healthz" | "/metrics" | "/v1/lookup" | "/v1/openapi.json"
+        "/" | "/v1"
+            | "/v1/"
+            | "/healthz"
+            | "/metrics"
+            | "/v1/lookup"
+            | "/v1/continue_inspection"
+            | "/v1/openapi.json"
     ) || path.starts_with("/v1/heartbeat/")
 }
 

@@ -142,3 +142,144 @@ fn depth_of(v: &Value) -> usize {
         _ => 0,
     }
 }
+
+// Corpus replays: the seed inputs of `fuzz/corpus/<target>/` and seeded mutations of them
+// (see `common::testing::corpus`), through the same entry points as the requests above.
+
+/// Mutations per corpus entry: enough to reach the parsers' odd corners, few enough to run
+/// in a second or two.
+const MUTATIONS: usize = 400;
+
+fn json_of(bytes: &[u8]) -> Option<Value> {
+    serde_json::from_slice(bytes).ok()
+}
+
+#[test]
+fn test_fuzz_corpus_json_patch() {
+    use common::testing::corpus::replay;
+    let node = deploy::Node::new(deploy::NodeId::new_v4(), "fake-hardware", chrono::Utc::now());
+    let port = deploy::Port::new(
+        deploy::NodeId::new_v4(),
+        "52:54:00:12:34:56".parse().unwrap(),
+        chrono::Utc::now(),
+    );
+    replay("json_patch", MUTATIONS, 1, |bytes| {
+        let _ = crate::limits::json_too_deep(bytes, crate::limits::MAX_JSON_DEPTH);
+        let Ok(ops) = serde_json::from_slice::<Vec<PatchOp>>(bytes) else { return };
+        if let Err(e) = patch_node(&node, &ops) {
+            assert!(is_client_error(&e), "{e:?}");
+        }
+        if let Err(e) = patch_port(&port, &ops) {
+            assert!(is_client_error(&e), "{e:?}");
+        }
+        let _ = crate::policy::node_patch_policies(
+            ops.iter().map(|o| (o.path.as_str(), o.value.as_ref())),
+        );
+    });
+}
+
+#[test]
+fn test_fuzz_corpus_request_bodies() {
+    common::testing::corpus::replay("request_body", MUTATIONS, 2, |bytes| {
+        let deep = crate::limits::json_too_deep(bytes, crate::limits::MAX_JSON_DEPTH);
+        if let Some(v) = json_of(bytes) {
+            assert_eq!(deep, depth_of(&v) > crate::limits::MAX_JSON_DEPTH);
+        }
+        let _ = serde_json::from_slice::<NodeCreate>(bytes);
+        let _ = serde_json::from_slice::<crate::service::PortCreate>(bytes);
+        let _ = serde_json::from_slice::<crate::service::ProvisionRequest>(bytes);
+    });
+}
+
+#[test]
+fn test_fuzz_corpus_node_query() {
+    common::testing::corpus::replay("node_query", MUTATIONS, 3, |bytes| {
+        let Ok(query) = std::str::from_utf8(bytes) else { return };
+        let Ok(uri) = format!("/v1/nodes?{}", query.trim()).parse::<axum::http::Uri>() else {
+            return;
+        };
+        if let Ok(axum::extract::Query(p)) =
+            axum::extract::Query::<NodeListParams>::try_from_uri(&uri)
+        {
+            let p: NodeListParams = p;
+            for v in [Version::MAX, Version { minor: 1 }, Version { minor: 50 }] {
+                if let Err(e) = p.to_query(v) {
+                    assert!(is_client_error(&e), "{e:?}");
+                }
+            }
+        }
+        for ident in query.split('&') {
+            let _ = crate::patch::is_valid_name(ident);
+        }
+    });
+}
+
+/// What an agent posts to `/v1/continue_inspection`: Ironic's data check, then everything
+/// inspection reads from the inventory (facts, interfaces, the PXE MAC, the root disk, the
+/// properties it fills in).
+#[test]
+fn test_fuzz_corpus_inventory() {
+    common::testing::corpus::replay("inventory", MUTATIONS, 4, |bytes| {
+        let Some(data) = json_of(bytes) else { return };
+        let inventory = data.get("inventory").cloned().unwrap_or_else(|| data.clone());
+        if let Err(e) = crate::rest::inspection::validate(data) {
+            assert!(is_client_error(&e), "{e:?}");
+        }
+        let _ = deploy::inspection::facts(&inventory);
+        let _ = deploy::inspection::interfaces(&inventory);
+        let _ = deploy::inspection::pxe_mac(&inventory);
+        let _ = deploy::inspection::root_disk_bytes(&inventory);
+        let mut props = deploy::model::JsonObject::new();
+        let _ = deploy::inspection::apply_discovered(&mut props, &inventory);
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Inventories of any shape: refused with a 4xx or read without a panic.
+    #[test]
+    fn test_fuzz_inventory_shapes(inv in json_value(), macs in proptest::collection::vec("[0-9a-fA-F:]{0,20}", 0..4)) {
+        let ifaces: Vec<Value> = macs.iter().map(|m| json!({"mac_address": m, "name": "eth0"})).collect();
+        for data in [json!({"inventory": inv.clone()}), json!({"inventory": {"interfaces": ifaces, "disks": inv.clone(), "memory": inv.clone(), "cpu": inv.clone()}})] {
+            let inventory = data["inventory"].clone();
+            if let Err(e) = crate::rest::inspection::validate(data) {
+                prop_assert!(is_client_error(&e), "{e:?}");
+            }
+            let _ = deploy::inspection::facts(&inventory);
+            let _ = deploy::inspection::interfaces(&inventory);
+            let _ = deploy::inspection::root_disk_bytes(&inventory);
+            let mut props = deploy::model::JsonObject::new();
+            let _ = deploy::inspection::apply_discovered(&mut props, &inventory);
+        }
+    }
+
+    /// Config drives of any shape, under every version and verb: accepted, or refused with a
+    /// 4xx.
+    #[test]
+    fn test_fuzz_configdrive_values(cd in json_value(), minor in 1u32..=115, rebuild in any::<bool>()) {
+        let verb = if rebuild { deploy::ApiVerb::Rebuild } else { deploy::ApiVerb::Active };
+        if let Err(e) = crate::service::check_configdrive(&cd, verb, Version { minor }) {
+            prop_assert!(is_client_error(&e), "{e:?}");
+        }
+    }
+}
+
+/// The `configdrive` of provision requests as clients send it (strings, objects, junk), through
+/// the API's check under old and new versions.
+#[test]
+fn test_fuzz_corpus_configdrive_api() {
+    common::testing::corpus::replay("configdrive", MUTATIONS, 5, |bytes| {
+        let Some(v) = json_of(bytes) else { return };
+        let cd = v.get("configdrive").cloned().unwrap_or(v);
+        for minor in [1, 35, 56, 59, 115] {
+            for verb in
+                [deploy::ApiVerb::Active, deploy::ApiVerb::Rebuild, deploy::ApiVerb::Deleted]
+            {
+                if let Err(e) = crate::service::check_configdrive(&cd, verb, Version { minor }) {
+                    assert!(is_client_error(&e), "{e:?}");
+                }
+            }
+        }
+    });
+}

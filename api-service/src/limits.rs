@@ -1,5 +1,5 @@
 //! Request limits: JSON nesting depth (Ironic's 25, a 400) and a per-address rate limit on
-//! the unauthenticated ramdisk endpoints (lookup, heartbeat; a 429). Body sizes are limited
+//! the unauthenticated ramdisk endpoints (lookup, heartbeat, continue_inspection; a 429). Body sizes are limited
 //! in the router (`DefaultBodyLimit`, a 413) and connection timeouts in [`crate::serve`].
 
 use std::collections::HashMap;
@@ -89,7 +89,7 @@ impl RateLimiter {
     }
 }
 
-/// Middleware on the lookup and heartbeat routes: 429 with Ironic's error body once an
+/// Middleware on the lookup, heartbeat and continue_inspection routes: 429 with Ironic's error body once an
 /// address exceeds its rate.
 pub async fn ramdisk_rate_limit(
     State(state): State<ApiState>,

@@ -203,12 +203,12 @@ pub fn router(state: ApiState) -> Router {
             Router::new()
                 .route("/v1/lookup", get(agent::lookup))
                 .route("/v1/heartbeat/{ident}", post(agent::heartbeat))
+                .route("/v1/continue_inspection", post(inspection::continue_inspection))
                 .layer(middleware::from_fn_with_state(
                     state.clone(),
                     crate::limits::ramdisk_rate_limit,
                 )),
         )
-        .route("/v1/continue_inspection", post(inspection::continue_inspection))
         .route("/v1/openapi.json", get(misc::openapi))
         .route("/healthz", get(misc::healthz))
         .route("/metrics", get(misc::metrics))

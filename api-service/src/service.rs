@@ -23,6 +23,8 @@ use store::DataStore;
 pub use agent::{HeartbeatRequest, LookupQuery};
 pub use nodes::{NodeCreate, NodeListParams, parse_bool, parse_limit, urlencode, validate_node};
 pub use ports::{PortCreate, PortListParams};
+#[cfg(test)]
+pub(crate) use provision::check_configdrive;
 pub use provision::{PowerRequest, ProvisionRequest};
 
 use crate::auth::Auth;

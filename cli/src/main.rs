@@ -1,12 +1,13 @@
 //! The `ferric` command: every service in one process (`up`), an end-to-end demo on simulated
-//! machines (`demo`), database migrations as a step of their own (`migrate`), and admin
-//! commands over the REST API (`node`).
+//! machines (`demo`), database migrations as a step of their own (`migrate`), re-encryption of
+//! stored BMC secrets (`secrets rotate`), and admin commands over the REST API (`node`).
 
 mod client;
 mod demo;
 mod migrate;
 mod node;
 mod progress;
+mod secrets;
 mod up;
 
 use std::io::Write as _;
@@ -34,6 +35,11 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Apply the database migrations and exit (what a deployment runs before it upgrades).
     Migrate(migrate::MigrateArgs),
+    /// Stored secrets: `rotate` re-encrypts every node's BMC secrets with the active key.
+    Secrets {
+        #[command(subcommand)]
+        cmd: secrets::SecretsCmd,
+    },
     /// Admin commands over the REST API.
     Node {
         #[command(flatten)]
@@ -105,6 +111,16 @@ async fn main() -> ExitCode {
         Cmd::Migrate(args) => match migrate::run(&args).await {
             Ok(url) => {
                 let _ = writeln!(std::io::stdout(), "migrations applied to {url}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                report(&e);
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Secrets { cmd } => match secrets::run(&cmd).await {
+            Ok(line) => {
+                let _ = writeln!(std::io::stdout(), "{line}");
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -263,7 +263,7 @@ impl Stack {
         }
         api.check().context("api configuration")?;
 
-        let store = store::DataStore::connect(&cfg.database.url).await.with_context(|| {
+        let store = store::DataStore::open(&cfg.database).await.with_context(|| {
             format!("connecting to the database {}", common::config::redact_url(&cfg.database.url))
         })?;
         store.migrate().await.context("migrating the database")?;

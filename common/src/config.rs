@@ -231,24 +231,129 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Where a service keeps its data: `postgres://…`, `postgresql://…` or `sqlite:…`.
-#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
+/// Where a service keeps its data: `postgres://…`, `postgresql://…` or `sqlite:…`, and the
+/// keys that encrypt BMC secrets at rest.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "DatabaseConfigFile")]
 pub struct DatabaseConfig {
     /// `postgres://user:pass@host:5432/db`, `sqlite:path/to/file.db?mode=rwc` or
     /// `sqlite::memory:`.
-    #[serde(deserialize_with = "de_database_url")]
     pub url: String,
     /// Apply pending migrations when a service starts (the default). Off where migrations are
     /// a deployment step of their own (`ferric migrate`, the Helm chart's migration Job): a
     /// pod of the previous version restarting during an upgrade must not refuse a schema that
     /// is already newer than it.
     pub migrate_on_start: bool,
+    /// Keys that encrypt the secrets in `driver_info` at rest (AES-256-GCM), by key id:
+    /// `secret_keys = { k1 = "<base64 of 32 bytes>" }`, or one variable per key
+    /// (`FERRIC_DATABASE__SECRET_KEYS__K1`). Old keys stay listed until `ferric secrets
+    /// rotate` has re-encrypted everything with the active one. Empty: secrets are stored as
+    /// given (a warning says so at start).
+    pub secret_keys: BTreeMap<String, SecretKey>,
+    /// The id in `secret_keys` that encrypts every write; required when keys are listed.
+    pub active_secret_key: Option<String>,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: "sqlite:ferric.db?mode=rwc".to_owned(), migrate_on_start: true }
+        Self {
+            url: "sqlite:ferric.db?mode=rwc".to_owned(),
+            migrate_on_start: true,
+            secret_keys: BTreeMap::new(),
+            active_secret_key: None,
+        }
+    }
+}
+
+/// `[database]` as written; [`DatabaseConfig`] checks that the active key is one of the keys.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct DatabaseConfigFile {
+    #[serde(deserialize_with = "de_database_url")]
+    url: String,
+    migrate_on_start: bool,
+    secret_keys: BTreeMap<String, SecretKey>,
+    active_secret_key: Option<String>,
+}
+
+impl Default for DatabaseConfigFile {
+    fn default() -> Self {
+        let d = DatabaseConfig::default();
+        Self {
+            url: d.url,
+            migrate_on_start: d.migrate_on_start,
+            secret_keys: d.secret_keys,
+            active_secret_key: d.active_secret_key,
+        }
+    }
+}
+
+impl TryFrom<DatabaseConfigFile> for DatabaseConfig {
+    type Error = String;
+
+    fn try_from(f: DatabaseConfigFile) -> Result<Self, Self::Error> {
+        for id in f.secret_keys.keys() {
+            check_secret_key_id(id)?;
+        }
+        match (&f.active_secret_key, f.secret_keys.is_empty()) {
+            (Some(active), _) if !f.secret_keys.contains_key(active) => {
+                return Err(format!(
+                    "active_secret_key {active:?} is not one of database.secret_keys"
+                ));
+            }
+            (None, false) => {
+                return Err("database.secret_keys is set but active_secret_key is not".to_owned());
+            }
+            _ => {}
+        }
+        Ok(Self {
+            url: f.url,
+            migrate_on_start: f.migrate_on_start,
+            secret_keys: f.secret_keys,
+            active_secret_key: f.active_secret_key,
+        })
+    }
+}
+
+/// Key ids are written into every encrypted value: short, and free of the `$` separator.
+fn check_secret_key_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 32
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "secret key id {id:?} must be 1 to 32 characters of letters, digits, '-' and '_'"
+        ))
+    }
+}
+
+/// A 256-bit key, written in config as standard base64. Its `Debug` shows nothing of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretKey(pub [u8; 32]);
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey(******)")
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine as _;
+        let text = String::deserialize(d)?;
+        // The error never repeats the value: it is the key.
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| serde::de::Error::custom("a secret key must be standard base64"))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            serde::de::Error::custom(format!(
+                "a secret key must be 32 bytes (base64 of 32 bytes), not {}",
+                b.len()
+            ))
+        })?;
+        Ok(Self(key))
     }
 }
 
@@ -264,6 +369,8 @@ impl fmt::Debug for DatabaseConfig {
         f.debug_struct("DatabaseConfig")
             .field("url", &redact_url(&self.url))
             .field("migrate_on_start", &self.migrate_on_start)
+            .field("secret_keys", &self.secret_keys.keys().collect::<Vec<_>>())
+            .field("active_secret_key", &self.active_secret_key)
             .finish()
     }
 }

@@ -6,6 +6,8 @@
 //! matching `FERRIC_REQUIRE_*=1` variable turns the skip into a failure, so that nothing is
 //! skipped by accident. [`require_service`] is that rule, once, for every test crate.
 
+pub mod corpus;
+
 use std::fmt;
 
 /// Something a test needs from the machine, and the variable that makes its absence a

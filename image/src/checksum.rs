@@ -325,4 +325,36 @@ mod tests {
         assert!(matches!(err("short", "", ""), ChecksumError::Malformed(_)));
         assert!(matches!(err("", "md5", &a), ChecksumError::Malformed(_)));
     }
+
+    /// Checksum files in every form Ironic accepts (a bare digest, `sha256sum` lines with and
+    /// without `*`, BSD `SHA256 (name) = …`, comments) and seeded mutations of them: a digest
+    /// or `NotInFile`, never a panic; and the digest of any line through `from_ironic`.
+    #[test]
+    fn test_fuzz_corpus_checksum_files() {
+        common::testing::corpus::replay("checksum", 600, 11, |bytes| {
+            let text = String::from_utf8_lossy(bytes);
+            for name in ["image.qcow2", "ubuntu.img", "", "*", "(x)"] {
+                if let Ok(hex) = parse_checksum_file(&text, name) {
+                    let _ = ExpectedChecksum::new(None, &hex);
+                }
+            }
+            for line in text.lines().take(8) {
+                for algo in ["", "sha256", "sha512", "md5", line] {
+                    let _ = ChecksumSpec::from_ironic(line, algo, line);
+                }
+                let _ = HashAlgo::parse(line);
+            }
+        });
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 1024, ..Default::default() })]
+
+        /// Any text as a checksum file, any name: a digest or `NotInFile`.
+        #[test]
+        fn test_fuzz_checksum_file_text(text in "(([0-9a-fA-F]{0,70}|SHA(256|512) \\(|\\) = |[ *#()\n]|[a-z.]{0,12}){0,12})", name in "[a-z.*() ]{0,12}") {
+            let _ = parse_checksum_file(&text, &name);
+            let _ = ChecksumSpec::from_ironic(&text, &name, &text);
+        }
+    }
 }

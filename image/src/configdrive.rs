@@ -218,4 +218,38 @@ mod tests {
         };
         assert!(matches!(build(&files, 0), Err(ConfigDriveError::TooLarge)));
     }
+
+    /// Config drive values as the conductor receives them (base64, gzip, raw ISO bytes, junk)
+    /// through `decode`; and the object form's files through `build`. Errors, never panics.
+    #[test]
+    fn test_fuzz_corpus_configdrive_values() {
+        common::testing::corpus::replay("configdrive", 300, 12, |bytes| {
+            let _ = decode(bytes);
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else { return };
+            let cd = v.get("configdrive").cloned().unwrap_or(v);
+            match &cd {
+                serde_json::Value::String(s) => {
+                    let _ = decode(s.as_bytes());
+                }
+                serde_json::Value::Object(o) => {
+                    let field = |k: &str| {
+                        o.get(k).map(|x| match x {
+                            serde_json::Value::String(s) => s.as_bytes().to_vec(),
+                            other => other.to_string().into_bytes(),
+                        })
+                    };
+                    let files = ConfigDriveFiles {
+                        meta_data: field("meta_data").unwrap_or_else(|| b"{}".to_vec()),
+                        user_data: field("user_data"),
+                        network_data: field("network_data"),
+                        vendor_data: field("vendor_data"),
+                    };
+                    if let Ok(iso) = build(&files, 1_790_000_000) {
+                        assert_eq!(decode(encode(&iso).as_bytes()).unwrap(), iso);
+                    }
+                }
+                _ => {}
+            }
+        });
+    }
 }

@@ -793,4 +793,19 @@ mod tests {
             if d.feed(&img, &mut s).is_ok() { let _ = d.finish(&mut s); }
         }
     }
+
+    /// qcow2 headers from `fuzz/corpus/qcow2` (version 2 and 3, with and without backing
+    /// files, extensions, odd cluster sizes) and seeded mutations, through the header parser
+    /// and the streaming decoder.
+    #[test]
+    fn test_fuzz_corpus_qcow2_headers() {
+        common::testing::corpus::replay("qcow2", 500, 13, |bytes| {
+            let _ = parse_header(bytes);
+            let mut d = Qcow2Decoder::new(Qcow2Options { spill_limit: 1 << 20, spill_dir: None });
+            let mut s = VecSink::default();
+            if d.feed(bytes, &mut s).is_ok() {
+                let _ = d.finish(&mut s);
+            }
+        });
+    }
 }

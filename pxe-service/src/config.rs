@@ -120,6 +120,12 @@ pub struct PxeConfig {
     pub http_bind: String,
     /// Most TFTP transfers at once (1..=256; each holds a thread of the blocking pool).
     pub tftp_max_transfers: usize,
+    /// TFTP read requests that may wait for a transfer slot beyond `tftp_max_transfers`
+    /// (0..=4096); one more is answered with a TFTP error "server busy, try again".
+    pub tftp_max_waiting: usize,
+    /// Most HTTP downloads (static files, cached images, scripts) served at once (1..=4096);
+    /// one more is answered 503 with `Retry-After: 1`.
+    pub http_max_downloads: usize,
     /// TFTP retransmission timeout in milliseconds unless the client negotiates one.
     pub tftp_timeout_ms: u64,
     /// TFTP retransmissions before a transfer is abandoned.
@@ -160,6 +166,8 @@ impl Default for PxeConfig {
             tftp_bind: "0.0.0.0:69".to_owned(),
             http_bind: "0.0.0.0:8080".to_owned(),
             tftp_max_transfers: 256,
+            tftp_max_waiting: 768,
+            http_max_downloads: 512,
             tftp_timeout_ms: 1000,
             tftp_retries: 5,
             tftp_max_blksize: crate::tftp::options::MAX_BLKSIZE,
@@ -218,6 +226,12 @@ impl PxeConfig {
         if !(1..=256).contains(&self.tftp_max_transfers) {
             return Err(bad("pxe.tftp_max_transfers", "must be between 1 and 256"));
         }
+        if self.tftp_max_waiting > 4096 {
+            return Err(bad("pxe.tftp_max_waiting", "must be at most 4096"));
+        }
+        if !(1..=4096).contains(&self.http_max_downloads) {
+            return Err(bad("pxe.http_max_downloads", "must be between 1 and 4096"));
+        }
         if !(10..=255_000).contains(&self.tftp_timeout_ms) {
             return Err(bad("pxe.tftp_timeout_ms", "must be between 10 and 255000"));
         }
@@ -245,6 +259,7 @@ impl PxeConfig {
     pub fn tftp_settings(&self) -> TftpSettings {
         TftpSettings {
             max_transfers: self.tftp_max_transfers,
+            max_waiting: self.tftp_max_waiting,
             timeout: Duration::from_millis(self.tftp_timeout_ms),
             retries: self.tftp_retries,
             max_blksize: self.tftp_max_blksize,

@@ -5,12 +5,16 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use deploy::ids::MacAddress;
+use futures::StreamExt as _;
 use store::DataStore;
+use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tower_http::services::{ServeDir, ServeFile};
 use tracing::warn;
@@ -29,6 +33,9 @@ pub struct HttpState {
     pub store: DataStore,
     /// The image cache.
     pub images: ImageCache,
+    /// One permit per download in progress (`pxe.http_max_downloads`), held until the body
+    /// has been sent or the client went away.
+    pub downloads: Arc<Semaphore>,
 }
 
 /// The HTTP router.
@@ -47,9 +54,35 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         // Static files; ServeDir refuses `..` and answers Range and HEAD.
         .fallback_service(statics)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limit_downloads))
         // One span per request, with method and path.
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Middleware: every request but `/healthz` takes a download permit and holds it until its
+/// body is done (sent or dropped); with none free the answer is 503 with `Retry-After`, which
+/// iPXE and HTTP clients retry, instead of an unbounded number of open files and streams.
+async fn limit_downloads(State(st): State<HttpState>, req: Request, next: Next) -> Response {
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let Ok(permit) = st.downloads.clone().try_acquire_owned() else {
+        warn!(path = %req.uri().path(), "http server busy; download refused");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "server busy, try again\n",
+        )
+            .into_response();
+    };
+    let (parts, body) = next.run(req).await.into_parts();
+    // The stream owns the permit: it is released when the body ends or is dropped.
+    let stream = body.into_data_stream().map(move |chunk| {
+        let _held = &permit;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(stream))
 }
 
 fn text(body: String) -> Response {

@@ -74,7 +74,8 @@ pub async fn run(
     )
     .map_err(PxeError::ImageCache)?;
     let resolver = Arc::new(files::BootFiles::tftp(cfg.clone(), store.clone()));
-    let state = http::HttpState { cfg: cfg.clone(), store, images: images.clone() };
+    let downloads = Arc::new(tokio::sync::Semaphore::new(cfg.http_max_downloads.max(1)));
+    let state = http::HttpState { cfg: cfg.clone(), store, images: images.clone(), downloads };
     let app = http::router(state);
     let tftp_addr = tftp_socket.local_addr().ok();
     let http_addr = http_listener.local_addr().ok();

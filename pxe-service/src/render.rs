@@ -583,4 +583,49 @@ mod tests {
             }
         }
     }
+
+    /// Kernel parameters and kernel/ramdisk references from `fuzz/corpus/boot_script` and
+    /// seeded mutations, in every node field that reaches a boot script: the scripts keep
+    /// their commands, and kernel lines carry no script syntax.
+    #[test]
+    fn test_fuzz_corpus_boot_script_fields() {
+        let cfg = PxeConfig::default();
+        let mac: MacAddress = "52:54:00:12:34:56".parse().unwrap();
+        common::testing::corpus::replay("boot_script", 300, 16, |bytes| {
+            let value = String::from_utf8_lossy(bytes).into_owned();
+            for netboot in [false, true] {
+                let state =
+                    if netboot { ProvisionState::Active } else { ProvisionState::Deploying };
+                let benign = node_in(state, netboot);
+                let mut crafted = benign.clone();
+                for key in ["kernel_append_params", "deploy_kernel", "deploy_ramdisk"] {
+                    crafted.driver_info.insert(key.into(), json!(value));
+                }
+                for key in ["kernel_append_params", "kernel", "ramdisk"] {
+                    crafted.instance_info.insert(key.into(), json!(value));
+                }
+                let a = decide(&crafted, mac, &cfg, "req-1");
+                for format in [Format::Ipxe, Format::Grub, Format::Pxelinux] {
+                    let got = render(format, &a, &cfg);
+                    if std::mem::discriminant(&a)
+                        == std::mem::discriminant(&decide(&benign, mac, &cfg, "req-1"))
+                    {
+                        let want = render(format, &decide(&benign, mac, &cfg, "req-1"), &cfg);
+                        assert_eq!(commands(&got), commands(&want), "{got}");
+                    }
+                    for line in got.lines() {
+                        let word = line.split_whitespace().next().unwrap_or("");
+                        if matches!(word, "kernel" | "linux" | "append" | "initrd") {
+                            let body = line.trim_start();
+                            let body = body.strip_suffix(" || goto retry").unwrap_or(body);
+                            for bad in ["||", "&&", ";", "$", "{", "}", "#", "\"", "'", "\\", "\r"]
+                            {
+                                assert!(!body.contains(bad), "{bad:?} in {line:?}");
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
 }

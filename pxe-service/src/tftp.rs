@@ -3,8 +3,10 @@
 //!
 //! The listening socket only accepts requests; every transfer gets its own socket (a new
 //! transfer ID, as RFC 1350 requires) connected to the client, so the kernel filters stray
-//! packets. A semaphore bounds concurrent transfers; retransmitted requests from a client whose
-//! transfer is already queued or running are ignored instead of starting a second transfer.
+//! packets. A semaphore bounds concurrent transfers and a bound on waiting requests keeps a flood
+//! from growing memory: past both, a request is answered with the error "server busy, try
+//! again" at once (clients retry). Retransmitted requests from a client whose transfer is
+//! already waiting or running are ignored instead of starting a second transfer.
 
 pub mod options;
 pub mod packet;
@@ -35,6 +37,8 @@ const WINDOW_BYTES: usize = 64 * 1024;
 pub struct TftpSettings {
     /// Most transfers running at once; more requests wait for a slot.
     pub max_transfers: usize,
+    /// Most requests waiting for a slot; past that a request is refused "server busy".
+    pub max_waiting: usize,
     /// Retransmission timeout unless the client negotiates one.
     pub timeout: Duration,
     /// Retransmissions before a transfer is abandoned.
@@ -51,6 +55,7 @@ impl Default for TftpSettings {
     fn default() -> Self {
         Self {
             max_transfers: 256,
+            max_waiting: 768,
             timeout: Duration::from_secs(1),
             retries: 5,
             max_blksize: options::MAX_BLKSIZE,
@@ -91,7 +96,7 @@ pub async fn serve<R: Resolver>(
     let active: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
     let tracker = TaskTracker::new();
     // Requests waiting for a slot are bounded too, so a flood cannot grow memory without limit.
-    let max_queued = settings.max_transfers.max(1) * 4;
+    let max_queued = settings.max_transfers.max(1).saturating_add(settings.max_waiting);
     let mut buf = vec![0u8; 65536];
     info!(addr = %local, "tftp server listening");
     let mut consecutive_errors = 0u32;

@@ -9,7 +9,8 @@
 //! MAC lookup), `modify` (read-modify-write of a node with bounded re-reads), `lock` (the
 //! reservation queries), `port`, `conductor`, `history`, `txn` (the one transaction helper,
 //! which retries serialization failures), `types` (column codecs shared by both backends),
-//! and `migrations/<backend>/` applied by [`DataStore::migrate`].
+//! `secrets` (encryption at rest of `driver_info` secrets), `rotate` (re-encrypting them under
+//! the active key), and `migrations/<backend>/` applied by [`DataStore::migrate`].
 
 mod conductor;
 mod error;
@@ -21,6 +22,8 @@ mod outbox;
 mod port;
 mod query;
 mod resource;
+mod rotate;
+mod secrets;
 mod sql;
 mod txn;
 mod types;
@@ -44,6 +47,8 @@ pub use resource::{
     BodyFilter, Duplicates, Referrer, Resource, ResourceKind, ResourceListQuery, ResourceSortKey,
     filter_text,
 };
+pub use rotate::SecretsRotated;
+pub use secrets::{SecretError, SecretKeys, SecretKeysError};
 
 /// How long to wait for a pooled connection before answering `Unavailable`.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,6 +77,8 @@ pub struct DataStore {
     /// Tests on a paused Tokio clock: hold the clock still while a statement runs (see
     /// [`DataStore::hold_clock`]).
     hold_paused_clock: bool,
+    /// Seal `driver_info` secrets on write, open them on read (module `secrets`).
+    secrets: std::sync::Arc<SecretKeys>,
 }
 
 /// While alive, a blocking task is running, and a paused current-thread Tokio runtime does
@@ -119,7 +126,7 @@ impl DataStore {
                 .connect_with(opts)
                 .await
                 .map_err(|e| error::connect_error("postgres", &e))?;
-            Ok(Self { backend: Backend::Pg(pool), hold_paused_clock: false })
+            Ok(Self::with_backend(Backend::Pg(pool)))
         } else if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)
                 .map_err(|e| PublicError::invalid(format!("invalid SQLite URL: {e}")))?
@@ -148,12 +155,47 @@ impl DataStore {
                 .connect_with(opts)
                 .await
                 .map_err(|e| error::connect_error("sqlite", &e))?;
-            Ok(Self { backend: Backend::Sqlite(pool), hold_paused_clock: false })
+            Ok(Self::with_backend(Backend::Sqlite(pool)))
         } else {
             Err(PublicError::invalid(
                 "database URL must start with postgres://, postgresql:// or sqlite:",
             ))
         }
+    }
+
+    fn with_backend(backend: Backend) -> Self {
+        Self { backend, hold_paused_clock: false, secrets: std::sync::Arc::new(SecretKeys::none()) }
+    }
+
+    /// [`DataStore::connect`] to `cfg.url`, sealing `driver_info` secrets with the keys of
+    /// `cfg` ([`DataStore::with_secret_keys`]): how every service opens its store.
+    ///
+    /// # Errors
+    /// As [`DataStore::connect`]; `InvalidRequest` for a key set that does not hold together.
+    pub async fn open(cfg: &common::config::DatabaseConfig) -> Result<Self, PublicError> {
+        let keys = SecretKeys::new(
+            cfg.active_secret_key.as_deref(),
+            cfg.secret_keys.iter().map(|(id, key)| (id.as_str(), &key.0)),
+        )
+        .map_err(|e| PublicError::invalid(format!("database.secret_keys: {e}")))?;
+        Ok(Self::connect(&cfg.url).await?.with_secret_keys(keys))
+    }
+
+    /// This store sealing `driver_info` secrets with `keys` on every write and opening them on
+    /// every read. Services call it once at start; with no keys it logs a warning that
+    /// secrets are stored in plaintext.
+    #[must_use]
+    pub fn with_secret_keys(mut self, keys: SecretKeys) -> Self {
+        match keys.active() {
+            Some(id) => {
+                tracing::info!(active_key = id, "driver_info secrets are encrypted at rest")
+            }
+            None => tracing::warn!(
+                "no database.secret_keys configured: driver_info secrets are stored in plaintext"
+            ),
+        }
+        self.secrets = std::sync::Arc::new(keys);
+        self
     }
 
     /// This store for a test on a paused Tokio clock (`tokio::time::pause`, a current-thread

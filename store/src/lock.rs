@@ -73,7 +73,7 @@ impl DataStore {
             })
         })?;
         tracing::debug!(node = %id, conductor, "node reserved");
-        Ok(row.try_into()?)
+        self.node_from_row(row)
     }
 
     /// Release the node's lock if `conductor` holds it; otherwise (held by another, not held,

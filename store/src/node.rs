@@ -291,13 +291,15 @@ const WRITABLE: [&str; 60] = [
 ];
 
 /// Bind the [`WRITABLE`] columns of `$n` (a `&Node`) in order.
+/// `driver_info` is bound from `$driver_info`, the copy with its secrets sealed.
 macro_rules! bind_writable {
-    ($q:expr, $n:expr) => {{
+    ($q:expr, $n:expr, $driver_info:expr) => {{
         let n: &Node = $n;
+        let driver_info: &JsonObject = $driver_info;
         let i = &n.interfaces;
         $q.bind(n.name.as_deref())
             .bind(n.driver.as_str())
-            .bind(Json(&n.driver_info))
+            .bind(Json(driver_info))
             .bind(Json(&n.driver_internal_info))
             .bind(Json(&n.instance_info))
             .bind(n.instance_uuid.as_deref())
@@ -423,6 +425,16 @@ struct MarkerRow {
 }
 
 impl DataStore {
+    /// The node a row holds, its `driver_info` secrets opened.
+    ///
+    /// # Errors
+    /// `Internal` for a column that does not parse or a secret that does not open.
+    pub(crate) fn node_from_row(&self, row: NodeRow) -> Result<Node, PublicError> {
+        let mut node = Node::try_from(row)?;
+        self.secrets.open(node.uuid, &mut node.driver_info)?;
+        Ok(node)
+    }
+
     /// Store a new node as given (its `generation` included) and return the stored row.
     ///
     /// # Errors
@@ -430,9 +442,10 @@ impl DataStore {
     /// name that is empty or looks like a UUID.
     pub async fn node_insert(&self, node: &Node) -> Result<Node, PublicError> {
         check_name(node)?;
+        let sealed = self.secrets.seal(node.uuid, &node.driver_info)?;
         let row: NodeRow = on_pool!(self, |pool| {
             let q = sqlx::query_as::<_, NodeRow>(AssertSqlSafe(INSERT_SQL.as_str()));
-            bind_writable!(q, node)
+            bind_writable!(q, node, &sealed)
                 .bind(DbUuid::from(node.uuid))
                 .bind(node.reservation.as_deref())
                 .bind(node.generation)
@@ -443,7 +456,7 @@ impl DataStore {
         })
         .map_err(|e| public_error(e, &write_ctx(node)))?;
         tracing::debug!(node = %node.uuid, "node inserted");
-        Ok(row.try_into()?)
+        self.node_from_row(row)
     }
 
     /// The node with this UUID.
@@ -458,7 +471,7 @@ impl DataStore {
                 .await
         })
         .map_err(|e| public_error(e, &Ctx::new("Node", id)))?;
-        Ok(row.try_into()?)
+        self.node_from_row(row)
     }
 
     /// The node named by `ident`: a UUID, else a name.
@@ -479,7 +492,7 @@ impl DataStore {
                 .await
         })
         .map_err(|e| public_error(e, &Ctx::new("Node", ident)))?;
-        Ok(row.try_into()?)
+        self.node_from_row(row)
     }
 
     /// One page of nodes matching `q`, in `q.sort_key`/`q.sort_dir` order with insertion order
@@ -496,7 +509,7 @@ impl DataStore {
             bind_args!(query, &sql.args).fetch_all(pool).await
         })
         .map_err(|e| public_error(e, &Ctx::new("Node", "list")))?;
-        rows.into_iter().map(|r| Node::try_from(r).map_err(PublicError::from)).collect()
+        rows.into_iter().map(|r| self.node_from_row(r)).collect()
     }
 
     /// The `SELECT` for [`DataStore::node_list`]; public to the crate so tests and the
@@ -734,13 +747,14 @@ impl DataStore {
     ) -> Result<UpdateCheck, PublicError> {
         check_name(node)?;
         let ctx = write_ctx(node);
+        let sealed = self.secrets.seal(node.uuid, &node.driver_info)?;
         // One statement, atomic on its own: no transaction round trips on the hottest write
         // path (heartbeats, every workflow step). When it matched nothing, a second read
         // tells a stale generation from a deleted node; what it finds may already be newer,
         // which only means the caller re-reads once more.
         let updated: Option<NodeRow> = on_pool!(self, |pool| {
             let q = sqlx::query_as::<_, NodeRow>(AssertSqlSafe(UPDATE_SQL.as_str()));
-            bind_writable!(q, node)
+            bind_writable!(q, node, &sealed)
                 .bind(now())
                 .bind(DbUuid::from(node.uuid))
                 .bind(node.generation)
@@ -749,7 +763,7 @@ impl DataStore {
         })
         .map_err(|e| public_error(e, &ctx))?;
         let checked = match updated {
-            Some(row) => UpdateCheck::Updated(Box::new(Node::try_from(row)?)),
+            Some(row) => UpdateCheck::Updated(Box::new(self.node_from_row(row)?)),
             None => {
                 let current: Option<i64> = on_pool!(self, |pool| {
                     sqlx::query_scalar("SELECT generation FROM nodes WHERE uuid = $1")
@@ -827,7 +841,7 @@ impl DataStore {
         let mut rows = rows.into_iter();
         match (rows.next(), rows.next()) {
             (None, _) => Ok(None),
-            (Some(row), None) => Ok(Some(row.try_into()?)),
+            (Some(row), None) => Ok(Some(self.node_from_row(row)?)),
             (Some(_), Some(_)) => {
                 let list: Vec<String> = macs.iter().map(ToString::to_string).collect();
                 Err(PublicError::conflict(format!(

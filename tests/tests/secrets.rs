@@ -194,6 +194,9 @@ async fn test_secrets_never_leak_through_a_lifecycle() {
     cfg.api.http_basic_auth_user_file = Some(htpasswd);
 
     let db = TestDatabase::sqlite().await;
+    // Both services seal driver_info secrets at rest, as configured in production.
+    let keys = || store::SecretKeys::new(Some("k1"), [("k1", &[0x5a_u8; 32])]).unwrap();
+    let keyed = db.store().clone().with_secret_keys(keys());
     let bus = bus::connect(None).await.unwrap();
     let token = CancellationToken::new();
     let root = Shutdown::new(token.clone(), Duration::from_secs(5));
@@ -204,13 +207,13 @@ async fn test_secrets_never_leak_through_a_lifecycle() {
     let mut services = tokio::task::JoinSet::new();
     let mut events = bus.subscribe(&[bus::routing::ALL_NODE_EVENTS]).await.unwrap();
     let (shutdown, api_ready) = root.service();
-    let (store, b) = (db.store().clone(), bus.clone());
+    let (store, b) = (keyed.clone(), bus.clone());
     services.spawn(async move {
         api_service::run(cfg, rest, grpc, store, b, shutdown).await.unwrap();
     });
     api_ready.wait().await.unwrap();
     let (shutdown, ready) = root.service();
-    let (store, b) = (db.store().clone(), bus.clone());
+    let (store, b) = (keyed.clone(), bus.clone());
     let queue = format!("conductor.secrets-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let ccfg = fast_config(&format!("secrets-{queue}"), &queue);
     services.spawn(async move {
@@ -310,6 +313,13 @@ async fn test_secrets_never_leak_through_a_lifecycle() {
         seen.record(format!("event {}", d.routing_key), format!("{text} {:?}", d.headers));
         n_events += 1;
     }
+    // At rest the BMC passwords are sealed; a store with the key reads them back.
+    let raw = keyed.node_driver_info_raw(id.parse().unwrap()).await.unwrap();
+    let raw = serde_json::Value::Object(raw).to_string();
+    assert!(!raw.contains(IPMI_PASSWORD) && !raw.contains(REDFISH_PASSWORD), "{raw}");
+    assert!(raw.contains("$ferric-enc$v1$k1$"), "{raw}");
+    let read = keyed.node_fetch(id.parse().unwrap()).await.unwrap();
+    assert_eq!(read.driver_info["ipmi_password"], IPMI_PASSWORD);
     // The node's stored history is served by the API too.
     let history = db.store().history_list(id.parse().unwrap()).await.unwrap();
     seen.record("history", format!("{history:?}"));

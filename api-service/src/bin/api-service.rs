@@ -38,7 +38,7 @@ async fn serve(cfg: ApiConfig, checked: CheckedConfig) -> anyhow::Result<()> {
     let bind =
         |a| async move { TcpListener::bind(a).await.with_context(|| format!("binding {a}")) };
     let (rest, grpc) = (bind(checked.rest_listen).await?, bind(checked.grpc_listen).await?);
-    let store = store::DataStore::connect(&cfg.database.url).await.context("database")?;
+    let store = store::DataStore::open(&cfg.database).await.context("database")?;
     if cfg.database.migrate_on_start {
         store.migrate().await.context("migrating the database")?;
     }

@@ -44,7 +44,7 @@ fn not_found() -> ApiError {
 /// Ironic's `DATA_VALIDATOR`: an object with an `inventory` object whose `interfaces` is a
 /// non-empty list of objects with a string `mac_address`, and string-or-null BMC addresses.
 /// Returns the inventory and the rest (the plugin data).
-fn validate(data: Value) -> Result<(Value, Value), ApiError> {
+pub(crate) fn validate(data: Value) -> Result<(Value, Value), ApiError> {
     let bad = |m: &str| ApiError::bad_request(format!("Invalid inspection data: {m}"));
     let Value::Object(mut data) = data else { return Err(bad("expected an object")) };
     let inventory =

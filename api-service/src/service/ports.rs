@@ -3,7 +3,7 @@
 use chrono::Utc;
 use deploy::ids::MacAddress;
 use deploy::model::JsonObject;
-use deploy::{Port, PortId, PublicError};
+use deploy::{Node, Port, PortId, PublicError};
 use serde::Deserialize;
 use serde_json::Value;
 use store::{PortListQuery, SortDir};
@@ -218,25 +218,38 @@ impl ApiState {
             )));
         }
         let address = parse_mac(&req.address)?;
-        let node = match (&req.node_uuid, &req.node_ident) {
+        // Ironic (`PortsController.post`) judges the policy before it says whether the node
+        // exists: a caller whom the policy refuses gets 403 for a node it cannot see and for
+        // no node at all alike, so creating ports does not reveal which nodes exist; a caller
+        // the policy allows gets 400 for a missing node.
+        let found: Result<Node, ApiError> = match (&req.node_uuid, &req.node_ident) {
             (Some(u), _) => {
                 let id = u.parse::<deploy::NodeId>().map_err(|_| {
                     ApiError::bad_request(format!("Expected a UUID but received {u}."))
                 })?;
-                self.store.node_fetch(id).await.map_err(|e| match e {
-                    PublicError::NotFound { .. } => {
-                        ApiError::bad_request(format!("Node {u} could not be found."))
+                match self.store.node_fetch(id).await {
+                    Ok(n) => Ok(n),
+                    Err(PublicError::NotFound { .. }) => {
+                        Err(ApiError::bad_request(format!("Node {u} could not be found.")))
                     }
-                    other => other.into(),
-                })?
+                    Err(other) => return Err(other.into()),
+                }
             }
-            (None, Some(ident)) => self.node_by_ident(ident, v).await?,
+            (None, Some(ident)) => match self.node_by_ident(ident, v).await {
+                Ok(n) => Ok(n),
+                Err(e @ ApiError::Public(PublicError::NotFound { .. })) => Err(e),
+                Err(e) => return Err(e),
+            },
             (None, None) => {
                 return Err(ApiError::bad_request("'node_uuid' is a required property"));
             }
         };
-        ctx.identity
-            .authorize(crate::policy::p::PORT_CREATE, crate::policy::Target::node(&node))?;
+        let target = found.as_ref().map_or(
+            crate::policy::Target { owner: None, lessee: None },
+            crate::policy::Target::node,
+        );
+        ctx.identity.authorize(crate::policy::p::PORT_CREATE, target)?;
+        let node = found?;
         let uuid = match &req.uuid {
             Some(u) => u
                 .parse::<PortId>()

@@ -72,6 +72,50 @@ fn check_steps(name: &str, steps: &[Value]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The `configdrive` of a provision request, as Ironic checks it: only with `active` or
+/// `rebuild` (and on rebuild from 1.35), a string (or null), or from 1.56 an object with only
+/// `meta_data`, `network_data`, `user_data` and (from 1.59) `vendor_data`.
+///
+/// # Errors
+/// 400 or 406 as above.
+pub(crate) fn check_configdrive(
+    cd: &Value,
+    verb: ApiVerb,
+    v: crate::version::Version,
+) -> Result<(), ApiError> {
+    if !matches!(verb, ApiVerb::Active | ApiVerb::Rebuild) {
+        return Err(ApiError::bad_request(
+            "Adding a config drive is only supported when setting provision state to active or rebuild",
+        ));
+    }
+    if verb == ApiVerb::Rebuild && !v.at_least(35) {
+        return Err(not_acceptable("A config drive on rebuild", 35, v));
+    }
+    match cd {
+        Value::String(_) | Value::Null => {}
+        Value::Object(o) => {
+            if !v.at_least(56) {
+                return Err(not_acceptable("A config drive given as an object", 56, v));
+            }
+            if o.contains_key("vendor_data") && !v.at_least(59) {
+                return Err(not_acceptable("Config drive vendor_data", 59, v));
+            }
+            if let Some(k) = o.keys().find(|k| {
+                !matches!(k.as_str(), "meta_data" | "network_data" | "user_data" | "vendor_data")
+            }) {
+                return Err(ApiError::bad_request(format!("Invalid configdrive key '{k}'")));
+            }
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid configdrive: expected a string or an object, got {}",
+                crate::patch::json_kind(other)
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl ApiState {
     /// `PUT /v1/nodes/{ident}/states/provision`.
     ///
@@ -106,41 +150,7 @@ impl ApiState {
             return Err(ApiError::bad_request("Runbooks are not supported by this service"));
         }
         if let Some(cd) = &req.configdrive {
-            if !matches!(verb, ApiVerb::Active | ApiVerb::Rebuild) {
-                return Err(ApiError::bad_request(
-                    "Adding a config drive is only supported when setting provision state to active or rebuild",
-                ));
-            }
-            if verb == ApiVerb::Rebuild && !v.at_least(35) {
-                return Err(not_acceptable("A config drive on rebuild", 35, v));
-            }
-            match cd {
-                Value::String(_) | Value::Null => {}
-                Value::Object(o) => {
-                    if !v.at_least(56) {
-                        return Err(not_acceptable("A config drive given as an object", 56, v));
-                    }
-                    if o.contains_key("vendor_data") && !v.at_least(59) {
-                        return Err(not_acceptable("Config drive vendor_data", 59, v));
-                    }
-                    if let Some(k) = o.keys().find(|k| {
-                        !matches!(
-                            k.as_str(),
-                            "meta_data" | "network_data" | "user_data" | "vendor_data"
-                        )
-                    }) {
-                        return Err(ApiError::bad_request(format!(
-                            "Invalid configdrive key '{k}'"
-                        )));
-                    }
-                }
-                other => {
-                    return Err(ApiError::bad_request(format!(
-                        "Invalid configdrive: expected a string or an object, got {}",
-                        crate::patch::json_kind(other)
-                    )));
-                }
-            }
+            check_configdrive(cd, verb, v)?;
         }
         match (&req.clean_steps, verb) {
             (Some(steps), ApiVerb::Clean) => check_steps("clean_steps", steps)?,

@@ -55,6 +55,9 @@ async fn test_lookup_and_heartbeat_are_rate_limited_per_address() {
     assert_eq!(r.headers["retry-after"], "1");
     let r = h.call(Method::POST, "/v1/heartbeat/52:54:00:00:00:09", Some("1.62"), Some("{}")).await;
     assert_eq!(r.status, 429, "heartbeat shares the address's bucket: {}", r.body);
+    let inventory = r#"{"inventory": {"interfaces": [{"mac_address": "52:54:00:00:00:09"}]}}"#;
+    let r = h.call(Method::POST, "/v1/continue_inspection", Some("1.84"), Some(inventory)).await;
+    assert_eq!(r.status, 429, "continue_inspection shares the address's bucket: {}", r.body);
     // Other endpoints are not limited.
     for _ in 0..5 {
         assert_eq!(h.get("/v1/nodes").await.status, 200);

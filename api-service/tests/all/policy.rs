@@ -83,6 +83,8 @@ enum Want {
     Deny,
     /// 404 / NotFound (the node is concealed).
     Hidden,
+    /// 400: the caller may act, but the request names no such node.
+    Invalid,
 }
 
 use Want::*;
@@ -125,7 +127,7 @@ async fn fresh_node(h: &Harness) -> (String, String) {
     .await;
     assert_eq!(r.status, 201, "{}", r.body);
     let uuid = r.json()["uuid"].as_str().unwrap().to_owned();
-    let mac = format!("52:54:00:{:02x}:{:02x}:{:02x}", rand_byte(), rand_byte(), rand_byte());
+    let mac = random_mac();
     let r = call_as(
         h,
         SysAdmin,
@@ -138,6 +140,10 @@ async fn fresh_node(h: &Harness) -> (String, String) {
     (name, r.json()["uuid"].as_str().unwrap().to_owned())
 }
 
+fn random_mac() -> String {
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", rand_byte(), rand_byte(), rand_byte())
+}
+
 fn rand_byte() -> u8 {
     uuid::Uuid::new_v4().as_bytes()[0]
 }
@@ -147,6 +153,7 @@ fn judge(r: &Resp) -> Want {
         s if s.is_success() => Allow,
         StatusCode::FORBIDDEN => Deny,
         StatusCode::NOT_FOUND => Hidden,
+        StatusCode::BAD_REQUEST => Invalid,
         other => panic!("unexpected {other}: {}", r.body),
     }
 }
@@ -286,6 +293,31 @@ fn rows() -> Vec<Row> {
             body: None,
             want: [Allow, Deny, Deny, Allow, Deny, Deny, Deny, Deny, Deny, Hidden],
         },
+        // Ironic's `PortsController.post` judges `baremetal:port:create` on the node's owner
+        // before it says whether the node exists (`conceal_node=False`): a caller the policy
+        // refuses gets 403 for another project's node and for a missing node alike, so it
+        // learns nothing about which nodes exist; a system admin learns that it is missing.
+        Row {
+            what: "port:create",
+            method: Method::POST,
+            path: "/v1/ports",
+            body: Some(json!({"address": "{mac}", "node_ident": "{node}"})),
+            want: [Allow, Deny, Deny, Allow, Deny, Deny, Deny, Deny, Deny, Deny],
+        },
+        Row {
+            what: "port:create on a missing node",
+            method: Method::POST,
+            path: "/v1/ports",
+            body: Some(json!({"address": "{mac}", "node_uuid": "{missing}"})),
+            want: [Invalid, Deny, Deny, Deny, Deny, Deny, Deny, Deny, Deny, Deny],
+        },
+        Row {
+            what: "port:create on a missing node by name",
+            method: Method::POST,
+            path: "/v1/ports",
+            body: Some(json!({"address": "{mac}", "node_ident": "no-such-node"})),
+            want: [Hidden, Deny, Deny, Deny, Deny, Deny, Deny, Deny, Deny, Deny],
+        },
         Row {
             what: "node's ports",
             method: Method::GET,
@@ -319,7 +351,15 @@ async fn test_rest_policy_table() {
         for (who, want) in EVERYONE.iter().zip(row.want) {
             let (node, port) = fresh_node(&h).await;
             let path = row.path.replace("{node}", &node).replace("{port}", &port);
-            let r = call_as(&h, *who, row.method.clone(), &path, row.body.clone()).await;
+            let body = row.body.as_ref().map(|b| {
+                let text = b
+                    .to_string()
+                    .replace("{node}", &node)
+                    .replace("{mac}", &random_mac())
+                    .replace("{missing}", &uuid::Uuid::new_v4().to_string());
+                serde_json::from_str::<Value>(&text).unwrap()
+            });
+            let r = call_as(&h, *who, row.method.clone(), &path, body).await;
             let got = judge(&r);
             if got != want {
                 failures.push(format!(
@@ -461,6 +501,40 @@ async fn test_rest_keystone_without_identity_is_401() {
     assert_eq!(r.status(), 401);
     // Version discovery stays public.
     assert_eq!(h.client().get(format!("{}/", h.base)).send().await.unwrap().status(), 200);
+    h.stop().await;
+}
+
+/// The ramdisk endpoints (lookup, heartbeat, continue_inspection) take no user credentials, as
+/// in Ironic (`public_routes`): a ramdisk has none. Heartbeat is guarded by the agent token;
+/// lookup and continue_inspection hand a node's token out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_ramdisk_endpoints_need_no_user_credentials() {
+    let h = keystone().await;
+    let post = |path: &str, body: Value| {
+        h.client()
+            .post(format!("{}{path}", h.base))
+            .header("X-OpenStack-Ironic-API-Version", "1.115")
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+    };
+    let inventory = json!({"inventory": {"interfaces": [{"mac_address": "52:54:00:12:34:56"}]}});
+    let r = post("/v1/continue_inspection", inventory).send().await.unwrap();
+    assert_eq!(r.status(), 404, "no node has that MAC: {}", r.text().await.unwrap());
+    let r = h
+        .client()
+        .get(format!("{}/v1/lookup?addresses=52:54:00:12:34:56", h.base))
+        .header("X-OpenStack-Ironic-API-Version", "1.115")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let (node, _) = fresh_node(&h).await;
+    let r =
+        post(&format!("/v1/heartbeat/{node}"), json!({"callback_url": "http://127.0.0.1:9999"}))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 400, "no agent token: {}", r.text().await.unwrap());
     h.stop().await;
 }
 

@@ -245,3 +245,43 @@ fn test_migrate_on_start_defaults_on_and_env_turns_it_off() {
     let file_off = load_test(Some("[database]\nmigrate_on_start = false\n"), &[]).unwrap();
     assert!(!file_off.database.migrate_on_start);
 }
+
+#[test]
+fn test_database_secret_keys_are_checked_and_never_echoed() {
+    let k1 = "MTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTE="; // 32 bytes
+    let none = std::iter::empty::<(String, String)>;
+    let toml =
+        format!("[database]\nactive_secret_key = \"k1\"\nsecret_keys = {{ k1 = \"{k1}\" }}\n");
+    let c: TestConfig = load_str(&toml, "FERRIC", none()).unwrap();
+    assert_eq!(c.database.secret_keys["k1"].0, [b'1'; 32]);
+    assert_eq!(c.database.active_secret_key.as_deref(), Some("k1"));
+    let dbg = format!("{:?}", c.database);
+    assert!(dbg.contains("k1") && !dbg.contains(k1), "{dbg}");
+
+    // From the environment, one variable per key.
+    let env = [
+        ("FERRIC_DATABASE__SECRET_KEYS__K2".to_owned(), k1.to_owned()),
+        ("FERRIC_DATABASE__ACTIVE_SECRET_KEY".to_owned(), "k2".to_owned()),
+    ];
+    let c: TestConfig = load_str("", "FERRIC", env).unwrap();
+    assert!(c.database.secret_keys.contains_key("k2"));
+
+    for (toml, want) in [
+        ("[database]\nactive_secret_key = \"k9\"\nsecret_keys = { k1 = \"K1\" }\n", "k9"),
+        ("[database]\nsecret_keys = { k1 = \"K1\" }\n", "active_secret_key"),
+        (
+            "[database]\nactive_secret_key = \"k1\"\nsecret_keys = { k1 = \"c2hvcnQ=\" }\n",
+            "32 bytes",
+        ),
+        (
+            "[database]\nactive_secret_key = \"k1\"\nsecret_keys = { k1 = \"!!not-base64!!\" }\n",
+            "base64",
+        ),
+        ("[database]\nactive_secret_key = \"a$b\"\nsecret_keys = { \"a$b\" = \"K1\" }\n", "a$b"),
+    ] {
+        let toml = toml.replace("K1", k1);
+        let e = load_str::<TestConfig, _>(&toml, "FERRIC", none()).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+        assert!(!e.contains(k1) && !e.contains("!!not-base64!!") && !e.contains("c2hvcnQ="), "{e}");
+    }
+}

@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(cfg: ConductorFileConfig) -> anyhow::Result<()> {
-    let store = store::DataStore::connect(&cfg.database.url).await.context("database")?;
+    let store = store::DataStore::open(&cfg.database).await.context("database")?;
     let bus =
         bus::connect_with_exchange(Some(&cfg.bus.url), &cfg.bus.exchange).await.context("bus")?;
     let shutdown = Shutdown::from_signals(cfg.conductor.drain_timeout());

@@ -51,7 +51,7 @@ async fn serve(cfg: PxeFileConfig) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(http_at)
         .await
         .with_context(|| format!("binding HTTP to {http_at}"))?;
-    let store = store::DataStore::connect(&cfg.database.url).await.context("database")?;
+    let store = store::DataStore::open(&cfg.database).await.context("database")?;
     if cfg.database.migrate_on_start {
         store.migrate().await.context("migrating the database")?;
     }

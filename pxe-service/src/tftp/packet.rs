@@ -385,4 +385,25 @@ mod tests {
             let _ = parse(&pieces.concat());
         }
     }
+
+    /// TFTP datagrams from `fuzz/corpus/tftp_packet` (RRQ/WRQ with options, DATA, ACK,
+    /// ERROR, OACK) and seeded mutations: parsed or refused; a parsed request's options are
+    /// negotiated without a panic.
+    #[test]
+    fn test_fuzz_corpus_tftp_packets() {
+        common::testing::corpus::replay("tftp_packet", 1000, 14, |bytes| {
+            if let Ok(Packet::Read(req)) = parse(bytes) {
+                let _ = crate::tftp::options::negotiate(
+                    &req.options,
+                    crate::tftp::options::Limits {
+                        max_blksize: crate::tftp::options::MAX_BLKSIZE,
+                        max_windowsize: 64,
+                        default_timeout: std::time::Duration::from_secs(1),
+                        max_window_bytes: 64 * 1024,
+                    },
+                );
+                let _ = crate::tftp::source::sanitize(&req.filename);
+            }
+        });
+    }
 }

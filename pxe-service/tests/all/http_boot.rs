@@ -296,3 +296,40 @@ async fn test_image_cache_evicts_expired_then_least_recently_used_but_never_imag
     // Nothing more to do on a second pass.
     assert_eq!(cache.clean().await.unwrap().removed, 0);
 }
+
+/// With room for one download, a second one while a large file is still being sent is
+/// answered 503 with `Retry-After`; once the first client has gone, downloads succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_downloads_past_the_limit_get_503_then_succeed() {
+    let db = TestDatabase::sqlite().await;
+    let svc = Service::start(db.store().clone(), |c| c.http_max_downloads = 1).await;
+    // Larger than the socket buffers on both sides, so the body is still streaming while
+    // the first client reads nothing.
+    let big = vec![7u8; 64 << 20];
+    std::fs::write(svc.dirs.path().join("http/big.img"), &big).unwrap();
+    std::fs::write(svc.dirs.path().join("http/small"), b"small").unwrap();
+    let http = reqwest::Client::new();
+
+    let first = http.get(format!("{}/big.img", svc.http_url)).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.content_length(), Some(big.len() as u64), "the length is still sent");
+    let r = http.get(format!("{}/small", svc.http_url)).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    // Health checks are never refused.
+    assert_eq!(http.get(format!("{}/healthz", svc.http_url)).send().await.unwrap().status(), 200);
+
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http.get(format!("{}/small", svc.http_url)).send().await.unwrap();
+        if r.status() == 200 {
+            assert_eq!(&r.bytes().await.unwrap()[..], b"small");
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(tokio::time::Instant::now() < deadline, "the download slot never came free");
+        tokio::task::yield_now().await;
+    }
+    svc.stop().await;
+}

@@ -149,3 +149,43 @@ async fn test_retransmitted_request_does_not_start_second_transfer() {
     assert!(recv(&s, Duration::from_millis(500)).await.is_none(), "second transfer started");
     h.stop().await;
 }
+
+/// With one transfer slot and no room to wait, a second client is refused "server busy" at
+/// once; once the first transfer finishes, the second client's retry is served.
+#[tokio::test]
+async fn test_transfers_past_the_limit_are_refused_busy_then_served() {
+    let h = TftpHarness::start(TftpSettings {
+        max_transfers: 1,
+        max_waiting: 0,
+        timeout: Duration::from_secs(3),
+        ..TftpSettings::default()
+    })
+    .await;
+    let data = h.write_random("small.bin", 100);
+    let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    a.send_to(&rrq("small.bin", &[]), h.addr).await.unwrap();
+    // A's transfer runs (block 1 sent, not yet acknowledged).
+    let (p, a_tid) = recv(&a, WAIT).await.unwrap();
+    assert_eq!(head(&p), (3, 1));
+
+    let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    b.send_to(&rrq("small.bin", &[]), h.addr).await.unwrap();
+    let (p, _) = recv(&b, WAIT).await.expect("an answer at once");
+    assert_eq!(head(&p), (5, 0), "error, code 0");
+    assert!(String::from_utf8_lossy(&p[4..]).contains("server busy"));
+
+    // A acknowledges its one block: the transfer ends and frees the slot.
+    a.send_to(&[0, 4, 0, 1], a_tid).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "the slot never came free");
+        b.send_to(&rrq("small.bin", &[]), h.addr).await.unwrap();
+        let (p, _) = recv(&b, WAIT).await.expect("an answer");
+        if head(&p) == (3, 1) {
+            assert_eq!(&p[4..], &data[..]);
+            break;
+        }
+        assert_eq!(head(&p), (5, 0), "only busy while A's transfer winds down");
+    }
+    h.stop().await;
+}

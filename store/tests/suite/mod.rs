@@ -8,6 +8,7 @@ pub mod modify;
 pub mod nodes;
 pub mod ports;
 pub mod schema;
+pub mod secrets;
 
 use chrono::{DateTime, TimeZone, Utc};
 use deploy::ids::MacAddress;
