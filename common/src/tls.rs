@@ -420,15 +420,25 @@ impl ServerCertVerifier for PinnedCertVerifier {
 /// Whether `error`'s source chain holds a [`PinMismatch`] (the handshake failed because the
 /// server's certificate is not the pinned one).
 pub fn is_pin_mismatch(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(error);
-    while let Some(e) = cur {
+    fn is_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
         if e.is::<PinMismatch>() {
             return true;
         }
         if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))) =
             e.downcast_ref::<rustls::Error>()
-            && o.0.is::<PinMismatch>()
         {
+            return o.0.is::<PinMismatch>();
+        }
+        // `io::Error::source` skips the wrapped error itself (tokio-rustls wraps rustls'
+        // errors in one): look inside.
+        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            return is_mismatch(inner);
+        }
+        false
+    }
+    let mut cur = Some(error);
+    while let Some(e) = cur {
+        if is_mismatch(e) {
             return true;
         }
         cur = e.source();
