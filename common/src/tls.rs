@@ -417,33 +417,45 @@ impl ServerCertVerifier for PinnedCertVerifier {
     }
 }
 
+/// The rustls error in `error`'s source chain, if any. `io::Error::source` skips the error
+/// it wraps (tokio-rustls and hyper wrap rustls' errors in one), so this looks inside.
+pub fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = Some(error);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref())
+            && let Some(r) = rustls_error(inner)
+        {
+            return Some(r);
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// Whether `error`'s source chain holds a [`PinMismatch`] (the handshake failed because the
 /// server's certificate is not the pinned one).
 pub fn is_pin_mismatch(error: &(dyn std::error::Error + 'static)) -> bool {
-    fn is_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
-        if e.is::<PinMismatch>() {
-            return true;
-        }
-        if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))) =
-            e.downcast_ref::<rustls::Error>()
-        {
-            return o.0.is::<PinMismatch>();
-        }
-        // `io::Error::source` skips the wrapped error itself (tokio-rustls wraps rustls'
-        // errors in one): look inside.
-        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-            return is_mismatch(inner);
-        }
-        false
-    }
     let mut cur = Some(error);
     while let Some(e) = cur {
-        if is_mismatch(e) {
+        if e.is::<PinMismatch>() {
             return true;
         }
         cur = e.source();
     }
-    false
+    matches!(
+        rustls_error(error),
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o)))
+            if o.0.is::<PinMismatch>()
+    )
+}
+
+/// Whether `error` is (or wraps) a refused server certificate: unknown issuer, expired,
+/// wrong name, not the pinned one.
+pub fn is_untrusted_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(rustls_error(error), Some(rustls::Error::InvalidCertificate(_)))
 }
 
 #[cfg(test)]

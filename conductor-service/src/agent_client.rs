@@ -364,3 +364,75 @@ impl AgentConn {
         self.unary("EraseDevices", |mut c| async move { c.erase_devices(req).await }).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use common::shutdown::{CancellationToken, Shutdown};
+
+    use super::*;
+
+    const TOKEN: &str = "tok-0123456789abcdef0123456789abcdef-xyz";
+
+    /// The real agent (no API, a pre-set token) serving with `tls`; returns its address.
+    async fn agent(tls: Option<agent::AgentTls>, stop: &CancellationToken) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let root = tempfile::tempdir().unwrap().keep();
+        let mut cfg = agent::AgentConfig::for_root(&root);
+        cfg.agent_token = Some(agent::config::Secret(TOKEN.into()));
+        let (shutdown, ready) = Shutdown::new(stop.clone(), Duration::from_secs(5)).service();
+        tokio::spawn(agent::run_with_tls(cfg, l, tls, shutdown));
+        ready.wait().await.unwrap();
+        addr.to_string()
+    }
+
+    /// Any answer from the agent (an RPC error included) means the channel works.
+    async fn answers(conn: &AgentConn) {
+        match conn.command_status("").await {
+            Ok(_) | Err(AgentError::Rpc { .. }) => {}
+            Err(e) => panic!("the agent did not answer: {e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn test_pinned_tls_trusts_only_the_heartbeated_certificate() {
+        let stop = CancellationToken::new();
+        let tls = agent::AgentTls::generate("127.0.0.1").unwrap();
+        let pem = tls.advertised_pem().to_owned();
+        let addr = agent(Some(tls), &stop).await;
+        let cfg = AgentClientConfig::default();
+
+        // The pinned certificate: calls work, over https or an http URL alike.
+        for url in [format!("https://{addr}"), format!("http://{addr}")] {
+            let conn = AgentConn::connect(&url, TOKEN, Some(&pem), &cfg).await.unwrap();
+            answers(&conn).await;
+        }
+        // Another certificate pinned: refused, naming the mismatch; not retryable.
+        let other = common::tls::SelfSigned::generate("127.0.0.1").unwrap();
+        let url = format!("https://{addr}");
+        let err = AgentConn::connect(&url, TOKEN, Some(&other.cert_pem), &cfg).await.unwrap_err();
+        assert!(matches!(err, AgentError::CertificateMismatch { .. }), "{err:?}");
+        assert!(err.to_string().contains("agent_verify_ca"), "{err}");
+        assert!(!err.retryable());
+        // No pin for an https agent: no fall back to an unverified channel.
+        let err = AgentConn::connect(&url, TOKEN, None, &cfg).await.unwrap_err();
+        assert!(matches!(err, AgentError::NotConfigured(_)), "{err:?}");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn test_plain_agent_works_unless_tls_is_required() {
+        let stop = CancellationToken::new();
+        let addr = agent(None, &stop).await;
+        let url = format!("http://{addr}");
+        let mut cfg = AgentClientConfig::default();
+        let conn = AgentConn::connect(&url, TOKEN, None, &cfg).await.unwrap();
+        answers(&conn).await;
+        cfg.require_tls = true;
+        let err = AgentConn::connect(&url, TOKEN, None, &cfg).await.unwrap_err();
+        assert!(err.to_string().contains("require_tls"), "{err}");
+        stop.cancel();
+    }
+}
