@@ -97,7 +97,7 @@ impl RamdiskLauncher for AgentLauncher {
             cfg.lookup_max_interval_ms = cfg.lookup_max_interval_ms.max(ms);
         }
         let shutdown = Shutdown::new(token, DEFAULT_DRAIN_TIMEOUT);
-        let chain = |e: &dyn std::error::Error| common::ErrorChain(e).to_string();
+        let chain = |e: &(dyn std::error::Error + 'static)| common::ErrorChain(e).to_string();
         if foreign_tls_cert && cfg.enable_auto_tls {
             // The real agent, serving one self-signed certificate and pinning another.
             let host = listener.local_addr().map_err(|e| chain(&e))?.ip().to_string();
