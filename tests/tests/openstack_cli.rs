@@ -247,7 +247,7 @@ async fn test_openstack_cli_over_tls_with_the_test_ca() {
     assert!(out.status.success(), "node list over TLS: {}", text(&out.stderr));
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    assert_eq!(list[0]["Name"], "tls1", "{list}");
+    assert_eq!(list[0]["name"], "tls1", "{list}");
 
     // Without the CA: the client does not trust the server, and says so.
     let out = run(None, &["baremetal", "node", "list", "-f", "json"]).await.unwrap();
