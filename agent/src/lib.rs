@@ -310,7 +310,8 @@ async fn lookup_and_heartbeat(
         let token = state.token();
         let wait = match api
             .heartbeat(&found.node_uuid, &callback, token.as_deref(), verify_ca.as_deref())
-            .await {
+            .await
+        {
             Ok(()) => {
                 tracing::debug!(node = %found.node_uuid, "heartbeat sent");
                 // IPA's cadence: timeout × U(0.3, 0.6); an explicit interval gets ±10 %.
@@ -418,25 +419,25 @@ pub async fn run_with_tls(
     });
     let stop = state.cancel.clone();
     let router = tonic::transport::Server::builder().add_service(service);
-    let serve: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
-        match &tls {
-            Some(t) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(
-                    t.served.server_config(common::tls::ALPN_H2).map_err(AgentError::Tls)?,
-                );
-                let incoming = common::tls::tls_incoming(
-                    grpc,
-                    acceptor,
-                    TLS_HANDSHAKE_TIMEOUT,
-                    state.cancel.clone(),
-                );
-                Box::pin(router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
-            }
-            None => {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
-                Box::pin(router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
-            }
-        };
+    let serve: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> = match &tls
+    {
+        Some(t) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(
+                t.served.server_config(common::tls::ALPN_H2).map_err(AgentError::Tls)?,
+            );
+            let incoming = common::tls::tls_incoming(
+                grpc,
+                acceptor,
+                TLS_HANDSHAKE_TIMEOUT,
+                state.cancel.clone(),
+            );
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
+        }
+        None => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
+        }
+    };
     shutdown.ready();
     let tls_on = tls.is_some();
     tracing::info!(addr = %local, root = %state.root.display(), tls = tls_on, "agent gRPC server listening");

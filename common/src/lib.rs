@@ -8,9 +8,9 @@
 pub mod config;
 pub mod shutdown;
 pub mod telemetry;
-pub mod tls;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 
 use std::fmt;
 

@@ -601,10 +601,12 @@ async fn test_ferric_up_serves_the_api_over_tls_from_its_config() {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    let nodes = api_json(&client, reqwest::Method::GET, &format!("{}/v1/nodes", up.api), None).await;
+    let nodes =
+        api_json(&client, reqwest::Method::GET, &format!("{}/v1/nodes", up.api), None).await;
     assert!(nodes["nodes"].is_array(), "{nodes}");
     // Plain HTTP on the same port gets no API answer.
-    let plain = http().get(format!("{}/v1/nodes", up.api.replace("https://", "http://"))).send().await;
+    let plain =
+        http().get(format!("{}/v1/nodes", up.api.replace("https://", "http://"))).send().await;
     assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
 }
 
@@ -659,18 +661,26 @@ async fn test_deploy_over_pinned_agent_tls_and_refusal_of_a_foreign_certificate(
     deploy_image(&up, &uuids[1], &image, "impostor.img").await;
 
     let mut seen = Vec::new();
-    let n = wait_node(&up.api, &uuids[1], "deploy failed", Duration::from_secs(120), &mut seen, |n| {
-        n["provision_state"] == "deploy failed"
-    })
-    .await;
+    let n =
+        wait_node(&up.api, &uuids[1], "deploy failed", Duration::from_secs(120), &mut seen, |n| {
+            n["provision_state"] == "deploy failed"
+        })
+        .await;
     let err = n["last_error"].as_str().unwrap_or_default();
     assert!(
         err.contains("TLS certificate") && err.contains("agent_verify_ca"),
         "last_error does not name the certificate mismatch: {n}"
     );
     let mut seen = Vec::new();
-    wait_node(&up.api, &uuids[0], "active", Duration::from_secs(120), &mut seen, state_is("active"))
-        .await;
+    wait_node(
+        &up.api,
+        &uuids[0],
+        "active",
+        Duration::from_secs(120),
+        &mut seen,
+        state_is("active"),
+    )
+    .await;
     assert_eq!(
         good.machine.disk_sha256(image.len() as u64).ok(),
         Some(sim::disk::sha256_hex(&image)),

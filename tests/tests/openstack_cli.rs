@@ -222,8 +222,7 @@ async fn test_openstack_cli_over_tls_with_the_test_ca() {
     let mut cfg = ApiConfig::default();
     cfg.api.tls_cert_file = Some(cert);
     cfg.api.tls_key_file = Some(key);
-    let server =
-        tokio::spawn(api_service::run(cfg, rest, grpc, db.store().clone(), bus, shutdown));
+    let server = tokio::spawn(api_service::run(cfg, rest, grpc, db.store().clone(), bus, shutdown));
     ready.wait().await.unwrap();
 
     let run = |cacert: Option<std::path::PathBuf>, args: &[&str]| {
@@ -242,8 +241,14 @@ async fn test_openstack_cli_over_tls_with_the_test_ca() {
     .await
     .unwrap();
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    assert!(out.status.success(), "node create over TLS: {}{}", text(&out.stdout), text(&out.stderr));
-    let out = run(Some(ca_file.clone()), &["baremetal", "node", "list", "-f", "json"]).await.unwrap();
+    assert!(
+        out.status.success(),
+        "node create over TLS: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out =
+        run(Some(ca_file.clone()), &["baremetal", "node", "list", "-f", "json"]).await.unwrap();
     assert!(out.status.success(), "node list over TLS: {}", text(&out.stderr));
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
