@@ -154,7 +154,8 @@ impl ApiClient {
         }))
     }
 
-    /// `POST /v1/heartbeat/{uuid}` with `{callback_url, agent_token, agent_version}`.
+    /// `POST /v1/heartbeat/{uuid}` with `{callback_url, agent_token, agent_version}` and,
+    /// with auto-TLS, `agent_verify_ca` (the PEM of the certificate the agent serves).
     ///
     /// # Errors
     /// Transport errors or a non-2xx answer.
@@ -163,6 +164,7 @@ impl ApiClient {
         node_uuid: &str,
         callback_url: &str,
         token: Option<&str>,
+        verify_ca: Option<&str>,
     ) -> Result<(), ApiError> {
         let mut body = serde_json::json!({
             "callback_url": callback_url,
@@ -170,6 +172,9 @@ impl ApiClient {
         });
         if let Some(t) = token {
             body["agent_token"] = serde_json::Value::String(t.to_owned());
+        }
+        if let Some(ca) = verify_ca {
+            body["agent_verify_ca"] = serde_json::Value::String(ca.to_owned());
         }
         let resp = self
             .req(reqwest::Method::POST, &format!("/v1/heartbeat/{node_uuid}"))

@@ -70,6 +70,10 @@ pub struct AgentConfig {
     pub spill_limit_mb: u64,
     /// Accept md5 image checksums.
     pub md5_allowed: bool,
+    /// Serve gRPC over TLS with a certificate generated at start for the advertised
+    /// address, and send that certificate in heartbeats (`agent_verify_ca`) so the
+    /// conductor trusts exactly it (IPA's `enable_auto_tls`).
+    pub enable_auto_tls: bool,
 }
 
 impl Default for AgentConfig {
@@ -94,6 +98,7 @@ impl Default for AgentConfig {
             spill_dir: None,
             spill_limit_mb: 1024,
             md5_allowed: true,
+            enable_auto_tls: true,
         }
     }
 }

@@ -62,7 +62,13 @@ pub enum AgentError {
     /// I/O on the listener.
     #[error("listener error")]
     Io(#[from] std::io::Error),
+    /// The TLS certificate cannot be made or served.
+    #[error("agent TLS setup failed")]
+    Tls(#[source] common::tls::TlsError),
 }
+
+/// How long a connecting client may take to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// State shared by the server, the heartbeat loop and running commands.
 pub struct AgentState {
@@ -192,10 +198,15 @@ fn host_port(url: &str) -> Option<(String, u16)> {
 }
 
 /// The `callback_url` for heartbeats: configured, or the listener's address — with an
-/// unspecified IP replaced by the local address that routes to the API.
-async fn callback_url(cfg: &AgentConfig, local: SocketAddr) -> String {
+/// unspecified IP replaced by the local address that routes to the API. `https` when the
+/// server speaks TLS (a configured `http://` URL is turned into `https://` then).
+async fn callback_url(cfg: &AgentConfig, local: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
     if let Some(u) = &cfg.advertise_url {
-        return u.clone();
+        return match u.strip_prefix("http://") {
+            Some(rest) if tls => format!("https://{rest}"),
+            _ => u.clone(),
+        };
     }
     let mut ip = local.ip();
     if ip.is_unspecified()
@@ -216,8 +227,8 @@ async fn callback_url(cfg: &AgentConfig, local: SocketAddr) -> String {
         }
     }
     match ip {
-        IpAddr::V6(v6) => format!("http://[{v6}]:{}", local.port()),
-        IpAddr::V4(v4) => format!("http://{v4}:{}", local.port()),
+        IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{}", local.port()),
+        IpAddr::V4(v4) => format!("{scheme}://{v4}:{}", local.port()),
     }
 }
 
@@ -268,6 +279,7 @@ async fn lookup_and_heartbeat(
     state: Arc<AgentState>,
     api: ApiClient,
     callback: String,
+    verify_ca: Option<String>,
 ) -> Result<(), AgentError> {
     let Some(found) = lookup_loop(&state, &api).await? else { return Ok(()) };
     tracing::info!(node = %found.node_uuid, heartbeat_timeout = found.heartbeat_timeout, "lookup succeeded");
@@ -296,7 +308,10 @@ async fn lookup_and_heartbeat(
     let mut retry_pauses = heartbeat_retry_backoff();
     loop {
         let token = state.token();
-        let wait = match api.heartbeat(&found.node_uuid, &callback, token.as_deref()).await {
+        let wait = match api
+            .heartbeat(&found.node_uuid, &callback, token.as_deref(), verify_ca.as_deref())
+            .await
+        {
             Ok(()) => {
                 tracing::debug!(node = %found.node_uuid, "heartbeat sent");
                 // IPA's cadence: timeout × U(0.3, 0.6); an explicit interval gets ±10 %.
@@ -328,16 +343,70 @@ async fn lookup_and_heartbeat(
     }
 }
 
+/// The certificate the gRPC server presents, and the PEM the heartbeats send as
+/// `agent_verify_ca` (the same certificate; [`AgentTls::with_advertised`] exists for tests
+/// of a conductor that must refuse a mismatch).
+#[derive(Debug, Clone)]
+pub struct AgentTls {
+    served: common::tls::SelfSigned,
+    advertised_pem: String,
+}
+
+impl AgentTls {
+    /// A new self-signed certificate for `host` (an IP address or name), advertised as is.
+    ///
+    /// # Errors
+    /// [`common::tls::TlsError`] when no certificate can be made for `host`.
+    pub fn generate(host: &str) -> Result<Self, common::tls::TlsError> {
+        let served = common::tls::SelfSigned::generate(host)?;
+        Ok(Self { advertised_pem: served.cert_pem.clone(), served })
+    }
+
+    /// Send `pem` in heartbeats instead of the served certificate.
+    pub fn with_advertised(mut self, pem: String) -> Self {
+        self.advertised_pem = pem;
+        self
+    }
+
+    /// The PEM heartbeats send.
+    pub fn advertised_pem(&self) -> &str {
+        &self.advertised_pem
+    }
+}
+
 /// Run the agent until `shutdown` is cancelled: the gRPC server on `grpc` (already bound)
-/// and, with an API URL, lookup and heartbeats. Ready ([`Shutdown::ready`]) once the server
-/// serves (the lookup goes on in the background). On shutdown running commands get the drain
-/// timeout ([`Shutdown::drain`]).
+/// and, with an API URL, lookup and heartbeats. With `enable_auto_tls` (the default) the
+/// server speaks TLS with a certificate made now for the advertised address. Ready
+/// ([`Shutdown::ready`]) once the server serves (the lookup goes on in the background). On
+/// shutdown running commands get the drain timeout ([`Shutdown::drain`]).
 ///
 /// # Errors
 /// Bad configuration, a lookup that timed out, or a server failure.
 pub async fn run(
     cfg: AgentConfig,
     grpc: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), AgentError> {
+    cfg.validate()?;
+    let tls = if cfg.enable_auto_tls {
+        let cb = callback_url(&cfg, grpc.local_addr()?, true).await;
+        let host = host_port(&cb).map(|(h, _)| h).unwrap_or_else(|| "localhost".to_owned());
+        Some(AgentTls::generate(&host).map_err(AgentError::Tls)?)
+    } else {
+        None
+    };
+    run_with_tls(cfg, grpc, tls, shutdown).await
+}
+
+/// [`run`] with the TLS identity chosen by the caller (`None`: plain gRPC), whatever
+/// `enable_auto_tls` says.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_tls(
+    cfg: AgentConfig,
+    grpc: TcpListener,
+    tls: Option<AgentTls>,
     shutdown: Shutdown,
 ) -> Result<(), AgentError> {
     cfg.validate()?;
@@ -348,20 +417,38 @@ pub async fn run(
     let service = AgentServiceServer::with_interceptor(svc, move |req: tonic::Request<()>| {
         server::check_token(&check_state, &req).map(|()| req)
     });
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
     let stop = state.cancel.clone();
-    let serve = tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
+    let router = tonic::transport::Server::builder().add_service(service);
+    let serve: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> = match &tls
+    {
+        Some(t) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(
+                t.served.server_config(common::tls::ALPN_H2).map_err(AgentError::Tls)?,
+            );
+            let incoming = common::tls::tls_incoming(
+                grpc,
+                acceptor,
+                TLS_HANDSHAKE_TIMEOUT,
+                state.cancel.clone(),
+            );
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
+        }
+        None => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
+        }
+    };
     shutdown.ready();
-    tracing::info!(addr = %local, root = %state.root.display(), "agent gRPC server listening");
+    let tls_on = tls.is_some();
+    tracing::info!(addr = %local, root = %state.root.display(), tls = tls_on, "agent gRPC server listening");
 
     let hb = match &cfg.api_url {
         Some(url) => {
             let api = ApiClient::new(url, cfg.api_timeout(), cfg.global_request_id.clone())?;
-            let cb = callback_url(&cfg, local).await;
+            let cb = callback_url(&cfg, local, tls_on).await;
             tracing::info!(api = %url, callback_url = %cb, "looking the node up");
-            Some(lookup_and_heartbeat(state.clone(), api, cb))
+            let verify_ca = tls.map(|t| t.advertised_pem);
+            Some(lookup_and_heartbeat(state.clone(), api, cb, verify_ca))
         }
         None => None,
     };

@@ -100,6 +100,8 @@ fn cfg_for(root: &Path) -> AgentConfig {
     let mut c = AgentConfig::for_root(root);
     c.agent_token = Some(Secret(TOKEN.into()));
     c.download_retry_delay_ms = 20;
+    // These tests are about commands; auto-TLS has its own test.
+    c.enable_auto_tls = false;
     c
 }
 
@@ -488,6 +490,7 @@ async fn test_lookup_with_backoff_then_heartbeats_with_token_and_after_commands(
     cfg.lookup_interval_ms = 20;
     cfg.lookup_max_interval_ms = 100;
     cfg.heartbeat_min_gap_ms = 0;
+    cfg.enable_auto_tls = false;
     assert_eq!(cfg.api_url.as_deref(), Some(format!("http://{api_addr}").as_str()));
     let a = start(cfg).await;
     // Before the lookup answered, there is no token: every call is refused.
@@ -521,6 +524,61 @@ async fn test_lookup_with_backoff_then_heartbeats_with_token_and_after_commands(
     let mut c = client(a.addr, Some(TOKEN)).await;
     c.sync(SyncRequest {}).await.unwrap();
     wait_for(2).await;
+    a.stop.cancel();
+    a.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn test_auto_tls_serves_the_certificate_it_heartbeats() {
+    let api = FakeApi::default();
+    let app = axum::Router::new()
+        .route("/v1/lookup", axum::routing::get(lookup))
+        .route("/v1/heartbeat/{uuid}", axum::routing::post(heartbeat))
+        .with_state(api.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    fixture()
+        .cmdline(&format!("ipa-api-url=http://{api_addr} BOOTIF=01-52-54-00-12-34-56"))
+        .build(dir.path())
+        .unwrap();
+    let mut cfg = AgentConfig::for_root(dir.path());
+    cfg.lookup_interval_ms = 20;
+    assert!(cfg.enable_auto_tls, "auto-TLS is on by default");
+    let a = start(cfg).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let hb = loop {
+        if let Some(hb) = api.heartbeats.lock().unwrap().first().cloned() {
+            break hb;
+        }
+        assert!(Instant::now() < deadline, "no heartbeat");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(hb["callback_url"], format!("https://127.0.0.1:{}", a.addr.port()));
+    let pem = hb["agent_verify_ca"].as_str().expect("agent_verify_ca in the heartbeat");
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+
+    // A TLS client trusting only that certificate completes the handshake; one pinning
+    // another certificate does not, and plain gRPC gets nowhere.
+    let handshake = |pem: String| async move {
+        let cfg = common::tls::PinnedCertVerifier::from_pem(&pem)
+            .unwrap()
+            .client_config(common::tls::ALPN_H2)
+            .unwrap();
+        let tcp = tokio::net::TcpStream::connect(a.addr).await.unwrap();
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("agent.invalid").unwrap();
+        tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await
+    };
+    handshake(pem.to_owned()).await.unwrap();
+    let other = common::tls::SelfSigned::generate("127.0.0.1").unwrap();
+    let err = handshake(other.cert_pem).await.unwrap_err();
+    assert!(common::tls::is_pin_mismatch(&err), "{err:?}");
+    let plain = Channel::from_shared(format!("http://{}", a.addr)).unwrap().connect().await;
+    if let Ok(ch) = plain {
+        let mut c = AgentServiceClient::new(ch);
+        assert!(c.sync(SyncRequest {}).await.is_err());
+    }
     a.stop.cancel();
     a.task.await.unwrap().unwrap();
 }

@@ -3,7 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use common::tls::ReloadingCert;
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -79,6 +82,14 @@ pub struct ApiSection {
     pub ramdisk_rate_limit_per_second: u32,
     /// How many lookup/heartbeat requests one address may send in a burst.
     pub ramdisk_rate_limit_burst: u32,
+    /// PEM certificate chain (leaf first) for TLS on both listeners; with
+    /// `tls_key_file`. Both unset: plain HTTP and gRPC.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Seconds between checks of the certificate files; a changed pair is served to new
+    /// connections (a broken one is logged and the old certificate stays).
+    pub tls_reload_interval: u64,
 }
 
 impl Default for ApiSection {
@@ -102,6 +113,9 @@ impl Default for ApiSection {
             body_read_timeout: 30,
             ramdisk_rate_limit_per_second: 100,
             ramdisk_rate_limit_burst: 500,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_reload_interval: 5,
         }
     }
 }
@@ -120,6 +134,9 @@ pub enum ConfigCheckError {
     /// The htpasswd file is unusable.
     #[error("invalid value for api.http_basic_auth_user_file")]
     Htpasswd(#[source] AuthError),
+    /// The TLS certificate or key file is unusable.
+    #[error("invalid value for api.tls_cert_file/api.tls_key_file")]
+    Tls(#[source] common::tls::TlsError),
 }
 
 /// Why the configuration could not be loaded (exit with `common::EXIT_BAD_CONFIG`).
@@ -146,6 +163,45 @@ pub struct CheckedConfig {
     pub auth: Auth,
     /// Whether `noauth` may serve on non-loopback addresses.
     pub noauth_allow_remote: bool,
+    /// TLS for both listeners, when configured.
+    pub tls: Option<TlsSettings>,
+}
+
+/// TLS on the listeners: the served certificate and how often its files are checked.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// The certificate, reloaded when its files change.
+    pub cert: Arc<ReloadingCert>,
+    /// Interval between checks of the files.
+    pub reload_interval: Duration,
+}
+
+/// `[api] tls_cert_file` and `tls_key_file`: both or neither.
+fn check_tls(a: &ApiSection) -> Result<Option<TlsSettings>, ConfigCheckError> {
+    let (cert, key) = match (&a.tls_cert_file, &a.tls_key_file) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(k)) => (c, k),
+        (Some(_), None) => {
+            return Err(ConfigCheckError::Invalid {
+                key: "api.tls_key_file",
+                reason: "required when api.tls_cert_file is set".into(),
+            });
+        }
+        (None, Some(_)) => {
+            return Err(ConfigCheckError::Invalid {
+                key: "api.tls_cert_file",
+                reason: "required when api.tls_key_file is set".into(),
+            });
+        }
+    };
+    if a.tls_reload_interval == 0 {
+        return Err(ConfigCheckError::Invalid {
+            key: "api.tls_reload_interval",
+            reason: "must be at least 1".into(),
+        });
+    }
+    let cert = ReloadingCert::load(cert, key).map_err(ConfigCheckError::Tls)?;
+    Ok(Some(TlsSettings { cert, reload_interval: Duration::from_secs(a.tls_reload_interval) }))
 }
 
 impl ApiConfig {
@@ -252,6 +308,7 @@ impl ApiConfig {
             },
             auth,
             noauth_allow_remote: a.noauth_allow_remote,
+            tls: check_tls(a)?,
         })
     }
 }
@@ -328,6 +385,27 @@ mod tests {
         c.api.noauth_allow_remote = false;
         c.api.auth_strategy = "keystone".into();
         c.check().unwrap();
+    }
+
+    #[test]
+    fn test_tls_needs_both_files_and_usable_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = ApiConfig::default();
+        c.api.tls_cert_file = Some(dir.path().join("cert.pem"));
+        let e = c.check().unwrap_err();
+        assert!(matches!(e, ConfigCheckError::Invalid { key: "api.tls_key_file", .. }), "{e}");
+        c.api.tls_cert_file = None;
+        c.api.tls_key_file = Some(dir.path().join("key.pem"));
+        let e = c.check().unwrap_err();
+        assert!(matches!(e, ConfigCheckError::Invalid { key: "api.tls_cert_file", .. }), "{e}");
+        c.api.tls_cert_file = Some(dir.path().join("cert.pem"));
+        let e = c.check().unwrap_err();
+        assert!(matches!(e, ConfigCheckError::Tls(_)), "{e}");
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+        assert!(c.check().unwrap().tls.is_some());
+        assert!(ApiConfig::default().check().unwrap().tls.is_none());
     }
 
     #[test]

@@ -38,6 +38,7 @@ use common::shutdown::{Shutdown, joined};
 use store::DataStore;
 use thiserror::Error;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 pub use config::{ApiConfig, CheckedConfig, ConfigCheckError};
 pub use rest::router;
@@ -115,12 +116,27 @@ pub async fn run(
         state.bus.clone(),
         token.clone(),
     ));
+    let timeouts = serve::HttpTimeouts { header_read: state.settings.header_read_timeout };
+    // With TLS both listeners serve the one reloading certificate.
+    let tls = match &checked.tls {
+        Some(t) => {
+            let rest_cfg = common::tls::server_config(t.cert.clone(), common::tls::ALPN_H2_HTTP1)
+                .map_err(|e| ApiServiceError::Config(ConfigCheckError::Tls(e)))?;
+            let grpc_cfg = common::tls::server_config(t.cert.clone(), common::tls::ALPN_H2)
+                .map_err(|e| ApiServiceError::Config(ConfigCheckError::Tls(e)))?;
+            let _watcher =
+                shutdown.spawn(t.cert.clone().watch(t.reload_interval, token.child_token()));
+            Some((TlsAcceptor::from(rest_cfg), TlsAcceptor::from(grpc_cfg)))
+        }
+        None => None,
+    };
+    let (rest_tls, grpc_tls) = tls.unzip();
     let (rest_token, stop) = (token.clone(), token.clone());
     // Either server stopping stops the other too rather than limp along half-up.
-    let timeouts = serve::HttpTimeouts { header_read: state.settings.header_read_timeout };
     let rest_task = shutdown.spawn(async move {
-        let r =
-            serve::serve_rest(rest, app, timeouts, rest_token).await.map_err(ApiServiceError::Rest);
+        let r = serve::serve_rest(rest, app, timeouts, rest_tls, rest_token)
+            .await
+            .map_err(ApiServiceError::Rest);
         stop.cancel();
         r
     });
@@ -128,24 +144,40 @@ pub async fn run(
         grpc::GrpcApi::new(state, token.clone()),
     ));
     let (grpc_token, stop) = (token.clone(), token);
+    let handshake_timeout = timeouts.header_read;
     let grpc_task = shutdown.spawn(async move {
-        let r = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             // Dead or stalled peers are found and their streams closed.
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
-            .add_service(grpc_svc)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                grpc_token.cancelled_owned(),
-            )
-            .await
-            .map_err(ApiServiceError::Grpc);
+            .add_service(grpc_svc);
+        let served = match grpc_tls {
+            Some(acceptor) => {
+                let incoming = common::tls::tls_incoming(
+                    grpc,
+                    acceptor,
+                    handshake_timeout,
+                    grpc_token.clone(),
+                );
+                router.serve_with_incoming_shutdown(incoming, grpc_token.cancelled_owned()).await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                        grpc_token.cancelled_owned(),
+                    )
+                    .await
+            }
+        };
+        let r = served.map_err(ApiServiceError::Grpc);
         stop.cancel();
         r
     });
     shutdown.ready();
-    tracing::info!(rest = ?rest_addr, grpc = ?grpc_addr, backend, "api-service ready");
+    let tls = checked.tls.is_some();
+    tracing::info!(rest = ?rest_addr, grpc = ?grpc_addr, backend, tls, "api-service ready");
 
     shutdown.cancelled().await;
     if shutdown.drain().await.is_err() {

@@ -5,6 +5,9 @@
 //! connection gets a header read timeout (also between keep-alive requests), a body that
 //! must keep arriving ([`tower_http::timeout::RequestBodyTimeoutLayer`] in the router), and
 //! the peer address as [`axum::extract::ConnectInfo`] for the per-address rate limit.
+//!
+//! With TLS, the handshake runs in the connection's own task under the header read
+//! timeout, so a client that never finishes it holds only its own connection.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -27,8 +31,9 @@ pub struct HttpTimeouts {
     pub header_read: Duration,
 }
 
-/// Serve `app` on `listener` until `token` is cancelled, then let open connections finish
-/// their requests (the caller bounds that with its drain timeout).
+/// Serve `app` on `listener` (over TLS when `tls` is given) until `token` is cancelled,
+/// then let open connections finish their requests (the caller bounds that with its drain
+/// timeout).
 ///
 /// # Errors
 /// Never for one connection's failure (logged at debug); only if accepting fails hard.
@@ -36,6 +41,7 @@ pub async fn serve_rest(
     listener: TcpListener,
     app: Router,
     timeouts: HttpTimeouts,
+    tls: Option<TlsAcceptor>,
     token: CancellationToken,
 ) -> std::io::Result<()> {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -68,11 +74,38 @@ pub async fn serve_rest(
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
             req
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc));
-        let conn = graceful.watch(conn.into_owned());
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let tls = tls.clone();
+        let handshake_timeout = timeouts.header_read;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let svc = TowerToHyperService::new(svc);
+            let served = match tls {
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(
+                        handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "REST connection ended with an error");
             }
         });

@@ -213,8 +213,10 @@ impl Stack {
         let tftp = UdpSocket::bind(listens.tftp)
             .await
             .with_context(|| format!("binding TFTP to {}", listens.tftp))?;
-        let api_url = format!("http://{}", url_host(rest.local_addr()?));
-        let grpc_url = format!("http://{}", url_host(grpc.local_addr()?));
+        // With `[api] tls_cert_file` both API listeners speak TLS.
+        let api_scheme = if cfg.api.tls_cert_file.is_some() { "https" } else { "http" };
+        let api_url = format!("{api_scheme}://{}", url_host(rest.local_addr()?));
+        let grpc_url = format!("{api_scheme}://{}", url_host(grpc.local_addr()?));
         let http_url = format!("http://{}", url_host(http.local_addr()?));
         let tftp_addr = tftp.local_addr()?;
 

@@ -1,13 +1,16 @@
 //! Plumbing shared by every service: config loading ([`config`]), telemetry init
 //! ([`telemetry`]), shutdown with a drain timeout and the ready signal ([`shutdown`]), and,
 //! for tests (feature `testing`), what to do when PostgreSQL, RabbitMQ, QEMU or a peer is
-//! missing (`testing`). Domain logic never goes here.
+//! missing (`testing`), and TLS plumbing ([`tls`]: reloading server certificates, the
+//! agent's self-signed certificate, pinned-certificate verification). Domain logic never
+//! goes here.
 
 pub mod config;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 
 use std::fmt;
 

@@ -113,3 +113,55 @@ mod tests {
         }
     }
 }
+
+/// A certificate authority made for one test, and server certificates it signs
+/// (`127.0.0.1`, `localhost`, …). Nothing is written to disk unless the test does.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+/// A server certificate and its private key, PEM.
+#[derive(Clone)]
+pub struct TestCert {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key (PKCS#8).
+    pub key_pem: String,
+}
+
+impl TestCa {
+    /// A new CA named `name`.
+    ///
+    /// # Panics
+    /// If key generation fails (a broken crypto provider fails every TLS test anyway).
+    pub fn new(name: &str) -> Self {
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("no names to check");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.key_usages =
+            vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let key = rcgen::KeyPair::generate().expect("key generation works");
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).expect("CA signs itself");
+        Self { issuer }
+    }
+
+    /// The CA certificate, PEM (what clients trust).
+    pub fn cert_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses), signed by this CA.
+    ///
+    /// # Panics
+    /// If a name is unusable or signing fails.
+    pub fn issue(&self, names: &[&str]) -> TestCert {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("usable names");
+        params.distinguished_name.push(rcgen::DnType::CommonName, "ferric test server");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().expect("key generation works");
+        let cert = params.signed_by(&key, &self.issuer).expect("the CA signs");
+        TestCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    }
+}

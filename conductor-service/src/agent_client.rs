@@ -3,6 +3,12 @@
 //! Every call carries the node's agent token in `x-agent-token` and the current trace
 //! context (`traceparent`), and has a timeout: unary calls the command timeout, the
 //! PrepareImage stream an idle timeout between progress messages.
+//!
+//! An agent whose heartbeat carried its certificate (`agent_verify_ca`, IPA's auto-TLS) is
+//! called over TLS trusting exactly that certificate ([`common::tls::PinnedCertVerifier`]):
+//! the agent's address may be anything, so names are not checked, and a different
+//! certificate ends the call with [`AgentError::CertificateMismatch`], never a fall back to
+//! plain gRPC. Without a pinned certificate the call is plain unless `[agent] require_tls`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -53,6 +59,15 @@ pub enum AgentError {
         /// The id asked about.
         command_id: String,
     },
+    /// The agent presented a TLS certificate other than the one its heartbeat pinned.
+    #[error(
+        "the agent at {url} presented a TLS certificate that does not match the certificate \
+         pinned from its heartbeat (agent_verify_ca); refusing to talk to it"
+    )]
+    CertificateMismatch {
+        /// Agent address.
+        url: String,
+    },
     /// The agent answered with an error status.
     #[error("the agent at {url} failed {call}: {message}")]
     Rpc {
@@ -71,6 +86,7 @@ impl AgentError {
         match self {
             AgentError::Unreachable { .. } | AgentError::Timeout { .. } => true,
             AgentError::NotConfigured(_)
+            | AgentError::CertificateMismatch { .. }
             | AgentError::Unauthorized { .. }
             | AgentError::UnknownCommand { .. }
             | AgentError::Rpc { .. } => false,
@@ -94,27 +110,101 @@ impl std::fmt::Debug for AgentConn {
     }
 }
 
+/// A connector for tonic that opens TCP to the URI's host and port and runs the TLS
+/// handshake with `tls` (which decides whom to trust; the name sent is the URI's host, or
+/// a placeholder for an IP address, since the pinned verifier ignores it).
+fn pinned_connector(
+    tls: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+) -> impl tower::Service<
+    http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Send
++ 'static {
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    tower::service_fn(move |uri: http::Uri| {
+        let connector = connector.clone();
+        async move {
+            let host = uri
+                .host()
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+                .ok_or_else(|| std::io::Error::other("the agent URL has no host"))?;
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let name = rustls_pki_types::ServerName::try_from(host)
+                .map_err(|e| std::io::Error::other(format!("agent host: {e}")))?;
+            let stream = connector.connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        }
+    })
+}
+
 impl AgentConn {
-    /// Connect to `url` (`http://host:port`).
+    /// Connect to `url` (`http://host:port` or `https://host:port`); over TLS trusting
+    /// only `pinned_cert` (PEM) when given.
     ///
     /// # Errors
-    /// [`AgentError::NotConfigured`] for a bad URL or token, `Unreachable`/`Timeout` when
-    /// the agent does not accept the connection.
+    /// [`AgentError::NotConfigured`] for a bad URL, token or pinned certificate, or when TLS
+    /// is required (`[agent] require_tls`, or an `https` URL) and no certificate is pinned;
+    /// [`AgentError::CertificateMismatch`] when the agent presents another certificate;
+    /// `Unreachable`/`Timeout` when the agent does not accept the connection.
     pub async fn connect(
         url: &str,
         token: &str,
+        pinned_cert: Option<&str>,
         cfg: &AgentClientConfig,
     ) -> Result<Self, AgentError> {
         let token = AsciiMetadataValue::try_from(token).map_err(|_| {
             AgentError::NotConfigured("the agent token is not printable ASCII".into())
         })?;
         let connect_timeout = dur(cfg.connect_timeout_secs);
-        let endpoint = Endpoint::from_shared(url.to_owned())
+        let tls = match pinned_cert {
+            Some(pem) => Some(
+                common::tls::PinnedCertVerifier::from_pem(pem)
+                    .and_then(|v| v.client_config(common::tls::ALPN_H2))
+                    .map_err(|e| {
+                        AgentError::NotConfigured(format!(
+                            "the agent's pinned certificate (agent_verify_ca) is unusable: {}",
+                            common::ErrorChain(&e)
+                        ))
+                    })?,
+            ),
+            None if cfg.require_tls => {
+                return Err(AgentError::NotConfigured(format!(
+                    "[agent] require_tls is set but the agent at {url} sent no TLS certificate \
+                     (agent_verify_ca) in its heartbeat"
+                )));
+            }
+            None if url.starts_with("https://") => {
+                return Err(AgentError::NotConfigured(format!(
+                    "the agent at {url} asks for TLS but sent no certificate (agent_verify_ca) \
+                     to pin"
+                )));
+            }
+            None => None,
+        };
+        // With a pinned certificate the URL's scheme does not matter: TLS it is.
+        let endpoint_url = match (&tls, url.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => url.to_owned(),
+        };
+        let endpoint = Endpoint::from_shared(endpoint_url)
             .map_err(|e| AgentError::NotConfigured(format!("agent_url '{url}' is invalid: {e}")))?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true);
-        let channel = match tokio::time::timeout(connect_timeout, endpoint.connect()).await {
+        let connecting = async {
+            match tls {
+                Some(tls) => endpoint.connect_with_connector(pinned_connector(tls)).await,
+                None => endpoint.connect().await,
+            }
+        };
+        let channel = match tokio::time::timeout(connect_timeout, connecting).await {
             Ok(Ok(c)) => c,
+            Ok(Err(e)) if common::tls::is_pin_mismatch(&e) => {
+                return Err(AgentError::CertificateMismatch { url: url.to_owned() });
+            }
             Ok(Err(e)) => {
                 return Err(AgentError::Unreachable {
                     url: url.to_owned(),
@@ -272,5 +362,77 @@ impl AgentConn {
     ) -> Result<proto::agent::CommandStatus, AgentError> {
         let req = self.request(msg);
         self.unary("EraseDevices", |mut c| async move { c.erase_devices(req).await }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use common::shutdown::{CancellationToken, Shutdown};
+
+    use super::*;
+
+    const TOKEN: &str = "tok-0123456789abcdef0123456789abcdef-xyz";
+
+    /// The real agent (no API, a pre-set token) serving with `tls`; returns its address.
+    async fn agent(tls: Option<agent::AgentTls>, stop: &CancellationToken) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let root = tempfile::tempdir().unwrap().keep();
+        let mut cfg = agent::AgentConfig::for_root(&root);
+        cfg.agent_token = Some(agent::config::Secret(TOKEN.into()));
+        let (shutdown, ready) = Shutdown::new(stop.clone(), Duration::from_secs(5)).service();
+        tokio::spawn(agent::run_with_tls(cfg, l, tls, shutdown));
+        ready.wait().await.unwrap();
+        addr.to_string()
+    }
+
+    /// Any answer from the agent (an RPC error included) means the channel works.
+    async fn answers(conn: &AgentConn) {
+        match conn.command_status("").await {
+            Ok(_) | Err(AgentError::Rpc { .. }) => {}
+            Err(e) => panic!("the agent did not answer: {e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn test_pinned_tls_trusts_only_the_heartbeated_certificate() {
+        let stop = CancellationToken::new();
+        let tls = agent::AgentTls::generate("127.0.0.1").unwrap();
+        let pem = tls.advertised_pem().to_owned();
+        let addr = agent(Some(tls), &stop).await;
+        let cfg = AgentClientConfig::default();
+
+        // The pinned certificate: calls work, over https or an http URL alike.
+        for url in [format!("https://{addr}"), format!("http://{addr}")] {
+            let conn = AgentConn::connect(&url, TOKEN, Some(&pem), &cfg).await.unwrap();
+            answers(&conn).await;
+        }
+        // Another certificate pinned: refused, naming the mismatch; not retryable.
+        let other = common::tls::SelfSigned::generate("127.0.0.1").unwrap();
+        let url = format!("https://{addr}");
+        let err = AgentConn::connect(&url, TOKEN, Some(&other.cert_pem), &cfg).await.unwrap_err();
+        assert!(matches!(err, AgentError::CertificateMismatch { .. }), "{err:?}");
+        assert!(err.to_string().contains("agent_verify_ca"), "{err}");
+        assert!(!err.retryable());
+        // No pin for an https agent: no fall back to an unverified channel.
+        let err = AgentConn::connect(&url, TOKEN, None, &cfg).await.unwrap_err();
+        assert!(matches!(err, AgentError::NotConfigured(_)), "{err:?}");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn test_plain_agent_works_unless_tls_is_required() {
+        let stop = CancellationToken::new();
+        let addr = agent(None, &stop).await;
+        let url = format!("http://{addr}");
+        let mut cfg = AgentClientConfig::default();
+        let conn = AgentConn::connect(&url, TOKEN, None, &cfg).await.unwrap();
+        answers(&conn).await;
+        cfg.require_tls = true;
+        let err = AgentConn::connect(&url, TOKEN, None, &cfg).await.unwrap_err();
+        assert!(err.to_string().contains("require_tls"), "{err}");
+        stop.cancel();
     }
 }

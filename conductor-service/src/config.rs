@@ -194,6 +194,10 @@ pub struct AgentClientConfig {
     /// Seconds of silence from an agent that is running a command (no progress, no answer
     /// to a status poll) after which the agent counts as dead and the step fails.
     pub silence_timeout_secs: f64,
+    /// Refuse to talk to an agent whose heartbeat pinned no TLS certificate
+    /// (`agent_verify_ca`); without it such an agent is called over plain gRPC. An agent
+    /// that pinned one is always called over TLS, trusting only that certificate.
+    pub require_tls: bool,
 }
 
 /// Optional latencies of the fake interfaces (seconds), overridable per node with
@@ -283,6 +287,7 @@ impl Default for AgentClientConfig {
             command_timeout_secs: 60.0,
             progress_write_interval_ms: 1000,
             silence_timeout_secs: 30.0,
+            require_tls: false,
         }
     }
 }

@@ -328,7 +328,7 @@ pub(crate) async fn connect(task: &Task) -> Result<AgentConn, WorkflowError> {
     let token = session.token.ok_or_else(|| {
         WorkflowError::Failed("No agent token recorded: the ramdisk has not looked up".into())
     })?;
-    AgentConn::connect(&url, &token, &task.ctx.cfg.agent)
+    AgentConn::connect(&url, &token, session.verify_ca.as_deref(), &task.ctx.cfg.agent)
         .await
         .map_err(|e| agent_failed("connect", &e))
 }

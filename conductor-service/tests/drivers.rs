@@ -20,7 +20,8 @@ use conductor_service::config::{IpmiConfig, RedfishConfig};
 use conductor_service::drivers::ipmi::IpmiDriver;
 use conductor_service::drivers::redfish::RedfishDriver;
 use conductor_service::testing::peers::{
-    SYSTEM_UUID, have_ipmitool, start_fakebmc, start_sushy, start_sushy_with, venv,
+    SYSTEM_UUID, have_ipmitool, start_fakebmc, start_sushy, start_sushy_https, start_sushy_with,
+    venv,
 };
 use conductor_service::testing::{fast_config, request_provision, wait_for};
 use deploy::drivers::{BootDevice, DriverError, ManagementDriver, PowerDriver};
@@ -85,6 +86,55 @@ async fn test_redfish_power_and_one_time_pxe_against_sushy_tools() {
     assert_eq!(read_system(&url).await["Boot"]["BootSourceOverrideTarget"], "Hdd");
     assert_eq!(d.set_power_state(&node, PowerState::Off).await.unwrap(), PowerState::Off);
     assert_eq!(read_system(&url).await["PowerState"], "Off");
+}
+
+/// `driver_info.redfish_verify_ca` against sushy-tools over https with a test CA: the CA
+/// bundle's path verifies, `true` (the system's roots) refuses the BMC naming the
+/// certificate, `false` skips verification.
+#[tokio::test]
+async fn test_redfish_verify_ca_against_sushy_tools_over_https() {
+    let Some(bin) = venv() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::testing::TestCa::new("ferric test BMC CA");
+    let server = ca.issue(&["127.0.0.1", "localhost"]);
+    let (cert, key, ca_file) =
+        (dir.path().join("bmc.pem"), dir.path().join("bmc.key"), dir.path().join("ca.pem"));
+    std::fs::write(&cert, &server.cert_pem).unwrap();
+    std::fs::write(&key, &server.key_pem).unwrap();
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let (_peer, url) = start_sushy_https(&bin, dir.path(), &cert, &key).await;
+    assert!(url.starts_with("https://"), "{url}");
+    let cfg = RedfishConfig { attempts: 1, ..Default::default() };
+    let d = RedfishDriver::new(cfg, Duration::from_secs(30)).unwrap();
+    let with = |verify: Value| {
+        let mut n = redfish_node(&url);
+        n.driver_info.insert("redfish_verify_ca".into(), verify);
+        n
+    };
+
+    // The CA bundle's path: verified and working.
+    let n = with(ca_file.display().to_string().into());
+    assert_eq!(d.get_power_state(&n).await.unwrap(), PowerState::Off);
+    // true (and unset): the system's roots do not know the test CA.
+    for verify in [Value::Bool(true), "True".into(), Value::Null] {
+        let err = d.get_power_state(&with(verify.clone())).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, DriverError::Unreachable { .. }), "{verify}: {err:?}");
+        assert!(msg.to_ascii_lowercase().contains("certificate"), "{verify}: {msg}");
+    }
+    // false: no verification.
+    for verify in [Value::Bool(false), "false".into()] {
+        assert_eq!(d.get_power_state(&with(verify)).await.unwrap(), PowerState::Off);
+    }
+    // A CA that did not sign the BMC's certificate is refused too.
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, common::testing::TestCa::new("another CA").cert_pem()).unwrap();
+    let err = d.get_power_state(&with(other.display().to_string().into())).await.unwrap_err();
+    assert!(err.to_string().to_ascii_lowercase().contains("certificate"), "{err}");
+    // A missing bundle is a driver_info error naming the key.
+    let err = d.get_power_state(&with("/nonexistent/ca.pem".into())).await.unwrap_err();
+    assert!(matches!(err, DriverError::InvalidDriverInfo { .. }), "{err:?}");
+    assert!(err.to_string().contains("redfish_verify_ca"), "{err}");
 }
 
 #[tokio::test]

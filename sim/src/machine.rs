@@ -43,6 +43,9 @@ pub struct Faults {
     pub disk_write_error: bool,
     /// The machine's network is down: network boot fails and a running ramdisk is cut off.
     pub network_drop: bool,
+    /// The ramdisk's agent heartbeats a TLS certificate (`agent_verify_ca`) other than the
+    /// one it serves, as an impostor would: the conductor must refuse to talk to it.
+    pub agent_foreign_tls_cert: bool,
 }
 
 /// What the machine is doing.
@@ -131,6 +134,8 @@ pub struct RamdiskBoot {
     pub listener: TcpListener,
     /// Cancelled when the machine powers off, resets or crashes the ramdisk.
     pub token: CancellationToken,
+    /// [`Faults::agent_foreign_tls_cert`]: heartbeat a certificate other than the served one.
+    pub foreign_tls_cert: bool,
 }
 
 /// The machine's file layout: its root tree and the disk inside it.
@@ -440,9 +445,13 @@ impl SimMachine {
         let name = self.name().to_owned();
         let root = self.inner.layout.root.clone();
         let cmdline = format!("{cmdline} ferric.root={}", root.display());
-        let (crash_after, disk_error) = {
+        let (crash_after, disk_error, foreign_tls_cert) = {
             let st = self.inner.lock();
-            (st.faults.agent_crash_after_bytes, st.faults.disk_write_error)
+            (
+                st.faults.agent_crash_after_bytes,
+                st.faults.disk_write_error,
+                st.faults.agent_foreign_tls_cert,
+            )
         };
         let prepared = async {
             tokio::fs::create_dir_all(root.join("proc")).await?;
@@ -487,7 +496,8 @@ impl SimMachine {
                 agent_token.clone(),
             ));
         }
-        let boot = RamdiskBoot { root, cmdline, listener, token: agent_token.clone() };
+        let boot =
+            RamdiskBoot { root, cmdline, listener, token: agent_token.clone(), foreign_tls_cert };
         let ramdisk = self.inner.launcher.run(boot);
         tokio::pin!(ramdisk);
         let result = tokio::select! {

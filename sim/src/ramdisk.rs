@@ -90,13 +90,24 @@ pub struct AgentLauncher {
 #[async_trait::async_trait]
 impl RamdiskLauncher for AgentLauncher {
     async fn run(&self, boot: RamdiskBoot) -> Result<(), String> {
-        let RamdiskBoot { root, cmdline: _, listener, token } = boot;
+        let RamdiskBoot { root, cmdline: _, listener, token, foreign_tls_cert } = boot;
         let mut cfg = agent::AgentConfig::for_root(&root);
         if let Some(ms) = self.lookup_interval_ms {
             cfg.lookup_interval_ms = ms;
             cfg.lookup_max_interval_ms = cfg.lookup_max_interval_ms.max(ms);
         }
         let shutdown = Shutdown::new(token, DEFAULT_DRAIN_TIMEOUT);
-        agent::run(cfg, listener, shutdown).await.map_err(|e| common::ErrorChain(&e).to_string())
+        let chain = |e: &(dyn std::error::Error + 'static)| common::ErrorChain(e).to_string();
+        if foreign_tls_cert && cfg.enable_auto_tls {
+            // The real agent, serving one self-signed certificate and pinning another.
+            let host = listener.local_addr().map_err(|e| chain(&e))?.ip().to_string();
+            let tls = agent::AgentTls::generate(&host).map_err(|e| chain(&e))?;
+            let other = common::tls::SelfSigned::generate(&host).map_err(|e| chain(&e))?;
+            let tls = tls.with_advertised(other.cert_pem);
+            return agent::run_with_tls(cfg, listener, Some(tls), shutdown)
+                .await
+                .map_err(|e| chain(&e));
+        }
+        agent::run(cfg, listener, shutdown).await.map_err(|e| chain(&e))
     }
 }

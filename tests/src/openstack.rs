@@ -84,11 +84,35 @@ impl OpenStackCli {
     /// # Errors
     /// When the process cannot be started or exceeds `timeout`.
     pub fn run(&self, endpoint: &str, args: &[&str], timeout: Duration) -> anyhow::Result<Output> {
-        let mut child = Command::new(self.venv.join("bin/openstack"))
-            .args(["--os-auth-type", "none", "--os-endpoint", endpoint])
+        self.run_with_cacert(endpoint, None, args, timeout)
+    }
+
+    /// [`Self::run`] trusting the CA bundle `cacert` (`--os-cacert`) for an https endpoint;
+    /// `None` leaves the client with its default roots. CA settings from the environment
+    /// (`OS_CACERT`, `REQUESTS_CA_BUNDLE`, …) are removed either way.
+    ///
+    /// # Errors
+    /// As [`Self::run`].
+    pub fn run_with_cacert(
+        &self,
+        endpoint: &str,
+        cacert: Option<&Path>,
+        args: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<Output> {
+        let mut cmd = Command::new(self.venv.join("bin/openstack"));
+        cmd.args(["--os-auth-type", "none", "--os-endpoint", endpoint]);
+        if let Some(ca) = cacert {
+            cmd.arg("--os-cacert").arg(ca);
+        }
+        let mut child = cmd
             .args(args)
             .env_remove("OS_CLOUD")
             .env_remove("OS_AUTH_URL")
+            .env_remove("OS_CACERT")
+            .env_remove("REQUESTS_CA_BUNDLE")
+            .env_remove("CURL_CA_BUNDLE")
+            .env_remove("SSL_CERT_FILE")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

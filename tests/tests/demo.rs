@@ -579,6 +579,122 @@ async fn test_agent_killed_mid_write_fails_the_deploy_with_last_error() {
     token.cancel();
 }
 
+/// `ferric up` starts the API listeners through the same code as api-service: with
+/// `[api] tls_cert_file`/`tls_key_file` in its config it prints and serves https.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_ferric_up_serves_the_api_over_tls_from_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::testing::TestCa::new("ferric up test CA");
+    let server = ca.issue(&["127.0.0.1", "localhost"]);
+    let (cert, key) = (dir.path().join("api.pem"), dir.path().join("api.key"));
+    std::fs::write(&cert, &server.cert_pem).unwrap();
+    std::fs::write(&key, &server.key_pem).unwrap();
+    let config = format!(
+        "[api]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n[telemetry]\nfilter = \"warn\"\n",
+        cert.display(),
+        key.display()
+    );
+    let up = Up::start(&config, &[]);
+    assert!(up.api.starts_with("https://"), "{}", up.api);
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap()])
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let nodes =
+        api_json(&client, reqwest::Method::GET, &format!("{}/v1/nodes", up.api), None).await;
+    assert!(nodes["nodes"].is_array(), "{nodes}");
+    // Plain HTTP on the same port gets no API answer.
+    let plain =
+        http().get(format!("{}/v1/nodes", up.api.replace("https://", "http://"))).send().await;
+    assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+}
+
+/// Sets `instance_info` for `image` served by `up` and asks for `active`.
+async fn deploy_image(up: &Up, uuid: &str, image: &[u8], name: &str) {
+    let dir = up.data_dir.path().join("httpboot/images-test");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), image).unwrap();
+    let url = format!("{}/images-test/{name}", up.http);
+    api_json(
+        &http(),
+        reqwest::Method::PATCH,
+        &format!("{}/v1/nodes/{uuid}", up.api),
+        Some(json!([
+            {"op": "add", "path": "/instance_info/image_source", "value": url},
+            {"op": "add", "path": "/instance_info/image_os_hash_algo", "value": "sha256"},
+            {"op": "add", "path": "/instance_info/image_os_hash_value", "value": sim::disk::sha256_hex(image)},
+        ])),
+    )
+    .await;
+    provision(&up.api, uuid, "active").await;
+}
+
+/// The real agent serves TLS with a certificate it made at boot and pins it in its
+/// heartbeat; the conductor deploys over TLS trusting only that certificate, and refuses
+/// an agent whose heartbeat pins another one (the deploy fails naming the mismatch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_deploy_over_pinned_agent_tls_and_refusal_of_a_foreign_certificate() {
+    let config = "[conductor]\ncallback_timeout_secs = 60.0\ncheck_timeouts_interval_secs = 1.0\n\
+                  [conductor.redfish]\npower_poll_interval_ms = 100\n[api]\nramdisk_heartbeat_timeout = 5\n\
+                  [telemetry]\nfilter = \"warn\"\n";
+    let up = Up::start(config, &[]);
+    let token = CancellationToken::new();
+    let fleet = fleet(&up, 2, &token).await;
+    let (good, impostor) = (&fleet.machines()[0], &fleet.machines()[1]);
+    let mut uuids = Vec::new();
+    for m in [good, impostor] {
+        let uuid = enrol(&up.api, m).await;
+        let mut seen = Vec::new();
+        for (verb, state, secs) in [("manage", "manageable", 60), ("provide", "available", 120)] {
+            provision(&up.api, &uuid, verb).await;
+            wait_node(&up.api, &uuid, state, Duration::from_secs(secs), &mut seen, state_is(state))
+                .await;
+        }
+        uuids.push(uuid);
+    }
+    impostor.machine.set_faults(Faults { agent_foreign_tls_cert: true, ..Faults::default() });
+
+    let image = sim::disk::build_whole_disk_image(6 << 20, 3 << 20, 21);
+    good.machine.expect_image(image.len() as u64, &sim::disk::sha256_hex(&image));
+    deploy_image(&up, &uuids[0], &image, "good.img").await;
+    deploy_image(&up, &uuids[1], &image, "impostor.img").await;
+
+    let mut seen = Vec::new();
+    let n =
+        wait_node(&up.api, &uuids[1], "deploy failed", Duration::from_secs(120), &mut seen, |n| {
+            n["provision_state"] == "deploy failed"
+        })
+        .await;
+    let err = n["last_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("TLS certificate") && err.contains("agent_verify_ca"),
+        "last_error does not name the certificate mismatch: {n}"
+    );
+    let mut seen = Vec::new();
+    wait_node(
+        &up.api,
+        &uuids[0],
+        "active",
+        Duration::from_secs(120),
+        &mut seen,
+        state_is("active"),
+    )
+    .await;
+    assert_eq!(
+        good.machine.disk_sha256(image.len() as u64).ok(),
+        Some(sim::disk::sha256_hex(&image)),
+        "the image written over pinned TLS is on the disk"
+    );
+    // Nothing reached the impostor's disk.
+    assert_ne!(
+        impostor.machine.disk_sha256(image.len() as u64).ok(),
+        Some(sim::disk::sha256_hex(&image))
+    );
+    fleet.shutdown().await;
+    token.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn test_bmc_refusing_credentials_fails_manage_naming_the_bmc() {
     let config = "[conductor.redfish]\nattempts = 1\n[telemetry]\nfilter = \"warn\"\n";

@@ -192,3 +192,74 @@ async fn wait_for(events: &mut bus::Consumer, pred: impl Fn(&Payload) -> bool) {
         }
     }
 }
+
+/// The real client over https: api-service serves a certificate from a test CA (files
+/// under a temp dir); `--os-cacert` with that CA works, and without it the client refuses
+/// the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_openstack_cli_over_tls_with_the_test_ca() {
+    let venv = tokio::task::spawn_blocking(OpenStackCli::ensure).await.unwrap();
+    let venv = venv.map_err(|e| format!("{e:#}"));
+    let Some(cli) = require_service(Need::Services, "the openstack client venv", venv) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::testing::TestCa::new("ferric CLI test CA");
+    let server = ca.issue(&["127.0.0.1", "localhost"]);
+    let (cert, key, ca_file) =
+        (dir.path().join("api.pem"), dir.path().join("api.key"), dir.path().join("ca.pem"));
+    std::fs::write(&cert, &server.cert_pem).unwrap();
+    std::fs::write(&key, &server.key_pem).unwrap();
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+
+    let db = TestDatabase::sqlite().await;
+    let bus = bus::connect(None).await.unwrap();
+    let rest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("https://{}", rest.local_addr().unwrap());
+    let token = CancellationToken::new();
+    let (shutdown, ready) = Shutdown::new(token.clone(), Duration::from_secs(10)).service();
+    let mut cfg = ApiConfig::default();
+    cfg.api.tls_cert_file = Some(cert);
+    cfg.api.tls_key_file = Some(key);
+    let server = tokio::spawn(api_service::run(cfg, rest, grpc, db.store().clone(), bus, shutdown));
+    ready.wait().await.unwrap();
+
+    let run = |cacert: Option<std::path::PathBuf>, args: &[&str]| {
+        let (cli, endpoint) = (cli.clone(), endpoint.clone());
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli.run_with_cacert(&endpoint, cacert.as_deref(), &refs, Duration::from_secs(120))
+                .unwrap()
+        })
+    };
+    let out = run(
+        Some(ca_file.clone()),
+        &["baremetal", "node", "create", "--driver", "fake-hardware", "--name", "tls1"],
+    )
+    .await
+    .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(
+        out.status.success(),
+        "node create over TLS: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out =
+        run(Some(ca_file.clone()), &["baremetal", "node", "list", "-f", "json"]).await.unwrap();
+    assert!(out.status.success(), "node list over TLS: {}", text(&out.stderr));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["name"], "tls1", "{list}");
+
+    // Without the CA: the client does not trust the server, and says so.
+    let out = run(None, &["baremetal", "node", "list", "-f", "json"]).await.unwrap();
+    assert!(!out.status.success(), "node list without the CA succeeded: {}", text(&out.stdout));
+    let stderr = text(&out.stderr).to_ascii_lowercase();
+    assert!(stderr.contains("ssl") || stderr.contains("certificate"), "{stderr}");
+
+    token.cancel();
+    server.await.unwrap().unwrap();
+}

@@ -19,3 +19,4 @@ mod node_extras;
 mod outbox;
 mod policy;
 mod rest;
+mod tls;

@@ -4,8 +4,9 @@
 //!
 //! `driver_info`: `redfish_address` (required; `https://` assumed without a scheme),
 //! `redfish_system_id` (discovered when the BMC has exactly one system),
-//! `redfish_username`/`redfish_password` (basic auth), `redfish_verify_ca` (bool, or a path
-//! to a PEM bundle). Every request has a connect and a total timeout and is retried on
+//! `redfish_username`/`redfish_password` (basic auth), `redfish_verify_ca` (`true`/unset:
+//! the system's roots; `false`: no verification; a path: only the CAs of that PEM bundle,
+//! as Ironic passes it to requests). Every request has a connect and a total timeout and is retried on
 //! connection errors and 5xx answers.
 
 mod indicators;
@@ -129,12 +130,16 @@ impl RedfishDriver {
                 let pem = std::fs::read(path).map_err(|e| DriverError::InvalidDriverInfo {
                     message: format!("driver_info.redfish_verify_ca: cannot read {path}: {e}"),
                 })?;
-                let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                    DriverError::InvalidDriverInfo {
-                        message: format!("driver_info.redfish_verify_ca: {path}: {e}"),
-                    }
-                })?;
-                client_builder(&self.cfg).add_root_certificate(cert).build().map_err(|e| {
+                // As Ironic (requests' `verify=<path>`): the bundle's CAs and nothing else.
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .ok()
+                    .filter(|c| !c.is_empty())
+                    .ok_or_else(|| DriverError::InvalidDriverInfo {
+                        message: format!(
+                            "driver_info.redfish_verify_ca: {path} holds no PEM certificate"
+                        ),
+                    })?;
+                client_builder(&self.cfg).tls_certs_only(certs).build().map_err(|e| {
                     DriverError::InvalidDriverInfo {
                         message: format!("driver_info.redfish_verify_ca: {path}: {e}"),
                     }
@@ -213,6 +218,17 @@ impl RedfishDriver {
                         DriverError::Timeout {
                             bmc: t.bmc(),
                             after: dur(self.cfg.request_timeout_secs),
+                        }
+                    } else if common::tls::is_untrusted_certificate(&e) {
+                        // Say which knob decides, not only what rustls saw.
+                        DriverError::Unreachable {
+                            bmc: t.bmc(),
+                            detail: format!(
+                                "the BMC's TLS certificate is not trusted ({}); set \
+                                 driver_info.redfish_verify_ca to the path of its CA bundle, or \
+                                 to false to skip verification",
+                                transport_detail(&e)
+                            ),
                         }
                     } else {
                         DriverError::Unreachable { bmc: t.bmc(), detail: transport_detail(&e) }

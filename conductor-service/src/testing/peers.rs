@@ -86,13 +86,46 @@ pub async fn start_sushy(bin: &Path, dir: &Path) -> (Peer, String) {
 /// # Panics
 /// When the emulator cannot be started or does not answer within 20 s.
 pub async fn start_sushy_with(bin: &Path, dir: &Path, config: &str) -> (Peer, String) {
+    start_sushy_inner(bin, dir, config, None).await
+}
+
+/// [`start_sushy`] over https, serving `cert`/`key` (PEM files) through sushy-tools'
+/// `SUSHY_EMULATOR_SSL_CERT`/`SUSHY_EMULATOR_SSL_KEY`; the URL is `https://127.0.0.1:PORT`.
+///
+/// # Panics
+/// As [`start_sushy_with`].
+pub async fn start_sushy_https(bin: &Path, dir: &Path, cert: &Path, key: &Path) -> (Peer, String) {
+    let systems = format!(
+        "SUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{SYSTEM_UUID}', 'name': 'fake-1', \
+         'power_state': 'Off', 'nics': [{{'mac': '00:5c:52:31:3a:9c', 'ip': '172.22.0.100'}}]}}]\n"
+    );
+    start_sushy_inner(bin, dir, &systems, Some((cert, key))).await
+}
+
+async fn start_sushy_inner(
+    bin: &Path,
+    dir: &Path,
+    config: &str,
+    tls: Option<(&Path, &Path)>,
+) -> (Peer, String) {
     let port = free_tcp_port();
+    let (scheme, tls_config) = match tls {
+        Some((cert, key)) => (
+            "https",
+            format!(
+                "SUSHY_EMULATOR_SSL_CERT = '{}'\nSUSHY_EMULATOR_SSL_KEY = '{}'\n",
+                cert.display(),
+                key.display()
+            ),
+        ),
+        None => ("http", String::new()),
+    };
     let cfg = dir.join("sushy.conf");
     let state = dir.join("sushy-state");
     std::fs::write(
         &cfg,
         format!(
-            "SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_STATE_DIR = '{}'\n{config}",
+            "SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_STATE_DIR = '{}'\n{tls_config}{config}",
             state.display()
         ),
     )
@@ -105,11 +138,16 @@ pub async fn start_sushy_with(bin: &Path, dir: &Path, config: &str) -> (Peer, St
         .stderr(Stdio::null())
         .spawn()
         .expect("start sushy-emulator");
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("{scheme}://127.0.0.1:{port}");
     let probe = format!("{url}/redfish/v1/Systems");
+    // Readiness only: whether the certificate is trusted is what the tests are about.
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("an HTTP client for the readiness probe");
     wait_for(Duration::from_secs(20), "sushy-emulator to answer", || {
-        let p = probe.clone();
-        async move { reqwest::get(&p).await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        let (p, c) = (probe.clone(), client.clone());
+        async move { c.get(&p).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
     })
     .await;
     (Peer(child), url)
