@@ -3,9 +3,8 @@
 //! complete.
 //!
 //! The pins are what the clients on these machines were measured with (shared test-peers
-//! notes); the test-runner pins are what `pip install` served when they were added. A venv
-//! counts as complete only after `pip install` succeeded and the marker file holding the pin
-//! list was written, so an interrupted install (or a changed pin list) is redone.
+//! notes); the test-runner pins are what `pip install` served when they were added. The venv
+//! is a [`crate::pyvenv::PyVenv`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::run;
 
 /// The packages installed into the venv: the clients, then what running
 /// `openstack.tests.functional` (shipped inside the openstacksdk wheel) needs.
@@ -27,8 +25,6 @@ pub const PINS: &[&str] = &[
     "fixtures==4.3.2",
     "requests-mock==1.12.1",
 ];
-
-const MARKER: &str = ".ferric-complete";
 
 /// The pinned `openstack` CLI (and the venv's Python, for openstacksdk's own tests).
 #[derive(Debug, Clone)]
@@ -50,27 +46,11 @@ impl OpenStackCli {
     /// # Errors
     /// When python3, venv or pip fail.
     pub fn ensure() -> anyhow::Result<Self> {
-        let venv = target_dir().join("openstack-venv");
-        let marker = venv.join(MARKER);
-        let wanted = PINS.join("\n");
-        if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted)
-            && venv.join("bin/openstack").exists()
-        {
-            return Ok(Self { venv });
+        let venv = crate::pyvenv::PyVenv::ensure("openstack-venv", PINS)?;
+        let venv = venv.dir().to_path_buf();
+        if !venv.join("bin/openstack").exists() {
+            bail!("{} has no bin/openstack after installing {PINS:?}", venv.display());
         }
-        if venv.exists() {
-            std::fs::remove_dir_all(&venv)
-                .with_context(|| format!("removing incomplete {}", venv.display()))?;
-        }
-        run(Command::new("python3").arg("-m").arg("venv").arg(&venv), "python3 -m venv")?;
-        let pip = venv.join("bin/pip");
-        run(
-            Command::new(&pip)
-                .args(["install", "--quiet", "--disable-pip-version-check"])
-                .args(PINS),
-            "pip install",
-        )?;
-        std::fs::write(&marker, wanted).context("writing the venv marker")?;
         Ok(Self { venv })
     }
 
