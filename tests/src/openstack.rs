@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-
 /// The packages installed into the venv: the clients, then what running
 /// `openstack.tests.functional` (shipped inside the openstacksdk wheel) needs.
 pub const PINS: &[&str] = &[
