@@ -288,12 +288,8 @@ fn boot_retry_due(cfg: &ConductorConfig, n: &Node, now: chrono::DateTime<chrono:
     if attempts >= cfg.ramdisk_boot_retries {
         return false;
     }
-    let since = at.or(match n.provision_state {
-        S::InspectWait => n.inspection_started_at.or(n.provision_updated_at),
-        _ => n.provision_updated_at,
-    });
-    let cutoff = chrono::Duration::from_std(limit).ok().and_then(|d| now.checked_sub_signed(d));
-    matches!((since, cutoff), (Some(t), Some(cutoff)) if t < cutoff)
+    let Some(cutoff) = cutoff(limit, now) else { return false };
+    at.or_else(|| wait_started(n)).is_some_and(|t| t < cutoff)
 }
 
 /// Whether the node's wait follows a boot into the deploy ramdisk: an agent-based deploy
@@ -355,23 +351,30 @@ async fn save_retry(task: &mut Task, record: &serde_json::Value) -> Result<(), W
     .await
 }
 
-/// Whether `n` has been in its wait state longer than the state's timeout. Inspection is
-/// timed from its start (Ironic's `inspection_started_at`), the others from the last
-/// provision update, which the agent's heartbeats bump.
+/// Whether `n` has been in its wait state ([`wait_started`]) longer than the state's timeout.
 fn timed_out(cfg: &ConductorConfig, n: &Node, now: chrono::DateTime<chrono::Utc>) -> bool {
     let Some(limit) = cfg.wait_timeout(n.provision_state).filter(|t| !t.is_zero()) else {
         return false;
     };
-    let since = match n.provision_state {
+    let Some(cutoff) = cutoff(limit, now) else { return false };
+    wait_started(n).is_none_or(|t| t < cutoff)
+}
+
+/// When the node's wait began: inspection from its start (Ironic's `inspection_started_at`),
+/// the others from the last provision update, which the agent's heartbeats bump.
+fn wait_started(n: &Node) -> Option<chrono::DateTime<chrono::Utc>> {
+    match n.provision_state {
         S::InspectWait => n.inspection_started_at.or(n.provision_updated_at),
         _ => n.provision_updated_at,
-    };
-    let cutoff = chrono::Duration::from_std(limit).ok().and_then(|d| now.checked_sub_signed(d));
-    match (since, cutoff) {
-        (_, None) => false,
-        (None, Some(_)) => true,
-        (Some(t), Some(cutoff)) => t < cutoff,
     }
+}
+
+/// `now - limit`, when representable.
+fn cutoff(
+    limit: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::Duration::from_std(limit).ok().and_then(|d| now.checked_sub_signed(d))
 }
 
 /// Fail a node whose wait timed out, with Ironic's message for its state, and power off the

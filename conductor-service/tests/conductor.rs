@@ -350,6 +350,15 @@ async fn test_no_heartbeat_fails_wait_call_back_at_timeout() {
     env.finish().await;
 }
 
+/// [`sim_config`] with a ramdisk booted again after 5 silent minutes, twice at most.
+fn boot_retry_config(hostname: &str, queue: &str) -> ConductorConfig {
+    ConductorConfig {
+        ramdisk_boot_timeout_secs: 300.0,
+        ramdisk_boot_retries: 2,
+        ..sim_config(hostname, queue)
+    }
+}
+
 /// Ramdisk boot retries: a ramdisk that never heartbeats (a failed network boot, a lookup
 /// answer lost with its token) is booted again after `ramdisk_boot_timeout_secs`, up to
 /// `ramdisk_boot_retries` times, each with a fresh agent session; once the agent calls, the
@@ -357,12 +366,7 @@ async fn test_no_heartbeat_fails_wait_call_back_at_timeout() {
 #[tokio::test]
 async fn test_silent_ramdisk_is_booted_again_and_the_deploy_goes_on() {
     let env = env_sim().await;
-    let cfg = ConductorConfig {
-        ramdisk_boot_timeout_secs: 300.0,
-        ramdisk_boot_retries: 2,
-        ..sim_config("c-boot-retry", &env.queue)
-    };
-    env.start_conductor(cfg).await;
+    env.start_conductor(boot_retry_config("c-boot-retry", &env.queue)).await;
     let n = available_node(&env).await;
     env.provision(n.uuid, ApiVerb::Active).await.unwrap();
     let waiting = env.wait_state(n.uuid, S::WaitCallBack, Duration::from_secs(600)).await;
@@ -417,12 +421,7 @@ async fn test_silent_ramdisk_is_booted_again_and_the_deploy_goes_on() {
 #[tokio::test]
 async fn test_boot_retries_end_at_the_callback_timeout() {
     let env = env_sim().await;
-    let cfg = ConductorConfig {
-        ramdisk_boot_timeout_secs: 300.0,
-        ramdisk_boot_retries: 2,
-        ..sim_config("c-boot-retry-end", &env.queue)
-    };
-    env.start_conductor(cfg).await;
+    env.start_conductor(boot_retry_config("c-boot-retry-end", &env.queue)).await;
     let n = available_node(&env).await;
     env.provision(n.uuid, ApiVerb::Active).await.unwrap();
     let failed = env.wait_state(n.uuid, S::DeployFailed, Duration::from_secs(7200)).await;

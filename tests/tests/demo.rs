@@ -176,6 +176,14 @@ fn state_is(want: &'static str) -> impl Fn(&Value) -> bool {
     move |n| n["provision_state"] == want && n["target_provision_state"].is_null()
 }
 
+/// manage, then provide (cleaning runs): the node ends `available`.
+async fn make_available(api: &str, uuid: &str, seen: &mut Vec<String>) {
+    for (verb, state, secs) in [("manage", "manageable", 60), ("provide", "available", 120)] {
+        provision(api, uuid, verb).await;
+        wait_node(api, uuid, state, Duration::from_secs(secs), seen, state_is(state)).await;
+    }
+}
+
 async fn enrol(api: &str, m: &sim::FleetMachine) -> String {
     let c = http();
     let node = api_json(
@@ -404,11 +412,7 @@ async fn test_openstack_deploy_with_configdrive_object_fills_the_config2_partiti
     let m = &fleet.machines()[0];
     let uuid = enrol(&up.api, m).await;
     let mut seen = Vec::new();
-    for (verb, state, secs) in [("manage", "manageable", 60), ("provide", "available", 120)] {
-        provision(&up.api, &uuid, verb).await;
-        wait_node(&up.api, &uuid, state, Duration::from_secs(secs), &mut seen, state_is(state))
-            .await;
-    }
+    make_available(&up.api, &uuid, &mut seen).await;
     let image = sim::disk::build_whole_disk_image(6 << 20, 3 << 20, 17);
     let url = up.serve_image(&image);
     let c = http();
@@ -535,11 +539,7 @@ async fn test_agent_killed_mid_write_fails_the_deploy_with_last_error() {
     let m = &fleet.machines()[0];
     let uuid = enrol(&up.api, m).await;
     let mut seen = Vec::new();
-    for (verb, state, secs) in [("manage", "manageable", 60), ("provide", "available", 120)] {
-        provision(&up.api, &uuid, verb).await;
-        wait_node(&up.api, &uuid, state, Duration::from_secs(secs), &mut seen, state_is(state))
-            .await;
-    }
+    make_available(&up.api, &uuid, &mut seen).await;
 
     // 16 MiB of incompressible data; the ramdisk dies after 2 MiB reached the disk.
     let image = sim::disk::build_whole_disk_image(24 << 20, 16 << 20, 5);
@@ -646,11 +646,7 @@ async fn test_deploy_over_pinned_agent_tls_and_refusal_of_a_foreign_certificate(
     for m in [good, impostor] {
         let uuid = enrol(&up.api, m).await;
         let mut seen = Vec::new();
-        for (verb, state, secs) in [("manage", "manageable", 60), ("provide", "available", 120)] {
-            provision(&up.api, &uuid, verb).await;
-            wait_node(&up.api, &uuid, state, Duration::from_secs(secs), &mut seen, state_is(state))
-                .await;
-        }
+        make_available(&up.api, &uuid, &mut seen).await;
         uuids.push(uuid);
     }
     impostor.machine.set_faults(Faults { agent_foreign_tls_cert: true, ..Faults::default() });
