@@ -470,22 +470,33 @@ async fn heartbeat(
     StatusCode::ACCEPTED
 }
 
-#[tokio::test]
-async fn test_lookup_with_backoff_then_heartbeats_with_token_and_after_commands() {
-    let api = FakeApi { not_found_first: Arc::new(Mutex::new(2)), ..FakeApi::default() };
+/// Serve `api`'s lookup and heartbeat on a loopback port; returns its address.
+async fn serve_fake_api(api: FakeApi) -> std::net::SocketAddr {
     let app = axum::Router::new()
         .route("/v1/lookup", axum::routing::get(lookup))
         .route("/v1/heartbeat/{uuid}", axum::routing::post(heartbeat))
-        .with_state(api.clone());
+        .with_state(api);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_addr = l.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    api_addr
+}
 
+/// A fake machine whose kernel command line names the API at `api_addr` and a boot MAC.
+fn machine_booted_from(api_addr: std::net::SocketAddr) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     fixture()
         .cmdline(&format!("ipa-api-url=http://{api_addr} BOOTIF=01-52-54-00-12-34-56"))
         .build(dir.path())
         .unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn test_lookup_with_backoff_then_heartbeats_with_token_and_after_commands() {
+    let api = FakeApi { not_found_first: Arc::new(Mutex::new(2)), ..FakeApi::default() };
+    let api_addr = serve_fake_api(api.clone()).await;
+    let dir = machine_booted_from(api_addr);
     let mut cfg = AgentConfig::for_root(dir.path());
     cfg.lookup_interval_ms = 20;
     cfg.lookup_max_interval_ms = 100;
@@ -531,18 +542,8 @@ async fn test_lookup_with_backoff_then_heartbeats_with_token_and_after_commands(
 #[tokio::test]
 async fn test_auto_tls_serves_the_certificate_it_heartbeats() {
     let api = FakeApi::default();
-    let app = axum::Router::new()
-        .route("/v1/lookup", axum::routing::get(lookup))
-        .route("/v1/heartbeat/{uuid}", axum::routing::post(heartbeat))
-        .with_state(api.clone());
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api_addr = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    let dir = tempfile::tempdir().unwrap();
-    fixture()
-        .cmdline(&format!("ipa-api-url=http://{api_addr} BOOTIF=01-52-54-00-12-34-56"))
-        .build(dir.path())
-        .unwrap();
+    let api_addr = serve_fake_api(api.clone()).await;
+    let dir = machine_booted_from(api_addr);
     let mut cfg = AgentConfig::for_root(dir.path());
     cfg.lookup_interval_ms = 20;
     assert!(cfg.enable_auto_tls, "auto-TLS is on by default");
