@@ -24,6 +24,10 @@ use crate::service::{ApiState, Ctx};
 /// The first poll interval; it doubles up to [`POLL_MAX`].
 const POLL_FIRST: Duration = Duration::from_millis(20);
 const POLL_MAX: Duration = Duration::from_millis(250);
+/// How long a call waits for a node another task holds before it answers NodeLocked
+/// (Ironic's `node_locked_retry_attempts` × `node_locked_retry_interval`: 3 × 1 s).
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+const LOCK_POLL: Duration = Duration::from_millis(50);
 
 /// Whether the node's management interface talks to a real BMC through a conductor.
 pub(crate) fn needs_conductor(n: &Node) -> bool {
@@ -54,20 +58,36 @@ pub(crate) async fn call(
         .into());
     }
     let req = ManagementRequest::new(op.clone());
-    let recorded = state
-        .store
-        .node_modify_from(node, |n| {
-            super::node_extras::not_locked(n)?;
-            if ManagementRequest::pending(n) {
-                return Err(ApiError::Public(PublicError::conflict(format!(
-                    "Node {} is busy: another management call is in progress, please retry after it is completed.",
-                    n.uuid
-                ))));
+    // A lock held for a moment (the previous call's conductor releasing it, a power sync)
+    // is waited out, as Ironic's conductor retries a locked node before it answers
+    // NodeLocked; a lock held longer is a 409.
+    let lock_deadline = Instant::now() + LOCK_WAIT;
+    let mut node = node;
+    let recorded = loop {
+        let res = state
+            .store
+            .node_modify_from(node, |n| {
+                super::node_extras::not_locked(n)?;
+                if ManagementRequest::pending(n) {
+                    return Err(ApiError::Public(PublicError::conflict(format!(
+                        "Node {} is busy: another management call is in progress, please retry after it is completed.",
+                        n.uuid
+                    ))));
+                }
+                req.record(&mut n.driver_internal_info);
+                Ok(())
+            })
+            .await;
+        match res {
+            Err(ApiError::Public(PublicError::NodeLocked { .. }))
+                if Instant::now() + LOCK_POLL < lock_deadline =>
+            {
+                tokio::time::sleep(LOCK_POLL).await;
+                node = state.store.node_fetch(id).await?;
             }
-            req.record(&mut n.driver_internal_info);
-            Ok(())
-        })
-        .await?;
+            other => break other?,
+        }
+    };
     let (node, ()) = recorded.into_result(id)?;
     let op_name = serde_json::to_value(&op)
         .ok()
