@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use common::testing::{Need, require_service};
 use deploy::NodeId;
-use sim::{AgentCommand, HookPoint, SimAgent, SimAgentConfig};
+use serde_json::json;
+use sim::agent::AgentMachine;
+use sim::{AgentCommand, HookPoint, SimAgent, SimAgentConfig, SimDisk};
 use tests::faults::scenario::{self, Fleet};
 use tests::faults::{Client, Cluster, ClusterOptions, Ramdisks};
 use tokio_util::sync::CancellationToken;
@@ -47,9 +49,19 @@ fn tools() -> Result<(), String> {
 }
 
 async fn setup(name: &str, conductors: usize, agent: SimAgentConfig) -> Option<Setup> {
+    setup_with(name, conductors, agent, ClusterOptions::default()).await
+}
+
+/// [`setup`] with cluster options other than the defaults (name and conductors are set here).
+async fn setup_with(
+    name: &str,
+    conductors: usize,
+    agent: SimAgentConfig,
+    opts: ClusterOptions,
+) -> Option<Setup> {
     require_service(Need::Services, "PostgreSQL and RabbitMQ server binaries", tools())?;
     let started = Instant::now();
-    let opts = ClusterOptions { name: name.into(), conductors, ..Default::default() };
+    let opts = ClusterOptions { name: name.into(), conductors, ..opts };
     let cluster = tokio::task::spawn_blocking(move || Cluster::start(opts)).await.unwrap().unwrap();
     eprintln!("{name}: cluster up in {:?}, logs in {}", started.elapsed(), cluster.logs.display());
     let client = Client::new(&cluster.base()).unwrap();
@@ -119,7 +131,9 @@ async fn test_conductor_killed_during_writes_and_cleaning() {
         Box::pin(async move {
             if hit {
                 let (release, wait) = tokio::sync::oneshot::channel();
-                if tx.send(scenario::Held { node, point, release }).is_ok() {
+                let point = format!("{point:?}");
+                let held = scenario::Held { node, point, release, release_at_kill: false };
+                if tx.send(held).is_ok() {
                     let _ = wait.await;
                 }
             }
@@ -145,6 +159,80 @@ async fn test_conductor_killed_during_writes_and_cleaning() {
     assert!(!killed_cleaning.is_empty() && !killed_writing.is_empty());
     s.agent.clear_hook();
     s.finish(&fleet, "kill-conductor").await;
+}
+
+/// kill -9 of conductors while they wait on a BMC power change (the simulated Redfish BMC
+/// holds the reset before applying it: booting the ramdisk, powering off for the reboot,
+/// powering on into the instance) and while they drive a bootloader install (partition
+/// images, held in InstallBootloader). Another conductor takes each node over, repeats the
+/// idempotent step, and every machine ends `active`, running from a disk that holds a
+/// bootloader and an image written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_conductor_killed_during_power_actions_and_bootloader_install() {
+    let agent =
+        SimAgentConfig { chunks: 4, chunk_delay: Duration::from_millis(20), ..Default::default() };
+    let opts = ClusterOptions { automated_clean: false, ..Default::default() };
+    let Some(mut s) = setup_with("kill-power", 3, agent, opts).await else { return };
+    let n = 16;
+    let machines: Vec<AgentMachine> = (0..n).map(|_| AgentMachine::new()).collect();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bmc = listener.local_addr().unwrap();
+    let systems: Vec<(String, Arc<dyn sim::bmc::MachineBackend>)> = machines
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (format!("kp-{i}"), Arc::new(m.clone()) as Arc<dyn sim::bmc::MachineBackend>))
+        .collect();
+    tokio::spawn(sim::bmc::serve_redfish(listener, systems, None, s.token.clone()));
+    let fleet = scenario::enroll_with(&s.client, &mut s.ramdisks, n, |i| {
+        json!({"driver": "redfish", "name": format!("kp-{i}"), "deploy_interface": "direct",
+               "driver_info": {"redfish_address": format!("http://{bmc}"),
+                               "redfish_system_id": format!("kp-{i}")}})
+    })
+    .await
+    .unwrap();
+    // Partition images: the deploy installs a bootloader.
+    let partition = json!([
+        {"op": "add", "path": "/instance_info/image_type", "value": "partition"},
+        {"op": "add", "path": "/instance_info/root_gb", "value": 10},
+    ]);
+    for id in &fleet.ids {
+        s.client.patch_node(&id.to_string(), &partition).await.unwrap();
+    }
+
+    let (tx, held) = tokio::sync::mpsc::unbounded_channel();
+    // The deploy's power changes: 1 boots the ramdisk, 2 powers off and 3 powers on into
+    // the instance.
+    let bmc_victims = [(0, 1), (5, 2), (10, 3), (13, 1)];
+    for (i, nth) in bmc_victims {
+        scenario::arm_bmc(&machines[i], fleet.ids[i], nth, tx.clone());
+    }
+    let agent_victims = [fleet.ids[3], fleet.ids[8], fleet.ids[14]];
+    scenario::arm_into(
+        &s.agent,
+        agent_victims.iter().map(|id| (*id, HookPoint::Command(AgentCommand::InstallBootloader))),
+        tx,
+    );
+    let killer = tokio::spawn(scenario::kill_holders(
+        s.cluster.clone(),
+        s.client.clone(),
+        held,
+        bmc_victims.len() + agent_victims.len(),
+    ));
+    fleet.request_all(&s.client, "active").await.unwrap();
+    let killed = killer.await.unwrap().unwrap();
+    fleet.wait_all(&s.client, "active", Duration::from_secs(180)).await.unwrap();
+    eprintln!("killed while holding a power change or a bootloader install: {killed:?}");
+    assert_eq!(killed.len(), bmc_victims.len() + agent_victims.len());
+    for (i, m) in machines.iter().enumerate() {
+        assert!(m.running_from_disk(), "kp-{i} is not running from its disk: {:?}", m.changes());
+        assert_eq!(
+            s.agent.disk(fleet.ids[i]),
+            SimDisk::Image { whole_disk: false, bootloader: true },
+            "kp-{i}"
+        );
+    }
+    s.agent.clear_hook();
+    s.finish(&fleet, "kill-power").await;
 }
 
 /// Whether at least `n` of the fleet's nodes are `active`.

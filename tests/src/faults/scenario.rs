@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use deploy::NodeId;
 use serde_json::{Value, json};
+use sim::agent::AgentMachine;
 use sim::{HookPoint, SimAgent};
 
 use super::{Client, Cluster, Ramdisks};
@@ -39,15 +40,26 @@ pub async fn enroll(
     prefix: &str,
     n: usize,
 ) -> anyhow::Result<Fleet> {
+    enroll_with(client, ramdisks, n, |i| {
+        json!({"driver": "fake-hardware", "name": format!("{prefix}-{i}"),
+               "deploy_interface": "direct"})
+    })
+    .await
+}
+
+/// [`enroll`] with the body of node `i` made by `body` (driver, driver_info, name, …).
+///
+/// # Errors
+/// When the API refuses something or the nodes do not settle.
+pub async fn enroll_with(
+    client: &Client,
+    ramdisks: &mut Ramdisks,
+    n: usize,
+    body: impl Fn(usize) -> Value,
+) -> anyhow::Result<Fleet> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        let node = client
-            .create(
-                "/v1/nodes",
-                &json!({"driver": "fake-hardware", "name": format!("{prefix}-{i}"),
-                        "deploy_interface": "direct"}),
-            )
-            .await?;
+        let node = client.create("/v1/nodes", &body(i)).await?;
         let id: NodeId = node["uuid"].as_str().context("node without uuid")?.parse()?;
         let mac = SimAgent::default_mac(id);
         client.create("/v1/ports", &json!({"address": mac, "node_uuid": id.to_string()})).await?;
@@ -166,10 +178,25 @@ pub async fn request(client: &Client, id: NodeId, target: &str) -> anyhow::Resul
 pub struct Held {
     /// The node.
     pub node: NodeId,
-    /// Where it is held.
-    pub point: HookPoint,
-    /// Send (or drop) to let the agent go on.
+    /// Where it is held (an agent hook point, a BMC change).
+    pub point: String,
+    /// Send (or drop) to let the agent or BMC go on.
     pub release: tokio::sync::oneshot::Sender<()>,
+    /// Let it go on as soon as its conductor is dead rather than after the takeover: a BMC
+    /// applies a command whose sender died, at once; an agent's command runs on meanwhile.
+    pub release_at_kill: bool,
+}
+
+/// Where held commands are reported.
+pub type HeldTx = tokio::sync::mpsc::UnboundedSender<Held>;
+
+/// Report `point` of `node` on `tx` and wait until the test lets it go on.
+async fn hold(tx: HeldTx, node: NodeId, point: String, release_at_kill: bool) {
+    let (release, wait) = tokio::sync::oneshot::channel();
+    if tx.send(Held { node, point, release, release_at_kill }).is_ok() {
+        // Held until the test lets go (or drops the sender).
+        let _ = wait.await;
+    }
 }
 
 /// Arm the simulated agent: the first time each `(node, point)` is reached, the agent
@@ -178,29 +205,57 @@ pub fn arm(
     agent: &SimAgent,
     points: impl IntoIterator<Item = (NodeId, HookPoint)>,
 ) -> tokio::sync::mpsc::UnboundedReceiver<Held> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    arm_into(agent, points, tx);
+    rx
+}
+
+/// [`arm`], reporting on `tx`.
+pub fn arm_into(
+    agent: &SimAgent,
+    points: impl IntoIterator<Item = (NodeId, HookPoint)>,
+    tx: HeldTx,
+) {
     let armed: Arc<Mutex<HashSet<(NodeId, HookPoint)>>> =
         Arc::new(Mutex::new(points.into_iter().collect()));
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     agent.set_hook(Arc::new(move |node, point| {
         let hit = armed.lock().unwrap_or_else(|p| p.into_inner()).remove(&(node, point));
         let tx = tx.clone();
         Box::pin(async move {
-            if !hit {
-                return;
-            }
-            let (release, wait) = tokio::sync::oneshot::channel();
-            if tx.send(Held { node, point, release }).is_ok() {
-                // Held until the test lets go (or drops the sender).
-                let _ = wait.await;
+            if hit {
+                hold(tx, node, format!("{point:?}"), false).await;
             }
         })
     }));
-    rx
+}
+
+/// Arm node `node`'s simulated BMC: the `nth` power change (`reset …`, counted from 1)
+/// after this call is reported on `tx` and held, before the BMC applies it, while the
+/// conductor that sent it waits for the answer; [`kill_holders`] lets it go on once that
+/// conductor is dead, as a BMC applies a command whose sender died.
+pub fn arm_bmc(machine: &AgentMachine, node: NodeId, nth: usize, tx: HeldTx) {
+    let (m, seen) = (machine.clone(), Arc::new(Mutex::new(0usize)));
+    let base = machine.changes().len();
+    machine.on_change(Arc::new(move |index| {
+        let what = m.changes().get(index).cloned().unwrap_or_default();
+        let hit = index >= base && what.starts_with("reset") && {
+            let mut n = seen.lock().unwrap_or_else(|p| p.into_inner());
+            *n += 1;
+            *n == nth
+        };
+        let tx = tx.clone();
+        Box::pin(async move {
+            if hit {
+                hold(tx, node, format!("BMC {what}"), true).await;
+            }
+        })
+    }));
 }
 
 /// For each held command: kill -9 the conductor that holds its node, start a replacement,
 /// wait until the node's lock has left the dead conductor (lease expiry and takeover), then
-/// let the command go on. Returns the conductors killed, after `count` held commands.
+/// let the command go on (a held BMC change as soon as the conductor is dead). Returns the
+/// conductors killed, after `count` held commands.
 ///
 /// # Errors
 /// When a node's holder cannot be found or the takeover does not happen within 60 s.
@@ -218,7 +273,7 @@ pub async fn kill_holders(
             .context("the agent's hook went away")?;
         let node = client.get(&format!("/v1/nodes/{}", h.node)).await?;
         let Some(holder) = node["reservation"].as_str().map(str::to_owned) else {
-            bail!("node {} reached {:?} without a conductor holding it", h.node, h.point);
+            bail!("node {} reached {} without a conductor holding it", h.node, h.point);
         };
         let was_running = {
             let mut c = cluster.lock().unwrap_or_else(|p| p.into_inner());
@@ -231,6 +286,10 @@ pub async fn kill_holders(
         if was_running {
             killed.push(holder.clone());
         }
+        let mut release = Some(h.release);
+        if h.release_at_kill {
+            let _ = release.take().map(|r| r.send(()));
+        }
         let start = Instant::now();
         loop {
             let n = client.get(&format!("/v1/nodes/{}", h.node)).await?;
@@ -242,7 +301,7 @@ pub async fn kill_holders(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let _ = h.release.send(());
+        let _ = release.map(|r| r.send(()));
     }
     Ok(killed)
 }
