@@ -104,8 +104,15 @@ pub struct ConductorConfig {
     pub queue: String,
     /// Unacknowledged deliveries per conductor (the bus-side concurrency limit).
     pub prefetch: u16,
-    /// Node workflows that may run at once in this conductor.
+    /// Node workflows that may run at once in this conductor (nodes whose BMC answers).
     pub max_concurrent_tasks: usize,
+    /// Node workflows that may run at once for nodes whose BMC stayed silent on its last
+    /// call: their own lane, so hung BMCs never take the others' workers (crate::budget).
+    pub slow_peer_tasks: usize,
+    /// Longest time a delivery waits for its node to be claimed (locked, found idle or
+    /// already driven here) before it is acknowledged anyway; the node's work stays queued
+    /// here and the sweep heals it if this conductor dies first.
+    pub delivery_budget_secs: f64,
     /// Seconds between liveness heartbeats in the conductors table.
     pub heartbeat_interval_secs: f64,
     /// Missed heartbeats after which another conductor declares this one dead.
@@ -251,6 +258,8 @@ impl Default for ConductorConfig {
             queue: "conductor.work".into(),
             prefetch: 64,
             max_concurrent_tasks: 256,
+            slow_peer_tasks: 16,
+            delivery_budget_secs: 5.0,
             heartbeat_interval_secs: 10.0,
             dead_after_missed_heartbeats: 3,
             sweep_interval_secs: 10.0,
@@ -353,6 +362,9 @@ impl ConductorConfig {
         if self.max_concurrent_tasks == 0 {
             return bad("max_concurrent_tasks", "must be at least 1");
         }
+        if self.slow_peer_tasks == 0 {
+            return bad("slow_peer_tasks", "must be at least 1");
+        }
         if self.dead_after_missed_heartbeats == 0 {
             return bad("dead_after_missed_heartbeats", "must be at least 1");
         }
@@ -375,6 +387,7 @@ impl ConductorConfig {
         secs("sweep_interval_secs", self.sweep_interval_secs, false)?;
         secs("power_sync_interval_secs", self.power_sync_interval_secs, true)?;
         secs("callback_timeout_secs", self.callback_timeout_secs, false)?;
+        secs("delivery_budget_secs", self.delivery_budget_secs, true)?;
         secs("inspect_wait_timeout_secs", self.inspect_wait_timeout_secs, true)?;
         secs("rescue_callback_timeout_secs", self.rescue_callback_timeout_secs, true)?;
         secs("service_callback_timeout_secs", self.service_callback_timeout_secs, true)?;
@@ -403,6 +416,11 @@ impl ConductorConfig {
     /// Age of the last heartbeat after which a conductor counts as dead.
     pub fn liveness_timeout(&self) -> Duration {
         self.heartbeat_interval() * self.dead_after_missed_heartbeats.max(1)
+    }
+
+    /// Longest wait of a delivery for its node to be claimed before it is acknowledged.
+    pub fn delivery_budget(&self) -> Duration {
+        dur(self.delivery_budget_secs)
     }
 
     /// Callback timeout of `wait call-back` and `clean wait`, and the longest silence of an

@@ -14,6 +14,7 @@ use deploy::drivers::{DriverError, ManagementDriver, PowerDriver};
 use deploy::hardware::{ManagementIface, NodeInterfaces, PowerIface};
 use serde_json::Value;
 
+use crate::budget::PeerHealth;
 use crate::config::ConductorConfig;
 
 /// The power and management interfaces chosen for one node.
@@ -30,6 +31,7 @@ pub struct Drivers {
     fake: Arc<fake::FakeDriver>,
     redfish: Arc<redfish::RedfishDriver>,
     ipmi: Arc<ipmi::IpmiDriver>,
+    health: Arc<PeerHealth>,
 }
 
 impl Drivers {
@@ -38,17 +40,36 @@ impl Drivers {
     /// # Errors
     /// [`DriverError`] when an HTTP client cannot be built.
     pub fn new(cfg: &ConductorConfig) -> Result<Self, DriverError> {
+        let health = Arc::new(PeerHealth::default());
         Ok(Self {
             fake: Arc::new(fake::FakeDriver::new(cfg.fake.clone())),
-            redfish: Arc::new(redfish::RedfishDriver::new(
-                cfg.redfish.clone(),
-                cfg.power_state_change_timeout(),
-            )?),
-            ipmi: Arc::new(ipmi::IpmiDriver::new(
-                cfg.ipmi.clone(),
-                cfg.power_state_change_timeout(),
-            )),
+            redfish: Arc::new(
+                redfish::RedfishDriver::new(cfg.redfish.clone(), cfg.power_state_change_timeout())?
+                    .with_health(health.clone()),
+            ),
+            ipmi: Arc::new(
+                ipmi::IpmiDriver::new(cfg.ipmi.clone(), cfg.power_state_change_timeout())
+                    .with_health(health.clone()),
+            ),
+            health,
         })
+    }
+
+    /// Which BMCs stayed silent on their last call.
+    pub fn health(&self) -> &PeerHealth {
+        &self.health
+    }
+
+    /// Whether the BMC of `node` stayed silent on its last call (its work then runs in the
+    /// slow lane, [`crate::budget`]). `false` for the fake driver and unreadable driver_info.
+    pub fn bmc_silent(&self, node: &Node) -> bool {
+        let Ok(ifaces) = deploy::hardware::resolve(node, None) else { return false };
+        let bmc = match ifaces.power {
+            PowerIface::Fake => None,
+            PowerIface::Redfish => redfish::RedfishDriver::bmc_of(node),
+            PowerIface::Ipmitool => ipmi::IpmiDriver::bmc_of(node),
+        };
+        bmc.is_some_and(|b| self.health.is_silent(&b))
     }
 
     /// The interfaces for `node`: its `power_interface`/`management_interface` when set,

@@ -10,6 +10,7 @@
 
 pub mod agent_client;
 pub mod allocation;
+pub mod budget;
 pub mod config;
 pub mod deploy_iface;
 pub mod drivers;
@@ -86,8 +87,9 @@ pub struct Ctx {
     pub(crate) power_failures: Mutex<HashMap<NodeId, u32>>,
     /// Allocations being processed here and their failed attempts.
     pub(crate) allocations: allocation::Tracker,
-    /// Limit on concurrently driven nodes.
-    pub(crate) tasks: tokio::sync::Semaphore,
+    /// Limits on concurrently driven nodes: one lane for nodes whose BMC answers, one for
+    /// the others ([`budget`]).
+    pub(crate) tasks: budget::Lanes,
     /// This conductor's own run of successful heartbeats: it judges others dead only when
     /// it could have seen their heartbeats for a whole liveness timeout (a database outage
     /// silences everyone).
@@ -153,7 +155,7 @@ pub async fn run_with_clock(
     let drivers = Drivers::new(&cfg).map_err(ConductorError::Drivers)?;
     let tracker = shutdown.tracker().clone();
     let ctx = Arc::new(Ctx {
-        tasks: tokio::sync::Semaphore::new(cfg.max_concurrent_tasks),
+        tasks: budget::Lanes::new(cfg.max_concurrent_tasks, cfg.slow_peer_tasks),
         cfg,
         store,
         events: events::Events::start(bus.clone()),

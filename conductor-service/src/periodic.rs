@@ -426,11 +426,13 @@ async fn fail_wait(task: &mut Task) -> Result<(), WorkflowError> {
 }
 
 /// Read every eligible node's power state from its BMC; record out-of-band changes and
-/// put a node into maintenance after repeated BMC failures.
+/// put a node into maintenance after repeated BMC failures. Nodes whose BMC stayed silent
+/// on its last call are read in a lane of their own, so hung BMCs delay only each other.
 pub async fn power_sync(ctx: Arc<Ctx>) {
     let q = NodeListQuery { maintenance: Some(false), reserved: Some(false), ..Default::default() };
     let Ok(nodes) = list_all(&ctx, q).await else { return };
-    let sem = Arc::new(tokio::sync::Semaphore::new(8));
+    let answering = Arc::new(tokio::sync::Semaphore::new(POWER_SYNC_WORKERS));
+    let silent = Arc::new(tokio::sync::Semaphore::new(POWER_SYNC_SILENT_WORKERS));
     let mut set = tokio::task::JoinSet::new();
     for n in nodes {
         if n.target_power_state.is_some() && !n.provision_state.is_transient_working() {
@@ -441,10 +443,16 @@ pub async fn power_sync(ctx: Arc<Ctx>) {
         if n.provision_state.skips_power_sync() || n.provision_state.is_transient_working() {
             continue;
         }
-        set.spawn(sync_one(ctx.clone(), sem.clone(), n));
+        let lane = if ctx.drivers.bmc_silent(&n) { &silent } else { &answering };
+        set.spawn(sync_one(ctx.clone(), lane.clone(), n));
     }
     while set.join_next().await.is_some() {}
 }
+
+/// BMCs read at once by power sync.
+const POWER_SYNC_WORKERS: usize = 8;
+/// Of those, for BMCs that stayed silent on their last call.
+const POWER_SYNC_SILENT_WORKERS: usize = 2;
 
 fn sync_one(
     ctx: Arc<Ctx>,

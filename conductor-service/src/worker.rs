@@ -55,28 +55,59 @@ impl Drop for InflightEntry<'_> {
 /// How often [`wake`] looks at a node again right after answering a management call.
 const MANAGEMENT_RELOOKS: usize = 4;
 
+/// Tells the delivery that woke a node when the node is claimed: locked by this conductor,
+/// found with nothing to do, already being driven here, or failed before any of these (the
+/// error). From then on the node's recorded state and lock carry the work, and the message
+/// can be acknowledged ([`crate::budget`]).
+struct Claim(Option<tokio::sync::oneshot::Sender<Result<(), PublicError>>>);
+
+impl Claim {
+    fn claimed(&mut self) {
+        self.finish(&Ok(()));
+    }
+
+    fn finish(&mut self, res: &Result<(), PublicError>) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(res.clone());
+        }
+    }
+}
+
 /// Drive `node` if it needs work. Returns once the work is committed (or there was none,
 /// or another conductor holds the node for longer than the lock retries).
 ///
 /// # Errors
 /// A database error; the caller may retry (the node's recorded state is unchanged).
 pub async fn wake(ctx: &Arc<Ctx>, node: NodeId) -> Result<(), PublicError> {
+    wake_claiming(ctx, node, &mut Claim(None)).await
+}
+
+async fn wake_claiming(ctx: &Arc<Ctx>, node: NodeId, claim: &mut Claim) -> Result<(), PublicError> {
     {
         let mut map = ctx.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(again) = map.get_mut(&node) {
             *again = true;
+            claim.claimed();
             return Ok(());
         }
         map.insert(node, false);
     }
     let entry = InflightEntry { ctx, node };
-    // The concurrency limit; the semaphore is never closed, so an error cannot happen.
-    let _permit = ctx.tasks.acquire().await.ok();
+    drive_while_asked(ctx, node, &entry, claim).await
+}
+
+/// Drive the node until no wake arrived while it was being driven.
+async fn drive_while_asked(
+    ctx: &Arc<Ctx>,
+    node: NodeId,
+    entry: &InflightEntry<'_>,
+    claim: &mut Claim,
+) -> Result<(), PublicError> {
     loop {
         // After a management call the node may still need its workflow or power change;
         // bounded, so a request that cannot be answered (database trouble) cannot spin.
         for _ in 0..MANAGEMENT_RELOOKS {
-            if drive_once(ctx, node).await? != Some(workflows::Work::Management) {
+            if drive_once(ctx, node, claim).await? != Some(workflows::Work::Management) {
                 break;
             }
         }
@@ -97,9 +128,15 @@ pub fn wake_owned(ctx: Arc<Ctx>, node: NodeId) -> futures::future::BoxFuture<'st
     })
 }
 
-/// One look at the node; returns the work it ran, if any.
-async fn drive_once(ctx: &Arc<Ctx>, id: NodeId) -> Result<Option<workflows::Work>, PublicError> {
+/// One look at the node; returns the work it ran, if any. The work runs on a worker of
+/// the node's lane ([`crate::budget`]), held until it ends.
+async fn drive_once(
+    ctx: &Arc<Ctx>,
+    id: NodeId,
+    claim: &mut Claim,
+) -> Result<Option<workflows::Work>, PublicError> {
     let interval = Duration::from_millis(ctx.cfg.lock_retry_interval_ms);
+    let mut worker = None;
     for attempt in 0..=ctx.cfg.lock_retry_attempts {
         let node = match ctx.store.node_fetch(id).await {
             Ok(n) => n,
@@ -110,8 +147,18 @@ async fn drive_once(ctx: &Arc<Ctx>, id: NodeId) -> Result<Option<workflows::Work
             tracing::debug!(node = %id, state = %node.provision_state, "nothing to do");
             return Ok(None);
         }
+        if worker.is_none() {
+            let silent = ctx.drivers.bmc_silent(&node);
+            if silent {
+                tracing::debug!(node = %id, "BMC silent on its last call; slow lane");
+            }
+            worker = Some(ctx.tasks.acquire(silent).await);
+        }
         match LockGuard::acquire(ctx, id).await {
-            Ok((guard, node)) => return Ok(run_locked(ctx, guard, node).await),
+            Ok((guard, node)) => {
+                claim.claimed();
+                return Ok(run_locked(ctx, guard, node).await);
+            }
             Err(PublicError::NodeLocked { holder, .. }) => {
                 tracing::debug!(node = %id, holder, attempt, "node locked; retrying");
                 tokio::select! {
@@ -242,6 +289,25 @@ pub async fn consume(ctx: Arc<Ctx>, mut consumer: Consumer) {
     }
 }
 
+/// [`wake_claiming`] for spawning from a delivery: an error after the claim is logged here
+/// (one before it goes to the delivery, which requeues the message).
+fn wake_claiming_owned(
+    ctx: Arc<Ctx>,
+    node: NodeId,
+    tx: tokio::sync::oneshot::Sender<Result<(), PublicError>>,
+) -> futures::future::BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let mut claim = Claim(Some(tx));
+        let res = wake_claiming(&ctx, node, &mut claim).await;
+        if let Err(e) = &res
+            && claim.0.is_none()
+        {
+            tracing::warn!(node = %node, error = %common::ErrorChain(e), "could not drive node");
+        }
+        claim.finish(&res);
+    })
+}
+
 fn handle_delivery_boxed(ctx: Arc<Ctx>, d: Delivery) -> futures::future::BoxFuture<'static, ()> {
     Box::pin(handle_delivery(ctx, d))
 }
@@ -276,19 +342,27 @@ async fn handle_delivery(ctx: Arc<Ctx>, d: Delivery) {
         {
             tracing::info!(node = %id, from = %p.from_state, "abort requested");
         }
-        match wake(&ctx, id).await {
-            Ok(()) => {
-                if let Err(e) = d.ack().await {
-                    tracing::warn!(error = %common::ErrorChain(&e), "ack failed; the message will come again");
-                }
-            }
-            Err(e) => {
+        // The work runs in its own task; the message waits only until the node is claimed
+        // (or the delivery budget ends), so slow work never holds the prefetch window.
+        let (tx, claimed) = tokio::sync::oneshot::channel();
+        ctx.tracker.spawn(wake_claiming_owned(ctx.clone(), id, tx).instrument(tracing::Span::current()));
+        match tokio::time::timeout(ctx.cfg.delivery_budget(), claimed).await {
+            Ok(Ok(Err(e))) => {
                 tracing::warn!(node = %id, error = %common::ErrorChain(&e), "wake failed; requeueing");
                 tokio::select! {
                     () = ctx.token.cancelled() => {}
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
                 let _ = d.nack_requeue().await;
+            }
+            claimed => {
+                if claimed.is_err() {
+                    tracing::debug!(node = %id,
+                        "node not claimed within the delivery budget; acknowledged, its work stays queued here");
+                }
+                if let Err(e) = d.ack().await {
+                    tracing::warn!(error = %common::ErrorChain(&e), "ack failed; the message will come again");
+                }
             }
         }
     }

@@ -759,3 +759,124 @@ async fn test_deploy_failure_on_a_dead_bmc_keeps_the_cause_and_adds_the_power_of
     assert!(!err.contains("password"), "{err}");
     env.finish().await;
 }
+
+/// A BMC that accepts connections and never answers, until stopped (then every connection
+/// is closed and the port refuses).
+struct HangingBmc {
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    stop: CancellationToken,
+}
+
+impl HangingBmc {
+    async fn bind(addr: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let (count, token) = (accepted.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    conn = listener.accept() => if let Ok((c, _)) = conn {
+                        open.push(c);
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    },
+                }
+            }
+        });
+        Self { accepted, stop }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Hung BMCs take neither the workers nor the bus intake of the others. Six nodes' BMCs are
+/// first refused (so the conductor knows them silent), then accept connections and never
+/// answer while those nodes are managed again: they wait for the one slow-lane worker (one
+/// call in flight, the other messages acknowledged within the delivery budget instead of
+/// holding the prefetch window of two), while six nodes with answering BMCs are managed and
+/// provided on the main lane. When the BMCs go away, every hung node ends back in `enroll`
+/// with `last_error` naming its BMC and no lock.
+#[tokio::test]
+async fn test_hung_bmcs_starve_neither_the_workers_nor_the_bus_intake() {
+    let env = env(false).await.unwrap();
+    let mut cfg = fast_config("c-budget", &env.queue);
+    cfg.prefetch = 2;
+    cfg.max_concurrent_tasks = 2;
+    cfg.slow_peer_tasks = 1;
+    cfg.delivery_budget_secs = 0.2;
+    // Only messages wake nodes: the sweep would hide a stalled intake.
+    cfg.sweep_interval_secs = 3600.0;
+    cfg.power_sync_interval_secs = 0.0;
+    cfg.redfish.connect_timeout_secs = 120.0;
+    cfg.redfish.request_timeout_secs = 120.0;
+    cfg.redfish.attempts = 1;
+    env.start_conductor(cfg).await;
+    let bmc = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut hung = Vec::new();
+    for i in 0..6 {
+        let mut n = Node::new(NodeId::new_v4(), "redfish", chrono::Utc::now());
+        n.driver_info.insert("redfish_address".into(), format!("http://{bmc}").into());
+        n.driver_info.insert("redfish_system_id".into(), format!("{i}").into());
+        hung.push(env.store().node_insert(&n).await.unwrap().uuid);
+    }
+    let back_in_enroll = |id: NodeId| {
+        let store = env.store().clone();
+        async move {
+            let n = store.node_fetch(id).await.ok()?;
+            (n.provision_state == S::Enroll && n.reservation.is_none())
+                .then_some(n.last_error)
+                .flatten()
+        }
+    };
+    // Refused: the verification fails at once and the BMC counts as silent.
+    for id in &hung {
+        env.provision(*id, ApiVerb::Manage).await.unwrap();
+    }
+    for id in &hung {
+        let err = wait_for(Duration::from_secs(20), "refused BMC to fail verifying", || {
+            back_in_enroll(*id)
+        })
+        .await;
+        assert!(err.contains(&bmc.to_string()), "{err}");
+    }
+
+    let hang = HangingBmc::bind(bmc).await;
+    for id in &hung {
+        env.provision(*id, ApiVerb::Manage).await.unwrap();
+    }
+    wait_for(Duration::from_secs(20), "a hung BMC call", || async {
+        (hang.accepted() >= 1).then_some(())
+    })
+    .await;
+    let mut healthy = Vec::new();
+    for _ in 0..6 {
+        let id = insert_fake_node(env.store(), "fake").await.unwrap().uuid;
+        env.provision(id, ApiVerb::Manage).await.unwrap();
+        healthy.push(id);
+    }
+    for id in &healthy {
+        env.wait_state(*id, S::Manageable, Duration::from_secs(60)).await;
+        env.provision(*id, ApiVerb::Provide).await.unwrap();
+    }
+    for id in &healthy {
+        env.wait_state(*id, S::Available, Duration::from_secs(60)).await;
+    }
+    for id in &hung {
+        assert_eq!(env.node(*id).await.provision_state, S::Verifying, "hung node {id}");
+    }
+    assert_eq!(hang.accepted(), 1, "one slow-lane worker calls the hung BMCs");
+
+    hang.stop.cancel();
+    for id in &hung {
+        let err = wait_for(Duration::from_secs(60), "hung node to fail verifying", || {
+            back_in_enroll(*id)
+        })
+        .await;
+        assert!(err.contains(&bmc.to_string()), "{err}");
+    }
+    env.finish().await;
+}

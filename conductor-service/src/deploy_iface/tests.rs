@@ -53,7 +53,7 @@ async fn rig() -> Rig {
     cfg.agent.command_timeout_secs = 60.0;
     let drivers = Drivers::new(&cfg).unwrap();
     let ctx = Arc::new(Ctx {
-        tasks: tokio::sync::Semaphore::new(1),
+        tasks: crate::budget::Lanes::new(1, 1),
         cfg,
         store: db.store().clone(),
         events: crate::events::Events::start(bus.clone()),

@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deploy::drivers::{
@@ -17,12 +18,14 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{info_str, required_str};
+use crate::budget::PeerHealth;
 use crate::config::{IpmiConfig, dur};
 
 /// The ipmitool driver.
 pub struct IpmiDriver {
     cfg: IpmiConfig,
     power_timeout: Duration,
+    health: Arc<PeerHealth>,
 }
 
 struct Target {
@@ -45,7 +48,20 @@ impl Target {
 impl IpmiDriver {
     /// A driver using `cfg.ipmitool`.
     pub fn new(cfg: IpmiConfig, power_timeout: Duration) -> Self {
-        Self { cfg, power_timeout }
+        Self { cfg, power_timeout, health: Arc::default() }
+    }
+
+    /// Report every command's outcome to `health` (shared by the conductor's drivers).
+    #[must_use]
+    pub fn with_health(mut self, health: Arc<PeerHealth>) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// The label under which commands to the node's BMC are reported to [`PeerHealth`];
+    /// `None` when its driver_info names none.
+    pub fn bmc_of(node: &Node) -> Option<String> {
+        Self::target(node).ok().map(|t| t.bmc())
     }
 
     fn target(node: &Node) -> Result<Target, DriverError> {
@@ -93,8 +109,15 @@ impl IpmiDriver {
         })
     }
 
-    /// Run one ipmitool command with retries; returns stdout.
+    /// Run one ipmitool command with retries; returns stdout. Whether the BMC answered goes
+    /// to [`PeerHealth`].
     async fn run(&self, t: &Target, args: &[&str]) -> Result<String, DriverError> {
+        let res = self.run_attempts(t, args).await;
+        self.health.record(&t.bmc(), &res);
+        res
+    }
+
+    async fn run_attempts(&self, t: &Target, args: &[&str]) -> Result<String, DriverError> {
         let mut last = None;
         for attempt in 1..=self.cfg.attempts.max(1) {
             match self.run_once(t, args).await {

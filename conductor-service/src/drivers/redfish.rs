@@ -12,6 +12,7 @@
 mod indicators;
 mod vmedia;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deploy::drivers::{
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 use super::{info_str, required_str};
 
 mod inspect;
+use crate::budget::PeerHealth;
 use crate::config::{RedfishConfig, dur};
 
 /// The redfish driver: two shared HTTP clients (verifying and not verifying TLS).
@@ -35,6 +37,7 @@ pub struct RedfishDriver {
     verify: reqwest::Client,
     insecure: reqwest::Client,
     power_timeout: Duration,
+    health: Arc<PeerHealth>,
 }
 
 /// Everything one call needs, read from `driver_info`.
@@ -78,7 +81,20 @@ impl RedfishDriver {
         let verify = client_builder(&cfg).build().map_err(build_err)?;
         let insecure =
             client_builder(&cfg).danger_accept_invalid_certs(true).build().map_err(build_err)?;
-        Ok(Self { cfg, verify, insecure, power_timeout })
+        Ok(Self { cfg, verify, insecure, power_timeout, health: Arc::default() })
+    }
+
+    /// Report every call's outcome to `health` (shared by the conductor's drivers).
+    #[must_use]
+    pub fn with_health(mut self, health: Arc<PeerHealth>) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// The label under which calls to the node's BMC are reported to [`PeerHealth`];
+    /// `None` when its driver_info names none.
+    pub fn bmc_of(node: &Node) -> Option<String> {
+        Self::target(node).ok().map(|t| t.bmc())
     }
 
     fn target(node: &Node) -> Result<Target, DriverError> {
@@ -187,8 +203,21 @@ impl RedfishDriver {
     }
 
     /// One request with retries: the body read, `None` for a 404 when `allow_missing`, or
-    /// the error with the refusal's status.
+    /// the error with the refusal's status. Whether the BMC answered goes to [`PeerHealth`].
     async fn request_core(
+        &self,
+        t: &Target,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        allow_missing: bool,
+    ) -> Result<Option<Value>, (Option<StatusCode>, DriverError)> {
+        let res = self.request_attempts(t, method, path, body, allow_missing).await;
+        self.health.record(&t.bmc(), &res.as_ref().map_err(|(_, e)| e.clone()));
+        res
+    }
+
+    async fn request_attempts(
         &self,
         t: &Target,
         method: Method,
