@@ -255,7 +255,9 @@ pub fn arm_bmc(machine: &AgentMachine, node: NodeId, nth: usize, tx: HeldTx) {
 /// For each held command: kill -9 the conductor that holds its node, start a replacement,
 /// wait until the node's lock has left the dead conductor (lease expiry and takeover), then
 /// let the command go on (a held BMC change as soon as the conductor is dead). Returns the
-/// conductors killed, after `count` held commands.
+/// conductors killed, after `count` held commands. Each command is handled as soon as it is
+/// held (the waits for takeovers run side by side), so a second command of a conductor
+/// already killed is seen while its node still names that conductor.
 ///
 /// # Errors
 /// When a node's holder cannot be found or the takeover does not happen within 60 s.
@@ -266,6 +268,7 @@ pub async fn kill_holders(
     count: usize,
 ) -> anyhow::Result<Vec<String>> {
     let mut killed = Vec::new();
+    let mut takeovers = tokio::task::JoinSet::new();
     for _ in 0..count {
         let h = tokio::time::timeout(Duration::from_secs(180), held.recv())
             .await
@@ -290,18 +293,25 @@ pub async fn kill_holders(
         if h.release_at_kill {
             let _ = release.take().map(|r| r.send(()));
         }
-        let start = Instant::now();
-        loop {
-            let n = client.get(&format!("/v1/nodes/{}", h.node)).await?;
-            if n["reservation"].as_str() != Some(holder.as_str()) {
-                break;
+        let (client, node) = (client.clone(), h.node);
+        takeovers.spawn(async move {
+            let start = Instant::now();
+            loop {
+                let n = client.get(&format!("/v1/nodes/{node}")).await?;
+                if n["reservation"].as_str() != Some(holder.as_str()) {
+                    break;
+                }
+                if start.elapsed() > Duration::from_secs(60) {
+                    bail!("node {node} still locked by the dead {holder} after 60 s");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            if start.elapsed() > Duration::from_secs(60) {
-                bail!("node {} still locked by the dead {holder} after 60 s", h.node);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let _ = release.map(|r| r.send(()));
+            let _ = release.map(|r| r.send(()));
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = takeovers.join_next().await {
+        done??;
     }
     Ok(killed)
 }
