@@ -408,6 +408,40 @@ async fn cached_matches(path: &Path, expected: &ExpectedChecksum) -> bool {
     }
 }
 
+/// One step of putting a verified download in place of whatever `path` held.
+#[derive(Debug, Clone, Copy)]
+enum Commit {
+    /// Remove the checksum record of the image being replaced.
+    ForgetOld,
+    /// Rename the verified download to its key.
+    Rename,
+    /// Write the record that marks the file at the key as verified.
+    Record,
+}
+
+/// The order makes a crash (SIGKILL, power loss) or a concurrent reader between any two
+/// steps safe: a record only ever sits beside the bytes it describes. Until the new record is
+/// written the file at the key has none, so it is fetched again rather than served. (Writing
+/// the new record before the rename would vouch, for a moment or after a crash for good, for
+/// the previous image of the same source URL.)
+const COMMIT: [Commit; 3] = [Commit::ForgetOld, Commit::Rename, Commit::Record];
+
+async fn commit_step(
+    step: Commit,
+    part: &Path,
+    path: &Path,
+    expected: &ExpectedChecksum,
+) -> std::io::Result<()> {
+    match step {
+        Commit::ForgetOld => match tokio::fs::remove_file(meta_path(path)).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        },
+        Commit::Rename => tokio::fs::rename(part, path).await,
+        Commit::Record => tokio::fs::write(meta_path(path), record(expected)).await,
+    }
+}
+
 async fn fetch(
     fetcher: Fetcher,
     source: String,
@@ -431,9 +465,9 @@ async fn fetch(
             .await
             .map_err(|_| CacheError::Origin(format!("no complete image within {timeout:?}")))?
             .map_err(cache_error)?;
-        // Write the checksum record before the rename so a visible file is always verified.
-        tokio::fs::write(meta_path(&path), record(&expected)).await.map_err(io)?;
-        tokio::fs::rename(&part, &path).await.map_err(io)?;
+        for step in COMMIT {
+            commit_step(step, &part, &path, &expected).await.map_err(io)?;
+        }
         info!(
             bytes = got.bytes,
             resumes = got.resumes,
@@ -501,5 +535,37 @@ mod tests {
         assert_eq!(c.hex, "2".repeat(64));
         let c = image::resolve_checksum(&file(&bare), "http://o/a", &fetcher, true).await.unwrap();
         assert_eq!(c.algo, image::checksum::HashAlgo::Sha512);
+    }
+
+    /// A crash after any step of putting a new image in place never leaves a record that
+    /// vouches for bytes it does not describe.
+    #[tokio::test]
+    async fn test_replacing_an_image_is_safe_to_interrupt_after_any_step() {
+        use image::checksum::HashAlgo;
+        let sum = |b: &[u8]| ExpectedChecksum {
+            algo: HashAlgo::Sha256,
+            hex: hex::encode(Sha256::digest(b)),
+        };
+        let (old, new) = (b"the image as it was".as_slice(), b"the image as it is now".as_slice());
+        for done in 0..=COMMIT.len() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("a".repeat(64));
+            let part = path.with_extension("part-1");
+            std::fs::write(&path, old).unwrap();
+            std::fs::write(meta_path(&path), record(&sum(old))).unwrap();
+            std::fs::write(&part, new).unwrap();
+            for step in &COMMIT[..done] {
+                commit_step(*step, &part, &path, &sum(new)).await.unwrap();
+            }
+            // What a restarted service would conclude from the files alone.
+            let bytes = std::fs::read(&path).unwrap();
+            for content in [old, new] {
+                if cached_matches(&path, &sum(content)).await {
+                    assert_eq!(bytes, content, "after {:?} the record is wrong", &COMMIT[..done]);
+                }
+            }
+            let complete = cached_matches(&path, &sum(new)).await;
+            assert_eq!(complete, done == COMMIT.len(), "after {:?}", &COMMIT[..done]);
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! commands boot scripts use: `chain`, `goto`, `set`, `isset`/`iseq`, `kernel`, `initrd`,
 //! `boot`, `sanboot`, `exit`, with `||`/`&&` and `${netX/mac:hexhyp}`-style variables), follow
 //! chains to the per-MAC script, and download the kernel and initrd it names. Over TFTP it
-//! behaves like PXELINUX: fetch `pxelinux.cfg/01-<mac>` and take the default label. The
+//! behaves like PXELINUX: fetch `pxelinux.cfg/01-<mac>` and take the default label, and load
+//! its kernel and initrd, starting a transfer over when the server fails midway. The
 //! result is a [`BootDecision`]: a kernel with its command line, or "boot from disk".
 
 use std::collections::HashMap;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use deploy::ids::MacAddress;
 use reqwest::Url;
 
-use crate::tftp::{self, FetchOptions, TftpError};
+use crate::tftp::{self, FetchOptions, RetryPolicy, TftpError};
 
 /// Where the machine's network boot goes (what DHCP would have told it).
 #[derive(Debug, Clone)]
@@ -571,11 +572,20 @@ async fn pxelinux(
                 return match entry {
                     PxelinuxEntry::Local => Ok(BootDecision::LocalDisk),
                     PxelinuxEntry::Kernel { kernel, initrd, cmdline } => {
-                        // Counted, not kept: the simulated machine only needs to have loaded them.
-                        let mut loaded =
-                            tftp::fetch_with(server, &kernel, &image_opts, |_| {}).await?.bytes;
-                        if let Some(i) = &initrd {
-                            loaded += tftp::fetch_with(server, i, &image_opts, |_| {}).await?.bytes;
+                        // Counted, not kept: the simulated machine only needs to have loaded
+                        // them. A ROM starts a failed download over a few times (the server
+                        // may have restarted midway) before the boot fails.
+                        let retry = RetryPolicy::default();
+                        let mut loaded = 0;
+                        for file in std::iter::once(&kernel).chain(&initrd) {
+                            let load = tftp::fetch_with_retry(
+                                server,
+                                file,
+                                &image_opts,
+                                &retry,
+                                |_, _| {},
+                            );
+                            loaded += load.await?.fetched.bytes;
                         }
                         Ok(BootDecision::Kernel { kernel, initrd, cmdline, loaded_bytes: loaded })
                     }

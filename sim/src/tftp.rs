@@ -17,6 +17,10 @@
 //! when a block arrives out of order, acknowledges the last block received in order so the
 //! sender restarts there. Every wait is bounded by [`FetchOptions::timeout`]; after
 //! [`FetchOptions::retries`] silent waits in a row the fetch fails.
+//!
+//! TFTP cannot resume a transfer: a server that dies or restarts midway loses it. PXE ROMs
+//! then start the download over from the first block after a pause, a few times before the
+//! boot fails; [`fetch_with_retry`] does the same within a [`RetryPolicy`].
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -110,6 +114,44 @@ pub enum TftpError {
         /// What went wrong.
         message: String,
     },
+}
+
+impl TftpError {
+    /// Whether starting the whole transfer over may succeed: the server went away (socket
+    /// errors such as an ICMP "port unreachable" from a dead transfer port, or silence), or
+    /// it refused with code 0, which servers use for transient trouble ("server busy, try
+    /// again", a database that did not answer). A missing file, a denied access or a broken
+    /// protocol stays that way.
+    pub fn retryable(&self) -> bool {
+        match self {
+            TftpError::Io { .. } | TftpError::Timeout { .. } => true,
+            TftpError::Refused { code, .. } => *code == 0,
+            TftpError::Protocol { .. } => false,
+        }
+    }
+}
+
+/// How often a failed transfer is started over from its first block, as a PXE ROM does.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Transfers started in all, the first one included (0 counts as 1).
+    pub attempts: u32,
+    /// Pause before the second transfer; it doubles before each further one.
+    pub first_backoff: Duration,
+    /// Longest pause between two transfers.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Four transfers, 1 s, 2 s and 4 s apart: within what ROMs do (a handful of tries over
+    /// some seconds) and short enough for a machine that retries its whole boot anyway.
+    fn default() -> Self {
+        Self {
+            attempts: 4,
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(8),
+        }
+    }
 }
 
 /// What a finished fetch looked like.
@@ -282,6 +324,75 @@ pub async fn fetch_with(
     }
 }
 
+/// What a fetch that may have been started over looked like.
+#[derive(Debug, Clone, Default)]
+pub struct Retried {
+    /// The transfer that finished.
+    pub fetched: Fetched,
+    /// Transfers started, the finished one included.
+    pub attempts: u32,
+}
+
+/// Fetches `file` from `server` into memory, starting over after a failure that
+/// [`TftpError::retryable`] allows, within `retry`.
+///
+/// # Errors
+/// As [`fetch`], for the last transfer tried.
+pub async fn fetch_retrying(
+    server: SocketAddr,
+    file: &str,
+    opts: &FetchOptions,
+    retry: &RetryPolicy,
+) -> Result<Vec<u8>, TftpError> {
+    let mut out = Vec::new();
+    fetch_with_retry(server, file, opts, retry, |offset, block| {
+        // A new transfer starts at 0: drop what the failed one delivered.
+        out.truncate(usize::try_from(offset).unwrap_or(usize::MAX));
+        out.extend_from_slice(block);
+    })
+    .await?;
+    Ok(out)
+}
+
+/// Like [`fetch_with`], but a transfer that fails with a retryable error
+/// ([`TftpError::retryable`]) is started over from the first block after a pause, up to
+/// [`RetryPolicy::attempts`] transfers in all. `sink` gets each block with its offset in the
+/// file, so it sees the offset go back to 0 when a transfer starts over.
+///
+/// # Errors
+/// As [`fetch_with`], for the last transfer tried.
+pub async fn fetch_with_retry(
+    server: SocketAddr,
+    file: &str,
+    opts: &FetchOptions,
+    retry: &RetryPolicy,
+    mut sink: impl FnMut(u64, &[u8]),
+) -> Result<Retried, TftpError> {
+    let mut backoff = retry.first_backoff;
+    let mut attempt = 1;
+    loop {
+        let mut offset = 0u64;
+        let result = fetch_with(server, file, opts, |block| {
+            sink(offset, block);
+            offset += block.len() as u64;
+        })
+        .await;
+        match result {
+            Ok(fetched) => return Ok(Retried { fetched, attempts: attempt }),
+            Err(error) if error.retryable() && attempt < retry.attempts => {
+                tracing::warn!(
+                    %server, file, attempt, received = offset, error = %common::ErrorChain(&error),
+                    "TFTP transfer failed; starting it over"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = backoff.saturating_mul(2).min(retry.max_backoff);
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// Block size, window size and tsize from an OACK, checked against what was asked: a server
 /// may lower blksize and windowsize (RFC 2348, RFC 7440) but never raise them.
 fn negotiated(
@@ -390,6 +501,12 @@ mod tests {
     /// A minimal one-file server for the client's tests: answers an RRQ with OACK when options
     /// were asked, then lock-step DATA.
     async fn serve_once(sock: UdpSocket, content: Vec<u8>, name: &'static str) {
+        serve_blocks(&sock, &content, name, usize::MAX).await;
+    }
+
+    /// Answers one RRQ and sends at most `limit` blocks, then drops the transfer (a server
+    /// that died midway when the limit is below the file's block count).
+    async fn serve_blocks(sock: &UdpSocket, content: &[u8], name: &str, limit: usize) {
         let mut buf = vec![0u8; 2048];
         let (n, client) = sock.recv_from(&mut buf).await.unwrap();
         let req = &buf[..n];
@@ -418,7 +535,7 @@ mod tests {
             d.extend_from_slice(&content[off..end]);
             xfer.send_to(&d, client).await.unwrap();
             xfer.recv_from(&mut buf).await.unwrap();
-            if end - off < blk {
+            if end - off < blk || usize::from(block) >= limit {
                 return;
             }
             off = end;
@@ -480,5 +597,49 @@ mod tests {
         };
         let err = fetch(silent.local_addr().unwrap(), "x", &quick).await.unwrap_err();
         assert!(matches!(err, TftpError::Timeout { tries: 3, .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn test_transfer_that_dies_midway_is_started_over_until_it_completes() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let content: Vec<u8> = (0..10_500u32).map(|i| (i % 253) as u8).collect();
+        let served = content.clone();
+        // Two transfers die after 3 and 5 blocks; the third completes.
+        let task = tokio::spawn(async move {
+            serve_blocks(&server, &served, "k", 3).await;
+            serve_blocks(&server, &served, "k", 5).await;
+            serve_blocks(&server, &served, "k", usize::MAX).await;
+        });
+        let quick = FetchOptions { timeout: Duration::from_millis(50), retries: 1, ..opts() };
+        let retry = RetryPolicy {
+            attempts: 3,
+            first_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+        };
+        let mut got = Vec::new();
+        let mut restarts = 0;
+        let done = fetch_with_retry(addr, "k", &quick, &retry, |offset, block| {
+            if offset == 0 && !got.is_empty() {
+                restarts += 1;
+            }
+            got.truncate(offset as usize);
+            got.extend_from_slice(block);
+        })
+        .await
+        .unwrap();
+        assert_eq!((done.attempts, restarts, done.fetched.bytes), (3, 2, 10_500));
+        assert!(got == content, "content differs");
+        task.await.unwrap();
+
+        // A refusal is final; silence is retried only as often as the policy allows.
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(serve_once(server, vec![1], "present"));
+        let err = fetch_retrying(addr, "absent", &quick, &retry).await.unwrap_err();
+        assert!(matches!(err, TftpError::Refused { code: 1, .. }) && !err.retryable(), "{err}");
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let err = fetch_retrying(silent.local_addr().unwrap(), "x", &quick, &retry).await;
+        assert!(matches!(err, Err(TftpError::Timeout { .. })), "{err:?}");
     }
 }

@@ -5,6 +5,7 @@
 
 mod harness;
 mod http_boot;
+mod kill;
 mod render_db;
 mod tftp_bad_input;
 mod tftp_clients;
