@@ -251,3 +251,34 @@ impl ApiState {
         }
     }
 }
+
+/// How long a request waits for a node that another task holds before it answers
+/// NodeLocked: Ironic's conductor retries a locked node (`node_locked_retry_attempts` ×
+/// `node_locked_retry_interval`, 3 × 1 s) before its RPC fails, so a lock held for a moment
+/// (a conductor releasing the node it just finished with, a power sync) is waited out.
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(3);
+/// How often the node is looked at again meanwhile.
+pub(crate) const LOCK_POLL: Duration = Duration::from_millis(50);
+
+/// Run `op` again while it is refused with NodeLocked, for up to [`LOCK_WAIT`]. Every
+/// NodeLocked refusal comes before `op` writes anything, so running it again is safe.
+///
+/// # Errors
+/// What the last run of `op` returned.
+pub(crate) async fn waiting_for_lock<T, F, Fut>(mut op: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match op().await {
+            Err(ApiError::Public(PublicError::NodeLocked { .. }))
+                if tokio::time::Instant::now() + LOCK_POLL < deadline =>
+            {
+                tokio::time::sleep(LOCK_POLL).await;
+            }
+            other => return other,
+        }
+    }
+}

@@ -24,10 +24,6 @@ use crate::service::{ApiState, Ctx};
 /// The first poll interval; it doubles up to [`POLL_MAX`].
 const POLL_FIRST: Duration = Duration::from_millis(20);
 const POLL_MAX: Duration = Duration::from_millis(250);
-/// How long a call waits for a node another task holds before it answers NodeLocked
-/// (Ironic's `node_locked_retry_attempts` × `node_locked_retry_interval`: 3 × 1 s).
-const LOCK_WAIT: Duration = Duration::from_secs(3);
-const LOCK_POLL: Duration = Duration::from_millis(50);
 
 /// Whether the node's management interface talks to a real BMC through a conductor.
 pub(crate) fn needs_conductor(n: &Node) -> bool {
@@ -58,10 +54,9 @@ pub(crate) async fn call(
         .into());
     }
     let req = ManagementRequest::new(op.clone());
-    // A lock held for a moment (the previous call's conductor releasing it, a power sync)
-    // is waited out, as Ironic's conductor retries a locked node before it answers
-    // NodeLocked; a lock held longer is a 409.
-    let lock_deadline = Instant::now() + LOCK_WAIT;
+    // A lock held for a moment is waited out (crate::service::waiting_for_lock); this loop
+    // re-reads the node itself because the request is recorded on it.
+    let lock_deadline = Instant::now() + crate::service::LOCK_WAIT;
     let mut node = node;
     let recorded = loop {
         let res = state
@@ -80,9 +75,9 @@ pub(crate) async fn call(
             .await;
         match res {
             Err(ApiError::Public(PublicError::NodeLocked { .. }))
-                if Instant::now() + LOCK_POLL < lock_deadline =>
+                if Instant::now() + crate::service::LOCK_POLL < lock_deadline =>
             {
-                tokio::time::sleep(LOCK_POLL).await;
+                tokio::time::sleep(crate::service::LOCK_POLL).await;
                 node = state.store.node_fetch(id).await?;
             }
             other => break other?,

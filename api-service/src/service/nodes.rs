@@ -570,7 +570,11 @@ impl ApiState {
         reset_interfaces: Option<bool>,
     ) -> Result<Node, ApiError> {
         for _ in 0..PATCH_ATTEMPTS {
-            if let Some(n) = self.node_patch_attempt(ctx, ident, ops, reset_interfaces).await? {
+            let attempt = super::waiting_for_lock(|| {
+                self.node_patch_attempt(ctx, ident, ops, reset_interfaces)
+            })
+            .await?;
+            if let Some(n) = attempt {
                 return Ok(n);
             }
             tracing::debug!(ident, "node modified while being patched; applying the patch again");
@@ -685,6 +689,10 @@ impl ApiState {
     /// # Errors
     /// 403 when protected, 409 when locked, associated or in a state that forbids it.
     pub async fn node_delete(&self, ctx: &Ctx, ident: &str) -> Result<(), ApiError> {
+        super::waiting_for_lock(|| self.node_delete_once(ctx, ident)).await
+    }
+
+    async fn node_delete_once(&self, ctx: &Ctx, ident: &str) -> Result<(), ApiError> {
         let node = self.node_by_ident(ident, ctx.version).await?;
         if node.protected {
             return Err(ApiError::Forbidden(format!(

@@ -128,6 +128,16 @@ impl ApiState {
         ident: &str,
         req: ProvisionRequest,
     ) -> Result<Node, ApiError> {
+        let req = &req;
+        super::waiting_for_lock(|| self.node_set_provision_once(ctx, ident, req.clone())).await
+    }
+
+    async fn node_set_provision_once(
+        &self,
+        ctx: &Ctx,
+        ident: &str,
+        req: ProvisionRequest,
+    ) -> Result<Node, ApiError> {
         let v = ctx.version;
         let node = self.node_by_ident(ident, v).await?;
         let invalid_target = || {
@@ -272,6 +282,16 @@ impl ApiState {
     /// 406 for soft targets/timeout below 1.27, 400 for a bad target or timeout or while
     /// cleaning, 409 when locked or a power action is already running.
     pub async fn node_set_power(
+        &self,
+        ctx: &Ctx,
+        ident: &str,
+        req: PowerRequest,
+    ) -> Result<Node, ApiError> {
+        let req = &req;
+        super::waiting_for_lock(|| self.node_set_power_once(ctx, ident, req.clone())).await
+    }
+
+    async fn node_set_power_once(
         &self,
         ctx: &Ctx,
         ident: &str,

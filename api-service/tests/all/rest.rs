@@ -127,6 +127,43 @@ async fn scenario_node_lifecycle(h: &Harness) {
 }
 both_backends!(scenario_node_lifecycle, test_node_lifecycle_sqlite, test_node_lifecycle_postgres);
 
+/// A node a conductor holds for a moment (releasing it after its work) is waited out, as
+/// Ironic's conductor retries a locked node; one held longer is a 409 with Retry-After and
+/// nothing changed.
+async fn scenario_lock_held_for_a_moment_is_waited_out(h: &Harness) {
+    let created = h.create_node(json!({"driver": "fake-hardware", "name": "lk"})).await;
+    let id: deploy::NodeId = created["uuid"].as_str().unwrap().parse().unwrap();
+    h.store.node_reserve(id, "c-moment").await.unwrap();
+    let store = h.store.clone();
+    // The holder's work ends a moment after the request arrives.
+    let holder = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        store.node_release(id, "c-moment").await.unwrap();
+    });
+    let r = h.send(Method::PUT, "/v1/nodes/lk/states/provision", json!({"target": "manage"})).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    holder.await.unwrap();
+    assert_eq!(h.get("/v1/nodes/lk").await.json()["provision_state"], "verifying");
+
+    h.store.node_reserve(id, "c-long").await.unwrap();
+    let r = h.send(Method::PUT, "/v1/nodes/lk/states/power", json!({"target": "power on"})).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.fault().contains("locked by host c-long"), "{}", r.body);
+    assert_eq!(r.headers["retry-after"], "1");
+    let r = h.call(Method::DELETE, "/v1/nodes/lk", Some("1.115"), None).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let n = h.get("/v1/nodes/lk").await.json();
+    assert_eq!(
+        (n["target_power_state"].clone(), n["reservation"].clone()),
+        (json!(null), json!("c-long"))
+    );
+}
+both_backends!(
+    scenario_lock_held_for_a_moment_is_waited_out,
+    test_lock_held_for_a_moment_is_waited_out_sqlite,
+    test_lock_held_for_a_moment_is_waited_out_postgres
+);
+
 async fn scenario_pagination_and_filters(h: &Harness) {
     for i in 0..5 {
         h.create_node(json!({"driver": "fake-hardware", "name": format!("p{i}"), "resource_class": if i % 2 == 0 { "even" } else { "odd" }})).await;
