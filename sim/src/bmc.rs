@@ -290,6 +290,91 @@ pub async fn serve_redfish(
     }
 }
 
+/// A fault knob shared by BMC servers: while it is silent, every request is accepted and
+/// never answered (the BMC's web server hangs, its TCP stack still accepts), and nothing
+/// it asks for is applied. A request that arrived while silent is never answered, even
+/// after the silence ends (its client has to give up and try again, as with a hung web
+/// server); requests arriving afterwards are answered as usual.
+#[derive(Clone, Default)]
+pub struct BmcSilence {
+    inner: Arc<Mutex<SilenceState>>,
+}
+
+#[derive(Default)]
+struct SilenceState {
+    until: Option<std::time::Instant>,
+    swallowed: u64,
+}
+
+impl BmcSilence {
+    /// A knob that is not silent.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stop answering for `d` of real time from now.
+    pub fn hang_for(&self, d: std::time::Duration) {
+        self.lock().until = Some(std::time::Instant::now() + d);
+    }
+
+    /// Whether a request arriving now would go unanswered.
+    pub fn is_silent(&self) -> bool {
+        self.lock().until.is_some_and(|t| std::time::Instant::now() < t)
+    }
+
+    /// How many requests went unanswered so far.
+    pub fn swallowed(&self) -> u64 {
+        self.lock().swallowed
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SilenceState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a request that arrived now and reports whether it must hang.
+    fn swallow(&self) -> bool {
+        let mut st = self.lock();
+        let silent = st.until.is_some_and(|t| std::time::Instant::now() < t);
+        if silent {
+            st.swallowed += 1;
+        }
+        silent
+    }
+}
+
+async fn hang_while_silent(
+    State(silence): State<BmcSilence>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if silence.swallow() {
+        tracing::debug!(uri = %req.uri(), "silent BMC: request left unanswered");
+        // Never answered; the future goes when the server or its connection does.
+        std::future::pending::<()>().await;
+    }
+    next.run(req).await
+}
+
+/// [`serve_redfish`] behind `silence`: while it is silent the server accepts requests and
+/// never answers them ([`BmcSilence`]).
+pub async fn serve_redfish_silenceable(
+    listener: TcpListener,
+    systems: Vec<(String, Arc<dyn MachineBackend>)>,
+    credentials: Option<(String, String)>,
+    silence: BmcSilence,
+    token: CancellationToken,
+) {
+    let app = redfish_router(systems, credentials)
+        .layer(middleware::from_fn_with_state(silence, hang_while_silent));
+    let addr = listener.local_addr().ok();
+    tracing::debug!(?addr, "redfish BMC (silenceable) listening");
+    if let Err(err) =
+        axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await
+    {
+        tracing::error!(?addr, error = %err, "redfish BMC stopped");
+    }
+}
+
 /// The Redfish application, for callers that run their own server.
 pub fn redfish_router(
     systems: Vec<(String, Arc<dyn MachineBackend>)>,
@@ -773,6 +858,44 @@ mod tests {
             token.clone(),
         ));
         (url, fake, token)
+    }
+
+    #[tokio::test]
+    async fn test_silent_bmc_applies_nothing_and_answers_again_after_the_silence() {
+        let fake = Arc::new(Fake {
+            power: Mutex::new(PowerStatus::Off),
+            boot: Mutex::new(BootOverride::default()),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let token = CancellationToken::new();
+        let silence = BmcSilence::new();
+        let backend: Arc<dyn MachineBackend> = fake.clone();
+        tokio::spawn(serve_redfish_silenceable(
+            listener,
+            vec![("node-1".into(), backend)],
+            None,
+            silence.clone(),
+            token.clone(),
+        ));
+        let c = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let reset = format!("{url}/redfish/v1/Systems/node-1/Actions/ComputerSystem.Reset");
+        silence.hang_for(std::time::Duration::from_secs(3600));
+        assert!(silence.is_silent());
+        let err = c.post(&reset).json(&json!({"ResetType": "On"})).send().await.unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+        assert_eq!(silence.swallowed(), 1);
+        assert_eq!(*fake.power.lock().unwrap(), PowerStatus::Off, "a silent BMC applied a reset");
+        silence.hang_for(std::time::Duration::ZERO);
+        assert!(!silence.is_silent());
+        let r = c.post(&reset).json(&json!({"ResetType": "On"})).send().await.unwrap();
+        assert_eq!(r.status(), 204);
+        assert_eq!(*fake.power.lock().unwrap(), PowerStatus::On);
+        assert_eq!(silence.swallowed(), 1);
+        token.cancel();
     }
 
     #[tokio::test]

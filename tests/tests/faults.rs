@@ -26,6 +26,9 @@ use tests::faults::scenario::{self, Fleet};
 use tests::faults::{Client, Cluster, ClusterOptions, Ramdisks};
 use tokio_util::sync::CancellationToken;
 
+#[path = "faults/partition.rs"]
+mod partition;
+
 /// A cluster, its client, the simulated agent and the ramdisks.
 struct Setup {
     cluster: Arc<Mutex<Cluster>>,

@@ -22,6 +22,8 @@ pub struct Ramdisks {
     token: CancellationToken,
     tasks: tokio::task::JoinSet<()>,
     tokens: Arc<Mutex<HashMap<NodeId, String>>>,
+    /// Callback URLs that differ from the agent's own (reached through a forwarder).
+    urls: Arc<Mutex<HashMap<NodeId, String>>>,
 }
 
 impl Ramdisks {
@@ -41,17 +43,26 @@ impl Ramdisks {
             token,
             tasks: tokio::task::JoinSet::new(),
             tokens: Arc::default(),
+            urls: Arc::default(),
         })
+    }
+
+    /// From the next heartbeat on, node `id`'s ramdisk announces `url` as its callback URL
+    /// instead of the simulated agent's own (a relay the test controls, such as a forwarder
+    /// across a network namespace).
+    pub fn set_callback_url(&self, id: NodeId, url: String) {
+        self.urls.lock().unwrap_or_else(|p| p.into_inner()).insert(id, url);
     }
 
     /// Start the ramdisk of node `id` whose NIC has `mac`.
     pub fn add(&mut self, id: NodeId, mac: String) {
-        let (base, agent, http, token, tokens) = (
+        let (base, agent, http, token, tokens, urls) = (
             self.base.clone(),
             self.agent.clone(),
             self.http.clone(),
             self.token.clone(),
             self.tokens.clone(),
+            self.urls.clone(),
         );
         self.tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(300));
@@ -61,7 +72,9 @@ impl Ramdisks {
                     () = token.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                once(&base, &agent, &http, &tokens, id, &mac).await;
+                let url = urls.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
+                let url = url.unwrap_or_else(|| agent.url());
+                once(&base, &agent, &http, &tokens, id, &mac, &url).await;
             }
         });
     }
@@ -75,6 +88,7 @@ async fn once(
     tokens: &Mutex<HashMap<NodeId, String>>,
     id: NodeId,
     mac: &str,
+    callback_url: &str,
 ) {
     let lookup = http
         .get(format!("{base}/v1/lookup?addresses={mac}"))
@@ -98,7 +112,7 @@ async fn once(
     let _ = http
         .post(format!("{base}/v1/heartbeat/{id}"))
         .header("X-OpenStack-Ironic-API-Version", VERSION)
-        .json(&json!({"callback_url": agent.url(), "agent_token": t, "agent_version": "sim-1.0"}))
+        .json(&json!({"callback_url": callback_url, "agent_token": t, "agent_version": "sim-1.0"}))
         .send()
         .await;
 }
