@@ -328,10 +328,36 @@ pub(crate) async fn connect(task: &Task) -> Result<AgentConn, WorkflowError> {
     let token = session.token.ok_or_else(|| {
         WorkflowError::Failed("No agent token recorded: the ramdisk has not looked up".into())
     })?;
-    AgentConn::connect(&url, &token, session.verify_ca.as_deref(), &task.ctx.cfg.agent)
-        .await
-        .map_err(|e| agent_failed("connect", &e))
+    // A network that drops or refuses connections for a while (a partition, a link coming
+    // back) is not yet a dead agent: connecting is retried until the agent has been
+    // unreachable for the silence timeout, as long as a running command may stay silent.
+    let started = Instant::now();
+    let silence = task.ctx.cfg.agent_silence_timeout();
+    let mut pause = CONNECT_RETRY_FIRST;
+    loop {
+        let verify = session.verify_ca.as_deref();
+        match AgentConn::connect(&url, &token, verify, &task.ctx.cfg.agent).await {
+            Ok(conn) => return Ok(conn),
+            Err(e @ (AgentError::Unreachable { .. } | AgentError::Timeout { .. }))
+                if started.elapsed() + pause < silence =>
+            {
+                tracing::warn!(node = %task.id(), error = %e, "agent unreachable; connecting again");
+                tokio::select! {
+                    biased;
+                    () = task.ctx.token.cancelled() => return Err(WorkflowError::Shutdown),
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(CONNECT_RETRY_MAX);
+            }
+            Err(e) => return Err(agent_failed("connect", &e)),
+        }
+    }
 }
+
+/// First pause between connection attempts to an unreachable agent; it doubles up to
+/// [`CONNECT_RETRY_MAX`].
+const CONNECT_RETRY_FIRST: Duration = Duration::from_millis(500);
+const CONNECT_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The agent's image request from `instance_info` (reference §3.3).
 /// `configdrive` is the value the agent takes (see [`configdrive::agent_value`]).
