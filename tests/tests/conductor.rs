@@ -188,6 +188,50 @@ async fn test_rest_lifecycle_with_two_conductors() {
     let history = db.store().history_list(uuid).await.unwrap();
     conductor_service::testing::assert_lifecycle_history(&history);
 
+    // A runbook (1.92; approved by trait from 1.112): a manual clean runs its steps, for a
+    // node that has one of the runbook's traits, and only then.
+    let (http, base_url) = (&api.http, base.as_str());
+    let at = |method, path: String, body| async move {
+        tests::api_call(http, base_url, "1.115", method, &path, body).await
+    };
+    let steps =
+        json!([{"interface": "deploy", "step": "erase_devices_metadata", "args": {}, "order": 1}]);
+    let (status, rb) = at(
+        reqwest::Method::POST,
+        "/v1/runbooks".into(),
+        Some(json!({"name": "e2e-wipe", "steps": steps})),
+    )
+    .await;
+    assert_eq!(status, 201, "{rb}");
+    let (status, body) = at(
+        reqwest::Method::PUT,
+        "/v1/runbooks/e2e-wipe/traits".into(),
+        Some(json!({"traits": ["CUSTOM_WIPE"]})),
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    api.provision(&id, "manage").await;
+    api.wait_state(&id, S::Manageable).await;
+    let clean = |extra: Value| {
+        let mut b = json!({"target": "clean", "runbook": "e2e-wipe"});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        at(reqwest::Method::PUT, format!("/v1/nodes/{id}/states/provision"), Some(b))
+    };
+    let (status, body) = clean(json!({})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("not been approved"), "{body}");
+    let (status, body) =
+        at(reqwest::Method::PUT, format!("/v1/nodes/{id}/traits/CUSTOM_WIPE"), None).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = clean(json!({"clean_steps": steps})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("not both"), "{body}");
+    assert_eq!(agent.erases(uuid), 2, "refused requests ran nothing");
+    let (status, body) = clean(json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    api.wait_state(&id, S::Manageable).await;
+    assert_eq!(agent.erases(uuid), 3, "the runbook's erase_devices_metadata ran");
+
     // Only the driver, as `openstack baremetal node create --driver fake-hardware`: the node
     // gets fake-hardware's default interfaces, and its fake cleaning and deploy finish
     // without any ramdisk (it has no port, so nothing could look it up).

@@ -6,7 +6,7 @@ use deploy::provision::{Refusal, RequestArgs, apply_request};
 use deploy::{AgentSession, ApiVerb, Node, PowerState, ProvisionState, PublicError};
 use proto::events::event::Payload;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::{ApiState, Ctx};
 use crate::error::ApiError;
@@ -33,7 +33,7 @@ pub struct ProvisionRequest {
     pub rescue_password: Option<String>,
     /// Run out-of-band steps without the ramdisk (1.70).
     pub disable_ramdisk: Option<bool>,
-    /// Runbook name/UUID (1.92); not supported.
+    /// Runbook name/UUID (1.92) instead of `clean_steps`/`service_steps`.
     pub runbook: Option<String>,
 }
 
@@ -156,8 +156,9 @@ impl ApiState {
             ));
         }
         // Field checks, in Ironic's order: version gates, then which verb may carry what.
-        if req.runbook.is_some() {
-            return Err(ApiError::bad_request("Runbooks are not supported by this service"));
+        let mut req = req;
+        if let Some(rb) = req.runbook.take() {
+            self.apply_runbook(ctx, &node, verb, &rb, &mut req).await?;
         }
         if let Some(cd) = &req.configdrive {
             check_configdrive(cd, verb, v)?;
@@ -274,6 +275,97 @@ impl ApiState {
         self.publish(ctx, &updated, payload).await;
         self.publish_changed(ctx, &updated, from, verb.event().as_str()).await;
         Ok(updated)
+    }
+
+    /// Replace a request's `runbook` by its steps, as Ironic's API does: the runbook must be
+    /// visible to the caller (public, or owned by its project), approved for the node (from
+    /// 1.112 one of the runbook's traits is a node trait; before, its name is), and the verb
+    /// must be `clean` or `service` without steps of its own. The steps run in their
+    /// `order`; the runbook's `disable_ramdisk` applies.
+    ///
+    /// # Errors
+    /// 406 below 1.92, 404 for an unknown or invisible runbook, 400 otherwise.
+    async fn apply_runbook(
+        &self,
+        ctx: &Ctx,
+        node: &Node,
+        verb: ApiVerb,
+        ident: &str,
+        req: &mut ProvisionRequest,
+    ) -> Result<(), ApiError> {
+        let v = ctx.version;
+        if !v.at_least(92) {
+            return Err(not_acceptable("\"runbook\"", 92, v));
+        }
+        let rb = self.store.resource_fetch_by_ident(store::ResourceKind::Runbook, ident).await?;
+        let public = rb.body.get("public").and_then(Value::as_bool).unwrap_or(false);
+        let owner = rb.body.get("owner").and_then(Value::as_str);
+        let visible = ctx.identity.sees_all()
+            || public
+            || owner.is_some_and(|o| ctx.identity.project_id.as_deref() == Some(o));
+        if !visible {
+            return Err(PublicError::not_found("Runbook", ident).into());
+        }
+        let list = |key: &str| -> Vec<String> {
+            rb.body
+                .get(key)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        if v.at_least(112) {
+            let traits = list("traits");
+            if traits.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "Runbook {} has no traits configured. Please ask an administrator to add traits to the runbook.",
+                    rb.uuid
+                )));
+            }
+            if !traits.iter().any(|t| node.traits.contains(t)) {
+                let mut sorted = traits;
+                sorted.sort();
+                return Err(ApiError::bad_request(format!(
+                    "This runbook has not been approved for use on this node {}. The node does not have any of the runbook's traits {sorted:?}. Please ask an administrator to add a matching trait to your node.",
+                    node.uuid
+                )));
+            }
+        } else if !rb.name.as_ref().is_some_and(|n| node.traits.contains(n)) {
+            return Err(ApiError::bad_request(format!(
+                "This runbook has not been approved for use on this node {}. Please ask an administrator to add it to your node traits.",
+                node.uuid
+            )));
+        }
+        let mut steps: Vec<Value> =
+            rb.body.get("steps").and_then(Value::as_array).cloned().unwrap_or_default();
+        steps.sort_by_key(|s| s.get("order").and_then(Value::as_i64).unwrap_or(i64::MAX));
+        let steps: Vec<Value> = steps
+            .into_iter()
+            .map(|s| {
+                json!({"interface": s.get("interface").cloned().unwrap_or(Value::Null),
+                       "step": s.get("step").cloned().unwrap_or(Value::Null),
+                       "args": s.get("args").cloned().unwrap_or_else(|| json!({})),
+                       "order": s.get("order").cloned().unwrap_or(Value::Null)})
+            })
+            .collect();
+        let slot = match verb {
+            ApiVerb::Clean => &mut req.clean_steps,
+            ApiVerb::Service => &mut req.service_steps,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "\"runbooks\" is only valid when setting target provision state to any of ['clean', 'service']",
+                ));
+            }
+        };
+        if slot.is_some() {
+            let what = if verb == ApiVerb::Clean { "clean_steps" } else { "service_steps" };
+            return Err(ApiError::bad_request(format!(
+                "Please provide either \"{what}\" or a runbook, but not both."
+            )));
+        }
+        *slot = Some(steps);
+        req.disable_ramdisk = rb.body.get("disable_ramdisk").and_then(Value::as_bool);
+        tracing::info!(node_id = %node.uuid, runbook = %rb.uuid, verb = ?verb, "runbook applied");
+        Ok(())
     }
 
     /// `PUT /v1/nodes/{ident}/states/power`.

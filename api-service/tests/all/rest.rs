@@ -4,7 +4,7 @@
 use api_service::ApiConfig;
 use proto::events::event::Payload;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::both_backends;
 use crate::harness::{Harness, expect_event};
@@ -163,6 +163,87 @@ both_backends!(
     test_lock_held_for_a_moment_is_waited_out_sqlite,
     test_lock_held_for_a_moment_is_waited_out_postgres
 );
+
+/// A provision request with a runbook: refused with Ironic's errors whatever is wrong with
+/// it (version, verb, unknown runbook, no approving trait, steps given too), changing
+/// nothing; accepted for a node with one of the runbook's traits, its steps recorded in
+/// their `order` as the manual clean's steps.
+async fn scenario_provision_with_a_runbook(h: &Harness) {
+    h.create_node(json!({"driver": "fake-hardware", "name": "rbn"})).await;
+    let step = |name: &str, order: u32| json!({"interface": "deploy", "step": name, "args": {}, "order": order});
+    let r = h
+        .send(
+            Method::POST,
+            "/v1/runbooks",
+            json!({"name": "rb-one",
+            "steps": [step("erase_devices_metadata", 2), step("erase_devices", 1)]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let put = |body: Value| h.send(Method::PUT, "/v1/nodes/rbn/states/provision", body);
+    let r = h
+        .call(
+            Method::PUT,
+            "/v1/nodes/rbn/states/provision",
+            Some("1.91"),
+            Some(&json!({"target": "clean", "runbook": "rb-one"}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 406, "{}", r.body);
+    let r = put(json!({"target": "manage"})).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    h.store
+        .node_modify(deploy_id(h, "rbn").await, |n| {
+            n.provision_state = deploy::ProvisionState::Manageable;
+            n.target_provision_state = None;
+            Ok::<_, deploy::PublicError>(())
+        })
+        .await
+        .unwrap();
+    let r = put(json!({"target": "clean", "runbook": "rb-missing"})).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = put(json!({"target": "clean", "runbook": "rb-one"})).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.fault().contains("has no traits configured"), "{}", r.body);
+    let r =
+        h.send(Method::PUT, "/v1/runbooks/rb-one/traits", json!({"traits": ["CUSTOM_RB"]})).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = put(json!({"target": "clean", "runbook": "rb-one"})).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.fault().contains("not been approved"), "{}", r.body);
+    let r = h.call(Method::PUT, "/v1/nodes/rbn/traits/CUSTOM_RB", Some("1.115"), None).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = put(json!({"target": "provide", "runbook": "rb-one"})).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.fault().contains("only valid"), "{}", r.body);
+    let r = put(json!({"target": "clean", "runbook": "rb-one",
+                       "clean_steps": [step("erase_devices", 1)]}))
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.fault().contains("not both"), "{}", r.body);
+    assert_eq!(h.get("/v1/nodes/rbn").await.json()["provision_state"], "manageable");
+
+    let r = put(json!({"target": "clean", "runbook": "rb-one"})).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let n = h.store.node_fetch(deploy_id(h, "rbn").await).await.unwrap();
+    assert_eq!(n.provision_state, deploy::ProvisionState::Cleaning);
+    let names: Vec<&str> = n.driver_internal_info["clean_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["step"].as_str())
+        .collect();
+    assert_eq!(names, ["erase_devices", "erase_devices_metadata"], "in the runbook's order");
+}
+both_backends!(
+    scenario_provision_with_a_runbook,
+    test_provision_with_a_runbook_sqlite,
+    test_provision_with_a_runbook_postgres
+);
+
+async fn deploy_id(h: &Harness, name: &str) -> deploy::NodeId {
+    h.get(&format!("/v1/nodes/{name}")).await.json()["uuid"].as_str().unwrap().parse().unwrap()
+}
 
 async fn scenario_pagination_and_filters(h: &Harness) {
     for i in 0..5 {
