@@ -192,7 +192,8 @@ async fn scenario_provision_with_a_runbook(h: &Harness) {
     assert_eq!(r.status, 406, "{}", r.body);
     let r = put(json!({"target": "manage"})).await;
     assert_eq!(r.status, 202, "{}", r.body);
-    h.store
+    let _ = h
+        .store
         .node_modify(deploy_id(h, "rbn").await, |n| {
             n.provision_state = deploy::ProvisionState::Manageable;
             n.target_provision_state = None;
