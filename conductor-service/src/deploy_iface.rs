@@ -206,6 +206,7 @@ async fn common_step(
         StepKind::WriteImage
         | StepKind::InstallBootloader
         | StepKind::EraseMetadata
+        | StepKind::EraseDevices
         | StepKind::FakeDeploy => Err(WorkflowError::Failed(format!(
             "step {kind:?} is not supported by this deploy interface"
         ))),
@@ -306,7 +307,8 @@ impl DeployInterface for DirectDeploy {
         match step.kind {
             StepKind::WriteImage => write_image(task, step, index, count).await,
             StepKind::InstallBootloader => install_bootloader(task).await,
-            StepKind::EraseMetadata => erase_metadata(task).await,
+            StepKind::EraseMetadata => erase(task, proto::agent::EraseMode::Metadata).await,
+            StepKind::EraseDevices => erase(task, proto::agent::EraseMode::Full).await,
             other => common_step(task, drivers, other).await,
         }
     }
@@ -627,15 +629,19 @@ async fn install_bootloader(task: &mut Task) -> Result<StepOutcome, WorkflowErro
     Ok(StepOutcome::Continue)
 }
 
-async fn erase_metadata(task: &mut Task) -> Result<StepOutcome, WorkflowError> {
-    let conn = connect(task).await?;
-    let req = proto::agent::EraseDevicesRequest {
-        mode: proto::agent::EraseMode::Metadata as i32,
-        devices: Vec::new(),
+/// The agent's EraseDevices: partition tables and signatures only, or every byte.
+async fn erase(
+    task: &mut Task,
+    mode: proto::agent::EraseMode,
+) -> Result<StepOutcome, WorkflowError> {
+    let name = match mode {
+        proto::agent::EraseMode::Full => "erase_devices",
+        _ => "erase_devices_metadata",
     };
-    let st =
-        conn.erase_devices(req).await.map_err(|e| agent_failed("erase_devices_metadata", &e))?;
-    finish_command(task, &conn, st, "erase_devices_metadata").await?;
+    let conn = connect(task).await?;
+    let req = proto::agent::EraseDevicesRequest { mode: mode as i32, devices: Vec::new() };
+    let st = conn.erase_devices(req).await.map_err(|e| agent_failed(name, &e))?;
+    finish_command(task, &conn, st, name).await?;
     Ok(StepOutcome::Continue)
 }
 

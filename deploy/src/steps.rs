@@ -31,6 +31,9 @@ pub enum StepKind {
     FakeDeploy,
     /// Agent: erase partition tables and signatures of every disk.
     EraseMetadata,
+    /// Agent: erase every disk completely (secure erase or discard where the device
+    /// supports it, else overwrite with zeros); a manual clean, runbook or deploy step.
+    EraseDevices,
     /// Power the node off (end of cleaning).
     PowerOff,
 }
@@ -61,7 +64,7 @@ const fn step(
 }
 
 /// Every step any plan uses.
-pub const ALL_STEPS: [Step; 8] = [
+pub const ALL_STEPS: [Step; 9] = [
     step("deploy", "deploy", StepKind::BootRamdisk, 100, true),
     // Rewriting an image after an interruption is safe only if nobody booted it; a taken-over
     // write is failed instead of silently started again.
@@ -71,6 +74,8 @@ pub const ALL_STEPS: [Step; 8] = [
     step("deploy", "boot_instance", StepKind::RebootToInstance, 20, true),
     step("deploy", "fake_deploy", StepKind::FakeDeploy, 100, true),
     step("deploy", "erase_devices_metadata", StepKind::EraseMetadata, 99, true),
+    // Ironic's default priority; not part of any automated plan here.
+    step("deploy", "erase_devices", StepKind::EraseDevices, 10, true),
     step("power", "power_off", StepKind::PowerOff, 1, true),
 ];
 

@@ -250,6 +250,25 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Whether every byte of the file reads back as zero (what a full erase leaves: zeros
+/// written, or ranges discarded).
+///
+/// # Errors
+/// I/O errors reading the file.
+pub fn all_zero(path: &Path) -> io::Result<bool> {
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+    }
+}
+
 /// SHA-256 (lowercase hex) of the first `len` bytes of a file.
 ///
 /// # Errors

@@ -312,6 +312,14 @@ impl SimMachine {
         disk::read_partition_table(&self.inner.layout.disk)
     }
 
+    /// Whether the whole disk reads back as zeros.
+    ///
+    /// # Errors
+    /// I/O errors reading the disk file.
+    pub fn disk_all_zero(&self) -> std::io::Result<bool> {
+        disk::all_zero(&self.inner.layout.disk)
+    }
+
     /// Hashes the first `len` bytes of the disk.
     ///
     /// # Errors

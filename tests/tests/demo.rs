@@ -390,6 +390,30 @@ async fn test_openstack_lifecycle_on_postgres_and_rabbitmq_with_simulated_machin
         "partition table survived cleaning"
     );
 
+    // A manual clean with the full erase step (`erase_devices`): the real agent erases the
+    // whole disk, which then reads back as zeros (the image's bytes survived the metadata
+    // erase above).
+    assert!(!m.machine.disk_all_zero().unwrap(), "the metadata erase left the image's data");
+    os(s(&["baremetal", "node", "manage", &name])).await;
+    wait_node(
+        &api,
+        &uuid,
+        "manageable",
+        Duration::from_secs(60),
+        &mut seen,
+        state_is("manageable"),
+    )
+    .await;
+    let ramdisk_boots = m.machine.status().ramdisk_boots;
+    let erase = r#"[{"interface": "deploy", "step": "erase_devices"}]"#;
+    os(s(&["baremetal", "node", "clean", "--clean-steps", erase, &name])).await;
+    wait_node(&api, &uuid, "manageable", Duration::from_secs(180), &mut seen, |n| {
+        state_is("manageable")(n) && n["clean_step"].as_object().is_none_or(|o| o.is_empty())
+    })
+    .await;
+    assert!(m.machine.status().ramdisk_boots > ramdisk_boots, "the clean booted no ramdisk");
+    assert!(m.machine.disk_all_zero().unwrap(), "the full erase left data on the disk");
+
     fleet.shutdown().await;
     token.cancel();
 }
