@@ -486,11 +486,17 @@ async fn deploy(
     resumed: bool,
 ) -> Result<(), WorkflowError> {
     let node = task.node.clone();
+    // The user's steps matter only to a plan not yet made (a recorded one already has them).
+    let user = match recorded(&node, PlanKind::Deploy)? {
+        Some(_) => Vec::new(),
+        None => user_deploy_steps(task).await?,
+    };
     let start = start_point(task, PlanKind::Deploy, resumed, || {
-        iface
-            .validate(&node)
-            .map_err(|m| WorkflowError::Failed(format!("Cannot deploy node {}: {m}", node.uuid)))?;
-        iface.deploy_plan(&node).map_err(|e| WorkflowError::Failed(e.to_string()))
+        let cannot =
+            |m: String| WorkflowError::Failed(format!("Cannot deploy node {}: {m}", node.uuid));
+        iface.validate(&node).map_err(cannot)?;
+        let plan = iface.deploy_plan(&node).map_err(|e| WorkflowError::Failed(e.to_string()))?;
+        deploy::steps::merge_user_deploy_steps(plan, &user).map_err(cannot)
     })?;
     let (steps, start, fresh) = resolve_start(task, iface, start).await?;
     if fresh {
@@ -516,6 +522,43 @@ async fn deploy(
             Ok(())
         }
     }
+}
+
+/// The deploy steps a user asked for: those of the deploy templates named by the
+/// instance's traits (`instance_info.traits`, as Nova passes a flavor's required traits),
+/// in name order, then the request's `deploy_steps` (1.69), which win over a template's
+/// step of the same name.
+async fn user_deploy_steps(task: &Task) -> Result<Vec<serde_json::Value>, WorkflowError> {
+    let dii = &task.node.driver_internal_info;
+    let requested = dii.get(keys::USER_DEPLOY_STEPS).and_then(serde_json::Value::as_array).cloned();
+    let traits: Vec<&str> = task
+        .node
+        .instance_info
+        .get("traits")
+        .and_then(serde_json::Value::as_array)
+        .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    let mut steps = Vec::new();
+    if !traits.is_empty() {
+        let q = store::ResourceListQuery::new(store::ResourceKind::DeployTemplate);
+        let mut templates: Vec<store::Resource> = task
+            .ctx
+            .store
+            .resource_list(&q)
+            .await?
+            .into_iter()
+            .filter(|t| t.name.as_deref().is_some_and(|n| traits.contains(&n)))
+            .collect();
+        templates.sort_by(|a, b| a.name.cmp(&b.name));
+        for t in &templates {
+            tracing::info!(node = %task.id(), template = ?t.name, "deploy template applies");
+            if let Some(s) = t.body.get("steps").and_then(serde_json::Value::as_array) {
+                steps.extend(s.iter().cloned());
+            }
+        }
+    }
+    steps.extend(requested.unwrap_or_default());
+    Ok(steps)
 }
 
 async fn clean(

@@ -884,3 +884,75 @@ async fn test_hung_bmcs_starve_neither_the_workers_nor_the_bus_intake() {
     }
     env.finish().await;
 }
+
+/// Deploy templates and the request's deploy steps shape the deploy plan as Ironic's do: a
+/// template named by one of the instance's traits turns on the metadata erase before the
+/// write; a request's `deploy_steps` turn on the full erase; a template naming a step this
+/// interface cannot run fails the deploy with `last_error` naming it, before anything runs.
+#[tokio::test]
+async fn test_deploy_templates_and_user_deploy_steps_shape_the_plan() {
+    let env = env(false).await.unwrap();
+    env.start_conductor(fast_config("c-templates", &env.queue)).await;
+    env.start_fleet();
+    let template = |name: &str, steps: serde_json::Value| {
+        let mut body = deploy::model::JsonObject::new();
+        body.insert("steps".into(), steps);
+        let mut r =
+            store::Resource::new(store::ResourceKind::DeployTemplate, uuid::Uuid::new_v4(), body);
+        r.name = Some(name.into());
+        r
+    };
+    let dup = store::Duplicates::default();
+    let wipe = template(
+        "CUSTOM_WIPE_FIRST",
+        serde_json::json!([{"interface": "deploy", "step": "erase_devices_metadata", "args": {}, "priority": 90}]),
+    );
+    env.store().resource_insert(&wipe, &dup).await.unwrap();
+    let bios = template(
+        "CUSTOM_BIOS",
+        serde_json::json!([{"interface": "bios", "step": "apply_configuration", "args": {}, "priority": 150}]),
+    );
+    env.store().resource_insert(&bios, &dup).await.unwrap();
+
+    let e = &env;
+    let with_traits = |traits: &[&str]| {
+        let traits: Vec<String> = traits.iter().map(|t| (*t).to_owned()).collect();
+        async move {
+            let mut n = available_node(e).await;
+            n.instance_info.insert("traits".into(), serde_json::json!(traits));
+            e.store().node_update(&n).await.unwrap()
+        }
+    };
+    // A template applies because of a trait; one the instance does not name does not.
+    let a = with_traits(&["CUSTOM_WIPE_FIRST", "CUSTOM_OTHER"]).await;
+    // No template; the request's own deploy steps.
+    let b = with_traits(&[]).await;
+    let steps =
+        vec![serde_json::json!({"interface": "deploy", "step": "erase_devices", "priority": 85})];
+    let args = deploy::provision::RequestArgs { deploy_steps: Some(&steps), ..Default::default() };
+    // A template with a step nobody here runs.
+    let c = with_traits(&["CUSTOM_BIOS"]).await;
+    env.provision(a.uuid, ApiVerb::Active).await.unwrap();
+    conductor_service::testing::request_provision_with(
+        env.store(),
+        &env.bus,
+        b.uuid,
+        ApiVerb::Active,
+        &args,
+    )
+    .await
+    .unwrap();
+    env.provision(c.uuid, ApiVerb::Active).await.unwrap();
+
+    env.wait_state(a.uuid, S::Active, Duration::from_secs(60)).await;
+    env.wait_state(b.uuid, S::Active, Duration::from_secs(60)).await;
+    assert_eq!((env.agent.erases(a.uuid), env.agent.writes(a.uuid)), (1, 1), "template step ran");
+    assert_eq!((env.agent.erases(b.uuid), env.agent.writes(b.uuid)), (1, 1), "requested step ran");
+    // Both erases ran before the write (priorities 90 and 85 above write_image's 80).
+    assert!(env.agent.disk(a.uuid).bootable() && env.agent.disk(b.uuid).bootable());
+    let failed = env.wait_state(c.uuid, S::DeployFailed, Duration::from_secs(60)).await;
+    let err = failed.last_error.unwrap_or_default();
+    assert!(err.contains("bios.apply_configuration is not supported"), "{err}");
+    assert_eq!(env.agent.writes(c.uuid), 0, "nothing ran");
+    env.finish().await;
+}

@@ -168,6 +168,72 @@ pub fn plan_from_json(v: &Value) -> Result<Vec<Step>, PlanError> {
         .collect()
 }
 
+/// Steps a deploy plan with an agent can run that no plan runs by default: a deploy
+/// template or the request's `deploy_steps` turn them on with a priority.
+pub const OPTIONAL_AGENT_DEPLOY_STEPS: [StepKind; 2] =
+    [StepKind::EraseMetadata, StepKind::EraseDevices];
+
+/// Ironic's merge of user deploy steps — the steps of the deploy templates matching the
+/// instance's traits, then the request's `deploy_steps`, a later one for the same step
+/// winning — into a deploy interface's plan. Each names a step of the plan, or (for a plan
+/// with an agent) one of [`OPTIONAL_AGENT_DEPLOY_STEPS`]; its `priority` replaces the
+/// default and 0 removes the step. The plan is then ordered by priority, highest first,
+/// ties keeping the plan's order.
+///
+/// # Errors
+/// A step this plan cannot run, arguments (no step here takes any), a priority that is not
+/// a non-negative integer, a change to the core `deploy.deploy` step, or an agent step placed
+/// before the ramdisk boots (priority 100 and above).
+pub fn merge_user_deploy_steps(plan: Vec<Step>, user: &[Value]) -> Result<Vec<Step>, String> {
+    let with_agent = plan.iter().any(|s| s.kind == StepKind::WriteImage);
+    let mut steps: Vec<(Step, bool)> = plan.into_iter().map(|s| (s, true)).collect();
+    if with_agent {
+        steps.extend(OPTIONAL_AGENT_DEPLOY_STEPS.iter().map(|k| (get(*k), false)));
+    }
+    for u in user {
+        let iface = u.get("interface").and_then(Value::as_str).unwrap_or_default();
+        let name = u.get("step").and_then(Value::as_str).unwrap_or_default();
+        let label = format!("{iface}.{name}");
+        let Some(slot) = steps.iter_mut().find(|(s, _)| s.interface == iface && s.name == name)
+        else {
+            return Err(format!("deploy step {label} is not supported by this deploy interface"));
+        };
+        if u.get("args").and_then(Value::as_object).is_some_and(|a| !a.is_empty()) {
+            return Err(format!("deploy step {label} takes no arguments"));
+        }
+        let priority = u
+            .get("priority")
+            .and_then(Value::as_u64)
+            .and_then(|p| u32::try_from(p).ok())
+            .ok_or_else(|| format!("deploy step {label} needs a non-negative integer priority"))?;
+        if matches!(slot.0.kind, StepKind::BootRamdisk | StepKind::FakeDeploy) {
+            if priority != slot.0.priority {
+                return Err(format!(
+                    "{label} is the core deploy step: it cannot be moved or disabled"
+                ));
+            }
+            continue;
+        }
+        let in_ramdisk = matches!(
+            slot.0.kind,
+            StepKind::WriteImage
+                | StepKind::InstallBootloader
+                | StepKind::EraseMetadata
+                | StepKind::EraseDevices
+        );
+        if in_ramdisk && priority >= 100 {
+            return Err(format!(
+                "deploy step {label} runs in the ramdisk: its priority must be below 100 (deploy.deploy), not {priority}"
+            ));
+        }
+        slot.0.priority = priority;
+        slot.1 = priority > 0;
+    }
+    let mut plan: Vec<Step> = steps.into_iter().filter(|(_, on)| *on).map(|(s, _)| s).collect();
+    plan.sort_by_key(|s| std::cmp::Reverse(s.priority));
+    Ok(plan)
+}
+
 /// The JSON of one step for the node's `deploy_step` / `clean_step` column.
 pub fn step_to_json(s: &Step) -> JsonObject {
     let mut o = JsonObject::new();
@@ -202,6 +268,55 @@ pub fn recover(steps: &[Step], index: usize) -> Recovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_user_deploy_steps_reorder_enable_and_disable() {
+        let plan = deploy_plan("direct", true).unwrap();
+        let user = serde_json::json!([
+            {"interface": "deploy", "step": "erase_devices_metadata", "priority": 90},
+            {"interface": "management", "step": "set_boot_device_disk", "priority": 0},
+            {"interface": "deploy", "step": "erase_devices", "priority": 95, "args": {}},
+            {"interface": "deploy", "step": "erase_devices", "priority": 0},
+        ]);
+        let merged = merge_user_deploy_steps(plan, user.as_array().unwrap()).unwrap();
+        let names: Vec<&str> = merged.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["deploy", "erase_devices_metadata", "write_image", "boot_instance"]);
+    }
+
+    #[test]
+    fn test_user_deploy_steps_refused() {
+        let refused = |step: serde_json::Value| {
+            let plan = deploy_plan("direct", false).unwrap();
+            merge_user_deploy_steps(plan, &[step]).unwrap_err()
+        };
+        let e = refused(
+            serde_json::json!({"interface": "bios", "step": "apply_configuration", "priority": 150}),
+        );
+        assert!(e.contains("bios.apply_configuration is not supported"), "{e}");
+        let e =
+            refused(serde_json::json!({"interface": "deploy", "step": "deploy", "priority": 0}));
+        assert!(e.contains("core deploy step"), "{e}");
+        let e = refused(
+            serde_json::json!({"interface": "deploy", "step": "write_image", "priority": 120}),
+        );
+        assert!(e.contains("below 100"), "{e}");
+        let e = refused(
+            serde_json::json!({"interface": "deploy", "step": "install_bootloader", "priority": 60, "args": {"x": 1}}),
+        );
+        assert!(e.contains("no arguments"), "{e}");
+        let e = refused(
+            serde_json::json!({"interface": "deploy", "step": "write_image", "priority": -1}),
+        );
+        assert!(e.contains("non-negative integer"), "{e}");
+        // The fake interface has nothing optional.
+        let fake = deploy_plan("fake", true).unwrap();
+        let e = merge_user_deploy_steps(
+            fake,
+            &[serde_json::json!({"interface": "deploy", "step": "erase_devices", "priority": 10})],
+        )
+        .unwrap_err();
+        assert!(e.contains("not supported"), "{e}");
+    }
 
     #[test]
     fn test_direct_plans() {
