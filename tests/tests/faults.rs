@@ -117,7 +117,7 @@ async fn test_conductor_killed_during_writes_and_cleaning() {
     let agent =
         SimAgentConfig { chunks: 10, chunk_delay: Duration::from_millis(40), ..Default::default() };
     let Some(mut s) = setup("kill-conductor", 3, agent).await else { return };
-    let n = 24;
+    let n = 50;
     // Cleaning at enrollment: two nodes are held in EraseDevices and their holder killed.
     // The fleet's ids are not known before enrollment, so cleaning faults arm on the first
     // nodes to clean: see `clean_victims` below.
@@ -176,7 +176,7 @@ async fn test_conductor_killed_during_power_actions_and_bootloader_install() {
         SimAgentConfig { chunks: 4, chunk_delay: Duration::from_millis(20), ..Default::default() };
     let opts = ClusterOptions { automated_clean: false, ..Default::default() };
     let Some(mut s) = setup_with("kill-power", 3, agent, opts).await else { return };
-    let n = 16;
+    let n = 50;
     let machines: Vec<AgentMachine> = (0..n).map(|_| AgentMachine::new()).collect();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bmc = listener.local_addr().unwrap();
@@ -270,7 +270,7 @@ async fn test_broker_stopped_and_killed_during_deploys() {
     let agent =
         SimAgentConfig { chunks: 10, chunk_delay: Duration::from_millis(50), ..Default::default() };
     let Some(mut s) = setup("broker", 2, agent).await else { return };
-    let fleet = scenario::enroll(&s.client, &mut s.ramdisks, "bk", 20).await.unwrap();
+    let fleet = scenario::enroll(&s.client, &mut s.ramdisks, "bk", 50).await.unwrap();
     let (first, second) = fleet.ids.split_at(10);
     for id in first {
         scenario::request(&s.client, *id, "active").await.unwrap();
@@ -303,7 +303,7 @@ async fn test_postgres_immediate_shutdown_during_deploys() {
         ..Default::default()
     };
     let Some(mut s) = setup("postgres", 2, agent).await else { return };
-    let fleet = scenario::enroll(&s.client, &mut s.ramdisks, "pg", 20).await.unwrap();
+    let fleet = scenario::enroll(&s.client, &mut s.ramdisks, "pg", 50).await.unwrap();
     fleet.request_all(&s.client, "active").await.unwrap();
     wait_active(&s.client, &fleet, 1).await;
     s.with_cluster(|c| c.pg.stop_immediate()).await;
@@ -342,7 +342,7 @@ async fn test_api_killed_while_clients_send_requests() {
     let agent =
         SimAgentConfig { chunks: 10, chunk_delay: Duration::from_millis(20), ..Default::default() };
     let Some(mut s) = setup("api-kill", 2, agent).await else { return };
-    let fleet = scenario::enroll(&s.client, &mut s.ramdisks, "ak", 20).await.unwrap();
+    let fleet = scenario::enroll(&s.client, &mut s.ramdisks, "ak", 50).await.unwrap();
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (client, ids, counter) = (s.client.clone(), fleet.ids.clone(), sent.clone());
     let sender = tokio::spawn(async move {

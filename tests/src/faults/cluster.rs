@@ -48,18 +48,18 @@ fn profile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The service binaries of this build profile. Under `cargo test` they are (re)built first
-/// (a no-op when fresh); elsewhere (the soak binary) they must have been built with it.
+/// The release service binaries. Under `cargo test` they are (re)built first, once per
+/// test process (a no-op when fresh); elsewhere (the soak binary, itself built with
+/// `--release`) they must have been built with it.
 fn bins() -> anyhow::Result<Bins> {
     static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    let dir = profile_dir()?;
-    if let Some(cargo) = std::env::var_os("CARGO")
-        && dir.file_name().is_some_and(|n| n == "debug")
-    {
+    let mut dir = profile_dir()?;
+    if let Some(cargo) = std::env::var_os("CARGO") {
         BUILT
             .get_or_init(|| {
                 let status = Command::new(cargo)
-                    .args(["build", "-p", "api-service", "-p", "conductor-service", "--bins"])
+                    .args(["build", "--release", "-p", "api-service", "-p", "conductor-service"])
+                    .args(["--bins"])
                     .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
                     .status()
                     .map_err(|e| e.to_string())?;
@@ -67,6 +67,7 @@ fn bins() -> anyhow::Result<Bins> {
             })
             .clone()
             .map_err(anyhow::Error::msg)?;
+        dir.set_file_name("release");
     }
     let b = Bins { api: dir.join("api-service"), conductor: dir.join("conductor-service") };
     for p in [&b.api, &b.conductor] {
