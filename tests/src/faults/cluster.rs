@@ -164,8 +164,11 @@ impl Cluster {
     /// # Errors
     /// When it exits or does not answer within 60 s.
     pub fn start_api(&mut self) -> anyhow::Result<()> {
+        // Every simulated ramdisk calls from 127.0.0.1, where real ones each have their own
+        // address: the per-address lookup/heartbeat limit is off here (0).
         let cfg = format!(
-            "[api]\nrest_listen = \"127.0.0.1:{}\"\ngrpc_listen = \"127.0.0.1:{}\"\n\n\
+            "[api]\nrest_listen = \"127.0.0.1:{}\"\ngrpc_listen = \"127.0.0.1:{}\"\n\
+             ramdisk_rate_limit_per_second = 0\n\n\
              [database]\nurl = \"{}\"\n\n[bus]\nurl = \"{}\"\nexchange = \"ferric\"\n",
             self.api_port,
             self.grpc_port,

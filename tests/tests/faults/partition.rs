@@ -262,8 +262,8 @@ async fn finish_with_writes(s: Setup, fleet: &Fleet, name: &str, writes: &HashMa
     tokio::task::spawn_blocking(move || drop(cluster)).await.unwrap();
 }
 
-/// A network partition between the conductors and the agents of 12 of 16 nodes, in two
-/// rounds of deploys, each cut while all 12 image writes are under way (their PrepareImage
+/// A network partition between the conductors and the agents of 15 of 20 nodes, in two
+/// rounds of deploys, each cut while all 15 image writes are under way (their PrepareImage
 /// streams open; the agent keeps writing, its progress queued behind the dead link).
 ///
 /// (a) Cut for 8 s, shorter than the agent silence timeout (30 s; the wait for the last
@@ -272,16 +272,15 @@ async fn finish_with_writes(s: Setup, fleet: &Fleet, name: &str, writes: &HashMa
 /// `active` with its image written once.
 ///
 /// (b) Cut until the conductors give up (longer than the silence timeout by construction):
-/// the 12 partitioned nodes end `deploy failed` with a `last_error` saying the agent at the
-/// namespace address stopped answering, unlocked and in no wait state; the 4 nodes outside
+/// the 15 partitioned nodes end `deploy failed` with a `last_error` saying the agent at the
+/// namespace address stopped answering, unlocked and in no wait state; the 5 nodes outside
 /// the namespace end `active`. With the link back, deploying the failed nodes again
 /// succeeds. Each of those disks was written three times: round (a), the write round (b)'s
 /// agent finished behind the partition, and the redeploy.
 ///
-/// Not exercised: a step that must *open* a connection to the agent while the link is down
-/// fails at once (`Agent step connect failed`); the conductor does not retry a connect
-/// within the silence timeout. Holding the writes until all have started keeps every
-/// connect outside the partition.
+/// Holding the writes until all have started puts every cut in the middle of open write
+/// streams. (A step that must open a connection while the link is down retries it until
+/// the agent has been unreachable for the silence timeout.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_network_partition_between_conductor_and_agent() {
     if require_service(Need::Services, "root, `ip netns` and socat", netns_tools()).is_none() {
@@ -305,8 +304,8 @@ async fn test_network_partition_between_conductor_and_agent() {
     tokio::spawn(relay(listener, agent_addr, s.token.clone()));
     ns.relay_to_host(host_port).await.unwrap();
 
-    let fleet = scenario::enroll(&s.client, &mut s.ramdisks, "np", 16).await.unwrap();
-    let (cut, direct) = fleet.ids.split_at(12);
+    let fleet = scenario::enroll(&s.client, &mut s.ramdisks, "np", 20).await.unwrap();
+    let (cut, direct) = fleet.ids.split_at(15);
     for id in cut {
         s.ramdisks.set_callback_url(*id, ns.url());
     }
@@ -322,7 +321,8 @@ async fn test_network_partition_between_conductor_and_agent() {
     ns.heal().await.unwrap();
     fleet.wait_all(&s.client, "active", Duration::from_secs(180)).await.unwrap();
     fleet.check_deployed(&s.agent, &HashMap::new()).unwrap();
-    eprintln!("partition (a): 16 of 16 active after an 8 s partition, each image written once");
+    let n = fleet.ids.len();
+    eprintln!("partition (a): {n} of {n} active after an 8 s partition, each image written once");
 
     // Undeploy (no cleaning) and give the nodes their instance again.
     fleet.request_all(&s.client, "deleted").await.unwrap();
@@ -351,9 +351,10 @@ async fn test_network_partition_between_conductor_and_agent() {
             "node {id}: last_error {err:?} does not name the agent's silence"
         );
     }
+    let (c, d) = (cut.len(), direct.len());
     eprintln!(
-        "partition (b): 12 of 12 partitioned nodes deploy failed on the agent's silence, 4 of 4 \
-         others active"
+        "partition (b): {c} of {c} partitioned nodes deploy failed on the agent's silence, {d} of \
+         {d} others active"
     );
     ns.heal().await.unwrap();
     for id in cut {
@@ -370,7 +371,7 @@ async fn test_network_partition_between_conductor_and_agent() {
 /// How long the silenced BMCs stop answering.
 const BMC_SILENCE: Duration = Duration::from_secs(60);
 
-/// Twelve of 24 nodes' Redfish BMCs stop answering for 60 s of real time (TCP accepted,
+/// Half of 50 nodes' Redfish BMCs stop answering for 60 s of real time (TCP accepted,
 /// no HTTP answer, nothing applied) from the moment the first of them is writing its image,
 /// then answer again.
 ///
@@ -381,15 +382,15 @@ const BMC_SILENCE: Duration = Duration::from_secs(60);
 /// so at most one of them meets the silence. No deadline of the deploy is shorter: the
 /// power-state wait starts only after an answered reset, and the ramdisk timeouts apply to
 /// unlocked nodes in wait states, not to a node whose step is running. So no node fails,
-/// none stays locked or waiting, and the 12 nodes with healthy BMCs are unaffected.
+/// none stays locked or waiting, and the nodes with healthy BMCs are unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_bmc_silent_for_a_minute_during_deploys() {
     let agent =
         SimAgentConfig { chunks: 10, chunk_delay: Duration::from_millis(50), ..Default::default() };
     let opts = ClusterOptions { automated_clean: false, ..Default::default() };
     let Some(mut s) = setup_with("bmc-silent", 2, agent, opts).await else { return };
-    let n = 24;
-    let silenced = 12;
+    let n = 50;
+    let silenced = 25;
     let silence = BmcSilence::new();
     let machines: Vec<AgentMachine> = (0..n).map(|_| AgentMachine::new()).collect();
     // One BMC (its own address) per machine; the first `silenced` share one fault knob.
@@ -439,7 +440,7 @@ async fn test_bmc_silent_for_a_minute_during_deploys() {
         .await
         .expect("no silenced node started writing within 180 s")
         .unwrap();
-    eprintln!("bmc-silent: 12 BMCs silent for {BMC_SILENCE:?} from node {first}'s write");
+    eprintln!("bmc-silent: {silenced} BMCs silent for {BMC_SILENCE:?} from node {first}'s write");
 
     fleet.wait_all(&s.client, "active", Duration::from_secs(300)).await.unwrap();
     let swallowed = silence.swallowed();
@@ -447,6 +448,8 @@ async fn test_bmc_silent_for_a_minute_during_deploys() {
     for (i, m) in machines.iter().enumerate() {
         assert!(m.running_from_disk(), "bs-{i} is not running from its disk: {:?}", m.changes());
     }
-    eprintln!("bmc-silent: 24 of 24 active, none failed; {swallowed} BMC requests went unanswered");
+    eprintln!(
+        "bmc-silent: {n} of {n} active, none failed; {swallowed} BMC requests went unanswered"
+    );
     s.finish(&fleet, "bmc-silent").await;
 }
