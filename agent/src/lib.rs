@@ -15,6 +15,7 @@ pub mod config;
 #[cfg(feature = "fixture")]
 pub mod fixture;
 pub mod inventory;
+pub mod rescue;
 pub mod server;
 
 use std::net::{IpAddr, SocketAddr};
@@ -99,6 +100,15 @@ impl AgentState {
             tracker: shutdown.tracker().clone(),
             cancel: shutdown.child_token(),
         }
+    }
+
+    /// Stop the agent (server and heartbeats) in a moment, after the answer in flight.
+    pub fn stop_soon(&self) {
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            cancel.cancel();
+        });
     }
 
     /// The current agent token.

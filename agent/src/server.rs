@@ -17,10 +17,10 @@ use image::partition::{PartRole, PartitionTable};
 use image::{ImagePhase, ImageProgress, ImageRequest, IronicImageInfo, WriteOutcome};
 use proto::agent::agent_service_server::AgentService;
 use proto::agent::{
-    CommandState, CommandStatus, EraseDevicesRequest, EraseMode, GetCommandStatusRequest,
-    GetInventoryRequest, GetPartitionUuidsRequest, InstallBootloaderRequest, Inventory,
-    PartitionUuids, Phase, PowerOffRequest, PrepareImageRequest, Progress, RebootRequest,
-    SyncRequest,
+    CommandState, CommandStatus, EraseDevicesRequest, EraseMode, FinalizeRescueRequest,
+    GetCommandStatusRequest, GetInventoryRequest, GetPartitionUuidsRequest,
+    InstallBootloaderRequest, Inventory, PartitionUuids, Phase, PowerOffRequest,
+    PrepareImageRequest, Progress, RebootRequest, SyncRequest,
 };
 use tokio::sync::broadcast;
 use tokio_stream::StreamExt;
@@ -484,6 +484,35 @@ impl AgentService for AgentGrpc {
     async fn reboot(&self, _r: Request<RebootRequest>) -> Result<Response<CommandStatus>, Status> {
         let state = self.state.clone();
         self.run_command("reboot", async move { state.power_action("reboot").await }).await
+    }
+
+    async fn finalize_rescue(
+        &self,
+        r: Request<FinalizeRescueRequest>,
+    ) -> Result<Response<CommandStatus>, Status> {
+        let hash = r.into_inner().hashed_password;
+        if !hash.starts_with("$5$") && !hash.starts_with("$6$") {
+            return Err(Status::invalid_argument(
+                "hashed_password must be a crypt(3) SHA-256 ($5$) or SHA-512 ($6$) hash",
+            ));
+        }
+        let root = self.state.root.clone();
+        let answer = self
+            .run_command("finalize_rescue", async move {
+                tokio::task::spawn_blocking(move || crate::rescue::finalize(&root, &hash))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({}))
+            })
+            .await?;
+        if answer.get_ref().state == CommandState::Succeeded as i32 {
+            // The ramdisk is the rescue system now: stop serving and heartbeating once this
+            // answer is on its way (IPA's agent stops its API the same way).
+            tracing::info!("rescue password set; the agent stops");
+            self.state.stop_soon();
+        }
+        Ok(answer)
     }
 }
 

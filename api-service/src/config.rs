@@ -82,6 +82,14 @@ pub struct ApiSection {
     pub ramdisk_rate_limit_per_second: u32,
     /// How many lookup/heartbeat requests one address may send in a burst.
     pub ramdisk_rate_limit_burst: u32,
+    /// Hash of rescue passwords, `sha256` or `sha512` (Ironic's
+    /// `rescue_password_hash_algorithm`); only the hash is stored.
+    pub rescue_password_hash_algorithm: String,
+    /// Fast-track (Ironic's `[deploy] fast_track`): lookup also answers in `enroll`,
+    /// `manageable` and `available`, so an agent that stays up after inspection or
+    /// cleaning is known when the deploy starts. A node's `driver_info.fast_track` says the
+    /// same for that node alone.
+    pub fast_track: bool,
     /// PEM certificate chain (leaf first) for TLS on both listeners; with
     /// `tls_key_file`. Both unset: plain HTTP and gRPC.
     pub tls_cert_file: Option<PathBuf>,
@@ -113,6 +121,8 @@ impl Default for ApiSection {
             body_read_timeout: 30,
             ramdisk_rate_limit_per_second: 100,
             ramdisk_rate_limit_burst: 500,
+            rescue_password_hash_algorithm: "sha256".into(),
+            fast_track: false,
             tls_cert_file: None,
             tls_key_file: None,
             tls_reload_interval: 5,
@@ -305,6 +315,13 @@ impl ApiConfig {
                 body_read_timeout: Duration::from_secs(a.body_read_timeout),
                 ramdisk_rate_limit_per_second: a.ramdisk_rate_limit_per_second,
                 ramdisk_rate_limit_burst: a.ramdisk_rate_limit_burst,
+                rescue_password_hash: a.rescue_password_hash_algorithm.parse().map_err(
+                    |reason| ConfigCheckError::Invalid {
+                        key: "api.rescue_password_hash_algorithm",
+                        reason,
+                    },
+                )?,
+                fast_track: a.fast_track,
             },
             auth,
             noauth_allow_remote: a.noauth_allow_remote,

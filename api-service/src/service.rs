@@ -61,6 +61,10 @@ pub struct Settings {
     pub ramdisk_rate_limit_per_second: u32,
     /// Lookup/heartbeat requests a client address may send at once.
     pub ramdisk_rate_limit_burst: u32,
+    /// How rescue passwords are hashed.
+    pub rescue_password_hash: deploy::rescue::HashAlgorithm,
+    /// Lookup also in `enroll`, `manageable` and `available` (fast-track).
+    pub fast_track: bool,
 }
 
 impl Default for Settings {
@@ -79,6 +83,8 @@ impl Default for Settings {
             body_read_timeout: Duration::from_secs(30),
             ramdisk_rate_limit_per_second: 100,
             ramdisk_rate_limit_burst: 500,
+            rescue_password_hash: deploy::rescue::HashAlgorithm::default(),
+            fast_track: false,
         }
     }
 }

@@ -363,6 +363,21 @@ impl AgentConn {
         let req = self.request(msg);
         self.unary("EraseDevices", |mut c| async move { c.erase_devices(req).await }).await
     }
+
+    /// Finalize a rescue: the agent sets the rescue password from `hashed_password` and
+    /// stops.
+    ///
+    /// # Errors
+    /// [`AgentError`] on transport or RPC failure.
+    pub async fn finalize_rescue(
+        &self,
+        hashed_password: &str,
+    ) -> Result<proto::agent::CommandStatus, AgentError> {
+        let req = self.request(proto::agent::FinalizeRescueRequest {
+            hashed_password: hashed_password.to_owned(),
+        });
+        self.unary("FinalizeRescue", |mut c| async move { c.finalize_rescue(req).await }).await
+    }
 }
 
 #[cfg(test)]

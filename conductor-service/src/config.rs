@@ -134,6 +134,13 @@ pub struct ConductorConfig {
     /// Seconds a node may stay in `service wait` without hearing from its agent (Ironic's
     /// `[conductor]service_callback_timeout`; 0 disables).
     pub service_callback_timeout_secs: f64,
+    /// Fast-track for every node (Ironic's `[deploy] fast_track`; a node's
+    /// `driver_info.fast_track` wins): an agent that inspected or cleaned a node stays up
+    /// and the next deploy or cleaning uses it without booting the ramdisk again.
+    pub fast_track: bool,
+    /// Seconds since its last heartbeat for which a fast-track agent still counts (Ironic's
+    /// `[deploy] fast_track_timeout`); after that the node is powered off.
+    pub fast_track_timeout_secs: f64,
     /// The longest pause a `wait` step with a `seconds` argument takes (Ironic's
     /// `[conductor]max_conductor_wait_step_seconds`).
     pub max_wait_step_secs: f64,
@@ -270,6 +277,8 @@ impl Default for ConductorConfig {
             rescue_callback_timeout_secs: 1800.0,
             service_callback_timeout_secs: 1800.0,
             max_wait_step_secs: 30.0,
+            fast_track: false,
+            fast_track_timeout_secs: 300.0,
             check_timeouts_interval_secs: 10.0,
             ramdisk_boot_timeout_secs: 600.0,
             ramdisk_boot_retries: 2,
@@ -392,6 +401,7 @@ impl ConductorConfig {
         secs("rescue_callback_timeout_secs", self.rescue_callback_timeout_secs, true)?;
         secs("service_callback_timeout_secs", self.service_callback_timeout_secs, true)?;
         secs("max_wait_step_secs", self.max_wait_step_secs, true)?;
+        secs("fast_track_timeout_secs", self.fast_track_timeout_secs, false)?;
         secs("check_timeouts_interval_secs", self.check_timeouts_interval_secs, false)?;
         secs("ramdisk_boot_timeout_secs", self.ramdisk_boot_timeout_secs, true)?;
         secs("power_state_change_timeout_secs", self.power_state_change_timeout_secs, false)?;
@@ -406,6 +416,11 @@ impl ConductorConfig {
         secs("redfish.request_timeout_secs", self.redfish.request_timeout_secs, false)?;
         secs("ipmi.command_timeout_secs", self.ipmi.command_timeout_secs, false)?;
         Ok(())
+    }
+
+    /// How long a fast-track agent counts after its last heartbeat.
+    pub fn fast_track_timeout(&self) -> Duration {
+        dur(self.fast_track_timeout_secs)
     }
 
     /// Liveness heartbeat period.

@@ -11,7 +11,7 @@ use deploy::drivers::BootDevice;
 use deploy::hardware::DeployIface;
 use deploy::internal_info::{AgentSession, keys};
 use deploy::steps::{PlanError, Step, StepKind, clean_plan, deploy_plan};
-use deploy::{Node, PowerState};
+use deploy::{Node, PowerState, ProvisionState};
 use proto::agent::{CommandState, Phase};
 use proto::events::event::Payload;
 use serde_json::{Value, json};
@@ -178,6 +178,11 @@ async fn common_step(
     };
     match kind {
         StepKind::BootRamdisk => {
+            let now = task.ctx.clock.now();
+            if crate::fast_track::agent_alive(&task.ctx, &task.node, now) {
+                tracing::info!(node = %task.id(), "fast-track: the agent is up; not booting the ramdisk again");
+                return Ok(StepOutcome::Continue);
+            }
             boot_ramdisk(task, d).await?;
             Ok(StepOutcome::Wait)
         }
@@ -200,6 +205,13 @@ async fn common_step(
             Ok(StepOutcome::Continue)
         }
         StepKind::PowerOff => {
+            // Fast-track: the agent that cleaned stays up for the next operation.
+            if task.node.provision_state == ProvisionState::Cleaning
+                && crate::fast_track::enabled(&task.ctx, &task.node)
+            {
+                tracing::info!(node = %task.id(), "fast-track: leaving the agent running after cleaning");
+                return Ok(StepOutcome::Continue);
+            }
             set_power(task, d, PowerState::Off).await?;
             Ok(StepOutcome::Continue)
         }
@@ -588,7 +600,7 @@ async fn poll_command(
 }
 
 /// Wait for a unary command that answered RUNNING to finish.
-async fn finish_command(
+pub(crate) async fn finish_command(
     task: &mut Task,
     conn: &AgentConn,
     st: proto::agent::CommandStatus,

@@ -86,11 +86,15 @@ pub(crate) async fn resume_agent(task: &mut Task, d: &DriverSet) -> Result<(), W
         }
         Err(e) => return Err(e),
     }
-    if !task.node.disable_power_off {
+    // Fast-track: the agent stays up for the next operation.
+    let keep_agent = crate::fast_track::enabled(&task.ctx, &task.node);
+    if !task.node.disable_power_off && !keep_agent {
         set_power(task, d, PowerState::Off).await?;
     }
     task.transition(S::Inspecting, E::Done, |n| {
-        AgentSession::wipe(&mut n.driver_internal_info);
+        if !keep_agent {
+            AgentSession::wipe(&mut n.driver_internal_info);
+        }
         n.last_error = None;
     })
     .await?;

@@ -15,6 +15,7 @@ pub mod config;
 pub mod deploy_iface;
 pub mod drivers;
 pub mod events;
+pub mod fast_track;
 pub mod inspection;
 pub mod management;
 pub mod periodic;
@@ -213,6 +214,12 @@ pub async fn run_with_clock(
         "callback_timeouts",
         config::dur(c.check_timeouts_interval_secs),
         periodic::callback_timeouts,
+    ));
+    tracker.spawn(periodic::every(
+        ctx.clone(),
+        "fast_track_lapses",
+        config::dur(c.check_timeouts_interval_secs),
+        fast_track::lapses,
     ));
     tracker.spawn(periodic::every(
         ctx.clone(),

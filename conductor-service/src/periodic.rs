@@ -271,7 +271,7 @@ enum Due {
 }
 
 /// The wait states entered right after booting the deploy ramdisk.
-const RAMDISK_WAITS: [S; 3] = [S::WaitCallBack, S::CleanWait, S::InspectWait];
+const RAMDISK_WAITS: [S; 4] = [S::WaitCallBack, S::CleanWait, S::InspectWait, S::RescueWait];
 
 /// Whether `n` waits for a deploy ramdisk it booted that has not heartbeated for the
 /// ramdisk boot timeout, with retries left.
@@ -298,6 +298,7 @@ fn boots_ramdisk(cfg: &ConductorConfig, n: &Node) -> bool {
     let Ok(ifaces) = deploy::hardware::resolve(n, cfg.default_deploy()) else { return false };
     match n.provision_state {
         S::InspectWait => ifaces.inspect == deploy::hardware::InspectIface::Agent,
+        S::RescueWait => ifaces.rescue == deploy::hardware::RescueIface::Agent,
         _ => ifaces.deploy == deploy::hardware::DeployIface::Direct,
     }
 }

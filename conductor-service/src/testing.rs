@@ -134,7 +134,7 @@ pub async fn run_fleet(
                 && let Some(Payload::NodeStateChanged(c)) = &ev.payload
                 && matches!(
                     c.provision_state.as_str(),
-                    "wait call-back" | "clean wait" | "inspect wait"
+                    "wait call-back" | "clean wait" | "inspect wait" | "rescue wait"
                 )
                 && let Ok(id) = ev.node_uuid.parse::<NodeId>()
             {
@@ -150,6 +150,7 @@ pub async fn run_fleet(
                 ProvisionState::WaitCallBack,
                 ProvisionState::CleanWait,
                 ProvisionState::InspectWait,
+                ProvisionState::RescueWait,
             ],
             ..Default::default()
         };

@@ -44,6 +44,8 @@ pub enum Work {
     Adopt,
     /// `rescuing`: start the rescue environment.
     Rescue,
+    /// `rescue wait` and the rescue ramdisk's agent has called: finalize the rescue.
+    ResumeRescue,
     /// `unrescuing`: boot the instance again.
     Unrescue,
     /// `servicing`: start or re-plan the requested service steps.
@@ -83,6 +85,7 @@ pub fn work_for(n: &Node) -> Option<Work> {
         }
         S::Adopting => Some(Work::Adopt),
         S::Rescuing => Some(Work::Rescue),
+        S::RescueWait if !n.maintenance && agent_called_back(n) => Some(Work::ResumeRescue),
         S::Unrescuing => Some(Work::Unrescue),
         S::Servicing => Some(Work::Service),
         S::ServiceWait if !n.maintenance && service::may_resume(n) => Some(Work::ResumeService),
@@ -127,6 +130,10 @@ pub async fn run(task: &mut Task, work: Work) -> Result<(), WorkflowError> {
         }
         Work::Adopt => ops::adopt(task, iface.as_ref()).await,
         Work::Rescue => ops::rescue(task, &drivers).await,
+        Work::ResumeRescue => {
+            task.transition(S::RescueWait, E::Resume, |_| {}).await?;
+            ops::finalize_rescue(task).await
+        }
         Work::Unrescue => ops::unrescue(task, &drivers).await,
         Work::Service => service::run(task, &drivers, iface.as_ref()).await,
         Work::ResumeService => {
@@ -175,11 +182,7 @@ pub async fn fail_current(task: &mut Task, msg: &str) -> Result<(), WorkflowErro
                 // A failed adoption says nothing reliable about the power (Ironic: NOSTATE).
                 S::Adopting => n.power_state = None,
                 // The rescue password must not outlive a failed rescue.
-                S::Rescuing | S::RescueWait => {
-                    for k in ["rescue_password", "hashed_rescue_password"] {
-                        n.instance_info.remove(k);
-                    }
-                }
+                S::Rescuing | S::RescueWait => deploy::rescue::remove(&mut n.instance_info),
                 _ => {}
             }
         })
@@ -605,9 +608,12 @@ async fn clean(
             } else {
                 E::Done
             };
+            let keep_agent = crate::fast_track::enabled(&task.ctx, &task.node);
             task.transition(S::Cleaning, event, |n| {
                 clear_plans(n);
-                AgentSession::wipe(&mut n.driver_internal_info);
+                if !keep_agent {
+                    AgentSession::wipe(&mut n.driver_internal_info);
+                }
                 n.driver_internal_info.remove(keys::DEPLOY_PROGRESS);
                 n.last_error = None;
             })

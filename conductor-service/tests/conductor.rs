@@ -8,7 +8,8 @@
 //! 30-minute defaults pass in milliseconds and the tests can check when a timeout fired.
 //! The workflow properties (every step idempotent, every injected failure unwinds cleanly)
 //! are in [`properties`]; allocations through whole conductors in [`allocation`]; inspect,
-//! adopt, rescue, service, every wait state's timeout and abort in [`verbs`]; in-band
+//! adopt, rescue, service, every wait state's timeout and abort in [`verbs`]; `agent`
+//! rescue and fast-track in [`agent_ops`]; in-band
 //! inspection end to end in [`inspect`]; the walk over
 //! every (state, verb) the API accepts in [`walk`].
 
@@ -48,6 +49,8 @@ struct Env {
     conductors: std::sync::Mutex<Vec<JoinHandle<Result<(), ConductorError>>>>,
 }
 
+#[path = "conductor/agent_ops.rs"]
+mod agent_ops;
 #[path = "conductor/allocation.rs"]
 mod allocation;
 #[path = "conductor/inspect.rs"]

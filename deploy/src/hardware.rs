@@ -87,12 +87,14 @@ const FAKE_INSPECT: InterfaceSpec = spec("inspect", "no-inspect", &["no-inspect"
 const IPMI_INSPECT: InterfaceSpec = spec("inspect", "no-inspect", &["no-inspect", "agent"]);
 const REDFISH_INSPECT: InterfaceSpec =
     spec("inspect", "no-inspect", &["no-inspect", "redfish", "agent"]);
-const FAKE_RESCUE: InterfaceSpec = spec("rescue", "no-rescue", &["no-rescue", "fake"]);
+const FAKE_RESCUE: InterfaceSpec = spec("rescue", "no-rescue", &["no-rescue", "fake", "agent"]);
 // Network: `noop` records nothing; `flat` records each attached VIF on a free port or port
 // group of the node (there is no separate tenant network to switch to).
 const NETWORK: InterfaceSpec = spec("network", "noop", &["noop", "flat"]);
 const NO_RAID: InterfaceSpec = spec("raid", "no-raid", &["no-raid"]);
-const NO_RESCUE: InterfaceSpec = spec("rescue", "no-rescue", &["no-rescue"]);
+// Ironic's generic hardware: `agent` rescue needs a ramdisk whose agent can finalize a
+// rescue, so `no-rescue` stays the default.
+const GENERIC_RESCUE: InterfaceSpec = spec("rescue", "no-rescue", &["no-rescue", "agent"]);
 const NO_STORAGE: InterfaceSpec = spec("storage", "noop", &["noop"]);
 const NO_VENDOR: InterfaceSpec = spec("vendor", "no-vendor", &["no-vendor"]);
 
@@ -140,7 +142,7 @@ pub static HARDWARE_TYPES: [HardwareType; 3] = [
             NETWORK,
             spec("power", "ipmitool", &["ipmitool"]),
             NO_RAID,
-            NO_RESCUE,
+            GENERIC_RESCUE,
             NO_STORAGE,
             NO_VENDOR,
         ],
@@ -172,7 +174,7 @@ pub static HARDWARE_TYPES: [HardwareType; 3] = [
             NETWORK,
             spec("power", "redfish", &["redfish"]),
             NO_RAID,
-            NO_RESCUE,
+            GENERIC_RESCUE,
             NO_STORAGE,
             NO_VENDOR,
         ],
@@ -359,6 +361,10 @@ iface_enum! {
         NoRescue = "no-rescue",
         /// Rescue and unrescue finish at once (Ironic's FakeRescue).
         Fake = "fake",
+        /// The node boots the rescue ramdisk; its agent sets the rescue user's password
+        /// from the stored hash and stops (Ironic's AgentRescue). Unrescue boots the
+        /// instance again.
+        Agent = "agent",
     }
 }
 

@@ -204,6 +204,20 @@ pub fn internal_str<'a>(dii: &'a JsonObject, key: &str) -> Option<&'a str> {
     dii.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
+/// Whether fast-track applies to `node`: its `driver_info.fast_track` (a boolean or
+/// Ironic's boolean strings) or else the service-wide `default` (`[deploy] fast_track`).
+pub fn fast_track_enabled(node: &Node, default: bool) -> bool {
+    match node.driver_info.get("fast_track") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+            "1" | "t" | "true" | "on" | "y" | "yes" => true,
+            "0" | "f" | "false" | "off" | "n" | "no" => false,
+            _ => default,
+        },
+        _ => default,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

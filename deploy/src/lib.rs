@@ -20,6 +20,7 @@ pub mod internal_info;
 pub mod management;
 pub mod model;
 pub mod provision;
+pub mod rescue;
 pub mod state;
 pub mod steps;
 pub mod traits;

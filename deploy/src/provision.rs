@@ -32,6 +32,9 @@ pub struct RequestArgs<'a> {
     pub deploy_steps: Option<&'a [Value]>,
     /// Service steps: `driver_internal_info.service_steps`.
     pub service_steps: Option<&'a [Value]>,
+    /// `rescue`: the crypt(3) hash of the rescue password ([`crate::rescue`]), stored in
+    /// `instance_info.hashed_rescue_password`. The plain password is never stored.
+    pub rescue_password_hash: Option<&'a str>,
 }
 
 /// Why a request is refused. The API turns each into Ironic's status and message.
@@ -146,6 +149,10 @@ pub fn apply_request(
     if verb == ApiVerb::Abort {
         finish_abort(node, from, previous_target);
     }
+    if let Some(h) = args.rescue_password_hash {
+        node.instance_info.remove(crate::rescue::PLAIN_KEY);
+        node.instance_info.insert(crate::rescue::HASHED_KEY.into(), Value::from(h));
+    }
     if let Some(cd) = args.configdrive {
         node.instance_info.insert("configdrive".into(), cd.clone());
     }
@@ -228,9 +235,7 @@ fn finish_abort(node: &mut Node, from: ProvisionState, previous_target: Option<P
             // Ironic records this as information only; Ferric keeps it as the failure's
             // cause, so `rescue failed` always says why.
             node.last_error = Some("By request, the rescue operation was aborted.".into());
-            for k in ["rescue_password", "hashed_rescue_password"] {
-                node.instance_info.remove(k);
-            }
+            crate::rescue::remove(&mut node.instance_info);
             false
         }
         S::ServiceWait | S::ServiceHold | S::ServiceFailed => {

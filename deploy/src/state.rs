@@ -231,6 +231,14 @@ impl ProvisionState {
         )
     }
 
+    /// States in which `/v1/lookup` answers for a fast-track node (Ironic's
+    /// FASTTRACK_LOOKUP_ALLOWED_STATES): also `enroll`, `manageable` and `available`, where
+    /// an agent left running after inspection or cleaning waits for the next operation.
+    pub fn allows_fast_track_lookup(self) -> bool {
+        use ProvisionState::*;
+        self.allows_lookup() || matches!(self, Enroll | Manageable | Available)
+    }
+
     /// States in which a heartbeat drives the next step (the wait states but inspect wait).
     pub fn heartbeat_acts(self) -> bool {
         use ProvisionState::*;

@@ -17,10 +17,10 @@ use std::time::Duration;
 use deploy::NodeId;
 use proto::agent::agent_service_server::{AgentService, AgentServiceServer};
 use proto::agent::{
-    Boot, CommandState, CommandStatus, Cpu, Disk, EraseDevicesRequest, GetCommandStatusRequest,
-    GetInventoryRequest, GetPartitionUuidsRequest, InstallBootloaderRequest, Inventory, Memory,
-    NetworkInterface, PartitionUuids, Phase, PowerOffRequest, PrepareImageRequest, Progress,
-    RebootRequest, SyncRequest, SystemVendor,
+    Boot, CommandState, CommandStatus, Cpu, Disk, EraseDevicesRequest, FinalizeRescueRequest,
+    GetCommandStatusRequest, GetInventoryRequest, GetPartitionUuidsRequest,
+    InstallBootloaderRequest, Inventory, Memory, NetworkInterface, PartitionUuids, Phase,
+    PowerOffRequest, PrepareImageRequest, Progress, RebootRequest, SyncRequest, SystemVendor,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -80,6 +80,8 @@ pub enum AgentCommand {
     InstallBootloader,
     /// EraseDevices (cleaning).
     EraseDevices,
+    /// FinalizeRescue.
+    FinalizeRescue,
 }
 
 /// Where a running command reaches an [`AgentHook`].
@@ -115,6 +117,7 @@ struct Inner {
     vanish_mid_write: Mutex<HashSet<NodeId>>,
     inventories: Mutex<HashMap<NodeId, Inventory>>,
     inventory_reads: Mutex<HashMap<NodeId, u32>>,
+    rescue_hashes: Mutex<HashMap<NodeId, String>>,
 }
 
 /// One gRPC server that plays the agent of every simulated node; the token says which.
@@ -317,6 +320,11 @@ impl SimAgent {
     /// How many times EraseDevices ran for `node`.
     pub fn erases(&self, node: NodeId) -> u32 {
         lock(&self.inner.erases).get(&node).copied().unwrap_or(0)
+    }
+
+    /// The rescue password hash the conductor sent to `node`'s agent (FinalizeRescue).
+    pub fn rescue_hash(&self, node: NodeId) -> Option<String> {
+        lock(&self.inner.rescue_hashes).get(&node).cloned()
     }
 
     fn auth<T>(&self, req: &Request<T>) -> Result<NodeId, Status> {
@@ -548,6 +556,21 @@ impl AgentService for SimAgent {
     async fn reboot(&self, req: Request<RebootRequest>) -> Result<Response<CommandStatus>, Status> {
         let node = self.auth(&req)?;
         Ok(Response::new(self.finish(node, "reboot")))
+    }
+
+    async fn finalize_rescue(
+        &self,
+        req: Request<FinalizeRescueRequest>,
+    ) -> Result<Response<CommandStatus>, Status> {
+        let node = self.auth(&req)?;
+        let (fail, _) = self.faults(node, AgentCommand::FinalizeRescue);
+        self.hang_if_vanished(node).await;
+        self.run_hook(node, HookPoint::Command(AgentCommand::FinalizeRescue)).await;
+        if fail {
+            return Ok(Response::new(self.failed(node, "finalize_rescue")));
+        }
+        lock(&self.inner.rescue_hashes).insert(node, req.into_inner().hashed_password);
+        Ok(Response::new(self.finish(node, "finalize_rescue")))
     }
 }
 

@@ -143,7 +143,13 @@ impl ApiState {
             },
             None => self.store.node_lookup_by_macs(&macs).await?.ok_or_else(not_found)?,
         };
-        if self.settings.restrict_lookup && !node.provision_state.allows_lookup() {
+        let allowed = if deploy::internal_info::fast_track_enabled(&node, self.settings.fast_track)
+        {
+            node.provision_state.allows_fast_track_lookup()
+        } else {
+            node.provision_state.allows_lookup()
+        };
+        if self.settings.restrict_lookup && !allowed {
             // Deliberately the same 404 as "not found" (Ironic).
             tracing::info!(node_id = %node.uuid, state = %node.provision_state, "lookup refused: state does not expect an agent");
             return Err(not_found());

@@ -227,11 +227,20 @@ impl ApiState {
         }
         // The lock, maintenance, protection, the state machine, then what the verb needs
         // (Ironic's order), checked again on every fresh read should another writer win.
+        // Only the hash of a rescue password is kept (see deploy::rescue).
+        let rescue_hash = match (&req.rescue_password, verb) {
+            (Some(p), ApiVerb::Rescue) => Some(
+                deploy::rescue::hash(p, self.settings.rescue_password_hash)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
+            ),
+            _ => None,
+        };
         let args = RequestArgs {
             configdrive: req.configdrive.as_ref(),
             clean_steps: req.clean_steps.as_deref(),
             deploy_steps: req.deploy_steps.as_deref(),
             service_steps: req.service_steps.as_deref(),
+            rescue_password_hash: rescue_hash.as_deref(),
         };
         let now = Utc::now();
         let (updated, change) = self

@@ -122,3 +122,74 @@ both_backends!(
     test_lookup_and_heartbeat_sqlite,
     test_lookup_and_heartbeat_postgres
 );
+
+/// Fast-track (a node's `driver_info.fast_track`): lookup also answers in `manageable`
+/// (and `enroll`/`available`), where a plain node's lookup is the usual 404; a heartbeat
+/// there is recorded.
+async fn scenario_fast_track_lookup(h: &Harness) {
+    let node = h.create_node(json!({"driver": "fake-hardware", "name": "ft1"})).await;
+    let uuid = node["uuid"].as_str().unwrap().to_owned();
+    let port = json!({"address": "52:54:00:00:fa:01", "node_uuid": uuid});
+    assert_eq!(h.send(Method::POST, "/v1/ports", port).await.status, 201);
+    let lookup = "/v1/lookup?addresses=52:54:00:00:fa:01";
+    let mut n = h.store.node_fetch(uuid.parse().unwrap()).await.unwrap();
+    n.provision_state = deploy::ProvisionState::Manageable;
+    n.power_state = Some(deploy::PowerState::On);
+    h.store.node_update(&n).await.unwrap();
+    assert_eq!(h.call(Method::GET, lookup, Some("1.62"), None).await.status, 404);
+
+    let patch = json!([{"op": "add", "path": "/driver_info/fast_track", "value": true}]);
+    let r = h.send(Method::PATCH, &format!("/v1/nodes/{uuid}"), patch).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let found = h.call(Method::GET, lookup, Some("1.62"), None).await;
+    assert_eq!(found.status, 200, "{}", found.body);
+    let token = found.json()["config"]["agent_token"].as_str().unwrap().to_owned();
+    let hb = json!({"callback_url": "http://127.0.0.1:50061", "agent_token": token,
+                    "agent_version": "10.0.0"})
+    .to_string();
+    let r = h.call(Method::POST, &format!("/v1/heartbeat/{uuid}"), Some("1.68"), Some(&hb)).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let n = h.store.node_fetch(uuid.parse().unwrap()).await.unwrap();
+    assert_eq!(n.driver_internal_info[keys::AGENT_URL], "http://127.0.0.1:50061");
+    assert_eq!(n.provision_state, deploy::ProvisionState::Manageable);
+
+    // `active` never answers, fast-track or not.
+    let mut n = n;
+    n.provision_state = deploy::ProvisionState::Active;
+    h.store.node_update(&n).await.unwrap();
+    assert_eq!(h.call(Method::GET, lookup, Some("1.62"), None).await.status, 404);
+}
+both_backends!(
+    scenario_fast_track_lookup,
+    test_fast_track_lookup_sqlite,
+    test_fast_track_lookup_postgres
+);
+
+/// `rescue` keeps only a crypt(3) hash of the password (Ironic's default SHA-256-crypt),
+/// which verifies against it; the password itself is stored nowhere and shown nowhere.
+async fn scenario_rescue_password_is_hashed(h: &Harness) {
+    let node = h
+        .create_node(json!({"driver": "fake-hardware", "name": "rs1", "rescue_interface": "agent"}))
+        .await;
+    let uuid = node["uuid"].as_str().unwrap().to_owned();
+    let mut n = h.store.node_fetch(uuid.parse().unwrap()).await.unwrap();
+    n.provision_state = deploy::ProvisionState::Active;
+    h.store.node_update(&n).await.unwrap();
+    let path = format!("/v1/nodes/{uuid}/states/provision");
+    let body = json!({"target": "rescue", "rescue_password": "S3cret-rescue!"}).to_string();
+    let r = h.call(Method::PUT, &path, Some("1.38"), Some(&body)).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let n = h.store.node_fetch(uuid.parse().unwrap()).await.unwrap();
+    let hash = n.instance_info["hashed_rescue_password"].as_str().unwrap();
+    assert!(hash.starts_with("$5$"), "{hash}");
+    assert!(deploy::rescue::verify("S3cret-rescue!", hash));
+    let everything = serde_json::to_string(&n).unwrap();
+    assert!(!everything.contains("S3cret-rescue!"), "{everything}");
+    let shown = h.get(&format!("/v1/nodes/{uuid}")).await;
+    assert!(!shown.body.contains(hash) && !shown.body.contains("S3cret"), "{}", shown.body);
+}
+both_backends!(
+    scenario_rescue_password_is_hashed,
+    test_rescue_password_is_hashed_sqlite,
+    test_rescue_password_is_hashed_postgres
+);

@@ -5,15 +5,19 @@
 //! inspect and rescue finish at once, as Ironic's FakeInspect and FakeRescue do; `redfish`
 //! and `agent` inspection are [`crate::inspection`]; the `no-*` values fail with Ironic's
 //! UnsupportedDriverExtension text (the API refuses them before the state changes; these
-//! paths only meet a node that got here otherwise). The rescue ramdisk, which waits for an
-//! agent, is later work; its wait state already has a timeout and an abort.
+//! paths only meet a node that got here otherwise). The `agent` rescue interface boots the
+//! rescue ramdisk (pxe-service serves `rescue_kernel`/`rescue_ramdisk` in these states, the
+//! deploy ones when unset), waits in `rescue wait` for its agent, and finalizes the rescue
+//! through it (Ironic's AgentRescue and `_finalize_rescue`).
 
+use deploy::drivers::BootDevice;
 use deploy::hardware::{self, InspectIface, NodeInterfaces, RescueIface};
 use deploy::internal_info::{AgentSession, keys};
-use deploy::{ProvisionEvent as E, ProvisionState as S};
+use deploy::{PowerState, ProvisionEvent as E, ProvisionState as S};
 
-use crate::deploy_iface::DeployInterface;
+use crate::deploy_iface::{DeployInterface, boot_ramdisk, connect, finish_command};
 use crate::drivers::DriverSet;
+use crate::power::set_power;
 use crate::task::{Task, WorkflowError};
 
 fn interfaces(task: &Task) -> Result<NodeInterfaces, WorkflowError> {
@@ -105,7 +109,54 @@ pub(super) async fn rescue(task: &mut Task, d: &DriverSet) -> Result<(), Workflo
             .await?;
             Ok(())
         }
+        RescueIface::Agent => {
+            if deploy::rescue::stored_hash(&task.node.instance_info).is_none() {
+                return Err(failed(format!(
+                    "Node {} is missing 'instance_info/rescue_password'. It is required for rescuing node.",
+                    task.id()
+                )));
+            }
+            // Off first (Ironic's power_off_and_on), then the rescue ramdisk boots.
+            if task.node.power_state == Some(PowerState::On) {
+                set_power(task, d, PowerState::Off).await?;
+            }
+            boot_ramdisk(task, d).await?;
+            task.transition(S::Rescuing, E::Wait, |n| n.last_error = None).await?;
+            tracing::info!(node = %task.id(), "rescue ramdisk booting");
+            Ok(())
+        }
     }
+}
+
+/// `rescue wait` and the rescue ramdisk's agent has called (the caller moved the node back
+/// to `rescuing`): hand it the password hash; it sets the rescue user and stops. The
+/// password is forgotten either way (Ironic's `clean_up`); the node is `rescue`.
+pub(super) async fn finalize_rescue(task: &mut Task) -> Result<(), WorkflowError> {
+    let failed = |e: String| WorkflowError::Failed(format!("Failed to rescue: {e}"));
+    let Some(hash) = deploy::rescue::stored_hash(&task.node.instance_info).map(str::to_owned)
+    else {
+        return Err(failed(format!(
+            "Node {} is missing 'instance_info/rescue_password'. It is required for rescuing node.",
+            task.id()
+        )));
+    };
+    let conn = connect(task).await?;
+    let st = conn.finalize_rescue(&hash).await.map_err(|e| {
+        failed(format!("Agent returned bad result for command finalize_rescue: {e}"))
+    })?;
+    finish_command(task, &conn, st, "finalize_rescue").await.map_err(|e| match e {
+        WorkflowError::Failed(m) => failed(m),
+        other => other,
+    })?;
+    // The agent has stopped: its session is void; the ramdisk is the rescue system now.
+    task.transition(S::Rescuing, E::Done, |n| {
+        AgentSession::wipe(&mut n.driver_internal_info);
+        deploy::rescue::remove(&mut n.instance_info);
+        n.last_error = None;
+    })
+    .await?;
+    tracing::info!(node = %task.id(), "rescued");
+    Ok(())
 }
 
 /// `unrescuing`: boot the instance again.
@@ -117,12 +168,28 @@ pub(super) async fn unrescue(task: &mut Task, d: &DriverSet) -> Result<(), Workf
         RescueIface::Fake => {
             task.transition(S::Unrescuing, E::Done, |n| {
                 AgentSession::wipe(&mut n.driver_internal_info);
-                for k in ["rescue_password", "hashed_rescue_password"] {
-                    n.instance_info.remove(k);
-                }
+                deploy::rescue::remove(&mut n.instance_info);
                 n.last_error = None;
             })
             .await?;
+            Ok(())
+        }
+        RescueIface::Agent => {
+            // Ironic's AgentRescue.unrescue: off, the instance's boot device, on.
+            set_power(task, d, PowerState::Off).await?;
+            let n = task.node.clone();
+            d.management
+                .set_boot_device(&n, BootDevice::Disk, true)
+                .await
+                .map_err(|e| failed(format!("Failed to set the boot device to disk: {e}")))?;
+            set_power(task, d, PowerState::On).await?;
+            task.transition(S::Unrescuing, E::Done, |n| {
+                AgentSession::wipe(&mut n.driver_internal_info);
+                deploy::rescue::remove(&mut n.instance_info);
+                n.last_error = None;
+            })
+            .await?;
+            tracing::info!(node = %task.id(), "unrescued");
             Ok(())
         }
     }
