@@ -1,0 +1,2 @@
+//! Throughput bench.
+fn main() {}

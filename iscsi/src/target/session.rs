@@ -1,0 +1,457 @@
+//! Target side of the Full Feature Phase at ErrorRecoveryLevel 0: command numbering,
+//! SCSI commands with Data-In, immediate/unsolicited/solicited Data-Out, NOP, Text
+//! (SendTargets), Task Management and Logout.
+//!
+//! Writes are not buffered whole: each Data-Out segment goes straight to the backend at
+//! its offset, so memory stays bounded by the negotiated segment size however large the
+//! command. Writes waiting for data are kept by ITT; the command window bounds their number.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::Shared;
+use super::conn::{Conn, ConnEnd};
+use super::device::{Action, Device};
+use super::login::LoginOutcome;
+use crate::backend::BlockBackend;
+use crate::pdu::{self, LOGIN_DATA_LIMIT, Pdu, RESERVED_TAG, op, reject};
+use crate::scsi::{STATUS_CHECK_CONDITION, STATUS_GOOD, Sense};
+
+/// A write command waiting for (more of) its data.
+struct PendingWrite {
+    lun: [u8; 8],
+    /// Where the data goes on the medium; `None` when the command already failed and the
+    /// data is only drained.
+    offset: Option<u64>,
+    /// Expected Data Transfer Length.
+    edtl: u32,
+    received: u32,
+    unsolicited_done: bool,
+    /// The outstanding R2T: its TTT and the end of the burst it solicited.
+    r2t: Option<(u32, u32)>,
+    r2t_sn: u32,
+    error: Option<Sense>,
+}
+
+struct Session<'a> {
+    conn: &'a mut Conn,
+    shared: &'a Shared,
+    outcome: LoginOutcome,
+    pending: HashMap<u32, PendingWrite>,
+    next_ttt: u32,
+}
+
+/// Runs the Full Feature Phase until logout or failure.
+pub(super) async fn run(conn: &mut Conn, shared: &Shared, outcome: LoginOutcome) -> ConnEnd {
+    let mut s = Session { conn, shared, outcome, pending: HashMap::new(), next_ttt: 1 };
+    loop {
+        if let Err(end) = s.step().await {
+            return end;
+        }
+    }
+}
+
+impl Session<'_> {
+    fn backend(&self) -> Arc<dyn BlockBackend> {
+        self.shared.backend.clone()
+    }
+
+    async fn step(&mut self) -> Result<(), ConnEnd> {
+        // Data-Out may carry up to what we declared; everything else is small.
+        let limit = (self.outcome.params.target_max_recv_data_segment_length as usize)
+            .max(LOGIN_DATA_LIMIT);
+        let req = self.conn.recv(limit, self.shared.config.idle_timeout).await?;
+        let opc = req.opcode();
+        let numbered = matches!(opc, op::SCSI_CMD | op::TEXT | op::LOGOUT | op::TASK_MGMT)
+            || (opc == op::NOP_OUT && req.itt() != RESERVED_TAG);
+        if numbered && !req.immediate() {
+            let sn = req.u32_at(24);
+            if sn == self.conn.exp_cmd_sn {
+                self.conn.exp_cmd_sn = sn.wrapping_add(1);
+            } else if pdu::sn_lt(sn, self.conn.exp_cmd_sn) || pdu::sn_lt(self.conn.max_cmd_sn(), sn)
+            {
+                // Outside the window: RFC 7143 §4.2.2.1 says ignore it silently.
+                tracing::warn!(cmd_sn = sn, exp = self.conn.exp_cmd_sn, "command outside window");
+                return Ok(());
+            } else {
+                // A gap on a single in-order connection cannot be filled later.
+                return Err(ConnEnd::Protocol(format!(
+                    "CmdSN {sn} skips ahead of {}",
+                    self.conn.exp_cmd_sn
+                )));
+            }
+        }
+        let discovery = self.outcome.discovery;
+        match opc {
+            op::NOP_OUT => self.nop(req).await,
+            op::SCSI_CMD if !discovery => self.command(req).await,
+            op::DATA_OUT if !discovery => self.data_out(req).await,
+            op::TEXT => self.text(req).await,
+            op::TASK_MGMT if !discovery => self.task_mgmt(req).await,
+            op::LOGOUT => {
+                let mut resp = Pdu::new(op::LOGOUT_RESP);
+                resp.bhs[1] = 0x80;
+                // Reason 2 (remove the connection for recovery) needs ERL 2.
+                resp.bhs[2] = if req.flags() & 0x7f == 2 { 2 } else { 0 };
+                resp.set_itt(req.itt());
+                self.conn.stamp(&mut resp, true);
+                self.conn.send(&resp).await?;
+                self.conn.flush().await?;
+                Err(ConnEnd::LoggedOut)
+            }
+            op::LOGIN => Err(ConnEnd::Protocol("login request in full feature phase".into())),
+            _ => self.reject(&req, reject::NOT_SUPPORTED).await,
+        }
+    }
+
+    async fn reject(&mut self, req: &Pdu, reason: u8) -> Result<(), ConnEnd> {
+        let mut r = Pdu::new(op::REJECT);
+        r.bhs[1] = 0x80;
+        r.bhs[2] = reason;
+        r.set_itt(RESERVED_TAG);
+        r.data = req.bhs.to_vec();
+        self.conn.stamp(&mut r, true);
+        self.conn.send(&r).await
+    }
+
+    async fn nop(&mut self, req: Pdu) -> Result<(), ConnEnd> {
+        if req.itt() == RESERVED_TAG {
+            // An answer to a ping of ours; we send none, so there is nothing to match.
+            return Ok(());
+        }
+        let mut r = Pdu::new(op::NOP_IN);
+        r.bhs[1] = 0x80;
+        r.bhs[8..16].copy_from_slice(&req.bhs[8..16]);
+        r.set_itt(req.itt());
+        r.set_u32(20, RESERVED_TAG);
+        let max = self.outcome.params.initiator_max_recv_data_segment_length as usize;
+        r.data = req.data;
+        r.data.truncate(max);
+        self.conn.stamp(&mut r, true);
+        self.conn.send(&r).await
+    }
+
+    async fn text(&mut self, req: Pdu) -> Result<(), ConnEnd> {
+        if req.flags() & 0x40 != 0 {
+            // Multi-PDU text requests are not needed for SendTargets.
+            return self.reject(&req, reject::NOT_SUPPORTED).await;
+        }
+        let keys = pdu::parse_text(&req.data).unwrap_or_default();
+        let mut reply: Vec<(String, String)> = Vec::new();
+        for (k, v) in keys {
+            if k == "SendTargets" {
+                let name = &self.shared.config.target_name;
+                if v == "All" || v == *name || (v.is_empty() && !self.outcome.discovery) {
+                    reply.push(("TargetName".into(), name.clone()));
+                    reply.push(("TargetAddress".into(), format!("{},1", self.conn.local)));
+                }
+            } else {
+                reply.push((k, "NotUnderstood".into()));
+            }
+        }
+        let mut r = Pdu::new(op::TEXT_RESP);
+        r.bhs[1] = 0x80;
+        r.set_itt(req.itt());
+        r.set_u32(20, RESERVED_TAG);
+        r.data = pdu::encode_text(&reply);
+        self.conn.stamp(&mut r, true);
+        self.conn.send(&r).await
+    }
+
+    async fn task_mgmt(&mut self, req: Pdu) -> Result<(), ConnEnd> {
+        let function = req.flags() & 0x7f;
+        let response = match function {
+            // ABORT TASK: only writes waiting for data can still be aborted.
+            1 => {
+                if self.pending.remove(&req.u32_at(20)).is_some() {
+                    0
+                } else {
+                    1
+                }
+            }
+            // ABORT TASK SET, CLEAR TASK SET, LUN RESET, TARGET WARM RESET.
+            2 | 4..=6 => {
+                self.pending.clear();
+                0
+            }
+            _ => 5,
+        };
+        let mut r = Pdu::new(op::TASK_MGMT_RESP);
+        r.bhs[1] = 0x80;
+        r.bhs[2] = response;
+        r.set_itt(req.itt());
+        self.conn.stamp(&mut r, true);
+        self.conn.send(&r).await
+    }
+
+    async fn command(&mut self, req: Pdu) -> Result<(), ConnEnd> {
+        let itt = req.itt();
+        let flags = req.flags();
+        let (is_read, is_write) = (flags & 0x40 != 0, flags & 0x20 != 0);
+        let edtl = req.u32_at(20);
+        let mut cdb = [0u8; 16];
+        cdb.copy_from_slice(&req.bhs[32..48]);
+        let lun = pdu::decode_lun(req.lun_field());
+        let p = &self.outcome.params;
+        let imm_len = u32::try_from(req.data.len()).unwrap_or(u32::MAX);
+        let unsolicited_ok = !p.initial_r2t || req.final_bit();
+        let bad_data = (imm_len > 0 && (!is_write || !p.immediate_data))
+            || imm_len > edtl
+            || imm_len > p.first_burst_length
+            || !unsolicited_ok
+            || self.pending.contains_key(&itt)
+            || self.pending.len() > 2 * self.conn.window as usize;
+        if bad_data {
+            return self.reject(&req, reject::PROTOCOL_ERROR).await;
+        }
+        let dev = Device {
+            block_size: self.shared.backend.block_size(),
+            block_count: self.shared.backend.block_count(),
+            serial: &self.shared.config.serial,
+        };
+        let action = dev.execute(&cdb, lun);
+        if is_write {
+            let (offset, error) = match action {
+                Ok(Action::Write { offset, len }) if len == u64::from(edtl) => (Some(offset), None),
+                Ok(_) => (None, Some(Sense::INVALID_FIELD_IN_CDB)),
+                Err(sense) => (None, Some(sense)),
+            };
+            let w = PendingWrite {
+                lun: req.lun_field(),
+                offset,
+                edtl,
+                received: 0,
+                unsolicited_done: req.final_bit(),
+                r2t: None,
+                r2t_sn: 0,
+                error,
+            };
+            self.pending.insert(itt, w);
+            if imm_len > 0 {
+                self.accept_data(itt, 0, req.data).await?;
+            }
+            return self.progress(itt).await;
+        }
+        match action {
+            Ok(Action::Data(v)) if is_read || v.is_empty() => self.data_in(&req, &v).await,
+            Ok(Action::Read { offset, len }) if is_read || len == 0 => {
+                self.stream_read(&req, offset, len).await
+            }
+            Ok(Action::Good) => self.respond(itt, STATUS_GOOD, None, 0, edtl).await,
+            Ok(Action::Sync) => {
+                let b = self.backend();
+                let flushed = tokio::task::spawn_blocking(move || b.flush()).await;
+                let sense = match flushed {
+                    Ok(Ok(())) => None,
+                    Ok(Err(error)) => {
+                        tracing::error!(%error, "flushing the backend");
+                        Some(Sense::WRITE_ERROR)
+                    }
+                    Err(_) => return Err(ConnEnd::Backend),
+                };
+                self.finish_status(itt, sense, edtl).await
+            }
+            // Data without the R bit, or a write opcode without the W bit.
+            Ok(_) => self.finish_status(itt, Some(Sense::INVALID_FIELD_IN_CDB), edtl).await,
+            Err(sense) => self.finish_status(itt, Some(sense), edtl).await,
+        }
+    }
+
+    async fn finish_status(&mut self, itt: u32, sense: Option<Sense>, edtl: u32) -> Result<(), ConnEnd> {
+        match sense {
+            None => self.respond(itt, STATUS_GOOD, None, 0, edtl).await,
+            Some(s) => self.respond(itt, STATUS_CHECK_CONDITION, Some(s), 0, edtl).await,
+        }
+    }
+
+    /// Sends a SCSI Response; a non-zero `residual` is reported as underflow.
+    async fn respond(
+        &mut self,
+        itt: u32,
+        status: u8,
+        sense: Option<Sense>,
+        exp_data_sn: u32,
+        residual: u32,
+    ) -> Result<(), ConnEnd> {
+        let mut r = Pdu::new(op::SCSI_RESP);
+        r.bhs[1] = 0x80;
+        r.bhs[3] = status;
+        r.set_itt(itt);
+        r.set_u32(36, exp_data_sn);
+        if residual > 0 {
+            r.bhs[1] |= 0x02;
+            r.set_u32(44, residual);
+        }
+        if let Some(s) = sense {
+            let fixed = s.to_fixed();
+            r.data = (u16::try_from(fixed.len()).unwrap_or(0)).to_be_bytes().to_vec();
+            r.data.extend_from_slice(&fixed);
+        }
+        self.conn.stamp(&mut r, true);
+        self.conn.send(&r).await
+    }
+
+    fn data_in_header(&self, req: &Pdu, data_sn: u32, offset: u32) -> Pdu {
+        let mut d = Pdu::new(op::DATA_IN);
+        d.bhs[8..16].copy_from_slice(&req.bhs[8..16]);
+        d.set_itt(req.itt());
+        d.set_u32(20, RESERVED_TAG);
+        d.set_u32(36, data_sn);
+        d.set_u32(40, offset);
+        d
+    }
+
+    /// Marks the last Data-In PDU with status GOOD and the residual against `edtl`.
+    fn final_data_in(&mut self, d: &mut Pdu, sent: u64, total: u64, edtl: u32) {
+        d.bhs[1] = 0x81;
+        d.bhs[3] = STATUS_GOOD;
+        if total > sent {
+            d.bhs[1] |= 0x04;
+            d.set_u32(44, u32::try_from(total - sent).unwrap_or(u32::MAX));
+        } else if u64::from(edtl) > sent {
+            d.bhs[1] |= 0x02;
+            d.set_u32(44, edtl - u32::try_from(sent).unwrap_or(edtl));
+        }
+        self.conn.stamp(d, true);
+    }
+
+    async fn data_in(&mut self, req: &Pdu, v: &[u8]) -> Result<(), ConnEnd> {
+        let edtl = req.u32_at(20);
+        let n = v.len().min(edtl as usize);
+        if n == 0 {
+            let sense = None;
+            return self.respond(req.itt(), STATUS_GOOD, sense, 0, edtl).await;
+        }
+        let mut d = self.data_in_header(req, 0, 0);
+        self.final_data_in(&mut d, n as u64, v.len() as u64, edtl);
+        self.conn.send_parts(&d, &v[..n]).await
+    }
+
+    async fn stream_read(&mut self, req: &Pdu, offset: u64, len: u64) -> Result<(), ConnEnd> {
+        let edtl = req.u32_at(20);
+        let n = len.min(u64::from(edtl));
+        if n == 0 {
+            return self.respond(req.itt(), STATUS_GOOD, None, 0, edtl).await;
+        }
+        let seg = u64::from(self.outcome.params.initiator_max_recv_data_segment_length);
+        let mut sent = 0u64;
+        let mut data_sn = 0u32;
+        let mut buf = Vec::new();
+        while sent < n {
+            let chunk = seg.min(n - sent);
+            buf.resize(usize::try_from(chunk).unwrap_or(0), 0);
+            let b = self.backend();
+            let at = offset + sent;
+            let (res, back) = tokio::task::spawn_blocking(move || {
+                let r = b.read_at(at, &mut buf);
+                (r, buf)
+            })
+            .await
+            .map_err(|_| ConnEnd::Backend)?;
+            buf = back;
+            if let Err(error) = res {
+                tracing::error!(%error, "reading the backend");
+                let itt = req.itt();
+                return self.respond(itt, STATUS_CHECK_CONDITION, Some(Sense::READ_ERROR), data_sn, 0).await;
+            }
+            let mut d = self.data_in_header(req, data_sn, u32::try_from(sent).unwrap_or(0));
+            sent += chunk;
+            if sent == n {
+                self.final_data_in(&mut d, n, len, edtl);
+            } else {
+                self.conn.stamp(&mut d, false);
+                d.set_u32(24, 0);
+            }
+            self.conn.send_parts(&d, &buf).await?;
+            data_sn += 1;
+        }
+        Ok(())
+    }
+
+    async fn data_out(&mut self, req: Pdu) -> Result<(), ConnEnd> {
+        let itt = req.itt();
+        let ttt = req.u32_at(20);
+        let offset = req.u32_at(40);
+        let Some(w) = self.pending.get_mut(&itt) else {
+            return self.reject(&req, reject::INVALID_FIELD).await;
+        };
+        let len = u32::try_from(req.data.len()).unwrap_or(u32::MAX);
+        let burst_end = if ttt == RESERVED_TAG {
+            if w.unsolicited_done {
+                return Err(ConnEnd::Protocol("unsolicited data after its final PDU".into()));
+            }
+            self.outcome.params.first_burst_length.min(w.edtl)
+        } else {
+            match w.r2t {
+                Some((t, end)) if t == ttt => end,
+                _ => return Err(ConnEnd::Protocol(format!("Data-Out for unknown TTT {ttt:#x}"))),
+            }
+        };
+        // DataPDUInOrder=Yes: every segment continues where the previous one stopped.
+        let end = offset.checked_add(len);
+        if offset != w.received || end.is_none_or(|e| e > burst_end) {
+            return Err(ConnEnd::Protocol(format!("Data-Out at {offset}+{len} out of order")));
+        }
+        if req.final_bit() {
+            if ttt == RESERVED_TAG {
+                w.unsolicited_done = true;
+            } else {
+                w.r2t = None;
+            }
+        }
+        self.accept_data(itt, offset, req.data).await?;
+        self.progress(itt).await
+    }
+
+    /// Writes a segment to the backend (unless the command already failed).
+    async fn accept_data(&mut self, itt: u32, at: u32, data: Vec<u8>) -> Result<(), ConnEnd> {
+        let Some(w) = self.pending.get_mut(&itt) else { return Ok(()) };
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        if at != w.received || at.checked_add(len).is_none_or(|e| e > w.edtl) {
+            return Err(ConnEnd::Protocol("data beyond the expected transfer length".into()));
+        }
+        w.received += len;
+        let (Some(base), None) = (w.offset, w.error) else { return Ok(()) };
+        let b = self.shared.backend.clone();
+        let res = tokio::task::spawn_blocking(move || b.write_at(base + u64::from(at), &data))
+            .await
+            .map_err(|_| ConnEnd::Backend)?;
+        if let Err(error) = res {
+            tracing::error!(%error, "writing the backend");
+            if let Some(w) = self.pending.get_mut(&itt) {
+                w.error = Some(Sense::WRITE_ERROR);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the next R2T or the final status of a pending write, as its state allows.
+    async fn progress(&mut self, itt: u32) -> Result<(), ConnEnd> {
+        let Some(w) = self.pending.get_mut(&itt) else { return Ok(()) };
+        if !w.unsolicited_done || w.r2t.is_some() {
+            return Ok(());
+        }
+        if w.received == w.edtl || w.error.is_some() {
+            // Done, or failed: a failed command ends without soliciting the rest.
+            let (sense, exp_data_sn, residual) = (w.error, w.r2t_sn, w.edtl - w.received);
+            self.pending.remove(&itt);
+            let status = if sense.is_some() { STATUS_CHECK_CONDITION } else { STATUS_GOOD };
+            return self.respond(itt, status, sense, exp_data_sn, residual).await;
+        }
+        let want = (w.edtl - w.received).min(self.outcome.params.max_burst_length);
+        let ttt = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
+        let mut r = Pdu::new(op::R2T);
+        r.bhs[1] = 0x80;
+        r.bhs[8..16].copy_from_slice(&w.lun);
+        r.set_itt(itt);
+        r.set_u32(20, ttt);
+        r.set_u32(36, w.r2t_sn);
+        r.set_u32(40, w.received);
+        r.set_u32(44, want);
+        w.r2t = Some((ttt, w.received + want));
+        w.r2t_sn += 1;
+        self.conn.stamp(&mut r, false);
+        self.conn.send(&r).await
+    }
+}
