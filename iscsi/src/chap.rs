@@ -76,7 +76,7 @@ mod tests {
         let r = response(1, b"secret", &[2, 3]);
         let mut h = Md5::new();
         h.update(b"\x01secret\x02\x03");
-        assert_eq!(r.as_slice(), h.finalize().as_slice());
+        assert_eq!(r, <[u8; 16]>::from(h.finalize()));
         assert!(verify(1, b"secret", &[2, 3], &r));
         assert!(!verify(2, b"secret", &[2, 3], &r));
         assert!(!verify(1, b"secret", &[2, 3], &r[..15]));

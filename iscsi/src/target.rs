@@ -76,6 +76,9 @@ pub struct TargetStats {
     pub logouts: u64,
     /// Connections that ended any other way (failed login, protocol error, timeout, close).
     pub dropped: u64,
+    /// Most WRITE commands one session had waiting for data at once: how deep the
+    /// initiator pipelined.
+    pub max_pending_writes: usize,
 }
 
 /// State shared by the accept loop and every connection.

@@ -227,6 +227,14 @@ impl Session<'_> {
                 error,
             };
             self.pending.insert(itt, w);
+            let depth = self.pending.len();
+            self.shared.stats.send_if_modified(|s| {
+                let deeper = depth > s.max_pending_writes;
+                if deeper {
+                    s.max_pending_writes = depth;
+                }
+                deeper
+            });
             if imm_len > 0 {
                 self.accept_data(itt, 0, req.data).await?;
             }
