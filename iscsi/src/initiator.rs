@@ -221,8 +221,8 @@ impl Session {
     /// Flushes, then reads the next PDU within the timeout, bounded by what we declared.
     async fn recv(&mut self, what: &'static str) -> Result<Pdu, InitiatorError> {
         self.flush().await?;
-        let limit = (self.config.preferences.max_recv_data_segment_length as usize)
-            .max(LOGIN_DATA_LIMIT);
+        let limit =
+            (self.config.preferences.max_recv_data_segment_length as usize).max(LOGIN_DATA_LIMIT);
         let after = self.config.timeout;
         let p = match tokio::time::timeout(after, pdu::read_pdu(&mut self.reader, limit)).await {
             Err(_) => return Err(InitiatorError::Timeout { what, after }),
@@ -242,8 +242,13 @@ impl Session {
     /// Follows the target's StatSN and command window from any PDU that carries them.
     fn track(&mut self, p: &Pdu) {
         let carries_status = match p.opcode() {
-            op::SCSI_RESP | op::TASK_MGMT_RESP | op::TEXT_RESP | op::LOGOUT_RESP | op::REJECT
-            | op::ASYNC | op::LOGIN_RESP => true,
+            op::SCSI_RESP
+            | op::TASK_MGMT_RESP
+            | op::TEXT_RESP
+            | op::LOGOUT_RESP
+            | op::REJECT
+            | op::ASYNC
+            | op::LOGIN_RESP => true,
             op::DATA_IN => p.flags() & 0x01 != 0,
             op::NOP_IN => p.itt() != RESERVED_TAG,
             op::R2T => false,
@@ -326,7 +331,10 @@ impl Session {
             let p = self.recv("SCSI command response").await?;
             let Some(p) = self.background(p).await? else { continue };
             if p.itt() != itt {
-                return Err(InitiatorError::Protocol(format!("response for unknown ITT {:#x}", p.itt())));
+                return Err(InitiatorError::Protocol(format!(
+                    "response for unknown ITT {:#x}",
+                    p.itt()
+                )));
             }
             match p.opcode() {
                 op::DATA_IN => {
@@ -345,7 +353,9 @@ impl Session {
                 }
                 op::SCSI_RESP => return status(p.bhs[2], p.bhs[3], &p.data).map(|()| buf),
                 other => {
-                    return Err(InitiatorError::Protocol(format!("unexpected opcode {other:#04x}")));
+                    return Err(InitiatorError::Protocol(format!(
+                        "unexpected opcode {other:#04x}"
+                    )));
                 }
             }
         }
@@ -456,7 +466,9 @@ impl Session {
                 // Late answers to earlier commands cannot exist here (every API call waits
                 // for its responses), so anything else is a violation.
                 other => {
-                    return Err(InitiatorError::Protocol(format!("opcode {other:#04x} before logout response")));
+                    return Err(InitiatorError::Protocol(format!(
+                        "opcode {other:#04x} before logout response"
+                    )));
                 }
             }
         }
@@ -469,10 +481,8 @@ fn status(response: u8, status: u8, data: &[u8]) -> Result<(), InitiatorError> {
         (0, STATUS_GOOD) => Ok(()),
         (0, STATUS_CHECK_CONDITION) => {
             // Data segment: 2-byte SenseLength, then the sense data.
-            let sense = data
-                .get(2..)
-                .and_then(Sense::parse)
-                .unwrap_or(Sense { key: 0, asc: 0, ascq: 0 });
+            let sense =
+                data.get(2..).and_then(Sense::parse).unwrap_or(Sense { key: 0, asc: 0, ascq: 0 });
             Err(InitiatorError::CheckCondition { sense })
         }
         (response, status) => Err(InitiatorError::Status { response, status }),

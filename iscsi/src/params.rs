@@ -169,8 +169,13 @@ pub fn answer(key: &str, offered: &str, prefs: &Preferences) -> Result<Answer, N
             parse_num(key, offered, 512, MAX_LEN)?;
             Ok(Answer::None)
         }
-        "InitiatorName" | "InitiatorAlias" | "TargetName" | "TargetAlias" | "SessionType"
-        | "TargetPortalGroupTag" | "TargetAddress" => Ok(Answer::None),
+        "InitiatorName"
+        | "InitiatorAlias"
+        | "TargetName"
+        | "TargetAlias"
+        | "SessionType"
+        | "TargetPortalGroupTag"
+        | "TargetAddress" => Ok(Answer::None),
         _ => reply("NotUnderstood".into()),
     }
 }

@@ -341,7 +341,10 @@ mod tests {
     #[test]
     fn test_text_and_lun_and_serial() {
         let t = encode_text(&[("A", "1"), ("B", "x=y")]);
-        assert_eq!(parse_text(&t).unwrap(), vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]);
+        assert_eq!(
+            parse_text(&t).unwrap(),
+            vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
         assert!(parse_text(b"novalue\0").is_err());
         for lun in [0u16, 1, 255, 256, 1000] {
             assert_eq!(decode_lun(encode_lun(lun)), Some(lun));

@@ -2,8 +2,8 @@
 //! backed by a [`BlockBackend`], served on a listener the caller has already bound.
 //!
 //! Each accepted connection is a session of its own (MaxConnections=1): login in
-//! [`login`], then the Full Feature Phase in [`session`], whose SCSI commands are emulated
-//! by [`device`]. Connections run on a [`TaskTracker`] under child tokens of the caller's
+//! `login`, then the Full Feature Phase in `session`, whose SCSI commands are emulated
+//! by `device`. Connections run on a [`TaskTracker`] under child tokens of the caller's
 //! [`CancellationToken`]; [`TargetHandle`] stops them and reports logins and logouts, which
 //! is how the ramdisk learns that the conductor has finished writing.
 

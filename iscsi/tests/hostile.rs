@@ -8,7 +8,7 @@ use iscsi::pdu::{self, Pdu, op};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{IQN, INITIATOR, initiator, pseudo_random, start_target, within};
+use crate::support::{INITIATOR, IQN, initiator, pseudo_random, start_target, within};
 
 /// Reads until the target closes the connection (bounded), discarding what it sends.
 async fn expect_closed(s: &mut TcpStream) {

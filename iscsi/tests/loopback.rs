@@ -3,9 +3,7 @@
 use iscsi::initiator::{self, InitiatorError, Session};
 use iscsi::scsi::Sense;
 
-use crate::support::{
-    IQN, creds, initiator, pseudo_random, sha256, start_target, within,
-};
+use crate::support::{IQN, creds, initiator, pseudo_random, sha256, start_target, within};
 
 const MIB: usize = 1 << 20;
 

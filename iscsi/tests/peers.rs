@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use iscsi::initiator::{InitiatorError, Session};
 use tokio::process::Command;
 
-use crate::support::{
-    IQN, creds, initiator, pseudo_random, sha256, start_target, within,
-};
+use crate::support::{IQN, creds, initiator, pseudo_random, sha256, start_target, within};
 
 /// `Some(v)` when found; otherwise a failure under FERRIC_REQUIRE_PEERS=1, else a loud skip.
 #[track_caller]
@@ -21,8 +19,13 @@ fn require_peer<T>(what: &str, found: Result<T, String>) -> Option<T> {
         Ok(v) => Some(v),
         Err(why) => {
             let required = std::env::var("FERRIC_REQUIRE_PEERS").is_ok_and(|v| v == "1");
-            assert!(!required, "{what} is required (FERRIC_REQUIRE_PEERS=1) but not available: {why}");
-            eprintln!("SKIPPED: {what} not available ({why}); set FERRIC_REQUIRE_PEERS=1 to fail instead");
+            assert!(
+                !required,
+                "{what} is required (FERRIC_REQUIRE_PEERS=1) but not available: {why}"
+            );
+            eprintln!(
+                "SKIPPED: {what} not available ({why}); set FERRIC_REQUIRE_PEERS=1 to fail instead"
+            );
             None
         }
     }
@@ -46,11 +49,8 @@ async fn run(bin: &Path, args: &[&str]) -> (bool, String) {
     .await
     .unwrap_or_else(|_| panic!("{} {args:?} did not finish", bin.display()))
     .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 
@@ -206,8 +206,7 @@ async fn test_our_initiator_against_tgtd() {
         let err = Session::login(addr, IQN, initiator(Some(bad))).await.unwrap_err();
         assert!(err.is_auth_failure(), "{err:?}");
 
-        let found =
-            iscsi::initiator::discover(addr, initiator(Some(creds()))).await;
+        let found = iscsi::initiator::discover(addr, initiator(Some(creds()))).await;
         // tgtd asks no CHAP for discovery unless configured; either way IQN is listed.
         let found = match found {
             Ok(f) => f,

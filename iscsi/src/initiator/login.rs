@@ -115,9 +115,8 @@ pub(super) async fn login(
                     if a != chap::CHAP_MD5 {
                         return Err(InitiatorError::Protocol(format!("CHAP_A={a}")));
                     }
-                    let id: u8 = id
-                        .parse()
-                        .map_err(|_| InitiatorError::Protocol(format!("CHAP_I={id}")))?;
+                    let id: u8 =
+                        id.parse().map_err(|_| InitiatorError::Protocol(format!("CHAP_I={id}")))?;
                     let challenge = chap::decode_binary(challenge)
                         .ok_or_else(|| InitiatorError::Protocol("bad CHAP_C".into()))?;
                     let r = chap::response(id, c.secret.as_bytes(), &challenge);

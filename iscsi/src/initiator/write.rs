@@ -27,7 +27,7 @@ impl Session {
     pub async fn write(&mut self, lba: u64, data: &[u8]) -> Result<(), InitiatorError> {
         let bs = self.block_size().await?;
         let bsu = bs as usize;
-        if data.len() % bsu != 0 {
+        if !data.len().is_multiple_of(bsu) {
             return Err(InitiatorError::InvalidRequest(format!(
                 "{} bytes is not a multiple of the block size {bs}",
                 data.len()
@@ -53,7 +53,9 @@ impl Session {
                 next += len as usize;
             }
             if inflight.is_empty() && failed.is_none() && next < data.len() {
-                return Err(InitiatorError::Protocol("the target closed the command window".into()));
+                return Err(InitiatorError::Protocol(
+                    "the target closed the command window".into(),
+                ));
             }
             if inflight.is_empty() {
                 return match failed {

@@ -248,7 +248,10 @@ mod tests {
         c[1] = 1;
         c[2] = 0x80;
         c[4] = 255;
-        assert_eq!(dev().execute(&c, Some(1)), Ok(Action::Data(vec![0, 0x80, 0, 3, b's', b'n', b'1'])));
+        assert_eq!(
+            dev().execute(&c, Some(1)),
+            Ok(Action::Data(vec![0, 0x80, 0, 3, b's', b'n', b'1']))
+        );
         c[0] = opcode::REPORT_LUNS;
         c[9] = 255;
         let Ok(Action::Data(v)) = dev().execute(&c, Some(0)) else { panic!("no luns") };

@@ -201,7 +201,8 @@ fn security(
                 st.auth = if want == "CHAP" { Auth::ChapChosen } else { Auth::Done };
             }
             "CHAP_A" => {
-                if !matches!(st.auth, Auth::ChapChosen) || !v.split(',').any(|a| a == chap::CHAP_MD5)
+                if !matches!(st.auth, Auth::ChapChosen)
+                    || !v.split(',').any(|a| a == chap::CHAP_MD5)
                 {
                     return Err(STATUS_AUTH_FAILURE);
                 }

@@ -265,7 +265,12 @@ impl Session<'_> {
         }
     }
 
-    async fn finish_status(&mut self, itt: u32, sense: Option<Sense>, edtl: u32) -> Result<(), ConnEnd> {
+    async fn finish_status(
+        &mut self,
+        itt: u32,
+        sense: Option<Sense>,
+        edtl: u32,
+    ) -> Result<(), ConnEnd> {
         match sense {
             None => self.respond(itt, STATUS_GOOD, None, 0, edtl).await,
             Some(s) => self.respond(itt, STATUS_CHECK_CONDITION, Some(s), 0, edtl).await,
@@ -360,7 +365,9 @@ impl Session<'_> {
             if let Err(error) = res {
                 tracing::error!(%error, "reading the backend");
                 let itt = req.itt();
-                return self.respond(itt, STATUS_CHECK_CONDITION, Some(Sense::READ_ERROR), data_sn, 0).await;
+                return self
+                    .respond(itt, STATUS_CHECK_CONDITION, Some(Sense::READ_ERROR), data_sn, 0)
+                    .await;
             }
             let mut d = self.data_in_header(req, data_sn, u32::try_from(sent).unwrap_or(0));
             sent += chunk;
