@@ -207,15 +207,29 @@ impl Session {
     }
 
     async fn send(&mut self, p: &Pdu) -> Result<(), InitiatorError> {
-        pdu::write_pdu(&mut self.writer, p).await.map_err(InitiatorError::Io)
+        let after = self.config.timeout;
+        let f = pdu::write_pdu(&mut self.writer, p);
+        tokio::time::timeout(after, f)
+            .await
+            .map_err(|_| InitiatorError::Timeout { what: "sending a PDU", after })?
+            .map_err(InitiatorError::Io)
     }
 
     async fn send_parts(&mut self, p: &Pdu, data: &[u8]) -> Result<(), InitiatorError> {
-        pdu::write_pdu_parts(&mut self.writer, &p.bhs, data).await.map_err(InitiatorError::Io)
+        let after = self.config.timeout;
+        let f = pdu::write_pdu_parts(&mut self.writer, &p.bhs, data);
+        tokio::time::timeout(after, f)
+            .await
+            .map_err(|_| InitiatorError::Timeout { what: "sending data", after })?
+            .map_err(InitiatorError::Io)
     }
 
     async fn flush(&mut self) -> Result<(), InitiatorError> {
-        self.writer.flush().await.map_err(InitiatorError::Io)
+        let after = self.config.timeout;
+        tokio::time::timeout(after, self.writer.flush())
+            .await
+            .map_err(|_| InitiatorError::Timeout { what: "flushing to the target", after })?
+            .map_err(InitiatorError::Io)
     }
 
     /// Flushes, then reads the next PDU within the timeout, bounded by what we declared.

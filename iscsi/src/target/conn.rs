@@ -55,10 +55,12 @@ pub(super) struct Conn {
     pub(super) exp_cmd_sn: u32,
     /// MaxCmdSN - ExpCmdSN + 1.
     pub(super) window: u32,
+    /// Bound on each write: an initiator that stops reading is dropped, not waited for.
+    write_timeout: Duration,
 }
 
 impl Conn {
-    fn new(stream: TcpStream, window: u32) -> std::io::Result<Self> {
+    fn new(stream: TcpStream, window: u32, write_timeout: Duration) -> std::io::Result<Self> {
         let local = stream.local_addr()?;
         // Small PDUs (R2T, responses) must not wait for Nagle.
         stream.set_nodelay(true)?;
@@ -70,6 +72,7 @@ impl Conn {
             stat_sn: 0,
             exp_cmd_sn: 0,
             window: window.max(1),
+            write_timeout,
         })
     }
 
@@ -92,17 +95,28 @@ impl Conn {
 
     /// Queues `p` for sending (flushed before the next blocking read).
     pub(super) async fn send(&mut self, p: &Pdu) -> Result<(), ConnEnd> {
-        pdu::write_pdu(&mut self.writer, p).await.map_err(ConnEnd::Write)
+        let f = pdu::write_pdu(&mut self.writer, p);
+        tokio::time::timeout(self.write_timeout, f)
+            .await
+            .map_err(|_| ConnEnd::Timeout(self.write_timeout))?
+            .map_err(ConnEnd::Write)
     }
 
     /// Queues a PDU whose data segment lives elsewhere.
     pub(super) async fn send_parts(&mut self, p: &Pdu, data: &[u8]) -> Result<(), ConnEnd> {
-        pdu::write_pdu_parts(&mut self.writer, &p.bhs, data).await.map_err(ConnEnd::Write)
+        let f = pdu::write_pdu_parts(&mut self.writer, &p.bhs, data);
+        tokio::time::timeout(self.write_timeout, f)
+            .await
+            .map_err(|_| ConnEnd::Timeout(self.write_timeout))?
+            .map_err(ConnEnd::Write)
     }
 
     /// Sends everything queued.
     pub(super) async fn flush(&mut self) -> Result<(), ConnEnd> {
-        self.writer.flush().await.map_err(ConnEnd::Write)
+        tokio::time::timeout(self.write_timeout, self.writer.flush())
+            .await
+            .map_err(|_| ConnEnd::Timeout(self.write_timeout))?
+            .map_err(ConnEnd::Write)
     }
 
     /// Reads the next PDU within `wait`, refusing data segments above `max_data`. Queued
@@ -122,7 +136,8 @@ impl Conn {
 
 /// Serves one connection from login to logout (or failure).
 pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let mut conn = match Conn::new(stream, shared.config.command_window) {
+    let mut conn = match Conn::new(stream, shared.config.command_window, shared.config.idle_timeout)
+    {
         Ok(c) => c,
         Err(error) => {
             tracing::warn!(%peer, %error, "setting up an iSCSI connection");

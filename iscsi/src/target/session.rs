@@ -347,11 +347,14 @@ impl Session<'_> {
             return self.respond(req.itt(), STATUS_GOOD, None, 0, edtl).await;
         }
         let seg = u64::from(self.outcome.params.initiator_max_recv_data_segment_length);
+        let burst = u64::from(self.outcome.params.max_burst_length);
         let mut sent = 0u64;
         let mut data_sn = 0u32;
         let mut buf = Vec::new();
         while sent < n {
-            let chunk = seg.min(n - sent);
+            // A Data-In sequence (ended by the F bit) carries at most MaxBurstLength.
+            let burst_left = burst - sent % burst;
+            let chunk = seg.min(n - sent).min(burst_left);
             buf.resize(usize::try_from(chunk).unwrap_or(0), 0);
             let b = self.backend();
             let at = offset + sent;
@@ -376,6 +379,9 @@ impl Session<'_> {
             } else {
                 self.conn.stamp(&mut d, false);
                 d.set_u32(24, 0);
+                if chunk == burst_left {
+                    d.bhs[1] = 0x80;
+                }
             }
             self.conn.send_parts(&d, &buf).await?;
             data_sn += 1;
