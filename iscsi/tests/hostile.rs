@@ -153,6 +153,26 @@ async fn test_bad_pdus_in_full_feature_phase_are_rejected() {
         // The window moved on by one command.
         assert_eq!(r.u32_at(28), 11);
 
+        // A command far outside the window is ignored silently (RFC 7143 §4.2.2.1); the
+        // NOP-Out after it, with the expected CmdSN, is answered.
+        let mut tur = Pdu::new(op::SCSI_CMD);
+        tur.bhs[1] = 0x80;
+        tur.set_lun(1);
+        tur.set_itt(6);
+        tur.set_u32(24, 5000);
+        pdu::write_pdu(&mut s, &tur).await.unwrap();
+        let mut ping = Pdu::new(op::NOP_OUT);
+        ping.bhs[1] = 0x80;
+        ping.set_itt(7);
+        ping.set_u32(20, pdu::RESERVED_TAG);
+        ping.set_u32(24, 11);
+        ping.data = b"ping".to_vec();
+        pdu::write_pdu(&mut s, &ping).await.unwrap();
+        let r = pdu::read_pdu(&mut s, 65_536).await.unwrap();
+        assert_eq!((r.opcode(), r.itt()), (op::NOP_IN, 7), "{r:?}");
+        assert_eq!(r.data, b"ping");
+        assert_eq!(r.u32_at(28), 12);
+
         // A Data-Out announcing more than the negotiated segment size: connection closed.
         s.write_all(&header(op::DATA_OUT, 0x80_0000)).await.unwrap();
         expect_closed(&mut s).await;

@@ -172,3 +172,49 @@ async fn test_shutdown_stops_serving() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn test_small_bursts_split_writes_into_r2t_sequences() {
+    within(60, async {
+        // Tiny limits on both sides: every 1 MiB command needs many R2Ts, each answered
+        // with several Data-Out PDUs; reads come back in many Data-In sequences.
+        let fx = start_target(8 * MIB as u64, Some(creds())).await;
+        let mut cfg = initiator(Some(creds()));
+        cfg.preferences.max_burst_length = 64 * 1024;
+        cfg.preferences.first_burst_length = 16 * 1024;
+        cfg.preferences.max_recv_data_segment_length = 8 * 1024;
+        cfg.preferences.initial_r2t = true;
+        cfg.queue_depth = 4;
+        let mut s = Session::login(fx.addr(), IQN, cfg).await.unwrap();
+        let p = s.params().clone();
+        assert_eq!((p.max_burst_length, p.first_burst_length), (64 * 1024, 16 * 1024));
+        assert!(p.initial_r2t, "InitialR2T is Yes when either side says Yes");
+        assert_eq!(p.initiator_max_recv_data_segment_length, 8 * 1024);
+        let data = pseudo_random(3 * MIB + 512, 13);
+        s.write(7, &data).await.unwrap();
+        let back = s.read(7, (data.len() / 512) as u64).await.unwrap();
+        assert!(back == data, "read-back differs");
+        s.logout().await.unwrap();
+        assert_eq!(sha256(&fx.contents()[7 * 512..7 * 512 + data.len()]), sha256(&data));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn test_silent_target_times_out() {
+    within(30, async {
+        // Accepts the connection, never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _hold = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            drop(s);
+        });
+        let mut cfg = initiator(None);
+        cfg.timeout = std::time::Duration::from_millis(300);
+        let err = Session::login(addr, IQN, cfg).await.unwrap_err();
+        assert!(matches!(err, InitiatorError::Timeout { .. }), "{err:?}");
+    })
+    .await;
+}
