@@ -22,7 +22,8 @@ use crate::params::{NegotiationError, Preferences, SessionParams};
 use crate::pdu::{self, LOGIN_DATA_LIMIT, Pdu, PduError, RESERVED_TAG, op};
 use crate::scsi::{STATUS_CHECK_CONDITION, STATUS_GOOD, Sense, cdb};
 
-pub use login::discover;
+pub use login::{DiscoveredTarget, discover};
+pub use write::Writer;
 
 /// How the initiator introduces itself and how hard it pushes.
 #[derive(Debug, Clone)]
@@ -157,6 +158,9 @@ pub struct Session {
     exp_stat_sn: u32,
     next_itt: u32,
     capacity: Option<Capacity>,
+    /// A [`Writer`] was dropped with commands in flight: their responses would arrive for
+    /// tags nobody waits for, so the session refuses further commands.
+    abandoned: bool,
 }
 
 impl Session {
@@ -196,7 +200,17 @@ impl Session {
             exp_stat_sn: 0,
             next_itt: 1,
             capacity: None,
+            abandoned: false,
         })
+    }
+
+    fn usable(&self) -> Result<(), InitiatorError> {
+        if self.abandoned {
+            return Err(InitiatorError::InvalidRequest(
+                "a writer was dropped with commands in flight; log in again".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn itt(&mut self) -> u32 {
@@ -336,6 +350,7 @@ impl Session {
 
     /// Runs one command that reads up to `len` bytes (or transfers nothing when 0).
     async fn command_in(&mut self, cdb: &[u8; 16], len: u32) -> Result<Vec<u8>, InitiatorError> {
+        self.usable()?;
         let itt = self.itt();
         let flags = if len > 0 { 0x80 | 0x40 } else { 0x80 };
         let c = self.command_pdu(itt, cdb, flags, len);

@@ -218,3 +218,34 @@ async fn test_silent_target_times_out() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn test_streaming_writer_accepts_odd_pieces() {
+    within(60, async {
+        let fx = start_target(16 * MIB as u64, None).await;
+        let mut cfg = initiator(None);
+        // Half of each command rides as immediate data, the rest waits for an R2T.
+        cfg.max_command_bytes = 512 * 1024;
+        let mut s = Session::login(fx.addr(), IQN, cfg).await.unwrap();
+        let data = pseudo_random(5 * MIB, 17);
+        let mut w = s.writer(100).await.unwrap();
+        // Pieces that never line up with blocks or commands, as an image stream would be.
+        for piece in data.chunks(12_345) {
+            w.write(piece).await.unwrap();
+        }
+        assert_eq!(w.finish().await.unwrap(), data.len() as u64);
+        assert!(fx.handle.stats().max_pending_writes > 1, "the writer did not pipeline");
+
+        // A trailing partial block is refused, and the unsent remainder is not written.
+        let mut w = s.writer(0).await.unwrap();
+        w.write(&[1u8; 700]).await.unwrap();
+        assert!(matches!(w.finish().await, Err(InitiatorError::InvalidRequest(_))));
+        s.test_unit_ready().await.unwrap();
+        s.logout().await.unwrap();
+
+        let file = fx.contents();
+        assert_eq!(sha256(&file[100 * 512..100 * 512 + data.len()]), sha256(&data));
+        assert!(file[..100 * 512].iter().all(|&b| b == 0));
+    })
+    .await;
+}

@@ -2,8 +2,11 @@
 //! immediate data and unsolicited Data-Out up to FirstBurstLength as negotiated, and the
 //! rest in answer to the target's R2Ts.
 //!
-//! When a command fails, no new ones are issued but those in flight are still served to
-//! completion, so the session stays in step and the first failure is what the caller sees.
+//! [`Writer`] streams: the conductor feeds it an image in pieces of any size, and it cuts
+//! them into commands of `max_command_bytes`, so memory stays at `queue_depth` commands
+//! whatever the image size. When a command fails, no new ones are issued but those in
+//! flight are served to completion, so the session stays in step and the first failure is
+//! what the caller sees.
 
 use std::collections::HashMap;
 
@@ -11,13 +14,47 @@ use super::{InitiatorError, Session, status};
 use crate::pdu::{Pdu, RESERVED_TAG, op, sn_le};
 use crate::scsi::cdb;
 
-/// A WRITE command in flight: which part of the caller's buffer it carries.
-struct InFlight {
-    start: usize,
-    len: u32,
+/// A streaming, pipelined writer over a [`Session`], from [`Session::writer`]. Call
+/// [`Writer::finish`] at the end: dropping a writer with commands in flight leaves the
+/// session unusable.
+#[derive(Debug)]
+pub struct Writer<'a> {
+    session: &'a mut Session,
+    block_size: u32,
+    chunk: usize,
+    depth: usize,
+    next_lba: u64,
+    /// Data not yet sent, less than one command's worth.
+    pending: Vec<u8>,
+    /// Commands in flight by ITT, with the data they carry (R2Ts ask for parts of it).
+    inflight: HashMap<u32, Vec<u8>>,
+    failed: Option<InitiatorError>,
+    written: u64,
 }
 
 impl Session {
+    /// A writer starting at block `lba`.
+    ///
+    /// # Errors
+    /// When the block size cannot be learned (READ CAPACITY fails).
+    pub async fn writer(&mut self, lba: u64) -> Result<Writer<'_>, InitiatorError> {
+        self.usable()?;
+        let bs = self.block_size().await?;
+        let chunk = self.blocks_per_command(bs) as usize * bs as usize;
+        let depth = self.config.queue_depth.max(1);
+        Ok(Writer {
+            session: self,
+            block_size: bs,
+            chunk,
+            depth,
+            next_lba: lba,
+            pending: Vec::with_capacity(chunk),
+            inflight: HashMap::new(),
+            failed: None,
+            written: 0,
+        })
+    }
+
     /// Writes `data` (a whole number of blocks) starting at `lba`, keeping up to
     /// `queue_depth` commands in flight.
     ///
@@ -25,74 +62,16 @@ impl Session {
     /// An unaligned length, I/O, timeouts, a CHECK CONDITION (e.g. LBA out of range, in
     /// which case nothing of the failing command was written) or protocol errors.
     pub async fn write(&mut self, lba: u64, data: &[u8]) -> Result<(), InitiatorError> {
-        let bs = self.block_size().await?;
-        let bsu = bs as usize;
-        if !data.len().is_multiple_of(bsu) {
+        let mut w = self.writer(lba).await?;
+        if !data.len().is_multiple_of(w.block_size as usize) {
             return Err(InitiatorError::InvalidRequest(format!(
-                "{} bytes is not a multiple of the block size {bs}",
-                data.len()
+                "{} bytes is not a multiple of the block size {}",
+                data.len(),
+                w.block_size
             )));
         }
-        let chunk = self.blocks_per_command(bs) as usize * bsu;
-        let depth = self.config.queue_depth.max(1);
-        let mut inflight: HashMap<u32, InFlight> = HashMap::new();
-        let mut next = 0usize;
-        let mut failed: Option<InitiatorError> = None;
-        loop {
-            while failed.is_none()
-                && next < data.len()
-                && inflight.len() < depth
-                && sn_le(self.cmd_sn, self.max_cmd_sn)
-            {
-                let len = chunk.min(data.len() - next);
-                let block = lba + (next / bsu) as u64;
-                let itt = self.itt();
-                self.start_write(itt, block, &data[next..next + len], bs).await?;
-                let len = u32::try_from(len).unwrap_or(u32::MAX);
-                inflight.insert(itt, InFlight { start: next, len });
-                next += len as usize;
-            }
-            if inflight.is_empty() && failed.is_none() && next < data.len() {
-                return Err(InitiatorError::Protocol(
-                    "the target closed the command window".into(),
-                ));
-            }
-            if inflight.is_empty() {
-                return match failed {
-                    Some(e) => Err(e),
-                    None => Ok(()),
-                };
-            }
-            let p = self.recv("write progress").await?;
-            let Some(p) = self.background(p).await? else { continue };
-            let itt = p.itt();
-            let Some(f) = inflight.get(&itt) else {
-                return Err(InitiatorError::Protocol(format!("PDU for unknown ITT {itt:#x}")));
-            };
-            match p.opcode() {
-                op::R2T => {
-                    let (offset, want) = (p.u32_at(40), p.u32_at(44));
-                    let end = offset.checked_add(want).filter(|&e| e <= f.len && want > 0);
-                    let Some(end) = end else {
-                        return Err(InitiatorError::Protocol("R2T outside the command".into()));
-                    };
-                    let buf = &data[f.start..f.start + f.len as usize];
-                    let ttt = p.u32_at(20);
-                    self.data_out(itt, ttt, &p.bhs[8..16], buf, offset, end).await?;
-                }
-                op::SCSI_RESP => {
-                    inflight.remove(&itt);
-                    if let Err(e) = status(p.bhs[2], p.bhs[3], &p.data) {
-                        failed.get_or_insert(e);
-                    }
-                }
-                other => {
-                    return Err(InitiatorError::Protocol(format!(
-                        "opcode {other:#04x} during a write"
-                    )));
-                }
-            }
-        }
+        w.write(data).await?;
+        w.finish().await.map(drop)
     }
 
     /// Sends a WRITE(16) with its immediate data and any unsolicited Data-Out.
@@ -150,5 +129,121 @@ impl Session {
             data_sn += 1;
         }
         Ok(())
+    }
+}
+
+impl Writer<'_> {
+    /// Queues `buf`, sending every full command's worth as room in the queue allows.
+    ///
+    /// # Errors
+    /// The first failed command (after the others in flight completed), I/O, timeouts.
+    pub async fn write(&mut self, mut buf: &[u8]) -> Result<(), InitiatorError> {
+        while !buf.is_empty() {
+            let take = (self.chunk - self.pending.len()).min(buf.len());
+            self.pending.extend_from_slice(&buf[..take]);
+            buf = &buf[take..];
+            if self.pending.len() == self.chunk {
+                self.submit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what is left and waits for every command; returns the bytes written.
+    ///
+    /// # Errors
+    /// Left-over data that is not a whole number of blocks (then that data is not sent at
+    /// all, and commands already in flight still complete), or as [`Writer::write`].
+    pub async fn finish(mut self) -> Result<u64, InitiatorError> {
+        if !self.pending.len().is_multiple_of(self.block_size as usize) {
+            self.drain().await?;
+            return Err(InitiatorError::InvalidRequest(format!(
+                "{} trailing bytes are not a whole block",
+                self.pending.len()
+            )));
+        }
+        if !self.pending.is_empty() {
+            self.submit().await?;
+        }
+        self.drain().await?;
+        Ok(self.written)
+    }
+
+    /// Waits for every command in flight, then reports the first failure.
+    async fn drain(&mut self) -> Result<(), InitiatorError> {
+        while !self.inflight.is_empty() {
+            self.pump().await?;
+        }
+        self.failed.take().map_or(Ok(()), Err)
+    }
+
+    /// Sends the pending data as one command once the queue and the window have room.
+    async fn submit(&mut self) -> Result<(), InitiatorError> {
+        loop {
+            if self.failed.is_some() {
+                return self.drain().await;
+            }
+            let s = &self.session;
+            if self.inflight.len() < self.depth && sn_le(s.cmd_sn, s.max_cmd_sn) {
+                break;
+            }
+            if self.inflight.is_empty() {
+                return Err(InitiatorError::Protocol(
+                    "the target closed the command window".into(),
+                ));
+            }
+            self.pump().await?;
+        }
+        let data = std::mem::replace(&mut self.pending, Vec::with_capacity(self.chunk));
+        let itt = self.session.itt();
+        let lba = self.next_lba;
+        self.session.start_write(itt, lba, &data, self.block_size).await?;
+        let len = data.len() as u64;
+        self.next_lba += len / u64::from(self.block_size);
+        self.inflight.insert(itt, data);
+        Ok(())
+    }
+
+    /// Handles one PDU from the target: an R2T to answer or a command's status.
+    async fn pump(&mut self) -> Result<(), InitiatorError> {
+        let p = self.session.recv("write progress").await?;
+        let Some(p) = self.session.background(p).await? else { return Ok(()) };
+        let itt = p.itt();
+        let Some(buf) = self.inflight.get(&itt) else {
+            return Err(InitiatorError::Protocol(format!("PDU for unknown ITT {itt:#x}")));
+        };
+        match p.opcode() {
+            op::R2T => {
+                let (offset, want) = (p.u32_at(40), p.u32_at(44));
+                let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+                let end = offset.checked_add(want).filter(|&e| e <= len && want > 0);
+                let Some(end) = end else {
+                    return Err(InitiatorError::Protocol("R2T outside the command".into()));
+                };
+                let ttt = p.u32_at(20);
+                self.session.data_out(itt, ttt, &p.bhs[8..16], buf, offset, end).await
+            }
+            op::SCSI_RESP => {
+                if let Some(buf) = self.inflight.remove(&itt) {
+                    match status(p.bhs[2], p.bhs[3], &p.data) {
+                        Ok(()) => self.written += buf.len() as u64,
+                        Err(e) => {
+                            self.failed.get_or_insert(e);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            other => Err(InitiatorError::Protocol(format!("opcode {other:#04x} during a write"))),
+        }
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        if !self.inflight.is_empty() {
+            // Responses to these commands would arrive for tags nobody waits for.
+            self.session.abandoned = true;
+        }
     }
 }
