@@ -182,3 +182,46 @@ async fn test_bad_pdus_in_full_feature_phase_are_rejected() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn test_login_status_for_missing_name_and_unknown_session() {
+    within(30, async {
+        let fx = start_target(1 << 20, None).await;
+        let login = |tsih: u16, keys: &[(&str, &str)]| {
+            let mut p = Pdu::new(op::LOGIN);
+            p.set_immediate();
+            p.bhs[1] = 0x87;
+            p.bhs[8] = 0x80;
+            p.set_u16(14, tsih);
+            p.data = pdu::encode_text(keys);
+            p
+        };
+        for (p, want) in [
+            // No InitiatorName: missing parameter.
+            (login(0, &[("TargetName", IQN)]), (2, 7)),
+            // Joining a session that does not exist.
+            (login(9, &[("InitiatorName", INITIATOR), ("TargetName", IQN)]), (2, 0x0a)),
+            // A digest we do not offer: initiator error.
+            (
+                login(
+                    0,
+                    &[
+                        ("InitiatorName", INITIATOR),
+                        ("TargetName", IQN),
+                        ("HeaderDigest", "CRC32C"),
+                    ],
+                ),
+                (2, 0),
+            ),
+        ] {
+            let mut s = TcpStream::connect(fx.addr()).await.unwrap();
+            pdu::write_pdu(&mut s, &p).await.unwrap();
+            let r = pdu::read_pdu(&mut s, 65_536).await.unwrap();
+            assert_eq!(r.opcode(), op::LOGIN_RESP);
+            assert_eq!((r.bhs[36], r.bhs[37]), want);
+            expect_closed(&mut s).await;
+        }
+        assert_eq!(fx.handle.stats().logins, 0);
+    })
+    .await;
+}

@@ -122,7 +122,9 @@ async fn test_libiscsi_tools_against_our_target() {
 
         // Reads at depth (a few seconds of iscsi-perf; it stops on its own via -t).
         let (ok, out) = run(perf, &[&i[..], &["-m", "16", "-t", "2", lun.as_str()]].concat()).await;
-        assert!(ok || out.contains("iops"), "iscsi-perf failed: {out}");
+        assert!(ok, "iscsi-perf failed: {out}");
+        assert!(out.contains("capacity is 32768 blocks"), "{out}");
+        assert!(out.contains("iops average") && out.contains("finished."), "{out}");
     })
     .await;
 }

@@ -22,6 +22,8 @@ pub const STATUS_NOT_FOUND: (u8, u8) = (0x02, 0x03);
 pub const STATUS_UNSUPPORTED_VERSION: (u8, u8) = (0x02, 0x05);
 /// Login status: missing parameter.
 pub const STATUS_MISSING_PARAMETER: (u8, u8) = (0x02, 0x07);
+/// Login status: session does not exist.
+pub const STATUS_NO_SESSION: (u8, u8) = (0x02, 0x0a);
 
 const STAGE_SECURITY: u8 = 0;
 const STAGE_OPERATIONAL: u8 = 1;
@@ -88,6 +90,11 @@ pub(super) async fn login(conn: &mut Conn, shared: &Shared) -> Result<LoginOutco
             // Only version 0 exists; Version-min above it cannot be served.
             if req.bhs[3] > 0 {
                 return refuse(conn, &st, STATUS_UNSUPPORTED_VERSION).await;
+            }
+            // A TSIH names an existing session to add a connection to or reinstate; with
+            // one connection per session there is never one to join.
+            if req.u16_at(14) != 0 {
+                return refuse(conn, &st, STATUS_NO_SESSION).await;
             }
         }
         if text.len() + req.data.len() > LOGIN_DATA_LIMIT {
