@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::backend::BlockBackend;
 use crate::chap::ChapCredentials;
@@ -176,13 +177,20 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         let conn_token = token.child_token();
-        tracker.spawn(async move {
-            let _permit = permit;
-            tokio::select! {
-                biased;
-                () = conn_token.cancelled() => {}
-                () = conn::serve(stream, peer, shared) => {}
+        let span = tracing::info_span!("iscsi_connection", %peer);
+        tracker.spawn(
+            async move {
+                let _permit = permit;
+                tokio::select! {
+                    // Shutdown first. Dropping the connection mid-command is what a lost
+                    // network does too: the initiator sees the socket close and cannot
+                    // take an unanswered command as done.
+                    biased;
+                    () = conn_token.cancelled() => {}
+                    () = conn::serve(stream, peer, shared) => {}
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 }
