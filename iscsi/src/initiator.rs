@@ -20,7 +20,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use crate::chap::ChapCredentials;
 use crate::params::{NegotiationError, Preferences, SessionParams};
 use crate::pdu::{self, LOGIN_DATA_LIMIT, Pdu, PduError, RESERVED_TAG, op};
-use crate::scsi::{STATUS_CHECK_CONDITION, STATUS_GOOD, Sense, cdb};
+use crate::scsi::{STATUS_CHECK_CONDITION, STATUS_GOOD, Sense, cdb, sense_key};
 
 pub use login::{DiscoveredTarget, discover};
 pub use write::Writer;
@@ -348,8 +348,25 @@ impl Session {
         c
     }
 
-    /// Runs one command that reads up to `len` bytes (or transfers nothing when 0).
+    /// Runs one command that reads up to `len` bytes (or transfers nothing when 0),
+    /// repeating it after UNIT ATTENTION: targets such as tgtd report a power-on/reset
+    /// condition on the first command of every new session, and the command was not run.
     async fn command_in(&mut self, cdb: &[u8; 16], len: u32) -> Result<Vec<u8>, InitiatorError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.command_once(cdb, len).await {
+                Err(InitiatorError::CheckCondition { sense })
+                    if sense.key == sense_key::UNIT_ATTENTION && attempts < 4 =>
+                {
+                    tracing::debug!(%sense, "unit attention; repeating the command");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn command_once(&mut self, cdb: &[u8; 16], len: u32) -> Result<Vec<u8>, InitiatorError> {
         self.usable()?;
         let itt = self.itt();
         let flags = if len > 0 { 0x80 | 0x40 } else { 0x80 };

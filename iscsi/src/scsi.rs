@@ -48,6 +48,9 @@ pub mod sense_key {
     pub const NO_SENSE: u8 = 0x0;
     /// MEDIUM ERROR.
     pub const MEDIUM_ERROR: u8 = 0x3;
+    /// UNIT ATTENTION: the target reports an event (reset, new session) once per
+    /// initiator; the command was not executed and may simply be repeated.
+    pub const UNIT_ATTENTION: u8 = 0x6;
     /// ILLEGAL REQUEST.
     pub const ILLEGAL_REQUEST: u8 = 0x5;
 }

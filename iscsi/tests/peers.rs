@@ -151,21 +151,22 @@ impl Drop for Tgtd {
     }
 }
 
-async fn start_tgtd(backing: &Path) -> Result<(Tgtd, std::net::SocketAddr), String> {
+async fn start_tgtd(backing: &Path, log: &Path) -> Result<(Tgtd, std::net::SocketAddr), String> {
     let tgtd = find_binary("tgtd")?;
     let tgtadm = find_binary("tgtadm")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
         .port();
-    // The control port names tgtd's management socket; pick one no other tgtd uses.
-    let control = (10_000 + u32::from(port) % 50_000).to_string();
+    // The control port names tgtd's management socket (/var/run/tgtd/socket.N, N at most
+    // 32767); derive it from the free TCP port so that it differs from a system tgtd's 0.
+    let control = (1 + u32::from(port) % 32_000).to_string();
     std::fs::create_dir_all("/var/run/tgtd").map_err(|e| format!("/var/run/tgtd: {e}"))?;
     let child = Command::new(tgtd)
         .args(["-f", "-C", &control, "--iscsi", &format!("portal=127.0.0.1:{port}")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(log).map_err(|e| format!("tgtd log: {e}"))?)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("spawning tgtd: {e}"))?;
@@ -176,7 +177,8 @@ async fn start_tgtd(backing: &Path) -> Result<(Tgtd, std::net::SocketAddr), Stri
             break;
         }
         if let Ok(Some(status)) = t.child.try_wait() {
-            return Err(format!("tgtd exited with {status} (is it allowed to run here?)"));
+            let said = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(format!("tgtd exited with {status}: {said}"));
         }
         if Instant::now() > deadline {
             return Err("tgtd's control socket did not come up within 15 s".into());
@@ -200,7 +202,11 @@ async fn test_our_initiator_against_tgtd() {
     let backing = dir.path().join("tgt.img");
     let size = 32u64 << 20;
     std::fs::File::create(&backing).unwrap().set_len(size).unwrap();
-    let Some((_tgtd, addr)) = require_peer("tgtd", start_tgtd(&backing).await) else { return };
+    let Some((_tgtd, addr)) =
+        require_peer("tgtd", start_tgtd(&backing, &dir.path().join("tgtd.log")).await)
+    else {
+        return;
+    };
     within(120, async {
         // Wrong secret first: tgtd must refuse with an authentication failure.
         let mut bad = creds();

@@ -12,7 +12,19 @@ use std::collections::HashMap;
 
 use super::{InitiatorError, Session, status};
 use crate::pdu::{Pdu, RESERVED_TAG, op, sn_le};
-use crate::scsi::cdb;
+use crate::scsi::{cdb, sense_key};
+
+/// Times a command answered with UNIT ATTENTION is sent again before the error stands.
+const UNIT_ATTENTION_RETRIES: u8 = 3;
+
+/// One WRITE command's worth of data and where it goes.
+#[derive(Debug)]
+struct Command {
+    lba: u64,
+    data: Vec<u8>,
+    /// UNIT ATTENTION answers so far.
+    retries: u8,
+}
 
 /// A streaming, pipelined writer over a [`Session`], from [`Session::writer`]. Call
 /// [`Writer::finish`] at the end: dropping a writer with commands in flight leaves the
@@ -27,7 +39,9 @@ pub struct Writer<'a> {
     /// Data not yet sent, less than one command's worth.
     pending: Vec<u8>,
     /// Commands in flight by ITT, with the data they carry (R2Ts ask for parts of it).
-    inflight: HashMap<u32, Vec<u8>>,
+    inflight: HashMap<u32, Command>,
+    /// Commands answered with UNIT ATTENTION (not executed), to be sent again.
+    retry: Vec<Command>,
     failed: Option<InitiatorError>,
     written: u64,
 }
@@ -50,6 +64,7 @@ impl Session {
             next_lba: lba,
             pending: Vec::with_capacity(chunk),
             inflight: HashMap::new(),
+            retry: Vec::new(),
             failed: None,
             written: 0,
         })
@@ -169,12 +184,47 @@ impl Writer<'_> {
         Ok(self.written)
     }
 
-    /// Waits for every command in flight, then reports the first failure.
+    /// Waits for every command in flight (and sends again those that met a UNIT
+    /// ATTENTION), then reports the first failure.
     async fn drain(&mut self) -> Result<(), InitiatorError> {
-        while !self.inflight.is_empty() {
+        loop {
+            if self.failed.is_some() {
+                // Not executed, and the caller learns of the failure anyway.
+                self.retry.clear();
+            }
+            self.relaunch().await?;
+            if self.inflight.is_empty() {
+                if self.retry.is_empty() {
+                    break;
+                }
+                return Err(InitiatorError::Protocol(
+                    "the target closed the command window".into(),
+                ));
+            }
             self.pump().await?;
         }
         self.failed.take().map_or(Ok(()), Err)
+    }
+
+    fn has_room(&self) -> bool {
+        self.inflight.len() < self.depth && sn_le(self.session.cmd_sn, self.session.max_cmd_sn)
+    }
+
+    /// Sends `cmd` under a fresh tag.
+    async fn launch(&mut self, cmd: Command) -> Result<(), InitiatorError> {
+        let itt = self.session.itt();
+        self.session.start_write(itt, cmd.lba, &cmd.data, self.block_size).await?;
+        self.inflight.insert(itt, cmd);
+        Ok(())
+    }
+
+    /// Sends again the commands that met a UNIT ATTENTION, as room allows.
+    async fn relaunch(&mut self) -> Result<(), InitiatorError> {
+        while self.has_room() {
+            let Some(cmd) = self.retry.pop() else { break };
+            self.launch(cmd).await?;
+        }
+        Ok(())
     }
 
     /// Sends the pending data as one command once the queue and the window have room.
@@ -183,8 +233,8 @@ impl Writer<'_> {
             if self.failed.is_some() {
                 return self.drain().await;
             }
-            let s = &self.session;
-            if self.inflight.len() < self.depth && sn_le(s.cmd_sn, s.max_cmd_sn) {
+            self.relaunch().await?;
+            if self.has_room() {
                 break;
             }
             if self.inflight.is_empty() {
@@ -195,13 +245,9 @@ impl Writer<'_> {
             self.pump().await?;
         }
         let data = std::mem::replace(&mut self.pending, Vec::with_capacity(self.chunk));
-        let itt = self.session.itt();
         let lba = self.next_lba;
-        self.session.start_write(itt, lba, &data, self.block_size).await?;
-        let len = data.len() as u64;
-        self.next_lba += len / u64::from(self.block_size);
-        self.inflight.insert(itt, data);
-        Ok(())
+        self.next_lba += data.len() as u64 / u64::from(self.block_size);
+        self.launch(Command { lba, data, retries: 0 }).await
     }
 
     /// Handles one PDU from the target: an R2T to answer or a command's status.
@@ -209,27 +255,34 @@ impl Writer<'_> {
         let p = self.session.recv("write progress").await?;
         let Some(p) = self.session.background(p).await? else { return Ok(()) };
         let itt = p.itt();
-        let Some(buf) = self.inflight.get(&itt) else {
+        let Some(cmd) = self.inflight.get(&itt) else {
             return Err(InitiatorError::Protocol(format!("PDU for unknown ITT {itt:#x}")));
         };
         match p.opcode() {
             op::R2T => {
                 let (offset, want) = (p.u32_at(40), p.u32_at(44));
-                let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+                let len = u32::try_from(cmd.data.len()).unwrap_or(u32::MAX);
                 let end = offset.checked_add(want).filter(|&e| e <= len && want > 0);
                 let Some(end) = end else {
                     return Err(InitiatorError::Protocol("R2T outside the command".into()));
                 };
                 let ttt = p.u32_at(20);
-                self.session.data_out(itt, ttt, &p.bhs[8..16], buf, offset, end).await
+                self.session.data_out(itt, ttt, &p.bhs[8..16], &cmd.data, offset, end).await
             }
             op::SCSI_RESP => {
-                if let Some(buf) = self.inflight.remove(&itt) {
-                    match status(p.bhs[2], p.bhs[3], &p.data) {
-                        Ok(()) => self.written += buf.len() as u64,
-                        Err(e) => {
-                            self.failed.get_or_insert(e);
-                        }
+                let Some(mut cmd) = self.inflight.remove(&itt) else { return Ok(()) };
+                match status(p.bhs[2], p.bhs[3], &p.data) {
+                    Ok(()) => self.written += cmd.data.len() as u64,
+                    Err(InitiatorError::CheckCondition { sense })
+                        if sense.key == sense_key::UNIT_ATTENTION
+                            && cmd.retries < UNIT_ATTENTION_RETRIES =>
+                    {
+                        tracing::debug!(%sense, lba = cmd.lba, "unit attention; writing again");
+                        cmd.retries += 1;
+                        self.retry.push(cmd);
+                    }
+                    Err(e) => {
+                        self.failed.get_or_insert(e);
                     }
                 }
                 Ok(())
