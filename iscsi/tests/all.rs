@@ -6,4 +6,5 @@
 mod hostile;
 mod loopback;
 mod peers;
+mod scripted;
 mod support;
