@@ -136,7 +136,9 @@ impl Session<'_> {
             // Multi-PDU text requests are not needed for SendTargets.
             return self.reject(&req, reject::NOT_SUPPORTED).await;
         }
-        let keys = pdu::parse_text(&req.data).unwrap_or_default();
+        let Ok(keys) = pdu::parse_text(&req.data) else {
+            return self.reject(&req, reject::INVALID_FIELD).await;
+        };
         let mut reply: Vec<(String, String)> = Vec::new();
         for (k, v) in keys {
             if k == "SendTargets" {
@@ -211,34 +213,7 @@ impl Session<'_> {
         };
         let action = dev.execute(&cdb, lun);
         if is_write {
-            let (offset, error) = match action {
-                Ok(Action::Write { offset, len }) if len == u64::from(edtl) => (Some(offset), None),
-                Ok(_) => (None, Some(Sense::INVALID_FIELD_IN_CDB)),
-                Err(sense) => (None, Some(sense)),
-            };
-            let w = PendingWrite {
-                lun: req.lun_field(),
-                offset,
-                edtl,
-                received: 0,
-                unsolicited_done: req.final_bit(),
-                r2t: None,
-                r2t_sn: 0,
-                error,
-            };
-            self.pending.insert(itt, w);
-            let depth = self.pending.len();
-            self.shared.stats.send_if_modified(|s| {
-                let deeper = depth > s.max_pending_writes;
-                if deeper {
-                    s.max_pending_writes = depth;
-                }
-                deeper
-            });
-            if imm_len > 0 {
-                self.accept_data(itt, 0, req.data).await?;
-            }
-            return self.progress(itt).await;
+            return self.write_command(req, action).await;
         }
         match action {
             Ok(Action::Data(v)) if is_read || v.is_empty() => self.data_in(&req, &v).await,
@@ -263,6 +238,47 @@ impl Session<'_> {
             Ok(_) => self.finish_status(itt, Some(Sense::INVALID_FIELD_IN_CDB), edtl).await,
             Err(sense) => self.finish_status(itt, Some(sense), edtl).await,
         }
+    }
+
+    /// Starts a command with the W bit: records it, takes its immediate data, and sends
+    /// an R2T or its status. A command that already failed (range, CDB) still drains the
+    /// unsolicited data the initiator is committed to send, then reports the failure.
+    async fn write_command(
+        &mut self,
+        req: Pdu,
+        action: Result<Action, Sense>,
+    ) -> Result<(), ConnEnd> {
+        let itt = req.itt();
+        let edtl = req.u32_at(20);
+        let (offset, error) = match action {
+            Ok(Action::Write { offset, len }) if len == u64::from(edtl) => (Some(offset), None),
+            // A write opcode whose length disagrees with EDTL, or a non-write with data.
+            Ok(_) => (None, Some(Sense::INVALID_FIELD_IN_CDB)),
+            Err(sense) => (None, Some(sense)),
+        };
+        let w = PendingWrite {
+            lun: req.lun_field(),
+            offset,
+            edtl,
+            received: 0,
+            unsolicited_done: req.final_bit(),
+            r2t: None,
+            r2t_sn: 0,
+            error,
+        };
+        self.pending.insert(itt, w);
+        let depth = self.pending.len();
+        self.shared.stats.send_if_modified(|s| {
+            let deeper = depth > s.max_pending_writes;
+            if deeper {
+                s.max_pending_writes = depth;
+            }
+            deeper
+        });
+        if !req.data.is_empty() {
+            self.accept_data(itt, 0, req.data).await?;
+        }
+        self.progress(itt).await
     }
 
     async fn finish_status(
@@ -332,8 +348,7 @@ impl Session<'_> {
         let edtl = req.u32_at(20);
         let n = v.len().min(edtl as usize);
         if n == 0 {
-            let sense = None;
-            return self.respond(req.itt(), STATUS_GOOD, sense, 0, edtl).await;
+            return self.respond(req.itt(), STATUS_GOOD, None, 0, edtl).await;
         }
         let mut d = self.data_in_header(req, 0, 0);
         self.final_data_in(&mut d, n as u64, v.len() as u64, edtl);
