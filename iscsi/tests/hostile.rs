@@ -225,3 +225,38 @@ async fn test_login_status_for_missing_name_and_unknown_session() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn test_login_text_split_over_continued_pdus() {
+    within(30, async {
+        let fx = start_target(1 << 20, None).await;
+        let mut s = TcpStream::connect(fx.addr()).await.unwrap();
+        let keys = pdu::encode_text(&[
+            ("InitiatorName", INITIATOR),
+            ("TargetName", IQN),
+            ("SessionType", "Normal"),
+            ("MaxRecvDataSegmentLength", "65536"),
+        ]);
+        // The text is cut mid-key: the target must join the pieces before parsing.
+        let (a, b) = keys.split_at(30);
+        let mut p = Pdu::new(op::LOGIN);
+        p.set_immediate();
+        p.bhs[8] = 0x80;
+        p.bhs[1] = 0x40 | (1 << 2);
+        p.data = a.to_vec();
+        pdu::write_pdu(&mut s, &p).await.unwrap();
+        let r = pdu::read_pdu(&mut s, 65_536).await.unwrap();
+        assert_eq!((r.opcode(), r.bhs[36], r.flags() & 0x80), (op::LOGIN_RESP, 0, 0));
+        assert!(r.data.is_empty());
+        p.bhs[1] = 0x80 | (1 << 2) | 3;
+        p.data = b.to_vec();
+        pdu::write_pdu(&mut s, &p).await.unwrap();
+        let r = pdu::read_pdu(&mut s, 65_536).await.unwrap();
+        assert_eq!((r.bhs[36], r.bhs[37]), (0, 0));
+        assert_eq!(r.flags() & 0x83, 0x83, "no transit to full feature phase");
+        let text = pdu::parse_text(&r.data).unwrap();
+        assert!(text.iter().any(|(k, _)| k == "MaxRecvDataSegmentLength"), "{text:?}");
+        assert_eq!(fx.handle.stats().logins, 1);
+    })
+    .await;
+}

@@ -106,7 +106,7 @@ pub(super) async fn login(conn: &mut Conn, shared: &Shared) -> Result<LoginOutco
         let (csg, nsg) = ((flags >> 2) & 3, flags & 3);
         if cont {
             // More text follows: acknowledge with an empty response in the same stage.
-            let mut resp = response(&st, (csg << 2) | csg);
+            let mut resp = response(&st, csg << 2);
             conn.stamp(&mut resp, true);
             conn.send(&resp).await?;
             continue;
