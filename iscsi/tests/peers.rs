@@ -104,10 +104,14 @@ async fn test_libiscsi_tools_against_our_target() {
         let (ok, out) = run(inq, &[&i[..], &[bad.as_str()]].concat()).await;
         assert!(!ok, "login with a wrong secret succeeded: {out}");
 
-        // libiscsi's conformance tests for the commands we serve, writes included.
-        let tests = "SCSI.TestUnitReady.Simple,SCSI.ReadCapacity16.Simple,SCSI.Read16.Simple,\
-                     SCSI.Write10.Simple,SCSI.Write16.Simple,SCSI.Write16.BeyondEol,\
-                     SCSI.Inquiry.Standard,SCSI.Inquiry.SupportedVPD";
+        // libiscsi's conformance tests for the commands we serve, writes included, and for
+        // the iSCSI layer: command numbering and residuals.
+        let tests = "iSCSI.iSCSIcmdsn,iSCSI.iSCSIResiduals.Read10Residuals,\
+                     iSCSI.iSCSIResiduals.Read16Residuals,iSCSI.iSCSIResiduals.Write10Residuals,\
+                     iSCSI.iSCSIResiduals.Write16Residuals,SCSI.Read10,SCSI.Write10,SCSI.Read16,\
+                     SCSI.Write16,SCSI.ReadCapacity10,SCSI.ReadCapacity16,SCSI.ReportLUNs,\
+                     SCSI.ModeSense6,SCSI.TestUnitReady,SCSI.Inquiry.Standard,\
+                     SCSI.Inquiry.SupportedVPD,SCSI.Inquiry.AllocLength,SCSI.Inquiry.EVPD";
         let (ok, out) =
             run(cu, &[&i[..], &["--dataloss", "--test", tests, lun.as_str()]].concat()).await;
         assert!(ok, "iscsi-test-cu failed: {out}");
@@ -117,7 +121,7 @@ async fn test_libiscsi_tools_against_our_target() {
             .find(|l| l.trim_start().starts_with("tests "))
             .map(|l| l.split_whitespace().collect())
             .unwrap_or_default();
-        assert_eq!(row, ["tests", "8", "8", "8", "0", "0"], "{out}");
+        assert_eq!(row, ["tests", "43", "43", "43", "0", "0"], "{out}");
         assert_ne!(fx.contents(), pattern, "libiscsi's writes did not reach the file");
 
         // Reads at depth (a few seconds of iscsi-perf; it stops on its own via -t).

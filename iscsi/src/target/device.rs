@@ -15,8 +15,9 @@ pub(super) enum Action {
     Good,
     /// Stream `len` bytes from byte `offset` of the medium.
     Read { offset: u64, len: u64 },
-    /// Accept `len` bytes at byte `offset` of the medium.
-    Write { offset: u64, len: u64 },
+    /// Accept `len` bytes at byte `offset` of the medium; `fua`: make them durable before
+    /// reporting GOOD.
+    Write { offset: u64, len: u64, fua: bool },
     /// Flush the backend.
     Sync,
 }
@@ -81,14 +82,16 @@ impl Device<'_> {
                 Ok(cut(v, be32(&cdb[10..14]) as usize))
             }
             opcode::READ_6 | opcode::READ_10 | opcode::READ_16 => {
-                let (lba, blocks) = rw_range(cdb);
+                let (lba, blocks) = rw_range(cdb)?;
                 let (offset, len) = self.range(lba, blocks)?;
                 Ok(Action::Read { offset, len })
             }
             opcode::WRITE_6 | opcode::WRITE_10 | opcode::WRITE_16 => {
-                let (lba, blocks) = rw_range(cdb);
+                let (lba, blocks) = rw_range(cdb)?;
                 let (offset, len) = self.range(lba, blocks)?;
-                Ok(Action::Write { offset, len })
+                // FUA exists in the 10- and 16-byte forms only.
+                let fua = cdb[0] != opcode::WRITE_6 && cdb[1] & 0x08 != 0;
+                Ok(Action::Write { offset, len, fua })
             }
             opcode::SYNC_CACHE_10 | opcode::SYNC_CACHE_16 => Ok(Action::Sync),
             opcode::MODE_SENSE_6 => mode_sense(cdb, false),
@@ -145,8 +148,14 @@ impl Device<'_> {
     }
 }
 
-fn rw_range(cdb: &[u8; 16]) -> (u64, u64) {
-    match cdb[0] {
+/// The LBA and block count of a READ/WRITE CDB.
+fn rw_range(cdb: &[u8; 16]) -> Result<(u64, u64), Sense> {
+    // RDPROTECT/WRPROTECT: protection information is not supported (SBC-3 says a
+    // non-zero value on a device without it is an invalid field).
+    if !matches!(cdb[0], opcode::READ_6 | opcode::WRITE_6) && cdb[1] & 0xe0 != 0 {
+        return Err(Sense::INVALID_FIELD_IN_CDB);
+    }
+    Ok(match cdb[0] {
         opcode::READ_6 | opcode::WRITE_6 => {
             let lba = u64::from(be32(&[0, cdb[1] & 0x1f, cdb[2], cdb[3]]));
             // A transfer length of 0 means 256 blocks in the 6-byte forms.
@@ -157,7 +166,7 @@ fn rw_range(cdb: &[u8; 16]) -> (u64, u64) {
             (u64::from(be32(&cdb[2..6])), u64::from(be16(&cdb[7..9])))
         }
         _ => (be64(&cdb[2..10]), u64::from(be32(&cdb[10..14]))),
-    }
+    })
 }
 
 fn report_luns(cdb: &[u8; 16]) -> Action {
@@ -168,8 +177,10 @@ fn report_luns(cdb: &[u8; 16]) -> Action {
 }
 
 /// MODE SENSE with no block descriptors: the caching page (write cache enabled, so
-/// initiators send SYNCHRONIZE CACHE) and the control page.
+/// initiators send SYNCHRONIZE CACHE) and the control page. The header's DPOFUA bit says
+/// DPO and FUA are understood (FUA writes are flushed before their status).
 fn mode_sense(cdb: &[u8; 16], ten: bool) -> Result<Action, Sense> {
+    const DPOFUA: u8 = 0x10;
     let page = cdb[2] & 0x3f;
     let pc = cdb[2] >> 6;
     let caching = {
@@ -198,10 +209,11 @@ fn mode_sense(cdb: &[u8; 16], ten: bool) -> Result<Action, Sense> {
         let len = u16::try_from(pages.len() + 6).unwrap_or(0);
         let mut h = vec![0u8; 8];
         h[0..2].copy_from_slice(&len.to_be_bytes());
+        h[3] = DPOFUA;
         (h, usize::from(be16(&cdb[7..9])))
     } else {
         let len = u8::try_from(pages.len() + 3).unwrap_or(0);
-        (vec![len, 0, 0, 0], usize::from(cdb[4]))
+        (vec![len, 0, DPOFUA, 0], usize::from(cdb[4]))
     };
     v.extend(pages);
     Ok(cut(v, alloc))
@@ -222,9 +234,15 @@ mod tests {
         c[0] = opcode::WRITE_10;
         c[5] = 99;
         c[8] = 1;
-        assert_eq!(dev().execute(&c, Some(1)), Ok(Action::Write { offset: 99 * 512, len: 512 }));
+        assert_eq!(
+            dev().execute(&c, Some(1)),
+            Ok(Action::Write { offset: 99 * 512, len: 512, fua: false })
+        );
         c[8] = 2;
         assert_eq!(dev().execute(&c, Some(1)), Err(Sense::LBA_OUT_OF_RANGE));
+        c[8] = 1;
+        c[1] = 0x20;
+        assert_eq!(dev().execute(&c, Some(1)), Err(Sense::INVALID_FIELD_IN_CDB), "WRPROTECT");
         let mut r = crate::scsi::cdb::read16(u64::MAX, 2);
         assert_eq!(dev().execute(&r, Some(1)), Err(Sense::LBA_OUT_OF_RANGE));
         r[0] = 0xc7;

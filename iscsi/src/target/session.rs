@@ -23,9 +23,16 @@ struct PendingWrite {
     /// Where the data goes on the medium; `None` when the command already failed and the
     /// data is only drained.
     offset: Option<u64>,
-    /// Expected Data Transfer Length.
+    /// Expected Data Transfer Length: how far the initiator's data may reach.
     edtl: u32,
+    /// Bytes the CDB asks to write; only the first `min(needed, edtl)` are written and
+    /// solicited, the difference is reported as a residual.
+    needed: u64,
     received: u32,
+    /// DataSN the next Data-Out of the current sequence must carry.
+    next_data_sn: u32,
+    /// FUA: flush before reporting GOOD.
+    fua: bool,
     unsolicited_done: bool,
     /// The outstanding R2T: its TTT and the end of the burst it solicited.
     r2t: Option<(u32, u32)>,
@@ -200,7 +207,7 @@ impl Session<'_> {
         let bad_data = (imm_len > 0 && (!is_write || !p.immediate_data))
             || imm_len > edtl
             || imm_len > p.first_burst_length
-            || !unsolicited_ok
+            || (!unsolicited_ok && is_write)
             || self.pending.contains_key(&itt)
             || self.pending.len() > 2 * self.conn.window as usize;
         if bad_data {
@@ -212,36 +219,41 @@ impl Session<'_> {
             serial: &self.shared.config.serial,
         };
         let action = dev.execute(&cdb, lun);
-        if is_write {
+        // A write opcode without the W bit transfers nothing and reports the shortfall
+        // as a residual (a zero-block write is simply GOOD): the same path as with it.
+        if is_write || matches!(action, Ok(Action::Write { .. })) {
             return self.write_command(req, action).await;
         }
+        // Data-In only goes to initiators that asked for it (the R bit).
+        let room = if is_read { edtl } else { 0 };
         match action {
-            Ok(Action::Data(v)) if is_read || v.is_empty() => self.data_in(&req, &v).await,
-            Ok(Action::Read { offset, len }) if is_read || len == 0 => {
-                self.stream_read(&req, offset, len).await
-            }
-            Ok(Action::Good) => self.respond(itt, STATUS_GOOD, None, 0, edtl).await,
+            Ok(Action::Data(v)) => self.data_in(&req, &v, room).await,
+            Ok(Action::Read { offset, len }) => self.stream_read(&req, offset, len, room).await,
+            Ok(Action::Good) => self.respond(itt, STATUS_GOOD, None, 0, (0, edtl)).await,
             Ok(Action::Sync) => {
-                let b = self.backend();
-                let flushed = tokio::task::spawn_blocking(move || b.flush()).await;
-                let sense = match flushed {
-                    Ok(Ok(())) => None,
-                    Ok(Err(error)) => {
-                        tracing::error!(%error, "flushing the backend");
-                        Some(Sense::WRITE_ERROR)
-                    }
-                    Err(_) => return Err(ConnEnd::Backend),
-                };
+                let sense = self.flush_backend().await?;
                 self.finish_status(itt, sense, edtl).await
             }
-            // Data without the R bit, or a write opcode without the W bit.
-            Ok(_) => self.finish_status(itt, Some(Sense::INVALID_FIELD_IN_CDB), edtl).await,
+            Ok(Action::Write { .. }) => Err(ConnEnd::Protocol("write routed as a read".into())),
             Err(sense) => self.finish_status(itt, Some(sense), edtl).await,
         }
     }
 
-    /// Starts a command with the W bit: records it, takes its immediate data, and sends
-    /// an R2T or its status. A command that already failed (range, CDB) still drains the
+    /// Flushes the backend; a failure becomes the sense to report.
+    async fn flush_backend(&mut self) -> Result<Option<Sense>, ConnEnd> {
+        let b = self.backend();
+        match tokio::task::spawn_blocking(move || b.flush()).await {
+            Ok(Ok(())) => Ok(None),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "flushing the backend");
+                Ok(Some(Sense::WRITE_ERROR))
+            }
+            Err(_) => Err(ConnEnd::Backend),
+        }
+    }
+
+    /// Starts a write command: records it, takes its immediate data, and sends an R2T or
+    /// its status. A command that already failed (range, CDB) still drains the
     /// unsolicited data the initiator is committed to send, then reports the failure.
     async fn write_command(
         &mut self,
@@ -249,18 +261,21 @@ impl Session<'_> {
         action: Result<Action, Sense>,
     ) -> Result<(), ConnEnd> {
         let itt = req.itt();
-        let edtl = req.u32_at(20);
-        let (offset, error) = match action {
-            Ok(Action::Write { offset, len }) if len == u64::from(edtl) => (Some(offset), None),
-            // A write opcode whose length disagrees with EDTL, or a non-write with data.
-            Ok(_) => (None, Some(Sense::INVALID_FIELD_IN_CDB)),
-            Err(sense) => (None, Some(sense)),
+        let edtl = if req.flags() & 0x20 != 0 { req.u32_at(20) } else { 0 };
+        let (offset, needed, fua, error) = match action {
+            Ok(Action::Write { offset, len, fua }) => (Some(offset), len, fua, None),
+            // Data for a command that takes none.
+            Ok(_) => (None, 0, false, Some(Sense::INVALID_FIELD_IN_CDB)),
+            Err(sense) => (None, 0, false, Some(sense)),
         };
         let w = PendingWrite {
             lun: req.lun_field(),
             offset,
             edtl,
+            needed,
             received: 0,
+            next_data_sn: 0,
+            fua,
             unsolicited_done: req.final_bit(),
             r2t: None,
             r2t_sn: 0,
@@ -287,30 +302,26 @@ impl Session<'_> {
         sense: Option<Sense>,
         edtl: u32,
     ) -> Result<(), ConnEnd> {
-        match sense {
-            None => self.respond(itt, STATUS_GOOD, None, 0, edtl).await,
-            Some(s) => self.respond(itt, STATUS_CHECK_CONDITION, Some(s), 0, edtl).await,
-        }
+        let status = if sense.is_some() { STATUS_CHECK_CONDITION } else { STATUS_GOOD };
+        self.respond(itt, status, sense, 0, (0, edtl)).await
     }
 
-    /// Sends a SCSI Response; a non-zero `residual` is reported as underflow.
+    /// Sends a SCSI Response. `(needed, edtl)`: the bytes the command called for and the
+    /// initiator's expected length; any difference is reported as overflow or underflow.
     async fn respond(
         &mut self,
         itt: u32,
         status: u8,
         sense: Option<Sense>,
         exp_data_sn: u32,
-        residual: u32,
+        (needed, edtl): (u64, u32),
     ) -> Result<(), ConnEnd> {
         let mut r = Pdu::new(op::SCSI_RESP);
         r.bhs[1] = 0x80;
         r.bhs[3] = status;
         r.set_itt(itt);
         r.set_u32(36, exp_data_sn);
-        if residual > 0 {
-            r.bhs[1] |= 0x02;
-            r.set_u32(44, residual);
-        }
+        set_residual(&mut r, needed, edtl);
         if let Some(s) = sense {
             let fixed = s.to_fixed();
             r.data = (u16::try_from(fixed.len()).unwrap_or(0)).to_be_bytes().to_vec();
@@ -330,36 +341,38 @@ impl Session<'_> {
         d
     }
 
-    /// Marks the last Data-In PDU with status GOOD and the residual against `edtl`.
-    fn final_data_in(&mut self, d: &mut Pdu, sent: u64, total: u64, edtl: u32) {
+    /// Marks the last Data-In PDU with status GOOD and the residual.
+    fn final_data_in(&mut self, d: &mut Pdu, needed: u64, edtl: u32) {
         d.bhs[1] = 0x81;
         d.bhs[3] = STATUS_GOOD;
-        if total > sent {
-            d.bhs[1] |= 0x04;
-            d.set_u32(44, u32::try_from(total - sent).unwrap_or(u32::MAX));
-        } else if u64::from(edtl) > sent {
-            d.bhs[1] |= 0x02;
-            d.set_u32(44, edtl - u32::try_from(sent).unwrap_or(edtl));
-        }
+        set_residual(d, needed, edtl);
         self.conn.stamp(d, true);
     }
 
-    async fn data_in(&mut self, req: &Pdu, v: &[u8]) -> Result<(), ConnEnd> {
-        let edtl = req.u32_at(20);
-        let n = v.len().min(edtl as usize);
+    /// Returns `v` (cut to `room`, the initiator's expected length) with status GOOD.
+    async fn data_in(&mut self, req: &Pdu, v: &[u8], room: u32) -> Result<(), ConnEnd> {
+        let n = v.len().min(room as usize);
         if n == 0 {
-            return self.respond(req.itt(), STATUS_GOOD, None, 0, edtl).await;
+            let edtl = req.u32_at(20);
+            return self.respond(req.itt(), STATUS_GOOD, None, 0, (v.len() as u64, edtl)).await;
         }
         let mut d = self.data_in_header(req, 0, 0);
-        self.final_data_in(&mut d, n as u64, v.len() as u64, edtl);
+        self.final_data_in(&mut d, v.len() as u64, room);
         self.conn.send_parts(&d, &v[..n]).await
     }
 
-    async fn stream_read(&mut self, req: &Pdu, offset: u64, len: u64) -> Result<(), ConnEnd> {
-        let edtl = req.u32_at(20);
-        let n = len.min(u64::from(edtl));
+    /// Streams `len` bytes from `offset` (at most `room`) as Data-In sequences.
+    async fn stream_read(
+        &mut self,
+        req: &Pdu,
+        offset: u64,
+        len: u64,
+        room: u32,
+    ) -> Result<(), ConnEnd> {
+        let n = len.min(u64::from(room));
         if n == 0 {
-            return self.respond(req.itt(), STATUS_GOOD, None, 0, edtl).await;
+            let edtl = req.u32_at(20);
+            return self.respond(req.itt(), STATUS_GOOD, None, 0, (len, edtl)).await;
         }
         let seg = u64::from(self.outcome.params.initiator_max_recv_data_segment_length);
         let burst = u64::from(self.outcome.params.max_burst_length);
@@ -382,15 +395,13 @@ impl Session<'_> {
             buf = back;
             if let Err(error) = res {
                 tracing::error!(%error, "reading the backend");
-                let itt = req.itt();
-                return self
-                    .respond(itt, STATUS_CHECK_CONDITION, Some(Sense::READ_ERROR), data_sn, 0)
-                    .await;
+                let (itt, sense) = (req.itt(), Some(Sense::READ_ERROR));
+                return self.respond(itt, STATUS_CHECK_CONDITION, sense, data_sn, (0, room)).await;
             }
             let mut d = self.data_in_header(req, data_sn, u32::try_from(sent).unwrap_or(0));
             sent += chunk;
             if sent == n {
-                self.final_data_in(&mut d, n, len, edtl);
+                self.final_data_in(&mut d, len, room);
             } else {
                 self.conn.stamp(&mut d, false);
                 d.set_u32(24, 0);
@@ -423,11 +434,21 @@ impl Session<'_> {
                 _ => return Err(ConnEnd::Protocol(format!("Data-Out for unknown TTT {ttt:#x}"))),
             }
         };
-        // DataPDUInOrder=Yes: every segment continues where the previous one stopped.
+        // DataPDUInOrder=Yes: every segment continues where the previous one stopped, and
+        // DataSN counts the PDUs of each sequence from 0. At ErrorRecoveryLevel 0 a gap
+        // cannot be recovered, so the connection ends.
         let end = offset.checked_add(len);
         if offset != w.received || end.is_none_or(|e| e > burst_end) {
             return Err(ConnEnd::Protocol(format!("Data-Out at {offset}+{len} out of order")));
         }
+        let data_sn = req.u32_at(36);
+        if data_sn != w.next_data_sn {
+            return Err(ConnEnd::Protocol(format!(
+                "Data-Out DataSN {data_sn}, expected {}",
+                w.next_data_sn
+            )));
+        }
+        w.next_data_sn += 1;
         if req.final_bit() {
             if ttt == RESERVED_TAG {
                 w.unsolicited_done = true;
@@ -439,7 +460,8 @@ impl Session<'_> {
         self.progress(itt).await
     }
 
-    /// Writes a segment to the backend (unless the command already failed).
+    /// Writes a segment to the backend: the part of it the CDB asked for, unless the
+    /// command already failed.
     async fn accept_data(&mut self, itt: u32, at: u32, data: Vec<u8>) -> Result<(), ConnEnd> {
         let Some(w) = self.pending.get_mut(&itt) else { return Ok(()) };
         let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
@@ -448,6 +470,13 @@ impl Session<'_> {
         }
         w.received += len;
         let (Some(base), None) = (w.offset, w.error) else { return Ok(()) };
+        let wanted = w.needed.saturating_sub(u64::from(at));
+        let keep = usize::try_from(wanted).unwrap_or(usize::MAX).min(data.len());
+        if keep == 0 {
+            return Ok(());
+        }
+        let mut data = data;
+        data.truncate(keep);
         let b = self.shared.backend.clone();
         let res = tokio::task::spawn_blocking(move || b.write_at(base + u64::from(at), &data))
             .await
@@ -467,14 +496,23 @@ impl Session<'_> {
         if !w.unsolicited_done || w.r2t.is_some() {
             return Ok(());
         }
-        if w.received == w.edtl || w.error.is_some() {
+        // What this command will transfer: what the CDB asks, within what the initiator
+        // said it would send.
+        let want = u32::try_from(w.needed.min(u64::from(w.edtl))).unwrap_or(w.edtl);
+        if w.received >= want || w.error.is_some() {
             // Done, or failed: a failed command ends without soliciting the rest.
-            let (sense, exp_data_sn, residual) = (w.error, w.r2t_sn, w.edtl - w.received);
-            self.pending.remove(&itt);
-            let status = if sense.is_some() { STATUS_CHECK_CONDITION } else { STATUS_GOOD };
-            return self.respond(itt, status, sense, exp_data_sn, residual).await;
+            let Some(w) = self.pending.remove(&itt) else { return Ok(()) };
+            let mut sense = w.error;
+            if sense.is_none() && w.fua {
+                sense = self.flush_backend().await?;
+            }
+            let (status, needed) = match sense {
+                None => (STATUS_GOOD, w.needed),
+                Some(_) => (STATUS_CHECK_CONDITION, 0),
+            };
+            return self.respond(itt, status, sense, w.r2t_sn, (needed, w.edtl)).await;
         }
-        let want = (w.edtl - w.received).min(self.outcome.params.max_burst_length);
+        let ask = (want - w.received).min(self.outcome.params.max_burst_length);
         let ttt = self.next_ttt;
         self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
         let mut r = Pdu::new(op::R2T);
@@ -484,10 +522,24 @@ impl Session<'_> {
         r.set_u32(20, ttt);
         r.set_u32(36, w.r2t_sn);
         r.set_u32(40, w.received);
-        r.set_u32(44, want);
-        w.r2t = Some((ttt, w.received + want));
+        r.set_u32(44, ask);
+        w.r2t = Some((ttt, w.received + ask));
         w.r2t_sn += 1;
+        w.next_data_sn = 0;
         self.conn.stamp(&mut r, false);
         self.conn.send(&r).await
+    }
+}
+
+/// Sets the residual flags and count of a SCSI Response or final Data-In: overflow when
+/// the command called for more than the initiator expected, underflow when for less.
+fn set_residual(p: &mut Pdu, needed: u64, edtl: u32) {
+    let edtl64 = u64::from(edtl);
+    if needed > edtl64 {
+        p.bhs[1] |= 0x04;
+        p.set_u32(44, u32::try_from(needed - edtl64).unwrap_or(u32::MAX));
+    } else if needed < edtl64 {
+        p.bhs[1] |= 0x02;
+        p.set_u32(44, u32::try_from(edtl64 - needed).unwrap_or(u32::MAX));
     }
 }
