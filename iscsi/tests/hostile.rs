@@ -260,3 +260,42 @@ async fn test_login_text_split_over_continued_pdus() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn test_solicited_data_with_wrong_datasn_ends_connection() {
+    within(30, async {
+        let fx = start_target(1 << 20, None).await;
+        for data_sn in [0u32, 5] {
+            let mut s = raw_login(fx.addr()).await;
+            // WRITE(16) of 2 blocks at LBA 4, no immediate data: the target must ask.
+            let mut c = Pdu::new(op::SCSI_CMD);
+            c.bhs[1] = 0x80 | 0x20;
+            c.set_lun(1);
+            c.set_itt(3);
+            c.set_u32(20, 1024);
+            c.set_u32(24, 10);
+            c.bhs[32..48].copy_from_slice(&iscsi::scsi::cdb::write16(4, 2));
+            pdu::write_pdu(&mut s, &c).await.unwrap();
+            let r2t = pdu::read_pdu(&mut s, 65_536).await.unwrap();
+            assert_eq!(r2t.opcode(), op::R2T);
+            assert_eq!((r2t.itt(), r2t.u32_at(40), r2t.u32_at(44)), (3, 0, 1024));
+            let mut d = Pdu::new(op::DATA_OUT);
+            d.bhs[1] = 0x80;
+            d.set_itt(3);
+            d.set_u32(20, r2t.u32_at(20));
+            d.set_u32(36, data_sn);
+            d.data = vec![0xab; 1024];
+            pdu::write_pdu(&mut s, &d).await.unwrap();
+            if data_sn == 0 {
+                let r = pdu::read_pdu(&mut s, 65_536).await.unwrap();
+                assert_eq!((r.opcode(), r.bhs[3]), (op::SCSI_RESP, 0));
+                assert_eq!(r.u32_at(36), 1, "ExpDataSN counts the one R2T");
+            } else {
+                expect_closed(&mut s).await;
+            }
+        }
+        let file = std::fs::read(&fx.path).unwrap();
+        assert!(file[4 * 512..6 * 512].iter().all(|&b| b == 0xab));
+    })
+    .await;
+}
