@@ -94,3 +94,32 @@ impl BlockBackend for FileBackend {
         self.file.sync_data()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+    use super::*;
+
+    #[test]
+    fn test_file_backend_geometry_and_io() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::write(&path, vec![7u8; 4096 + 100]).unwrap();
+        let b = FileBackend::open(&path).unwrap();
+        // Whole blocks only.
+        assert_eq!((b.block_size(), b.block_count()), (512, 8));
+        b.write_at(512, &[1u8; 512]).unwrap();
+        let mut buf = [0u8; 1024];
+        b.read_at(0, &mut buf).unwrap();
+        assert!(buf[..512].iter().all(|&x| x == 7) && buf[512..].iter().all(|&x| x == 1));
+        b.flush().unwrap();
+
+        // A fixed size beyond the file's length reads as zeros past its end.
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let big = FileBackend::with_size(f, 1 << 20);
+        assert_eq!(big.block_count(), 2048);
+        let mut tail = [9u8; 512];
+        big.read_at(8192, &mut tail).unwrap();
+        assert!(tail.iter().all(|&x| x == 0));
+    }
+}
