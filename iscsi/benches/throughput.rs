@@ -1,5 +1,6 @@
-//! Write throughput of our initiator into our target over loopback, at queue depth 1 and
-//! 16: `cargo bench -p iscsi --bench throughput`. Numbers are printed, never asserted.
+//! Write (and read-back) throughput of our initiator against our target over loopback, at
+//! queue depth 1 and 16: `cargo bench -p iscsi --bench throughput`. Numbers are printed,
+//! never asserted.
 //! `FERRIC_ISCSI_BENCH_MIB` overrides the amount written (default 256 MiB).
 #![expect(clippy::print_stdout, reason = "a bench reports its numbers on stdout")]
 
@@ -48,10 +49,17 @@ async fn bench(bytes: usize) -> Result<(), Box<dyn Error>> {
         s.write(0, &data).await?;
         s.sync_cache().await?;
         let secs = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let back = s.read(0, (bytes / 512) as u64).await?;
+        let read_secs = start.elapsed().as_secs_f64();
+        if back != data {
+            return Err("read-back differs".into());
+        }
         s.logout().await?;
         println!(
-            "queue depth {depth:>2}: {:8.1} MB/s ({secs:.2} s, write + sync)",
-            bytes as f64 / 1e6 / secs
+            "queue depth {depth:>2}: write {:8.1} MB/s ({secs:.2} s, incl. sync), read {:8.1} MB/s",
+            bytes as f64 / 1e6 / secs,
+            bytes as f64 / 1e6 / read_secs
         );
     }
     handle.shutdown(std::time::Duration::from_secs(5)).await;

@@ -8,6 +8,7 @@
 //! Every wait on the network is bounded by [`InitiatorConfig::timeout`].
 
 mod login;
+mod read;
 mod write;
 
 use std::net::SocketAddr;
@@ -452,32 +453,6 @@ impl Session {
 
     fn blocks_per_command(&self, bs: u32) -> u32 {
         (self.config.max_command_bytes / bs).max(1)
-    }
-
-    /// Reads `blocks` blocks from `lba`.
-    ///
-    /// # Errors
-    /// As [`Session::test_unit_ready`]; reading past the end is a CHECK CONDITION.
-    pub async fn read(&mut self, lba: u64, blocks: u64) -> Result<Vec<u8>, InitiatorError> {
-        let bs = self.block_size().await?;
-        let per = u64::from(self.blocks_per_command(bs));
-        let total = blocks
-            .checked_mul(u64::from(bs))
-            .and_then(|t| usize::try_from(t).ok())
-            .ok_or_else(|| InitiatorError::InvalidRequest(format!("{blocks} blocks")))?;
-        let mut out = Vec::with_capacity(total);
-        let mut done = 0u64;
-        while done < blocks {
-            let n = per.min(blocks - done);
-            let n32 = u32::try_from(n).unwrap_or(u32::MAX);
-            let v = self.command_in(&cdb::read16(lba + done, n32), n32 * bs).await?;
-            if v.len() != (n32 * bs) as usize {
-                return Err(InitiatorError::Protocol("short read".into()));
-            }
-            out.extend_from_slice(&v);
-            done += n;
-        }
-        Ok(out)
     }
 
     /// SYNCHRONIZE CACHE(16) over the whole medium.
