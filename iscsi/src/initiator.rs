@@ -2,10 +2,11 @@
 //! the deploy ramdisk (or any RFC 7143 target): discovery, login with optional one-way
 //! CHAP, and the few SCSI commands a deploy needs.
 //!
-//! [`Session::write`] pipelines: it keeps up to `queue_depth` WRITE commands in flight
-//! (within the target's MaxCmdSN window), sends immediate and unsolicited data as
-//! negotiated and answers R2Ts, so throughput does not hinge on the round-trip time.
-//! Every wait on the network is bounded by [`InitiatorConfig::timeout`].
+//! [`Session::write`] and the streaming [`Writer`] pipeline: they keep up to
+//! `queue_depth` WRITE commands in flight (within the target's MaxCmdSN window), send
+//! immediate and unsolicited data as negotiated and answer R2Ts, so throughput does not
+//! hinge on the round-trip time; [`Session::read`] pipelines READs the same way. Every
+//! wait on the network is bounded by [`InitiatorConfig::timeout`].
 
 mod login;
 mod read;
