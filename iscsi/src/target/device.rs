@@ -60,6 +60,7 @@ impl Device<'_> {
         if lun != Some(super::LUN) {
             if op == opcode::INQUIRY && cdb[1] & 1 == 0 {
                 let mut v = vec![0u8; 36];
+                // Peripheral qualifier 3: no logical unit here.
                 v[0] = 0x7f;
                 return Ok(cut(v, usize::from(be16(&cdb[3..5]))));
             }
@@ -116,20 +117,24 @@ impl Device<'_> {
             if cdb[2] != 0 {
                 return Err(Sense::INVALID_FIELD_IN_CDB);
             }
-            let mut v = vec![0u8; 36];
+            let mut v = vec![0u8; 96];
             // Direct-access block device, SPC-4, response format 2 with HiSup, CmdQue.
             v[2] = 0x06;
             v[3] = 0x12;
-            v[4] = 31;
+            v[4] = 91;
             v[7] = 0x02;
             v[8..16].copy_from_slice(b"FERRIC  ");
             v[16..32].copy_from_slice(b"DEPLOY DISK     ");
             v[32..36].copy_from_slice(b"0001");
+            // Version descriptors: SAM-5, iSCSI, SPC-4, SBC-3.
+            for (i, d) in [0x00a0u16, 0x0960, 0x0460, 0x04c0].into_iter().enumerate() {
+                v[58 + 2 * i..60 + 2 * i].copy_from_slice(&d.to_be_bytes());
+            }
             return Ok(cut(v, alloc));
         }
         let page = cdb[2];
         let body: Vec<u8> = match page {
-            0x00 => vec![0x00, 0x80, 0x83],
+            0x00 => vec![0x00, 0x80, 0x83, 0xb0],
             0x80 => self.serial.as_bytes().iter().copied().take(250).collect(),
             0x83 => {
                 // One T10 vendor-ID designator (ASCII, associated with the LU).
@@ -139,6 +144,9 @@ impl Device<'_> {
                 d.extend(id);
                 d
             }
+            // Block Limits (SBC-3): all zero, i.e. no transfer limits reported and no
+            // UNMAP, WRITE SAME or atomic writes; SBC initiators ask for it.
+            0xb0 => vec![0u8; 0x3c],
             _ => return Err(Sense::INVALID_FIELD_IN_CDB),
         };
         let mut v = vec![0x00, page];
