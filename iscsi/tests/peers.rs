@@ -104,24 +104,23 @@ async fn test_libiscsi_tools_against_our_target() {
         let (ok, out) = run(inq, &[&i[..], &[bad.as_str()]].concat()).await;
         assert!(!ok, "login with a wrong secret succeeded: {out}");
 
-        // libiscsi's conformance tests for the commands we serve, writes included, and for
-        // the iSCSI layer: command numbering and residuals.
-        let tests = "iSCSI.iSCSIcmdsn,iSCSI.iSCSIResiduals.Read10Residuals,\
+        // libiscsi's conformance suite: every SCSI test (commands we do not implement are
+        // skipped by the suite itself, after it sees ILLEGAL REQUEST), and the iSCSI-layer
+        // tests of command numbering, residuals and task management (223 tests in 1.4.x).
+        let tests = "SCSI.*,iSCSI.iSCSIcmdsn.*,iSCSI.iSCSIResiduals.Read10Residuals,\
                      iSCSI.iSCSIResiduals.Read16Residuals,iSCSI.iSCSIResiduals.Write10Residuals,\
-                     iSCSI.iSCSIResiduals.Write16Residuals,SCSI.Read10,SCSI.Write10,SCSI.Read16,\
-                     SCSI.Write16,SCSI.ReadCapacity10,SCSI.ReadCapacity16,SCSI.ReportLUNs,\
-                     SCSI.ModeSense6,SCSI.TestUnitReady,SCSI.Inquiry.Standard,\
-                     SCSI.Inquiry.SupportedVPD,SCSI.Inquiry.AllocLength,SCSI.Inquiry.EVPD";
+                     iSCSI.iSCSIResiduals.Write16Residuals,iSCSI.iSCSITMF.*";
         let (ok, out) =
             run(cu, &[&i[..], &["--dataloss", "--test", tests, lun.as_str()]].concat()).await;
         assert!(ok, "iscsi-test-cu failed: {out}");
         // CUnit's summary row: "tests  Total  Ran  Passed  Failed  Inactive".
-        let row: Vec<&str> = out
+        let row: Vec<u32> = out
             .lines()
             .find(|l| l.trim_start().starts_with("tests "))
-            .map(|l| l.split_whitespace().collect())
+            .map(|l| l.split_whitespace().skip(1).filter_map(|n| n.parse().ok()).collect())
             .unwrap_or_default();
-        assert_eq!(row, ["tests", "43", "43", "43", "0", "0"], "{out}");
+        let [total, ran, passed, failed, _] = row[..] else { panic!("no CUnit summary: {out}") };
+        assert!(total >= 200 && ran == total && passed == total && failed == 0, "{row:?}\n{out}");
         assert_ne!(fx.contents(), pattern, "libiscsi's writes did not reach the file");
 
         // Reads at depth (a few seconds of iscsi-perf; it stops on its own via -t).
