@@ -106,7 +106,8 @@ async fn test_libiscsi_tools_against_our_target() {
 
         // libiscsi's conformance suite: every SCSI test (commands we do not implement are
         // skipped by the suite itself, after it sees ILLEGAL REQUEST), and the iSCSI-layer
-        // tests of command numbering, residuals and task management (223 tests in Debian 12's libiscsi 1.19).
+        // tests of command numbering, residuals and task management (223 tests with
+        // Debian 12's libiscsi 1.19).
         let tests = "SCSI.*,iSCSI.iSCSIcmdsn.*,iSCSI.iSCSIResiduals.Read10Residuals,\
                      iSCSI.iSCSIResiduals.Read16Residuals,iSCSI.iSCSIResiduals.Write10Residuals,\
                      iSCSI.iSCSIResiduals.Write16Residuals,iSCSI.iSCSITMF.*";
