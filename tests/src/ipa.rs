@@ -8,14 +8,17 @@
 //!
 //! The hardware manager outranks IPA's generic one and reports exactly one disk, a file the
 //! test made; hiding the host's devices covers what IPA still runs through the generic
-//! manager (its `initialize`, the virtual-media probe with `lsblk` at start). Never send the
-//! agent deploy, write or erase commands: it runs as root on the host's kernel.
+//! manager (its `initialize`, the virtual-media probe with `lsblk` at start), and failing
+//! stubs stand in for the commands of that `initialize` that would reach the host's kernel
+//! ([`STUBBED`]). Never send the agent deploy, write or erase commands: it runs as root on
+//! the host's kernel.
 //!
 //! Everything started here goes away on drop: the agent's process group is killed, the
 //! namespace (and with it the veth pair) deleted.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash as _, Hasher as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,6 +37,26 @@ pub const AGENT_PORT: u16 = 9999;
 
 /// The test hardware manager's sources, relative to this crate.
 const HWM_FILES: &[&str] = &["pyproject.toml", "ferric_test_hwm.py"];
+
+/// Commands the agent's generic hardware manager runs at start whose effect would reach
+/// past the namespaces (kernel modules, a multipath daemon, RAID assembly, iSCSI sessions,
+/// containers, the clocks, the BMC): found first on its `PATH` as stubs that fail, which IPA
+/// handles as "not available here".
+const STUBBED: &[&str] = &[
+    "modprobe",
+    "mdadm",
+    "multipath",
+    "multipathd",
+    "mpathconf",
+    "iscsistart",
+    "podman",
+    "docker",
+    "ipmitool",
+    "hwclock",
+    "ntpdate",
+    "chronyc",
+    "chronyd",
+];
 
 /// Run inside the namespaces before the agent: hide the host's block devices, give it a
 /// harmless kernel command line and a minimal `/dev`, then exec the agent. `$1…` is the
@@ -247,6 +270,15 @@ impl Ipa {
         std::fs::write(d.join("empty"), "")?;
         std::fs::write(d.join("cmdline"), "ferric-test-ipa\n")?;
         std::fs::write(d.join("hide-host.sh"), HIDE_HOST_SH)?;
+        let stubs = d.join("stub-bin");
+        std::fs::create_dir(&stubs)?;
+        for name in STUBBED {
+            let stub = stubs.join(name);
+            std::fs::write(&stub, "#!/bin/sh\necho \"$0: not run under the test\" >&2\nexit 1\n")?;
+            std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        let path = format!("{}:{path}", stubs.display());
         let hwm = serde_json::json!({
             "device": disk, "size": disk_size, "interface": ns.ns_if, "mac": ns.ns_mac,
             "ipv4": ns.ns_ip, "report": d.join("hwm-report.json"),
@@ -285,6 +317,7 @@ impl Ipa {
             .arg("--config-dir")
             .arg(&conf_dir)
             .env("FERRIC_IPA_DIR", d)
+            .env("PATH", path)
             .env("FERRIC_TEST_HWM_CONFIG", d.join("hwm.json"))
             // Only the veth: no proxy may sit between the agent and the API.
             .env("no_proxy", "*")
