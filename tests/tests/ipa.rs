@@ -174,8 +174,14 @@ async fn test_real_ironic_python_agent_looks_up_a_fast_track_node_in_manageable(
     assert_eq!(dii["agent_version"], "13.0.0", "{node}");
     assert!(node["target_provision_state"].is_null(), "{node}");
     assert!(node["last_error"].is_null(), "{node}");
-    let log = ipa.log();
-    assert!(log.contains(&format!("Lookup succeeded, node UUID is {fast}")), "{}", ipa.logs(6000));
+    // The agent's side: its lookup found this node and the API took its heartbeat (202).
+    let found = format!("Lookup succeeded, node UUID is {fast}");
+    wait_for(Duration::from_secs(30), "the agent to log its accepted heartbeat", || {
+        let log = ipa.log();
+        let done = log.contains(&found) && log.contains("heartbeat successful");
+        async move { done.then_some(()) }
+    })
+    .await;
 
     // The agent's own API answers in the namespace, from the address it announced.
     let status = tokio::task::spawn_blocking({
