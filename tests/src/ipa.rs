@@ -281,7 +281,8 @@ impl Ipa {
         let path = format!("{}:{path}", stubs.display());
         let hwm = serde_json::json!({
             "device": disk, "size": disk_size, "interface": ns.ns_if, "mac": ns.ns_mac,
-            "ipv4": ns.ns_ip, "report": d.join("hwm-report.json"),
+            "ipv4": ns.ns_ip, "report": d.join("hwm-report.json"), "gate": d.join("released"),
+            "gate_timeout": 120,
         });
         std::fs::write(d.join("hwm.json"), hwm.to_string())?;
         let conf_dir = d.join("conf.d");
@@ -318,6 +319,8 @@ impl Ipa {
             .arg(&conf_dir)
             .env("FERRIC_IPA_DIR", d)
             .env("PATH", path)
+            // stevedore caches its entry-point scan there, instead of in root's home.
+            .env("XDG_CACHE_HOME", d.join("cache"))
             .env("FERRIC_TEST_HWM_CONFIG", d.join("hwm.json"))
             // Only the veth: no proxy may sit between the agent and the API.
             .env("no_proxy", "*")
@@ -334,10 +337,21 @@ impl Ipa {
         Ok(Self { child, dir, disk, disk_size })
     }
 
-    /// The hardware manager's last report (`managers`, `block_devices`), once written.
+    /// The hardware manager's last report (`managers`, `block_devices`), once written: the
+    /// first one before the agent sends anything.
     pub fn hwm_report(&self) -> Option<serde_json::Value> {
         let text = std::fs::read_to_string(self.dir.path().join("hwm-report.json")).ok()?;
         serde_json::from_str(&text).ok()
+    }
+
+    /// Let the agent go on past its hardware managers' initialization, where the test
+    /// hardware manager holds it until the test has read [`Self::hwm_report`]; nothing is
+    /// sent to the API before.
+    ///
+    /// # Errors
+    /// When the gate file cannot be written.
+    pub fn release(&self) -> anyhow::Result<()> {
+        std::fs::write(self.dir.path().join("released"), "").context("releasing the agent")
     }
 
     /// Whether the agent process has exited (and how).

@@ -133,7 +133,8 @@ async fn test_real_ironic_python_agent_looks_up_a_fast_track_node_in_manageable(
 
     let mut ipa = Ipa::start(&venv, &netns, &base).unwrap();
 
-    // What the agent was told about its disks, before it looked up: only the test's file.
+    // What the agent was told about its disks, while it waits to send anything (the
+    // hardware manager holds it until released): only the test's file.
     let report = wait_for(Duration::from_secs(60), "the hardware manager's report", || {
         let r = ipa.hwm_report();
         async move { r }
@@ -150,6 +151,12 @@ async fn test_real_ironic_python_agent_looks_up_a_fast_track_node_in_manageable(
     assert_eq!(disks.len(), 1, "{report}");
     assert_eq!(disks[0]["name"], ipa.disk.to_str().unwrap(), "{report}");
     assert_eq!(disks[0]["size"], ipa.disk_size, "{report}");
+    let held = api.node(&fast).await;
+    assert!(
+        held["driver_internal_info"].get("agent_secret_token").is_none(),
+        "the agent looked up before it was released: {held}"
+    );
+    ipa.release().unwrap();
 
     // Lookup mints the token; the heartbeat records the agent's URL, version and time. The
     // node never leaves `manageable`.

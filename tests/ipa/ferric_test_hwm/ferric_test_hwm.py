@@ -4,17 +4,20 @@ Everything it reports comes from the JSON file named by ``FERRIC_TEST_HWM_CONFIG
 
     {"device": "/path/to/disk.img", "size": 1073741824,
      "interface": "veth-name", "mac": "aa:bb:cc:dd:ee:ff", "ipv4": "10.0.0.2",
-     "report": "/path/to/report.json"}
+     "report": "/path/to/report.json", "gate": "/path/to/released"}
 
 It ranks above the generic manager (``SERVICE_PROVIDER`` > ``GENERIC``), so every call the
 agent dispatches to "the best manager" ends here, and it answers the whole inventory itself
 (no lshw, lsblk, dmidecode or ipmitool). Each time it lists block devices it rewrites
-``report`` with the managers the agent ranked and the devices it handed out, so the test can
-check what the agent was told before it trusts anything the agent sends.
+``report`` with the managers the agent ranked and the devices it handed out. With ``gate``
+set, ``initialize`` (which the agent runs before it sends anything) reports once and then
+waits until that file exists, so the test checks what the agent was told before the agent
+may talk to the API.
 """
 
 import json
 import os
+import time
 
 from ironic_python_agent import hardware
 
@@ -48,6 +51,21 @@ class FerricTestHardwareManager(hardware.HardwareManager):
 
     def evaluate_hardware_support(self):
         return hardware.HardwareSupport.SERVICE_PROVIDER
+
+    def initialize(self):
+        # The agent initializes its managers before it sends anything. Report the devices
+        # now and, with a "gate" file configured, hold the agent here until the test has
+        # checked them (bounded: the agent exits if the test never answers).
+        self.list_block_devices()
+        cfg = _config()
+        gate = cfg.get("gate")
+        if not gate:
+            return
+        deadline = time.monotonic() + float(cfg.get("gate_timeout", 120))
+        while not os.path.exists(gate):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test never released %s" % gate)
+            time.sleep(0.1)
 
     def list_block_devices(self, include_partitions=False):
         cfg = _config()
