@@ -4,7 +4,7 @@
 //! the other end, with a hardware manager that reports one file as its only disk (see
 //! `tests::ipa`). The agent must get a token at lookup and heartbeat with its URL and
 //! version while the node stays `manageable`; a node without fast-track in the same state is
-//! refused.
+//! refused (and found once fast-track is turned on for it).
 //!
 //! Needs root, `ip netns`, `unshare` and a venv from PyPI: without them the test is skipped
 //! loudly, or fails with `FERRIC_REQUIRE_PEERS=1`.
@@ -217,10 +217,25 @@ async fn test_real_ironic_python_agent_looks_up_a_fast_track_node_in_manageable(
     // Still the one disk after everything the agent did; the plain node was left alone.
     let report = ipa.hwm_report().unwrap();
     assert_eq!(report["block_devices"].as_array().unwrap().len(), 1, "{report}");
-    let plain = api.node(&plain).await;
-    assert_eq!(plain["provision_state"], "manageable", "{plain}");
-    assert!(plain["driver_internal_info"].get("agent_secret_token").is_none(), "{plain}");
+    let shown = api.node(&plain).await;
+    assert_eq!(shown["provision_state"], "manageable", "{shown}");
+    assert!(shown["driver_internal_info"].get("agent_secret_token").is_none(), "{shown}");
     assert_eq!(api.node(&fast).await["provision_state"], "manageable");
+
+    // Control: fast-track is the whole difference. Turned on, the plain node's same lookup
+    // answers.
+    let patch = json!([{"op": "add", "path": "/driver_info/fast_track", "value": true}]);
+    let (status, body) = api.call(Method::PATCH, &format!("/v1/nodes/{plain}"), Some(patch)).await;
+    assert_eq!(status, 200, "{body}");
+    let lookup = http
+        .get(format!("{base}/v1/lookup?addresses={plain_mac}"))
+        .header("X-OpenStack-Ironic-API-Version", "1.62")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lookup.status().as_u16(), 200);
+    let found: Value = lookup.json().await.unwrap();
+    assert_eq!(found["node"]["uuid"], plain.as_str(), "{found}");
 
     drop(ipa);
     drop(netns);
