@@ -1,0 +1,145 @@
+"""A test hardware manager for ironic-python-agent.
+
+Everything it reports comes from the JSON file named by ``FERRIC_TEST_HWM_CONFIG``:
+
+    {"device": "/path/to/disk.img", "size": 1073741824,
+     "interface": "veth-name", "mac": "aa:bb:cc:dd:ee:ff", "ipv4": "10.0.0.2",
+     "report": "/path/to/report.json", "gate": "/path/to/released"}
+
+It ranks above the generic manager (``SERVICE_PROVIDER`` > ``GENERIC``), so every call the
+agent dispatches to "the best manager" ends here, and it answers the whole inventory itself
+(no lshw, lsblk, dmidecode or ipmitool). Each time it lists block devices it rewrites
+``report`` with the managers the agent ranked and the devices it handed out. With ``gate``
+set, ``initialize`` (which the agent runs before it sends anything) reports once and then
+waits until that file exists, so the test checks what the agent was told before the agent
+may talk to the API.
+"""
+
+import json
+import os
+import time
+
+from ironic_python_agent import hardware
+
+CONFIG_ENV = "FERRIC_TEST_HWM_CONFIG"
+
+
+def _config():
+    with open(os.environ[CONFIG_ENV]) as f:
+        return json.load(f)
+
+
+def _write_report(cfg, devices):
+    managers = [
+        {"name": m["name"], "support": m["support"]}
+        for m in hardware.get_managers_detail()
+    ]
+    report = {
+        "managers": managers,
+        "block_devices": [d.serialize() for d in devices],
+    }
+    tmp = cfg["report"] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f)
+    # Atomic, so the test never reads half a file.
+    os.replace(tmp, cfg["report"])
+
+
+class FerricTestHardwareManager(hardware.HardwareManager):
+    HARDWARE_MANAGER_NAME = "ferric_test_hardware_manager"
+    HARDWARE_MANAGER_VERSION = "1.0"
+
+    def evaluate_hardware_support(self):
+        return hardware.HardwareSupport.SERVICE_PROVIDER
+
+    def initialize(self):
+        # The agent initializes its managers before it sends anything. Report the devices
+        # now and, with a "gate" file configured, hold the agent here until the test has
+        # checked them (bounded: the agent exits if the test never answers).
+        self.list_block_devices()
+        cfg = _config()
+        gate = cfg.get("gate")
+        if not gate:
+            return
+        deadline = time.monotonic() + float(cfg.get("gate_timeout", 120))
+        while not os.path.exists(gate):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test never released %s" % gate)
+            time.sleep(0.1)
+
+    def list_block_devices(self, include_partitions=False):
+        cfg = _config()
+        devices = [
+            hardware.BlockDevice(
+                name=cfg["device"],
+                model="ferric-test-disk",
+                size=int(cfg["size"]),
+                rotational=False,
+                serial="ferric-test-0",
+                vendor="ferric",
+            )
+        ]
+        _write_report(cfg, devices)
+        return devices
+
+    def list_block_devices_check_skip_list(self, node, include_partitions=False,
+                                           all_serial_and_wwn=False):
+        return self.list_block_devices(include_partitions=include_partitions)
+
+    def get_os_install_device(self, permit_refresh=False):
+        return self.list_block_devices()[0].name
+
+    def wait_for_disks(self):
+        # The one device is a file the test created before starting the agent.
+        return None
+
+    def list_network_interfaces(self):
+        cfg = _config()
+        return [
+            hardware.NetworkInterface(
+                cfg["interface"],
+                cfg["mac"],
+                ipv4_address=cfg.get("ipv4"),
+                has_carrier=True,
+            )
+        ]
+
+    def get_cpus(self):
+        return hardware.CPU(model_name="ferric-test-cpu", frequency="1000",
+                            count=1, architecture="x86_64")
+
+    def get_memory(self):
+        return hardware.Memory(total=1073741824, physical_mb=1024)
+
+    def get_bmc_address(self):
+        return "0.0.0.0"
+
+    def get_bmc_v6address(self):
+        return "::/0"
+
+    def get_bmc_mac(self):
+        return None
+
+    def get_system_vendor_info(self):
+        return hardware.SystemVendorInfo(
+            product_name="ferric-test", serial_number="ferric-test-0",
+            manufacturer="ferric",
+            firmware=hardware.SystemFirmware(vendor="ferric", version="1.0",
+                                             build_date="2026-01-01"))
+
+    def get_boot_info(self):
+        return hardware.BootInfo(current_boot_mode="uefi",
+                                 pxe_interface=_config()["mac"])
+
+    def list_hardware_info(self):
+        return {
+            "interfaces": self.list_network_interfaces(),
+            "cpu": self.get_cpus(),
+            "disks": self.list_block_devices(),
+            "memory": self.get_memory(),
+            "bmc_address": self.get_bmc_address(),
+            "bmc_v6address": self.get_bmc_v6address(),
+            "system_vendor": self.get_system_vendor_info(),
+            "boot": self.get_boot_info(),
+            "hostname": "ferric-test-ipa",
+        }

@@ -1,0 +1,395 @@
+//! The real ironic-python-agent (IPA, pinned, from PyPI) on this machine without letting it
+//! touch the machine: a venv under `target/` with IPA and the test hardware manager shipped
+//! in `tests/ipa/ferric_test_hwm`, a network namespace joined to the host by a veth pair
+//! (IPA's only network), and a mount namespace inside it where the host's block devices are
+//! hidden (`/sys/block`, `/sys/class/block`, `/sys/dev/block`, `/proc/partitions`, a `/dev`
+//! with only `null`, `zero`, `full`, `random` and `urandom`) and `/proc/cmdline` holds no
+//! `ipa-*` parameters of the host.
+//!
+//! The hardware manager outranks IPA's generic one and reports exactly one disk, a file the
+//! test made; hiding the host's devices covers what IPA still runs through the generic
+//! manager (its `initialize`, the virtual-media probe with `lsblk` at start), and failing
+//! stubs stand in for the commands of that `initialize` that would reach the host's kernel
+//! ([`STUBBED`]). Never send the agent deploy, write or erase commands: it runs as root on
+//! the host's kernel.
+//!
+//! Everything started here goes away on drop: the agent's process group is killed, the
+//! namespace (and with it the veth pair) deleted.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash as _, Hasher as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context as _, bail};
+use rand::Rng as _;
+
+use crate::openstack::target_dir;
+use crate::pyvenv::PyVenv;
+
+/// The agent release the test runs (what `pip install` serves for Python 3.11 here).
+pub const IPA_PIN: &str = "ironic-python-agent==13.0.0";
+
+/// The port the agent's own API listens on inside the namespace (IPA's default).
+pub const AGENT_PORT: u16 = 9999;
+
+/// The test hardware manager's sources, relative to this crate.
+const HWM_FILES: &[&str] = &["pyproject.toml", "ferric_test_hwm.py"];
+
+/// Commands the agent's generic hardware manager runs at start whose effect would reach
+/// past the namespaces (kernel modules, a multipath daemon, RAID assembly, iSCSI sessions,
+/// containers, the clocks, the BMC): found first on its `PATH` as stubs that fail, which IPA
+/// handles as "not available here".
+const STUBBED: &[&str] = &[
+    "modprobe",
+    "mdadm",
+    "multipath",
+    "multipathd",
+    "mpathconf",
+    "iscsistart",
+    "podman",
+    "docker",
+    "ipmitool",
+    "hwclock",
+    "ntpdate",
+    "chronyc",
+    "chronyd",
+];
+
+/// Run inside the namespaces before the agent: hide the host's block devices, give it a
+/// harmless kernel command line and a minimal `/dev`, then exec the agent. `$1…` is the
+/// agent's command line; `FERRIC_IPA_DIR` holds `empty`, `cmdline` and room for `dev/`.
+const HIDE_HOST_SH: &str = r#"set -eu
+t=$FERRIC_IPA_DIR
+for d in /sys/block /sys/class/block /sys/dev/block; do
+    mount -t tmpfs -o mode=0755,size=64k ferric-ipa-empty "$d"
+done
+mount --bind "$t/empty" /proc/partitions
+mount --bind "$t/cmdline" /proc/cmdline
+mkdir -p "$t/dev"
+mount -t tmpfs -o mode=0755,size=64k ferric-ipa-dev "$t/dev"
+for n in null zero full random urandom; do
+    : > "$t/dev/$n"
+    mount --bind "/dev/$n" "$t/dev/$n"
+done
+mkdir "$t/dev/pts" "$t/dev/shm"
+ln -s /proc/self/fd "$t/dev/fd"
+mount --move "$t/dev" /dev
+exec "$@"
+"#;
+
+/// The venv with [`IPA_PIN`] and the test hardware manager.
+#[derive(Debug, Clone)]
+pub struct IpaVenv {
+    venv: PyVenv,
+}
+
+impl IpaVenv {
+    /// Create (or reuse) `target/ipa-venv`. The hardware manager is installed from a copy
+    /// under `target/ipa-hwm/<hash of its sources>`, so the repository stays clean and an
+    /// edited manager makes a new venv.
+    ///
+    /// # Errors
+    /// When the sources cannot be copied or python3, venv or pip fail.
+    pub fn ensure() -> anyhow::Result<Self> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("ipa/ferric_test_hwm");
+        let mut hasher = DefaultHasher::new();
+        let mut files = Vec::new();
+        for name in HWM_FILES {
+            let path = src.join(name);
+            let text =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            (name, &text).hash(&mut hasher);
+            files.push((name, text));
+        }
+        let copy = target_dir().join("ipa-hwm").join(format!("{:016x}", hasher.finish()));
+        if !copy.join(HWM_FILES[1]).exists() {
+            // Written aside and renamed, so a concurrent run never installs half a copy.
+            let tmp = copy.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            for (name, text) in &files {
+                std::fs::write(tmp.join(name), text).context("copying the hardware manager")?;
+            }
+            if std::fs::rename(&tmp, &copy).is_err() {
+                // Another run made the same copy first.
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+        }
+        let copy = copy.to_str().context("target dir is not UTF-8")?.to_owned();
+        let venv = PyVenv::ensure("ipa-venv", &[IPA_PIN, &copy])?;
+        if !venv.dir().join("bin/ironic-python-agent").exists() {
+            bail!(
+                "{} has no bin/ironic-python-agent after installing {IPA_PIN}",
+                venv.dir().display()
+            );
+        }
+        Ok(Self { venv })
+    }
+
+    /// The `ironic-python-agent` entry point.
+    pub fn agent(&self) -> PathBuf {
+        self.venv.dir().join("bin/ironic-python-agent")
+    }
+}
+
+/// What running the agent needs besides the venv: root, `ip netns`, `unshare`, `mount`.
+///
+/// # Errors
+/// Says which is missing.
+pub fn namespace_tools() -> Result<(), String> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default();
+    if uid != "0" {
+        return Err(format!("network and mount namespaces need root (uid {uid})"));
+    }
+    let ok = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ok("ip", &["netns", "list"]) {
+        return Err("`ip netns list` failed (iproute2 missing?)".into());
+    }
+    if !ok("unshare", &["--mount", "true"]) {
+        return Err("`unshare --mount true` failed (util-linux missing?)".into());
+    }
+    Ok(())
+}
+
+/// Run `ip args…`.
+fn ip(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip").args(args).output().context("running ip")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A network namespace joined to the host by a veth pair on a random /30 of 10.231.0.0/16
+/// (host end `.1`, namespace end `.2`), with random names, so parallel runs never share
+/// them. Dropping it deletes the namespace (and the veth pair with it).
+#[derive(Debug)]
+pub struct Netns {
+    /// The namespace's name.
+    pub name: String,
+    /// The veth end on the host.
+    pub host_if: String,
+    /// The veth end inside the namespace.
+    pub ns_if: String,
+    /// The host end's address.
+    pub host_ip: String,
+    /// The namespace end's address.
+    pub ns_ip: String,
+    /// The namespace end's MAC address (what the agent looks up with).
+    pub ns_mac: String,
+}
+
+impl Netns {
+    /// Create the namespace and the veth pair, both ends up.
+    ///
+    /// # Errors
+    /// When an `ip` command fails (what was made so far is deleted).
+    pub fn create() -> anyhow::Result<Self> {
+        let mut rng = rand::rng();
+        let tag: u32 = rng.random_range(0..0x00ff_ffff);
+        let used = ip(&["-4", "-o", "addr", "show"])?;
+        let base = (0..64)
+            .map(|_| rng.random_range(0..16384u32) * 4)
+            .find(|b| !used.contains(&format!("10.231.{}.{} ", b / 256, b % 256 + 1)))
+            .context("no free /30 in 10.231.0.0/16")?;
+        let mut ns = Self {
+            name: format!("ferric-ipa-{tag:06x}"),
+            host_if: format!("fi{tag:06x}h"),
+            ns_if: format!("fi{tag:06x}n"),
+            host_ip: format!("10.231.{}.{}", base / 256, base % 256 + 1),
+            ns_ip: format!("10.231.{}.{}", base / 256, base % 256 + 2),
+            ns_mac: String::new(),
+        };
+        // From here on, Drop cleans up whatever exists.
+        ip(&["netns", "add", &ns.name])?;
+        ip(&["link", "add", &ns.host_if, "type", "veth", "peer", "name", &ns.ns_if])?;
+        ip(&["link", "set", &ns.ns_if, "netns", &ns.name])?;
+        ip(&["addr", "add", &format!("{}/30", ns.host_ip), "dev", &ns.host_if])?;
+        ip(&["link", "set", &ns.host_if, "up"])?;
+        ip(&["-n", &ns.name, "addr", "add", &format!("{}/30", ns.ns_ip), "dev", &ns.ns_if])?;
+        ip(&["-n", &ns.name, "link", "set", &ns.ns_if, "up"])?;
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        let link = ip(&["-n", &ns.name, "-o", "link", "show", &ns.ns_if])?;
+        ns.ns_mac = link
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .context("no MAC address on the namespace's veth end")?
+            .to_owned();
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = ip(&["link", "del", &self.host_if]);
+    }
+}
+
+/// The agent running in a [`Netns`], in its own process group, killed with that group on
+/// drop. Its files (config, log, the disk it reports, the hardware manager's report) live
+/// in a temporary directory that goes with it.
+#[derive(Debug)]
+pub struct Ipa {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// The one block device the hardware manager reports.
+    pub disk: PathBuf,
+    /// Size of [`Self::disk`] in bytes.
+    pub disk_size: u64,
+}
+
+impl Ipa {
+    /// Start the agent in `ns` against `api_url` (reachable from the namespace), with
+    /// inspection and auto-TLS off, no disk waits, and the test hardware manager.
+    ///
+    /// # Errors
+    /// When the files cannot be written or the process cannot start.
+    pub fn start(venv: &IpaVenv, ns: &Netns, api_url: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ferric-ipa-").tempdir()?;
+        let d = dir.path();
+        let disk = d.join("disk.img");
+        let disk_size: u64 = 1 << 30;
+        // Sparse: nothing is ever written to it.
+        std::fs::File::create(&disk)?.set_len(disk_size)?;
+        std::fs::write(d.join("empty"), "")?;
+        std::fs::write(d.join("cmdline"), "ferric-test-ipa\n")?;
+        std::fs::write(d.join("hide-host.sh"), HIDE_HOST_SH)?;
+        let stubs = d.join("stub-bin");
+        std::fs::create_dir(&stubs)?;
+        for name in STUBBED {
+            let stub = stubs.join(name);
+            std::fs::write(&stub, "#!/bin/sh\necho \"$0: not run under the test\" >&2\nexit 1\n")?;
+            std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        let path = format!("{}:{path}", stubs.display());
+        let hwm = serde_json::json!({
+            "device": disk, "size": disk_size, "interface": ns.ns_if, "mac": ns.ns_mac,
+            "ipv4": ns.ns_ip, "report": d.join("hwm-report.json"), "gate": d.join("released"),
+            "gate_timeout": 120,
+        });
+        std::fs::write(d.join("hwm.json"), hwm.to_string())?;
+        let conf_dir = d.join("conf.d");
+        std::fs::create_dir(&conf_dir)?;
+        let conf = format!(
+            "[DEFAULT]\n\
+             api_url = {api_url}\n\
+             listen_port = {AGENT_PORT}\n\
+             enable_auto_tls = False\n\
+             inspection_callback_url =\n\
+             inspection_collectors =\n\
+             disk_wait_attempts = 0\n\
+             hardware_initialization_delay = 0\n\
+             lookup_timeout = 120\n\
+             lookup_interval = 1\n\
+             ip_lookup_attempts = 3\n\
+             ip_lookup_sleep = 1\n\
+             http_request_timeout = 10\n\
+             debug = True\n\
+             log_file = {}\n",
+            d.join("ipa.log").display()
+        );
+        std::fs::write(d.join("ipa.conf"), conf)?;
+        let out = std::fs::File::create(d.join("ipa.out"))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name, "unshare", "--mount", "--propagation", "private"])
+            .arg("--")
+            .arg("sh")
+            .arg(d.join("hide-host.sh"))
+            .arg(venv.agent())
+            .arg("--config-file")
+            .arg(d.join("ipa.conf"))
+            .arg("--config-dir")
+            .arg(&conf_dir)
+            .env("FERRIC_IPA_DIR", d)
+            .env("PATH", path)
+            // stevedore caches its entry-point scan there, instead of in root's home.
+            .env("XDG_CACHE_HOME", d.join("cache"))
+            .env("FERRIC_TEST_HWM_CONFIG", d.join("hwm.json"))
+            // Only the veth: no proxy may sit between the agent and the API.
+            .env("no_proxy", "*")
+            .env("NO_PROXY", "*")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0);
+        for var in ["http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY"] {
+            cmd.env_remove(var);
+        }
+        cmd.env_remove("ALL_PROXY");
+        let child = cmd.spawn().context("starting ironic-python-agent in the namespace")?;
+        Ok(Self { child, dir, disk, disk_size })
+    }
+
+    /// The hardware manager's last report (`managers`, `block_devices`), once written: the
+    /// first one before the agent sends anything.
+    pub fn hwm_report(&self) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("hwm-report.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Let the agent go on past its hardware managers' initialization, where the test
+    /// hardware manager holds it until the test has read [`Self::hwm_report`]; nothing is
+    /// sent to the API before.
+    ///
+    /// # Errors
+    /// When the gate file cannot be written.
+    pub fn release(&self) -> anyhow::Result<()> {
+        std::fs::write(self.dir.path().join("released"), "").context("releasing the agent")
+    }
+
+    /// Whether the agent process has exited (and how).
+    ///
+    /// # Errors
+    /// When its status cannot be read.
+    pub fn exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// The agent's log and its stdout/stderr, the last `max` bytes of each, for a failure
+    /// message.
+    pub fn logs(&self, max: usize) -> String {
+        let tail = |name: &str| {
+            let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+            let start = text.len().saturating_sub(max);
+            let start = (start..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            format!("--- {name} ---\n{}", &text[start..])
+        };
+        format!("{}\n{}", tail("ipa.log"), tail("ipa.out"))
+    }
+
+    /// The agent's whole log file.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ipa.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Ipa {
+    fn drop(&mut self) {
+        // The group holds the agent and anything it ran (ip, lsblk, …).
+        let pgid = self.child.id();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,247 @@
+//! The real ironic-python-agent (pinned, from PyPI) looks up a fast-track node in
+//! `manageable`: api-service and a conductor run in-process on PostgreSQL and RabbitMQ, the
+//! API listening on the host end of a veth pair; the agent runs in the network namespace at
+//! the other end, with a hardware manager that reports one file as its only disk (see
+//! `tests::ipa`). The agent must get a token at lookup and heartbeat with its URL and
+//! version while the node stays `manageable`; a node without fast-track in the same state is
+//! refused (and found once fast-track is turned on for it).
+//!
+//! Needs root, `ip netns`, `unshare` and a venv from PyPI: without them the test is skipped
+//! loudly, or fails with `FERRIC_REQUIRE_PEERS=1`.
+
+#![expect(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
+
+use std::time::Duration;
+
+use api_service::ApiConfig;
+use bus::testing::{rabbit, unique};
+use common::shutdown::{CancellationToken, Shutdown};
+use common::testing::{Need, require_service};
+use conductor_service::testing::{fast_config, wait_for};
+use reqwest::Method;
+use serde_json::{Value, json};
+use store::testing::TestDatabase;
+use tests::ipa::{AGENT_PORT, Ipa, IpaVenv, Netns, namespace_tools};
+
+const VERSION: &str = "1.96";
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        tests::api_call(&self.http, &self.base, VERSION, method, path, body).await
+    }
+
+    async fn node(&self, id: &str) -> Value {
+        let (status, node) = self.call(Method::GET, &format!("/v1/nodes/{id}"), None).await;
+        assert_eq!(status, 200, "{node}");
+        node
+    }
+
+    /// Enroll a fake-hardware node with a port for `mac` and manage it (the conductor
+    /// finishes `verifying` at once on fake hardware).
+    async fn manageable_node(&self, name: &str, mac: &str, driver_info: Value) -> String {
+        let body = json!({"driver": "fake-hardware", "name": name, "driver_info": driver_info});
+        let (status, node) = self.call(Method::POST, "/v1/nodes", Some(body)).await;
+        assert_eq!(status, 201, "{node}");
+        let id = node["uuid"].as_str().unwrap().to_owned();
+        let port = json!({"address": mac, "node_uuid": id});
+        let (status, body) = self.call(Method::POST, "/v1/ports", Some(port)).await;
+        assert_eq!(status, 201, "{body}");
+        let path = format!("/v1/nodes/{id}/states/provision");
+        let (status, body) = self.call(Method::PUT, &path, Some(json!({"target": "manage"}))).await;
+        assert_eq!(status, 202, "manage: {body}");
+        wait_for(Duration::from_secs(60), &format!("{name} to become manageable"), || async {
+            let n = self.node(&id).await;
+            let state = n["provision_state"].as_str().unwrap_or_default();
+            assert!(!state.contains("failed"), "{name} failed: {n}");
+            (state == "manageable" && n["reservation"].is_null()).then_some(())
+        })
+        .await;
+        id
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_real_ironic_python_agent_looks_up_a_fast_track_node_in_manageable() {
+    let Some(db) = TestDatabase::postgres().await else { return };
+    let exchange = unique("ferric_ipa");
+    let Some(bus) = rabbit(&exchange).await else { return };
+    if require_service(Need::Peers, "root, `ip netns` and `unshare`", namespace_tools()).is_none() {
+        return;
+    }
+    let venv = tokio::task::spawn_blocking(IpaVenv::ensure).await.unwrap();
+    let what = format!("a venv with {}", tests::ipa::IPA_PIN);
+    let Some(venv) = require_service(Need::Peers, &what, venv.map_err(|e| format!("{e:#}"))) else {
+        return;
+    };
+    let netns = Netns::create().map_err(|e| format!("{e:#}"));
+    let Some(netns) = require_service(Need::Peers, "a network namespace with a veth pair", netns)
+    else {
+        return;
+    };
+
+    // The API on the host end of the veth (reachable from the agent's namespace), gRPC on
+    // loopback for the conductor.
+    let rest = tokio::net::TcpListener::bind((netns.host_ip.as_str(), 0)).await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", rest.local_addr().unwrap());
+    let mut cfg = ApiConfig::default();
+    // A private veth that only this test's namespace reaches.
+    cfg.api.noauth_allow_remote = true;
+    cfg.api.ramdisk_rate_limit_per_second = 0;
+    let token = CancellationToken::new();
+    let root = Shutdown::new(token.clone(), Duration::from_secs(5));
+    let mut services = tokio::task::JoinSet::new();
+    let (shutdown, ready) = root.service();
+    let (store, b) = (db.store().clone(), bus.clone());
+    services.spawn(async move {
+        api_service::run(cfg, rest, grpc, store, b, shutdown).await.unwrap();
+    });
+    ready.wait().await.unwrap();
+    let queue = format!("conductor.ipa-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let (shutdown, ready) = root.service();
+    let (store, b) = (db.store().clone(), rabbit(&exchange).await.unwrap());
+    let conductor = fast_config(&format!("ipa-{queue}"), &queue);
+    services.spawn(async move {
+        conductor_service::run(conductor, store, b, shutdown).await.unwrap();
+    });
+    ready.wait().await.unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let api = Api { http: http.clone(), base: base.clone() };
+
+    let fast = api.manageable_node("ipa-fast", &netns.ns_mac, json!({"fast_track": true})).await;
+    let plain_mac = "52:54:00:1f:a5:70";
+    let plain = api.manageable_node("ipa-plain", plain_mac, json!({})).await;
+    let before = api.node(&fast).await;
+    assert!(
+        before["driver_internal_info"].get("agent_secret_token").is_none(),
+        "no agent has looked up yet: {before}"
+    );
+
+    // Without fast-track, `manageable` expects no agent: the same 404 as an unknown MAC.
+    let lookup = http
+        .get(format!("{base}/v1/lookup?addresses={plain_mac}"))
+        .header("X-OpenStack-Ironic-API-Version", "1.62")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lookup.status().as_u16(), 404, "{}", lookup.text().await.unwrap());
+
+    let mut ipa = Ipa::start(&venv, &netns, &base).unwrap();
+
+    // What the agent was told about its disks, while it waits to send anything (the
+    // hardware manager holds it until released): only the test's file.
+    let report = wait_for(Duration::from_secs(60), "the hardware manager's report", || {
+        let r = ipa.hwm_report();
+        async move { r }
+    })
+    .await;
+    let managers = report["managers"].as_array().unwrap();
+    assert_eq!(managers[0]["name"], "FerricTestHardwareManager", "{report}");
+    let generic = managers.iter().find(|m| m["name"] == "GenericHardwareManager");
+    assert!(
+        generic.is_none_or(|g| g["support"].as_u64() < managers[0]["support"].as_u64()),
+        "the test manager must outrank the generic one: {report}"
+    );
+    let disks = report["block_devices"].as_array().unwrap();
+    assert_eq!(disks.len(), 1, "{report}");
+    assert_eq!(disks[0]["name"], ipa.disk.to_str().unwrap(), "{report}");
+    assert_eq!(disks[0]["size"], ipa.disk_size, "{report}");
+    let held = api.node(&fast).await;
+    assert!(
+        held["driver_internal_info"].get("agent_secret_token").is_none(),
+        "the agent looked up before it was released: {held}"
+    );
+    ipa.release().unwrap();
+
+    // Lookup mints the token; the heartbeat records the agent's URL, version and time. The
+    // node never leaves `manageable`.
+    let agent_url = format!("http://{}:{AGENT_PORT}", netns.ns_ip);
+    let node = wait_for(Duration::from_secs(120), "the agent's lookup and heartbeat", || {
+        let exited = ipa.exited().unwrap();
+        let logs = exited.map(|_| ipa.logs(6000));
+        let api = &api;
+        let fast = &fast;
+        async move {
+            assert!(exited.is_none(), "the agent exited ({exited:?}):\n{}", logs.unwrap());
+            let n = api.node(fast).await;
+            assert_eq!(n["provision_state"], "manageable", "{n}");
+            let dii = &n["driver_internal_info"];
+            (dii.get("agent_last_heartbeat").is_some_and(|t| !t.is_null())).then_some(n)
+        }
+    })
+    .await;
+    let dii = &node["driver_internal_info"];
+    assert!(dii["agent_secret_token"].is_string(), "{node}");
+    assert_eq!(dii["agent_url"], agent_url.as_str(), "{node}");
+    assert_eq!(dii["agent_version"], "13.0.0", "{node}");
+    assert!(node["target_provision_state"].is_null(), "{node}");
+    assert!(node["last_error"].is_null(), "{node}");
+    // The agent's side: its lookup found this node and the API took its heartbeat (202).
+    let found = format!("Lookup succeeded, node UUID is {fast}");
+    wait_for(Duration::from_secs(30), "the agent to log its accepted heartbeat", || {
+        let log = ipa.log();
+        let done = log.contains(&found) && log.contains("heartbeat successful");
+        async move { done.then_some(()) }
+    })
+    .await;
+
+    // The agent's own API answers in the namespace, from the address it announced.
+    let status = tokio::task::spawn_blocking({
+        let ns = netns.name.clone();
+        let url = format!("{agent_url}/v1/status");
+        move || {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &ns, "python3", "-c"])
+                .arg(
+                    "import sys, urllib.request; \
+                     print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())",
+                )
+                .arg(url)
+                .env("no_proxy", "*")
+                .env("NO_PROXY", "*")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["version"], "13.0.0", "{status}");
+
+    // Still the one disk after everything the agent did; the plain node was left alone.
+    let report = ipa.hwm_report().unwrap();
+    assert_eq!(report["block_devices"].as_array().unwrap().len(), 1, "{report}");
+    let shown = api.node(&plain).await;
+    assert_eq!(shown["provision_state"], "manageable", "{shown}");
+    assert!(shown["driver_internal_info"].get("agent_secret_token").is_none(), "{shown}");
+    assert_eq!(api.node(&fast).await["provision_state"], "manageable");
+
+    // Control: fast-track is the whole difference. Turned on, the plain node's same lookup
+    // answers.
+    let patch = json!([{"op": "add", "path": "/driver_info/fast_track", "value": true}]);
+    let (status, body) = api.call(Method::PATCH, &format!("/v1/nodes/{plain}"), Some(patch)).await;
+    assert_eq!(status, 200, "{body}");
+    let lookup = http
+        .get(format!("{base}/v1/lookup?addresses={plain_mac}"))
+        .header("X-OpenStack-Ironic-API-Version", "1.62")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lookup.status().as_u16(), 200);
+    let found: Value = lookup.json().await.unwrap();
+    assert_eq!(found["node"]["uuid"], plain.as_str(), "{found}");
+
+    drop(ipa);
+    drop(netns);
+    token.cancel();
+    while let Some(stopped) = services.join_next().await {
+        stopped.unwrap();
+    }
+    db.cleanup().await;
+}
