@@ -199,6 +199,13 @@ if [ -x /bin/ferric-agent ]; then
     say "exec $*"
     "$@"
     say "agent exited with status $?"
+    # Rescue: the agent set the rescue user's password (finalize_rescue) and stopped; this
+    # ramdisk is the rescue system now, with a password login on the console.
+    if [ -s /etc/ipa-rescue-config/ipa-rescue-password ]; then
+        say "rescue mode: log in as user rescue on the console"
+        mkdir -p /root
+        while :; do setsid getty 115200 console || sleep 1; done
+    fi
     sleep 2
     poweroff -f
 else

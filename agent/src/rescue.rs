@@ -32,7 +32,7 @@ pub enum RescueError {
 
 /// Whether `hash` looks like `$5$…` or `$6$…` and holds nothing a passwd-style file would
 /// split on.
-fn valid(hash: &str) -> bool {
+pub fn valid(hash: &str) -> bool {
     (hash.starts_with("$5$") || hash.starts_with("$6$"))
         && hash.len() <= 256
         && hash.chars().all(|c| c.is_ascii_graphic() && c != ':')

@@ -491,7 +491,7 @@ impl AgentService for AgentGrpc {
         r: Request<FinalizeRescueRequest>,
     ) -> Result<Response<CommandStatus>, Status> {
         let hash = r.into_inner().hashed_password;
-        if !hash.starts_with("$5$") && !hash.starts_with("$6$") {
+        if !crate::rescue::valid(&hash) {
             return Err(Status::invalid_argument(
                 "hashed_password must be a crypt(3) SHA-256 ($5$) or SHA-512 ($6$) hash",
             ));

@@ -218,7 +218,7 @@ pub async fn run_with_clock(
     tracker.spawn(periodic::every(
         ctx.clone(),
         "fast_track_lapses",
-        config::dur(c.check_timeouts_interval_secs),
+        c.fast_track_timeout() / 2,
         fast_track::lapses,
     ));
     tracker.spawn(periodic::every(

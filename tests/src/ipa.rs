@@ -26,6 +26,7 @@ use std::process::{Child, Command, Stdio};
 use anyhow::{Context as _, bail};
 use rand::Rng as _;
 
+use crate::netns::ip;
 use crate::openstack::target_dir;
 use crate::pyvenv::PyVenv;
 
@@ -139,39 +140,11 @@ impl IpaVenv {
 /// # Errors
 /// Says which is missing.
 pub fn namespace_tools() -> Result<(), String> {
-    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_default();
-    if uid != "0" {
-        return Err(format!("network and mount namespaces need root (uid {uid})"));
-    }
-    let ok = |cmd: &str, args: &[&str]| {
-        Command::new(cmd)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ok("ip", &["netns", "list"]) {
-        return Err("`ip netns list` failed (iproute2 missing?)".into());
-    }
-    if !ok("unshare", &["--mount", "true"]) {
-        return Err("`unshare --mount true` failed (util-linux missing?)".into());
-    }
-    Ok(())
-}
-
-/// Run `ip args…`.
-fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip").args(args).output().context("running ip")?;
-    if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::netns::check_tools(&[(
+        "unshare",
+        &["--mount", "true"],
+        "`unshare --mount true` failed (util-linux missing?)",
+    )])
 }
 
 /// A network namespace joined to the host by a veth pair on a random /30 of 10.231.0.0/16

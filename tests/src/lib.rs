@@ -2,6 +2,7 @@
 pub mod faults;
 pub mod ipa;
 pub mod junit;
+pub mod netns;
 pub mod openstack;
 pub mod pyvenv;
 

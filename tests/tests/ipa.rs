@@ -123,12 +123,12 @@ async fn test_real_ironic_python_agent_looks_up_a_fast_track_node_in_manageable(
     );
 
     // Without fast-track, `manageable` expects no agent: the same 404 as an unknown MAC.
-    let lookup = http
-        .get(format!("{base}/v1/lookup?addresses={plain_mac}"))
-        .header("X-OpenStack-Ironic-API-Version", "1.62")
-        .send()
-        .await
-        .unwrap();
+    let lookup_plain = || {
+        http.get(format!("{base}/v1/lookup?addresses={plain_mac}"))
+            .header("X-OpenStack-Ironic-API-Version", "1.62")
+            .send()
+    };
+    let lookup = lookup_plain().await.unwrap();
     assert_eq!(lookup.status().as_u16(), 404, "{}", lookup.text().await.unwrap());
 
     let mut ipa = Ipa::start(&venv, &netns, &base).unwrap();
@@ -227,12 +227,7 @@ async fn test_real_ironic_python_agent_looks_up_a_fast_track_node_in_manageable(
     let patch = json!([{"op": "add", "path": "/driver_info/fast_track", "value": true}]);
     let (status, body) = api.call(Method::PATCH, &format!("/v1/nodes/{plain}"), Some(patch)).await;
     assert_eq!(status, 200, "{body}");
-    let lookup = http
-        .get(format!("{base}/v1/lookup?addresses={plain_mac}"))
-        .header("X-OpenStack-Ironic-API-Version", "1.62")
-        .send()
-        .await
-        .unwrap();
+    let lookup = lookup_plain().await.unwrap();
     assert_eq!(lookup.status().as_u16(), 200);
     let found: Value = lookup.json().await.unwrap();
     assert_eq!(found["node"]["uuid"], plain.as_str(), "{found}");

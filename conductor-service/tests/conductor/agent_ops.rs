@@ -9,17 +9,13 @@ use std::time::Duration;
 use conductor_service::testing::{fast_config, insert_fake_node};
 use deploy::internal_info::{AgentSession, keys};
 use deploy::provision::RequestArgs;
-use deploy::{ApiVerb, Node, NodeHistory, PowerState, ProvisionState as S};
+use deploy::{ApiVerb, Node, PowerState, ProvisionState as S};
 use sim::AgentCommand;
 
-use super::verbs::request;
+use super::verbs::{request, transitions};
 use super::{Env, env};
 
 const LONG: Duration = Duration::from_secs(30);
-
-fn transitions(history: &[NodeHistory]) -> Vec<(S, S)> {
-    history.iter().filter_map(|h| Some((h.from_state?, h.to_state?))).collect()
-}
 
 /// An active, powered-on fake-hardware node with the `agent` rescue interface.
 async fn active_node(env: &Env) -> Node {

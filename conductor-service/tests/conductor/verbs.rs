@@ -97,7 +97,7 @@ fn service_args(steps: &[Value]) -> RequestArgs<'_> {
     RequestArgs { service_steps: Some(steps), ..Default::default() }
 }
 
-fn transitions(history: &[NodeHistory]) -> Vec<(S, S)> {
+pub(super) fn transitions(history: &[NodeHistory]) -> Vec<(S, S)> {
     history.iter().filter_map(|h| Some((h.from_state?, h.to_state?))).collect()
 }
 

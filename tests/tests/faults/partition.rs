@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use common::testing::{Need, require_service};
 use conductor_service::testing::wait_for;
 use deploy::NodeId;
@@ -26,6 +26,7 @@ use sim::bmc::{BmcSilence, MachineBackend};
 use sim::{HookPoint, SimAgentConfig};
 use tests::faults::scenario::{self, Fleet};
 use tests::faults::{Client, ClusterOptions};
+use tests::netns::ip;
 use tokio_util::sync::CancellationToken;
 
 use super::{Setup, setup_with};
@@ -35,39 +36,7 @@ const RELAY_PORT: u16 = 7000;
 
 /// What the partition case needs besides the services: root, `ip netns` and `socat`.
 fn netns_tools() -> Result<(), String> {
-    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_default();
-    if uid != "0" {
-        return Err(format!("network namespaces need root (uid {uid})"));
-    }
-    let ok = |cmd: &str, args: &[&str]| {
-        Command::new(cmd)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ok("ip", &["netns", "list"]) {
-        return Err("`ip netns list` failed (iproute2 missing?)".into());
-    }
-    if !ok("socat", &["-V"]) {
-        return Err("no socat".into());
-    }
-    Ok(())
-}
-
-/// Run `ip args…`.
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip")?;
-    if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
+    tests::netns::check_tools(&[("socat", &["-V"], "no socat")])
 }
 
 /// A network namespace joined to the host by a veth pair, with `socat` relaying
@@ -137,7 +106,7 @@ impl Netns {
 
     /// Set the namespace's end of the link down: everything across it is dropped.
     fn cut(&self) -> anyhow::Result<()> {
-        ip(&["-n", &self.name, "link", "set", &self.ns_if, "down"])
+        ip(&["-n", &self.name, "link", "set", &self.ns_if, "down"]).map(drop)
     }
 
     /// Set it up again, and wait until a connection across it succeeds: an address
