@@ -74,6 +74,10 @@ pub struct AgentConfig {
     /// address, and send that certificate in heartbeats (`agent_verify_ca`) so the
     /// conductor trusts exactly it (IPA's `enable_auto_tls`).
     pub enable_auto_tls: bool,
+    /// The `iscsi` deploy's token file (`ferric.iscsi_token_url`, served by pxe-service):
+    /// when set, this boot exports the root disk over iSCSI for the conductor to write
+    /// ([`crate::iscsi_export`]) instead of looking the node up and taking commands.
+    pub iscsi_token_url: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -99,6 +103,7 @@ impl Default for AgentConfig {
             spill_limit_mb: 1024,
             md5_allowed: true,
             enable_auto_tls: true,
+            iscsi_token_url: None,
         }
     }
 }
@@ -171,6 +176,8 @@ pub struct Cmdline {
     pub advertise_port: Option<u16>,
     /// `ferric.root` (simulator only).
     pub root: Option<PathBuf>,
+    /// `ferric.iscsi_token_url`.
+    pub iscsi_token_url: Option<String>,
 }
 
 /// Normalise `BOOTIF` (`01-aa-bb-cc-dd-ee-ff` or `aa:bb:…`) to `aa:bb:cc:dd:ee:ff`.
@@ -209,6 +216,7 @@ impl Cmdline {
                 "ipa-advertise-host" => c.advertise_host = Some(v.to_owned()),
                 "ipa-advertise-port" => c.advertise_port = v.parse().ok(),
                 "ferric.root" => c.root = Some(PathBuf::from(v)),
+                "ferric.iscsi_token_url" => c.iscsi_token_url = Some(v.to_owned()),
                 _ => {}
             }
         }
@@ -252,6 +260,9 @@ impl AgentConfig {
         }
         if self.root.is_none() {
             self.root.clone_from(&c.root);
+        }
+        if let Some(u) = &c.iscsi_token_url {
+            self.iscsi_token_url = Some(u.clone());
         }
     }
 

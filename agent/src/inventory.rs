@@ -71,10 +71,56 @@ fn memory(root: &Path) -> Memory {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let total = kib * 1024;
-    // Physical memory is what DIMMs hold; MemTotal is a little less (kernel reservations),
-    // so round up to the next 128 MiB like IPA's fallback does.
-    let physical_mb = (total >> 20).div_ceil(128) * 128;
+    // Physical memory is what the DIMMs hold: IPA sums the memory banks lshw reads from the
+    // SMBIOS Memory Device structures. MemTotal is less (firmware and kernel reservations),
+    // so without a readable SMBIOS table round it up to the next 128 MiB.
+    let physical_mb = fs::read(root.join("sys/firmware/dmi/tables/DMI"))
+        .ok()
+        .and_then(|t| smbios_memory_mib(&t))
+        .unwrap_or_else(|| (total >> 20).div_ceil(128) * 128);
     Memory { total, physical_mb }
+}
+
+/// SMBIOS structure type of a Memory Device (one DIMM or memory bank).
+const SMBIOS_MEMORY_DEVICE: u8 = 17;
+/// SMBIOS end-of-table structure type.
+const SMBIOS_END: u8 = 127;
+
+/// The installed memory in MiB: the sum of the sizes of the SMBIOS Memory Device
+/// structures in `table` (the raw structure table, `/sys/firmware/dmi/tables/DMI`), read
+/// as dmidecode and lshw read them (DMTF DSP0134 §7.18). `None` when no device has a size.
+fn smbios_memory_mib(table: &[u8]) -> Option<u64> {
+    let mut kib_total: u64 = 0;
+    let mut i = 0;
+    while let Some(header) = table.get(i..i + 4) {
+        let (kind, len) = (header[0], usize::from(header[1]));
+        let Some(s) = table.get(i..i + len).filter(|_| len >= 4) else { break };
+        if kind == SMBIOS_END {
+            break;
+        }
+        // The formatted area is followed by its strings, ended by two NUL bytes; a structure
+        // cut short is not read.
+        let strings = &table[i + len..];
+        let Some(end) = strings.windows(2).position(|w| w == [0, 0]) else { break };
+        if kind == SMBIOS_MEMORY_DEVICE
+            && let Some(&[lo, hi]) = s.get(0x0C..0x0E)
+        {
+            let size = u16::from_le_bytes([lo, hi]);
+            kib_total += match size {
+                // No module installed, or its size is unknown.
+                0 | 0xFFFF => 0,
+                // 32 GiB or more: the Extended Size field holds MiB.
+                0x7FFF => s.get(0x1C..0x20).map_or(0x7FFF * 1024, |e| {
+                    u64::from(u32::from_le_bytes([e[0], e[1], e[2], e[3]]) & 0x7FFF_FFFF) * 1024
+                }),
+                // Bit 15 set: the size is in KiB, else in MiB.
+                v if v & 0x8000 != 0 => u64::from(v & 0x7FFF),
+                v => u64::from(v) * 1024,
+            };
+        }
+        i += len + end + 2;
+    }
+    (kib_total > 0).then_some(kib_total / 1024)
 }
 
 /// Whether a `/sys/block` entry is a disk we may deploy to.
@@ -284,3 +330,68 @@ pub fn device_path(root: &Path, dev_name: &str) -> PathBuf {
 /// The inventory as IPA's JSON document (for logs and inspection data); the one conversion
 /// lives in `proto` so the conductor reads inventories the same way.
 pub use proto::inventory::to_ipa_json;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A type 17 structure (SMBIOS 3.x layout, 0x28 bytes) of `size` with `extended`,
+    /// followed by one string.
+    fn memory_device(size: u16, extended: u32) -> Vec<u8> {
+        let mut s = vec![0u8; 0x28];
+        s[0] = SMBIOS_MEMORY_DEVICE;
+        s[1] = 0x28;
+        s[0x0C..0x0E].copy_from_slice(&size.to_le_bytes());
+        s[0x1C..0x20].copy_from_slice(&extended.to_le_bytes());
+        s.extend_from_slice(b"DIMM 0\0\0");
+        s
+    }
+
+    /// A structure of another type with no strings.
+    fn other(kind: u8) -> Vec<u8> {
+        let mut s = vec![kind, 8, 0, 0, 1, 2, 3, 4];
+        s.extend_from_slice(&[0, 0]);
+        s
+    }
+
+    #[test]
+    fn test_smbios_memory_sums_the_memory_devices_in_their_units() {
+        let mut t = other(1);
+        t.extend(memory_device(640, 0)); // MiB
+        t.extend(other(16));
+        t.extend(memory_device(0x8000 | 512, 0)); // 512 KiB
+        t.extend(memory_device(0x7FFF, 64 * 1024)); // 64 GiB, extended
+        t.extend(memory_device(0, 0)); // empty slot
+        t.extend(memory_device(0xFFFF, 0)); // unknown
+        t.extend(other(SMBIOS_END));
+        t.extend(memory_device(1024, 0)); // after the end: ignored
+        assert_eq!(smbios_memory_mib(&t), Some(640 + 64 * 1024));
+    }
+
+    #[test]
+    fn test_smbios_without_memory_devices_or_truncated_says_nothing() {
+        assert_eq!(smbios_memory_mib(&[]), None);
+        assert_eq!(smbios_memory_mib(&other(1)), None);
+        let t = memory_device(640, 0);
+        assert_eq!(smbios_memory_mib(&t[..20]), None, "a cut structure is not read");
+        assert_eq!(smbios_memory_mib(&t[..0x28]), None, "no string terminator");
+    }
+
+    #[test]
+    fn test_physical_memory_comes_from_smbios_and_falls_back_to_rounded_memtotal() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let meminfo = root.path().join("proc/meminfo");
+        fs::create_dir_all(meminfo.parent().expect("parent")).expect("mkdir");
+        // What a QEMU VM with `-m 700` shows: firmware and kernel keep about 60 MiB, and
+        // MemTotal rounded up to 128 MiB is 640, not the 700 MiB it has.
+        fs::write(&meminfo, "MemTotal:         655400 kB\n").expect("meminfo");
+        assert_eq!(memory(root.path()).physical_mb, 640, "rounded up without SMBIOS");
+        let dmi = root.path().join("sys/firmware/dmi/tables/DMI");
+        fs::create_dir_all(dmi.parent().expect("parent")).expect("mkdir");
+        let mut t = memory_device(700, 0);
+        t.extend(other(SMBIOS_END));
+        fs::write(&dmi, t).expect("DMI");
+        let m = memory(root.path());
+        assert_eq!((m.physical_mb, m.total), (700, 655_400 * 1024));
+    }
+}

@@ -15,8 +15,10 @@ pub mod config;
 #[cfg(feature = "fixture")]
 pub mod fixture;
 pub mod inventory;
+pub mod iscsi_export;
 pub mod rescue;
 pub mod server;
+pub mod steps;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -421,6 +423,9 @@ pub async fn run_with_tls(
 ) -> Result<(), AgentError> {
     cfg.validate()?;
     let local = grpc.local_addr()?;
+    if cfg.iscsi_token_url.is_some() {
+        return run_iscsi_export(&cfg, local, shutdown).await;
+    }
     let state = Arc::new(AgentState::new(cfg.clone(), &shutdown));
     let svc = server::AgentGrpc::new(state.clone());
     let check_state = state.clone();
@@ -483,6 +488,31 @@ pub async fn run_with_tls(
         tracing::warn!("commands still running at shutdown were abandoned");
     }
     result
+}
+
+/// An `iscsi` deploy's boot: export the root disk until the conductor says the write ended.
+async fn run_iscsi_export(
+    cfg: &AgentConfig,
+    local: SocketAddr,
+    shutdown: Shutdown,
+) -> Result<(), AgentError> {
+    // The portal is announced at the address the API sees this machine at.
+    let cb = callback_url(cfg, local, false).await;
+    let address =
+        host_port(&cb).and_then(|(h, _)| h.parse::<IpAddr>().ok()).unwrap_or_else(|| local.ip());
+    shutdown.ready();
+    let token = shutdown.child_token();
+    let res = iscsi_export::run_from_boot(cfg, address, &token).await;
+    if shutdown.drain().await.is_err() {
+        tracing::warn!("tasks still running at shutdown were abandoned");
+    }
+    match res {
+        Ok(outcome) => {
+            tracing::info!(?outcome, "iSCSI export ended");
+            Ok(())
+        }
+        Err(e) => Err(AgentError::Serve(common::ErrorChain(&e).to_string())),
+    }
 }
 
 #[cfg(test)]

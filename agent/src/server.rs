@@ -17,10 +17,10 @@ use image::partition::{PartRole, PartitionTable};
 use image::{ImagePhase, ImageProgress, ImageRequest, IronicImageInfo, WriteOutcome};
 use proto::agent::agent_service_server::AgentService;
 use proto::agent::{
-    CommandState, CommandStatus, EraseDevicesRequest, EraseMode, FinalizeRescueRequest,
-    GetCommandStatusRequest, GetInventoryRequest, GetPartitionUuidsRequest,
-    InstallBootloaderRequest, Inventory, PartitionUuids, Phase, PowerOffRequest,
-    PrepareImageRequest, Progress, RebootRequest, SyncRequest,
+    CommandState, CommandStatus, EraseDevicesRequest, EraseMode, ExecuteStepRequest,
+    FinalizeRescueRequest, GetCommandStatusRequest, GetInventoryRequest, GetPartitionUuidsRequest,
+    GetStepsRequest, InstallBootloaderRequest, Inventory, PartitionUuids, Phase, PowerOffRequest,
+    PrepareImageRequest, Progress, RebootRequest, StepList, SyncRequest,
 };
 use tokio::sync::broadcast;
 use tokio_stream::StreamExt;
@@ -159,6 +159,34 @@ impl AgentGrpc {
             Ok(Err(e)) => Err(Status::internal(format!("command task failed: {e}"))),
             Err(_) => Ok(Response::new(self.state.commands.status(&id).unwrap_or_default())),
         }
+    }
+
+    /// Erase the named disks (every disk when none is named) as one command.
+    async fn erase(
+        &self,
+        mode: EraseMode,
+        devices: &[String],
+    ) -> Result<Response<CommandStatus>, Status> {
+        let disks = self.disk_paths(devices)?;
+        let cancel = self.state.cancel.child_token();
+        let name = if mode == EraseMode::Full { "erase_devices" } else { "erase_devices_metadata" };
+        self.run_command(name, async move {
+            tokio::task::spawn_blocking(move || {
+                let mut done = Vec::new();
+                for (name, path, _) in disks {
+                    let r = match mode {
+                        EraseMode::Full => image::erase_full(&path, &cancel),
+                        _ => image::erase_metadata(&path),
+                    };
+                    r.map_err(|e| format!("erasing {name} failed: {e}"))?;
+                    done.push(name);
+                }
+                Ok(serde_json::json!({ "erased": done }))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+        .await
     }
 
     fn disk_paths(&self, devices: &[String]) -> Result<Vec<(String, PathBuf, u64)>, Status> {
@@ -425,26 +453,7 @@ impl AgentService for AgentGrpc {
         if mode == EraseMode::Unspecified {
             return Err(Status::invalid_argument("erase mode must be METADATA or FULL"));
         }
-        let disks = self.disk_paths(&r.devices)?;
-        let cancel = self.state.cancel.child_token();
-        let name = if mode == EraseMode::Full { "erase_devices" } else { "erase_devices_metadata" };
-        self.run_command(name, async move {
-            tokio::task::spawn_blocking(move || {
-                let mut done = Vec::new();
-                for (name, path, _) in disks {
-                    let r = match mode {
-                        EraseMode::Full => image::erase_full(&path, &cancel),
-                        _ => image::erase_metadata(&path),
-                    };
-                    r.map_err(|e| format!("erasing {name} failed: {e}"))?;
-                    done.push(name);
-                }
-                Ok(serde_json::json!({ "erased": done }))
-            })
-            .await
-            .map_err(|e| e.to_string())?
-        })
-        .await
+        self.erase(mode, &r.devices).await
     }
 
     async fn get_partition_uuids(
@@ -513,6 +522,34 @@ impl AgentService for AgentGrpc {
             self.state.stop_soon();
         }
         Ok(answer)
+    }
+
+    async fn get_steps(&self, r: Request<GetStepsRequest>) -> Result<Response<StepList>, Status> {
+        let steps =
+            crate::steps::offered(&r.into_inner().kind).map_err(Status::invalid_argument)?;
+        Ok(Response::new(StepList { steps }))
+    }
+
+    async fn execute_step(
+        &self,
+        r: Request<ExecuteStepRequest>,
+    ) -> Result<Response<CommandStatus>, Status> {
+        let r = r.into_inner();
+        let call = crate::steps::parse(&r.kind, &r.interface, &r.step, &r.args_json)
+            .map_err(Status::invalid_argument)?;
+        tracing::info!(kind = %r.kind, step = %format!("{}.{}", r.interface, r.step), "running a step");
+        match call {
+            crate::steps::StepCall::Erase { mode, devices } => self.erase(mode, &devices).await,
+            crate::steps::StepCall::ErasePstore => {
+                let root = self.state.root.clone();
+                self.run_command("erase_pstore", async move {
+                    tokio::task::spawn_blocking(move || crate::steps::erase_pstore(&root))
+                        .await
+                        .map_err(|e| e.to_string())?
+                })
+                .await
+            }
+        }
     }
 }
 

@@ -254,8 +254,8 @@ pub fn all() -> Vec<Endpoint> {
         ep("GET", "/v1/conductors/{hostname}", 49, "Show a conductor", SDK),
         ep("GET", "/v1/shards", 82, "Shards and their node counts", NODE_EXTRAS),
         ep("POST", "/v1/events", 54, "Network events (validated)", EXTRAS),
-        ep("GET", "/v1/lookup", 22, "Agent lookup", "rest, agent"),
-        ep("POST", "/v1/heartbeat/{ident}", 22, "Agent heartbeat", "rest, agent"),
+        ep("GET", "/v1/lookup", 22, "Agent lookup", "rest, agent, ipa"),
+        ep("POST", "/v1/heartbeat/{ident}", 22, "Agent heartbeat", "rest, agent, ipa"),
         ep(
             "POST",
             "/v1/continue_inspection",

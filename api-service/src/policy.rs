@@ -440,6 +440,9 @@ pub fn classify(method: &Method, path: &str) -> Guard {
             Guard::Handler
         }
         ["v1", "continue_inspection"] => Guard::Handler,
+        ["v1", "nodes", _, "vendor_passthru", "pass_deploy_info"] if is(&Method::POST) => {
+            Guard::Handler
+        }
         ["v1", "nodes", ident] => {
             let policy = if is(&Method::DELETE) {
                 Some(p::NODE_DELETE)

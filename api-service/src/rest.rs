@@ -7,6 +7,7 @@
 pub(crate) mod agent;
 pub(crate) mod bmc;
 pub(crate) mod inspection;
+pub(crate) mod iscsi;
 pub(crate) mod misc;
 pub(crate) mod node_bmc;
 pub(crate) mod node_extras;
@@ -204,6 +205,10 @@ pub fn router(state: ApiState) -> Router {
                 .route("/v1/lookup", get(agent::lookup))
                 .route("/v1/heartbeat/{ident}", post(agent::heartbeat))
                 .route("/v1/continue_inspection", post(inspection::continue_inspection))
+                .route(
+                    "/v1/nodes/{ident}/vendor_passthru/pass_deploy_info",
+                    post(iscsi::pass_deploy_info),
+                )
                 .layer(middleware::from_fn_with_state(
                     state.clone(),
                     crate::limits::ramdisk_rate_limit,

@@ -52,6 +52,10 @@ pub struct DemoArgs {
     /// Above this many nodes, one aggregate bar instead of one per node.
     #[arg(long, default_value_t = 40)]
     pub max_bars: usize,
+    /// The deploy interface of every node: `direct` (the agent writes the image) or `iscsi`
+    /// (the ramdisk exports its disk and the conductor writes the image over iSCSI).
+    #[arg(long, default_value = "direct", value_parser = ["direct", "iscsi"])]
+    pub deploy_interface: String,
     /// Keep the data directory (machines' disks, database) after the demo.
     #[arg(long)]
     pub keep: bool,
@@ -267,7 +271,7 @@ async fn drive(
             "name": m.machine.name(),
             "driver": "redfish",
             "driver_info": Value::Object(m.redfish_driver_info()),
-            "deploy_interface": "direct",
+            "deploy_interface": args.deploy_interface,
             "boot_interface": "ipxe",
             "properties": {"cpus": 2, "memory_mb": 4096, "local_gb": args.disk_mib.div_ceil(1024), "cpu_arch": "x86_64"},
         });

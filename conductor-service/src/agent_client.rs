@@ -68,6 +68,14 @@ pub enum AgentError {
         /// Agent address.
         url: String,
     },
+    /// The agent does not have the call (an older agent).
+    #[error("the agent at {url} does not support {call}")]
+    Unsupported {
+        /// Agent address.
+        url: String,
+        /// The RPC.
+        call: &'static str,
+    },
     /// The agent answered with an error status.
     #[error("the agent at {url} failed {call}: {message}")]
     Rpc {
@@ -89,6 +97,7 @@ impl AgentError {
             | AgentError::CertificateMismatch { .. }
             | AgentError::Unauthorized { .. }
             | AgentError::UnknownCommand { .. }
+            | AgentError::Unsupported { .. }
             | AgentError::Rpc { .. } => false,
         }
     }
@@ -258,6 +267,7 @@ impl AgentConn {
             tonic::Code::DeadlineExceeded => {
                 AgentError::Timeout { url: self.url.clone(), call, after: self.timeout }
             }
+            tonic::Code::Unimplemented => AgentError::Unsupported { url: self.url.clone(), call },
             code => AgentError::Rpc {
                 url: self.url.clone(),
                 call,
@@ -378,6 +388,28 @@ impl AgentConn {
         });
         self.unary("FinalizeRescue", |mut c| async move { c.finalize_rescue(req).await }).await
     }
+
+    /// The steps the agent offers for `kind` (`clean`, `deploy`, `service`).
+    ///
+    /// # Errors
+    /// [`AgentError`] on transport or RPC failure (an agent without the call answers
+    /// `Unimplemented`).
+    pub async fn steps(&self, kind: &str) -> Result<proto::agent::StepList, AgentError> {
+        let req = self.request(proto::agent::GetStepsRequest { kind: kind.to_owned() });
+        self.unary("GetSteps", |mut c| async move { c.get_steps(req).await }).await
+    }
+
+    /// Run one offered step.
+    ///
+    /// # Errors
+    /// [`AgentError`] on transport or RPC failure.
+    pub async fn execute_step(
+        &self,
+        msg: proto::agent::ExecuteStepRequest,
+    ) -> Result<proto::agent::CommandStatus, AgentError> {
+        let req = self.request(msg);
+        self.unary("ExecuteStep", |mut c| async move { c.execute_step(req).await }).await
+    }
 }
 
 #[cfg(test)]
@@ -392,9 +424,18 @@ mod tests {
 
     /// The real agent (no API, a pre-set token) serving with `tls`; returns its address.
     async fn agent(tls: Option<agent::AgentTls>, stop: &CancellationToken) -> String {
+        agent_on(&tempfile::tempdir().unwrap().keep(), tls, stop).await
+    }
+
+    /// The real agent on the fixture root `root`.
+    async fn agent_on(
+        root: &std::path::Path,
+        tls: Option<agent::AgentTls>,
+        stop: &CancellationToken,
+    ) -> String {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let root = tempfile::tempdir().unwrap().keep();
+        let root = root.to_path_buf();
         let mut cfg = agent::AgentConfig::for_root(&root);
         cfg.agent_token = Some(agent::config::Secret(TOKEN.into()));
         let (shutdown, ready) = Shutdown::new(stop.clone(), Duration::from_secs(5)).service();
@@ -434,6 +475,52 @@ mod tests {
         // No pin for an https agent: no fall back to an unverified channel.
         let err = AgentConn::connect(&url, TOKEN, None, &cfg).await.unwrap_err();
         assert!(matches!(err, AgentError::NotConfigured(_)), "{err:?}");
+        stop.cancel();
+    }
+
+    /// The real agent lists its steps and runs one by name; a step it does not offer or an
+    /// argument the step does not take is refused before anything runs.
+    #[tokio::test]
+    async fn test_real_agent_offers_and_runs_steps() {
+        let stop = CancellationToken::new();
+        let root = tempfile::tempdir().unwrap().keep();
+        let pstore = root.join("sys/fs/pstore");
+        std::fs::create_dir_all(&pstore).unwrap();
+        std::fs::write(pstore.join("dmesg-efi-1"), "panic").unwrap();
+        let addr = agent_on(&root, None, &stop).await;
+        let cfg = AgentClientConfig::default();
+        let conn = AgentConn::connect(&format!("http://{addr}"), TOKEN, None, &cfg).await.unwrap();
+
+        let clean = conn.steps("clean").await.unwrap().steps;
+        let names: Vec<(&str, u32)> = clean.iter().map(|s| (s.step.as_str(), s.priority)).collect();
+        assert_eq!(
+            names,
+            [("erase_devices", 10), ("erase_devices_metadata", 99), ("erase_pstore", 0)]
+        );
+        assert!(matches!(conn.steps("bogus").await, Err(AgentError::Rpc { .. })));
+
+        let run = |step: &str, args: &str| proto::agent::ExecuteStepRequest {
+            kind: "clean".into(),
+            interface: "deploy".into(),
+            step: step.into(),
+            args_json: args.into(),
+        };
+        let err = conn.execute_step(run("make_coffee", "")).await.unwrap_err();
+        assert!(err.to_string().contains("offers no clean step deploy.make_coffee"), "{err}");
+        let err = conn.execute_step(run("erase_pstore", r#"{"all": true}"#)).await.unwrap_err();
+        assert!(err.to_string().contains("takes no argument"), "{err}");
+        assert!(pstore.join("dmesg-efi-1").exists(), "a refused step changes nothing");
+
+        let mut st = conn.execute_step(run("erase_pstore", "{}")).await.unwrap();
+        for _ in 0..100 {
+            if st.state != proto::agent::CommandState::Running as i32 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            st = conn.command_status(&st.command_id).await.unwrap();
+        }
+        assert_eq!(st.state, proto::agent::CommandState::Succeeded as i32, "{st:?}");
+        assert_eq!(std::fs::read_dir(&pstore).unwrap().count(), 0);
         stop.cancel();
     }
 

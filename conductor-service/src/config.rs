@@ -155,6 +155,15 @@ pub struct ConductorConfig {
     pub ramdisk_boot_retries: u32,
     /// Default for automated cleaning (a node's `automated_clean` overrides it).
     pub automated_clean: bool,
+    /// Priorities that replace an agent's own for automated cleaning, as
+    /// `interface.step:priority` entries (Ironic's `[conductor] clean_step_priority_override`;
+    /// 0 turns a step off). The default turns off the full `deploy.erase_devices` (the agent
+    /// offers it at 10), so an automated clean erases metadata only; `[]` runs every step at
+    /// the agent's priority.
+    pub clean_step_priority_override: Vec<String>,
+    /// Longest time one agent step (an offered clean, deploy or service step) may run
+    /// before it fails (0: no limit beyond the agent's silence timeout).
+    pub agent_step_timeout_secs: f64,
     /// Power a node off when its deploy fails (Ironic's `[deploy]power_off_after_deploy_failure`),
     /// so a half-deployed machine does not stay up in the ramdisk.
     pub power_off_after_deploy_failure: bool,
@@ -283,6 +292,8 @@ impl Default for ConductorConfig {
             ramdisk_boot_timeout_secs: 600.0,
             ramdisk_boot_retries: 2,
             automated_clean: true,
+            clean_step_priority_override: vec!["deploy.erase_devices:0".to_owned()],
+            agent_step_timeout_secs: 6.0 * 3600.0,
             power_off_after_deploy_failure: true,
             default_deploy_interface: String::new(),
             lock_retry_attempts: 20,
@@ -342,6 +353,16 @@ fn default_hostname() -> String {
         .unwrap_or_else(|| format!("conductor-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))
 }
 
+/// `interface.step:priority` → (`interface.step`, priority).
+fn parse_override(entry: &str) -> Option<(&str, u32)> {
+    let (label, p) = entry.trim().rsplit_once(':')?;
+    let (iface, step) = label.split_once('.')?;
+    if iface.is_empty() || step.is_empty() || step.contains('.') {
+        return None;
+    }
+    Some((label, p.trim().parse().ok()?))
+}
+
 fn secs(key: &'static str, v: f64, allow_zero: bool) -> Result<Duration, ConductorConfigError> {
     if !v.is_finite() || v < 0.0 || (!allow_zero && v == 0.0) || v > 86_400.0 * 365.0 {
         return Err(ConductorConfigError {
@@ -386,6 +407,12 @@ impl ConductorConfig {
                 &format!("must be empty or one of: {}", names.join(", ")),
             );
         }
+        if self.clean_step_priority_override.iter().any(|e| parse_override(e).is_none()) {
+            return bad(
+                "clean_step_priority_override",
+                "entries must be interface.step:priority (a non-negative integer)",
+            );
+        }
         if self.redfish.attempts == 0 {
             return bad("redfish.attempts", "must be at least 1");
         }
@@ -406,6 +433,7 @@ impl ConductorConfig {
         secs("ramdisk_boot_timeout_secs", self.ramdisk_boot_timeout_secs, true)?;
         secs("power_state_change_timeout_secs", self.power_state_change_timeout_secs, false)?;
         secs("drain_timeout_secs", self.drain_timeout_secs, true)?;
+        secs("agent_step_timeout_secs", self.agent_step_timeout_secs, true)?;
         secs("agent.connect_timeout_secs", self.agent.connect_timeout_secs, false)?;
         secs("agent.command_timeout_secs", self.agent.command_timeout_secs, false)?;
         secs("agent.silence_timeout_secs", self.agent.silence_timeout_secs, false)?;
@@ -442,6 +470,20 @@ impl ConductorConfig {
     /// agent running a command.
     pub fn callback_timeout(&self) -> Duration {
         dur(self.callback_timeout_secs)
+    }
+
+    /// The operator's priority for the clean step `label` (`interface.step`), if any.
+    pub fn clean_step_priority(&self, label: &str) -> Option<u32> {
+        self.clean_step_priority_override
+            .iter()
+            .filter_map(|e| parse_override(e))
+            .find(|(l, _)| *l == label)
+            .map(|(_, p)| p)
+    }
+
+    /// Longest run of one agent step (`Duration::ZERO`: no limit).
+    pub fn agent_step_timeout(&self) -> Duration {
+        dur(self.agent_step_timeout_secs)
     }
 
     /// How long an agent running a command may stay silent before it counts as dead.
@@ -502,6 +544,13 @@ mod tests {
     #[test]
     fn test_defaults_validate() {
         ConductorConfig::default().validate().unwrap();
+        let mut c = ConductorConfig::default();
+        assert_eq!(c.clean_step_priority("deploy.erase_devices"), Some(0));
+        assert_eq!(c.clean_step_priority("deploy.erase_devices_metadata"), None);
+        for bad in ["erase_devices:0", "deploy.erase_devices", "deploy.x:-1", ".x:1", "a.b.c:1"] {
+            c.clean_step_priority_override = vec![bad.into()];
+            assert_eq!(c.validate().unwrap_err().key, "clean_step_priority_override", "{bad}");
+        }
         let c = ConductorConfig::default();
         assert_eq!(c.liveness_timeout(), Duration::from_secs(30));
         // Ironic's defaults for the wait states this conductor reaches by its own workflows.
@@ -569,7 +618,8 @@ mod tests {
     fn test_bad_values_name_the_key() {
         let c = ConductorConfig { callback_timeout_secs: -1.0, ..Default::default() };
         assert_eq!(c.validate().unwrap_err().key, "callback_timeout_secs");
-        let c = ConductorConfig { default_deploy_interface: "iscsi".into(), ..Default::default() };
+        let c =
+            ConductorConfig { default_deploy_interface: "ansible".into(), ..Default::default() };
         assert_eq!(c.validate().unwrap_err().key, "default_deploy_interface");
     }
 }

@@ -1,6 +1,7 @@
 //! Deploy interfaces: how an image gets onto a node. `direct` (the agent downloads and
-//! writes it, reference §5.6) and `fake` (nothing to do). Another interface (`iscsi`) plugs
-//! in by implementing [`DeployInterface`] with its own plan and steps, adding its value to
+//! writes it, reference §5.6), `iscsi` (the ramdisk exports its disk and the conductor
+//! writes it, [`iscsi`]) and `fake` (nothing to do). Another interface plugs in by
+//! implementing [`DeployInterface`] with its own plan and steps, adding its value to
 //! [`deploy::hardware::DeployIface`] and the table, and a case to [`implementation`].
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 use tokio_stream_lite::next_message;
 
 pub mod configdrive;
+pub mod iscsi;
 
 use crate::agent_client::{AgentConn, AgentError};
 use crate::drivers::DriverSet;
@@ -93,6 +95,7 @@ pub fn implementation(iface: DeployIface) -> Arc<dyn DeployInterface> {
     match iface {
         DeployIface::Direct => Arc::new(DirectDeploy),
         DeployIface::Fake => Arc::new(FakeDeploy),
+        DeployIface::Iscsi => Arc::new(iscsi::IscsiDeploy),
     }
 }
 
@@ -167,6 +170,26 @@ pub(crate) async fn boot_ramdisk(task: &mut Task, d: &DriverSet) -> Result<(), W
     Ok(())
 }
 
+/// Boot the node's instance again from its disk (Ironic's unrescue and tear-down of a
+/// servicing): power off, boot device disk (persistent), power on. `context` prefixes the
+/// message of a refused boot device (e.g. `Failed to unrescue: `).
+///
+/// # Errors
+/// [`WorkflowError::Failed`] when the BMC refuses.
+pub(crate) async fn boot_instance_from_disk(
+    task: &mut Task,
+    d: &DriverSet,
+    context: &str,
+) -> Result<(), WorkflowError> {
+    set_power(task, d, PowerState::Off).await?;
+    let n = task.node.clone();
+    d.management.set_boot_device(&n, BootDevice::Disk, true).await.map_err(|e| {
+        WorkflowError::Failed(format!("{context}Failed to set the boot device to disk: {e}"))
+    })?;
+    set_power(task, d, PowerState::On).await?;
+    Ok(())
+}
+
 /// Steps that only need the BMC, shared by every interface.
 async fn common_step(
     task: &mut Task,
@@ -219,6 +242,8 @@ async fn common_step(
         | StepKind::InstallBootloader
         | StepKind::EraseMetadata
         | StepKind::EraseDevices
+        | StepKind::Agent
+        | StepKind::AgentSteps
         | StepKind::FakeDeploy => Err(WorkflowError::Failed(format!(
             "step {kind:?} is not supported by this deploy interface"
         ))),
@@ -319,8 +344,17 @@ impl DeployInterface for DirectDeploy {
         match step.kind {
             StepKind::WriteImage => write_image(task, step, index, count).await,
             StepKind::InstallBootloader => install_bootloader(task).await,
-            StepKind::EraseMetadata => erase(task, proto::agent::EraseMode::Metadata).await,
-            StepKind::EraseDevices => erase(task, proto::agent::EraseMode::Full).await,
+            StepKind::EraseMetadata => erase(task, step, proto::agent::EraseMode::Metadata).await,
+            StepKind::EraseDevices => erase(task, step, proto::agent::EraseMode::Full).await,
+            StepKind::Agent => {
+                let kind = match task.node.provision_state {
+                    ProvisionState::Deploying => "deploy",
+                    ProvisionState::Servicing => "service",
+                    _ => "clean",
+                };
+                crate::agent_steps::execute(task, kind, step).await?;
+                Ok(StepOutcome::Continue)
+            }
             other => common_step(task, drivers, other).await,
         }
     }
@@ -453,7 +487,7 @@ async fn record_progress(
         total_bytes: p.total_bytes,
         rate_bytes_per_sec: p.rate_bytes_per_sec,
         phase: phase_name(p.phase).into(),
-        step: step.name.into(),
+        step: step.name.to_string(),
         step_index: u32::try_from(index).unwrap_or(u32::MAX),
         step_count: u32::try_from(count).unwrap_or(u32::MAX),
     };
@@ -641,17 +675,26 @@ async fn install_bootloader(task: &mut Task) -> Result<StepOutcome, WorkflowErro
     Ok(StepOutcome::Continue)
 }
 
-/// The agent's EraseDevices: partition tables and signatures only, or every byte.
+/// The agent's EraseDevices: partition tables and signatures only, or every byte; of the
+/// disks named by the step's `devices` argument, or of every disk.
 async fn erase(
     task: &mut Task,
+    step: &Step,
     mode: proto::agent::EraseMode,
 ) -> Result<StepOutcome, WorkflowError> {
     let name = match mode {
         proto::agent::EraseMode::Full => "erase_devices",
         _ => "erase_devices_metadata",
     };
+    let devices: Vec<String> = step
+        .args
+        .as_ref()
+        .and_then(|a| a.get("devices"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .unwrap_or_default();
     let conn = connect(task).await?;
-    let req = proto::agent::EraseDevicesRequest { mode: mode as i32, devices: Vec::new() };
+    let req = proto::agent::EraseDevicesRequest { mode: mode as i32, devices };
     let st = conn.erase_devices(req).await.map_err(|e| agent_failed(name, &e))?;
     finish_command(task, &conn, st, name).await?;
     Ok(StepOutcome::Continue)

@@ -9,6 +9,7 @@
 //! See `docs/CONTRACTS.md` for the surfaces this crate uses and exposes.
 
 pub mod agent_client;
+mod agent_steps;
 pub mod allocation;
 pub mod budget;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod drivers;
 pub mod events;
 pub mod fast_track;
 pub mod inspection;
+pub mod ipa_client;
 pub mod management;
 pub mod periodic;
 pub mod power;

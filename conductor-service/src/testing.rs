@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ConductorConfig;
 
+pub mod iscsi;
 pub mod peers;
 
 /// Record a lookup + heartbeat for `node` as the API does (token minted on first lookup,
@@ -37,6 +38,12 @@ pub async fn heartbeat(
     let recorded = store
         .node_modify(node, |n| {
             if !n.provision_state.is_wait() || n.power_state != Some(PowerState::On) {
+                return Ok(false);
+            }
+            // An iSCSI deploy's ramdisk calls back with pass_deploy_info ([`iscsi`]).
+            if n.provision_state == ProvisionState::WaitCallBack
+                && deploy::iscsi::IscsiSession::active(n)
+            {
                 return Ok(false);
             }
             let dii = &mut n.driver_internal_info;
@@ -134,13 +141,19 @@ pub async fn run_fleet(
                 && let Some(Payload::NodeStateChanged(c)) = &ev.payload
                 && matches!(
                     c.provision_state.as_str(),
-                    "wait call-back" | "clean wait" | "inspect wait" | "rescue wait"
+                    "wait call-back"
+                        | "clean wait"
+                        | "inspect wait"
+                        | "rescue wait"
+                        | "service wait"
                 )
                 && let Ok(id) = ev.node_uuid.parse::<NodeId>()
             {
                 let (s, b, a) = (store.clone(), bus.clone(), agent.clone());
                 tokio::spawn(async move {
-                    let _ = heartbeat(&s, &b, &a, id).await;
+                    if booted_ramdisk(&s, id).await {
+                        let _ = heartbeat(&s, &b, &a, id).await;
+                    }
                 });
             }
             continue;
@@ -151,15 +164,33 @@ pub async fn run_fleet(
                 ProvisionState::CleanWait,
                 ProvisionState::InspectWait,
                 ProvisionState::RescueWait,
+                ProvisionState::ServiceWait,
             ],
             ..Default::default()
         };
         if let Ok(nodes) = crate::periodic::list_all_store(&store, q).await {
-            for n in nodes.into_iter().filter(|n| !crate::workflows::agent_called_back(n)) {
+            for n in nodes
+                .into_iter()
+                .filter(|n| !crate::workflows::agent_called_back(n) && in_ramdisk(n))
+            {
                 let _ = heartbeat(&store, &bus, &agent, n.uuid).await;
             }
         }
     }
+}
+
+/// Whether a waiting node runs the ramdisk: every wait state does but `service wait`, which
+/// does only while servicing boots it for agent steps (a `wait` step leaves the instance up).
+fn in_ramdisk(n: &deploy::Node) -> bool {
+    n.provision_state != ProvisionState::ServiceWait
+        || n.driver_internal_info
+            .get(deploy::internal_info::keys::SERVICE_RAMDISK)
+            .and_then(serde_json::Value::as_str)
+            == Some("booting")
+}
+
+async fn booted_ramdisk(store: &DataStore, id: NodeId) -> bool {
+    store.node_fetch(id).await.is_ok_and(|n| in_ramdisk(&n))
 }
 
 /// What the API does for `PUT states/provision`, through the same rules

@@ -65,6 +65,16 @@ pub fn agent_called_back(n: &Node) -> bool {
     AgentSession::of(n).called_back()
 }
 
+/// The ramdisk of the current deploy has called back: with `pass_deploy_info` for an
+/// iSCSI deploy (a heartbeat does not resume it), with a heartbeat otherwise.
+pub fn deploy_called_back(n: &Node) -> bool {
+    if deploy::iscsi::IscsiSession::active(n) {
+        deploy::iscsi::IscsiSession::called_back(n)
+    } else {
+        agent_called_back(n)
+    }
+}
+
 /// What `n` needs, if anything. Reads only; the caller takes the lock and decides again.
 pub fn work_for(n: &Node) -> Option<Work> {
     if deploy::management::ManagementRequest::pending(n) {
@@ -75,7 +85,7 @@ pub fn work_for(n: &Node) -> Option<Work> {
         S::Deploying => Some(Work::Deploy),
         S::Cleaning => Some(Work::Clean),
         S::Deleting => Some(Work::Delete),
-        S::WaitCallBack if !n.maintenance && agent_called_back(n) => Some(Work::ResumeDeploy),
+        S::WaitCallBack if !n.maintenance && deploy_called_back(n) => Some(Work::ResumeDeploy),
         S::CleanWait if !n.maintenance && agent_called_back(n) => Some(Work::ResumeClean),
         S::Inspecting => Some(Work::Inspect),
         S::InspectWait
@@ -178,6 +188,8 @@ pub async fn fail_current(task: &mut Task, msg: &str) -> Result<(), WorkflowErro
                 }
             }
             clear_plans(n);
+            // An iSCSI deploy's key and CHAP credentials expire with the deploy.
+            deploy::iscsi::IscsiSession::wipe(&mut n.driver_internal_info);
             match state {
                 // A failed adoption says nothing reliable about the power (Ironic: NOSTATE).
                 S::Adopting => n.power_state = None,
@@ -336,6 +348,12 @@ impl PlanKind {
             PlanKind::Clean => (keys::CLEAN_STEPS, keys::CLEAN_STEP_INDEX),
         }
     }
+    fn name(self) -> &'static str {
+        match self {
+            PlanKind::Deploy => "deploy",
+            PlanKind::Clean => "clean",
+        }
+    }
     fn states(self) -> (S, S) {
         match self {
             PlanKind::Deploy => (S::Deploying, S::WaitCallBack),
@@ -406,16 +424,16 @@ async fn resolve_start(
     match start {
         Start::Run(steps, index, fresh) => Ok((steps, index, fresh)),
         Start::Interrupted(steps, index, msg) => {
-            let Some(step) = steps.get(index).copied() else {
+            let Some(step) = steps.get(index).cloned() else {
                 return Ok((steps, index, false));
             };
             match iface.reattach(task, &step).await? {
                 Reattached::Completed => {
-                    tracing::warn!(node = %task.id(), step = step.name, "interrupted step had completed; continuing");
+                    tracing::warn!(node = %task.id(), step = %step.name, "interrupted step had completed; continuing");
                     Ok((steps, index + 1, false))
                 }
                 Reattached::Restart => {
-                    tracing::warn!(node = %task.id(), step = step.name, "interrupted step never started; running it");
+                    tracing::warn!(node = %task.id(), step = %step.name, "interrupted step never started; running it");
                     Ok((steps, index, false))
                 }
                 Reattached::Unknown => Err(WorkflowError::Failed(format!(
@@ -438,9 +456,25 @@ async fn run_plan(
 ) -> Result<PlanEnd, WorkflowError> {
     let (steps_key, index_key) = kind.keys();
     let (working, _) = kind.states();
-    let plan_json = plan_to_json(steps);
-    for (i, step) in steps.iter().enumerate().skip(start) {
-        let step_json = step_to_json(step);
+    let mut steps = steps.to_vec();
+    let mut plan_json = plan_to_json(&steps);
+    let mut record_plan = record_plan;
+    let mut i = start;
+    while let Some(step) = steps.get(i).cloned() {
+        if step.kind == StepKind::AgentSteps {
+            // The ramdisk is up: the agent says which steps it has.
+            let how = match kind {
+                PlanKind::Clean if task.node.target_provision_state != Some(S::Manageable) => {
+                    crate::agent_steps::Expand::Automated
+                }
+                _ => crate::agent_steps::Expand::Check,
+            };
+            steps = crate::agent_steps::expand(task, kind.name(), steps, i, how).await?;
+            plan_json = plan_to_json(&steps);
+            record_plan = true;
+            continue;
+        }
+        let step_json = step_to_json(&step);
         let id = task.id();
         task.update(|n| {
             if n.provision_state != working {
@@ -461,13 +495,19 @@ async fn run_plan(
             Ok(())
         })
         .await?;
+        record_plan = false;
         if task.ctx.token.is_cancelled() {
             return Err(WorkflowError::Shutdown);
         }
-        tracing::info!(node = %task.id(), step = step.name, index = i, "running step");
-        let outcome = iface.execute(task, d, step, i, steps.len()).await?;
+        tracing::info!(node = %task.id(), step = %step.label(), index = i, "running step");
+        let mut outcome = iface.execute(task, d, &step, i, steps.len()).await?;
+        if outcome == StepOutcome::Continue && step.reboot_requested {
+            // The agent asked to be booted again before the next step.
+            tracing::info!(node = %task.id(), step = %step.label(), "the step asked for a reboot into the ramdisk");
+            crate::deploy_iface::boot_ramdisk(task, d).await?;
+            outcome = StepOutcome::Wait;
+        }
         if let StepOutcome::Wait = outcome {
-            let (working, _) = kind.states();
             task.transition(working, E::Wait, |n| {
                 n.driver_internal_info.insert(index_key.into(), (i + 1).into());
                 match kind {
@@ -478,6 +518,7 @@ async fn run_plan(
             .await?;
             return Ok(PlanEnd::Waiting);
         }
+        i += 1;
     }
     Ok(PlanEnd::Finished)
 }
@@ -576,19 +617,28 @@ async fn clean(
         let manual = node.target_provision_state == Some(S::Manageable);
         match node.driver_internal_info.get(keys::CLEAN_STEPS) {
             Some(requested) if manual && iface.name() != "fake" => {
-                // Manual clean: boot the ramdisk, run the requested steps, power off.
-                let user = plan_from_json(requested).map_err(|e| {
+                // Manual clean: boot the ramdisk, check the requested steps against the
+                // agent's, run them in the order given, power off.
+                let requested = requested.as_array().cloned().unwrap_or_default();
+                let user = deploy::steps::user_steps(&requested).map_err(|e| {
                     WorkflowError::Failed(format!("Cannot clean node {}: {e}", node.uuid))
                 })?;
                 let mut plan = iface
                     .clean_plan(&node, true)
                     .map_err(|e| WorkflowError::Failed(e.to_string()))?;
-                plan.retain(|s| matches!(s.kind, StepKind::BootRamdisk | StepKind::PowerOff));
-                let tail = plan.split_off(plan.len().min(1));
-                plan.extend(
-                    user.into_iter()
-                        .filter(|s| !matches!(s.kind, StepKind::BootRamdisk | StepKind::PowerOff)),
-                );
+                plan.retain(|s| {
+                    matches!(
+                        s.kind,
+                        StepKind::BootRamdisk | StepKind::AgentSteps | StepKind::PowerOff
+                    )
+                });
+                let tail = plan.split_off(plan.len().saturating_sub(1));
+                plan.extend(user.into_iter().filter(|s| {
+                    !matches!(
+                        s.kind,
+                        StepKind::BootRamdisk | StepKind::AgentSteps | StepKind::PowerOff
+                    )
+                }));
                 plan.extend(tail);
                 Ok(plan)
             }

@@ -51,10 +51,14 @@ struct Env {
 
 #[path = "conductor/agent_ops.rs"]
 mod agent_ops;
+#[path = "conductor/agent_steps.rs"]
+mod agent_steps;
 #[path = "conductor/allocation.rs"]
 mod allocation;
 #[path = "conductor/inspect.rs"]
 mod inspect;
+#[path = "conductor/iscsi_deploy.rs"]
+mod iscsi_deploy;
 #[path = "conductor/properties.rs"]
 mod properties;
 #[path = "conductor/verbs.rs"]

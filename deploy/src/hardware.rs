@@ -111,7 +111,7 @@ pub static HARDWARE_TYPES: [HardwareType; 3] = [
             NO_BIOS,
             spec("boot", "fake", &["fake", "pxe", "ipxe"]),
             FAKE_CONSOLE,
-            spec("deploy", "fake", &["fake", "direct"]),
+            spec("deploy", "fake", &["fake", "direct", "iscsi"]),
             NO_FIRMWARE,
             FAKE_INSPECT,
             spec("management", "fake", &["fake"]),
@@ -135,7 +135,7 @@ pub static HARDWARE_TYPES: [HardwareType; 3] = [
             NO_BIOS,
             spec("boot", "ipxe", &["ipxe", "pxe"]),
             NO_CONSOLE,
-            spec("deploy", "direct", &["direct"]),
+            spec("deploy", "direct", &["direct", "iscsi"]),
             NO_FIRMWARE,
             IPMI_INSPECT,
             spec("management", "ipmitool", &["ipmitool"]),
@@ -167,7 +167,7 @@ pub static HARDWARE_TYPES: [HardwareType; 3] = [
             NO_BIOS,
             spec("boot", "ipxe", &["ipxe", "pxe"]),
             NO_CONSOLE,
-            spec("deploy", "direct", &["direct"]),
+            spec("deploy", "direct", &["direct", "iscsi"]),
             NO_FIRMWARE,
             REDFISH_INSPECT,
             spec("management", "redfish", &["redfish"]),
@@ -322,6 +322,8 @@ iface_enum! {
         Fake = "fake",
         /// The agent downloads the image and writes it.
         Direct = "direct",
+        /// The ramdisk exports its disk over iSCSI and the conductor writes the image.
+        Iscsi = "iscsi",
     }
 }
 
@@ -536,7 +538,7 @@ mod tests {
                 }
             }
         }
-        assert!(!find("ipmi").is_some_and(|h| h.supports("deploy", "iscsi")));
+        assert!(find("ipmi").is_some_and(|h| h.supports("deploy", "iscsi")));
     }
 
     #[test]
@@ -550,8 +552,10 @@ mod tests {
         n.interfaces.boot = Some("pxe".into());
         assert_eq!(resolve(&n, None).unwrap().boot, BootIface::Pxe);
         n.interfaces.deploy = Some("iscsi".into());
+        assert_eq!(resolve(&n, None).unwrap().deploy, DeployIface::Iscsi);
+        n.interfaces.deploy = Some("ansible".into());
         let e = resolve(&n, None).unwrap_err();
-        assert!(e.to_string().contains("deploy interface 'iscsi'"), "{e}");
+        assert!(e.to_string().contains("deploy interface 'ansible'"), "{e}");
         n.interfaces.deploy = None;
         // The configured default applies only where the type enables it.
         assert_eq!(resolve(&n, Some(DeployIface::Fake)).unwrap().deploy, DeployIface::Direct);

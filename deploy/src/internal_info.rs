@@ -55,6 +55,9 @@ pub mod keys {
     pub const SERVICE_STEPS: &str = "service_steps";
     /// The index of the next service step to run.
     pub const SERVICE_STEP_INDEX: &str = "service_step_index";
+    /// Where the ramdisk of a servicing with agent steps is: `booting` until its agent has
+    /// heartbeated and the steps were checked against the agent's, then `up`.
+    pub const SERVICE_RAMDISK: &str = "service_ramdisk";
     /// The image write's progress as the conductor last recorded it.
     pub const DEPLOY_PROGRESS: &str = "deploy_progress";
     /// Whether the deployed image is a whole-disk image.

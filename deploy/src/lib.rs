@@ -17,6 +17,7 @@ pub mod indicators;
 pub mod inspection;
 pub mod inspection_rules;
 pub mod internal_info;
+pub mod iscsi;
 pub mod management;
 pub mod model;
 pub mod provision;

@@ -6,6 +6,8 @@
 //! conductor that takes over a node re-plans from the record: the step that was in flight
 //! is run again when it is idempotent, otherwise the operation fails with `last_error`.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
@@ -36,21 +38,53 @@ pub enum StepKind {
     EraseDevices,
     /// Power the node off (end of cleaning).
     PowerOff,
+    /// Ask the agent, once its ramdisk is up, for the steps it offers (IPA's
+    /// `get_clean_steps` / `get_deploy_steps`): an automated clean runs those with a
+    /// priority, a manual clean or user deploy steps are checked against them.
+    AgentSteps,
+    /// Agent: a step the agent offers, run by name with its arguments (IPA's
+    /// `execute_clean_step` / `execute_deploy_step`).
+    Agent,
 }
 
 /// One planned step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    /// Interface that owns it (`deploy`, `boot`, `management`, `power`).
-    pub interface: &'static str,
+    /// Interface that owns it (`deploy`, `boot`, `management`, `power`, `raid`, …).
+    pub interface: Cow<'static, str>,
     /// Ironic-style step name.
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     /// What runs.
     pub kind: StepKind,
     /// Priority (higher runs first, as Ironic orders them).
     pub priority: u32,
     /// Whether running it a second time is harmless (takeover may re-run it).
     pub idempotent: bool,
+    /// The arguments a user, runbook or template gave (none for planned steps).
+    pub args: Option<JsonObject>,
+    /// The agent asks for a reboot into the ramdisk once the step is done.
+    pub reboot_requested: bool,
+}
+
+impl Step {
+    /// `interface.step`, as messages name a step.
+    pub fn label(&self) -> String {
+        format!("{}.{}", self.interface, self.name)
+    }
+
+    /// A step the agent offers, run by name.
+    pub fn agent(interface: &str, name: &str, priority: u32) -> Step {
+        Step {
+            interface: Cow::Owned(interface.to_owned()),
+            name: Cow::Owned(name.to_owned()),
+            kind: StepKind::Agent,
+            priority,
+            // Agent steps run again after a takeover as IPA's do after a conductor restart.
+            idempotent: true,
+            args: None,
+            reboot_requested: false,
+        }
+    }
 }
 
 const fn step(
@@ -60,11 +94,19 @@ const fn step(
     priority: u32,
     idempotent: bool,
 ) -> Step {
-    Step { interface, name, kind, priority, idempotent }
+    Step {
+        interface: Cow::Borrowed(interface),
+        name: Cow::Borrowed(name),
+        kind,
+        priority,
+        idempotent,
+        args: None,
+        reboot_requested: false,
+    }
 }
 
 /// Every step any plan uses.
-pub const ALL_STEPS: [Step; 9] = [
+pub const ALL_STEPS: [Step; 10] = [
     step("deploy", "deploy", StepKind::BootRamdisk, 100, true),
     // Rewriting an image after an interruption is safe only if nobody booted it; a taken-over
     // write is failed instead of silently started again.
@@ -77,18 +119,25 @@ pub const ALL_STEPS: [Step; 9] = [
     // Ironic's default priority; not part of any automated plan here.
     step("deploy", "erase_devices", StepKind::EraseDevices, 10, true),
     step("power", "power_off", StepKind::PowerOff, 1, true),
+    // Runs right after the ramdisk is up: it has no cost of its own and repeats safely.
+    step("deploy", "get_agent_steps", StepKind::AgentSteps, 99, true),
 ];
 
 fn get(kind: StepKind) -> Step {
-    // ALL_STEPS covers every kind; the fallback keeps this total without a panic path.
-    ALL_STEPS.iter().copied().find(|s| s.kind == kind).unwrap_or(ALL_STEPS[0])
+    // ALL_STEPS covers every kind but `Agent`; the fallback keeps this total without a panic.
+    ALL_STEPS.iter().find(|s| s.kind == kind).unwrap_or(&ALL_STEPS[0]).clone()
+}
+
+/// The conductor's own step of this name, if there is one (an agent step otherwise).
+pub fn known(interface: &str, name: &str) -> Option<Step> {
+    ALL_STEPS.iter().find(|s| s.interface == interface && s.name == name).cloned()
 }
 
 /// A plan could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PlanError {
     /// The node asks for a deploy interface this conductor does not have.
-    #[error("deploy interface '{0}' is not supported (supported: direct, fake)")]
+    #[error("deploy interface '{0}' is not supported (supported: direct, iscsi, fake)")]
     UnknownDeployInterface(String),
     /// The recorded plan names a step that does not exist.
     #[error("recorded step '{0}' is unknown")]
@@ -108,13 +157,16 @@ pub fn is_whole_disk_image(instance_info: &JsonObject) -> bool {
 /// The deploy plan of a deploy interface.
 ///
 /// # Errors
-/// [`PlanError::UnknownDeployInterface`] for anything but `direct` and `fake`.
+/// [`PlanError::UnknownDeployInterface`] for anything but `direct`, `iscsi` and `fake`.
 pub fn deploy_plan(deploy_interface: &str, whole_disk: bool) -> Result<Vec<Step>, PlanError> {
     use StepKind::*;
     let kinds: &[StepKind] = match deploy_interface {
         "direct" if whole_disk => &[BootRamdisk, WriteImage, SetBootDisk, RebootToInstance],
         "direct" => &[BootRamdisk, WriteImage, InstallBootloader, SetBootDisk, RebootToInstance],
         "fake" => &[FakeDeploy],
+        // The conductor writes through the ramdisk's iSCSI target; whole-disk images only
+        // (the interface's validation refuses partition images before a plan is made).
+        "iscsi" => &[BootRamdisk, WriteImage, SetBootDisk, RebootToInstance],
         other => return Err(PlanError::UnknownDeployInterface(other.to_owned())),
     };
     Ok(kinds.iter().map(|k| get(*k)).collect())
@@ -124,25 +176,37 @@ pub fn deploy_plan(deploy_interface: &str, whole_disk: bool) -> Result<Vec<Step>
 /// interface has no agent.
 ///
 /// # Errors
-/// [`PlanError::UnknownDeployInterface`] for anything but `direct` and `fake`.
+/// [`PlanError::UnknownDeployInterface`] for anything but `direct`, `iscsi` and `fake`.
 pub fn clean_plan(deploy_interface: &str, automated_clean: bool) -> Result<Vec<Step>, PlanError> {
     use StepKind::*;
     match deploy_interface {
-        "direct" if automated_clean => {
-            Ok([BootRamdisk, EraseMetadata, PowerOff].iter().map(|k| get(*k)).collect())
+        // An iSCSI deploy's node is cleaned by the agent like a direct one.
+        "direct" | "iscsi" if automated_clean => {
+            Ok([BootRamdisk, AgentSteps, PowerOff].iter().map(|k| get(*k)).collect())
         }
-        "direct" | "fake" => Ok(Vec::new()),
+        "direct" | "iscsi" | "fake" => Ok(Vec::new()),
         other => Err(PlanError::UnknownDeployInterface(other.to_owned())),
     }
 }
 
-/// The JSON the conductor records for a plan (`[{"interface","step","priority"}, …]`).
+/// The JSON the conductor records for a plan (`[{"interface","step","priority"}, …]`, with
+/// `args`, `reboot_requested` and `agent: true` where they apply).
 pub fn plan_to_json(steps: &[Step]) -> Value {
     Value::Array(
         steps
             .iter()
             .map(|s| {
-                serde_json::json!({"interface": s.interface, "step": s.name, "priority": s.priority})
+                let mut o = serde_json::json!({"interface": s.interface, "step": s.name, "priority": s.priority});
+                if let Some(args) = &s.args {
+                    o["args"] = Value::Object(args.clone());
+                }
+                if s.reboot_requested {
+                    o["reboot_requested"] = true.into();
+                }
+                if s.kind == StepKind::Agent {
+                    o["agent"] = true.into();
+                }
+                o
             })
             .collect(),
     )
@@ -151,7 +215,8 @@ pub fn plan_to_json(steps: &[Step]) -> Value {
 /// Read a recorded plan back.
 ///
 /// # Errors
-/// [`PlanError::UnknownStep`] when a name is not one of [`ALL_STEPS`].
+/// [`PlanError::UnknownStep`] when a name is neither one of [`ALL_STEPS`] nor recorded as
+/// an agent's step.
 pub fn plan_from_json(v: &Value) -> Result<Vec<Step>, PlanError> {
     let Some(items) = v.as_array() else { return Ok(Vec::new()) };
     items
@@ -159,13 +224,156 @@ pub fn plan_from_json(v: &Value) -> Result<Vec<Step>, PlanError> {
         .map(|item| {
             let iface = item.get("interface").and_then(Value::as_str).unwrap_or_default();
             let name = item.get("step").and_then(Value::as_str).unwrap_or_default();
-            ALL_STEPS
-                .iter()
-                .copied()
-                .find(|s| s.interface == iface && s.name == name)
-                .ok_or_else(|| PlanError::UnknownStep(format!("{iface}.{name}")))
+            let agent = item.get("agent").and_then(Value::as_bool).unwrap_or(false);
+            let mut s = match known(iface, name) {
+                Some(s) if !agent => s,
+                _ if agent && !iface.is_empty() && !name.is_empty() => Step::agent(iface, name, 0),
+                _ => return Err(PlanError::UnknownStep(format!("{iface}.{name}"))),
+            };
+            if let Some(p) = item.get("priority").and_then(Value::as_u64) {
+                s.priority = u32::try_from(p).unwrap_or(u32::MAX);
+            }
+            s.args = item.get("args").and_then(Value::as_object).cloned();
+            s.reboot_requested =
+                item.get("reboot_requested").and_then(Value::as_bool).unwrap_or(false);
+            Ok(s)
         })
         .collect()
+}
+
+/// The steps of a manual clean (or a runbook) as the user wrote them: the conductor's own
+/// steps by name, anything else on an interface as a step the agent must offer — checked
+/// once the ramdisk is up ([`check_against_agent`]). Arguments are kept.
+///
+/// # Errors
+/// A step without an interface or a name.
+pub fn user_steps(requested: &[Value]) -> Result<Vec<Step>, String> {
+    requested
+        .iter()
+        .map(|item| {
+            let iface = item.get("interface").and_then(Value::as_str).unwrap_or_default();
+            let name = item.get("step").and_then(Value::as_str).unwrap_or_default();
+            if iface.is_empty() || name.is_empty() {
+                return Err(format!("clean step {item} needs an interface and a step name"));
+            }
+            if known(iface, name).is_none() && !AGENT_INTERFACES.contains(&iface) {
+                return Err(format!(
+                    "the node does not support the following clean steps: {iface}.{name}"
+                ));
+            }
+            let mut s = known(iface, name)
+                .filter(|s| !matches!(s.kind, StepKind::AgentSteps))
+                .unwrap_or_else(|| Step::agent(iface, name, 0));
+            s.args = item.get("args").and_then(Value::as_object).cloned().filter(|a| !a.is_empty());
+            Ok(s)
+        })
+        .collect()
+}
+
+/// The interfaces whose steps an agent may offer (as IPA's hardware managers do).
+pub const AGENT_INTERFACES: [&str; 2] = ["deploy", "raid"];
+
+/// One step an agent offers (IPA's `get_clean_steps` entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferedStep {
+    /// Interface (`deploy`, `raid`, …).
+    pub interface: String,
+    /// Step name.
+    pub step: String,
+    /// The agent's default priority (0: only on request).
+    pub priority: u32,
+    /// Reboot into the ramdisk after the step.
+    #[serde(default)]
+    pub reboot_requested: bool,
+    /// Whether an abort may interrupt it.
+    #[serde(default)]
+    pub abortable: bool,
+    /// Accepted arguments: name → `{"description", "required"}`.
+    #[serde(default)]
+    pub argsinfo: JsonObject,
+}
+
+/// The step a plan runs for an offered one: the conductor's own kind where it has one
+/// (erasing has its own command), otherwise a generic agent step.
+pub fn from_offered(o: &OfferedStep, priority: u32) -> Step {
+    let mut s = match known(&o.interface, &o.step) {
+        Some(s) if matches!(s.kind, StepKind::EraseMetadata | StepKind::EraseDevices) => s,
+        _ => Step::agent(&o.interface, &o.step, priority),
+    };
+    s.priority = priority;
+    s.reboot_requested = o.reboot_requested;
+    s
+}
+
+/// Whether a step runs inside the ramdisk, so an agent has to offer it.
+pub fn runs_in_agent(s: &Step) -> bool {
+    matches!(s.kind, StepKind::Agent | StepKind::EraseMetadata | StepKind::EraseDevices)
+}
+
+/// Check the steps a user asked for against what the agent offers, as Ironic's
+/// `_validate_user_steps` does: every agent step must be offered, its required arguments
+/// given and no argument it does not know. Returns the steps with the agent's
+/// `reboot_requested` applied.
+///
+/// # Errors
+/// Ironic's messages, every problem joined with `; `.
+pub fn check_against_agent(
+    steps: Vec<Step>,
+    offered: &[OfferedStep],
+    what: &str,
+) -> Result<Vec<Step>, String> {
+    let mut unsupported = Vec::new();
+    let mut errors = Vec::new();
+    let mut out = Vec::with_capacity(steps.len());
+    for mut s in steps {
+        if !runs_in_agent(&s) {
+            out.push(s);
+            continue;
+        }
+        let Some(o) = offered.iter().find(|o| o.interface == s.interface && o.step == s.name)
+        else {
+            unsupported.push(s.label());
+            continue;
+        };
+        let args = s.args.clone().unwrap_or_default();
+        let unexpected: Vec<&String> =
+            args.keys().filter(|k| !o.argsinfo.contains_key(*k)).collect();
+        if !unexpected.is_empty() {
+            errors.push(format!(
+                "{what} step {} has these unexpected arguments: {}",
+                s.label(),
+                unexpected.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let missing: Vec<&String> = o
+            .argsinfo
+            .iter()
+            .filter(|(k, info)| {
+                info.get("required").and_then(Value::as_bool).unwrap_or(false)
+                    && !args.contains_key(*k)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        if !missing.is_empty() {
+            errors.push(format!(
+                "{what} step {} is missing these required arguments: {}",
+                s.label(),
+                missing.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        s.reboot_requested = o.reboot_requested;
+        out.push(s);
+    }
+    if !unsupported.is_empty() {
+        errors.insert(
+            0,
+            format!(
+                "the node does not support the following {what} steps: {}",
+                unsupported.join(", ")
+            ),
+        );
+    }
+    if errors.is_empty() { Ok(out) } else { Err(errors.join("; ")) }
 }
 
 /// Steps a deploy plan with an agent can run that no plan runs by default: a deploy
@@ -196,16 +404,31 @@ pub fn merge_user_deploy_steps(plan: Vec<Step>, user: &[Value]) -> Result<Vec<St
         let label = format!("{iface}.{name}");
         let Some(slot) = steps.iter_mut().find(|(s, _)| s.interface == iface && s.name == name)
         else {
-            return Err(format!("deploy step {label} is not supported by this deploy interface"));
+            if !with_agent || !AGENT_INTERFACES.contains(&iface) || name.is_empty() {
+                return Err(format!(
+                    "deploy step {label} is not supported by this deploy interface"
+                ));
+            }
+            // A step only the agent can say it has: asked for once its ramdisk is up.
+            let priority = user_priority(u, &label)?;
+            if priority >= 100 {
+                return Err(format!(
+                    "deploy step {label} runs in the ramdisk: its priority must be below 100 (deploy.deploy), not {priority}"
+                ));
+            }
+            let mut s = Step::agent(iface, name, priority);
+            s.args = u.get("args").and_then(Value::as_object).cloned().filter(|a| !a.is_empty());
+            steps.push((s, priority > 0));
+            continue;
         };
-        if u.get("args").and_then(Value::as_object).is_some_and(|a| !a.is_empty()) {
+        let args = u.get("args").and_then(Value::as_object).filter(|a| !a.is_empty());
+        if args.is_some() && slot.0.kind != StepKind::Agent {
             return Err(format!("deploy step {label} takes no arguments"));
         }
-        let priority = u
-            .get("priority")
-            .and_then(Value::as_u64)
-            .and_then(|p| u32::try_from(p).ok())
-            .ok_or_else(|| format!("deploy step {label} needs a non-negative integer priority"))?;
+        let priority = user_priority(u, &label)?;
+        if slot.0.kind == StepKind::Agent {
+            slot.0.args = args.cloned();
+        }
         if matches!(slot.0.kind, StepKind::BootRamdisk | StepKind::FakeDeploy) {
             if priority != slot.0.priority {
                 return Err(format!(
@@ -220,6 +443,7 @@ pub fn merge_user_deploy_steps(plan: Vec<Step>, user: &[Value]) -> Result<Vec<St
                 | StepKind::InstallBootloader
                 | StepKind::EraseMetadata
                 | StepKind::EraseDevices
+                | StepKind::Agent
         );
         if in_ramdisk && priority >= 100 {
             return Err(format!(
@@ -231,16 +455,28 @@ pub fn merge_user_deploy_steps(plan: Vec<Step>, user: &[Value]) -> Result<Vec<St
     }
     let mut plan: Vec<Step> = steps.into_iter().filter(|(_, on)| *on).map(|(s, _)| s).collect();
     plan.sort_by_key(|s| std::cmp::Reverse(s.priority));
+    // Steps only the agent knows are checked against its list right after the ramdisk boots.
+    if plan.iter().any(|s| s.kind == StepKind::Agent) {
+        let at = plan.iter().position(|s| s.kind == StepKind::BootRamdisk).map_or(0, |i| i + 1);
+        plan.insert(at, get(StepKind::AgentSteps));
+    }
     Ok(plan)
+}
+
+fn user_priority(u: &Value, label: &str) -> Result<u32, String> {
+    u.get("priority")
+        .and_then(Value::as_u64)
+        .and_then(|p| u32::try_from(p).ok())
+        .ok_or_else(|| format!("deploy step {label} needs a non-negative integer priority"))
 }
 
 /// The JSON of one step for the node's `deploy_step` / `clean_step` column.
 pub fn step_to_json(s: &Step) -> JsonObject {
     let mut o = JsonObject::new();
-    o.insert("interface".into(), s.interface.into());
-    o.insert("step".into(), s.name.into());
+    o.insert("interface".into(), s.interface.as_ref().into());
+    o.insert("step".into(), s.name.as_ref().into());
     o.insert("priority".into(), s.priority.into());
-    o.insert("args".into(), Value::Object(JsonObject::new()));
+    o.insert("args".into(), Value::Object(s.args.clone().unwrap_or_default()));
     o
 }
 
@@ -259,8 +495,8 @@ pub fn recover(steps: &[Step], index: usize) -> Recovery {
         None => Recovery::ResumeAt(index),
         Some(s) if s.idempotent => Recovery::ResumeAt(index),
         Some(s) => Recovery::Fail(format!(
-            "step {}.{} was interrupted when its conductor stopped and cannot be repeated safely",
-            s.interface, s.name
+            "step {} was interrupted when its conductor stopped and cannot be repeated safely",
+            s.label()
         )),
     }
 }
@@ -279,7 +515,7 @@ mod tests {
             {"interface": "deploy", "step": "erase_devices", "priority": 0},
         ]);
         let merged = merge_user_deploy_steps(plan, user.as_array().unwrap()).unwrap();
-        let names: Vec<&str> = merged.iter().map(|s| s.name).collect();
+        let names: Vec<&str> = merged.iter().map(|s| s.name.as_ref()).collect();
         assert_eq!(names, ["deploy", "erase_devices_metadata", "write_image", "boot_instance"]);
     }
 
@@ -318,6 +554,77 @@ mod tests {
         assert!(e.contains("not supported"), "{e}");
     }
 
+    fn offered(step: &str, priority: u32, argsinfo: serde_json::Value) -> OfferedStep {
+        OfferedStep {
+            interface: "deploy".into(),
+            step: step.into(),
+            priority,
+            reboot_requested: step == "burnin",
+            abortable: true,
+            argsinfo: argsinfo.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn test_user_steps_are_checked_against_the_agent() {
+        let agent = [
+            offered("erase_devices", 10, serde_json::json!({"devices": {"required": false}})),
+            offered("burnin", 0, serde_json::json!({"minutes": {"required": true}})),
+        ];
+        let user = user_steps(&[
+            serde_json::json!({"interface": "deploy", "step": "erase_devices", "args": {"devices": ["/dev/vdb"]}}),
+            serde_json::json!({"interface": "deploy", "step": "burnin", "args": {"minutes": 1}}),
+            serde_json::json!({"interface": "power", "step": "power_off"}),
+        ])
+        .unwrap();
+        assert_eq!(user[0].kind, StepKind::EraseDevices);
+        assert_eq!(user[1].kind, StepKind::Agent);
+        assert_eq!(user[2].kind, StepKind::PowerOff);
+        let checked = check_against_agent(user.clone(), &agent, "clean").unwrap();
+        assert!(checked[1].reboot_requested, "the agent's reboot_requested is taken");
+        assert_eq!(checked[0].args.as_ref().unwrap()["devices"][0], "/dev/vdb");
+        // A recorded plan keeps agent steps, their arguments and reboot requests.
+        assert_eq!(plan_from_json(&plan_to_json(&checked)).unwrap(), checked);
+
+        let bad = user_steps(&[
+            serde_json::json!({"interface": "deploy", "step": "nonexistent"}),
+            serde_json::json!({"interface": "deploy", "step": "burnin", "args": {"hours": 1}}),
+        ])
+        .unwrap();
+        let e = check_against_agent(bad, &agent, "clean").unwrap_err();
+        assert!(
+            e.contains("does not support the following clean steps: deploy.nonexistent"),
+            "{e}"
+        );
+        assert!(e.contains("unexpected arguments: hours"), "{e}");
+        assert!(e.contains("missing these required arguments: minutes"), "{e}");
+        // Only interfaces an agent can have are left for the agent to judge.
+        let e = user_steps(&[serde_json::json!({"interface": "bios", "step": "x"})]).unwrap_err();
+        assert!(e.contains("bios.x"), "{e}");
+    }
+
+    #[test]
+    fn test_user_deploy_step_only_the_agent_knows_adds_the_check() {
+        let plan = deploy_plan("direct", true).unwrap();
+        let user = serde_json::json!([
+            {"interface": "deploy", "step": "burnin", "priority": 90, "args": {"minutes": 1}},
+        ]);
+        let merged = merge_user_deploy_steps(plan, user.as_array().unwrap()).unwrap();
+        let names: Vec<&str> = merged.iter().map(|s| s.name.as_ref()).collect();
+        assert_eq!(
+            names,
+            [
+                "deploy",
+                "get_agent_steps",
+                "burnin",
+                "write_image",
+                "set_boot_device_disk",
+                "boot_instance"
+            ]
+        );
+        assert_eq!(merged[2].args.as_ref().unwrap()["minutes"], 1);
+    }
+
     #[test]
     fn test_direct_plans() {
         let whole = deploy_plan("direct", true).unwrap();
@@ -326,8 +633,19 @@ mod tests {
         let part = deploy_plan("direct", false).unwrap();
         assert!(part.iter().any(|s| s.kind == StepKind::InstallBootloader));
         assert_eq!(part.last().unwrap().kind, StepKind::RebootToInstance);
-        assert!(deploy_plan("iscsi", true).is_err());
+        assert!(deploy_plan("ansible", true).is_err());
         assert_eq!(deploy_plan("fake", true).unwrap().len(), 1);
+        let iscsi: Vec<StepKind> =
+            deploy_plan("iscsi", true).unwrap().iter().map(|s| s.kind).collect();
+        assert_eq!(
+            iscsi,
+            [
+                StepKind::BootRamdisk,
+                StepKind::WriteImage,
+                StepKind::SetBootDisk,
+                StepKind::RebootToInstance
+            ]
+        );
     }
 
     #[test]

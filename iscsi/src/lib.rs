@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod chap;
 pub mod initiator;
+pub mod notify;
 pub mod params;
 pub mod pdu;
 pub mod scsi;

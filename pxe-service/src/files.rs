@@ -73,6 +73,33 @@ pub async fn node_for_mac(store: &DataStore, mac: MacAddress) -> Result<Option<N
     }
 }
 
+/// The per-node deploy token file of an `iscsi` deploy (`token-<node uuid>`, Ironic's name):
+/// the one-time deploy key and CHAP credentials the ramdisk exports with. Rendered from the
+/// database like the boot configs, it exists only while the key is unused and the node
+/// waits for its ramdisk; once the callback consumed the key or the deploy ended, the name
+/// is gone (`Ok(None)`).
+///
+/// # Errors
+/// Database failures.
+pub async fn deploy_token(store: &DataStore, name: &str) -> Result<Option<String>, PublicError> {
+    let Some(id) = name.strip_prefix("token-").and_then(|u| u.parse::<deploy::NodeId>().ok())
+    else {
+        return Ok(None);
+    };
+    let node = match store.node_fetch(id).await {
+        Ok(n) => n,
+        Err(PublicError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !matches!(
+        node.provision_state,
+        deploy::ProvisionState::Deploying | deploy::ProvisionState::WaitCallBack
+    ) {
+        return Ok(None);
+    }
+    Ok(deploy::iscsi::IscsiSession::export_credentials(&node).map(|c| c.to_token_file()))
+}
+
 /// Resolves boot names against the database, the roots and the iPXE directory.
 #[derive(Clone)]
 pub struct BootFiles {
@@ -122,6 +149,16 @@ impl BootFiles {
     }
 
     async fn resolve_path(&self, path: &str) -> Result<Content, ResolveError> {
+        if path.starts_with("token-") {
+            return match deploy_token(&self.store, path).await {
+                Ok(Some(text)) => Ok(Content::Memory(Bytes::from(text))),
+                Ok(None) => Err(ResolveError::NotFound),
+                Err(error) => {
+                    warn!(%error, "database lookup for a deploy token failed");
+                    Err(ResolveError::Unavailable)
+                }
+            };
+        }
         if let Some(mc) = parse_mac_config(path) {
             let rendered = match self.render_for_mac(mc.mac, mc.format).await {
                 Ok(r) => r,

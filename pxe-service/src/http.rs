@@ -51,6 +51,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/pxelinux.cfg/{mac}", get(mac_script))
         .route("/images/{key}", get(image))
         .route("/dnsmasq.conf", get(dnsmasq))
+        .route("/token/{node}", get(deploy_token))
         .route("/healthz", get(healthz))
         // Static files; ServeDir refuses `..` and answers Range and HEAD.
         .fallback_service(statics)
@@ -142,6 +143,19 @@ async fn image(State(st): State<HttpState>, Path(key): Path<String>, req: Reques
                 other => other.to_string(),
             };
             (status, format!("{body}\n")).into_response()
+        }
+    }
+}
+
+/// `GET /token/<node uuid>`: the iSCSI deploy's token file ([`files::deploy_token`]), the
+/// HTTP twin of TFTP's `token-<node uuid>`.
+async fn deploy_token(State(st): State<HttpState>, Path(node): Path<String>) -> Response {
+    match files::deploy_token(&st.store, &format!("token-{node}")).await {
+        Ok(Some(t)) => ([(header::CACHE_CONTROL, "no-store")], t).into_response(),
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(error) => {
+            warn!(%error, "database lookup for a deploy token failed");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
         }
     }
 }

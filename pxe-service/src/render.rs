@@ -195,6 +195,18 @@ pub fn decide(node: &Node, mac: MacAddress, cfg: &PxeConfig, request_id: &str) -
         };
         let append = str_field(&node.driver_info, "kernel_append_params")
             .unwrap_or(&cfg.kernel_append_params);
+        // An iSCSI deploy's ramdisk finds its one-time key and CHAP credentials in the
+        // token file next to this config; the key itself never goes on the command line.
+        let iscsi_token;
+        let append = if deploy::iscsi::IscsiSession::active(node)
+            && matches!(state, ProvisionState::Deploying | ProvisionState::WaitCallBack)
+        {
+            iscsi_token =
+                format!("{append} ferric.iscsi_token_url={}/token/{}", cfg.http_base(), node.uuid);
+            iscsi_token.as_str()
+        } else {
+            append
+        };
         return BootAction::Ramdisk(KernelBoot {
             kernel: pick("deploy_kernel", &cfg.deploy_kernel),
             ramdisk: pick("deploy_ramdisk", &cfg.deploy_ramdisk),

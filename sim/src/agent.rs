@@ -17,10 +17,11 @@ use std::time::Duration;
 use deploy::NodeId;
 use proto::agent::agent_service_server::{AgentService, AgentServiceServer};
 use proto::agent::{
-    Boot, CommandState, CommandStatus, Cpu, Disk, EraseDevicesRequest, FinalizeRescueRequest,
-    GetCommandStatusRequest, GetInventoryRequest, GetPartitionUuidsRequest,
-    InstallBootloaderRequest, Inventory, Memory, NetworkInterface, PartitionUuids, Phase,
-    PowerOffRequest, PrepareImageRequest, Progress, RebootRequest, SyncRequest, SystemVendor,
+    AgentStep, Boot, CommandState, CommandStatus, Cpu, Disk, EraseDevicesRequest,
+    ExecuteStepRequest, FinalizeRescueRequest, GetCommandStatusRequest, GetInventoryRequest,
+    GetPartitionUuidsRequest, GetStepsRequest, InstallBootloaderRequest, Inventory, Memory,
+    NetworkInterface, PartitionUuids, Phase, PowerOffRequest, PrepareImageRequest, Progress,
+    RebootRequest, StepList, SyncRequest, SystemVendor,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +83,8 @@ pub enum AgentCommand {
     EraseDevices,
     /// FinalizeRescue.
     FinalizeRescue,
+    /// ExecuteStep (an offered clean, deploy or service step).
+    ExecuteStep,
 }
 
 /// Where a running command reaches an [`AgentHook`].
@@ -118,6 +121,12 @@ struct Inner {
     inventories: Mutex<HashMap<NodeId, Inventory>>,
     inventory_reads: Mutex<HashMap<NodeId, u32>>,
     rescue_hashes: Mutex<HashMap<NodeId, String>>,
+    /// Steps offered on top of the real agent's, as a vendor hardware manager adds its own.
+    extra_steps: Mutex<Vec<AgentStep>>,
+    /// Every ExecuteStep by node: `interface.step` and the arguments' JSON.
+    executed: Mutex<HashMap<NodeId, Vec<(String, String)>>>,
+    /// Steps (`interface.step`) that start and then never finish, as a wedged one would.
+    stalled: Mutex<HashSet<String>>,
 }
 
 /// One gRPC server that plays the agent of every simulated node; the token says which.
@@ -320,6 +329,22 @@ impl SimAgent {
     /// How many times EraseDevices ran for `node`.
     pub fn erases(&self, node: NodeId) -> u32 {
         lock(&self.inner.erases).get(&node).copied().unwrap_or(0)
+    }
+
+    /// Offer `step` for every kind of operation on top of the real agent's steps (as a vendor
+    /// hardware manager does); running it only records the call.
+    pub fn offer_step(&self, step: AgentStep) {
+        lock(&self.inner.extra_steps).push(step);
+    }
+
+    /// Make the step `label` (`interface.step`) start and never finish.
+    pub fn stall_step(&self, label: &str) {
+        lock(&self.inner.stalled).insert(label.to_owned());
+    }
+
+    /// The steps ExecuteStep ran on `node`, in order: `interface.step` and the arguments.
+    pub fn executed_steps(&self, node: NodeId) -> Vec<(String, String)> {
+        lock(&self.inner.executed).get(&node).cloned().unwrap_or_default()
     }
 
     /// The rescue password hash the conductor sent to `node`'s agent (FinalizeRescue).
@@ -571,6 +596,57 @@ impl AgentService for SimAgent {
         }
         lock(&self.inner.rescue_hashes).insert(node, req.into_inner().hashed_password);
         Ok(Response::new(self.finish(node, "finalize_rescue")))
+    }
+
+    async fn get_steps(&self, req: Request<GetStepsRequest>) -> Result<Response<StepList>, Status> {
+        self.auth(&req)?;
+        let mut steps =
+            agent::steps::offered(&req.into_inner().kind).map_err(Status::invalid_argument)?;
+        steps.extend(lock(&self.inner.extra_steps).iter().cloned());
+        Ok(Response::new(StepList { steps }))
+    }
+
+    async fn execute_step(
+        &self,
+        req: Request<ExecuteStepRequest>,
+    ) -> Result<Response<CommandStatus>, Status> {
+        let node = self.auth(&req)?;
+        let (fail, _) = self.faults(node, AgentCommand::ExecuteStep);
+        self.hang_if_vanished(node).await;
+        self.run_hook(node, HookPoint::Command(AgentCommand::ExecuteStep)).await;
+        let r = req.into_inner();
+        let extra = lock(&self.inner.extra_steps)
+            .iter()
+            .any(|s| s.interface == r.interface && s.step == r.step);
+        let call = if extra {
+            None
+        } else {
+            Some(
+                agent::steps::parse(&r.kind, &r.interface, &r.step, &r.args_json)
+                    .map_err(Status::invalid_argument)?,
+            )
+        };
+        let label = format!("{}.{}", r.interface, r.step);
+        let stalled = lock(&self.inner.stalled).contains(&label);
+        lock(&self.inner.executed).entry(node).or_default().push((label, r.args_json));
+        if fail {
+            return Ok(Response::new(self.failed(node, &r.step)));
+        }
+        if stalled {
+            let st = CommandStatus {
+                command_id: uuid::Uuid::new_v4().to_string(),
+                name: r.step.clone(),
+                state: CommandState::Running as i32,
+                ..Default::default()
+            };
+            self.record(node, st.clone());
+            return Ok(Response::new(st));
+        }
+        if let Some(agent::steps::StepCall::Erase { .. }) = call {
+            *lock(&self.inner.erases).entry(node).or_insert(0) += 1;
+            self.set_disk(node, SimDisk::Blank);
+        }
+        Ok(Response::new(self.finish(node, &r.step)))
     }
 }
 

@@ -112,6 +112,10 @@ pub struct QemuConfig {
     pub firmware: Firmware,
     /// The serial console is appended to this file (kept across power cycles).
     pub serial_log: PathBuf,
+    /// When set, the serial console is also a Unix socket QEMU listens on at this path, so a
+    /// client can type on the console (a login, a shell); the guest's output still goes to
+    /// `serial_log`, whether a client is connected or not.
+    pub serial_socket: Option<PathBuf>,
     /// QEMU's own stdout/stderr is appended here.
     pub qemu_log: PathBuf,
     /// SMBIOS system serial number (`/sys/class/dmi/id/product_serial` in the guest).
@@ -138,6 +142,7 @@ impl QemuConfig {
             binary: PathBuf::from("qemu-system-x86_64"),
             serial_log: log_dir.join(format!("{name}.serial.log")),
             qemu_log: log_dir.join(format!("{name}.qemu.log")),
+            serial_socket: None,
             name,
             memory_mib: 512,
             cpus: 1,
@@ -193,7 +198,15 @@ impl QemuConfig {
             "-monitor".into(),
             "none".into(),
             "-chardev".into(),
-            format!("file,id=serial0,path={},append=on", self.serial_log.display()),
+            match &self.serial_socket {
+                // QEMU's chardev log records what the guest writes, connected client or not.
+                Some(sock) => format!(
+                    "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+                    sock.display(),
+                    self.serial_log.display()
+                ),
+                None => format!("file,id=serial0,path={},append=on", self.serial_log.display()),
+            },
             "-serial".into(),
             "chardev:serial0".into(),
             "-qmp".into(),
@@ -593,6 +606,21 @@ mod tests {
         assert!(arg_after(&pxe, "-machine", "accel=tcg").is_some());
         assert!(arg_after(&pxe, "-fw_cfg", "name=opt/ferric/agent_advertise").is_some());
         assert!(arg_after(&pxe, "-smbios", "serial=node-1").is_some());
+        assert!(arg_after(&pxe, "-chardev", "file,id=serial0").is_some());
+    }
+
+    #[test]
+    fn test_serial_socket_keeps_the_serial_log() {
+        let dir = std::env::temp_dir();
+        let mut c = cfg(&dir);
+        c.serial_socket = Some(dir.join("vm1.console"));
+        let args = c.command_line(BootTarget::Pxe);
+        let chardev = arg_after(&args, "-chardev", "id=serial0").unwrap();
+        assert!(chardev.starts_with("socket,") && chardev.contains("server=on,wait=off"));
+        assert!(chardev.contains(&format!("path={}", dir.join("vm1.console").display())));
+        let log = format!("logfile={},logappend=on", c.serial_log.display());
+        assert!(chardev.contains(&log), "{chardev}");
+        assert!(arg_after(&args, "-serial", "chardev:serial0").is_some());
     }
 
     #[test]

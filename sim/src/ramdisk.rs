@@ -37,9 +37,12 @@ pub fn prepare_root(
         )
         .cpus_and_memory(2, 4 << 20)
         .uefi(true);
+    // Each NIC reports an address of the documentation range (RFC 5737), as a machine on a
+    // provisioning network would; the agent itself is reached at its listener. A loopback
+    // address would make inspection skip the NIC, as Ironic's does.
     for (i, mac) in macs.iter().enumerate() {
-        fixture =
-            fixture.nic(FixtureNic::new(&format!("eth{i}"), &mac.to_string()).ipv4("127.0.0.1"));
+        let ip = format!("192.0.2.{}", 10 + i.min(200));
+        fixture = fixture.nic(FixtureNic::new(&format!("eth{i}"), &mac.to_string()).ipv4(&ip));
     }
     fixture.serial_number = serial.to_owned();
     fixture.build(dir)?;

@@ -30,13 +30,25 @@ pub use rabbit::Rabbit;
 pub use ramdisk::Ramdisks;
 pub use scenario::Fleet;
 
-/// A loopback port nothing listens on right now (bound to port 0, then released).
+/// A loopback port nothing listens on right now (bound to port 0, then released), and never
+/// handed out before in this process: a server that a test stops keeps its port for its
+/// restart, so another test's server must not take that port meanwhile (the services of the
+/// first would reconnect to the wrong one).
 ///
 /// # Errors
-/// When no socket can be bound.
+/// When no socket can be bound, or every port the kernel offered was handed out already.
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..1000 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no loopback port left that was not handed out before")
 }
 
 /// Whether something accepts connections on 127.0.0.1:`port`.

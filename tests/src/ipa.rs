@@ -11,7 +11,11 @@
 //! manager (its `initialize`, the virtual-media probe with `lsblk` at start), and failing
 //! stubs stand in for the commands of that `initialize` that would reach the host's kernel
 //! ([`STUBBED`]). Never send the agent deploy, write or erase commands: it runs as root on
-//! the host's kernel.
+//! the host's kernel. The one exception is a step the test hardware manager implements
+//! itself, which touches only the test's file: `erase_devices_metadata` (the manager refuses
+//! the generic manager's other erase, RAID, NVRAM, pstore and burn-in steps, so the agent
+//! cannot fall through to them) and `ferric_record_args`, which writes nothing but
+//! [`Ipa::steps_run`]'s log.
 //!
 //! Everything started here goes away on drop: the agent's process group is killed, the
 //! namespace (and with it the veth pair) deleted.
@@ -107,8 +111,11 @@ impl IpaVenv {
         }
         let copy = target_dir().join("ipa-hwm").join(format!("{:016x}", hasher.finish()));
         if !copy.join(HWM_FILES[1]).exists() {
-            // Written aside and renamed, so a concurrent run never installs half a copy.
-            let tmp = copy.with_extension(format!("tmp{}", std::process::id()));
+            // Written aside and renamed, so a concurrent run (another process, or another
+            // test of this one) never installs half a copy.
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = copy.with_extension(format!("tmp{}-{n}", std::process::id()));
             std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
             for (name, text) in &files {
                 std::fs::write(tmp.join(name), text).context("copying the hardware manager")?;
@@ -234,11 +241,26 @@ impl Ipa {
     /// # Errors
     /// When the files cannot be written or the process cannot start.
     pub fn start(venv: &IpaVenv, ns: &Netns, api_url: &str) -> anyhow::Result<Self> {
+        Self::start_with(venv, ns, api_url, false)
+    }
+
+    /// [`Self::start`], with IPA's auto-TLS on when `auto_tls`: the agent makes itself a
+    /// certificate, serves its API over HTTPS and sends the certificate in its heartbeats
+    /// (`agent_verify_ca`).
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub fn start_with(
+        venv: &IpaVenv,
+        ns: &Netns,
+        api_url: &str,
+        auto_tls: bool,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferric-ipa-").tempdir()?;
         let d = dir.path();
         let disk = d.join("disk.img");
         let disk_size: u64 = 1 << 30;
-        // Sparse: nothing is ever written to it.
+        // Sparse: only the test hardware manager's own steps ever write to it.
         std::fs::File::create(&disk)?.set_len(disk_size)?;
         std::fs::write(d.join("empty"), "")?;
         std::fs::write(d.join("cmdline"), "ferric-test-ipa\n")?;
@@ -255,7 +277,7 @@ impl Ipa {
         let hwm = serde_json::json!({
             "device": disk, "size": disk_size, "interface": ns.ns_if, "mac": ns.ns_mac,
             "ipv4": ns.ns_ip, "report": d.join("hwm-report.json"), "gate": d.join("released"),
-            "gate_timeout": 120,
+            "gate_timeout": 120, "steps_log": d.join("steps.jsonl"),
         });
         std::fs::write(d.join("hwm.json"), hwm.to_string())?;
         let conf_dir = d.join("conf.d");
@@ -264,7 +286,7 @@ impl Ipa {
             "[DEFAULT]\n\
              api_url = {api_url}\n\
              listen_port = {AGENT_PORT}\n\
-             enable_auto_tls = False\n\
+             enable_auto_tls = {}\n\
              inspection_callback_url =\n\
              inspection_collectors =\n\
              disk_wait_attempts = 0\n\
@@ -276,6 +298,7 @@ impl Ipa {
              http_request_timeout = 10\n\
              debug = True\n\
              log_file = {}\n",
+            if auto_tls { "True" } else { "False" },
             d.join("ipa.log").display()
         );
         std::fs::write(d.join("ipa.conf"), conf)?;
@@ -315,6 +338,12 @@ impl Ipa {
     pub fn hwm_report(&self) -> Option<serde_json::Value> {
         let text = std::fs::read_to_string(self.dir.path().join("hwm-report.json")).ok()?;
         serde_json::from_str(&text).ok()
+    }
+
+    /// The steps the test hardware manager ran, in order: `{"step", "node", "args"}` each.
+    pub fn steps_run(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("steps.jsonl")).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
     /// Let the agent go on past its hardware managers' initialization, where the test

@@ -110,6 +110,16 @@ impl Up {
     }
 }
 
+/// `ferric up`'s configuration for the tests on the embedded default: a short callback
+/// timeout, quick Redfish polling and heartbeats.
+const EMBEDDED_CONFIG: &str = "[conductor]\ncallback_timeout_secs = 60.0\n[conductor.redfish]\npower_poll_interval_ms = 100\n\
+                               [api]\nramdisk_heartbeat_timeout = 10\n[telemetry]\nfilter = \"warn\"\n";
+
+/// The real OpenStack client (its venv made on first use).
+async fn openstack_cli() -> OpenStackCli {
+    tokio::task::spawn_blocking(OpenStackCli::ensure).await.unwrap().expect("OpenStack client venv")
+}
+
 /// One simulated machine booting from `up`.
 async fn fleet(up: &Up, n: usize, token: &CancellationToken) -> Fleet {
     let netboot = NetbootConfig {
@@ -236,6 +246,20 @@ fn test_demo_20_nodes_reach_active_with_verified_disks() {
     assert_eq!(rows, 20, "{stdout}");
 }
 
+/// The same demo with `--deploy-interface iscsi`: every ramdisk exports its disk and the
+/// conductor writes the image over iSCSI.
+#[test]
+fn test_demo_iscsi_deploy_interface_reaches_active_with_verified_disks() {
+    let out = Command::new(ferric_bin())
+        .args(["demo", "--nodes", "5", "--deploy-interface", "iscsi", "--timeout-secs", "600"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running ferric demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ferric demo exited {}:\n{stdout}", out.status);
+    assert!(stdout.contains("5/5 active, 5/5 disks verified"), "{stdout}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn test_openstack_lifecycle_on_postgres_and_rabbitmq_with_simulated_machines() {
     let Some(db) = TestDatabase::postgres().await else { return };
@@ -245,10 +269,7 @@ async fn test_openstack_lifecycle_on_postgres_and_rabbitmq_with_simulated_machin
     if bus::testing::rabbit(&format!("ferric-probe-{tag}")).await.is_none() {
         return;
     }
-    let cli = tokio::task::spawn_blocking(OpenStackCli::ensure)
-        .await
-        .unwrap()
-        .expect("OpenStack client venv");
+    let cli = openstack_cli().await;
     let config = format!(
         "[bus]\nexchange = \"ferric-demo-{tag}\"\n[conductor]\nhostname = \"demo-{tag}\"\nqueue = \"conductor.demo-{tag}\"\n\
          callback_timeout_secs = 60.0\n[conductor.redfish]\npower_poll_interval_ms = 100\nretry_interval_ms = 200\n\
@@ -263,24 +284,11 @@ async fn test_openstack_lifecycle_on_postgres_and_rabbitmq_with_simulated_machin
     m.machine.expect_image(image.len() as u64, &sha);
     let image_url = up.serve_image(&image);
     let api = up.api.clone();
-    let os = |args: Vec<String>| {
-        let (cli, api) = (cli.clone(), api.clone());
-        async move {
-            let out = tokio::task::spawn_blocking(move || {
-                let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-                cli.run(&api, &refs, Duration::from_secs(120))
-            })
-            .await
-            .unwrap()
-            .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            assert!(
-                out.status.success(),
-                "openstack failed: {stdout}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            stdout
-        }
+    let osc = Osc { cli, api: api.clone() };
+    let osc = &osc;
+    let os = move |args: Vec<String>| async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        osc.run(&refs).await
     };
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
     let name = m.machine.name().to_owned();
@@ -424,13 +432,8 @@ async fn test_openstack_lifecycle_on_postgres_and_rabbitmq_with_simulated_machin
 /// isoinfo finds Ironic's files there with what was asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn test_openstack_deploy_with_configdrive_object_fills_the_config2_partition() {
-    let cli = tokio::task::spawn_blocking(OpenStackCli::ensure)
-        .await
-        .unwrap()
-        .expect("OpenStack client venv");
-    let config = "[conductor]\ncallback_timeout_secs = 60.0\n[conductor.redfish]\npower_poll_interval_ms = 100\n\
-                  [api]\nramdisk_heartbeat_timeout = 10\n[telemetry]\nfilter = \"warn\"\n";
-    let up = Up::start(config, &[]);
+    let cli = openstack_cli().await;
+    let up = Up::start(EMBEDDED_CONFIG, &[]);
     let token = CancellationToken::new();
     let fleet = fleet(&up, 1, &token).await;
     let m = &fleet.machines()[0];
@@ -735,6 +738,241 @@ async fn test_bmc_refusing_credentials_fails_manage_naming_the_bmc() {
     assert!(err.contains(bmc), "last_error does not name the BMC {bmc}: {err}");
     // The password never shows up.
     assert!(!n.to_string().contains("\"password\""), "{n}");
+    fleet.shutdown().await;
+    token.cancel();
+}
+
+/// The real OpenStack client against `ferric up`.
+struct Osc {
+    cli: OpenStackCli,
+    api: String,
+}
+
+impl Osc {
+    /// Runs `openstack …`, asserting it exits 0; returns its stdout.
+    async fn run(&self, args: &[&str]) -> String {
+        let (cli, api) = (self.cli.clone(), self.api.clone());
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let out = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli.run(&api, &refs, Duration::from_secs(120))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "openstack failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-f", "json"]);
+        let out = self.run(&all).await;
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+}
+
+/// Every workflow through the real OpenStack client on one simulated machine running the
+/// real agent: in-band inspection (properties, port and stored inventory equal the
+/// machine's), adoption, rescue and unrescue (the rescue password's hash lands in the
+/// ramdisk), servicing with a step of the BMC's and one of the agent's, undeploy with automated cleaning, a fast-track deploy
+/// that boots the ramdisk once for cleaning and deploy, a deploy template applied because of
+/// the instance's trait, and a runbook; the template's and the runbook's step is the agent's
+/// own `erase_pstore`, whose effect (the machine's crash records gone) is the evidence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_openstack_cli_runs_every_workflow() {
+    let cli = openstack_cli().await;
+    let up = Up::start(EMBEDDED_CONFIG, &[]);
+    let token = CancellationToken::new();
+    let fleet = fleet(&up, 1, &token).await;
+    let m = &fleet.machines()[0];
+    let os = Osc { cli, api: up.api.clone() };
+    let api = up.api.clone();
+    let name = m.machine.name().to_owned();
+    let mut create = vec![
+        "baremetal".to_owned(),
+        "node".into(),
+        "create".into(),
+        "--driver".into(),
+        "redfish".into(),
+        "--name".into(),
+        name.clone(),
+        "--deploy-interface".into(),
+        "direct".into(),
+        "--inspect-interface".into(),
+        "agent".into(),
+        "--rescue-interface".into(),
+        "agent".into(),
+        "-f".into(),
+        "value".into(),
+        "-c".into(),
+        "uuid".into(),
+    ];
+    for (k, v) in m.redfish_driver_info() {
+        let v = match v {
+            Value::String(x) => x,
+            other => other.to_string(),
+        };
+        create.extend(["--driver-info".to_owned(), format!("{k}={v}")]);
+    }
+    let create: Vec<&str> = create.iter().map(String::as_str).collect();
+    let uuid = os.run(&create).await.trim().to_owned();
+    let mac = m.machine.macs()[0].to_string();
+    os.run(&["baremetal", "port", "create", &mac, "--node", &uuid]).await;
+    let mut seen = Vec::new();
+    let wait = |state: &'static str, secs: u64| {
+        let (api, uuid) = (api.clone(), uuid.clone());
+        async move {
+            let mut seen = Vec::new();
+            wait_node(&api, &uuid, state, Duration::from_secs(secs), &mut seen, state_is(state))
+                .await
+        }
+    };
+
+    // Inspection: the agent's inventory becomes the node's properties and is stored.
+    os.run(&["baremetal", "node", "manage", &name]).await;
+    wait("manageable", 60).await;
+    os.run(&["baremetal", "node", "inspect", &name]).await;
+    wait_node(&api, &uuid, "inspected", Duration::from_secs(120), &mut seen, |n| {
+        state_is("manageable")(n) && n["inspection_finished_at"].is_string()
+    })
+    .await;
+    let shown = os.json(&["baremetal", "node", "show", &name]).await;
+    let props = &shown["properties"];
+    assert_eq!(props["cpus"], 2, "{props}");
+    assert_eq!(props["memory_mb"], 4096, "{props}");
+    assert_eq!(props["cpu_arch"], "x86_64", "{props}");
+    assert_eq!(props["local_gb"], deploy::inspection::local_gb(8 << 30), "{props}");
+    let ports = os.json(&["baremetal", "port", "list", "--node", &uuid]).await;
+    assert_eq!(ports.as_array().unwrap().len(), 1, "{ports}");
+    let address = ports[0].get("Address").or_else(|| ports[0].get("address"));
+    assert_eq!(address.and_then(Value::as_str), Some(mac.as_str()), "{ports}");
+    let inv_file = up.data_dir.path().join("inventory.json");
+    let inv_path = inv_file.to_string_lossy().into_owned();
+    os.run(&["baremetal", "node", "inventory", "save", &name, "--file", &inv_path]).await;
+    let inv: Value = serde_json::from_slice(&std::fs::read(&inv_file).unwrap()).unwrap();
+    let macs: Vec<&str> = inv["inventory"]["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["mac_address"].as_str())
+        .collect();
+    assert!(macs.contains(&mac.as_str()), "{inv}");
+    assert_eq!(inv["inventory"]["disks"][0]["size"], 8u64 << 30, "{inv}");
+
+    // Adoption: an instance that is already there becomes active without a deploy.
+    let image = sim::disk::build_whole_disk_image(6 << 20, 3 << 20, 23);
+    let sha = sim::disk::sha256_hex(&image);
+    let image_url = up.serve_image(&image);
+    let source = format!("image_source={image_url}");
+    let hash = format!("image_os_hash_value={sha}");
+    let set_image = [
+        "baremetal",
+        "node",
+        "set",
+        &name,
+        "--instance-info",
+        &source,
+        "--instance-info",
+        "image_os_hash_algo=sha256",
+        "--instance-info",
+        &hash,
+    ];
+    os.run(&set_image).await;
+    let boots = m.machine.status().ramdisk_boots;
+    os.run(&["baremetal", "node", "adopt", &name]).await;
+    wait("active", 60).await;
+    assert_eq!(m.machine.status().ramdisk_boots, boots, "adoption booted nothing");
+
+    // Rescue: the rescue ramdisk's agent gets the password's hash; unrescue returns.
+    os.run(&["baremetal", "node", "rescue", &name, "--rescue-password", "s3cret-rescue"]).await;
+    let r = wait("rescue", 120).await;
+    assert!(!r.to_string().contains("s3cret-rescue"), "{r}");
+    let hash_file = m.machine.layout().root.join("etc/ipa-rescue-config/ipa-rescue-password");
+    let hash = std::fs::read_to_string(&hash_file).unwrap();
+    assert!(deploy::rescue::verify("s3cret-rescue", hash.trim()), "{hash}");
+    os.run(&["baremetal", "node", "unrescue", &name]).await;
+    wait("active", 120).await;
+
+    // Servicing with a step the conductor runs through the BMC.
+    let steps = r#"[{"interface": "power", "step": "reboot"}]"#;
+    os.run(&["baremetal", "node", "service", &name, "--service-steps", steps]).await;
+    wait("active", 120).await;
+    let history = os.json(&["baremetal", "node", "history", "list", &name, "--long"]).await;
+    assert!(history.to_string().contains("servic"), "{history}");
+    // Servicing with a step of the agent's: the ramdisk boots, the step runs, the instance
+    // boots again.
+    let pstore = m.machine.layout().root.join("sys/fs/pstore");
+    std::fs::create_dir_all(&pstore).unwrap();
+    std::fs::write(pstore.join("dmesg-efi-0"), "oops").unwrap();
+    let boots = m.machine.status().ramdisk_boots;
+    let steps = r#"[{"interface": "deploy", "step": "erase_pstore"}]"#;
+    os.run(&["baremetal", "node", "service", &name, "--service-steps", steps]).await;
+    wait("active", 120).await;
+    assert_eq!(m.machine.status().ramdisk_boots, boots + 1, "servicing booted the ramdisk");
+    assert!(!pstore.join("dmesg-efi-0").exists(), "the agent's service step ran");
+
+    // Undeploy: automated cleaning with the agent's steps; then fast-track: cleaning leaves
+    // the agent up and the deploy uses it, one ramdisk boot for both.
+    os.run(&["baremetal", "node", "undeploy", &name]).await;
+    wait("available", 180).await;
+    os.run(&["baremetal", "node", "manage", &name]).await;
+    wait("manageable", 60).await;
+    os.run(&["baremetal", "node", "set", &name, "--driver-info", "fast_track=true"]).await;
+    let boots = m.machine.status().ramdisk_boots;
+    os.run(&["baremetal", "node", "provide", &name]).await;
+    wait("available", 180).await;
+
+    // A deploy template bound to the instance's trait runs the agent's erase_pstore.
+    std::fs::write(pstore.join("dmesg-efi-1"), "oops").unwrap();
+    let tsteps = r#"[{"interface": "deploy", "step": "erase_pstore", "args": {}, "priority": 90}]"#;
+    os.run(&["baremetal", "deploy", "template", "create", "CUSTOM_PSTORE", "--steps", tsteps])
+        .await;
+    os.run(&["baremetal", "node", "add", "trait", &name, "CUSTOM_PSTORE"]).await;
+    os.run(&["baremetal", "node", "set", &name, "--instance-info", r#"traits=["CUSTOM_PSTORE"]"#])
+        .await;
+    // Undeploying cleared instance_info, as Ironic does.
+    os.run(&set_image).await;
+    m.machine.expect_image(image.len() as u64, &sha);
+    os.run(&["baremetal", "node", "deploy", &name]).await;
+    wait("active", 180).await;
+    assert_eq!(m.machine.status().ramdisk_boots, boots + 1, "fast-track: one ramdisk boot");
+    assert_eq!(m.machine.disk_sha256(image.len() as u64).unwrap(), sha);
+    assert!(!pstore.join("dmesg-efi-1").exists(), "the template's erase_pstore ran");
+
+    // A runbook (its name is a trait of the node) for a manual clean.
+    std::fs::write(pstore.join("dmesg-efi-2"), "oops").unwrap();
+    os.run(&["baremetal", "node", "undeploy", &name]).await;
+    wait("available", 180).await;
+    os.run(&["baremetal", "node", "manage", &name]).await;
+    wait("manageable", 60).await;
+    let rsteps = r#"[{"interface": "deploy", "step": "erase_pstore", "args": {}, "order": 1}]"#;
+    os.run(&["baremetal", "runbook", "create", "--name", "CUSTOM_RB_PSTORE", "--steps", rsteps])
+        .await;
+    os.run(&["baremetal", "node", "add", "trait", &name, "CUSTOM_RB_PSTORE"]).await;
+    // Before 1.112 a runbook is approved for a node by its name among the node's traits.
+    os.run(&[
+        "--os-baremetal-api-version",
+        "1.92",
+        "baremetal",
+        "node",
+        "clean",
+        &name,
+        "--runbook",
+        "CUSTOM_RB_PSTORE",
+    ])
+    .await;
+    wait_node(&api, &uuid, "cleaned", Duration::from_secs(180), &mut seen, |n| {
+        state_is("manageable")(n) && n["clean_step"].as_object().is_none_or(|o| o.is_empty())
+    })
+    .await;
+    assert!(!pstore.join("dmesg-efi-2").exists(), "the runbook's erase_pstore ran");
+
     fleet.shutdown().await;
     token.cancel();
 }

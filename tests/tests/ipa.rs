@@ -6,6 +6,16 @@
 //! version while the node stays `manageable`; a node without fast-track in the same state is
 //! refused (and found once fast-track is turned on for it).
 //!
+//! Then the conductor's IPA client (`conductor_service::ipa_client`) drives the agent's
+//! command API with the token the lookup minted: it lists the clean and deploy steps, runs
+//! the test hardware manager's own steps (one that records its arguments, and the metadata
+//! erase of the test's file disk, checked on the file), sees a busy agent, a failing step
+//! and refused requests come back as typed errors, and a wrong token refused. Nothing else
+//! is run: the agent is root on the host's kernel (see `tests::ipa`). A second run turns
+//! IPA's auto-TLS on: the agent serves HTTPS with a certificate it made and sends it in its
+//! heartbeat, the client pins it, and a client pinning another certificate is refused at the
+//! handshake.
+//!
 //! Needs root, `ip netns`, `unshare` and a venv from PyPI: without them the test is skipped
 //! loudly, or fails with `FERRIC_REQUIRE_PEERS=1`.
 
@@ -17,7 +27,10 @@ use api_service::ApiConfig;
 use bus::testing::{rabbit, unique};
 use common::shutdown::{CancellationToken, Shutdown};
 use common::testing::{Need, require_service};
+use conductor_service::config::AgentClientConfig;
+use conductor_service::ipa_client::{CommandStatus, IpaClient, IpaError, StepKind};
 use conductor_service::testing::{fast_config, wait_for};
+use deploy::internal_info::AgentSession;
 use reqwest::Method;
 use serde_json::{Value, json};
 use store::testing::TestDatabase;
@@ -67,6 +80,17 @@ impl Api {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_real_ironic_python_agent_looks_up_a_fast_track_node_in_manageable() {
+    lookup_heartbeat_and_commands(false).await;
+}
+
+/// The same with IPA's auto-TLS on: the agent serves HTTPS with a certificate it made, sends
+/// it in the heartbeat, and the conductor's client calls it trusting exactly that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_real_ironic_python_agent_with_auto_tls_is_called_over_its_pinned_certificate() {
+    lookup_heartbeat_and_commands(true).await;
+}
+
+async fn lookup_heartbeat_and_commands(auto_tls: bool) {
     let Some(db) = TestDatabase::postgres().await else { return };
     let exchange = unique("ferric_ipa");
     let Some(bus) = rabbit(&exchange).await else { return };
@@ -131,7 +155,7 @@ async fn test_real_ironic_python_agent_looks_up_a_fast_track_node_in_manageable(
     let lookup = lookup_plain().await.unwrap();
     assert_eq!(lookup.status().as_u16(), 404, "{}", lookup.text().await.unwrap());
 
-    let mut ipa = Ipa::start(&venv, &netns, &base).unwrap();
+    let mut ipa = Ipa::start_with(&venv, &netns, &base, auto_tls).unwrap();
 
     // What the agent was told about its disks, while it waits to send anything (the
     // hardware manager holds it until released): only the test's file.
@@ -160,7 +184,8 @@ async fn test_real_ironic_python_agent_looks_up_a_fast_track_node_in_manageable(
 
     // Lookup mints the token; the heartbeat records the agent's URL, version and time. The
     // node never leaves `manageable`.
-    let agent_url = format!("http://{}:{AGENT_PORT}", netns.ns_ip);
+    let scheme = if auto_tls { "https" } else { "http" };
+    let agent_url = format!("{scheme}://{}:{AGENT_PORT}", netns.ns_ip);
     let node = wait_for(Duration::from_secs(120), "the agent's lookup and heartbeat", || {
         let exited = ipa.exited().unwrap();
         let logs = exited.map(|_| ipa.logs(6000));
@@ -199,7 +224,9 @@ async fn test_real_ironic_python_agent_looks_up_a_fast_track_node_in_manageable(
                 .args(["netns", "exec", &ns, "python3", "-c"])
                 .arg(
                     "import sys, urllib.request; \
-                     print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())",
+                     import ssl; ctx = ssl._create_unverified_context(); \
+                     print(urllib.request.urlopen(sys.argv[1], timeout=10, context=ctx)\
+                     .read().decode())",
                 )
                 .arg(url)
                 .env("no_proxy", "*")
@@ -213,6 +240,10 @@ async fn test_real_ironic_python_agent_looks_up_a_fast_track_node_in_manageable(
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["version"], "13.0.0", "{status}");
+
+    // The conductor's client of the agent's command API, from the host end of the veth, with
+    // the session the heartbeat recorded.
+    ipa_commands(&db, &fast, &ipa, &netns, auto_tls).await;
 
     // Still the one disk after everything the agent did; the plain node was left alone.
     let report = ipa.hwm_report().unwrap();
@@ -239,4 +270,155 @@ async fn test_real_ironic_python_agent_looks_up_a_fast_track_node_in_manageable(
         stopped.unwrap();
     }
     db.cleanup().await;
+}
+
+/// Drive the agent's command API with the conductor's client. Only commands that read, and
+/// steps the test hardware manager implements on the test's file, are sent.
+async fn ipa_commands(db: &TestDatabase, node_id: &str, ipa: &Ipa, netns: &Netns, tls: bool) {
+    let stored = db.store().node_fetch_by_ident(node_id).await.unwrap();
+    let session = AgentSession::of(&stored);
+    let (url, token) = (session.url.clone().unwrap(), session.token.clone().unwrap());
+    let cfg = AgentClientConfig::default();
+    let client = IpaClient::for_session(&session, &cfg).unwrap();
+    assert_eq!(session.verify_ca.is_some(), tls, "the certificate comes with auto-TLS only");
+    if let Some(pem) = &session.verify_ca {
+        // Another certificate pinned: refused at the handshake, before the token is sent;
+        // none pinned for an https agent: no call at all.
+        let other = common::tls::SelfSigned::generate(&netns.ns_ip).unwrap();
+        let mismatched = IpaClient::new(&url, &token, Some(&other.cert_pem), &cfg).unwrap();
+        let err = mismatched.commands().await.unwrap_err();
+        assert!(matches!(err, IpaError::CertificateMismatch { .. }), "{err:?}");
+        let err = IpaClient::new(&url, &token, None, &cfg).unwrap_err();
+        assert!(matches!(err, IpaError::NotConfigured(_)), "{err:?}");
+        assert!(pem.contains("BEGIN CERTIFICATE"), "{pem}");
+    }
+    // What the agent's hardware managers are handed (Ironic sends the node's `as_dict`).
+    let node = json!({"uuid": node_id, "driver_internal_info": {}, "properties": {},
+                      "instance_info": {}});
+    let ports = [json!({"address": netns.ns_mac})];
+
+    // A wrong token (of a valid length) is refused on every route, and runs nothing.
+    let wrong = IpaClient::new(&url, &"w".repeat(43), session.verify_ca.as_deref(), &cfg).unwrap();
+    let err = wrong.commands().await.unwrap_err();
+    assert!(matches!(err, IpaError::Unauthorized { .. }), "{err:?}");
+    let err = wrong.get_clean_steps(&node, &ports).await.unwrap_err();
+    assert!(matches!(err, IpaError::Unauthorized { .. }), "{err:?}");
+    assert!(client.commands().await.unwrap().is_empty(), "the refused call ran nothing");
+
+    // The clean steps: the test manager's own and the generic manager's, with the versions.
+    let steps = client.get_clean_steps(&node, &ports).await.unwrap();
+    let ours: Vec<&str> =
+        steps.by_manager["FerricTestHardwareManager"].iter().map(|s| s.step.as_str()).collect();
+    assert_eq!(ours, ["erase_devices_metadata", "ferric_record_args"], "{steps:?}");
+    let generic = &steps.by_manager["GenericHardwareManager"];
+    assert!(generic.iter().any(|s| s.step == "erase_devices"), "{steps:?}");
+    assert!(
+        generic.iter().all(|s| s.step != "erase_devices_metadata"),
+        "the test manager's metadata erase outranks the generic one: {steps:?}"
+    );
+    assert_eq!(steps.find("deploy", "erase_devices_metadata").unwrap().priority, 99);
+    let versions = &steps.hardware_manager_version;
+    assert_eq!(versions["ferric_test_hardware_manager"], "1.0", "{versions:?}");
+    assert!(versions.contains_key("generic_hardware_manager"), "{versions:?}");
+    let deploy_steps = client.get_deploy_steps(&node, &ports).await.unwrap();
+    assert!(deploy_steps.find("deploy", "write_image").is_some(), "{deploy_steps:?}");
+    assert_eq!(client.get_partition_uuids().await.unwrap(), Default::default());
+
+    // A step that only records its arguments: started, polled until it succeeds.
+    let poll = |id: String| {
+        let client = &client;
+        async move {
+            client.wait_for(&id, Duration::from_millis(100), Duration::from_secs(60)).await.unwrap()
+        }
+    };
+    let mut record = steps.find("deploy", "ferric_record_args").unwrap().clone();
+    record.args = Some(serde_json::from_value(json!({"note": "from ferric"})).unwrap());
+    let run = client.execute_clean_step(&record, &node, &ports, Some(versions)).await.unwrap();
+    assert_eq!(run.command_name, "execute_clean_step");
+    let done = poll(run.id.clone()).await;
+    assert_eq!(done.command_status, CommandStatus::Succeeded, "{done:?}");
+    let (reported, result) = done.executed_step(StepKind::Clean);
+    assert_eq!(reported.unwrap().step, "ferric_record_args");
+    assert_eq!(result.unwrap(), &json!({"recorded": ["note"]}));
+    let ran = ipa.steps_run();
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    assert_eq!(
+        ran[0],
+        json!({"step": "ferric_record_args", "node": node_id,
+                              "args": {"note": "from ferric"}})
+    );
+
+    // The metadata erase, on the test's file only: both ends zeroed, the middle kept.
+    let disk = ipa.disk.clone();
+    let size = ipa.disk_size;
+    let at = |off: u64, len: usize| {
+        use std::os::unix::fs::FileExt as _;
+        let mut buf = vec![0u8; len];
+        std::fs::File::open(&disk).unwrap().read_exact_at(&mut buf, off).unwrap();
+        buf
+    };
+    {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::OpenOptions::new().write(true).open(&ipa.disk).unwrap();
+        f.write_all_at(b"EFI PART", 512).unwrap();
+        f.write_all_at(b"EFI PART", size - 512).unwrap();
+        f.write_all_at(b"KEEP", size / 2).unwrap();
+    }
+    let erase = steps.find("deploy", "erase_devices_metadata").unwrap();
+    let run = client.execute_clean_step(erase, &node, &ports, Some(versions)).await.unwrap();
+    let done = poll(run.id.clone()).await;
+    assert_eq!(done.command_status, CommandStatus::Succeeded, "{done:?}");
+    assert_eq!(done.executed_step(StepKind::Clean).0.unwrap().step, "erase_devices_metadata");
+    assert_eq!(at(512, 8), [0; 8]);
+    assert_eq!(at(size - 512, 8), [0; 8]);
+    assert_eq!(at(size / 2, 4), b"KEEP");
+    assert_eq!(ipa.steps_run().len(), 2);
+
+    // While a step runs, the agent takes no other command (409 AgentIsBusy).
+    record.args = Some(serde_json::from_value(json!({"note": "hold", "hold_secs": 2})).unwrap());
+    let run = client.execute_clean_step(&record, &node, &ports, Some(versions)).await.unwrap();
+    assert_eq!(run.command_status, CommandStatus::Running);
+    let err = client.get_clean_steps(&node, &ports).await.unwrap_err();
+    assert!(matches!(err, IpaError::Busy { .. }), "{err:?}");
+    assert!(err.to_string().contains("execute_clean_step"), "{err}");
+    assert_eq!(poll(run.id.clone()).await.command_status, CommandStatus::Succeeded);
+
+    // A step that fails in the ramdisk: FAILED, with the agent's message.
+    record.args = Some(serde_json::from_value(json!({"note": "no", "fail": true})).unwrap());
+    let run = client.execute_clean_step(&record, &node, &ports, Some(versions)).await.unwrap();
+    let failed = poll(run.id.clone()).await;
+    assert_eq!(failed.command_status, CommandStatus::Failed, "{failed:?}");
+    let err = failed.into_succeeded().unwrap_err();
+    assert!(err.to_string().contains("asked to fail: no"), "{err}");
+
+    // Refused before anything runs: an unknown command (400) and an unknown extension (404).
+    let err = client.command("clean.make_coffee", json!({}), true).await.unwrap_err();
+    assert!(matches!(err, IpaError::Rejected { status: 400, .. }), "{err:?}");
+    let err = client.command("coffee.make", json!({}), true).await.unwrap_err();
+    assert!(matches!(err, IpaError::Rejected { status: 404, .. }), "{err:?}");
+    let err = client.command_status("00000000-0000-0000-0000-000000000000").await.unwrap_err();
+    assert!(matches!(err, IpaError::UnknownCommand { .. }), "{err:?}");
+
+    // The agent's own record, in order: what the heartbeat processing will read.
+    let names: Vec<(String, CommandStatus)> = client
+        .commands()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.command_name, c.command_status))
+        .collect();
+    let ok = CommandStatus::Succeeded;
+    let want = [
+        ("get_clean_steps", ok),
+        ("get_deploy_steps", ok),
+        ("get_partition_uuids", ok),
+        ("execute_clean_step", ok),
+        ("execute_clean_step", ok),
+        ("execute_clean_step", ok),
+        ("execute_clean_step", CommandStatus::Failed),
+    ];
+    let want: Vec<(String, CommandStatus)> =
+        want.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect();
+    assert_eq!(names, want);
+    assert_eq!(ipa.steps_run().len(), 4);
 }

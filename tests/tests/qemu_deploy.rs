@@ -1,7 +1,9 @@
 //! A real machine deploy: a QEMU virtual machine (TCG) network-boots Ferric's deploy ramdisk
 //! through pxe-service, the agent writes a real OS image to the VM's disk, the conductor
 //! switches the VM to disk boot through its Redfish BMC, and the VM boots the deployed OS,
-//! whose serial console prints a marker with the machine's identity.
+//! whose serial console prints a marker with the machine's identity. The same VM is
+//! inspected in-band (the agent's inventory must show its real CPUs, memory, disk and NICs)
+//! and rescued (the test logs in on the serial console with the rescue password).
 //!
 //! The stack is the production one composed in this process: api-service, conductor-service
 //! and pxe-service on PostgreSQL and RabbitMQ; the BMC is `sim::bmc::serve_redfish` over a
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::shutdown::{CancellationToken, Shutdown};
 use common::testing::{Need, require_service};
+use conductor_service::config::InspectorConfig;
 use serde_json::{Value, json};
 use sim::bmc::{BootTarget, MachineBackend, PowerStatus};
 use sim::qemu::{Firmware, QemuConfig, QemuMachine, QemuNetwork};
@@ -338,6 +341,17 @@ async fn start_stack(
     net: &Net,
     callback_timeout: Duration,
 ) -> Option<Stack> {
+    start_stack_with(work, art, net, callback_timeout, InspectorConfig::default()).await
+}
+
+/// [`start_stack`] with the conductor's `[inspector]` settings (which NICs get ports).
+async fn start_stack_with(
+    work: &Path,
+    art: &Artifacts,
+    net: &Net,
+    callback_timeout: Duration,
+    inspector: InspectorConfig,
+) -> Option<Stack> {
     let db = TestDatabase::postgres().await?;
     let store = db.store().clone();
     let exchange = unique("ferric-qemu");
@@ -431,6 +445,7 @@ async fn start_stack(
             default_deploy_interface: "direct".into(),
             power_state_change_timeout_secs: 30.0,
             drain_timeout_secs: 5.0,
+            inspector,
             ..conductor_service::config::ConductorConfig::default()
         };
         let (store, bus, (shutdown, r)) = (store.clone(), bus.clone(), root.service());
@@ -460,6 +475,33 @@ struct Vm {
     disk: PathBuf,
     agent_port: u16,
     uefi: bool,
+    /// The hardware the VM was given.
+    spec: VmSpec,
+}
+
+/// The VM's hardware: what an inspection must find.
+#[derive(Debug, Clone)]
+struct VmSpec {
+    cpus: u32,
+    /// `-m` in MiB; `None` is the machine's default (512 MiB, 768 MiB for UEFI).
+    memory_mib: Option<u32>,
+    disk_bytes: u64,
+    /// A second NIC (not booted from, no link configured) with this MAC.
+    second_nic: Option<String>,
+    /// The serial console is also a Unix socket the test can type on.
+    console: bool,
+}
+
+impl Default for VmSpec {
+    fn default() -> Self {
+        VmSpec {
+            cpus: 1,
+            memory_mib: None,
+            disk_bytes: 64 * 1024 * 1024,
+            second_nic: None,
+            console: false,
+        }
+    }
 }
 
 impl Vm {
@@ -497,20 +539,49 @@ async fn start_vm(
     token: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> Vm {
+    start_vm_with(work, stack, net, token, tasks, VmSpec::default()).await
+}
+
+/// A locally administered MAC in QEMU's range, different on every call.
+fn random_mac() -> String {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos =
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let n = nanos.wrapping_add(seq.wrapping_mul(0x9E37));
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff)
+}
+
+/// [`start_vm`] with the given hardware.
+async fn start_vm_with(
+    work: &Path,
+    stack: &Stack,
+    net: &Net,
+    token: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+    spec: VmSpec,
+) -> Vm {
     let name = unique("qemu-node");
     let disk = work.join("disk.raw");
     let f = std::fs::File::create(&disk).expect("disk file");
-    f.set_len(64 * 1024 * 1024).expect("size the disk");
+    // Sparse: a disk of several GiB costs nothing until written.
+    f.set_len(spec.disk_bytes).expect("size the disk");
     let agent_port = free_port().await;
-    let nanos =
-        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let mac = format!(
-        "52:54:00:{:02x}:{:02x}:{:02x}",
-        (nanos >> 16) & 0xff,
-        (nanos >> 8) & 0xff,
-        nanos & 0xff
-    );
+    let mac = random_mac();
     let mut cfg = QemuConfig::new(name.clone(), disk.clone(), mac.clone(), work);
+    cfg.cpus = spec.cpus;
+    if spec.console {
+        cfg.serial_socket = Some(work.join("console.sock"));
+    }
+    if let Some(second) = &spec.second_nic {
+        // No boot index and no option ROM: the firmware never boots from it.
+        cfg.extra_args.extend([
+            "-netdev".into(),
+            "user,id=net1,restrict=on".into(),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=net1,mac={second},romfile="),
+        ]);
+    }
     match net {
         Net::User => {
             cfg.network = QemuNetwork::User {
@@ -529,6 +600,9 @@ async fn start_vm(
             cfg.memory_mib = 768;
         }
     }
+    if let Some(m) = spec.memory_mib {
+        cfg.memory_mib = m;
+    }
     cfg.smbios_serial = Some(name.clone());
     cfg.fw_cfg.push(("opt/ferric/agent_advertise".into(), format!("127.0.0.1:{agent_port}")));
     let machine = Arc::new(QemuMachine::new(cfg));
@@ -542,13 +616,18 @@ async fn start_vm(
         token.clone(),
     ));
     let uefi = matches!(net, Net::Tap(_));
-    Vm { machine, bmc_url, mac, name, disk, agent_port, uefi }
+    Vm { machine, bmc_url, mac, name, disk, agent_port, uefi, spec }
 }
 
 // ---------------------------------------------------------------------------------------
 // REST helpers
 
 async fn enroll(stack: &Stack, vm: &Vm, no_agent: bool) -> String {
+    enroll_with(stack, vm, no_agent, json!({})).await
+}
+
+/// [`enroll`] with `extra` fields in the node's create request (interfaces, …).
+async fn enroll_with(stack: &Stack, vm: &Vm, no_agent: bool, extra: Value) -> String {
     let append = if vm.uefi {
         "panic=1".to_owned()
     } else {
@@ -566,23 +645,22 @@ async fn enroll(stack: &Stack, vm: &Vm, no_agent: bool) -> String {
         driver_info["deploy_kernel"] = json!("no-agent/deploy_kernel");
         driver_info["deploy_ramdisk"] = json!("no-agent/deploy_ramdisk");
     }
-    let (status, node) = http_json(
-        "POST",
-        &format!("{}/v1/nodes", stack.api),
-        Some(&json!({
-            "name": vm.name,
-            "driver": "redfish",
-            "driver_info": driver_info,
-            "deploy_interface": "direct",
-            "boot_interface": "ipxe",
-            // Ironic's default root disk is the smallest of at least 4 GiB; this VM's is 64 MiB.
-            "properties": {
-                "capabilities": if vm.uefi { "boot_mode:uefi" } else { "boot_mode:bios" },
-                "root_device": {"name": "/dev/vda"},
-            },
-        })),
-    )
-    .await;
+    let mut body = json!({
+        "name": vm.name,
+        "driver": "redfish",
+        "driver_info": driver_info,
+        "deploy_interface": "direct",
+        "boot_interface": "ipxe",
+        // Ironic's default root disk is the smallest of at least 4 GiB; a VM may have less.
+        "properties": {
+            "capabilities": if vm.uefi { "boot_mode:uefi" } else { "boot_mode:bios" },
+            "root_device": {"name": "/dev/vda"},
+        },
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let (status, node) = http_json("POST", &format!("{}/v1/nodes", stack.api), Some(&body)).await;
     assert_eq!(status, 201, "node create: {node}");
     let uuid = node["uuid"].as_str().expect("node uuid").to_owned();
     assert!(
@@ -606,13 +684,18 @@ async fn node(stack: &Stack, uuid: &str) -> Value {
 }
 
 async fn provision(stack: &Stack, uuid: &str, target: &str) {
+    provision_with(stack, uuid, json!({"target": target})).await;
+}
+
+/// A provision request with a full body (`rescue_password`, …).
+async fn provision_with(stack: &Stack, uuid: &str, request: Value) {
     let (status, body) = http_json_retry_locked(
         "PUT",
         &format!("{}/v1/nodes/{uuid}/states/provision", stack.api),
-        Some(&json!({"target": target})),
+        Some(&request),
     )
     .await;
-    assert_eq!(status, 202, "provision {target}: {body}");
+    assert_eq!(status, 202, "provision {}: {body}", request["target"]);
 }
 
 async fn set_instance_info(stack: &Stack, uuid: &str, source: &str, checksum: &str, format: &str) {
@@ -802,6 +885,63 @@ async fn deploy_and_check(stack: &Stack, vm: &Vm, uuid: &str, art: &Artifacts, f
     let disk = std::fs::read(&vm.disk).expect("VM disk");
     assert!(disk.len() >= raw.len(), "the VM disk is smaller than the image");
     assert!(disk[..raw.len()] == raw[..], "the VM disk does not hold the {format} image's content");
+}
+
+// ---------------------------------------------------------------------------------------
+// The serial console, typed on
+
+/// A client on the VM's serial console socket: reads what the guest prints from the moment
+/// it connects, and types as a user at the console would.
+struct Console {
+    stream: tokio::net::UnixStream,
+    /// Everything read so far (lossy UTF-8) and how far [`Console::expect`] has consumed it.
+    seen: String,
+    pos: usize,
+}
+
+impl Console {
+    async fn connect(vm: &Vm) -> Console {
+        let path = vm.machine.config().serial_socket.clone().expect("the VM has a console socket");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::net::UnixStream::connect(&path).await {
+                Ok(stream) => return Console { stream, seen: String::new(), pos: 0 },
+                Err(e) if Instant::now() > deadline => {
+                    panic!("cannot connect to the console {}: {e}", path.display())
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.stream.write_all(text.as_bytes()).await.expect("type on the console");
+    }
+
+    /// Reads until `what` appears after what earlier calls consumed; `None` when it has not
+    /// within `within`. Consumes through the match.
+    async fn expect(&mut self, what: &str, within: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(i) = self.seen[self.pos..].find(what) {
+                let end = self.pos + i + what.len();
+                let text = self.seen[self.pos..end].to_owned();
+                self.pos = end;
+                return Some(text);
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Err(_) => return None,
+                Ok(Ok(n)) => self.seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Ok(Err(e)) => panic!("read the console: {e}"),
+            }
+        }
+    }
+
+    /// The console as read so far, for failure messages.
+    fn transcript(&self) -> &str {
+        &self.seen
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1014,5 +1154,275 @@ async fn test_qemu_deploy_over_tap_with_dnsmasq_and_tftp_port_69() {
     vm_token.cancel();
     stack.stop().await;
     drop(net);
+    let _ = std::fs::remove_dir_all(&env.work);
+}
+
+const GIB: u64 = 1024 * 1024 * 1024;
+
+/// In-band inspection of the real VM: the agent's inventory becomes the node's properties
+/// and ports, and `/v1/nodes/{id}/inventory` serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_qemu_in_band_inspection() {
+    let Some(env) = prepare("test_qemu_in_band_inspection", true).await else { return };
+    let total = Instant::now();
+    // Every NIC the agent reports gets a port (Ironic's `add_ports = all`), so the second
+    // NIC's port can only come from the inspection.
+    let inspector = InspectorConfig {
+        add_ports: deploy::inspection::AddPorts::All,
+        ..InspectorConfig::default()
+    };
+    let Some(stack) =
+        start_stack_with(&env.work, &env.art, &Net::User, Duration::from_secs(240), inspector)
+            .await
+    else {
+        return;
+    };
+    let vm_token = CancellationToken::new();
+    let mut vm_tasks = JoinSet::new();
+    // Sizes no default would give: 2 CPUs, 700 MiB (not a multiple of 128 MiB, so rounding
+    // MemTotal cannot pass for the DIMM size), a sparse 5.5 GiB disk.
+    let spec = VmSpec {
+        cpus: 2,
+        memory_mib: Some(700),
+        disk_bytes: 5 * GIB + GIB / 2,
+        second_nic: Some(random_mac()),
+        console: false,
+    };
+    let vm = start_vm_with(&env.work, &stack, &Net::User, &vm_token, &mut vm_tasks, spec).await;
+    let second_mac = vm.spec.second_nic.clone().expect("second NIC");
+    let uuid = enroll_with(&stack, &vm, false, json!({"inspect_interface": "agent"})).await;
+    provision(&stack, &uuid, "manage").await;
+    let (n, _) = watch(&stack, &vm, &uuid, &["manageable", "enroll"], None, 0).await;
+    assert_eq!(n["provision_state"], "manageable", "manage failed: {}", n["last_error"]);
+
+    provision(&stack, &uuid, "inspect").await;
+    let (n, tl) = watch(&stack, &vm, &uuid, &["manageable", "inspect failed"], None, 0).await;
+    assert_eq!(
+        n["provision_state"],
+        "manageable",
+        "inspection failed: {}\n{}",
+        n["last_error"],
+        vm.diagnostics()
+    );
+    eprintln!(
+        "[qemu-deploy] inspection: power-on at {} | power-on -> manageable {} | total {}",
+        fmt(tl.power_on),
+        fmt(tl.done.zip(tl.power_on).map(|(d, p)| d.saturating_sub(p))),
+        fmt(tl.done)
+    );
+    let boots = vm.machine.power_ons().await;
+    assert!(
+        boots.iter().any(|b| b.target == BootTarget::Pxe),
+        "the inspection never network-booted the ramdisk: {boots:?}"
+    );
+
+    let props = &n["properties"];
+    assert_eq!(props["cpus"], 2, "cpus = the VM's -smp: {props}");
+    assert_eq!(props["cpu_arch"], "x86_64", "{props}");
+    // IPA reports the installed memory (the DIMMs in SMBIOS, through lshw), not MemTotal.
+    assert_eq!(props["memory_mb"], 700, "memory_mb = the VM's -m: {props}");
+    // Ironic's local_gb: whole GiB of the root disk, less one for partitioning.
+    assert_eq!(props["local_gb"], 4, "local_gb of a 5.5 GiB disk: {props}");
+    let caps = props["capabilities"].as_str().unwrap_or_default();
+    assert!(caps.contains("boot_mode:bios"), "the VM boots with SeaBIOS: {caps}");
+
+    // The stored inventory: the VM's NICs and disk as the agent saw them.
+    let (status, stored) =
+        http_json("GET", &format!("{}/v1/nodes/{uuid}/inventory", stack.api), None).await;
+    assert_eq!(status, 200, "inventory: {stored}");
+    let inv = &stored["inventory"];
+    let macs: Vec<&str> = inv["interfaces"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i["mac_address"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(macs.contains(&vm.mac.as_str()), "the boot NIC {} in {macs:?}", vm.mac);
+    assert!(macs.contains(&second_mac.as_str()), "the second NIC {second_mac} in {macs:?}");
+    assert_eq!(inv["boot"]["pxe_interface"], vm.mac.as_str(), "{}", inv["boot"]);
+    let disks = inv["disks"].as_array().cloned().unwrap_or_default();
+    let vda = disks.iter().find(|d| d["name"] == "/dev/vda");
+    assert_eq!(
+        vda.map(|d| &d["size"]),
+        Some(&json!(vm.spec.disk_bytes)),
+        "the virtual disk, byte for byte: {disks:?}"
+    );
+    assert_eq!(inv["cpu"]["count"], 2, "{}", inv["cpu"]);
+    assert_eq!(inv["memory"]["physical_mb"], 700, "{}", inv["memory"]);
+    let total_bytes = inv["memory"]["total"].as_u64().unwrap_or(0);
+    assert!(
+        total_bytes > 500 << 20 && total_bytes < 700 << 20,
+        "MemTotal is the kernel's share of the 700 MiB: {total_bytes}"
+    );
+
+    eprintln!(
+        "[qemu-deploy] inspection found: cpus {} | memory physical {} MiB, MemTotal {} MiB | \
+         /dev/vda {} bytes -> local_gb {} | NICs {macs:?}",
+        props["cpus"],
+        props["memory_mb"],
+        total_bytes >> 20,
+        vm.spec.disk_bytes,
+        props["local_gb"]
+    );
+
+    // Ports: the enrolled boot NIC stays, the second NIC got one from the inspection.
+    let (status, ports) = http_json(
+        "GET",
+        &format!("{}/v1/ports?node_uuid={uuid}&fields=address,pxe_enabled", stack.api),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "ports: {ports}");
+    let ports = ports["ports"].as_array().cloned().unwrap_or_default();
+    let port = |mac: &str| ports.iter().find(|p| p["address"] == mac).cloned();
+    assert_eq!(ports.len(), 2, "one port per NIC: {ports:?}");
+    assert_eq!(port(&vm.mac).map(|p| p["pxe_enabled"].clone()), Some(json!(true)), "{ports:?}");
+    assert_eq!(
+        port(&second_mac).map(|p| p["pxe_enabled"].clone()),
+        Some(json!(false)),
+        "the inspection creates the second NIC's port, not PXE-enabled: {ports:?}"
+    );
+    eprintln!("[qemu-deploy] inspection: whole test {:.1?}", total.elapsed());
+
+    vm.machine.power_off().await.expect("power off");
+    vm_token.cancel();
+    stack.stop().await;
+    let _ = std::fs::remove_dir_all(&env.work);
+}
+
+/// Logs in on the VM's serial console as the rescue user: a wrong password is refused, the
+/// rescue password opens a root shell whose command output the test reads back.
+async fn rescue_login(vm: &Vm, password: &str) {
+    let mut c = Console::connect(vm).await;
+    let started = Instant::now();
+    let fail = |c: &Console, what: &str| -> String {
+        format!("{what}\n--- console since connecting ---\n{}", c.transcript())
+    };
+    // getty may have printed its prompt before the test connected: an empty line makes it
+    // ask again.
+    let mut prompted = false;
+    while !prompted && started.elapsed() < Duration::from_secs(120) {
+        c.send("\r").await;
+        prompted = c.expect("login: ", Duration::from_secs(5)).await.is_some();
+    }
+    assert!(prompted, "{}", fail(&c, "no login prompt on the console"));
+    c.send("rescue\r").await;
+    assert!(
+        c.expect("Password: ", Duration::from_secs(30)).await.is_some(),
+        "{}",
+        fail(&c, "no password prompt")
+    );
+    c.send("not-the-rescue-password\r").await;
+    assert!(
+        c.expect("Login incorrect", Duration::from_secs(30)).await.is_some(),
+        "{}",
+        fail(&c, "a wrong password must be refused")
+    );
+    assert!(
+        c.expect("login: ", Duration::from_secs(30)).await.is_some(),
+        "{}",
+        fail(&c, "no second login prompt")
+    );
+    c.send("rescue\r").await;
+    assert!(
+        c.expect("Password: ", Duration::from_secs(30)).await.is_some(),
+        "{}",
+        fail(&c, "no password prompt")
+    );
+    c.send(&format!("{password}\r")).await;
+    assert!(
+        c.expect("# ", Duration::from_secs(30)).await.is_some(),
+        "{}",
+        fail(&c, "the rescue password did not open a shell")
+    );
+    // The typed line echoes `$((6*7))`; only the shell's output holds 42.
+    c.send("echo FERRIC-RESCUE-$((6*7)) user=$(id -un) uid=$(id -u) shadow=$(grep -c '^rescue:[$]5[$]' /etc/shadow)\r").await;
+    assert!(
+        c.expect("FERRIC-RESCUE-42 user=rescue uid=0 shadow=1", Duration::from_secs(30))
+            .await
+            .is_some(),
+        "{}",
+        fail(&c, "the rescue shell did not run the command")
+    );
+    eprintln!("[qemu-deploy] rescue: console login and command took {:.1?}", started.elapsed());
+}
+
+/// Rescue of a deployed VM: it boots the rescue ramdisk, the agent sets the rescue password
+/// and a login with it works on the serial console; unrescue boots the instance again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_qemu_rescue_sets_password() {
+    let Some(env) = prepare("test_qemu_rescue_sets_password", true).await else { return };
+    let total = Instant::now();
+    let Some(stack) = start_stack(&env.work, &env.art, &Net::User, Duration::from_secs(240)).await
+    else {
+        return;
+    };
+    let vm_token = CancellationToken::new();
+    let mut vm_tasks = JoinSet::new();
+    let spec = VmSpec { console: true, ..VmSpec::default() };
+    let vm = start_vm_with(&env.work, &stack, &Net::User, &vm_token, &mut vm_tasks, spec).await;
+    let uuid = enroll_with(&stack, &vm, false, json!({"rescue_interface": "agent"})).await;
+    manage_and_provide(&stack, &vm, &uuid, false).await;
+    deploy_and_check(&stack, &vm, &uuid, &env.art, "raw").await;
+
+    let password = "Qemu-rescue-9f3c";
+    let boots_before = vm.machine.power_ons().await.len();
+    provision_with(&stack, &uuid, json!({"target": "rescue", "rescue_password": password})).await;
+    let (n, tl) = watch(&stack, &vm, &uuid, &["rescue", "rescue failed"], None, 0).await;
+    assert_eq!(
+        n["provision_state"],
+        "rescue",
+        "rescue failed: {}\n{}",
+        n["last_error"],
+        vm.diagnostics()
+    );
+    eprintln!(
+        "[qemu-deploy] rescue: power-on at {} | power-on -> rescue {} | total {}",
+        fmt(tl.power_on),
+        fmt(tl.done.zip(tl.power_on).map(|(d, p)| d.saturating_sub(p))),
+        fmt(tl.done)
+    );
+    let boots = vm.machine.power_ons().await;
+    assert!(
+        boots[boots_before..].iter().any(|b| b.target == BootTarget::Pxe),
+        "rescue did not network-boot the rescue ramdisk: {boots:?}"
+    );
+    assert!(
+        !n.to_string().contains(password),
+        "the rescue password must not appear in the node: {n}"
+    );
+    assert!(
+        n["instance_info"].get("hashed_rescue_password").is_none(),
+        "the hash is forgotten once the rescue is done: {}",
+        n["instance_info"]
+    );
+    rescue_login(&vm, password).await;
+
+    let serial_from = vm.serial_len();
+    let boots_before = vm.machine.power_ons().await.len();
+    provision(&stack, &uuid, "unrescue").await;
+    let marker = format!("FERRIC-TEST-OS booted serial={}", vm.name);
+    let (n, tl) =
+        watch(&stack, &vm, &uuid, &["active", "unrescue failed"], Some(&marker), serial_from).await;
+    assert_eq!(
+        n["provision_state"],
+        "active",
+        "unrescue failed: {}\n{}",
+        n["last_error"],
+        vm.diagnostics()
+    );
+    assert!(tl.marker.is_some(), "the instance did not boot again\n{}", vm.diagnostics());
+    let boots = vm.machine.power_ons().await;
+    assert!(
+        boots[boots_before..].iter().any(|b| b.target == BootTarget::Hdd),
+        "unrescue did not boot the VM from its disk: {boots:?}"
+    );
+    eprintln!(
+        "[qemu-deploy] unrescue: -> active with the OS marker {} | whole test {:.1?}",
+        fmt(tl.done),
+        total.elapsed()
+    );
+
+    vm.machine.power_off().await.expect("power off");
+    vm_token.cancel();
+    stack.stop().await;
     let _ = std::fs::remove_dir_all(&env.work);
 }

@@ -914,6 +914,28 @@ async fn node_vendor_call(
     )))
 }
 
+/// `POST …/vendor_passthru?method=…`: `pass_deploy_info` is the iSCSI ramdisk's callback
+/// ([`super::iscsi`]); any other method is refused as by [`node_vendor_call`].
+async fn node_vendor_post(
+    State(state): State<ApiState>,
+    ctx: Ctx,
+    headers: axum::http::HeaderMap,
+    ApiPath(ident): ApiPath<String>,
+    ApiQuery(q): ApiQuery<BTreeMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    if q.get("method").map(String::as_str) == Some("pass_deploy_info") {
+        let body: super::iscsi::PassDeployInfo = if body.is_empty() {
+            Default::default()
+        } else {
+            serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request(format!("Invalid pass_deploy_info body: {e}")))?
+        };
+        return super::iscsi::accept(&state, &ctx, &headers, &ident, body).await;
+    }
+    node_vendor_call(State(state), ctx, ApiPath(ident), ApiQuery(q)).await
+}
+
 async fn driver_vendor_methods(ApiPath(name): ApiPath<String>) -> Result<Json<Value>, ApiError> {
     deploy::hardware::find(&name).ok_or_else(|| PublicError::not_found("Driver", &name))?;
     Ok(Json(json!({})))
@@ -1011,7 +1033,7 @@ pub(crate) fn router() -> Router<ApiState> {
         .route(
             "/v1/nodes/{ident}/vendor_passthru",
             get(node_vendor_call)
-                .post(node_vendor_call)
+                .post(node_vendor_post)
                 .put(node_vendor_call)
                 .patch(node_vendor_call)
                 .delete(node_vendor_call),

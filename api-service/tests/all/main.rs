@@ -13,6 +13,7 @@ mod binary;
 mod endpoints;
 mod grpc;
 mod inspection;
+mod iscsi;
 mod late_versions;
 mod limits;
 mod node_extras;

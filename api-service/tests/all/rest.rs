@@ -446,8 +446,14 @@ async fn test_drivers_advertise_exactly_the_hardware_table() {
         }
         assert_eq!(h.get(&format!("/v1/drivers/{}", hw.name)).await.json(), *shown);
     }
+    // `iscsi` is advertised now that the conductor implements it.
+    let ipmi = h.get("/v1/drivers/ipmi").await.json();
+    assert!(
+        ipmi["enabled_deploy_interfaces"].as_array().unwrap().contains(&json!("iscsi")),
+        "{ipmi}"
+    );
     // What is not in the table is refused on create, whatever Ironic may know it as.
-    for (field, value) in [("deploy_interface", "iscsi"), ("bios_interface", "fake")] {
+    for (field, value) in [("deploy_interface", "ansible"), ("bios_interface", "fake")] {
         let r = h
             .call(
                 Method::POST,

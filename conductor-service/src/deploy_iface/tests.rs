@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use deploy::internal_info::{AgentSession, keys};
-use deploy::steps::{Recovery, Step, clean_plan, deploy_plan, recover};
+use deploy::steps::{Recovery, Step, StepKind, clean_plan, deploy_plan, recover};
 use deploy::{Node, NodeId, PowerState};
 use serde_json::Value;
 use sim::agent::AgentMachine;
@@ -181,7 +181,19 @@ async fn test_every_clean_step_run_twice_gives_the_same_result() {
     let id = r.ctx.store.node_list(&Default::default()).await.unwrap()[0].uuid;
     // The previous tenant's image.
     r.agent.set_disk(id, SimDisk::Image { whole_disk: true, bootloader: false });
-    let plan = clean_plan("direct", true).unwrap();
+    // The plan as it is once the agent has said which steps it offers: its metadata erase,
+    // and a step it runs by name.
+    let plan: Vec<Step> = clean_plan("direct", true)
+        .unwrap()
+        .into_iter()
+        .flat_map(|s| match s.kind {
+            StepKind::AgentSteps => vec![
+                deploy::steps::known("deploy", "erase_devices_metadata").unwrap(),
+                Step::agent("deploy", "erase_pstore", 50),
+            ],
+            _ => vec![s],
+        })
+        .collect();
     run_plan_twice_each(&r, &plan, "clean").await;
     assert_eq!(r.agent.disk(id), SimDisk::Blank);
     assert!(!r.machine.powered_on());

@@ -10,7 +10,6 @@
 //! deploy ones when unset), waits in `rescue wait` for its agent, and finalizes the rescue
 //! through it (Ironic's AgentRescue and `_finalize_rescue`).
 
-use deploy::drivers::BootDevice;
 use deploy::hardware::{self, InspectIface, NodeInterfaces, RescueIface};
 use deploy::internal_info::{AgentSession, keys};
 use deploy::{PowerState, ProvisionEvent as E, ProvisionState as S};
@@ -176,13 +175,7 @@ pub(super) async fn unrescue(task: &mut Task, d: &DriverSet) -> Result<(), Workf
         }
         RescueIface::Agent => {
             // Ironic's AgentRescue.unrescue: off, the instance's boot device, on.
-            set_power(task, d, PowerState::Off).await?;
-            let n = task.node.clone();
-            d.management
-                .set_boot_device(&n, BootDevice::Disk, true)
-                .await
-                .map_err(|e| failed(format!("Failed to set the boot device to disk: {e}")))?;
-            set_power(task, d, PowerState::On).await?;
+            crate::deploy_iface::boot_instance_from_disk(task, d, "Failed to unrescue: ").await?;
             task.transition(S::Unrescuing, E::Done, |n| {
                 AgentSession::wipe(&mut n.driver_internal_info);
                 deploy::rescue::remove(&mut n.instance_info);

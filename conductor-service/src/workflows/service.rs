@@ -5,9 +5,13 @@
 //! does: Ironic's reserved steps (`power_on`, `power_off`, `reboot`, `hold`, `wait`) are
 //! accepted on any interface and run by the conductor; any other step runs only on an
 //! interface whose value on the node is `fake`, where it does nothing (fake interfaces are
-//! no-ops). A step the node does not support fails the servicing at once with Ironic's
-//! message (Ironic would first boot the ramdisk to ask the agent for its steps; in-band
-//! service steps are later work), so an unsupported step never leaves a node waiting.
+//! no-ops). A step on an interface an agent offers steps for (`deploy`, `raid`) of a node
+//! whose deploy interface has an agent runs in the ramdisk: servicing first boots it (the
+//! node waits in `service wait` for its heartbeat), asks the agent for its service steps and
+//! checks every such step against them (Ironic's message for one it does not offer), runs
+//! them through the agent in order with the others, and at the end boots the instance
+//! again (boot device disk, power off, power on). A step the node does not support fails
+//! the servicing at once, so an unsupported step never leaves a node waiting.
 //!
 //! The plan is the requested list in `driver_internal_info.service_steps`, the cursor is
 //! `service_step_index` (the next step) and `service_step` the current one, so a conductor
@@ -25,13 +29,28 @@ use deploy::{Node, PowerState, ProvisionEvent as E, ProvisionState as S};
 use serde_json::Value;
 
 use super::agent_called_back;
-use crate::deploy_iface::DeployInterface;
+use crate::deploy_iface::{DeployInterface, boot_ramdisk};
 use crate::drivers::DriverSet;
 use crate::power::set_power;
 use crate::task::{Task, WorkflowError};
 
 /// The steps the conductor runs itself, on any interface (Ironic's reserved step names).
 const RESERVED: [&str; 5] = ["power_on", "power_off", "reboot", "hold", "wait"];
+
+/// Whether `step` runs in the agent: on an interface agents offer steps for, not a reserved
+/// name, on a node whose deploy interface has an agent.
+fn is_agent_step(step: &Value, deploy_iface: &str) -> bool {
+    deploy_iface != "fake"
+        && deploy::steps::AGENT_INTERFACES.contains(&field(step, "interface"))
+        && !RESERVED.contains(&field(step, "step"))
+}
+
+/// The step the agent runs for `step`, with its arguments.
+fn agent_step(step: &Value) -> deploy::steps::Step {
+    let mut s = deploy::steps::Step::agent(field(step, "interface"), field(step, "step"), 0);
+    s.args = step.get("args").and_then(Value::as_object).cloned().filter(|a| !a.is_empty());
+    s
+}
 
 /// Whether a node in `service wait` may go on: it was released from a `hold` step (Ironic's
 /// unhold continues servicing at once), or its agent called back.
@@ -71,7 +90,8 @@ fn validate(n: &Node, deploy_iface: &str, steps: &[Value]) -> Result<(), String>
             if !INTERFACE_NAMES.contains(&iface) || name.is_empty() {
                 return true;
             }
-            if RESERVED.contains(&name) {
+            if RESERVED.contains(&name) || is_agent_step(step, deploy_iface) {
+                // Agent steps are checked against the agent's list once the ramdisk is up.
                 return false;
             }
             let value = if iface == "deploy" {
@@ -102,6 +122,7 @@ pub(super) async fn run(
 ) -> Result<(), WorkflowError> {
     let id = task.id();
     let steps = requested(&task.node);
+    let with_agent = steps.iter().any(|s| is_agent_step(s, iface.name()));
     let start = match cursor(&task.node) {
         Some(i) => i,
         None => {
@@ -112,9 +133,37 @@ pub(super) async fn run(
                 .map_err(|e| WorkflowError::Failed(format!("Cannot service node {id}: {e}")))?;
             let text = format!("Starting servicing with steps={}", Value::Array(steps.clone()));
             task.record_history("INFO", "servicing_start", &text, None, None).await;
+            // A servicing that failed earlier may have left its ramdisk's mark.
+            task.update(|n| {
+                n.driver_internal_info.remove(keys::SERVICE_RAMDISK);
+                Ok(())
+            })
+            .await?;
+            if with_agent {
+                // Boot the ramdisk; its heartbeat resumes servicing at the first step.
+                boot_ramdisk(task, d).await?;
+                task.transition(S::Servicing, E::Wait, |n| {
+                    n.driver_internal_info.insert(keys::SERVICE_STEP_INDEX.into(), 0.into());
+                    n.driver_internal_info.insert(keys::SERVICE_RAMDISK.into(), "booting".into());
+                })
+                .await?;
+                return Ok(());
+            }
             0
         }
     };
+    if task.internal_str(keys::SERVICE_RAMDISK) == Some("booting") {
+        let offered = crate::agent_steps::fetch(task, "service").await?;
+        let asked: Vec<deploy::steps::Step> =
+            steps.iter().filter(|s| is_agent_step(s, iface.name())).map(agent_step).collect();
+        deploy::steps::check_against_agent(asked, &offered, "service")
+            .map_err(|e| WorkflowError::Failed(format!("Cannot service node {id}: {e}")))?;
+        task.update(|n| {
+            n.driver_internal_info.insert(keys::SERVICE_RAMDISK.into(), "up".into());
+            Ok(())
+        })
+        .await?;
+    }
     for (i, step) in steps.iter().enumerate().skip(start) {
         let current: JsonObject = step.as_object().cloned().unwrap_or_default();
         task.update(|n| {
@@ -145,6 +194,12 @@ pub(super) async fn run(
         let next_index = |n: &mut Node| {
             n.driver_internal_info.insert(keys::SERVICE_STEP_INDEX.into(), (i + 1).into());
         };
+        if is_agent_step(step, iface.name()) {
+            crate::agent_steps::execute(task, "service", &agent_step(step))
+                .await
+                .map_err(failed)?;
+            continue;
+        }
         match name {
             "power_on" | "power_off" | "reboot" => {
                 let target = match name {
@@ -168,9 +223,16 @@ pub(super) async fn run(
             _ => {}
         }
     }
+    if task.internal_str(keys::SERVICE_RAMDISK).is_some() {
+        // Ironic's tear_down_service: the instance boots again.
+        crate::deploy_iface::boot_instance_from_disk(task, d, "").await?;
+    }
     task.transition(S::Servicing, E::Done, |n| {
-        for k in [keys::SERVICE_STEPS, keys::SERVICE_STEP_INDEX] {
+        for k in [keys::SERVICE_STEPS, keys::SERVICE_STEP_INDEX, keys::SERVICE_RAMDISK] {
             n.driver_internal_info.remove(k);
+        }
+        if with_agent {
+            deploy::internal_info::AgentSession::wipe(&mut n.driver_internal_info);
         }
         n.service_step.clear();
         n.last_error = None;
@@ -211,7 +273,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_validate_accepts_reserved_and_fake_steps_only() {
+    fn test_validate_accepts_reserved_fake_and_agent_steps() {
         let mut n = Node::new(NodeId::new_v4(), "fake-hardware", Utc::now());
         hardware::find("fake-hardware").unwrap().fill_defaults(&mut n.interfaces);
         let ok = [
@@ -220,7 +282,13 @@ mod tests {
             json!({"interface": "bios", "step": "wait", "args": {"seconds": 5}}),
         ];
         assert_eq!(validate(&n, "fake", &ok), Ok(()));
-        let e = validate(&n, "direct", &ok[..1]).unwrap_err();
+        // With an agent, a deploy or raid step is left for the agent to judge...
+        assert_eq!(validate(&n, "direct", &ok[..1]), Ok(()));
+        assert!(is_agent_step(&ok[0], "direct") && !is_agent_step(&ok[0], "fake"));
+        assert!(!is_agent_step(&json!({"interface": "deploy", "step": "reboot"}), "direct"));
+        // ...any other interface's step is not the agent's.
+        let e =
+            validate(&n, "direct", &[json!({"interface": "bios", "step": "apply"})]).unwrap_err();
         assert!(e.starts_with("node does not support this service step: {"), "{e}");
         let bad =
             [json!({"interface": "bios", "step": "apply"}), json!({"interface": "x", "step": "y"})];

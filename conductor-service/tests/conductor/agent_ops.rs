@@ -153,7 +153,7 @@ async fn test_lapsed_fast_track_agent_is_powered_off() {
     let env = env(false).await.unwrap();
     let mut cfg = fast_config("c-fast-track-lapse", &env.queue);
     cfg.fast_track = true;
-    cfg.fast_track_timeout_secs = 2.0;
+    cfg.fast_track_timeout_secs = 4.0;
     env.start_conductor(cfg).await;
     // The simulated fleet heartbeats only in wait states: once available, this agent is
     // silent.
@@ -162,7 +162,10 @@ async fn test_lapsed_fast_track_agent_is_powered_off() {
     env.provision(n.uuid, ApiVerb::Manage).await.unwrap();
     env.wait_state(n.uuid, S::Manageable, LONG).await;
     env.provision(n.uuid, ApiVerb::Provide).await.unwrap();
-    env.wait_state(n.uuid, S::Available, LONG).await;
+    let a = env.wait_state(n.uuid, S::Available, LONG).await;
+    // Cleaning left the agent up (fast-track), so what follows is the lapse's doing.
+    assert_eq!(a.power_state, Some(PowerState::On));
+    assert!(AgentSession::of(&a).called_back(), "{:?}", a.driver_internal_info);
     let store = env.store().clone();
     let off = conductor_service::testing::wait_for(LONG, "the lapsed agent powered off", || {
         let store = store.clone();

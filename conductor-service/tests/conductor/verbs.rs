@@ -292,11 +292,17 @@ async fn test_service_runs_steps_in_order_and_fails_unsupported_ones() {
     let a = env.wait_state(n.uuid, S::Active, SHORT).await;
     assert_eq!(a.power_state, Some(PowerState::Off), "the step after the hold ran");
 
-    // A direct-deploy node has no in-band service steps yet: the same step fails at once.
+    // On a direct-deploy node the same step is the agent's: servicing boots the ramdisk and
+    // waits for it (no agent answers here); an abort returns the node to active.
     let d = node_in(&env, Kit::Direct, S::Active, |_| {}).await;
     request(&env, d.uuid, ApiVerb::Service, &service_args(&steps[..1])).await;
-    let failed = env.wait_state(d.uuid, S::ServiceFailed, SHORT).await;
-    assert!(failed.last_error.unwrap().contains("fake_step"));
+    let w = env.wait_state(d.uuid, S::ServiceWait, SHORT).await;
+    assert_eq!(
+        w.driver_internal_info.get(deploy::internal_info::keys::SERVICE_RAMDISK),
+        Some(&json!("booting"))
+    );
+    let back = env.provision(d.uuid, ApiVerb::Abort).await.unwrap();
+    assert_eq!(back.provision_state, S::Active);
     env.finish().await;
 }
 

@@ -220,3 +220,53 @@ async fn test_grub_absolute_names_when_enabled() {
     assert!(grub.contains("initrd /deploy_ramdisk\n"), "{grub}");
     svc.stop().await;
 }
+
+/// An iSCSI deploy: the boot config names the token file (never the key), the token file is
+/// served over TFTP and HTTP while the key is unused, and is gone once the callback used it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_iscsi_token_file_served_while_the_key_is_unused() {
+    let db = TestDatabase::sqlite().await;
+    let store = db.store().clone();
+    let creds = deploy::iscsi::ExportCredentials {
+        deploy_key: "key-0123456789".into(),
+        iqn: "iqn.2026-12.io.ferric:t".into(),
+        chap_user: "ferric-u".into(),
+        chap_secret: "chap-secret-1234".into(),
+    };
+    let node = insert_node(&store, MAC, ProvisionState::WaitCallBack, |n| {
+        n.interfaces.deploy = Some("iscsi".into());
+        deploy::iscsi::IscsiSession::begin(&mut n.driver_internal_info, &creds);
+    })
+    .await;
+    let svc = Service::start(store.clone(), |_| {}).await;
+    let (ipxe, pxelinux, _) = fetch_all(&svc).await;
+    let url = format!("{}/token/{}", svc.http_url, node.uuid);
+    for cfg in [&ipxe, &pxelinux] {
+        assert!(cfg.contains("ferric.iscsi_token_url="), "{cfg}");
+        assert!(!cfg.contains("key-0123456789") && !cfg.contains("chap-secret"), "{cfg}");
+    }
+    let over_http = reqwest::get(&url).await.unwrap();
+    assert_eq!(over_http.status(), 200);
+    let text = over_http.text().await.unwrap();
+    assert_eq!(deploy::iscsi::ExportCredentials::from_token_file(&text), Some(creds.clone()));
+    let opts = FetchOptions::default();
+    let name = format!("token-{}", node.uuid);
+    let over_tftp = client::fetch(svc.tftp, &name, &opts).await.unwrap();
+    assert_eq!(String::from_utf8(over_tftp).unwrap(), text);
+
+    // The callback used the key: the file is gone from both.
+    let info = deploy::iscsi::DeployInfo {
+        address: "127.0.0.1".into(),
+        iqn: creds.iqn.clone(),
+        ..Default::default()
+    };
+    let mut n = store.node_fetch(node.uuid).await.unwrap();
+    deploy::iscsi::accept_callback(&mut n, &creds.deploy_key, &info).unwrap();
+    store.node_update(&n).await.unwrap();
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 404);
+    assert!(client::fetch(svc.tftp, &name, &opts).await.is_err());
+    // So is an unknown node's.
+    let other = format!("{}/token/{}", svc.http_url, NodeId::new_v4());
+    assert_eq!(reqwest::get(&other).await.unwrap().status(), 404);
+    svc.stop().await;
+}

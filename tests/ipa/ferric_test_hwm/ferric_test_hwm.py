@@ -4,7 +4,8 @@ Everything it reports comes from the JSON file named by ``FERRIC_TEST_HWM_CONFIG
 
     {"device": "/path/to/disk.img", "size": 1073741824,
      "interface": "veth-name", "mac": "aa:bb:cc:dd:ee:ff", "ipv4": "10.0.0.2",
-     "report": "/path/to/report.json", "gate": "/path/to/released"}
+     "report": "/path/to/report.json", "gate": "/path/to/released",
+     "steps_log": "/path/to/steps.jsonl"}
 
 It ranks above the generic manager (``SERVICE_PROVIDER`` > ``GENERIC``), so every call the
 agent dispatches to "the best manager" ends here, and it answers the whole inventory itself
@@ -13,15 +14,37 @@ agent dispatches to "the best manager" ends here, and it answers the whole inven
 set, ``initialize`` (which the agent runs before it sends anything) reports once and then
 waits until that file exists, so the test checks what the agent was told before the agent
 may talk to the API.
+
+Clean steps: it implements ``erase_devices_metadata`` itself (zeroing the partition-table
+areas at both ends of the file ``device``, which must be a regular file) and offers
+``ferric_record_args``, which only records its arguments (and, when asked to, runs a while
+or fails); each run of either appends a JSON
+line to ``steps_log``. Every other step of the generic manager that would reach the host
+(whole-disk erases, pstore, UEFI NVRAM, RAID, burn-in) is answered here with an error, so
+the agent never dispatches it further down to the generic manager.
 """
 
 import json
 import os
+import stat
 import time
 
 from ironic_python_agent import hardware
 
 CONFIG_ENV = "FERRIC_TEST_HWM_CONFIG"
+
+# What erase_devices_metadata zeroes at each end of the disk: the protective MBR and the
+# primary GPT at the start, the backup GPT at the end (and more, as IPA's wipe does).
+METADATA_BYTES = 1 << 20
+
+# Generic-manager steps that would touch the host (its disks, pstore, EFI variables, md
+# RAID, CPU/memory/network burn-in): refused here, before the agent can fall through to the
+# generic manager.
+REFUSED_STEPS = (
+    "erase_devices", "erase_devices_express", "erase_pstore", "clean_uefi_nvram",
+    "delete_configuration", "create_configuration", "apply_configuration",
+    "burnin_cpu", "burnin_gpu", "burnin_disk", "burnin_memory", "burnin_network",
+)
 
 
 def _config():
@@ -43,6 +66,23 @@ def _write_report(cfg, devices):
         json.dump(report, f)
     # Atomic, so the test never reads half a file.
     os.replace(tmp, cfg["report"])
+
+
+def _record(cfg, step, node, args):
+    log = cfg.get("steps_log")
+    if not log:
+        return
+    line = json.dumps({"step": step, "node": (node or {}).get("uuid"), "args": args})
+    with open(log, "a") as f:
+        f.write(line + "\n")
+
+
+def _refuse(name):
+    def refused(self, *args, **kwargs):
+        raise RuntimeError(
+            "%s is not run under the Ferric test: it would reach the host" % name)
+    refused.__name__ = name
+    return refused
 
 
 class FerricTestHardwareManager(hardware.HardwareManager):
@@ -131,6 +171,45 @@ class FerricTestHardwareManager(hardware.HardwareManager):
         return hardware.BootInfo(current_boot_mode="uefi",
                                  pxe_interface=_config()["mac"])
 
+    def get_clean_steps(self, node, ports):
+        return [
+            {"step": "erase_devices_metadata", "priority": 99, "interface": "deploy",
+             "reboot_requested": False, "abortable": True},
+            {"step": "ferric_record_args", "priority": 0, "interface": "deploy",
+             "reboot_requested": False, "abortable": True,
+             "argsinfo": {
+                 "note": {"description": "recorded as given", "required": False},
+                 "fail": {"description": "fail the step after recording", "required": False},
+                 "hold_secs": {"description": "run this long (at most 30 s)", "required": False},
+             }},
+        ]
+
+    def erase_devices_metadata(self, node, ports):
+        cfg = _config()
+        path = cfg["device"]
+        # Only ever the test's own file: never a device node, never created here.
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise RuntimeError("%s is not a regular file; refusing to erase it" % path)
+        size = os.path.getsize(path)
+        n = min(METADATA_BYTES, size)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, bytes(n), 0)
+            os.pwrite(fd, bytes(n), size - n)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _record(cfg, "erase_devices_metadata", node, {})
+
+    def ferric_record_args(self, node, ports, **kwargs):
+        _record(_config(), "ferric_record_args", node, kwargs)
+        # Keeps the agent busy for a while (bounded), as a long step would.
+        time.sleep(min(float(kwargs.get("hold_secs") or 0), 30.0))
+        if kwargs.get("fail"):
+            # A step failing in the ramdisk, without touching anything.
+            raise RuntimeError("asked to fail: %s" % kwargs.get("note"))
+        return {"recorded": sorted(kwargs)}
+
     def list_hardware_info(self):
         return {
             "interfaces": self.list_network_interfaces(),
@@ -143,3 +222,7 @@ class FerricTestHardwareManager(hardware.HardwareManager):
             "boot": self.get_boot_info(),
             "hostname": "ferric-test-ipa",
         }
+
+
+for _name in REFUSED_STEPS:
+    setattr(FerricTestHardwareManager, _name, _refuse(_name))

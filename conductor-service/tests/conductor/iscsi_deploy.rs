@@ -1,0 +1,321 @@
+//! The `iscsi` deploy interface through whole conductors: simulated ramdisks export real
+//! iSCSI targets (the `iscsi` crate's) over disk files, call back `pass_deploy_info` with
+//! the one-time key, and the conductor writes the image through its initiator. Every disk
+//! is read back and compared with the image; every fault ends in `deploy failed` with the
+//! cause, no bootable partial image and a ramdisk told to stop.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use conductor_service::testing::iscsi::{pass_deploy_info, run_ramdisks};
+use conductor_service::testing::{fast_config, insert_fake_node};
+use deploy::iscsi::{DeployInfo, IscsiSession};
+use deploy::{ApiVerb, Node, NodeId, PowerState, ProvisionState as S, PublicError};
+use iscsi::notify::Outcome;
+use sha2::{Digest, Sha256};
+use sim::SimIscsiRamdisk;
+
+use super::{Env, env, env_sim, sim_config};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// An image of `len` bytes with an MBR boot signature and content that differs per block.
+fn write_image(dir: &Path, name: &str, len: usize, seed: u8) -> (PathBuf, String) {
+    let mut data: Vec<u8> = (0..len)
+        .map(|i| ((i / 512) as u8).wrapping_mul(31).wrapping_add(seed ^ (i as u8)))
+        .collect();
+    data[510] = 0x55;
+    data[511] = 0xaa;
+    let path = dir.join(name);
+    std::fs::write(&path, &data).unwrap();
+    (path, hex::encode(Sha256::digest(&data)))
+}
+
+fn disk_file(dir: &Path, name: &str, len: u64) -> PathBuf {
+    let p = dir.join(name);
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(len).unwrap();
+    // A previous tenant's boot signature and backup table area, to be wiped.
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x55, 0xaa], 510).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xee; 512], len - 512).unwrap();
+    p
+}
+
+/// An available fake-hardware node with `deploy_interface: iscsi` and the image.
+async fn iscsi_node(env: &Env, image: &Path, sha256: &str) -> Node {
+    let mut n = insert_fake_node(env.store(), "iscsi").await.unwrap();
+    n.provision_state = S::Available;
+    n.instance_info.insert("image_source".into(), format!("file://{}", image.display()).into());
+    n.instance_info.remove("image_checksum");
+    n.instance_info.insert("image_os_hash_algo".into(), "sha256".into());
+    n.instance_info.insert("image_os_hash_value".into(), sha256.into());
+    n.instance_info.insert("image_disk_format".into(), "raw".into());
+    env.store().node_update(&n).await.unwrap()
+}
+
+/// Ask for `active` as a client does: a node briefly locked by a periodic task (power sync)
+/// answers NodeLocked, which clients retry.
+async fn deploy(env: &Env, id: NodeId) {
+    let end = Instant::now() + LONG;
+    loop {
+        match env.provision(id, ApiVerb::Active).await {
+            Ok(_) => return,
+            Err(PublicError::NodeLocked { .. }) if Instant::now() < end => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("deploying {id}: {e:?}"),
+        }
+    }
+}
+
+struct Rig {
+    env: Env,
+    ramdisk: SimIscsiRamdisk,
+    dir: tempfile::TempDir,
+}
+
+async fn rig(name: &str) -> Rig {
+    let env = env(false).await.unwrap();
+    env.start_conductor(fast_config(name, &env.queue)).await;
+    env.start_fleet();
+    let dir = tempfile::tempdir().unwrap();
+    let ramdisk = SimIscsiRamdisk::new(dir.path(), env.token.clone());
+    Rig { env, ramdisk, dir }
+}
+
+impl Rig {
+    fn start_ramdisks(&self) {
+        let (s, b, r, t) = (
+            self.env.store().clone(),
+            self.env.bus.clone(),
+            self.ramdisk.clone(),
+            self.env.token.clone(),
+        );
+        tokio::spawn(run_ramdisks(s, b, r, Duration::from_millis(100), t));
+    }
+
+    /// Wait until the node waits for `pass_deploy_info` with a key issued.
+    async fn waiting(&self, id: NodeId) -> Node {
+        let store = self.env.store().clone();
+        conductor_service::testing::wait_for(LONG, "the node to wait for pass_deploy_info", || {
+            let store = store.clone();
+            async move {
+                let n = store.node_fetch(id).await.ok()?;
+                (n.provision_state == S::WaitCallBack
+                    && n.reservation.is_none()
+                    && IscsiSession::of(&n).key_pending)
+                    .then_some(n)
+            }
+        })
+        .await
+    }
+}
+
+fn file_sha256(path: &Path, len: u64) -> String {
+    let data = std::fs::read(path).unwrap();
+    hex::encode(Sha256::digest(&data[..len as usize]))
+}
+
+fn head_is_blank(path: &Path) -> bool {
+    let data = std::fs::read(path).unwrap();
+    data[..1 << 20].iter().all(|b| *b == 0) && data[data.len() - 512..].iter().all(|b| *b == 0)
+}
+
+/// Twenty nodes deploy at once over iSCSI; all end `active` and every disk holds the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_twenty_iscsi_deploys_at_once_all_active_and_verified() {
+    let r = rig("c-iscsi-20").await;
+    r.start_ramdisks();
+    let (image, sha) = write_image(r.dir.path(), "image.raw", (6 << 20) + 1234, 7);
+    let image_len = std::fs::metadata(&image).unwrap().len();
+    let mut nodes = Vec::new();
+    for i in 0..20 {
+        let n = iscsi_node(&r.env, &image, &sha).await;
+        r.ramdisk.set_disk(n.uuid, &disk_file(r.dir.path(), &format!("disk{i}.img"), 16 << 20));
+        nodes.push(n.uuid);
+    }
+    let t0 = Instant::now();
+    for id in &nodes {
+        deploy(&r.env, *id).await;
+    }
+    for id in &nodes {
+        let n = r.env.wait_state(*id, S::Active, LONG).await;
+        assert_eq!(n.power_state, Some(PowerState::On));
+        assert_eq!(n.last_error, None);
+        assert!(
+            n.driver_internal_info.keys().all(|k| !k.starts_with("iscsi_")),
+            "the credentials die with the deploy: {:?}",
+            n.driver_internal_info
+        );
+    }
+    let elapsed = t0.elapsed();
+    for id in &nodes {
+        let disk = r.ramdisk.disk(*id).unwrap();
+        assert_eq!(file_sha256(&disk, image_len), sha, "disk of {id} differs from the image");
+        // Padding to the block and the old backup area at the end are zero.
+        let data = std::fs::read(&disk).unwrap();
+        assert!(
+            data[image_len as usize..].iter().all(|b| *b == 0),
+            "stale data behind the image on {id}"
+        );
+        assert_eq!(r.ramdisk.outcome(*id), Some(Outcome::Done), "the ramdisk of {id} was told");
+        assert_eq!(r.ramdisk.exports(*id), 1);
+    }
+    eprintln!("20 iSCSI deploys of {image_len} bytes: {elapsed:?}");
+    r.env.finish().await;
+}
+
+/// A wrong key, a replayed key and a callback for a node that is not waiting are refused
+/// with a 4xx error and change nothing; the right key goes through once.
+#[tokio::test]
+async fn test_bad_replayed_and_unexpected_callbacks_are_refused() {
+    let r = rig("c-iscsi-keys").await;
+    let (image, sha) = write_image(r.dir.path(), "image.raw", 2 << 20, 3);
+    let n = iscsi_node(&r.env, &image, &sha).await;
+    let (store, bus) = (r.env.store().clone(), r.env.bus.clone());
+
+    // Not waiting: `available`, no key issued.
+    let info =
+        DeployInfo { address: "127.0.0.1".into(), iqn: "iqn.x".into(), ..Default::default() };
+    let e = pass_deploy_info(&store, &bus, n.uuid, "whatever", &info).await.unwrap_err();
+    assert!(matches!(e, PublicError::Conflict { .. }), "{e:?}");
+    assert!(e.to_string().contains("not waiting"), "{e}");
+    assert_eq!(r.env.node(n.uuid).await, n, "nothing changed");
+
+    deploy(&r.env, n.uuid).await;
+    let waiting = r.waiting(n.uuid).await;
+    let creds = IscsiSession::export_credentials(&waiting).unwrap();
+    let exported = r.ramdisk.boot(n.uuid, &creds).await.unwrap();
+
+    let e = pass_deploy_info(&store, &bus, n.uuid, "not-the-key", &exported).await.unwrap_err();
+    assert!(matches!(e, PublicError::InvalidRequest { .. }), "{e:?}");
+    assert!(e.to_string().contains("deploy key"), "{e}");
+    let after = r.env.node(n.uuid).await;
+    assert_eq!(after.driver_internal_info, waiting.driver_internal_info, "nothing changed");
+    assert_eq!(after.provision_state, S::WaitCallBack);
+
+    pass_deploy_info(&store, &bus, n.uuid, &creds.deploy_key, &exported).await.unwrap();
+    // The replay of the same, used, key.
+    let e = pass_deploy_info(&store, &bus, n.uuid, &creds.deploy_key, &exported).await.unwrap_err();
+    assert!(
+        matches!(e, PublicError::InvalidRequest { .. } | PublicError::Conflict { .. }),
+        "{e:?}"
+    );
+    let done = r.env.wait_state(n.uuid, S::Active, LONG).await;
+    let disk = r.ramdisk.disk(n.uuid).unwrap();
+    assert_eq!(file_sha256(&disk, 2 << 20), sha);
+    // Once active, a callback is refused as not waiting.
+    let e = pass_deploy_info(&store, &bus, n.uuid, &creds.deploy_key, &exported).await.unwrap_err();
+    assert!(matches!(e, PublicError::Conflict { .. }), "{e:?}");
+    assert_eq!(r.env.node(n.uuid).await, done);
+    r.env.finish().await;
+}
+
+async fn failed_deploy(r: &Rig, n: &Node) -> Node {
+    deploy(&r.env, n.uuid).await;
+    let f = r.env.wait_state(n.uuid, S::DeployFailed, LONG).await;
+    assert!(
+        f.driver_internal_info.keys().all(|k| !k.starts_with("iscsi_")),
+        "{:?}",
+        f.driver_internal_info
+    );
+    f
+}
+
+/// The image's digest does not match: the deploy fails, nothing bootable is left.
+#[tokio::test]
+async fn test_checksum_mismatch_fails_and_leaves_nothing_bootable() {
+    let r = rig("c-iscsi-sum").await;
+    r.start_ramdisks();
+    let (image, _) = write_image(r.dir.path(), "image.raw", 3 << 20, 9);
+    let n = iscsi_node(&r.env, &image, &"ab".repeat(32)).await;
+    let disk = disk_file(r.dir.path(), "disk.img", 8 << 20);
+    r.ramdisk.set_disk(n.uuid, &disk);
+    let f = failed_deploy(&r, &n).await;
+    let err = f.last_error.unwrap();
+    assert!(err.contains("checksum"), "{err}");
+    assert!(head_is_blank(&disk), "a failed write leaves no partition table or boot code");
+    assert_eq!(r.ramdisk.outcome(n.uuid), Some(Outcome::Stop));
+    assert_eq!(f.power_state, Some(PowerState::Off));
+    r.env.finish().await;
+}
+
+/// The image is larger than the exported disk: refused before anything is written.
+#[tokio::test]
+async fn test_disk_too_small_fails_with_the_cause() {
+    let r = rig("c-iscsi-small").await;
+    r.start_ramdisks();
+    let (image, sha) = write_image(r.dir.path(), "image.raw", 5 << 20, 1);
+    let n = iscsi_node(&r.env, &image, &sha).await;
+    let disk = disk_file(r.dir.path(), "disk.img", 4 << 20);
+    r.ramdisk.set_disk(n.uuid, &disk);
+    let f = failed_deploy(&r, &n).await;
+    let err = f.last_error.unwrap();
+    assert!(err.contains("disk too small"), "{err}");
+    assert_eq!(r.ramdisk.outcome(n.uuid), Some(Outcome::Stop));
+    r.env.finish().await;
+}
+
+/// The target drops every connection in the middle of the write: the deploy fails cleanly
+/// with the cause, and the ramdisk is told to stop.
+#[tokio::test]
+async fn test_target_dropping_mid_write_fails_cleanly() {
+    let r = rig("c-iscsi-drop").await;
+    r.start_ramdisks();
+    let (image, sha) = write_image(r.dir.path(), "image.raw", 8 << 20, 5);
+    let n = iscsi_node(&r.env, &image, &sha).await;
+    let disk = disk_file(r.dir.path(), "disk.img", 16 << 20);
+    r.ramdisk.set_disk(n.uuid, &disk);
+    r.ramdisk.drop_after(n.uuid, 4 << 20);
+    let f = failed_deploy(&r, &n).await;
+    let err = f.last_error.unwrap();
+    assert!(err.contains("iSCSI"), "{err}");
+    // The old tenant's boot signature was wiped before the write; the new head never came.
+    let data = std::fs::read(&disk).unwrap();
+    assert!(data[..1 << 20].iter().all(|b| *b == 0), "nothing bootable at the head");
+    r.env.finish().await;
+}
+
+/// The ramdisk reports that it could not export: the deploy fails with its error.
+#[tokio::test]
+async fn test_ramdisk_error_fails_the_deploy() {
+    let r = rig("c-iscsi-err").await;
+    r.start_ramdisks();
+    let (image, sha) = write_image(r.dir.path(), "image.raw", 2 << 20, 2);
+    let n = iscsi_node(&r.env, &image, &sha).await;
+    r.ramdisk.fail_export(n.uuid, "no disk matches the root device hints");
+    let f = failed_deploy(&r, &n).await;
+    let err = f.last_error.unwrap();
+    assert!(err.contains("no disk matches the root device hints"), "{err}");
+    r.env.finish().await;
+}
+
+/// The ramdisk never calls back: the deploy fails at the callback timeout (30 minutes,
+/// simulated) and the unused key and CHAP credentials expire with it.
+#[tokio::test]
+async fn test_no_callback_fails_at_timeout_and_the_key_expires() {
+    let env = env_sim().await;
+    env.start_conductor(sim_config("c-iscsi-timeout", &env.queue)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (image, sha) = write_image(dir.path(), "image.raw", 1 << 20, 4);
+    let n = iscsi_node(&env, &image, &sha).await;
+    deploy(&env, n.uuid).await;
+    let waiting = env.wait_state(n.uuid, S::WaitCallBack, Duration::from_secs(600)).await;
+    let creds = IscsiSession::export_credentials(&waiting).expect("a key was issued");
+    let failed = env.wait_state(n.uuid, S::DeployFailed, Duration::from_secs(7200)).await;
+    let err = failed.last_error.clone().unwrap();
+    assert!(err.contains("Timeout reached while waiting for callback"), "{err}");
+    assert!(
+        failed.driver_internal_info.keys().all(|k| !k.starts_with("iscsi_")),
+        "{:?}",
+        failed.driver_internal_info
+    );
+    // A late callback with the old key is refused and changes nothing.
+    let info = DeployInfo { address: "127.0.0.1".into(), iqn: creds.iqn, ..Default::default() };
+    let e = pass_deploy_info(env.store(), &env.bus, n.uuid, &creds.deploy_key, &info)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PublicError::Conflict { .. }), "{e:?}");
+    assert_eq!(env.node(n.uuid).await, failed);
+    env.finish().await;
+}
