@@ -169,6 +169,8 @@ impl ApiClient {
         let mut body = serde_json::json!({
             "callback_url": callback_url,
             "agent_version": AGENT_VERSION,
+            // Ferric's API drives this agent over gRPC; anything else would call IPA's REST.
+            "agent_api": "ferric",
         });
         if let Some(t) = token {
             body["agent_token"] = serde_json::Value::String(t.to_owned());

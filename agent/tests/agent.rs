@@ -529,6 +529,7 @@ async fn test_lookup_with_backoff_then_heartbeats_with_token_and_after_commands(
         assert_eq!(hb["agent_token"], TOKEN);
         assert_eq!(hb["uuid"], "1be26c0b-03f2-4d2e-ae87-c02d7f33c123");
         assert!(hb["agent_version"].is_string());
+        assert_eq!(hb["agent_api"], "ferric");
     }
     // The token from the lookup now opens the API; a finished command forces a heartbeat
     // long before the (3600 s based) regular one.

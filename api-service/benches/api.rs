@@ -191,7 +191,7 @@ async fn main() -> anyhow::Result<()> {
                     .post(format!("{base}/v1/heartbeat/{uuid}"))
                     .header("X-OpenStack-Ironic-API-Version", "1.68")
                     .json(
-                        &json!({"callback_url": url, "agent_token": tok, "agent_version": "bench"}),
+                        &json!({"callback_url": url, "agent_token": tok, "agent_version": "bench", "agent_api": "ferric"}),
                     )
                     .send()
                     .await?;

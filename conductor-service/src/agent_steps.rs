@@ -10,7 +10,7 @@
 //!   argument the step does not take fails the operation before any step runs.
 //!
 //! An agent without `GetSteps` (an older Ferric agent) offers the two erase steps it always
-//! had, at IPA's priorities.
+//! had, at IPA's priorities. ironic-python-agent is asked through `crate::ipa_ops`.
 
 use deploy::internal_info::keys;
 use deploy::steps::{OfferedStep, Step, check_against_agent, from_offered};
@@ -51,30 +51,10 @@ fn legacy() -> Vec<OfferedStep> {
 /// # Errors
 /// [`WorkflowError::Failed`] when the agent cannot be reached or refuses.
 pub(crate) async fn fetch(task: &mut Task, kind: &str) -> Result<Vec<OfferedStep>, WorkflowError> {
-    let conn = connect(task).await?;
-    let offered = match conn.steps(kind).await {
-        Ok(list) => list
-            .steps
-            .into_iter()
-            .map(|s| OfferedStep {
-                argsinfo: serde_json::from_str(&s.argsinfo_json).unwrap_or_default(),
-                interface: s.interface,
-                step: s.step,
-                priority: s.priority,
-                reboot_requested: s.reboot_requested,
-                abortable: s.abortable,
-            })
-            .collect(),
-        Err(AgentError::Unsupported { .. }) => {
-            tracing::info!(node = %task.id(), "the agent cannot list its steps; using the erase steps");
-            legacy()
-        }
-        Err(e) => {
-            return Err(WorkflowError::Failed(format!(
-                "Failed to get the {kind} steps from the agent of node {}: {e}",
-                task.id()
-            )));
-        }
+    let offered = if crate::ipa_ops::is_ipa(&task.node) {
+        crate::ipa_ops::steps(task, kind).await?
+    } else {
+        fetch_ferric(task, kind).await?
     };
     // Ironic's cache: interface -> the steps on it.
     let mut by_iface = serde_json::Map::new();
@@ -95,6 +75,33 @@ pub(crate) async fn fetch(task: &mut Task, kind: &str) -> Result<Vec<OfferedStep
     })
     .await?;
     Ok(offered)
+}
+
+/// Ferric's agent: `GetSteps`, or the erase steps of an agent that cannot list them.
+async fn fetch_ferric(task: &Task, kind: &str) -> Result<Vec<OfferedStep>, WorkflowError> {
+    let conn = connect(task).await?;
+    match conn.steps(kind).await {
+        Ok(list) => Ok(list
+            .steps
+            .into_iter()
+            .map(|s| OfferedStep {
+                argsinfo: serde_json::from_str(&s.argsinfo_json).unwrap_or_default(),
+                interface: s.interface,
+                step: s.step,
+                priority: s.priority,
+                reboot_requested: s.reboot_requested,
+                abortable: s.abortable,
+            })
+            .collect()),
+        Err(AgentError::Unsupported { .. }) => {
+            tracing::info!(node = %task.id(), "the agent cannot list its steps; using the erase steps");
+            Ok(legacy())
+        }
+        Err(e) => Err(WorkflowError::Failed(format!(
+            "Failed to get the {kind} steps from the agent of node {}: {e}",
+            task.id()
+        ))),
+    }
 }
 
 /// Replace the `get_agent_steps` marker at `at` in `plan` with what the agent says.
@@ -154,6 +161,9 @@ fn verb(kind: &str) -> &'static str {
 /// # Errors
 /// [`WorkflowError::Failed`] when the agent refuses, the step fails or runs too long.
 pub(crate) async fn execute(task: &mut Task, kind: &str, step: &Step) -> Result<(), WorkflowError> {
+    if crate::ipa_ops::is_ipa(&task.node) {
+        return crate::ipa_ops::execute_step(task, kind, step).await;
+    }
     let conn = connect(task).await?;
     let label = step.label();
     let req = proto::agent::ExecuteStepRequest {

@@ -221,6 +221,14 @@ pub struct AgentClientConfig {
     /// (`agent_verify_ca`); without it such an agent is called over plain gRPC. An agent
     /// that pinned one is always called over TLS, trusting only that certificate.
     pub require_tls: bool,
+    /// Base URL of pxe-service's HTTP server as the ramdisks reach it (`http://host:port`):
+    /// ironic-python-agent then downloads a node's image from pxe-service's image cache
+    /// (`<base>/images/<key>`, fetched and verified once) instead of from its origin. Empty:
+    /// the agent downloads `instance_info.image_url`, or else the `image_source` itself.
+    pub image_cache_url: String,
+    /// Milliseconds between polls of an ironic-python-agent command that runs (its result
+    /// comes only by asking).
+    pub ipa_poll_interval_ms: u64,
 }
 
 /// Optional latencies of the fake interfaces (seconds), overridable per node with
@@ -317,6 +325,8 @@ impl Default for AgentClientConfig {
             progress_write_interval_ms: 1000,
             silence_timeout_secs: 30.0,
             require_tls: false,
+            image_cache_url: String::new(),
+            ipa_poll_interval_ms: 1000,
         }
     }
 }
@@ -443,6 +453,19 @@ impl ConductorConfig {
         secs("redfish.connect_timeout_secs", self.redfish.connect_timeout_secs, false)?;
         secs("redfish.request_timeout_secs", self.redfish.request_timeout_secs, false)?;
         secs("ipmi.command_timeout_secs", self.ipmi.command_timeout_secs, false)?;
+        let cache = &self.agent.image_cache_url;
+        if !cache.is_empty() && !(cache.starts_with("http://") || cache.starts_with("https://")) {
+            return Err(ConductorConfigError {
+                key: "agent.image_cache_url",
+                message: format!("expected an http(s) URL, got {cache:?}"),
+            });
+        }
+        if self.agent.ipa_poll_interval_ms == 0 {
+            return Err(ConductorConfigError {
+                key: "agent.ipa_poll_interval_ms",
+                message: "must be at least 1".into(),
+            });
+        }
         Ok(())
     }
 

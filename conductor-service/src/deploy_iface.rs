@@ -223,6 +223,9 @@ async fn common_step(
             Ok(StepOutcome::Continue)
         }
         StepKind::RebootToInstance => {
+            if crate::ipa_ops::is_ipa(&task.node) && AgentSession::of(&task.node).called_back() {
+                crate::ipa_ops::sync(task).await;
+            }
             set_power(task, d, PowerState::Off).await?;
             set_power(task, d, PowerState::On).await?;
             Ok(StepOutcome::Continue)
@@ -288,7 +291,7 @@ impl DeployInterface for DirectDeploy {
     }
 
     async fn reattach(&self, task: &mut Task, step: &Step) -> Result<Reattached, WorkflowError> {
-        if step.kind != StepKind::WriteImage {
+        if step.kind != StepKind::WriteImage || crate::ipa_ops::is_ipa(&task.node) {
             return Ok(Reattached::Unknown);
         }
         // The agent keeps running the write while conductors come and go: ask it.
@@ -503,6 +506,9 @@ async fn write_image(
     index: usize,
     count: usize,
 ) -> Result<StepOutcome, WorkflowError> {
+    if crate::ipa_ops::is_ipa(&task.node) {
+        return write_image_ipa(task, step, index, count).await;
+    }
     let conn = connect(task).await?;
     let command_id = uuid::Uuid::new_v4().to_string();
     let cid = command_id.clone();
@@ -573,6 +579,26 @@ async fn write_image(
         Ok(())
     })
     .await?;
+    Ok(StepOutcome::Continue)
+}
+
+/// [`write_image`] through ironic-python-agent, which reports no bytes: the progress shows
+/// the phase (downloading, then done).
+async fn write_image_ipa(
+    task: &mut Task,
+    step: &Step,
+    index: usize,
+    count: usize,
+) -> Result<StepOutcome, WorkflowError> {
+    let (node, now) = (task.node.clone(), task.ctx.clock.now());
+    let cd = tokio::task::spawn_blocking(move || configdrive::agent_value(&node, now))
+        .await
+        .map_err(|e| WorkflowError::Failed(format!("Building the config drive stopped: {e}")))?
+        .map_err(WorkflowError::Failed)?;
+    let phase = |p: Phase| proto::agent::Progress { phase: p as i32, ..Default::default() };
+    record_progress(task, &phase(Phase::Downloading), step, index, count, true).await?;
+    crate::ipa_ops::write_image(task, cd).await?;
+    record_progress(task, &phase(Phase::Done), step, index, count, true).await?;
     Ok(StepOutcome::Continue)
 }
 
@@ -656,6 +682,10 @@ pub(crate) async fn finish_command(
 }
 
 async fn install_bootloader(task: &mut Task) -> Result<StepOutcome, WorkflowError> {
+    if crate::ipa_ops::is_ipa(&task.node) {
+        crate::ipa_ops::install_bootloader(task).await?;
+        return Ok(StepOutcome::Continue);
+    }
     let conn = connect(task).await?;
     let uuids = conn.partition_uuids().await.map_err(|e| agent_failed("install_bootloader", &e))?;
     let root = if uuids.root_uuid.is_empty() {
@@ -693,6 +723,10 @@ async fn erase(
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
         .unwrap_or_default();
+    if crate::ipa_ops::is_ipa(&task.node) {
+        crate::ipa_ops::erase(task, name).await?;
+        return Ok(StepOutcome::Continue);
+    }
     let conn = connect(task).await?;
     let req = proto::agent::EraseDevicesRequest { mode: mode as i32, devices };
     let st = conn.erase_devices(req).await.map_err(|e| agent_failed(name, &e))?;

@@ -105,6 +105,12 @@ pub(crate) async fn resume_agent(task: &mut Task, d: &DriverSet) -> Result<(), W
 async fn collect_and_process(task: &mut Task) -> Result<(), WorkflowError> {
     let (inventory, plugin_data) = match inspection::pending(&task.node) {
         Some(data) => data,
+        // ironic-python-agent posts its inventory itself (`/v1/continue_inspection`).
+        None if crate::ipa_ops::is_ipa(&task.node) => {
+            return Err(failed(
+                "the agent called back without sending its inventory to /v1/continue_inspection",
+            ));
+        }
         None => {
             let conn = connect(task).await?;
             let inv = conn.inventory().await.map_err(|e| failed(format!("the agent: {e}")))?;

@@ -19,6 +19,7 @@ pub mod events;
 pub mod fast_track;
 pub mod inspection;
 pub mod ipa_client;
+mod ipa_ops;
 pub mod management;
 pub mod periodic;
 pub mod power;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use deploy::internal_info::{AgentSession, Heartbeat};
+use deploy::internal_info::{AgentApi, AgentSession, Heartbeat};
 use deploy::provision::{Refusal, RequestArgs, apply_request};
 use deploy::{ApiVerb, Node, NodeHistory, NodeId, PowerState, ProvisionState, PublicError};
 use proto::events::event::Payload;
@@ -62,6 +62,7 @@ pub async fn heartbeat(
                 version: Some(SIM_AGENT_VERSION),
                 verify_ca: None,
                 status: None,
+                api: AgentApi::Ferric,
             };
             AgentSession::record_heartbeat(dii, &hb);
             Ok::<_, PublicError>(true)

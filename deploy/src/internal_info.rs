@@ -23,6 +23,10 @@ pub mod keys {
     pub const AGENT_SECRET_TOKEN_PREGENERATED: &str = "agent_secret_token_pregenerated";
     /// The agent's version from its heartbeat.
     pub const AGENT_VERSION: &str = "agent_version";
+    /// Which command API the agent serves ([`super::AgentApi`]).
+    pub const AGENT_API: &str = "agent_api";
+    /// IPA's hardware-manager versions from the last step listing, sent back with each step.
+    pub const AGENT_HARDWARE_MANAGER_VERSION: &str = "agent_hardware_manager_version";
     /// When the agent last heartbeated (RFC 3339).
     pub const AGENT_LAST_HEARTBEAT: &str = "agent_last_heartbeat";
     /// PEM of the agent's TLS certificate.
@@ -74,9 +78,11 @@ pub mod keys {
 }
 
 /// Every key [`AgentSession::wipe`] removes (the token only when it was not pre-generated).
-const SESSION_KEYS: [&str; 11] = [
+const SESSION_KEYS: [&str; 13] = [
     keys::AGENT_URL,
     keys::AGENT_VERSION,
+    keys::AGENT_API,
+    keys::AGENT_HARDWARE_MANAGER_VERSION,
     keys::AGENT_LAST_HEARTBEAT,
     keys::AGENT_VERIFY_CA,
     keys::AGENT_STATUS,
@@ -87,6 +93,38 @@ const SESSION_KEYS: [&str; 11] = [
     keys::RAMDISK_BOOT_RETRY,
     keys::AGENT_SECRET_TOKEN,
 ];
+
+/// The command API a node's agent serves, from its heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AgentApi {
+    /// Ferric's gRPC agent API (`agent.v1.AgentService`): the heartbeat says
+    /// `"agent_api": "ferric"`. A session recorded without the key is Ferric's too (the
+    /// API records the key on every heartbeat).
+    #[default]
+    Ferric,
+    /// ironic-python-agent's REST command API (`/v1/commands`): every agent that does not
+    /// say otherwise, as Ironic's agents do not.
+    Ipa,
+}
+
+impl AgentApi {
+    /// The name recorded and sent in heartbeats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentApi::Ferric => "ferric",
+            AgentApi::Ipa => "ipa",
+        }
+    }
+
+    /// Parse a heartbeat's `agent_api`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ferric" => Some(AgentApi::Ferric),
+            "ipa" => Some(AgentApi::Ipa),
+            _ => None,
+        }
+    }
+}
 
 /// The agent session recorded in a node's `driver_internal_info`. Empty strings read as
 /// absent.
@@ -108,6 +146,8 @@ pub struct AgentSession {
     pub status: Option<String>,
     /// The agent command the conductor is waiting on.
     pub command_id: Option<String>,
+    /// The command API the agent serves.
+    pub api: AgentApi,
 }
 
 /// What a heartbeat records (see [`AgentSession::record_heartbeat`]).
@@ -123,6 +163,8 @@ pub struct Heartbeat<'a> {
     pub verify_ca: Option<&'a str>,
     /// One-way installer status, when sent (its message is recorded with it, even if absent).
     pub status: Option<(&'a str, Option<&'a str>)>,
+    /// The agent's command API.
+    pub api: AgentApi,
 }
 
 fn text(dii: &JsonObject, key: &str) -> Option<String> {
@@ -146,6 +188,7 @@ impl AgentSession {
             verify_ca: text(dii, keys::AGENT_VERIFY_CA),
             status: text(dii, keys::AGENT_STATUS),
             command_id: text(dii, keys::AGENT_COMMAND_ID),
+            api: text(dii, keys::AGENT_API).and_then(|a| AgentApi::parse(&a)).unwrap_or_default(),
         }
     }
 
@@ -181,6 +224,7 @@ impl AgentSession {
     pub fn record_heartbeat(dii: &mut JsonObject, hb: &Heartbeat<'_>) {
         dii.insert(keys::AGENT_URL.into(), Value::String(hb.url.to_owned()));
         dii.insert(keys::AGENT_LAST_HEARTBEAT.into(), Value::String(hb.at.to_rfc3339()));
+        dii.insert(keys::AGENT_API.into(), Value::String(hb.api.as_str().to_owned()));
         if let Some(v) = hb.version {
             dii.insert(keys::AGENT_VERSION.into(), Value::String(v.to_owned()));
         }
@@ -237,6 +281,7 @@ mod tests {
                 version: Some("1.0"),
                 verify_ca: Some("PEM"),
                 status: Some(("start", None)),
+                api: AgentApi::Ipa,
             },
         );
         AgentSession::set_command_id(dii, "cmd-1");
@@ -255,6 +300,7 @@ mod tests {
         assert_eq!(s.verify_ca.as_deref(), Some("PEM"));
         assert_eq!(s.status.as_deref(), Some("start"));
         assert_eq!(s.command_id.as_deref(), Some("cmd-1"));
+        assert_eq!(s.api, AgentApi::Ipa);
         assert!(s.last_heartbeat.is_some());
         assert_eq!(dii[keys::AGENT_STATUS_MESSAGE], Value::Null);
         dii.insert(keys::AGENT_URL.into(), json!(""));

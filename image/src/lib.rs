@@ -41,6 +41,19 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use self::checksum::ChecksumSpec;
+
+/// The URL pxe-service's image cache serves `image_source` at, under its HTTP `base`:
+/// `<base>/images/<sha256 hex of image_source>` (the conductor hands it to agents that
+/// download over HTTP; pxe-service fetches and verifies the image once).
+pub fn cache_url(base: &str, image_source: &str) -> String {
+    format!("{}/images/{}", base.trim_end_matches('/'), cache_key(image_source))
+}
+
+/// The image cache's key of an image source: the SHA-256 of the URL, in hex.
+pub fn cache_key(image_source: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(image_source.as_bytes()))
+}
 use self::checksum::{ChecksumError, ExpectedChecksum, HashAlgo, StreamHasher};
 use self::configdrive::ConfigDriveError;
 use self::fetch::{Chunk, FetchError, FetchOptions, Fetcher};

@@ -25,21 +25,15 @@ use image::ImageError;
 use image::checksum::{ChecksumError, ChecksumSpec, ExpectedChecksum};
 use image::fetch::{FetchOptions, Fetcher};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use store::{DataStore, NodeListQuery};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-/// The cache URL for an image: `<base>/images/<sha256 hex of image_source>`.
-pub fn image_cache_url(base: &str, image_source: &str) -> String {
-    format!("{}/images/{}", base.trim_end_matches('/'), image_key(image_source))
-}
-
 /// The cache key of an image source.
-pub fn image_key(image_source: &str) -> String {
-    hex::encode(Sha256::digest(image_source.as_bytes()))
-}
+pub use image::cache_key as image_key;
+/// The cache URL for an image: `<base>/images/<sha256 hex of image_source>`.
+pub use image::cache_url as image_cache_url;
 
 /// Why an image cannot be served.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -486,6 +480,8 @@ async fn fetch(
 
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest as _, Sha256};
+
     use super::*;
 
     #[test]

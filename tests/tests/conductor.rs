@@ -100,7 +100,7 @@ async fn ramdisk(
             .post(format!("{api_base}/v1/heartbeat/{uuid}"))
             .header("X-OpenStack-Ironic-API-Version", VERSION)
             .json(
-                &json!({"callback_url": agent.url(), "agent_token": t, "agent_version": "sim-1.0"}),
+                &json!({"callback_url": agent.url(), "agent_token": t, "agent_version": "sim-1.0", "agent_api": "ferric"}),
             )
             .send()
             .await;

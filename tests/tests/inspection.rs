@@ -105,7 +105,7 @@ async fn ramdisk(base: String, agent: SimAgent, mac: String, token: Cancellation
             .post(format!("{base}/v1/heartbeat/{uuid}"))
             .header("X-OpenStack-Ironic-API-Version", "1.68")
             .json(
-                &json!({"callback_url": agent.url(), "agent_token": t, "agent_version": "sim-1.0"}),
+                &json!({"callback_url": agent.url(), "agent_token": t, "agent_version": "sim-1.0", "agent_api": "ferric"}),
             )
             .send()
             .await;

@@ -4,7 +4,7 @@
 use base64::Engine;
 use chrono::Utc;
 use deploy::ids::MacAddress;
-use deploy::internal_info::Heartbeat;
+use deploy::internal_info::{AgentApi, Heartbeat};
 use deploy::model::SECRET_MASK;
 use deploy::{AgentSession, Node, NodeId, PublicError};
 use proto::events::event::Payload;
@@ -42,6 +42,9 @@ pub struct HeartbeatRequest {
     pub agent_status: Option<String>,
     /// One-way installer status message (1.72).
     pub agent_status_message: Option<String>,
+    /// Ferric: the command API the agent serves, `ferric` (Ferric's gRPC agent) or `ipa`
+    /// (ironic-python-agent's REST API, also when absent, as IPA never sends it).
+    pub agent_api: Option<String>,
 }
 
 /// A fresh agent token: 32 random bytes, urlsafe base64 without padding (43 characters),
@@ -242,6 +245,14 @@ impl ApiState {
             }
         }
         check_callback_url(&req.callback_url, self.settings.require_agent_tls)?;
+        let api = match req.agent_api.as_deref() {
+            None => AgentApi::Ipa,
+            Some(a) => AgentApi::parse(a).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "Invalid agent_api \"{a}\": expected \"ferric\" or \"ipa\""
+                ))
+            })?,
+        };
         let node = self.node_by_ident(ident, v).await?;
         let token_ok = |n: &Node| {
             let stored = AgentSession::of(n).token;
@@ -287,6 +298,7 @@ impl ApiState {
             version: req.agent_version.as_deref(),
             verify_ca: req.agent_verify_ca.as_deref(),
             status: req.agent_status.as_deref().map(|s| (s, req.agent_status_message.as_deref())),
+            api,
         };
         let id = node.uuid;
         let (updated, ()) = self

@@ -45,7 +45,9 @@ async fn scenario_lookup_and_heartbeat(h: &Harness) {
 
     let mut sub = h.bus.subscribe(&["node.heartbeat"]).await.unwrap();
     let hb = |url: &str, tok: &str| {
-        json!({"callback_url": url, "agent_token": tok, "agent_version": "ferric-0.1"}).to_string()
+        json!({"callback_url": url, "agent_token": tok, "agent_version": "ferric-0.1",
+               "agent_api": "ferric"})
+        .to_string()
     };
     let r = h
         .call(
@@ -67,6 +69,7 @@ async fn scenario_lookup_and_heartbeat(h: &Harness) {
     let n = h.store.node_fetch(uuid.parse().unwrap()).await.unwrap();
     assert_eq!(n.driver_internal_info[keys::AGENT_URL], "http://127.0.0.1:50051");
     assert_eq!(n.driver_internal_info[keys::AGENT_VERSION], "ferric-0.1");
+    assert_eq!(n.driver_internal_info[keys::AGENT_API], "ferric");
     assert!(n.driver_internal_info[keys::AGENT_LAST_HEARTBEAT].is_string());
 
     // A changed callback URL is refused (stickiness); so is a wrong token.
@@ -151,7 +154,15 @@ async fn scenario_fast_track_lookup(h: &Harness) {
     assert_eq!(r.status, 202, "{}", r.body);
     let n = h.store.node_fetch(uuid.parse().unwrap()).await.unwrap();
     assert_eq!(n.driver_internal_info[keys::AGENT_URL], "http://127.0.0.1:50061");
+    // An agent that does not name its API is ironic-python-agent.
+    assert_eq!(n.driver_internal_info[keys::AGENT_API], "ipa");
     assert_eq!(n.provision_state, deploy::ProvisionState::Manageable);
+    let bad = json!({"callback_url": "http://127.0.0.1:50061", "agent_token": token,
+                     "agent_version": "10.0.0", "agent_api": "soap"})
+    .to_string();
+    let r = h.call(Method::POST, &format!("/v1/heartbeat/{uuid}"), Some("1.68"), Some(&bad)).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("agent_api"), "{}", r.body);
 
     // `active` never answers, fast-track or not.
     let mut n = n;

@@ -139,14 +139,21 @@ pub(super) async fn finalize_rescue(task: &mut Task) -> Result<(), WorkflowError
             task.id()
         )));
     };
-    let conn = connect(task).await?;
-    let st = conn.finalize_rescue(&hash).await.map_err(|e| {
-        failed(format!("Agent returned bad result for command finalize_rescue: {e}"))
-    })?;
-    finish_command(task, &conn, st, "finalize_rescue").await.map_err(|e| match e {
-        WorkflowError::Failed(m) => failed(m),
-        other => other,
-    })?;
+    if crate::ipa_ops::is_ipa(&task.node) {
+        crate::ipa_ops::finalize_rescue(task, &hash).await.map_err(|e| match e {
+            WorkflowError::Failed(m) => failed(m),
+            other => other,
+        })?;
+    } else {
+        let conn = connect(task).await?;
+        let st = conn.finalize_rescue(&hash).await.map_err(|e| {
+            failed(format!("Agent returned bad result for command finalize_rescue: {e}"))
+        })?;
+        finish_command(task, &conn, st, "finalize_rescue").await.map_err(|e| match e {
+            WorkflowError::Failed(m) => failed(m),
+            other => other,
+        })?;
+    }
     // The agent has stopped: its session is void; the ramdisk is the rescue system now.
     task.transition(S::Rescuing, E::Done, |n| {
         AgentSession::wipe(&mut n.driver_internal_info);

@@ -112,7 +112,7 @@ async fn once(
     let _ = http
         .post(format!("{base}/v1/heartbeat/{id}"))
         .header("X-OpenStack-Ironic-API-Version", VERSION)
-        .json(&json!({"callback_url": callback_url, "agent_token": t, "agent_version": "sim-1.0"}))
+        .json(&json!({"callback_url": callback_url, "agent_token": t, "agent_version": "sim-1.0", "agent_api": "ferric"}))
         .send()
         .await;
 }
