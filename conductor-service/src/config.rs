@@ -454,7 +454,7 @@ impl ConductorConfig {
         secs("redfish.request_timeout_secs", self.redfish.request_timeout_secs, false)?;
         secs("ipmi.command_timeout_secs", self.ipmi.command_timeout_secs, false)?;
         let cache = &self.agent.image_cache_url;
-        if !cache.is_empty() && !(cache.starts_with("http://") || cache.starts_with("https://")) {
+        if !(cache.is_empty() || cache.starts_with("http://") || cache.starts_with("https://")) {
             return Err(ConductorConfigError {
                 key: "agent.image_cache_url",
                 message: format!("expected an http(s) URL, got {cache:?}"),

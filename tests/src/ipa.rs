@@ -10,12 +10,17 @@
 //! test made; hiding the host's devices covers what IPA still runs through the generic
 //! manager (its `initialize`, the virtual-media probe with `lsblk` at start), and failing
 //! stubs stand in for the commands of that `initialize` that would reach the host's kernel
-//! ([`STUBBED`]). Never send the agent deploy, write or erase commands: it runs as root on
-//! the host's kernel. The one exception is a step the test hardware manager implements
-//! itself, which touches only the test's file: `erase_devices_metadata` (the manager refuses
-//! the generic manager's other erase, RAID, NVRAM, pstore and burn-in steps, so the agent
-//! cannot fall through to them) and `ferric_record_args`, which writes nothing but
-//! [`Ipa::steps_run`]'s log.
+//! ([`STUBBED`]). Never send the agent deploy, write or erase commands for a file disk: it
+//! runs as root on the host's kernel. The exceptions are steps the test hardware manager
+//! implements itself, which touch only the test's disk: `erase_devices_metadata` (the
+//! manager refuses the generic manager's other erase, RAID, NVRAM, pstore and burn-in steps,
+//! so the agent cannot fall through to them) and `ferric_record_args`, which writes nothing
+//! but [`Ipa::steps_run`]'s log.
+//!
+//! To deploy, the agent gets a [`LoopDisk`] instead: a loop device over a file the test
+//! made, the only device node in the agent's `/dev` besides the harmless ones. IPA's own
+//! `write_image` (download, `qemu-img convert` to the device, partition-table checks with
+//! `parted`, `sgdisk`, `blkid`) then writes to that file and nothing else.
 //!
 //! Everything started here goes away on drop: the agent's process group is killed, the
 //! namespace (and with it the veth pair) deleted.
@@ -79,6 +84,10 @@ for n in null zero full random urandom; do
     : > "$t/dev/$n"
     mount --bind "/dev/$n" "$t/dev/$n"
 done
+if [ -n "${FERRIC_IPA_DISK_DEV:-}" ]; then
+    : > "$t/dev/${FERRIC_IPA_DISK_DEV#/dev/}"
+    mount --bind "$FERRIC_IPA_DISK_DEV" "$t/dev/${FERRIC_IPA_DISK_DEV#/dev/}"
+fi
 mkdir "$t/dev/pts" "$t/dev/shm"
 ln -s /proc/self/fd "$t/dev/fd"
 mount --move "$t/dev" /dev
@@ -256,12 +265,41 @@ impl Ipa {
         api_url: &str,
         auto_tls: bool,
     ) -> anyhow::Result<Self> {
+        Self::spawn(venv, ns, api_url, auto_tls, None)
+    }
+
+    /// [`Self::start`] with `disk` as the one disk: the agent may write images to it.
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub fn start_on(
+        venv: &IpaVenv,
+        ns: &Netns,
+        api_url: &str,
+        disk: &LoopDisk,
+    ) -> anyhow::Result<Self> {
+        Self::spawn(venv, ns, api_url, false, Some(disk))
+    }
+
+    fn spawn(
+        venv: &IpaVenv,
+        ns: &Netns,
+        api_url: &str,
+        auto_tls: bool,
+        loop_disk: Option<&LoopDisk>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferric-ipa-").tempdir()?;
         let d = dir.path();
-        let disk = d.join("disk.img");
-        let disk_size: u64 = 1 << 30;
-        // Sparse: only the test hardware manager's own steps ever write to it.
-        std::fs::File::create(&disk)?.set_len(disk_size)?;
+        let (disk, disk_size) = match loop_disk {
+            Some(l) => (l.device.clone(), l.size),
+            None => {
+                let disk = d.join("disk.img");
+                let disk_size: u64 = 1 << 30;
+                // Sparse: only the test hardware manager's own steps ever write to it.
+                std::fs::File::create(&disk)?.set_len(disk_size)?;
+                (disk, disk_size)
+            }
+        };
         std::fs::write(d.join("empty"), "")?;
         std::fs::write(d.join("cmdline"), "ferric-test-ipa\n")?;
         std::fs::write(d.join("hide-host.sh"), HIDE_HOST_SH)?;
@@ -278,6 +316,7 @@ impl Ipa {
             "device": disk, "size": disk_size, "interface": ns.ns_if, "mac": ns.ns_mac,
             "ipv4": ns.ns_ip, "report": d.join("hwm-report.json"), "gate": d.join("released"),
             "gate_timeout": 120, "steps_log": d.join("steps.jsonl"),
+            "loop_device": loop_disk.is_some(),
         });
         std::fs::write(d.join("hwm.json"), hwm.to_string())?;
         let conf_dir = d.join("conf.d");
@@ -318,6 +357,7 @@ impl Ipa {
             // stevedore caches its entry-point scan there, instead of in root's home.
             .env("XDG_CACHE_HOME", d.join("cache"))
             .env("FERRIC_TEST_HWM_CONFIG", d.join("hwm.json"))
+            .env("FERRIC_IPA_DISK_DEV", loop_disk.map(|l| l.device.as_os_str()).unwrap_or_default())
             // Only the veth: no proxy may sit between the agent and the API.
             .env("no_proxy", "*")
             .env("NO_PROXY", "*")
@@ -393,5 +433,59 @@ impl Drop for Ipa {
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A loop device over a sparse file of the test's: the disk an agent that deploys may
+/// write. Detached (and the file removed) on drop.
+#[derive(Debug)]
+pub struct LoopDisk {
+    /// `/dev/loopN`.
+    pub device: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    file: tempfile::NamedTempFile,
+}
+
+impl LoopDisk {
+    /// Attach a new sparse file of `size` bytes to a free loop device (`losetup`).
+    ///
+    /// # Errors
+    /// When the file cannot be made or `losetup` fails (no loop devices here).
+    pub fn create(size: u64) -> anyhow::Result<Self> {
+        let file = tempfile::Builder::new().prefix("ferric-ipa-disk-").tempfile()?;
+        file.as_file().set_len(size)?;
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file.path())
+            .output()
+            .context("running losetup")?;
+        if !out.status.success() {
+            bail!("losetup failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let device = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        Ok(Self { device, size, file })
+    }
+
+    /// The first `n` bytes of what the device holds (read from its file).
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub fn read_prefix(&self, n: usize) -> anyhow::Result<Vec<u8>> {
+        use std::io::Read as _;
+        let mut buf = vec![0u8; n];
+        std::fs::File::open(self.file.path())?.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup")
+            .arg("--detach")
+            .arg(&self.device)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }

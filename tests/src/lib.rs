@@ -54,3 +54,58 @@ pub fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A simulated ramdisk for one node, as Ferric's agent in a booted deploy ramdisk behaves:
+/// whenever a node changes state (and every half second), look up by `mac` through the API
+/// at `api_base` (keeping the token it mints for the agent), then heartbeat with the
+/// simulated agent's URL and `"agent_api": "ferric"`. Runs until `stop` is cancelled.
+pub async fn sim_ramdisk(
+    api_base: String,
+    bus: bus::DynBus,
+    agent: sim::SimAgent,
+    mac: String,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    const VERSION: &str = "1.78";
+    let Ok(mut sub) = bus.subscribe(&[bus::routing::CHANGED]).await else { return };
+    let http = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    let mut token: Option<String> = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            d = sub.next() => { if d.is_none() { return; } }
+            _ = tick.tick() => {}
+        }
+        let lookup = http
+            .get(format!("{api_base}/v1/lookup?addresses={mac}"))
+            .header("X-OpenStack-Ironic-API-Version", VERSION)
+            .send()
+            .await;
+        let Ok(resp) = lookup else { continue };
+        if !resp.status().is_success() {
+            continue;
+        }
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let (Some(uuid), Some(tok)) =
+            (body["node"]["uuid"].as_str(), body["config"]["agent_token"].as_str())
+        else {
+            continue;
+        };
+        // Lookup answers only in states that expect an agent; the API decides what a
+        // heartbeat does in each of them. A masked token means this boot already has one.
+        let Ok(id) = uuid.parse::<deploy::NodeId>() else { continue };
+        if tok != "******" {
+            agent.register_token(tok, id);
+            token = Some(tok.to_owned());
+        }
+        let Some(t) = token.clone() else { continue };
+        let _ = http
+            .post(format!("{api_base}/v1/heartbeat/{uuid}"))
+            .header("X-OpenStack-Ironic-API-Version", VERSION)
+            .json(&serde_json::json!({"callback_url": agent.url(), "agent_token": t,
+                                      "agent_version": "sim-1.0", "agent_api": "ferric"}))
+            .send()
+            .await;
+    }
+}

@@ -55,61 +55,6 @@ impl Api {
     }
 }
 
-/// The ramdisk: on every wait state, look up by MAC through the API (getting the token),
-/// then heartbeat through the API with the simulated agent's URL.
-async fn ramdisk(
-    api_base: String,
-    bus: bus::DynBus,
-    agent: SimAgent,
-    mac: String,
-    token: CancellationToken,
-) {
-    let mut sub = bus.subscribe(&[bus::routing::CHANGED]).await.unwrap();
-    let http = reqwest::Client::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            () = token.cancelled() => return,
-            d = sub.next() => { if d.is_none() { return; } }
-            _ = tick.tick() => {}
-        }
-        let lookup = http
-            .get(format!("{api_base}/v1/lookup?addresses={mac}"))
-            .header("X-OpenStack-Ironic-API-Version", VERSION)
-            .send()
-            .await;
-        let Ok(resp) = lookup else { continue };
-        if !resp.status().is_success() {
-            continue;
-        }
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        let (Some(uuid), Some(tok)) =
-            (body["node"]["uuid"].as_str(), body["config"]["agent_token"].as_str())
-        else {
-            continue;
-        };
-        // Lookup answers only in states that expect an agent; the API decides what a
-        // heartbeat does in each of them.
-        let id: NodeId = uuid.parse().unwrap();
-        if tok != "******" {
-            agent.register_token(tok, id);
-            *TOKEN.lock().unwrap() = Some(tok.to_owned());
-        }
-        let Some(t) = TOKEN.lock().unwrap().clone() else { continue };
-        let _ = http
-            .post(format!("{api_base}/v1/heartbeat/{uuid}"))
-            .header("X-OpenStack-Ironic-API-Version", VERSION)
-            .json(
-                &json!({"callback_url": agent.url(), "agent_token": t, "agent_version": "sim-1.0", "agent_api": "ferric"}),
-            )
-            .send()
-            .await;
-    }
-}
-
-/// The token of the (single) node's current ramdisk boot.
-static TOKEN: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-
 #[tokio::test]
 async fn test_rest_lifecycle_with_two_conductors() {
     let Some(db) = TestDatabase::postgres().await else { return };
@@ -157,7 +102,13 @@ async fn test_rest_lifecycle_with_two_conductors() {
         .call(reqwest::Method::POST, "/v1/ports", Some(json!({"address": mac, "node_uuid": id})))
         .await;
     assert_eq!(status, 201, "{port}");
-    tokio::spawn(ramdisk(base.clone(), bus.clone(), agent.clone(), mac.into(), token.clone()));
+    tokio::spawn(tests::sim_ramdisk(
+        base.clone(),
+        bus.clone(),
+        agent.clone(),
+        mac.into(),
+        token.clone(),
+    ));
 
     api.provision(&id, "manage").await;
     api.wait_state(&id, S::Manageable).await;

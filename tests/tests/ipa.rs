@@ -33,8 +33,9 @@ use conductor_service::testing::{fast_config, wait_for};
 use deploy::internal_info::AgentSession;
 use reqwest::Method;
 use serde_json::{Value, json};
+use sim::{SimAgent, SimAgentConfig};
 use store::testing::TestDatabase;
-use tests::ipa::{AGENT_PORT, Ipa, IpaVenv, Netns, namespace_tools};
+use tests::ipa::{AGENT_PORT, Ipa, IpaVenv, LoopDisk, Netns, namespace_tools};
 
 const VERSION: &str = "1.96";
 
@@ -421,4 +422,315 @@ async fn ipa_commands(db: &TestDatabase, node_id: &str, ipa: &Ipa, netns: &Netns
         want.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect();
     assert_eq!(names, want);
     assert_eq!(ipa.steps_run().len(), 4);
+}
+
+/// A disk image of `size` bytes the agent can validate: an MBR with one Linux partition from
+/// sector 2048 to the end, and a pattern of `seed` everywhere else (so two images differ).
+fn disk_image(size: usize, seed: u8) -> Vec<u8> {
+    let mut img: Vec<u8> =
+        (0..size).map(|i| (i as u64).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed).collect();
+    img[..512].fill(0);
+    let sectors = u32::try_from(size / 512).unwrap();
+    let entry = &mut img[446..462];
+    entry[4] = 0x83;
+    entry[8..12].copy_from_slice(&2048u32.to_le_bytes());
+    entry[12..16].copy_from_slice(&(sectors - 2048).to_le_bytes());
+    img[440..444].copy_from_slice(&[0xfe, 0xed, 0xfa, seed]);
+    img[510] = 0x55;
+    img[511] = 0xaa;
+    img
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// The real ironic-python-agent cleans and deploys through Ferric, next to Ferric's own
+/// agent on another node of the same fleet:
+/// - the test plays the machine: each time the conductor boots the node's ramdisk (its
+///   agent session is gone and it waits for a call-back), it starts a fresh agent in the
+///   namespace, on a loop device over a file of the test's as its only disk;
+/// - automated cleaning runs the agent's metadata erase (its full erase is off by the
+///   default priority override);
+/// - the deploy of a raw image, then, after an undeploy and another cleaning, of a qcow2
+///   image, each fetched by the agent from pxe-service's image cache (which fetched and
+///   verified it from its origin) and written by IPA's own `write_image`; the test then
+///   reads the disk's file and finds the image;
+/// - meanwhile a node with the simulated Ferric agent is deployed through gRPC, and both
+///   reach `active`.
+#[tokio::test]
+async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a_ferric_agent() {
+    let Some(db) = TestDatabase::postgres().await else { return };
+    let exchange = unique("ferric_ipa_deploy");
+    let Some(bus) = rabbit(&exchange).await else { return };
+    if require_service(Need::Peers, "root, `ip netns` and `unshare`", namespace_tools()).is_none() {
+        return;
+    }
+    let tools = ["qemu-img", "parted", "partprobe", "sgdisk", "losetup"]
+        .iter()
+        .find(|t| {
+            std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .map_or(true, |o| !o.status.success())
+        })
+        .map_or(Ok(()), |t| Err(format!("{t} is missing")));
+    if require_service(Need::Peers, "qemu-img, parted, gdisk and losetup", tools).is_none() {
+        return;
+    }
+    let venv = tokio::task::spawn_blocking(IpaVenv::ensure).await.unwrap();
+    let what = format!("a venv with {}", tests::ipa::IPA_PIN);
+    let Some(venv) = require_service(Need::Peers, &what, venv.map_err(|e| format!("{e:#}"))) else {
+        return;
+    };
+    let disk = LoopDisk::create(64 << 20).map_err(|e| format!("{e:#}"));
+    let Some(disk) = require_service(Need::Peers, "a loop device", disk) else { return };
+    let netns = Netns::create().map_err(|e| format!("{e:#}"));
+    let Some(netns) = require_service(Need::Peers, "a network namespace with a veth pair", netns)
+    else {
+        return;
+    };
+
+    // The images, on pxe-service's HTTP server (their origin); the agent gets them through
+    // the same server's image cache.
+    let work = tempfile::tempdir().unwrap();
+    let http_root = work.path().join("http");
+    std::fs::create_dir_all(&http_root).unwrap();
+    let raw = disk_image(8 << 20, 1);
+    std::fs::write(http_root.join("one.raw"), &raw).unwrap();
+    let second = disk_image(8 << 20, 2);
+    std::fs::write(work.path().join("two.raw"), &second).unwrap();
+    tests::run(
+        std::process::Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(work.path().join("two.raw"))
+            .arg(http_root.join("two.qcow2")),
+        "qemu-img convert",
+    )
+    .unwrap();
+    let qcow2 = std::fs::read(http_root.join("two.qcow2")).unwrap();
+
+    let rest = tokio::net::TcpListener::bind((netns.host_ip.as_str(), 0)).await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pxe_http = tokio::net::TcpListener::bind((netns.host_ip.as_str(), 0)).await.unwrap();
+    let pxe_tftp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", rest.local_addr().unwrap());
+    let pxe_url = format!("http://{}", pxe_http.local_addr().unwrap());
+    let token = CancellationToken::new();
+    let root = Shutdown::new(token.clone(), Duration::from_secs(5));
+    let mut services = tokio::task::JoinSet::new();
+    let mut cfg = ApiConfig::default();
+    cfg.api.noauth_allow_remote = true;
+    cfg.api.ramdisk_rate_limit_per_second = 0;
+    let (shutdown, ready) = root.service();
+    let (store, b) = (db.store().clone(), bus.clone());
+    services.spawn(async move {
+        api_service::run(cfg, rest, grpc, store, b, shutdown).await.unwrap();
+    });
+    ready.wait().await.unwrap();
+    let pxe = pxe_service::PxeConfig {
+        tftp_root: work.path().join("tftp"),
+        http_root: http_root.clone(),
+        data_dir: work.path().join("pxe-data"),
+        api_url: base.clone(),
+        http_url: pxe_url.clone(),
+        ..pxe_service::PxeConfig::default()
+    };
+    std::fs::create_dir_all(&pxe.tftp_root).unwrap();
+    let (shutdown, ready) = root.service();
+    let store = db.store().clone();
+    services.spawn(async move {
+        pxe_service::run(pxe, pxe_tftp, pxe_http, store, shutdown).await.unwrap();
+    });
+    ready.wait().await.unwrap();
+    let queue = format!("conductor.ipa-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut conductor = fast_config(&format!("ipa-{queue}"), &queue);
+    // A fresh agent takes several seconds to start in the namespace.
+    conductor.callback_timeout_secs = 180.0;
+    conductor.agent.image_cache_url = pxe_url.clone();
+    conductor.agent.ipa_poll_interval_ms = 200;
+    let (shutdown, ready) = root.service();
+    let (store, b) = (db.store().clone(), rabbit(&exchange).await.unwrap());
+    services.spawn(async move {
+        conductor_service::run(conductor, store, b, shutdown).await.unwrap();
+    });
+    ready.wait().await.unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let api = Api { http: http.clone(), base: base.clone() };
+
+    // The Ferric node: the simulated agent over gRPC, its ramdisk heartbeating through the
+    // same API.
+    let sim = SimAgent::start(SimAgentConfig::default(), token.clone()).await.unwrap();
+    let ferric_mac = "52:54:00:1f:a5:71";
+    let body = json!({"driver": "fake-hardware", "name": "ferric-1", "deploy_interface": "direct"});
+    let (status, node) = api.call(Method::POST, "/v1/nodes", Some(body)).await;
+    assert_eq!(status, 201, "{node}");
+    let ferric = node["uuid"].as_str().unwrap().to_owned();
+    let port = json!({"address": ferric_mac, "node_uuid": ferric});
+    assert_eq!(api.call(Method::POST, "/v1/ports", Some(port)).await.0, 201);
+    tokio::spawn(tests::sim_ramdisk(
+        base.clone(),
+        bus.clone(),
+        sim.clone(),
+        ferric_mac.into(),
+        token.clone(),
+    ));
+
+    // The IPA node: the namespace's MAC.
+    let body = json!({"driver": "fake-hardware", "name": "ipa-1", "deploy_interface": "direct"});
+    let (status, node) = api.call(Method::POST, "/v1/nodes", Some(body)).await;
+    assert_eq!(status, 201, "{node}");
+    let id = node["uuid"].as_str().unwrap().to_owned();
+    let port = json!({"address": netns.ns_mac, "node_uuid": id});
+    assert_eq!(api.call(Method::POST, "/v1/ports", Some(port)).await.0, 201);
+
+    let provision = |node: &str, target: &str| {
+        let path = format!("/v1/nodes/{node}/states/provision");
+        let (api, target) = (&api, target.to_owned());
+        async move {
+            let (status, body) =
+                api.call(Method::PUT, &path, Some(json!({"target": target}))).await;
+            assert_eq!(status, 202, "{target}: {body}");
+        }
+    };
+    let settled = |node: &str, want: &'static str| {
+        let (api, node) = (&api, node.to_owned());
+        async move {
+            let n = api.node(&node).await;
+            let state = n["provision_state"].as_str().unwrap_or_default();
+            assert!(!state.contains("failed"), "{node} failed: {n}");
+            (state == want && n["reservation"].is_null()).then_some(n)
+        }
+    };
+    for n in [&ferric, &id] {
+        provision(n, "manage").await;
+    }
+    for n in [&ferric, &id] {
+        wait_for(Duration::from_secs(60), "manageable", || settled(n, "manageable")).await;
+    }
+
+    // One ramdisk boot: wait until the conductor waits for the agent with no session left,
+    // then start a fresh agent (the previous one, if any, is the machine's last boot).
+    let boot = |wait_state: &'static str, previous: Option<Ipa>| {
+        let (api, id, venv, netns, disk, base) = (&api, &id, &venv, &netns, &disk, &base);
+        async move {
+            drop(previous);
+            wait_for(Duration::from_secs(60), wait_state, || async {
+                let n = api.node(id).await;
+                let state = n["provision_state"].as_str().unwrap_or_default();
+                assert!(!state.contains("failed"), "{n}");
+                let no_agent = n["driver_internal_info"].get("agent_url").is_none();
+                (state == wait_state && no_agent).then_some(())
+            })
+            .await;
+            let ipa = Ipa::start_on(venv, netns, base, disk).unwrap();
+            let report = wait_for(Duration::from_secs(60), "the hardware manager's report", || {
+                let r = ipa.hwm_report();
+                async move { r }
+            })
+            .await;
+            let disks = report["block_devices"].as_array().unwrap();
+            assert_eq!(disks.len(), 1, "{report}");
+            assert_eq!(disks[0]["name"], disk.device.to_str().unwrap(), "{report}");
+            ipa.release().unwrap();
+            ipa
+        }
+    };
+    let until = |want: &'static str, ipa: &mut Ipa| {
+        let (api, id) = (&api, &id);
+        let exited = ipa.exited().unwrap();
+        let logs = ipa.logs(8000);
+        async move {
+            let n = api.node(id).await;
+            let state = n["provision_state"].as_str().unwrap_or_default();
+            assert!(!state.contains("failed"), "{n}\n{logs}");
+            assert!(exited.is_none(), "the agent exited ({exited:?}):\n{logs}");
+            (state == want && n["reservation"].is_null()).then_some(n)
+        }
+    };
+
+    // Automated cleaning through the agent: its metadata erase only.
+    for n in [&ferric, &id] {
+        provision(n, "provide").await;
+    }
+    let mut ipa = boot("clean wait", None).await;
+    let n = wait_for(Duration::from_secs(120), "IPA's node to be cleaned", || {
+        until("available", &mut ipa)
+    })
+    .await;
+    assert_eq!(n["driver_internal_info"]["agent_api"], "ipa", "{n}");
+    let ran: Vec<String> =
+        ipa.steps_run().iter().map(|s| s["step"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ran, ["erase_devices_metadata"]);
+    wait_for(Duration::from_secs(60), "the Ferric node to be cleaned", || {
+        settled(&ferric, "available")
+    })
+    .await;
+
+    // Deploy both at once: the raw image through IPA, the Ferric node through gRPC.
+    let instance = |source: String, format: &str, bytes: &[u8]| {
+        json!([
+            {"op": "add", "path": "/instance_info/image_source", "value": source},
+            {"op": "add", "path": "/instance_info/image_os_hash_algo", "value": "sha256"},
+            {"op": "add", "path": "/instance_info/image_os_hash_value", "value": sha256_hex(bytes)},
+            {"op": "add", "path": "/instance_info/image_disk_format", "value": format},
+        ])
+    };
+    let patch = instance(format!("{pxe_url}/one.raw"), "raw", &raw);
+    assert_eq!(api.call(Method::PATCH, &format!("/v1/nodes/{id}"), Some(patch)).await.0, 200);
+    let patch = json!([
+        {"op": "add", "path": "/instance_info/image_source", "value": "http://127.0.0.1:9/img.raw"},
+        {"op": "add", "path": "/instance_info/image_checksum", "value": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+    ]);
+    assert_eq!(api.call(Method::PATCH, &format!("/v1/nodes/{ferric}"), Some(patch)).await.0, 200);
+    provision(&id, "active").await;
+    provision(&ferric, "active").await;
+    let mut ipa = boot("wait call-back", Some(ipa)).await;
+    let n =
+        wait_for(Duration::from_secs(180), "IPA's raw deploy", || until("active", &mut ipa)).await;
+    assert_eq!(disk.read_prefix(raw.len()).unwrap(), raw, "the disk holds the raw image");
+    assert_eq!(n["driver_internal_info"]["deploy_progress"]["phase"], "done", "{n}");
+    // IPA's root "uuid" of a whole disk is its MBR disk identifier.
+    assert_eq!(n["driver_internal_info"]["root_uuid_or_disk_id"], "0x01faedfe", "{n}");
+    let log = ipa.log();
+    assert!(log.contains("write_image"), "{}", ipa.logs(4000));
+    assert!(
+        log.contains(&format!("/images/{}", image::cache_key(&format!("{pxe_url}/one.raw")))),
+        "the agent downloaded from the image cache:\n{}",
+        ipa.logs(4000)
+    );
+    let f = wait_for(Duration::from_secs(60), "the Ferric node's deploy", || {
+        settled(&ferric, "active")
+    })
+    .await;
+    assert_eq!(f["driver_internal_info"]["agent_api"], "ferric", "{f}");
+    assert_eq!(sim.writes(ferric.parse().unwrap()), 1);
+
+    // Undeploy (cleaning again, a new ramdisk boot), then the qcow2 image.
+    provision(&id, "deleted").await;
+    let mut ipa = boot("clean wait", Some(ipa)).await;
+    wait_for(Duration::from_secs(120), "IPA's node to be cleaned again", || {
+        until("available", &mut ipa)
+    })
+    .await;
+    let patch = instance(format!("{pxe_url}/two.qcow2"), "qcow2", &qcow2);
+    assert_eq!(api.call(Method::PATCH, &format!("/v1/nodes/{id}"), Some(patch)).await.0, 200);
+    provision(&id, "active").await;
+    let mut ipa = boot("wait call-back", Some(ipa)).await;
+    wait_for(Duration::from_secs(180), "IPA's qcow2 deploy", || until("active", &mut ipa)).await;
+    assert_eq!(
+        disk.read_prefix(second.len()).unwrap(),
+        second,
+        "the disk holds the qcow2 image's contents"
+    );
+    assert!(ipa.log().contains("standby.sync") || ipa.log().contains("sync"), "{}", ipa.logs(4000));
+
+    drop(ipa);
+    drop(netns);
+    token.cancel();
+    while let Some(stopped) = services.join_next().await {
+        stopped.unwrap();
+    }
+    db.cleanup().await;
 }

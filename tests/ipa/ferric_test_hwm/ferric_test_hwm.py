@@ -16,7 +16,8 @@ waits until that file exists, so the test checks what the agent was told before 
 may talk to the API.
 
 Clean steps: it implements ``erase_devices_metadata`` itself (zeroing the partition-table
-areas at both ends of the file ``device``, which must be a regular file) and offers
+areas at both ends of ``device``, which must be a regular file, or a block device when
+``loop_device`` says the test attached it to a file of its own) and offers
 ``ferric_record_args``, which only records its arguments (and, when asked to, runs a while
 or fails); each run of either appends a JSON
 line to ``steps_log``. Every other step of the generic manager that would reach the host
@@ -187,10 +188,12 @@ class FerricTestHardwareManager(hardware.HardwareManager):
     def erase_devices_metadata(self, node, ports):
         cfg = _config()
         path = cfg["device"]
-        # Only ever the test's own file: never a device node, never created here.
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            raise RuntimeError("%s is not a regular file; refusing to erase it" % path)
-        size = os.path.getsize(path)
+        # Only ever the test's own file, or the loop device the test attached to its file
+        # ("loop_device"); never created here.
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or (cfg.get("loop_device") and stat.S_ISBLK(mode))):
+            raise RuntimeError("%s is not the test's disk; refusing to erase it" % path)
+        size = int(cfg["size"])
         n = min(METADATA_BYTES, size)
         fd = os.open(path, os.O_WRONLY)
         try:
