@@ -76,6 +76,14 @@ t=$FERRIC_IPA_DIR
 for d in /sys/block /sys/class/block /sys/dev/block; do
     mount -t tmpfs -o mode=0755,size=64k ferric-ipa-empty "$d"
 done
+# The test's loop device, if it gave one, is the only block device sysfs shows.
+if [ -n "${FERRIC_IPA_DISK_DEV:-}" ]; then
+    name=${FERRIC_IPA_DISK_DEV#/dev/}
+    majmin=$(cat "/sys/devices/virtual/block/$name/dev")
+    ln -s "../devices/virtual/block/$name" "/sys/block/$name"
+    ln -s "../../devices/virtual/block/$name" "/sys/class/block/$name"
+    ln -s "../../devices/virtual/block/$name" "/sys/dev/block/$majmin"
+fi
 mount --bind "$t/empty" /proc/partitions
 mount --bind "$t/cmdline" /proc/cmdline
 mkdir -p "$t/dev"
@@ -310,6 +318,11 @@ impl Ipa {
             std::fs::write(&stub, "#!/bin/sh\necho \"$0: not run under the test\" >&2\nexit 1\n")?;
             std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755))?;
         }
+        // `fuser` would walk the host's processes (and fail on those it may not read): no
+        // process of a ramdisk holds the test's disk, which is fuser's silent exit 1.
+        let fuser = stubs.join("fuser");
+        std::fs::write(&fuser, "#!/bin/sh\nexit 1\n")?;
+        std::fs::set_permissions(&fuser, std::fs::Permissions::from_mode(0o755))?;
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
         let path = format!("{}:{path}", stubs.display());
         let hwm = serde_json::json!({
