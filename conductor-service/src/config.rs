@@ -229,6 +229,25 @@ pub struct AgentClientConfig {
     /// Milliseconds between polls of an ironic-python-agent command that runs (its result
     /// comes only by asking).
     pub ipa_poll_interval_ms: u64,
+    /// When to collect the ramdisk's logs (ironic-python-agent's `log.collect_system_logs`)
+    /// at the end of a deploy or a cleaning (Ironic's `[agent] deploy_logs_collect`).
+    pub deploy_logs_collect: DeployLogsCollect,
+    /// Where they are stored, one `<node>[_<name>][_<instance>][_<label>]_<time>.tar.gz`
+    /// each (Ironic's `deploy_logs_local_path`).
+    pub deploy_logs_local_path: std::path::PathBuf,
+}
+
+/// When the ramdisk's logs are collected.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployLogsCollect {
+    /// When a deploy or a cleaning fails (Ironic's default).
+    #[default]
+    OnFailure,
+    /// At the end of every deploy and cleaning, and when one fails.
+    Always,
+    /// Never.
+    Never,
 }
 
 /// Optional latencies of the fake interfaces (seconds), overridable per node with
@@ -327,6 +346,8 @@ impl Default for AgentClientConfig {
             require_tls: false,
             image_cache_url: String::new(),
             ipa_poll_interval_ms: 1000,
+            deploy_logs_collect: DeployLogsCollect::OnFailure,
+            deploy_logs_local_path: "/var/log/ferric/deploy".into(),
         }
     }
 }

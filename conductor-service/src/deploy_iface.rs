@@ -224,6 +224,7 @@ async fn common_step(
         }
         StepKind::RebootToInstance => {
             if crate::ipa_ops::is_ipa(&task.node) && AgentSession::of(&task.node).called_back() {
+                crate::deploy_logs::collect(task, false, None).await;
                 crate::ipa_ops::sync(task).await;
             }
             set_power(task, d, PowerState::Off).await?;
@@ -237,6 +238,9 @@ async fn common_step(
             {
                 tracing::info!(node = %task.id(), "fast-track: leaving the agent running after cleaning");
                 return Ok(StepOutcome::Continue);
+            }
+            if task.node.provision_state == ProvisionState::Cleaning {
+                crate::deploy_logs::collect(task, false, Some("cleaning")).await;
             }
             set_power(task, d, PowerState::Off).await?;
             Ok(StepOutcome::Continue)

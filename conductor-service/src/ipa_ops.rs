@@ -410,3 +410,12 @@ pub(crate) async fn sync(task: &Task) {
         tracing::warn!(node = %task.id(), error = %e, "the agent could not sync its disks before power off");
     }
 }
+
+/// `log.collect_system_logs`: the ramdisk's logs, base64 of a gzipped tar.
+///
+/// # Errors
+/// [`WorkflowError::Failed`] when the agent cannot be reached or fails.
+pub(crate) async fn system_logs(task: &Task) -> Result<String, WorkflowError> {
+    let ipa = client(task)?;
+    ipa.collect_system_logs().await.map_err(|e| failed("collect_system_logs", task, &e))
+}

@@ -14,6 +14,7 @@ pub mod allocation;
 pub mod budget;
 pub mod config;
 pub mod deploy_iface;
+mod deploy_logs;
 pub mod drivers;
 pub mod events;
 pub mod fast_track;

@@ -177,6 +177,16 @@ pub async fn fail_current(task: &mut Task, msg: &str) -> Result<(), WorkflowErro
         }
         _ => None,
     };
+    // The ramdisk's account of what went wrong, while its agent can still be asked.
+    match state {
+        S::Deploying | S::WaitCallBack => crate::deploy_logs::collect(task, true, None).await,
+        S::Cleaning | S::CleanWait => {
+            let step = task.node.clean_step.get("step").and_then(serde_json::Value::as_str);
+            let label = step.map_or_else(|| "cleaning".to_owned(), |s| format!("cleaning-{s}"));
+            crate::deploy_logs::collect(task, true, Some(&label)).await;
+        }
+        _ => {}
+    }
     if deploy::state::next(state, E::Fail).is_ok() {
         task.transition(state, E::Fail, |n| {
             n.last_error = Some(msg.clone());

@@ -348,11 +348,15 @@ impl Ipa {
              ip_lookup_attempts = 3\n\
              ip_lookup_sleep = 1\n\
              http_request_timeout = 10\n\
+             image_download_connection_retries = 1\n\
+             image_download_connection_retry_interval = 1\n\
              debug = True\n\
              log_file = {}\n",
             if auto_tls { "True" } else { "False" },
             d.join("ipa.log").display()
         );
+        // A download that fails is retried once, a second later (IPA's defaults retry for
+        // about a quarter of an hour, which a failing deploy in a test would wait out).
         std::fs::write(d.join("ipa.conf"), conf)?;
         let out = std::fs::File::create(d.join("ipa.out"))?;
         let mut cmd = Command::new("ip");

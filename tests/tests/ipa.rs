@@ -550,6 +550,8 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     conductor.callback_timeout_secs = 180.0;
     conductor.agent.image_cache_url = pxe_url.clone();
     conductor.agent.ipa_poll_interval_ms = 200;
+    let deploy_logs = work.path().join("deploy-logs");
+    conductor.agent.deploy_logs_local_path = deploy_logs.clone();
     let (shutdown, ready) = root.service();
     let (store, b) = (db.store().clone(), rabbit(&exchange).await.unwrap());
     services.spawn(async move {
@@ -708,6 +710,37 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
         until("available", &mut ipa)
     })
     .await;
+
+    // A deploy that fails in the agent (the image is not what its checksum says): `deploy
+    // failed` with the agent's error, and the ramdisk's logs stored for the operator. Then
+    // the node is cleaned and usable again.
+    let patch = instance(format!("{pxe_url}/one.raw"), "raw", b"another image");
+    assert_eq!(api.call(Method::PATCH, &format!("/v1/nodes/{id}"), Some(patch)).await.0, 200);
+    provision(&id, "active").await;
+    let ipa = boot("wait call-back", Some(ipa)).await;
+    let failed = wait_for(Duration::from_secs(120), "the bad deploy to fail", || async {
+        let n = api.node(&id).await;
+        (n["provision_state"] == "deploy failed" && n["reservation"].is_null()).then_some(n)
+    })
+    .await;
+    let error = failed["last_error"].as_str().unwrap();
+    assert!(error.contains("write_image"), "{failed}");
+    let stored: Vec<std::path::PathBuf> =
+        std::fs::read_dir(&deploy_logs).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(stored.len(), 1, "one archive, of the failed deploy: {stored:?}");
+    let name = stored[0].file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(name.starts_with(&format!("{id}_ipa-1_")) && name.ends_with(".tar.gz"), "{name}");
+    let archive = std::fs::read(&stored[0]).unwrap();
+    assert_eq!(archive[..2], [0x1f, 0x8b], "a gzip archive: {name}");
+    let listed = std::process::Command::new("tar").arg("-tzf").arg(&stored[0]).output().unwrap();
+    assert!(listed.status.success() && !listed.stdout.is_empty(), "{listed:?}");
+    provision(&id, "deleted").await;
+    let mut ipa = boot("clean wait", Some(ipa)).await;
+    wait_for(Duration::from_secs(120), "IPA's node to be cleaned after the failure", || {
+        until("available", &mut ipa)
+    })
+    .await;
+
     let patch = instance(format!("{pxe_url}/two.qcow2"), "qcow2", &qcow2);
     assert_eq!(api.call(Method::PATCH, &format!("/v1/nodes/{id}"), Some(patch)).await.0, 200);
     provision(&id, "active").await;
