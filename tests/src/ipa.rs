@@ -439,8 +439,10 @@ impl Ipa {
     }
 }
 
-impl Drop for Ipa {
-    fn drop(&mut self) {
+impl Ipa {
+    /// Kill the agent and everything it ran, as a power-off would; its files stay until
+    /// drop.
+    pub fn stop(&mut self) {
         // The group holds the agent and anything it ran (ip, lsblk, …).
         let pgid = self.child.id();
         let _ = Command::new("kill")
@@ -450,6 +452,12 @@ impl Drop for Ipa {
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Ipa {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -504,5 +512,176 @@ impl Drop for LoopDisk {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// A machine behind the simulated Redfish BMC (`sim::bmc`) whose deploy ramdisk is the real
+/// agent: powering it on with a network boot starts a fresh [`Ipa`] on `disk` in `ns` (as
+/// the ramdisk booting), powering it off kills it; a boot from the disk boots no agent (the
+/// instance). Before letting each agent go on, it checks what the agent was told about its
+/// disks: exactly `disk`; a boot that saw anything else is recorded and its agent never
+/// released.
+pub struct IpaMachine {
+    venv: IpaVenv,
+    ns: std::sync::Arc<Netns>,
+    disk: std::sync::Arc<LoopDisk>,
+    api_url: String,
+    state: std::sync::Mutex<MachineState>,
+}
+
+#[derive(Default)]
+struct MachineState {
+    on: bool,
+    boot: sim::bmc::BootOverride,
+    agent: Option<Ipa>,
+    /// Agents of earlier boots, stopped, kept for their logs.
+    past: Vec<Ipa>,
+    boots: Vec<sim::bmc::BootTarget>,
+    refused: Vec<String>,
+}
+
+impl IpaMachine {
+    /// A machine that is off.
+    pub fn new(
+        venv: IpaVenv,
+        ns: std::sync::Arc<Netns>,
+        disk: std::sync::Arc<LoopDisk>,
+        api_url: &str,
+    ) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            venv,
+            ns,
+            disk,
+            api_url: api_url.to_owned(),
+            state: std::sync::Mutex::new(MachineState::default()),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, MachineState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What each power-on booted, in order.
+    pub fn boots(&self) -> Vec<sim::bmc::BootTarget> {
+        self.state().boots.clone()
+    }
+
+    /// Boots whose agent reported other disks than the test's (never released).
+    pub fn refused(&self) -> Vec<String> {
+        self.state().refused.clone()
+    }
+
+    /// The steps the test hardware manager ran in every agent this machine ran, in order.
+    pub fn steps_run(&self) -> Vec<serde_json::Value> {
+        let s = self.state();
+        s.past.iter().chain(s.agent.as_ref()).flat_map(Ipa::steps_run).collect()
+    }
+
+    /// The logs of every agent this machine ran, oldest first.
+    pub fn agent_logs(&self) -> Vec<String> {
+        let s = self.state();
+        s.past.iter().chain(s.agent.as_ref()).map(Ipa::log).collect()
+    }
+
+    /// The running agent's log tail, or why there is none, for a failure message.
+    pub fn current_logs(&self, max: usize) -> String {
+        let mut s = self.state();
+        match s.agent.as_mut() {
+            Some(a) => match a.exited() {
+                Ok(Some(status)) => format!("the agent exited ({status}):\n{}", a.logs(max)),
+                _ => a.logs(max),
+            },
+            None => "no agent is running".into(),
+        }
+    }
+
+    fn power_off(s: &mut MachineState) {
+        if let Some(mut a) = s.agent.take() {
+            a.stop();
+            s.past.push(a);
+        }
+        s.on = false;
+    }
+
+    fn power_on(
+        self: &std::sync::Arc<Self>,
+        s: &mut MachineState,
+    ) -> Result<(), sim::bmc::BmcError> {
+        use sim::bmc::{BmcError, BootEnabled, BootTarget};
+        s.on = true;
+        let target = s.boot.effective_target();
+        if s.boot.enabled == BootEnabled::Once {
+            s.boot.enabled = BootEnabled::Disabled;
+        }
+        s.boots.push(target);
+        if target != BootTarget::Pxe {
+            return Ok(());
+        }
+        let agent = Ipa::start_on(&self.venv, &self.ns, &self.api_url, &self.disk)
+            .map_err(|e| BmcError::Failed(format!("the ramdisk did not start: {e:#}")))?;
+        let report = agent.dir.path().join("hwm-report.json");
+        let gate = agent.dir.path().join("released");
+        s.agent = Some(agent);
+        let me = std::sync::Arc::clone(self);
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while std::time::Instant::now() < deadline {
+                let read = std::fs::read_to_string(&report).ok();
+                if let Some(r) =
+                    read.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                {
+                    let disks = r["block_devices"].as_array().cloned().unwrap_or_default();
+                    let ok =
+                        disks.len() == 1 && disks[0]["name"].as_str() == me.disk.device.to_str();
+                    if ok {
+                        let _ = std::fs::write(&gate, "");
+                    } else {
+                        me.state().refused.push(r.to_string());
+                    }
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            me.state().refused.push("no report from the hardware manager within 60 s".into());
+        });
+        Ok(())
+    }
+}
+
+/// The machine behind a BMC, as `sim::bmc` serves it; shared with the BMC.
+pub struct IpaMachineBackend(pub std::sync::Arc<IpaMachine>);
+
+#[async_trait::async_trait]
+impl sim::bmc::MachineBackend for IpaMachineBackend {
+    async fn power_state(&self) -> Result<sim::bmc::PowerStatus, sim::bmc::BmcError> {
+        Ok(if self.0.state().on { sim::bmc::PowerStatus::On } else { sim::bmc::PowerStatus::Off })
+    }
+
+    async fn reset(&self, kind: sim::bmc::ResetKind) -> Result<(), sim::bmc::BmcError> {
+        use sim::bmc::ResetKind as K;
+        let m = &self.0;
+        let mut s = m.state();
+        match kind {
+            K::On | K::ForceOn if s.on => Ok(()),
+            K::On | K::ForceOn => m.power_on(&mut s),
+            K::ForceOff | K::GracefulShutdown => {
+                IpaMachine::power_off(&mut s);
+                Ok(())
+            }
+            K::ForceRestart | K::GracefulRestart | K::PowerCycle => {
+                IpaMachine::power_off(&mut s);
+                m.power_on(&mut s)
+            }
+            other => Err(sim::bmc::BmcError::Unsupported(format!("{other:?}"))),
+        }
+    }
+
+    async fn boot_override(&self) -> Result<sim::bmc::BootOverride, sim::bmc::BmcError> {
+        Ok(self.0.state().boot)
+    }
+
+    async fn set_boot_override(&self, o: sim::bmc::BootOverride) -> Result<(), sim::bmc::BmcError> {
+        self.0.state().boot = o;
+        Ok(())
     }
 }

@@ -35,7 +35,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sim::{SimAgent, SimAgentConfig};
 use store::testing::TestDatabase;
-use tests::ipa::{AGENT_PORT, Ipa, IpaVenv, LoopDisk, Netns, namespace_tools};
+use tests::ipa::{
+    AGENT_PORT, Ipa, IpaMachine, IpaMachineBackend, IpaVenv, LoopDisk, Netns, namespace_tools,
+};
 
 const VERSION: &str = "1.96";
 
@@ -448,9 +450,10 @@ fn sha256_hex(b: &[u8]) -> String {
 
 /// The real ironic-python-agent cleans and deploys through Ferric, next to Ferric's own
 /// agent on another node of the same fleet:
-/// - the test plays the machine: each time the conductor boots the node's ramdisk (its
-///   agent session is gone and it waits for a call-back), it starts a fresh agent in the
-///   namespace, on a loop device over a file of the test's as its only disk;
+/// - the node is a `redfish` node behind the simulator's Redfish BMC, whose machine
+///   ([`IpaMachine`]) boots a fresh agent in the namespace whenever the BMC powers it on
+///   with a network boot (on a loop device over a file of the test's as its only disk), and
+///   kills it when the BMC powers it off; a boot from the disk boots no agent;
 /// - automated cleaning runs the agent's metadata erase (its full erase is off by the
 ///   default priority override);
 /// - the deploy of a raw image, then, after an undeploy and another cleaning, of a qcow2
@@ -580,7 +583,26 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     ));
 
     // The IPA node: the namespace's MAC.
-    let body = json!({"driver": "fake-hardware", "name": "ipa-1", "deploy_interface": "direct"});
+    // The IPA node: a Redfish BMC of the simulator in front of a machine whose ramdisk is
+    // the real agent in the namespace, on the loop device.
+    let netns = std::sync::Arc::new(netns);
+    let disk = std::sync::Arc::new(disk);
+    let machine = IpaMachine::new(venv.clone(), netns.clone(), disk.clone(), &base);
+    let bmc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bmc_url = format!("http://{}", bmc.local_addr().unwrap());
+    let system = "ipa-machine".to_owned();
+    let backend: std::sync::Arc<dyn sim::bmc::MachineBackend> =
+        std::sync::Arc::new(IpaMachineBackend(machine.clone()));
+    tokio::spawn(sim::bmc::serve_redfish(
+        bmc,
+        vec![(system.clone(), backend)],
+        Some(("admin".into(), "password".into())),
+        token.clone(),
+    ));
+    let body = json!({"driver": "redfish", "name": "ipa-1", "deploy_interface": "direct",
+                      "driver_info": {"redfish_address": bmc_url,
+                                      "redfish_system_id": format!("/redfish/v1/Systems/{system}"),
+                                      "redfish_username": "admin", "redfish_password": "password"}});
     let (status, node) = api.call(Method::POST, "/v1/nodes", Some(body)).await;
     assert_eq!(status, 201, "{node}");
     let id = node["uuid"].as_str().unwrap().to_owned();
@@ -605,6 +627,18 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
             (state == want && n["reservation"].is_null()).then_some(n)
         }
     };
+    // The IPA node reaches `want`, failing with the running agent's log otherwise.
+    let until = |want: &'static str| {
+        let (api, id, machine) = (&api, &id, &machine);
+        async move {
+            let n = api.node(id).await;
+            let state = n["provision_state"].as_str().unwrap_or_default();
+            assert!(!state.contains("failed"), "{n}\n{}", machine.current_logs(8000));
+            let refused = machine.refused();
+            assert!(refused.is_empty(), "an agent was told of other disks: {refused:?}");
+            (state == want && n["reservation"].is_null()).then_some(n)
+        }
+    };
     for n in [&ferric, &id] {
         provision(n, "manage").await;
     }
@@ -612,55 +646,14 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
         wait_for(Duration::from_secs(60), "manageable", || settled(n, "manageable")).await;
     }
 
-    // One ramdisk boot: wait until the conductor waits for the agent with no session left,
-    // then start a fresh agent (the previous one, if any, is the machine's last boot).
-    let boot = |wait_state: &'static str, previous: Option<Ipa>| {
-        let (api, id, venv, netns, disk, base) = (&api, &id, &venv, &netns, &disk, &base);
-        async move {
-            drop(previous);
-            wait_for(Duration::from_secs(60), wait_state, || async {
-                let n = api.node(id).await;
-                let state = n["provision_state"].as_str().unwrap_or_default();
-                assert!(!state.contains("failed"), "{n}");
-                let no_agent = n["driver_internal_info"].get("agent_url").is_none();
-                (state == wait_state && no_agent).then_some(())
-            })
-            .await;
-            let ipa = Ipa::start_on(venv, netns, base, disk).unwrap();
-            let report = wait_for(Duration::from_secs(60), "the hardware manager's report", || {
-                let r = ipa.hwm_report();
-                async move { r }
-            })
-            .await;
-            let disks = report["block_devices"].as_array().unwrap();
-            assert_eq!(disks.len(), 1, "{report}");
-            assert_eq!(disks[0]["name"], disk.device.to_str().unwrap(), "{report}");
-            ipa.release().unwrap();
-            ipa
-        }
-    };
-    let until = |want: &'static str, ipa: &mut Ipa| {
-        let (api, id) = (&api, &id);
-        let exited = ipa.exited().unwrap();
-        let logs = ipa.logs(8000);
-        async move {
-            let n = api.node(id).await;
-            let state = n["provision_state"].as_str().unwrap_or_default();
-            assert!(!state.contains("failed"), "{n}\n{logs}");
-            assert!(exited.is_none(), "the agent exited ({exited:?}):\n{logs}");
-            (state == want && n["reservation"].is_null()).then_some(n)
-        }
-    };
-
-    // Automated cleaning through the agent: its metadata erase only.
+    // Automated cleaning through the agent: its metadata erase only; then the BMC powers the
+    // machine off (and the agent with it).
     for n in [&ferric, &id] {
         provision(n, "provide").await;
     }
-    let mut ipa = boot("clean wait", None).await;
-    wait_for(Duration::from_secs(120), "IPA's node to be cleaned", || until("available", &mut ipa))
-        .await;
+    wait_for(Duration::from_secs(120), "IPA's node to be cleaned", || until("available")).await;
     let ran: Vec<String> =
-        ipa.steps_run().iter().map(|s| s["step"].as_str().unwrap().to_owned()).collect();
+        machine.steps_run().iter().map(|s| s["step"].as_str().unwrap().to_owned()).collect();
     assert_eq!(ran, ["erase_devices_metadata"]);
     wait_for(Duration::from_secs(60), "the Ferric node to be cleaned", || {
         settled(&ferric, "available")
@@ -685,31 +678,32 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     assert_eq!(api.call(Method::PATCH, &format!("/v1/nodes/{ferric}"), Some(patch)).await.0, 200);
     provision(&id, "active").await;
     provision(&ferric, "active").await;
-    let mut ipa = boot("wait call-back", Some(ipa)).await;
-    let n =
-        wait_for(Duration::from_secs(180), "IPA's raw deploy", || until("active", &mut ipa)).await;
+    let n = wait_for(Duration::from_secs(180), "IPA's raw deploy", || until("active")).await;
     assert_eq!(disk.read_prefix(raw.len()).unwrap(), raw, "the disk holds the raw image");
+    assert_eq!(n["power_state"], "power on", "{n}");
     assert_eq!(n["driver_internal_info"]["deploy_progress"]["phase"], "done", "{n}");
     // IPA's root "uuid" of a whole disk is its MBR disk identifier.
     assert_eq!(n["driver_internal_info"]["root_uuid_or_disk_id"], "0x01faedfe", "{n}");
-    let log = ipa.log();
-    assert!(log.contains("write_image"), "{}", ipa.logs(4000));
+    let log = machine.agent_logs().pop().unwrap();
+    assert!(log.contains("write_image"), "{log}");
     assert!(
         log.contains(&format!("/images/{}", image::cache_key(&format!("{pxe_url}/one.raw")))),
-        "the agent downloaded from the image cache:\n{}",
-        ipa.logs(4000)
+        "the agent downloaded from the image cache:\n{log}"
     );
+    // The conductor had the agent flush its disks before the BMC powered the node off.
+    assert!(log.contains("Executing command: standby.sync"), "{log}");
+    // Through the BMC: the ramdisk for cleaning, the ramdisk for the deploy, the instance
+    // from the disk.
+    use sim::bmc::BootTarget::{Hdd, Pxe};
+    assert_eq!(machine.boots(), [Pxe, Pxe, Hdd]);
     wait_for(Duration::from_secs(60), "the Ferric node's deploy", || settled(&ferric, "active"))
         .await;
     assert_eq!(sim.writes(ferric.parse().unwrap()), 1);
 
-    // Undeploy (cleaning again, a new ramdisk boot), then the qcow2 image.
+    // Undeploy (cleaning again, a new ramdisk boot).
     provision(&id, "deleted").await;
-    let mut ipa = boot("clean wait", Some(ipa)).await;
-    wait_for(Duration::from_secs(120), "IPA's node to be cleaned again", || {
-        until("available", &mut ipa)
-    })
-    .await;
+    wait_for(Duration::from_secs(120), "IPA's node to be cleaned again", || until("available"))
+        .await;
 
     // A deploy that fails in the agent (the image is not what its checksum says): `deploy
     // failed` with the agent's error, and the ramdisk's logs stored for the operator. Then
@@ -717,7 +711,6 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     let patch = instance(format!("{pxe_url}/one.raw"), "raw", b"another image");
     assert_eq!(api.call(Method::PATCH, &format!("/v1/nodes/{id}"), Some(patch)).await.0, 200);
     provision(&id, "active").await;
-    let ipa = boot("wait call-back", Some(ipa)).await;
     let failed = wait_for(Duration::from_secs(120), "the bad deploy to fail", || async {
         let n = api.node(&id).await;
         (n["provision_state"] == "deploy failed" && n["reservation"].is_null()).then_some(n)
@@ -734,28 +727,26 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     assert_eq!(archive[..2], [0x1f, 0x8b], "a gzip archive: {name}");
     let listed = std::process::Command::new("tar").arg("-tzf").arg(&stored[0]).output().unwrap();
     assert!(listed.status.success() && !listed.stdout.is_empty(), "{listed:?}");
+    // The failed deploy left the machine off (power_off_after_deploy_failure).
+    assert_eq!(failed["power_state"], "power off", "{failed}");
     provision(&id, "deleted").await;
-    let mut ipa = boot("clean wait", Some(ipa)).await;
     wait_for(Duration::from_secs(120), "IPA's node to be cleaned after the failure", || {
-        until("available", &mut ipa)
+        until("available")
     })
     .await;
 
     let patch = instance(format!("{pxe_url}/two.qcow2"), "qcow2", &qcow2);
     assert_eq!(api.call(Method::PATCH, &format!("/v1/nodes/{id}"), Some(patch)).await.0, 200);
     provision(&id, "active").await;
-    let mut ipa = boot("wait call-back", Some(ipa)).await;
-    wait_for(Duration::from_secs(180), "IPA's qcow2 deploy", || until("active", &mut ipa)).await;
+    wait_for(Duration::from_secs(180), "IPA's qcow2 deploy", || until("active")).await;
     assert_eq!(
         disk.read_prefix(second.len()).unwrap(),
         second,
         "the disk holds the qcow2 image's contents"
     );
-    // The conductor had the agent flush its disks before the BMC powered the node off.
-    assert!(ipa.log().contains("Executing command: standby.sync"), "{}", ipa.logs(4000));
+    assert_eq!(machine.boots().len(), 8, "{:?}", machine.boots());
+    assert_eq!(machine.boots().last(), Some(&Hdd));
 
-    drop(ipa);
-    drop(netns);
     token.cancel();
     while let Some(stopped) = services.join_next().await {
         stopped.unwrap();
