@@ -273,7 +273,7 @@ impl Ipa {
         api_url: &str,
         auto_tls: bool,
     ) -> anyhow::Result<Self> {
-        Self::spawn(venv, ns, api_url, auto_tls, None)
+        Self::spawn(venv, ns, api_url, auto_tls, None, false)
     }
 
     /// [`Self::start`] with `disk` as the one disk: the agent may write images to it.
@@ -286,7 +286,22 @@ impl Ipa {
         api_url: &str,
         disk: &LoopDisk,
     ) -> anyhow::Result<Self> {
-        Self::spawn(venv, ns, api_url, false, Some(disk))
+        Self::spawn(venv, ns, api_url, false, Some(disk), false)
+    }
+
+    /// [`Self::start_on`], and the agent inspects first: it posts its inventory (from the
+    /// test hardware manager) to the API's `/v1/continue_inspection`, as IPA's in-band
+    /// inspection does, before its lookup.
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub fn start_inspecting(
+        venv: &IpaVenv,
+        ns: &Netns,
+        api_url: &str,
+        disk: &LoopDisk,
+    ) -> anyhow::Result<Self> {
+        Self::spawn(venv, ns, api_url, false, Some(disk), true)
     }
 
     fn spawn(
@@ -295,6 +310,7 @@ impl Ipa {
         api_url: &str,
         auto_tls: bool,
         loop_disk: Option<&LoopDisk>,
+        inspect: bool,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferric-ipa-").tempdir()?;
         let d = dir.path();
@@ -339,8 +355,8 @@ impl Ipa {
              api_url = {api_url}\n\
              listen_port = {AGENT_PORT}\n\
              enable_auto_tls = {}\n\
-             inspection_callback_url =\n\
-             inspection_collectors =\n\
+             inspection_callback_url = {}\n\
+             inspection_collectors = {}\n\
              disk_wait_attempts = 0\n\
              hardware_initialization_delay = 0\n\
              lookup_timeout = 120\n\
@@ -353,6 +369,8 @@ impl Ipa {
              debug = True\n\
              log_file = {}\n",
             if auto_tls { "True" } else { "False" },
+            if inspect { format!("{api_url}/v1/continue_inspection") } else { String::new() },
+            if inspect { "default" } else { "" },
             d.join("ipa.log").display()
         );
         // A download that fails is retried once, a second later (IPA's defaults retry for
@@ -531,6 +549,8 @@ pub struct IpaMachine {
 
 #[derive(Default)]
 struct MachineState {
+    /// The next network boot's agent inspects first.
+    inspect_next: bool,
     on: bool,
     boot: sim::bmc::BootOverride,
     agent: Option<Ipa>,
@@ -559,6 +579,11 @@ impl IpaMachine {
 
     fn state(&self) -> std::sync::MutexGuard<'_, MachineState> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Let the agent of the next network boot inspect (post its inventory) before its lookup.
+    pub fn inspect_on_next_boot(&self) {
+        self.state().inspect_next = true;
     }
 
     /// What each power-on booted, in order.
@@ -617,7 +642,9 @@ impl IpaMachine {
         if target != BootTarget::Pxe {
             return Ok(());
         }
-        let agent = Ipa::start_on(&self.venv, &self.ns, &self.api_url, &self.disk)
+        let start =
+            if std::mem::take(&mut s.inspect_next) { Ipa::start_inspecting } else { Ipa::start_on };
+        let agent = start(&self.venv, &self.ns, &self.api_url, &self.disk)
             .map_err(|e| BmcError::Failed(format!("the ramdisk did not start: {e:#}")))?;
         let report = agent.dir.path().join("hwm-report.json");
         let gate = agent.dir.path().join("released");

@@ -454,6 +454,8 @@ fn sha256_hex(b: &[u8]) -> String {
 ///   ([`IpaMachine`]) boots a fresh agent in the namespace whenever the BMC powers it on
 ///   with a network boot (on a loop device over a file of the test's as its only disk), and
 ///   kills it when the BMC powers it off; a boot from the disk boots no agent;
+/// - in-band inspection: the agent posts its inventory to `/v1/continue_inspection` and the
+///   node gets its properties and stored inventory;
 /// - automated cleaning runs the agent's metadata erase (its full erase is off by the
 ///   default priority override);
 /// - the deploy of a raw image, then, after an undeploy and another cleaning, of a qcow2
@@ -600,6 +602,7 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
         token.clone(),
     ));
     let body = json!({"driver": "redfish", "name": "ipa-1", "deploy_interface": "direct",
+                      "inspect_interface": "agent",
                       "driver_info": {"redfish_address": bmc_url,
                                       "redfish_system_id": format!("/redfish/v1/Systems/{system}"),
                                       "redfish_username": "admin", "redfish_password": "password"}});
@@ -645,6 +648,30 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     for n in [&ferric, &id] {
         wait_for(Duration::from_secs(60), "manageable", || settled(n, "manageable")).await;
     }
+
+    // In-band inspection: the agent posts its inventory to /v1/continue_inspection and the
+    // conductor turns it into properties.
+    machine.inspect_on_next_boot();
+    provision(&id, "inspect").await;
+    let n = wait_for(Duration::from_secs(120), "IPA's inspection", || async {
+        let n = api.node(&id).await;
+        let done = n["provision_state"] == "manageable" && n["inspection_finished_at"].is_string();
+        assert!(n["last_error"].is_null(), "{n}\n{}", machine.current_logs(8000));
+        (done && n["reservation"].is_null()).then_some(n)
+    })
+    .await;
+    let props = &n["properties"];
+    assert_eq!(props["cpus"], 1, "{n}");
+    assert_eq!(props["memory_mb"], 1024, "{n}");
+    assert_eq!(props["cpu_arch"], "x86_64", "{n}");
+    let (status, inventory) =
+        api.call(Method::GET, &format!("/v1/nodes/{id}/inventory"), None).await;
+    assert_eq!(status, 200, "{inventory}");
+    let disks = inventory["inventory"]["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 1, "{inventory}");
+    assert_eq!(disks[0]["name"], disk.device.to_str().unwrap(), "{inventory}");
+    assert_eq!(inventory["inventory"]["system_vendor"]["manufacturer"], "ferric", "{inventory}");
+    assert_eq!(n["power_state"], "power off", "{n}");
 
     // Automated cleaning through the agent: its metadata erase only; then the BMC powers the
     // machine off (and the agent with it).
@@ -692,10 +719,10 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     );
     // The conductor had the agent flush its disks before the BMC powered the node off.
     assert!(log.contains("Executing command: standby.sync"), "{log}");
-    // Through the BMC: the ramdisk for cleaning, the ramdisk for the deploy, the instance
-    // from the disk.
+    // Through the BMC: the ramdisk for inspection, for cleaning and for the deploy, then the
+    // instance from the disk.
     use sim::bmc::BootTarget::{Hdd, Pxe};
-    assert_eq!(machine.boots(), [Pxe, Pxe, Hdd]);
+    assert_eq!(machine.boots(), [Pxe, Pxe, Pxe, Hdd]);
     wait_for(Duration::from_secs(60), "the Ferric node's deploy", || settled(&ferric, "active"))
         .await;
     assert_eq!(sim.writes(ferric.parse().unwrap()), 1);
@@ -744,7 +771,7 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
         second,
         "the disk holds the qcow2 image's contents"
     );
-    assert_eq!(machine.boots().len(), 8, "{:?}", machine.boots());
+    assert_eq!(machine.boots().len(), 9, "{:?}", machine.boots());
     assert_eq!(machine.boots().last(), Some(&Hdd));
 
     token.cancel();
