@@ -3,8 +3,8 @@
 //! in `tests/ipa/ferric_test_hwm`, a network namespace joined to the host by a veth pair
 //! (IPA's only network), and a mount namespace inside it where the host's block devices are
 //! hidden (`/sys/block`, `/sys/class/block`, `/sys/dev/block`, `/proc/partitions`, a `/dev`
-//! with only `null`, `zero`, `full`, `random` and `urandom`) and `/proc/cmdline` holds no
-//! `ipa-*` parameters of the host.
+//! with only `null`, `zero`, `full`, `random` and `urandom`), `/proc/cmdline` holds no
+//! `ipa-*` parameters of the host, and `/etc` is a copy in the test's directory.
 //!
 //! The hardware manager outranks IPA's generic one and reports exactly one disk, a file the
 //! test made; hiding the host's devices covers what IPA still runs through the generic
@@ -84,6 +84,11 @@ if [ -n "${FERRIC_IPA_DISK_DEV:-}" ]; then
     ln -s "../../devices/virtual/block/$name" "/sys/class/block/$name"
     ln -s "../../devices/virtual/block/$name" "/sys/dev/block/$majmin"
 fi
+# A copy of /etc, with the directory a rescue ramdisk has for the rescue password: what the
+# agent writes there (rescue) stays in the test's directory.
+cp -a /etc "$t/etc"
+mkdir -p "$t/etc/ipa-rescue-config"
+mount --bind "$t/etc" /etc
 mount --bind "$t/empty" /proc/partitions
 mount --bind "$t/cmdline" /proc/cmdline
 mkdir -p "$t/dev"
@@ -451,6 +456,12 @@ impl Ipa {
         format!("{}\n{}", tail("ipa.log"), tail("ipa.out"))
     }
 
+    /// The rescue password hash the agent wrote (`rescue.finalize_rescue`), if it did.
+    pub fn rescue_password_hash(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("etc/ipa-rescue-config/ipa-rescue-password"))
+            .ok()
+    }
+
     /// The agent's whole log file.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("ipa.log")).unwrap_or_default()
@@ -600,6 +611,12 @@ impl IpaMachine {
     pub fn steps_run(&self) -> Vec<serde_json::Value> {
         let s = self.state();
         s.past.iter().chain(s.agent.as_ref()).flat_map(Ipa::steps_run).collect()
+    }
+
+    /// The rescue password hash the last agent that wrote one wrote.
+    pub fn rescue_password_hash(&self) -> Option<String> {
+        let s = self.state();
+        s.past.iter().chain(s.agent.as_ref()).filter_map(Ipa::rescue_password_hash).last()
     }
 
     /// The logs of every agent this machine ran, oldest first.

@@ -462,6 +462,7 @@ fn sha256_hex(b: &[u8]) -> String {
 ///   image, each fetched by the agent from pxe-service's image cache (which fetched and
 ///   verified it from its origin) and written by IPA's own `write_image`; the test then
 ///   reads the disk's file and finds the image;
+/// - rescue: the rescue ramdisk's agent writes the password hash it is given; unrescue;
 /// - meanwhile a node with the simulated Ferric agent is deployed through gRPC, and both
 ///   reach `active`.
 #[tokio::test]
@@ -602,7 +603,7 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
         token.clone(),
     ));
     let body = json!({"driver": "redfish", "name": "ipa-1", "deploy_interface": "direct",
-                      "inspect_interface": "agent",
+                      "inspect_interface": "agent", "rescue_interface": "agent",
                       "driver_info": {"redfish_address": bmc_url,
                                       "redfish_system_id": format!("/redfish/v1/Systems/{system}"),
                                       "redfish_username": "admin", "redfish_password": "password"}});
@@ -771,7 +772,22 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
         second,
         "the disk holds the qcow2 image's contents"
     );
-    assert_eq!(machine.boots().len(), 9, "{:?}", machine.boots());
+
+    // Rescue: the rescue ramdisk's agent gets the password's hash (`rescue.finalize_rescue`)
+    // and writes it where the rescue user's login reads it; unrescue boots the disk again.
+    let path = format!("/v1/nodes/{id}/states/provision");
+    let body = json!({"target": "rescue", "rescue_password": "ferric-rescue"});
+    let (status, b) = api.call(Method::PUT, &path, Some(body)).await;
+    assert_eq!(status, 202, "{b}");
+    let n = wait_for(Duration::from_secs(120), "IPA's rescue", || until("rescue")).await;
+    assert!(n["instance_info"].get("hashed_rescue_password").is_none(), "{n}");
+    let hash = machine.rescue_password_hash().expect("the agent wrote the password hash");
+    assert!(hash.starts_with("$5$"), "{hash}");
+    assert!(deploy::rescue::verify("ferric-rescue", &hash), "{hash}");
+    provision(&id, "unrescue").await;
+    wait_for(Duration::from_secs(120), "IPA's node to leave rescue", || until("active")).await;
+
+    assert_eq!(machine.boots().len(), 11, "{:?}", machine.boots());
     assert_eq!(machine.boots().last(), Some(&Hdd));
 
     token.cancel();
