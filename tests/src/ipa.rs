@@ -616,7 +616,7 @@ impl IpaMachine {
     /// The rescue password hash the last agent that wrote one wrote.
     pub fn rescue_password_hash(&self) -> Option<String> {
         let s = self.state();
-        s.past.iter().chain(s.agent.as_ref()).filter_map(Ipa::rescue_password_hash).last()
+        s.past.iter().chain(s.agent.as_ref()).rev().find_map(Ipa::rescue_password_hash)
     }
 
     /// The logs of every agent this machine ran, oldest first.
