@@ -257,6 +257,18 @@ mod tests {
 
     use super::*;
 
+    /// Serve `app` on a loopback port until the token is cancelled: its URL and the token.
+    async fn serve(app: Router) -> (String, CancellationToken) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = format!("http://{}", l.local_addr().unwrap());
+        let token = CancellationToken::new();
+        let t2 = token.clone();
+        tokio::spawn(async move {
+            axum::serve(l, app).with_graceful_shutdown(t2.cancelled_owned()).await.unwrap();
+        });
+        (api, token)
+    }
+
     fn creds() -> ExportCredentials {
         ExportCredentials {
             deploy_key: "the-key".into(),
@@ -285,13 +297,7 @@ mod tests {
                 }
             }),
         );
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = format!("http://{}", l.local_addr().unwrap());
-        let token = CancellationToken::new();
-        let t2 = token.clone();
-        tokio::spawn(async move {
-            axum::serve(l, app).with_graceful_shutdown(t2.cancelled_owned()).await.unwrap();
-        });
+        let (api, token) = serve(app).await;
         let cfg = ExportConfig {
             api_url: api,
             node_uuid: "n1".into(),
@@ -344,13 +350,7 @@ mod tests {
                 }
             }),
         );
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = format!("http://{}", l.local_addr().unwrap());
-        let token = CancellationToken::new();
-        let t2 = token.clone();
-        tokio::spawn(async move {
-            axum::serve(l, app).with_graceful_shutdown(t2.cancelled_owned()).await.unwrap();
-        });
+        let (api, token) = serve(app).await;
         let cfg = ExportConfig {
             api_url: api,
             node_uuid: "n1".into(),

@@ -918,6 +918,13 @@ impl Console {
         self.stream.write_all(text.as_bytes()).await.expect("type on the console");
     }
 
+    /// [`Self::expect`] within 30 s, or panic with `why` and the console since connecting.
+    async fn must_see(&mut self, what: &str, why: &str) {
+        if self.expect(what, Duration::from_secs(30)).await.is_none() {
+            panic!("{why}\n--- console since connecting ---\n{}", self.transcript());
+        }
+    }
+
     /// Reads until `what` appears after what earlier calls consumed; `None` when it has not
     /// within `within`. Consumes through the match.
     async fn expect(&mut self, what: &str, within: Duration) -> Option<String> {
@@ -1305,43 +1312,21 @@ async fn rescue_login(vm: &Vm, password: &str) {
     }
     assert!(prompted, "{}", fail(&c, "no login prompt on the console"));
     c.send("rescue\r").await;
-    assert!(
-        c.expect("Password: ", Duration::from_secs(30)).await.is_some(),
-        "{}",
-        fail(&c, "no password prompt")
-    );
+    c.must_see("Password: ", "no password prompt").await;
     c.send("not-the-rescue-password\r").await;
-    assert!(
-        c.expect("Login incorrect", Duration::from_secs(30)).await.is_some(),
-        "{}",
-        fail(&c, "a wrong password must be refused")
-    );
-    assert!(
-        c.expect("login: ", Duration::from_secs(30)).await.is_some(),
-        "{}",
-        fail(&c, "no second login prompt")
-    );
+    c.must_see("Login incorrect", "a wrong password must be refused").await;
+    c.must_see("login: ", "no second login prompt").await;
     c.send("rescue\r").await;
-    assert!(
-        c.expect("Password: ", Duration::from_secs(30)).await.is_some(),
-        "{}",
-        fail(&c, "no password prompt")
-    );
+    c.must_see("Password: ", "no password prompt").await;
     c.send(&format!("{password}\r")).await;
-    assert!(
-        c.expect("# ", Duration::from_secs(30)).await.is_some(),
-        "{}",
-        fail(&c, "the rescue password did not open a shell")
-    );
+    c.must_see("# ", "the rescue password did not open a shell").await;
     // The typed line echoes `$((6*7))`; only the shell's output holds 42.
     c.send("echo FERRIC-RESCUE-$((6*7)) user=$(id -un) uid=$(id -u) shadow=$(grep -c '^rescue:[$]5[$]' /etc/shadow)\r").await;
-    assert!(
-        c.expect("FERRIC-RESCUE-42 user=rescue uid=0 shadow=1", Duration::from_secs(30))
-            .await
-            .is_some(),
-        "{}",
-        fail(&c, "the rescue shell did not run the command")
-    );
+    c.must_see(
+        "FERRIC-RESCUE-42 user=rescue uid=0 shadow=1",
+        "the rescue shell did not run the command",
+    )
+    .await;
     eprintln!("[qemu-deploy] rescue: console login and command took {:.1?}", started.elapsed());
 }
 
