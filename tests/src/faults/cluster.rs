@@ -48,18 +48,20 @@ fn profile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The release service binaries. Under `cargo test` they are (re)built first, once per
-/// test process (a no-op when fresh); elsewhere (the soak binary, itself built with
-/// `--release`) they must have been built with it.
+/// The service binaries of this executable's own profile: the test suite's (`dev`, which
+/// `cargo test --workspace` has already built, so nothing is compiled twice) or the soak
+/// binary's (`release`). Under cargo (`cargo test`, `cargo run`) they are (re)built first,
+/// once per process (a no-op when fresh); otherwise they must have been built.
 fn bins() -> anyhow::Result<Bins> {
     static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    let mut dir = profile_dir()?;
+    let dir = profile_dir()?;
+    let profile = if dir.ends_with("release") { "release" } else { "dev" };
     if let Some(cargo) = std::env::var_os("CARGO") {
         BUILT
             .get_or_init(|| {
                 let status = Command::new(cargo)
-                    .args(["build", "--release", "-p", "api-service", "-p", "conductor-service"])
-                    .args(["--bins"])
+                    .args(["build", "--profile", profile, "-p", "api-service"])
+                    .args(["-p", "conductor-service", "--bins"])
                     .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
                     .status()
                     .map_err(|e| e.to_string())?;
@@ -67,13 +69,13 @@ fn bins() -> anyhow::Result<Bins> {
             })
             .clone()
             .map_err(anyhow::Error::msg)?;
-        dir.set_file_name("release");
     }
     let b = Bins { api: dir.join("api-service"), conductor: dir.join("conductor-service") };
     for p in [&b.api, &b.conductor] {
         if !p.exists() {
             bail!(
-                "{} is missing: build it first (cargo build --release -p api-service -p conductor-service)",
+                "{} is missing: build it first (cargo build --profile {profile} -p api-service \
+                 -p conductor-service)",
                 p.display()
             );
         }
