@@ -456,6 +456,7 @@ fn sha256_hex(b: &[u8]) -> String {
 ///   kills it when the BMC powers it off; a boot from the disk boots no agent;
 /// - in-band inspection: the agent posts its inventory to `/v1/continue_inspection` and the
 ///   node gets its properties and stored inventory;
+/// - a manual clean step that runs past the step timeout fails the cleaning;
 /// - automated cleaning runs the agent's metadata erase (its full erase is off by the
 ///   default priority override);
 /// - the deploy of a raw image, then, after an undeploy and another cleaning, of a qcow2
@@ -556,6 +557,8 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     conductor.callback_timeout_secs = 180.0;
     conductor.agent.image_cache_url = pxe_url.clone();
     conductor.agent.ipa_poll_interval_ms = 200;
+    // Long enough for every step here but the one that is held on purpose.
+    conductor.agent_step_timeout_secs = 10.0;
     let deploy_logs = work.path().join("deploy-logs");
     conductor.agent.deploy_logs_local_path = deploy_logs.clone();
     let (shutdown, ready) = root.service();
@@ -674,6 +677,27 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     assert_eq!(inventory["inventory"]["system_vendor"]["manufacturer"], "ferric", "{inventory}");
     assert_eq!(n["power_state"], "power off", "{n}");
 
+    // A step that runs longer than `agent_step_timeout_secs` (a manual clean holding the
+    // agent for 30 s): `clean failed` naming the step and the limit, in maintenance as
+    // Ironic leaves a failed clean; out of maintenance and managed again, the node goes on.
+    let body = json!({"target": "clean", "clean_steps": [{"interface": "deploy",
+        "step": "ferric_record_args", "args": {"note": "held", "hold_secs": 30}}]});
+    let (status, b) =
+        api.call(Method::PUT, &format!("/v1/nodes/{id}/states/provision"), Some(body)).await;
+    assert_eq!(status, 202, "{b}");
+    let n = wait_for(Duration::from_secs(120), "the held step to time out", || async {
+        let n = api.node(&id).await;
+        (n["provision_state"] == "clean failed" && n["reservation"].is_null()).then_some(n)
+    })
+    .await;
+    let error = n["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("ferric_record_args") && error.contains("within 10s"), "{n}");
+    assert_eq!(n["maintenance"], true, "{n}");
+    let (status, b) = api.call(Method::DELETE, &format!("/v1/nodes/{id}/maintenance"), None).await;
+    assert_eq!(status, 202, "{b}");
+    provision(&id, "manage").await;
+    wait_for(Duration::from_secs(60), "manageable again", || until("manageable")).await;
+
     // Automated cleaning through the agent: its metadata erase only; then the BMC powers the
     // machine off (and the agent with it).
     for n in [&ferric, &id] {
@@ -682,7 +706,7 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     wait_for(Duration::from_secs(120), "IPA's node to be cleaned", || until("available")).await;
     let ran: Vec<String> =
         machine.steps_run().iter().map(|s| s["step"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(ran, ["erase_devices_metadata"]);
+    assert_eq!(ran, ["ferric_record_args", "erase_devices_metadata"]);
     wait_for(Duration::from_secs(60), "the Ferric node to be cleaned", || {
         settled(&ferric, "available")
     })
@@ -720,10 +744,10 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     );
     // The conductor had the agent flush its disks before the BMC powered the node off.
     assert!(log.contains("Executing command: standby.sync"), "{log}");
-    // Through the BMC: the ramdisk for inspection, for cleaning and for the deploy, then the
-    // instance from the disk.
+    // Through the BMC: the ramdisk for inspection, for both cleanings and for the deploy,
+    // then the instance from the disk.
     use sim::bmc::BootTarget::{Hdd, Pxe};
-    assert_eq!(machine.boots(), [Pxe, Pxe, Pxe, Hdd]);
+    assert_eq!(machine.boots(), [Pxe, Pxe, Pxe, Pxe, Hdd]);
     wait_for(Duration::from_secs(60), "the Ferric node's deploy", || settled(&ferric, "active"))
         .await;
     assert_eq!(sim.writes(ferric.parse().unwrap()), 1);
@@ -755,6 +779,9 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     assert_eq!(archive[..2], [0x1f, 0x8b], "a gzip archive: {name}");
     let listed = std::process::Command::new("tar").arg("-tzf").arg(&stored[0]).output().unwrap();
     assert!(listed.status.success() && !listed.stdout.is_empty(), "{listed:?}");
+    // Nothing bootable on the disk: the cleaning before zeroed its partition table and the
+    // failed deploy wrote nothing.
+    assert_eq!(disk.read_prefix(512).unwrap(), [0u8; 512], "the disk must not boot");
     // The failed deploy left the machine off (power_off_after_deploy_failure).
     assert_eq!(failed["power_state"], "power off", "{failed}");
     provision(&id, "deleted").await;
@@ -787,7 +814,7 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     provision(&id, "unrescue").await;
     wait_for(Duration::from_secs(120), "IPA's node to leave rescue", || until("active")).await;
 
-    assert_eq!(machine.boots().len(), 11, "{:?}", machine.boots());
+    assert_eq!(machine.boots().len(), 12, "{:?}", machine.boots());
     assert_eq!(machine.boots().last(), Some(&Hdd));
 
     token.cancel();
