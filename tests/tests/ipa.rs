@@ -558,7 +558,7 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     conductor.agent.image_cache_url = pxe_url.clone();
     conductor.agent.ipa_poll_interval_ms = 200;
     // Long enough for every step here but the one that is held on purpose.
-    conductor.agent_step_timeout_secs = 10.0;
+    conductor.agent_step_timeout_secs = 20.0;
     let deploy_logs = work.path().join("deploy-logs");
     conductor.agent.deploy_logs_local_path = deploy_logs.clone();
     let (shutdown, ready) = root.service();
@@ -691,7 +691,7 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     })
     .await;
     let error = n["last_error"].as_str().unwrap_or_default();
-    assert!(error.contains("ferric_record_args") && error.contains("within 10s"), "{n}");
+    assert!(error.contains("ferric_record_args") && error.contains("within 20s"), "{n}");
     assert_eq!(n["maintenance"], true, "{n}");
     let (status, b) = api.call(Method::DELETE, &format!("/v1/nodes/{id}/maintenance"), None).await;
     assert_eq!(status, 202, "{b}");
