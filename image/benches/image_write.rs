@@ -38,10 +38,14 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Only serve `dir` over HTTP (for profiling a `write` by hand); prints the URL.
+    /// Only serve `dir` over HTTP (for profiling a `write` by hand, or as the image server
+    /// of another benchmark); prints the URL.
     Serve {
         #[arg(long)]
         dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
     },
     /// Write one image with the pipeline (used as the measured child process).
     Write {
@@ -89,9 +93,9 @@ fn make_image(path: &Path, size: u64, zero_pct: u64) -> Result<String> {
 /// A static file server the way production image servers run (nginx with `sendfile on`):
 /// one thread per connection, the body copied by the kernel with `sendfile`, so the server
 /// costs both sides of the comparison as little CPU as possible. GET and HEAD only.
-fn serve(dir: PathBuf) -> Result<String> {
+fn serve(dir: PathBuf, bind: std::net::IpAddr) -> Result<String> {
     use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let listener = std::net::TcpListener::bind((bind, 0))?;
     let addr = listener.local_addr()?;
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
@@ -243,8 +247,10 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     match args.cmd {
         Some(Cmd::Write { url, disk, sha256 }) => return write_one(url, disk, sha256).await,
-        Some(Cmd::Serve { dir }) => {
-            println!("{}", serve(dir)?);
+        Some(Cmd::Serve { dir, bind }) => {
+            use std::io::Write as _;
+            println!("{}", serve(dir, bind)?);
+            std::io::stdout().flush()?;
             std::future::pending::<()>().await;
         }
         None => {}
@@ -253,7 +259,7 @@ async fn main() -> Result<()> {
     let rounds = args.rounds;
     std::fs::create_dir_all(&args.dir)?;
     let dir = args.dir.clone();
-    let base = serve(dir.clone())?;
+    let base = serve(dir.clone(), std::net::Ipv4Addr::LOCALHOST.into())?;
     let target = dir.join("target.disk");
     let disk_size = size + (256 << 20);
     println!(

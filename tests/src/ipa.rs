@@ -294,6 +294,12 @@ impl Ipa {
         Self::spawn(venv, ns, api_url, false, Some(disk), false)
     }
 
+    /// The agent's process id (the Python process itself: `ip netns exec`, `unshare` and
+    /// the script before it all exec).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// [`Self::start_on`], and the agent inspects first: it posts its inventory (from the
     /// test hardware manager) to the API's `/v1/continue_inspection`, as IPA's in-band
     /// inspection does, before its lookup.
