@@ -7,8 +7,9 @@
 //! - **IPA**: the real ironic-python-agent of the test suite (`tests::ipa`, pinned, in its
 //!   network and mount namespaces with the test hardware manager), looked up as a
 //!   fast-track node through an embedded Ferric API, runs its `write_image` deploy step with Ironic's `image_info` (a raw image, streamed, sha256).
-//!   Its time runs from the command to the result the conductor polls for; its peak memory is
-//!   the agent process's `VmHWM`.
+//!   Its time runs from the command to the result the conductor polls for and the
+//!   `standby.sync` the conductor sends before power-off (Ferric's pipeline syncs before it
+//!   reports done); its peak memory is the agent process's `VmHWM`.
 //! - **Ferric**: the agent's write pipeline (`image::write_image`: fetch, sha256, write), as
 //!   `image`'s own benchmark runs it, a child process under `/usr/bin/time -v` for its peak
 //!   RSS.
@@ -176,11 +177,14 @@ async fn ipa(client: &IpaClient, url: &str, sha: &str, round: usize) -> Result<D
     let started = client.execute_deploy_step(&step, &node, &[], None).await?;
     let done =
         client.wait_for(&started.id, Duration::from_millis(100), Duration::from_secs(1800)).await?;
-    let el = t.elapsed();
     if done.command_status != CommandStatus::Succeeded {
         bail!("IPA's write_image failed: {:?}", done.command_error);
     }
-    Ok(el)
+    // IPA's write returns with the data in the page cache; the conductor's `standby.sync`
+    // before power-off puts it on the disk. Ferric's pipeline syncs before it reports done,
+    // so both times end with the image on the device.
+    client.sync().await?;
+    Ok(t.elapsed())
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
