@@ -165,3 +165,31 @@ impl TestCa {
         TestCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
     }
 }
+
+/// Run `cmd` under `/usr/bin/time -v` (Debian's `time`) for a benchmark: its wall time and
+/// peak resident set in KiB.
+///
+/// # Errors
+/// When `time` cannot start or the command fails (with its stderr).
+pub fn time_and_peak_rss(
+    cmd: &std::process::Command,
+) -> Result<(std::time::Duration, u64), String> {
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new("/usr/bin/time")
+        .arg("-v")
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .output()
+        .map_err(|e| format!("running /usr/bin/time (apt-get install time): {e}"))?;
+    let elapsed = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("{:?} failed: {err}", cmd.get_program()));
+    }
+    let rss = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    Ok((elapsed, rss))
+}

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use image::checksum::{ExpectedChecksum, HashAlgo, StreamHasher};
 use image::{ChecksumSpec, ImageLayout, ImageProgress, ImageRequest, PipelineOptions};
@@ -151,27 +151,9 @@ fn fresh_disk(p: &Path, size: u64) -> Result<()> {
 
 /// Run our writer as a child under `/usr/bin/time -v`; (wall time, peak RSS KiB).
 fn ours(url: &str, disk: &Path, sha: &str) -> Result<(Duration, u64)> {
-    let exe = std::env::current_exe()?;
-    let t = Instant::now();
-    let out = Command::new("/usr/bin/time")
-        .arg("-v")
-        .arg(exe)
-        .args(["write", "--url", url, "--disk"])
-        .arg(disk)
-        .args(["--sha256", sha])
-        .output()
-        .context("running /usr/bin/time (apt-get install time)")?;
-    let el = t.elapsed();
-    let err = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("write failed: {err}");
-    }
-    let rss = err
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    Ok((el, rss))
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["write", "--url", url, "--disk"]).arg(disk).args(["--sha256", sha]);
+    common::testing::time_and_peak_rss(&cmd).map_err(anyhow::Error::msg)
 }
 
 /// sha256 of the first `len` bytes of `path`.

@@ -125,26 +125,9 @@ fn image_write_exe() -> Result<PathBuf> {
 
 /// Ferric's pipeline writing `url` onto the device: (wall time, peak RSS KiB).
 fn ferric(exe: &Path, url: &str, disk: &LoopDisk, sha: &str) -> Result<(Duration, u64)> {
-    let t = Instant::now();
-    let out = Command::new("/usr/bin/time")
-        .arg("-v")
-        .arg(exe)
-        .args(["write", "--url", url, "--disk"])
-        .arg(&disk.device)
-        .args(["--sha256", sha])
-        .output()
-        .context("running /usr/bin/time (apt-get install time)")?;
-    let el = t.elapsed();
-    let err = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("the write failed: {err}");
-    }
-    let rss = err
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    Ok((el, rss))
+    let mut cmd = Command::new(exe);
+    cmd.args(["write", "--url", url, "--disk"]).arg(&disk.device).args(["--sha256", sha]);
+    common::testing::time_and_peak_rss(&cmd).map_err(anyhow::Error::msg)
 }
 
 /// The agent process's peak resident set (`VmHWM`) in KiB.
