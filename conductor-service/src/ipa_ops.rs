@@ -199,11 +199,11 @@ pub(crate) async fn steps(task: &mut Task, kind: &str) -> Result<Vec<OfferedStep
 /// for its end within `limit`.
 async fn run_step(
     task: &Task,
+    ipa: &IpaClient,
     kind: &str,
     step: IpaStep,
     limit: Duration,
 ) -> Result<CommandResult, WorkflowError> {
-    let ipa = client(task)?;
     let (node, ports) = node_and_ports(task).await?;
     let versions: Option<ManagerVersions> = task
         .node
@@ -215,7 +215,7 @@ async fn run_step(
         .execute_step(kind_of(kind), &step, &node, &ports, versions.as_ref())
         .await
         .map_err(|e| failed(&label, task, &e))?;
-    wait(task, &ipa, started, &label, limit).await
+    wait(task, ipa, started, &label, limit).await
 }
 
 fn ipa_step(interface: &str, name: &str, args: Option<Map<String, Value>>) -> IpaStep {
@@ -244,7 +244,7 @@ pub(crate) async fn execute_step(
     let mut s = ipa_step(&step.interface, &step.name, step.args.clone());
     s.priority = i64::from(step.priority);
     s.reboot_requested = step.reboot_requested;
-    run_step(task, kind, s, task.ctx.cfg.agent_step_timeout()).await.map(|_| ())
+    run_step(task, &client(task)?, kind, s, task.ctx.cfg.agent_step_timeout()).await.map(|_| ())
 }
 
 /// The erase steps of the plans: IPA's own `erase_devices` or `erase_devices_metadata`
@@ -254,7 +254,8 @@ pub(crate) async fn execute_step(
 /// # Errors
 /// As [`execute_step`].
 pub(crate) async fn erase(task: &Task, name: &str) -> Result<(), WorkflowError> {
-    run_step(task, "clean", ipa_step("deploy", name, None), task.ctx.cfg.agent_step_timeout())
+    let step = ipa_step("deploy", name, None);
+    run_step(task, &client(task)?, "clean", step, task.ctx.cfg.agent_step_timeout())
         .await
         .map(|_| ())
 }
@@ -321,7 +322,7 @@ fn image_info(task: &Task, url: String) -> Value {
 
 /// Write the node's image: IPA's `write_image` deploy step, waited for within `[conductor]
 /// agent_step_timeout_secs`, then the partition UUIDs (the root's is kept for the
-/// bootloader). `progress` is told the phase as it changes.
+/// bootloader).
 ///
 /// # Errors
 /// [`WorkflowError::Failed`] when the image cannot be located, the agent refuses, or the
@@ -337,8 +338,8 @@ pub(crate) async fn write_image(task: &mut Task, configdrive: String) -> Result<
     );
     let step = IpaStep { args: Some(args), ..ipa_step("deploy", "write_image", None) };
     tracing::info!(node = %task.id(), "ironic-python-agent: writing the image");
-    run_step(task, "deploy", step, task.ctx.cfg.agent_step_timeout()).await?;
     let ipa = client(task)?;
+    run_step(task, &ipa, "deploy", step, task.ctx.cfg.agent_step_timeout()).await?;
     let uuids = ipa.get_partition_uuids().await.map_err(|e| failed("write_image", task, &e))?;
     if let Some(root) = uuids.root.filter(|r| !r.is_empty()) {
         task.update(|n| {
