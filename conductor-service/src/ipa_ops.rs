@@ -9,7 +9,8 @@
 //!   run) and run with `execute_<kind>_step`, then polled until done;
 //! - the image goes down as IPA's `write_image` deploy step with Ironic's `image_info`
 //!   (`urls` from pxe-service's image cache when `[conductor.agent] image_cache_url` is set,
-//!   else `instance_info.image_url`, else the HTTP `image_source`), then
+//!   else `instance_info.image_url`, else the HTTP `image_source`), or as
+//!   `standby.prepare_image` for an agent that offers no `write_image` step, then
 //!   `standby.get_partition_uuids`;
 //! - the bootloader with `image.install_bootloader`, the rescue password with
 //!   `rescue.finalize_rescue`, and a `standby.sync` before the BMC powers the node off.
@@ -336,10 +337,22 @@ pub(crate) async fn write_image(task: &mut Task, configdrive: String) -> Result<
         "configdrive".into(),
         if configdrive.is_empty() { Value::Null } else { Value::String(configdrive) },
     );
-    let step = IpaStep { args: Some(args), ..ipa_step("deploy", "write_image", None) };
-    tracing::info!(node = %task.id(), "ironic-python-agent: writing the image");
     let ipa = client(task)?;
-    run_step(task, &ipa, "deploy", step, task.ctx.cfg.agent_step_timeout()).await?;
+    if offers_write_image(task, &ipa).await? {
+        let step = IpaStep { args: Some(args), ..ipa_step("deploy", "write_image", None) };
+        tracing::info!(node = %task.id(), "ironic-python-agent: writing the image");
+        run_step(task, &ipa, "deploy", step, task.ctx.cfg.agent_step_timeout()).await?;
+    } else {
+        // An agent from before deploy steps: the same write as its standby command.
+        tracing::info!(node = %task.id(), "ironic-python-agent offers no write_image deploy step; writing the image with standby.prepare_image");
+        let configdrive = args.get("configdrive").and_then(Value::as_str);
+        let info = args.get("image_info").cloned().unwrap_or(Value::Null);
+        let started = ipa
+            .prepare_image(&info, configdrive)
+            .await
+            .map_err(|e| failed("prepare_image", task, &e))?;
+        wait(task, &ipa, started, "prepare_image", task.ctx.cfg.agent_step_timeout()).await?;
+    }
     let uuids = ipa.get_partition_uuids().await.map_err(|e| failed("write_image", task, &e))?;
     if let Some(root) = uuids.root.filter(|r| !r.is_empty()) {
         task.update(|n| {
@@ -349,6 +362,26 @@ pub(crate) async fn write_image(task: &mut Task, configdrive: String) -> Result<
         .await?;
     }
     Ok(())
+}
+
+/// Whether the agent offers IPA's `write_image` deploy step: from the deploy steps cached
+/// on the node when they were listed in this session, else asked now.
+async fn offers_write_image(task: &Task, ipa: &IpaClient) -> Result<bool, WorkflowError> {
+    let cached = task.node.driver_internal_info.get(keys::AGENT_CACHED_DEPLOY_STEPS);
+    if let Some(Value::Object(by_iface)) = cached
+        && !by_iface.is_empty()
+    {
+        let deploy = by_iface.get("deploy").and_then(Value::as_array);
+        return Ok(deploy.is_some_and(|steps| steps.iter().any(|s| s["step"] == "write_image")));
+    }
+    let (node, ports) = node_and_ports(task).await?;
+    let listed = ipa.get_deploy_steps(&node, &ports).await.map_err(|e| {
+        WorkflowError::Failed(format!(
+            "Failed to get the deploy steps from the agent of node {}: {e}",
+            task.id()
+        ))
+    })?;
+    Ok(listed.find("deploy", "write_image").is_some())
 }
 
 /// `image.install_bootloader` with the partition UUIDs the write left, waited for.

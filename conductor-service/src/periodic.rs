@@ -419,6 +419,10 @@ async fn fail_wait(task: &mut Task) -> Result<(), WorkflowError> {
         ),
         _ => return Ok(()),
     };
+    let msg = match deploy::AgentSession::refused_note(&n.driver_internal_info) {
+        Some(note) => format!("{}. {note}.", msg.trim_end_matches('.')),
+        None => msg,
+    };
     fail_current(task, &msg).await?;
     if power_off {
         power_off_after_failure(task, &msg).await?;

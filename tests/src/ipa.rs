@@ -243,6 +243,28 @@ impl Drop for Netns {
     }
 }
 
+/// How an agent starts, beyond its disk ([`Ipa::start_on_with`], [`IpaMachine::next_boot`]).
+#[derive(Debug, Clone, Default)]
+pub struct IpaOptions {
+    /// IPA's auto-TLS: the agent makes itself a certificate, serves HTTPS and sends the
+    /// certificate in its heartbeats (`agent_verify_ca`).
+    pub auto_tls: bool,
+    /// Inspect first: post the inventory to `/v1/continue_inspection` before the lookup.
+    pub inspect: bool,
+    /// A token the agent starts with (IPA's `agent_token`, the `ipa-agent-token` kernel
+    /// parameter): a lookup that hands out a token replaces it, one that answers `******`
+    /// leaves it.
+    pub agent_token: Option<String>,
+    /// The agent lists its deploy steps without `write_image`, as agents from before deploy
+    /// steps did (the test hardware manager drops it from the generic manager's list).
+    pub without_write_image: bool,
+    /// The test hardware manager waits this long in `write_image` before writing.
+    pub hold_write_secs: u64,
+    /// [`IpaMachine`] only: do not release the agent after checking its disks; the test
+    /// calls [`IpaMachine::release`].
+    pub hold: bool,
+}
+
 /// The agent running in a [`Netns`], in its own process group, killed with that group on
 /// drop. Its files (config, log, the disk it reports, the hardware manager's report) live
 /// in a temporary directory that goes with it.
@@ -278,7 +300,7 @@ impl Ipa {
         api_url: &str,
         auto_tls: bool,
     ) -> anyhow::Result<Self> {
-        Self::spawn(venv, ns, api_url, auto_tls, None, false)
+        Self::spawn(venv, ns, api_url, None, &IpaOptions { auto_tls, ..IpaOptions::default() })
     }
 
     /// [`Self::start`] with `disk` as the one disk: the agent may write images to it.
@@ -291,7 +313,21 @@ impl Ipa {
         api_url: &str,
         disk: &LoopDisk,
     ) -> anyhow::Result<Self> {
-        Self::spawn(venv, ns, api_url, false, Some(disk), false)
+        Self::spawn(venv, ns, api_url, Some(disk), &IpaOptions::default())
+    }
+
+    /// [`Self::start_on`] with `opts`.
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub fn start_on_with(
+        venv: &IpaVenv,
+        ns: &Netns,
+        api_url: &str,
+        disk: &LoopDisk,
+        opts: &IpaOptions,
+    ) -> anyhow::Result<Self> {
+        Self::spawn(venv, ns, api_url, Some(disk), opts)
     }
 
     /// The agent's process id (the Python process itself: `ip netns exec`, `unshare` and
@@ -312,17 +348,23 @@ impl Ipa {
         api_url: &str,
         disk: &LoopDisk,
     ) -> anyhow::Result<Self> {
-        Self::spawn(venv, ns, api_url, false, Some(disk), true)
+        Self::spawn(
+            venv,
+            ns,
+            api_url,
+            Some(disk),
+            &IpaOptions { inspect: true, ..IpaOptions::default() },
+        )
     }
 
     fn spawn(
         venv: &IpaVenv,
         ns: &Netns,
         api_url: &str,
-        auto_tls: bool,
         loop_disk: Option<&LoopDisk>,
-        inspect: bool,
+        opts: &IpaOptions,
     ) -> anyhow::Result<Self> {
+        let (auto_tls, inspect) = (opts.auto_tls, opts.inspect);
         let dir = tempfile::Builder::new().prefix("ferric-ipa-").tempdir()?;
         let d = dir.path();
         let (disk, disk_size) = match loop_disk {
@@ -357,6 +399,8 @@ impl Ipa {
             "ipv4": ns.ns_ip, "report": d.join("hwm-report.json"), "gate": d.join("released"),
             "gate_timeout": 120, "steps_log": d.join("steps.jsonl"),
             "loop_device": loop_disk.is_some(),
+            "hold_write_secs": opts.hold_write_secs,
+            "without_write_image": opts.without_write_image,
         });
         std::fs::write(d.join("hwm.json"), hwm.to_string())?;
         let conf_dir = d.join("conf.d");
@@ -378,11 +422,13 @@ impl Ipa {
              image_download_connection_retries = 1\n\
              image_download_connection_retry_interval = 1\n\
              debug = True\n\
-             log_file = {}\n",
+             log_file = {}\n\
+             {}",
             if auto_tls { "True" } else { "False" },
             if inspect { format!("{api_url}/v1/continue_inspection") } else { String::new() },
             if inspect { "default" } else { "" },
-            d.join("ipa.log").display()
+            d.join("ipa.log").display(),
+            opts.agent_token.as_ref().map(|t| format!("agent_token = {t}\n")).unwrap_or_default(),
         );
         // A download that fails is retried once, a second later (IPA's defaults retry for
         // about a quarter of an hour, which a failing deploy in a test would wait out).
@@ -566,8 +612,8 @@ pub struct IpaMachine {
 
 #[derive(Default)]
 struct MachineState {
-    /// The next network boot's agent inspects first.
-    inspect_next: bool,
+    /// How the next network boot's agent starts.
+    next: IpaOptions,
     on: bool,
     boot: sim::bmc::BootOverride,
     agent: Option<Ipa>,
@@ -600,7 +646,32 @@ impl IpaMachine {
 
     /// Let the agent of the next network boot inspect (post its inventory) before its lookup.
     pub fn inspect_on_next_boot(&self) {
-        self.state().inspect_next = true;
+        self.state().next.inspect = true;
+    }
+
+    /// Start the agent of the next network boot with `opts` (once; later boots start
+    /// plainly again).
+    pub fn next_boot(&self, opts: IpaOptions) {
+        self.state().next = opts;
+    }
+
+    /// Release the running agent that [`IpaOptions::hold`] held after its disk check.
+    ///
+    /// # Errors
+    /// When no agent runs or the gate file cannot be written.
+    pub fn release(&self) -> anyhow::Result<()> {
+        let s = self.state();
+        let agent = s.agent.as_ref().context("no agent is running")?;
+        agent.release()
+    }
+
+    /// Kill the running agent while the machine stays on, as a crashed ramdisk.
+    pub fn kill_agent(&self) {
+        let mut s = self.state();
+        if let Some(mut a) = s.agent.take() {
+            a.stop();
+            s.past.push(a);
+        }
     }
 
     /// What each power-on booted, in order.
@@ -665,12 +736,12 @@ impl IpaMachine {
         if target != BootTarget::Pxe {
             return Ok(());
         }
-        let start =
-            if std::mem::take(&mut s.inspect_next) { Ipa::start_inspecting } else { Ipa::start_on };
-        let agent = start(&self.venv, &self.ns, &self.api_url, &self.disk)
+        let opts = std::mem::take(&mut s.next);
+        let agent = Ipa::start_on_with(&self.venv, &self.ns, &self.api_url, &self.disk, &opts)
             .map_err(|e| BmcError::Failed(format!("the ramdisk did not start: {e:#}")))?;
         let report = agent.dir.path().join("hwm-report.json");
         let gate = agent.dir.path().join("released");
+        let hold = opts.hold;
         s.agent = Some(agent);
         let me = std::sync::Arc::clone(self);
         std::thread::spawn(move || {
@@ -683,10 +754,10 @@ impl IpaMachine {
                     let disks = r["block_devices"].as_array().cloned().unwrap_or_default();
                     let ok =
                         disks.len() == 1 && disks[0]["name"].as_str() == me.disk.device.to_str();
-                    if ok {
-                        let _ = std::fs::write(&gate, "");
-                    } else {
+                    if !ok {
                         me.state().refused.push(r.to_string());
+                    } else if !hold {
+                        let _ = std::fs::write(&gate, "");
                     }
                     return;
                 }
@@ -733,5 +804,113 @@ impl sim::bmc::MachineBackend for IpaMachineBackend {
     async fn set_boot_override(&self, o: sim::bmc::BootOverride) -> Result<(), sim::bmc::BmcError> {
         self.0.state().boot = o;
         Ok(())
+    }
+}
+
+/// A TLS server that takes over an agent's address in a [`Netns`] with a certificate of its
+/// own (what a machine that steals the agent's IP would serve). It completes no request
+/// without the client accepting its certificate, and records what happened to each
+/// connection: `handshake failed: …` when the client refused the certificate, `request: …`
+/// with the first bytes of a request a client sent anyway. Killed on drop.
+pub struct TlsImpostor {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+/// The impostor's server, run with the namespace's Python: `ip port cert key log`.
+const IMPOSTOR_PY: &str = r#"
+import socket, ssl, sys
+ip, port, cert, key, log = sys.argv[1:6]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((ip, int(port)))
+srv.listen(16)
+def note(line):
+    with open(log, "a") as f:
+        f.write(line + "\n")
+note("listening")
+while True:
+    conn, _ = srv.accept()
+    conn.settimeout(10)
+    try:
+        tls = ctx.wrap_socket(conn, server_side=True)
+        data = tls.recv(4096)
+        note("request: %r" % data[:120])
+        tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+        tls.close()
+    except Exception as e:
+        note("handshake failed: %s" % e)
+    finally:
+        conn.close()
+"#;
+
+impl TlsImpostor {
+    /// Serve TLS on `ns`'s agent address ([`Netns::ns_ip`], [`AGENT_PORT`]) with a fresh
+    /// self-signed certificate for that address; returns once it listens.
+    ///
+    /// # Errors
+    /// When the certificate cannot be made or the server does not come up within 30 s.
+    pub fn start(ns: &Netns) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ferric-impostor-").tempdir()?;
+        let d = dir.path();
+        let made = rcgen::generate_simple_self_signed(vec![ns.ns_ip.clone()])?;
+        std::fs::write(d.join("cert.pem"), made.cert.pem())?;
+        std::fs::write(d.join("key.pem"), made.signing_key.serialize_pem())?;
+        std::fs::write(d.join("impostor.py"), IMPOSTOR_PY)?;
+        let out = std::fs::File::create(d.join("impostor.out"))?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3"])
+            .arg(d.join("impostor.py"))
+            .arg(&ns.ns_ip)
+            .arg(AGENT_PORT.to_string())
+            .arg(d.join("cert.pem"))
+            .arg(d.join("key.pem"))
+            .arg(d.join("impostor.log"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .context("starting the impostor")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let me = loop {
+            if let Some(status) = child.try_wait()? {
+                let out = std::fs::read_to_string(d.join("impostor.out")).unwrap_or_default();
+                bail!("the impostor exited ({status}): {out}");
+            }
+            if std::fs::read_to_string(d.join("impostor.log"))
+                .is_ok_and(|l| l.contains("listening"))
+            {
+                break Self { child, dir };
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("the impostor did not listen within 30 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        Ok(me)
+    }
+
+    /// What happened to each connection, in order (after the `listening` line).
+    pub fn log(&self) -> Vec<String> {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("impostor.log")).unwrap_or_default();
+        text.lines().skip(1).map(str::to_owned).collect()
+    }
+}
+
+impl Drop for TlsImpostor {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

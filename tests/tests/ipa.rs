@@ -36,7 +36,8 @@ use serde_json::{Value, json};
 use sim::{SimAgent, SimAgentConfig};
 use store::testing::TestDatabase;
 use tests::ipa::{
-    AGENT_PORT, Ipa, IpaMachine, IpaMachineBackend, IpaVenv, LoopDisk, Netns, namespace_tools,
+    AGENT_PORT, Ipa, IpaMachine, IpaMachineBackend, IpaOptions, IpaVenv, LoopDisk, Netns,
+    TlsImpostor, namespace_tools,
 };
 
 const VERSION: &str = "1.96";
@@ -448,6 +449,207 @@ fn sha256_hex(b: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(b))
 }
 
+/// Every real service of the IPA deploy tests, in-process on PostgreSQL and RabbitMQ: the
+/// API on the host end of a veth pair, pxe-service (its HTTP server holds the images and the
+/// image cache), a conductor, and one `redfish` node behind the simulator's Redfish BMC
+/// whose machine ([`IpaMachine`]) boots a fresh real agent in the namespace on every
+/// network boot, on a loop device as its only disk.
+struct IpaFleet {
+    db: TestDatabase,
+    bus: bus::DynBus,
+    token: CancellationToken,
+    services: tokio::task::JoinSet<()>,
+    api: Api,
+    base: String,
+    /// pxe-service's HTTP server: `{pxe_url}/<file>` serves `http_root/<file>`.
+    pxe_url: String,
+    http_root: std::path::PathBuf,
+    /// Where the conductor stores the ramdisk logs of failed deploys.
+    deploy_logs: std::path::PathBuf,
+    work: tempfile::TempDir,
+    netns: std::sync::Arc<Netns>,
+    disk: std::sync::Arc<LoopDisk>,
+    machine: std::sync::Arc<IpaMachine>,
+    /// The IPA node's UUID.
+    id: String,
+}
+
+impl IpaFleet {
+    /// Start everything, with `tune` applied to the conductor's test configuration; `None`
+    /// (skipped loudly) when a prerequisite is missing.
+    async fn start(
+        name: &str,
+        tune: impl FnOnce(&mut conductor_service::config::ConductorConfig),
+    ) -> Option<Self> {
+        let db = TestDatabase::postgres().await?;
+        let exchange = unique(name);
+        let bus = rabbit(&exchange).await?;
+        require_service(Need::Peers, "root, `ip netns` and `unshare`", namespace_tools())?;
+        let tools = ["qemu-img", "parted", "partprobe", "sgdisk", "losetup"]
+            .iter()
+            .find(|t| {
+                std::process::Command::new("sh")
+                    .args(["-c", &format!("command -v {t}")])
+                    .output()
+                    .map_or(true, |o| !o.status.success())
+            })
+            .map_or(Ok(()), |t| Err(format!("{t} is missing")));
+        require_service(Need::Peers, "qemu-img, parted, gdisk and losetup", tools)?;
+        let venv = tokio::task::spawn_blocking(IpaVenv::ensure).await.unwrap();
+        let what = format!("a venv with {}", tests::ipa::IPA_PIN);
+        let venv = require_service(Need::Peers, &what, venv.map_err(|e| format!("{e:#}")))?;
+        let disk = LoopDisk::create(64 << 20).map_err(|e| format!("{e:#}"));
+        let disk = require_service(Need::Peers, "a loop device", disk)?;
+        let netns = Netns::create().map_err(|e| format!("{e:#}"));
+        let netns = require_service(Need::Peers, "a network namespace with a veth pair", netns)?;
+
+        let work = tempfile::tempdir().unwrap();
+        let http_root = work.path().join("http");
+        std::fs::create_dir_all(&http_root).unwrap();
+        let rest = tokio::net::TcpListener::bind((netns.host_ip.as_str(), 0)).await.unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pxe_http = tokio::net::TcpListener::bind((netns.host_ip.as_str(), 0)).await.unwrap();
+        let pxe_tftp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", rest.local_addr().unwrap());
+        let pxe_url = format!("http://{}", pxe_http.local_addr().unwrap());
+        let token = CancellationToken::new();
+        let root = Shutdown::new(token.clone(), Duration::from_secs(5));
+        let mut services = tokio::task::JoinSet::new();
+        let mut cfg = ApiConfig::default();
+        // A private veth that only this test's namespace reaches.
+        cfg.api.noauth_allow_remote = true;
+        cfg.api.ramdisk_rate_limit_per_second = 0;
+        let (shutdown, ready) = root.service();
+        let (store, b) = (db.store().clone(), bus.clone());
+        services.spawn(async move {
+            api_service::run(cfg, rest, grpc, store, b, shutdown).await.unwrap();
+        });
+        ready.wait().await.unwrap();
+        let pxe = pxe_service::PxeConfig {
+            tftp_root: work.path().join("tftp"),
+            http_root: http_root.clone(),
+            data_dir: work.path().join("pxe-data"),
+            api_url: base.clone(),
+            http_url: pxe_url.clone(),
+            ..pxe_service::PxeConfig::default()
+        };
+        std::fs::create_dir_all(&pxe.tftp_root).unwrap();
+        let (shutdown, ready) = root.service();
+        let store = db.store().clone();
+        services.spawn(async move {
+            pxe_service::run(pxe, pxe_tftp, pxe_http, store, shutdown).await.unwrap();
+        });
+        ready.wait().await.unwrap();
+        let queue = format!("conductor.ipa-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let mut conductor = fast_config(&format!("ipa-{queue}"), &queue);
+        // A fresh agent takes several seconds to start in the namespace.
+        conductor.callback_timeout_secs = 180.0;
+        conductor.agent.image_cache_url = pxe_url.clone();
+        conductor.agent.ipa_poll_interval_ms = 200;
+        let deploy_logs = work.path().join("deploy-logs");
+        conductor.agent.deploy_logs_local_path = deploy_logs.clone();
+        tune(&mut conductor);
+        let (shutdown, ready) = root.service();
+        let (store, b) = (db.store().clone(), rabbit(&exchange).await.unwrap());
+        services.spawn(async move {
+            conductor_service::run(conductor, store, b, shutdown).await.unwrap();
+        });
+        ready.wait().await.unwrap();
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let api = Api { http, base: base.clone() };
+
+        let netns = std::sync::Arc::new(netns);
+        let disk = std::sync::Arc::new(disk);
+        let machine = IpaMachine::new(venv, netns.clone(), disk.clone(), &base);
+        let bmc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bmc_url = format!("http://{}", bmc.local_addr().unwrap());
+        let system = "ipa-machine".to_owned();
+        let backend: std::sync::Arc<dyn sim::bmc::MachineBackend> =
+            std::sync::Arc::new(IpaMachineBackend(machine.clone()));
+        tokio::spawn(sim::bmc::serve_redfish(
+            bmc,
+            vec![(system.clone(), backend)],
+            Some(("admin".into(), "password".into())),
+            token.clone(),
+        ));
+        let body = json!({"driver": "redfish", "name": "ipa-1", "deploy_interface": "direct",
+                          "inspect_interface": "agent", "rescue_interface": "agent",
+                          "driver_info": {"redfish_address": bmc_url,
+                                          "redfish_system_id": format!("/redfish/v1/Systems/{system}"),
+                                          "redfish_username": "admin",
+                                          "redfish_password": "password"}});
+        let (status, node) = api.call(Method::POST, "/v1/nodes", Some(body)).await;
+        assert_eq!(status, 201, "{node}");
+        let id = node["uuid"].as_str().unwrap().to_owned();
+        let port = json!({"address": netns.ns_mac, "node_uuid": id});
+        assert_eq!(api.call(Method::POST, "/v1/ports", Some(port)).await.0, 201);
+        Some(Self {
+            db,
+            bus,
+            token,
+            services,
+            api,
+            base,
+            pxe_url,
+            http_root,
+            deploy_logs,
+            work,
+            netns,
+            disk,
+            machine,
+            id,
+        })
+    }
+
+    /// Ask for `target` on `node` (202 expected).
+    async fn provision(&self, node: &str, target: &str) {
+        let path = format!("/v1/nodes/{node}/states/provision");
+        let (status, body) =
+            self.api.call(Method::PUT, &path, Some(json!({"target": target}))).await;
+        assert_eq!(status, 202, "{target}: {body}");
+    }
+
+    /// The IPA node once it is in `want` and unlocked; a failed state fails the test with
+    /// the running agent's log, and so does an agent told of other disks.
+    async fn until(&self, want: &'static str) -> Option<Value> {
+        let n = self.api.node(&self.id).await;
+        let state = n["provision_state"].as_str().unwrap_or_default();
+        assert!(!state.contains("failed"), "{n}\n{}", self.machine.current_logs(8000));
+        let refused = self.machine.refused();
+        assert!(refused.is_empty(), "an agent was told of other disks: {refused:?}");
+        (state == want && n["reservation"].is_null()).then_some(n)
+    }
+
+    /// The IPA node once it is in `want` (failed states included) and unlocked.
+    async fn settled_in(&self, want: &'static str) -> Option<Value> {
+        let n = self.api.node(&self.id).await;
+        (n["provision_state"] == want && n["reservation"].is_null()).then_some(n)
+    }
+
+    /// Point the IPA node's instance at `file` on pxe-service's HTTP server, with `bytes`'
+    /// SHA-256 and the disk `format`.
+    async fn set_image(&self, file: &str, format: &str, bytes: &[u8]) {
+        let patch = json!([
+            {"op": "add", "path": "/instance_info/image_source",
+             "value": format!("{}/{file}", self.pxe_url)},
+            {"op": "add", "path": "/instance_info/image_os_hash_algo", "value": "sha256"},
+            {"op": "add", "path": "/instance_info/image_os_hash_value", "value": sha256_hex(bytes)},
+            {"op": "add", "path": "/instance_info/image_disk_format", "value": format},
+        ]);
+        let (status, body) =
+            self.api.call(Method::PATCH, &format!("/v1/nodes/{}", self.id), Some(patch)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    async fn stop(mut self) {
+        self.token.cancel();
+        while let Some(stopped) = self.services.join_next().await {
+            stopped.unwrap();
+        }
+        self.db.cleanup().await;
+    }
+}
+
 /// The real ironic-python-agent cleans and deploys through Ferric, next to Ferric's own
 /// agent on another node of the same fleet:
 /// - the node is a `redfish` node behind the simulator's Redfish BMC, whose machine
@@ -468,111 +670,32 @@ fn sha256_hex(b: &[u8]) -> String {
 ///   reach `active`.
 #[tokio::test]
 async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a_ferric_agent() {
-    let Some(db) = TestDatabase::postgres().await else { return };
-    let exchange = unique("ferric_ipa_deploy");
-    let Some(bus) = rabbit(&exchange).await else { return };
-    if require_service(Need::Peers, "root, `ip netns` and `unshare`", namespace_tools()).is_none() {
-        return;
-    }
-    let tools = ["qemu-img", "parted", "partprobe", "sgdisk", "losetup"]
-        .iter()
-        .find(|t| {
-            std::process::Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .output()
-                .map_or(true, |o| !o.status.success())
-        })
-        .map_or(Ok(()), |t| Err(format!("{t} is missing")));
-    if require_service(Need::Peers, "qemu-img, parted, gdisk and losetup", tools).is_none() {
-        return;
-    }
-    let venv = tokio::task::spawn_blocking(IpaVenv::ensure).await.unwrap();
-    let what = format!("a venv with {}", tests::ipa::IPA_PIN);
-    let Some(venv) = require_service(Need::Peers, &what, venv.map_err(|e| format!("{e:#}"))) else {
-        return;
-    };
-    let disk = LoopDisk::create(64 << 20).map_err(|e| format!("{e:#}"));
-    let Some(disk) = require_service(Need::Peers, "a loop device", disk) else { return };
-    let netns = Netns::create().map_err(|e| format!("{e:#}"));
-    let Some(netns) = require_service(Need::Peers, "a network namespace with a veth pair", netns)
-    else {
-        return;
-    };
+    // Long enough for every step here but the one that is held on purpose.
+    let tune =
+        |c: &mut conductor_service::config::ConductorConfig| c.agent_step_timeout_secs = 20.0;
+    let Some(fleet) = IpaFleet::start("ferric_ipa_deploy", tune).await else { return };
+    let (api, id, machine, disk) = (&fleet.api, &fleet.id, &fleet.machine, &fleet.disk);
+    let pxe_url = &fleet.pxe_url;
 
     // The images, on pxe-service's HTTP server (their origin); the agent gets them through
     // the same server's image cache.
-    let work = tempfile::tempdir().unwrap();
-    let http_root = work.path().join("http");
-    std::fs::create_dir_all(&http_root).unwrap();
     let raw = disk_image(8 << 20, 1);
-    std::fs::write(http_root.join("one.raw"), &raw).unwrap();
+    std::fs::write(fleet.http_root.join("one.raw"), &raw).unwrap();
     let second = disk_image(8 << 20, 2);
-    std::fs::write(work.path().join("two.raw"), &second).unwrap();
+    std::fs::write(fleet.work.path().join("two.raw"), &second).unwrap();
     tests::run(
         std::process::Command::new("qemu-img")
             .args(["convert", "-f", "raw", "-O", "qcow2"])
-            .arg(work.path().join("two.raw"))
-            .arg(http_root.join("two.qcow2")),
+            .arg(fleet.work.path().join("two.raw"))
+            .arg(fleet.http_root.join("two.qcow2")),
         "qemu-img convert",
     )
     .unwrap();
-    let qcow2 = std::fs::read(http_root.join("two.qcow2")).unwrap();
-
-    let rest = tokio::net::TcpListener::bind((netns.host_ip.as_str(), 0)).await.unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let pxe_http = tokio::net::TcpListener::bind((netns.host_ip.as_str(), 0)).await.unwrap();
-    let pxe_tftp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", rest.local_addr().unwrap());
-    let pxe_url = format!("http://{}", pxe_http.local_addr().unwrap());
-    let token = CancellationToken::new();
-    let root = Shutdown::new(token.clone(), Duration::from_secs(5));
-    let mut services = tokio::task::JoinSet::new();
-    let mut cfg = ApiConfig::default();
-    cfg.api.noauth_allow_remote = true;
-    cfg.api.ramdisk_rate_limit_per_second = 0;
-    let (shutdown, ready) = root.service();
-    let (store, b) = (db.store().clone(), bus.clone());
-    services.spawn(async move {
-        api_service::run(cfg, rest, grpc, store, b, shutdown).await.unwrap();
-    });
-    ready.wait().await.unwrap();
-    let pxe = pxe_service::PxeConfig {
-        tftp_root: work.path().join("tftp"),
-        http_root: http_root.clone(),
-        data_dir: work.path().join("pxe-data"),
-        api_url: base.clone(),
-        http_url: pxe_url.clone(),
-        ..pxe_service::PxeConfig::default()
-    };
-    std::fs::create_dir_all(&pxe.tftp_root).unwrap();
-    let (shutdown, ready) = root.service();
-    let store = db.store().clone();
-    services.spawn(async move {
-        pxe_service::run(pxe, pxe_tftp, pxe_http, store, shutdown).await.unwrap();
-    });
-    ready.wait().await.unwrap();
-    let queue = format!("conductor.ipa-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let mut conductor = fast_config(&format!("ipa-{queue}"), &queue);
-    // A fresh agent takes several seconds to start in the namespace.
-    conductor.callback_timeout_secs = 180.0;
-    conductor.agent.image_cache_url = pxe_url.clone();
-    conductor.agent.ipa_poll_interval_ms = 200;
-    // Long enough for every step here but the one that is held on purpose.
-    conductor.agent_step_timeout_secs = 20.0;
-    let deploy_logs = work.path().join("deploy-logs");
-    conductor.agent.deploy_logs_local_path = deploy_logs.clone();
-    let (shutdown, ready) = root.service();
-    let (store, b) = (db.store().clone(), rabbit(&exchange).await.unwrap());
-    services.spawn(async move {
-        conductor_service::run(conductor, store, b, shutdown).await.unwrap();
-    });
-    ready.wait().await.unwrap();
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let api = Api { http: http.clone(), base: base.clone() };
+    let qcow2 = std::fs::read(fleet.http_root.join("two.qcow2")).unwrap();
 
     // The Ferric node: the simulated agent over gRPC, its ramdisk heartbeating through the
     // same API.
-    let sim = SimAgent::start(SimAgentConfig::default(), token.clone()).await.unwrap();
+    let sim = SimAgent::start(SimAgentConfig::default(), fleet.token.clone()).await.unwrap();
     let ferric_mac = "52:54:00:1f:a5:71";
     let body = json!({"driver": "fake-hardware", "name": "ferric-1", "deploy_interface": "direct"});
     let (status, node) = api.call(Method::POST, "/v1/nodes", Some(body)).await;
@@ -581,52 +704,15 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     let port = json!({"address": ferric_mac, "node_uuid": ferric});
     assert_eq!(api.call(Method::POST, "/v1/ports", Some(port)).await.0, 201);
     tokio::spawn(tests::sim_ramdisk(
-        base.clone(),
-        bus.clone(),
+        fleet.base.clone(),
+        fleet.bus.clone(),
         sim.clone(),
         ferric_mac.into(),
-        token.clone(),
+        fleet.token.clone(),
     ));
 
-    // The IPA node: the namespace's MAC.
-    // The IPA node: a Redfish BMC of the simulator in front of a machine whose ramdisk is
-    // the real agent in the namespace, on the loop device.
-    let netns = std::sync::Arc::new(netns);
-    let disk = std::sync::Arc::new(disk);
-    let machine = IpaMachine::new(venv.clone(), netns.clone(), disk.clone(), &base);
-    let bmc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let bmc_url = format!("http://{}", bmc.local_addr().unwrap());
-    let system = "ipa-machine".to_owned();
-    let backend: std::sync::Arc<dyn sim::bmc::MachineBackend> =
-        std::sync::Arc::new(IpaMachineBackend(machine.clone()));
-    tokio::spawn(sim::bmc::serve_redfish(
-        bmc,
-        vec![(system.clone(), backend)],
-        Some(("admin".into(), "password".into())),
-        token.clone(),
-    ));
-    let body = json!({"driver": "redfish", "name": "ipa-1", "deploy_interface": "direct",
-                      "inspect_interface": "agent", "rescue_interface": "agent",
-                      "driver_info": {"redfish_address": bmc_url,
-                                      "redfish_system_id": format!("/redfish/v1/Systems/{system}"),
-                                      "redfish_username": "admin", "redfish_password": "password"}});
-    let (status, node) = api.call(Method::POST, "/v1/nodes", Some(body)).await;
-    assert_eq!(status, 201, "{node}");
-    let id = node["uuid"].as_str().unwrap().to_owned();
-    let port = json!({"address": netns.ns_mac, "node_uuid": id});
-    assert_eq!(api.call(Method::POST, "/v1/ports", Some(port)).await.0, 201);
-
-    let provision = |node: &str, target: &str| {
-        let path = format!("/v1/nodes/{node}/states/provision");
-        let (api, target) = (&api, target.to_owned());
-        async move {
-            let (status, body) =
-                api.call(Method::PUT, &path, Some(json!({"target": target}))).await;
-            assert_eq!(status, 202, "{target}: {body}");
-        }
-    };
     let settled = |node: &str, want: &'static str| {
-        let (api, node) = (&api, node.to_owned());
+        let node = node.to_owned();
         async move {
             let n = api.node(&node).await;
             let state = n["provision_state"].as_str().unwrap_or_default();
@@ -634,31 +720,19 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
             (state == want && n["reservation"].is_null()).then_some(n)
         }
     };
-    // The IPA node reaches `want`, failing with the running agent's log otherwise.
-    let until = |want: &'static str| {
-        let (api, id, machine) = (&api, &id, &machine);
-        async move {
-            let n = api.node(id).await;
-            let state = n["provision_state"].as_str().unwrap_or_default();
-            assert!(!state.contains("failed"), "{n}\n{}", machine.current_logs(8000));
-            let refused = machine.refused();
-            assert!(refused.is_empty(), "an agent was told of other disks: {refused:?}");
-            (state == want && n["reservation"].is_null()).then_some(n)
-        }
-    };
-    for n in [&ferric, &id] {
-        provision(n, "manage").await;
+    for n in [&ferric, id] {
+        fleet.provision(n, "manage").await;
     }
-    for n in [&ferric, &id] {
+    for n in [&ferric, id] {
         wait_for(Duration::from_secs(60), "manageable", || settled(n, "manageable")).await;
     }
 
     // In-band inspection: the agent posts its inventory to /v1/continue_inspection and the
     // conductor turns it into properties.
     machine.inspect_on_next_boot();
-    provision(&id, "inspect").await;
+    fleet.provision(id, "inspect").await;
     let n = wait_for(Duration::from_secs(120), "IPA's inspection", || async {
-        let n = api.node(&id).await;
+        let n = api.node(id).await;
         let done = n["provision_state"] == "manageable" && n["inspection_finished_at"].is_string();
         assert!(n["last_error"].is_null(), "{n}\n{}", machine.current_logs(8000));
         (done && n["reservation"].is_null()).then_some(n)
@@ -686,7 +760,7 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
         api.call(Method::PUT, &format!("/v1/nodes/{id}/states/provision"), Some(body)).await;
     assert_eq!(status, 202, "{b}");
     let n = wait_for(Duration::from_secs(120), "the held step to time out", || async {
-        let n = api.node(&id).await;
+        let n = api.node(id).await;
         (n["provision_state"] == "clean failed" && n["reservation"].is_null()).then_some(n)
     })
     .await;
@@ -695,15 +769,16 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     assert_eq!(n["maintenance"], true, "{n}");
     let (status, b) = api.call(Method::DELETE, &format!("/v1/nodes/{id}/maintenance"), None).await;
     assert_eq!(status, 202, "{b}");
-    provision(&id, "manage").await;
-    wait_for(Duration::from_secs(60), "manageable again", || until("manageable")).await;
+    fleet.provision(id, "manage").await;
+    wait_for(Duration::from_secs(60), "manageable again", || fleet.until("manageable")).await;
 
     // Automated cleaning through the agent: its metadata erase only; then the BMC powers the
     // machine off (and the agent with it).
-    for n in [&ferric, &id] {
-        provision(n, "provide").await;
+    for n in [&ferric, id] {
+        fleet.provision(n, "provide").await;
     }
-    wait_for(Duration::from_secs(120), "IPA's node to be cleaned", || until("available")).await;
+    wait_for(Duration::from_secs(120), "IPA's node to be cleaned", || fleet.until("available"))
+        .await;
     let ran: Vec<String> =
         machine.steps_run().iter().map(|s| s["step"].as_str().unwrap().to_owned()).collect();
     assert_eq!(ran, ["ferric_record_args", "erase_devices_metadata"]);
@@ -713,24 +788,15 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     .await;
 
     // Deploy both at once: the raw image through IPA, the Ferric node through gRPC.
-    let instance = |source: String, format: &str, bytes: &[u8]| {
-        json!([
-            {"op": "add", "path": "/instance_info/image_source", "value": source},
-            {"op": "add", "path": "/instance_info/image_os_hash_algo", "value": "sha256"},
-            {"op": "add", "path": "/instance_info/image_os_hash_value", "value": sha256_hex(bytes)},
-            {"op": "add", "path": "/instance_info/image_disk_format", "value": format},
-        ])
-    };
-    let patch = instance(format!("{pxe_url}/one.raw"), "raw", &raw);
-    assert_eq!(api.call(Method::PATCH, &format!("/v1/nodes/{id}"), Some(patch)).await.0, 200);
+    fleet.set_image("one.raw", "raw", &raw).await;
     let patch = json!([
         {"op": "add", "path": "/instance_info/image_source", "value": "http://127.0.0.1:9/img.raw"},
         {"op": "add", "path": "/instance_info/image_checksum", "value": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
     ]);
     assert_eq!(api.call(Method::PATCH, &format!("/v1/nodes/{ferric}"), Some(patch)).await.0, 200);
-    provision(&id, "active").await;
-    provision(&ferric, "active").await;
-    let n = wait_for(Duration::from_secs(180), "IPA's raw deploy", || until("active")).await;
+    fleet.provision(id, "active").await;
+    fleet.provision(&ferric, "active").await;
+    let n = wait_for(Duration::from_secs(180), "IPA's raw deploy", || fleet.until("active")).await;
     assert_eq!(disk.read_prefix(raw.len()).unwrap(), raw, "the disk holds the raw image");
     assert_eq!(n["power_state"], "power on", "{n}");
     assert_eq!(n["driver_internal_info"]["deploy_progress"]["phase"], "done", "{n}");
@@ -753,25 +819,25 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     assert_eq!(sim.writes(ferric.parse().unwrap()), 1);
 
     // Undeploy (cleaning again, a new ramdisk boot).
-    provision(&id, "deleted").await;
-    wait_for(Duration::from_secs(120), "IPA's node to be cleaned again", || until("available"))
-        .await;
+    fleet.provision(id, "deleted").await;
+    wait_for(Duration::from_secs(120), "IPA's node to be cleaned again", || {
+        fleet.until("available")
+    })
+    .await;
 
     // A deploy that fails in the agent (the image is not what its checksum says): `deploy
     // failed` with the agent's error, and the ramdisk's logs stored for the operator. Then
     // the node is cleaned and usable again.
-    let patch = instance(format!("{pxe_url}/one.raw"), "raw", b"another image");
-    assert_eq!(api.call(Method::PATCH, &format!("/v1/nodes/{id}"), Some(patch)).await.0, 200);
-    provision(&id, "active").await;
-    let failed = wait_for(Duration::from_secs(120), "the bad deploy to fail", || async {
-        let n = api.node(&id).await;
-        (n["provision_state"] == "deploy failed" && n["reservation"].is_null()).then_some(n)
+    fleet.set_image("one.raw", "raw", b"another image").await;
+    fleet.provision(id, "active").await;
+    let failed = wait_for(Duration::from_secs(120), "the bad deploy to fail", || {
+        fleet.settled_in("deploy failed")
     })
     .await;
     let error = failed["last_error"].as_str().unwrap();
     assert!(error.contains("write_image"), "{failed}");
     let stored: Vec<std::path::PathBuf> =
-        std::fs::read_dir(&deploy_logs).unwrap().map(|e| e.unwrap().path()).collect();
+        std::fs::read_dir(&fleet.deploy_logs).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(stored.len(), 1, "one archive, of the failed deploy: {stored:?}");
     let name = stored[0].file_name().unwrap().to_str().unwrap().to_owned();
     assert!(name.starts_with(&format!("{id}_ipa-1_")) && name.ends_with(".tar.gz"), "{name}");
@@ -784,16 +850,15 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     assert_eq!(disk.read_prefix(512).unwrap(), [0u8; 512], "the disk must not boot");
     // The failed deploy left the machine off (power_off_after_deploy_failure).
     assert_eq!(failed["power_state"], "power off", "{failed}");
-    provision(&id, "deleted").await;
+    fleet.provision(id, "deleted").await;
     wait_for(Duration::from_secs(120), "IPA's node to be cleaned after the failure", || {
-        until("available")
+        fleet.until("available")
     })
     .await;
 
-    let patch = instance(format!("{pxe_url}/two.qcow2"), "qcow2", &qcow2);
-    assert_eq!(api.call(Method::PATCH, &format!("/v1/nodes/{id}"), Some(patch)).await.0, 200);
-    provision(&id, "active").await;
-    wait_for(Duration::from_secs(180), "IPA's qcow2 deploy", || until("active")).await;
+    fleet.set_image("two.qcow2", "qcow2", &qcow2).await;
+    fleet.provision(id, "active").await;
+    wait_for(Duration::from_secs(180), "IPA's qcow2 deploy", || fleet.until("active")).await;
     assert_eq!(
         disk.read_prefix(second.len()).unwrap(),
         second,
@@ -806,20 +871,148 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     let body = json!({"target": "rescue", "rescue_password": "ferric-rescue"});
     let (status, b) = api.call(Method::PUT, &path, Some(body)).await;
     assert_eq!(status, 202, "{b}");
-    let n = wait_for(Duration::from_secs(120), "IPA's rescue", || until("rescue")).await;
+    let n = wait_for(Duration::from_secs(120), "IPA's rescue", || fleet.until("rescue")).await;
     assert!(n["instance_info"].get("hashed_rescue_password").is_none(), "{n}");
     let hash = machine.rescue_password_hash().expect("the agent wrote the password hash");
     assert!(hash.starts_with("$5$"), "{hash}");
     assert!(deploy::rescue::verify("ferric-rescue", &hash), "{hash}");
-    provision(&id, "unrescue").await;
-    wait_for(Duration::from_secs(120), "IPA's node to leave rescue", || until("active")).await;
+    fleet.provision(id, "unrescue").await;
+    wait_for(Duration::from_secs(120), "IPA's node to leave rescue", || fleet.until("active"))
+        .await;
 
     assert_eq!(machine.boots().len(), 12, "{:?}", machine.boots());
     assert_eq!(machine.boots().last(), Some(&Hdd));
 
-    token.cancel();
-    while let Some(stopped) = services.join_next().await {
-        stopped.unwrap();
-    }
-    db.cleanup().await;
+    fleet.stop().await;
+}
+
+/// An older agent, and faults, with the real ironic-python-agent on the same Redfish node:
+/// - an agent whose deploy steps have no `write_image` (as before deploy steps) gets the
+///   image through `standby.prepare_image`, and the node reaches `active`;
+/// - an agent with auto-TLS whose address is taken over by another TLS server (the agent
+///   killed while it holds its `write_image` step, an impostor serving a certificate of its
+///   own on the same address and port): the conductor's next call is refused at the
+///   handshake, before anything (the token included) is sent, and the deploy fails naming
+///   the pinned certificate;
+/// - an agent that heartbeats with a wrong token (it started with a stale
+///   `ipa-agent-token`, and the node's one lookup went elsewhere): every heartbeat is refused
+///   with Ironic's error, nothing of the agent is recorded, and the wait for it times out
+///   with a `last_error` that says its heartbeats were refused for their token.
+///
+/// Each failure leaves the node in `deploy failed`, powered off, with nothing bootable on
+/// the disk (the cleaning before zeroed it and the failed deploy wrote nothing).
+#[tokio::test]
+async fn test_real_ironic_python_agent_older_agent_deploys_and_faults_fail_the_node() {
+    let tune = |c: &mut conductor_service::config::ConductorConfig| {
+        // The wrong-token wait runs out this long after the deploy starts waiting.
+        c.callback_timeout_secs = 40.0;
+        // Longer than the impostor takes to take over the address.
+        c.agent.silence_timeout_secs = 60.0;
+    };
+    let Some(fleet) = IpaFleet::start("ferric_ipa_faults", tune).await else { return };
+    let (api, id, machine, disk) = (&fleet.api, &fleet.id, &fleet.machine, &fleet.disk);
+    let raw = disk_image(8 << 20, 3);
+    std::fs::write(fleet.http_root.join("three.raw"), &raw).unwrap();
+    fleet.provision(id, "manage").await;
+    wait_for(Duration::from_secs(60), "manageable", || fleet.until("manageable")).await;
+    fleet.provision(id, "provide").await;
+    wait_for(Duration::from_secs(120), "the first cleaning", || fleet.until("available")).await;
+    let zeroed = || disk.read_prefix(512).unwrap() == [0u8; 512];
+
+    // An agent without the write_image deploy step: standby.prepare_image.
+    machine.next_boot(IpaOptions { without_write_image: true, ..IpaOptions::default() });
+    fleet.set_image("three.raw", "raw", &raw).await;
+    fleet.provision(id, "active").await;
+    wait_for(Duration::from_secs(180), "the older agent's deploy", || fleet.until("active")).await;
+    assert_eq!(disk.read_prefix(raw.len()).unwrap(), raw, "the disk holds the image");
+    let log = machine.agent_logs().pop().unwrap();
+    assert!(log.contains("Executing command: standby.prepare_image"), "{log}");
+    assert!(!log.contains("Executing command: deploy.execute_deploy_step"), "{log}");
+    let ran = machine.steps_run();
+    assert!(ran.iter().all(|s| s["step"] != "write_image"), "{ran:?}");
+    fleet.provision(id, "deleted").await;
+    wait_for(Duration::from_secs(120), "cleaning after the deploy", || fleet.until("available"))
+        .await;
+    assert!(zeroed(), "the cleaning zeroed the partition table");
+
+    // Auto-TLS, then another TLS server on the agent's address.
+    machine.next_boot(IpaOptions { auto_tls: true, hold_write_secs: 90, ..IpaOptions::default() });
+    fleet.set_image("three.raw", "raw", &raw).await;
+    fleet.provision(id, "active").await;
+    let n = wait_for(Duration::from_secs(120), "the agent to hold its write_image", || async {
+        let held = machine.steps_run().iter().any(|s| s["step"] == "write_image");
+        let n = api.node(id).await;
+        assert!(n["last_error"].is_null(), "{n}\n{}", machine.current_logs(8000));
+        held.then_some(n)
+    })
+    .await;
+    let dii = &n["driver_internal_info"];
+    assert!(dii["agent_url"].as_str().unwrap().starts_with("https://"), "{n}");
+    let impostor = {
+        machine.kill_agent();
+        TlsImpostor::start(&fleet.netns).unwrap()
+    };
+    let failed = wait_for(Duration::from_secs(120), "the deploy to fail at the handshake", || {
+        fleet.settled_in("deploy failed")
+    })
+    .await;
+    let error = failed["last_error"].as_str().unwrap();
+    assert!(error.contains("does not match the certificate pinned"), "{failed}");
+    let seen = impostor.log();
+    assert!(!seen.is_empty(), "the conductor reached the impostor");
+    assert!(
+        seen.iter().all(|l| l.starts_with("handshake failed")),
+        "nothing may be sent past a certificate other than the pinned one: {seen:?}"
+    );
+    assert_eq!(failed["power_state"], "power off", "{failed}");
+    assert!(zeroed(), "the disk must not boot");
+    drop(impostor);
+    fleet.provision(id, "deleted").await;
+    wait_for(Duration::from_secs(120), "cleaning after the TLS fault", || fleet.until("available"))
+        .await;
+
+    // A stale token: the node's lookup is answered before the agent's (which then gets
+    // `******` and keeps the token it started with).
+    let wrong = "stale-token-of-an-earlier-deploy-0123456789";
+    machine.next_boot(IpaOptions {
+        agent_token: Some(wrong.into()),
+        hold: true,
+        ..IpaOptions::default()
+    });
+    let boots = machine.boots().len();
+    fleet.set_image("three.raw", "raw", &raw).await;
+    fleet.provision(id, "active").await;
+    wait_for(Duration::from_secs(60), "the held agent", || async {
+        let n = api.node(id).await;
+        let booted = machine.boots().len() > boots;
+        (n["provision_state"] == "wait call-back" && booted).then_some(())
+    })
+    .await;
+    let lookup = api
+        .http
+        .get(format!("{}/v1/lookup?addresses={}", fleet.base, fleet.netns.ns_mac))
+        .header("X-OpenStack-Ironic-API-Version", "1.62")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lookup.status().as_u16(), 200);
+    let found: Value = lookup.json().await.unwrap();
+    let minted = found["config"]["agent_token"].as_str().unwrap().to_owned();
+    assert_ne!(minted, wrong);
+    machine.release().unwrap();
+    let failed = wait_for(Duration::from_secs(120), "the callback wait to time out", || {
+        fleet.settled_in("deploy failed")
+    })
+    .await;
+    let error = failed["last_error"].as_str().unwrap();
+    assert!(error.contains("Timeout reached while waiting for callback"), "{failed}");
+    assert!(error.contains("invalid or missing agent token"), "{failed}");
+    assert!(!error.contains(&minted) && !error.contains(wrong), "no token in errors: {error}");
+    assert!(failed["driver_internal_info"].get("agent_url").is_none(), "{failed}");
+    let log = machine.agent_logs().pop().unwrap();
+    assert!(log.contains("Invalid or missing agent token received"), "{log}");
+    assert_eq!(failed["power_state"], "power off", "{failed}");
+    assert!(zeroed(), "the disk must not boot");
+
+    fleet.stop().await;
 }

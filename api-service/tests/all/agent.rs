@@ -92,6 +92,46 @@ async fn scenario_lookup_and_heartbeat(h: &Harness) {
         )
         .await;
     assert_eq!(r.status, 400);
+    assert!(r.fault().contains("Invalid or missing agent token"), "{}", r.body);
+    // The node notes the refusal (for its wait's timeout), without the token; a burst of
+    // refused heartbeats writes once.
+    let n = h.store.node_fetch(uuid.parse().unwrap()).await.unwrap();
+    let refused = n.driver_internal_info[keys::AGENT_LAST_REFUSED_HEARTBEAT].clone();
+    assert_eq!(refused["reason"], "invalid or missing agent token", "{refused}");
+    for _ in 0..3 {
+        let r = h
+            .call(
+                Method::POST,
+                &format!("/v1/heartbeat/{uuid}"),
+                Some("1.68"),
+                Some(&hb("http://127.0.0.1:50051", &"y".repeat(43))),
+            )
+            .await;
+        assert_eq!(r.status, 400);
+    }
+    let again = h.store.node_fetch(uuid.parse().unwrap()).await.unwrap();
+    assert_eq!(again.driver_internal_info[keys::AGENT_LAST_REFUSED_HEARTBEAT], refused);
+    assert_eq!(again.generation, n.generation, "refusals within the period write nothing");
+    assert_eq!(again.driver_internal_info[keys::AGENT_URL], "http://127.0.0.1:50051");
+
+    // The certificate the first heartbeat pinned cannot be swapped by a later one.
+    let with_ca = |ca: &str| {
+        json!({"callback_url": "http://127.0.0.1:50051", "agent_token": token,
+               "agent_version": "ferric-0.1", "agent_api": "ferric", "agent_verify_ca": ca})
+        .to_string()
+    };
+    let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    let path = format!("/v1/heartbeat/{uuid}");
+    let r = h.call(Method::POST, &path, Some("1.68"), Some(&with_ca(pem))).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let r = h.call(Method::POST, &path, Some("1.68"), Some(&with_ca(pem))).await;
+    assert_eq!(r.status, 202, "the same certificate again: {}", r.body);
+    let other = pem.replace("AAAA", "BBBB");
+    let r = h.call(Method::POST, &path, Some("1.68"), Some(&with_ca(&other))).await;
+    assert_eq!(r.status, 400);
+    assert!(r.fault().contains("agent_verify_ca"), "{}", r.body);
+    let n = h.store.node_fetch(uuid.parse().unwrap()).await.unwrap();
+    assert_eq!(n.driver_internal_info[keys::AGENT_VERIFY_CA], pem);
 
     // Power off wipes the token and URL: the next ramdisk boot gets a new token.
     let r = h

@@ -15,6 +15,12 @@ set, ``initialize`` (which the agent runs before it sends anything) reports once
 waits until that file exists, so the test checks what the agent was told before the agent
 may talk to the API.
 
+Deploy: it runs IPA's ``write_image`` deploy step itself only to record it (and, with
+``hold_write_secs`` set, to wait that long before writing), then hands it to the generic
+manager. With ``without_write_image`` set, the generic manager's deploy steps are listed
+without ``write_image``, as an agent from before deploy steps offered them; the conductor
+must then use the ``standby.prepare_image`` command, which this agent still has.
+
 Clean steps: it implements ``erase_devices_metadata`` itself (zeroing the partition-table
 areas at both ends of ``device``, which must be a regular file, or a block device when
 ``loop_device`` says the test attached it to a file of its own) and offers
@@ -213,6 +219,14 @@ class FerricTestHardwareManager(hardware.HardwareManager):
             raise RuntimeError("asked to fail: %s" % kwargs.get("note"))
         return {"recorded": sorted(kwargs)}
 
+    def write_image(self, node, ports, image_info, configdrive=None):
+        cfg = _config()
+        hold = min(float(cfg.get("hold_write_secs") or 0), 120.0)
+        _record(cfg, "write_image", node, {"hold_secs": hold})
+        time.sleep(hold)
+        return hardware.GenericHardwareManager.write_image(
+            self, node, ports, image_info, configdrive=configdrive)
+
     def list_hardware_info(self):
         return {
             "interfaces": self.list_network_interfaces(),
@@ -229,3 +243,16 @@ class FerricTestHardwareManager(hardware.HardwareManager):
 
 for _name in REFUSED_STEPS:
     setattr(FerricTestHardwareManager, _name, _refuse(_name))
+
+
+_generic_deploy_steps = hardware.GenericHardwareManager.get_deploy_steps
+
+
+def _deploy_steps(self, node, ports):
+    steps = _generic_deploy_steps(self, node, ports)
+    if _config().get("without_write_image"):
+        steps = [s for s in steps if s.get("step") != "write_image"]
+    return steps
+
+
+hardware.GenericHardwareManager.get_deploy_steps = _deploy_steps
