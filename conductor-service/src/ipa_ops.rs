@@ -67,6 +67,10 @@ async fn node_and_ports(task: &Task) -> Result<(Value, Vec<Value>), WorkflowErro
             instance_info.insert(k.into(), json!(deploy::model::SECRET_MASK));
         }
     }
+    // The boot mode the conductor deploys for, which the agent reads first (it partitions
+    // and installs the bootloader for it), as Ironic records it in the instance.
+    instance_info
+        .insert("deploy_boot_mode".into(), json!(deploy::drivers::BootMode::of(n).as_str()));
     let node = json!({
         "uuid": n.uuid.to_string(),
         "name": n.name,
@@ -307,11 +311,21 @@ fn image_info(task: &Task, url: String) -> Value {
     }
     if !deploy::steps::is_whole_disk_image(ii) {
         info["image_type"] = json!("partition");
-        for k in ["root_gb", "root_mb", "swap_mb", "ephemeral_mb", "ephemeral_format"] {
-            if let Some(v) = ii.get(k) {
-                info[k] = v.clone();
-            }
-        }
+        // Ironic's `parse_instance_info`: sizes in MiB (the agent requires every one of
+        // them), `root_gb` being the operator's usual way to give the root's.
+        let mib = |mb: &str, gb: &str| {
+            let num =
+                |k: &str| ii.get(k).and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()));
+            num(mb).or_else(|| num(gb).map(|g| g * 1024)).unwrap_or(0)
+        };
+        info["root_mb"] = json!(mib("root_mb", "root_gb"));
+        info["swap_mb"] = json!(mib("swap_mb", "swap_gb"));
+        info["ephemeral_mb"] = json!(mib("ephemeral_mb", "ephemeral_gb"));
+        info["ephemeral_format"] = json!(s("ephemeral_format"));
+        info["preserve_ephemeral"] = json!(ii.get("preserve_ephemeral").is_some_and(|v| {
+            v.as_bool()
+                .unwrap_or_else(|| v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("true")))
+        }));
         info["deploy_boot_mode"] = json!(deploy::drivers::BootMode::of(&task.node).as_str());
         info["boot_option"] = json!("local");
         if let Some(l) = s("disk_label") {

@@ -18,9 +18,13 @@
 //! but [`Ipa::steps_run`]'s log.
 //!
 //! To deploy, the agent gets a [`LoopDisk`] instead: a loop device over a file the test
-//! made, the only device node in the agent's `/dev` besides the harmless ones. IPA's own
-//! `write_image` (download, `qemu-img convert` to the device, partition-table checks with
-//! `parted`, `sgdisk`, `blkid`) then writes to that file and nothing else.
+//! made (with partition scanning), the only device node in the agent's `/dev` besides the
+//! harmless ones. IPA's own `write_image` (download, `qemu-img convert` to the device,
+//! partitioning with `parted` for partition images, partition-table checks with `parted`,
+//! `sgdisk`, `blkid`) then writes to that file and nothing else. No udev runs here, so the
+//! namespace mirrors what udev would show of that one disk: its partitions' device nodes and
+//! sysfs links as the kernel makes them, and their udev database entries (from `blkid`) in a
+//! private `/run`, refreshed whenever the agent runs `udevadm` or `lsblk` ([`MIRROR_SH`]).
 //!
 //! Everything started here goes away on drop: the agent's process group is killed, the
 //! namespace (and with it the veth pair) deleted.
@@ -93,18 +97,88 @@ mount --bind "$t/empty" /proc/partitions
 mount --bind "$t/cmdline" /proc/cmdline
 mkdir -p "$t/dev"
 mount -t tmpfs -o mode=0755,size=64k ferric-ipa-dev "$t/dev"
-for n in null zero full random urandom; do
-    : > "$t/dev/$n"
-    mount --bind "/dev/$n" "$t/dev/$n"
+# Device nodes (not bind mounts), so that a bind of this /dev (as into a chroot) has them.
+for n in null:3 zero:5 full:7 random:8 urandom:9; do
+    mknod -m 0666 "$t/dev/${n%%:*}" c 1 "${n##*:}"
 done
 if [ -n "${FERRIC_IPA_DISK_DEV:-}" ]; then
-    : > "$t/dev/${FERRIC_IPA_DISK_DEV#/dev/}"
-    mount --bind "$FERRIC_IPA_DISK_DEV" "$t/dev/${FERRIC_IPA_DISK_DEV#/dev/}"
+    mknod -m 0660 "$t/dev/$name" b "${majmin%%:*}" "${majmin##*:}"
 fi
 mkdir "$t/dev/pts" "$t/dev/shm"
 ln -s /proc/self/fd "$t/dev/fd"
 mount --move "$t/dev" /dev
+# The partitions of the test's loop device (attached with partition scanning) come and go
+# as the agent partitions it: mirror them (and their udev database entries, which lsblk
+# reads) into this /dev, the hidden sysfs directories and a private /run, as udev would, for
+# as long as the agent runs. `udevadm` and `lsblk` on the agent's PATH refresh it first.
+mount -t tmpfs -o mode=0755,size=1m ferric-ipa-run /run
+mkdir -p /run/udev/data /run/lock
+if [ -n "${FERRIC_IPA_DISK_DEV:-}" ]; then
+    mkdir -p "$t/parts"
+    sh "$t/mirror.sh" refresh
+    (
+        set +e
+        n=0
+        while kill -0 $$ 2>/dev/null; do
+            n=$((n + 1))
+            if [ $((n % 20)) -eq 0 ]; then sh "$t/mirror.sh" refresh; else sh "$t/mirror.sh"; fi
+            sleep 0.05
+        done
+    ) &
+fi
 exec "$@"
+"#;
+
+/// One pass of the partition mirror of [`HIDE_HOST_SH`], under a lock: device nodes and
+/// sysfs links for the loop device's partitions that appeared (removed for those that went);
+/// with `refresh`, or when a partition appeared, also the udev database entries of the disk
+/// and its partitions from `blkid -p -o udev` (UUIDs, labels, partition table).
+const MIRROR_SH: &str = r#"set +e
+t=$FERRIC_IPA_DIR
+name=${FERRIC_IPA_DISK_DEV#/dev/}
+sys=/sys/devices/virtual/block/$name
+exec 9>"$t/mirror.lock"
+flock 9
+made=
+for p in "$sys/${name}p"*; do
+    [ -r "$p/dev" ] || continue
+    pn=${p##*/}
+    mm=$(cat "$p/dev" 2>/dev/null) || continue
+    if [ "$(cat "$t/parts/$pn" 2>/dev/null)" != "$mm" ]; then
+        rm -f "/dev/$pn"
+        mknod "/dev/$pn" b "${mm%%:*}" "${mm##*:}"
+        ln -sfn "../../devices/virtual/block/$name/$pn" "/sys/class/block/$pn"
+        ln -sfn "../../devices/virtual/block/$name/$pn" "/sys/dev/block/$mm"
+        echo "$mm" > "$t/parts/$pn"
+        made=1
+    fi
+done
+for f in "$t/parts/"*; do
+    [ -e "$f" ] || continue
+    pn=${f##*/}
+    if [ ! -e "$sys/$pn" ]; then
+        mm=$(cat "$f")
+        rm -f "/dev/$pn" "/sys/class/block/$pn" "/sys/dev/block/$mm" "/run/udev/data/b$mm" "$f"
+    fi
+done
+if [ "${1:-}" = refresh ] || [ -n "$made" ]; then
+    for d in "$name" $(ls "$t/parts"); do
+        mm=$(cat "/sys/class/block/$d/dev" 2>/dev/null) || continue
+        blkid -p -o udev "/dev/$d" 2>/dev/null | sed 's/^/E:/' > "/run/udev/data/b$mm.new"
+        mv "/run/udev/data/b$mm.new" "/run/udev/data/b$mm"
+    done
+fi
+"#;
+
+/// Commands that read what udev knows, as the agent finds them ([`MIRROR_FIRST_SH`]).
+const MIRROR_FIRST: &[&str] = &["udevadm", "lsblk"];
+
+/// `udevadm` and `lsblk` as the agent finds them: the mirror brought up to date first (as
+/// `udevadm settle` waits for udev, and as udev's watch on a written disk has updated its
+/// database by the time anyone reads it), then the real command.
+const MIRROR_FIRST_SH: &str = r#"#!/bin/sh
+if [ -n "${FERRIC_IPA_DISK_DEV:-}" ]; then sh "$FERRIC_IPA_DIR/mirror.sh" refresh; fi
+PATH=${PATH#*:} exec "${0##*/}" "$@"
 "#;
 
 /// The venv with [`IPA_PIN`] and the test hardware manager.
@@ -263,6 +337,10 @@ pub struct IpaOptions {
     /// [`IpaMachine`] only: do not release the agent after checking its disks; the test
     /// calls [`IpaMachine::release`].
     pub hold: bool,
+    /// The ramdisk booted in legacy BIOS mode (the test hardware manager says so), and the
+    /// agent may install BIOS bootloaders (`enable_bios_bootloader_install`, off by default
+    /// in IPA since CVE-2026-43003: a site that deploys legacy partition images turns it on).
+    pub bios: bool,
 }
 
 /// The agent running in a [`Netns`], in its own process group, killed with that group on
@@ -380,6 +458,7 @@ impl Ipa {
         std::fs::write(d.join("empty"), "")?;
         std::fs::write(d.join("cmdline"), "ferric-test-ipa\n")?;
         std::fs::write(d.join("hide-host.sh"), HIDE_HOST_SH)?;
+        std::fs::write(d.join("mirror.sh"), MIRROR_SH)?;
         let stubs = d.join("stub-bin");
         std::fs::create_dir(&stubs)?;
         for name in STUBBED {
@@ -392,6 +471,11 @@ impl Ipa {
         let fuser = stubs.join("fuser");
         std::fs::write(&fuser, "#!/bin/sh\nexit 1\n")?;
         std::fs::set_permissions(&fuser, std::fs::Permissions::from_mode(0o755))?;
+        for name in MIRROR_FIRST {
+            let wrapper = stubs.join(name);
+            std::fs::write(&wrapper, MIRROR_FIRST_SH)?;
+            std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+        }
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
         let path = format!("{}:{path}", stubs.display());
         let hwm = serde_json::json!({
@@ -401,6 +485,7 @@ impl Ipa {
             "loop_device": loop_disk.is_some(),
             "hold_write_secs": opts.hold_write_secs,
             "without_write_image": opts.without_write_image,
+            "boot_mode": if opts.bios { "bios" } else { "uefi" },
         });
         std::fs::write(d.join("hwm.json"), hwm.to_string())?;
         let conf_dir = d.join("conf.d");
@@ -428,7 +513,8 @@ impl Ipa {
             if inspect { format!("{api_url}/v1/continue_inspection") } else { String::new() },
             if inspect { "default" } else { "" },
             d.join("ipa.log").display(),
-            opts.agent_token.as_ref().map(|t| format!("agent_token = {t}\n")).unwrap_or_default(),
+            opts.agent_token.as_ref().map(|t| format!("agent_token = {t}\n")).unwrap_or_default()
+                + if opts.bios { "enable_bios_bootloader_install = True\n" } else { "" },
         );
         // A download that fails is retried once, a second later (IPA's defaults retry for
         // about a quarter of an hour, which a failing deploy in a test would wait out).
@@ -561,8 +647,9 @@ impl LoopDisk {
     pub fn create(size: u64) -> anyhow::Result<Self> {
         let file = tempfile::Builder::new().prefix("ferric-ipa-disk-").tempfile()?;
         file.as_file().set_len(size)?;
+        // With partition scanning: the kernel makes the partitions an agent creates.
         let out = Command::new("losetup")
-            .args(["--find", "--show"])
+            .args(["--find", "--show", "--partscan"])
             .arg(file.path())
             .output()
             .context("running losetup")?;
@@ -578,9 +665,17 @@ impl LoopDisk {
     /// # Errors
     /// When the file cannot be read.
     pub fn read_prefix(&self, n: usize) -> anyhow::Result<Vec<u8>> {
-        use std::io::Read as _;
+        self.read_at(0, n)
+    }
+
+    /// `n` bytes of what the device holds from byte `offset` (read from its file).
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub fn read_at(&self, offset: u64, n: usize) -> anyhow::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt as _;
         let mut buf = vec![0u8; n];
-        std::fs::File::open(self.file.path())?.read_exact(&mut buf)?;
+        std::fs::File::open(self.file.path())?.read_exact_at(&mut buf, offset)?;
         Ok(buf)
     }
 }
@@ -702,7 +797,7 @@ impl IpaMachine {
         s.past.iter().chain(s.agent.as_ref()).map(Ipa::log).collect()
     }
 
-    /// The running agent's log tail, or why there is none, for a failure message.
+    /// The running agent's log tail, else the last stopped one's, for a failure message.
     pub fn current_logs(&self, max: usize) -> String {
         let mut s = self.state();
         match s.agent.as_mut() {
@@ -710,7 +805,10 @@ impl IpaMachine {
                 Ok(Some(status)) => format!("the agent exited ({status}):\n{}", a.logs(max)),
                 _ => a.logs(max),
             },
-            None => "no agent is running".into(),
+            None => match s.past.last() {
+                Some(a) => format!("no agent is running; the last one's logs:\n{}", a.logs(max)),
+                None => "no agent has run".into(),
+            },
         }
     }
 

@@ -498,7 +498,8 @@ impl IpaFleet {
         let venv = tokio::task::spawn_blocking(IpaVenv::ensure).await.unwrap();
         let what = format!("a venv with {}", tests::ipa::IPA_PIN);
         let venv = require_service(Need::Peers, &what, venv.map_err(|e| format!("{e:#}")))?;
-        let disk = LoopDisk::create(64 << 20).map_err(|e| format!("{e:#}"));
+        // Sparse: room for a partition image's 1 GiB root partition.
+        let disk = LoopDisk::create(2 << 30).map_err(|e| format!("{e:#}"));
         let disk = require_service(Need::Peers, "a loop device", disk)?;
         let netns = Netns::create().map_err(|e| format!("{e:#}"));
         let netns = require_service(Need::Peers, "a network namespace with a veth pair", netns)?;
@@ -1013,6 +1014,161 @@ async fn test_real_ironic_python_agent_older_agent_deploys_and_faults_fail_the_n
     assert!(log.contains("Invalid or missing agent token received"), "{log}");
     assert_eq!(failed["power_state"], "power off", "{failed}");
     assert!(zeroed(), "the disk must not boot");
+
+    fleet.stop().await;
+}
+
+/// The image's own boot loader installer, as IPA runs it in the deployed root
+/// (`chroot <root> /bin/sh -c "grub-install <disk>"`): it records how it was called and puts
+/// a marker in the disk's boot code area (the partition table stays).
+const GRUB_INSTALL: &str = r#"#!/bin/sh
+echo "grub-install $*" >> /var/log/ferric-bootloader.log
+[ -b "$1" ] || { echo "grub-install: $1 is not a block device" >&2; exit 1; }
+printf 'FERRIC-TEST-BOOTLOADER' | dd of="$1" bs=1 conv=notrunc 2>/dev/null
+"#;
+
+/// The image's own boot menu generator (`grub-mkconfig -o /boot/grub/grub.cfg`).
+const GRUB_MKCONFIG: &str = r#"#!/bin/sh
+echo "grub-mkconfig $*" >> /var/log/ferric-bootloader.log
+[ "$1" = "-o" ] || exit 1
+mkdir -p "$(dirname "$2")"
+echo "menuentry 'Ferric test image' { linux /boot/vmlinuz root=LABEL=ferric-root }" > "$2"
+"#;
+
+/// A partition image: an ext4 root filesystem (`mkfs.ext4 -d`, no mount needed) with what
+/// IPA's `install_bootloader` runs inside a deployed root: `/bin/sh` and the few tools it
+/// calls (static busybox), an empty `/etc/fstab`, and the image's own `grub-install` and
+/// `grub-mkconfig` ([`GRUB_INSTALL`], [`GRUB_MKCONFIG`]): a real distribution's would need
+/// its whole userland, and what matters here is that the agent runs them on the disk and
+/// root the conductor named.
+fn root_partition_image(dir: &std::path::Path) -> Vec<u8> {
+    let root = dir.join("rootfs");
+    for d in ["bin", "usr/sbin", "etc", "var/log", "boot/grub", "dev", "proc", "sys", "run", "tmp"]
+    {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "mount", "umount", "dd", "printf", "echo", "mkdir", "dirname", "cat"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    for (name, text) in [("grub-install", GRUB_INSTALL), ("grub-mkconfig", GRUB_MKCONFIG)] {
+        let path = root.join("usr/sbin").join(name);
+        std::fs::write(&path, text).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(root.join("etc/fstab"), "# no vfat partitions\n").unwrap();
+    let image = dir.join("root.ext4");
+    tests::run(
+        std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "ferric-root", "-d"])
+            .arg(&root)
+            .arg(&image)
+            .arg("16M"),
+        "mkfs.ext4",
+    )
+    .unwrap();
+    std::fs::read(&image).unwrap()
+}
+
+/// A file of an ext4 filesystem held in `fs` (`debugfs -R "cat <path>"`), or `None`.
+fn ext4_file(fs: &[u8], path: &str) -> Option<String> {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp.path(), fs).unwrap();
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+/// A partition image through the real ironic-python-agent, on a node that boots in legacy
+/// BIOS mode: the conductor sends Ironic's partition `image_info` (`image_type: partition`,
+/// `root_mb` from `root_gb`, the boot mode); the agent partitions the loop device itself
+/// (an MBR label with one bootable root partition, which the kernel and the harness's
+/// partition mirroring show it), streams the image into the root partition, reports the
+/// root filesystem's UUID (`standby.get_partition_uuids`), and on `image.install_bootloader` finds the
+/// root by that UUID, mounts it and runs the image's own `grub-install <disk>` and
+/// `grub-mkconfig` in it. The test then reads the disk's file: the MBR with the image's boot
+/// code marker and the bootable partition, and in the root filesystem the installer's record
+/// naming the disk and the generated boot menu.
+#[tokio::test]
+async fn test_real_ironic_python_agent_deploys_a_partition_image_and_installs_its_bootloader() {
+    let Some(fleet) = IpaFleet::start("ferric_ipa_partition", |_| {}).await else { return };
+    let tools = ["busybox", "mkfs.ext4", "debugfs"]
+        .iter()
+        .find(|t| {
+            !std::path::Path::new("/bin").join(t).exists()
+                && !std::path::Path::new("/sbin").join(t).exists()
+        })
+        .map_or(Ok(()), |t| Err(format!("{t} is missing")));
+    if require_service(Need::Peers, "busybox-static, mkfs.ext4 and debugfs", tools).is_none() {
+        return;
+    }
+    let (api, id, machine, disk) = (&fleet.api, &fleet.id, &fleet.machine, &fleet.disk);
+    let image = root_partition_image(fleet.work.path());
+    std::fs::write(fleet.http_root.join("root.ext4"), &image).unwrap();
+    let caps =
+        json!([{"op": "add", "path": "/properties/capabilities", "value": "boot_mode:bios"}]);
+    let (status, body) = api.call(Method::PATCH, &format!("/v1/nodes/{id}"), Some(caps)).await;
+    assert_eq!(status, 200, "{body}");
+    fleet.provision(id, "manage").await;
+    wait_for(Duration::from_secs(60), "manageable", || fleet.until("manageable")).await;
+    fleet.provision(id, "provide").await;
+    wait_for(Duration::from_secs(120), "the first cleaning", || fleet.until("available")).await;
+
+    fleet.set_image("root.ext4", "raw", &image).await;
+    let partition = json!([
+        {"op": "add", "path": "/instance_info/image_type", "value": "partition"},
+        {"op": "add", "path": "/instance_info/root_gb", "value": 1},
+    ]);
+    let (status, body) = api.call(Method::PATCH, &format!("/v1/nodes/{id}"), Some(partition)).await;
+    assert_eq!(status, 200, "{body}");
+    machine.next_boot(IpaOptions { bios: true, ..IpaOptions::default() });
+    fleet.provision(id, "active").await;
+    let n = wait_for(Duration::from_secs(180), "the partition image's deploy", || {
+        fleet.until("active")
+    })
+    .await;
+    let log = machine.agent_logs().pop().unwrap();
+    assert!(log.contains("Executing command: image.install_bootloader"), "{log}");
+    let root_uuid = n["driver_internal_info"]["root_uuid_or_disk_id"].as_str().unwrap_or_default();
+    assert!(!root_uuid.is_empty(), "{n}");
+
+    // The MBR: the image's boot code marker, one bootable Linux partition, the signature.
+    let mbr = disk.read_prefix(512).unwrap();
+    assert_eq!(
+        &mbr[..22],
+        b"FERRIC-TEST-BOOTLOADER",
+        "the image's grub-install wrote the boot code"
+    );
+    assert_eq!(mbr[510..], [0x55, 0xaa]);
+    let entry = &mbr[446..462];
+    assert_eq!(entry[0], 0x80, "the root partition is marked bootable: {entry:?}");
+    assert_eq!(entry[4], 0x83, "a Linux partition: {entry:?}");
+    assert_eq!(mbr[462..478], [0u8; 16], "one partition only");
+    let start = u64::from(u32::from_le_bytes(entry[8..12].try_into().unwrap())) * 512;
+    let sectors = u64::from(u32::from_le_bytes(entry[12..16].try_into().unwrap()));
+    assert_eq!(sectors * 512, 1 << 30, "root_gb 1: {entry:?}");
+    // The root filesystem, where the agent streamed the image and ran its installer.
+    let root = disk.read_at(start, image.len()).unwrap();
+    let record = ext4_file(&root, "/var/log/ferric-bootloader.log").expect("the installer ran");
+    let dev = disk.device.to_str().unwrap();
+    assert!(record.contains(&format!("grub-install {dev}\n")), "{record}");
+    assert!(record.contains("grub-mkconfig -o /boot/grub/grub.cfg"), "{record}");
+    let menu = ext4_file(&root, "/boot/grub/grub.cfg").expect("a boot menu");
+    assert!(menu.contains("Ferric test image"), "{menu}");
+    // The root's UUID the agent reported (and found the root by for the bootloader): the
+    // filesystem UUID of the image it streamed in.
+    let fs_uuid = std::process::Command::new("blkid")
+        .args(["-p", "-s", "UUID", "-o", "value"])
+        .arg(fleet.http_root.join("root.ext4"))
+        .output()
+        .unwrap();
+    assert_eq!(root_uuid, String::from_utf8_lossy(&fs_uuid.stdout).trim(), "{n}");
+    assert_eq!(machine.boots().last(), Some(&sim::bmc::BootTarget::Hdd));
 
     fleet.stop().await;
 }

@@ -175,8 +175,9 @@ class FerricTestHardwareManager(hardware.HardwareManager):
                                              build_date="2026-01-01"))
 
     def get_boot_info(self):
-        return hardware.BootInfo(current_boot_mode="uefi",
-                                 pxe_interface=_config()["mac"])
+        cfg = _config()
+        return hardware.BootInfo(current_boot_mode=cfg.get("boot_mode", "uefi"),
+                                 pxe_interface=cfg["mac"])
 
     def get_clean_steps(self, node, ports):
         return [
