@@ -229,6 +229,11 @@ pub struct AgentClientConfig {
     /// Milliseconds between polls of an ironic-python-agent command that runs (its result
     /// comes only by asking).
     pub ipa_poll_interval_ms: u64,
+    /// How long, after ironic-python-agent was asked to power the machine off itself at the
+    /// end of a deploy (`standby.power_off`), the conductor waits for the BMC to report it
+    /// off before it powers it off hard (Ironic's `post_deploy_get_power_state_retries` ×
+    /// `post_deploy_get_power_state_retry_interval`, 6 × 5 s).
+    pub soft_power_off_timeout_secs: f64,
     /// When to collect the ramdisk's logs (ironic-python-agent's `log.collect_system_logs`)
     /// at the end of a deploy or a cleaning (Ironic's `[agent] deploy_logs_collect`).
     pub deploy_logs_collect: DeployLogsCollect,
@@ -346,6 +351,7 @@ impl Default for AgentClientConfig {
             require_tls: false,
             image_cache_url: String::new(),
             ipa_poll_interval_ms: 1000,
+            soft_power_off_timeout_secs: 30.0,
             deploy_logs_collect: DeployLogsCollect::OnFailure,
             deploy_logs_local_path: "/var/log/ferric/deploy".into(),
         }
@@ -485,6 +491,13 @@ impl ConductorConfig {
             return Err(ConductorConfigError {
                 key: "agent.ipa_poll_interval_ms",
                 message: "must be at least 1".into(),
+            });
+        }
+        let soft = self.agent.soft_power_off_timeout_secs;
+        if !(soft.is_finite() && soft >= 0.0) {
+            return Err(ConductorConfigError {
+                key: "agent.soft_power_off_timeout_secs",
+                message: format!("expected a number of seconds, zero or more, got {soft}"),
             });
         }
         Ok(())

@@ -223,11 +223,16 @@ async fn common_step(
             Ok(StepOutcome::Continue)
         }
         StepKind::RebootToInstance => {
+            let mut off = false;
             if crate::ipa_ops::is_ipa(&task.node) && AgentSession::of(&task.node).called_back() {
                 crate::deploy_logs::collect(task, false, None).await;
-                crate::ipa_ops::sync(task).await;
+                off = crate::ipa_ops::power_off_in_band(task, d).await;
             }
-            set_power(task, d, PowerState::Off).await?;
+            if off {
+                crate::power::record_power(task, PowerState::Off).await?;
+            } else {
+                set_power(task, d, PowerState::Off).await?;
+            }
             set_power(task, d, PowerState::On).await?;
             Ok(StepOutcome::Continue)
         }

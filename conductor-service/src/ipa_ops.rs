@@ -13,7 +13,10 @@
 //!   `standby.prepare_image` for an agent that offers no `write_image` step, then
 //!   `standby.get_partition_uuids`;
 //! - the bootloader with `image.install_bootloader`, the rescue password with
-//!   `rescue.finalize_rescue`, and a `standby.sync` before the BMC powers the node off.
+//!   `rescue.finalize_rescue`;
+//! - at the end of a deploy the agent powers the machine off itself (`standby.power_off`)
+//!   and the BMC is watched until it reports off, else powered off hard; with the node's
+//!   `deploy_forces_oob_reboot`, a `standby.sync` and the BMC's power off.
 //!
 //! IPA reports no byte progress while it writes: the node's `deploy_progress` shows the
 //! phase only.
@@ -445,6 +448,58 @@ pub(crate) async fn finalize_rescue(task: &Task, hash: &str) -> Result<(), Workf
         WorkflowError::Failed(format!("Agent returned bad result for command finalize_rescue: {e}"))
     })?;
     Ok(())
+}
+
+/// The end of a deploy through IPA, as Ironic's `reboot_and_finish_deploy`: the agent powers
+/// the machine off itself (`standby.power_off`, which flushes its disks first), and the BMC
+/// is asked every `[conductor.agent] ipa_poll_interval_ms` until it reports the machine off,
+/// for at most `soft_power_off_timeout_secs`. With the node's
+/// `driver_info.deploy_forces_oob_reboot`, only a `standby.sync` is sent. Returns whether the
+/// BMC reported the machine off; if not, the caller powers it off hard, as Ironic does.
+pub(crate) async fn power_off_in_band(task: &Task, d: &crate::drivers::DriverSet) -> bool {
+    let forced = task.node.driver_info.get("deploy_forces_oob_reboot").is_some_and(|v| {
+        v.as_bool().unwrap_or_else(|| {
+            v.as_str().is_some_and(|s| {
+                matches!(
+                    s.trim().to_ascii_lowercase().as_str(),
+                    "1" | "t" | "true" | "on" | "y" | "yes"
+                )
+            })
+        })
+    });
+    if forced {
+        sync(task).await;
+        return false;
+    }
+    let asked = match client(task) {
+        Ok(ipa) => ipa.power_off().await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = asked {
+        tracing::warn!(node = %task.id(), error = %e, "the agent could not power the machine off; powering it off through the BMC");
+        return false;
+    }
+    let interval = Duration::from_millis(task.ctx.cfg.agent.ipa_poll_interval_ms);
+    let limit = crate::config::dur(task.ctx.cfg.agent.soft_power_off_timeout_secs);
+    let start = Instant::now();
+    loop {
+        match d.power.get_power_state(&task.node).await {
+            Ok(deploy::PowerState::Off) => return true,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(node = %task.id(), error = %e, "reading the power state after the agent's power off")
+            }
+        }
+        if start.elapsed() >= limit {
+            tracing::warn!(node = %task.id(), limit_secs = limit.as_secs_f64(), "the machine did not power off after the agent's power off; powering it off through the BMC");
+            return false;
+        }
+        tokio::select! {
+            biased;
+            () = task.ctx.token.cancelled() => return false,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
 }
 
 /// `standby.sync` before the BMC powers the node off, so the image is on the disk and not

@@ -28,14 +28,27 @@ pub async fn set_power(
     let n = task.node.clone();
     let reached =
         d.power.set_power_state(&n, target).await.map_err(|e| power_failed(&n, target, &e))?;
+    record_power(task, reached).await?;
+    Ok(reached)
+}
+
+/// Record a power state the BMC reported after a change the conductor did not make through
+/// it (the ramdisk powered the machine off itself): the node's `power_state`, the time, and
+/// for anything but on the agent session wiped, as [`set_power`] does.
+///
+/// # Errors
+/// Database errors.
+pub async fn record_power(task: &mut Task, reached: PowerState) -> Result<(), WorkflowError> {
     let now = task.ctx.clock.now().to_rfc3339();
     task.update(|n| {
+        if reached != PowerState::On {
+            AgentSession::wipe(&mut n.driver_internal_info);
+        }
         n.power_state = Some(reached);
         n.driver_internal_info.insert(keys::LAST_POWER_STATE_CHANGE.into(), now.clone().into());
         Ok(())
     })
-    .await?;
-    Ok(reached)
+    .await
 }
 
 fn power_failed(n: &Node, target: PowerState, e: &DriverError) -> WorkflowError {

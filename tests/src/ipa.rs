@@ -70,7 +70,17 @@ const STUBBED: &[&str] = &[
     "ntpdate",
     "chronyc",
     "chronyd",
+    "shutdown",
+    "halt",
 ];
+
+/// The ramdisk powering its machine off or rebooting it (IPA's `standby.power_off` runs
+/// `poweroff`, `standby.reboot` runs `reboot`): found first on the agent's `PATH`, they ask
+/// the test's machine instead ([`IpaMachine`] does it as the machine would), and succeed so
+/// that IPA never falls back to `/proc/sysrq-trigger` (which the namespace hides anyway).
+const POWER_SH: &str = r#"#!/bin/sh
+echo "${0##*/}" > "$FERRIC_IPA_DIR/power-request"
+"#;
 
 /// Run inside the namespaces before the agent: hide the host's block devices, give it a
 /// harmless kernel command line and a minimal `/dev`, then exec the agent. `$1…` is the
@@ -95,6 +105,11 @@ mkdir -p "$t/etc/ipa-rescue-config"
 mount --bind "$t/etc" /etc
 mount --bind "$t/empty" /proc/partitions
 mount --bind "$t/cmdline" /proc/cmdline
+# What would power off or reboot the host at once goes to a file of the test's.
+if [ -e /proc/sysrq-trigger ]; then
+    : > "$t/sysrq-trigger"
+    mount --bind "$t/sysrq-trigger" /proc/sysrq-trigger
+fi
 mkdir -p "$t/dev"
 mount -t tmpfs -o mode=0755,size=64k ferric-ipa-dev "$t/dev"
 # Device nodes (not bind mounts), so that a bind of this /dev (as into a chroot) has them.
@@ -471,6 +486,11 @@ impl Ipa {
         let fuser = stubs.join("fuser");
         std::fs::write(&fuser, "#!/bin/sh\nexit 1\n")?;
         std::fs::set_permissions(&fuser, std::fs::Permissions::from_mode(0o755))?;
+        for name in ["poweroff", "reboot"] {
+            let stub = stubs.join(name);
+            std::fs::write(&stub, POWER_SH)?;
+            std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755))?;
+        }
         for name in MIRROR_FIRST {
             let wrapper = stubs.join(name);
             std::fs::write(&wrapper, MIRROR_FIRST_SH)?;
@@ -716,6 +736,8 @@ struct MachineState {
     past: Vec<Ipa>,
     boots: Vec<sim::bmc::BootTarget>,
     refused: Vec<String>,
+    /// What running agents asked of the machine themselves (`poweroff`, `reboot`), in order.
+    agent_requests: Vec<String>,
 }
 
 impl IpaMachine {
@@ -774,6 +796,11 @@ impl IpaMachine {
         self.state().boots.clone()
     }
 
+    /// What the agents asked of the machine themselves (`poweroff`, `reboot`), in order.
+    pub fn agent_requests(&self) -> Vec<String> {
+        self.state().agent_requests.clone()
+    }
+
     /// Boots whose agent reported other disks than the test's (never released).
     pub fn refused(&self) -> Vec<String> {
         self.state().refused.clone()
@@ -812,6 +839,30 @@ impl IpaMachine {
         }
     }
 
+    /// Do what the running agent `pid` asks of the machine through [`POWER_SH`], for as long
+    /// as it is the running one.
+    fn watch_agent_requests(self: &std::sync::Arc<Self>, pid: u32, request: PathBuf) {
+        let me = std::sync::Arc::clone(self);
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                let asked = std::fs::read_to_string(&request).ok();
+                let mut s = me.state();
+                if s.agent.as_ref().map(Ipa::pid) != Some(pid) {
+                    return;
+                }
+                let Some(asked) = asked else { continue };
+                let asked = asked.trim().to_owned();
+                s.agent_requests.push(asked.clone());
+                Self::power_off(&mut s);
+                if asked == "reboot" {
+                    let _ = me.power_on(&mut s);
+                }
+                return;
+            }
+        });
+    }
+
     fn power_off(s: &mut MachineState) {
         if let Some(mut a) = s.agent.take() {
             a.stop();
@@ -840,6 +891,7 @@ impl IpaMachine {
         let report = agent.dir.path().join("hwm-report.json");
         let gate = agent.dir.path().join("released");
         let hold = opts.hold;
+        self.watch_agent_requests(agent.pid(), agent.dir.path().join("power-request"));
         s.agent = Some(agent);
         let me = std::sync::Arc::clone(self);
         std::thread::spawn(move || {

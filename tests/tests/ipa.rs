@@ -809,8 +809,10 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
         log.contains(&format!("/images/{}", image::cache_key(&format!("{pxe_url}/one.raw")))),
         "the agent downloaded from the image cache:\n{log}"
     );
-    // The conductor had the agent flush its disks before the BMC powered the node off.
-    assert!(log.contains("Executing command: standby.sync"), "{log}");
+    // The agent powered the machine off itself (flushing its disks first), as Ironic has it
+    // do; the conductor saw the BMC report it off and booted the disk.
+    assert!(log.contains("Executing command: standby.power_off"), "{log}");
+    assert_eq!(machine.agent_requests(), ["poweroff"]);
     // Through the BMC: the ramdisk for inspection, for both cleanings and for the deploy,
     // then the instance from the disk.
     use sim::bmc::BootTarget::{Hdd, Pxe};
@@ -920,7 +922,12 @@ async fn test_real_ironic_python_agent_older_agent_deploys_and_faults_fail_the_n
     wait_for(Duration::from_secs(120), "the first cleaning", || fleet.until("available")).await;
     let zeroed = || disk.read_prefix(512).unwrap() == [0u8; 512];
 
-    // An agent without the write_image deploy step: standby.prepare_image.
+    // An agent without the write_image deploy step: standby.prepare_image. The node forces
+    // an out-of-band reboot: the agent only flushes its disks, the BMC powers it off.
+    let oob =
+        json!([{"op": "add", "path": "/driver_info/deploy_forces_oob_reboot", "value": true}]);
+    let (status, body) = api.call(Method::PATCH, &format!("/v1/nodes/{id}"), Some(oob)).await;
+    assert_eq!(status, 200, "{body}");
     machine.next_boot(IpaOptions { without_write_image: true, ..IpaOptions::default() });
     fleet.set_image("three.raw", "raw", &raw).await;
     fleet.provision(id, "active").await;
@@ -929,6 +936,9 @@ async fn test_real_ironic_python_agent_older_agent_deploys_and_faults_fail_the_n
     let log = machine.agent_logs().pop().unwrap();
     assert!(log.contains("Executing command: standby.prepare_image"), "{log}");
     assert!(!log.contains("Executing command: deploy.execute_deploy_step"), "{log}");
+    assert!(log.contains("Executing command: standby.sync"), "{log}");
+    assert!(!log.contains("Executing command: standby.power_off"), "{log}");
+    assert!(machine.agent_requests().is_empty(), "{:?}", machine.agent_requests());
     let ran = machine.steps_run();
     assert!(ran.iter().all(|s| s["step"] != "write_image"), "{ran:?}");
     fleet.provision(id, "deleted").await;
