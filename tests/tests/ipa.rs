@@ -16,6 +16,13 @@
 //! heartbeat, the client pins it, and a client pinning another certificate is refused at the
 //! handshake.
 //!
+//! The other tests run whole workflows with the real agent behind the simulator's Redfish BMC
+//! (`IpaFleet`): inspection, cleaning, raw and qcow2 deploys beside a Ferric agent, rescue;
+//! a BIOS partition image with its bootloader; an older agent (`standby.prepare_image`); and
+//! the faults that must fail a node with a clear `last_error` and an unbootable disk (an
+//! error from the agent, a step that never ends, a TLS impostor on the agent's address, a
+//! stale token).
+//!
 //! Needs root, `ip netns`, `unshare` and a venv from PyPI: without them the test is skipped
 //! loudly, or fails with `FERRIC_REQUIRE_PEERS=1`.
 
@@ -768,6 +775,10 @@ async fn test_real_ironic_python_agent_cleans_and_deploys_raw_and_qcow2_beside_a
     let error = n["last_error"].as_str().unwrap_or_default();
     assert!(error.contains("ferric_record_args") && error.contains("within 20s"), "{n}");
     assert_eq!(n["maintenance"], true, "{n}");
+    // Left on, with the ramdisk, for the operator to look at (Ironic's tear-down skips the
+    // power off after a cleaning failure); nothing bootable was written.
+    assert_eq!(n["power_state"], "power on", "{n}");
+    assert_eq!(disk.read_prefix(512).unwrap(), [0u8; 512], "nothing bootable was written");
     let (status, b) = api.call(Method::DELETE, &format!("/v1/nodes/{id}/maintenance"), None).await;
     assert_eq!(status, 202, "{b}");
     fleet.provision(id, "manage").await;
