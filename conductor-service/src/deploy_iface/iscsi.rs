@@ -12,8 +12,10 @@
 //! ([`iscsi::initiator::Writer`]). Whatever happens, the ramdisk is told to stop exporting
 //! ([`iscsi::notify`]) and the credentials are forgotten.
 //!
-//! Raw whole-disk images only: qcow2, partition images and config drives are refused by
-//! [`IscsiDeploy::validate`] before the node boots.
+//! Whole-disk images, raw or qcow2: a qcow2 image is converted while it streams
+//! ([`image::qcow2::Qcow2Decoder`]), the guest's unallocated ranges written as zeros, and its
+//! checksum is the file's, as the agent has it. Partition images and config drives are
+//! refused by [`IscsiDeploy::validate`] before the node boots.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -69,9 +71,9 @@ impl DeployInterface for IscsiDeploy {
             return Err("the iscsi deploy interface writes whole-disk images only".into());
         }
         let format = ii.get("image_disk_format").and_then(Value::as_str).unwrap_or_default();
-        if !matches!(format, "" | "raw") {
+        if !matches!(format, "" | "raw" | "qcow2") {
             return Err(format!(
-                "the iscsi deploy interface writes raw images only, not image_disk_format {format:?}"
+                "the iscsi deploy interface writes raw and qcow2 images only, not image_disk_format {format:?}"
             ));
         }
         if ii.get("configdrive").is_some_and(|v| !v.is_null()) {
@@ -304,18 +306,8 @@ async fn write_over_iscsi(
         r.map_err(|e| format!("Downloading the image failed: {}", common::ErrorChain(&e)))
     };
     let total = image_len.unwrap_or(0);
-    let consume = stream_to_target(
-        task,
-        &mut session,
-        rx,
-        disk,
-        bs,
-        expected.algo,
-        total,
-        step,
-        index,
-        count,
-    );
+    let target = Target { disk, bs, algo: expected.algo, total, declared: req.disk_format };
+    let consume = stream_to_target(task, &mut session, rx, &target, step, index, count);
     let (fetched, consumed) = tokio::join!(fetch, async {
         let r = consume.await;
         // A failed consumer stops the download.
@@ -358,74 +350,300 @@ impl From<InitiatorError> for StreamError {
     }
 }
 
-/// Consume the fetched chunks: hash everything, keep the first [`EDGE`] bytes, write the
-/// rest from block `EDGE / bs` on with a pipelined writer. Returns the head, the digest and
-/// the image's length.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; the arguments are the step's context"
-)]
+/// What the write goes to, and what it expects.
+struct Target {
+    /// The disk's size in bytes.
+    disk: u64,
+    /// Its block size.
+    bs: u64,
+    /// The checksum's algorithm.
+    algo: image::checksum::HashAlgo,
+    /// The image file's size, when the server said (progress only).
+    total: u64,
+    /// The declared format (`None`: the file's first bytes tell).
+    declared: Option<image::DiskFormat>,
+}
+
+/// Progress of the download and write, recorded on the node every [`PROGRESS_EVERY`].
+struct Reporter {
+    t0: Instant,
+    last: Option<Instant>,
+    total: u64,
+}
+
+impl Reporter {
+    async fn maybe(
+        &mut self,
+        task: &mut Task,
+        len: u64,
+        step: &Step,
+        index: usize,
+        count: usize,
+    ) -> Result<(), StreamError> {
+        if self.last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            return Ok(());
+        }
+        self.last = Some(Instant::now());
+        let secs = self.t0.elapsed().as_secs_f64().max(0.001);
+        let p = proto::agent::Progress {
+            bytes_written: len,
+            total_bytes: self.total,
+            rate_bytes_per_sec: (len as f64 / secs) as u64,
+            phase: proto::agent::Phase::Downloading as i32,
+            ..Default::default()
+        };
+        record_progress(task, &p, step, index, count, true)
+            .await
+            .map_err(|e| StreamError::Other(format!("Recording progress failed: {e}")))
+    }
+}
+
+fn too_small(disk: u64) -> StreamError {
+    StreamError::Other(format!(
+        "The image is larger than the node's disk ({disk} bytes): disk too small"
+    ))
+}
+
+/// Consume the fetched chunks: hash everything, keep the disk's first [`EDGE`] bytes back,
+/// write the rest from block `EDGE / bs` on (a qcow2 image converted to the guest's bytes
+/// first). Returns the head, the digest and the image file's length.
 async fn stream_to_target(
     task: &mut Task,
     session: &mut Session,
     mut rx: mpsc::Receiver<image::fetch::Chunk>,
-    disk: u64,
-    bs: u64,
-    algo: image::checksum::HashAlgo,
-    total: u64,
+    t: &Target,
     step: &Step,
     index: usize,
     count: usize,
 ) -> Result<(Vec<u8>, String, u64), StreamError> {
-    let mut hasher = StreamHasher::new(algo);
-    let mut head: Vec<u8> = Vec::with_capacity(EDGE as usize);
+    let mut first = rx.recv().await;
+    let qcow2 = match t.declared {
+        Some(image::DiskFormat::Qcow2) => true,
+        Some(image::DiskFormat::Raw) => false,
+        None => first.as_ref().is_some_and(|c| c.head(4) == image::qcow2::MAGIC),
+    };
+    let mut hasher = StreamHasher::new(t.algo);
+    let mut reporter = Reporter { t0: Instant::now(), last: None, total: t.total };
     let mut len = 0u64;
-    let mut writer = session.writer(EDGE / bs).await?;
-    let mut last_report: Option<Instant> = None;
-    let t0 = Instant::now();
-    while let Some(chunk) = rx.recv().await {
-        for part in chunk.parts() {
-            let mut data: &[u8] = part;
-            len += data.len() as u64;
-            if len > disk {
-                // Served commands stay in step; the error is what the caller sees.
-                let _ = writer.finish().await;
-                return Err(StreamError::Other(format!(
-                    "The image is larger than the node's disk ({disk} bytes): disk too small"
-                )));
+    let head = if qcow2 {
+        let mut decoder = image::qcow2::Qcow2Decoder::new(image::qcow2::Qcow2Options::default());
+        let mut out = GuestWrites::new(t.disk, t.bs);
+        let mut collected = Collected::default();
+        while let Some(chunk) = next_chunk(&mut first, &mut rx).await {
+            for part in chunk.parts() {
+                len += part.len() as u64;
+                hasher.update(part);
+                decoder.feed(part, &mut collected).map_err(qcow2_failed)?;
+                out.drain(session, &mut collected).await?;
             }
-            hasher.update(data);
-            if (head.len() as u64) < EDGE {
-                let take = (EDGE as usize - head.len()).min(data.len());
-                head.extend_from_slice(&data[..take]);
-                data = &data[take..];
-            }
-            if !data.is_empty() {
-                writer.write(data).await?;
-            }
+            reporter.maybe(task, len, step, index, count).await?;
         }
-        if last_report.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
-            last_report = Some(Instant::now());
-            let secs = t0.elapsed().as_secs_f64().max(0.001);
-            let p = proto::agent::Progress {
-                bytes_written: len,
-                total_bytes: total,
-                rate_bytes_per_sec: (len as f64 / secs) as u64,
-                phase: proto::agent::Phase::Downloading as i32,
-                ..Default::default()
-            };
-            record_progress(task, &p, step, index, count, true)
-                .await
-                .map_err(|e| StreamError::Other(format!("Recording progress failed: {e}")))?;
+        let summary = decoder.finish(&mut collected).map_err(qcow2_failed)?;
+        out.drain(session, &mut collected).await?;
+        out.finish(session, summary.virtual_size).await?
+    } else {
+        let mut head: Vec<u8> = Vec::with_capacity(EDGE as usize);
+        let mut writer = session.writer(EDGE / t.bs).await?;
+        while let Some(chunk) = next_chunk(&mut first, &mut rx).await {
+            for part in chunk.parts() {
+                let mut data: &[u8] = part;
+                len += data.len() as u64;
+                if len > t.disk {
+                    // Served commands stay in step; the error is what the caller sees.
+                    let _ = writer.finish().await;
+                    return Err(too_small(t.disk));
+                }
+                hasher.update(data);
+                if (head.len() as u64) < EDGE {
+                    let take = (EDGE as usize - head.len()).min(data.len());
+                    head.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                }
+                if !data.is_empty() {
+                    writer.write(data).await?;
+                }
+            }
+            reporter.maybe(task, len, step, index, count).await?;
         }
-    }
-    // A tail that is not a whole block is padded with zeros (the image's last bytes).
-    let tail = (len.max(EDGE) - EDGE) % bs;
-    if len > EDGE && tail != 0 {
-        writer.write(&vec![0u8; (bs - tail) as usize]).await?;
-    }
-    writer.finish().await?;
+        // A tail that is not a whole block is padded with zeros (the image's last bytes).
+        let tail = (len.max(EDGE) - EDGE) % t.bs;
+        if len > EDGE && tail != 0 {
+            writer.write(&vec![0u8; (t.bs - tail) as usize]).await?;
+        }
+        writer.finish().await?;
+        head
+    };
     Ok((head, hasher.finish_hex(), len))
+}
+
+/// The chunk peeked at first, then the rest.
+async fn next_chunk(
+    first: &mut Option<image::fetch::Chunk>,
+    rx: &mut mpsc::Receiver<image::fetch::Chunk>,
+) -> Option<image::fetch::Chunk> {
+    match first.take() {
+        Some(c) => Some(c),
+        None => rx.recv().await,
+    }
+}
+
+fn qcow2_failed(e: image::qcow2::Qcow2Error) -> StreamError {
+    StreamError::Other(format!("Converting the qcow2 image failed: {}", common::ErrorChain(&e)))
+}
+
+/// The guest writes the qcow2 decoder produced since they were last drained.
+#[derive(Default)]
+struct Collected {
+    virtual_size: Option<u64>,
+    pieces: Vec<(u64, Vec<u8>)>,
+}
+
+impl image::qcow2::GuestSink for Collected {
+    fn begin(&mut self, virtual_size: u64) -> Result<(), image::target::WriteError> {
+        self.virtual_size = Some(virtual_size);
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), image::target::WriteError> {
+        self.pieces.push((offset, data.to_vec()));
+        Ok(())
+    }
+}
+
+/// The largest run of guest bytes sent as one pipelined write.
+const RUN_MAX: usize = 8 << 20;
+
+/// A qcow2 image's guest bytes onto the disk: the first [`EDGE`] bytes kept back (the
+/// head), the rest coalesced into runs of up to [`RUN_MAX`] and written in order, with the
+/// guest's unallocated ranges written as zeros (the disk's old contents must not show
+/// through). `[EDGE, filled_to)` is always written or in `run`, which ends at `filled_to`.
+struct GuestWrites {
+    disk: u64,
+    bs: u64,
+    head: Vec<u8>,
+    run: Vec<u8>,
+    filled_to: u64,
+    checked_size: bool,
+}
+
+impl GuestWrites {
+    fn new(disk: u64, bs: u64) -> Self {
+        Self { disk, bs, head: Vec::new(), run: Vec::new(), filled_to: EDGE, checked_size: false }
+    }
+
+    /// Write out what the decoder produced.
+    async fn drain(&mut self, s: &mut Session, c: &mut Collected) -> Result<(), StreamError> {
+        if !self.checked_size
+            && let Some(vs) = c.virtual_size
+        {
+            if vs > self.disk {
+                return Err(too_small(self.disk));
+            }
+            self.checked_size = true;
+        }
+        for (off, data) in std::mem::take(&mut c.pieces) {
+            self.put(s, off, &data).await?;
+        }
+        Ok(())
+    }
+
+    async fn put(
+        &mut self,
+        s: &mut Session,
+        mut off: u64,
+        mut data: &[u8],
+    ) -> Result<(), StreamError> {
+        if off + data.len() as u64 > self.disk {
+            return Err(too_small(self.disk));
+        }
+        if off < EDGE {
+            let n = usize::try_from(EDGE - off).unwrap_or(usize::MAX).min(data.len());
+            let at = off as usize;
+            if self.head.len() < at + n {
+                self.head.resize(at + n, 0);
+            }
+            self.head[at..at + n].copy_from_slice(&data[..n]);
+            data = &data[n..];
+            off += n as u64;
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        if off < self.filled_to {
+            // Behind what is already laid down (a decoder may emit out of order): write the
+            // part below `filled_to` where it belongs, the rest continues the run.
+            self.flush(s, false).await?;
+            let below = usize::try_from(self.filled_to - off).unwrap_or(usize::MAX).min(data.len());
+            self.write_at(s, off, &data[..below]).await?;
+            data = &data[below..];
+            off += below as u64;
+            if data.is_empty() {
+                return Ok(());
+            }
+        }
+        self.zeros_to(s, off).await?;
+        self.run.extend_from_slice(data);
+        self.filled_to = off + data.len() as u64;
+        if self.run.len() >= RUN_MAX {
+            self.flush(s, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Extend the run with zeros up to `to`.
+    async fn zeros_to(&mut self, s: &mut Session, to: u64) -> Result<(), StreamError> {
+        while self.filled_to < to {
+            let n = usize::try_from(to - self.filled_to).unwrap_or(usize::MAX).min(RUN_MAX);
+            self.run.resize(self.run.len() + n, 0);
+            self.filled_to += n as u64;
+            if self.run.len() >= RUN_MAX {
+                self.flush(s, false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the run's whole blocks (all of it, padded with zeros, when `last`).
+    async fn flush(&mut self, s: &mut Session, last: bool) -> Result<(), StreamError> {
+        let start = self.filled_to - self.run.len() as u64;
+        let bs = self.bs as usize;
+        if last {
+            self.run.resize(self.run.len().div_ceil(bs) * bs, 0);
+        }
+        let whole = self.run.len() / bs * bs;
+        if whole > 0 {
+            s.write(start / self.bs, &self.run[..whole]).await?;
+            self.run.drain(..whole);
+        }
+        Ok(())
+    }
+
+    /// Write `data` at guest offset `off` (at or past [`EDGE`]), widened to whole blocks
+    /// with the disk's bytes (written by this deploy) around it.
+    async fn write_at(
+        &mut self,
+        s: &mut Session,
+        off: u64,
+        data: &[u8],
+    ) -> Result<(), StreamError> {
+        let bs = self.bs;
+        let first = off / bs;
+        let end = (off + data.len() as u64).div_ceil(bs);
+        let mut buf = s.read(first, end - first).await?;
+        let at = usize::try_from(off - first * bs).unwrap_or(0);
+        buf[at..at + data.len()].copy_from_slice(data);
+        s.write(first, &buf).await?;
+        Ok(())
+    }
+
+    /// Zeros up to the guest's size, the last run out; the head (guest bytes below
+    /// [`EDGE`], zeros where the guest has none) to be written once the image verified.
+    async fn finish(mut self, s: &mut Session, virtual_size: u64) -> Result<Vec<u8>, StreamError> {
+        self.zeros_to(s, virtual_size).await?;
+        self.flush(s, true).await?;
+        self.head.resize(usize::try_from(EDGE.min(virtual_size)).unwrap_or(0), 0);
+        Ok(self.head)
+    }
 }
 
 /// After a failed write: log in again (the first session may be broken) and zero both edges.

@@ -319,3 +319,88 @@ async fn test_no_callback_fails_at_timeout_and_the_key_expires() {
     assert_eq!(env.node(n.uuid).await, failed);
     env.finish().await;
 }
+
+/// `raw` converted to qcow2 by qemu-img (`-c`: compressed clusters), or `None` (skipped
+/// loudly, or a failure with `FERRIC_REQUIRE_PEERS=1`) without qemu-img.
+fn qcow2_of(raw: &Path, out: &Path, compressed: bool) -> Option<String> {
+    let mut cmd = std::process::Command::new("qemu-img");
+    cmd.args(["convert", "-f", "raw", "-O", "qcow2"]);
+    if compressed {
+        cmd.arg("-c");
+    }
+    let ran = cmd.arg(raw).arg(out).output().map_err(|e| format!("qemu-img: {e}"));
+    let ran = ran.and_then(|o| {
+        o.status
+            .success()
+            .then_some(())
+            .ok_or_else(|| String::from_utf8_lossy(&o.stderr).into_owned())
+    });
+    common::testing::require_service(common::testing::Need::Peers, "qemu-img", ran)?;
+    Some(hex::encode(Sha256::digest(std::fs::read(out).unwrap())))
+}
+
+/// A disk whose every byte holds a previous tenant's data.
+fn dirty_disk(dir: &Path, name: &str, len: usize) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, vec![0x5a; len]).unwrap();
+    p
+}
+
+/// qcow2 images over iSCSI, one with plain and one with compressed clusters: the conductor
+/// converts while it streams, and each disk holds the guest's bytes, its unallocated ranges
+/// as zeros over the previous tenant's data. The checksum is the qcow2 file's. A qcow2
+/// whose guest is larger than the disk is refused with the cause, nothing bootable left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_qcow2_images_are_converted_onto_the_disk() {
+    let r = rig("c-iscsi-qcow2").await;
+    r.start_ramdisks();
+    let len = 12 << 20;
+    let (raw, _) = write_image(r.dir.path(), "guest.raw", len, 3);
+    // A hole the qcow2 leaves unallocated, and zeros in the first MiB past the MBR.
+    let mut guest = std::fs::read(&raw).unwrap();
+    guest[(3 << 20)..(7 << 20)].fill(0);
+    guest[4096..(256 << 10)].fill(0);
+    std::fs::write(&raw, &guest).unwrap();
+    let mut nodes = Vec::new();
+    for (i, compressed) in [false, true].into_iter().enumerate() {
+        let image = r.dir.path().join(format!("guest{i}.qcow2"));
+        let Some(sha) = qcow2_of(&raw, &image, compressed) else {
+            r.env.finish().await;
+            return;
+        };
+        let mut n = iscsi_node(&r.env, &image, &sha).await;
+        n.instance_info.insert("image_disk_format".into(), "qcow2".into());
+        let n = r.env.store().node_update(&n).await.unwrap();
+        let disk = dirty_disk(r.dir.path(), &format!("disk{i}.img"), 16 << 20);
+        r.ramdisk.set_disk(n.uuid, &disk);
+        deploy(&r.env, n.uuid).await;
+        nodes.push((n.uuid, disk));
+    }
+    for (id, disk) in &nodes {
+        let n = r.env.wait_state(*id, S::Active, LONG).await;
+        assert_eq!(n.last_error, None);
+        let data = std::fs::read(disk).unwrap();
+        assert!(data[..len] == guest[..], "disk of {id} differs from the guest");
+        assert!(data[data.len() - (1 << 20)..].iter().all(|b| *b == 0), "backup table area");
+        assert_eq!(r.ramdisk.outcome(*id), Some(Outcome::Done));
+    }
+
+    // A guest larger than the disk (the file itself is small).
+    let big = r.dir.path().join("big.raw");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(32 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x55, 0xaa], 510).unwrap();
+    let image = r.dir.path().join("big.qcow2");
+    let sha = qcow2_of(&big, &image, false).unwrap();
+    let mut n = iscsi_node(&r.env, &image, &sha).await;
+    n.instance_info.insert("image_disk_format".into(), "qcow2".into());
+    let n = r.env.store().node_update(&n).await.unwrap();
+    let disk = disk_file(r.dir.path(), "small.img", 16 << 20);
+    r.ramdisk.set_disk(n.uuid, &disk);
+    let f = failed_deploy(&r, &n).await;
+    let err = f.last_error.unwrap();
+    assert!(err.contains("disk too small"), "{err}");
+    assert!(head_is_blank(&disk), "nothing bootable is left");
+    assert_eq!(r.ramdisk.outcome(n.uuid), Some(Outcome::Stop));
+    r.env.finish().await;
+}
