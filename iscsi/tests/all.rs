@@ -8,3 +8,4 @@ mod loopback;
 mod peers;
 mod scripted;
 mod support;
+mod tgtd;
