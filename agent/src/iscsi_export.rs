@@ -170,13 +170,15 @@ pub async fn run_from_boot(
         .build()
         .map_err(|e| ExportError::Callback(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.lookup_timeout_secs);
-    let creds = loop {
+    let (creds, hints) = loop {
         let got = async {
             let r = http.get(&url).send().await.ok()?;
             if !r.status().is_success() {
                 return None;
             }
-            ExportCredentials::from_token_file(&r.text().await.ok()?)
+            let text = r.text().await.ok()?;
+            let creds = ExportCredentials::from_token_file(&text)?;
+            Some((creds, ExportCredentials::root_device_hints(&text)))
         };
         if let Some(c) = got.await {
             break c;
@@ -190,11 +192,22 @@ pub async fn run_from_boot(
         }
     };
     let root = cfg.root_dir();
+    // The operator's root-device hints, as the token file carries them; hints that do not
+    // parse match no disk (the deploy fails with the cause) rather than another disk.
+    let hints = match hints.as_deref().map(deploy::hints::RootDeviceHints::parse_str) {
+        Some(Ok(h)) => Ok(h),
+        Some(Err(e)) => Err(e),
+        None => Ok(None),
+    };
     let disk_deadline = tokio::time::Instant::now() + DISK_WAIT;
     let disk = loop {
         let inv = crate::inventory::collect(&root, cfg.bootif.as_deref());
         let devices = crate::inventory::block_devices(&inv);
-        match deploy::hints::select_root_device(&devices, None) {
+        let chosen = match &hints {
+            Ok(h) => deploy::hints::select_root_device(&devices, h.as_ref()),
+            Err(e) => Err(e.clone()),
+        };
+        match chosen {
             Ok(d) => break crate::inventory::device_path(&root, &d.name),
             Err(e) if tokio::time::Instant::now() >= disk_deadline => {
                 // Reported through the callback, so the deploy fails now with the cause.

@@ -96,6 +96,15 @@ impl ExportCredentials {
         )
     }
 
+    /// The root-device hints of a token file ([`IscsiSession::token_file`]), as JSON.
+    pub fn root_device_hints(text: &str) -> Option<String> {
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .find(|(key, _)| key.trim() == "root_device")
+            .map(|(_, v)| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
     /// Parse [`Self::to_token_file`]'s text.
     pub fn from_token_file(text: &str) -> Option<Self> {
         let get = |k: &str| {
@@ -202,6 +211,22 @@ impl IscsiSession {
             chap_user: text(dii, keys::CHAP_USER)?.to_owned(),
             chap_secret: text(dii, keys::CHAP_SECRET)?.to_owned(),
         })
+    }
+
+    /// The token file pxe-service serves the ramdisk ([`ExportCredentials::to_token_file`]),
+    /// with the node's root-device hints (`root_device=<json>`, from `instance_info`, else
+    /// `properties`) so that the ramdisk exports the disk the operator chose.
+    pub fn token_file(node: &Node) -> Option<String> {
+        let mut text = Self::export_credentials(node)?.to_token_file();
+        let hints = node
+            .instance_info
+            .get("root_device")
+            .or_else(|| node.properties.get("root_device"))
+            .filter(|v| v.as_object().is_some_and(|o| !o.is_empty()));
+        if let Some(h) = hints {
+            text.push_str(&format!("root_device={h}\n"));
+        }
+        Some(text)
     }
 
     /// The CHAP user and secret the conductor logs in with.
@@ -369,5 +394,22 @@ mod tests {
         let c = creds();
         assert_eq!(ExportCredentials::from_token_file(&c.to_token_file()), Some(c));
         assert_eq!(ExportCredentials::from_token_file("deploy_key=x\n"), None);
+    }
+
+    #[test]
+    fn test_token_file_carries_the_root_device_hints() {
+        let mut n = waiting();
+        let plain = IscsiSession::token_file(&n).unwrap();
+        assert_eq!(ExportCredentials::root_device_hints(&plain), None);
+        n.properties.insert("root_device".into(), serde_json::json!({"name": "/dev/vda"}));
+        let text = IscsiSession::token_file(&n).unwrap();
+        assert_eq!(ExportCredentials::from_token_file(&text), Some(creds()));
+        let hints = ExportCredentials::root_device_hints(&text).unwrap();
+        assert_eq!(hints, r#"{"name":"/dev/vda"}"#);
+        // The instance's hints win over the node's.
+        n.instance_info.insert("root_device".into(), serde_json::json!({"size": ">= 8"}));
+        let text = IscsiSession::token_file(&n).unwrap();
+        assert_eq!(ExportCredentials::root_device_hints(&text).unwrap(), r#"{"size":">= 8"}"#);
+        assert!(IscsiSession::token_file(&Node::new(NodeId::new_v4(), "x", Utc::now())).is_none());
     }
 }

@@ -97,7 +97,7 @@ pub async fn deploy_token(store: &DataStore, name: &str) -> Result<Option<String
     ) {
         return Ok(None);
     }
-    Ok(deploy::iscsi::IscsiSession::export_credentials(&node).map(|c| c.to_token_file()))
+    Ok(deploy::iscsi::IscsiSession::token_file(&node))
 }
 
 /// Resolves boot names against the database, the roots and the iPXE directory.

@@ -849,6 +849,18 @@ async fn manage_and_provide(stack: &Stack, vm: &Vm, uuid: &str, clean: bool) {
 
 /// Deploys `image` (raw or qcow2) and checks the VM booted it; returns the node.
 async fn deploy_and_check(stack: &Stack, vm: &Vm, uuid: &str, art: &Artifacts, format: &str) {
+    deploy_and_check_as(stack, vm, uuid, art, format, &format!("deploy {format}")).await;
+}
+
+/// [`deploy_and_check`], its timings reported under `label`.
+async fn deploy_and_check_as(
+    stack: &Stack,
+    vm: &Vm,
+    uuid: &str,
+    art: &Artifacts,
+    format: &str,
+    label: &str,
+) {
     let (file, path) = match format {
         "qcow2" => ("test-os.qcow2", &art.qcow2),
         _ => ("test-os.raw", &art.raw),
@@ -873,7 +885,7 @@ async fn deploy_and_check(stack: &Stack, vm: &Vm, uuid: &str, art: &Artifacts, f
         n["last_error"],
         vm.diagnostics()
     );
-    report(&format!("deploy {format}"), &tl);
+    report(label, &tl);
     assert!(tl.marker.is_some(), "the deployed OS never printed its marker\n{}", vm.diagnostics());
     let boots = vm.machine.power_ons().await;
     assert!(
@@ -1124,10 +1136,9 @@ async fn test_qemu_ramdisk_without_agent_ends_at_callback_timeout() {
     let _ = std::fs::remove_dir_all(&env.work);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn test_qemu_deploy_over_tap_with_dnsmasq_and_tftp_port_69() {
-    let test = "test_qemu_deploy_over_tap_with_dnsmasq_and_tftp_port_69";
-    let Some(env) = prepare(test, true).await else { return };
+/// A tap network in a namespace with dnsmasq for `test`, or `None` (skipped loudly, or a
+/// failure with `FERRIC_REQUIRE_QEMU=1`).
+fn tap_net(test: &str) -> Option<Net> {
     let dnsmasq_present = std::process::Command::new("dnsmasq")
         .arg("--version")
         .output()
@@ -1135,8 +1146,14 @@ async fn test_qemu_deploy_over_tap_with_dnsmasq_and_tftp_port_69() {
     let tap =
         if dnsmasq_present { TapNet::create() } else { Err("dnsmasq is not installed".into()) };
     let what = format!("a tap network for {test} (needs root, ip, dnsmasq-base)");
-    let Some(tap) = require_service(Need::Qemu, &what, tap) else { return };
-    let net = Net::Tap(tap);
+    require_service(Need::Qemu, &what, tap).map(Net::Tap)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_qemu_deploy_over_tap_with_dnsmasq_and_tftp_port_69() {
+    let test = "test_qemu_deploy_over_tap_with_dnsmasq_and_tftp_port_69";
+    let Some(env) = prepare(test, true).await else { return };
+    let Some(net) = tap_net(test) else { return };
     let total = Instant::now();
     let Some(stack) = start_stack(&env.work, &env.art, &net, Duration::from_secs(300)).await else {
         return;
@@ -1157,6 +1174,60 @@ async fn test_qemu_deploy_over_tap_with_dnsmasq_and_tftp_port_69() {
     let dhcp = std::fs::read_to_string(env.work.join("dnsmasq.log")).unwrap_or_default();
     assert!(dhcp.contains("DHCPACK"), "dnsmasq never acknowledged a lease:\n{dhcp}");
     eprintln!("[qemu-deploy] tap + UEFI: whole test {:.1?}", total.elapsed());
+    vm.machine.power_off().await.expect("power off");
+    vm_token.cancel();
+    stack.stop().await;
+    drop(net);
+    let _ = std::fs::remove_dir_all(&env.work);
+}
+
+/// The `iscsi` deploy interface on the real VM (over the tap network, where the conductor
+/// reaches the guest's address): the ramdisk fetches its deploy token from pxe-service,
+/// exports its virtio disk as an iSCSI target and calls back `pass_deploy_info`; the
+/// conductor writes the raw image through its initiator, tells the ramdisk, and boots the
+/// VM from the disk, which prints the test OS's marker. The timings print next to the
+/// agent (gRPC) deploy of the same image on the same network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_qemu_deploy_over_iscsi_next_to_the_agent() {
+    let test = "test_qemu_deploy_over_iscsi_next_to_the_agent";
+    let Some(env) = prepare(test, true).await else { return };
+    let Some(net) = tap_net(test) else { return };
+    let total = Instant::now();
+    let Some(stack) = start_stack(&env.work, &env.art, &net, Duration::from_secs(300)).await else {
+        return;
+    };
+    let vm_token = CancellationToken::new();
+    let mut vm_tasks = JoinSet::new();
+    let vm = start_vm(&env.work, &stack, &net, &vm_token, &mut vm_tasks).await;
+    let uuid = enroll_with(&stack, &vm, false, json!({"deploy_interface": "iscsi"})).await;
+    manage_and_provide(&stack, &vm, &uuid, false).await;
+    deploy_and_check_as(&stack, &vm, &uuid, &env.art, "raw", "deploy raw over iSCSI").await;
+    assert_eq!(mbr_signature(&vm.disk), [0x55, 0xAA], "the deployed disk must be bootable");
+    let n = node(&stack, &uuid).await;
+    assert!(
+        n["driver_internal_info"]
+            .as_object()
+            .is_some_and(|d| d.keys().all(|k| !k.starts_with("iscsi_"))),
+        "the deploy key and CHAP credentials die with the deploy: {n}"
+    );
+    let serial = vm.serial();
+    assert!(
+        serial.contains("exporting the target disk over iSCSI")
+            && serial.contains("the conductor ended the iSCSI export outcome=Done"),
+        "the ramdisk did not export its disk over iSCSI\n{}",
+        vm.diagnostics()
+    );
+
+    // The same image through the agent (gRPC), for the timings side by side.
+    provision(&stack, &uuid, "deleted").await;
+    let (n, _) = watch(&stack, &vm, &uuid, &["available", "clean failed"], None, 0).await;
+    assert_eq!(n["provision_state"], "available", "undeploy: {}", n["last_error"]);
+    let patch = json!([{"op": "replace", "path": "/deploy_interface", "value": "direct"}]);
+    let (status, body) =
+        http_json("PATCH", &format!("{}/v1/nodes/{uuid}", stack.api), Some(&patch)).await;
+    assert_eq!(status, 200, "{body}");
+    deploy_and_check_as(&stack, &vm, &uuid, &env.art, "raw", "deploy raw through the agent").await;
+    eprintln!("[qemu-deploy] iSCSI and agent: whole test {:.1?}", total.elapsed());
     vm.machine.power_off().await.expect("power off");
     vm_token.cancel();
     stack.stop().await;
