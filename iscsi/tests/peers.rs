@@ -106,6 +106,63 @@ async fn test_libiscsi_tools_against_our_target() {
     .await;
 }
 
+/// QEMU's iSCSI block driver (Debian's `qemu-block-extra`, through `qemu-img`) against our
+/// target with CHAP: it writes an image into the exported disk (the backing file then holds
+/// it) and reads the disk back into a file equal to what our initiator wrote; a wrong secret
+/// is refused.
+#[tokio::test]
+async fn test_qemu_block_driver_against_our_target() {
+    let qemu_img = match find_binary("qemu-img") {
+        Ok(bin) => {
+            let driver = std::path::Path::new("/usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so");
+            if driver.exists() {
+                Ok(bin)
+            } else {
+                Err(format!("{} is missing (apt-get install qemu-block-extra)", driver.display()))
+            }
+        }
+        Err(e) => Err(e),
+    };
+    let Some(qemu_img) = require_peer("qemu-img with QEMU's iSCSI driver", qemu_img) else {
+        return;
+    };
+    within(120, async {
+        let fx = start_target(16 << 20, Some(creds())).await;
+        let c = creds();
+        let lun = format!("iscsi://{}%{}@{}/{IQN}/1", c.user, c.secret, fx.addr());
+        let dir = tempfile::tempdir().unwrap();
+
+        // QEMU writes: a raw image converted onto the exported disk.
+        let image = pseudo_random(16 << 20, 31);
+        let src = dir.path().join("image.raw");
+        std::fs::write(&src, &image).unwrap();
+        let src = src.to_string_lossy().into_owned();
+        let (ok, out) =
+            run(&qemu_img, &["convert", "-n", "-f", "raw", "-O", "raw", &src, &lun]).await;
+        assert!(ok, "qemu-img convert onto our target failed: {out}");
+        assert_eq!(sha256(&fx.contents()), sha256(&image), "the backing file holds the image");
+
+        // QEMU reads back what our initiator wrote.
+        let ours = pseudo_random(16 << 20, 32);
+        let mut s = Session::login(fx.addr(), IQN, initiator(Some(creds()))).await.unwrap();
+        s.write(0, &ours).await.unwrap();
+        s.sync_cache().await.unwrap();
+        s.logout().await.unwrap();
+        let back = dir.path().join("back.raw");
+        let back_s = back.to_string_lossy().into_owned();
+        let (ok, out) = run(&qemu_img, &["convert", "-f", "raw", "-O", "raw", &lun, &back_s]).await;
+        assert!(ok, "qemu-img convert from our target failed: {out}");
+        assert_eq!(sha256(&std::fs::read(&back).unwrap()), sha256(&ours));
+        let (ok, out) = run(&qemu_img, &["info", "--output=json", &lun]).await;
+        assert!(ok && out.contains(&format!("\"virtual-size\": {}", 16u64 << 20)), "{out}");
+
+        let bad = format!("iscsi://{}%wrong-secret-0@{}/{IQN}/1", c.user, fx.addr());
+        let (ok, out) = run(&qemu_img, &["info", &bad]).await;
+        assert!(!ok, "a wrong CHAP secret must be refused: {out}");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn test_our_initiator_against_tgtd() {
     let dir = tempfile::tempdir().unwrap();
