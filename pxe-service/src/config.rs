@@ -144,6 +144,13 @@ pub struct PxeConfig {
     /// Minutes an unused cached image is kept (Ironic's `master_image_ttl`; 0 = until space
     /// is needed).
     pub image_cache_ttl_mins: u64,
+    /// A directory for dnsmasq's `dhcp-hostsdir`: pxe-service keeps `ferric-hosts` in it,
+    /// one `dhcp-host=<mac>,set:ferric` line per PXE-enabled port, rewritten when the ports
+    /// change (dnsmasq re-reads the directory by itself), and the rendered options file
+    /// names it. Unset: nothing is written.
+    pub dnsmasq_hosts_dir: Option<PathBuf>,
+    /// How often the ports are read for that file, in seconds.
+    pub dnsmasq_hosts_refresh_secs: u64,
 }
 
 impl Default for PxeConfig {
@@ -176,6 +183,8 @@ impl Default for PxeConfig {
             image_fetch_timeout_secs: 1800,
             image_cache_size_mib: 20480,
             image_cache_ttl_mins: 10080,
+            dnsmasq_hosts_dir: None,
+            dnsmasq_hosts_refresh_secs: 10,
         }
     }
 }
@@ -237,6 +246,16 @@ impl PxeConfig {
         }
         if !(8..=crate::tftp::options::MAX_BLKSIZE).contains(&self.tftp_max_blksize) {
             return Err(bad("pxe.tftp_max_blksize", "must be between 8 and 65464"));
+        }
+        if self.dnsmasq_hosts_dir.is_some() && self.dnsmasq_hosts_refresh_secs == 0 {
+            return Err(bad("pxe.dnsmasq_hosts_refresh_secs", "must be at least 1"));
+        }
+        if self
+            .dnsmasq_hosts_dir
+            .as_ref()
+            .is_some_and(|d| d.to_string_lossy().contains(['\n', '\r', ',']))
+        {
+            return Err(bad("pxe.dnsmasq_hosts_dir", "must be a path without commas or newlines"));
         }
         if self.tftp_max_windowsize == 0 {
             return Err(bad("pxe.tftp_max_windowsize", "must be at least 1"));

@@ -37,6 +37,14 @@ pub fn render(cfg: &PxeConfig, opts: &DnsmasqOptions) -> String {
     if let Some(iface) = &opts.interface {
         let _ = writeln!(s, "interface={}", clean(iface));
     }
+    if let Some(dir) = &cfg.dnsmasq_hosts_dir {
+        let _ = writeln!(
+            s,
+            "# The PXE-enabled ports, kept by pxe-service; dnsmasq re-reads them on change.\n\
+             dhcp-hostsdir={}",
+            clean(&dir.to_string_lossy())
+        );
+    }
     if let Some(range) = &opts.dhcp_range {
         let _ = writeln!(
             s,
@@ -83,6 +91,74 @@ pub fn render(cfg: &PxeConfig, opts: &DnsmasqOptions) -> String {
         );
     }
     s
+}
+
+/// The name of the hosts file in [`PxeConfig::dnsmasq_hosts_dir`].
+pub const HOSTS_FILE: &str = "ferric-hosts";
+
+/// How many ports one read of the database returns while the hosts file is rebuilt.
+const PORT_PAGE: u32 = 1000;
+
+/// Keep `<dir>/ferric-hosts` ([`render_hosts`] of every port) up to date until `stop`:
+/// every `every`, written only when it changed, through a dotfile renamed over it (dnsmasq
+/// skips dotfiles and sees the rename). A failed read or write is logged and tried again.
+pub async fn keep_hosts_file(
+    store: store::DataStore,
+    dir: std::path::PathBuf,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut last: Option<String> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ports = match all_ports(&store).await {
+            Ok(p) => p,
+            Err(error) => {
+                tracing::warn!(%error, "reading the ports for the dnsmasq hosts file failed");
+                continue;
+            }
+        };
+        let text = render_hosts(&ports);
+        if last.as_ref() == Some(&text) {
+            continue;
+        }
+        match write_atomically(&dir, HOSTS_FILE, &text).await {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), ports = ports.len(), "dnsmasq hosts file written");
+                last = Some(text);
+            }
+            Err(error) => {
+                tracing::warn!(%error, dir = %dir.display(), "writing the dnsmasq hosts file failed");
+            }
+        }
+    }
+}
+
+async fn all_ports(store: &store::DataStore) -> Result<Vec<Port>, deploy::PublicError> {
+    let mut all = Vec::new();
+    let mut marker = None;
+    loop {
+        let q = store::PortListQuery { limit: PORT_PAGE, marker, ..Default::default() };
+        let page = store.port_list(&q).await?;
+        let full = page.len() == PORT_PAGE as usize;
+        marker = page.last().map(|p| p.uuid);
+        all.extend(page);
+        if !full {
+            return Ok(all);
+        }
+    }
+}
+
+async fn write_atomically(dir: &std::path::Path, name: &str, text: &str) -> std::io::Result<()> {
+    tokio::fs::create_dir_all(dir).await?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    tokio::fs::write(&tmp, text).await?;
+    tokio::fs::rename(&tmp, dir.join(name)).await
 }
 
 /// The hosts file: one `dhcp-host=<mac>,set:ferric` line per PXE-enabled port.

@@ -75,6 +75,7 @@ pub async fn run(
     .map_err(PxeError::ImageCache)?;
     let resolver = Arc::new(files::BootFiles::tftp(cfg.clone(), store.clone()));
     let downloads = Arc::new(tokio::sync::Semaphore::new(cfg.http_max_downloads.max(1)));
+    let state_store = store.clone();
     let state = http::HttpState { cfg: cfg.clone(), store, images: images.clone(), downloads };
     let app = http::router(state);
     let tftp_addr = tftp_socket.local_addr().ok();
@@ -99,6 +100,10 @@ pub async fn run(
             }
         }
     });
+    if let Some(dir) = cfg.dnsmasq_hosts_dir.clone() {
+        let every = Duration::from_secs(cfg.dnsmasq_hosts_refresh_secs);
+        shutdown.spawn(dnsmasq::keep_hosts_file(state_store, dir, every, token.clone()));
+    }
     let tftp = tftp::serve(tftp_socket, cfg.tftp_settings(), resolver, token.clone());
     let stop = token.clone();
     let tftp_task = shutdown.spawn(async move {

@@ -16,6 +16,7 @@ use sim::tftp::{self as client, FetchOptions};
 use store::DataStore;
 use store::testing::TestDatabase;
 
+use crate::harness::have_tool;
 use crate::render_db::insert_node;
 
 async fn get_text(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
@@ -332,4 +333,80 @@ async fn test_downloads_past_the_limit_get_503_then_succeed() {
         tokio::task::yield_now().await;
     }
     svc.stop().await;
+}
+
+/// The dnsmasq hosts file pxe-service keeps (`pxe.dnsmasq_hosts_dir`): every PXE-enabled
+/// port's MAC, rewritten when ports come and go; a port with PXE off is left out; no
+/// temporary file is left where dnsmasq reads. The options file it serves names the
+/// directory, and real dnsmasq accepts both (`dnsmasq --test`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_dnsmasq_hosts_file_follows_the_ports() {
+    let db = TestDatabase::sqlite().await;
+    let store = db.store().clone();
+    let hosts = tempfile::tempdir().unwrap();
+    let dir = hosts.path().join("hosts.d");
+    let svc = Service::start(store.clone(), |c| {
+        c.dnsmasq_hosts_dir = Some(dir.clone());
+        c.dnsmasq_hosts_refresh_secs = 1;
+    })
+    .await;
+    let node = deploy::Node::new(deploy::NodeId::new_v4(), "fake-hardware", chrono::Utc::now());
+    let node = store.node_insert(&node).await.unwrap();
+    let port = |mac: &str, pxe: bool| deploy::Port {
+        pxe_enabled: pxe,
+        ..deploy::Port::new(node.uuid, mac.parse().unwrap(), chrono::Utc::now())
+    };
+    let first = store.port_insert(&port("52:54:00:12:34:01", true)).await.unwrap();
+    store.port_insert(&port("52:54:00:12:34:02", false)).await.unwrap();
+    let file = dir.join("ferric-hosts");
+    let read = || std::fs::read_to_string(&file).unwrap_or_default();
+    let text = poll_until(|| {
+        let t = read();
+        t.contains("dhcp-host=52:54:00:12:34:01,set:ferric").then_some(t)
+    })
+    .await;
+    assert!(!text.contains("52:54:00:12:34:02"), "PXE off: left out\n{text}");
+    let later = store.port_insert(&port("52:54:00:12:34:03", true)).await.unwrap();
+    poll_until(|| read().contains("dhcp-host=52:54:00:12:34:03,set:ferric").then_some(())).await;
+    store.port_delete(first.uuid).await.unwrap();
+    poll_until(|| (!read().contains("52:54:00:12:34:01")).then_some(())).await;
+    assert!(read().contains("52:54:00:12:34:03"), "{}", read());
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["ferric-hosts"], "only the hosts file is left in the directory");
+    let _ = later;
+
+    let http = reqwest::Client::new();
+    let conf = get_text(&http, format!("{}/dnsmasq.conf", svc.http_url)).await;
+    assert!(conf.contains(&format!("dhcp-hostsdir={}\n", dir.display())), "{conf}");
+    if have_tool("dnsmasq") {
+        let path = hosts.path().join("dnsmasq.conf");
+        std::fs::write(&path, &conf).unwrap();
+        let out = std::process::Command::new("dnsmasq")
+            .arg("--test")
+            .arg(format!("--conf-file={}", path.display()))
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && said.contains("syntax check OK"), "{said}\n{conf}");
+    }
+    svc.stop().await;
+}
+
+/// Poll `f` every 50 ms for up to 30 s.
+async fn poll_until<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < end, "timed out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
