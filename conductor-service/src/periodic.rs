@@ -389,7 +389,7 @@ async fn fail_wait(task: &mut Task) -> Result<(), WorkflowError> {
     let (msg, power_off) = match n.provision_state {
         S::WaitCallBack => (
             format!(
-                "Timeout reached while waiting for callback for node {}: no heartbeat from the deploy ramdisk's agent to call back (wait call-back) within {}s",
+                "Timeout reached while waiting for callback for node {}: no accepted heartbeat from the deploy ramdisk's agent (wait call-back) within {}s; heartbeats without this deploy's agent token are refused, and the API logs each",
                 n.uuid,
                 limit.as_secs()
             ),
@@ -418,10 +418,6 @@ async fn fail_wait(task: &mut Task) -> Result<(), WorkflowError> {
             false,
         ),
         _ => return Ok(()),
-    };
-    let msg = match deploy::AgentSession::refused_note(&n.driver_internal_info) {
-        Some(note) => format!("{}. {note}.", msg.trim_end_matches('.')),
-        None => msg,
     };
     fail_current(task, &msg).await?;
     if power_off {

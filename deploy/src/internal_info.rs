@@ -44,10 +44,6 @@ pub mod keys {
     /// How often the conductor booted a silent ramdisk again during the current wait, and
     /// when last (`{"attempts": n, "at": rfc3339}`); wiped with the session.
     pub const RAMDISK_BOOT_RETRY: &str = "ramdisk_boot_retry";
-    /// The last heartbeat the API refused during the current session, and why
-    /// (`{"at": rfc3339, "reason": …}`): a wait that times out says so. Wiped with the
-    /// session.
-    pub const AGENT_LAST_REFUSED_HEARTBEAT: &str = "agent_last_refused_heartbeat";
 
     /// The recorded deploy plan.
     pub const DEPLOY_STEPS: &str = "deploy_steps";
@@ -82,7 +78,7 @@ pub mod keys {
 }
 
 /// Every key [`AgentSession::wipe`] removes (the token only when it was not pre-generated).
-const SESSION_KEYS: [&str; 14] = [
+const SESSION_KEYS: [&str; 13] = [
     keys::AGENT_URL,
     keys::AGENT_VERSION,
     keys::AGENT_API,
@@ -95,7 +91,6 @@ const SESSION_KEYS: [&str; 14] = [
     keys::AGENT_CACHED_CLEAN_STEPS,
     keys::AGENT_CACHED_DEPLOY_STEPS,
     keys::RAMDISK_BOOT_RETRY,
-    keys::AGENT_LAST_REFUSED_HEARTBEAT,
     keys::AGENT_SECRET_TOKEN,
 ];
 
@@ -243,35 +238,6 @@ impl AgentSession {
                 message.map_or(Value::Null, |m| Value::String(m.to_owned())),
             );
         }
-    }
-
-    /// Whether a refused heartbeat at `at` is worth recording: none is recorded yet, or the
-    /// last one is older than `every` (an unauthenticated sender writes at most that often).
-    pub fn refusal_due(dii: &JsonObject, at: DateTime<Utc>, every: chrono::Duration) -> bool {
-        let last = dii
-            .get(keys::AGENT_LAST_REFUSED_HEARTBEAT)
-            .and_then(|v| v.get("at"))
-            .and_then(Value::as_str)
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
-        last.is_none_or(|t| at.signed_duration_since(t) >= every)
-    }
-
-    /// Record a heartbeat the API refused (`reason` must hold no secret).
-    pub fn record_refused_heartbeat(dii: &mut JsonObject, at: DateTime<Utc>, reason: &str) {
-        dii.insert(
-            keys::AGENT_LAST_REFUSED_HEARTBEAT.into(),
-            serde_json::json!({"at": at.to_rfc3339(), "reason": reason}),
-        );
-    }
-
-    /// What a wait that timed out adds about refused heartbeats, if any was refused.
-    pub fn refused_note(dii: &JsonObject) -> Option<String> {
-        let r = dii.get(keys::AGENT_LAST_REFUSED_HEARTBEAT)?;
-        let at = r.get("at").and_then(Value::as_str).unwrap_or("an unknown time");
-        let reason = r.get("reason").and_then(Value::as_str).unwrap_or("refused");
-        Some(format!(
-            "Heartbeats for this node were refused: the last one, at {at}, because: {reason}"
-        ))
     }
 
     /// Record the agent command the conductor now waits on.

@@ -264,7 +264,6 @@ impl ApiState {
         };
         if !token_ok(&node) {
             tracing::warn!(node_id = %node.uuid, "heartbeat with an invalid or missing agent token");
-            self.note_refused_heartbeat(node, REFUSED_TOKEN).await;
             return Err(ApiError::bad_request("Invalid or missing agent token received."));
         }
         let session = AgentSession::of(&node);
@@ -336,45 +335,6 @@ impl ApiState {
             }),
         );
         Ok(())
-    }
-}
-
-/// Why a heartbeat is refused, as the node records it (never the token itself).
-const REFUSED_TOKEN: &str = "invalid or missing agent token";
-
-/// At most one refused heartbeat per node is written in this period: the sender is not
-/// authenticated.
-const REFUSAL_RECORD_EVERY: chrono::Duration = chrono::Duration::seconds(10);
-
-impl ApiState {
-    /// Note a refused heartbeat on a node that waits for its agent, so that the wait's
-    /// timeout says why no heartbeat counted. Best effort, and written at most every
-    /// [`REFUSAL_RECORD_EVERY`] per node.
-    async fn note_refused_heartbeat(&self, node: Node, reason: &'static str) {
-        let now = Utc::now();
-        let waiting = node.provision_state.is_wait() || node.provision_state.heartbeat_acts();
-        if !waiting
-            || !AgentSession::refusal_due(&node.driver_internal_info, now, REFUSAL_RECORD_EVERY)
-        {
-            return;
-        }
-        let id = node.uuid;
-        let noted = self
-            .store
-            .node_modify_from(node, |n| {
-                if AgentSession::refusal_due(&n.driver_internal_info, now, REFUSAL_RECORD_EVERY) {
-                    AgentSession::record_refused_heartbeat(
-                        &mut n.driver_internal_info,
-                        now,
-                        reason,
-                    );
-                }
-                Ok::<(), ApiError>(())
-            })
-            .await;
-        if let Err(e) = noted {
-            tracing::warn!(node_id = %id, error = %e, "could not note a refused heartbeat");
-        }
     }
 }
 

@@ -93,11 +93,8 @@ async fn scenario_lookup_and_heartbeat(h: &Harness) {
         .await;
     assert_eq!(r.status, 400);
     assert!(r.fault().contains("Invalid or missing agent token"), "{}", r.body);
-    // The node notes the refusal (for its wait's timeout), without the token; a burst of
-    // refused heartbeats writes once.
+    // Refused heartbeats are bad input: they change nothing.
     let n = h.store.node_fetch(uuid.parse().unwrap()).await.unwrap();
-    let refused = n.driver_internal_info[keys::AGENT_LAST_REFUSED_HEARTBEAT].clone();
-    assert_eq!(refused["reason"], "invalid or missing agent token", "{refused}");
     for _ in 0..3 {
         let r = h
             .call(
@@ -110,9 +107,7 @@ async fn scenario_lookup_and_heartbeat(h: &Harness) {
         assert_eq!(r.status, 400);
     }
     let again = h.store.node_fetch(uuid.parse().unwrap()).await.unwrap();
-    assert_eq!(again.driver_internal_info[keys::AGENT_LAST_REFUSED_HEARTBEAT], refused);
-    assert_eq!(again.generation, n.generation, "refusals within the period write nothing");
-    assert_eq!(again.driver_internal_info[keys::AGENT_URL], "http://127.0.0.1:50051");
+    assert_eq!(again, n, "refused heartbeats change nothing");
 
     // The certificate the first heartbeat pinned cannot be swapped by a later one.
     let with_ca = |ca: &str| {
