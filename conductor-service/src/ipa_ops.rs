@@ -325,10 +325,11 @@ fn image_info(task: &Task, url: String) -> Value {
         info["swap_mb"] = json!(mib("swap_mb", "swap_gb"));
         info["ephemeral_mb"] = json!(mib("ephemeral_mb", "ephemeral_gb"));
         info["ephemeral_format"] = json!(s("ephemeral_format"));
-        info["preserve_ephemeral"] = json!(ii.get("preserve_ephemeral").is_some_and(|v| {
-            v.as_bool()
-                .unwrap_or_else(|| v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("true")))
-        }));
+        info["preserve_ephemeral"] = json!(
+            ii.get("preserve_ephemeral")
+                .and_then(deploy::internal_info::bool_value)
+                .unwrap_or(false)
+        );
         info["deploy_boot_mode"] = json!(deploy::drivers::BootMode::of(&task.node).as_str());
         info["boot_option"] = json!("local");
         if let Some(l) = s("disk_label") {
@@ -457,16 +458,12 @@ pub(crate) async fn finalize_rescue(task: &Task, hash: &str) -> Result<(), Workf
 /// `driver_info.deploy_forces_oob_reboot`, only a `standby.sync` is sent. Returns whether the
 /// BMC reported the machine off; if not, the caller powers it off hard, as Ironic does.
 pub(crate) async fn power_off_in_band(task: &Task, d: &crate::drivers::DriverSet) -> bool {
-    let forced = task.node.driver_info.get("deploy_forces_oob_reboot").is_some_and(|v| {
-        v.as_bool().unwrap_or_else(|| {
-            v.as_str().is_some_and(|s| {
-                matches!(
-                    s.trim().to_ascii_lowercase().as_str(),
-                    "1" | "t" | "true" | "on" | "y" | "yes"
-                )
-            })
-        })
-    });
+    let forced = task
+        .node
+        .driver_info
+        .get("deploy_forces_oob_reboot")
+        .and_then(deploy::internal_info::bool_value)
+        .unwrap_or(false);
     if forced {
         sync(task).await;
         return false;

@@ -254,14 +254,20 @@ pub fn internal_str<'a>(dii: &'a JsonObject, key: &str) -> Option<&'a str> {
 /// Whether fast-track applies to `node`: its `driver_info.fast_track` (a boolean or
 /// Ironic's boolean strings) or else the service-wide `default` (`[deploy] fast_track`).
 pub fn fast_track_enabled(node: &Node, default: bool) -> bool {
-    match node.driver_info.get("fast_track") {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
-            "1" | "t" | "true" | "on" | "y" | "yes" => true,
-            "0" | "f" | "false" | "off" | "n" | "no" => false,
-            _ => default,
+    node.driver_info.get("fast_track").and_then(bool_value).unwrap_or(default)
+}
+
+/// A boolean as Ironic reads one from a node's JSON fields: a JSON boolean, or one of
+/// Ironic's boolean strings (`true`/`yes`/`on`/`1`/…, any case); `None` for anything else.
+pub fn bool_value(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "1" | "t" | "true" | "on" | "y" | "yes" => Some(true),
+            "0" | "f" | "false" | "off" | "n" | "no" => Some(false),
+            _ => None,
         },
-        _ => default,
+        _ => None,
     }
 }
 

@@ -158,18 +158,7 @@ fn ours(url: &str, disk: &Path, sha: &str) -> Result<(Duration, u64)> {
 
 /// sha256 of the first `len` bytes of `path`.
 fn sha256_of(path: &Path, len: u64) -> Result<String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?.take(len);
-    let mut h = StreamHasher::new(HashAlgo::Sha256);
-    let mut buf = vec![0u8; 4 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finish_hex())
+    Ok(StreamHasher::file_prefix_hex(HashAlgo::Sha256, path, len)?)
 }
 
 fn verify(disk: &Path, len: u64, sha: &str) -> Result<()> {

@@ -246,6 +246,29 @@ impl StreamHasher {
         }
     }
 
+    /// The digest of the first `len` bytes of the file (or device) at `path`, read in 4 MiB
+    /// pieces (fewer when the file is shorter).
+    ///
+    /// # Errors
+    /// When the file cannot be opened or read.
+    pub fn file_prefix_hex(
+        algo: HashAlgo,
+        path: &std::path::Path,
+        len: u64,
+    ) -> std::io::Result<String> {
+        use std::io::Read as _;
+        let mut f = std::fs::File::open(path)?.take(len);
+        let mut h = Self::new(algo);
+        let mut buf = vec![0u8; 4 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(h.finish_hex());
+            }
+            h.update(&buf[..n]);
+        }
+    }
+
     /// Lower-case hex digest.
     pub fn finish_hex(self) -> String {
         let bytes: Vec<u8> = match self {

@@ -80,18 +80,11 @@ fn make_image(path: &Path, size: u64) -> Result<String> {
 
 /// sha256 of the first `len` bytes of `path`.
 fn sha256_of(path: &Path, len: u64) -> Result<String> {
-    use std::io::Read as _;
-    let mut f = std::fs::File::open(path)?.take(len);
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 4 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    Ok(image::checksum::StreamHasher::file_prefix_hex(
+        image::checksum::HashAlgo::Sha256,
+        path,
+        len,
+    )?)
 }
 
 /// Zero the device's first MiB (no stale image passes for a new one) and drop its cache.
