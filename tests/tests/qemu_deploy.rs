@@ -1136,6 +1136,40 @@ async fn test_qemu_ramdisk_without_agent_ends_at_callback_timeout() {
     let _ = std::fs::remove_dir_all(&env.work);
 }
 
+/// A test on the tap network: the stack and one VM started, torn down by [`TapRun::finish`].
+struct TapRun {
+    env: Env,
+    net: Net,
+    stack: Stack,
+    vm_token: CancellationToken,
+    _vm_tasks: JoinSet<()>,
+    vm: Vm,
+    started: Instant,
+}
+
+impl TapRun {
+    /// `None` when QEMU or the tap network is missing (skipped loudly, or a failure with
+    /// `FERRIC_REQUIRE_QEMU=1`).
+    async fn start(test: &str) -> Option<Self> {
+        let env = prepare(test, true).await?;
+        let net = tap_net(test)?;
+        let started = Instant::now();
+        let stack = start_stack(&env.work, &env.art, &net, Duration::from_secs(300)).await?;
+        let vm_token = CancellationToken::new();
+        let mut vm_tasks = JoinSet::new();
+        let vm = start_vm(&env.work, &stack, &net, &vm_token, &mut vm_tasks).await;
+        Some(Self { env, net, stack, vm_token, _vm_tasks: vm_tasks, vm, started })
+    }
+
+    async fn finish(self) {
+        self.vm.machine.power_off().await.expect("power off");
+        self.vm_token.cancel();
+        self.stack.stop().await;
+        drop(self.net);
+        let _ = std::fs::remove_dir_all(&self.env.work);
+    }
+}
+
 /// A tap network in a namespace with dnsmasq for `test`, or `None` (skipped loudly, or a
 /// failure with `FERRIC_REQUIRE_QEMU=1`).
 fn tap_net(test: &str) -> Option<Net> {
@@ -1152,18 +1186,11 @@ fn tap_net(test: &str) -> Option<Net> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn test_qemu_deploy_over_tap_with_dnsmasq_and_tftp_port_69() {
     let test = "test_qemu_deploy_over_tap_with_dnsmasq_and_tftp_port_69";
-    let Some(env) = prepare(test, true).await else { return };
-    let Some(net) = tap_net(test) else { return };
-    let total = Instant::now();
-    let Some(stack) = start_stack(&env.work, &env.art, &net, Duration::from_secs(300)).await else {
-        return;
-    };
-    let vm_token = CancellationToken::new();
-    let mut vm_tasks = JoinSet::new();
-    let vm = start_vm(&env.work, &stack, &net, &vm_token, &mut vm_tasks).await;
-    let uuid = enroll(&stack, &vm, false).await;
-    manage_and_provide(&stack, &vm, &uuid, false).await;
-    deploy_and_check(&stack, &vm, &uuid, &env.art, "raw").await;
+    let Some(run) = TapRun::start(test).await else { return };
+    let (env, stack, vm, total) = (&run.env, &run.stack, &run.vm, run.started);
+    let uuid = enroll(stack, vm, false).await;
+    manage_and_provide(stack, vm, &uuid, false).await;
+    deploy_and_check(stack, vm, &uuid, &env.art, "raw").await;
     let serial = vm.serial();
     // The NIC has no option ROM: iPXE can only have come from pxe-service's TFTP.
     assert!(
@@ -1174,11 +1201,7 @@ async fn test_qemu_deploy_over_tap_with_dnsmasq_and_tftp_port_69() {
     let dhcp = std::fs::read_to_string(env.work.join("dnsmasq.log")).unwrap_or_default();
     assert!(dhcp.contains("DHCPACK"), "dnsmasq never acknowledged a lease:\n{dhcp}");
     eprintln!("[qemu-deploy] tap + UEFI: whole test {:.1?}", total.elapsed());
-    vm.machine.power_off().await.expect("power off");
-    vm_token.cancel();
-    stack.stop().await;
-    drop(net);
-    let _ = std::fs::remove_dir_all(&env.work);
+    run.finish().await;
 }
 
 /// The `iscsi` deploy interface on the real VM (over the tap network, where the conductor
@@ -1190,20 +1213,13 @@ async fn test_qemu_deploy_over_tap_with_dnsmasq_and_tftp_port_69() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn test_qemu_deploy_over_iscsi_next_to_the_agent() {
     let test = "test_qemu_deploy_over_iscsi_next_to_the_agent";
-    let Some(env) = prepare(test, true).await else { return };
-    let Some(net) = tap_net(test) else { return };
-    let total = Instant::now();
-    let Some(stack) = start_stack(&env.work, &env.art, &net, Duration::from_secs(300)).await else {
-        return;
-    };
-    let vm_token = CancellationToken::new();
-    let mut vm_tasks = JoinSet::new();
-    let vm = start_vm(&env.work, &stack, &net, &vm_token, &mut vm_tasks).await;
-    let uuid = enroll_with(&stack, &vm, false, json!({"deploy_interface": "iscsi"})).await;
-    manage_and_provide(&stack, &vm, &uuid, false).await;
-    deploy_and_check_as(&stack, &vm, &uuid, &env.art, "raw", "deploy raw over iSCSI").await;
+    let Some(run) = TapRun::start(test).await else { return };
+    let (env, stack, vm, total) = (&run.env, &run.stack, &run.vm, run.started);
+    let uuid = enroll_with(stack, vm, false, json!({"deploy_interface": "iscsi"})).await;
+    manage_and_provide(stack, vm, &uuid, false).await;
+    deploy_and_check_as(stack, vm, &uuid, &env.art, "raw", "deploy raw over iSCSI").await;
     assert_eq!(mbr_signature(&vm.disk), [0x55, 0xAA], "the deployed disk must be bootable");
-    let n = node(&stack, &uuid).await;
+    let n = node(stack, &uuid).await;
     assert!(
         n["driver_internal_info"]
             .as_object()
@@ -1219,20 +1235,16 @@ async fn test_qemu_deploy_over_iscsi_next_to_the_agent() {
     );
 
     // The same image through the agent (gRPC), for the timings side by side.
-    provision(&stack, &uuid, "deleted").await;
-    let (n, _) = watch(&stack, &vm, &uuid, &["available", "clean failed"], None, 0).await;
+    provision(stack, &uuid, "deleted").await;
+    let (n, _) = watch(stack, vm, &uuid, &["available", "clean failed"], None, 0).await;
     assert_eq!(n["provision_state"], "available", "undeploy: {}", n["last_error"]);
     let patch = json!([{"op": "replace", "path": "/deploy_interface", "value": "direct"}]);
     let (status, body) =
         http_json("PATCH", &format!("{}/v1/nodes/{uuid}", stack.api), Some(&patch)).await;
     assert_eq!(status, 200, "{body}");
-    deploy_and_check_as(&stack, &vm, &uuid, &env.art, "raw", "deploy raw through the agent").await;
+    deploy_and_check_as(stack, vm, &uuid, &env.art, "raw", "deploy raw through the agent").await;
     eprintln!("[qemu-deploy] iSCSI and agent: whole test {:.1?}", total.elapsed());
-    vm.machine.power_off().await.expect("power off");
-    vm_token.cancel();
-    stack.stop().await;
-    drop(net);
-    let _ = std::fs::remove_dir_all(&env.work);
+    run.finish().await;
 }
 
 const GIB: u64 = 1024 * 1024 * 1024;
