@@ -4,8 +4,9 @@
 //! Ferric's conductor use, shaped like sushy-tools and real BMCs: the service root, the
 //! `Systems` collection, `Systems/{id}` with `PowerState` and `Boot`, `PATCH` of the boot
 //! source override, `Actions/ComputerSystem.Reset`, and `SessionService` sessions next to HTTP
-//! basic auth. What a system *is* lives behind [`MachineBackend`]: a simulated machine
-//! or a QEMU process ([`crate::qemu`]).
+//! basic auth, and `VirtualMedia` drives the BMC downloads images into (`vmedia`). What a
+//! system *is* lives behind [`MachineBackend`]: a simulated machine or a QEMU process
+//! ([`crate::qemu`]).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod hardware;
+mod vmedia;
+
+pub use vmedia::{InsertedMedia, MediaDevice, MediaEvent, MediaSlots, VirtualMediaConfig};
 
 /// A system's power state as Redfish reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -266,6 +270,41 @@ pub trait MachineBackend: Send + Sync + 'static {
     async fn hardware(&self) -> Result<Option<proto::agent::Inventory>, BmcError> {
         Ok(None)
     }
+    /// Whether the system has virtual media drives ([`MediaDevice`]); `false` (the default):
+    /// the BMC offers no `VirtualMedia` for it.
+    fn supports_virtual_media(&self) -> bool {
+        false
+    }
+    /// Inserts `media` into `device` (`Some`, an image the BMC has completely downloaded) or
+    /// ejects it (`None`). The BMC keeps the file until the eject returned `Ok`; on `Err` it
+    /// changes nothing and answers the error. The default refuses: no virtual media.
+    async fn set_media(
+        &self,
+        device: MediaDevice,
+        media: Option<InsertedMedia>,
+    ) -> Result<(), BmcError> {
+        let _ = media;
+        Err(BmcError::Unsupported(format!("no virtual media device {}", device.as_str())))
+    }
+}
+
+/// How a Redfish BMC server behaves, beyond its listener and systems.
+#[derive(Clone, Default)]
+pub struct RedfishOptions {
+    /// `(user, password)` every resource except the service root needs (HTTP basic auth or
+    /// a session); `None`: no authentication.
+    pub credentials: Option<(String, String)>,
+    /// Where and within which bounds the BMC downloads virtual media images.
+    pub virtual_media: VirtualMediaConfig,
+}
+
+impl std::fmt::Debug for RedfishOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedfishOptions")
+            .field("credentials", &self.credentials.as_ref().map(|(u, _)| (u, "***")))
+            .field("virtual_media", &self.virtual_media)
+            .finish()
+    }
 }
 
 /// Serves Redfish for `systems` on `listener` until `token` is cancelled.
@@ -279,7 +318,18 @@ pub async fn serve_redfish(
     credentials: Option<(String, String)>,
     token: CancellationToken,
 ) {
-    let app = redfish_router(systems, credentials);
+    let options = RedfishOptions { credentials, ..RedfishOptions::default() };
+    serve_redfish_with(listener, systems, options, token).await;
+}
+
+/// [`serve_redfish`] with every option: credentials and where virtual media images go.
+pub async fn serve_redfish_with(
+    listener: TcpListener,
+    systems: Vec<(String /*system id*/, Arc<dyn MachineBackend>)>,
+    options: RedfishOptions,
+    token: CancellationToken,
+) {
+    let app = redfish_router_with(systems, options);
     let addr = listener.local_addr().ok();
     tracing::debug!(?addr, "redfish BMC listening");
     let shutdown = token.clone();
@@ -380,8 +430,22 @@ pub fn redfish_router(
     systems: Vec<(String, Arc<dyn MachineBackend>)>,
     credentials: Option<(String, String)>,
 ) -> Router {
-    let state =
-        Arc::new(RedfishState { systems, credentials, sessions: Mutex::new(HashSet::new()) });
+    redfish_router_with(systems, RedfishOptions { credentials, ..RedfishOptions::default() })
+}
+
+/// [`redfish_router`] with every option.
+pub fn redfish_router_with(
+    systems: Vec<(String, Arc<dyn MachineBackend>)>,
+    options: RedfishOptions,
+) -> Router {
+    let media =
+        vmedia::MediaStore::new(options.virtual_media, systems.iter().map(|(id, _)| id.as_str()));
+    let state = Arc::new(RedfishState {
+        systems,
+        credentials: options.credentials,
+        sessions: Mutex::new(HashSet::new()),
+        media,
+    });
     let protected = Router::new()
         .route("/redfish/v1/Systems", get(systems_collection))
         .route("/redfish/v1/Systems/", get(systems_collection))
@@ -390,7 +454,7 @@ pub fn redfish_router(
         .route("/redfish/v1/Managers", get(managers_collection))
         .route("/redfish/v1/SessionService", get(session_service))
         .route("/redfish/v1/SessionService/Sessions", get(sessions_collection));
-    let protected = hardware::routes(protected)
+    let protected = vmedia::routes(hardware::routes(protected))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
     Router::new()
         .route("/redfish", get(|| async { Json(json!({"v1": "/redfish/v1/"})) }))
@@ -414,6 +478,8 @@ struct RedfishState {
     credentials: Option<(String, String)>,
     /// Session tokens handed out by `SessionService`; never logged.
     sessions: Mutex<HashSet<String>>,
+    /// The virtual media drives and their downloaded images.
+    media: vmedia::MediaStore,
 }
 
 impl RedfishState {
@@ -685,6 +751,11 @@ async fn system_get(State(state): State<Arc<RedfishState>>, Path(id): Path<Strin
     });
     if let (Some(inv), Some(obj)) = (&hw, body.as_object_mut()) {
         obj.extend(hardware::system_fields(inv, &base));
+    }
+    if let (Some(link), Some(obj)) =
+        (vmedia::system_link(backend.as_ref(), &base), body.as_object_mut())
+    {
+        obj.insert("VirtualMedia".into(), link);
     }
     let etag = format!(
         "W/\"{}-{}-{}-{}\"",

@@ -1,4 +1,6 @@
-//! A fleet of simulated machines, each with its own Redfish BMC on 127.0.0.1.
+//! A fleet of simulated machines, each with its own Redfish BMC on 127.0.0.1. The BMCs offer
+//! virtual media unless turned off ([`FleetConfig::virtual_media`]), keeping the downloaded
+//! images next to each machine's root tree (`<dir>/<name>.bmc-media`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bmc::{MachineBackend, serve_redfish};
+use crate::bmc::{MachineBackend, RedfishOptions, VirtualMediaConfig, serve_redfish_with};
 use crate::disk::SplitMix64;
 use crate::firmware::NetbootConfig;
 use crate::machine::{Faults, MachineError, MachineSpec, RamdiskLauncher, SimMachine};
@@ -37,8 +39,10 @@ pub struct FleetConfig {
     pub nics: usize,
     /// Name prefix: machines are `<prefix>-0001`, ….
     pub name_prefix: String,
-    /// What network boot starts.
+    /// What network boot (and a virtual CD boot) starts.
     pub launcher: Arc<dyn RamdiskLauncher>,
+    /// Whether the BMCs offer virtual media drives (default true).
+    pub virtual_media: bool,
 }
 
 impl std::fmt::Debug for FleetConfig {
@@ -50,6 +54,7 @@ impl std::fmt::Debug for FleetConfig {
             .field("disk_bytes", &self.disk_bytes)
             .field("netboot", &self.netboot)
             .field("credentials", &self.credentials.as_ref().map(|(u, _)| (u, "***")))
+            .field("virtual_media", &self.virtual_media)
             .finish_non_exhaustive()
     }
 }
@@ -70,6 +75,7 @@ impl FleetConfig {
             nics: 1,
             name_prefix: "sim".into(),
             launcher: Arc::new(ramdisk::AgentLauncher::default()),
+            virtual_media: true,
         }
     }
 }
@@ -154,6 +160,7 @@ impl Fleet {
                 faults: Faults::default(),
                 seed: rng.next_u64(),
                 post_delay: cfg.post_delay,
+                virtual_media: cfg.virtual_media,
             };
             let machine = SimMachine::new(
                 spec,
@@ -166,10 +173,18 @@ impl Fleet {
             let listener = TcpListener::bind("127.0.0.1:0").await.map_err(prep)?;
             let addr = listener.local_addr().map_err(prep)?;
             let backend: Arc<dyn MachineBackend> = Arc::new(machine.clone());
-            tracker.spawn(serve_redfish(
+            let options = RedfishOptions {
+                credentials: cfg.credentials.clone(),
+                virtual_media: VirtualMediaConfig {
+                    // Outside the root tree: the machine sees its media only through the BMC.
+                    dir: Some(cfg.dir.join(format!("{name}.bmc-media"))),
+                    ..VirtualMediaConfig::default()
+                },
+            };
+            tracker.spawn(serve_redfish_with(
                 listener,
                 vec![(name.clone(), backend)],
-                cfg.credentials.clone(),
+                options,
                 token.child_token(),
             ));
             machines.push(FleetMachine {
@@ -226,7 +241,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::bmc::{BootEnabled, BootTarget, PowerStatus, ResetKind};
+    use crate::bmc::{BootEnabled, BootTarget, MediaDevice, PowerStatus, ResetKind};
     use crate::machine::{Phase, RamdiskBoot};
 
     /// Records each boot; optionally writes `write` bytes to the disk slowly, then waits.
@@ -488,6 +503,150 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "crashed ramdisk still running");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        f.shutdown().await;
+    }
+
+    /// Serves `files` (name → bytes) on 127.0.0.1; the base URL.
+    async fn file_server(files: Vec<(&'static str, Vec<u8>)>) -> String {
+        let files = Arc::new(files);
+        let app = Router::new().route(
+            "/{name}",
+            get(move |Path(name): Path<String>| {
+                let files = files.clone();
+                async move {
+                    let found = files.iter().find(|(n, _)| *n == name).map(|(_, b)| b.clone());
+                    found.ok_or(StatusCode::NOT_FOUND)
+                }
+            }),
+        );
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    async fn boot_cd(c: &reqwest::Client, m: &FleetMachine, enabled: &str) {
+        let sys = format!("/redfish/v1/Systems/{}", m.machine.name());
+        let boot = serde_json::json!({"Boot": {"BootSourceOverrideTarget": "Cd", "BootSourceOverrideEnabled": enabled}});
+        assert_eq!(redfish(c, m, reqwest::Method::PATCH, &sys, Some(boot)).await.status(), 204);
+        let reset = serde_json::json!({"ResetType": "ForceRestart"});
+        let path = format!("{sys}/Actions/ComputerSystem.Reset");
+        assert_eq!(redfish(c, m, reqwest::Method::POST, &path, Some(reset)).await.status(), 204);
+    }
+
+    async fn insert(c: &reqwest::Client, m: &FleetMachine, url: &str) -> reqwest::StatusCode {
+        let path = format!(
+            "/redfish/v1/Systems/{}/VirtualMedia/Cd/Actions/VirtualMedia.InsertMedia",
+            m.machine.name()
+        );
+        let body = serde_json::json!({"Image": url, "Inserted": true, "WriteProtected": true});
+        redfish(c, m, reqwest::Method::POST, &path, Some(body)).await.status()
+    }
+
+    async fn eject(c: &reqwest::Client, m: &FleetMachine) {
+        let path = format!(
+            "/redfish/v1/Systems/{}/VirtualMedia/Cd/Actions/VirtualMedia.EjectMedia",
+            m.machine.name()
+        );
+        let r = redfish(c, m, reqwest::Method::POST, &path, Some(serde_json::json!({}))).await;
+        assert_eq!(r.status(), 204);
+    }
+
+    #[tokio::test]
+    async fn test_virtual_cd_boot_runs_the_ramdisk_with_the_iso_cmdline() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeRamdisk::default());
+        let f = fleet(dir.path(), 1, fake.clone()).await;
+        let fm = &f.machines()[0];
+        let cmdline = "ipa-api-url=http://api:6385 ferric.vmedia=1 BOOTIF=01-52-54-00-00-00-01";
+        let iso = image::iso9660::build(
+            "VMEDIA_BOOT",
+            &[("ferric/cmdline", format!("{cmdline}\n").as_bytes()), ("ferric/kernel", &[9; 3000])],
+            1_700_000_000,
+        )
+        .unwrap();
+        let images =
+            file_server(vec![("boot.iso", iso), ("garbage.iso", vec![0x5a; 64 << 10])]).await;
+        let c = reqwest::Client::new();
+
+        let boot_url = format!("{images}/boot.iso");
+        assert_eq!(insert(&c, fm, &boot_url).await, 204);
+        boot_cd(&c, fm, "Once").await;
+        let st = fm
+            .machine
+            .wait_for("ramdisk", Duration::from_secs(10), |s| {
+                matches!(s.phase, Phase::Ramdisk { .. })
+            })
+            .await
+            .unwrap();
+        assert_eq!(st.boot.enabled, BootEnabled::Disabled);
+        let (root, booted) = fake.boots.lock().unwrap()[0].clone();
+        let want = format!("{cmdline} ferric.root={}", root.display());
+        assert_eq!(booted.trim_end(), want);
+        assert!(matches!(&st.phase, Phase::Ramdisk { cmdline, .. } if *cmdline == want));
+        let held = fm.machine.media(MediaDevice::Cd).unwrap();
+        assert_eq!(held.url, boot_url);
+        assert!(held.path.starts_with(dir.path().join("sim-0001.bmc-media")));
+
+        // An empty drive boots nothing.
+        eject(&c, fm).await;
+        boot_cd(&c, fm, "Continuous").await;
+        fm.machine
+            .wait_for(
+                "no boot device",
+                Duration::from_secs(10),
+                |s| matches!(&s.phase, Phase::NoBootDevice(w) if w.contains("no medium")),
+            )
+            .await
+            .unwrap();
+        // Neither does an image that is not ISO 9660.
+        let garbage = format!("{images}/garbage.iso");
+        assert_eq!(insert(&c, fm, &garbage).await, 204);
+        boot_cd(&c, fm, "Continuous").await;
+        let st = fm
+            .machine
+            .wait_for("no boot device", Duration::from_secs(10), |s| {
+                matches!(&s.phase, Phase::NoBootDevice(w) if w.starts_with("cannot boot the virtual media: "))
+            })
+            .await
+            .unwrap();
+        assert!(matches!(&st.phase, Phase::NoBootDevice(w) if w.contains("not an ISO 9660 image")));
+        assert_eq!(fake.boots.lock().unwrap().len(), 1);
+        let images: Vec<_> = fm.machine.media_events().into_iter().map(|e| e.image).collect();
+        assert_eq!(images, [Some(boot_url), None, Some(garbage)]);
+        f.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn test_fleet_without_virtual_media_offers_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let netboot = NetbootConfig {
+            ipxe_script_url: None,
+            tftp_server: None,
+            timeout: Duration::from_secs(1),
+        };
+        let mut cfg = FleetConfig::new(dir.path().to_path_buf(), 1, netboot);
+        cfg.disk_bytes = 16 << 20;
+        cfg.post_delay = Duration::from_millis(5);
+        cfg.launcher = Arc::new(FakeRamdisk::default());
+        cfg.virtual_media = false;
+        let f = Fleet::start(cfg, CancellationToken::new()).await.unwrap();
+        let fm = &f.machines()[0];
+        let c = reqwest::Client::new();
+        let sys = format!("/redfish/v1/Systems/{}", fm.machine.name());
+        let v: Value =
+            redfish(&c, fm, reqwest::Method::GET, &sys, None).await.json().await.unwrap();
+        assert!(v.get("VirtualMedia").is_none(), "{v}");
+        assert_eq!(insert(&c, fm, "http://127.0.0.1:1/x.iso").await, 404);
+        boot_cd(&c, fm, "Once").await;
+        fm.machine
+            .wait_for(
+                "no boot device",
+                Duration::from_secs(10),
+                |s| matches!(&s.phase, Phase::NoBootDevice(w) if w == "no Cd device"),
+            )
+            .await
+            .unwrap();
         f.shutdown().await;
     }
 

@@ -7,7 +7,8 @@
 //! with); [`ramdisk`] prepares its root tree and starts the agent; [`disk`] builds the
 //! demo image and checks what a machine's disk holds. [`agent::SimAgent`] plays the agent of
 //! many nodes at once over gRPC for the conductor's tests, and [`clock::SimClock`] is the
-//! wall clock that follows paused Tokio time.
+//! wall clock that follows paused Tokio time. [`iso`] reads the kernel command line off the
+//! boot ISO a machine's virtual CD holds.
 
 pub mod agent;
 pub mod bmc;
@@ -16,6 +17,7 @@ pub mod disk;
 pub mod firmware;
 pub mod fleet;
 pub mod iscsi_ramdisk;
+pub mod iso;
 pub mod machine;
 pub mod qemu;
 pub mod ramdisk;

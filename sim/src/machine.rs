@@ -7,7 +7,9 @@
 //! a [`RamdiskLauncher`] (the real agent, see [`crate::ramdisk`]), which runs until the
 //! machine is powered off or reset. Disk boot "boots the OS": it reads the disk's partition
 //! table and, when the expected image is known, hashes the written range, and records the
-//! result. Faults ([`Faults`]) make the BMC slow, failing or refusing, crash the ramdisk
+//! result. A virtual CD boot reads the kernel command line off the inserted ISO
+//! ([`crate::iso::boot_cmdline`]) and boots the ramdisk with it, as a network boot does.
+//! Faults ([`Faults`]) make the BMC slow, failing or refusing, crash the ramdisk
 //! mid-write, break the disk or drop the network; a seed makes timing jitter reproducible.
 
 use std::net::SocketAddr;
@@ -21,7 +23,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bmc::{BmcError, BootOverride, BootTarget, MachineBackend, PowerStatus, ResetKind};
+use crate::bmc::{
+    BmcError, BootOverride, BootTarget, InsertedMedia, MachineBackend, MediaDevice, MediaEvent,
+    MediaSlots, PowerStatus, ResetKind,
+};
 use crate::disk::{self, PartitionTable, SplitMix64};
 use crate::firmware::{self, BootDecision, NetbootConfig};
 
@@ -111,6 +116,8 @@ pub struct MachineSpec {
     pub seed: u64,
     /// How long POST takes before the firmware boots.
     pub post_delay: Duration,
+    /// Whether the BMC offers virtual media drives for it (a virtual CD it can boot).
+    pub virtual_media: bool,
 }
 
 /// The "ramdisk" a network boot starts: in Ferric's simulator, the real agent in-process.
@@ -206,6 +213,7 @@ struct State {
     ramdisk_boots: u64,
     rng: SplitMix64,
     expected_image: Option<(u64, String)>,
+    media: MediaSlots,
 }
 
 impl std::fmt::Debug for SimMachine {
@@ -236,6 +244,7 @@ impl SimMachine {
             ramdisk_boots: 0,
             rng: SplitMix64(spec.seed),
             expected_image: None,
+            media: MediaSlots::default(),
         };
         let (status_tx, _) = watch::channel(snapshot(&state));
         SimMachine {
@@ -302,6 +311,16 @@ impl SimMachine {
     /// boot also verifies the written range.
     pub fn expect_image(&self, len: u64, sha256_hex: &str) {
         self.inner.lock().expected_image = Some((len, sha256_hex.to_ascii_lowercase()));
+    }
+
+    /// What the virtual media drive `device` holds.
+    pub fn media(&self, device: MediaDevice) -> Option<InsertedMedia> {
+        self.inner.lock().media.get(device).cloned()
+    }
+
+    /// Every virtual media insert and eject so far, oldest first.
+    pub fn media_events(&self) -> Vec<MediaEvent> {
+        self.inner.lock().media.events().to_vec()
     }
 
     /// Reads the disk's partition table now.
@@ -415,6 +434,9 @@ impl SimMachine {
             BootTarget::Hdd => self.boot_disk(generation, false, run).await,
             // The machine's own boot order: disk first, then network.
             BootTarget::None => self.boot_disk(generation, true, run).await,
+            BootTarget::Cd if self.inner.spec.virtual_media => {
+                self.boot_virtual_cd(generation, run).await;
+            }
             BootTarget::Cd | BootTarget::BiosSetup => {
                 self.inner.set_phase(
                     generation,
@@ -447,6 +469,31 @@ impl SimMachine {
                 );
             }
         }
+    }
+
+    /// Boots the ISO in the virtual CD: its kernel command line starts the ramdisk.
+    async fn boot_virtual_cd(&self, generation: u64, run: CancellationToken) {
+        let Some(media) = self.media(MediaDevice::Cd) else {
+            self.inner
+                .set_phase(generation, Phase::NoBootDevice("no medium in the Cd drive".into()));
+            return;
+        };
+        let path = media.path.clone();
+        let read = tokio::task::spawn_blocking(move || crate::iso::boot_cmdline(&path)).await;
+        let why = match read {
+            Ok(Ok(cmdline)) => {
+                tracing::info!(machine = %self.name(), image = %media.url, "booting the virtual CD");
+                self.start_ramdisk(generation, cmdline, run).await;
+                return;
+            }
+            Ok(Err(e)) => common::ErrorChain(&e).to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::info!(machine = %self.name(), image = %media.url, error = %why, "virtual CD boot failed");
+        self.inner.set_phase(
+            generation,
+            Phase::NoBootDevice(format!("cannot boot the virtual media: {why}")),
+        );
     }
 
     async fn start_ramdisk(&self, generation: u64, cmdline: String, run: CancellationToken) {
@@ -700,6 +747,27 @@ impl MachineBackend for SimMachine {
         let mut st = self.inner.lock();
         st.boot = o;
         self.inner.publish(&st);
+        Ok(())
+    }
+
+    fn supports_virtual_media(&self) -> bool {
+        self.inner.spec.virtual_media
+    }
+
+    async fn set_media(
+        &self,
+        device: MediaDevice,
+        media: Option<InsertedMedia>,
+    ) -> Result<(), BmcError> {
+        self.bmc_gate().await?;
+        if !self.inner.spec.virtual_media {
+            return Err(BmcError::Unsupported(format!(
+                "no virtual media device {}",
+                device.as_str()
+            )));
+        }
+        // A running ramdisk lives in memory: changing the medium does not disturb it.
+        self.inner.lock().media.set(device, media);
         Ok(())
     }
 }

@@ -6,9 +6,17 @@
 //! power kills it, and the power state is whether the process is alive. The boot source
 //! override decides, at each power-on, which device carries the only `bootindex` (with
 //! `-boot strict=on`, so firmware never falls through to another device): the NIC for `Pxe`,
-//! the disk for `Hdd`, and disk-then-network when there is no override. A `Once` override is
-//! consumed by the power-on that uses it. QEMU runs with `-no-reboot`, so a guest reboot or a
-//! kernel panic (`panic=1`) ends the process and reads as "off" instead of looping.
+//! the disk for `Hdd`, the virtual CD for `Cd`, and disk-then-network when there is no
+//! override. A `Once` override is consumed by the power-on that uses it. QEMU runs with
+//! `-no-reboot`, so a guest reboot or a kernel panic (`panic=1`) ends the process and reads
+//! as "off" instead of looping.
+//!
+//! Virtual media are two read-only CD-ROM drives that are always there (empty until the BMC
+//! inserts an image), so media can change while the machine runs: `Cd` and `Floppy` (a
+//! second CD drive, for configuration images, since neither q35 nor OVMF boots or hot-swaps
+//! a real floppy). They sit on the IDE controller (pc: the secondary channel; q35: AHCI
+//! ports 0 and 1). While the machine is off a change only decides the next command line;
+//! while it runs, QMP swaps the medium (`blockdev-change-medium`, `eject` with `force`).
 //!
 //! Acceleration is TCG by default: on the machines Ferric is tested on `/dev/kvm` cannot run
 //! ordinary guests.
@@ -17,16 +25,18 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
 use crate::bmc::{
-    BmcError, BootEnabled, BootMode, BootOverride, BootTarget, MachineBackend, PowerStatus,
-    ResetKind,
+    BmcError, BootEnabled, BootMode, BootOverride, BootTarget, InsertedMedia, MachineBackend,
+    MediaDevice, MediaEvent, MediaSlots, PowerStatus, ResetKind,
 };
 
-/// How long a QMP exchange (graceful shutdown) may take before it is given up.
+/// How long a QMP exchange (graceful shutdown, a media change) may take before it is given
+/// up, connecting included (QEMU creates the socket a moment after it starts).
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for a killed QEMU process to be reaped.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,6 +135,8 @@ pub struct QemuConfig {
     /// Named `-fw_cfg` strings (`opt/…` names), readable in the guest under
     /// `/sys/firmware/qemu_fw_cfg/by_name/<name>/raw`.
     pub fw_cfg: Vec<(String, String)>,
+    /// Whether the machine has virtual media drives (the BMC's `VirtualMedia`; default true).
+    pub virtual_media: bool,
     /// Extra arguments appended verbatim.
     pub extra_args: Vec<String>,
 }
@@ -157,6 +169,7 @@ impl QemuConfig {
             smbios_serial: None,
             uuid: None,
             fw_cfg: Vec::new(),
+            virtual_media: true,
             extra_args: Vec::new(),
         }
     }
@@ -166,11 +179,24 @@ impl QemuConfig {
         self.serial_log.with_file_name(format!("{}.qmp", self.name))
     }
 
-    /// The full command line for a power-on that boots `target`.
+    /// The full command line for a power-on that boots `target` with empty media drives.
+    pub fn command_line(&self, target: BootTarget) -> Vec<String> {
+        self.command_line_with_media(target, None, None)
+    }
+
+    /// The full command line for a power-on that boots `target`, with the image files `cd`
+    /// and `floppy` in the virtual media drives.
     ///
     /// `target` is what the boot override resolved to: `Pxe` gives the NIC the only
-    /// `bootindex`, `Hdd` the disk; anything else boots the disk first, then the network.
-    pub fn command_line(&self, target: BootTarget) -> Vec<String> {
+    /// `bootindex`, `Hdd` the disk, `Cd` the virtual CD drive (so with no medium nothing
+    /// boots); anything else, and `Cd` without [`QemuConfig::virtual_media`], boots the disk
+    /// first, then the network.
+    pub fn command_line_with_media(
+        &self,
+        target: BootTarget,
+        cd: Option<&Path>,
+        floppy: Option<&Path>,
+    ) -> Vec<String> {
         let mut args: Vec<String> = Vec::new();
         if let Some(ns) = &self.netns {
             args.extend(["ip", "netns", "exec", ns.as_str()].map(String::from));
@@ -220,10 +246,11 @@ impl QemuConfig {
             args.push("-drive".into());
             args.push(format!("if=pflash,format=raw,file={}", vars.display()));
         }
-        let (disk_index, nic_index) = match target {
-            BootTarget::Pxe | BootTarget::UefiHttp => (None, Some(1)),
-            BootTarget::Hdd => (Some(1), None),
-            BootTarget::None | BootTarget::Cd | BootTarget::BiosSetup => (Some(1), Some(2)),
+        let (disk_index, nic_index, cd_index) = match target {
+            BootTarget::Pxe | BootTarget::UefiHttp => (None, Some(1), None),
+            BootTarget::Hdd => (Some(1), None, None),
+            BootTarget::Cd if self.virtual_media => (None, None, Some(1)),
+            BootTarget::None | BootTarget::Cd | BootTarget::BiosSetup => (Some(1), Some(2), None),
         };
         args.push("-drive".into());
         args.push(format!(
@@ -261,6 +288,13 @@ impl QemuConfig {
         }
         args.push("-device".into());
         args.push(nic);
+        if self.virtual_media {
+            for (device, file, index) in
+                [(MediaDevice::Cd, cd, cd_index), (MediaDevice::Floppy, floppy, None)]
+            {
+                args.extend(media_drive(machine, device, file, index));
+            }
+        }
         if let Some(serial) = &self.smbios_serial {
             args.push("-smbios".into());
             args.push(format!("type=1,serial={serial}"));
@@ -276,6 +310,54 @@ impl QemuConfig {
         args.extend(self.extra_args.iter().cloned());
         args
     }
+}
+
+/// The QEMU block backend (`-drive id`) of a virtual media drive.
+fn media_drive_id(device: MediaDevice) -> &'static str {
+    match device {
+        MediaDevice::Cd => "vmedia-cd",
+        MediaDevice::Floppy => "vmedia-floppy",
+    }
+}
+
+/// The QEMU device id (`-device id`, what QMP names) of a virtual media drive.
+fn media_device_id(device: MediaDevice) -> &'static str {
+    match device {
+        MediaDevice::Cd => "vmedia-cd-dev",
+        MediaDevice::Floppy => "vmedia-floppy-dev",
+    }
+}
+
+/// `p` as a QEMU option value (a comma is written twice).
+fn qemu_path(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+/// The `-drive`/`-device` pair of a virtual media drive holding `file` (empty when `None`),
+/// on machine type `machine`, with `bootindex` when given.
+fn media_drive(
+    machine: &str,
+    device: MediaDevice,
+    file: Option<&Path>,
+    bootindex: Option<u32>,
+) -> [String; 4] {
+    let id = media_drive_id(device);
+    let mut drive = format!("if=none,id={id},media=cdrom,readonly=on");
+    if let Some(f) = file {
+        drive.push_str(&format!(",format=raw,file={}", qemu_path(f)));
+    }
+    // pc: the secondary IDE channel (the primary is free for extra_args); q35: AHCI ports.
+    let bus = match (machine, device) {
+        ("pc", MediaDevice::Cd) => "bus=ide.1,unit=0",
+        ("pc", MediaDevice::Floppy) => "bus=ide.1,unit=1",
+        (_, MediaDevice::Cd) => "bus=ide.0",
+        (_, MediaDevice::Floppy) => "bus=ide.1",
+    };
+    let mut dev = format!("ide-cd,drive={id},id={},{bus}", media_device_id(device));
+    if let Some(i) = bootindex {
+        dev.push_str(&format!(",bootindex={i}"));
+    }
+    ["-drive".into(), drive, "-device".into(), dev]
 }
 
 /// Why a QEMU machine could not be started or stopped.
@@ -336,6 +418,7 @@ struct Inner {
     child: Option<Child>,
     boot: BootOverride,
     power_ons: Vec<PowerOnRecord>,
+    media: MediaSlots,
 }
 
 /// A QEMU virtual machine behind a Redfish BMC.
@@ -358,7 +441,9 @@ impl QemuMachine {
             Firmware::Uefi { .. } => BootMode::Uefi,
         };
         let boot = BootOverride { target: BootTarget::None, enabled: BootEnabled::Disabled, mode };
-        QemuMachine { cfg, inner: Mutex::new(Inner { child: None, boot, power_ons: Vec::new() }) }
+        let inner =
+            Inner { child: None, boot, power_ons: Vec::new(), media: MediaSlots::default() };
+        QemuMachine { cfg, inner: Mutex::new(inner) }
     }
 
     /// The machine's configuration.
@@ -369,6 +454,16 @@ impl QemuMachine {
     /// Every power-on so far, oldest first.
     pub async fn power_ons(&self) -> Vec<PowerOnRecord> {
         self.inner.lock().await.power_ons.clone()
+    }
+
+    /// What the virtual media drive `device` holds.
+    pub async fn media(&self, device: MediaDevice) -> Option<InsertedMedia> {
+        self.inner.lock().await.media.get(device).cloned()
+    }
+
+    /// Every virtual media insert and eject so far, oldest first.
+    pub async fn media_events(&self) -> Vec<MediaEvent> {
+        self.inner.lock().await.media.events().to_vec()
     }
 
     /// Whether the QEMU process is running (reaps it when it has exited).
@@ -428,7 +523,11 @@ impl QemuMachine {
 
     async fn start(&self, inner: &mut Inner) -> Result<(), QemuError> {
         let target = inner.boot.effective_target();
-        let argv = self.cfg.command_line(target);
+        let argv = self.cfg.command_line_with_media(
+            target,
+            inner.media.get(MediaDevice::Cd).map(|m| m.path.as_path()),
+            inner.media.get(MediaDevice::Floppy).map(|m| m.path.as_path()),
+        );
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -468,11 +567,15 @@ impl QemuMachine {
 
     /// Asks the guest to power down through QMP (`system_powerdown`, an ACPI power button).
     async fn qmp_powerdown(&self) -> Result<(), QemuError> {
+        self.qmp(&[json!({"execute": "system_powerdown"})]).await.map(drop)
+    }
+
+    /// Runs `commands` over QMP, in order, each waiting for its answer; their `return`
+    /// values. The first error answer ends the exchange.
+    async fn qmp(&self, commands: &[Value]) -> Result<Vec<Value>, QemuError> {
         let path = self.cfg.qmp_socket();
         let exchange = async {
-            let stream = tokio::net::UnixStream::connect(&path)
-                .await
-                .map_err(|e| QemuError::Qmp(format!("connect {}: {e}", path.display())))?;
+            let stream = qmp_connect(&path).await?;
             let (rd, mut wr) = stream.into_split();
             let mut lines = BufReader::new(rd).lines();
             let mut next_line = async || {
@@ -483,26 +586,69 @@ impl QemuMachine {
                     .ok_or_else(|| QemuError::Qmp("connection closed".into()))
             };
             next_line().await?; // greeting
-            for cmd in ["qmp_capabilities", "system_powerdown"] {
-                wr.write_all(format!("{{\"execute\":\"{cmd}\"}}\n").as_bytes())
+            let negotiate = json!({"execute": "qmp_capabilities"});
+            let mut returns = Vec::with_capacity(commands.len() + 1);
+            for cmd in std::iter::once(&negotiate).chain(commands) {
+                let name = cmd.get("execute").and_then(Value::as_str).unwrap_or("?");
+                wr.write_all(format!("{cmd}\n").as_bytes())
                     .await
                     .map_err(|e| QemuError::Qmp(e.to_string()))?;
                 // Skip asynchronous events until the command's answer.
                 loop {
                     let line = next_line().await?;
-                    if line.contains("\"return\"") {
+                    let mut answer: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                    if let Some(r) = answer.get_mut("return") {
+                        returns.push(r.take());
                         break;
                     }
-                    if line.contains("\"error\"") {
-                        return Err(QemuError::Qmp(format!("{cmd}: {line}")));
+                    if let Some(err) = answer.get("error") {
+                        return Err(QemuError::Qmp(format!("{name}: {err}")));
                     }
                 }
             }
-            Ok(())
+            returns.remove(0); // qmp_capabilities'
+            Ok(returns)
         };
         tokio::time::timeout(QMP_TIMEOUT, exchange)
             .await
             .map_err(|_| QemuError::Qmp("timed out".into()))?
+    }
+}
+
+/// Connects to the QMP socket at `path`, waiting while QEMU has not created it yet (the
+/// caller bounds the wait).
+async fn qmp_connect(path: &Path) -> Result<tokio::net::UnixStream, QemuError> {
+    loop {
+        match tokio::net::UnixStream::connect(path).await {
+            Ok(s) => return Ok(s),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(QemuError::Qmp(format!("connect {}: {e}", path.display()))),
+        }
+    }
+}
+
+/// The QMP command that puts `media` into `device` (a change of medium) or empties it.
+fn qmp_media_command(device: MediaDevice, media: Option<&InsertedMedia>) -> Value {
+    let id = media_device_id(device);
+    match media {
+        Some(m) => json!({
+            "execute": "blockdev-change-medium",
+            "arguments": {
+                "id": id,
+                "filename": m.path.display().to_string(),
+                "format": "raw",
+                "read-only-mode": "read-only",
+            },
+        }),
+        // `force`: the guest may have locked the tray (a mounted CD); a BMC ejects anyway.
+        None => json!({"execute": "eject", "arguments": {"id": id, "force": true}}),
     }
 }
 
@@ -559,6 +705,39 @@ impl MachineBackend for QemuMachine {
         self.inner.lock().await.boot = o;
         Ok(())
     }
+
+    fn supports_virtual_media(&self) -> bool {
+        self.cfg.virtual_media
+    }
+
+    async fn set_media(
+        &self,
+        device: MediaDevice,
+        media: Option<InsertedMedia>,
+    ) -> Result<(), BmcError> {
+        if !self.cfg.virtual_media {
+            return Err(BmcError::Unsupported(format!(
+                "no virtual media device {}",
+                device.as_str()
+            )));
+        }
+        // Held across the QMP exchange: a power-on meanwhile would start with the old medium.
+        let mut inner = self.inner.lock().await;
+        if inner.media.get(device) == media.as_ref() {
+            return Ok(());
+        }
+        if Self::alive(&mut inner) {
+            self.qmp(&[qmp_media_command(device, media.as_ref())]).await?;
+        }
+        tracing::info!(
+            machine = %self.cfg.name,
+            device = device.as_str(),
+            image = media.as_ref().map(|m| m.url.as_str()),
+            "virtual media changed"
+        );
+        inner.media.set(device, media);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -607,6 +786,174 @@ mod tests {
         assert!(arg_after(&pxe, "-fw_cfg", "name=opt/ferric/agent_advertise").is_some());
         assert!(arg_after(&pxe, "-smbios", "serial=node-1").is_some());
         assert!(arg_after(&pxe, "-chardev", "file,id=serial0").is_some());
+    }
+
+    /// The arguments that carry a `bootindex`.
+    fn booting(args: &[String]) -> Vec<&String> {
+        args.iter().filter(|a| a.contains("bootindex")).collect()
+    }
+
+    #[test]
+    fn test_virtual_cd_takes_the_only_bootindex_when_booting_from_it() {
+        let dir = std::env::temp_dir();
+        let c = cfg(&dir);
+        let (cd, floppy) = (dir.join("boot,1.iso"), dir.join("config.img"));
+        let args = c.command_line_with_media(BootTarget::Cd, Some(&cd), Some(&floppy));
+        let drive = arg_after(&args, "-drive", "id=vmedia-cd,").unwrap();
+        let file = format!("file={}", cd.display().to_string().replace(',', ",,"));
+        assert!(drive.contains("media=cdrom,readonly=on,format=raw") && drive.ends_with(&file));
+        let dev = arg_after(&args, "-device", "drive=vmedia-cd,").unwrap();
+        assert_eq!(dev, "ide-cd,drive=vmedia-cd,id=vmedia-cd-dev,bus=ide.1,unit=0,bootindex=1");
+        assert_eq!(booting(&args), [dev]);
+        assert!(args.iter().any(|a| a == "strict=on"));
+        let fdrive = arg_after(&args, "-drive", "id=vmedia-floppy,").unwrap();
+        assert!(fdrive.contains(&format!("readonly=on,format=raw,file={}", floppy.display())));
+        let fdev = arg_after(&args, "-device", "drive=vmedia-floppy,").unwrap();
+        assert_eq!(fdev, "ide-cd,drive=vmedia-floppy,id=vmedia-floppy-dev,bus=ide.1,unit=1");
+
+        // Not booting from it: the CD is there, without a bootindex.
+        for target in [BootTarget::Hdd, BootTarget::Pxe, BootTarget::None] {
+            let args = c.command_line_with_media(target, Some(&cd), None);
+            assert!(arg_after(&args, "-drive", "id=vmedia-cd,").unwrap().ends_with(&file));
+            let dev = arg_after(&args, "-device", "drive=vmedia-cd,").unwrap();
+            assert!(!dev.contains("bootindex"), "{target:?}: {dev}");
+            assert!(booting(&args).iter().any(|a| a.contains("bootindex=1")), "{target:?}");
+        }
+        // Booting an empty drive: it keeps the only bootindex, so nothing boots.
+        let empty = c.command_line(BootTarget::Cd);
+        assert_eq!(
+            arg_after(&empty, "-drive", "id=vmedia-cd,").unwrap(),
+            "if=none,id=vmedia-cd,media=cdrom,readonly=on"
+        );
+        assert_eq!(booting(&empty).len(), 1);
+        assert!(booting(&empty)[0].starts_with("ide-cd,drive=vmedia-cd,"));
+
+        // q35 (UEFI): AHCI ports.
+        let mut q35 = cfg(&dir);
+        q35.firmware = Firmware::Uefi { code: "/x/OVMF_CODE.fd".into(), vars: dir.join("v.fd") };
+        let args = q35.command_line_with_media(BootTarget::Cd, Some(&cd), None);
+        assert!(arg_after(&args, "-device", "drive=vmedia-cd,").unwrap().contains("bus=ide.0,"));
+        assert!(
+            arg_after(&args, "-device", "drive=vmedia-floppy,").unwrap().ends_with("bus=ide.1")
+        );
+
+        // Without virtual media: no drives, and Cd falls back to the disk, then the network.
+        let mut plain = cfg(&dir);
+        plain.virtual_media = false;
+        let args = plain.command_line_with_media(BootTarget::Cd, Some(&cd), None);
+        assert!(!args.iter().any(|a| a.contains("ide-cd") || a.contains("vmedia")));
+        assert!(arg_after(&args, "-device", "virtio-blk-pci").unwrap().contains("bootindex=1"));
+        assert!(arg_after(&args, "-device", "virtio-net-pci").unwrap().contains("bootindex=2"));
+    }
+
+    #[tokio::test]
+    async fn test_media_inserted_while_off_is_in_the_next_power_on() {
+        let dir = tempdir();
+        let mut c = cfg(&dir);
+        c.binary = fake_qemu(&dir);
+        let m = QemuMachine::new(c);
+        assert!(m.supports_virtual_media());
+        let iso = dir.join("boot.iso");
+        std::fs::write(&iso, b"iso").unwrap();
+        let media = InsertedMedia { url: "http://10.0.2.2/boot.iso".into(), path: iso.clone() };
+        m.set_media(MediaDevice::Cd, Some(media.clone())).await.unwrap();
+        assert_eq!(m.media(MediaDevice::Cd).await, Some(media.clone()));
+        m.set_boot_override(BootOverride {
+            target: BootTarget::Cd,
+            enabled: BootEnabled::Once,
+            mode: BootMode::Legacy,
+        })
+        .await
+        .unwrap();
+        m.reset(ResetKind::On).await.unwrap();
+        wait_lines(&dir, 1).await;
+        m.power_off().await.unwrap();
+        m.set_media(MediaDevice::Cd, None).await.unwrap();
+        // Ejecting an empty drive changes nothing.
+        m.set_media(MediaDevice::Floppy, None).await.unwrap();
+        m.reset(ResetKind::On).await.unwrap();
+        wait_lines(&dir, 2).await;
+        m.power_off().await.unwrap();
+
+        let argv = std::fs::read_to_string(dir.join("argv.log")).unwrap();
+        let lines: Vec<_> = argv.lines().collect();
+        let cd = format!("file={}", iso.display());
+        assert!(
+            lines[0].contains(&cd)
+                && lines[0].contains("vmedia-cd-dev,bus=ide.1,unit=0,bootindex=1")
+        );
+        assert!(!lines[0].contains("virtio-blk-pci,drive=disk0,bootindex"), "{}", lines[0]);
+        // The Once override is spent and the drive is empty: the disk boots, the CD is empty.
+        assert!(
+            !lines[1].contains(&cd) && lines[1].contains("virtio-blk-pci,drive=disk0,bootindex=1")
+        );
+        assert_eq!(
+            m.media_events().await,
+            [
+                MediaEvent { device: MediaDevice::Cd, image: Some(media.url.clone()) },
+                MediaEvent { device: MediaDevice::Cd, image: None },
+            ]
+        );
+
+        let mut plain = cfg(&dir);
+        plain.virtual_media = false;
+        let m = QemuMachine::new(plain);
+        assert!(!m.supports_virtual_media());
+        let err = m.set_media(MediaDevice::Cd, Some(media)).await.unwrap_err();
+        assert!(matches!(err, BmcError::Unsupported(_)), "{err:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The media of a running QEMU, as its block layer reports them: (qdev id, file).
+    async fn qemu_media(m: &QemuMachine) -> Vec<(String, Option<String>)> {
+        let out = m.qmp(&[json!({"execute": "query-block"})]).await.unwrap();
+        out[0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["qdev"].as_str().is_some_and(|q| q.starts_with("vmedia-")))
+            .map(|b| {
+                let file = b["inserted"]["file"].as_str().map(str::to_owned);
+                (b["qdev"].as_str().unwrap().to_owned(), file)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn test_running_qemu_swaps_media_over_qmp() {
+        if std::process::Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
+            tracing::warn!("qemu-system-x86_64 is not installed; skipping");
+            return;
+        }
+        let dir = tempdir();
+        let mut c = cfg(&dir);
+        c.memory_mib = 64;
+        c.network = QemuNetwork::User { bootfile: None, forwards: Vec::new() };
+        std::fs::File::create(&c.disk).unwrap().set_len(1 << 20).unwrap();
+        let (cd, floppy) = (dir.join("a.iso"), dir.join("b.img"));
+        std::fs::write(&cd, vec![0u8; 4096]).unwrap();
+        std::fs::write(&floppy, vec![0u8; 4096]).unwrap();
+        let m = QemuMachine::new(c);
+        let inserted = |p: &Path| InsertedMedia { url: "http://x/y".into(), path: p.to_owned() };
+        m.set_media(MediaDevice::Floppy, Some(inserted(&floppy))).await.unwrap();
+        m.reset(ResetKind::On).await.unwrap();
+        let show = |p: &Path| Some(p.display().to_string());
+        let floppy_dev = ("vmedia-floppy-dev".to_owned(), show(&floppy));
+        assert_eq!(qemu_media(&m).await, [("vmedia-cd-dev".to_owned(), None), floppy_dev.clone()]);
+        m.set_media(MediaDevice::Cd, Some(inserted(&cd))).await.unwrap();
+        assert_eq!(
+            qemu_media(&m).await,
+            [("vmedia-cd-dev".to_owned(), show(&cd)), floppy_dev.clone()]
+        );
+        m.set_media(MediaDevice::Cd, None).await.unwrap();
+        m.set_media(MediaDevice::Floppy, None).await.unwrap();
+        assert_eq!(
+            qemu_media(&m).await,
+            [("vmedia-cd-dev".to_owned(), None), ("vmedia-floppy-dev".to_owned(), None)]
+        );
+        assert!(m.is_running().await);
+        m.power_off().await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
