@@ -422,6 +422,30 @@ pub struct TransitionError {
     pub event: ProvisionEvent,
 }
 
+/// States in which the node runs the agent ramdisk (deploy, cleaning, rescue, inspection,
+/// servicing): what pxe-service boots it into, and how long a virtual-media ISO stays
+/// inserted.
+pub fn boots_ramdisk(state: ProvisionState) -> bool {
+    use ProvisionState as S;
+    matches!(
+        state,
+        S::Deploying
+            | S::WaitCallBack
+            | S::DeployHold
+            | S::Cleaning
+            | S::CleanWait
+            | S::CleanHold
+            | S::Rescuing
+            | S::RescueWait
+            | S::Rescue
+            | S::Inspecting
+            | S::InspectWait
+            | S::Servicing
+            | S::ServiceWait
+            | S::ServiceHold
+    )
+}
+
 /// The one transition function (reference §2.2). Pure: no clock, no I/O.
 ///
 /// # Errors

@@ -1,9 +1,66 @@
 //! Virtual media as Ironic's API names it (1.89 attach/detach, 1.93 read): the device types
-//! a client may attach an image to, and what a BMC reports of each of its devices.
+//! a client may attach an image to, and what a BMC reports of each of its devices; and the
+//! virtual-media boot session of the `redfish-virtual-media` boot interface
+//! ([`VmediaSession`]).
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::NodeId;
+use crate::model::{JsonObject, Node};
+
+/// The ramdisk ISO a `redfish-virtual-media` node boots from while the conductor has it
+/// inserted: pxe-service builds and serves it under [`VmediaSession::iso_path`] only while
+/// the node records this session (unexpired), so the URL handed to the BMC works for this
+/// boot only. Kept in `driver_internal_info` (`vmedia_token`, masked in API responses as
+/// every `*token*` key, and `vmedia_expires_at`, Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmediaSession {
+    /// The URL's unguessable part.
+    pub token: String,
+    /// When the URL stops working (Unix seconds).
+    pub expires_at: i64,
+}
+
+impl VmediaSession {
+    /// `driver_internal_info` key of the token.
+    pub const TOKEN_KEY: &'static str = "vmedia_token";
+    /// `driver_internal_info` key of the expiry.
+    pub const EXPIRES_KEY: &'static str = "vmedia_expires_at";
+
+    /// The node's session, if one is recorded.
+    pub fn of(node: &Node) -> Option<Self> {
+        let dii = &node.driver_internal_info;
+        let token = dii.get(Self::TOKEN_KEY)?.as_str()?.to_owned();
+        let expires_at = dii.get(Self::EXPIRES_KEY)?.as_i64()?;
+        Some(Self { token, expires_at })
+    }
+
+    /// Record the session.
+    pub fn set(&self, dii: &mut JsonObject) {
+        dii.insert(Self::TOKEN_KEY.into(), Value::String(self.token.clone()));
+        dii.insert(Self::EXPIRES_KEY.into(), Value::from(self.expires_at));
+    }
+
+    /// Forget the session; whether there was one.
+    pub fn wipe(dii: &mut JsonObject) -> bool {
+        let had = dii.remove(Self::TOKEN_KEY).is_some();
+        dii.remove(Self::EXPIRES_KEY);
+        had
+    }
+
+    /// Whether the URL still works at `now_unix`.
+    pub fn valid_at(&self, now_unix: i64) -> bool {
+        now_unix < self.expires_at
+    }
+
+    /// The ISO's path on pxe-service's HTTP server.
+    pub fn iso_path(&self, node: NodeId) -> String {
+        format!("/vmedia/{node}/{}.iso", self.token)
+    }
+}
 
 /// A virtual media device type (Ironic's `boot_devices.VMEDIA_DEVICES`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -63,6 +120,21 @@ pub struct VirtualMedia {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_session_roundtrip_and_expiry() {
+        let mut node = Node::new(NodeId::new_v4(), "fake-hardware", chrono::Utc::now());
+        assert_eq!(VmediaSession::of(&node), None);
+        let s = VmediaSession { token: "abc".into(), expires_at: 100 };
+        s.set(&mut node.driver_internal_info);
+        assert_eq!(VmediaSession::of(&node), Some(s.clone()));
+        assert!(s.valid_at(99) && !s.valid_at(100));
+        assert_eq!(s.iso_path(node.uuid), format!("/vmedia/{}/abc.iso", node.uuid));
+        assert!(crate::model::is_secret_key(VmediaSession::TOKEN_KEY), "masked in responses");
+        assert!(VmediaSession::wipe(&mut node.driver_internal_info));
+        assert!(!VmediaSession::wipe(&mut node.driver_internal_info));
+        assert_eq!(VmediaSession::of(&node), None);
+    }
 
     #[test]
     fn test_device_names() {

@@ -1,5 +1,7 @@
-//! A minimal ISO 9660 writer for config drives: one primary volume descriptor, both path
-//! tables, directories and files, no Rock Ridge, no Joliet, no El Torito.
+//! A minimal ISO 9660 writer for config drives and virtual-media boot images: one primary
+//! volume descriptor, both path tables, directories and files, no Rock Ridge, no Joliet; and,
+//! for boot images, an El Torito boot catalog with one UEFI entry (a FAT image among the
+//! files, "no emulation"), which is how UEFI firmware boots a CD ([`build_efi_bootable`]).
 //!
 //! Written by hand because a config drive is a handful of small files in three directories
 //! and the conductor must build it in-process (Ironic shells out to `genisoimage`, which a
@@ -48,6 +50,9 @@ pub enum IsoError {
     /// A file or the image is larger than ISO 9660's 32-bit sizes allow.
     #[error("the image is larger than ISO 9660 allows")]
     TooLarge,
+    /// The El Torito boot image is not one of the files (or is empty).
+    #[error("the boot image {0:?} is not a non-empty file of the image")]
+    NoBootImage(String),
 }
 
 /// A tree node: a directory with children or a file's bytes.
@@ -78,6 +83,38 @@ struct DirPlan {
 /// # Errors
 /// See [`IsoError`].
 pub fn build(label: &str, files: &[(&str, &[u8])], created_unix: i64) -> Result<Vec<u8>, IsoError> {
+    build_with(label, files, created_unix, None)
+}
+
+/// [`build`] with an El Torito boot catalog whose one (default) entry is the UEFI platform's
+/// "no emulation" boot image `efi_image`, one of `files`: a FAT file system holding
+/// `EFI/BOOT/BOOTX64.EFI`. UEFI firmware presents that image as the CD's EFI system
+/// partition and runs its loader. The entry's sector count is the image's size in 512-byte
+/// units, or 0 when that exceeds El Torito's 16 bits (32 MiB), which UEFI firmware reads as
+/// "to the end of the volume" (EDK2's `PartitionDxe`), so larger images boot too.
+///
+/// # Errors
+/// See [`IsoError`]; [`IsoError::NoBootImage`] when `efi_image` is not a non-empty file.
+pub fn build_efi_bootable(
+    label: &str,
+    files: &[(&str, &[u8])],
+    efi_image: &str,
+    created_unix: i64,
+) -> Result<Vec<u8>, IsoError> {
+    build_with(label, files, created_unix, Some(efi_image))
+}
+
+/// El Torito's boot system identifier (§2.0 of the specification).
+const EL_TORITO_ID: &[u8] = b"EL TORITO SPECIFICATION";
+/// El Torito platform id of UEFI.
+const PLATFORM_EFI: u8 = 0xEF;
+
+fn build_with(
+    label: &str,
+    files: &[(&str, &[u8])],
+    created_unix: i64,
+    efi_image: Option<&str>,
+) -> Result<Vec<u8>, IsoError> {
     if label.len() > 32 || !label.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         return Err(IsoError::InvalidLabel(label.to_owned()));
     }
@@ -87,24 +124,32 @@ pub fn build(label: &str, files: &[(&str, &[u8])], created_unix: i64) -> Result<
     // Directories breadth first with sorted children: the path table's required order.
     let mut dirs: Vec<DirPlan> = Vec::new();
     let mut file_data: Vec<&[u8]> = Vec::new();
-    let mut queue: std::collections::VecDeque<(&BTreeMap<String, Entry<'_>>, String, u16)> =
-        std::collections::VecDeque::new();
-    queue.push_back((&root, String::new(), 1));
-    while let Some((children, name, parent)) = queue.pop_front() {
+    // The boot image's index in `file_data`, once met.
+    let mut boot_file: Option<usize> = None;
+    type Queued<'q, 'a> = (&'q BTreeMap<String, Entry<'a>>, String, u16, String);
+    let mut queue: std::collections::VecDeque<Queued<'_, '_>> = std::collections::VecDeque::new();
+    queue.push_back((&root, String::new(), 1, String::new()));
+    while let Some((children, name, parent, path)) = queue.pop_front() {
         let number = u16::try_from(dirs.len() + 1).map_err(|_| IsoError::TooLarge)?;
         let mut plan = DirPlan { name, parent, children: Vec::new(), lba: 0, size: 0 };
-        let mut sorted: Vec<(String, &Entry<'_>)> =
-            children.iter().map(|(k, v)| (identifier(k, matches!(v, Entry::File(_))), v)).collect();
+        let mut sorted: Vec<(String, &String, &Entry<'_>)> = children
+            .iter()
+            .map(|(k, v)| (identifier(k, matches!(v, Entry::File(_))), k, v))
+            .collect();
         sorted.sort_by(|a, b| compare_identifiers(&a.0, &b.0));
-        for (id, entry) in sorted {
+        for (id, given, entry) in sorted {
+            let full = if path.is_empty() { given.clone() } else { format!("{path}/{given}") };
             match entry {
                 Entry::Dir(sub) => {
                     // Its index is fixed by the queue: everything already queued comes first.
                     let index = dirs.len() + 1 + queue.len();
                     plan.children.push((id.clone(), true, index));
-                    queue.push_back((sub, id, number));
+                    queue.push_back((sub, id, number, full));
                 }
                 Entry::File(data) => {
+                    if efi_image == Some(full.as_str()) && !data.is_empty() {
+                        boot_file = Some(file_data.len());
+                    }
                     plan.children.push((id, false, file_data.len()));
                     file_data.push(data);
                 }
@@ -112,11 +157,20 @@ pub fn build(label: &str, files: &[(&str, &[u8])], created_unix: i64) -> Result<
         }
         dirs.push(plan);
     }
+    if let Some(path) = efi_image
+        && boot_file.is_none()
+    {
+        return Err(IsoError::NoBootImage(path.to_owned()));
+    }
 
-    // Layout: system area, PVD, terminator, L and M path tables, directories, files.
+    // Layout: system area, PVD, [El Torito boot record], terminator, [boot catalog], L and
+    // M path tables, directories, files.
+    let bootable = efi_image.is_some();
+    let terminator_lba = PVD_LBA + 1 + u32::from(bootable);
+    let catalog_lba = terminator_lba + 1;
     let path_table = path_table_size(&dirs);
     let pt_sectors = sectors(path_table);
-    let l_table_lba = PVD_LBA + 2;
+    let l_table_lba = catalog_lba + u32::from(bootable);
     let m_table_lba = l_table_lba + pt_sectors;
     let mut next = m_table_lba + pt_sectors;
     for d in &mut dirs {
@@ -140,10 +194,14 @@ pub fn build(label: &str, files: &[(&str, &[u8])], created_unix: i64) -> Result<
 
     let root_record = record(&[0], dirs[0].lba, dirs[0].size, true, &when);
     write_pvd(&mut img, label, total, path_table, l_table_lba, m_table_lba, &root_record, &when);
-    let term = sector_mut(&mut img, PVD_LBA + 1);
+    let term = sector_mut(&mut img, terminator_lba);
     term[0] = 255;
     term[1..6].copy_from_slice(b"CD001");
     term[6] = 1;
+    if let Some(index) = boot_file {
+        let len = file_data[index].len();
+        write_el_torito(&mut img, catalog_lba, file_lba[index], len);
+    }
     write_path_table(&mut img, &dirs, l_table_lba, false);
     write_path_table(&mut img, &dirs, m_table_lba, true);
 
@@ -181,6 +239,36 @@ pub fn build(label: &str, files: &[(&str, &[u8])], created_unix: i64) -> Result<
         }
     }
     Ok(img)
+}
+
+/// The El Torito boot record volume descriptor (right after the PVD) and a boot catalog at
+/// `catalog_lba` whose validation entry and default entry name the UEFI "no emulation"
+/// image of `len` bytes at `image_lba`.
+fn write_el_torito(img: &mut [u8], catalog_lba: u32, image_lba: u32, len: usize) {
+    let brvd = sector_mut(img, PVD_LBA + 1);
+    brvd[0] = 0;
+    brvd[1..6].copy_from_slice(b"CD001");
+    brvd[6] = 1;
+    brvd[7..7 + EL_TORITO_ID.len()].copy_from_slice(EL_TORITO_ID);
+    brvd[0x47..0x4b].copy_from_slice(&catalog_lba.to_le_bytes());
+
+    let cat = sector_mut(img, catalog_lba);
+    // Validation entry: header id 1, platform, id string (empty), checksum, key 55 AA.
+    cat[0] = 1;
+    cat[1] = PLATFORM_EFI;
+    cat[30] = 0x55;
+    cat[31] = 0xAA;
+    let sum = cat[..32]
+        .chunks_exact(2)
+        .fold(0u16, |acc, w| acc.wrapping_add(u16::from_le_bytes([w[0], w[1]])));
+    cat[28..30].copy_from_slice(&0u16.wrapping_sub(sum).to_le_bytes());
+    // Default entry: bootable, no emulation, load segment 0 (the default), sector count in
+    // 512-byte units (0: to the end of the volume), the image's first sector.
+    let entry = &mut cat[32..64];
+    entry[0] = 0x88;
+    let count = u16::try_from(len.div_ceil(512)).unwrap_or(0);
+    entry[6..8].copy_from_slice(&count.to_le_bytes());
+    entry[8..12].copy_from_slice(&image_lba.to_le_bytes());
 }
 
 /// The directory tree of `files`, every component checked.

@@ -151,6 +151,11 @@ pub struct PxeConfig {
     pub dnsmasq_hosts_dir: Option<PathBuf>,
     /// How often the ports are read for that file, in seconds.
     pub dnsmasq_hosts_refresh_secs: u64,
+    /// Largest virtual-media boot ISO built for a `redfish-virtual-media` node, in MiB
+    /// (0 = no limit); a larger one is refused (413) and the node's boot fails.
+    pub vmedia_max_iso_mib: u64,
+    /// The UEFI loader put on virtual-media ISOs as `EFI/BOOT/BOOTX64.EFI` (systemd-boot).
+    pub vmedia_efi_loader: PathBuf,
 }
 
 impl Default for PxeConfig {
@@ -185,6 +190,8 @@ impl Default for PxeConfig {
             image_cache_ttl_mins: 10080,
             dnsmasq_hosts_dir: None,
             dnsmasq_hosts_refresh_secs: 10,
+            vmedia_max_iso_mib: 1024,
+            vmedia_efi_loader: PathBuf::from("/usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
         }
     }
 }

@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 
 use deploy::Port;
 
+use deploy::hardware::BootIface;
+
 use crate::config::{BootFormat, PxeConfig};
 
 /// Operator choices that are not part of pxe-service's own config.
@@ -61,26 +63,58 @@ pub fn render(cfg: &PxeConfig, opts: &DnsmasqOptions) -> String {
          dhcp-match=set:efi64,option:client-arch,9\n\
          dhcp-match=set:efiarm64,option:client-arch,11\n",
     );
+    s.push_str(
+        "# UEFI HTTP boot: the firmware's request carries vendor class HTTPClient, and it takes\n\
+         # only an offer that names HTTPClient back (option 60) with a URL as the boot file.\n\
+         dhcp-vendorclass=set:httpclient,HTTPClient\n\
+         dhcp-option-force=tag:httpclient,60,HTTPClient\n",
+    );
+    if cfg.dnsmasq_hosts_dir.is_some() {
+        // Each known MAC carries its node's boot interface as a tag (the hosts file), so
+        // every machine gets what its node asks for; the tags exclude one another.
+        let _ = write!(
+            s,
+            "# Nodes with boot_interface ipxe: iPXE over TFTP, then its script over HTTP.\n\
+             dhcp-boot=tag:{IPXE},tag:!ipxe,tag:!httpclient,tag:bios,undionly.kpxe,,{tftp}\n\
+             dhcp-boot=tag:{IPXE},tag:!ipxe,tag:!httpclient,tag:efi64,snponly.efi,,{tftp}\n\
+             dhcp-boot=tag:{IPXE},tag:!ipxe,tag:!httpclient,tag:efiarm64,snponly.efi,,{tftp}\n\
+             dhcp-boot=tag:{IPXE},tag:ipxe,{http}/boot.ipxe\n\
+             # Nodes with boot_interface http-ipxe: the firmware fetches iPXE by URL (no TFTP).\n\
+             dhcp-boot=tag:{HTTP_IPXE},tag:httpclient,tag:!ipxe,{http}/snponly.efi\n\
+             dhcp-boot=tag:{HTTP_IPXE},tag:ipxe,{http}/boot.ipxe\n\
+             # Nodes with boot_interface pxe: PXELINUX (BIOS) or GRUB (UEFI) over TFTP.\n\
+             dhcp-boot=tag:{PXE},tag:!httpclient,tag:bios,pxelinux.0,,{tftp}\n\
+             dhcp-boot=tag:{PXE},tag:!httpclient,tag:efi64,bootx64.efi,,{tftp}\n\
+             dhcp-boot=tag:{PXE},tag:!httpclient,tag:efiarm64,bootaa64.efi,,{tftp}\n\
+             # Nodes with boot_interface redfish-virtual-media or fake get no boot file.\n",
+            IPXE = boot_tag(BootIface::Ipxe),
+            HTTP_IPXE = boot_tag(BootIface::HttpIpxe),
+            PXE = boot_tag(BootIface::Pxe),
+        );
+    }
+    // Machines without a node's tag (every machine when no hosts file is kept, unknown MACs
+    // otherwise): the service-wide format.
+    let unknown = if cfg.dnsmasq_hosts_dir.is_some() { "tag:!ferric," } else { known };
     match cfg.boot_format {
         BootFormat::Ipxe => {
             let _ = write!(
                 s,
                 "# Stage 1: plain PXE ROMs chainload iPXE over TFTP.\n\
-                 dhcp-boot={known}tag:!ipxe,tag:bios,undionly.kpxe,,{tftp}\n\
-                 dhcp-boot={known}tag:!ipxe,tag:efi64,snponly.efi,,{tftp}\n\
-                 dhcp-boot={known}tag:!ipxe,tag:efiarm64,snponly.efi,,{tftp}\n\
+                 dhcp-boot={unknown}tag:!ipxe,tag:!httpclient,tag:bios,undionly.kpxe,,{tftp}\n\
+                 dhcp-boot={unknown}tag:!ipxe,tag:!httpclient,tag:efi64,snponly.efi,,{tftp}\n\
+                 dhcp-boot={unknown}tag:!ipxe,tag:!httpclient,tag:efiarm64,snponly.efi,,{tftp}\n\
                  # Stage 2: iPXE fetches the entry script over HTTP.\n\
-                 dhcp-boot={known}tag:ipxe,{http}/boot.ipxe\n"
+                 dhcp-boot={unknown}tag:ipxe,{http}/boot.ipxe\n"
             );
         }
         BootFormat::Pxelinux => {
-            let _ = writeln!(s, "dhcp-boot={known}tag:bios,pxelinux.0,,{tftp}");
+            let _ = writeln!(s, "dhcp-boot={unknown}tag:!httpclient,tag:bios,pxelinux.0,,{tftp}");
         }
         BootFormat::Grub => {
             let _ = write!(
                 s,
-                "dhcp-boot={known}tag:efi64,bootx64.efi,,{tftp}\n\
-                 dhcp-boot={known}tag:efiarm64,bootaa64.efi,,{tftp}\n"
+                "dhcp-boot={unknown}tag:!httpclient,tag:efi64,bootx64.efi,,{tftp}\n\
+                 dhcp-boot={unknown}tag:!httpclient,tag:efiarm64,bootaa64.efi,,{tftp}\n"
             );
         }
     }
@@ -123,7 +157,14 @@ pub async fn keep_hosts_file(
                 continue;
             }
         };
-        let text = render_hosts(&ports);
+        let boots = match boot_interfaces(&store).await {
+            Ok(b) => b,
+            Err(error) => {
+                tracing::warn!(%error, "reading the nodes for the dnsmasq hosts file failed");
+                continue;
+            }
+        };
+        let text = render_hosts(&ports, |p| boots.get(&p.node_uuid).copied());
         if last.as_ref() == Some(&text) {
             continue;
         }
@@ -154,6 +195,28 @@ async fn all_ports(store: &store::DataStore) -> Result<Vec<Port>, deploy::Public
     }
 }
 
+/// Every node's effective boot interface (nodes of an unknown hardware type are left out).
+async fn boot_interfaces(
+    store: &store::DataStore,
+) -> Result<std::collections::HashMap<deploy::NodeId, BootIface>, deploy::PublicError> {
+    let mut all = std::collections::HashMap::new();
+    let mut marker = None;
+    loop {
+        let q = store::NodeListQuery { limit: PORT_PAGE, marker, ..Default::default() };
+        let page = store.node_list(&q).await?;
+        let full = page.len() == PORT_PAGE as usize;
+        marker = page.last().map(|n| n.uuid);
+        for n in &page {
+            if let Ok(r) = deploy::hardware::resolve(n, None) {
+                all.insert(n.uuid, r.boot);
+            }
+        }
+        if !full {
+            return Ok(all);
+        }
+    }
+}
+
 async fn write_atomically(dir: &std::path::Path, name: &str, text: &str) -> std::io::Result<()> {
     tokio::fs::create_dir_all(dir).await?;
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -161,11 +224,25 @@ async fn write_atomically(dir: &std::path::Path, name: &str, text: &str) -> std:
     tokio::fs::rename(&tmp, dir.join(name)).await
 }
 
-/// The hosts file: one `dhcp-host=<mac>,set:ferric` line per PXE-enabled port.
-pub fn render_hosts(ports: &[Port]) -> String {
+/// The dnsmasq tag of the machines whose node boots with `boot`.
+pub fn boot_tag(boot: BootIface) -> String {
+    format!("ferric-{}", boot.as_str())
+}
+
+/// The hosts file: one `dhcp-host=<mac>,set:ferric,set:ferric-<boot interface>` line per
+/// PXE-enabled port; `boot_of` names the boot interface of a port's node (`None`: the node
+/// is gone or its hardware type unknown, and only `ferric` is set).
+pub fn render_hosts(ports: &[Port], boot_of: impl Fn(&Port) -> Option<BootIface>) -> String {
     let mut s = String::from("# Generated by Ferric pxe-service: PXE-enabled ports.\n");
     for p in ports.iter().filter(|p| p.pxe_enabled) {
-        let _ = writeln!(s, "dhcp-host={},set:ferric", p.address);
+        match boot_of(p) {
+            Some(b) => {
+                let _ = writeln!(s, "dhcp-host={},set:ferric,set:{}", p.address, boot_tag(b));
+            }
+            None => {
+                let _ = writeln!(s, "dhcp-host={},set:ferric", p.address);
+            }
+        }
     }
     s
 }
@@ -179,11 +256,37 @@ mod tests {
         let cfg = PxeConfig { http_url: "http://10.0.0.1:8080/".into(), ..PxeConfig::default() };
         let out = render(&cfg, &DnsmasqOptions::default());
         assert!(out.contains("dhcp-match=set:ipxe,175\n"), "{out}");
-        assert!(out.contains("dhcp-boot=tag:!ipxe,tag:bios,undionly.kpxe,,10.0.0.1\n"), "{out}");
-        assert!(out.contains("dhcp-boot=tag:!ipxe,tag:efi64,snponly.efi,,10.0.0.1\n"), "{out}");
+        let bios = "dhcp-boot=tag:!ipxe,tag:!httpclient,tag:bios,undionly.kpxe,,10.0.0.1\n";
+        assert!(out.contains(bios), "{out}");
+        let efi = "dhcp-boot=tag:!ipxe,tag:!httpclient,tag:efi64,snponly.efi,,10.0.0.1\n";
+        assert!(out.contains(efi), "{out}");
+        assert!(out.contains("dhcp-option-force=tag:httpclient,60,HTTPClient\n"), "{out}");
         assert!(out.contains("dhcp-boot=tag:ipxe,http://10.0.0.1:8080/boot.ipxe\n"), "{out}");
         let only = render(&cfg, &DnsmasqOptions { only_known: true, ..Default::default() });
         assert!(only.contains("dhcp-boot=tag:ferric,tag:ipxe,http://10.0.0.1:8080/boot.ipxe\n"));
+    }
+
+    #[test]
+    fn test_per_node_boot_interfaces_get_their_own_boot_files() {
+        let cfg = PxeConfig {
+            http_url: "http://10.0.0.1:8080".into(),
+            dnsmasq_hosts_dir: Some("/run/ferric/hosts".into()),
+            ..PxeConfig::default()
+        };
+        let out = render(&cfg, &DnsmasqOptions::default());
+        for line in [
+            "dhcp-boot=tag:ferric-http-ipxe,tag:httpclient,tag:!ipxe,http://10.0.0.1:8080/snponly.efi\n",
+            "dhcp-boot=tag:ferric-http-ipxe,tag:ipxe,http://10.0.0.1:8080/boot.ipxe\n",
+            "dhcp-boot=tag:ferric-ipxe,tag:!ipxe,tag:!httpclient,tag:bios,undionly.kpxe,,10.0.0.1\n",
+            "dhcp-boot=tag:ferric-pxe,tag:!httpclient,tag:bios,pxelinux.0,,10.0.0.1\n",
+            "dhcp-boot=tag:ferric-pxe,tag:!httpclient,tag:efi64,bootx64.efi,,10.0.0.1\n",
+            // Unknown MACs keep the service-wide format.
+            "dhcp-boot=tag:!ferric,tag:ipxe,http://10.0.0.1:8080/boot.ipxe\n",
+        ] {
+            assert!(out.contains(line), "{line} missing from:\n{out}");
+        }
+        // Virtual-media nodes are never offered a boot file.
+        assert!(!out.contains("ferric-redfish-virtual-media"), "{out}");
     }
 
     #[test]
@@ -192,9 +295,19 @@ mod tests {
             pxe_enabled,
             ..Port::new(deploy::NodeId::new_v4(), mac.parse().unwrap(), chrono::Utc::now())
         };
-        let out =
-            render_hosts(&[port("52:54:00:AA:00:01", true), port("52:54:00:aa:00:02", false)]);
+        let ports = [
+            port("52:54:00:AA:00:01", true),
+            port("52:54:00:aa:00:02", false),
+            port("52:54:00:aa:00:03", true),
+        ];
+        let out = render_hosts(&ports, |p| {
+            (p.address.to_string() == "52:54:00:aa:00:03").then_some(BootIface::HttpIpxe)
+        });
         assert!(out.contains("dhcp-host=52:54:00:aa:00:01,set:ferric\n"), "{out}");
+        assert!(
+            out.contains("dhcp-host=52:54:00:aa:00:03,set:ferric,set:ferric-http-ipxe\n"),
+            "{out}"
+        );
         assert!(!out.contains("52:54:00:aa:00:02"), "{out}");
     }
 }

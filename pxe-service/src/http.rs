@@ -36,6 +36,8 @@ pub struct HttpState {
     /// One permit per download in progress (`pxe.http_max_downloads`), held until the body
     /// has been sent or the client went away.
     pub downloads: Arc<Semaphore>,
+    /// Virtual-media boot ISOs.
+    pub vmedia: crate::vmedia::VmediaIsos,
 }
 
 /// The HTTP router.
@@ -52,6 +54,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/images/{key}", get(image))
         .route("/dnsmasq.conf", get(dnsmasq))
         .route("/token/{node}", get(deploy_token))
+        .route("/vmedia/{node}/{file}", get(vmedia_iso))
         .route("/healthz", get(healthz))
         // Static files; ServeDir refuses `..` and answers Range and HEAD.
         .fallback_service(statics)
@@ -156,6 +159,38 @@ async fn deploy_token(State(st): State<HttpState>, Path(node): Path<String>) -> 
         Err(error) => {
             warn!(%error, "database lookup for a deploy token failed");
             StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}
+
+/// `GET`/`HEAD /vmedia/<node>/<token>.iso`: the node's virtual-media boot ISO while its
+/// session lives ([`crate::vmedia`]), with Range support as BMCs read it.
+async fn vmedia_iso(
+    State(st): State<HttpState>,
+    Path((node, file)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    use crate::vmedia::VmediaError;
+    match st.vmedia.get(&node, &file).await {
+        Ok(path) => match ServeFile::new(path).oneshot(req).await {
+            Ok(r) => {
+                let mut r = r.into_response();
+                r.headers_mut()
+                    .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+                r
+            }
+            Err(never) => match never {},
+        },
+        Err(VmediaError::NotFound) => StatusCode::NOT_FOUND.into_response(),
+        Err(error) => {
+            warn!(%error, %node, "virtual media ISO not served");
+            let status = match &error {
+                VmediaError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                VmediaError::Source { .. } => StatusCode::BAD_GATEWAY,
+                VmediaError::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
+                VmediaError::Io(_) | VmediaError::NotFound => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (status, format!("{error}\n")).into_response()
         }
     }
 }

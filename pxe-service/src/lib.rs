@@ -13,6 +13,7 @@ pub mod http;
 pub mod image_cache;
 pub mod render;
 pub mod tftp;
+pub mod vmedia;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,7 +77,9 @@ pub async fn run(
     let resolver = Arc::new(files::BootFiles::tftp(cfg.clone(), store.clone()));
     let downloads = Arc::new(tokio::sync::Semaphore::new(cfg.http_max_downloads.max(1)));
     let state_store = store.clone();
-    let state = http::HttpState { cfg: cfg.clone(), store, images: images.clone(), downloads };
+    let vmedia = vmedia::VmediaIsos::new(cfg.clone(), store.clone());
+    let state =
+        http::HttpState { cfg: cfg.clone(), store, images: images.clone(), downloads, vmedia };
     let app = http::router(state);
     let tftp_addr = tftp_socket.local_addr().ok();
     let http_addr = http_listener.local_addr().ok();

@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 
+use deploy::hardware::BootIface;
 use deploy::ids::MacAddress;
 use deploy::model::JsonObject;
 use deploy::{Node, ProvisionState};
@@ -54,25 +55,8 @@ pub enum BootAction {
 }
 
 /// States in which the agent ramdisk must boot.
-fn boots_ramdisk(state: ProvisionState) -> bool {
-    use ProvisionState as S;
-    matches!(
-        state,
-        S::Deploying
-            | S::WaitCallBack
-            | S::DeployHold
-            | S::Cleaning
-            | S::CleanWait
-            | S::CleanHold
-            | S::Rescuing
-            | S::RescueWait
-            | S::Rescue
-            | S::Inspecting
-            | S::InspectWait
-            | S::Servicing
-            | S::ServiceWait
-            | S::ServiceHold
-    )
+pub fn boots_ramdisk(state: ProvisionState) -> bool {
+    deploy::state::boots_ramdisk(state)
 }
 
 /// A fresh `req-<uuid>` id, as Ironic's global request ids look.
@@ -171,10 +155,40 @@ fn ramdisk_args(
     ])
 }
 
+/// The node's boot interface (`None` for an unknown hardware type).
+pub fn boot_interface(node: &Node) -> Option<BootIface> {
+    deploy::hardware::resolve(node, None).ok().map(|r| r.boot)
+}
+
 /// Decide what `node`, booting from `mac`, should boot.
 pub fn decide(node: &Node, mac: MacAddress, cfg: &PxeConfig, request_id: &str) -> BootAction {
     let state = node.provision_state;
     if boots_ramdisk(state) {
+        // A virtual-media node boots its ramdisk from the ISO its BMC inserted; a network
+        // boot in the meantime must not start a ramdisk without the ISO's agent token.
+        if boot_interface(node) == Some(BootIface::RedfishVirtualMedia) {
+            return BootAction::Exit;
+        }
+        return ramdisk_boot(node, mac, cfg, request_id)
+            .map_or(BootAction::Exit, BootAction::Ramdisk);
+    }
+    decide_outside_ramdisk(node, cfg)
+}
+
+/// The ramdisk a node in a ramdisk state boots (deploy, cleaning, inspection or rescue),
+/// whatever carries it (a network boot config or a virtual-media ISO); `None` in other
+/// states.
+pub fn ramdisk_boot(
+    node: &Node,
+    mac: MacAddress,
+    cfg: &PxeConfig,
+    request_id: &str,
+) -> Option<KernelBoot> {
+    let state = node.provision_state;
+    if !boots_ramdisk(state) {
+        return None;
+    }
+    {
         let rescue = matches!(
             state,
             ProvisionState::Rescuing | ProvisionState::RescueWait | ProvisionState::Rescue
@@ -207,13 +221,22 @@ pub fn decide(node: &Node, mac: MacAddress, cfg: &PxeConfig, request_id: &str) -
         } else {
             append
         };
-        return BootAction::Ramdisk(KernelBoot {
+        Some(KernelBoot {
             kernel: pick("deploy_kernel", &cfg.deploy_kernel),
             ramdisk: pick("deploy_ramdisk", &cfg.deploy_ramdisk),
             args: ramdisk_args(cfg, Some(mac), append, request_id),
             initrd_name: if rescue { "rescue_ramdisk" } else { "deploy_ramdisk" },
-        });
+        })
     }
+}
+
+/// Kernel arguments made safe for a boot script ([`join_args`]).
+pub fn safe_args<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+    join_args(parts)
+}
+
+fn decide_outside_ramdisk(node: &Node, cfg: &PxeConfig) -> BootAction {
+    let state = node.provision_state;
     match state {
         ProvisionState::Active | ProvisionState::Adopting | ProvisionState::Unrescuing => {
             if is_netboot(node) {

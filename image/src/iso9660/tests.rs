@@ -228,3 +228,55 @@ fn test_isoinfo_and_xorriso_read_the_image() {
     assert_eq!(got("openstack/latest/meta_data.json"), b"{\"uuid\":\"u\"}");
     assert_eq!(got("openstack/2012-08-10/meta_data.json"), b"{\"uuid\":\"u\"}");
 }
+
+/// The El Torito catalog of a UEFI boot image, as xorriso reports it, and the refusal of a
+/// boot image that is not among the files.
+#[test]
+fn test_efi_boot_catalog_is_read_by_xorriso() {
+    need("xorriso");
+    let dir = tempfile::tempdir().unwrap();
+    let iso = dir.path().join("boot.iso");
+    let esp: Vec<u8> = (0..40_000u32).map(|i| (i % 241) as u8).collect();
+    let img = build_efi_bootable(
+        "FERRIC_VMEDIA",
+        &[("ferric/cmdline", b"ferric.api_url=http://a/ quiet"), ("efiboot.img", &esp)],
+        "efiboot.img",
+        1_700_000_000,
+    )
+    .unwrap();
+    std::fs::write(&iso, &img).unwrap();
+    let out = Command::new("xorriso")
+        .args(["-indev"])
+        .arg(&iso)
+        .args(["-report_el_torito", "plain"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    // e.g. "El Torito boot img :   1  UEFI  y   none  0x0000  0x00      79        NN"
+    let line = text.lines().find(|l| l.starts_with("El Torito boot img")).unwrap_or_default();
+    assert!(line.contains("UEFI"), "{text}");
+    assert!(line.contains(" 79 "), "40000 bytes are 79 sectors of 512: {text}");
+    let lba: usize = line.split_whitespace().last().unwrap().parse().unwrap();
+    assert_eq!(
+        &img[lba * SECTOR..lba * SECTOR + esp.len()],
+        &esp[..],
+        "the entry points at the image"
+    );
+    // The files stay readable.
+    let x = dir.path().join("x");
+    let out = Command::new("xorriso")
+        .args(["-abort_on", "WARNING", "-osirrox", "on", "-indev"])
+        .arg(&iso)
+        .args(["-extract", "/"])
+        .arg(&x)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(x.join("efiboot.img")).unwrap(), esp);
+
+    assert_eq!(
+        build_efi_bootable("L", &[("a", b"x")], "efiboot.img", 0),
+        Err(IsoError::NoBootImage("efiboot.img".into()))
+    );
+}

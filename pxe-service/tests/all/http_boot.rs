@@ -371,6 +371,19 @@ async fn test_dnsmasq_hosts_file_follows_the_ports() {
     store.port_delete(first.uuid).await.unwrap();
     poll_until(|| (!read().contains("52:54:00:12:34:01")).then_some(())).await;
     assert!(read().contains("52:54:00:12:34:03"), "{}", read());
+    // Each MAC carries its node's boot interface, which the options file keys boot files on.
+    let mut http_node = deploy::Node::new(deploy::NodeId::new_v4(), "redfish", chrono::Utc::now());
+    http_node.interfaces.boot = Some("http-ipxe".into());
+    let http_node = store.node_insert(&http_node).await.unwrap();
+    let http_port =
+        deploy::Port::new(http_node.uuid, "52:54:00:12:34:04".parse().unwrap(), chrono::Utc::now());
+    store.port_insert(&http_port).await.unwrap();
+    let text = poll_until(|| {
+        let t = read();
+        t.contains("dhcp-host=52:54:00:12:34:04,set:ferric,set:ferric-http-ipxe\n").then_some(t)
+    })
+    .await;
+    assert!(text.contains("dhcp-host=52:54:00:12:34:03,set:ferric,set:ferric-fake\n"), "{text}");
     let names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -381,6 +394,11 @@ async fn test_dnsmasq_hosts_file_follows_the_ports() {
     let http = reqwest::Client::new();
     let conf = get_text(&http, format!("{}/dnsmasq.conf", svc.http_url)).await;
     assert!(conf.contains(&format!("dhcp-hostsdir={}\n", dir.display())), "{conf}");
+    let url_boot = format!(
+        "dhcp-boot=tag:ferric-http-ipxe,tag:httpclient,tag:!ipxe,{}/snponly.efi\n",
+        svc.http_url
+    );
+    assert!(conf.contains(&url_boot), "{conf}");
     if have_tool("dnsmasq") {
         let path = hosts.path().join("dnsmasq.conf");
         std::fs::write(&path, &conf).unwrap();
@@ -409,4 +427,127 @@ async fn poll_until<T>(mut f: impl FnMut() -> Option<T>) -> T {
         assert!(std::time::Instant::now() < end, "timed out");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A `redfish-virtual-media` node's ISO: served only for its live session and while it runs
+/// the ramdisk; UEFI-bootable with the ramdisk's command line; a too-large ISO and a kernel
+/// that cannot be read are refused with their reason; an old session's file goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_virtual_media_iso_follows_the_session() {
+    let db = TestDatabase::sqlite().await;
+    let store = db.store().clone();
+    let loader = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(loader.path(), b"MZ fake EFI loader").unwrap();
+    let loader_path = loader.path().to_path_buf();
+    let svc = Service::start(store.clone(), |c| {
+        c.vmedia_efi_loader = loader_path;
+        c.vmedia_max_iso_mib = 64;
+    })
+    .await;
+    std::fs::write(svc.dirs.path().join("http/deploy_kernel"), vec![1u8; 300_000]).unwrap();
+    std::fs::write(svc.dirs.path().join("http/deploy_ramdisk"), vec![2u8; 700_000]).unwrap();
+    let node = insert_node(&store, "52:54:00:77:00:01", ProvisionState::WaitCallBack, |n| {
+        n.driver = "redfish".into();
+        n.interfaces.boot = Some("redfish-virtual-media".into());
+        deploy::vmedia::VmediaSession { token: "tok1".into(), expires_at: i64::MAX }
+            .set(&mut n.driver_internal_info);
+        deploy::internal_info::AgentSession::set_token(&mut n.driver_internal_info, "agent-tok");
+        n.driver_internal_info.insert("agent_secret_token_pregenerated".into(), json!(true));
+        n.network_data = serde_json::from_value(json!({
+            "links": [{"id": "p0", "type": "phy", "ethernet_mac_address": "52:54:00:77:00:01"}],
+            "networks": [{"id": "n0", "type": "ipv4", "link": "p0", "ip_address": "192.0.2.10",
+                "netmask": "255.255.255.0",
+                "routes": [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "192.0.2.1"}]}]
+        }))
+        .unwrap();
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let url = |token: &str| format!("{}/vmedia/{}/{token}.iso", svc.http_url, node.uuid);
+    let status = |r: &reqwest::Response| r.status().as_u16();
+
+    assert_eq!(status(&http.get(url("nope")).send().await.unwrap()), 404, "a wrong token");
+    let head = http.head(url("tok1")).send().await.unwrap();
+    assert_eq!(status(&head), 200);
+    let iso = http.get(url("tok1")).send().await.unwrap().bytes().await.unwrap();
+    assert!(iso.len() > 1_000_000, "kernel and ramdisk are inside: {}", iso.len());
+    let part = http.get(url("tok1")).header("Range", "bytes=32769-32773").send().await.unwrap();
+    assert_eq!(status(&part), 206);
+    assert_eq!(&part.bytes().await.unwrap()[..], b"CD001");
+    // The command line, read back by a real ISO reader.
+    if have_tool("xorriso") {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("boot.iso");
+        std::fs::write(&path, &iso).unwrap();
+        let out = std::process::Command::new("xorriso")
+            .args(["-osirrox", "on", "-indev"])
+            .arg(&path)
+            .args(["-extract", "/ferric/cmdline"])
+            .arg(dir.path().join("cmdline"))
+            .args(["-report_el_torito", "plain"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(said.contains("UEFI"), "an El Torito UEFI entry: {said}");
+        let line = std::fs::read_to_string(dir.path().join("cmdline")).unwrap();
+        for want in [
+            "ferric.api_url=http://api.example:6385",
+            "BOOTIF=01-52-54-00-77-00-01",
+            "boot_method=vmedia",
+            "ipa-agent-token=agent-tok",
+            "ferric.ip=192.0.2.10/24",
+            "ferric.gateway=192.0.2.1",
+        ] {
+            assert!(line.contains(want), "{want} missing: {line}");
+        }
+    }
+    let cached = svc.dirs.path().join(format!("data/vmedia/{}-tok1.iso", node.uuid));
+    assert!(cached.exists());
+
+    // A new session: the old URL is gone and so is its file.
+    let mut n = store.node_fetch(node.uuid).await.unwrap();
+    deploy::vmedia::VmediaSession { token: "tok2".into(), expires_at: i64::MAX }
+        .set(&mut n.driver_internal_info);
+    store.node_update(&n).await.unwrap();
+    assert_eq!(status(&http.get(url("tok1")).send().await.unwrap()), 404);
+    assert!(!cached.exists(), "the old session's ISO was removed");
+    // Expired: 404.
+    let mut n = store.node_fetch(node.uuid).await.unwrap();
+    deploy::vmedia::VmediaSession { token: "tok3".into(), expires_at: 0 }
+        .set(&mut n.driver_internal_info);
+    store.node_update(&n).await.unwrap();
+    assert_eq!(status(&http.get(url("tok3")).send().await.unwrap()), 404, "an expired session");
+    // Not in a ramdisk state: 404.
+    let mut n = store.node_fetch(node.uuid).await.unwrap();
+    deploy::vmedia::VmediaSession { token: "tok4".into(), expires_at: i64::MAX }
+        .set(&mut n.driver_internal_info);
+    n.provision_state = ProvisionState::Active;
+    store.node_update(&n).await.unwrap();
+    assert_eq!(status(&http.get(url("tok4")).send().await.unwrap()), 404, "an active node");
+
+    // A kernel that is not there, then one too large for the limit: the reason comes back.
+    let mut n = store.node_fetch(node.uuid).await.unwrap();
+    n.provision_state = ProvisionState::WaitCallBack;
+    n.driver_info.insert("deploy_kernel".into(), json!("missing_kernel"));
+    let mut n = store.node_update(&n).await.unwrap();
+    let r = http.get(url("tok4")).send().await.unwrap();
+    assert_eq!(status(&r), 502);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("missing_kernel is in neither pxe.http_root nor pxe.tftp_root"),
+        "{body}"
+    );
+    std::fs::write(svc.dirs.path().join("http/big_kernel"), vec![3u8; 65 * 1024 * 1024]).unwrap();
+    n.driver_info.insert("deploy_kernel".into(), json!("big_kernel"));
+    store.node_update(&n).await.unwrap();
+    let r = http.get(url("tok4")).send().await.unwrap();
+    assert_eq!(status(&r), 413);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("more than pxe.vmedia_max_iso_mib (64 MiB)"), "{body}");
+
+    // Network boot of a virtual-media node does not start a token-less ramdisk.
+    let script = get_text(&http, format!("{}/ipxe/52:54:00:77:00:01", svc.http_url)).await;
+    assert!(!script.contains("deploy_ramdisk"), "{script}");
+    svc.stop().await;
 }
