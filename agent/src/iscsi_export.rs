@@ -5,9 +5,15 @@
 //! stop exporting. If the disk cannot be opened, the callback carries the error instead, so
 //! the deploy fails at once with the cause rather than at the callback timeout.
 //!
+//! Before its "done", the conductor of a partition image asks the ramdisk to format the
+//! ephemeral partition and install the bootloader ([`bootloader`]); the export stays up
+//! until the outcome.
+//!
 //! The credentials come from the per-node token file pxe-service serves next to the boot
 //! config ([`deploy::iscsi::ExportCredentials::from_token_file`]); the key is never put on
 //! the kernel command line and never logged.
+
+pub mod bootloader;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -42,6 +48,8 @@ pub struct ExportConfig {
     pub notify_port: u16,
     /// How long to wait for the API and for the conductor.
     pub timeout: Duration,
+    /// A fake machine root (the simulator): bootloader installs are recorded there, not run.
+    pub fake_root: Option<PathBuf>,
 }
 
 /// Why the export failed.
@@ -128,7 +136,10 @@ pub async fn run(
     let outcome = tokio::select! {
         biased;
         () = shutdown.cancelled() => Outcome::Stop,
-        r = iscsi::notify::wait(&notify, |_| async {
+        r = iscsi::notify::serve(&notify, |body| {
+            let (disk, fake) = (cfg.disk.clone(), cfg.fake_root.clone());
+            async move { bootloader::answer(&body, &disk, fake.as_deref()).await }
+        }, |_| async {
             let t = target.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
             if let Some(t) = t {
                 t.shutdown(Duration::from_secs(5)).await;
@@ -227,6 +238,7 @@ pub async fn run_from_boot(
         iscsi_port: if fake { 0 } else { deploy::iscsi::DEFAULT_ISCSI_PORT },
         notify_port: if fake { 0 } else { deploy::iscsi::DEFAULT_NOTIFY_PORT },
         timeout: cfg.api_timeout(),
+        fake_root: fake.then_some(root),
     };
     run(&export, &creds, shutdown).await
 }
@@ -319,6 +331,7 @@ mod tests {
             iscsi_port: 0,
             notify_port: 0,
             timeout: Duration::from_secs(10),
+            fake_root: None,
         };
         let (c, t) = (cfg.clone(), token.clone());
         let ramdisk = tokio::spawn(async move { run(&c, &creds(), &t).await });
@@ -341,6 +354,13 @@ mod tests {
         s.write(0, &[0x5a; 4096]).await.unwrap();
         s.logout().await.unwrap();
         let done = SocketAddr::new(portal.ip(), info.notify_port.unwrap());
+        // A bootloader install on a disk without a table: the report says why, and the
+        // export goes on.
+        let ask = serde_json::json!({"root_uuid": "x", "boot_mode": "bios"}).to_string();
+        let answer = iscsi::notify::ask(done, &ask, Duration::from_secs(5)).await.unwrap();
+        let report: deploy::iscsi::BootloaderReport = serde_json::from_str(&answer).unwrap();
+        assert!(report.result().unwrap_err().contains("no partition table"), "{report:?}");
+        assert!(tokio::net::TcpStream::connect(portal).await.is_ok(), "still exporting");
         iscsi::notify::notify(done, Outcome::Done, Duration::from_secs(5)).await.unwrap();
         assert_eq!(ramdisk.await.unwrap().unwrap(), Outcome::Done);
         assert!(std::fs::read(&disk).unwrap()[..4096].iter().all(|b| *b == 0x5a));
@@ -372,6 +392,7 @@ mod tests {
             iscsi_port: 0,
             notify_port: 0,
             timeout: Duration::from_secs(10),
+            fake_root: None,
         };
         let e = run(&cfg, &creds(), &token).await.unwrap_err();
         assert!(matches!(e, ExportError::Disk { .. }), "{e}");

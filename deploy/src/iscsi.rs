@@ -28,6 +28,9 @@ pub mod keys {
     pub const TARGET_IQN: &str = "iscsi_target_iqn";
     /// What `pass_deploy_info` reported ([`super::DeployInfo`]).
     pub const CALLBACK: &str = "iscsi_callback";
+    /// The bootloader install a written partition image waits for
+    /// ([`super::BootloaderInstall`]).
+    pub const BOOTLOADER: &str = "iscsi_bootloader";
 }
 
 /// The port the original deploy ramdisk listened on for the conductor's "done".
@@ -61,6 +64,86 @@ impl DeployInfo {
     /// The notification port.
     pub fn done_port(&self) -> u16 {
         self.notify_port.unwrap_or(DEFAULT_NOTIFY_PORT)
+    }
+}
+
+/// What the conductor asks the ramdisk once it has written a partition image over iSCSI and
+/// logged out: install the bootloader (Ironic's `pass_bootloader_install_info` step) and
+/// format the ephemeral partition, which needs the ramdisk's `mkfs`. Sent on the ramdisk's
+/// notification listener ([`DeployInfo::notify_port`]); the answer is a [`BootloaderReport`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BootloaderInstall {
+    /// The root filesystem's UUID, or its partition's PARTUUID when the filesystem has none
+    /// the conductor recognises (`root_uuid_or_disk_id`).
+    pub root_uuid: String,
+    /// The root partition's PARTUUID.
+    pub root_part_uuid: String,
+    /// The EFI system partition's PARTUUID (UEFI).
+    pub efi_system_part_uuid: Option<String>,
+    /// `uefi` or `bios`.
+    pub boot_mode: String,
+    /// The ephemeral partition to format, if the layout has one.
+    pub ephemeral: Option<EphemeralFormat>,
+}
+
+/// An ephemeral partition the ramdisk formats.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EphemeralFormat {
+    /// Its PARTUUID.
+    pub part_uuid: String,
+    /// The filesystem (`instance_info.ephemeral_format`; [`DEFAULT_EPHEMERAL_FORMAT`]).
+    pub format: String,
+    /// The filesystem label (`ephemeral0`, as Ironic).
+    pub label: String,
+}
+
+/// Ironic's default `ephemeral_format`.
+pub const DEFAULT_EPHEMERAL_FORMAT: &str = "ext4";
+
+/// The filesystems the ramdisk formats an ephemeral partition with.
+pub const EPHEMERAL_FORMATS: [&str; 5] = ["ext2", "ext3", "ext4", "xfs", "vfat"];
+
+/// The ramdisk's answer to a [`BootloaderInstall`]: the fields of Ironic's
+/// `pass_bootloader_install_info` (`status`, `error`) without the key, which the connection
+/// the conductor opened to the address of the keyed callback stands for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BootloaderReport {
+    /// `SUCCEEDED` or `FAILED`.
+    pub status: String,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl BootloaderReport {
+    /// The status of a successful install.
+    pub const SUCCEEDED: &'static str = "SUCCEEDED";
+    /// The status of a failed one.
+    pub const FAILED: &'static str = "FAILED";
+
+    /// A success.
+    pub fn succeeded() -> Self {
+        Self { status: Self::SUCCEEDED.into(), error: None }
+    }
+
+    /// A failure with its cause.
+    pub fn failed(error: impl Into<String>) -> Self {
+        Self { status: Self::FAILED.into(), error: Some(error.into()) }
+    }
+
+    /// `Ok` when the install succeeded, else the ramdisk's error (a report that says neither
+    /// is a failure too).
+    ///
+    /// # Errors
+    /// The message for `last_error`.
+    pub fn result(&self) -> Result<(), String> {
+        match (self.status.as_str(), self.error.as_deref()) {
+            (Self::SUCCEEDED, _) => Ok(()),
+            (_, Some(e)) if !e.trim().is_empty() => Err(e.trim().to_owned()),
+            (s, _) => Err(format!("the ramdisk reported status {s:?} without an error")),
+        }
     }
 }
 
@@ -241,6 +324,21 @@ impl IscsiSession {
             dii.remove(k);
         }
         dii.remove(keys::CALLBACK);
+        dii.remove(keys::BOOTLOADER);
+    }
+
+    /// Record the bootloader install the written partition image needs; the session (the
+    /// ramdisk's address and CHAP credentials) stays until it is done.
+    pub fn set_bootloader(dii: &mut JsonObject, req: &BootloaderInstall) {
+        if let Ok(v) = serde_json::to_value(req) {
+            dii.insert(keys::BOOTLOADER.into(), v);
+        }
+    }
+
+    /// The recorded bootloader install, if the write asked for one.
+    pub fn bootloader(node: &Node) -> Option<BootloaderInstall> {
+        let v = node.driver_internal_info.get(keys::BOOTLOADER)?;
+        serde_json::from_value(v.clone()).ok()
     }
 
     /// Whether the ramdisk has called back (with its portal or an error): the deploy can go on.

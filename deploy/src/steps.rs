@@ -164,9 +164,10 @@ pub fn deploy_plan(deploy_interface: &str, whole_disk: bool) -> Result<Vec<Step>
         "direct" if whole_disk => &[BootRamdisk, WriteImage, SetBootDisk, RebootToInstance],
         "direct" => &[BootRamdisk, WriteImage, InstallBootloader, SetBootDisk, RebootToInstance],
         "fake" => &[FakeDeploy],
-        // The conductor writes through the ramdisk's iSCSI target; whole-disk images only
-        // (the interface's validation refuses partition images before a plan is made).
-        "iscsi" => &[BootRamdisk, WriteImage, SetBootDisk, RebootToInstance],
+        // The conductor writes through the ramdisk's iSCSI target; for a partition image
+        // the ramdisk then installs the bootloader when told.
+        "iscsi" if whole_disk => &[BootRamdisk, WriteImage, SetBootDisk, RebootToInstance],
+        "iscsi" => &[BootRamdisk, WriteImage, InstallBootloader, SetBootDisk, RebootToInstance],
         other => return Err(PlanError::UnknownDeployInterface(other.to_owned())),
     };
     Ok(kinds.iter().map(|k| get(*k)).collect())
@@ -646,6 +647,8 @@ mod tests {
                 StepKind::RebootToInstance
             ]
         );
+        let part = deploy_plan("iscsi", false).unwrap();
+        assert_eq!(part.iter().map(|s| s.kind).collect::<Vec<_>>()[2], StepKind::InstallBootloader);
     }
 
     #[test]

@@ -191,6 +191,31 @@ pub enum ImageLayout {
     },
 }
 
+/// The size of the config-drive partition a partition image gets, in MiB (Ironic's).
+pub const CONFIGDRIVE_PARTITION_MB: u64 = 64;
+
+impl ImageLayout {
+    /// The partition layout of a partition image (`None` for a whole-disk image), with a
+    /// config-drive partition at the end of the disk when `configdrive`: the one rule the
+    /// agent's pipeline and the conductor's iSCSI deploy both lay disks out by.
+    pub fn partition_spec(&self, configdrive: bool) -> Option<PartitionLayoutSpec> {
+        match self {
+            Self::WholeDisk => None,
+            Self::Partition { root_mb, swap_mb, ephemeral_mb, boot_mode, label } => {
+                Some(PartitionLayoutSpec {
+                    root_mb: *root_mb,
+                    swap_mb: *swap_mb,
+                    ephemeral_mb: *ephemeral_mb,
+                    boot_mode: *boot_mode,
+                    label: *label,
+                    configdrive,
+                    configdrive_mb: CONFIGDRIVE_PARTITION_MB,
+                })
+            }
+        }
+    }
+}
+
 /// A validated image-write request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRequest {
@@ -550,22 +575,9 @@ pub async fn write_image(
         None => None,
     };
     // Plan partitions first so a too-small disk fails before anything is touched.
-    let plan = match &req.layout {
-        ImageLayout::WholeDisk => None,
-        ImageLayout::Partition { root_mb, swap_mb, ephemeral_mb, boot_mode, label } => {
-            Some(partition::plan_partition_image(
-                disk_size,
-                &PartitionLayoutSpec {
-                    root_mb: *root_mb,
-                    swap_mb: *swap_mb,
-                    ephemeral_mb: *ephemeral_mb,
-                    boot_mode: *boot_mode,
-                    label: *label,
-                    configdrive: configdrive.is_some(),
-                    configdrive_mb: 64,
-                },
-            )?)
-        }
+    let plan = match req.layout.partition_spec(configdrive.is_some()) {
+        None => None,
+        Some(spec) => Some(partition::plan_partition_image(disk_size, &spec)?),
     };
     let result = write_inner(
         req,

@@ -3,10 +3,14 @@
 //! end of a disk that already holds a whole-disk image (what `sgdisk -n 0:-64MB:0` does).
 //!
 //! Only 512-byte logical sectors are handled; other sector sizes give a clear error.
+//!
+//! The table code reads and writes through [`BlockDev`], so the same layout reaches a local
+//! disk (the agent opens a [`File`]) and a remote one: the conductor's iSCSI deploy lays the
+//! table out on a [`MemDisk`] and replays the writes it recorded over its iSCSI session.
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use thiserror::Error;
 use uuid::Uuid;
@@ -27,6 +31,99 @@ pub const GUID_SWAP: Uuid = Uuid::from_u128(0x0657FD6D_A4AB_43C4_84E5_0933C84B4F
 pub const GUID_EFI: Uuid = Uuid::from_u128(0xC12A7328_F81F_11D2_BA4B_00A0C93EC93B);
 /// BIOS boot partition (for GRUB on GPT in BIOS mode).
 pub const GUID_BIOS_BOOT: Uuid = Uuid::from_u128(0x21686148_6449_6E6F_744E_656564454649);
+
+/// Positioned access to a disk, the only thing the table code needs of one.
+pub trait BlockDev {
+    /// Fill `buf` from `offset`.
+    ///
+    /// # Errors
+    /// I/O errors, or a short read.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Write all of `buf` at `offset`.
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Make the writes durable.
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn sync_data(&self) -> io::Result<()>;
+}
+
+impl BlockDev for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(self, buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        File::sync_data(self)
+    }
+}
+
+/// An in-memory disk: the bytes [`MemDisk::load`]ed from the real one, with the writes the
+/// table code made on top, kept in order so a caller can replay them on the real disk
+/// ([`MemDisk::take_writes`]). Bytes never loaded nor written read as zeros (a blank disk).
+#[derive(Debug, Default)]
+pub struct MemDisk {
+    loaded: Mutex<Vec<(u64, Vec<u8>)>>,
+    writes: Mutex<Vec<(u64, Vec<u8>)>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Copy the part of `src` (at `src_off`) that overlaps `dst` (at `dst_off`).
+fn overlay(dst: &mut [u8], dst_off: u64, src: &[u8], src_off: u64) {
+    let start = dst_off.max(src_off);
+    let end = (dst_off + dst.len() as u64).min(src_off + src.len() as u64);
+    if start >= end {
+        return;
+    }
+    let (d, s, n) =
+        ((start - dst_off) as usize, (start - src_off) as usize, (end - start) as usize);
+    dst[d..d + n].copy_from_slice(&src[s..s + n]);
+}
+
+impl MemDisk {
+    /// A blank disk.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Make `bytes` the disk's content at `offset` (what the real disk holds there).
+    pub fn load(&self, offset: u64, bytes: Vec<u8>) {
+        locked(&self.loaded).push((offset, bytes));
+    }
+
+    /// The writes made so far, in order, leaving none recorded.
+    pub fn take_writes(&self) -> Vec<(u64, Vec<u8>)> {
+        std::mem::take(&mut *locked(&self.writes))
+    }
+}
+
+impl BlockDev for MemDisk {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        buf.fill(0);
+        for (at, bytes) in locked(&self.loaded).iter() {
+            overlay(buf, offset, bytes, *at);
+        }
+        for (at, bytes) in locked(&self.writes).iter() {
+            overlay(buf, offset, bytes, *at);
+        }
+        Ok(())
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        locked(&self.writes).push((offset, buf.to_vec()));
+        Ok(())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Partitioning failures.
 #[derive(Debug, Error)]
@@ -287,8 +384,8 @@ fn fix_mbr_partuuids(t: &mut PartitionTable) {
 ///
 /// # Errors
 /// I/O errors, or a layout that the label cannot express.
-pub fn write_table(
-    file: &File,
+pub fn write_table<D: BlockDev + ?Sized>(
+    file: &D,
     disk_size: u64,
     table: &PartitionTable,
 ) -> Result<(), PartitionError> {
@@ -371,8 +468,8 @@ fn encode_gpt_entry(e: &mut [u8], p: &Partition, uuid: Uuid) {
 
 /// Write a complete GPT: protective MBR, primary header + entries, backup entries +
 /// header at the end of the disk. `old_backup_lba` is zeroed if it differs from the new one.
-fn write_gpt(
-    file: &File,
+fn write_gpt<D: BlockDev + ?Sized>(
+    file: &D,
     disk_sectors: u64,
     disk_guid: Uuid,
     entries: &[u8],
@@ -437,7 +534,7 @@ struct RawGpt {
     entries: Vec<u8>,
 }
 
-fn read_raw_gpt(file: &File) -> Result<Option<RawGpt>, PartitionError> {
+fn read_raw_gpt<D: BlockDev + ?Sized>(file: &D) -> Result<Option<RawGpt>, PartitionError> {
     let mut h = [0u8; SECTOR as usize];
     if file.read_exact_at(&mut h, SECTOR).is_err() || &h[0..8] != b"EFI PART" {
         return Ok(None);
@@ -520,7 +617,9 @@ fn gpt_partitions(entries: &[u8]) -> Vec<Partition> {
     out
 }
 
-fn read_mbr(file: &File) -> Result<Option<(u32, Vec<Partition>, bool)>, PartitionError> {
+fn read_mbr<D: BlockDev + ?Sized>(
+    file: &D,
+) -> Result<Option<(u32, Vec<Partition>, bool)>, PartitionError> {
     let mut m = [0u8; SECTOR as usize];
     if file.read_exact_at(&mut m, 0).is_err() || m[510] != 0x55 || m[511] != 0xAA {
         return Ok(None);
@@ -561,7 +660,9 @@ fn read_mbr(file: &File) -> Result<Option<(u32, Vec<Partition>, bool)>, Partitio
 ///
 /// # Errors
 /// I/O errors while reading a table that looked valid.
-pub fn read_table(file: &File) -> Result<Option<PartitionTable>, PartitionError> {
+pub fn read_table<D: BlockDev + ?Sized>(
+    file: &D,
+) -> Result<Option<PartitionTable>, PartitionError> {
     if let Some(g) = read_raw_gpt(file)? {
         return Ok(Some(PartitionTable {
             label: DiskLabel::Gpt,
@@ -584,8 +685,8 @@ pub fn read_table(file: &File) -> Result<Option<PartitionTable>, PartitionError>
 ///
 /// # Errors
 /// No partition table, no free slot, or no room after the last partition.
-pub fn add_configdrive_partition(
-    file: &File,
+pub fn add_configdrive_partition<D: BlockDev + ?Sized>(
+    file: &D,
     disk_size: u64,
     size: u64,
 ) -> Result<Partition, PartitionError> {
@@ -666,7 +767,11 @@ pub fn add_configdrive_partition(
 ///
 /// # Errors
 /// I/O errors.
-pub fn write_swap_signature(file: &File, start: u64, size: u64) -> Result<(), PartitionError> {
+pub fn write_swap_signature<D: BlockDev + ?Sized>(
+    file: &D,
+    start: u64,
+    size: u64,
+) -> Result<(), PartitionError> {
     const PAGE: u64 = 4096;
     let mut page = vec![0u8; PAGE as usize];
     page[1024..1028].copy_from_slice(&1u32.to_le_bytes());
@@ -678,7 +783,7 @@ pub fn write_swap_signature(file: &File, start: u64, size: u64) -> Result<(), Pa
 }
 
 /// The filesystem UUID at the start of a partition (ext2/3/4 or XFS), if recognisable.
-pub fn filesystem_uuid(file: &File, start: u64) -> Option<String> {
+pub fn filesystem_uuid<D: BlockDev + ?Sized>(file: &D, start: u64) -> Option<String> {
     let mut sb = [0u8; 2048];
     file.read_exact_at(&mut sb, start).ok()?;
     let uuid = |b: &[u8]| Uuid::from_slice(b).ok().map(|u| u.to_string());
@@ -729,6 +834,27 @@ mod tests {
         let cd = back.by_role(PartRole::ConfigDrive).unwrap();
         assert!(cd.start + cd.size <= size - 33 * 512);
         assert!(cd.start + cd.size > size - (2 << 20));
+    }
+
+    #[test]
+    fn test_mem_disk_reads_loaded_bytes_under_its_writes_in_order() {
+        let m = MemDisk::new();
+        m.load(512, vec![1; 1024]);
+        m.write_all_at(&[2; 512], 1024).unwrap();
+        m.write_all_at(&[3; 256], 1280).unwrap();
+        let mut buf = vec![9u8; 2048];
+        m.read_exact_at(&mut buf, 0).unwrap();
+        assert!(buf[..512].iter().all(|b| *b == 0), "never loaded nor written: zeros");
+        assert!(buf[512..1024].iter().all(|b| *b == 1));
+        assert!(buf[1024..1280].iter().all(|b| *b == 2));
+        assert!(buf[1280..1536].iter().all(|b| *b == 3), "the later write wins");
+        assert!(buf[1536..].iter().all(|b| *b == 0));
+        let w = m.take_writes();
+        assert_eq!(
+            w.iter().map(|(o, d)| (*o, d.len())).collect::<Vec<_>>(),
+            [(1024, 512), (1280, 256)]
+        );
+        assert!(m.take_writes().is_empty());
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The simulated ramdisk of the `iscsi` deploy interface: for each node it exports a disk
 //! file as a real iSCSI target (the [`iscsi`] crate's, CHAP required, LUN 1, the per-deploy
 //! target name), listens for the conductor's "done" on a port of its own, and stops the
-//! target when told, as the deploy ramdisk does. Faults: a ramdisk that reports an error
-//! instead of a portal, and a target that drops every connection once a number of bytes
-//! has been written to it.
+//! target when told, as the deploy ramdisk does. Asked to install a partition image's
+//! bootloader, it runs the deploy ramdisk's own code ([`agent::iscsi_export::bootloader`])
+//! on the disk file under a fake root, which records the commands (the ephemeral `mkfs`,
+//! `grub-install`) instead of running them. Faults: a ramdisk that reports an error
+//! instead of a portal, a target that drops every connection once a number of bytes has
+//! been written to it, and a bootloader install that fails.
 
 use std::collections::HashMap;
 use std::io;
@@ -14,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deploy::NodeId;
-use deploy::iscsi::{DeployInfo, ExportCredentials};
+use deploy::iscsi::{BootloaderInstall, BootloaderReport, DeployInfo, ExportCredentials};
 use iscsi::notify::Outcome;
 use iscsi::target::{TargetConfig, TargetHandle};
 use iscsi::{BlockBackend, ChapCredentials, FileBackend};
@@ -32,6 +35,8 @@ struct Inner {
     drop_after: Mutex<HashMap<NodeId, u64>>,
     outcomes: Mutex<HashMap<NodeId, Outcome>>,
     exports: Mutex<HashMap<NodeId, u32>>,
+    fail_bootloader: Mutex<HashMap<NodeId, String>>,
+    installs: Mutex<HashMap<NodeId, Vec<(BootloaderInstall, BootloaderReport)>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -85,6 +90,22 @@ impl SimIscsiRamdisk {
         lock(&self.inner.drop_after).insert(node, bytes);
     }
 
+    /// The next bootloader install on the node fails with `error`.
+    pub fn fail_bootloader(&self, node: NodeId, error: &str) {
+        lock(&self.inner.fail_bootloader).insert(node, error.to_owned());
+    }
+
+    /// The bootloader installs the conductor asked of the node's ramdisk, with the reports.
+    pub fn bootloader_installs(&self, node: NodeId) -> Vec<(BootloaderInstall, BootloaderReport)> {
+        lock(&self.inner.installs).get(&node).cloned().unwrap_or_default()
+    }
+
+    /// The fake root the node's ramdisk records its bootloader commands under
+    /// (`var/lib/ferric/bootloader.json`).
+    pub fn fake_root(&self, node: NodeId) -> PathBuf {
+        self.dir.join(format!("{node}-root"))
+    }
+
     /// What the conductor last told the node's ramdisk, if anything.
     pub fn outcome(&self, node: NodeId) -> Option<Outcome> {
         lock(&self.inner.outcomes).get(&node).copied()
@@ -128,6 +149,12 @@ impl SimIscsiRamdisk {
         let handle: Arc<Mutex<Option<TargetHandle>>> = Arc::new(Mutex::new(Some(handle)));
         let (inner, token) = (self.inner.clone(), self.token.clone());
         let h = handle.clone();
+        let (disk, root) = (path.clone(), self.fake_root(node));
+        let inner2 = self.inner.clone();
+        let on_ask = move |body: String| {
+            let (disk, root, inner) = (disk.clone(), root.clone(), inner2.clone());
+            async move { answer_install(&inner, node, &body, &disk, &root).await }
+        };
         self.tracker.spawn(async move {
             let stop = |h: &Arc<Mutex<Option<TargetHandle>>>| lock(h).take();
             tokio::select! {
@@ -144,7 +171,7 @@ impl SimIscsiRamdisk {
                         lock(&inner.outcomes).insert(node, o);
                     }
                 }
-                r = iscsi::notify::wait(&notify, |_| async {
+                r = iscsi::notify::serve(&notify, on_ask, |_| async {
                     if let Some(t) = stop(&h) {
                         t.shutdown(Duration::from_secs(5)).await;
                     }
@@ -171,6 +198,26 @@ impl SimIscsiRamdisk {
     pub fn portal(info: &DeployInfo) -> Option<SocketAddr> {
         Some(SocketAddr::new(info.address.parse().ok()?, info.port?))
     }
+}
+
+/// The ramdisk's answer to a bootloader install: the injected failure, or the deploy
+/// ramdisk's code under the node's fake root; recorded with the request.
+async fn answer_install(
+    inner: &Inner,
+    node: NodeId,
+    body: &str,
+    disk: &Path,
+    root: &Path,
+) -> String {
+    let injected = lock(&inner.fail_bootloader).remove(&node);
+    let answer = match injected {
+        Some(e) => serde_json::to_string(&BootloaderReport::failed(e)).unwrap_or_default(),
+        None => agent::iscsi_export::bootloader::answer(body, disk, Some(root)).await,
+    };
+    if let (Ok(req), Ok(report)) = (serde_json::from_str(body), serde_json::from_str(&answer)) {
+        lock(&inner.installs).entry(node).or_default().push((req, report));
+    }
+    answer
 }
 
 /// A backend that cuts the export once `limit` bytes were written.

@@ -7,15 +7,26 @@
 //! The write follows the image pipeline's safety rules ([`image`]): the image is fetched
 //! with [`image::fetch::Fetcher`] (resume, redaction), the checksum is resolved and checked
 //! as the agent does, old partition tables are wiped first, and the image's first MiB (boot
-//! code, MBR, primary GPT) is held back until the digest verified, so a failed write never
-//! leaves a bootable partial image. The initiator keeps several WRITE commands in flight
-//! ([`iscsi::initiator::Writer`]). Whatever happens, the ramdisk is told to stop exporting
-//! ([`iscsi::notify`]) and the credentials are forgotten.
+//! code, MBR, primary GPT; a partition image's superblock) is held back until the digest
+//! verified, so a failed write never leaves a bootable partial image. The initiator keeps
+//! several WRITE commands in flight ([`iscsi::initiator::Writer`], [`stream`]). Whatever
+//! happens, the ramdisk is told to stop exporting ([`iscsi::notify`]) and the credentials
+//! are forgotten.
 //!
-//! Whole-disk images, raw or qcow2: a qcow2 image is converted while it streams
-//! ([`image::qcow2::Qcow2Decoder`]), the guest's unallocated ranges written as zeros, and its
-//! checksum is the file's, as the agent has it. Partition images and config drives are
-//! refused by [`IscsiDeploy::validate`] before the node boots.
+//! Images are raw or qcow2 (converted while they stream, [`image::qcow2::Qcow2Decoder`]; the
+//! checksum is the file's, as the agent has it). A whole-disk image fills the disk, and a
+//! config drive gets a partition at its end. A partition image gets Ironic's layout (EFI
+//! system or BIOS boot partition, ephemeral, swap, root, config drive at the end of the
+//! disk; [`image::ImageLayout::partition_spec`], the agent's rule) planned before anything
+//! is written, so a layout that does not fit fails with "disk too small" on an untouched
+//! disk; the root image is written into its partition, then swap signature, config drive
+//! and table ([`layout`]). The `install_bootloader` step then has the ramdisk format the
+//! ephemeral partition and install the bootloader ([`bootloader`]), since both need tools
+//! that only run on the node.
+
+mod bootloader;
+mod layout;
+mod stream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -23,12 +34,13 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deploy::iscsi::{DeployInfo, ExportCredentials, IscsiSession};
+use deploy::internal_info::keys;
+use deploy::iscsi::{BootloaderInstall, DeployInfo, ExportCredentials, IscsiSession};
 use deploy::steps::{PlanError, Step, StepKind, clean_plan, deploy_plan};
 use deploy::{Node, ProvisionState};
-use image::checksum::StreamHasher;
 use image::fetch::{FetchOptions, Fetcher};
-use image::{ImageRequest, IronicImageInfo};
+use image::partition::PartRole;
+use image::{ImageLayout, ImageRequest, IronicImageInfo};
 use iscsi::ChapCredentials;
 use iscsi::initiator::{InitiatorConfig, InitiatorError, Session};
 use iscsi::notify::{self, Outcome};
@@ -39,9 +51,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    DeployInterface, DirectDeploy, Reattached, StepOutcome, boot_ramdisk, record_progress,
-};
+use self::stream::{StreamError, Target, stream_to_target};
+use super::{DeployInterface, DirectDeploy, Reattached, StepOutcome, boot_ramdisk};
 use crate::drivers::DriverSet;
 use crate::task::{Task, WorkflowError};
 
@@ -67,23 +78,32 @@ impl DeployInterface for IscsiDeploy {
     fn validate(&self, node: &Node) -> Result<(), String> {
         DirectDeploy.validate(node)?;
         let ii = &node.instance_info;
-        if !deploy::steps::is_whole_disk_image(ii) {
-            return Err("the iscsi deploy interface writes whole-disk images only".into());
-        }
         let format = ii.get("image_disk_format").and_then(Value::as_str).unwrap_or_default();
         if !matches!(format, "" | "raw" | "qcow2") {
             return Err(format!(
                 "the iscsi deploy interface writes raw and qcow2 images only, not image_disk_format {format:?}"
             ));
         }
-        if ii.get("configdrive").is_some_and(|v| !v.is_null()) {
-            return Err("the iscsi deploy interface does not write a config drive".into());
+        if deploy::steps::is_whole_disk_image(ii) {
+            return Ok(());
         }
-        Ok(())
+        if ii.get("preserve_ephemeral").and_then(deploy::internal_info::bool_value) == Some(true) {
+            return Err("the iscsi deploy interface lays out a new partition table and cannot \
+                        preserve the ephemeral partition (preserve_ephemeral)"
+                .into());
+        }
+        let eph = ii.get("ephemeral_format").and_then(Value::as_str).unwrap_or_default();
+        if !eph.is_empty() && !deploy::iscsi::EPHEMERAL_FORMATS.contains(&eph) {
+            return Err(format!(
+                "unsupported ephemeral_format {eph:?} (supported: {})",
+                deploy::iscsi::EPHEMERAL_FORMATS.join(", ")
+            ));
+        }
+        ImageRequest::from_ironic(&image_info(node), true).map(|_| ()).map_err(|e| e.to_string())
     }
 
-    fn deploy_plan(&self, _node: &Node) -> Result<Vec<Step>, PlanError> {
-        deploy_plan("iscsi", true)
+    fn deploy_plan(&self, node: &Node) -> Result<Vec<Step>, PlanError> {
+        deploy_plan("iscsi", deploy::steps::is_whole_disk_image(&node.instance_info))
     }
 
     fn clean_plan(&self, _node: &Node, automated: bool) -> Result<Vec<Step>, PlanError> {
@@ -121,7 +141,33 @@ impl DeployInterface for IscsiDeploy {
             }
             StepKind::WriteImage if deploying => {
                 let res = write_image(task, step, index, count).await;
-                // The credentials die with the write, whatever its outcome.
+                task.update(|n| {
+                    let dii = &mut n.driver_internal_info;
+                    match &res {
+                        Ok(w) => {
+                            if !w.root_uuid_or_disk_id.is_empty() {
+                                dii.insert(
+                                    keys::ROOT_UUID_OR_DISK_ID.into(),
+                                    w.root_uuid_or_disk_id.clone().into(),
+                                );
+                            }
+                            match &w.bootloader {
+                                // The session (the ramdisk's address, CHAP) lives until the
+                                // ramdisk has installed the bootloader.
+                                Some(req) => IscsiSession::set_bootloader(dii, req),
+                                None => IscsiSession::wipe(dii),
+                            }
+                        }
+                        // The credentials die with a failed write.
+                        Err(_) => IscsiSession::wipe(dii),
+                    }
+                    Ok(())
+                })
+                .await?;
+                res.map(|_| StepOutcome::Continue)
+            }
+            StepKind::InstallBootloader if deploying => {
+                let res = bootloader::install(task).await;
                 task.update(|n| {
                     IscsiSession::wipe(&mut n.driver_internal_info);
                     Ok(())
@@ -150,6 +196,26 @@ fn new_credentials(node: &Node) -> ExportCredentials {
     }
 }
 
+/// The image fields of `instance_info`, read once for both deploy interfaces: the agent's
+/// request ([`super::image_request`]) without the config drive, which is loaded apart.
+fn image_info(node: &Node) -> IronicImageInfo {
+    let r = super::image_request(node, "", String::new());
+    IronicImageInfo {
+        image_source: r.image_source,
+        image_checksum: r.image_checksum,
+        image_os_hash_algo: r.image_os_hash_algo,
+        image_os_hash_value: r.image_os_hash_value,
+        image_disk_format: r.image_disk_format,
+        image_type: r.image_type,
+        root_mb: r.root_mb,
+        swap_mb: r.swap_mb,
+        ephemeral_mb: r.ephemeral_mb,
+        configdrive: String::new(),
+        boot_mode: r.boot_mode,
+        disk_label: r.disk_label,
+    }
+}
+
 /// Resolve the ramdisk's address (an IP, or a name).
 async fn resolve(address: &str, port: u16) -> Result<SocketAddr, String> {
     if let Ok(ip) = address.trim().parse::<IpAddr>() {
@@ -162,13 +228,37 @@ async fn resolve(address: &str, port: u16) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("the ramdisk's address {address:?} resolves to nothing"))
 }
 
-/// The write step: everything between the callback and telling the ramdisk the outcome.
+/// The initiator's settings for this deploy: its name, the deploy's CHAP credentials.
+fn initiator_config(task: &Task, node: &Node) -> Result<InitiatorConfig, WorkflowError> {
+    let (user, secret) = IscsiSession::chap(node).ok_or_else(|| {
+        WorkflowError::Failed("No CHAP credentials recorded for this deploy".into())
+    })?;
+    let mut cfg =
+        InitiatorConfig::new(format!("iqn.2026-12.io.ferric:conductor:{}", task.ctx.cfg.hostname));
+    cfg.chap = Some(ChapCredentials::new(user, secret));
+    cfg.queue_depth = QUEUE_DEPTH;
+    cfg.timeout = NET_TIMEOUT;
+    Ok(cfg)
+}
+
+/// What a successful write leaves for the next steps.
+struct Written {
+    /// Image bytes written.
+    bytes: u64,
+    /// The root filesystem's UUID (partition image) or the disk identifier (whole disk).
+    root_uuid_or_disk_id: String,
+    /// What the ramdisk must do before the node boots the disk (partition images).
+    bootloader: Option<BootloaderInstall>,
+}
+
+/// The write step: everything between the callback and telling the ramdisk the outcome (a
+/// partition image's ramdisk hears it after the bootloader install).
 async fn write_image(
     task: &mut Task,
     step: &Step,
     index: usize,
     count: usize,
-) -> Result<(), WorkflowError> {
+) -> Result<Written, WorkflowError> {
     let node = task.node.clone();
     let fail = |m: String| WorkflowError::Failed(m);
     let cb: DeployInfo = IscsiSession::of(&node).callback.ok_or_else(|| {
@@ -179,20 +269,14 @@ async fn write_image(
     }
     let portal = resolve(&cb.address, cb.iscsi_port()).await.map_err(fail)?;
     let notify_at = SocketAddr::new(portal.ip(), cb.done_port());
-    let (user, secret) = IscsiSession::chap(&node)
-        .ok_or_else(|| fail("No CHAP credentials recorded for this deploy".into()))?;
-    let mut cfg =
-        InitiatorConfig::new(format!("iqn.2026-12.io.ferric:conductor:{}", task.ctx.cfg.hostname));
-    cfg.chap = Some(ChapCredentials::new(user, secret));
-    cfg.queue_depth = QUEUE_DEPTH;
-    cfg.timeout = NET_TIMEOUT;
+    let cfg = initiator_config(task, &node)?;
     let started = Instant::now();
     let res = write_over_iscsi(task, portal, &cb.iqn, &cfg, step, index, count).await;
     let res = match res {
-        Ok(bytes) => {
-            tracing::info!(node = %task.id(), bytes, elapsed_ms = started.elapsed().as_millis() as u64,
-                "image written over iSCSI");
-            Ok(())
+        Ok(w) => {
+            tracing::info!(node = %task.id(), bytes = w.bytes, elapsed_ms = started.elapsed().as_millis() as u64,
+                partition_image = w.bootloader.is_some(), "image written over iSCSI");
+            Ok(w)
         }
         Err(WriteFailure { msg, wrote }) => {
             // Nothing bootable may stay behind: wipe the tables through a fresh session.
@@ -209,7 +293,12 @@ async fn write_image(
             Err(fail(msg))
         }
     };
-    let outcome = if res.is_ok() { Outcome::Done } else { Outcome::Stop };
+    let outcome = match &res {
+        // The ramdisk still has the bootloader to install: it hears the outcome after.
+        Ok(w) if w.bootloader.is_some() => return res,
+        Ok(_) => Outcome::Done,
+        Err(_) => Outcome::Stop,
+    };
     if let Err(e) = notify::notify(notify_at, outcome, NET_TIMEOUT).await {
         // The reboot that follows (or the power off after a failure) ends the export too.
         tracing::warn!(node = %task.id(), error = %common::ErrorChain(&e), "the ramdisk was not told to stop exporting");
@@ -234,8 +323,25 @@ fn iscsi_msg(what: &str, portal: SocketAddr, iqn: &str, e: &InitiatorError) -> S
     format!("iSCSI {what} on {iqn} at {portal} failed: {}", common::ErrorChain(e))
 }
 
-/// Log in, check the size, wipe the old tables, stream the image (head held back), verify,
-/// commit the head, flush and log out. Returns the image's size.
+/// The config drive's bytes: the object form built here, the string form decoded (or
+/// downloaded), as the agent would receive and decode them.
+async fn load_configdrive(task: &Task, fetcher: &Fetcher) -> Result<Option<Vec<u8>>, String> {
+    let (node, now) = (task.node.clone(), task.ctx.clock.now());
+    let value = tokio::task::spawn_blocking(move || super::configdrive::agent_value(&node, now))
+        .await
+        .map_err(|e| format!("Building the config drive stopped: {e}"))??;
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    image::configdrive::load(&value, fetcher)
+        .await
+        .map(Some)
+        .map_err(|e| format!("Invalid config drive: {}", common::ErrorChain(&e)))
+}
+
+/// Log in, check the size (and plan a partition image's layout), wipe the old tables,
+/// stream the image (head held back), verify, commit the head, lay out the rest of the
+/// disk, flush and log out.
 async fn write_over_iscsi(
     task: &mut Task,
     portal: SocketAddr,
@@ -244,20 +350,9 @@ async fn write_over_iscsi(
     step: &Step,
     index: usize,
     count: usize,
-) -> Result<u64, WriteFailure> {
+) -> Result<Written, WriteFailure> {
     let node = task.node.clone();
-    let s =
-        |k: &str| node.instance_info.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-    let info = IronicImageInfo {
-        image_source: s("image_source"),
-        image_checksum: s("image_checksum"),
-        image_os_hash_algo: s("image_os_hash_algo"),
-        image_os_hash_value: s("image_os_hash_value"),
-        image_disk_format: s("image_disk_format"),
-        image_type: "whole-disk".into(),
-        ..Default::default()
-    };
-    let req = ImageRequest::from_ironic(&info, true)
+    let req = ImageRequest::from_ironic(&image_info(&node), true)
         .map_err(|e| untouched(format!("Invalid image request: {e}")))?;
     let fetcher = Fetcher::new(FetchOptions::default())
         .map_err(|e| untouched(format!("Cannot fetch the image: {e}")))?;
@@ -265,6 +360,7 @@ async fn write_over_iscsi(
         image::resolve_checksum(&req.checksum, &req.source, &fetcher, true).await.map_err(|e| {
             untouched(format!("Cannot resolve the image checksum: {}", common::ErrorChain(&e)))
         })?;
+    let configdrive = load_configdrive(task, &fetcher).await.map_err(untouched)?;
 
     let mut session = Session::login(portal, iqn, cfg.clone())
         .await
@@ -275,28 +371,40 @@ async fn write_over_iscsi(
         .map_err(|e| untouched(iscsi_msg("READ CAPACITY", portal, iqn, &e)))?;
     let disk = cap.bytes();
     let bs = u64::from(cap.block_size);
-    let image_len = fetcher.content_length(&req.source).await;
-    if let Some(len) = image_len
-        && len > disk
-    {
-        return Err(untouched(format!(
-            "The image ({len} bytes) does not fit on the node's disk ({disk} bytes): disk too small"
-        )));
-    }
     if disk < 2 * EDGE || !EDGE.is_multiple_of(bs) {
         return Err(untouched(format!(
             "The node's disk ({disk} bytes, {bs}-byte blocks) is too small"
         )));
     }
+    // A partition image's layout is planned before anything is written.
+    let layout = match req.layout.partition_spec(configdrive.is_some()) {
+        None => None,
+        Some(spec) => Some(layout::plan(disk, bs, &spec).map_err(untouched)?),
+    };
+    let (base, len, what) = match &layout {
+        None => (0, disk, "the node's disk"),
+        Some(t) => {
+            let root = t
+                .by_role(PartRole::Root)
+                .ok_or_else(|| untouched("The partition plan has no root partition".to_owned()))?;
+            (root.start, root.size, "the root partition")
+        }
+    };
+    let image_len = fetcher.content_length(&req.source).await;
+    if let Some(l) = image_len
+        && l > len
+    {
+        return Err(untouched(format!(
+            "The image ({l} bytes) does not fit on {what} ({len} bytes): disk too small"
+        )));
+    }
     let wrote = |msg: String| WriteFailure { msg, wrote: true };
+    let iscsi_wrote = |what: &str, e: &InitiatorError| wrote(iscsi_msg(what, portal, iqn, e));
     // Old metadata goes first: from here on, the disk holds nothing bootable until the
-    // verified head is written last.
+    // verified head (and a partition image's table) is written last.
     let zeros = vec![0u8; EDGE as usize];
-    session.write(0, &zeros).await.map_err(|e| wrote(iscsi_msg("WRITE", portal, iqn, &e)))?;
-    session
-        .write((disk - EDGE) / bs, &zeros)
-        .await
-        .map_err(|e| wrote(iscsi_msg("WRITE", portal, iqn, &e)))?;
+    session.write(0, &zeros).await.map_err(|e| iscsi_wrote("WRITE", &e))?;
+    session.write((disk - EDGE) / bs, &zeros).await.map_err(|e| iscsi_wrote("WRITE", &e))?;
 
     let (tx, rx) = mpsc::channel(8);
     let counter = Arc::new(AtomicU64::new(0));
@@ -306,7 +414,8 @@ async fn write_over_iscsi(
         r.map_err(|e| format!("Downloading the image failed: {}", common::ErrorChain(&e)))
     };
     let total = image_len.unwrap_or(0);
-    let target = Target { disk, bs, algo: expected.algo, total, declared: req.disk_format };
+    let target =
+        Target { base, len, what, bs, algo: expected.algo, total, declared: req.disk_format };
     let consume = stream_to_target(task, &mut session, rx, &target, step, index, count);
     let (fetched, consumed) = tokio::join!(fetch, async {
         let r = consume.await;
@@ -314,336 +423,52 @@ async fn write_over_iscsi(
         cancel.cancel();
         r
     });
-    let (head, digest, len) = consumed.map_err(|e| match e {
-        StreamError::Iscsi(e) => wrote(iscsi_msg("WRITE", portal, iqn, &e)),
+    let stream_failed = |e: StreamError| match e {
+        StreamError::Iscsi(e) => iscsi_wrote("WRITE", &e),
         StreamError::Other(m) => wrote(m),
-    })?;
+    };
+    let (head, digest, bytes) = consumed.map_err(stream_failed)?;
     fetched.map_err(wrote)?;
     expected
         .verify(&digest)
         .map_err(|e| wrote(format!("Image checksum verification failed: {e}")))?;
-    // Verified: the head (padded to whole blocks) makes the disk bootable.
+    // Verified: the head (padded to whole blocks) makes the region whole.
     let mut head = head;
     head.resize(head.len().div_ceil(bs as usize) * bs as usize, 0);
     if !head.is_empty() {
-        session.write(0, &head).await.map_err(|e| wrote(iscsi_msg("WRITE", portal, iqn, &e)))?;
+        session.write(base / bs, &head).await.map_err(|e| iscsi_wrote("WRITE", &e))?;
     }
-    session
-        .sync_cache()
-        .await
-        .map_err(|e| wrote(iscsi_msg("SYNCHRONIZE CACHE", portal, iqn, &e)))?;
+    let (root_uuid_or_disk_id, bootloader) = match (&layout, &req.layout) {
+        (Some(table), ImageLayout::Partition { boot_mode, .. }) => {
+            let eph = node.instance_info.get("ephemeral_format").and_then(Value::as_str);
+            let (id, bl) = layout::finish_partitions(
+                &mut session,
+                disk,
+                bs,
+                table,
+                *boot_mode,
+                &head,
+                configdrive.as_deref(),
+                eph.unwrap_or_default(),
+            )
+            .await
+            .map_err(stream_failed)?;
+            (id, Some(bl))
+        }
+        _ => {
+            let id =
+                layout::finish_whole_disk(&mut session, disk, bs, &head, configdrive.as_deref())
+                    .await
+                    .map_err(stream_failed)?;
+            (id, None)
+        }
+    };
+    session.sync_cache().await.map_err(|e| iscsi_wrote("SYNCHRONIZE CACHE", &e))?;
     if let Err(e) = session.logout().await {
         // Everything is written and flushed; the target ends the session when notified.
         tracing::warn!(node = %task.id(), error = %common::ErrorChain(&e), "iSCSI logout failed");
     }
-    Ok(len)
-}
-
-enum StreamError {
-    Iscsi(InitiatorError),
-    Other(String),
-}
-
-impl From<InitiatorError> for StreamError {
-    fn from(e: InitiatorError) -> Self {
-        Self::Iscsi(e)
-    }
-}
-
-/// What the write goes to, and what it expects.
-struct Target {
-    /// The disk's size in bytes.
-    disk: u64,
-    /// Its block size.
-    bs: u64,
-    /// The checksum's algorithm.
-    algo: image::checksum::HashAlgo,
-    /// The image file's size, when the server said (progress only).
-    total: u64,
-    /// The declared format (`None`: the file's first bytes tell).
-    declared: Option<image::DiskFormat>,
-}
-
-/// Progress of the download and write, recorded on the node every [`PROGRESS_EVERY`].
-struct Reporter {
-    t0: Instant,
-    last: Option<Instant>,
-    total: u64,
-}
-
-impl Reporter {
-    async fn maybe(
-        &mut self,
-        task: &mut Task,
-        len: u64,
-        step: &Step,
-        index: usize,
-        count: usize,
-    ) -> Result<(), StreamError> {
-        if self.last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
-            return Ok(());
-        }
-        self.last = Some(Instant::now());
-        let secs = self.t0.elapsed().as_secs_f64().max(0.001);
-        let p = proto::agent::Progress {
-            bytes_written: len,
-            total_bytes: self.total,
-            rate_bytes_per_sec: (len as f64 / secs) as u64,
-            phase: proto::agent::Phase::Downloading as i32,
-            ..Default::default()
-        };
-        record_progress(task, &p, step, index, count, true)
-            .await
-            .map_err(|e| StreamError::Other(format!("Recording progress failed: {e}")))
-    }
-}
-
-fn too_small(disk: u64) -> StreamError {
-    StreamError::Other(format!(
-        "The image is larger than the node's disk ({disk} bytes): disk too small"
-    ))
-}
-
-/// Consume the fetched chunks: hash everything, keep the disk's first [`EDGE`] bytes back,
-/// write the rest from block `EDGE / bs` on (a qcow2 image converted to the guest's bytes
-/// first). Returns the head, the digest and the image file's length.
-async fn stream_to_target(
-    task: &mut Task,
-    session: &mut Session,
-    mut rx: mpsc::Receiver<image::fetch::Chunk>,
-    t: &Target,
-    step: &Step,
-    index: usize,
-    count: usize,
-) -> Result<(Vec<u8>, String, u64), StreamError> {
-    let mut first = rx.recv().await;
-    let qcow2 = match t.declared {
-        Some(image::DiskFormat::Qcow2) => true,
-        Some(image::DiskFormat::Raw) => false,
-        None => first.as_ref().is_some_and(|c| c.head(4) == image::qcow2::MAGIC),
-    };
-    let mut hasher = StreamHasher::new(t.algo);
-    let mut reporter = Reporter { t0: Instant::now(), last: None, total: t.total };
-    let mut len = 0u64;
-    let head = if qcow2 {
-        let mut decoder = image::qcow2::Qcow2Decoder::new(image::qcow2::Qcow2Options::default());
-        let mut out = GuestWrites::new(t.disk, t.bs);
-        let mut collected = Collected::default();
-        while let Some(chunk) = next_chunk(&mut first, &mut rx).await {
-            for part in chunk.parts() {
-                len += part.len() as u64;
-                hasher.update(part);
-                decoder.feed(part, &mut collected).map_err(qcow2_failed)?;
-                out.drain(session, &mut collected).await?;
-            }
-            reporter.maybe(task, len, step, index, count).await?;
-        }
-        let summary = decoder.finish(&mut collected).map_err(qcow2_failed)?;
-        out.drain(session, &mut collected).await?;
-        out.finish(session, summary.virtual_size).await?
-    } else {
-        let mut head: Vec<u8> = Vec::with_capacity(EDGE as usize);
-        let mut writer = session.writer(EDGE / t.bs).await?;
-        while let Some(chunk) = next_chunk(&mut first, &mut rx).await {
-            for part in chunk.parts() {
-                let mut data: &[u8] = part;
-                len += data.len() as u64;
-                if len > t.disk {
-                    // Served commands stay in step; the error is what the caller sees.
-                    let _ = writer.finish().await;
-                    return Err(too_small(t.disk));
-                }
-                hasher.update(data);
-                if (head.len() as u64) < EDGE {
-                    let take = (EDGE as usize - head.len()).min(data.len());
-                    head.extend_from_slice(&data[..take]);
-                    data = &data[take..];
-                }
-                if !data.is_empty() {
-                    writer.write(data).await?;
-                }
-            }
-            reporter.maybe(task, len, step, index, count).await?;
-        }
-        // A tail that is not a whole block is padded with zeros (the image's last bytes).
-        let tail = (len.max(EDGE) - EDGE) % t.bs;
-        if len > EDGE && tail != 0 {
-            writer.write(&vec![0u8; (t.bs - tail) as usize]).await?;
-        }
-        writer.finish().await?;
-        head
-    };
-    Ok((head, hasher.finish_hex(), len))
-}
-
-/// The chunk peeked at first, then the rest.
-async fn next_chunk(
-    first: &mut Option<image::fetch::Chunk>,
-    rx: &mut mpsc::Receiver<image::fetch::Chunk>,
-) -> Option<image::fetch::Chunk> {
-    match first.take() {
-        Some(c) => Some(c),
-        None => rx.recv().await,
-    }
-}
-
-fn qcow2_failed(e: image::qcow2::Qcow2Error) -> StreamError {
-    StreamError::Other(format!("Converting the qcow2 image failed: {}", common::ErrorChain(&e)))
-}
-
-/// The guest writes the qcow2 decoder produced since they were last drained.
-#[derive(Default)]
-struct Collected {
-    virtual_size: Option<u64>,
-    pieces: Vec<(u64, Vec<u8>)>,
-}
-
-impl image::qcow2::GuestSink for Collected {
-    fn begin(&mut self, virtual_size: u64) -> Result<(), image::target::WriteError> {
-        self.virtual_size = Some(virtual_size);
-        Ok(())
-    }
-
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), image::target::WriteError> {
-        self.pieces.push((offset, data.to_vec()));
-        Ok(())
-    }
-}
-
-/// The largest run of guest bytes sent as one pipelined write.
-const RUN_MAX: usize = 8 << 20;
-
-/// A qcow2 image's guest bytes onto the disk: the first [`EDGE`] bytes kept back (the
-/// head), the rest coalesced into runs of up to [`RUN_MAX`] and written in order, with the
-/// guest's unallocated ranges written as zeros (the disk's old contents must not show
-/// through). `[EDGE, filled_to)` is always written or in `run`, which ends at `filled_to`.
-struct GuestWrites {
-    disk: u64,
-    bs: u64,
-    head: Vec<u8>,
-    run: Vec<u8>,
-    filled_to: u64,
-    checked_size: bool,
-}
-
-impl GuestWrites {
-    fn new(disk: u64, bs: u64) -> Self {
-        Self { disk, bs, head: Vec::new(), run: Vec::new(), filled_to: EDGE, checked_size: false }
-    }
-
-    /// Write out what the decoder produced.
-    async fn drain(&mut self, s: &mut Session, c: &mut Collected) -> Result<(), StreamError> {
-        if !self.checked_size
-            && let Some(vs) = c.virtual_size
-        {
-            if vs > self.disk {
-                return Err(too_small(self.disk));
-            }
-            self.checked_size = true;
-        }
-        for (off, data) in std::mem::take(&mut c.pieces) {
-            self.put(s, off, &data).await?;
-        }
-        Ok(())
-    }
-
-    async fn put(
-        &mut self,
-        s: &mut Session,
-        mut off: u64,
-        mut data: &[u8],
-    ) -> Result<(), StreamError> {
-        if off + data.len() as u64 > self.disk {
-            return Err(too_small(self.disk));
-        }
-        if off < EDGE {
-            let n = usize::try_from(EDGE - off).unwrap_or(usize::MAX).min(data.len());
-            let at = off as usize;
-            if self.head.len() < at + n {
-                self.head.resize(at + n, 0);
-            }
-            self.head[at..at + n].copy_from_slice(&data[..n]);
-            data = &data[n..];
-            off += n as u64;
-        }
-        if data.is_empty() {
-            return Ok(());
-        }
-        if off < self.filled_to {
-            // Behind what is already laid down (a decoder may emit out of order): write the
-            // part below `filled_to` where it belongs, the rest continues the run.
-            self.flush(s, false).await?;
-            let below = usize::try_from(self.filled_to - off).unwrap_or(usize::MAX).min(data.len());
-            self.write_at(s, off, &data[..below]).await?;
-            data = &data[below..];
-            off += below as u64;
-            if data.is_empty() {
-                return Ok(());
-            }
-        }
-        self.zeros_to(s, off).await?;
-        self.run.extend_from_slice(data);
-        self.filled_to = off + data.len() as u64;
-        if self.run.len() >= RUN_MAX {
-            self.flush(s, false).await?;
-        }
-        Ok(())
-    }
-
-    /// Extend the run with zeros up to `to`.
-    async fn zeros_to(&mut self, s: &mut Session, to: u64) -> Result<(), StreamError> {
-        while self.filled_to < to {
-            let n = usize::try_from(to - self.filled_to).unwrap_or(usize::MAX).min(RUN_MAX);
-            self.run.resize(self.run.len() + n, 0);
-            self.filled_to += n as u64;
-            if self.run.len() >= RUN_MAX {
-                self.flush(s, false).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Write the run's whole blocks (all of it, padded with zeros, when `last`).
-    async fn flush(&mut self, s: &mut Session, last: bool) -> Result<(), StreamError> {
-        let start = self.filled_to - self.run.len() as u64;
-        let bs = self.bs as usize;
-        if last {
-            self.run.resize(self.run.len().div_ceil(bs) * bs, 0);
-        }
-        let whole = self.run.len() / bs * bs;
-        if whole > 0 {
-            s.write(start / self.bs, &self.run[..whole]).await?;
-            self.run.drain(..whole);
-        }
-        Ok(())
-    }
-
-    /// Write `data` at guest offset `off` (at or past [`EDGE`]), widened to whole blocks
-    /// with the disk's bytes (written by this deploy) around it.
-    async fn write_at(
-        &mut self,
-        s: &mut Session,
-        off: u64,
-        data: &[u8],
-    ) -> Result<(), StreamError> {
-        let bs = self.bs;
-        let first = off / bs;
-        let end = (off + data.len() as u64).div_ceil(bs);
-        let mut buf = s.read(first, end - first).await?;
-        let at = usize::try_from(off - first * bs).unwrap_or(0);
-        buf[at..at + data.len()].copy_from_slice(data);
-        s.write(first, &buf).await?;
-        Ok(())
-    }
-
-    /// Zeros up to the guest's size, the last run out; the head (guest bytes below
-    /// [`EDGE`], zeros where the guest has none) to be written once the image verified.
-    async fn finish(mut self, s: &mut Session, virtual_size: u64) -> Result<Vec<u8>, StreamError> {
-        self.zeros_to(s, virtual_size).await?;
-        self.flush(s, true).await?;
-        self.head.resize(usize::try_from(EDGE.min(virtual_size)).unwrap_or(0), 0);
-        Ok(self.head)
-    }
+    Ok(Written { bytes, root_uuid_or_disk_id, bootloader })
 }
 
 /// After a failed write: log in again (the first session may be broken) and zero both edges.
@@ -675,5 +500,29 @@ mod tests {
         assert_eq!(a.deploy_key.len(), 32);
         assert!((12..=16).contains(&a.chap_secret.len()));
         assert!(a.iqn.contains(&n.uuid.to_string()));
+    }
+
+    #[test]
+    fn test_validate_takes_partition_images_and_refuses_what_cannot_work() {
+        let mut n = Node::new(deploy::NodeId::new_v4(), "fake-hardware", chrono::Utc::now());
+        let ii = &mut n.instance_info;
+        ii.insert("image_source".into(), "http://images/root.img".into());
+        ii.insert("image_os_hash_algo".into(), "sha256".into());
+        ii.insert("image_os_hash_value".into(), "ab".repeat(32).into());
+        ii.insert("image_type".into(), "partition".into());
+        ii.insert("root_gb".into(), 10.into());
+        ii.insert("configdrive".into(), serde_json::json!({"meta_data": {}}));
+        IscsiDeploy.validate(&n).unwrap();
+        let with = |k: &str, v: Value| {
+            let mut m = n.clone();
+            m.instance_info.insert(k.into(), v);
+            IscsiDeploy.validate(&m).unwrap_err()
+        };
+        assert!(with("preserve_ephemeral", "true".into()).contains("preserve_ephemeral"));
+        assert!(with("ephemeral_format", "ntfs".into()).contains("ephemeral_format"));
+        assert!(with("disk_label", "sun".into()).contains("disk_label"));
+        assert!(with("image_disk_format", "vmdk".into()).contains("raw and qcow2"));
+        let plan = IscsiDeploy.deploy_plan(&n).unwrap();
+        assert!(plan.iter().any(|s| s.kind == StepKind::InstallBootloader));
     }
 }

@@ -404,3 +404,163 @@ async fn test_qcow2_images_are_converted_onto_the_disk() {
     assert_eq!(r.ramdisk.outcome(n.uuid), Some(Outcome::Stop));
     r.env.finish().await;
 }
+
+/// A recognisable root filesystem image: an ext4 superblock magic and UUID at the place
+/// blkid reads them, content that differs per block after it.
+fn root_image(dir: &Path, len: usize, fs_uuid: uuid::Uuid) -> (PathBuf, String) {
+    let mut data: Vec<u8> =
+        (0..len).map(|i| ((i / 4096) as u8).wrapping_mul(13) ^ (i as u8) | 1).collect();
+    data[..2048].fill(0);
+    data[1024 + 56] = 0x53;
+    data[1024 + 57] = 0xEF;
+    data[1024 + 104..1024 + 120].copy_from_slice(fs_uuid.as_bytes());
+    let path = dir.join("root.img");
+    std::fs::write(&path, &data).unwrap();
+    (path, hex::encode(Sha256::digest(&data)))
+}
+
+/// An available node with a partition image: root, swap and ephemeral sizes, boot mode.
+async fn partition_node(env: &Env, image: &Path, sha: &str, boot_mode: &str, root_mb: u64) -> Node {
+    let mut n = iscsi_node(env, image, sha).await;
+    let ii = &mut n.instance_info;
+    ii.insert("image_type".into(), "partition".into());
+    ii.insert("root_mb".into(), root_mb.into());
+    ii.insert("swap_mb".into(), 4.into());
+    ii.insert("ephemeral_mb".into(), 4.into());
+    ii.insert("capabilities".into(), serde_json::json!({"boot_mode": boot_mode}));
+    ii.insert(
+        "configdrive".into(),
+        serde_json::json!({"meta_data": {"hostname": "part-1"}, "user_data": "#cloud-config-iscsi"}),
+    );
+    env.store().node_update(&n).await.unwrap()
+}
+
+/// A partition image over iSCSI (UEFI, GPT): the layout Ironic makes (ESP, ephemeral, swap,
+/// root, config-2 at the end), the root partition holds the image, swap has mkswap's
+/// signature, the config drive is an ISO labelled config-2 with the user data, and the
+/// ramdisk was asked to format the ephemeral partition and install the bootloader with the
+/// root filesystem's UUID, which it found on the disk; `root_uuid_or_disk_id` is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_partition_image_is_laid_out_written_and_its_bootloader_installed() {
+    let r = rig("c-iscsi-part").await;
+    r.start_ramdisks();
+    let fs_uuid = uuid::Uuid::new_v4();
+    let image_len = (3 << 20) + 4096;
+    let (image, sha) = root_image(r.dir.path(), image_len, fs_uuid);
+    let n = partition_node(&r.env, &image, &sha, "uefi", 8).await;
+    let disk = dirty_disk_sparse(r.dir.path(), "disk.img", 1 << 30);
+    r.ramdisk.set_disk(n.uuid, &disk);
+    let t0 = Instant::now();
+    deploy(&r.env, n.uuid).await;
+    let done = r.env.wait_state(n.uuid, S::Active, LONG).await;
+    eprintln!("partition image deploy over iSCSI: {:?}", t0.elapsed());
+    assert_eq!(done.last_error, None);
+    assert_eq!(
+        done.driver_internal_info["root_uuid_or_disk_id"].as_str(),
+        Some(fs_uuid.to_string().as_str())
+    );
+    assert!(done.driver_internal_info.keys().all(|k| !k.starts_with("iscsi_")));
+
+    let f = std::fs::File::open(&disk).unwrap();
+    let t = image::partition::read_table(&f).unwrap().expect("a partition table");
+    assert_eq!(t.label, image::partition::DiskLabel::Gpt);
+    let names: Vec<&str> = t.partitions.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["efi-part", "ephemeral0", "swap1", "root", "config-2"]);
+    let mib: Vec<u64> = t.partitions.iter().map(|p| p.size >> 20).collect();
+    assert_eq!(mib[..4], [550, 4, 4, 8]);
+    let cd = &t.partitions[4];
+    assert!(cd.start + cd.size > (1 << 30) - (2 << 20), "config-2 at the end of the disk");
+    let data = std::fs::read(&disk).unwrap();
+    let root = &t.partitions[3];
+    let at = |p: &image::partition::Partition, len: usize| &data[p.start as usize..][..len];
+    assert_eq!(hex::encode(Sha256::digest(at(root, image_len))), sha, "root holds the image");
+    let swap = at(&t.partitions[2], 4096);
+    assert_eq!(&swap[4086..], b"SWAPSPACE2");
+    assert_eq!(&swap[1024..1028], &1u32.to_le_bytes());
+    assert_eq!(&swap[1028..1032], &((4u32 << 20) / 4096 - 1).to_le_bytes(), "last page");
+    let iso = at(cd, 1 << 20);
+    assert_eq!(&iso[32769..32774], b"CD001");
+    assert!(iso.windows(8).any(|w| w == b"config-2"), "labelled config-2");
+    assert!(iso.windows(19).any(|w| w == b"#cloud-config-iscsi"), "carries the user data");
+    // The ephemeral partition's old bytes are gone; the ramdisk formats it.
+    assert!(at(&t.partitions[1], 1 << 20).iter().all(|b| *b == 0));
+
+    let installs = r.ramdisk.bootloader_installs(n.uuid);
+    assert_eq!(installs.len(), 1, "{installs:?}");
+    let (req, report) = &installs[0];
+    assert_eq!(report.result(), Ok(()));
+    assert_eq!(req.root_uuid, fs_uuid.to_string());
+    assert_eq!(req.root_part_uuid, root.part_uuid);
+    assert_eq!(req.efi_system_part_uuid.as_deref(), Some(t.partitions[0].part_uuid.as_str()));
+    assert_eq!(req.boot_mode, "uefi");
+    let eph = req.ephemeral.as_ref().unwrap();
+    assert_eq!(
+        (eph.part_uuid.as_str(), eph.format.as_str()),
+        (t.partitions[1].part_uuid.as_str(), "ext4")
+    );
+    // What the ramdisk ran: mkfs on the ephemeral partition, grub into the root it found.
+    let plan: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(r.ramdisk.fake_root(n.uuid).join("var/lib/ferric/bootloader.json")).unwrap(),
+    )
+    .unwrap();
+    let dev = |k: u32| agent::bootloader::partition_device(&disk.display().to_string(), k);
+    assert_eq!(plan["commands"][0][0], "mkfs.ext4");
+    assert_eq!(plan["commands"][0][4], dev(2));
+    assert_eq!(plan["root_partition"], dev(4));
+    assert_eq!(r.ramdisk.outcome(n.uuid), Some(Outcome::Done));
+    r.env.finish().await;
+}
+
+/// A sparse disk whose first and last MiB hold a previous tenant's bytes.
+fn dirty_disk_sparse(dir: &Path, name: &str, len: u64) -> PathBuf {
+    let p = dir.join(name);
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(len).unwrap();
+    let old = vec![0x5a; 1 << 20];
+    std::os::unix::fs::FileExt::write_all_at(&f, &old, 0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &old, len - (1 << 20)).unwrap();
+    p
+}
+
+/// The ramdisk fails to install the bootloader: `deploy failed` with its error, the
+/// partition table wiped (nothing bootable), the ramdisk told to stop.
+#[tokio::test]
+async fn test_bootloader_install_failure_fails_the_deploy_and_leaves_nothing_bootable() {
+    let r = rig("c-iscsi-part-fail").await;
+    r.start_ramdisks();
+    let (image, sha) = root_image(r.dir.path(), 2 << 20, uuid::Uuid::new_v4());
+    let n = partition_node(&r.env, &image, &sha, "bios", 8).await;
+    let disk = dirty_disk_sparse(r.dir.path(), "disk.img", 128 << 20);
+    r.ramdisk.set_disk(n.uuid, &disk);
+    r.ramdisk.fail_bootloader(n.uuid, "grub-install: error: unknown filesystem");
+    let f = failed_deploy(&r, &n).await;
+    let err = f.last_error.unwrap();
+    assert!(err.contains("grub-install: error: unknown filesystem"), "{err}");
+    assert!(err.contains("install the bootloader"), "{err}");
+    assert_eq!(r.ramdisk.bootloader_installs(n.uuid).len(), 1);
+    assert!(head_is_blank(&disk), "the table is gone");
+    let file = std::fs::File::open(&disk).unwrap();
+    assert!(image::partition::read_table(&file).unwrap().is_none());
+    assert_eq!(r.ramdisk.outcome(n.uuid), Some(Outcome::Stop));
+    assert_eq!(f.power_state, Some(PowerState::Off));
+    r.env.finish().await;
+}
+
+/// A layout larger than the disk fails with "disk too small" before anything is written.
+#[tokio::test]
+async fn test_partition_layout_too_big_fails_before_writing() {
+    let r = rig("c-iscsi-part-small").await;
+    r.start_ramdisks();
+    let (image, sha) = root_image(r.dir.path(), 1 << 20, uuid::Uuid::new_v4());
+    let n = partition_node(&r.env, &image, &sha, "bios", 64).await;
+    let disk = dirty_disk_sparse(r.dir.path(), "disk.img", 48 << 20);
+    let before = std::fs::read(&disk).unwrap();
+    r.ramdisk.set_disk(n.uuid, &disk);
+    let f = failed_deploy(&r, &n).await;
+    let err = f.last_error.unwrap();
+    assert!(err.contains("disk too small"), "{err}");
+    assert!(std::fs::read(&disk).unwrap() == before, "the disk is untouched");
+    assert!(r.ramdisk.bootloader_installs(n.uuid).is_empty());
+    assert_eq!(r.ramdisk.outcome(n.uuid), Some(Outcome::Stop));
+    r.env.finish().await;
+}
