@@ -157,11 +157,18 @@ ip link set lo up
 
 API_URL=""
 BOOTIF_MAC=""
+STATIC_IP=""
+STATIC_GW=""
+STATIC_DNS=""
 for word in $(cat /proc/cmdline); do
     case "$word" in
         ferric.api_url=*) API_URL="${word#*=}" ;;
         ipa-api-url=*) [ -n "$API_URL" ] || API_URL="${word#*=}" ;;
         BOOTIF=*) BOOTIF_MAC="$(echo "${word#*=}" | sed 's/^01-//; s/-/:/g' | tr 'A-F' 'a-f')" ;;
+        # Static addressing (virtual-media boots, from the node's network_data): no DHCP.
+        ferric.ip=*) STATIC_IP="${word#*=}" ;;
+        ferric.gateway=*) STATIC_GW="${word#*=}" ;;
+        ferric.dns=*) STATIC_DNS="${word#*=}" ;;
     esac
 done
 
@@ -181,9 +188,17 @@ if [ -z "$IFACE" ]; then
     say "no network interface found (BOOTIF=${BOOTIF_MAC:-unset})"
 else
     ip link set "$IFACE" up
-    say "DHCP on $IFACE"
-    udhcpc -i "$IFACE" -s /usr/share/udhcpc/default.script -t 20 -T 2 -A 3 -n -q \
-        || say "DHCP on $IFACE failed"
+    if [ -n "$STATIC_IP" ]; then
+        ip -4 addr add "$STATIC_IP" dev "$IFACE"
+        [ -n "$STATIC_GW" ] && ip -4 route replace default via "$STATIC_GW" dev "$IFACE"
+        : >/etc/resolv.conf
+        for d in $(echo "$STATIC_DNS" | tr ',' ' '); do echo "nameserver $d" >>/etc/resolv.conf; done
+        say "$IFACE has $STATIC_IP via ${STATIC_GW:-none} (static, from the boot media)"
+    else
+        say "DHCP on $IFACE"
+        udhcpc -i "$IFACE" -s /usr/share/udhcpc/default.script -t 20 -T 2 -A 3 -n -q \
+            || say "DHCP on $IFACE failed"
+    fi
 fi
 
 # How the conductor reaches this agent when the node sits behind NAT (a QEMU VM with

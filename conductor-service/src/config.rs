@@ -189,6 +189,28 @@ pub struct ConductorConfig {
     pub ipmi: IpmiConfig,
     /// What inspections do with the ports they find (Ironic's `[inspector]`).
     pub inspector: InspectorConfig,
+    /// The `redfish-virtual-media` boot interface.
+    pub vmedia: VmediaConfig,
+}
+
+/// Virtual-media boots (`[conductor.vmedia]`): the BMC fetches the node's ramdisk ISO from
+/// pxe-service, which builds it for the session the conductor records.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmediaConfig {
+    /// pxe-service's HTTP base URL as BMCs reach it (`http://10.0.0.1:8080`). Empty: the
+    /// agent's `image_cache_url`; with both empty, virtual-media boots fail with a clear
+    /// error.
+    pub base_url: String,
+    /// How long an ISO URL handed to a BMC works, in seconds (Ironic's
+    /// `[redfish] swift_object_expiry_timeout` for the same purpose).
+    pub url_ttl_secs: f64,
+}
+
+impl Default for VmediaConfig {
+    fn default() -> Self {
+        Self { base_url: String::new(), url_ttl_secs: 3600.0 }
+    }
 }
 
 /// Ports after an inspection (Ironic's `[inspector] add_ports` and `keep_ports`). The
@@ -337,6 +359,7 @@ impl Default for ConductorConfig {
             redfish: RedfishConfig::default(),
             ipmi: IpmiConfig::default(),
             inspector: InspectorConfig::default(),
+            vmedia: VmediaConfig::default(),
         }
     }
 }
@@ -480,6 +503,14 @@ impl ConductorConfig {
         secs("redfish.connect_timeout_secs", self.redfish.connect_timeout_secs, false)?;
         secs("redfish.request_timeout_secs", self.redfish.request_timeout_secs, false)?;
         secs("ipmi.command_timeout_secs", self.ipmi.command_timeout_secs, false)?;
+        secs("vmedia.url_ttl_secs", self.vmedia.url_ttl_secs, false)?;
+        let base = &self.vmedia.base_url;
+        if !(base.is_empty() || base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ConductorConfigError {
+                key: "vmedia.base_url",
+                message: format!("expected an http(s) URL, got {base:?}"),
+            });
+        }
         let cache = &self.agent.image_cache_url;
         if !(cache.is_empty() || cache.starts_with("http://") || cache.starts_with("https://")) {
             return Err(ConductorConfigError {

@@ -160,10 +160,8 @@ pub(crate) async fn boot_ramdisk(task: &mut Task, d: &DriverSet) -> Result<(), W
         Ok(())
     })
     .await?;
+    crate::boot_iface::prepare_ramdisk(task, d).await?;
     let n = task.node.clone();
-    d.management.set_boot_device(&n, BootDevice::Pxe, false).await.map_err(|e| {
-        WorkflowError::Failed(format!("Failed to set one-time PXE boot for node: {e}"))
-    })?;
     let target =
         if n.power_state == Some(PowerState::On) { PowerState::Rebooting } else { PowerState::On };
     set_power(task, d, target).await?;
@@ -210,6 +208,8 @@ async fn common_step(
             Ok(StepOutcome::Wait)
         }
         StepKind::SetBootDisk => {
+            // The ramdisk's work is done: its virtual media goes before the instance boots.
+            crate::boot_iface::eject_ramdisk_iso(task, d).await?;
             let n = task.node.clone();
             d.management
                 .set_boot_device(&n, BootDevice::Disk, true)

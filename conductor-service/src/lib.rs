@@ -10,6 +10,7 @@
 
 pub mod agent_client;
 mod agent_steps;
+mod boot_iface;
 pub mod allocation;
 pub mod budget;
 pub mod config;

@@ -256,6 +256,7 @@ pub async fn callback_timeouts(ctx: Arc<Ctx>) {
             if let Err(e) = res {
                 tracing::error!(node = %n.uuid, error = %common::ErrorChain(&e), ?due, "could not handle a silent ramdisk");
             }
+            crate::boot_iface::settle(&mut task).await;
         }
         guard.release().await;
     }

@@ -220,6 +220,7 @@ async fn run_locked(
             }
         }
     }
+    crate::boot_iface::settle(&mut task).await;
     guard.release().await;
     Some(work)
 }
