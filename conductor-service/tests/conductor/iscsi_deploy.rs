@@ -564,3 +564,48 @@ async fn test_partition_layout_too_big_fails_before_writing() {
     assert_eq!(r.ramdisk.outcome(n.uuid), Some(Outcome::Stop));
     r.env.finish().await;
 }
+
+/// A whole-disk image with a config drive: the image's own table gains a config-2
+/// partition at the end of the disk holding the ISO, and the disk identifier is recorded.
+#[tokio::test]
+async fn test_whole_disk_image_gets_a_config_drive_partition() {
+    let r = rig("c-iscsi-cd").await;
+    r.start_ramdisks();
+    let len = 2 << 20;
+    let (image, _) = write_image(r.dir.path(), "image.raw", len, 6);
+    // An MBR with one partition (type 0x83, the image's second MiB).
+    let mut img = std::fs::read(&image).unwrap();
+    img[446..510].fill(0);
+    img[446 + 4] = 0x83;
+    img[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+    img[446 + 12..446 + 16].copy_from_slice(&2048u32.to_le_bytes());
+    std::fs::write(&image, &img).unwrap();
+    let sha = hex::encode(Sha256::digest(&img));
+    let mut n = iscsi_node(&r.env, &image, &sha).await;
+    n.instance_info.insert(
+        "configdrive".into(),
+        serde_json::json!({"meta_data": {"hostname": "wd-1"}, "user_data": "#cloud-config-wd"}),
+    );
+    let n = r.env.store().node_update(&n).await.unwrap();
+    let disk = disk_file(r.dir.path(), "disk.img", 128 << 20);
+    r.ramdisk.set_disk(n.uuid, &disk);
+    deploy(&r.env, n.uuid).await;
+    let done = r.env.wait_state(n.uuid, S::Active, LONG).await;
+    assert_eq!(done.last_error, None);
+    let data = std::fs::read(&disk).unwrap();
+    assert!(data[..462] == img[..462] && data[512..len] == img[512..], "the image is intact");
+    let t = image::partition::read_table(&std::fs::File::open(&disk).unwrap()).unwrap().unwrap();
+    assert_eq!(t.partitions.len(), 2, "{t:?}");
+    let cd = t.partitions.last().unwrap();
+    assert!(cd.start + cd.size > (128 << 20) - (2 << 20), "config-2 at the end of the disk");
+    let iso = &data[cd.start as usize..][..1 << 20];
+    assert_eq!(&iso[32769..32774], b"CD001");
+    assert!(iso.windows(16).any(|w| w == b"#cloud-config-wd"));
+    assert_eq!(
+        done.driver_internal_info["root_uuid_or_disk_id"].as_str(),
+        Some(t.disk_id.as_str())
+    );
+    assert_eq!(r.ramdisk.outcome(n.uuid), Some(Outcome::Done));
+    assert!(r.ramdisk.bootloader_installs(n.uuid).is_empty());
+    r.env.finish().await;
+}
