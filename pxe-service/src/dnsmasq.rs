@@ -103,6 +103,8 @@ pub fn render(cfg: &PxeConfig, opts: &DnsmasqOptions) -> String {
                  dhcp-boot={unknown}tag:!ipxe,tag:!httpclient,tag:bios,undionly.kpxe,,{tftp}\n\
                  dhcp-boot={unknown}tag:!ipxe,tag:!httpclient,tag:efi64,snponly.efi,,{tftp}\n\
                  dhcp-boot={unknown}tag:!ipxe,tag:!httpclient,tag:efiarm64,snponly.efi,,{tftp}\n\
+                 # UEFI HTTP boot: iPXE by URL.\n\
+                 dhcp-boot={unknown}tag:httpclient,tag:!ipxe,{http}/snponly.efi\n\
                  # Stage 2: iPXE fetches the entry script over HTTP.\n\
                  dhcp-boot={unknown}tag:ipxe,{http}/boot.ipxe\n"
             );

@@ -307,6 +307,15 @@ impl QemuConfig {
             args.push("-fw_cfg".into());
             args.push(format!("name={name},string={value}"));
         }
+        // A UEFI HTTP boot override: OVMF's PXE boot options are switched off for this
+        // power-on, so the NIC's only boot options are UEFI HTTP, as a BMC's `UefiHttp`
+        // override selects on real hardware.
+        if target == BootTarget::UefiHttp && matches!(self.firmware, Firmware::Uefi { .. }) {
+            for name in ["opt/org.tianocore/IPv4PXESupport", "opt/org.tianocore/IPv6PXESupport"] {
+                args.push("-fw_cfg".into());
+                args.push(format!("name={name},string=n"));
+            }
+        }
         args.extend(self.extra_args.iter().cloned());
         args
     }
@@ -985,6 +994,12 @@ mod tests {
         assert!(arg_after(&args, "-device", "virtio-net-pci").unwrap().ends_with(",romfile="));
         assert!(arg_after(&args, "-machine", "q35").is_some());
         assert!(arg_after(&args, "-drive", "if=pflash,format=raw,readonly=on").is_some());
+        assert!(arg_after(&args, "-fw_cfg", "IPv4PXESupport").is_none(), "PXE stays on");
+        // UEFI HTTP boot: the same NIC, with the firmware's PXE boot options off.
+        let http = c.command_line(BootTarget::UefiHttp);
+        assert!(arg_after(&http, "-device", "virtio-net-pci").unwrap().contains("bootindex=1"));
+        let v4 = arg_after(&http, "-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n");
+        assert!(v4.is_some() && arg_after(&http, "-fw_cfg", "IPv6PXESupport,string=n").is_some());
     }
 
     /// A stand-in QEMU: a shell script that records its arguments and sleeps, so the power
