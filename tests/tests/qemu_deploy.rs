@@ -352,6 +352,31 @@ async fn start_stack_with(
     callback_timeout: Duration,
     inspector: InspectorConfig,
 ) -> Option<Stack> {
+    start_stack_opts(work, art, net, callback_timeout, inspector, NetBoot::DhcpTftp).await
+}
+
+/// What the tap network offers machines that boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NetBoot {
+    /// dnsmasq's DHCP with pxe-service's options, and pxe-service's TFTP on port 69.
+    DhcpTftp,
+    /// dnsmasq's DHCP following the hosts file pxe-service keeps (each MAC tagged with its
+    /// node's boot interface); no TFTP on the network.
+    DhcpPerNodeNoTftp,
+    /// Neither DHCP nor TFTP (a routed or edge site): only virtual media boots.
+    Nothing,
+}
+
+/// [`start_stack_with`] with what the tap network offers ([`NetBoot`]); pxe-service's TFTP
+/// listens on loopback only when the network has no TFTP.
+async fn start_stack_opts(
+    work: &Path,
+    art: &Artifacts,
+    net: &Net,
+    callback_timeout: Duration,
+    inspector: InspectorConfig,
+    boot: NetBoot,
+) -> Option<Stack> {
     let db = TestDatabase::postgres().await?;
     let store = db.store().clone();
     let exchange = unique("ferric-qemu");
@@ -400,7 +425,11 @@ async fn start_stack_with(
     let http = TcpListener::bind((bind, 0)).await.expect("bind pxe http");
     // Firmware PXE only speaks TFTP on port 69 (QEMU user networking keeps 69 for itself).
     let tftp_port = if matches!(net, Net::Tap(_)) { 69 } else { 0 };
-    let tftp = UdpSocket::bind((bind, tftp_port)).await.expect("bind pxe tftp");
+    let tftp = if boot == NetBoot::DhcpTftp {
+        UdpSocket::bind((bind, tftp_port)).await.expect("bind pxe tftp")
+    } else {
+        UdpSocket::bind(("127.0.0.1", 0)).await.expect("bind pxe tftp")
+    };
     let pxe_port = http.local_addr().expect("addr").port();
     let pxe_guest_url = format!("http://{guest}:{pxe_port}");
     let mut dnsmasq = None;
@@ -420,7 +449,15 @@ async fn start_stack_with(
             console: "console=ttyS0,115200".into(),
             ..pxe_service::PxeConfig::default()
         };
-        if let Net::Tap(t) = net {
+        let mut cfg = cfg;
+        if boot == NetBoot::DhcpPerNodeNoTftp {
+            std::fs::create_dir_all(work.join("dnsmasq-hosts")).expect("hosts dir");
+            cfg.dnsmasq_hosts_dir = Some(work.join("dnsmasq-hosts"));
+            cfg.dnsmasq_hosts_refresh_secs = 1;
+        }
+        if let Net::Tap(t) = net
+            && boot != NetBoot::Nothing
+        {
             dnsmasq = Some(start_dnsmasq(work, t, &cfg));
         }
         let (store, (shutdown, r)) = (store.clone(), root.service());
@@ -446,6 +483,11 @@ async fn start_stack_with(
             power_state_change_timeout_secs: 30.0,
             drain_timeout_secs: 5.0,
             inspector,
+            // BMCs fetch virtual-media ISOs from pxe-service where the VM's network sees it.
+            vmedia: conductor_service::config::VmediaConfig {
+                base_url: pxe_guest_url.clone(),
+                ..Default::default()
+            },
             ..conductor_service::config::ConductorConfig::default()
         };
         let (store, bus, (shutdown, r)) = (store.clone(), bus.clone(), root.service());
@@ -765,7 +807,11 @@ async fn watch(
         }
         for boot in vm.machine.power_ons().await.iter().skip(boots_before) {
             match boot.target {
-                BootTarget::Pxe if tl.power_on.is_none() => tl.power_on = Some(since(t0, boot.at)),
+                BootTarget::Pxe | BootTarget::Cd | BootTarget::UefiHttp
+                    if tl.power_on.is_none() =>
+                {
+                    tl.power_on = Some(since(t0, boot.at))
+                }
                 BootTarget::Hdd if tl.disk_boot.is_none() => {
                     tl.disk_boot = Some(since(t0, boot.at))
                 }
@@ -1245,6 +1291,173 @@ async fn test_qemu_deploy_over_iscsi_next_to_the_agent() {
     deploy_and_check_as(stack, vm, &uuid, &env.art, "raw", "deploy raw through the agent").await;
     eprintln!("[qemu-deploy] iSCSI and agent: whole test {:.1?}", total.elapsed());
     run.finish().await;
+}
+
+/// Redfish virtual media on the real VM, on a network with neither DHCP nor TFTP: the
+/// conductor has pxe-service build the node's ISO and inserts it as a CD through the
+/// simulated BMC, which downloads it and attaches it to QEMU; OVMF boots the ramdisk from
+/// it (systemd-boot on the El Torito image), the agent takes its static address and its
+/// token from the ISO's command line and reaches the API; the image is written, the ISO
+/// ejected, and the VM boots the deployed OS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_qemu_deploy_from_virtual_media_without_dhcp_or_tftp() {
+    let test = "test_qemu_deploy_from_virtual_media_without_dhcp_or_tftp";
+    let Some(env) = prepare(test, true).await else { return };
+    let Some(net) = tap_net(test) else { return };
+    let started = Instant::now();
+    let Some(stack) = start_stack_opts(
+        &env.work,
+        &env.art,
+        &net,
+        Duration::from_secs(300),
+        InspectorConfig::default(),
+        NetBoot::Nothing,
+    )
+    .await
+    else {
+        return;
+    };
+    let vm_token = CancellationToken::new();
+    let mut vm_tasks = JoinSet::new();
+    let vm = start_vm(&env.work, &stack, &net, &vm_token, &mut vm_tasks).await;
+    let Net::Tap(tap) = &net else { unreachable!("tap_net gives a tap network") };
+    let guest_ip = format!("{}.50", tap.subnet);
+    let network_data = json!({
+        "links": [{"id": "port0", "type": "phy", "ethernet_mac_address": vm.mac}],
+        "networks": [{"id": "net0", "type": "ipv4", "link": "port0", "ip_address": guest_ip,
+            "netmask": "255.255.255.0",
+            "routes": [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": tap.host_ip}]}],
+        "services": []
+    });
+    let uuid = enroll_with(
+        &stack,
+        &vm,
+        false,
+        json!({"boot_interface": "redfish-virtual-media", "network_data": network_data}),
+    )
+    .await;
+    manage_and_provide(&stack, &vm, &uuid, false).await;
+    deploy_and_check_as(&stack, &vm, &uuid, &env.art, "raw", "deploy raw from virtual media").await;
+
+    let boots = vm.machine.power_ons().await;
+    assert!(
+        boots.iter().any(|b| b.target == BootTarget::Cd),
+        "the VM never booted from the virtual CD: {boots:?}"
+    );
+    assert!(
+        !boots.iter().any(|b| b.target == BootTarget::Pxe),
+        "nothing network-boots on this network: {boots:?}"
+    );
+    let events = vm.machine.media_events().await;
+    let inserted = events.iter().find_map(|e| e.image.clone()).unwrap_or_default();
+    assert!(
+        inserted.contains(&format!("/vmedia/{uuid}/")) && inserted.ends_with(".iso"),
+        "the BMC was given the node's ISO: {events:?}"
+    );
+    assert!(
+        events.last().is_some_and(|e| e.image.is_none()),
+        "the ISO was ejected at the end: {events:?}"
+    );
+    assert!(vm.machine.media(sim::bmc::MediaDevice::Cd).await.is_none(), "nothing left inserted");
+    let serial = vm.serial();
+    assert!(
+        serial.contains(&format!(
+            "has {guest_ip}/24 via {} (static, from the boot media)",
+            tap.host_ip
+        )),
+        "the ramdisk took its address from the ISO\n{}",
+        vm.diagnostics()
+    );
+    let n = node(&stack, &uuid).await;
+    let dii = n["driver_internal_info"].as_object().cloned().unwrap_or_default();
+    assert!(!dii.contains_key("vmedia_token"), "the ISO's session ends with the deploy: {n}");
+    let (status, _) = http_json(
+        "GET",
+        &format!(
+            "{}{}",
+            stack.pxe_guest_url,
+            inserted
+                .split_once("://")
+                .and_then(|(_, r)| r.split_once('/'))
+                .map(|(_, p)| format!("/{p}"))
+                .unwrap_or_default()
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "the ISO URL expired with the session");
+    eprintln!("[qemu-deploy] virtual media: whole test {:.1?}", started.elapsed());
+
+    vm.machine.power_off().await.expect("power off");
+    vm_token.cancel();
+    stack.stop().await;
+    drop(net);
+    let _ = std::fs::remove_dir_all(&env.work);
+}
+
+/// UEFI HTTP boot (`boot_interface: http-ipxe`) on the real VM with no TFTP server on its
+/// network: the conductor sets a one-time `UefiHttp` boot, OVMF's HTTP boot client asks DHCP
+/// (vendor class `HTTPClient`), dnsmasq answers from the hosts file pxe-service keeps (the
+/// VM's MAC tagged `ferric-http-ipxe`) with iPXE's URL, iPXE fetches its script over HTTP,
+/// and the agent deploys the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_qemu_deploy_over_uefi_http_boot_without_tftp() {
+    let test = "test_qemu_deploy_over_uefi_http_boot_without_tftp";
+    let Some(env) = prepare(test, true).await else { return };
+    let Some(net) = tap_net(test) else { return };
+    let started = Instant::now();
+    let Some(stack) = start_stack_opts(
+        &env.work,
+        &env.art,
+        &net,
+        Duration::from_secs(300),
+        InspectorConfig::default(),
+        NetBoot::DhcpPerNodeNoTftp,
+    )
+    .await
+    else {
+        return;
+    };
+    let vm_token = CancellationToken::new();
+    let mut vm_tasks = JoinSet::new();
+    let vm = start_vm(&env.work, &stack, &net, &vm_token, &mut vm_tasks).await;
+    let uuid = enroll_with(&stack, &vm, false, json!({"boot_interface": "http-ipxe"})).await;
+    // dnsmasq must know the MAC's tag before the VM asks.
+    let hosts = env.work.join("dnsmasq-hosts/ferric-hosts");
+    let tagged = format!("dhcp-host={},set:ferric,set:ferric-http-ipxe", vm.mac);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&hosts).unwrap_or_default().contains(&tagged) {
+        assert!(
+            Instant::now() < deadline,
+            "pxe-service never tagged the VM's MAC in {}",
+            hosts.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    manage_and_provide(&stack, &vm, &uuid, false).await;
+    deploy_and_check_as(&stack, &vm, &uuid, &env.art, "raw", "deploy raw over UEFI HTTP boot")
+        .await;
+    let boots = vm.machine.power_ons().await;
+    assert!(
+        boots.iter().any(|b| b.target == BootTarget::UefiHttp),
+        "the conductor never asked for a UEFI HTTP boot: {boots:?}"
+    );
+    let serial = vm.serial();
+    assert!(
+        serial.contains("Start HTTP Boot over IPv4") && serial.contains("iPXE"),
+        "the firmware did not HTTP-boot iPXE\n{}",
+        vm.diagnostics()
+    );
+    assert!(!serial.contains("Start PXE over IPv4"), "no PXE attempt\n{}", vm.diagnostics());
+    let dhcp = std::fs::read_to_string(env.work.join("dnsmasq.log")).unwrap_or_default();
+    assert!(dhcp.contains("snponly.efi") && dhcp.contains("HTTPClient"), "dnsmasq log:\n{dhcp}");
+    eprintln!("[qemu-deploy] UEFI HTTP boot: whole test {:.1?}", started.elapsed());
+
+    vm.machine.power_off().await.expect("power off");
+    vm_token.cancel();
+    stack.stop().await;
+    drop(net);
+    let _ = std::fs::remove_dir_all(&env.work);
 }
 
 const GIB: u64 = 1024 * 1024 * 1024;
