@@ -10,8 +10,8 @@
 
 pub mod agent_client;
 mod agent_steps;
-mod boot_iface;
 pub mod allocation;
+mod boot_iface;
 pub mod budget;
 pub mod config;
 pub mod deploy_iface;
