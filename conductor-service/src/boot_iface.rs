@@ -11,8 +11,10 @@
 //!   as a CD through the BMC's VirtualMedia, and sets a one-time boot from `Cd`. The ISO is
 //!   ejected and the session forgotten when the operation that needed the ramdisk ends —
 //!   before the instance boots from disk, or whenever the node leaves the ramdisk states
-//!   ([`settle`], run after every workflow).
+//!   ([`settle`], run after every workflow, and by [`settle_idle`] for an operation that
+//!   ended without one: an abort the API applied).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deploy::drivers::BootDevice;
@@ -22,8 +24,9 @@ use deploy::vmedia::{VmediaDevice, VmediaSession};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
+use crate::Ctx;
 use crate::drivers::DriverSet;
-use crate::task::{Task, WorkflowError};
+use crate::task::{LockGuard, Task, WorkflowError};
 
 /// How long pxe-service may take to build and start serving an ISO.
 const ISO_PROBE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -191,4 +194,22 @@ pub(crate) async fn settle(task: &mut Task) {
     if let Err(e) = eject_ramdisk_iso(task, &d).await {
         tracing::warn!(node = %task.id(), error = %common::ErrorChain(&e), "could not forget the virtual media session");
     }
+}
+
+/// Whether the node still holds a virtual-media session although it left the ramdisk
+/// states without a workflow that would have ejected it (the API applies an abort of
+/// `wait call-back` or `rescue wait` itself, and nothing is left for a workflow to do).
+pub(crate) fn unsettled(node: &deploy::Node) -> bool {
+    VmediaSession::of(node).is_some() && !deploy::state::boots_ramdisk(node.provision_state)
+}
+
+/// [`settle`] for a node that has no work to run: under its lock, on a fresh read.
+pub(crate) async fn settle_idle(ctx: &Arc<Ctx>, id: deploy::NodeId) {
+    let Ok((guard, node)) = LockGuard::acquire(ctx, id).await else {
+        // Its holder settles it when its workflow ends.
+        return;
+    };
+    let mut task = Task { ctx: ctx.clone(), node };
+    settle(&mut task).await;
+    guard.release().await;
 }

@@ -145,6 +145,9 @@ async fn drive_once(
         };
         if work_for(&node).is_none() {
             tracing::debug!(node = %id, state = %node.provision_state, "nothing to do");
+            if crate::boot_iface::unsettled(&node) {
+                crate::boot_iface::settle_idle(ctx, id).await;
+            }
             return Ok(None);
         }
         if worker.is_none() {
