@@ -40,7 +40,8 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 
 # Modules the deploy ramdisk loads, dependencies resolved from the kernel's modules.dep.
-MODULES=(virtio_pci virtio_net virtio_blk virtio_scsi sd_mod ahci ata_piix e1000 qemu_fw_cfg)
+# sr_mod and isofs read a virtual-media config drive (label config-2).
+MODULES=(virtio_pci virtio_net virtio_blk virtio_scsi sd_mod ahci ata_piix e1000 qemu_fw_cfg sr_mod isofs)
 
 build_agent() {
     local target=x86_64-unknown-linux-musl
@@ -160,6 +161,8 @@ BOOTIF_MAC=""
 STATIC_IP=""
 STATIC_GW=""
 STATIC_DNS=""
+STATIC_FROM="the boot media"
+CONFIG_DRIVE=""
 for word in $(cat /proc/cmdline); do
     case "$word" in
         ferric.api_url=*) API_URL="${word#*=}" ;;
@@ -169,8 +172,30 @@ for word in $(cat /proc/cmdline); do
         ferric.ip=*) STATIC_IP="${word#*=}" ;;
         ferric.gateway=*) STATIC_GW="${word#*=}" ;;
         ferric.dns=*) STATIC_DNS="${word#*=}" ;;
+        ferric.config_drive=1) CONFIG_DRIVE=1 ;;
     esac
 done
+
+# Virtual media with a second device: the node's settings come on a config drive (an ISO
+# labelled config-2); ferric/network holds its static addressing as key=value lines.
+if [ "$CONFIG_DRIVE" = 1 ]; then
+    dev=""
+    i=0
+    while [ -z "$dev" ] && [ "$i" -lt 100 ]; do
+        dev="$(findfs LABEL=config-2 2>/dev/null)"
+        [ -n "$dev" ] || { sleep 0.1; i=$((i + 1)); }
+    done
+    if [ -n "$dev" ] && mkdir -p /run/config-drive && mount -t iso9660 -o ro "$dev" /run/config-drive; then
+        net=/run/config-drive/ferric/network
+        STATIC_IP="$(sed -n 's/^ip=//p' "$net" 2>/dev/null | head -n 1)"
+        STATIC_GW="$(sed -n 's/^gateway=//p' "$net" 2>/dev/null | head -n 1)"
+        STATIC_DNS="$(sed -n 's/^dns=//p' "$net" 2>/dev/null | head -n 1)"
+        STATIC_FROM="the config drive $dev"
+        say "config drive $dev mounted"
+    else
+        say "no config drive found (label config-2)"
+    fi
+fi
 
 # The boot NIC: the one named by BOOTIF, else the first Ethernet device that appears.
 IFACE=""
@@ -193,7 +218,7 @@ else
         [ -n "$STATIC_GW" ] && ip -4 route replace default via "$STATIC_GW" dev "$IFACE"
         : >/etc/resolv.conf
         for d in $(echo "$STATIC_DNS" | tr ',' ' '); do echo "nameserver $d" >>/etc/resolv.conf; done
-        say "$IFACE has $STATIC_IP via ${STATIC_GW:-none} (static, from the boot media)"
+        say "$IFACE has $STATIC_IP via ${STATIC_GW:-none} (static, from $STATIC_FROM)"
     else
         say "DHCP on $IFACE"
         udhcpc -i "$IFACE" -s /usr/share/udhcpc/default.script -t 20 -T 2 -A 3 -n -q \

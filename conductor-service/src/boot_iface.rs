@@ -84,9 +84,25 @@ async fn insert_ramdisk_iso(task: &mut Task, d: &DriverSet) -> Result<(), Workfl
         )));
     };
     let ttl = chrono::Duration::milliseconds((task.ctx.cfg.vmedia.url_ttl_secs * 1000.0) as i64);
+    // A BMC with a second device (a virtual floppy or USB stick) gets the node's settings on
+    // a config ISO there, as Ironic's "vmedia floppy"; otherwise they ride on the boot ISO's
+    // command line. A BMC that cannot list its devices fails at the insert below.
+    let n = task.node.clone();
+    let config = match d.management.get_virtual_media(&n).await {
+        Ok(devices) => devices.iter().any(|m| {
+            m.media_types
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case("Floppy") || t.eq_ignore_ascii_case("USBStick"))
+        }),
+        Err(e) => {
+            tracing::debug!(node = %id, error = %e, "listing the virtual media devices failed");
+            false
+        }
+    };
     let session = VmediaSession {
         token: random_token(32),
         expires_at: (task.ctx.clock.now() + ttl).timestamp(),
+        config,
     };
     let agent_token = random_token(43);
     task.update(|n| {
@@ -105,23 +121,44 @@ async fn insert_ramdisk_iso(task: &mut Task, d: &DriverSet) -> Result<(), Workfl
     })
     .await?;
     let url = format!("{base}{}", session.iso_path(id));
+    let config_url = format!("{base}{}", session.config_iso_path(id));
     // The path carries the session's token: logs name the node, never the URL.
-    probe_iso(&url).await.map_err(|why| {
+    let fail = |what: &str, why: String| {
         WorkflowError::Failed(format!(
-            "Failed to prepare the virtual media ISO for node {id}: {why}"
+            "Failed to prepare the virtual media {what} for node {id}: {why}"
         ))
-    })?;
+    };
+    probe_iso(&url).await.map_err(|why| fail("ISO", why))?;
+    if config {
+        probe_iso(&config_url).await.map_err(|why| fail("config ISO", why))?;
+    }
     let n = task.node.clone();
-    if let Err(e) = d.management.detach_virtual_media(&n, Some(&[VmediaDevice::Cdrom])).await {
+    let devices: &[VmediaDevice] =
+        if config { &[VmediaDevice::Cdrom, VmediaDevice::Floppy] } else { &[VmediaDevice::Cdrom] };
+    if let Err(e) = d.management.detach_virtual_media(&n, Some(devices)).await {
         tracing::debug!(node = %id, error = %e, "ejecting before the insert failed");
     }
+    // A BMC's error may quote the URL: its token never reaches last_error.
+    let redact = |e: &dyn std::fmt::Display| e.to_string().replace(&session.token, "******");
     d.management.attach_virtual_media(&n, VmediaDevice::Cdrom, &url).await.map_err(|e| {
         WorkflowError::Failed(format!(
-            "Failed to insert the virtual media ISO for node {id} through its BMC: {e}"
+            "Failed to insert the virtual media ISO for node {id} through its BMC: {}",
+            redact(&e)
         ))
     })?;
     tracing::info!(node = %id, "virtual media ISO inserted");
     task.record_history("INFO", "boot", "virtual media ISO inserted as Cd", None, None).await;
+    if config {
+        d.management.attach_virtual_media(&n, VmediaDevice::Floppy, &config_url).await.map_err(
+            |e| {
+                WorkflowError::Failed(format!(
+                    "Failed to insert the virtual media config ISO for node {id} through its BMC: {}",
+                    redact(&e)
+                ))
+            },
+        )?;
+        task.record_history("INFO", "boot", "virtual media config ISO inserted", None, None).await;
+    }
     Ok(())
 }
 
@@ -149,12 +186,17 @@ async fn probe_iso(url: &str) -> Result<(), String> {
 /// token that went with it). A BMC that refuses is logged and recorded in the node's
 /// history; the session is forgotten either way, so pxe-service stops serving the ISO.
 pub(crate) async fn eject_ramdisk_iso(task: &mut Task, d: &DriverSet) -> Result<(), WorkflowError> {
-    if VmediaSession::of(&task.node).is_none() {
+    let Some(session) = VmediaSession::of(&task.node) else {
         return Ok(());
-    }
+    };
     let id = task.id();
     let n = task.node.clone();
-    match d.management.detach_virtual_media(&n, Some(&[VmediaDevice::Cdrom])).await {
+    let devices: &[VmediaDevice] = if session.config {
+        &[VmediaDevice::Cdrom, VmediaDevice::Floppy]
+    } else {
+        &[VmediaDevice::Cdrom]
+    };
+    match d.management.detach_virtual_media(&n, Some(devices)).await {
         Ok(()) => {
             tracing::info!(node = %id, "virtual media ISO ejected");
             task.record_history("INFO", "boot", "virtual media ISO ejected", None, None).await;

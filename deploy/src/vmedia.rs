@@ -15,13 +15,18 @@ use crate::model::{JsonObject, Node};
 /// inserted: pxe-service builds and serves it under [`VmediaSession::iso_path`] only while
 /// the node records this session (unexpired), so the URL handed to the BMC works for this
 /// boot only. Kept in `driver_internal_info` (`vmedia_token`, masked in API responses as
-/// every `*token*` key, and `vmedia_expires_at`, Unix seconds).
+/// every `*token*` key, `vmedia_expires_at`, Unix seconds, and `vmedia_config` when the BMC
+/// has a second device for the node's config ISO).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmediaSession {
     /// The URL's unguessable part.
     pub token: String,
     /// When the URL stops working (Unix seconds).
     pub expires_at: i64,
+    /// A config ISO ([`VmediaSession::config_iso_path`], label `config-2`) goes into the
+    /// BMC's second device and carries the node's settings (its `network_data`) instead of
+    /// the boot ISO's command line.
+    pub config: bool,
 }
 
 impl VmediaSession {
@@ -29,25 +34,30 @@ impl VmediaSession {
     pub const TOKEN_KEY: &'static str = "vmedia_token";
     /// `driver_internal_info` key of the expiry.
     pub const EXPIRES_KEY: &'static str = "vmedia_expires_at";
+    /// `driver_internal_info` key of the config ISO flag.
+    pub const CONFIG_KEY: &'static str = "vmedia_config";
 
     /// The node's session, if one is recorded.
     pub fn of(node: &Node) -> Option<Self> {
         let dii = &node.driver_internal_info;
         let token = dii.get(Self::TOKEN_KEY)?.as_str()?.to_owned();
         let expires_at = dii.get(Self::EXPIRES_KEY)?.as_i64()?;
-        Some(Self { token, expires_at })
+        let config = dii.get(Self::CONFIG_KEY).and_then(Value::as_bool) == Some(true);
+        Some(Self { token, expires_at, config })
     }
 
     /// Record the session.
     pub fn set(&self, dii: &mut JsonObject) {
         dii.insert(Self::TOKEN_KEY.into(), Value::String(self.token.clone()));
         dii.insert(Self::EXPIRES_KEY.into(), Value::from(self.expires_at));
+        dii.insert(Self::CONFIG_KEY.into(), Value::Bool(self.config));
     }
 
     /// Forget the session; whether there was one.
     pub fn wipe(dii: &mut JsonObject) -> bool {
         let had = dii.remove(Self::TOKEN_KEY).is_some();
         dii.remove(Self::EXPIRES_KEY);
+        dii.remove(Self::CONFIG_KEY);
         had
     }
 
@@ -59,6 +69,11 @@ impl VmediaSession {
     /// The ISO's path on pxe-service's HTTP server.
     pub fn iso_path(&self, node: NodeId) -> String {
         format!("/vmedia/{node}/{}.iso", self.token)
+    }
+
+    /// The config ISO's path on pxe-service's HTTP server.
+    pub fn config_iso_path(&self, node: NodeId) -> String {
+        format!("/vmedia/{node}/{}-config.iso", self.token)
     }
 }
 
@@ -125,11 +140,12 @@ mod tests {
     fn test_session_roundtrip_and_expiry() {
         let mut node = Node::new(NodeId::new_v4(), "fake-hardware", chrono::Utc::now());
         assert_eq!(VmediaSession::of(&node), None);
-        let s = VmediaSession { token: "abc".into(), expires_at: 100 };
+        let s = VmediaSession { token: "abc".into(), expires_at: 100, config: true };
         s.set(&mut node.driver_internal_info);
         assert_eq!(VmediaSession::of(&node), Some(s.clone()));
         assert!(s.valid_at(99) && !s.valid_at(100));
         assert_eq!(s.iso_path(node.uuid), format!("/vmedia/{}/abc.iso", node.uuid));
+        assert_eq!(s.config_iso_path(node.uuid), format!("/vmedia/{}/abc-config.iso", node.uuid));
         assert!(crate::model::is_secret_key(VmediaSession::TOKEN_KEY), "masked in responses");
         assert!(VmediaSession::wipe(&mut node.driver_internal_info));
         assert!(!VmediaSession::wipe(&mut node.driver_internal_info));

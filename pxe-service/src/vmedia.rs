@@ -103,23 +103,30 @@ impl VmediaIsos {
     /// [`VmediaError`]; `NotFound` for anything that does not name a live session.
     pub async fn get(&self, node: &str, file: &str) -> Result<PathBuf, VmediaError> {
         let id: NodeId = node.parse().map_err(|_| VmediaError::NotFound)?;
-        let token = file.strip_suffix(".iso").ok_or(VmediaError::NotFound)?;
-        if token.is_empty()
-            || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        let (token, config) = match file.strip_suffix("-config.iso") {
+            Some(t) => (t, true),
+            None => (file.strip_suffix(".iso").ok_or(VmediaError::NotFound)?, false),
+        };
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(VmediaError::NotFound);
         }
-        let node = self.live_node(id, token).await?;
-        let path = self.dir.join(format!("{id}-{token}.iso"));
+        let node = self.live_node(id, token, config).await?;
+        let path = self.dir.join(file_name(id, token, config));
         let _one = self.building.lock().await;
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
             return Ok(path);
         }
-        self.remove_stale(id, None).await;
+        self.remove_stale(id, Some(token)).await;
+        if config {
+            let iso =
+                config_iso(&node).map_err(|reason| VmediaError::Source { node: id, reason })?;
+            return self.store_iso(&path, &iso).await.map(|()| path);
+        }
         let mac = self.boot_mac(&node).await?;
         let boot = render::ramdisk_boot(&node, mac, &self.cfg, &render::new_request_id())
             .ok_or(VmediaError::NotFound)?;
-        let cmdline = cmdline(&node, &boot.args);
+        let with_net = !VmediaSession::of(&node).is_some_and(|s| s.config);
+        let cmdline = cmdline(&node, &boot.args, with_net);
         let (kernel, ramdisk, loader) = tokio::try_join!(
             self.read_ref(id, &boot.kernel),
             self.read_ref(id, &boot.ramdisk),
@@ -139,23 +146,31 @@ impl VmediaIsos {
                 .await
                 .map_err(|e| VmediaError::Io(std::io::Error::other(e)))?
                 .map_err(|reason| VmediaError::Source { node: id, reason })?;
-        tokio::fs::create_dir_all(&self.dir).await.map_err(VmediaError::Io)?;
-        let tmp = self.dir.join(format!(".{id}-{token}.iso.tmp"));
-        tokio::fs::write(&tmp, &iso).await.map_err(VmediaError::Io)?;
-        tokio::fs::rename(&tmp, &path).await.map_err(VmediaError::Io)?;
+        self.store_iso(&path, &iso).await?;
         tracing::info!(node = %id, bytes = iso.len(), "virtual media ISO built");
         Ok(path)
     }
 
-    /// The node, when `token` is its live virtual-media session.
-    async fn live_node(&self, id: NodeId, token: &str) -> Result<Node, VmediaError> {
+    /// Write `iso` to `path` through a dotfile renamed over it.
+    async fn store_iso(&self, path: &Path, iso: &[u8]) -> Result<(), VmediaError> {
+        tokio::fs::create_dir_all(&self.dir).await.map_err(VmediaError::Io)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        tokio::fs::write(&tmp, iso).await.map_err(VmediaError::Io)?;
+        tokio::fs::rename(&tmp, path).await.map_err(VmediaError::Io)
+    }
+
+    /// The node, when `token` is its live virtual-media session (one with a config ISO when
+    /// `config`).
+    async fn live_node(&self, id: NodeId, token: &str, config: bool) -> Result<Node, VmediaError> {
         let node = match self.store.node_fetch(id).await {
             Ok(n) => n,
             Err(PublicError::NotFound { .. }) => return Err(VmediaError::NotFound),
             Err(e) => return Err(VmediaError::Db(e)),
         };
         let now = chrono::Utc::now().timestamp();
-        let live = VmediaSession::of(&node).is_some_and(|s| s.token == token && s.valid_at(now))
+        let live = VmediaSession::of(&node)
+            .is_some_and(|s| s.token == token && s.valid_at(now) && (s.config || !config))
             && render::boot_interface(&node) == Some(BootIface::RedfishVirtualMedia)
             && render::boots_ramdisk(node.provision_state);
         if !live {
@@ -166,14 +181,15 @@ impl VmediaIsos {
         Ok(node)
     }
 
-    /// Remove the node's ISOs except the one of `keep`.
+    /// Remove the node's ISOs except those of session `keep`.
     async fn remove_stale(&self, id: NodeId, keep: Option<&str>) {
         let Ok(mut rd) = tokio::fs::read_dir(&self.dir).await else { return };
         let prefix = format!("{id}-");
-        let kept = keep.map(|k| format!("{id}-{k}.iso"));
+        let kept: Vec<String> =
+            keep.map(|k| vec![file_name(id, k, false), file_name(id, k, true)]).unwrap_or_default();
         while let Ok(Some(e)) = rd.next_entry().await {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&prefix) && Some(&name) != kept.as_ref() {
+            if name.starts_with(&prefix) && !kept.contains(&name) {
                 let _ = tokio::fs::remove_file(e.path()).await;
             }
         }
@@ -243,6 +259,40 @@ impl VmediaIsos {
     }
 }
 
+/// The cached file of a session's boot or config ISO.
+fn file_name(id: NodeId, token: &str, config: bool) -> String {
+    if config { format!("{id}-{token}-config.iso") } else { format!("{id}-{token}.iso") }
+}
+
+/// The config ISO (label `config-2`, Ironic's config drive layout): the node's
+/// `meta_data.json` and `network_data.json`, and `ferric/network`, the static addressing
+/// as `key=value` lines the ramdisk's init reads without a JSON parser.
+fn config_iso(node: &Node) -> Result<Vec<u8>, String> {
+    let meta = serde_json::json!({"uuid": node.uuid.to_string(), "name": node.name});
+    let meta = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
+    let network = serde_json::to_vec(&node.network_data).map_err(|e| e.to_string())?;
+    let mut env = String::new();
+    if let Some(net) = static_net(node) {
+        env.push_str(&format!("ip={}\n", net.cidr));
+        if let Some(g) = net.gateway {
+            env.push_str(&format!("gateway={g}\n"));
+        }
+        if !net.dns.is_empty() {
+            env.push_str(&format!("dns={}\n", net.dns.join(",")));
+        }
+    }
+    image::iso9660::build(
+        "config-2",
+        &[
+            ("openstack/latest/meta_data.json", &meta),
+            ("openstack/latest/network_data.json", &network),
+            ("ferric/network", env.as_bytes()),
+        ],
+        chrono::Utc::now().timestamp(),
+    )
+    .map_err(|e| format!("building the config ISO: {e}"))
+}
+
 /// Static addressing of the ramdisk from Ironic's `network_data` (the first IPv4 network).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct StaticNet {
@@ -302,8 +352,9 @@ fn static_net(node: &Node) -> Option<StaticNet> {
 }
 
 /// The ISO's kernel command line: the ramdisk's arguments plus what only virtual media
-/// carries.
-fn cmdline(node: &Node, ramdisk_args: &str) -> String {
+/// carries; the static addressing only `with_net` (else the config ISO carries it, and
+/// `ferric.config_drive=1` tells the ramdisk to look for it).
+fn cmdline(node: &Node, ramdisk_args: &str, with_net: bool) -> String {
     let mut extra = vec!["boot_method=vmedia".to_owned()];
     let session = AgentSession::of(node);
     if session.token_pregenerated
@@ -311,7 +362,9 @@ fn cmdline(node: &Node, ramdisk_args: &str) -> String {
     {
         extra.push(format!("ipa-agent-token={t}"));
     }
-    if let Some(net) = static_net(node) {
+    if !with_net {
+        extra.push("ferric.config_drive=1".to_owned());
+    } else if let Some(net) = static_net(node) {
         extra.push(format!("ferric.ip={}", net.cidr));
         if let Some(g) = net.gateway {
             extra.push(format!("ferric.gateway={g}"));
@@ -419,7 +472,7 @@ mod tests {
         assert_eq!(net.dns, ["10.9.0.53"], "an address that does not parse is dropped");
         assert_eq!(net.mac, Some("52:54:00:aa:bb:cc".parse().unwrap()));
         let line =
-            cmdline(&node, "ferric.api_url=http://10.9.0.1:6385 BOOTIF=01-52-54-00-aa-bb-cc");
+            cmdline(&node, "ferric.api_url=http://10.9.0.1:6385 BOOTIF=01-52-54-00-aa-bb-cc", true);
         assert!(line.contains("boot_method=vmedia"), "{line}");
         assert!(
             line.contains("ferric.ip=10.9.0.5/24 ferric.gateway=10.9.0.1 ferric.dns=10.9.0.53"),
@@ -434,7 +487,16 @@ mod tests {
             deploy::internal_info::keys::AGENT_SECRET_TOKEN_PREGENERATED.into(),
             Value::Bool(true),
         );
-        assert!(cmdline(&node, "").contains("ipa-agent-token=tok-123"));
+        assert!(cmdline(&node, "", true).contains("ipa-agent-token=tok-123"));
+        let without = cmdline(&node, "", false);
+        assert!(without.contains("ferric.config_drive=1") && !without.contains("ferric.ip="));
+        let iso = config_iso(&node).unwrap();
+        assert_eq!(&iso[0x8001..0x8006], b"CD001");
+        let text = String::from_utf8_lossy(&iso);
+        assert!(
+            text.contains("ip=10.9.0.5/24\ngateway=10.9.0.1\ndns=10.9.0.53\n"),
+            "ferric/network"
+        );
         assert_eq!(prefix_of("255.255.0.0"), Some(16));
         assert_eq!(prefix_of("255.0.255.0"), None);
         assert_eq!(prefix_of("20"), Some(20));

@@ -449,7 +449,7 @@ async fn test_virtual_media_iso_follows_the_session() {
     let node = insert_node(&store, "52:54:00:77:00:01", ProvisionState::WaitCallBack, |n| {
         n.driver = "redfish".into();
         n.interfaces.boot = Some("redfish-virtual-media".into());
-        deploy::vmedia::VmediaSession { token: "tok1".into(), expires_at: i64::MAX }
+        deploy::vmedia::VmediaSession { token: "tok1".into(), expires_at: i64::MAX, config: false }
             .set(&mut n.driver_internal_info);
         deploy::internal_info::AgentSession::set_token(&mut n.driver_internal_info, "agent-tok");
         n.driver_internal_info.insert("agent_secret_token_pregenerated".into(), json!(true));
@@ -507,20 +507,40 @@ async fn test_virtual_media_iso_follows_the_session() {
 
     // A new session: the old URL is gone and so is its file.
     let mut n = store.node_fetch(node.uuid).await.unwrap();
-    deploy::vmedia::VmediaSession { token: "tok2".into(), expires_at: i64::MAX }
+    deploy::vmedia::VmediaSession { token: "tok2".into(), expires_at: i64::MAX, config: false }
         .set(&mut n.driver_internal_info);
     store.node_update(&n).await.unwrap();
     assert_eq!(status(&http.get(url("tok1")).send().await.unwrap()), 404);
     assert!(!cached.exists(), "the old session's ISO was removed");
+    assert_eq!(
+        status(&http.get(url("tok2-config")).send().await.unwrap()),
+        404,
+        "no config ISO for a session without one"
+    );
+    // A session with a config ISO: the settings move there, the boot ISO names it.
+    let mut n = store.node_fetch(node.uuid).await.unwrap();
+    deploy::vmedia::VmediaSession { token: "tok5".into(), expires_at: i64::MAX, config: true }
+        .set(&mut n.driver_internal_info);
+    store.node_update(&n).await.unwrap();
+    let config = http.get(url("tok5-config")).send().await.unwrap();
+    assert_eq!(status(&config), 200);
+    let config = config.bytes().await.unwrap();
+    let text = String::from_utf8_lossy(&config);
+    assert!(text.contains("config-2"), "the config drive's label");
+    assert!(text.contains("ip=192.0.2.10/24\ngateway=192.0.2.1\n"), "ferric/network");
+    assert!(text.contains("\"ip_address\":\"192.0.2.10\""), "network_data.json");
+    let boot = http.get(url("tok5")).send().await.unwrap().bytes().await.unwrap();
+    let boot = String::from_utf8_lossy(&boot);
+    assert!(boot.contains("ferric.config_drive=1") && !boot.contains("ferric.ip="));
     // Expired: 404.
     let mut n = store.node_fetch(node.uuid).await.unwrap();
-    deploy::vmedia::VmediaSession { token: "tok3".into(), expires_at: 0 }
+    deploy::vmedia::VmediaSession { token: "tok3".into(), expires_at: 0, config: false }
         .set(&mut n.driver_internal_info);
     store.node_update(&n).await.unwrap();
     assert_eq!(status(&http.get(url("tok3")).send().await.unwrap()), 404, "an expired session");
     // Not in a ramdisk state: 404.
     let mut n = store.node_fetch(node.uuid).await.unwrap();
-    deploy::vmedia::VmediaSession { token: "tok4".into(), expires_at: i64::MAX }
+    deploy::vmedia::VmediaSession { token: "tok4".into(), expires_at: i64::MAX, config: false }
         .set(&mut n.driver_internal_info);
     n.provision_state = ProvisionState::Active;
     store.node_update(&n).await.unwrap();
