@@ -179,13 +179,24 @@ done
 # Virtual media with a second device: the node's settings come on a config drive (an ISO
 # labelled config-2); ferric/network holds its static addressing as key=value lines.
 if [ "$CONFIG_DRIVE" = 1 ]; then
+    # The CD drives appear as their driver probes them: look for up to 10 s. The config
+    # drive is the CD holding openstack/latest/meta_data.json and ferric/network.
     dev=""
     i=0
-    while [ -z "$dev" ] && [ "$i" -lt 100 ]; do
-        dev="$(findfs LABEL=config-2 2>/dev/null)"
-        [ -n "$dev" ] || { sleep 0.1; i=$((i + 1)); }
+    mkdir -p /run/config-drive
+    while [ -z "$dev" ] && [ "$i" -lt 50 ]; do
+        for d in /dev/sr*; do
+            [ -b "$d" ] || continue
+            mount -t iso9660 -o ro "$d" /run/config-drive 2>/dev/null || continue
+            if [ -f /run/config-drive/openstack/latest/meta_data.json ] && [ -f /run/config-drive/ferric/network ]; then
+                dev="$d"
+                break
+            fi
+            umount /run/config-drive
+        done
+        [ -n "$dev" ] || { sleep 0.2; i=$((i + 1)); }
     done
-    if [ -n "$dev" ] && mkdir -p /run/config-drive && mount -t iso9660 -o ro "$dev" /run/config-drive; then
+    if [ -n "$dev" ]; then
         net=/run/config-drive/ferric/network
         STATIC_IP="$(sed -n 's/^ip=//p' "$net" 2>/dev/null | head -n 1)"
         STATIC_GW="$(sed -n 's/^gateway=//p' "$net" 2>/dev/null | head -n 1)"
@@ -193,7 +204,7 @@ if [ "$CONFIG_DRIVE" = 1 ]; then
         STATIC_FROM="the config drive $dev"
         say "config drive $dev mounted"
     else
-        say "no config drive found (label config-2)"
+        say "no config drive found (a CD with openstack/latest/meta_data.json and ferric/network)"
     fi
 fi
 

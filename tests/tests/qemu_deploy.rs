@@ -1358,14 +1358,24 @@ async fn test_qemu_deploy_from_virtual_media_without_dhcp_or_tftp() {
         events.last().is_some_and(|e| e.image.is_none()),
         "the ISO was ejected at the end: {events:?}"
     );
-    assert!(vm.machine.media(sim::bmc::MediaDevice::Cd).await.is_none(), "nothing left inserted");
+    for dev in [sim::bmc::MediaDevice::Cd, sim::bmc::MediaDevice::Floppy] {
+        assert!(vm.machine.media(dev).await.is_none(), "nothing left inserted in {dev:?}");
+    }
+    // The BMC has a second device: the node's settings came on a config ISO there.
+    let config = events.iter().find_map(|e| {
+        (e.device == sim::bmc::MediaDevice::Floppy).then(|| e.image.clone()).flatten()
+    });
+    assert!(
+        config.is_some_and(|u| u.ends_with("-config.iso")),
+        "the config ISO went into the second device: {events:?}"
+    );
     let serial = vm.serial();
     assert!(
         serial.contains(&format!(
-            "has {guest_ip}/24 via {} (static, from the boot media)",
+            "has {guest_ip}/24 via {} (static, from the config drive /dev/",
             tap.host_ip
         )),
-        "the ramdisk took its address from the ISO\n{}",
+        "the ramdisk took its address from the config ISO\n{}",
         vm.diagnostics()
     );
     let n = node(&stack, &uuid).await;
