@@ -1197,10 +1197,23 @@ impl TapRun {
     /// `None` when QEMU or the tap network is missing (skipped loudly, or a failure with
     /// `FERRIC_REQUIRE_QEMU=1`).
     async fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, NetBoot::DhcpTftp).await
+    }
+
+    /// [`TapRun::start`] with what the network offers booting machines.
+    async fn start_with(test: &str, boot: NetBoot) -> Option<Self> {
         let env = prepare(test, true).await?;
         let net = tap_net(test)?;
         let started = Instant::now();
-        let stack = start_stack(&env.work, &env.art, &net, Duration::from_secs(300)).await?;
+        let stack = start_stack_opts(
+            &env.work,
+            &env.art,
+            &net,
+            Duration::from_secs(300),
+            InspectorConfig::default(),
+            boot,
+        )
+        .await?;
         let vm_token = CancellationToken::new();
         let mut vm_tasks = JoinSet::new();
         let vm = start_vm(&env.work, &stack, &net, &vm_token, &mut vm_tasks).await;
@@ -1302,25 +1315,9 @@ async fn test_qemu_deploy_over_iscsi_next_to_the_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn test_qemu_deploy_from_virtual_media_without_dhcp_or_tftp() {
     let test = "test_qemu_deploy_from_virtual_media_without_dhcp_or_tftp";
-    let Some(env) = prepare(test, true).await else { return };
-    let Some(net) = tap_net(test) else { return };
-    let started = Instant::now();
-    let Some(stack) = start_stack_opts(
-        &env.work,
-        &env.art,
-        &net,
-        Duration::from_secs(300),
-        InspectorConfig::default(),
-        NetBoot::Nothing,
-    )
-    .await
-    else {
-        return;
-    };
-    let vm_token = CancellationToken::new();
-    let mut vm_tasks = JoinSet::new();
-    let vm = start_vm(&env.work, &stack, &net, &vm_token, &mut vm_tasks).await;
-    let Net::Tap(tap) = &net else { unreachable!("tap_net gives a tap network") };
+    let Some(run) = TapRun::start_with(test, NetBoot::Nothing).await else { return };
+    let (env, stack, vm, net, started) = (&run.env, &run.stack, &run.vm, &run.net, run.started);
+    let Net::Tap(tap) = net else { unreachable!("tap_net gives a tap network") };
     let guest_ip = format!("{}.50", tap.subnet);
     let network_data = json!({
         "links": [{"id": "port0", "type": "phy", "ethernet_mac_address": vm.mac}],
@@ -1330,14 +1327,14 @@ async fn test_qemu_deploy_from_virtual_media_without_dhcp_or_tftp() {
         "services": []
     });
     let uuid = enroll_with(
-        &stack,
-        &vm,
+        stack,
+        vm,
         false,
         json!({"boot_interface": "redfish-virtual-media", "network_data": network_data}),
     )
     .await;
-    manage_and_provide(&stack, &vm, &uuid, false).await;
-    deploy_and_check_as(&stack, &vm, &uuid, &env.art, "raw", "deploy raw from virtual media").await;
+    manage_and_provide(stack, vm, &uuid, false).await;
+    deploy_and_check_as(stack, vm, &uuid, &env.art, "raw", "deploy raw from virtual media").await;
 
     let boots = vm.machine.power_ons().await;
     assert!(
@@ -1378,7 +1375,7 @@ async fn test_qemu_deploy_from_virtual_media_without_dhcp_or_tftp() {
         "the ramdisk took its address from the config ISO\n{}",
         vm.diagnostics()
     );
-    let n = node(&stack, &uuid).await;
+    let n = node(stack, &uuid).await;
     let dii = n["driver_internal_info"].as_object().cloned().unwrap_or_default();
     assert!(!dii.contains_key("vmedia_token"), "the ISO's session ends with the deploy: {n}");
     let (status, _) = http_json(
@@ -1398,11 +1395,7 @@ async fn test_qemu_deploy_from_virtual_media_without_dhcp_or_tftp() {
     assert_eq!(status, 404, "the ISO URL expired with the session");
     eprintln!("[qemu-deploy] virtual media: whole test {:.1?}", started.elapsed());
 
-    vm.machine.power_off().await.expect("power off");
-    vm_token.cancel();
-    stack.stop().await;
-    drop(net);
-    let _ = std::fs::remove_dir_all(&env.work);
+    run.finish().await;
 }
 
 /// UEFI HTTP boot (`boot_interface: http-ipxe`) on the real VM with no TFTP server on its
@@ -1413,25 +1406,9 @@ async fn test_qemu_deploy_from_virtual_media_without_dhcp_or_tftp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn test_qemu_deploy_over_uefi_http_boot_without_tftp() {
     let test = "test_qemu_deploy_over_uefi_http_boot_without_tftp";
-    let Some(env) = prepare(test, true).await else { return };
-    let Some(net) = tap_net(test) else { return };
-    let started = Instant::now();
-    let Some(stack) = start_stack_opts(
-        &env.work,
-        &env.art,
-        &net,
-        Duration::from_secs(300),
-        InspectorConfig::default(),
-        NetBoot::DhcpPerNodeNoTftp,
-    )
-    .await
-    else {
-        return;
-    };
-    let vm_token = CancellationToken::new();
-    let mut vm_tasks = JoinSet::new();
-    let vm = start_vm(&env.work, &stack, &net, &vm_token, &mut vm_tasks).await;
-    let uuid = enroll_with(&stack, &vm, false, json!({"boot_interface": "http-ipxe"})).await;
+    let Some(run) = TapRun::start_with(test, NetBoot::DhcpPerNodeNoTftp).await else { return };
+    let (env, stack, vm, started) = (&run.env, &run.stack, &run.vm, run.started);
+    let uuid = enroll_with(stack, vm, false, json!({"boot_interface": "http-ipxe"})).await;
     // dnsmasq must know the MAC's tag before the VM asks.
     let hosts = env.work.join("dnsmasq-hosts/ferric-hosts");
     let tagged = format!("dhcp-host={},set:ferric,set:ferric-http-ipxe", vm.mac);
@@ -1444,9 +1421,8 @@ async fn test_qemu_deploy_over_uefi_http_boot_without_tftp() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    manage_and_provide(&stack, &vm, &uuid, false).await;
-    deploy_and_check_as(&stack, &vm, &uuid, &env.art, "raw", "deploy raw over UEFI HTTP boot")
-        .await;
+    manage_and_provide(stack, vm, &uuid, false).await;
+    deploy_and_check_as(stack, vm, &uuid, &env.art, "raw", "deploy raw over UEFI HTTP boot").await;
     let boots = vm.machine.power_ons().await;
     assert!(
         boots.iter().any(|b| b.target == BootTarget::UefiHttp),
@@ -1463,11 +1439,7 @@ async fn test_qemu_deploy_over_uefi_http_boot_without_tftp() {
     assert!(dhcp.contains("snponly.efi") && dhcp.contains("HTTPClient"), "dnsmasq log:\n{dhcp}");
     eprintln!("[qemu-deploy] UEFI HTTP boot: whole test {:.1?}", started.elapsed());
 
-    vm.machine.power_off().await.expect("power off");
-    vm_token.cancel();
-    stack.stop().await;
-    drop(net);
-    let _ = std::fs::remove_dir_all(&env.work);
+    run.finish().await;
 }
 
 const GIB: u64 = 1024 * 1024 * 1024;

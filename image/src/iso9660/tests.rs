@@ -175,6 +175,19 @@ fn need(tool: &str) {
     );
 }
 
+/// The whole tree of `iso`, extracted by xorriso the way a mount shows it, into `to`.
+fn extract_all(iso: &std::path::Path, to: &std::path::Path) -> std::path::PathBuf {
+    let out = Command::new("xorriso")
+        .args(["-abort_on", "WARNING", "-osirrox", "on", "-indev"])
+        .arg(iso)
+        .args(["-extract", "/"])
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    to.to_path_buf()
+}
+
 /// isoinfo (genisoimage) and xorriso, two independent readers, list and extract the files.
 #[test]
 fn test_isoinfo_and_xorriso_read_the_image() {
@@ -214,15 +227,7 @@ fn test_isoinfo_and_xorriso_read_the_image() {
     assert_eq!(out.stdout, big);
 
     // xorriso extracts the tree the way a mount shows it.
-    let x = dir.path().join("x");
-    let out = Command::new("xorriso")
-        .args(["-abort_on", "WARNING", "-osirrox", "on", "-indev"])
-        .arg(&iso)
-        .args(["-extract", "/"])
-        .arg(&x)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let x = extract_all(&iso, &dir.path().join("x"));
     let got = |p: &str| std::fs::read(x.join(p)).unwrap();
     assert_eq!(got("openstack/latest/user_data"), big);
     assert_eq!(got("openstack/latest/meta_data.json"), b"{\"uuid\":\"u\"}");
@@ -264,15 +269,7 @@ fn test_efi_boot_catalog_is_read_by_xorriso() {
         "the entry points at the image"
     );
     // The files stay readable.
-    let x = dir.path().join("x");
-    let out = Command::new("xorriso")
-        .args(["-abort_on", "WARNING", "-osirrox", "on", "-indev"])
-        .arg(&iso)
-        .args(["-extract", "/"])
-        .arg(&x)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let x = extract_all(&iso, &dir.path().join("x"));
     assert_eq!(std::fs::read(x.join("efiboot.img")).unwrap(), esp);
 
     assert_eq!(
