@@ -213,6 +213,16 @@ impl Stack {
         let tftp = UdpSocket::bind(listens.tftp)
             .await
             .with_context(|| format!("binding TFTP to {}", listens.tftp))?;
+        // api-service and pxe-service serve `/metrics` on their own listeners; the
+        // conductor's (with the agents' writes) on `[conductor] metrics_bind` when set.
+        let conductor_metrics = match cfg.conductor.metrics_addr() {
+            Some(at) => Some(
+                TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("binding the conductor metrics to {at}"))?,
+            ),
+            None => None,
+        };
         // With `[api] tls_cert_file` both API listeners speak TLS.
         let api_scheme = if cfg.api.tls_cert_file.is_some() { "https" } else { "http" };
         let api_url = format!("{api_scheme}://{}", url_host(rest.local_addr()?));
@@ -314,6 +324,13 @@ impl Stack {
                         .await
                         .map_err(anyhow::Error::from),
                 )
+            });
+        }
+        if let Some(listener) = conductor_metrics {
+            let stop = token.child_token();
+            tasks.spawn(async move {
+                conductor_service::metrics::serve(listener, stop).await;
+                ("conductor metrics", Ok(()))
             });
         }
         let endpoints = Endpoints {

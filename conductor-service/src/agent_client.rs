@@ -281,11 +281,14 @@ impl AgentConn {
         F: FnOnce(AgentServiceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        match tokio::time::timeout(self.timeout, f(self.client.clone())).await {
+        let started = std::time::Instant::now();
+        let res = match tokio::time::timeout(self.timeout, f(self.client.clone())).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(s)) => Err(self.status_err(call, &s)),
             Err(_) => Err(AgentError::Timeout { url: self.url.clone(), call, after: self.timeout }),
-        }
+        };
+        crate::metrics::agent_command(call, started.elapsed(), &res);
+        res
     }
 
     /// The machine's hardware inventory (in-band inspection).
@@ -322,7 +325,8 @@ impl AgentConn {
             .request(proto::agent::GetCommandStatusRequest { command_id: command_id.to_owned() });
         let call =
             |mut c: AgentServiceClient<Channel>| async move { c.get_command_status(req).await };
-        match tokio::time::timeout(self.timeout, call(self.client.clone())).await {
+        let started = std::time::Instant::now();
+        let res = match tokio::time::timeout(self.timeout, call(self.client.clone())).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(s)) if s.code() == tonic::Code::NotFound && !command_id.is_empty() => {
                 Err(AgentError::UnknownCommand {
@@ -336,7 +340,9 @@ impl AgentConn {
                 call: "GetCommandStatus",
                 after: self.timeout,
             }),
-        }
+        };
+        crate::metrics::agent_command("GetCommandStatus", started.elapsed(), &res);
+        res
     }
 
     /// Partition UUIDs of the written image.

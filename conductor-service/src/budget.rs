@@ -70,6 +70,7 @@ impl Lanes {
     /// the semaphore were closed, which never happens.
     pub async fn acquire(&self, silent_bmc: bool) -> Option<SemaphorePermit<'_>> {
         let lane = if silent_bmc { &self.slow } else { &self.main };
+        let _queued = crate::metrics::admission_waiting(silent_bmc);
         lane.acquire().await.ok()
     }
 

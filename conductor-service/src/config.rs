@@ -179,6 +179,10 @@ pub struct ConductorConfig {
     pub power_state_change_timeout_secs: f64,
     /// Seconds the shutdown waits for running workflows.
     pub drain_timeout_secs: f64,
+    /// Address of the Prometheus `/metrics` listener (`0.0.0.0:9102`; port 0 picks one);
+    /// empty: no listener. Bound by the conductor's `main` and by `ferric up`
+    /// ([`crate::metrics::serve`]).
+    pub metrics_bind: String,
     /// The agent client.
     pub agent: AgentClientConfig,
     /// The fake hardware type.
@@ -354,6 +358,7 @@ impl Default for ConductorConfig {
             lock_retry_interval_ms: 250,
             power_state_change_timeout_secs: 60.0,
             drain_timeout_secs: 30.0,
+            metrics_bind: String::new(),
             agent: AgentClientConfig::default(),
             fake: FakeConfig::default(),
             redfish: RedfishConfig::default(),
@@ -524,6 +529,14 @@ impl ConductorConfig {
                 message: "must be at least 1".into(),
             });
         }
+        if !self.metrics_bind.is_empty()
+            && self.metrics_bind.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConductorConfigError {
+                key: "metrics_bind",
+                message: format!("expected an address and port, got {:?}", self.metrics_bind),
+            });
+        }
         let soft = self.agent.soft_power_off_timeout_secs;
         if !(soft.is_finite() && soft >= 0.0) {
             return Err(ConductorConfigError {
@@ -532,6 +545,11 @@ impl ConductorConfig {
             });
         }
         Ok(())
+    }
+
+    /// Where to serve `/metrics`, if anywhere (checked by [`validate`](Self::validate)).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_bind.parse().ok()
     }
 
     /// How long a fast-track agent counts after its last heartbeat.

@@ -535,6 +535,7 @@ async fn write_image(
     let req = image_request(&task.node, &command_id, cd);
     let silence = task.ctx.cfg.agent_silence_timeout();
     let throttle = Duration::from_millis(task.ctx.cfg.agent.progress_write_interval_ms);
+    let mut meter = crate::metrics::WriteMeter::start();
     let mut stream = conn.prepare_image(req).await.map_err(|e| agent_failed("write_image", &e))?;
     let mut last_write: Option<Instant> = None;
     let mut last_heard = Instant::now();
@@ -548,6 +549,7 @@ async fn write_image(
             msg = tokio::time::timeout(wait, next_message(&mut stream)) => match msg {
                 Ok(Ok(Some(p))) => {
                     last_heard = Instant::now();
+                    meter.progress(&p);
                     let done = matches!(Phase::try_from(p.phase), Ok(Phase::Done | Phase::Failed));
                     let write = done || last_write.is_none_or(|t| t.elapsed() >= throttle);
                     if write {
@@ -567,6 +569,7 @@ async fn write_image(
         Some(p) => p,
         None => poll_command(task, &conn, &command_id, "write_image", last_heard).await?,
     };
+    meter.finish(&outcome);
     if Phase::try_from(outcome.phase) == Ok(Phase::Failed) {
         return Err(WorkflowError::Failed(format!(
             "Agent step write_image failed on node {}: {}",

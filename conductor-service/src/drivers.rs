@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::budget::PeerHealth;
 use crate::config::ConductorConfig;
+use crate::metrics::Metered;
 
 /// The power and management interfaces chosen for one node.
 #[derive(Clone)]
@@ -96,19 +97,20 @@ impl Drivers {
         &self.redfish
     }
 
+    // Every driver handed out is metered: each BMC call is timed in one place.
     fn power(&self, iface: PowerIface) -> Arc<dyn PowerDriver> {
         match iface {
-            PowerIface::Fake => self.fake.clone(),
-            PowerIface::Redfish => self.redfish.clone(),
-            PowerIface::Ipmitool => self.ipmi.clone(),
+            PowerIface::Fake => Arc::new(Metered(self.fake.clone())),
+            PowerIface::Redfish => Arc::new(Metered(self.redfish.clone())),
+            PowerIface::Ipmitool => Arc::new(Metered(self.ipmi.clone())),
         }
     }
 
     fn management(&self, iface: ManagementIface) -> Arc<dyn ManagementDriver> {
         match iface {
-            ManagementIface::Fake => self.fake.clone(),
-            ManagementIface::Redfish => self.redfish.clone(),
-            ManagementIface::Ipmitool => self.ipmi.clone(),
+            ManagementIface::Fake => Arc::new(Metered(self.fake.clone())),
+            ManagementIface::Redfish => Arc::new(Metered(self.redfish.clone())),
+            ManagementIface::Ipmitool => Arc::new(Metered(self.ipmi.clone())),
         }
     }
 }

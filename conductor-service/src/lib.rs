@@ -23,6 +23,7 @@ pub mod inspection;
 pub mod ipa_client;
 mod ipa_ops;
 pub mod management;
+pub mod metrics;
 pub mod periodic;
 pub mod power;
 pub mod task;

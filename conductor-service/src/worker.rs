@@ -137,6 +137,7 @@ async fn drive_once(
 ) -> Result<Option<workflows::Work>, PublicError> {
     let interval = Duration::from_millis(ctx.cfg.lock_retry_interval_ms);
     let mut worker = None;
+    let mut lock_first_try = None;
     for attempt in 0..=ctx.cfg.lock_retry_attempts {
         let node = match ctx.store.node_fetch(id).await {
             Ok(n) => n,
@@ -157,12 +158,15 @@ async fn drive_once(
             }
             worker = Some(ctx.tasks.acquire(silent).await);
         }
+        let lock_since = *lock_first_try.get_or_insert_with(std::time::Instant::now);
         match LockGuard::acquire(ctx, id).await {
             Ok((guard, node)) => {
+                crate::metrics::lock_acquired(lock_since.elapsed());
                 claim.claimed();
                 return Ok(run_locked(ctx, guard, node).await);
             }
             Err(PublicError::NodeLocked { holder, .. }) => {
+                crate::metrics::lock_conflict();
                 tracing::debug!(node = %id, holder, attempt, "node locked; retrying");
                 tokio::select! {
                     biased;
@@ -176,6 +180,7 @@ async fn drive_once(
     }
     // Another task keeps the node; it re-reads the state when done, and the sweep heals
     // anything left behind.
+    crate::metrics::lock_given_up();
     tracing::info!(node = %id, "node stayed locked; leaving it to its holder and the sweep");
     Ok(None)
 }
@@ -194,8 +199,10 @@ async fn run_locked(
     let span =
         tracing::info_span!("workflow", node_id = %id, work = ?work, state = %node.provision_state);
     let mut task = Task { ctx: ctx.clone(), node };
+    let timer = crate::metrics::workflow_started(work);
     let res =
         AssertUnwindSafe(workflows::run(&mut task, work)).catch_unwind().instrument(span).await;
+    timer.finish(&res, task.node.provision_state.is_failed());
     match res {
         Ok(Ok(())) => {}
         Ok(Err(WorkflowError::StateChanged { expected, found, .. })) => {
@@ -330,6 +337,8 @@ async fn handle_delivery(ctx: Arc<Ctx>, d: Delivery) {
                 return;
             }
         };
+        let kind = crate::metrics::event_kind(ev.payload.as_ref());
+        let _in_progress = crate::metrics::delivery_started(kind, &ev.created_at, ctx.clock.now());
         // Allocation events name no node (the conductor picks one).
         if let Some(Payload::AllocationRequested(p)) = &ev.payload {
             handle_allocation(&ctx, d, &p.allocation_uuid).await;

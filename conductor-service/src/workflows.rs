@@ -510,7 +510,10 @@ async fn run_plan(
             return Err(WorkflowError::Shutdown);
         }
         tracing::info!(node = %task.id(), step = %step.label(), index = i, "running step");
-        let mut outcome = iface.execute(task, d, &step, i, steps.len()).await?;
+        let started = std::time::Instant::now();
+        let res = iface.execute(task, d, &step, i, steps.len()).await;
+        crate::metrics::step_finished(kind.name(), step.kind, started, &res);
+        let mut outcome = res?;
         if outcome == StepOutcome::Continue && step.reboot_requested {
             // The agent asked to be booted again before the next step.
             tracing::info!(node = %task.id(), step = %step.label(), "the step asked for a reboot into the ramdisk");

@@ -1,6 +1,6 @@
 //! The HTTP boot server: `boot.ipxe`, per-MAC iPXE scripts rendered from the database, the
-//! image cache, the dnsmasq options file, and static files (kernels, ramdisks, iPXE binaries)
-//! with Range support.
+//! image cache, the dnsmasq options file, static files (kernels, ramdisks, iPXE binaries)
+//! with Range support, and Prometheus' `/metrics` ([`crate::metrics`]).
 
 use std::sync::Arc;
 
@@ -56,19 +56,23 @@ pub fn router(state: HttpState) -> Router {
         .route("/token/{node}", get(deploy_token))
         .route("/vmedia/{node}/{file}", get(vmedia_iso))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(crate::metrics::handler))
         // Static files; ServeDir refuses `..` and answers Range and HEAD.
         .fallback_service(statics)
         .layer(axum::middleware::from_fn_with_state(state.clone(), limit_downloads))
+        // Outside the download limit, so refused downloads are counted too.
+        .layer(axum::middleware::from_fn(crate::metrics::layer))
         // One span per request, with method and path.
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 
-/// Middleware: every request but `/healthz` takes a download permit and holds it until its
-/// body is done (sent or dropped); with none free the answer is 503 with `Retry-After`, which
-/// iPXE and HTTP clients retry, instead of an unbounded number of open files and streams.
+/// Middleware: every request but `/healthz` and `/metrics` takes a download permit and holds
+/// it until its body is done (sent or dropped); with none free the answer is 503 with
+/// `Retry-After`, which iPXE and HTTP clients retry, instead of an unbounded number of open
+/// files and streams.
 async fn limit_downloads(State(st): State<HttpState>, req: Request, next: Next) -> Response {
-    if req.uri().path() == "/healthz" {
+    if matches!(req.uri().path(), "/healthz" | "/metrics") {
         return next.run(req).await;
     }
     let Ok(permit) = st.downloads.clone().try_acquire_owned() else {

@@ -211,9 +211,11 @@ impl ImageCache {
             })?;
         let path = self.inner.dir.join(key);
         if cached_matches(&path, &expected).await {
+            crate::metrics::cache_hit();
             touch(&path).await;
             return Ok(path);
         }
+        crate::metrics::cache_miss();
         let fut = {
             let mut map =
                 self.inner.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -283,6 +285,7 @@ impl ImageCache {
             tokio::task::spawn_blocking(move || clean_dir(&dir, &keep, limits, stale_parts))
                 .await
                 .map_err(|e| CacheError::Io(format!("cleaning task failed: {e}")))?;
+        crate::metrics::cache_cleaned(report.removed, report.freed, report.kept);
         if report.removed > 0 {
             info!(
                 removed = report.removed,
@@ -462,6 +465,7 @@ async fn fetch(
         for step in COMMIT {
             commit_step(step, &part, &path, &expected).await.map_err(io)?;
         }
+        crate::metrics::cache_fetched(Some(got.bytes));
         info!(
             bytes = got.bytes,
             resumes = got.resumes,
@@ -472,6 +476,7 @@ async fn fetch(
     }
     .await;
     if let Err(error) = &result {
+        crate::metrics::cache_fetched(None);
         warn!(%error, "image fetch failed");
         let _ = tokio::fs::remove_file(&part).await;
     }

@@ -11,6 +11,7 @@ pub mod dnsmasq;
 pub mod files;
 pub mod http;
 pub mod image_cache;
+pub mod metrics;
 pub mod render;
 pub mod tftp;
 pub mod vmedia;

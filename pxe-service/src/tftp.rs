@@ -208,10 +208,13 @@ impl<R: Resolver> TransferCtx<R> {
     }
 
     async fn transfer(&self, req: Request, peer: SocketAddr) {
+        // Counted until it ends; dropped by a shutdown, it counts as cancelled.
+        let rec = crate::metrics::TftpTransfer::start();
         let wait = self.settings.timeout * (self.settings.retries + 1);
         let _permit = match tokio::time::timeout(wait, self.slots.acquire()).await {
             Ok(Ok(p)) => p,
             Ok(Err(_)) | Err(_) => {
+                rec.fail("busy");
                 warn!(%peer, file = %req.filename, "no transfer slot became free");
                 self.fail(peer, ErrorCode::Undefined, "server busy, try again").await;
                 return;
@@ -226,6 +229,7 @@ impl<R: Resolver> TransferCtx<R> {
         let negotiated = match options::negotiate(&req.options, limits) {
             Ok(n) => n,
             Err(error) => {
+                rec.fail("negotiation");
                 info!(%peer, file = %req.filename, %error, "option negotiation refused");
                 self.fail(peer, ErrorCode::OptionNegotiation, &error.to_string()).await;
                 return;
@@ -243,6 +247,7 @@ impl<R: Resolver> TransferCtx<R> {
         let content = match content {
             Ok(c) => c,
             Err(error) => {
+                rec.fail("refused");
                 info!(%peer, file = %req.filename, %error, "tftp request refused");
                 self.fail(peer, error.code(), &error.to_string()).await;
                 return;
@@ -255,6 +260,7 @@ impl<R: Resolver> TransferCtx<R> {
         let socket = match self.transfer_socket(peer).await {
             Ok(s) => s,
             Err(error) => {
+                rec.fail("io");
                 warn!(%peer, %error, "cannot open a transfer socket");
                 return;
             }
@@ -263,12 +269,18 @@ impl<R: Resolver> TransferCtx<R> {
         let started = tokio::time::Instant::now();
         let transfer = Transfer { socket, peer, negotiated, oack, retries: self.settings.retries };
         match transfer.run(reader, self.token.clone()).await {
-            Ok(sent) => info!(
-                %peer, file = %req.filename, bytes = sent.bytes, retransmits = sent.retransmits,
-                blksize, windowsize, elapsed_ms = started.elapsed().as_millis() as u64,
-                "tftp transfer complete"
-            ),
-            Err(error) => warn!(%peer, file = %req.filename, %error, "tftp transfer failed"),
+            Ok(sent) => {
+                rec.complete(&sent);
+                info!(
+                    %peer, file = %req.filename, bytes = sent.bytes, retransmits = sent.retransmits,
+                    blksize, windowsize, elapsed_ms = started.elapsed().as_millis() as u64,
+                    "tftp transfer complete"
+                );
+            }
+            Err(error) => {
+                rec.broke(&error);
+                warn!(%peer, file = %req.filename, %error, "tftp transfer failed");
+            }
         }
     }
 

@@ -37,5 +37,11 @@ async fn serve(cfg: ConductorFileConfig) -> anyhow::Result<()> {
     let bus =
         bus::connect_with_exchange(Some(&cfg.bus.url), &cfg.bus.exchange).await.context("bus")?;
     let shutdown = Shutdown::from_signals(cfg.conductor.drain_timeout());
+    if let Some(at) = cfg.conductor.metrics_addr() {
+        let listener = tokio::net::TcpListener::bind(at)
+            .await
+            .with_context(|| format!("binding the metrics listener to {at}"))?;
+        shutdown.spawn(conductor_service::metrics::serve(listener, shutdown.child_token()));
+    }
     Ok(conductor_service::run(cfg.conductor, store, bus, shutdown).await?)
 }
