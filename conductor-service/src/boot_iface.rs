@@ -48,7 +48,7 @@ pub(crate) async fn prepare_ramdisk(task: &mut Task, d: &DriverSet) -> Result<()
             insert_ramdisk_iso(task, d).await?;
             (BootDevice::Cdrom, "one-time boot from virtual media (Cd)")
         }
-        BootIface::HttpIpxe => (BootDevice::UefiHttp, "one-time UEFI HTTP boot"),
+        BootIface::HttpIpxe | BootIface::Http => (BootDevice::UefiHttp, "one-time UEFI HTTP boot"),
         BootIface::Pxe | BootIface::Ipxe | BootIface::Fake => {
             (BootDevice::Pxe, "one-time PXE boot")
         }

@@ -165,7 +165,7 @@ pub static HARDWARE_TYPES: [HardwareType; 3] = [
         name: "redfish",
         interfaces: [
             NO_BIOS,
-            spec("boot", "ipxe", &["ipxe", "pxe", "http-ipxe", "redfish-virtual-media"]),
+            spec("boot", "ipxe", &["ipxe", "pxe", "http", "http-ipxe", "redfish-virtual-media"]),
             NO_CONSOLE,
             spec("deploy", "direct", &["direct", "iscsi"]),
             NO_FIRMWARE,
@@ -340,6 +340,9 @@ iface_enum! {
         /// UEFI HTTP boot: the firmware fetches iPXE by the URL DHCP hands to its
         /// `HTTPClient` request, then iPXE goes on over HTTP; no TFTP at all.
         HttpIpxe = "http-ipxe",
+        /// UEFI HTTP boot without iPXE: the URL DHCP hands the firmware is the node's ramdisk
+        /// ISO, which the firmware boots from memory; no TFTP at all.
+        Http = "http",
         /// Redfish virtual media: a per-node ISO with the ramdisk and its kernel arguments
         /// (API URL, a pre-generated agent token, static addressing) is inserted as a CD
         /// through the BMC and booted once; no DHCP or TFTP needed.

@@ -145,12 +145,16 @@ pub struct PxeConfig {
     /// is needed).
     pub image_cache_ttl_mins: u64,
     /// A directory for dnsmasq's `dhcp-hostsdir`: pxe-service keeps `ferric-hosts` in it,
-    /// one `dhcp-host=<mac>,set:ferric` line per PXE-enabled port, rewritten when the ports
+    /// one `<mac>,set:ferric,set:ferric-<boot interface>` line per PXE-enabled port (the `dhcp-host` format), rewritten when the ports
     /// change (dnsmasq re-reads the directory by itself), and the rendered options file
     /// names it. Unset: nothing is written.
     pub dnsmasq_hosts_dir: Option<PathBuf>,
     /// How often the ports are read for that file, in seconds.
     pub dnsmasq_hosts_refresh_secs: u64,
+    /// A directory for dnsmasq's `dhcp-optsdir`: pxe-service keeps `ferric-opts` in it, the
+    /// per-MAC boot URL of every `boot_interface: http` node's ramdisk ISO (needs
+    /// `dnsmasq_hosts_dir`, which tags each MAC). Unset: `http` nodes get no boot URL.
+    pub dnsmasq_opts_dir: Option<PathBuf>,
     /// Largest virtual-media boot ISO built for a `redfish-virtual-media` node, in MiB
     /// (0 = no limit); a larger one is refused (413) and the node's boot fails.
     pub vmedia_max_iso_mib: u64,
@@ -190,6 +194,7 @@ impl Default for PxeConfig {
             image_cache_ttl_mins: 10080,
             dnsmasq_hosts_dir: None,
             dnsmasq_hosts_refresh_secs: 10,
+            dnsmasq_opts_dir: None,
             vmedia_max_iso_mib: 1024,
             vmedia_efi_loader: PathBuf::from("/usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
         }

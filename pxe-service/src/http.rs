@@ -55,6 +55,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/dnsmasq.conf", get(dnsmasq))
         .route("/token/{node}", get(deploy_token))
         .route("/vmedia/{node}/{file}", get(vmedia_iso))
+        .route("/http-boot/{file}", get(http_boot_iso))
         .route("/healthz", get(healthz))
         .route("/metrics", get(crate::metrics::handler))
         // Static files; ServeDir refuses `..` and answers Range and HEAD.
@@ -174,20 +175,42 @@ async fn vmedia_iso(
     Path((node, file)): Path<(String, String)>,
     req: Request,
 ) -> Response {
+    let built = st.vmedia.get(&node, &file).await;
+    serve_iso(built, req, "application/x-iso9660-image").await
+}
+
+/// `GET`/`HEAD /http-boot/<mac>.iso`: the ramdisk ISO a `boot_interface: http` node's
+/// firmware boots by UEFI HTTP boot ([`crate::vmedia::VmediaIsos::get_http_boot`]), typed
+/// as UEFI's HTTP boot expects a CD image.
+async fn http_boot_iso(
+    State(st): State<HttpState>,
+    Path(file): Path<String>,
+    req: Request,
+) -> Response {
+    let built = st.vmedia.get_http_boot(&file).await;
+    serve_iso(built, req, "application/vnd.efi-iso").await
+}
+
+async fn serve_iso(
+    built: Result<std::path::PathBuf, crate::vmedia::VmediaError>,
+    req: Request,
+    content_type: &'static str,
+) -> Response {
     use crate::vmedia::VmediaError;
-    match st.vmedia.get(&node, &file).await {
+    match built {
         Ok(path) => match ServeFile::new(path).oneshot(req).await {
             Ok(r) => {
                 let mut r = r.into_response();
-                r.headers_mut()
-                    .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+                let h = r.headers_mut();
+                h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+                h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
                 r
             }
             Err(never) => match never {},
         },
         Err(VmediaError::NotFound) => StatusCode::NOT_FOUND.into_response(),
         Err(error) => {
-            warn!(%error, %node, "virtual media ISO not served");
+            warn!(%error, "boot ISO not served");
             let status = match &error {
                 VmediaError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 VmediaError::Source { .. } => StatusCode::BAD_GATEWAY,

@@ -104,9 +104,8 @@ pub async fn run(
             }
         }
     });
-    if let Some(dir) = cfg.dnsmasq_hosts_dir.clone() {
-        let every = Duration::from_secs(cfg.dnsmasq_hosts_refresh_secs);
-        shutdown.spawn(dnsmasq::keep_hosts_file(state_store, dir, every, token.clone()));
+    if cfg.dnsmasq_hosts_dir.is_some() {
+        shutdown.spawn(dnsmasq::keep_hosts_file(state_store, cfg.clone(), token.clone()));
     }
     let tftp = tftp::serve(tftp_socket, cfg.tftp_settings(), resolver, token.clone());
     let stop = token.clone();

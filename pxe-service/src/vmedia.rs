@@ -127,6 +127,63 @@ impl VmediaIsos {
             .ok_or(VmediaError::NotFound)?;
         let with_net = !VmediaSession::of(&node).is_some_and(|s| s.config);
         let cmdline = cmdline(&node, &boot.args, with_net);
+        self.build_boot_iso(id, &boot, cmdline, &path).await?;
+        Ok(path)
+    }
+
+    /// The ISO a node with `boot_interface: http` boots by UEFI HTTP boot from `mac`
+    /// (`GET /http-boot/<mac>.iso`, the URL DHCP hands that MAC): the ramdisk with the
+    /// network boot's command line, served while the node runs the ramdisk. It carries no
+    /// secret (the agent gets its token at lookup, as after a network boot) and is rebuilt
+    /// when what goes into it changes.
+    ///
+    /// # Errors
+    /// [`VmediaError`]; `NotFound` for an unknown MAC or a node that boots otherwise.
+    pub async fn get_http_boot(&self, file: &str) -> Result<PathBuf, VmediaError> {
+        let mac: MacAddress =
+            file.strip_suffix(".iso").and_then(|m| m.parse().ok()).ok_or(VmediaError::NotFound)?;
+        let node = match crate::files::node_for_mac(&self.store, mac).await {
+            Ok(Some(n)) => n,
+            Ok(None) => return Err(VmediaError::NotFound),
+            Err(e) => return Err(VmediaError::Db(e)),
+        };
+        if render::boot_interface(&node) != Some(BootIface::Http) {
+            return Err(VmediaError::NotFound);
+        }
+        let id = node.uuid;
+        // One request id per node keeps the ISO (and its cache key) stable across requests.
+        let request_id = format!("req-{id}");
+        let boot = render::ramdisk_boot(&node, mac, &self.cfg, &request_id)
+            .ok_or(VmediaError::NotFound)?;
+        let cmdline = render::safe_args([boot.args.as_str(), "boot_method=http"]);
+        let key = {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(format!(
+                "{}
+{}
+{cmdline}",
+                boot.kernel, boot.ramdisk
+            ));
+            hex::encode(&digest[..8])
+        };
+        let path = self.dir.join(format!("{id}-http{key}.iso"));
+        let _one = self.building.lock().await;
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Ok(path);
+        }
+        self.remove_stale(id, VmediaSession::of(&node).map(|s| s.token).as_deref()).await;
+        self.build_boot_iso(id, &boot, cmdline, &path).await?;
+        Ok(path)
+    }
+
+    /// Build the UEFI-bootable ISO of `boot` with `cmdline` into `path`.
+    async fn build_boot_iso(
+        &self,
+        id: NodeId,
+        boot: &render::KernelBoot,
+        cmdline: String,
+        path: &Path,
+    ) -> Result<(), VmediaError> {
         let (kernel, ramdisk, loader) = tokio::try_join!(
             self.read_ref(id, &boot.kernel),
             self.read_ref(id, &boot.ramdisk),
@@ -146,9 +203,9 @@ impl VmediaIsos {
                 .await
                 .map_err(|e| VmediaError::Io(std::io::Error::other(e)))?
                 .map_err(|reason| VmediaError::Source { node: id, reason })?;
-        self.store_iso(&path, &iso).await?;
-        tracing::info!(node = %id, bytes = iso.len(), "virtual media ISO built");
-        Ok(path)
+        self.store_iso(path, &iso).await?;
+        tracing::info!(node = %id, bytes = iso.len(), "boot ISO built");
+        Ok(())
     }
 
     /// Write `iso` to `path` through a dotfile renamed over it.

@@ -352,7 +352,7 @@ async fn test_ipxe_http_ipxe_and_virtual_media_nodes_deploy_side_by_side() {
         .machines()
         .iter()
         .zip(ifaces)
-        .map(|(m, i)| format!("dhcp-host={},set:ferric,set:ferric-{i}\n", m.machine.macs()[0]))
+        .map(|(m, i)| format!("{},set:ferric,set:ferric-{i}\n", m.machine.macs()[0]))
         .collect();
     wait_for(Duration::from_secs(20), "the hosts file to list every MAC", || async {
         let text = std::fs::read_to_string(&hosts).unwrap_or_default();

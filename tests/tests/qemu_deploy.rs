@@ -452,7 +452,9 @@ async fn start_stack_opts(
         let mut cfg = cfg;
         if boot == NetBoot::DhcpPerNodeNoTftp {
             std::fs::create_dir_all(work.join("dnsmasq-hosts")).expect("hosts dir");
+            std::fs::create_dir_all(work.join("dnsmasq-opts")).expect("opts dir");
             cfg.dnsmasq_hosts_dir = Some(work.join("dnsmasq-hosts"));
+            cfg.dnsmasq_opts_dir = Some(work.join("dnsmasq-opts"));
             cfg.dnsmasq_hosts_refresh_secs = 1;
         }
         if let Net::Tap(t) = net
@@ -1405,13 +1407,25 @@ async fn test_qemu_deploy_from_virtual_media_without_dhcp_or_tftp() {
 /// and the agent deploys the image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn test_qemu_deploy_over_uefi_http_boot_without_tftp() {
-    let test = "test_qemu_deploy_over_uefi_http_boot_without_tftp";
+    uefi_http_deploy("test_qemu_deploy_over_uefi_http_boot_without_tftp", "http-ipxe").await;
+}
+
+/// UEFI HTTP boot without iPXE (`boot_interface: http`): DHCP hands the VM's MAC (its own tag
+/// in the hosts file, its URL in the options directory pxe-service keeps) the URL of the
+/// node's ramdisk ISO, which OVMF downloads and boots from memory; no TFTP, no iPXE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_qemu_deploy_over_uefi_http_boot_of_the_ramdisk_iso() {
+    uefi_http_deploy("test_qemu_deploy_over_uefi_http_boot_of_the_ramdisk_iso", "http").await;
+}
+
+/// A deploy of the real VM whose node boots by UEFI HTTP boot with `boot_interface`.
+async fn uefi_http_deploy(test: &str, boot_interface: &str) {
     let Some(run) = TapRun::start_with(test, NetBoot::DhcpPerNodeNoTftp).await else { return };
     let (env, stack, vm, started) = (&run.env, &run.stack, &run.vm, run.started);
-    let uuid = enroll_with(stack, vm, false, json!({"boot_interface": "http-ipxe"})).await;
+    let uuid = enroll_with(stack, vm, false, json!({"boot_interface": boot_interface})).await;
     // dnsmasq must know the MAC's tag before the VM asks.
     let hosts = env.work.join("dnsmasq-hosts/ferric-hosts");
-    let tagged = format!("dhcp-host={},set:ferric,set:ferric-http-ipxe", vm.mac);
+    let tagged = format!("{},set:ferric,set:ferric-{boot_interface}", vm.mac);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !std::fs::read_to_string(&hosts).unwrap_or_default().contains(&tagged) {
         assert!(
@@ -1422,23 +1436,38 @@ async fn test_qemu_deploy_over_uefi_http_boot_without_tftp() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     manage_and_provide(stack, vm, &uuid, false).await;
-    deploy_and_check_as(stack, vm, &uuid, &env.art, "raw", "deploy raw over UEFI HTTP boot").await;
+    let label = format!("deploy raw over UEFI HTTP boot ({boot_interface})");
+    deploy_and_check_as(stack, vm, &uuid, &env.art, "raw", &label).await;
     let boots = vm.machine.power_ons().await;
     assert!(
         boots.iter().any(|b| b.target == BootTarget::UefiHttp),
         "the conductor never asked for a UEFI HTTP boot: {boots:?}"
     );
     let serial = vm.serial();
-    assert!(
-        serial.contains("Start HTTP Boot over IPv4") && serial.contains("iPXE"),
-        "the firmware did not HTTP-boot iPXE\n{}",
-        vm.diagnostics()
-    );
+    assert!(serial.contains("Start HTTP Boot over IPv4"), "no HTTP boot\n{}", vm.diagnostics());
     assert!(!serial.contains("Start PXE over IPv4"), "no PXE attempt\n{}", vm.diagnostics());
     let dhcp = std::fs::read_to_string(env.work.join("dnsmasq.log")).unwrap_or_default();
-    assert!(dhcp.contains("snponly.efi") && dhcp.contains("HTTPClient"), "dnsmasq log:\n{dhcp}");
-    eprintln!("[qemu-deploy] UEFI HTTP boot: whole test {:.1?}", started.elapsed());
-
+    assert!(dhcp.contains("HTTPClient"), "dnsmasq log:\n{dhcp}");
+    // dnsmasq read pxe-service's files and tagged the VM's requests with its node's interface.
+    assert!(!dhcp.contains("bad "), "dnsmasq refused a line it was given:\n{dhcp}");
+    assert!(dhcp.contains(&format!("ferric-{boot_interface}")), "dnsmasq log:\n{dhcp}");
+    if boot_interface == "http" {
+        let url = format!("/http-boot/{}.iso", vm.mac.replace(':', "-"));
+        assert!(dhcp.contains(&url), "dnsmasq handed out the ISO's URL {url}:\n{dhcp}");
+        assert!(!serial.contains("iPXE"), "no iPXE on this path\n{}", vm.diagnostics());
+        assert!(
+            serial.contains("boot_method=http"),
+            "the ISO's command line\n{}",
+            vm.diagnostics()
+        );
+    } else {
+        assert!(dhcp.contains("snponly.efi"), "dnsmasq log:\n{dhcp}");
+        assert!(serial.contains("iPXE"), "the firmware HTTP-booted iPXE\n{}", vm.diagnostics());
+    }
+    eprintln!(
+        "[qemu-deploy] UEFI HTTP boot ({boot_interface}): whole test {:.1?}",
+        started.elapsed()
+    );
     run.finish().await;
 }
 

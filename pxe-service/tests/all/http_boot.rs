@@ -362,12 +362,12 @@ async fn test_dnsmasq_hosts_file_follows_the_ports() {
     let read = || std::fs::read_to_string(&file).unwrap_or_default();
     let text = poll_until(|| {
         let t = read();
-        t.contains("dhcp-host=52:54:00:12:34:01,set:ferric").then_some(t)
+        t.contains("52:54:00:12:34:01,set:ferric").then_some(t)
     })
     .await;
     assert!(!text.contains("52:54:00:12:34:02"), "PXE off: left out\n{text}");
     let later = store.port_insert(&port("52:54:00:12:34:03", true)).await.unwrap();
-    poll_until(|| read().contains("dhcp-host=52:54:00:12:34:03,set:ferric").then_some(())).await;
+    poll_until(|| read().contains("52:54:00:12:34:03,set:ferric").then_some(())).await;
     store.port_delete(first.uuid).await.unwrap();
     poll_until(|| (!read().contains("52:54:00:12:34:01")).then_some(())).await;
     assert!(read().contains("52:54:00:12:34:03"), "{}", read());
@@ -380,10 +380,10 @@ async fn test_dnsmasq_hosts_file_follows_the_ports() {
     store.port_insert(&http_port).await.unwrap();
     let text = poll_until(|| {
         let t = read();
-        t.contains("dhcp-host=52:54:00:12:34:04,set:ferric,set:ferric-http-ipxe\n").then_some(t)
+        t.contains("52:54:00:12:34:04,set:ferric,set:ferric-http-ipxe\n").then_some(t)
     })
     .await;
-    assert!(text.contains("dhcp-host=52:54:00:12:34:03,set:ferric,set:ferric-fake\n"), "{text}");
+    assert!(text.contains("52:54:00:12:34:03,set:ferric,set:ferric-fake\n"), "{text}");
     let names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
