@@ -218,12 +218,17 @@ pub(crate) async fn eject_ramdisk_iso(task: &mut Task, d: &DriverSet) -> Result<
     .await
 }
 
+/// Whether a node in `state` may still need its virtual media: while an operation runs the
+/// ramdisk. In `rescue` the rescue ramdisk runs from memory and the rescue has ended, so
+/// its media goes, as Ironic's rescue cleans up its ramdisk boot.
+fn needs_media(state: deploy::ProvisionState) -> bool {
+    deploy::state::boots_ramdisk(state) && state != deploy::ProvisionState::Rescue
+}
+
 /// After a workflow: a node that left the ramdisk states (its operation finished, failed or
 /// was aborted) has its virtual media ejected.
 pub(crate) async fn settle(task: &mut Task) {
-    if VmediaSession::of(&task.node).is_none()
-        || deploy::state::boots_ramdisk(task.node.provision_state)
-    {
+    if VmediaSession::of(&task.node).is_none() || needs_media(task.node.provision_state) {
         return;
     }
     let d = match task.ctx.drivers.for_node(&task.node) {
@@ -242,7 +247,7 @@ pub(crate) async fn settle(task: &mut Task) {
 /// states without a workflow that would have ejected it (the API applies an abort of
 /// `wait call-back` or `rescue wait` itself, and nothing is left for a workflow to do).
 pub(crate) fn unsettled(node: &deploy::Node) -> bool {
-    VmediaSession::of(node).is_some() && !deploy::state::boots_ramdisk(node.provision_state)
+    VmediaSession::of(node).is_some() && !needs_media(node.provision_state)
 }
 
 /// [`settle`] for a node that has no work to run: under its lock, on a fresh read.

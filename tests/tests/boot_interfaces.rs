@@ -365,6 +365,12 @@ async fn test_ipxe_http_ipxe_and_virtual_media_nodes_deploy_side_by_side() {
         assert!(options.contains(&format!("dhcp-boot={tag},")), "{tag}: {options}");
     }
 
+    // The virtual-media node is rescued later on.
+    let patch = json!([{"op": "add", "path": "/rescue_interface", "value": "agent"}]);
+    let (status, body) =
+        stack.call(Method::PATCH, &format!("/v1/nodes/{}", vm.0), Some(patch)).await;
+    assert_eq!(status, 200, "{body}");
+
     // manage → provide: automated cleaning boots each machine into the ramdisk once.
     for id in &ids {
         stack.provision(id, "manage").await;
@@ -478,11 +484,25 @@ async fn test_ipxe_http_ipxe_and_virtual_media_nodes_deploy_side_by_side() {
         assert_eq!(stack.get(u).await.0, 404, "{u}");
     }
 
+    // Rescue boots the ISO once more, ejected once the rescue ramdisk runs; unrescue boots
+    // the instance again.
+    let rescue = json!({"target": "rescue", "rescue_password": "vmedia-rescue"});
+    let path = format!("/v1/nodes/{}/states/provision", vm.0);
+    let (status, body) = stack.call(Method::PUT, &path, Some(rescue)).await;
+    assert_eq!(status, 202, "{body}");
+    stack.settled(vm.0, "rescue", Duration::from_secs(180)).await;
+    let log = media_log(vm.1);
+    assert_eq!(assert_inserted_then_ejected(&log, &stack.pxe_url, vm.0).len(), 3, "{log:?}");
+    assert_eq!(vm.1.machine.media(MediaDevice::Cd), None, "ejected when the rescue ended");
+    assert!(!dii_has(&stack.node(vm.0).await, "vmedia_token"));
+    stack.provision(vm.0, "unrescue").await;
+    stack.settled(vm.0, "active", Duration::from_secs(180)).await;
+
     // Undeploy: cleaning boots the ISO once more and ejects it.
     stack.provision(vm.0, "deleted").await;
     stack.settled(vm.0, "available", Duration::from_secs(180)).await;
     let log = media_log(vm.1);
-    assert_eq!(assert_inserted_then_ejected(&log, &stack.pxe_url, vm.0).len(), 3, "{log:?}");
+    assert_eq!(assert_inserted_then_ejected(&log, &stack.pxe_url, vm.0).len(), 4, "{log:?}");
     assert_eq!(vm.1.machine.media(MediaDevice::Cd), None);
     assert!(!dii_has(&stack.node(vm.0).await, "vmedia_token"));
 
