@@ -14,7 +14,6 @@
 
 mod conductor;
 mod error;
-mod heartbeat;
 mod history;
 mod lock;
 mod modify;
