@@ -54,11 +54,6 @@ pub enum BootAction {
     Exit,
 }
 
-/// States in which the agent ramdisk must boot.
-pub fn boots_ramdisk(state: ProvisionState) -> bool {
-    deploy::state::boots_ramdisk(state)
-}
-
 /// A fresh `req-<uuid>` id, as Ironic's global request ids look.
 pub fn new_request_id() -> String {
     format!("req-{}", uuid::Uuid::new_v4())
@@ -124,7 +119,7 @@ fn safe_ref(s: &str) -> bool {
 
 /// Split `parts` into kernel arguments and keep those made of safe characters only; a
 /// dropped argument is logged (it can only come from a crafted or broken node field).
-fn join_args<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+pub(crate) fn join_args<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
     let mut out: Vec<&str> = Vec::new();
     for arg in parts.into_iter().flat_map(str::split_whitespace) {
         if arg.chars().all(safe_arg_char) {
@@ -163,7 +158,7 @@ pub fn boot_interface(node: &Node) -> Option<BootIface> {
 /// Decide what `node`, booting from `mac`, should boot.
 pub fn decide(node: &Node, mac: MacAddress, cfg: &PxeConfig, request_id: &str) -> BootAction {
     let state = node.provision_state;
-    if boots_ramdisk(state) {
+    if deploy::state::boots_ramdisk(state) {
         // A virtual-media node boots its ramdisk from the ISO its BMC inserted; a network
         // boot in the meantime must not start a ramdisk without the ISO's agent token.
         if boot_interface(node) == Some(BootIface::RedfishVirtualMedia) {
@@ -185,7 +180,7 @@ pub fn ramdisk_boot(
     request_id: &str,
 ) -> Option<KernelBoot> {
     let state = node.provision_state;
-    if !boots_ramdisk(state) {
+    if !deploy::state::boots_ramdisk(state) {
         return None;
     }
     {
@@ -228,11 +223,6 @@ pub fn ramdisk_boot(
             initrd_name: if rescue { "rescue_ramdisk" } else { "deploy_ramdisk" },
         })
     }
-}
-
-/// Kernel arguments made safe for a boot script ([`join_args`]).
-pub fn safe_args<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
-    join_args(parts)
 }
 
 fn decide_outside_ramdisk(node: &Node, cfg: &PxeConfig) -> BootAction {

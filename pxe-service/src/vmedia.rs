@@ -155,7 +155,7 @@ impl VmediaIsos {
         let request_id = format!("req-{id}");
         let boot = render::ramdisk_boot(&node, mac, &self.cfg, &request_id)
             .ok_or(VmediaError::NotFound)?;
-        let cmdline = render::safe_args([boot.args.as_str(), "boot_method=http"]);
+        let cmdline = render::join_args([boot.args.as_str(), "boot_method=http"]);
         let key = {
             use sha2::Digest as _;
             let digest = sha2::Sha256::digest(format!(
@@ -229,7 +229,7 @@ impl VmediaIsos {
         let live = VmediaSession::of(&node)
             .is_some_and(|s| s.token == token && s.valid_at(now) && (s.config || !config))
             && render::boot_interface(&node) == Some(BootIface::RedfishVirtualMedia)
-            && render::boots_ramdisk(node.provision_state);
+            && deploy::state::boots_ramdisk(node.provision_state);
         if !live {
             // Whatever was built for an older session of this node is of no further use.
             self.remove_stale(id, VmediaSession::of(&node).map(|s| s.token).as_deref()).await;
@@ -430,7 +430,7 @@ fn cmdline(node: &Node, ramdisk_args: &str, with_net: bool) -> String {
             extra.push(format!("ferric.dns={}", net.dns.join(",")));
         }
     }
-    render::safe_args(std::iter::once(ramdisk_args).chain(extra.iter().map(String::as_str)))
+    render::join_args(std::iter::once(ramdisk_args).chain(extra.iter().map(String::as_str)))
 }
 
 /// The bootable ISO: `/ferric/cmdline` and the FAT boot image `efiboot.img` (El Torito).
