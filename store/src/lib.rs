@@ -14,6 +14,7 @@
 
 mod conductor;
 mod error;
+mod heartbeat;
 mod history;
 mod lock;
 mod modify;

@@ -88,6 +88,9 @@ pub(crate) struct NodeRow {
     inspection_started_at: Option<DateTime<Utc>>,
     inspection_finished_at: Option<DateTime<Utc>>,
     attributes: Json<JsonObject>,
+    /// The last liveness-only heartbeat ([`DataStore::node_record_heartbeat`]), folded into
+    /// `driver_internal_info` when read.
+    agent_heartbeat_at: Option<DateTime<Utc>>,
     generation: i64,
     created_at: DateTime<Utc>,
     updated_at: Option<DateTime<Utc>>,
@@ -152,12 +155,16 @@ impl TryFrom<NodeRow> for Node {
             parse_opt(&r.uuid, "target_provision_state", r.target_provision_state)?;
         let power_state = parse_opt(&r.uuid, "power_state", r.power_state)?;
         let target_power_state = parse_opt(&r.uuid, "target_power_state", r.target_power_state)?;
+        let mut driver_internal_info = r.driver_internal_info.0;
+        if let Some(at) = r.agent_heartbeat_at {
+            crate::heartbeat::fold(&mut driver_internal_info, at);
+        }
         Ok(Node {
             uuid: NodeId(r.uuid.0),
             name: r.name,
             driver: r.driver,
             driver_info: r.driver_info.0,
-            driver_internal_info: r.driver_internal_info.0,
+            driver_internal_info,
             instance_info: r.instance_info.0,
             instance_uuid: r.instance_uuid,
             properties: r.properties.0,

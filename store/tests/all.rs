@@ -48,6 +48,7 @@ backend_tests!(
     nodes::test_node_delete_removes_ports_and_history,
     nodes::test_node_lookup_by_macs,
     nodes::test_concurrent_updates_exactly_one_wins,
+    nodes::test_node_record_heartbeat_leaves_the_generation,
     modify::test_node_modify_updates_and_reports_outcomes,
     modify::test_node_modify_reapplies_after_a_lost_race,
     modify::test_node_modify_concurrent_writers_lose_nothing,

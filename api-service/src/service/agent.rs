@@ -4,8 +4,8 @@
 use base64::Engine;
 use chrono::Utc;
 use deploy::ids::MacAddress;
-use deploy::internal_info::{AgentApi, Heartbeat};
-use deploy::model::SECRET_MASK;
+use deploy::internal_info::{AgentApi, Heartbeat, keys};
+use deploy::model::{JsonObject, SECRET_MASK};
 use deploy::{AgentSession, Node, NodeId, PublicError};
 use proto::events::event::Payload;
 use rand::RngCore;
@@ -311,6 +311,21 @@ impl ApiState {
             api,
         };
         let id = node.uuid;
+        let wake = !state.heartbeat_recorded();
+        if liveness_only(&node.driver_internal_info, &hb) {
+            // Nothing in the session changes but its time: record that alone, without a
+            // node write (no generation bump, so a conductor working on the node is not
+            // disturbed), and wake the conductor only where heartbeats drive the work. In
+            // Ironic's record-only states the node's lock holder has its own work in hand.
+            if self.store.node_record_heartbeat(id, node.generation, hb.at).await? {
+                tracing::debug!(node_id = %id, state = %state, "heartbeat recorded (liveness)");
+                if wake {
+                    self.publish_heartbeat(ctx, &node, &req);
+                }
+                return Ok(());
+            }
+            // The node changed since it was read: the write below re-reads and re-checks.
+        }
         let (updated, ()) = self
             .store
             .node_modify_from(node, |n| {
@@ -324,18 +339,34 @@ impl ApiState {
             .await?
             .into_result(id)?;
         tracing::debug!(node_id = %updated.uuid, state = %state, "heartbeat recorded");
-        // The heartbeat is recorded on the node; the event only wakes its conductor sooner.
+        // The session changed (a first heartbeat, a new status): the conductor may have work
+        // in any state.
+        self.publish_heartbeat(ctx, &updated, &req);
+        Ok(())
+    }
+
+    /// Wake the node's conductor after a heartbeat. The heartbeat is recorded on the node;
+    /// the event only wakes its conductor sooner, so it may be lost.
+    fn publish_heartbeat(&self, ctx: &Ctx, node: &Node, req: &HeartbeatRequest) {
         self.publish_lossy(
             ctx,
-            &updated,
+            node,
             Payload::AgentHeartbeat(proto::events::AgentHeartbeat {
                 agent_url: req.callback_url.clone(),
                 agent_version: req.agent_version.clone().unwrap_or_default(),
-                provision_state: updated.provision_state.as_str().to_owned(),
+                provision_state: node.provision_state.as_str().to_owned(),
             }),
         );
-        Ok(())
     }
+}
+
+/// Whether recording `hb` would change nothing in the session `dii` holds but the time of
+/// the last heartbeat (the common case: the same agent, URL and version every interval).
+fn liveness_only(dii: &JsonObject, hb: &Heartbeat<'_>) -> bool {
+    let mut after = dii.clone();
+    AgentSession::record_heartbeat(&mut after, hb);
+    // Recording only inserts keys, so comparing what it leaves is enough.
+    after.iter().all(|(k, v)| k == keys::AGENT_LAST_HEARTBEAT || dii.get(k) == Some(v))
 }
 
 #[cfg(test)]
@@ -351,6 +382,24 @@ mod tests {
         assert!(constant_time_eq(t.as_bytes(), t.as_bytes()));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn test_liveness_only_when_the_session_is_unchanged() {
+        let hb = |url: &'static str, version: &'static str| Heartbeat {
+            url,
+            at: Utc::now(),
+            version: Some(version),
+            verify_ca: None,
+            status: None,
+            api: AgentApi::Ferric,
+        };
+        let mut dii = JsonObject::new();
+        assert!(!liveness_only(&dii, &hb("http://10.0.0.1:9999", "1")), "a first heartbeat");
+        AgentSession::record_heartbeat(&mut dii, &hb("http://10.0.0.1:9999", "1"));
+        assert!(liveness_only(&dii, &hb("http://10.0.0.1:9999", "1")));
+        assert!(!liveness_only(&dii, &hb("http://10.0.0.1:9999", "2")), "a new version");
+        assert!(!liveness_only(&dii, &hb("http://10.0.0.2:9999", "1")), "a new URL");
     }
 
     #[test]

@@ -247,6 +247,23 @@ pub async fn test_node_list_is_served_by_an_index(db: &TestDatabase) {
         ..Default::default()
     });
     queries.push(NodeListQuery { driver: Some("ipmi".into()), ..Default::default() });
+    // The filters a large fleet is sliced by, first page and after a marker.
+    for marker in [None, Some(marker)] {
+        queries.push(NodeListQuery { owner: Some("p1".into()), marker, ..Default::default() });
+        queries.push(NodeListQuery { lessee: Some("p1".into()), marker, ..Default::default() });
+        queries.push(NodeListQuery {
+            conductor_group: Some("g1".into()),
+            marker,
+            ..Default::default()
+        });
+        queries.push(NodeListQuery {
+            resource_class: Some("large".into()),
+            marker,
+            ..Default::default()
+        });
+        queries.push(NodeListQuery { conductor: Some("c1".into()), marker, ..Default::default() });
+        queries.push(NodeListQuery { shards: vec!["s1".into()], marker, ..Default::default() });
+    }
     for q in queries {
         let plan = store.node_list_explain(&q, true).await.unwrap();
         // The order comes from an index walk: no sort step, so a page of 1000 out of any

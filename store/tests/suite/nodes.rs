@@ -246,3 +246,37 @@ pub async fn test_concurrent_updates_exactly_one_wins(db: &TestDatabase) {
     );
     assert_eq!(&stored, won);
 }
+
+pub async fn test_node_record_heartbeat_leaves_the_generation(db: &TestDatabase) {
+    let store = db.store();
+    let mut n = node(Some("hb"));
+    n.driver_internal_info.insert(keys::AGENT_URL.into(), "http://10.0.0.1:9999".into());
+    n.driver_internal_info.insert(keys::AGENT_LAST_HEARTBEAT.into(), t(0).to_rfc3339().into());
+    let n = insert(store, &n).await;
+    let shown = |n: &deploy::Node| n.driver_internal_info[keys::AGENT_LAST_HEARTBEAT].clone();
+
+    // Recorded without a generation bump, and shown as the session's last heartbeat.
+    assert!(store.node_record_heartbeat(n.uuid, n.generation, t(10)).await.unwrap());
+    let read = store.node_fetch(n.uuid).await.unwrap();
+    assert_eq!(read.generation, n.generation);
+    assert_eq!(shown(&read), serde_json::json!(t(10).to_rfc3339()));
+
+    // A writer holding a copy from before the heartbeat does not put the older time back.
+    let mut old = n.clone();
+    old.description = Some("written by a conductor".into());
+    let written = store.node_update(&old).await.unwrap();
+    assert_eq!(shown(&written), serde_json::json!(t(10).to_rfc3339()));
+
+    // A heartbeat checked against a stale copy is refused: the caller re-reads.
+    assert!(!store.node_record_heartbeat(n.uuid, n.generation, t(20)).await.unwrap());
+    assert!(!store.node_record_heartbeat(NodeId::new_v4(), 0, t(20)).await.unwrap());
+
+    // A wiped session stays wiped.
+    let mut wiped = written.clone();
+    deploy::AgentSession::wipe(&mut wiped.driver_internal_info);
+    let wiped = store.node_update(&wiped).await.unwrap();
+    assert!(!wiped.driver_internal_info.contains_key(keys::AGENT_LAST_HEARTBEAT));
+    assert!(
+        !store.node_fetch(n.uuid).await.unwrap().driver_internal_info.contains_key(keys::AGENT_URL)
+    );
+}
