@@ -21,6 +21,7 @@ pub mod iscsi;
 pub mod management;
 pub mod model;
 pub mod provision;
+pub mod ring;
 pub mod rescue;
 pub mod state;
 pub mod steps;
