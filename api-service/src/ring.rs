@@ -1,13 +1,16 @@
 //! The API's view of the conductors: which one manages a node, as Ironic's hash ring shows
-//! it — among the live conductors of the node's group that load its driver, a stable choice
-//! by node UUID. Ironic derives `node.conductor` from the ring whenever a node is read, so a
-//! conductor joining or leaving shows at once; here the live list is cached for a moment so
-//! that a node create or a list of a thousand nodes costs no extra query.
+//! it — the owner on the consistent hash ring ([`deploy::ring`]) of the live conductors of
+//! the node's group that load its driver, the same ring the conductors act on. Ironic
+//! derives `node.conductor` from the ring whenever a node is read, so a conductor joining or
+//! leaving shows at once; here the rings are cached for a moment so that a node create or a
+//! list of a thousand nodes costs no extra query (the rings are built once per read, not
+//! per node).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use deploy::ring::ConductorRings;
 use deploy::{Conductor, Node};
 use store::DataStore;
 
@@ -18,21 +21,21 @@ const TTL: Duration = Duration::from_secs(2);
 /// query per this interval.
 const MISS_TTL: Duration = Duration::from_millis(250);
 
-/// Cached live conductors, shared by every request of one API process.
+/// The cached rings of the live conductors, shared by every request of one API process.
 #[derive(Debug, Default)]
 pub struct ConductorRing {
-    cached: Mutex<Option<(Instant, Arc<Vec<Conductor>>)>>,
+    cached: Mutex<Option<(Instant, Arc<ConductorRings>)>>,
 }
 
 impl ConductorRing {
-    /// The live conductors (online, heartbeat within `timeout`), from the cache when it is
-    /// younger than `max_age`. `None` when the database cannot be read.
+    /// The rings of the live conductors (online, heartbeat within `timeout`), from the
+    /// cache when it is younger than `max_age`. `None` when the database cannot be read.
     async fn live(
         &self,
         store: &DataStore,
         timeout: Duration,
         max_age: Duration,
-    ) -> Option<Arc<Vec<Conductor>>> {
+    ) -> Option<Arc<ConductorRings>> {
         if let Some((at, list)) =
             self.cached.lock().unwrap_or_else(PoisonError::into_inner).as_ref()
             && at.elapsed() < max_age
@@ -47,10 +50,9 @@ impl ConductorRing {
             }
         };
         let cutoff = Utc::now() - timeout;
-        let mut live: Vec<Conductor> =
-            all.into_iter().filter(|c| c.online && c.last_heartbeat > cutoff).collect();
-        live.sort_unstable_by(|a, b| a.hostname.cmp(&b.hostname));
-        let live = Arc::new(live);
+        let live: Vec<&Conductor> =
+            all.iter().filter(|c| c.online && c.last_heartbeat > cutoff).collect();
+        let live = Arc::new(ConductorRings::new(live));
         *self.cached.lock().unwrap_or_else(PoisonError::into_inner) =
             Some((Instant::now(), live.clone()));
         Some(live)
@@ -69,7 +71,8 @@ impl ConductorRing {
         if let Some(h) = pick(&live, n) {
             return Some(h);
         }
-        pick(&self.live(store, timeout, MISS_TTL).await?, n)
+        let fresh = self.live(store, timeout, MISS_TTL).await?;
+        pick(&fresh, n)
     }
 
     /// Set `conductor` on every node from the ring (nodes no conductor serves get `None`).
@@ -85,19 +88,9 @@ impl ConductorRing {
     }
 }
 
-/// The stable choice for `n` among `live` (sorted by hostname).
-fn pick(live: &[Conductor], n: &Node) -> Option<String> {
-    let hosts: Vec<&str> = live
-        .iter()
-        .filter(|c| c.conductor_group == n.conductor_group)
-        .filter(|c| c.drivers.contains(&n.driver))
-        .map(|c| c.hostname.as_str())
-        .collect();
-    if hosts.is_empty() {
-        return None;
-    }
-    let i = usize::try_from(n.uuid.0.as_u128() % hosts.len() as u128).unwrap_or(0);
-    hosts.get(i).map(|h| (*h).to_owned())
+/// The ring's owner of `n`.
+fn pick(rings: &ConductorRings, n: &Node) -> Option<String> {
+    rings.owner(n).map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -117,7 +110,8 @@ mod tests {
 
     #[test]
     fn test_pick_is_stable_and_follows_group_and_driver() {
-        let live = vec![conductor("a", ""), conductor("b", ""), conductor("c", "rack2")];
+        let live =
+            ConductorRings::new(&[conductor("a", ""), conductor("b", ""), conductor("c", "rack2")]);
         let mut n = Node::new(deploy::NodeId::new_v4(), "fake-hardware", Utc::now());
         let first = pick(&live, &n);
         assert!(matches!(first.as_deref(), Some("a" | "b")));
