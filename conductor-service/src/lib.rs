@@ -1,8 +1,9 @@
 //! Ferric's conductor: consumes the API's events, drives nodes through the provision state
 //! machine under per-node exclusive locks, talks to BMCs (fake, Redfish, IPMI) and to the
 //! deploy agent (gRPC), and runs the periodic tasks that keep a fleet of conductors honest
-//! (liveness and takeover, sweep, callback timeouts, power sync); it also reserves nodes for
-//! allocations ([`allocation`]).
+//! (liveness and takeover, sweep, callback timeouts, power sync) for the nodes the
+//! conductors' hash ring gives it ([`ownership`]); it also reserves nodes for allocations
+//! ([`allocation`]).
 //!
 //! The database is the truth: a bus delivery only wakes a node; the handler re-reads it,
 //! takes its lock, decides what to do from the recorded state, commits, and only then acks.
@@ -24,6 +25,7 @@ pub mod ipa_client;
 mod ipa_ops;
 pub mod management;
 pub mod metrics;
+pub mod ownership;
 pub mod periodic;
 pub mod power;
 pub mod task;
@@ -101,6 +103,9 @@ pub struct Ctx {
     /// it could have seen their heartbeats for a whole liveness timeout (a database outage
     /// silences everyone).
     pub(crate) heartbeat_streak: Mutex<periodic::HeartbeatStreak>,
+    /// The cached hash rings that say which nodes this conductor's periodic tasks handle
+    /// ([`ownership`]).
+    pub(crate) ownership: ownership::Ownership,
 }
 
 impl Ctx {
@@ -175,6 +180,7 @@ pub async fn run_with_clock(
         power_failures: Mutex::new(HashMap::new()),
         allocations: allocation::Tracker::default(),
         heartbeat_streak: Mutex::default(),
+        ownership: ownership::Ownership::default(),
     });
     let host = ctx.cfg.hostname.clone();
     ctx.store

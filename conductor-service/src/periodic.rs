@@ -1,6 +1,9 @@
 //! Periodic tasks (reference §5.4): liveness heartbeat, takeover of dead conductors' nodes
 //! and stale-lock cleanup, the sweep that heals lost wake-ups, callback timeouts and the
-//! power-state sync. The allocations' sweep is [`crate::allocation::sweep`].
+//! power-state sync. The sweep, the callback timeouts and the power sync act only on the
+//! nodes the conductors' hash ring gives this conductor ([`crate::ownership`]); releasing a
+//! dead conductor's locks is anyone's job. The allocations' sweep is
+//! [`crate::allocation::sweep`].
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use store::NodeListQuery;
 
 use crate::Ctx;
 use crate::config::ConductorConfig;
+use crate::ownership::owned;
 use crate::task::{LockGuard, Task, WorkflowError};
 use crate::worker::wake_owned;
 use crate::workflows::{fail_current, power_off_after_failure, work_for};
@@ -89,7 +93,8 @@ fn can_judge_liveness(ctx: &Ctx, timeout: chrono::Duration) -> bool {
 
 /// Declare conductors dead whose heartbeat is older than the liveness timeout, release
 /// their locks and any lock whose holder is not a live conductor, then sweep so their
-/// nodes are driven again.
+/// nodes are driven again by their new owners on the ring (this conductor sweeps its own
+/// share at once; the others sweep theirs on their next run).
 pub async fn takeover(ctx: Arc<Ctx>) {
     let timeout =
         chrono::Duration::from_std(ctx.cfg.liveness_timeout()).unwrap_or(chrono::Duration::MAX);
@@ -115,6 +120,9 @@ pub async fn takeover(ctx: Arc<Ctx>) {
                 }
                 if c.online {
                     let _ = ctx.store.conductor_unregister(&c.hostname).await;
+                    // Its nodes have new owners: read the ring again before sweeping.
+                    ctx.ownership.invalidate();
+                    released_any = true;
                 }
             }
         }
@@ -169,9 +177,9 @@ pub async fn list_all_store(
     }
 }
 
-/// Find unlocked nodes that need a conductor (working states, wait states whose agent
-/// called back or that were released from a hold) and wake them. Pending power requests
-/// whose message was lost are the power sync's.
+/// Find unlocked nodes this conductor owns that need a conductor (working states, wait
+/// states whose agent called back or that were released from a hold) and wake them. Pending
+/// power requests whose message was lost are the power sync's.
 pub async fn sweep(ctx: Arc<Ctx>) {
     let q = NodeListQuery {
         reserved: Some(false),
@@ -192,7 +200,7 @@ pub async fn sweep(ctx: Arc<Ctx>) {
         ..Default::default()
     };
     let nodes = match list_all(&ctx, q).await {
-        Ok(n) => n,
+        Ok(n) => owned(&ctx, n).await,
         Err(e) => {
             tracing::warn!(error = %common::ErrorChain(&e), "sweep cannot list nodes");
             return;
@@ -227,6 +235,7 @@ pub async fn callback_timeouts(ctx: Arc<Ctx>) {
         ..Default::default()
     };
     let Ok(nodes) = list_all(&ctx, q).await else { return };
+    let nodes = owned(&ctx, nodes).await;
     let now = ctx.clock.now();
     for n in nodes {
         if work_for(&n).is_some() {
@@ -427,12 +436,14 @@ async fn fail_wait(task: &mut Task) -> Result<(), WorkflowError> {
     Ok(())
 }
 
-/// Read every eligible node's power state from its BMC; record out-of-band changes and
-/// put a node into maintenance after repeated BMC failures. Nodes whose BMC stayed silent
-/// on its last call are read in a lane of their own, so hung BMCs delay only each other.
+/// Read the power state of every eligible node this conductor owns from its BMC; record
+/// out-of-band changes and put a node into maintenance after repeated BMC failures. Nodes
+/// whose BMC stayed silent on its last call are read in a lane of their own, so hung BMCs
+/// delay only each other.
 pub async fn power_sync(ctx: Arc<Ctx>) {
     let q = NodeListQuery { maintenance: Some(false), reserved: Some(false), ..Default::default() };
     let Ok(nodes) = list_all(&ctx, q).await else { return };
+    let nodes = owned(&ctx, nodes).await;
     let answering = Arc::new(tokio::sync::Semaphore::new(POWER_SYNC_WORKERS));
     let silent = Arc::new(tokio::sync::Semaphore::new(POWER_SYNC_SILENT_WORKERS));
     let mut set = tokio::task::JoinSet::new();

@@ -66,6 +66,7 @@ async fn rig() -> Rig {
         power_failures: Mutex::new(HashMap::new()),
         allocations: Default::default(),
         heartbeat_streak: Mutex::default(),
+        ownership: Default::default(),
     });
     let mut n = Node::new(NodeId::new_v4(), "redfish", ctx.clock.now());
     n.driver_info.insert("redfish_address".into(), format!("http://{bmc}").into());

@@ -1,0 +1,352 @@
+//! Conductors sharing a fleet through the hash ring: several conductors in one process on
+//! SQLite and the in-process bus, each node behind its own system of a simulated Redfish BMC
+//! that counts power reads.
+//!
+//! Which conductor read a node's power is told by the history entry its power sync writes
+//! when the BMC disagrees with the database ("power state changed out of band", with the
+//! conductor's hostname): the tests flip the BMCs and check that each change was recorded
+//! by the ring's owner of the node, before and after a conductor leaves (it stops, or its
+//! heartbeat lapses), and that a group without a conductor has its BMCs never read.
+
+#![allow(clippy::unwrap_used, reason = "integration-test helpers panic on setup failures")]
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::shutdown::{CancellationToken, Shutdown};
+use conductor_service::testing::{fast_config, wait_for};
+use conductor_service::{ConductorConfig, ConductorError};
+use deploy::ring::ConductorRings;
+use deploy::{Conductor, Node, NodeId, PowerState, ProvisionState as S};
+use sim::bmc::{BmcError, BootOverride, MachineBackend, PowerStatus, ResetKind};
+use store::DataStore;
+use store::testing::TestDatabase;
+use tokio::task::JoinHandle;
+
+/// One simulated system: its power and how often it was read.
+struct Bmc {
+    power: Mutex<PowerStatus>,
+    reads: AtomicU64,
+}
+
+impl Bmc {
+    fn set(&self, on: bool) {
+        *self.power.lock().unwrap() = if on { PowerStatus::On } else { PowerStatus::Off };
+    }
+}
+
+#[async_trait::async_trait]
+impl MachineBackend for Bmc {
+    async fn power_state(&self) -> Result<PowerStatus, BmcError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(*self.power.lock().unwrap())
+    }
+    async fn reset(&self, kind: ResetKind) -> Result<(), BmcError> {
+        let on = !matches!(kind, ResetKind::ForceOff | ResetKind::GracefulShutdown);
+        self.set(on);
+        Ok(())
+    }
+    async fn boot_override(&self) -> Result<BootOverride, BmcError> {
+        Ok(BootOverride::default())
+    }
+    async fn set_boot_override(&self, _o: BootOverride) -> Result<(), BmcError> {
+        Ok(())
+    }
+}
+
+const TEXT: &str = "power state changed out of band";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Fleet {
+    db: TestDatabase,
+    bus: bus::DynBus,
+    queue: String,
+    token: CancellationToken,
+    url: String,
+    /// Each node's BMC system, by node.
+    bmcs: HashMap<NodeId, Arc<Bmc>>,
+    /// The nodes and their conductor group.
+    nodes: Vec<(NodeId, String)>,
+    /// Running conductors: their token and task.
+    conductors: HashMap<String, (CancellationToken, JoinHandle<Result<(), ConductorError>>)>,
+}
+
+impl Fleet {
+    /// A BMC with a system per node of `groups` (`(group, count)`), every BMC on and every
+    /// node recorded as off and `available` (nodes are inserted by [`Fleet::insert_nodes`]).
+    async fn new(groups: &[(&str, usize)]) -> Fleet {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
+        let token = CancellationToken::new();
+        let db = TestDatabase::sqlite().await;
+        let bus = bus::connect(None).await.unwrap();
+        let mut bmcs = HashMap::new();
+        let mut nodes = Vec::new();
+        let mut systems: Vec<(String, Arc<dyn MachineBackend>)> = Vec::new();
+        for (group, count) in groups {
+            for _ in 0..*count {
+                let id = NodeId::new_v4();
+                let bmc =
+                    Arc::new(Bmc { power: Mutex::new(PowerStatus::On), reads: AtomicU64::new(0) });
+                systems.push((id.to_string(), bmc.clone()));
+                bmcs.insert(id, bmc);
+                nodes.push((id, (*group).to_owned()));
+            }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(sim::bmc::serve_redfish(
+            listener,
+            systems,
+            Some(("admin".into(), "password".into())),
+            token.clone(),
+        ));
+        let queue = format!("ring-{}", uuid::Uuid::new_v4().simple());
+        Fleet { db, bus, queue, token, url, bmcs, nodes, conductors: HashMap::new() }
+    }
+
+    fn store(&self) -> &DataStore {
+        self.db.store()
+    }
+
+    async fn insert_nodes(&self) {
+        for (id, group) in &self.nodes {
+            let mut n = Node::new(*id, "redfish", chrono::Utc::now());
+            n.conductor_group = group.clone();
+            n.provision_state = S::Available;
+            n.power_state = Some(PowerState::Off);
+            n.driver_info.insert("redfish_address".into(), self.url.clone().into());
+            n.driver_info
+                .insert("redfish_system_id".into(), format!("/redfish/v1/Systems/{id}").into());
+            n.driver_info.insert("redfish_username".into(), "admin".into());
+            n.driver_info.insert("redfish_password".into(), "password".into());
+            self.store().node_insert(&n).await.unwrap();
+        }
+    }
+
+    fn config(&self, host: &str, group: &str) -> ConductorConfig {
+        let mut cfg = fast_config(host, &self.queue);
+        cfg.conductor_group = group.into();
+        cfg
+    }
+
+    /// Start a conductor and wait until it is ready.
+    async fn start(&mut self, host: &str, group: &str) {
+        let cfg = self.config(host, group);
+        let token = self.token.child_token();
+        let (shutdown, ready) = Shutdown::new(token.clone(), Duration::from_secs(5)).service();
+        let (s, b) = (self.store().clone(), self.bus.clone());
+        let task = tokio::spawn(conductor_service::run(cfg, s, b, shutdown));
+        ready.wait().await.unwrap();
+        self.conductors.insert(host.to_owned(), (token, task));
+    }
+
+    /// Stop a conductor and wait until it has unregistered.
+    async fn stop(&mut self, host: &str) {
+        let (token, task) = self.conductors.remove(host).unwrap();
+        token.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    /// The rings of the conductors online now.
+    async fn rings(&self) -> ConductorRings {
+        let all = self.store().conductor_list().await.unwrap();
+        let live: Vec<&Conductor> = all.iter().filter(|c| c.online).collect();
+        ConductorRings::new(live)
+    }
+
+    /// Set every BMC of `ids` on or off.
+    fn flip(&self, ids: &[NodeId], on: bool) {
+        for id in ids {
+            self.bmcs[id].set(on);
+        }
+    }
+
+    /// Wait until every node of `ids` is recorded with `power`.
+    async fn wait_power(&self, ids: &[NodeId], power: PowerState) {
+        let store = self.store().clone();
+        let ids = ids.to_vec();
+        wait_for(DEADLINE, &format!("every node synced to {power}"), || {
+            let (store, ids) = (store.clone(), ids.clone());
+            async move {
+                for id in ids {
+                    if store.node_fetch(id).await.unwrap().power_state != Some(power) {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        })
+        .await;
+    }
+
+    /// The conductors that recorded an out-of-band change of `id`, oldest first.
+    async fn recorders(&self, id: NodeId) -> Vec<(String, chrono::DateTime<chrono::Utc>)> {
+        let mut h = self.store().history_list(id).await.unwrap();
+        h.sort_by_key(|e| e.created_at);
+        h.into_iter()
+            .filter(|e| e.event.starts_with(TEXT))
+            .map(|e| (e.conductor.unwrap_or_default(), e.created_at))
+            .collect()
+    }
+
+    fn in_group(&self, group: &str) -> Vec<NodeId> {
+        self.nodes.iter().filter(|(_, g)| g == group).map(|(id, _)| *id).collect()
+    }
+
+    fn reads(&self, ids: &[NodeId]) -> u64 {
+        ids.iter().map(|id| self.bmcs[id].reads.load(Ordering::Relaxed)).sum()
+    }
+
+    async fn finish(mut self) {
+        let hosts: Vec<String> = self.conductors.keys().cloned().collect();
+        for h in hosts {
+            self.stop(&h).await;
+        }
+        self.token.cancel();
+    }
+}
+
+/// The owner of every node of `ids` on `rings`.
+fn owners(rings: &ConductorRings, fleet: &Fleet, ids: &[NodeId]) -> HashMap<NodeId, String> {
+    let groups: HashMap<NodeId, &str> =
+        fleet.nodes.iter().map(|(id, g)| (*id, g.as_str())).collect();
+    ids.iter()
+        .map(|id| {
+            let o = rings.owner_in(groups[id], "redfish", *id).expect("the group has a conductor");
+            (*id, o.to_owned())
+        })
+        .collect()
+}
+
+/// Three conductors in the default group and one in `rack2` share the power sync: each
+/// change is recorded by the node's owner on the ring and by nobody else; the BMCs of
+/// `rack3`, which has no conductor, are never read. When one conductor of the default group
+/// stops, its nodes go to the other two (the others' nodes stay where they were) and keep
+/// being synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_power_sync_by_ring_owner_and_handover_on_stop() {
+    let mut f = Fleet::new(&[("", 24), ("rack2", 4), ("rack3", 3)]).await;
+    for (host, group) in [("c-a", ""), ("c-b", ""), ("c-c", ""), ("c-r", "rack2")] {
+        f.start(host, group).await;
+    }
+    // Nodes come after every conductor registered: the first ring any of them reads (on its
+    // first power sync with nodes to sync) holds all four.
+    f.insert_nodes().await;
+    let default = f.in_group("");
+    let rack2 = f.in_group("rack2");
+    let rack3 = f.in_group("rack3");
+    let served: Vec<NodeId> = default.iter().chain(&rack2).copied().collect();
+
+    let before = owners(&f.rings().await, &f, &served);
+    let hosts: BTreeSet<&str> = before.values().map(String::as_str).collect();
+    assert_eq!(hosts.len(), 4, "every conductor owns nodes: {hosts:?}");
+    f.wait_power(&served, PowerState::On).await;
+    for id in &served {
+        let rec = f.recorders(*id).await;
+        let who: Vec<&str> = rec.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(who, vec![before[id].as_str()], "node {id}: recorded by its owner only");
+    }
+    for id in &rack2 {
+        assert_eq!(before[id], "c-r", "rack2's nodes are rack2's conductor's");
+    }
+    assert_eq!(f.reads(&rack3), 0, "no conductor reads the BMCs of a group it does not serve");
+
+    // c-b leaves.
+    let of_b: Vec<NodeId> = served.iter().copied().filter(|id| before[id] == "c-b").collect();
+    assert!(!of_b.is_empty());
+    f.stop("c-b").await;
+    let after = owners(&f.rings().await, &f, &served);
+    for id in &served {
+        if before[id] != "c-b" {
+            assert_eq!(after[id], before[id], "only the leaving conductor's nodes move");
+        } else {
+            assert!(after[id] == "c-a" || after[id] == "c-c", "{id} went to {}", after[id]);
+        }
+    }
+    // Every node changes again; each change is recorded by its new owner.
+    f.flip(&served, false);
+    f.wait_power(&served, PowerState::Off).await;
+    for id in &served {
+        let rec = f.recorders(*id).await;
+        let who: Vec<&str> = rec.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(
+            who,
+            vec![before[id].as_str(), after[id].as_str()],
+            "node {id}: the second change recorded by its owner after c-b left"
+        );
+    }
+    // And again, to see the taken-over nodes keep being synced.
+    f.flip(&of_b, true);
+    f.wait_power(&of_b, PowerState::On).await;
+    for id in &of_b {
+        let rec = f.recorders(*id).await;
+        assert_eq!(rec.len(), 3);
+        assert_eq!(rec[2].0, after[id]);
+    }
+    assert_eq!(f.reads(&rack3), 0, "rack3's BMCs were never read");
+    let rack3_nodes = f.store().node_fetch(rack3[0]).await.unwrap();
+    assert_eq!(rack3_nodes.power_state, Some(PowerState::Off), "nobody synced rack3");
+    f.finish().await;
+}
+
+/// A conductor whose heartbeat lapses (registered, then silent) owns its share of the ring
+/// only until its heartbeat is older than the liveness timeout: then its nodes are synced
+/// by their owners among the live conductors, and a live one declares it offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_nodes_of_a_silent_conductor_are_taken_over() {
+    let mut f = Fleet::new(&[("", 16)]).await;
+    let registered = chrono::Utc::now();
+    let ghost = Conductor {
+        hostname: "c-ghost".into(),
+        conductor_group: String::new(),
+        drivers: deploy::hardware::hardware_type_names().map(str::to_owned).collect(),
+        online: true,
+        last_heartbeat: registered,
+        created_at: registered,
+    };
+    f.store().conductor_register(&ghost, registered).await.unwrap();
+    f.start("c-a", "").await;
+    f.start("c-c", "").await;
+    let with_ghost = f.rings().await;
+    f.insert_nodes().await;
+    let ids = f.in_group("");
+    let ghosts: Vec<NodeId> = ids
+        .iter()
+        .copied()
+        .filter(|id| with_ghost.owner_in("", "redfish", *id) == Some("c-ghost"))
+        .collect();
+    assert!(!ghosts.is_empty(), "the silent conductor owns part of the fleet");
+
+    f.wait_power(&ids, PowerState::On).await;
+    let cfg = f.config("x", "");
+    let lapse = registered + chrono::Duration::from_std(cfg.liveness_timeout()).unwrap();
+    let live = ConductorRings::new(
+        f.store().conductor_list().await.unwrap().iter().filter(|c| c.hostname != "c-ghost"),
+    );
+    for id in &ids {
+        let rec = f.recorders(*id).await;
+        assert_eq!(rec.len(), 1, "node {id}: {rec:?}");
+        let (who, at) = &rec[0];
+        assert_eq!(Some(who.as_str()), live.owner_in("", "redfish", *id), "node {id}");
+        if ghosts.contains(id) {
+            assert!(
+                *at >= lapse,
+                "node {id} was synced at {at}, before c-ghost's lapse at {lapse}"
+            );
+        }
+    }
+    wait_for(DEADLINE, "the silent conductor declared offline", || {
+        let store = f.store().clone();
+        async move { (!store.conductor_fetch("c-ghost").await.unwrap().online).then_some(()) }
+    })
+    .await;
+    f.finish().await;
+}
