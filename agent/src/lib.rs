@@ -433,7 +433,8 @@ pub async fn run_with_tls(
         server::check_token(&check_state, &req).map(|()| req)
     });
     let stop = state.cancel.clone();
-    let router = tonic::transport::Server::builder().add_service(service);
+    let router =
+        tonic::transport::Server::builder().trace_fn(server::call_span).add_service(service);
     let serve: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> = match &tls
     {
         Some(t) => {

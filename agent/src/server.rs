@@ -5,6 +5,11 @@
 //! [`crate::commands::Commands`], so only one runs at a time and its status stays queryable
 //! after the caller reconnects. Unary commands wait up to [`SYNC_WAIT`] and otherwise answer
 //! RUNNING; the caller then polls `GetCommandStatus`.
+//!
+//! Tracing: every call runs in a span ([`call_span`]) that continues the caller's W3C trace
+//! from the gRPC metadata (`traceparent`), so the conductor's deploy step and the agent's
+//! work are one trace; each command runs in a `command` span under it, and an image write
+//! has a span per pipeline phase.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -26,6 +31,7 @@ use tokio::sync::broadcast;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::AgentState;
 use crate::commands::BeginError;
@@ -35,6 +41,55 @@ use crate::inventory;
 pub const SYNC_WAIT: Duration = Duration::from_secs(20);
 /// Progress cadence while an image is written.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often an image write looks at its pipeline's phase, to open a span per phase.
+const PHASE_POLL: Duration = Duration::from_millis(25);
+
+/// The span of one gRPC call, named after the method (`ferric.agent.v1.AgentService/…`) and
+/// continuing the caller's trace from its `traceparent` metadata. Handed to tonic's
+/// `trace_fn`, which runs every call in it.
+pub fn call_span(req: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let method = req.uri().path().trim_start_matches('/');
+    let span = tracing::info_span!("grpc", otel.name = %method, otel.kind = "server");
+    let headers = req.headers();
+    common::telemetry::continue_trace(&span, |k| headers.get(k).and_then(|v| v.to_str().ok()));
+    span
+}
+
+/// The span a command runs in (its OpenTelemetry name is the command's).
+fn command_span(name: &str, id: &str) -> tracing::Span {
+    tracing::info_span!("command", otel.name = %name, command_id = %id)
+}
+
+fn phase_name(p: ImagePhase) -> &'static str {
+    match p {
+        ImagePhase::Starting => "starting",
+        ImagePhase::Downloading => "download_and_write",
+        ImagePhase::Verifying => "verify",
+        ImagePhase::ConfigDrive => "configdrive",
+        ImagePhase::Done => "done",
+        ImagePhase::Failed => "failed",
+    }
+}
+
+/// The span of the image pipeline's current phase: a new one whenever the phase changes,
+/// ended when the next begins (or the write ends).
+struct PhaseSpans {
+    current: Option<(ImagePhase, tracing::Span)>,
+}
+
+impl PhaseSpans {
+    fn observe(&mut self, p: ImagePhase) {
+        if matches!(p, ImagePhase::Done | ImagePhase::Failed) {
+            self.current = None;
+            return;
+        }
+        if self.current.as_ref().is_some_and(|(seen, _)| *seen == p) {
+            return;
+        }
+        self.current = Some((p, tracing::info_span!("phase", otel.name = phase_name(p))));
+    }
+}
 
 /// What the last successful image write left on the disk.
 #[derive(Debug, Clone)]
@@ -143,17 +198,21 @@ impl AgentGrpc {
         let state = self.state.clone();
         let cid = id.clone();
         let name = name.to_owned();
-        let handle = self.state.tracker.spawn(async move {
-            let r = fut.await;
-            if let Err(e) = &r {
-                tracing::warn!(command = %name, error = %e, "command failed");
-            } else {
-                tracing::info!(command = %name, "command succeeded");
+        let span = command_span(&name, &id);
+        let handle = self.state.tracker.spawn(
+            async move {
+                let r = fut.await;
+                if let Err(e) = &r {
+                    tracing::warn!(command = %name, error = %e, "command failed");
+                } else {
+                    tracing::info!(command = %name, "command succeeded");
+                }
+                let st = state.commands.finish(&cid, r);
+                state.heartbeat_now.notify_one();
+                st
             }
-            let st = state.commands.finish(&cid, r);
-            state.heartbeat_now.notify_one();
-            st
-        });
+            .instrument(span),
+        );
         match tokio::time::timeout(SYNC_WAIT, handle).await {
             Ok(Ok(st)) => Ok(Response::new(st)),
             Ok(Err(e)) => Err(Status::internal(format!("command task failed: {e}"))),
@@ -254,6 +313,8 @@ async fn prepare(
     let started = Instant::now();
     let mut last = (Instant::now(), 0u64);
     let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
+    let mut phase_poll = tokio::time::interval(PHASE_POLL);
+    let mut phases = PhaseSpans { current: None };
     let snapshot = |last: &mut (Instant, u64)| {
         let bytes = progress.downloaded.load(std::sync::atomic::Ordering::Relaxed);
         let dt = last.0.elapsed().as_secs_f64();
@@ -271,8 +332,10 @@ async fn prepare(
         tokio::select! {
             r = &mut write => break r,
             _ = tick.tick() => send(snapshot(&mut last)),
+            _ = phase_poll.tick() => phases.observe(progress.phase()),
         }
     };
+    phases.observe(ImagePhase::Done);
     let mut fin = snapshot(&mut last);
     let secs = started.elapsed().as_secs_f64().max(1e-3);
     fin.rate_bytes_per_sec = (fin.bytes_written as f64 / secs) as u64;
@@ -384,7 +447,8 @@ impl AgentService for AgentGrpc {
             self.state.commands.begin("prepare_image", Some(&r.command_id)).map_err(busy)?;
         let rx = tx.subscribe();
         let state = self.state.clone();
-        self.state.tracker.spawn(prepare(state, id, req, hints, tx));
+        let span = command_span("prepare_image", &id);
+        self.state.tracker.spawn(prepare(state, id, req, hints, tx).instrument(span));
         Ok(Response::new(stream_from(None, rx)))
     }
 

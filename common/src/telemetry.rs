@@ -139,6 +139,22 @@ pub fn try_init(
     Ok(TelemetryGuard { provider: Some(provider) })
 }
 
+/// Makes `span` a child of the W3C trace context a caller sent (`traceparent` and
+/// `tracestate`, read with `header`, e.g. from gRPC metadata or HTTP headers), if it sent
+/// one. Call it before entering `span`. Cheap when there is no header: nothing is parsed.
+pub fn continue_trace<'a>(span: &tracing::Span, header: impl Fn(&str) -> Option<&'a str>) {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let carried: std::collections::HashMap<String, String> = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|k| Some((k.to_owned(), header(k)?.to_owned())))
+        .collect();
+    if carried.contains_key("traceparent") {
+        // Fails only when the span is disabled or already started; then it keeps its parent.
+        let _ = span.set_parent(TraceContextPropagator::new().extract(&carried));
+    }
+}
+
 fn tracer_provider(
     service_name: &str,
     cfg: &TelemetryConfig,

@@ -196,8 +196,13 @@ async fn run_locked(
         guard.release().await;
         return None;
     };
-    let span =
-        tracing::info_span!("workflow", node_id = %id, work = ?work, state = %node.provision_state);
+    let span = tracing::info_span!("workflow", otel.name = %format!("workflow {work:?}"),
+        node_id = %id, work = ?work, state = %node.provision_state);
+    if continues_operation(work) {
+        // Work that continues after an asynchronous wait joins the trace of the workflow that
+        // started the operation, unless the message that woke it already carried that trace.
+        bus::trace::join_node_trace(&span, &node.driver_internal_info);
+    }
     let mut task = Task { ctx: ctx.clone(), node };
     let timer = crate::metrics::workflow_started(work);
     let res =
@@ -233,6 +238,16 @@ async fn run_locked(
     crate::boot_iface::settle(&mut task).await;
     guard.release().await;
     Some(work)
+}
+
+/// Whether `work` continues an operation started earlier (the agent called back), which
+/// belongs to the trace of the workflow that started it.
+fn continues_operation(work: workflows::Work) -> bool {
+    use workflows::Work as W;
+    matches!(
+        work,
+        W::ResumeDeploy | W::ResumeClean | W::ResumeInspect | W::ResumeRescue | W::ResumeService
+    )
 }
 
 /// The work queue: every conductor competes for it.

@@ -15,6 +15,7 @@ use deploy::steps::{
 };
 use deploy::{Node, PowerState, ProvisionEvent as E, ProvisionState as S};
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use crate::deploy_iface::{DeployInterface, Reattached, StepOutcome};
 use crate::drivers::{DriverSet, bmc_label};
@@ -266,6 +267,7 @@ fn clear_plans(n: &mut Node) {
         keys::CLEAN_STEPS,
         keys::CLEAN_STEP_INDEX,
         keys::SERVICE_STEP_INDEX,
+        bus::trace::NODE_TRACEPARENT,
     ] {
         n.driver_internal_info.remove(k);
     }
@@ -469,6 +471,9 @@ async fn run_plan(
     let mut steps = steps.to_vec();
     let mut plan_json = plan_to_json(&steps);
     let mut record_plan = record_plan;
+    // A fresh plan starts the operation: work that continues it after a wait joins this
+    // workflow's trace (see `worker`).
+    let mut traceparent = if record_plan { bus::trace::current_traceparent() } else { None };
     let mut i = start;
     while let Some(step) = steps.get(i).cloned() {
         if step.kind == StepKind::AgentSteps {
@@ -498,6 +503,10 @@ async fn run_plan(
                 n.driver_internal_info.insert(steps_key.into(), plan_json.clone());
             }
             n.driver_internal_info.insert(index_key.into(), i.into());
+            if let Some(tp) = &traceparent {
+                n.driver_internal_info
+                    .insert(bus::trace::NODE_TRACEPARENT.into(), tp.clone().into());
+            }
             match kind {
                 PlanKind::Deploy => n.deploy_step = step_json.clone(),
                 PlanKind::Clean => n.clean_step = step_json.clone(),
@@ -506,18 +515,22 @@ async fn run_plan(
         })
         .await?;
         record_plan = false;
+        traceparent = None;
         if task.ctx.token.is_cancelled() {
             return Err(WorkflowError::Shutdown);
         }
         tracing::info!(node = %task.id(), step = %step.label(), index = i, "running step");
         let started = std::time::Instant::now();
-        let res = iface.execute(task, d, &step, i, steps.len()).await;
+        let name = format!("{} step {}", kind.name(), step.label());
+        let span = tracing::info_span!("step", otel.name = %name, plan = kind.name(),
+            step = %step.label(), index = i);
+        let res = iface.execute(task, d, &step, i, steps.len()).instrument(span.clone()).await;
         crate::metrics::step_finished(kind.name(), step.kind, started, &res);
         let mut outcome = res?;
         if outcome == StepOutcome::Continue && step.reboot_requested {
             // The agent asked to be booted again before the next step.
             tracing::info!(node = %task.id(), step = %step.label(), "the step asked for a reboot into the ramdisk");
-            crate::deploy_iface::boot_ramdisk(task, d).await?;
+            crate::deploy_iface::boot_ramdisk(task, d).instrument(span).await?;
             outcome = StepOutcome::Wait;
         }
         if let StepOutcome::Wait = outcome {

@@ -348,6 +348,15 @@ impl ApiState {
     /// Wake the node's conductor after a heartbeat. The heartbeat is recorded on the node;
     /// the event only wakes its conductor sooner, so it may be lost.
     fn publish_heartbeat(&self, ctx: &Ctx, node: &Node, req: &HeartbeatRequest) {
+        // The wake-up continues the trace of the operation the agent serves (recorded on the
+        // node by the conductor when it started), so the work it resumes joins that trace.
+        let dii = &node.driver_internal_info;
+        let span = bus::trace::node_context(dii).map(|_| {
+            let span = tracing::info_span!("heartbeat", node_id = %node.uuid);
+            bus::trace::join_node_trace(&span, dii);
+            span
+        });
+        let _entered = span.as_ref().map(tracing::Span::enter);
         self.publish_lossy(
             ctx,
             node,
