@@ -131,9 +131,14 @@ impl Fleet {
         }
     }
 
+    /// A conductor of `group` with short periods. Heartbeats every half second, and dead
+    /// after ten missed ones (5 s): a conductor of a loaded test machine whose heartbeat
+    /// comes late must not lose its nodes to the others in the middle of a check.
     fn config(&self, host: &str, group: &str) -> ConductorConfig {
         let mut cfg = fast_config(host, &self.queue);
         cfg.conductor_group = group.into();
+        cfg.heartbeat_interval_secs = 0.5;
+        cfg.dead_after_missed_heartbeats = 10;
         cfg
     }
 
