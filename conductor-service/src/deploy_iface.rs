@@ -157,6 +157,7 @@ pub(crate) async fn boot_ramdisk(task: &mut Task, d: &DriverSet) -> Result<(), W
     task.update(|n| {
         AgentSession::wipe(&mut n.driver_internal_info);
         n.driver_internal_info.remove(keys::DEPLOY_PROGRESS);
+        n.driver_internal_info.remove(keys::DEPLOY_WRITE_SUMMARY);
         Ok(())
     })
     .await?;
@@ -569,7 +570,12 @@ async fn write_image(
         Some(p) => p,
         None => poll_command(task, &conn, &command_id, "write_image", last_heard).await?,
     };
-    meter.finish(&outcome);
+    let summary = serde_json::to_value(meter.finish(&outcome)).unwrap_or_default();
+    task.update(|n| {
+        n.driver_internal_info.insert(keys::DEPLOY_WRITE_SUMMARY.into(), summary.clone());
+        Ok(())
+    })
+    .await?;
     if Phase::try_from(outcome.phase) == Ok(Phase::Failed) {
         return Err(WorkflowError::Failed(format!(
             "Agent step write_image failed on node {}: {}",

@@ -40,7 +40,7 @@ use crate::task::WorkflowError;
 use crate::workflows::Work;
 
 pub use bmc::Metered;
-pub use write::WriteMeter;
+pub use write::{WriteMeter, WriteSummary};
 
 /// Latency buckets of calls to other machines (BMCs, agents), in seconds.
 const CALL_BUCKETS: &[f64] =

@@ -64,6 +64,8 @@ pub mod keys {
     pub const SERVICE_RAMDISK: &str = "service_ramdisk";
     /// The image write's progress as the conductor last recorded it.
     pub const DEPLOY_PROGRESS: &str = "deploy_progress";
+    /// The last image write's record: outcome, bytes, seconds, rate and seconds per phase.
+    pub const DEPLOY_WRITE_SUMMARY: &str = "deploy_write_summary";
     /// Whether the deployed image is a whole-disk image.
     pub const IS_WHOLE_DISK_IMAGE: &str = "is_whole_disk_image";
     /// The root partition UUID or disk id the agent reported.

@@ -109,3 +109,37 @@ pub async fn sim_ramdisk(
             .await;
     }
 }
+
+/// The metric families the shipped Grafana dashboard (`charts/ferric/dashboards/ferric.json`)
+/// plots: every `ferric_*` name in its panels' queries, histogram series (`_bucket`, `_count`,
+/// `_sum`) by their family's name.
+///
+/// # Panics
+/// When the dashboard cannot be read or is not JSON.
+#[must_use]
+#[expect(clippy::expect_used, reason = "a test helper: the shipped file must be there")]
+pub fn grafana_dashboard_metrics() -> std::collections::BTreeSet<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../charts/ferric/dashboards/ferric.json");
+    let text = std::fs::read_to_string(&path).expect("reading the Grafana dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut names = std::collections::BTreeSet::new();
+    let panels = dashboard["panels"].as_array().into_iter().flatten();
+    for target in panels.flat_map(|p| p["targets"].as_array().into_iter().flatten()) {
+        let expr = target["expr"].as_str().unwrap_or_default();
+        let mut rest = expr;
+        while let Some(at) = rest.find("ferric_") {
+            let tail = &rest[at..];
+            let end =
+                tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+            let name = &tail[..end];
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            names.insert(family.to_owned());
+            rest = &tail[end..];
+        }
+    }
+    names
+}

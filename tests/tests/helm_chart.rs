@@ -119,9 +119,18 @@ async fn test_chart_renders_lints_and_validates_with_helms_own_engine() {
     assert!(d["NetworkPolicy"] >= 2 && d["PodDisruptionBudget"] >= 2, "{d:?}");
     assert!(!d.contains_key("StatefulSet"), "nothing bundled by default: {d:?}");
     let p = kinds("production-values.yaml");
-    for kind in ["HorizontalPodAutoscaler", "Ingress", "ServiceMonitor", "DaemonSet"] {
+    for kind in ["HorizontalPodAutoscaler", "Ingress", "ServiceMonitor", "PodMonitor", "DaemonSet"]
+    {
         assert!(p.contains_key(kind), "production profile lacks {kind}: {p:?}");
     }
+    // ferric.toml and the Grafana dashboard, which is the shipped file.
+    assert_eq!(p["ConfigMap"], 2, "{p:?}");
+    let shipped: Value = serde_json::from_str(
+        &std::fs::read_to_string(chart().join("dashboards/ferric.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["profiles"]["production-values.yaml"]["dashboard"], shipped);
+    assert!(report["profiles"]["default"]["dashboard"].is_null(), "off by default");
     assert_eq!(p["Deployment"], 3, "api and two conductor groups: {p:?}");
     assert_eq!(kinds("bundled-values.yaml").get("StatefulSet"), Some(&2));
     let podman = kinds("podman-values.yaml");

@@ -45,6 +45,28 @@ fn exposed(text: &str, metric: &str) -> bool {
     text.lines().any(|l| l.starts_with(&format!("# TYPE {metric} ")))
 }
 
+/// Every quoted `"ferric_…"` string in the Rust sources under `dir`: the metric families a
+/// service registers.
+fn registered_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            names.extend(registered_names(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for quoted in text.split('"').skip(1).step_by(2) {
+                if quoted.starts_with("ferric_")
+                    && quoted.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    names.push(quoted.to_owned());
+                }
+            }
+        }
+    }
+    names
+}
+
 async fn scrape(http: &reqwest::Client, url: &str) -> String {
     let resp = http.get(url).send().await.unwrap();
     assert_eq!(resp.status(), 200, "{url}");
@@ -272,6 +294,16 @@ async fn test_every_service_exports_metrics_that_move_during_a_deploy() {
     })
     .await;
     settle("active").await;
+    // Each deploy keeps its own record of the agent's write.
+    for id in &nodes {
+        let (_, n) = call(Method::GET, format!("/v1/nodes/{id}"), None).await;
+        let w = &n["driver_internal_info"]["deploy_write_summary"];
+        assert_eq!(w["outcome"], "done", "{n}");
+        assert_eq!(w["bytes_written"].as_u64(), Some(image.len() as u64), "{w}");
+        assert!(w["seconds"].as_f64().is_some_and(|s| s > 0.0), "{w}");
+        assert!(w["rate_bytes_per_sec"].as_f64().is_some_and(|r| r > 0.0), "{w}");
+        assert!(w["phases"].as_object().is_some_and(|p| !p.is_empty()), "{w}");
+    }
     // Workflows that ended take their gauges down with them.
     wait_for(Duration::from_secs(30), "no deploy in flight", || async {
         let conductor = scrape(&scrapes.http, &scrapes.conductor).await;
@@ -289,9 +321,11 @@ async fn test_every_service_exports_metrics_that_move_during_a_deploy() {
         &before[0],
         &after[0],
         &[
-            ("api_requests_total", &["route=\"/v1/heartbeat/{ident}\""]),
-            ("api_requests_total", &["route=\"/v1/lookup\""]),
-            ("api_request_duration_seconds_count", &[]),
+            ("ferric_api_requests_total", &["route=\"/v1/heartbeat/{ident}\""]),
+            ("ferric_api_requests_total", &["route=\"/v1/lookup\""]),
+            ("ferric_api_request_duration_seconds_count", &[]),
+            ("ferric_api_agent_requests_total", &["kind=\"heartbeat\"", "status=\"202\""]),
+            ("ferric_api_agent_requests_total", &["kind=\"lookup\"", "status=\"200\""]),
         ],
     );
     // conductor-service, over the whole run and over the deploy alone.
@@ -368,6 +402,29 @@ async fn test_every_service_exports_metrics_that_move_during_a_deploy() {
     );
     let tftp_bytes = sum(&after[2], "ferric_pxe_tftp_bytes_sent_total", &[]);
     assert!(tftp_bytes >= f64::from((64 + 128) << 10), "kernel and ramdisk sent: {tftp_bytes}");
+    // Every series the shipped Grafana dashboard plots is one these services export.
+    let dashboard = tests::grafana_dashboard_metrics();
+    assert!(dashboard.len() >= 20, "{dashboard:?}");
+    // Families that count failures have no series until something fails (labelled
+    // families appear with their first sample): those must at least be registered by name in
+    // a service's source.
+    let sources = ["api-service/src", "conductor-service/src", "pxe-service/src"]
+        .map(|dir| {
+            registered_names(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir))
+        })
+        .concat();
+    let mut unseen = Vec::new();
+    for name in &dashboard {
+        if !after.iter().any(|text| exposed(text, name)) {
+            assert!(
+                sources.iter().any(|s| s == name),
+                "the dashboard plots {name}, which no service exports"
+            );
+            unseen.push(name.as_str());
+        }
+    }
+    eprintln!("dashboard families without a sample in a run without faults: {unseen:?}");
+    assert!(unseen.len() <= 6, "{unseen:?}");
     // No label carries a node's UUID, a MAC or a URL.
     for text in &after {
         for id in &nodes {

@@ -25,7 +25,10 @@ import kubernetes_validate
 import yaml
 
 # Custom resources whose schemas kubernetes-validate does not ship (checked for shape only).
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+}
 
 
 def _literal_blocks(dumper, data):
@@ -96,6 +99,11 @@ def check(chart_dir, kube_versions):
             entry["kinds"][kind] = entry["kinds"].get(kind, 0) + 1
             if kind == "ConfigMap" and "ferric.toml" in doc.get("data", {}):
                 entry["ferric.toml"] = doc["data"]["ferric.toml"]
+            if kind == "ConfigMap" and "ferric.json" in doc.get("data", {}):
+                try:
+                    entry["dashboard"] = json.loads(doc["data"]["ferric.json"])
+                except ValueError as e:
+                    report["errors"].append(f"{label}: {path}: the dashboard is not JSON: {e}")
             if (doc.get("apiVersion"), kind) in CUSTOM_KINDS:
                 if not doc.get("metadata", {}).get("name") or "spec" not in doc:
                     report["errors"].append(f"{label}: {path}: {kind} without name or spec")
