@@ -66,6 +66,18 @@ pub enum NodeCmd {
         #[arg(long)]
         watch: bool,
     },
+    /// Draw a node's live progress (state, bytes written, rate, phase) until it settles:
+    /// in `--until` when given, else in its next stable state. Fails when the node fails.
+    Watch {
+        /// UUID or name.
+        node: String,
+        /// The provision state to wait for (e.g. active, available).
+        #[arg(long)]
+        until: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout_secs: u64,
+    },
     /// Power on, off or reboot.
     Power {
         /// UUID or name.
@@ -280,10 +292,81 @@ pub async fn run(api_args: &ApiArgs, cmd: NodeCmd, token: CancellationToken) -> 
                 .await?;
             }
         }
+        NodeCmd::Watch { node, until, timeout_secs } => {
+            let failed = [
+                "deploy failed",
+                "clean failed",
+                "inspect failed",
+                "rescue failed",
+                "unrescue failed",
+                "service failed",
+                "adopt failed",
+                "error",
+            ];
+            watch(
+                &api,
+                &api_args.grpc_url,
+                &node,
+                until.as_deref().unwrap_or(ANY_STABLE),
+                &failed,
+                Duration::from_secs(timeout_secs),
+                &token,
+            )
+            .await?;
+        }
         NodeCmd::Power { node, action } => api.power(&node, power_target(&action)?).await?,
         NodeCmd::Delete { node } => api.delete(&format!("/v1/nodes/{node}")).await?,
     }
     Ok(())
+}
+
+/// `watch`'s output without a terminal: one line per state, and per progress phase or tenth
+/// of the image written.
+struct PlainLines {
+    node: String,
+    state: String,
+    phase: String,
+    tenth: u64,
+}
+
+impl PlainLines {
+    fn new(node: &str) -> Self {
+        Self { node: node.to_owned(), state: String::new(), phase: String::new(), tenth: 0 }
+    }
+
+    fn state(&mut self, state: &str) {
+        if state != self.state {
+            self.state = state.to_owned();
+            // Output to a closed pipe is not the node's failure: the watch goes on.
+            let _ = writeln!(std::io::stdout(), "{} {state}", self.node);
+        }
+    }
+
+    fn progress(&mut self, p: &proto::api::DeployProgress) {
+        let tenth = (p.bytes_written * 10).checked_div(p.total_bytes).unwrap_or(0);
+        if p.phase != self.phase || tenth > self.tenth {
+            self.phase.clone_from(&p.phase);
+            self.tenth = tenth;
+            let _ = writeln!(
+                std::io::stdout(),
+                "{} {} {} bytes of {} ({}/s)",
+                self.node,
+                p.phase,
+                p.bytes_written,
+                p.total_bytes,
+                indicatif::HumanBytes(p.rate_bytes_per_sec)
+            );
+        }
+    }
+}
+
+/// `watch`'s `want` for "whichever stable state comes next".
+const ANY_STABLE: &str = "";
+
+/// Whether a node in `state` with `target` as its target provision state has reached
+/// `want` ([`ANY_STABLE`]: any state without a target).
+fn settled(want: &str, state: &str, target: Option<&str>) -> bool {
+    target.is_none() && (want == ANY_STABLE || state == want)
 }
 
 /// A progress bar for one node until it reaches `want` (Ok) or a `fail` state (Err).
@@ -305,13 +388,19 @@ async fn watch(
         .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
+    // Without a terminal (a log, a pipe) the bar is hidden: print lines instead.
+    let mut lines = bar.is_hidden().then(|| PlainLines::new(node));
     let node_json = api.node(node).await?;
     let uuid = node_json.get("uuid").and_then(Value::as_str).unwrap_or(node).to_owned();
     // Without the gRPC API the bar still follows the state by polling.
     let mut events = match client::watch(grpc_url, &uuid).await {
         Ok(s) => Some(s),
         Err(e) => {
-            bar.println(format!("no live progress ({e:#}); polling the REST API"));
+            let note = format!("no live progress ({e:#}); polling the REST API");
+            if bar.is_hidden() {
+                let _ = writeln!(std::io::stderr(), "{note}");
+            }
+            bar.println(note);
             None
         }
     };
@@ -332,13 +421,21 @@ async fn watch(
                 match ev {
                     Some(Ok(ev)) => match ev.kind {
                         Some(Kind::Progress(p)) => {
+                            if let Some(l) = lines.as_mut() {
+                                l.progress(&p);
+                            }
                             bar.set_length(p.total_bytes);
                             bar.set_position(p.bytes_written);
                             if !p.phase.is_empty() {
                                 bar.set_message(p.phase);
                             }
                         }
-                        Some(Kind::State(s)) => bar.set_message(s.provision_state),
+                        Some(Kind::State(s)) => {
+                            if let Some(l) = lines.as_mut() {
+                                l.state(&s.provision_state);
+                            }
+                            bar.set_message(s.provision_state);
+                        }
                         None => {}
                     },
                     _ => events = None,
@@ -349,13 +446,16 @@ async fn watch(
         let n = api.node(&uuid).await?;
         let state = n.get("provision_state").and_then(Value::as_str).unwrap_or_default();
         let target = n.get("target_provision_state").and_then(Value::as_str);
-        if state == want && target.is_none() {
-            bar.finish_with_message(state.to_owned());
-            return Ok(());
+        if let Some(l) = lines.as_mut() {
+            l.state(state);
         }
         if fail.contains(&state) {
             bar.abandon_with_message(state.to_owned());
             bail!("node {node} is in '{state}': {}", client::last_error(&n));
+        }
+        if settled(want, state, target) {
+            bar.finish_with_message(state.to_owned());
+            return Ok(());
         }
     }
 }
@@ -374,6 +474,15 @@ mod tests {
         assert_eq!(m["d"], json!(""));
         assert!(kv_map(&["novalue".into()], "x").is_err());
         assert!(kv_map(&["=v".into()], "x").is_err());
+    }
+
+    #[test]
+    fn test_watch_settles_on_the_wanted_or_next_stable_state() {
+        assert!(settled("active", "active", None));
+        assert!(!settled("active", "deploying", Some("active")));
+        assert!(!settled("active", "available", None));
+        assert!(settled(ANY_STABLE, "available", None));
+        assert!(!settled(ANY_STABLE, "clean wait", Some("available")));
     }
 
     #[test]

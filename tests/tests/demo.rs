@@ -45,6 +45,7 @@ fn ferric_bin() -> PathBuf {
 struct Up {
     child: Child,
     api: String,
+    grpc: String,
     http: String,
     data_dir: tempfile::TempDir,
 }
@@ -85,20 +86,21 @@ impl Up {
                 }
             }
         });
-        let mut api = None;
-        let mut http = None;
+        let (mut api, mut grpc, mut http) = (None, None, None);
         let deadline = Instant::now() + Duration::from_secs(120);
-        while api.is_none() || http.is_none() {
+        while api.is_none() || grpc.is_none() || http.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).expect("ferric up did not print its endpoints");
             let url = line.split_whitespace().last().unwrap_or_default().to_owned();
             if line.contains("REST API") {
                 api = Some(url);
+            } else if line.contains("gRPC API") {
+                grpc = Some(url);
             } else if line.contains("HTTP boot") {
                 http = Some(url.trim_end_matches("/boot.ipxe").to_owned());
             }
         }
-        Up { child, api: api.unwrap(), http: http.unwrap(), data_dir }
+        Up { child, api: api.unwrap(), grpc: grpc.unwrap(), http: http.unwrap(), data_dir }
     }
 
     /// Serves `bytes` from the HTTP boot root; returns the URL.
@@ -350,7 +352,25 @@ async fn test_openstack_lifecycle_on_postgres_and_rabbitmq_with_simulated_machin
         "image_disk_format=raw",
     ]))
     .await;
+    // `ferric node watch`, started before the deploy, follows it live until the node is active.
+    let mut watch = Command::new(ferric_bin());
+    watch
+        .args(["node", "watch", &name, "--until", "active", "--timeout-secs", "180"])
+        .args(["--url", &api, "--grpc-url", &up.grpc])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let watch = watch.spawn().unwrap();
     os(s(&["baremetal", "node", "deploy", &name])).await;
+    let out = tokio::task::spawn_blocking(move || watch.wait_with_output().unwrap()).await.unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(printed.lines().any(|l| l.ends_with(" wait call-back")), "{printed}");
+    assert!(
+        printed.lines().any(|l| l.contains(" bytes ")),
+        "no write progress:\n{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.trim_end().ends_with(" active"), "{printed}");
     wait_node(&api, &uuid, "active", Duration::from_secs(180), &mut seen, state_is("active")).await;
     // The machine booted its disk and the disk holds the image.
     let st = m
