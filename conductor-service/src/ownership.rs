@@ -17,6 +17,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use deploy::Node;
 use deploy::ring::ConductorRings;
 use tokio::time::Instant;
@@ -62,7 +63,7 @@ async fn rings(ctx: &Ctx, max_age: Duration) -> Option<Arc<ConductorRings>> {
     };
     let timeout =
         chrono::Duration::from_std(ctx.cfg.liveness_timeout()).unwrap_or(chrono::Duration::MAX);
-    let cutoff = ctx.clock.now() - timeout;
+    let cutoff = ctx.clock.now().checked_sub_signed(timeout).unwrap_or(DateTime::<Utc>::MIN_UTC);
     let rings = Arc::new(ConductorRings::new(
         all.iter().filter(|c| c.online && c.last_heartbeat >= cutoff),
     ));
