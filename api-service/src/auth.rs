@@ -170,7 +170,8 @@ impl Identity {
         self.roles & role as u8 != 0
     }
 
-    fn role_names(&self) -> Vec<&'static str> {
+    /// The roles held, as Keystone names them.
+    pub(crate) fn role_names(&self) -> Vec<&'static str> {
         [
             (Role::Admin, "admin"),
             (Role::Manager, "manager"),

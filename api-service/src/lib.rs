@@ -30,6 +30,7 @@ pub mod ring;
 pub mod serve;
 pub mod service;
 pub mod version;
+mod web;
 
 use std::sync::Arc;
 
@@ -107,9 +108,10 @@ pub async fn run(
     let grpc_addr = grpc.local_addr().ok();
     // The listeners are bound by the caller: check the addresses they really have.
     check_listeners(&checked, [("api.rest_listen", rest_addr), ("api.grpc_listen", grpc_addr)])?;
-    let state = ApiState::new(store, bus, checked.settings, checked.auth);
-    let backend = state.store.backend_name();
     let token = shutdown.token().clone();
+    let mut state = ApiState::new(store, bus, checked.settings, checked.auth);
+    state.shutdown = token.clone();
+    let backend = state.store.backend_name();
     let app = router(state.clone());
     let relay = shutdown.spawn(state.outbox.clone().relay(
         state.store.clone(),

@@ -224,6 +224,7 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(method_not_allowed);
     let routed = v1
         .layer(middleware::from_fn_with_state(state.clone(), crate::auth::layer))
+        .merge(crate::web::router()) // the web view at /ui authenticates each request itself
         .layer(middleware::from_fn(version::layer))
         .layer(middleware::from_fn_with_state(state.clone(), crate::metrics::layer))
         .layer(middleware::from_fn(request_id_layer))

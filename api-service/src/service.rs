@@ -108,6 +108,9 @@ pub struct ApiState {
     pub ring: Arc<crate::ring::ConductorRing>,
     /// The per-address rate limit of lookup and heartbeat.
     pub ramdisk_limiter: Arc<crate::limits::RateLimiter>,
+    /// Cancelled when the service shuts down: long-lived answers (the web view's event
+    /// streams) end with it instead of holding the drain.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -163,6 +166,7 @@ impl ApiState {
             metrics: Arc::new(Metrics::new()),
             outbox: crate::outbox::Outbox::default(),
             ring: Arc::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
 

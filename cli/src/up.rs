@@ -420,6 +420,7 @@ pub fn banner(e: &Endpoints) -> String {
         "Ferric is up.\n\
          \x20 REST API (Ironic v1):  {api}\n\
          \x20 gRPC API:              {grpc}\n\
+         \x20 web view:              {api}/ui\n\
          \x20 HTTP boot (iPXE):      {http}/boot.ipxe\n\
          \x20 TFTP:                  {tftp}\n\
          \x20 database:              {db}\n\

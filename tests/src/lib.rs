@@ -1,5 +1,6 @@
 //! Test harness shared by Ferric's integration and end-to-end suites.
 pub mod faults;
+pub mod ferric_up;
 pub mod ipa;
 pub mod junit;
 pub mod netns;

@@ -8,9 +8,7 @@
     reason = "harness helpers of an end-to-end test: a failure is a test failure"
 )]
 
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,98 +17,9 @@ use sim::firmware::NetbootConfig;
 use sim::ramdisk::AgentLauncher;
 use sim::{Faults, Fleet, FleetConfig, Phase};
 use store::testing::TestDatabase;
-use tests::openstack::{OpenStackCli, target_dir};
+use tests::ferric_up::{Up, ferric_bin};
+use tests::openstack::OpenStackCli;
 use tokio_util::sync::CancellationToken;
-
-/// Builds the `ferric` binary (a no-op when it is fresh) and returns its path.
-fn ferric_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "cli", "--bin", "ferric"])
-                .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-                .status()
-                .expect("running cargo build -p cli");
-            assert!(status.success(), "cargo build -p cli failed");
-            let bin = target_dir().join("debug/ferric");
-            assert!(bin.exists(), "{} missing after the build", bin.display());
-            bin
-        })
-        .clone()
-}
-
-/// A `ferric up` child process and the endpoints it printed.
-struct Up {
-    child: Child,
-    api: String,
-    grpc: String,
-    http: String,
-    data_dir: tempfile::TempDir,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Up {
-    /// Starts `ferric up` on free loopback ports with `config` (TOML) and `extra` flags.
-    fn start(config: &str, extra: &[&str]) -> Up {
-        let data_dir = tempfile::tempdir().unwrap();
-        let cfg_path = data_dir.path().join("ferric.toml");
-        std::fs::write(&cfg_path, config).unwrap();
-        let mut child = Command::new(ferric_bin())
-            .arg("up")
-            .arg("--config")
-            .arg(&cfg_path)
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .args(["--api-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
-            .args(["--tftp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
-            .arg("--placeholder-boot-files")
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting ferric up");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let (mut api, mut grpc, mut http) = (None, None, None);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while api.is_none() || grpc.is_none() || http.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("ferric up did not print its endpoints");
-            let url = line.split_whitespace().last().unwrap_or_default().to_owned();
-            if line.contains("REST API") {
-                api = Some(url);
-            } else if line.contains("gRPC API") {
-                grpc = Some(url);
-            } else if line.contains("HTTP boot") {
-                http = Some(url.trim_end_matches("/boot.ipxe").to_owned());
-            }
-        }
-        Up { child, api: api.unwrap(), grpc: grpc.unwrap(), http: http.unwrap(), data_dir }
-    }
-
-    /// Serves `bytes` from the HTTP boot root; returns the URL.
-    fn serve_image(&self, bytes: &[u8]) -> String {
-        let dir = self.data_dir.path().join("httpboot/images-test");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("disk.img"), bytes).unwrap();
-        format!("{}/images-test/disk.img", self.http)
-    }
-}
 
 /// `ferric up`'s configuration for the tests on the embedded default: a short callback
 /// timeout, quick Redfish polling and heartbeats.

@@ -21,3 +21,4 @@ mod outbox;
 mod policy;
 mod rest;
 mod tls;
+mod web;

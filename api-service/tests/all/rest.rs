@@ -339,7 +339,9 @@ async fn test_health_metrics_openapi() {
     h.get("/v1/nodes").await;
     let m = h.get("/metrics").await;
     assert!(
-        m.body.contains("ferric_api_requests_total{method=\"GET\",route=\"/v1/nodes\",status=\"200\"}"),
+        m.body.contains(
+            "ferric_api_requests_total{method=\"GET\",route=\"/v1/nodes\",status=\"200\"}"
+        ),
         "{}",
         m.body
     );
