@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use deploy::Node;
 use deploy::ring::ConductorRings;
-use deploy::{Conductor, Node};
 use store::DataStore;
 
 /// How long a read of the conductors table serves.
@@ -49,10 +49,7 @@ impl ConductorRing {
                 return None;
             }
         };
-        let cutoff = Utc::now() - timeout;
-        let live: Vec<&Conductor> =
-            all.iter().filter(|c| c.online && c.last_heartbeat > cutoff).collect();
-        let live = Arc::new(ConductorRings::new(live));
+        let live = Arc::new(ConductorRings::of_live(&all, Utc::now() - timeout));
         *self.cached.lock().unwrap_or_else(PoisonError::into_inner) =
             Some((Instant::now(), live.clone()));
         Some(live)
@@ -95,6 +92,8 @@ fn pick(rings: &ConductorRings, n: &Node) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use deploy::Conductor;
+
     use super::*;
 
     fn conductor(host: &str, group: &str) -> Conductor {

@@ -571,12 +571,18 @@ async fn write_image(
         None => poll_command(task, &conn, &command_id, "write_image", last_heard).await?,
     };
     let summary = serde_json::to_value(meter.finish(&outcome)).unwrap_or_default();
+    let failed = Phase::try_from(outcome.phase) == Ok(Phase::Failed);
+    // One write records the summary (failed writes too) and, on success, the root.
+    let root = outcome.root_uuid_or_disk_id.clone();
     task.update(|n| {
         n.driver_internal_info.insert(keys::DEPLOY_WRITE_SUMMARY.into(), summary.clone());
+        if !failed && !root.is_empty() {
+            n.driver_internal_info.insert(keys::ROOT_UUID_OR_DISK_ID.into(), root.clone().into());
+        }
         Ok(())
     })
     .await?;
-    if Phase::try_from(outcome.phase) == Ok(Phase::Failed) {
+    if failed {
         return Err(WorkflowError::Failed(format!(
             "Agent step write_image failed on node {}: {}",
             task.id(),
@@ -589,14 +595,6 @@ async fn write_image(
             }
         )));
     }
-    let root = outcome.root_uuid_or_disk_id.clone();
-    task.update(|n| {
-        if !root.is_empty() {
-            n.driver_internal_info.insert(keys::ROOT_UUID_OR_DISK_ID.into(), root.clone().into());
-        }
-        Ok(())
-    })
-    .await?;
     Ok(StepOutcome::Continue)
 }
 

@@ -64,9 +64,7 @@ async fn rings(ctx: &Ctx, max_age: Duration) -> Option<Arc<ConductorRings>> {
     let timeout =
         chrono::Duration::from_std(ctx.cfg.liveness_timeout()).unwrap_or(chrono::Duration::MAX);
     let cutoff = ctx.clock.now().checked_sub_signed(timeout).unwrap_or(DateTime::<Utc>::MIN_UTC);
-    let rings = Arc::new(ConductorRings::new(
-        all.iter().filter(|c| c.online && c.last_heartbeat >= cutoff),
-    ));
+    let rings = Arc::new(ConductorRings::of_live(&all, cutoff));
     *ctx.ownership.cached.lock().unwrap_or_else(PoisonError::into_inner) =
         Some((Instant::now(), rings.clone()));
     Some(rings)

@@ -149,6 +149,13 @@ impl ConductorRings {
         Self { rings }
     }
 
+    /// The rings of the conductors of `all` that are live at `cutoff`: online, with a
+    /// heartbeat no older than it. The API and the conductors judge liveness this one way.
+    #[must_use]
+    pub fn of_live(all: &[Conductor], cutoff: chrono::DateTime<chrono::Utc>) -> Self {
+        Self::new(all.iter().filter(|c| c.online && c.last_heartbeat >= cutoff))
+    }
+
     /// The ring of a conductor group and hardware type, when some live conductor serves it.
     #[must_use]
     pub fn ring(&self, conductor_group: &str, hardware_type: &str) -> Option<&HashRing> {
