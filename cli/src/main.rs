@@ -1,6 +1,7 @@
 //! The `ferric` command: every service in one process (`up`), an end-to-end demo on simulated
 //! machines (`demo`), database migrations as a step of their own (`migrate`), re-encryption of
-//! stored BMC secrets (`secrets rotate`), and admin commands over the REST API (`node`).
+//! stored BMC secrets (`secrets rotate`), the fleet simulator (`sim`), and admin commands
+//! over the REST API (`node`).
 
 mod client;
 mod demo;
@@ -8,6 +9,7 @@ mod migrate;
 mod node;
 mod progress;
 mod secrets;
+mod sim;
 mod up;
 
 use std::io::Write as _;
@@ -40,6 +42,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: secrets::SecretsCmd,
     },
+    /// The deterministic fleet simulator: up to 100,000 simulated machines and real
+    /// conductors on simulated time, with seeded faults; prints the figures for sizing.
+    Sim(sim::SimArgs),
     /// Admin commands over the REST API.
     Node {
         #[command(flatten)]
@@ -126,6 +131,18 @@ async fn main() -> ExitCode {
             Err(e) => {
                 report(&e);
                 ExitCode::FAILURE
+            }
+        },
+        Cmd::Sim(args) => match tokio::task::spawn_blocking(move || sim::run(&args)).await {
+            Ok(Ok(true)) => ExitCode::SUCCESS,
+            Ok(Ok(false)) => ExitCode::FAILURE,
+            Ok(Err(e)) => {
+                report(&e);
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                report(&anyhow::anyhow!("the simulation stopped: {e}"));
+                ExitCode::from(2)
             }
         },
         Cmd::Node { api, cmd } => match node::run(&api, cmd, token).await {

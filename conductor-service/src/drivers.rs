@@ -30,6 +30,9 @@ pub struct DriverSet {
 /// Every driver instance, built once per conductor.
 pub struct Drivers {
     fake: Arc<fake::FakeDriver>,
+    /// What runs behind `fake-hardware` instead of [`fake::FakeDriver`] (the fleet
+    /// simulator's in-memory BMCs).
+    fake_override: Option<DriverSet>,
     redfish: Arc<redfish::RedfishDriver>,
     ipmi: Arc<ipmi::IpmiDriver>,
     health: Arc<PeerHealth>,
@@ -44,6 +47,7 @@ impl Drivers {
         let health = Arc::new(PeerHealth::default());
         Ok(Self {
             fake: Arc::new(fake::FakeDriver::new(cfg.fake.clone())),
+            fake_override: None,
             redfish: Arc::new(
                 redfish::RedfishDriver::new(cfg.redfish.clone(), cfg.power_state_change_timeout())?
                     .with_health(health.clone()),
@@ -54,6 +58,14 @@ impl Drivers {
             ),
             health,
         })
+    }
+
+    /// These drivers with `fake` behind `fake-hardware`'s power and management interfaces
+    /// (the fleet simulator's BMCs).
+    #[must_use]
+    pub fn with_fake(mut self, fake: DriverSet) -> Self {
+        self.fake_override = Some(fake);
+        self
     }
 
     /// Which BMCs stayed silent on their last call.
@@ -100,7 +112,10 @@ impl Drivers {
     // Every driver handed out is metered: each BMC call is timed in one place.
     fn power(&self, iface: PowerIface) -> Arc<dyn PowerDriver> {
         match iface {
-            PowerIface::Fake => Arc::new(Metered(self.fake.clone())),
+            PowerIface::Fake => match &self.fake_override {
+                Some(o) => Arc::new(Metered(o.power.clone())),
+                None => Arc::new(Metered(self.fake.clone())),
+            },
             PowerIface::Redfish => Arc::new(Metered(self.redfish.clone())),
             PowerIface::Ipmitool => Arc::new(Metered(self.ipmi.clone())),
         }
@@ -108,7 +123,10 @@ impl Drivers {
 
     fn management(&self, iface: ManagementIface) -> Arc<dyn ManagementDriver> {
         match iface {
-            ManagementIface::Fake => Arc::new(Metered(self.fake.clone())),
+            ManagementIface::Fake => match &self.fake_override {
+                Some(o) => Arc::new(Metered(o.management.clone())),
+                None => Arc::new(Metered(self.fake.clone())),
+            },
             ManagementIface::Redfish => Arc::new(Metered(self.redfish.clone())),
             ManagementIface::Ipmitool => Arc::new(Metered(self.ipmi.clone())),
         }

@@ -28,8 +28,10 @@ pub mod metrics;
 pub mod ownership;
 pub mod periodic;
 pub mod power;
+#[cfg(feature = "simulation")]
+pub mod simulation;
 pub mod task;
-#[cfg(feature = "testing")]
+#[cfg(feature = "simulation")]
 pub mod testing;
 pub mod worker;
 pub mod workflows;
@@ -162,9 +164,37 @@ pub async fn run_with_clock(
     shutdown: Shutdown,
     clock: SharedClock,
 ) -> Result<(), ConductorError> {
+    run_with(cfg, store, bus, shutdown, RunOptions { clock, fake_drivers: None }).await
+}
+
+/// How a conductor runs beyond its configuration.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// The wall clock (the system's, or `sim::SimClock` on a paused runtime).
+    pub clock: SharedClock,
+    /// What runs behind `fake-hardware`'s power and management interfaces instead of the
+    /// fake driver: the fleet simulator's in-memory BMCs (`sim::scale::SimBmcs`).
+    pub fake_drivers: Option<drivers::DriverSet>,
+}
+
+/// [`run`] with [`RunOptions`].
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with(
+    cfg: ConductorConfig,
+    store: DataStore,
+    bus: DynBus,
+    shutdown: Shutdown,
+    opts: RunOptions,
+) -> Result<(), ConductorError> {
     cfg.validate()?;
+    let RunOptions { clock, fake_drivers } = opts;
     let shutdown = shutdown.with_drain_timeout(cfg.drain_timeout());
-    let drivers = Drivers::new(&cfg).map_err(ConductorError::Drivers)?;
+    let mut drivers = Drivers::new(&cfg).map_err(ConductorError::Drivers)?;
+    if let Some(fake) = fake_drivers {
+        drivers = drivers.with_fake(fake);
+    }
     let tracker = shutdown.tracker().clone();
     let ctx = Arc::new(Ctx {
         tasks: budget::Lanes::new(cfg.max_concurrent_tasks, cfg.slow_peer_tasks),

@@ -31,6 +31,20 @@ pub async fn heartbeat(
     agent: &SimAgent,
     node: NodeId,
 ) -> Result<bool, PublicError> {
+    heartbeat_at(store, bus, agent, node, Utc::now()).await
+}
+
+/// [`heartbeat`] recorded as made `at` (the simulated clock's time).
+///
+/// # Errors
+/// Database errors.
+pub async fn heartbeat_at(
+    store: &DataStore,
+    bus: &bus::DynBus,
+    agent: &SimAgent,
+    node: NodeId,
+    at: chrono::DateTime<Utc>,
+) -> Result<bool, PublicError> {
     if agent.vanished(node) {
         return Ok(false);
     }
@@ -58,7 +72,7 @@ pub async fn heartbeat(
             agent.register_token(&token, node);
             let hb = Heartbeat {
                 url: &url,
-                at: Utc::now(),
+                at,
                 version: Some(SIM_AGENT_VERSION),
                 verify_ca: None,
                 status: None,
@@ -222,7 +236,22 @@ pub async fn request_provision_with(
     verb: ApiVerb,
     args: &RequestArgs<'_>,
 ) -> Result<Node, PublicError> {
-    let now = Utc::now();
+    request_provision_at(store, bus, node, verb, args, Utc::now()).await
+}
+
+/// [`request_provision_with`] made `now` (the simulated clock's time, which the history
+/// entry carries).
+///
+/// # Errors
+/// As [`request_provision`].
+pub async fn request_provision_at(
+    store: &DataStore,
+    bus: &bus::DynBus,
+    node: NodeId,
+    verb: ApiVerb,
+    args: &RequestArgs<'_>,
+    now: chrono::DateTime<Utc>,
+) -> Result<Node, PublicError> {
     let (stored, change) = store
         .node_modify(node, |n| {
             apply_request(n, verb, args, now).map_err(|r| match r {

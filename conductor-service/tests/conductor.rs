@@ -89,25 +89,14 @@ async fn env_sim() -> Env {
     env
 }
 
-/// A conductor config for simulated time: Ironic-like periods (each tick costs real work,
-/// so they are not shortened) and no power sync (the fake BMC has nothing to drift).
+/// A conductor config for simulated time: the fleet simulator's (Ironic-like periods: each
+/// tick costs real work, so they are not shortened), without power sync (the fake BMC has
+/// nothing to drift).
 fn sim_config(hostname: &str, queue: &str) -> ConductorConfig {
+    let workers = ConductorConfig::default().max_concurrent_tasks;
     ConductorConfig {
-        hostname: hostname.into(),
-        queue: queue.into(),
-        heartbeat_interval_secs: 10.0,
-        sweep_interval_secs: 60.0,
-        check_timeouts_interval_secs: 60.0,
-        callback_timeout_secs: 1800.0,
         power_sync_interval_secs: 0.0,
-        lock_retry_interval_ms: 250,
-        // Simulated time runs ahead while real I/O (loopback gRPC, SQLite) is pending, so an
-        // agent's silence is only measured on a scale real I/O cannot reach.
-        agent: conductor_service::config::AgentClientConfig {
-            silence_timeout_secs: 1800.0,
-            ..Default::default()
-        },
-        ..ConductorConfig::default()
+        ..conductor_service::simulation::conductor_config(hostname, queue, workers)
     }
 }
 

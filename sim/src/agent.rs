@@ -118,6 +118,8 @@ struct Inner {
     fail_next: Mutex<HashSet<(NodeId, AgentCommand)>>,
     vanish_at: Mutex<HashSet<(NodeId, AgentCommand)>>,
     vanish_mid_write: Mutex<HashSet<NodeId>>,
+    /// Disks that write this many times slower than [`SimAgentConfig::chunk_delay`] says.
+    slow_disks: Mutex<HashMap<NodeId, u32>>,
     inventories: Mutex<HashMap<NodeId, Inventory>>,
     inventory_reads: Mutex<HashMap<NodeId, u32>>,
     rescue_hashes: Mutex<HashMap<NodeId, String>>,
@@ -187,6 +189,11 @@ impl SimAgent {
     /// the first progress message (so the write has visibly started).
     pub fn vanish_mid_write(&self, node: NodeId) {
         lock(&self.inner.vanish_mid_write).insert(node);
+    }
+
+    /// Make the node's disk write `factor` times slower than the others (1 = normal).
+    pub fn set_disk_slowdown(&self, node: NodeId, factor: u32) {
+        lock(&self.inner.slow_disks).insert(node, factor.max(1));
     }
 
     /// Whether the node's agent vanished.
@@ -464,7 +471,8 @@ impl AgentService for SimAgent {
                 };
                 // A real agent keeps writing when the conductor goes away; so does this one.
                 let _ = tx.send(Ok(p)).await;
-                tokio::time::sleep(me.cfg.chunk_delay).await;
+                let slowdown = lock(&me.inner.slow_disks).get(&node).copied().unwrap_or(1);
+                tokio::time::sleep(me.cfg.chunk_delay * slowdown).await;
             }
             let (phase, error, state) = if fail {
                 me.set_disk(node, SimDisk::Blank);

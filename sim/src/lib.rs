@@ -8,7 +8,8 @@
 //! demo image and checks what a machine's disk holds. [`agent::SimAgent`] plays the agent of
 //! many nodes at once over gRPC for the conductor's tests, and [`clock::SimClock`] is the
 //! wall clock that follows paused Tokio time. [`iso`] reads the kernel command line off the
-//! boot ISO a machine's virtual CD holds.
+//! boot ISO a machine's virtual CD holds. [`scale`] holds the large-fleet simulator's
+//! machines: in-memory BMCs behind the conductor's driver traits and the seeded fault plan.
 
 pub mod agent;
 pub mod bmc;
@@ -21,6 +22,7 @@ pub mod iso;
 pub mod machine;
 pub mod qemu;
 pub mod ramdisk;
+pub mod scale;
 pub mod tftp;
 
 pub use agent::{AgentCommand, AgentHook, HookPoint, SimAgent, SimAgentConfig, SimDisk};
