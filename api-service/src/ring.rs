@@ -55,6 +55,12 @@ impl ConductorRing {
         Some(live)
     }
 
+    /// The rings of the live conductors (cached for a moment); `None` when the database
+    /// cannot be read.
+    pub async fn rings(&self, store: &DataStore, timeout: Duration) -> Option<Arc<ConductorRings>> {
+        self.live(store, timeout, TTL).await
+    }
+
     /// The conductor that manages `n`; `None` when no live conductor serves it. A miss is
     /// checked against a read at most [`MISS_TTL`] old, so a conductor that just came up is
     /// found at once.

@@ -55,6 +55,8 @@ pub async fn lapses(ctx: Arc<Ctx>) {
         ..Default::default()
     };
     let Ok(nodes) = list_all(&ctx, q).await else { return };
+    // Each node's lapse is judged by the conductor its ring gives it, as its power sync is.
+    let nodes = crate::ownership::owned(&ctx, nodes).await;
     let now = ctx.clock.now();
     let due: Vec<NodeId> = nodes.iter().filter(|n| lapsed(&ctx, n, now)).map(|n| n.uuid).collect();
     for id in due {

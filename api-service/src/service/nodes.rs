@@ -553,7 +553,56 @@ impl ApiState {
     /// # Errors
     /// 400 for bad parameters.
     pub async fn node_list(&self, q: &NodeListQuery) -> Result<Vec<Node>, ApiError> {
-        Ok(self.store.node_list(q).await?)
+        match &q.conductor {
+            None => Ok(self.store.node_list(q).await?),
+            Some(host) => self.node_list_of_conductor(q, host).await,
+        }
+    }
+
+    /// `?conductor=HOST` (1.49): the nodes the hash ring gives `HOST` now, as the
+    /// `conductor` field shows them (a node's conductor is its ring owner, not a stored
+    /// value). The conductor's group is walked page by page in the requested order and its
+    /// nodes are kept until the page is full; a conductor that is not live manages nothing.
+    async fn node_list_of_conductor(
+        &self,
+        q: &NodeListQuery,
+        host: &str,
+    ) -> Result<Vec<Node>, ApiError> {
+        let conductors = self.store.conductor_list().await?;
+        let Some(group) =
+            conductors.iter().find(|c| c.hostname == host).map(|c| c.conductor_group.clone())
+        else {
+            return Ok(Vec::new());
+        };
+        if q.conductor_group.as_ref().is_some_and(|g| *g != group) {
+            return Ok(Vec::new());
+        }
+        let Some(rings) =
+            self.ring.rings(&self.store, self.settings.conductor_heartbeat_timeout).await
+        else {
+            return Err(PublicError::unavailable("the conductors cannot be read").into());
+        };
+        let mut page_q = q.clone();
+        page_q.conductor = None;
+        page_q.conductor_group = Some(group);
+        let want = q.limit as usize;
+        let mut out = Vec::with_capacity(want.min(1000));
+        loop {
+            let page = self.store.node_list(&page_q).await?;
+            let full = page.len() >= page_q.limit as usize;
+            page_q.marker = page.last().map(|n| n.uuid);
+            for n in page {
+                if rings.owner(&n) == Some(host) {
+                    out.push(n);
+                    if out.len() >= want {
+                        return Ok(out);
+                    }
+                }
+            }
+            if !full || page_q.marker.is_none() {
+                return Ok(out);
+            }
+        }
     }
 
     /// Apply a JSON Patch (`PATCH /v1/nodes/{ident}`). A patch is defined against the node

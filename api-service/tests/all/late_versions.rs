@@ -325,3 +325,74 @@ async fn test_node_conductor_follows_the_ring() {
     assert!(r.json().get("conductor").is_none());
     h.stop().await;
 }
+
+/// `?conductor=` lists the nodes the ring gives that conductor now (the `conductor` field),
+/// paginated, and nothing for a conductor that is not live or of another group.
+#[tokio::test]
+async fn test_conductor_filter_follows_the_ring() {
+    let h = Harness::sqlite().await;
+    for host in ["cond-a", "cond-b"] {
+        h.store.conductor_register(&conductor(host, ""), Utc::now()).await.unwrap();
+    }
+    h.store.conductor_register(&conductor("cond-r", "rack2"), Utc::now()).await.unwrap();
+    let mut all = std::collections::BTreeMap::new();
+    for i in 0..24 {
+        let group = if i % 4 == 0 { "rack2" } else { "" };
+        let n = h
+            .create_node(json!({"driver": "fake-hardware", "name": format!("n{i}"), "conductor_group": group}))
+            .await;
+        all.insert(
+            n["uuid"].as_str().unwrap().to_owned(),
+            n["conductor"].as_str().unwrap().to_owned(),
+        );
+    }
+    let listed = |host: &'static str, limit: usize| {
+        let h = &h;
+        async move {
+            let mut got = Vec::new();
+            let mut path =
+                format!("/v1/nodes?conductor={host}&limit={limit}&fields=uuid,conductor");
+            loop {
+                let r = h.get(&path).await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                let body = r.json();
+                let page = body["nodes"].as_array().unwrap().clone();
+                assert!(page.len() <= limit);
+                for n in &page {
+                    assert_eq!(n["conductor"], json!(host), "{n}");
+                    got.push(n["uuid"].as_str().unwrap().to_owned());
+                }
+                match body.get("next").and_then(Value::as_str) {
+                    Some(next) => path = next[next.find("/v1/").unwrap()..].to_owned(),
+                    None => return got,
+                }
+            }
+        }
+    };
+    let mut seen = Vec::new();
+    for host in ["cond-a", "cond-b", "cond-r"] {
+        let want: Vec<&String> = all.iter().filter(|(_, c)| *c == host).map(|(u, _)| u).collect();
+        assert!(!want.is_empty(), "{host} owns no node of 24");
+        let mut got = listed(host, 2).await;
+        assert_eq!(got.len(), want.len(), "{host}: {got:?}");
+        got.sort();
+        let mut want: Vec<String> = want.into_iter().cloned().collect();
+        want.sort();
+        assert_eq!(got, want, "{host}");
+        seen.extend(got);
+    }
+    assert_eq!(seen.len(), 24, "every node is listed under exactly one conductor");
+    // Another group's filter, an unknown conductor and a departed one list nothing.
+    let r = h.get("/v1/nodes?conductor=cond-r&conductor_group=rack1").await;
+    assert_eq!(r.json()["nodes"], json!([]));
+    assert_eq!(h.get("/v1/nodes?conductor=nobody").await.json()["nodes"], json!([]));
+    h.store.conductor_unregister("cond-b").await.unwrap();
+    // The API reads the ring again within 2 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !listed("cond-b", 5).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "cond-b still lists nodes after leaving");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed("cond-a", 5).await.len(), 18, "cond-a took cond-b's share of its group");
+    h.stop().await;
+}
