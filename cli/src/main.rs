@@ -42,7 +42,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: secrets::SecretsCmd,
     },
-    /// The deterministic fleet simulator: up to 100,000 simulated machines and real
+    /// The deterministic fleet simulator: thousands of simulated machines and real
     /// conductors on simulated time, with seeded faults; prints the figures for sizing.
     Sim(sim::SimArgs),
     /// Admin commands over the REST API.

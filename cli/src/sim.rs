@@ -1,5 +1,5 @@
 //! `ferric sim`: the deterministic fleet simulator, for sizing an installation. Real
-//! conductors drive up to 100,000 simulated machines (in-memory BMCs, one simulated agent
+//! conductors drive thousands of simulated machines (in-memory BMCs, one simulated agent
 //! server) in this process on simulated time, with the seeded fault plan; it prints how long
 //! the fleet took in simulated and real time, where every node ended, the conductors'
 //! shares and the peak memory, and exits non-zero when a node did not end where the plan

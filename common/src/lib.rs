@@ -5,6 +5,7 @@
 //! agent's self-signed certificate, pinned-certificate verification). Domain logic never
 //! goes here.
 
+pub mod alloc;
 pub mod config;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,5 +1,5 @@
-//! The deterministic fleet simulator (feature `simulation`; `ferric sim` runs it): up to
-//! 100,000 simulated machines and several real conductors in one process, on simulated time.
+//! The deterministic fleet simulator (feature `simulation`; `ferric sim` runs it): thousands
+//! of simulated machines and several real conductors in one process, on simulated time.
 //!
 //! What is real: the conductors ([`crate::run_with`]) with their workers, locks, ring
 //! ownership and periodic tasks; the store (SQLite or PostgreSQL); the bus; the agent's gRPC

@@ -1,4 +1,4 @@
-//! The large-fleet simulator's machines: up to 100,000 BMCs in one process, on a seeded
+//! The large-fleet simulator's machines: thousands of BMCs in one process, on a seeded
 //! random source and simulated time.
 //!
 //! A fleet this large has no HTTP server per node. [`SimBmcs`] implements the conductor's

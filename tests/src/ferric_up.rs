@@ -59,10 +59,16 @@ impl Up {
     /// Starts `ferric up` on free loopback ports with `config` (TOML) and `extra` flags.
     #[must_use]
     pub fn start(config: &str, extra: &[&str]) -> Up {
+        Self::start_binary(&ferric_bin(), config, extra)
+    }
+
+    /// [`Up::start`] with the `ferric` binary at `bin` (a release build, for benchmarks).
+    #[must_use]
+    pub fn start_binary(bin: &Path, config: &str, extra: &[&str]) -> Up {
         let data_dir = tempfile::tempdir().unwrap();
         let cfg_path = data_dir.path().join("ferric.toml");
         std::fs::write(&cfg_path, config).unwrap();
-        let mut child = Command::new(ferric_bin())
+        let mut child = Command::new(bin)
             .arg("up")
             .arg("--config")
             .arg(&cfg_path)
@@ -100,6 +106,12 @@ impl Up {
             }
         }
         Up { child, api: api.unwrap(), grpc: grpc.unwrap(), http: http.unwrap(), data_dir }
+    }
+
+    /// The process id of `ferric up`.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Serves `bytes` from the HTTP boot root; returns the URL.
