@@ -57,7 +57,11 @@ async fn list_inner(
     let mut q = p.to_query(v)?;
     state.scope_node_list(&ctx.identity, &mut q)?;
     let mut nodes = state.node_list(&q).await?;
-    if v.at_least(49) && fields.as_ref().is_none_or(|f| f.iter().any(|f| f == "conductor")) {
+    // A `?conductor=` page already carries the field, from the ring that chose its nodes.
+    if v.at_least(49)
+        && q.conductor.is_none()
+        && fields.as_ref().is_none_or(|f| f.iter().any(|f| f == "conductor"))
+    {
         state.assign_conductors(&mut nodes).await;
     }
     let next = nodes.last().filter(|_| nodes.len() == q.limit as usize).map(|last| {

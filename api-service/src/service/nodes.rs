@@ -563,6 +563,7 @@ impl ApiState {
     /// `conductor` field shows them (a node's conductor is its ring owner, not a stored
     /// value). The conductor's group is walked page by page in the requested order and its
     /// nodes are kept until the page is full; a conductor that is not live manages nothing.
+    /// Their `conductor` field is set from that same ring.
     async fn node_list_of_conductor(
         &self,
         q: &NodeListQuery,
@@ -591,8 +592,11 @@ impl ApiState {
             let page = self.store.node_list(&page_q).await?;
             let full = page.len() >= page_q.limit as usize;
             page_q.marker = page.last().map(|n| n.uuid);
-            for n in page {
+            for mut n in page {
                 if rings.owner(&n) == Some(host) {
+                    // The field from the same ring that chose the node: a ring read again
+                    // later in this request could name a conductor that joined or left since.
+                    n.conductor = Some(host.to_owned());
                     out.push(n);
                     if out.len() >= want {
                         return Ok(out);
