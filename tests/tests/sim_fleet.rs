@@ -6,6 +6,7 @@
 //! - every fault of the plan ends where it must: BMC refusals and hangs and agent crashes
 //!   in `deploy failed` with `last_error`, slow disks and lost heartbeats in `active` (then
 //!   `available` after undeploy and cleaning);
+//! - on PostgreSQL the same seed gives the same histories as on SQLite;
 //! - a larger fleet across three conductors all reaches its planned states (correctness,
 //!   not speed: the figures are printed, not asserted).
 
@@ -184,4 +185,24 @@ fn test_a_fleet_reaches_its_planned_states() {
         let n = n.as_u64().unwrap();
         assert!(n * 3 >= FLEET * 85 / 100 && n * 3 <= FLEET * 115 / 100, "{c} owns {n} of {FLEET}");
     }
+}
+
+/// On PostgreSQL the same seed gives the same histories as on SQLite: the simulator's
+/// outcome does not depend on the backend.
+#[tokio::test]
+async fn test_postgres_replays_the_sqlite_histories() {
+    let Some(db) = store::testing::TestDatabase::postgres().await else { return };
+    let url = db.url().to_owned();
+    let args =
+        ["--nodes", "150", "--conductors", "2", "--seed", "21", "--undeploy", "--faults", FAULTS];
+    let (on_pg, on_sqlite) = tokio::task::spawn_blocking(move || {
+        let mut pg_args = args.to_vec();
+        pg_args.extend(["--database", url.as_str()]);
+        (sim(&pg_args, None).0, sim(&args, None).0)
+    })
+    .await
+    .unwrap();
+    assert_eq!(on_pg["unexpected"], serde_json::json!([]));
+    assert_eq!(on_pg["digest"], on_sqlite["digest"], "PostgreSQL and SQLite runs diverged");
+    db.cleanup().await;
 }
