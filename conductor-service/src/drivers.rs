@@ -29,10 +29,9 @@ pub struct DriverSet {
 
 /// Every driver instance, built once per conductor.
 pub struct Drivers {
-    fake: Arc<fake::FakeDriver>,
-    /// What runs behind `fake-hardware` instead of [`fake::FakeDriver`] (the fleet
-    /// simulator's in-memory BMCs).
-    fake_override: Option<DriverSet>,
+    /// Behind `fake-hardware`: [`fake::FakeDriver`], or the fleet simulator's in-memory BMCs
+    /// ([`Drivers::with_fake`]).
+    fake: DriverSet,
     redfish: Arc<redfish::RedfishDriver>,
     ipmi: Arc<ipmi::IpmiDriver>,
     health: Arc<PeerHealth>,
@@ -45,9 +44,9 @@ impl Drivers {
     /// [`DriverError`] when an HTTP client cannot be built.
     pub fn new(cfg: &ConductorConfig) -> Result<Self, DriverError> {
         let health = Arc::new(PeerHealth::default());
+        let fake = Arc::new(fake::FakeDriver::new(cfg.fake.clone()));
         Ok(Self {
-            fake: Arc::new(fake::FakeDriver::new(cfg.fake.clone())),
-            fake_override: None,
+            fake: DriverSet { power: fake.clone(), management: fake },
             redfish: Arc::new(
                 redfish::RedfishDriver::new(cfg.redfish.clone(), cfg.power_state_change_timeout())?
                     .with_health(health.clone()),
@@ -64,7 +63,7 @@ impl Drivers {
     /// (the fleet simulator's BMCs).
     #[must_use]
     pub fn with_fake(mut self, fake: DriverSet) -> Self {
-        self.fake_override = Some(fake);
+        self.fake = fake;
         self
     }
 
@@ -112,10 +111,7 @@ impl Drivers {
     // Every driver handed out is metered: each BMC call is timed in one place.
     fn power(&self, iface: PowerIface) -> Arc<dyn PowerDriver> {
         match iface {
-            PowerIface::Fake => match &self.fake_override {
-                Some(o) => Arc::new(Metered(o.power.clone())),
-                None => Arc::new(Metered(self.fake.clone())),
-            },
+            PowerIface::Fake => Arc::new(Metered(self.fake.power.clone())),
             PowerIface::Redfish => Arc::new(Metered(self.redfish.clone())),
             PowerIface::Ipmitool => Arc::new(Metered(self.ipmi.clone())),
         }
@@ -123,10 +119,7 @@ impl Drivers {
 
     fn management(&self, iface: ManagementIface) -> Arc<dyn ManagementDriver> {
         match iface {
-            ManagementIface::Fake => match &self.fake_override {
-                Some(o) => Arc::new(Metered(o.management.clone())),
-                None => Arc::new(Metered(self.fake.clone())),
-            },
+            ManagementIface::Fake => Arc::new(Metered(self.fake.management.clone())),
             ManagementIface::Redfish => Arc::new(Metered(self.redfish.clone())),
             ManagementIface::Ipmitool => Arc::new(Metered(self.ipmi.clone())),
         }

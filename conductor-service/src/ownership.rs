@@ -2,8 +2,8 @@
 //! live conductors, read from the conductors table and cached for a few seconds.
 //!
 //! The periodic tasks (sweep, callback timeouts, power sync, fast-track lapses, the sweep
-//! after a takeover) act only on the nodes the ring gives this conductor, so each node's BMC is polled by one
-//! conductor and a fleet's periodic work is split among its conductors. A conductor that
+//! after a takeover) act only on the nodes the ring gives this conductor, so each node's
+//! BMC is polled by one conductor and a fleet's periodic work is split among its conductors. A conductor that
 //! stops, or whose heartbeat lapses, drops out of every ring at the next read, and its
 //! nodes fall to the conductors next to it on the ring, which pick them up on their next
 //! periodic run (their locks, if any, are released by [`crate::periodic::takeover`]).

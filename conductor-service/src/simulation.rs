@@ -17,7 +17,7 @@
 //! store that holds the paused clock while a statement runs
 //! (`store::DataStore::holding_paused_clock`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -272,7 +272,6 @@ pub async fn run(
     let queue = format!("conductor.sim-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let fake = DriverSet { power: Arc::new(bmcs.clone()), management: Arc::new(bmcs.clone()) };
     let mut running = Vec::new();
-    let mut hostnames = Vec::new();
     for i in 0..cfg.conductors {
         let host = format!("sim-conductor-{i}");
         let ccfg = conductor_config(&host, &queue, cfg.conductor_workers);
@@ -294,25 +293,17 @@ pub async fn run(
             }
             return Err(SimulationError::Invalid(format!("conductor {host} did not start")));
         }
-        hostnames.push(host);
     }
 
     let mut phases = Vec::new();
-    phases.push(phase(cfg, &clock, &store, &bus, &ids, "deploy", ApiVerb::Active, |_| true).await?);
+    phases.push(phase(cfg, &clock, &store, &bus, &ids, "deploy", ApiVerb::Active).await?);
     if cfg.undeploy {
-        let nodes = list_all(&store).await?;
-        let active: Vec<NodeId> = nodes
-            .iter()
-            .filter(|n| n.provision_state == ProvisionState::Active)
-            .map(|n| n.uuid)
-            .collect();
-        let active_set: std::collections::HashSet<NodeId> = active.iter().copied().collect();
-        phases.push(
-            phase(cfg, &clock, &store, &bus, &ids, "undeploy", ApiVerb::Deleted, |id| {
-                active_set.contains(&id)
-            })
-            .await?,
-        );
+        let q =
+            NodeListQuery { provision_state: Some(ProvisionState::Active), ..Default::default() };
+        let active: HashSet<NodeId> =
+            crate::periodic::list_all_store(&store, q).await?.iter().map(|n| n.uuid).collect();
+        let chosen: Vec<NodeId> = ids.iter().copied().filter(|id| active.contains(id)).collect();
+        phases.push(phase(cfg, &clock, &store, &bus, &chosen, "undeploy", ApiVerb::Deleted).await?);
     }
 
     let report =
@@ -336,16 +327,9 @@ async fn enroll(cfg: &SimulationConfig, store: &DataStore) -> Result<Vec<NodeId>
         .map(|(i, id)| {
             let store = store.clone();
             async move {
-                let mut n = Node::new(id, "fake-hardware", now);
+                let mut n = crate::testing::fake_node(id, "direct", now);
                 n.name = Some(format!("sim-{i:06}"));
-                n.interfaces.deploy = Some("direct".into());
                 n.driver_info.insert(SIM_INDEX_KEY.into(), (i as u64).into());
-                n.instance_info
-                    .insert("image_source".into(), "http://127.0.0.1:9/image.raw".into());
-                n.instance_info.insert(
-                    "image_checksum".into(),
-                    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
-                );
                 n.provision_state = ProvisionState::Available;
                 n.power_state = Some(PowerState::Off);
                 store.node_insert(&n).await.map(|_| ())
@@ -363,24 +347,21 @@ async fn list_all(store: &DataStore) -> Result<Vec<Node>, PublicError> {
     crate::periodic::list_all_store(store, NodeListQuery::default()).await
 }
 
-/// Ask for `verb` on every node `pick` selects, then wait (in simulated time) until none
-/// is moving.
-#[expect(clippy::too_many_arguments, reason = "one call site per phase, all of them needed")]
+/// Ask for `verb` on every node of `chosen`, then wait (in simulated time) until none is
+/// moving.
 async fn phase(
     cfg: &SimulationConfig,
     clock: &SharedClock,
     store: &DataStore,
     bus: &DynBus,
-    ids: &[NodeId],
+    chosen: &[NodeId],
     name: &'static str,
     verb: ApiVerb,
-    pick: impl Fn(NodeId) -> bool,
 ) -> Result<PhaseReport, SimulationError> {
     let t0 = tokio::time::Instant::now();
     let wall = std::time::Instant::now();
-    let chosen: Vec<NodeId> = ids.iter().copied().filter(|id| pick(*id)).collect();
     let requested = chosen.len() as u64;
-    let results: Vec<Result<Node, PublicError>> = futures::stream::iter(chosen)
+    let results: Vec<Result<Node, PublicError>> = futures::stream::iter(chosen.iter().copied())
         .map(|id| {
             let (s, b) = (store.clone(), bus.clone());
             let at = clock.now();
@@ -397,9 +378,7 @@ async fn phase(
     }
     loop {
         tokio::time::sleep(Duration::from_secs(30)).await;
-        let nodes = list_all(store).await?;
-        let pending =
-            nodes.iter().filter(|n| !settled(n.provision_state) || n.reservation.is_some()).count();
+        let pending = moving(store).await?;
         if pending == 0 {
             break;
         }
@@ -415,9 +394,18 @@ async fn phase(
     })
 }
 
-/// A stable state, or a failed one (which is stable too, but named for clarity).
-fn settled(s: ProvisionState) -> bool {
-    s.is_stable() || s.is_failed()
+/// How many nodes are still moving: in a state that is not at rest, or locked. Only those
+/// rows are read, so a fleet that has nearly settled costs little to poll.
+async fn moving(store: &DataStore) -> Result<usize, PublicError> {
+    let busy_states: Vec<ProvisionState> =
+        deploy::state::ALL_STATES.into_iter().filter(|s| !s.is_at_rest()).collect();
+    let q = NodeListQuery { provision_states: busy_states, ..Default::default() };
+    let busy = crate::periodic::list_all_store(store, q).await?.len();
+    if busy > 0 {
+        return Ok(busy);
+    }
+    let q = NodeListQuery { reserved: Some(true), ..Default::default() };
+    Ok(crate::periodic::list_all_store(store, q).await?.len())
 }
 
 #[expect(clippy::too_many_arguments, reason = "the run's parts, gathered once")]
@@ -552,7 +540,7 @@ impl Machines {
         let (lo, hi) = self.cfg.boot_time;
         tokio::time::sleep(plan.between(on.index, Draw::BootTime, on.boot, lo, hi)).await;
         let fault = plan.fault(on.index);
-        // The first heartbeat comes within an interval of the agent starting.
+        // The agent starts a few seconds after the kernel; its first heartbeat follows.
         let offset = plan.between(
             on.index,
             Draw::HeartbeatOffset,
@@ -572,7 +560,7 @@ impl Machines {
                 return;
             }
             let Ok(n) = self.store.node_fetch(on.node).await else { return };
-            if settled(n.provision_state) {
+            if n.provision_state.is_at_rest() {
                 // Booted from disk into an instance, or nothing to do: the machine idles.
                 return;
             }

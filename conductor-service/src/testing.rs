@@ -338,14 +338,20 @@ pub async fn insert_fake_node(
     store: &DataStore,
     deploy_interface: &str,
 ) -> Result<Node, PublicError> {
-    let mut n = Node::new(NodeId::new_v4(), "fake-hardware", Utc::now());
+    store.node_insert(&fake_node(NodeId::new_v4(), deploy_interface, Utc::now())).await
+}
+
+/// A fake-hardware node with the given deploy interface and an image to deploy (not
+/// stored).
+pub fn fake_node(id: NodeId, deploy_interface: &str, now: chrono::DateTime<Utc>) -> Node {
+    let mut n = Node::new(id, "fake-hardware", now);
     n.interfaces.deploy = Some(deploy_interface.into());
     n.instance_info.insert("image_source".into(), "http://127.0.0.1:9/image.raw".into());
     n.instance_info.insert(
         "image_checksum".into(),
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
     );
-    store.node_insert(&n).await
+    n
 }
 
 /// A new allocation's body as the API stores it: `resource_class`, no traits, no candidate

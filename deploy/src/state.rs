@@ -164,6 +164,11 @@ impl ProvisionState {
         matches!(self, Enroll | Manageable | Available | Active | Error | Rescue)
     }
 
+    /// At rest: stable or failed, so nothing moves until an API request (or an operator).
+    pub fn is_at_rest(self) -> bool {
+        self.is_stable() || self.is_failed()
+    }
+
     /// Failure states: need an operator (or a retry verb) to leave.
     pub fn is_failed(self) -> bool {
         use ProvisionState::*;

@@ -71,9 +71,7 @@ async fn fire(env: &Env, pairs: &[Case], steps: &WalkSteps, cases: &mut HashMap<
 /// A node is done with a request when it is stable or failed (with its cause), unlocked,
 /// and no power change is pending.
 fn settled(n: &Node) -> bool {
-    (n.provision_state.is_stable() || n.provision_state.is_failed())
-        && n.reservation.is_none()
-        && n.target_power_state.is_none()
+    n.provision_state.is_at_rest() && n.reservation.is_none() && n.target_power_state.is_none()
 }
 
 /// For every (state, verb) the API accepts — the pairs `deploy::provision::apply_request`
