@@ -46,12 +46,13 @@ impl Outbox {
     /// Publish a wake-up that may be lost (an agent heartbeat: the node row already holds
     /// it, and the next heartbeat repeats it) in the background, without an outbox row.
     /// While the broker is slow at most [`DIRECT_IN_FLIGHT`] wait; later ones are dropped.
-    pub fn publish_lossy(&self, bus: &DynBus, ev: &Event) {
+    /// `conductor` is the node's conductor on the hash ring, whose own queue takes the work.
+    pub fn publish_lossy(&self, bus: &DynBus, ev: &Event, conductor: Option<&str>) {
         let Ok(permit) = self.direct.clone().try_acquire_owned() else {
             tracing::debug!("broker slow: heartbeat wake-up dropped");
             return;
         };
-        let key = match bus::event_routing_key(ev) {
+        let key = match bus::routing_key_for(ev, conductor) {
             Ok(k) => k,
             Err(e) => {
                 tracing::error!(error = %e, "event without a payload not published");
@@ -66,20 +67,28 @@ impl Outbox {
         let bus = bus.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(PUBLISH_TIMEOUT, bus.publish(key, msg)).await {
+            match tokio::time::timeout(PUBLISH_TIMEOUT, bus.publish(&key, msg)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::debug!(error = %e, routing_key = key, "wake-up not published")
+                    tracing::debug!(error = %e, routing_key = %key, "wake-up not published")
                 }
-                Err(_) => tracing::debug!(routing_key = key, "wake-up publish timed out"),
+                Err(_) => tracing::debug!(routing_key = %key, "wake-up publish timed out"),
             }
         });
     }
 
     /// Record `ev` for the relay. A database failure falls back to a background publish, so
     /// the event still has its chance; either way the caller does not wait on the broker.
-    pub async fn enqueue(&self, store: &DataStore, bus: &DynBus, ev: &Event) {
-        let key = match bus::event_routing_key(ev) {
+    /// Node work goes to `conductor`'s own queue when given (the node's conductor on the
+    /// hash ring), else to the shared work queue ([`bus::routing_key_for`]).
+    pub async fn enqueue(
+        &self,
+        store: &DataStore,
+        bus: &DynBus,
+        ev: &Event,
+        conductor: Option<&str>,
+    ) {
+        let key = match bus::routing_key_for(ev, conductor) {
             Ok(k) => k,
             Err(e) => {
                 tracing::error!(error = %e, "event without a payload not enqueued");
@@ -94,20 +103,20 @@ impl Outbox {
             ev.event_id.clone()
         };
         let payload = ev.encode_to_vec();
-        match store.outbox_push(key, &message_id, &headers, &payload).await {
+        match store.outbox_push(&key, &message_id, &headers, &payload).await {
             Ok(()) => self.wake.notify_one(),
             Err(e) => {
-                tracing::warn!(error = %e, routing_key = key, "outbox write failed; publishing in the background");
+                tracing::warn!(error = %e, routing_key = %key, "outbox write failed; publishing in the background");
                 let bus = bus.clone();
                 let msg = OutgoingMessage { message_id, headers, payload };
                 tokio::spawn(async move {
-                    match tokio::time::timeout(PUBLISH_TIMEOUT, bus.publish(key, msg)).await {
+                    match tokio::time::timeout(PUBLISH_TIMEOUT, bus.publish(&key, msg)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
-                            tracing::warn!(error = %e, routing_key = key, "background publish failed; the conductor sweep will find the work")
+                            tracing::warn!(error = %e, routing_key = %key, "background publish failed; the conductor sweep will find the work")
                         }
                         Err(_) => tracing::warn!(
-                            routing_key = key,
+                            routing_key = %key,
                             "background publish timed out; the conductor sweep will find the work"
                         ),
                     }

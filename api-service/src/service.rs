@@ -182,7 +182,8 @@ impl ApiState {
     }
 
     /// Publish an event for a node through the outbox: the caller never waits on the bus,
-    /// and a failure is logged, never returned (the database holds the truth).
+    /// and a failure is logged, never returned (the database holds the truth). Work goes to
+    /// the node's conductor on the hash ring ([`crate::ring`]).
     pub async fn publish(&self, ctx: &Ctx, node: &Node, payload: Payload) {
         let ev = Event {
             event_id: uuid::Uuid::new_v4().to_string(),
@@ -191,12 +192,22 @@ impl ApiState {
             created_at: Utc::now().to_rfc3339(),
             payload: Some(payload),
         };
-        self.outbox.enqueue(&self.store, &self.bus, &ev).await;
+        let conductor = self.work_conductor(&ev, node).await;
+        self.outbox.enqueue(&self.store, &self.bus, &ev, conductor.as_deref()).await;
+    }
+
+    /// The conductor whose queue takes `ev`: the node's conductor on the ring for node work,
+    /// `None` for notifications or when no live conductor is known (the shared queue).
+    async fn work_conductor(&self, ev: &Event, node: &Node) -> Option<String> {
+        if !bus::is_node_work(ev) {
+            return None;
+        }
+        self.ring.conductor_for(&self.store, self.settings.conductor_heartbeat_timeout, node).await
     }
 
     /// Publish a wake-up that may be lost (agent heartbeats) straight to the bus, in the
-    /// background: it costs no outbox row.
-    pub fn publish_lossy(&self, ctx: &Ctx, node: &Node, payload: Payload) {
+    /// background: it costs no outbox row. It goes to the node's conductor on the ring.
+    pub async fn publish_lossy(&self, ctx: &Ctx, node: &Node, payload: Payload) {
         let ev = Event {
             event_id: uuid::Uuid::new_v4().to_string(),
             node_uuid: node.uuid.to_string(),
@@ -204,7 +215,8 @@ impl ApiState {
             created_at: Utc::now().to_rfc3339(),
             payload: Some(payload),
         };
-        self.outbox.publish_lossy(&self.bus, &ev);
+        let conductor = self.work_conductor(&ev, node).await;
+        self.outbox.publish_lossy(&self.bus, &ev, conductor.as_deref());
     }
 
     /// Publish `NodeStateChanged` (for watchers) after a change made by the API.

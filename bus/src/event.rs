@@ -25,19 +25,62 @@ pub fn event_routing_key(ev: &Event) -> Result<&'static str, BusError> {
     Ok(key)
 }
 
+/// Whether `ev` asks for work on a node (a provision, power or management request, or an
+/// agent's heartbeat): such work goes to the node's conductor. The other events are
+/// notifications, or name no node (allocations).
+pub fn is_node_work(ev: &Event) -> bool {
+    matches!(
+        ev.payload,
+        Some(
+            Payload::ProvisionRequested(_)
+                | Payload::PowerRequested(_)
+                | Payload::ManagementRequested(_)
+                | Payload::AgentHeartbeat(_)
+        )
+    )
+}
+
+/// The routing key to publish `ev` with: node work goes to `conductor`'s own queue
+/// ([`routing::conductor_key`]) when the node's conductor is known; every other event, and
+/// work whose conductor is not known, goes with its payload's key (node work then lands on
+/// the shared work queue, whose consumers forward it to the node's conductor).
+///
+/// # Errors
+/// [`BusError::EmptyEvent`] when the event has no payload.
+pub fn routing_key_for(ev: &Event, conductor: Option<&str>) -> Result<String, BusError> {
+    let key = event_routing_key(ev)?;
+    Ok(match conductor {
+        Some(host) if is_node_work(ev) => routing::conductor_key(host),
+        _ => key.to_owned(),
+    })
+}
+
 /// Publishes `ev` with the routing key of its payload, `message_id` = `event_id` (a fresh id
 /// when empty) and the current span's W3C trace context in the headers.
 ///
 /// # Errors
 /// [`BusError::EmptyEvent`] when the event has no payload, and the errors of [`Bus::publish`].
 pub async fn publish_event(bus: &dyn Bus, ev: &Event) -> Result<(), BusError> {
-    let key = event_routing_key(ev)?;
+    publish_event_to(bus, ev, None).await
+}
+
+/// As [`publish_event`], with the routing key of [`routing_key_for`]: node work goes to
+/// `conductor`'s own queue when given.
+///
+/// # Errors
+/// As [`publish_event`].
+pub async fn publish_event_to(
+    bus: &dyn Bus,
+    ev: &Event,
+    conductor: Option<&str>,
+) -> Result<(), BusError> {
+    let key = routing_key_for(ev, conductor)?;
     let mut msg = OutgoingMessage::new(ev.encode_to_vec());
     if !ev.event_id.is_empty() {
         msg.message_id.clone_from(&ev.event_id);
     }
     crate::trace::inject(&mut msg.headers);
-    bus.publish(key, msg).await
+    bus.publish(&key, msg).await
 }
 
 /// Decodes the event carried by a delivery.

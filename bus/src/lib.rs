@@ -26,7 +26,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use error::BusError;
-pub use event::{decode_event, event_routing_key, publish_event};
+pub use event::{
+    decode_event, event_routing_key, is_node_work, publish_event, publish_event_to, routing_key_for,
+};
 pub use memory::InProcessBus;
 pub use message::{
     Consumer, DEAD_LETTER_REASON_HEADER, Delivery, OutgoingMessage, QueueSpec, dead_letter_queue,

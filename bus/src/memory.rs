@@ -10,7 +10,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::message::{DEAD_LETTER_REASON_HEADER, Parts, Settle, Settlement};
 use crate::routing::{check_pattern, check_routing_key, topic_matches};
-use crate::{Bus, BusError, Consumer, Delivery, OutgoingMessage, QueueSpec, dead_letter_queue};
+use crate::{Bus, BusError, Consumer, Delivery, OutgoingMessage, QueueSpec};
 
 /// Messages a subscriber may have waiting before newer ones are dropped for it.
 const SUBSCRIBER_BUFFER: usize = 4096;
@@ -165,7 +165,7 @@ impl Bus for InProcessBus {
         spec.check()?;
         let queue = self.queue(&spec.queue);
         lock(&queue.inner).patterns.extend(spec.patterns.iter().cloned());
-        let dead = self.queue(&dead_letter_queue(&spec.queue));
+        let dead = self.queue(&spec.dead_letter_queue());
         let permits =
             if spec.prefetch == 0 { Semaphore::MAX_PERMITS } else { spec.prefetch.into() };
         Ok(Consumer::from_memory(QueueConsumer {

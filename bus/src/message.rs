@@ -68,7 +68,8 @@ impl OutgoingMessage {
 /// What to consume: a durable queue, the topic patterns bound to it, and its limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueSpec {
-    /// Queue name; its dead letters go to `<queue>.dead`.
+    /// Queue name; its dead letters go to `<queue>.dead` unless [`dead_letters`](Self::dead_letters)
+    /// names another queue.
     pub queue: String,
     /// Topic patterns bound to the queue (`node.*`, `node.#` …). May be empty, e.g. to drain a
     /// dead-letter queue.
@@ -77,6 +78,13 @@ pub struct QueueSpec {
     pub prefetch: u16,
     /// Deliveries of one message before [`Delivery::nack_requeue`] dead-letters it (min 1).
     pub max_attempts: u32,
+    /// The queue that receives this queue's dead letters, when not `<queue>.dead`: queues
+    /// that come and go (one per conductor) share one lasting dead-letter queue.
+    pub dead_letters: Option<String>,
+    /// Let the broker delete the queue, messages included, once it has had no consumer and
+    /// no declaration for this long (RabbitMQ's `x-expires`). Every declaration of one queue
+    /// must give the same value. The in-process bus keeps its queues while it lives.
+    pub expires: Option<std::time::Duration>,
 }
 
 impl QueueSpec {
@@ -87,7 +95,15 @@ impl QueueSpec {
             patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
             prefetch: 16,
             max_attempts: 5,
+            dead_letters: None,
+            expires: None,
         }
+    }
+
+    /// The queue that receives this queue's dead letters.
+    #[must_use]
+    pub fn dead_letter_queue(&self) -> String {
+        self.dead_letters.clone().unwrap_or_else(|| dead_letter_queue(&self.queue))
     }
 
     pub(crate) fn check(&self) -> Result<(), BusError> {
@@ -95,6 +111,22 @@ impl QueueSpec {
         self.patterns.iter().try_for_each(|p| crate::routing::check_pattern(p))?;
         if self.max_attempts == 0 {
             return Err(BusError::InvalidArgument("max_attempts must be at least 1".to_owned()));
+        }
+        if let Some(dead) = &self.dead_letters {
+            crate::routing::check_queue_name(dead)?;
+            if *dead == self.queue {
+                return Err(BusError::InvalidArgument(format!(
+                    "queue {dead:?} cannot take its own dead letters"
+                )));
+            }
+        }
+        if let Some(e) = self.expires
+            && !(1..=u128::from(u32::MAX)).contains(&e.as_millis())
+        {
+            return Err(BusError::InvalidArgument(format!(
+                "expires must be 1 ms to {} ms (got {e:?})",
+                u32::MAX
+            )));
         }
         Ok(())
     }

@@ -24,6 +24,12 @@ pub const ALLOCATION: &str = "allocation.requested";
 /// Every node event.
 pub const ALL_NODE_EVENTS: &str = "node.#";
 
+/// The routing key of node work sent to one conductor, bound to that conductor's own queue:
+/// the API sends a node's work to the conductor the hash ring gives the node.
+pub fn conductor_key(hostname: &str) -> String {
+    format!("conductor.{hostname}")
+}
+
 /// AMQP limits short strings (routing keys, queue names, message ids) to 255 bytes.
 pub(crate) const MAX_SHORT_STRING: usize = 255;
 

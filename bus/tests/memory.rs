@@ -62,3 +62,8 @@ async fn test_connect_chooses_implementation() {
         Err(bus::BusError::InvalidArgument(m)) if !m.contains("pw")
     ));
 }
+
+#[tokio::test]
+async fn test_memory_dead_letters_to_named_queue() {
+    semantics::dead_letters_to_named_queue(&InProcessBus::new(), "q", "shared.dead").await;
+}

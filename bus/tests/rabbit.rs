@@ -42,6 +42,57 @@ rabbit_case!(test_rabbit_subscribe_fans_out, semantics::subscribe_fans_out);
 rabbit_case!(test_rabbit_event_round_trip, semantics::event_round_trip);
 
 #[tokio::test]
+async fn test_rabbit_dead_letters_to_named_queue() {
+    let exchange = unique("ferric-test-x");
+    let (queue, dead) = (unique("ferric-test-q"), unique("ferric-test-shared-dead"));
+    let Some(bus) = rabbit(&exchange).await else { return };
+    semantics::dead_letters_to_named_queue(&bus, &queue, &dead).await;
+    cleanup(&amqp_url(), &exchange, &[&queue, &dead]).await;
+}
+
+/// A queue declared with `expires` is deleted by the broker, with what it holds, once it has
+/// been unused that long; while consumed it stays.
+#[tokio::test]
+async fn test_rabbit_unused_queue_expires() {
+    let exchange = unique("ferric-test-x");
+    let queue = unique("ferric-test-q");
+    let Some(bus) = rabbit(&exchange).await else { return };
+    let spec = QueueSpec {
+        expires: Some(Duration::from_millis(1500)),
+        ..QueueSpec::new(queue.as_str(), &["node.power"])
+    };
+    let c = bus.consume(spec).await.unwrap();
+    bus.publish("node.power", OutgoingMessage::new(b"left behind".to_vec())).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(queue_exists(&queue).await, "a consumed queue must not expire");
+    drop(c);
+    // A passive declaration renews the lease too: look less often than the expiry.
+    within("the unused queue to expire", async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            if !queue_exists(&queue).await {
+                break;
+            }
+        }
+    })
+    .await;
+    cleanup(&amqp_url(), &exchange, &[&queue]).await;
+}
+
+/// Whether `queue` exists on the broker (a passive declaration on a channel of its own).
+async fn queue_exists(queue: &str) -> bool {
+    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    let exists =
+        ch.queue_declare(queue.into(), passive, lapin::types::FieldTable::default()).await.is_ok();
+    let _ = conn.close(200, "checked".into()).await;
+    exists
+}
+
+#[tokio::test]
 async fn test_rabbit_bad_arguments_rejected() {
     let exchange = unique("ferric-test-x");
     let Some(bus) = rabbit(&exchange).await else { return };

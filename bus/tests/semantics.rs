@@ -92,6 +92,33 @@ pub async fn dead_letter_at_once(bus: &dyn Bus, queue: &str) {
     d.ack().await.unwrap();
 }
 
+/// A queue whose dead letters go to a named queue (one shared by queues that come and go):
+/// `dead_letter` and the last `nack_requeue` move the message there. Declaring the queue
+/// again with the same spec, expiry included, is accepted.
+pub async fn dead_letters_to_named_queue(bus: &dyn Bus, queue: &str, dead: &str) {
+    let spec = QueueSpec {
+        dead_letters: Some(dead.to_owned()),
+        expires: Some(std::time::Duration::from_secs(600)),
+        max_attempts: 1,
+        ..QueueSpec::new(queue, &["node.power"])
+    };
+    let mut c = bus.consume(spec.clone()).await.unwrap();
+    drop(bus.consume(spec).await.unwrap());
+    bus.publish("node.power", msg("e-1")).await.unwrap();
+    bus.publish("node.power", msg("e-2")).await.unwrap();
+    next(&mut c).await.dead_letter().await.unwrap();
+    next(&mut c).await.nack_requeue().await.unwrap();
+
+    let mut shared = bus.consume(QueueSpec::new(dead, &[])).await.unwrap();
+    for (id, reason) in [("e-1", "rejected"), ("e-2", "max-attempts")] {
+        let d = next(&mut shared).await;
+        assert_eq!(d.message_id, id);
+        assert_eq!(d.routing_key, "node.power");
+        assert_eq!(d.headers.get(bus::DEAD_LETTER_REASON_HEADER).map(String::as_str), Some(reason));
+        d.ack().await.unwrap();
+    }
+}
+
 /// A delivery dropped unsettled comes back, marked redelivered, attempt unchanged.
 pub async fn dropped_delivery_is_redelivered(bus: &dyn Bus, queue: &str) {
     let mut c = bus.consume(QueueSpec::new(queue, &["node.#"])).await.unwrap();
@@ -203,5 +230,10 @@ pub async fn bad_arguments_rejected(bus: &dyn Bus) {
     assert!(bus.consume(QueueSpec::new("", &["node.#"])).await.is_err());
     let zero = QueueSpec { max_attempts: 0, ..QueueSpec::new("q", &["node.#"]) };
     assert!(bus.consume(zero).await.is_err());
+    let own = QueueSpec { dead_letters: Some("q".into()), ..QueueSpec::new("q", &["node.#"]) };
+    assert!(bus.consume(own).await.is_err(), "a queue taking its own dead letters");
+    let never =
+        QueueSpec { expires: Some(std::time::Duration::ZERO), ..QueueSpec::new("q", &["node.#"]) };
+    assert!(bus.consume(never).await.is_err(), "an expiry of zero");
     bus.health().await.unwrap();
 }

@@ -189,6 +189,8 @@ pub fn text(r: &SimulationReport) -> String {
     let _ = writeln!(s, "faults: {}", faults.join(", "));
     let shares: Vec<String> = r.ring_shares.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let _ = writeln!(s, "ring shares: {}", shares.join(", "));
+    let _ =
+        writeln!(s, "history entries by a conductor other than the node's: {}", r.foreign_entries);
     let _ = writeln!(s, "BMC calls: {}", r.bmc_calls);
     let _ = writeln!(s, "peak RSS: {:.1} MiB", r.peak_rss_kib as f64 / 1024.0);
     let _ = writeln!(s, "history digest: {}", r.digest);

@@ -20,6 +20,7 @@ mod deploy_logs;
 pub mod drivers;
 pub mod events;
 pub mod fast_track;
+pub mod handover;
 pub mod inspection;
 pub mod ipa_client;
 mod ipa_ops;
@@ -225,14 +226,20 @@ pub async fn run_with(
         Err(e) => tracing::warn!(error = %ErrorChain(&e), "cannot release stale locks"),
     }
 
-    // Deliveries published before the queue exists would be lost: consume first, then say
+    // Deliveries published before the queues exist would be lost: consume first, then say
     // ready (below). `None`: shut down before the bus answered.
-    let Some(consumer) = worker::subscribe(&ctx).await else {
-        return stop(&ctx, &shutdown).await;
-    };
+    let mut consumers = Vec::new();
+    for (spec, source) in worker::queues(&ctx) {
+        let Some(consumer) = worker::subscribe(&ctx, &spec).await else {
+            return stop(&ctx, &shutdown).await;
+        };
+        consumers.push((consumer, spec, source));
+    }
 
     let c = &ctx.cfg;
-    tracker.spawn(worker::consume(ctx.clone(), consumer));
+    for (consumer, spec, source) in consumers {
+        tracker.spawn(worker::consume(ctx.clone(), consumer, spec, source));
+    }
     tracker.spawn(periodic::every(
         ctx.clone(),
         "heartbeat",

@@ -78,6 +78,7 @@ pub struct ConductorMetrics {
     lock_wait: Histogram,
     lock_conflicts: IntCounter,
     lock_give_ups: IntCounter,
+    forwarded: IntCounterVec,
     workflow_duration: HistogramVec,
     workflows_in_flight: IntGaugeVec,
     deploys_in_flight: IntGauge,
@@ -156,6 +157,17 @@ impl ConductorMetrics {
             lock_give_ups: counter(
                 "ferric_conductor_lock_give_ups_total",
                 "Wakes that left a node to its lock holder after every retry",
+            )?,
+            forwarded: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ferric_conductor_deliveries_forwarded_total",
+                        "Node work sent on to the node's conductor on the hash ring, by the \
+                         queue it came from (shared, or a departed conductor's)",
+                    ),
+                    &["queue"],
+                )?,
             )?,
             workflow_duration: register(
                 &r,
@@ -369,6 +381,13 @@ pub fn lock_acquired(waited: Duration) {
 pub fn lock_conflict() {
     if let Some(m) = get() {
         m.lock_conflicts.inc();
+    }
+}
+
+/// Node work from `queue` (`shared` or `departed`) was sent on to the node's conductor.
+pub fn forwarded(queue: &'static str) {
+    if let Some(m) = get() {
+        m.forwarded.with_label_values(&[queue]).inc();
     }
 }
 

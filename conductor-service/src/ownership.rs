@@ -70,6 +70,17 @@ async fn rings(ctx: &Ctx, max_age: Duration) -> Option<Arc<ConductorRings>> {
     Some(rings)
 }
 
+/// The conductor that handles `node` on the ring (read again, at most [`MISS_TTL`] old,
+/// when nobody owns it); `None` when no live conductor serves it or the conductors cannot
+/// be read.
+pub(crate) async fn owner(ctx: &Ctx, node: &Node) -> Option<String> {
+    let r = rings(ctx, TTL).await?;
+    if let Some(o) = r.owner(node) {
+        return Some(o.to_owned());
+    }
+    rings(ctx, MISS_TTL).await?.owner(node).map(str::to_owned)
+}
+
 /// The nodes of `nodes` this conductor handles. A node nobody owns makes the rings be read
 /// again (once, at most [`MISS_TTL`] old) before it is left out; when the conductors
 /// cannot be read every node is kept.

@@ -94,7 +94,8 @@ fn can_judge_liveness(ctx: &Ctx, timeout: chrono::Duration) -> bool {
 /// Declare conductors dead whose heartbeat is older than the liveness timeout, release
 /// their locks and any lock whose holder is not a live conductor, then sweep so their
 /// nodes are driven again by their new owners on the ring (this conductor sweeps its own
-/// share at once; the others sweep theirs on their next run).
+/// share at once; the others sweep theirs on their next run), and hand over the queues of
+/// the conductors that left ([`crate::handover`]).
 pub async fn takeover(ctx: Arc<Ctx>) {
     let timeout =
         chrono::Duration::from_std(ctx.cfg.liveness_timeout()).unwrap_or(chrono::Duration::MAX);
@@ -151,8 +152,9 @@ pub async fn takeover(ctx: Arc<Ctx>) {
         }
     }
     if released_any {
-        sweep(ctx).await;
+        sweep(ctx.clone()).await;
     }
+    crate::handover::drain_departed(&ctx).await;
 }
 
 /// Every page of a node listing.
@@ -441,30 +443,49 @@ async fn fail_wait(task: &mut Task) -> Result<(), WorkflowError> {
 /// whose BMC stayed silent on its last call are read in a lane of their own, so hung BMCs
 /// delay only each other.
 pub async fn power_sync(ctx: Arc<Ctx>) {
-    let q = NodeListQuery { maintenance: Some(false), reserved: Some(false), ..Default::default() };
-    let Ok(nodes) = list_all(&ctx, q).await else { return };
-    let nodes = owned(&ctx, nodes).await;
-    let answering = Arc::new(tokio::sync::Semaphore::new(POWER_SYNC_WORKERS));
+    let mut q =
+        NodeListQuery { maintenance: Some(false), reserved: Some(false), ..Default::default() };
+    let workers = ctx.cfg.power_sync_workers.max(1);
+    let answering = Arc::new(tokio::sync::Semaphore::new(workers));
     let silent = Arc::new(tokio::sync::Semaphore::new(POWER_SYNC_SILENT_WORKERS));
     let mut set = tokio::task::JoinSet::new();
-    for n in nodes {
-        if n.target_power_state.is_some() && !n.provision_state.is_transient_working() {
-            // A pending request whose message was lost: drive it.
-            set.spawn(wake_owned(ctx.clone(), n.uuid));
-            continue;
+    // Page by page, so a conductor of a large fleet holds one page and the reads in flight,
+    // never the whole fleet.
+    loop {
+        let page = match ctx.store.node_list(&q).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %common::ErrorChain(&e), "power sync cannot list nodes");
+                break;
+            }
+        };
+        let full = page.len() >= q.limit as usize;
+        q.marker = page.last().map(|n| n.uuid);
+        for n in owned(&ctx, page).await {
+            if n.target_power_state.is_some() && !n.provision_state.is_transient_working() {
+                // A pending request whose message was lost: drive it.
+                set.spawn(wake_owned(ctx.clone(), n.uuid));
+                continue;
+            }
+            if n.provision_state.skips_power_sync() || n.provision_state.is_transient_working() {
+                continue;
+            }
+            let lane = if ctx.drivers.bmc_silent(&n) { &silent } else { &answering };
+            set.spawn(sync_one(ctx.clone(), lane.clone(), n));
         }
-        if n.provision_state.skips_power_sync() || n.provision_state.is_transient_working() {
-            continue;
+        // The next page waits until the reads queued are down to about one page.
+        while set.len() > workers + q.limit as usize {
+            set.join_next().await;
         }
-        let lane = if ctx.drivers.bmc_silent(&n) { &silent } else { &answering };
-        set.spawn(sync_one(ctx.clone(), lane.clone(), n));
+        if !full || q.marker.is_none() {
+            break;
+        }
     }
     while set.join_next().await.is_some() {}
 }
 
-/// BMCs read at once by power sync.
-const POWER_SYNC_WORKERS: usize = 8;
-/// Of those, for BMCs that stayed silent on their last call.
+/// BMCs that stayed silent on their last call read at once by power sync (beside
+/// `power_sync_workers` for the others).
 const POWER_SYNC_SILENT_WORKERS: usize = 2;
 
 fn sync_one(

@@ -172,6 +172,9 @@ pub struct SimulationReport {
     pub still_locked: u64,
     /// Nodes each conductor's ring gives it.
     pub ring_shares: BTreeMap<String, u64>,
+    /// History entries written by a conductor other than the node's owner on the ring (each
+    /// conductor does only its own nodes' work, so 0 while no conductor joins or leaves).
+    pub foreign_entries: u64,
     /// BMC calls made.
     pub bmc_calls: u64,
     /// SHA-256 over every node's fault, transitions, final state and `last_error`, in fleet
@@ -428,7 +431,7 @@ async fn report(
     let mut by_fault: BTreeMap<String, u64> = BTreeMap::new();
     let mut unexpected = Vec::new();
     let mut outcomes = Vec::new();
-    let (mut failed_without_error, mut still_locked) = (0, 0);
+    let (mut failed_without_error, mut still_locked, mut foreign_entries) = (0, 0, 0);
     let mut digest = Sha256::new();
     for (i, id) in ids.iter().enumerate() {
         let Some(n) = nodes.get(id) else {
@@ -436,6 +439,11 @@ async fn report(
         };
         let fault = cfg.plan.fault(i as u64);
         let history = store.history_list(*id).await?;
+        let owner = rings.owner(n);
+        foreign_entries += history
+            .iter()
+            .filter(|h| h.conductor.is_some() && h.conductor.as_deref() != owner)
+            .count() as u64;
         let transitions: Vec<(ProvisionState, ProvisionState)> =
             history.iter().filter_map(|h| Some((h.from_state?, h.to_state?))).collect();
         let expected = expected_state(fault, cfg.undeploy);
@@ -456,7 +464,7 @@ async fn report(
         digest.update(format!(" {:?}\n", o.last_error).as_bytes());
         *by_state.entry(n.provision_state.to_string()).or_default() += 1;
         *by_fault.entry(fault.label().to_owned()).or_default() += 1;
-        if let Some(owner) = rings.owner(n) {
+        if let Some(owner) = owner {
             *ring_shares.entry(owner.to_owned()).or_default() += 1;
         }
         if n.provision_state.is_failed() && n.last_error.is_none() {
@@ -484,6 +492,7 @@ async fn report(
         failed_without_error,
         still_locked,
         ring_shares,
+        foreign_entries,
         bmc_calls: bmcs.calls(),
         digest: hex::encode(digest.finalize()),
         peak_rss_kib: peak_rss_kib(),

@@ -12,7 +12,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus::{Consumer, Delivery, QueueSpec, routing};
+use bus::{Consumer, Delivery, OutgoingMessage, QueueSpec, routing};
 use deploy::{NodeId, PublicError};
 use futures::FutureExt;
 use proto::events::event::Payload;
@@ -250,8 +250,44 @@ fn continues_operation(work: workflows::Work) -> bool {
     )
 }
 
-/// The work queue: every conductor competes for it.
-fn work_queue(ctx: &Ctx) -> QueueSpec {
+/// Where a delivery came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// This conductor's own queue, where the API sends the work of the nodes the hash ring
+    /// gives this conductor.
+    Own,
+    /// The shared work queue: allocations, and node work whose publisher knew no conductor
+    /// for the node.
+    Shared,
+    /// The own queue of a conductor that left, handed over ([`crate::handover`]).
+    Departed,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Own => "own",
+            Source::Shared => "shared",
+            Source::Departed => "departed",
+        }
+    }
+}
+
+/// How long a conductor's own queue outlives its last use (a consumer or a declaration)
+/// before the broker deletes it: the conductors hand over a departed conductor's queue for
+/// [`crate::handover::WINDOW`], and then nobody uses it.
+const OWN_QUEUE_EXPIRES: Duration = Duration::from_secs(30 * 60);
+
+/// Header counting how often node work was sent on ([`forward`]).
+const FORWARDS_HEADER: &str = "ferric-forwards";
+/// Forwards after which node work is done where it is: conductors whose views of the ring
+/// differ for a moment must not pass it back and forth (the node lock makes any conductor
+/// safe).
+const MAX_FORWARDS: u32 = 2;
+
+/// The work queue every conductor consumes: allocations, and node work whose publisher knew
+/// no conductor for the node (which is sent on to the node's conductor, see [`forward`]).
+fn shared_queue(ctx: &Ctx) -> QueueSpec {
     QueueSpec {
         queue: ctx.cfg.queue.clone(),
         patterns: vec![
@@ -263,13 +299,34 @@ fn work_queue(ctx: &Ctx) -> QueueSpec {
         ],
         prefetch: ctx.cfg.prefetch,
         max_attempts: 10,
+        dead_letters: None,
+        expires: None,
     }
 }
 
-/// Start consuming the work queue (declaring and binding it), retrying while the bus
-/// refuses; `None` when shutdown comes first.
-pub async fn subscribe(ctx: &Ctx) -> Option<Consumer> {
-    let spec = work_queue(ctx);
+/// The own queue of the conductor `hostname`: the work of the nodes the ring gives it,
+/// published with [`routing::conductor_key`]. Its dead letters go to the shared queue's
+/// dead-letter queue, which lasts; the queue itself expires once its conductor is gone and
+/// it has been handed over.
+pub(crate) fn own_queue(ctx: &Ctx, hostname: &str) -> QueueSpec {
+    QueueSpec {
+        queue: format!("{}.{hostname}", ctx.cfg.queue),
+        patterns: vec![routing::conductor_key(hostname)],
+        prefetch: ctx.cfg.prefetch,
+        max_attempts: 10,
+        dead_letters: Some(bus::dead_letter_queue(&ctx.cfg.queue)),
+        expires: Some(OWN_QUEUE_EXPIRES),
+    }
+}
+
+/// The queues this conductor consumes, with their source.
+pub(crate) fn queues(ctx: &Ctx) -> [(QueueSpec, Source); 2] {
+    [(own_queue(ctx, &ctx.cfg.hostname), Source::Own), (shared_queue(ctx), Source::Shared)]
+}
+
+/// Start consuming `spec` (declaring and binding it), retrying while the bus refuses;
+/// `None` when shutdown comes first.
+pub async fn subscribe(ctx: &Ctx, spec: &QueueSpec) -> Option<Consumer> {
     loop {
         tokio::select! {
             biased;
@@ -291,10 +348,14 @@ pub async fn subscribe(ctx: &Ctx) -> Option<Consumer> {
     }
 }
 
-/// Handle deliveries from `consumer` (see [`subscribe`]) until shutdown, re-subscribing when
-/// the bus drops the consumer.
-pub async fn consume(ctx: Arc<Ctx>, mut consumer: Consumer) {
-    let queue = ctx.cfg.queue.clone();
+/// Handle deliveries from `consumer` (see [`subscribe`]) until shutdown, re-subscribing to
+/// `spec` when the bus drops the consumer.
+pub(crate) async fn consume(
+    ctx: Arc<Ctx>,
+    mut consumer: Consumer,
+    spec: QueueSpec,
+    source: Source,
+) {
     loop {
         loop {
             let delivery = tokio::select! {
@@ -304,14 +365,47 @@ pub async fn consume(ctx: Arc<Ctx>, mut consumer: Consumer) {
                 d = consumer.next() => d,
             };
             let Some(d) = delivery else {
-                tracing::warn!(queue = %queue, "consumer closed; re-subscribing");
+                tracing::warn!(queue = %spec.queue, "consumer closed; re-subscribing");
                 break;
             };
             let c = ctx.clone();
-            ctx.tracker.spawn(handle_delivery_boxed(c, d));
+            ctx.tracker.spawn(handle_delivery_boxed(c, d, source));
         }
-        let Some(again) = subscribe(&ctx).await else { return };
+        let Some(again) = subscribe(&ctx, &spec).await else { return };
         consumer = again;
+    }
+}
+
+/// Send node work that came off the shared queue or a departed conductor's queue on to the
+/// node's conductor on the ring; `true` when it was sent (the caller acknowledges it). The
+/// work stays here when this conductor owns the node, when no owner is known (the rings
+/// cannot be read, or no live conductor serves the node), when the node is gone, after
+/// [`MAX_FORWARDS`] forwards, or when the publish fails.
+async fn forward(ctx: &Ctx, d: &Delivery, id: NodeId, source: Source) -> bool {
+    let forwards: u32 = d.headers.get(FORWARDS_HEADER).and_then(|h| h.parse().ok()).unwrap_or(0);
+    if forwards >= MAX_FORWARDS {
+        return false;
+    }
+    let Ok(node) = ctx.store.node_fetch(id).await else { return false };
+    let Some(owner) = crate::ownership::owner(ctx, &node).await else { return false };
+    if owner == ctx.cfg.hostname {
+        return false;
+    }
+    let mut headers = d.headers.clone();
+    headers.insert(FORWARDS_HEADER.to_owned(), (forwards + 1).to_string());
+    let msg =
+        OutgoingMessage { message_id: d.message_id.clone(), headers, payload: d.payload.clone() };
+    match ctx.bus.publish(&routing::conductor_key(&owner), msg).await {
+        Ok(()) => {
+            tracing::debug!(node = %id, conductor = %owner, from = source.label(), "work sent on to the node's conductor");
+            crate::metrics::forwarded(source.label());
+            true
+        }
+        Err(e) => {
+            tracing::warn!(node = %id, conductor = %owner, error = %common::ErrorChain(&e),
+                "cannot send work on to the node's conductor; doing it here");
+            false
+        }
     }
 }
 
@@ -334,12 +428,16 @@ fn wake_claiming_owned(
     })
 }
 
-fn handle_delivery_boxed(ctx: Arc<Ctx>, d: Delivery) -> futures::future::BoxFuture<'static, ()> {
-    Box::pin(handle_delivery(ctx, d))
+pub(crate) fn handle_delivery_boxed(
+    ctx: Arc<Ctx>,
+    d: Delivery,
+    source: Source,
+) -> futures::future::BoxFuture<'static, ()> {
+    Box::pin(handle_delivery(ctx, d, source))
 }
 
-async fn handle_delivery(ctx: Arc<Ctx>, d: Delivery) {
-    let span = tracing::info_span!("delivery", routing_key = %d.routing_key,
+async fn handle_delivery(ctx: Arc<Ctx>, d: Delivery, source: Source) {
+    let span = tracing::info_span!("delivery", routing_key = %d.routing_key, queue = source.label(),
         message_id = %d.message_id, attempt = d.attempt, node_id = tracing::field::Empty,
         allocation_id = tracing::field::Empty);
     bus::trace::set_parent_from(&span, &d.headers);
@@ -365,6 +463,14 @@ async fn handle_delivery(ctx: Arc<Ctx>, d: Delivery) {
             return;
         };
         tracing::Span::current().record("node_id", tracing::field::display(id));
+        // Work routed here by the ring is done here; work from elsewhere goes to its node's
+        // conductor when that is another one.
+        if source != Source::Own && forward(&ctx, &d, id, source).await {
+            if let Err(e) = d.ack().await {
+                tracing::warn!(error = %common::ErrorChain(&e), "ack failed; the message will come again");
+            }
+            return;
+        }
         if let Some(Payload::ProvisionRequested(p)) = &ev.payload
             && p.event == "abort"
         {

@@ -145,12 +145,18 @@ impl Fleet {
     /// Start a conductor and wait until it is ready.
     async fn start(&mut self, host: &str, group: &str) {
         let cfg = self.config(host, group);
+        self.start_with(cfg).await;
+    }
+
+    /// Start a conductor with `cfg` and wait until it is ready.
+    async fn start_with(&mut self, cfg: ConductorConfig) {
+        let host = cfg.hostname.clone();
         let token = self.token.child_token();
         let (shutdown, ready) = Shutdown::new(token.clone(), Duration::from_secs(5)).service();
         let (s, b) = (self.store().clone(), self.bus.clone());
         let task = tokio::spawn(conductor_service::run(cfg, s, b, shutdown));
         ready.wait().await.unwrap();
-        self.conductors.insert(host.to_owned(), (token, task));
+        self.conductors.insert(host, (token, task));
     }
 
     /// Stop a conductor and wait until it has unregistered.
@@ -353,5 +359,79 @@ async fn test_nodes_of_a_silent_conductor_are_taken_over() {
         async move { (!store.conductor_fetch("c-ghost").await.unwrap().online).then_some(()) }
     })
     .await;
+    f.finish().await;
+}
+
+/// What `PUT states/power` does, with the work published to `conductor`'s own queue, or to
+/// the shared queue when `None` (a publisher that knows no conductor for the node).
+async fn request_power(f: &Fleet, id: NodeId, target: PowerState, conductor: Option<&str>) {
+    let mut n = f.store().node_fetch(id).await.unwrap();
+    n.target_power_state = Some(target);
+    f.store().node_update(&n).await.unwrap();
+    let ev = proto::events::Event {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        node_uuid: id.to_string(),
+        payload: Some(proto::events::event::Payload::PowerRequested(
+            proto::events::PowerRequested { target: target.to_string(), timeout_secs: 0 },
+        )),
+        ..Default::default()
+    };
+    bus::publish_event_to(f.bus.as_ref(), &ev, conductor).await.unwrap();
+}
+
+/// The conductors that changed `id`'s power on request, oldest first.
+async fn power_changers(f: &Fleet, id: NodeId) -> Vec<String> {
+    let mut h = f.store().history_list(id).await.unwrap();
+    h.sort_by_key(|e| e.created_at);
+    h.into_iter()
+        .filter(|e| e.event_type == "power" && e.event.starts_with("power "))
+        .map(|e| e.conductor.unwrap_or_default())
+        .collect()
+}
+
+/// Work reaches the node's conductor on the ring: power requests published to the shared
+/// queue are sent on by whichever conductor takes them, so every change is made by the
+/// node's owner. When a conductor leaves, the work waiting in its own queue (here sent to it
+/// after it left, as by an API whose view of the ring is a moment old) is handed over to
+/// the nodes' new owners by the live conductors. Sweeps and power syncs are an hour apart,
+/// so nothing but the bus moves the nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_work_goes_to_the_nodes_conductor_and_a_departed_queue_is_handed_over() {
+    let mut f = Fleet::new(&[("", 18)]).await;
+    for host in ["w-a", "w-b", "w-c"] {
+        let mut cfg = f.config(host, "");
+        cfg.sweep_interval_secs = 3600.0;
+        cfg.power_sync_interval_secs = 3600.0;
+        f.start_with(cfg).await;
+    }
+    let ids = f.in_group("");
+    f.flip(&ids, false);
+    f.insert_nodes().await;
+    let before = owners(&f.rings().await, &f, &ids);
+    assert_eq!(before.values().collect::<BTreeSet<_>>().len(), 3, "every conductor owns nodes");
+
+    for id in &ids {
+        request_power(&f, *id, PowerState::On, None).await;
+    }
+    f.wait_power(&ids, PowerState::On).await;
+    for id in &ids {
+        assert_eq!(power_changers(&f, *id).await, vec![before[id].clone()], "node {id}");
+    }
+
+    let of_b: Vec<NodeId> = ids.iter().copied().filter(|id| before[id] == "w-b").collect();
+    f.stop("w-b").await;
+    let after = owners(&f.rings().await, &f, &ids);
+    for id in &of_b {
+        request_power(&f, *id, PowerState::Off, Some("w-b")).await;
+    }
+    f.wait_power(&of_b, PowerState::Off).await;
+    for id in &of_b {
+        assert_ne!(after[id], "w-b");
+        assert_eq!(
+            power_changers(&f, *id).await,
+            vec!["w-b".to_owned(), after[id].clone()],
+            "node {id}: the handed-over change made by its new owner"
+        );
+    }
     f.finish().await;
 }

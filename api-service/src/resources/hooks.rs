@@ -474,7 +474,7 @@ pub(super) async fn after_create(
             allocation_uuid: r.uuid.to_string(),
         })),
     };
-    state.outbox.enqueue(&state.store, &state.bus, &ev).await;
+    state.outbox.enqueue(&state.store, &state.bus, &ev, None).await;
     Ok(r)
 }
 

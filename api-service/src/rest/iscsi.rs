@@ -70,14 +70,16 @@ pub(crate) async fn accept(
         .inspect_err(|e| tracing::warn!(node_id = %id, error = %e, "pass_deploy_info refused"))?
         .into_result(id)?;
     tracing::info!(node_id = %id, failed = body.info.error.is_some(), "pass_deploy_info accepted");
-    state.publish_lossy(
-        ctx,
-        &updated,
-        Payload::AgentHeartbeat(proto::events::AgentHeartbeat {
-            agent_url: String::new(),
-            agent_version: String::new(),
-            provision_state: updated.provision_state.as_str().to_owned(),
-        }),
-    );
+    state
+        .publish_lossy(
+            ctx,
+            &updated,
+            Payload::AgentHeartbeat(proto::events::AgentHeartbeat {
+                agent_url: String::new(),
+                agent_version: String::new(),
+                provision_state: updated.provision_state.as_str().to_owned(),
+            }),
+        )
+        .await;
     Ok(StatusCode::ACCEPTED)
 }

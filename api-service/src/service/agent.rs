@@ -11,6 +11,7 @@ use proto::events::event::Payload;
 use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::Instrument as _;
 
 use super::{ApiState, Ctx};
 use crate::error::ApiError;
@@ -320,7 +321,7 @@ impl ApiState {
             if self.store.node_record_heartbeat(id, node.generation, hb.at).await? {
                 tracing::debug!(node_id = %id, state = %state, "heartbeat recorded (liveness)");
                 if wake {
-                    self.publish_heartbeat(ctx, &node, &req);
+                    self.publish_heartbeat(ctx, &node, &req).await;
                 }
                 return Ok(());
             }
@@ -341,13 +342,13 @@ impl ApiState {
         tracing::debug!(node_id = %updated.uuid, state = %state, "heartbeat recorded");
         // The session changed (a first heartbeat, a new status): the conductor may have work
         // in any state.
-        self.publish_heartbeat(ctx, &updated, &req);
+        self.publish_heartbeat(ctx, &updated, &req).await;
         Ok(())
     }
 
     /// Wake the node's conductor after a heartbeat. The heartbeat is recorded on the node;
     /// the event only wakes its conductor sooner, so it may be lost.
-    fn publish_heartbeat(&self, ctx: &Ctx, node: &Node, req: &HeartbeatRequest) {
+    async fn publish_heartbeat(&self, ctx: &Ctx, node: &Node, req: &HeartbeatRequest) {
         // The wake-up continues the trace of the operation the agent serves (recorded on the
         // node by the conductor when it started), so the work it resumes joins that trace.
         let dii = &node.driver_internal_info;
@@ -356,8 +357,7 @@ impl ApiState {
             bus::trace::join_node_trace(&span, dii);
             span
         });
-        let _entered = span.as_ref().map(tracing::Span::enter);
-        self.publish_lossy(
+        let publish = self.publish_lossy(
             ctx,
             node,
             Payload::AgentHeartbeat(proto::events::AgentHeartbeat {
@@ -366,6 +366,10 @@ impl ApiState {
                 provision_state: node.provision_state.as_str().to_owned(),
             }),
         );
+        match span {
+            Some(span) => publish.instrument(span).await,
+            None => publish.await,
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, Channel};
 use tokio::sync::mpsc;
 
@@ -20,7 +20,7 @@ use super::{Inner, Live, declare_exchange, read_headers};
 use crate::message::{
     ATTEMPT_HEADER, DEAD_LETTER_REASON_HEADER, Parts, ROUTING_KEY_HEADER, Settle, Settlement,
 };
-use crate::{BusError, Consumer, Delivery, OutgoingMessage, QueueSpec, dead_letter_queue};
+use crate::{BusError, Consumer, Delivery, OutgoingMessage, QueueSpec};
 
 /// Deliveries a transient subscriber may have buffered.
 const SUBSCRIBER_BUFFER: usize = 1024;
@@ -80,12 +80,16 @@ async fn declare_and_consume(
     let (queue, patterns, prefetch, no_ack) = match kind {
         Kind::Durable(spec) => {
             let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
-            channel
-                .queue_declare(spec.queue.as_str().into(), durable, FieldTable::default())
-                .await?;
+            let mut args = FieldTable::default();
+            if let Some(e) = spec.expires {
+                // `check` bounds it to u32 milliseconds.
+                let ms = u32::try_from(e.as_millis()).unwrap_or(u32::MAX);
+                args.insert("x-expires".into(), AMQPValue::LongLongInt(i64::from(ms)));
+            }
+            channel.queue_declare(spec.queue.as_str().into(), durable, args).await?;
             channel
                 .queue_declare(
-                    dead_letter_queue(&spec.queue).into(),
+                    spec.dead_letter_queue().as_str().into(),
                     durable,
                     FieldTable::default(),
                 )
@@ -251,6 +255,7 @@ fn to_delivery(
             Some(Box::new(RabbitSettle {
                 inner: Arc::clone(inner),
                 queue: spec.queue.clone(),
+                dead_letters: spec.dead_letter_queue(),
                 acker: Some(d.acker),
                 abandon: abandon_tx.clone(),
             })),
@@ -273,6 +278,7 @@ fn to_delivery(
 struct RabbitSettle {
     inner: Arc<Inner>,
     queue: String,
+    dead_letters: String,
     /// `None` once settled.
     acker: Option<Acker>,
     abandon: mpsc::UnboundedSender<Acker>,
@@ -309,7 +315,7 @@ impl Settle for RabbitSettle {
                     reason,
                     "message dead-lettered"
                 );
-                (dead_letter_queue(&self.queue), attempt)
+                (self.dead_letters.clone(), attempt)
             }
         };
         let copy = OutgoingMessage { message_id, headers, payload };
