@@ -126,6 +126,14 @@ pub struct ConductorConfig {
     pub power_sync_interval_secs: f64,
     /// Consecutive BMC failures before power sync puts a node into maintenance.
     pub power_sync_max_failures: u32,
+    /// Deploys this conductor runs at once (from admission until `active` or a failure);
+    /// more wait their turn ([`crate::admission`]). Ironic's `max_concurrent_deploy`.
+    pub max_concurrent_deploys: usize,
+    /// Cleans this conductor runs at once; more wait. Ironic's `max_concurrent_clean`.
+    pub max_concurrent_cleans: usize,
+    /// Seconds a queue of deploys or cleans may go without admitting one before its
+    /// waiting nodes fail (0: never).
+    pub admission_timeout_secs: f64,
     /// BMCs power sync reads at once (Ironic's `sync_power_state_workers`, 8 there). Each
     /// conductor reads only its share of the fleet; at 100 ms a read, 32 workers read about
     /// 300 BMCs a second.
@@ -347,6 +355,9 @@ impl Default for ConductorConfig {
             power_sync_interval_secs: 60.0,
             power_sync_max_failures: 3,
             power_sync_workers: 32,
+            max_concurrent_deploys: 250,
+            max_concurrent_cleans: 50,
+            admission_timeout_secs: 1800.0,
             callback_timeout_secs: 1800.0,
             inspect_wait_timeout_secs: 1800.0,
             rescue_callback_timeout_secs: 1800.0,
@@ -471,6 +482,12 @@ impl ConductorConfig {
         if self.power_sync_workers == 0 {
             return bad("power_sync_workers", "must be at least 1");
         }
+        if self.max_concurrent_deploys == 0 {
+            return bad("max_concurrent_deploys", "must be at least 1");
+        }
+        if self.max_concurrent_cleans == 0 {
+            return bad("max_concurrent_cleans", "must be at least 1");
+        }
         if self.dead_after_missed_heartbeats == 0 {
             return bad("dead_after_missed_heartbeats", "must be at least 1");
         }
@@ -498,6 +515,7 @@ impl ConductorConfig {
         secs("heartbeat_interval_secs", self.heartbeat_interval_secs, false)?;
         secs("sweep_interval_secs", self.sweep_interval_secs, false)?;
         secs("power_sync_interval_secs", self.power_sync_interval_secs, true)?;
+        secs("admission_timeout_secs", self.admission_timeout_secs, true)?;
         secs("callback_timeout_secs", self.callback_timeout_secs, false)?;
         secs("delivery_budget_secs", self.delivery_budget_secs, true)?;
         secs("inspect_wait_timeout_secs", self.inspect_wait_timeout_secs, true)?;

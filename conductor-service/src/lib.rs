@@ -9,6 +9,7 @@
 //! takes its lock, decides what to do from the recorded state, commits, and only then acks.
 //! See `docs/CONTRACTS.md` for the surfaces this crate uses and exposes.
 
+pub mod admission;
 pub mod agent_client;
 mod agent_steps;
 pub mod allocation;
@@ -109,6 +110,8 @@ pub struct Ctx {
     /// The cached hash rings that say which nodes this conductor's periodic tasks handle
     /// ([`ownership`]).
     pub(crate) ownership: ownership::Ownership,
+    /// Deploys and cleans admitted, under way and waiting ([`admission`]).
+    pub(crate) admission: admission::Admission,
 }
 
 impl Ctx {
@@ -212,6 +215,7 @@ pub async fn run_with(
         allocations: allocation::Tracker::default(),
         heartbeat_streak: Mutex::default(),
         ownership: ownership::Ownership::default(),
+        admission: admission::Admission::default(),
     });
     let host = ctx.cfg.hostname.clone();
     ctx.store
@@ -275,6 +279,12 @@ pub async fn run_with(
         "power_sync",
         config::dur(c.power_sync_interval_secs),
         periodic::power_sync,
+    ));
+    tracker.spawn(periodic::every(
+        ctx.clone(),
+        "admission",
+        admission::REFRESH,
+        admission::refresh,
     ));
     tracker.spawn(periodic::every(
         ctx.clone(),

@@ -144,12 +144,25 @@ async fn drive_once(
             Err(PublicError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        if work_for(&node).is_none() {
+        let Some(work) = work_for(&node) else {
             tracing::debug!(node = %id, state = %node.provision_state, "nothing to do");
             if crate::boot_iface::unsettled(&node) {
                 crate::boot_iface::settle_idle(ctx, id).await;
             }
             return Ok(None);
+        };
+        if let Some(op) = crate::admission::starts(&node, work) {
+            let busy = ctx.tasks.main_available() == 0;
+            if let crate::admission::Decision::Wait { position, waiting } =
+                ctx.admission.request(ctx, &node, op, busy)
+            {
+                tracing::debug!(node = %id, ?op, position, waiting, "waiting to be admitted");
+                claim.claimed();
+                if !node.driver_internal_info.contains_key(crate::admission::MARKER) {
+                    crate::admission::show(ctx, id, op, position, waiting).await;
+                }
+                return Ok(None);
+            }
         }
         if worker.is_none() {
             let silent = ctx.drivers.bmc_silent(&node);
@@ -203,7 +216,11 @@ async fn run_locked(
         // started the operation, unless the message that woke it already carried that trace.
         bus::trace::join_node_trace(&span, &node.driver_internal_info);
     }
+    let admitted = crate::admission::starts(&node, work).is_some();
     let mut task = Task { ctx: ctx.clone(), node };
+    if admitted {
+        crate::admission::clear(&mut task).await;
+    }
     let timer = crate::metrics::workflow_started(work);
     let res =
         AssertUnwindSafe(workflows::run(&mut task, work)).catch_unwind().instrument(span).await;
@@ -237,6 +254,7 @@ async fn run_locked(
     }
     crate::boot_iface::settle(&mut task).await;
     guard.release().await;
+    ctx.admission.settled(ctx, &task.node);
     Some(work)
 }
 

@@ -49,6 +49,8 @@ struct Env {
     conductors: std::sync::Mutex<Vec<JoinHandle<Result<(), ConductorError>>>>,
 }
 
+#[path = "conductor/admission.rs"]
+mod admission;
 #[path = "conductor/agent_ops.rs"]
 mod agent_ops;
 #[path = "conductor/agent_steps.rs"]

@@ -180,15 +180,23 @@ impl Fleet {
         }
     }
 
-    /// Wait until every node of `ids` is recorded with `power`.
+    /// Wait until every node of `ids` is recorded with `power`, and the history entry of
+    /// the change (written right after the node) is its latest power entry.
     async fn wait_power(&self, ids: &[NodeId], power: PowerState) {
         let store = self.store().clone();
         let ids = ids.to_vec();
+        let text = format!("-> {power}");
         wait_for(DEADLINE, &format!("every node synced to {power}"), || {
-            let (store, ids) = (store.clone(), ids.clone());
+            let (store, ids, text) = (store.clone(), ids.clone(), text.clone());
             async move {
                 for id in ids {
                     if store.node_fetch(id).await.unwrap().power_state != Some(power) {
+                        return None;
+                    }
+                    let mut h = store.history_list(id).await.unwrap();
+                    h.retain(|e| e.event_type == "power");
+                    h.sort_by_key(|e| e.created_at);
+                    if !h.last().is_some_and(|e| e.event.ends_with(&text)) {
                         return None;
                     }
                 }

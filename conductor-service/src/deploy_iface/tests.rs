@@ -67,6 +67,7 @@ async fn rig() -> Rig {
         allocations: Default::default(),
         heartbeat_streak: Mutex::default(),
         ownership: Default::default(),
+        admission: Default::default(),
     });
     let mut n = Node::new(NodeId::new_v4(), "redfish", ctx.clock.now());
     n.driver_info.insert("redfish_address".into(), format!("http://{bmc}").into());

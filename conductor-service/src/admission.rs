@@ -1,0 +1,543 @@
+//! Load-aware admission of deploys and cleans: requests beyond what this conductor sustains
+//! wait their turn instead of being refused (Ironic answers 503 past
+//! `max_concurrent_deploy`).
+//!
+//! An operation is *in flight* from its admission until its node leaves the operation's
+//! states: a deploy in `deploying` and `wait call-back`, a clean (automated after an
+//! undeploy, or asked for) in `deleting`, `cleaning` and `clean wait`. Each conductor admits
+//! at most `max_concurrent_deploys` deploys and `max_concurrent_cleans` cleans of the nodes
+//! the ring gives it (Ironic's defaults, 250 and 50), and none while all its workers are
+//! busy: operations already under way come first. An operation whose plan is recorded
+//! (under way, resumed, re-planned after a takeover) is never held back.
+//!
+//! A node that has to wait keeps its state (`deploying`, `deleting`, `cleaning`) and shows
+//! its place in `driver_internal_info.admission`: `operation`, `position` (1 = next),
+//! `waiting` (how many wait for the same operation here), `queued_at` and `conductor`,
+//! refreshed every few seconds and removed when it is admitted. The order is fair: higher
+//! `extra.admission_priority` first (an integer, default 0), then the projects (lessee, else
+//! owner) in turn, one node each, and each project's nodes in the order they were queued.
+//! The queue is rebuilt from the nodes after a restart or a takeover (`queued_at` keeps each
+//! node's place). When no operation of a kind has been admitted for
+//! `admission_timeout_secs` while nodes wait for one, the waiting nodes fail with
+//! `last_error`: a queue never holds a node for ever.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deploy::internal_info::keys;
+use deploy::{Node, NodeId, ProvisionState as S};
+use serde_json::{Value, json};
+use store::NodeListQuery;
+use tokio::time::Instant;
+
+use crate::Ctx;
+use crate::task::{LockGuard, Task};
+use crate::workflows::Work;
+
+/// The `driver_internal_info` key showing a waiting node's place.
+pub const MARKER: &str = "admission";
+/// How often positions, the in-flight count and the timeout are looked at.
+pub(crate) const REFRESH: Duration = Duration::from_secs(5);
+/// How long an admitted node may take to record its plan before it stops counting.
+const GRANT_TTL: Duration = Duration::from_secs(120);
+
+/// An operation admission limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    /// A deploy.
+    Deploy,
+    /// Cleaning (asked for, or after an undeploy).
+    Clean,
+}
+
+impl Op {
+    fn label(self) -> &'static str {
+        match self {
+            Op::Deploy => "deploy",
+            Op::Clean => "clean",
+        }
+    }
+
+    fn limit(self, ctx: &Ctx) -> usize {
+        match self {
+            Op::Deploy => ctx.cfg.max_concurrent_deploys,
+            Op::Clean => ctx.cfg.max_concurrent_cleans,
+        }
+    }
+
+    /// The operation a node in `state` is in, if any.
+    fn of_state(state: S) -> Option<Op> {
+        match state {
+            S::Deploying | S::WaitCallBack => Some(Op::Deploy),
+            S::Deleting | S::Cleaning | S::CleanWait => Some(Op::Clean),
+            _ => None,
+        }
+    }
+
+    /// Whether `n`'s plan for this operation is recorded (the operation is under way).
+    fn started(self, n: &Node) -> bool {
+        let key = match self {
+            Op::Deploy => keys::DEPLOY_STEP_INDEX,
+            Op::Clean => keys::CLEAN_STEP_INDEX,
+        };
+        n.driver_internal_info.contains_key(key)
+    }
+}
+
+/// The operation `work` would start on `n`: `None` when it starts none, or when its plan is
+/// already recorded (an operation under way is never held back).
+pub(crate) fn starts(n: &Node, work: Work) -> Option<Op> {
+    let op = match work {
+        Work::Deploy => Op::Deploy,
+        Work::Clean | Work::Delete => Op::Clean,
+        _ => return None,
+    };
+    (!op.started(n)).then_some(op)
+}
+
+/// A waiting node's place in the order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Place {
+    queued_at: DateTime<Utc>,
+    node: NodeId,
+}
+
+#[derive(Debug, Clone)]
+struct Waiter {
+    op: Op,
+    priority: i64,
+    project: String,
+    place: Place,
+    /// The position last written on the node.
+    shown: Option<usize>,
+}
+
+/// The nodes waiting for one operation: by priority (highest first), then projects in
+/// turn, then each project's nodes oldest first.
+#[derive(Debug, Default, Clone)]
+struct Line {
+    by_priority: BTreeMap<Reverse<i64>, Turns>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Turns {
+    /// Projects in the order of their next turn.
+    order: VecDeque<String>,
+    queues: HashMap<String, BTreeSet<Place>>,
+}
+
+impl Line {
+    fn insert(&mut self, w: &Waiter) {
+        let turns = self.by_priority.entry(Reverse(w.priority)).or_default();
+        let q = turns.queues.entry(w.project.clone()).or_default();
+        if q.is_empty() {
+            turns.order.push_back(w.project.clone());
+        }
+        q.insert(w.place.clone());
+    }
+
+    fn remove(&mut self, w: &Waiter) {
+        let key = Reverse(w.priority);
+        let Some(turns) = self.by_priority.get_mut(&key) else { return };
+        if let Some(q) = turns.queues.get_mut(&w.project) {
+            q.remove(&w.place);
+            if q.is_empty() {
+                turns.queues.remove(&w.project);
+                turns.order.retain(|p| *p != w.project);
+            }
+        }
+        if turns.order.is_empty() {
+            self.by_priority.remove(&key);
+        }
+    }
+
+    /// Take the next node in the order.
+    fn pop(&mut self) -> Option<NodeId> {
+        let mut entry = self.by_priority.first_entry()?;
+        let turns = entry.get_mut();
+        let project = turns.order.pop_front()?;
+        let q = turns.queues.get_mut(&project)?;
+        let next = q.pop_first()?;
+        if q.is_empty() {
+            turns.queues.remove(&project);
+        } else {
+            turns.order.push_back(project);
+        }
+        if turns.order.is_empty() {
+            entry.remove();
+        }
+        Some(next.node)
+    }
+
+    /// The next node in the order, without taking it.
+    fn peek(&self) -> Option<NodeId> {
+        let turns = self.by_priority.values().next()?;
+        let project = turns.order.front()?;
+        Some(turns.queues.get(project)?.first()?.node)
+    }
+
+    /// Every waiting node in admission order.
+    fn order(&self) -> Vec<NodeId> {
+        let mut copy = self.clone();
+        std::iter::from_fn(|| copy.pop()).collect()
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Admitted operations whose plan is not recorded yet, and when they were admitted.
+    granted: HashMap<NodeId, (Op, Instant)>,
+    /// Operations under way (plan recorded), as of the last refresh or settle.
+    running: HashMap<NodeId, Op>,
+    waiting: HashMap<NodeId, Waiter>,
+    lines: HashMap<Op, Line>,
+    /// When an operation of each kind was last admitted (or when nodes began to wait).
+    progress: HashMap<Op, Instant>,
+}
+
+impl State {
+    fn in_flight(&self, op: Op) -> usize {
+        self.running.values().filter(|o| **o == op).count()
+            + self.granted.values().filter(|(o, _)| *o == op).count()
+    }
+
+    fn unqueue(&mut self, node: NodeId) -> Option<Waiter> {
+        let w = self.waiting.remove(&node)?;
+        if let Some(line) = self.lines.get_mut(&w.op) {
+            line.remove(&w);
+        }
+        Some(w)
+    }
+
+    fn grant(&mut self, node: NodeId, op: Op) {
+        self.unqueue(node);
+        self.granted.insert(node, (op, Instant::now()));
+        self.progress.insert(op, Instant::now());
+    }
+}
+
+/// What [`Admission::request`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Go ahead.
+    Go,
+    /// Wait: the node is queued (`position` 1 = next).
+    Wait { position: usize, waiting: usize },
+}
+
+/// One conductor's admission state.
+#[derive(Debug, Default)]
+pub struct Admission {
+    state: Mutex<State>,
+}
+
+impl Admission {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ask to start `op` on `n`. `busy`: every worker of this conductor is taken.
+    pub(crate) fn request(&self, ctx: &Ctx, n: &Node, op: Op, busy: bool) -> Decision {
+        let mut st = self.lock();
+        if st.granted.contains_key(&n.uuid) || st.running.contains_key(&n.uuid) {
+            return Decision::Go;
+        }
+        let line_empty = st.lines.get(&op).is_none_or(|l| l.peek().is_none());
+        let first = st.lines.get(&op).and_then(Line::peek) == Some(n.uuid);
+        if !busy && st.in_flight(op) < op.limit(ctx) && (line_empty || first) {
+            st.grant(n.uuid, op);
+            return Decision::Go;
+        }
+        if !st.waiting.contains_key(&n.uuid) {
+            let w = Waiter {
+                op,
+                priority: n.extra.get("admission_priority").and_then(Value::as_i64).unwrap_or(0),
+                project: n.lessee.clone().or_else(|| n.owner.clone()).unwrap_or_default(),
+                place: Place {
+                    queued_at: queued_at(n).unwrap_or_else(|| ctx.clock.now()),
+                    node: n.uuid,
+                },
+                shown: None,
+            };
+            if line_empty {
+                // The timeout counts from when the line formed.
+                st.progress.insert(op, Instant::now());
+            }
+            st.lines.entry(op).or_default().insert(&w);
+            st.waiting.insert(n.uuid, w);
+        }
+        let order = st.lines.get(&op).map(Line::order).unwrap_or_default();
+        let position = order.iter().position(|id| *id == n.uuid).map_or(order.len(), |p| p + 1);
+        Decision::Wait { position, waiting: order.len() }
+    }
+
+    /// `n` was driven and is now as given: an operation that ended frees its place.
+    pub(crate) fn settled(&self, ctx: &Arc<Ctx>, n: &Node) {
+        let freed = {
+            let mut st = self.lock();
+            let current = Op::of_state(n.provision_state);
+            let mut freed = None;
+            for op in [Op::Deploy, Op::Clean] {
+                let held = st.granted.get(&n.uuid).map(|g| g.0) == Some(op)
+                    || st.running.get(&n.uuid) == Some(&op);
+                if !held {
+                    continue;
+                }
+                if current == Some(op) {
+                    if op.started(n) {
+                        st.granted.remove(&n.uuid);
+                        st.running.insert(n.uuid, op);
+                    }
+                } else {
+                    st.granted.remove(&n.uuid);
+                    st.running.remove(&n.uuid);
+                    freed = Some(op);
+                }
+            }
+            freed
+        };
+        if freed.is_some() {
+            self.pump(ctx);
+        }
+    }
+
+    /// Admit waiting nodes while there is room, and wake them.
+    pub(crate) fn pump(&self, ctx: &Arc<Ctx>) {
+        let busy = ctx.tasks.main_available() == 0;
+        if busy {
+            return;
+        }
+        let mut woken = Vec::new();
+        {
+            let mut st = self.lock();
+            for op in [Op::Deploy, Op::Clean] {
+                while st.in_flight(op) < op.limit(ctx) {
+                    let Some(next) = st.lines.get_mut(&op).and_then(Line::pop) else { break };
+                    st.waiting.remove(&next);
+                    st.granted.insert(next, (op, Instant::now()));
+                    st.progress.insert(op, Instant::now());
+                    woken.push(next);
+                }
+            }
+        }
+        for id in woken {
+            tracing::debug!(node = %id, "admitted from the queue");
+            ctx.tracker.spawn(crate::worker::wake_owned(ctx.clone(), id));
+        }
+    }
+
+    /// The nodes waiting here.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting.len()
+    }
+}
+
+/// When `n` was first queued, from its marker (kept across restarts and takeovers).
+fn queued_at(n: &Node) -> Option<DateTime<Utc>> {
+    let s = n.driver_internal_info.get(MARKER)?.get("queued_at")?.as_str()?;
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// Show `n`'s place in its `driver_internal_info` (under its lock, briefly); nothing when
+/// the node is locked or changed meanwhile (the next refresh shows it).
+pub(crate) async fn show(ctx: &Arc<Ctx>, id: NodeId, op: Op, position: usize, waiting: usize) {
+    let Ok((guard, node)) = LockGuard::acquire(ctx, id).await else { return };
+    if Op::of_state(node.provision_state) == Some(op) && !op.started(&node) {
+        let queued = queued_at(&node).unwrap_or_else(|| ctx.clock.now());
+        let mut task = Task { ctx: ctx.clone(), node };
+        let marker = json!({
+            "operation": op.label(),
+            "position": position,
+            "waiting": waiting,
+            "queued_at": queued.to_rfc3339(),
+            "conductor": ctx.cfg.hostname,
+        });
+        let _ = task
+            .update(|n| {
+                n.driver_internal_info.insert(MARKER.into(), marker.clone());
+                Ok(())
+            })
+            .await;
+    }
+    guard.release().await;
+}
+
+/// Remove the place marker of an admitted node (under its lock).
+pub(crate) async fn clear(task: &mut Task) {
+    if task.node.driver_internal_info.contains_key(MARKER) {
+        let _ = task
+            .update(|n| {
+                n.driver_internal_info.remove(MARKER);
+                Ok(())
+            })
+            .await;
+    }
+}
+
+/// Every [`REFRESH`]: count the operations under way on this conductor's nodes, admit what
+/// fits, show the waiting nodes their new places and fail those of a queue that has not
+/// moved for `admission_timeout_secs`.
+pub async fn refresh(ctx: Arc<Ctx>) {
+    let q = NodeListQuery {
+        provision_states: vec![
+            S::Deploying,
+            S::WaitCallBack,
+            S::Deleting,
+            S::Cleaning,
+            S::CleanWait,
+        ],
+        ..Default::default()
+    };
+    let Ok(nodes) = crate::periodic::list_all(&ctx, q).await else { return };
+    let nodes = crate::ownership::owned(&ctx, nodes).await;
+    let present: HashMap<NodeId, &Node> = nodes.iter().map(|n| (n.uuid, n)).collect();
+    {
+        let mut st = ctx.admission.lock();
+        st.running = nodes
+            .iter()
+            .filter_map(|n| {
+                Op::of_state(n.provision_state).filter(|op| op.started(n)).map(|op| (n.uuid, op))
+            })
+            .collect();
+        let running: Vec<NodeId> = st.running.keys().copied().collect();
+        for id in running {
+            st.granted.remove(&id);
+        }
+        st.granted.retain(|id, (op, at)| {
+            at.elapsed() < GRANT_TTL
+                && present.get(id).is_some_and(|n| Op::of_state(n.provision_state) == Some(*op))
+        });
+        let gone: Vec<NodeId> = st
+            .waiting
+            .iter()
+            .filter(|(id, w)| {
+                present.get(*id).is_none_or(|n| {
+                    Op::of_state(n.provision_state) != Some(w.op) || w.op.started(n)
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            st.unqueue(id);
+        }
+    }
+    ctx.admission.pump(&ctx);
+    let timeout = crate::config::dur(ctx.cfg.admission_timeout_secs);
+    let (expired, moved) = {
+        let mut st = ctx.admission.lock();
+        let mut expired = Vec::new();
+        for op in [Op::Deploy, Op::Clean] {
+            let stalled = !timeout.is_zero()
+                && st.lines.get(&op).is_some_and(|l| l.peek().is_some())
+                && st.progress.get(&op).is_some_and(|at| at.elapsed() >= timeout);
+            if stalled {
+                while let Some(id) = st.lines.get_mut(&op).and_then(Line::pop) {
+                    st.waiting.remove(&id);
+                    expired.push((id, op));
+                }
+            }
+        }
+        let mut moved = Vec::new();
+        for op in [Op::Deploy, Op::Clean] {
+            let order = st.lines.get(&op).map(Line::order).unwrap_or_default();
+            let total = order.len();
+            for (i, id) in order.into_iter().enumerate() {
+                if let Some(w) = st.waiting.get_mut(&id)
+                    && w.shown != Some(i + 1)
+                {
+                    w.shown = Some(i + 1);
+                    moved.push((id, op, i + 1, total));
+                }
+            }
+        }
+        (expired, moved)
+    };
+    for (id, op) in expired {
+        fail_waiting(&ctx, id, op, timeout).await;
+    }
+    for (id, op, position, waiting) in moved {
+        show(&ctx, id, op, position, waiting).await;
+    }
+}
+
+/// Fail a node whose queue stalled.
+async fn fail_waiting(ctx: &Arc<Ctx>, id: NodeId, op: Op, timeout: Duration) {
+    let Ok((guard, node)) = LockGuard::acquire(ctx, id).await else { return };
+    if Op::of_state(node.provision_state) == Some(op) && !op.started(&node) {
+        let mut task = Task { ctx: ctx.clone(), node };
+        let msg = format!(
+            "Timed out waiting to start the {}: conductor {} admitted no {} for {} s while at its \
+             limit of {} (max_concurrent_{}s) or with every worker busy",
+            op.label(),
+            ctx.cfg.hostname,
+            op.label(),
+            timeout.as_secs(),
+            op.limit(ctx),
+            op.label(),
+        );
+        let _ = task
+            .update(|n| {
+                n.driver_internal_info.remove(MARKER);
+                Ok(())
+            })
+            .await;
+        if let Err(e) = crate::workflows::fail_current(&mut task, &msg).await {
+            tracing::warn!(node = %id, error = %common::ErrorChain(&e), "cannot fail a node whose queue stalled");
+        }
+    }
+    guard.release().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiter(op: Op, priority: i64, project: &str, secs: i64, node: u128) -> Waiter {
+        Waiter {
+            op,
+            priority,
+            project: project.into(),
+            place: Place {
+                queued_at: DateTime::from_timestamp(secs, 0).unwrap_or_default(),
+                node: NodeId(uuid::Uuid::from_u128(node)),
+            },
+            shown: None,
+        }
+    }
+
+    #[test]
+    fn test_projects_take_turns_within_a_priority_and_priority_goes_first() {
+        let mut line = Line::default();
+        // Project a queued five nodes before b queued two; c one with priority.
+        for i in 0..5 {
+            line.insert(&waiter(Op::Deploy, 0, "a", i, 10 + i as u128));
+        }
+        line.insert(&waiter(Op::Deploy, 0, "b", 100, 20));
+        line.insert(&waiter(Op::Deploy, 0, "b", 101, 21));
+        line.insert(&waiter(Op::Deploy, 5, "c", 200, 30));
+        let order: Vec<u128> = line.order().into_iter().map(|id| id.0.as_u128()).collect();
+        assert_eq!(order, vec![30, 10, 20, 11, 21, 12, 13, 14]);
+        // Taking one node keeps the turn order; removing a node closes its gap.
+        assert_eq!(line.pop().map(|id| id.0.as_u128()), Some(30));
+        line.remove(&waiter(Op::Deploy, 0, "b", 100, 20));
+        let order: Vec<u128> = line.order().into_iter().map(|id| id.0.as_u128()).collect();
+        assert_eq!(order, vec![10, 21, 11, 12, 13, 14]);
+        assert_eq!(line.peek().map(|id| id.0.as_u128()), Some(10));
+    }
+
+    #[test]
+    fn test_an_operation_under_way_is_never_held_back() {
+        let mut n = Node::new(NodeId::new_v4(), "fake-hardware", Utc::now());
+        n.provision_state = S::Deploying;
+        assert_eq!(starts(&n, Work::Deploy), Some(Op::Deploy));
+        n.driver_internal_info.insert(keys::DEPLOY_STEP_INDEX.into(), 0.into());
+        assert_eq!(starts(&n, Work::Deploy), None);
+        n.provision_state = S::Deleting;
+        assert_eq!(starts(&n, Work::Delete), Some(Op::Clean));
+        assert_eq!(starts(&n, Work::ResumeDeploy), None);
+        assert_eq!(starts(&n, Work::Power(deploy::PowerState::On)), None);
+    }
+}
