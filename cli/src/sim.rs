@@ -37,6 +37,13 @@ pub struct SimArgs {
     /// Workers per conductor (default: the conductor's own default).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Deploys each conductor runs at once; more wait their turn (default: the conductor's
+    /// `max_concurrent_deploys`).
+    #[arg(long)]
+    pub max_deploys: Option<usize>,
+    /// Cleans each conductor runs at once (default: the conductor's `max_concurrent_cleans`).
+    #[arg(long)]
+    pub max_cleans: Option<usize>,
     /// Database URL, `postgres://…` for an empty PostgreSQL database (default: SQLite in a
     /// temporary directory).
     #[arg(long)]
@@ -93,6 +100,14 @@ pub fn run(args: &SimArgs) -> anyhow::Result<bool> {
     if let Some(w) = args.workers {
         anyhow::ensure!(w >= 1, "--workers must be at least 1");
         cfg.conductor_workers = w;
+    }
+    if let Some(d) = args.max_deploys {
+        anyhow::ensure!(d >= 1, "--max-deploys must be at least 1");
+        cfg.max_operations.0 = d;
+    }
+    if let Some(c) = args.max_cleans {
+        anyhow::ensure!(c >= 1, "--max-cleans must be at least 1");
+        cfg.max_operations.1 = c;
     }
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let url = match &args.database {

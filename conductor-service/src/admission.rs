@@ -13,7 +13,8 @@
 //! A node that has to wait keeps its state (`deploying`, `deleting`, `cleaning`) and shows
 //! its place in `driver_internal_info.admission`: `operation`, `position` (1 = next),
 //! `waiting` (how many wait for the same operation here), `queued_at` and `conductor`,
-//! refreshed every few seconds and removed when it is admitted. The order is fair: higher
+//! refreshed every few seconds (exactly for the first ten places, further back once the
+//! place moved by a tenth) and removed when it is admitted. The order is fair: higher
 //! `extra.admission_priority` first (an integer, default 0), then the projects (lessee, else
 //! owner) in turn, one node each, and each project's nodes in the order they were queued.
 //! The queue is rebuilt from the nodes after a restart or a takeover (`queued_at` keeps each
@@ -446,7 +447,7 @@ pub async fn refresh(ctx: Arc<Ctx>) {
             let total = order.len();
             for (i, id) in order.into_iter().enumerate() {
                 if let Some(w) = st.waiting.get_mut(&id)
-                    && w.shown != Some(i + 1)
+                    && worth_showing(w.shown, i + 1)
                 {
                     w.shown = Some(i + 1);
                     moved.push((id, op, i + 1, total));
@@ -462,6 +463,20 @@ pub async fn refresh(ctx: Arc<Ctx>) {
         show(&ctx, id, op, position, waiting).await;
     }
 }
+
+/// Whether a waiting node's place changed enough to write it again: exactly within the
+/// first [`EXACT_PLACES`], elsewhere once it moved by a tenth. A long queue then costs each
+/// node a few writes while it waits, not one per admission ahead of it.
+fn worth_showing(shown: Option<usize>, now: usize) -> bool {
+    match shown {
+        None => true,
+        Some(s) if s == now => false,
+        Some(s) => now <= EXACT_PLACES || s.abs_diff(now) * 10 >= s,
+    }
+}
+
+/// Places shown exactly.
+const EXACT_PLACES: usize = 10;
 
 /// Fail a node whose queue stalled.
 async fn fail_waiting(ctx: &Arc<Ctx>, id: NodeId, op: Op, timeout: Duration) {
@@ -526,6 +541,16 @@ mod tests {
         let order: Vec<u128> = line.order().into_iter().map(|id| id.0.as_u128()).collect();
         assert_eq!(order, vec![10, 21, 11, 12, 13, 14]);
         assert_eq!(line.peek().map(|id| id.0.as_u128()), Some(10));
+    }
+
+    #[test]
+    fn test_places_are_written_exactly_up_front_and_by_tenths_behind() {
+        assert!(worth_showing(None, 400));
+        assert!(!worth_showing(Some(400), 400));
+        assert!(!worth_showing(Some(400), 361), "moved by less than a tenth");
+        assert!(worth_showing(Some(400), 360));
+        assert!(worth_showing(Some(11), 10), "exact within the first ten");
+        assert!(worth_showing(Some(3), 2));
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub struct SimulationConfig {
     pub phase_deadline: Duration,
     /// Workers per conductor (`max_concurrent_tasks`).
     pub conductor_workers: usize,
+    /// Deploys and cleans each conductor runs at once (`max_concurrent_deploys`,
+    /// `max_concurrent_cleans`); more wait their turn.
+    pub max_operations: (usize, usize),
 }
 
 impl SimulationConfig {
@@ -84,6 +87,10 @@ impl SimulationConfig {
             request_concurrency: 64,
             phase_deadline: Duration::from_secs(6 * 3600),
             conductor_workers: ConductorConfig::default().max_concurrent_tasks,
+            max_operations: (
+                ConductorConfig::default().max_concurrent_deploys,
+                ConductorConfig::default().max_concurrent_cleans,
+            ),
         }
     }
 }
@@ -277,7 +284,11 @@ pub async fn run(
     let mut running = Vec::new();
     for i in 0..cfg.conductors {
         let host = format!("sim-conductor-{i}");
-        let ccfg = conductor_config(&host, &queue, cfg.conductor_workers);
+        let ccfg = ConductorConfig {
+            max_concurrent_deploys: cfg.max_operations.0,
+            max_concurrent_cleans: cfg.max_operations.1,
+            ..conductor_config(&host, &queue, cfg.conductor_workers)
+        };
         let (shutdown, ready) = root.service();
         let opts = RunOptions { clock: clock.clone(), fake_drivers: Some(fake.clone()) };
         running.push(tokio::spawn(crate::run_with(
