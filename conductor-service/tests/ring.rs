@@ -16,11 +16,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::shutdown::{CancellationToken, Shutdown};
+use conductor_service::drivers::DriverSet;
 use conductor_service::testing::{fast_config, wait_for};
-use conductor_service::{ConductorConfig, ConductorError};
+use conductor_service::{ConductorConfig, ConductorError, RunOptions};
 use deploy::ring::ConductorRings;
 use deploy::{Conductor, Node, NodeId, PowerState, ProvisionState as S};
+use futures::StreamExt as _;
 use sim::bmc::{BmcError, BootOverride, MachineBackend, PowerStatus, ResetKind};
+use sim::scale::{FaultPlan, FaultRates, SIM_INDEX_KEY, SimBmcs};
 use store::DataStore;
 use store::testing::TestDatabase;
 use tokio::task::JoinHandle;
@@ -442,4 +445,108 @@ async fn test_work_goes_to_the_nodes_conductor_and_a_departed_queue_is_handed_ov
         );
     }
     f.finish().await;
+}
+
+/// The power sync at CI size, on PostgreSQL: 10,000 nodes with no recorded power state
+/// behind simulated BMCs, three conductors. Every node's power gets recorded, and each
+/// exactly once, by the node's owner on the ring: no node is synced by two conductors and
+/// none by none. (The 100,000-node figures come from the power-sync-bench binary.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_power_sync_of_ten_thousand_nodes_by_their_owners() {
+    const NODES: u64 = 10_000;
+    let Some(db) = TestDatabase::postgres().await else { return };
+    let store = db.store().clone();
+    let token = CancellationToken::new();
+    let bus = bus::connect(None).await.unwrap();
+    let queue = format!("psync-{}", uuid::Uuid::new_v4().simple());
+    let plan = FaultPlan::new(3, FaultRates::NONE);
+    let (bmcs, _power_on) = SimBmcs::new(plan, (Duration::ZERO, Duration::from_millis(2)));
+    let fake = DriverSet { power: Arc::new(bmcs.clone()), management: Arc::new(bmcs.clone()) };
+    let root = Shutdown::new(token.clone(), Duration::from_secs(10));
+    let mut running = Vec::new();
+    let hosts = ["p-a", "p-b", "p-c"];
+    for host in hosts {
+        let mut cfg = fast_config(host, &queue);
+        // Late heartbeats of a loaded machine must not move nodes mid-test.
+        cfg.heartbeat_interval_secs = 0.5;
+        cfg.dead_after_missed_heartbeats = 20;
+        cfg.power_sync_interval_secs = 2.0;
+        let (shutdown, ready) = root.service();
+        let opts =
+            RunOptions { clock: deploy::SystemClock::shared(), fake_drivers: Some(fake.clone()) };
+        let task = conductor_service::run_with(cfg, store.clone(), bus.clone(), shutdown, opts);
+        running.push(tokio::spawn(task));
+        ready.wait().await.unwrap();
+    }
+    // The nodes come after every conductor registered (see the first test).
+    let now = chrono::Utc::now();
+    let ids: Vec<NodeId> = (0..NODES).map(|i| plan.node_id(i)).collect();
+    let mut inserts = futures::stream::iter(ids.iter().copied().enumerate())
+        .map(|(i, id)| {
+            let store = store.clone();
+            async move {
+                let mut n = conductor_service::testing::fake_node(id, "direct", now);
+                n.driver_info.insert(SIM_INDEX_KEY.into(), (i as u64).into());
+                n.provision_state = S::Available;
+                n.power_state = None;
+                store.node_insert(&n).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(16);
+    while let Some(r) = inserts.next().await {
+        r.unwrap();
+    }
+    let rings = {
+        let all = store.conductor_list().await.unwrap();
+        ConductorRings::new(all.iter().filter(|c| c.online).collect::<Vec<_>>())
+    };
+    let started = std::time::Instant::now();
+    wait_for(Duration::from_secs(600), "every node's power recorded", || {
+        let store = store.clone();
+        async move {
+            let all = conductor_service::periodic::list_all_store(&store, Default::default()).await;
+            let all = all.unwrap();
+            let synced = all.iter().filter(|n| n.power_state == Some(PowerState::Off)).count();
+            (synced as u64 == NODES).then_some(())
+        }
+    })
+    .await;
+    let synced_after = started.elapsed();
+    let recorders: Vec<(NodeId, Vec<String>)> = futures::stream::iter(ids.iter().copied())
+        .map(|id| {
+            let store = store.clone();
+            async move {
+                let h = store.history_list(id).await.unwrap();
+                let who = h
+                    .into_iter()
+                    .filter(|e| e.event.starts_with(TEXT))
+                    .map(|e| e.conductor.unwrap_or_default())
+                    .collect();
+                (id, who)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut shares: HashMap<String, u64> = HashMap::new();
+    for (id, who) in recorders {
+        let owner = rings.owner_in("", "fake-hardware", id).expect("a live conductor owns it");
+        assert_eq!(who, vec![owner.to_owned()], "node {id}: recorded once, by its owner");
+        *shares.entry(owner.to_owned()).or_default() += 1;
+    }
+    eprintln!(
+        "power sync: {NODES} nodes recorded after {:.1}s, shares {shares:?}, {} BMC calls",
+        synced_after.as_secs_f64(),
+        bmcs.calls()
+    );
+    assert_eq!(shares.len(), hosts.len(), "every conductor synced its share: {shares:?}");
+    for (host, n) in &shares {
+        // Within 10 % of an even share.
+        assert!(n * 3 * 10 >= NODES * 9 && n * 3 * 10 <= NODES * 11, "{host} owns {n}");
+    }
+    token.cancel();
+    for t in running {
+        t.await.unwrap().unwrap();
+    }
+    db.cleanup().await;
 }

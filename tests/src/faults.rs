@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod cluster_bench;
 pub mod postgres;
 pub mod rabbit;
 pub mod ramdisk;

@@ -392,3 +392,33 @@ async fn test_soak_two_cycles() {
     assert_eq!(report.faults_total(), 4);
     assert!(report.clean(), "{report}");
 }
+
+/// The cluster benchmark in CI size: one conductor and one API, then three conductors
+/// behind two API processes; in the second layout one conductor is stopped and another
+/// killed while the undeploys of their nodes are queued for them. Every node ends where it
+/// was asked to go, only the leavers' nodes change conductor, and the work queued for a
+/// leaver is done by the others (tests::faults::cluster_bench checks all of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_cluster_bench_small_fleet_survives_departures() {
+    if require_service(Need::Services, "PostgreSQL and RabbitMQ server binaries", tools()).is_none()
+    {
+        return;
+    }
+    let opts = tests::faults::cluster_bench::BenchOptions {
+        nodes: 24,
+        heartbeat: Duration::from_millis(300),
+        deadline: Duration::from_secs(240),
+        ..Default::default()
+    };
+    let reports = tests::faults::cluster_bench::run(&opts).await.unwrap();
+    for r in &reports {
+        eprintln!("cluster bench: {r}");
+    }
+    assert_eq!(reports.len(), 2);
+    let three = &reports[1];
+    assert_eq!(three.departures.len(), 2, "a stop and a kill");
+    for d in &three.departures {
+        assert!(d.nodes > 0, "{d:?}");
+        assert_eq!(d.moved_to.values().sum::<usize>(), d.nodes, "{d:?}");
+    }
+}

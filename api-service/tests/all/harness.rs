@@ -63,9 +63,14 @@ impl Harness {
 
     /// PostgreSQL + RabbitMQ, or `None` when either is absent (and not required).
     pub async fn postgres() -> Option<Harness> {
+        Self::postgres_with(ApiConfig::default()).await
+    }
+
+    /// [`Harness::postgres`] with `cfg`.
+    pub async fn postgres_with(cfg: ApiConfig) -> Option<Harness> {
         let db = TestDatabase::postgres().await?;
         let bus = bus::testing::rabbit(&bus::testing::unique("ferric_test")).await?;
-        Some(Self::start(db, bus, ApiConfig::default()).await)
+        Some(Self::start(db, bus, cfg).await)
     }
 
     pub async fn start(db: TestDatabase, bus: DynBus, cfg: ApiConfig) -> Harness {
@@ -118,6 +123,11 @@ impl Harness {
         let r = self.send(Method::POST, "/v1/nodes", body).await;
         assert_eq!(r.status, 201, "{}", r.body);
         r.json()
+    }
+
+    /// The database URL.
+    pub fn db_url(&self) -> &str {
+        self.db.as_ref().map(TestDatabase::url).unwrap_or_default()
     }
 
     pub fn client(&self) -> &reqwest::Client {

@@ -20,5 +20,6 @@ mod node_extras;
 mod outbox;
 mod policy;
 mod rest;
+mod scale;
 mod tls;
 mod web;

@@ -22,11 +22,21 @@ pub struct ClusterOptions {
     pub automated_clean: bool,
     /// Seconds of agent silence before a running command counts as dead.
     pub agent_silence_secs: u32,
+    /// Seconds without a conductor heartbeat after which the API counts a conductor as gone
+    /// (`[api] conductor_heartbeat_timeout`; the conductors themselves give up on one after
+    /// 3 s).
+    pub api_conductor_timeout_secs: u64,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { name: "faults".into(), conductors: 2, automated_clean: true, agent_silence_secs: 10 }
+        Self {
+            name: "faults".into(),
+            conductors: 2,
+            automated_clean: true,
+            agent_silence_secs: 10,
+            api_conductor_timeout_secs: 60,
+        }
     }
 }
 
@@ -96,6 +106,8 @@ pub struct Cluster {
     api: Option<Child>,
     api_port: u16,
     grpc_port: u16,
+    /// More api-service processes (`add_api`), each with its REST port.
+    more_apis: Vec<(Child, u16)>,
     conductors: BTreeMap<String, Child>,
     started: usize,
     queue: String,
@@ -120,6 +132,7 @@ impl Cluster {
             api: None,
             api_port: free_port()?,
             grpc_port: free_port()?,
+            more_apis: Vec::new(),
             conductors: BTreeMap::new(),
             started: 0,
             queue: "conductor.faults".into(),
@@ -166,30 +179,54 @@ impl Cluster {
     /// # Errors
     /// When it exits or does not answer within 60 s.
     pub fn start_api(&mut self) -> anyhow::Result<()> {
+        let (port, grpc) = (self.api_port, self.grpc_port);
+        let child = self.spawn_api("api-service", port, grpc)?;
+        self.api = Some(child);
+        Ok(())
+    }
+
+    /// Start one more api-service process on the same database and broker, on ports of its
+    /// own; returns its REST endpoint once it answers.
+    ///
+    /// # Errors
+    /// When it exits or does not answer within 60 s.
+    pub fn add_api(&mut self) -> anyhow::Result<String> {
+        let (port, grpc) = (free_port()?, free_port()?);
+        let name = format!("api-service-{}", self.more_apis.len() + 2);
+        let child = self.spawn_api(&name, port, grpc)?;
+        self.more_apis.push((child, port));
+        Ok(format!("http://127.0.0.1:{port}"))
+    }
+
+    /// Write `name`'s config, start it and wait until it serves; the child is returned
+    /// running (and killed when it does not come up).
+    fn spawn_api(&self, name: &str, port: u16, grpc: u16) -> anyhow::Result<Child> {
         // Every simulated ramdisk calls from 127.0.0.1, where real ones each have their own
         // address: the per-address lookup/heartbeat limit is off here (0).
         let cfg = format!(
-            "[api]\nrest_listen = \"127.0.0.1:{}\"\ngrpc_listen = \"127.0.0.1:{}\"\n\
-             ramdisk_rate_limit_per_second = 0\n\n\
+            "[api]\nrest_listen = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:{grpc}\"\n\
+             ramdisk_rate_limit_per_second = 0\nconductor_heartbeat_timeout = {}\n\n\
              [database]\nurl = \"{}\"\n\n[bus]\nurl = \"{}\"\nexchange = \"ferric\"\n",
-            self.api_port,
-            self.grpc_port,
+            self.opts.api_conductor_timeout_secs,
             self.pg.url(),
             self.rabbit.url()
         );
-        let path = self.write_config("api-service", &cfg)?;
-        let mut child = self.spawn(&self.bins.api, "api-service", &path, "warn")?;
-        let log = self.logs.join("api-service.log");
-        let port = self.api_port;
+        let path = self.write_config(name, &cfg)?;
+        let mut child = self.spawn(&self.bins.api, name, &path, "warn")?;
+        let log = self.logs.join(format!("{name}.log"));
         // Listening comes before migrating: wait until it serves a database-backed list.
         let res = poll_blocking(Duration::from_secs(60), "api-service to serve", || {
             if let Some(st) = child.try_wait()? {
-                bail!("api-service exited ({st}): {}", super::tail(&log, 20));
+                bail!("{name} exited ({st}): {}", super::tail(&log, 20));
             }
             Ok((port_open(port) && http_status(port, "/v1/nodes") == Some(200)).then_some(()))
         });
-        self.api = Some(child);
-        res
+        if let Err(e) = res {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        Ok(child)
     }
 
     /// kill -9 api-service.
@@ -245,6 +282,24 @@ impl Cluster {
         true
     }
 
+    /// Stop the conductor `name` as an operator does (SIGTERM: it finishes or hands back
+    /// what it holds and leaves the ring) and wait up to `wait` for it to exit; `false`
+    /// when no such process runs.
+    ///
+    /// # Errors
+    /// When the signal cannot be sent or the process outlives `wait` (it is then killed).
+    pub fn stop_conductor(&mut self, name: &str, wait: Duration) -> anyhow::Result<bool> {
+        let Some(mut c) = self.conductors.remove(name) else { return Ok(false) };
+        let status = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {name}: {status}");
+        let res = poll_blocking(wait, "the conductor to exit", || Ok(c.try_wait()?.map(|_| ())));
+        if res.is_err() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        res.map(|()| true)
+    }
+
     /// Names of the conductor processes started and not killed.
     pub fn conductors(&self) -> Vec<String> {
         self.conductors.keys().cloned().collect()
@@ -295,6 +350,10 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_api();
+        for (mut c, _) in std::mem::take(&mut self.more_apis) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         for (_, mut c) in std::mem::take(&mut self.conductors) {
             let _ = c.kill();
             let _ = c.wait();

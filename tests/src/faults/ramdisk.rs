@@ -24,6 +24,7 @@ pub struct Ramdisks {
     tokens: Arc<Mutex<HashMap<NodeId, String>>>,
     /// Callback URLs that differ from the agent's own (reached through a forwarder).
     urls: Arc<Mutex<HashMap<NodeId, String>>>,
+    interval: Duration,
 }
 
 impl Ramdisks {
@@ -32,6 +33,19 @@ impl Ramdisks {
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn new(base: &str, agent: SimAgent, token: CancellationToken) -> anyhow::Result<Self> {
+        Self::with_interval(base, agent, token, Duration::from_millis(300))
+    }
+
+    /// [`Ramdisks::new`] with each ramdisk calling every `interval`.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn with_interval(
+        base: &str,
+        agent: SimAgent,
+        token: CancellationToken,
+        interval: Duration,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(2))
@@ -44,6 +58,7 @@ impl Ramdisks {
             tasks: tokio::task::JoinSet::new(),
             tokens: Arc::default(),
             urls: Arc::default(),
+            interval,
         })
     }
 
@@ -64,8 +79,11 @@ impl Ramdisks {
             self.tokens.clone(),
             self.urls.clone(),
         );
+        let interval = self.interval;
+        // Ramdisks do not boot in step: each starts at its own point of the interval.
+        let first = tokio::time::Instant::now() + interval.mul_f64(rand::random::<f64>());
         self.tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(300));
+            let mut tick = tokio::time::interval_at(first, interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
