@@ -178,10 +178,20 @@ async fn enroll(store: &store::DataStore, n: u64, concurrency: usize) -> anyhow:
     Ok(())
 }
 
-/// Nodes recorded as powered off (what every simulated BMC answers).
+/// Nodes recorded as powered off (what every simulated BMC answers), counted a page at a
+/// time: the check must not hold the fleet in this process, whose memory is the
+/// conductors' figure.
 async fn synced(store: &store::DataStore) -> anyhow::Result<u64> {
-    let all = conductor_service::periodic::list_all_store(store, Default::default()).await?;
-    Ok(all.iter().filter(|n| n.power_state == Some(PowerState::Off)).count() as u64)
+    let mut q = store::NodeListQuery::default();
+    let mut count = 0;
+    loop {
+        let page = store.node_list(&q).await?;
+        count += page.iter().filter(|n| n.power_state == Some(PowerState::Off)).count() as u64;
+        if page.len() < q.limit as usize {
+            return Ok(count);
+        }
+        q.marker = page.last().map(|n| n.uuid);
+    }
 }
 
 /// A `/proc/self/status` memory line (`VmRSS`, `VmHWM`) in MiB; 0 where there is none.
