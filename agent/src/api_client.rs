@@ -100,9 +100,13 @@ impl ApiClient {
         timeout: Duration,
         request_id: Option<String>,
     ) -> Result<Self, ApiError> {
+        // The API closes keep-alive connections idle for its header read timeout (10 s by
+        // default); a heartbeat sent on one just as it closes would be reset, so a pooled
+        // connection is not kept that long.
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| ApiError::Client(e.to_string()))?;
         Ok(Self { http, base: base.trim_end_matches('/').to_owned(), request_id })

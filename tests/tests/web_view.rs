@@ -238,7 +238,12 @@ async fn identity_proxy(upstream: String, identity: Identity, token: Cancellatio
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    // Idle connections are dropped before the API's own idle timeout closes them (see Api).
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let forward = move |req: Request| {
         let (http, upstream) = (http.clone(), upstream.clone());
         async move {
@@ -293,8 +298,15 @@ struct Api {
 
 impl Api {
     fn new(base: &str, identity: Identity) -> Api {
-        let http =
-            reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
+        // The API closes a keep-alive connection after api.header_read_timeout (10 s) idle;
+        // a request sent on one just as it closes is reset, so pooled connections are
+        // dropped sooner than that (what any client of a server with an idle timeout does).
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
         Api { http, base: base.to_owned(), identity }
     }
 
