@@ -249,28 +249,39 @@ impl ApiState {
         node: &Node,
         event_type: &str,
         event: String,
-        (from, to): (Option<ProvisionState>, Option<ProvisionState>),
+        states: (Option<ProvisionState>, Option<ProvisionState>),
         since: Option<chrono::DateTime<Utc>>,
     ) {
-        let now = Utc::now();
-        let h = NodeHistory {
-            uuid: uuid::Uuid::new_v4(),
-            node_uuid: node.uuid,
-            severity: "INFO".into(),
-            event_type: event_type.into(),
-            event,
-            conductor: None,
-            from_state: from,
-            to_state: to,
-            state: Some(node.provision_state),
-            target_state: node.target_provision_state,
-            duration_secs: since.map(|s| (now - s).num_seconds().max(0)),
-            project: None,
-            created_at: now,
-        };
+        let h = history_entry(node, event_type, event, states, since);
         if let Err(e) = self.store.history_insert(&h).await {
             tracing::warn!(node_id = %node.uuid, error = %e, "recording node history failed");
         }
+    }
+}
+
+/// A history entry about `node` written by the API (severity INFO, no conductor).
+pub(crate) fn history_entry(
+    node: &Node,
+    event_type: &str,
+    event: String,
+    (from, to): (Option<ProvisionState>, Option<ProvisionState>),
+    since: Option<chrono::DateTime<Utc>>,
+) -> NodeHistory {
+    let now = Utc::now();
+    NodeHistory {
+        uuid: uuid::Uuid::new_v4(),
+        node_uuid: node.uuid,
+        severity: "INFO".into(),
+        event_type: event_type.into(),
+        event,
+        conductor: None,
+        from_state: from,
+        to_state: to,
+        state: Some(node.provision_state),
+        target_state: node.target_provision_state,
+        duration_secs: since.map(|s| (now - s).num_seconds().max(0)),
+        project: None,
+        created_at: now,
     }
 }
 

@@ -5,7 +5,7 @@ use deploy::{NodeHistory, NodeId, PublicError};
 
 use crate::error::{Ctx, public_error};
 use crate::node::RowError;
-use crate::types::{DbUuid, ts};
+use crate::types::DbUuid;
 use crate::{DataStore, on_pool};
 
 /// A `node_history` row as stored.
@@ -58,6 +58,36 @@ impl TryFrom<HistoryRow> for NodeHistory {
     }
 }
 
+/// The columns of a `node_history` insert, in [`bind_history!`]'s order.
+pub(crate) const HISTORY_COLUMNS: &str = "uuid, node_uuid, severity, event_type, event, \
+     conductor, from_state, to_state, created_at, state, target_state, duration_seconds, project";
+
+/// `INSERT INTO node_history` of one entry, bound by [`bind_history!`].
+pub(crate) const HISTORY_INSERT_SQL: &str = "INSERT INTO node_history (uuid, node_uuid, severity, \
+     event_type, event, conductor, from_state, to_state, created_at, state, target_state, \
+     duration_seconds, project) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
+/// Bind a history entry's [`HISTORY_COLUMNS`] to a query, in order.
+macro_rules! bind_history {
+    ($q:expr, $h:expr) => {{
+        let h: &deploy::NodeHistory = $h;
+        $q.bind($crate::types::DbUuid::from(h.uuid))
+            .bind($crate::types::DbUuid::from(h.node_uuid))
+            .bind(h.severity.as_str())
+            .bind(h.event_type.as_str())
+            .bind(h.event.as_str())
+            .bind(h.conductor.as_deref())
+            .bind(h.from_state.map(|s| s.as_str()))
+            .bind(h.to_state.map(|s| s.as_str()))
+            .bind($crate::types::ts(h.created_at))
+            .bind(h.state.map(|s| s.as_str()))
+            .bind(h.target_state.map(|s| s.as_str()))
+            .bind(h.duration_secs)
+            .bind(h.project.as_deref())
+    }};
+}
+pub(crate) use bind_history;
+
 impl DataStore {
     /// Append an entry to a node's history.
     ///
@@ -68,28 +98,7 @@ impl DataStore {
             .unique("node_history_uuid_key", format!("History entry {} already exists.", h.uuid))
             .foreign_key(PublicError::not_found("Node", h.node_uuid));
         on_pool!(self, |pool| {
-            sqlx::query(
-                "INSERT INTO node_history (uuid, node_uuid, severity, event_type, event, \
-                 conductor, from_state, to_state, created_at, state, target_state, \
-                 duration_seconds, project) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(DbUuid::from(h.uuid))
-            .bind(DbUuid::from(h.node_uuid))
-            .bind(h.severity.as_str())
-            .bind(h.event_type.as_str())
-            .bind(h.event.as_str())
-            .bind(h.conductor.as_deref())
-            .bind(h.from_state.map(|s| s.as_str()))
-            .bind(h.to_state.map(|s| s.as_str()))
-            .bind(ts(h.created_at))
-            .bind(h.state.map(|s| s.as_str()))
-            .bind(h.target_state.map(|s| s.as_str()))
-            .bind(h.duration_secs)
-            .bind(h.project.as_deref())
-            .execute(pool)
-            .await
-            .map(|_| ())
+            bind_history!(sqlx::query(HISTORY_INSERT_SQL), h).execute(pool).await.map(|_| ())
         })
         .map_err(|e| public_error(e, &ctx))
     }

@@ -16,6 +16,7 @@ use sqlx::AssertSqlSafe;
 use sqlx::types::Json;
 
 use crate::error::{Ctx, public_error};
+use crate::history::bind_history;
 use crate::query::{NodeListQuery, NodeSortKey, SortDir, check_limit};
 use crate::sql::{Arg, Sql, bind_args};
 use crate::txn::{TxnError, transaction};
@@ -379,6 +380,19 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// PostgreSQL: [`INSERT_SQL`] and a history entry in one statement (one round trip, one
+/// commit), returning the node row.
+static INSERT_RECORDED_PG_SQL: LazyLock<String> = LazyLock::new(|| {
+    let first = WRITABLE.len() + 6;
+    let placeholders: Vec<String> = (first..first + 13).map(|i| format!("${i}")).collect();
+    format!(
+        "WITH n AS ({}), h AS (INSERT INTO node_history ({}) VALUES ({})) SELECT * FROM n",
+        INSERT_SQL.as_str(),
+        crate::history::HISTORY_COLUMNS,
+        placeholders.join(", ")
+    )
+});
+
 /// `UPDATE nodes SET WRITABLE… = $1…, generation = generation + 1, updated_at = $n+1
 ///  WHERE uuid = $n+2 AND generation = $n+3`.
 static UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -462,6 +476,51 @@ impl DataStore {
                 .await
         })
         .map_err(|e| public_error(e, &write_ctx(node)))?;
+        tracing::debug!(node = %node.uuid, "node inserted");
+        self.node_from_row(row)
+    }
+
+    /// Insert `node` and the history `entry` recording its creation together: both or
+    /// neither (one statement on PostgreSQL, one transaction on SQLite).
+    ///
+    /// # Errors
+    /// As [`DataStore::node_insert`].
+    pub async fn node_insert_recorded(
+        &self,
+        node: &Node,
+        entry: &deploy::NodeHistory,
+    ) -> Result<Node, PublicError> {
+        check_name(node)?;
+        let sealed = self.secrets.seal(node.uuid, &node.driver_info)?;
+        let ctx = write_ctx(node);
+        let _hold = self.hold_clock();
+        let row: NodeRow = match &self.backend {
+            Backend::Pg(pool) => {
+                let q =
+                    sqlx::query_as::<_, NodeRow>(AssertSqlSafe(INSERT_RECORDED_PG_SQL.as_str()));
+                let q = bind_writable!(q, node, &sealed)
+                    .bind(DbUuid::from(node.uuid))
+                    .bind(node.reservation.as_deref())
+                    .bind(node.generation)
+                    .bind(ts(node.created_at))
+                    .bind(node.updated_at.map(ts));
+                bind_history!(q, entry).fetch_one(pool).await.map_err(|e| public_error(e, &ctx))?
+            }
+            Backend::Sqlite(pool) => transaction!(pool, &ctx, |conn| {
+                let q = sqlx::query_as::<_, NodeRow>(AssertSqlSafe(INSERT_SQL.as_str()));
+                let row = bind_writable!(q, node, &sealed)
+                    .bind(DbUuid::from(node.uuid))
+                    .bind(node.reservation.as_deref())
+                    .bind(node.generation)
+                    .bind(ts(node.created_at))
+                    .bind(node.updated_at.map(ts))
+                    .fetch_one(&mut *conn)
+                    .await?;
+                let h = sqlx::query(crate::history::HISTORY_INSERT_SQL);
+                bind_history!(h, entry).execute(&mut *conn).await?;
+                Ok(row)
+            })?,
+        };
         tracing::debug!(node = %node.uuid, "node inserted");
         self.node_from_row(row)
     }

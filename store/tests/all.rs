@@ -66,6 +66,7 @@ backend_tests!(
     conductors::test_conductor_register_heartbeat_unregister,
     conductors::test_conductor_list_stale,
     history::test_history_oldest_first_and_scoped_to_node,
+    history::test_node_insert_recorded_writes_both_or_neither,
     secrets::test_secrets_are_encrypted_at_rest_and_read_back,
     secrets::test_rotation_moves_every_value_to_the_active_key,
     secrets::test_rotation_encrypts_plaintext_secrets,

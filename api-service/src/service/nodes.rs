@@ -491,16 +491,15 @@ impl ApiState {
         }
         n.provision_updated_at = Some(now);
         n.conductor = self.pick_conductor(&n).await;
-        let created = self.store.node_insert(&n).await?;
-        tracing::info!(node_id = %created.uuid, driver = %created.driver, "node created");
-        self.history(
-            &created,
+        let entry = crate::service::history_entry(
+            &n,
             "provisioning",
-            format!("node created in state {}", created.provision_state),
-            (None, Some(created.provision_state)),
+            format!("node created in state {}", n.provision_state),
+            (None, Some(n.provision_state)),
             None,
-        )
-        .await;
+        );
+        let created = self.store.node_insert_recorded(&n, &entry).await?;
+        tracing::info!(node_id = %created.uuid, driver = %created.driver, "node created");
         Ok(created)
     }
 

@@ -209,6 +209,7 @@ async fn scenario_history(h: &Harness) {
     assert_eq!(detail["project"], json!("p-1"));
     let created = r.json()["history"][0].clone();
     assert_eq!(created["state"], json!("enroll"), "the API's own entry has its state");
+    assert_eq!(created["event"], json!("node created in state enroll"), "{created}");
 
     let one = format!("/v1/nodes/hist/history/{}", entry.uuid);
     let r = h.call(Method::GET, &one, Some("1.114"), None).await;

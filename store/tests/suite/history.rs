@@ -45,3 +45,36 @@ pub async fn test_history_oldest_first_and_scoped_to_node(db: &TestDatabase) {
         PublicError::not_found("Node", missing)
     );
 }
+
+pub async fn test_node_insert_recorded_writes_both_or_neither(db: &TestDatabase) {
+    let store = db.store();
+    let n = node(Some("recorded"));
+    let entry = history(n.uuid, "node created in state enroll");
+    let created = store.node_insert_recorded(&n, &entry).await.unwrap();
+    assert_eq!(created.uuid, n.uuid);
+    assert_eq!(created.name.as_deref(), Some("recorded"));
+    assert_eq!(store.node_fetch(n.uuid).await.unwrap(), created);
+    assert_eq!(store.history_list(n.uuid).await.unwrap(), [entry], "the entry round-trips");
+
+    // A refused node leaves no entry behind.
+    let dup = node(Some("recorded"));
+    let orphan = history(dup.uuid, "never");
+    assert!(matches!(
+        store.node_insert_recorded(&dup, &orphan).await,
+        Err(PublicError::AlreadyExists { .. })
+    ));
+    assert_eq!(
+        store.node_fetch(dup.uuid).await.unwrap_err(),
+        PublicError::not_found("Node", dup.uuid)
+    );
+    assert_eq!(
+        store.history_list(dup.uuid).await.unwrap_err(),
+        PublicError::not_found("Node", dup.uuid)
+    );
+    // Nor does a refused entry leave a node (the entry's UUID is taken).
+    let other = node(Some("second"));
+    let mut reused = history(other.uuid, "reused");
+    reused.uuid = store.history_list(n.uuid).await.unwrap()[0].uuid;
+    assert!(store.node_insert_recorded(&other, &reused).await.is_err());
+    assert!(matches!(store.node_fetch(other.uuid).await, Err(PublicError::NotFound { .. })));
+}
