@@ -502,12 +502,28 @@ fn sync_one(
 async fn sync_one_inner(ctx: &Arc<Ctx>, n: Node) {
     let Ok(d) = ctx.drivers.for_node(&n) else { return };
     match d.power.get_power_state(&n).await {
-        Ok(actual) => {
+        Ok(seen) => {
             ctx.power_failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&n.uuid);
-            if n.power_state == Some(actual) {
+            if n.power_state == Some(seen) {
                 return;
             }
+            // The listing and the reading are both older than the lock: a workflow may have
+            // changed the power and recorded it meanwhile (a deploy powering on). Judge again
+            // under the lock, with the node as it is now and a fresh reading, so neither a
+            // change the conductor made nor a stale reading is recorded as out of band.
             let Ok((guard, node)) = LockGuard::acquire(ctx, n.uuid).await else { return };
+            let actual = if node.power_state == n.power_state
+                && node.target_power_state.is_none()
+                && !node.provision_state.is_transient_working()
+            {
+                d.power.get_power_state(&node).await.ok()
+            } else {
+                None
+            };
+            let Some(actual) = actual.filter(|a| node.power_state != Some(*a)) else {
+                guard.release().await;
+                return;
+            };
             let mut task = Task { ctx: ctx.clone(), node };
             let before = task.node.power_state;
             let res = task

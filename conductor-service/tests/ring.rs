@@ -550,3 +550,122 @@ async fn test_power_sync_of_ten_thousand_nodes_by_their_owners() {
     }
     db.cleanup().await;
 }
+
+/// A system whose first power read races a workflow of the conductor: before that read is
+/// answered, the machine's power is changed (and, where `record` says, recorded on the node
+/// as a deploy holding the node would); the read answers `first`, what the BMC said before.
+struct Racing {
+    store: DataStore,
+    node: NodeId,
+    first: PowerStatus,
+    record: Option<PowerState>,
+    power: PowerStatus,
+    reads: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl MachineBackend for Racing {
+    async fn power_state(&self) -> Result<PowerStatus, BmcError> {
+        if self.reads.fetch_add(1, Ordering::Relaxed) > 0 {
+            return Ok(self.power);
+        }
+        if let Some(p) = self.record {
+            let mut n = self.store.node_fetch(self.node).await.unwrap();
+            n.power_state = Some(p);
+            self.store.node_update(&n).await.unwrap();
+        }
+        Ok(self.first)
+    }
+    async fn reset(&self, _kind: ResetKind) -> Result<(), BmcError> {
+        Ok(())
+    }
+    async fn boot_override(&self) -> Result<BootOverride, BmcError> {
+        Ok(BootOverride::default())
+    }
+    async fn set_boot_override(&self, _o: BootOverride) -> Result<(), BmcError> {
+        Ok(())
+    }
+}
+
+/// Power sync judges a difference again under the node's lock, with the node as it is then
+/// and a fresh reading: a power change a workflow made and recorded while the sync's read
+/// was under way is not reported as out of band (the node listed off, powered on and
+/// recorded on by a deploy meanwhile), and a reading taken before such a change does not
+/// overwrite it (listed on, read off just before the machine was powered on). A real
+/// out-of-band change is still recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_power_sync_records_neither_a_workflows_change_nor_a_stale_reading() {
+    let db = TestDatabase::sqlite().await;
+    let store = db.store().clone();
+    let bus = bus::connect(None).await.unwrap();
+    let token = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    // (listed power, first reading, recorded meanwhile, the machine's power afterwards)
+    let cases = [
+        (PowerState::Off, PowerStatus::On, Some(PowerState::On), PowerStatus::On),
+        (PowerState::On, PowerStatus::Off, None, PowerStatus::On),
+        (PowerState::Off, PowerStatus::On, None, PowerStatus::On),
+    ];
+    let mut systems: Vec<(String, Arc<dyn MachineBackend>)> = Vec::new();
+    let mut racing = Vec::new();
+    for (listed, first, record, power) in cases {
+        let id = NodeId::new_v4();
+        let mut n = Node::new(id, "redfish", chrono::Utc::now());
+        n.provision_state = S::Available;
+        n.power_state = Some(listed);
+        n.driver_info.insert("redfish_address".into(), url.clone().into());
+        n.driver_info
+            .insert("redfish_system_id".into(), format!("/redfish/v1/Systems/{id}").into());
+        n.driver_info.insert("redfish_username".into(), "admin".into());
+        n.driver_info.insert("redfish_password".into(), "password".into());
+        store.node_insert(&n).await.unwrap();
+        let s = Arc::new(Racing {
+            store: store.clone(),
+            node: id,
+            first,
+            record,
+            power,
+            reads: AtomicU64::new(0),
+        });
+        systems.push((id.to_string(), s.clone()));
+        racing.push(s);
+    }
+    tokio::spawn(sim::bmc::serve_redfish(
+        listener,
+        systems,
+        Some(("admin".into(), "password".into())),
+        token.clone(),
+    ));
+    let queue = format!("ring-{}", uuid::Uuid::new_v4().simple());
+    let (shutdown, ready) = Shutdown::new(token.clone(), Duration::from_secs(5)).service();
+    let conductor = tokio::spawn(conductor_service::run(
+        fast_config("c-a", &queue),
+        store.clone(),
+        bus,
+        shutdown,
+    ));
+    ready.wait().await.unwrap();
+
+    // Several rounds of power sync have looked at every node.
+    wait_for(DEADLINE, "three power reads of every system", || {
+        let done = racing.iter().all(|s| s.reads.load(Ordering::Relaxed) >= 3);
+        async move { done.then_some(()) }
+    })
+    .await;
+    let mut out_of_band = Vec::new();
+    for s in &racing {
+        let n = store.node_fetch(s.node).await.unwrap();
+        assert_eq!(n.power_state, Some(PowerState::On), "node {}", s.node);
+        let h = store.history_list(s.node).await.unwrap();
+        out_of_band.push(h.iter().filter(|e| e.event.starts_with(TEXT)).count());
+    }
+    assert_eq!(
+        out_of_band,
+        [0, 0, 1],
+        "only the real change is out of band (a workflow's change, a stale reading, a real one)"
+    );
+    token.cancel();
+    conductor.await.unwrap().unwrap();
+    db.cleanup().await;
+}
