@@ -94,7 +94,7 @@ pub async fn run(mut args: DemoArgs, token: CancellationToken) -> anyhow::Result
     if args.stack.log.is_none() && args.stack.config.is_none() {
         cfg.telemetry.filter = "warn".into();
     }
-    demo_tuning(&mut cfg);
+    demo_tuning(&mut cfg, args.nodes);
     let _telemetry = common::telemetry::init(&cfg.telemetry);
 
     let (data_dir, _tmp) = match &args.stack.data_dir {
@@ -176,8 +176,19 @@ pub async fn run(mut args: DemoArgs, token: CancellationToken) -> anyhow::Result
 }
 
 /// Settings that make a simulated fleet move fast: short BMC polls, frequent heartbeats.
-fn demo_tuning(cfg: &mut crate::up::FerricConfig) {
+/// Every simulated machine calls the API from 127.0.0.1, where each machine of a real fleet
+/// has an address of its own: the per-address limit of the ramdisk endpoints grows with
+/// the fleet (unless configured), so `nodes` agents are not throttled as one.
+fn demo_tuning(cfg: &mut crate::up::FerricConfig, nodes: usize) {
     let defaults = crate::up::FerricConfig::default();
+    let per_machine = u32::try_from(nodes).unwrap_or(u32::MAX).saturating_mul(10);
+    if cfg.api.ramdisk_rate_limit_per_second == defaults.api.ramdisk_rate_limit_per_second {
+        cfg.api.ramdisk_rate_limit_per_second =
+            defaults.api.ramdisk_rate_limit_per_second.max(per_machine);
+    }
+    if cfg.api.ramdisk_rate_limit_burst == defaults.api.ramdisk_rate_limit_burst {
+        cfg.api.ramdisk_rate_limit_burst = defaults.api.ramdisk_rate_limit_burst.max(per_machine);
+    }
     if cfg.conductor.redfish.power_poll_interval_ms
         == defaults.conductor.redfish.power_poll_interval_ms
     {
@@ -468,5 +479,26 @@ mod tests {
                 "`{default}/{default} active, {default}/{default} disks verified"
             ))
         );
+    }
+
+    /// The machines of a demo all call from 127.0.0.1: the ramdisk endpoints' per-address
+    /// limit grows with the fleet, and a configured limit is kept.
+    #[test]
+    fn test_ramdisk_rate_limit_grows_with_the_fleet_unless_configured() {
+        let defaults = crate::up::FerricConfig::default();
+        let mut small = crate::up::FerricConfig::default();
+        super::demo_tuning(&mut small, 5);
+        assert_eq!(
+            small.api.ramdisk_rate_limit_per_second,
+            defaults.api.ramdisk_rate_limit_per_second
+        );
+        let mut large = crate::up::FerricConfig::default();
+        super::demo_tuning(&mut large, 1000);
+        assert_eq!(large.api.ramdisk_rate_limit_per_second, 10_000);
+        assert_eq!(large.api.ramdisk_rate_limit_burst, 10_000);
+        let mut configured = crate::up::FerricConfig::default();
+        configured.api.ramdisk_rate_limit_per_second = 7;
+        super::demo_tuning(&mut configured, 1000);
+        assert_eq!(configured.api.ramdisk_rate_limit_per_second, 7);
     }
 }
