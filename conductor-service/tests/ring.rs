@@ -59,6 +59,19 @@ impl MachineBackend for Bmc {
     }
 }
 
+/// An `available` redfish node recorded with `power`, behind system `id` of the BMC at
+/// `url`.
+fn redfish_node(id: NodeId, url: &str, power: PowerState) -> Node {
+    let mut n = Node::new(id, "redfish", chrono::Utc::now());
+    n.provision_state = S::Available;
+    n.power_state = Some(power);
+    n.driver_info.insert("redfish_address".into(), url.into());
+    n.driver_info.insert("redfish_system_id".into(), format!("/redfish/v1/Systems/{id}").into());
+    n.driver_info.insert("redfish_username".into(), "admin".into());
+    n.driver_info.insert("redfish_password".into(), "password".into());
+    n
+}
+
 const TEXT: &str = "power state changed out of band";
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -121,15 +134,8 @@ impl Fleet {
 
     async fn insert_nodes(&self) {
         for (id, group) in &self.nodes {
-            let mut n = Node::new(*id, "redfish", chrono::Utc::now());
+            let mut n = redfish_node(*id, &self.url, PowerState::Off);
             n.conductor_group = group.clone();
-            n.provision_state = S::Available;
-            n.power_state = Some(PowerState::Off);
-            n.driver_info.insert("redfish_address".into(), self.url.clone().into());
-            n.driver_info
-                .insert("redfish_system_id".into(), format!("/redfish/v1/Systems/{id}").into());
-            n.driver_info.insert("redfish_username".into(), "admin".into());
-            n.driver_info.insert("redfish_password".into(), "password".into());
             self.store().node_insert(&n).await.unwrap();
         }
     }
@@ -611,15 +617,7 @@ async fn test_power_sync_records_neither_a_workflows_change_nor_a_stale_reading(
     let mut racing = Vec::new();
     for (listed, first, record, power) in cases {
         let id = NodeId::new_v4();
-        let mut n = Node::new(id, "redfish", chrono::Utc::now());
-        n.provision_state = S::Available;
-        n.power_state = Some(listed);
-        n.driver_info.insert("redfish_address".into(), url.clone().into());
-        n.driver_info
-            .insert("redfish_system_id".into(), format!("/redfish/v1/Systems/{id}").into());
-        n.driver_info.insert("redfish_username".into(), "admin".into());
-        n.driver_info.insert("redfish_password".into(), "password".into());
-        store.node_insert(&n).await.unwrap();
+        store.node_insert(&redfish_node(id, &url, listed)).await.unwrap();
         let s = Arc::new(Racing {
             store: store.clone(),
             node: id,

@@ -1,7 +1,10 @@
 //! Node history: state changes and notable events, with timestamps.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use deploy::{NodeHistory, NodeId, PublicError};
+use sqlx::AssertSqlSafe;
 
 use crate::error::{Ctx, public_error};
 use crate::node::RowError;
@@ -59,13 +62,36 @@ impl TryFrom<HistoryRow> for NodeHistory {
 }
 
 /// The columns of a `node_history` insert, in [`bind_history!`]'s order.
-pub(crate) const HISTORY_COLUMNS: &str = "uuid, node_uuid, severity, event_type, event, \
-     conductor, from_state, to_state, created_at, state, target_state, duration_seconds, project";
+const HISTORY_COLUMNS: [&str; 13] = [
+    "uuid",
+    "node_uuid",
+    "severity",
+    "event_type",
+    "event",
+    "conductor",
+    "from_state",
+    "to_state",
+    "created_at",
+    "state",
+    "target_state",
+    "duration_seconds",
+    "project",
+];
 
-/// `INSERT INTO node_history` of one entry, bound by [`bind_history!`].
-pub(crate) const HISTORY_INSERT_SQL: &str = "INSERT INTO node_history (uuid, node_uuid, severity, \
-     event_type, event, conductor, from_state, to_state, created_at, state, target_state, \
-     duration_seconds, project) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+/// `INSERT INTO node_history` of one entry whose parameters start at `$first`, bound by
+/// [`bind_history!`].
+pub(crate) fn history_insert_sql(first: usize) -> String {
+    let placeholders: Vec<String> =
+        (first..first + HISTORY_COLUMNS.len()).map(|i| format!("${i}")).collect();
+    format!(
+        "INSERT INTO node_history ({}) VALUES ({})",
+        HISTORY_COLUMNS.join(", "),
+        placeholders.join(", ")
+    )
+}
+
+/// [`history_insert_sql`] on its own.
+pub(crate) static HISTORY_INSERT_SQL: LazyLock<String> = LazyLock::new(|| history_insert_sql(1));
 
 /// Bind a history entry's [`HISTORY_COLUMNS`] to a query, in order.
 macro_rules! bind_history {
@@ -98,7 +124,8 @@ impl DataStore {
             .unique("node_history_uuid_key", format!("History entry {} already exists.", h.uuid))
             .foreign_key(PublicError::not_found("Node", h.node_uuid));
         on_pool!(self, |pool| {
-            bind_history!(sqlx::query(HISTORY_INSERT_SQL), h).execute(pool).await.map(|_| ())
+            let q = sqlx::query(AssertSqlSafe(HISTORY_INSERT_SQL.as_str()));
+            bind_history!(q, h).execute(pool).await.map(|_| ())
         })
         .map_err(|e| public_error(e, &ctx))
     }

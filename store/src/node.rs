@@ -16,7 +16,7 @@ use sqlx::AssertSqlSafe;
 use sqlx::types::Json;
 
 use crate::error::{Ctx, public_error};
-use crate::history::bind_history;
+use crate::history::{HISTORY_INSERT_SQL, bind_history};
 use crate::query::{NodeListQuery, NodeSortKey, SortDir, check_limit};
 use crate::sql::{Arg, Sql, bind_args};
 use crate::txn::{TxnError, transaction};
@@ -380,16 +380,27 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Bind [`INSERT_SQL`]'s parameters: the writable columns, then uuid, reservation,
+/// generation, created_at and updated_at.
+macro_rules! bind_insert {
+    ($q:expr, $n:expr, $driver_info:expr) => {{
+        let n: &Node = $n;
+        bind_writable!($q, n, $driver_info)
+            .bind(DbUuid::from(n.uuid))
+            .bind(n.reservation.as_deref())
+            .bind(n.generation)
+            .bind(ts(n.created_at))
+            .bind(n.updated_at.map(ts))
+    }};
+}
+
 /// PostgreSQL: [`INSERT_SQL`] and a history entry in one statement (one round trip, one
 /// commit), returning the node row.
 static INSERT_RECORDED_PG_SQL: LazyLock<String> = LazyLock::new(|| {
-    let first = WRITABLE.len() + 6;
-    let placeholders: Vec<String> = (first..first + 13).map(|i| format!("${i}")).collect();
     format!(
-        "WITH n AS ({}), h AS (INSERT INTO node_history ({}) VALUES ({})) SELECT * FROM n",
+        "WITH n AS ({}), h AS ({}) SELECT * FROM n",
         INSERT_SQL.as_str(),
-        crate::history::HISTORY_COLUMNS,
-        placeholders.join(", ")
+        crate::history::history_insert_sql(WRITABLE.len() + 6)
     )
 });
 
@@ -466,14 +477,7 @@ impl DataStore {
         let sealed = self.secrets.seal(node.uuid, &node.driver_info)?;
         let row: NodeRow = on_pool!(self, |pool| {
             let q = sqlx::query_as::<_, NodeRow>(AssertSqlSafe(INSERT_SQL.as_str()));
-            bind_writable!(q, node, &sealed)
-                .bind(DbUuid::from(node.uuid))
-                .bind(node.reservation.as_deref())
-                .bind(node.generation)
-                .bind(ts(node.created_at))
-                .bind(node.updated_at.map(ts))
-                .fetch_one(pool)
-                .await
+            bind_insert!(q, node, &sealed).fetch_one(pool).await
         })
         .map_err(|e| public_error(e, &write_ctx(node)))?;
         tracing::debug!(node = %node.uuid, "node inserted");
@@ -498,25 +502,15 @@ impl DataStore {
             Backend::Pg(pool) => {
                 let q =
                     sqlx::query_as::<_, NodeRow>(AssertSqlSafe(INSERT_RECORDED_PG_SQL.as_str()));
-                let q = bind_writable!(q, node, &sealed)
-                    .bind(DbUuid::from(node.uuid))
-                    .bind(node.reservation.as_deref())
-                    .bind(node.generation)
-                    .bind(ts(node.created_at))
-                    .bind(node.updated_at.map(ts));
-                bind_history!(q, entry).fetch_one(pool).await.map_err(|e| public_error(e, &ctx))?
+                bind_history!(bind_insert!(q, node, &sealed), entry)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(|e| public_error(e, &ctx))?
             }
             Backend::Sqlite(pool) => transaction!(pool, &ctx, |conn| {
                 let q = sqlx::query_as::<_, NodeRow>(AssertSqlSafe(INSERT_SQL.as_str()));
-                let row = bind_writable!(q, node, &sealed)
-                    .bind(DbUuid::from(node.uuid))
-                    .bind(node.reservation.as_deref())
-                    .bind(node.generation)
-                    .bind(ts(node.created_at))
-                    .bind(node.updated_at.map(ts))
-                    .fetch_one(&mut *conn)
-                    .await?;
-                let h = sqlx::query(crate::history::HISTORY_INSERT_SQL);
+                let row = bind_insert!(q, node, &sealed).fetch_one(&mut *conn).await?;
+                let h = sqlx::query(AssertSqlSafe(HISTORY_INSERT_SQL.as_str()));
                 bind_history!(h, entry).execute(&mut *conn).await?;
                 Ok(row)
             })?,
