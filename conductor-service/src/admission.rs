@@ -21,6 +21,13 @@
 //! node's place). When no operation of a kind has been admitted for
 //! `admission_timeout_secs` while nodes wait for one, the waiting nodes fail with
 //! `last_error`: a queue never holds a node for ever.
+//!
+//! Besides the conductor, an operation loads endpoints it shares with other nodes: its BMC
+//! address (several nodes behind one chassis manager or Redfish emulator) and, for a
+//! deploy, the server its image comes from. With `max_operations_per_bmc` or
+//! `max_deploys_per_image_server` set, a node whose endpoint has that many operations under
+//! way (this conductor's exactly, the other conductors' as of the last refresh) waits, and
+//! nodes behind it whose endpoints have room go first; its place in the fair order is kept.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -44,6 +51,9 @@ pub const MARKER: &str = "admission";
 pub(crate) const REFRESH: Duration = Duration::from_secs(5);
 /// How long an admitted node may take to record its plan before it stops counting.
 const GRANT_TTL: Duration = Duration::from_secs(120);
+/// Waiting nodes whose endpoints are full passed over per operation and pump: past this
+/// many the line waits for the next settle or refresh, so a long line costs little.
+const MAX_PASSED_OVER: usize = 1024;
 
 /// An operation admission limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -99,6 +109,65 @@ pub(crate) fn starts(n: &Node, work: Work) -> Option<Op> {
     (!op.started(n)).then_some(op)
 }
 
+/// An endpoint an operation loads besides its conductor, shared with other nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Load {
+    /// The node's BMC address.
+    Bmc(String),
+    /// The server a deploy downloads its image from (`scheme://host:port`).
+    ImageServer(String),
+}
+
+impl Load {
+    fn limit(&self, ctx: &Ctx) -> usize {
+        match self {
+            Load::Bmc(_) => ctx.cfg.max_operations_per_bmc,
+            Load::ImageServer(_) => ctx.cfg.max_deploys_per_image_server,
+        }
+    }
+}
+
+/// The limited endpoints `op` on `n` loads (none while no limit is set).
+fn loads_of(ctx: &Ctx, n: &Node, op: Op) -> Vec<Load> {
+    let mut loads = Vec::new();
+    if ctx.cfg.max_operations_per_bmc > 0
+        && let Some(bmc) = crate::drivers::bmc_address(n)
+    {
+        loads.push(Load::Bmc(bmc));
+    }
+    if op == Op::Deploy
+        && ctx.cfg.max_deploys_per_image_server > 0
+        && let Some(server) = image_server(n)
+    {
+        loads.push(Load::ImageServer(server));
+    }
+    loads
+}
+
+/// The server `n`'s image is downloaded from: `scheme://host:port` of
+/// `instance_info.image_url`, else of `image_source` when that is an http(s) URL.
+fn image_server(n: &Node) -> Option<String> {
+    let s = |k: &str| n.instance_info.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let url = reqwest::Url::parse(s("image_url").or_else(|| s("image_source"))?).ok()?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    Some(format!("{}://{}:{}", url.scheme(), url.host_str()?, url.port_or_known_default()?))
+}
+
+/// Operations under way or admitted, by endpoint.
+type LoadCounts = HashMap<Load, usize>;
+
+fn fits(ctx: &Ctx, counts: &LoadCounts, loads: &[Load]) -> bool {
+    loads.iter().all(|l| counts.get(l).copied().unwrap_or(0) < l.limit(ctx))
+}
+
+fn add(counts: &mut LoadCounts, loads: &[Load]) {
+    for l in loads {
+        *counts.entry(l.clone()).or_default() += 1;
+    }
+}
+
 /// A waiting node's place in the order.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Place {
@@ -112,6 +181,8 @@ struct Waiter {
     priority: i64,
     project: String,
     place: Place,
+    /// The limited endpoints it will load.
+    loads: Vec<Load>,
     /// The position last written on the node.
     shown: Option<usize>,
 }
@@ -197,6 +268,10 @@ struct State {
     lines: HashMap<Op, Line>,
     /// When an operation of each kind was last admitted (or when nodes began to wait).
     progress: HashMap<Op, Instant>,
+    /// The limited endpoints each granted or running operation here loads.
+    loads: HashMap<NodeId, Vec<Load>>,
+    /// Operations under way on other conductors, by endpoint, as of the last refresh.
+    elsewhere: LoadCounts,
 }
 
 impl State {
@@ -213,10 +288,31 @@ impl State {
         Some(w)
     }
 
-    fn grant(&mut self, node: NodeId, op: Op) {
+    fn grant(&mut self, node: NodeId, op: Op, loads: Vec<Load>) {
         self.unqueue(node);
         self.granted.insert(node, (op, Instant::now()));
         self.progress.insert(op, Instant::now());
+        if !loads.is_empty() {
+            self.loads.insert(node, loads);
+        }
+    }
+
+    /// Operations on each limited endpoint: this conductor's granted and running ones, and
+    /// the other conductors' as of the last refresh.
+    fn load_counts(&self) -> LoadCounts {
+        let mut counts = self.elsewhere.clone();
+        for (id, loads) in &self.loads {
+            if self.granted.contains_key(id) || self.running.contains_key(id) {
+                add(&mut counts, loads);
+            }
+        }
+        counts
+    }
+
+    /// Forget the endpoints of operations no longer granted or running here.
+    fn prune_loads(&mut self) {
+        let (granted, running) = (&self.granted, &self.running);
+        self.loads.retain(|id, _| granted.contains_key(id) || running.contains_key(id));
     }
 }
 
@@ -248,8 +344,13 @@ impl Admission {
         }
         let line_empty = st.lines.get(&op).is_none_or(|l| l.peek().is_none());
         let first = st.lines.get(&op).and_then(Line::peek) == Some(n.uuid);
-        if !busy && st.in_flight(op) < op.limit(ctx) && (line_empty || first) {
-            st.grant(n.uuid, op);
+        let loads = loads_of(ctx, n, op);
+        if !busy
+            && st.in_flight(op) < op.limit(ctx)
+            && (line_empty || first)
+            && (loads.is_empty() || fits(ctx, &st.load_counts(), &loads))
+        {
+            st.grant(n.uuid, op, loads);
             return Decision::Go;
         }
         if !st.waiting.contains_key(&n.uuid) {
@@ -261,6 +362,7 @@ impl Admission {
                     queued_at: queued_at(n).unwrap_or_else(|| ctx.clock.now()),
                     node: n.uuid,
                 },
+                loads,
                 shown: None,
             };
             if line_empty {
@@ -295,6 +397,7 @@ impl Admission {
                 } else {
                     st.granted.remove(&n.uuid);
                     st.running.remove(&n.uuid);
+                    st.loads.remove(&n.uuid);
                     freed = Some(op);
                 }
             }
@@ -305,7 +408,8 @@ impl Admission {
         }
     }
 
-    /// Admit waiting nodes while there is room, and wake them.
+    /// Admit waiting nodes while there is room, and wake them. A node whose endpoints are
+    /// full is passed over (keeping its place) for the nodes behind it.
     pub(crate) fn pump(&self, ctx: &Arc<Ctx>) {
         let busy = ctx.tasks.main_available() == 0;
         if busy {
@@ -314,13 +418,24 @@ impl Admission {
         let mut woken = Vec::new();
         {
             let mut st = self.lock();
+            let mut counts = st.load_counts();
             for op in [Op::Deploy, Op::Clean] {
-                while st.in_flight(op) < op.limit(ctx) {
+                let mut passed = Vec::new();
+                while st.in_flight(op) < op.limit(ctx) && passed.len() < MAX_PASSED_OVER {
                     let Some(next) = st.lines.get_mut(&op).and_then(Line::pop) else { break };
-                    st.waiting.remove(&next);
-                    st.granted.insert(next, (op, Instant::now()));
-                    st.progress.insert(op, Instant::now());
+                    let Some(w) = st.waiting.get(&next) else { continue };
+                    if !fits(ctx, &counts, &w.loads) {
+                        passed.push(w.clone());
+                        continue;
+                    }
+                    let loads = w.loads.clone();
+                    add(&mut counts, &loads);
+                    st.grant(next, op, loads);
                     woken.push(next);
+                }
+                let line = st.lines.entry(op).or_default();
+                for w in &passed {
+                    line.insert(w);
                 }
             }
         }
@@ -392,17 +507,29 @@ pub async fn refresh(ctx: Arc<Ctx>) {
         ],
         ..Default::default()
     };
-    let Ok(nodes) = crate::periodic::list_all(&ctx, q).await else { return };
-    let nodes = crate::ownership::owned(&ctx, nodes).await;
+    let Ok(all) = crate::periodic::list_all(&ctx, q).await else { return };
+    let limited = ctx.cfg.max_operations_per_bmc > 0 || ctx.cfg.max_deploys_per_image_server > 0;
+    let everyone = if limited { all.clone() } else { Vec::new() };
+    let nodes = crate::ownership::owned(&ctx, all).await;
     let present: HashMap<NodeId, &Node> = nodes.iter().map(|n| (n.uuid, n)).collect();
+    let started = |n: &Node| Op::of_state(n.provision_state).filter(|op| op.started(n));
+    let mut elsewhere = LoadCounts::new();
+    for n in everyone.iter().filter(|n| !present.contains_key(&n.uuid)) {
+        if let Some(op) = started(n) {
+            add(&mut elsewhere, &loads_of(&ctx, n, op));
+        }
+    }
     {
         let mut st = ctx.admission.lock();
-        st.running = nodes
-            .iter()
-            .filter_map(|n| {
-                Op::of_state(n.provision_state).filter(|op| op.started(n)).map(|op| (n.uuid, op))
-            })
-            .collect();
+        st.elsewhere = elsewhere;
+        st.running = nodes.iter().filter_map(|n| started(n).map(|op| (n.uuid, op))).collect();
+        if limited {
+            for n in &nodes {
+                if let Some(op) = started(n) {
+                    st.loads.insert(n.uuid, loads_of(&ctx, n, op));
+                }
+            }
+        }
         let running: Vec<NodeId> = st.running.keys().copied().collect();
         for id in running {
             st.granted.remove(&id);
@@ -424,6 +551,7 @@ pub async fn refresh(ctx: Arc<Ctx>) {
         for id in gone {
             st.unqueue(id);
         }
+        st.prune_loads();
     }
     ctx.admission.pump(&ctx);
     let timeout = crate::config::dur(ctx.cfg.admission_timeout_secs);
@@ -519,6 +647,7 @@ mod tests {
                 queued_at: DateTime::from_timestamp(secs, 0).unwrap_or_default(),
                 node: NodeId(uuid::Uuid::from_u128(node)),
             },
+            loads: Vec::new(),
             shown: None,
         }
     }
@@ -551,6 +680,36 @@ mod tests {
         assert!(worth_showing(Some(400), 360));
         assert!(worth_showing(Some(11), 10), "exact within the first ten");
         assert!(worth_showing(Some(3), 2));
+    }
+
+    #[test]
+    fn test_the_image_server_is_the_origin_of_the_image_url_or_an_http_image_source() {
+        let server = |pairs: &[(&str, &str)]| {
+            let mut n = Node::new(NodeId::new_v4(), "fake-hardware", Utc::now());
+            for (k, v) in pairs {
+                n.instance_info.insert((*k).into(), (*v).into());
+            }
+            image_server(&n)
+        };
+        assert_eq!(
+            server(&[("image_source", "http://img.test/a.raw")]).unwrap(),
+            "http://img.test:80"
+        );
+        assert_eq!(
+            server(&[("image_source", "https://img.test:8443/a.qcow2")]).unwrap(),
+            "https://img.test:8443"
+        );
+        assert_eq!(
+            server(&[
+                ("image_source", "f3e4a5b6-0000-4000-8000-000000000001"),
+                ("image_url", "http://cache.test:8080/i")
+            ])
+            .unwrap(),
+            "http://cache.test:8080"
+        );
+        assert_eq!(server(&[("image_source", "f3e4a5b6-0000-4000-8000-000000000001")]), None);
+        assert_eq!(server(&[("image_source", "file:///var/lib/images/a.raw")]), None);
+        assert_eq!(server(&[]), None);
     }
 
     #[test]

@@ -131,6 +131,14 @@ pub struct ConductorConfig {
     pub max_concurrent_deploys: usize,
     /// Cleans this conductor runs at once; more wait. Ironic's `max_concurrent_clean`.
     pub max_concurrent_cleans: usize,
+    /// Deploys and cleans at once, over every conductor, on nodes behind one BMC address
+    /// (several nodes behind a chassis manager or a Redfish emulator share one); more wait
+    /// their turn. 0: no limit.
+    pub max_operations_per_bmc: usize,
+    /// Deploys at once, over every conductor, whose image comes from one server (the
+    /// scheme, host and port of `instance_info.image_url`, else of an http(s)
+    /// `image_source`); more wait their turn. 0: no limit.
+    pub max_deploys_per_image_server: usize,
     /// Seconds a queue of deploys or cleans may go without admitting one before its
     /// waiting nodes fail (0: never).
     pub admission_timeout_secs: f64,
@@ -357,6 +365,8 @@ impl Default for ConductorConfig {
             power_sync_workers: 32,
             max_concurrent_deploys: 250,
             max_concurrent_cleans: 50,
+            max_operations_per_bmc: 0,
+            max_deploys_per_image_server: 0,
             admission_timeout_secs: 1800.0,
             callback_timeout_secs: 1800.0,
             inspect_wait_timeout_secs: 1800.0,

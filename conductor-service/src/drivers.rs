@@ -140,16 +140,21 @@ pub(crate) fn required_str<'a>(node: &'a Node, key: &str) -> Result<&'a str, Dri
 
 /// The address of the node's BMC as it should appear in messages (never credentials).
 pub fn bmc_label(node: &Node) -> String {
-    for key in ["redfish_address", "ipmi_address", "bmc_address"] {
-        if let Some(a) = info_str(node, key) {
-            let port = info_str(node, "ipmi_port").filter(|_| key == "ipmi_address");
-            return match port {
-                Some(p) => format!("{a}:{p}"),
-                None => a.to_owned(),
-            };
-        }
-    }
-    format!("(no BMC address; driver {})", node.driver)
+    bmc_address(node).unwrap_or_else(|| format!("(no BMC address; driver {})", node.driver))
+}
+
+/// The address of the node's BMC from its `driver_info` (`redfish_address`, `ipmi_address`
+/// with `ipmi_port`, or `bmc_address`); nodes behind one chassis manager or emulator share
+/// it. `None` when the node names none.
+pub fn bmc_address(node: &Node) -> Option<String> {
+    ["redfish_address", "ipmi_address", "bmc_address"].into_iter().find_map(|key| {
+        let a = info_str(node, key)?;
+        let port = info_str(node, "ipmi_port").filter(|_| key == "ipmi_address");
+        Some(match port {
+            Some(p) => format!("{a}:{p}"),
+            None => a.to_owned(),
+        })
+    })
 }
 
 #[cfg(test)]

@@ -158,6 +158,8 @@ async fn drive_once(
             {
                 tracing::debug!(node = %id, ?op, position, waiting, "waiting to be admitted");
                 claim.claimed();
+                // Nodes ahead whose BMC or image server is full let this one go first.
+                ctx.admission.pump(ctx);
                 if !node.driver_internal_info.contains_key(crate::admission::MARKER) {
                     crate::admission::show(ctx, id, op, position, waiting).await;
                 }

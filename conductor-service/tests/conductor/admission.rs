@@ -160,3 +160,95 @@ async fn test_a_stalled_queue_fails_its_waiting_nodes() {
     );
     env.finish().await;
 }
+
+/// An available node behind the BMC at `bmc`, deploying the image at `image`, in
+/// `conductor_group` `group`.
+async fn endpoint_node(env: &Env, bmc: &str, image: &str, group: &str) -> NodeId {
+    let mut n = available_node(env).await;
+    n.driver_info.insert("bmc_address".into(), bmc.into());
+    n.instance_info.insert("image_source".into(), image.into());
+    n.conductor_group = group.to_owned();
+    env.store().node_update(&n).await.unwrap().uuid
+}
+
+/// With `max_operations_per_bmc` 1 and `max_deploys_per_image_server` 2, a node whose BMC
+/// or image server is full waits, keeping its place, while a node asked after it whose
+/// endpoints have room goes first; each waiting node goes once its own endpoint has room.
+#[tokio::test]
+async fn test_a_full_bmc_or_image_server_holds_back_only_its_own_nodes() {
+    let env = env_sim().await;
+    let mut cfg = sim_config("c-endpoints", &env.queue);
+    cfg.max_operations_per_bmc = 1;
+    cfg.max_deploys_per_image_server = 2;
+    env.start_conductor(cfg).await;
+    let shared = "http://images.test:8080";
+    let a = [
+        endpoint_node(&env, "10.0.0.1", "http://img-a1.test/x.raw", "").await,
+        endpoint_node(&env, "10.0.0.1", "http://img-a2.test/x.raw", "").await,
+    ];
+    let i = [
+        endpoint_node(&env, "10.0.1.1", &format!("{shared}/x.raw"), "").await,
+        endpoint_node(&env, "10.0.1.2", &format!("{shared}/y.raw"), "").await,
+        endpoint_node(&env, "10.0.1.3", &format!("{shared}/z.raw"), "").await,
+    ];
+    let free = endpoint_node(&env, "10.0.2.1", "http://img-f.test/x.raw", "").await;
+    for id in a.iter().chain(&i).chain([&free]) {
+        request_deploy(&env, *id).await;
+    }
+    // No agent answers yet: admitted deploys stay in wait call-back.
+    env.wait_state(free, S::WaitCallBack, Duration::from_secs(600)).await;
+    for id in [a[0], i[0], i[1]] {
+        assert_eq!(env.node(id).await.provision_state, S::WaitCallBack, "{id} admitted");
+    }
+    for (id, what) in [(a[1], "its BMC"), (i[2], "its image server")] {
+        let n = env.node(id).await;
+        assert_eq!(n.provision_state, S::Deploying, "{id} waits for {what}");
+        assert!(place(&n).is_some(), "{id} shows its place");
+    }
+
+    env.start_fleet();
+    for id in a.iter().chain(&i).chain([&free]) {
+        env.wait_state(*id, S::Active, Duration::from_secs(3600)).await;
+    }
+    let (_, a0_end) = span(&env, a[0]).await;
+    let (a1_start, _) = span(&env, a[1]).await;
+    assert!(a1_start >= a0_end, "the second node behind one BMC started before the first ended");
+    let first_image_end = span(&env, i[0]).await.1.min(span(&env, i[1]).await.1);
+    let (i2_start, _) = span(&env, i[2]).await;
+    assert!(i2_start >= first_image_end, "a third deploy from one image server started early");
+    env.finish().await;
+}
+
+/// The BMC limit counts the other conductors' operations: a node of another conductor
+/// group behind the same BMC waits while the first conductor's deploy on it runs, and goes
+/// once that deploy ends.
+#[tokio::test]
+async fn test_a_bmc_limit_counts_the_other_conductors_operations() {
+    let env = env_sim().await;
+    for (host, group) in [("c-g1", "g1"), ("c-g2", "g2")] {
+        let mut cfg = sim_config(host, &env.queue);
+        cfg.conductor_group = group.into();
+        cfg.max_operations_per_bmc = 1;
+        env.start_conductor(cfg).await;
+    }
+    let first = endpoint_node(&env, "10.0.9.1", "http://img-1.test/x.raw", "g1").await;
+    let second = endpoint_node(&env, "10.0.9.1", "http://img-2.test/x.raw", "g2").await;
+    request_deploy(&env, first).await;
+    env.wait_state(first, S::WaitCallBack, Duration::from_secs(600)).await;
+    // The other conductor sees the deploy under way at its next refresh (every 5 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    request_deploy(&env, second).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let n = env.node(second).await;
+    assert_eq!(n.provision_state, S::Deploying, "waits for the BMC the other conductor uses");
+    assert_eq!(n.driver_internal_info[MARKER]["conductor"], Value::from("c-g2"));
+
+    env.start_fleet();
+    for id in [first, second] {
+        env.wait_state(id, S::Active, Duration::from_secs(3600)).await;
+    }
+    let (_, first_end) = span(&env, first).await;
+    let (second_start, _) = span(&env, second).await;
+    assert!(second_start >= first_end, "both conductors drove the one BMC at once");
+    env.finish().await;
+}
