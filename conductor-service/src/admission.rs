@@ -30,7 +30,7 @@
 //! nodes behind it whose endpoints have room go first; its place in the fair order is kept.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -507,44 +507,66 @@ pub async fn refresh(ctx: Arc<Ctx>) {
         ],
         ..Default::default()
     };
-    let Ok(all) = crate::periodic::list_all(&ctx, q).await else { return };
     let limited = ctx.cfg.max_operations_per_bmc > 0 || ctx.cfg.max_deploys_per_image_server > 0;
-    let everyone = if limited { all.clone() } else { Vec::new() };
-    let nodes = crate::ownership::owned(&ctx, all).await;
-    let present: HashMap<NodeId, &Node> = nodes.iter().map(|n| (n.uuid, n)).collect();
-    let started = |n: &Node| Op::of_state(n.provision_state).filter(|op| op.started(n));
+    // Read a page at a time and keep little of each node (with many nodes waiting, every
+    // one of them is in these states): this conductor's nodes by the operation their state
+    // is in and whether its plan is recorded, the endpoints of its operations under way, and
+    // the other conductors' operations under way by endpoint.
+    let mut present: HashMap<NodeId, (Option<Op>, bool)> = HashMap::new();
+    let mut running_loads = Vec::new();
     let mut elsewhere = LoadCounts::new();
-    for n in everyone.iter().filter(|n| !present.contains_key(&n.uuid)) {
-        if let Some(op) = started(n) {
-            add(&mut elsewhere, &loads_of(&ctx, n, op));
+    let started = |n: &Node| Op::of_state(n.provision_state).filter(|op| op.started(n));
+    let mut pages = crate::periodic::Pages::new(q);
+    loop {
+        let page = match pages.next(&ctx.store).await {
+            Ok(Some(page)) => page,
+            Ok(None) => break,
+            Err(_) => return,
+        };
+        let (mine, others) = if limited {
+            let mine: HashSet<NodeId> = crate::ownership::owned(&ctx, page.clone())
+                .await
+                .into_iter()
+                .map(|n| n.uuid)
+                .collect();
+            page.into_iter().partition(|n| mine.contains(&n.uuid))
+        } else {
+            (crate::ownership::owned(&ctx, page).await, Vec::new())
+        };
+        for n in &others {
+            if let Some(op) = started(n) {
+                add(&mut elsewhere, &loads_of(&ctx, n, op));
+            }
+        }
+        for n in &mine {
+            let op = Op::of_state(n.provision_state);
+            let under_way = started(n);
+            if limited && let Some(op) = under_way {
+                running_loads.push((n.uuid, loads_of(&ctx, n, op)));
+            }
+            present.insert(n.uuid, (op, under_way.is_some()));
         }
     }
     {
         let mut st = ctx.admission.lock();
         st.elsewhere = elsewhere;
-        st.running = nodes.iter().filter_map(|n| started(n).map(|op| (n.uuid, op))).collect();
-        if limited {
-            for n in &nodes {
-                if let Some(op) = started(n) {
-                    st.loads.insert(n.uuid, loads_of(&ctx, n, op));
-                }
-            }
-        }
+        st.running = present
+            .iter()
+            .filter_map(|(id, (op, started))| op.filter(|_| *started).map(|op| (*id, op)))
+            .collect();
+        st.loads.extend(running_loads);
         let running: Vec<NodeId> = st.running.keys().copied().collect();
         for id in running {
             st.granted.remove(&id);
         }
         st.granted.retain(|id, (op, at)| {
-            at.elapsed() < GRANT_TTL
-                && present.get(id).is_some_and(|n| Op::of_state(n.provision_state) == Some(*op))
+            at.elapsed() < GRANT_TTL && present.get(id).is_some_and(|(o, _)| *o == Some(*op))
         });
         let gone: Vec<NodeId> = st
             .waiting
             .iter()
             .filter(|(id, w)| {
-                present.get(*id).is_none_or(|n| {
-                    Op::of_state(n.provision_state) != Some(w.op) || w.op.started(n)
-                })
+                present.get(*id).is_none_or(|(op, started)| *op != Some(w.op) || *started)
             })
             .map(|(id, _)| *id)
             .collect();

@@ -8,11 +8,10 @@
 use std::sync::Arc;
 
 use deploy::internal_info::{AgentSession, fast_track_enabled};
-use deploy::{Node, NodeId, PowerState, ProvisionState as S};
+use deploy::{Node, PowerState, ProvisionState as S};
 use store::NodeListQuery;
 
 use crate::Ctx;
-use crate::periodic::list_all;
 use crate::power::set_power;
 use crate::task::{LockGuard, Task, WorkflowError};
 
@@ -54,11 +53,11 @@ pub async fn lapses(ctx: Arc<Ctx>) {
         provision_states: IDLE.to_vec(),
         ..Default::default()
     };
-    let Ok(nodes) = list_all(&ctx, q).await else { return };
-    // Each node's lapse is judged by the conductor its ring gives it, as its power sync is.
-    let nodes = crate::ownership::owned(&ctx, nodes).await;
     let now = ctx.clock.now();
-    let due: Vec<NodeId> = nodes.iter().filter(|n| lapsed(&ctx, n, now)).map(|n| n.uuid).collect();
+    // Each node's lapse is judged by the conductor its ring gives it, as its power sync is.
+    // Every idle node of the fleet matches the listing: only the lapsed ones are kept.
+    let select = |n: Node| lapsed(&ctx, &n, now).then_some(n.uuid);
+    let Ok(due) = crate::periodic::select_owned(&ctx, q, select).await else { return };
     for id in due {
         let Ok((guard, node)) = LockGuard::acquire(&ctx, id).await else { continue };
         if lapsed(&ctx, &node, now) {

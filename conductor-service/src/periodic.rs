@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploy::internal_info::keys;
-use deploy::{Node, NodeId, PowerState, ProvisionState as S};
+use deploy::{Node, PowerState, ProvisionState as S};
 use proto::events::event::Payload;
 use store::NodeListQuery;
 
@@ -137,12 +137,10 @@ pub async fn takeover(ctx: Arc<Ctx>) {
             .map(|c| c.hostname)
             .collect();
         let q = NodeListQuery { reserved: Some(true), ..Default::default() };
-        if let Ok(nodes) = list_all(&ctx, q).await {
-            let holders: HashSet<String> = nodes
-                .into_iter()
-                .filter_map(|n| n.reservation)
-                .filter(|h| !live.contains(h) && *h != ctx.cfg.hostname)
-                .collect();
+        let me = &ctx.cfg.hostname;
+        let stale = |n: Node| n.reservation.filter(|h| !live.contains(h) && h != me);
+        if let Ok(holders) = select_all(&ctx.store, q, stale).await {
+            let holders: HashSet<String> = holders.into_iter().collect();
             for h in holders {
                 if let Ok(n) = ctx.store.node_release_all_held_by(&h).await {
                     tracing::warn!(holder = %h, released = n, "released stale locks");
@@ -157,26 +155,73 @@ pub async fn takeover(ctx: Arc<Ctx>) {
     crate::handover::drain_departed(&ctx).await;
 }
 
-/// Every page of a node listing.
-pub async fn list_all(ctx: &Ctx, q: NodeListQuery) -> Result<Vec<Node>, deploy::PublicError> {
-    list_all_store(&ctx.store, q).await
+/// The pages of a node listing, one at a time, so that a periodic task over a large fleet
+/// holds one page and what it keeps of the pages before, never the whole fleet.
+#[derive(Debug)]
+pub struct Pages {
+    q: NodeListQuery,
+    done: bool,
+}
+
+impl Pages {
+    /// The pages of `q` (its `limit` is the page size).
+    pub fn new(q: NodeListQuery) -> Self {
+        Self { q, done: false }
+    }
+
+    /// The next page; `None` after the last.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn next(
+        &mut self,
+        store: &store::DataStore,
+    ) -> Result<Option<Vec<Node>>, deploy::PublicError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = store.node_list(&self.q).await?;
+        self.q.marker = page.last().map(|n| n.uuid);
+        self.done = page.len() < self.q.limit as usize || self.q.marker.is_none();
+        Ok(Some(page))
+    }
+}
+
+/// What `select` keeps of the nodes of a listing that this conductor owns (by the ring),
+/// read a page at a time ([`Pages`]).
+pub async fn select_owned<T>(
+    ctx: &Ctx,
+    q: NodeListQuery,
+    mut select: impl FnMut(Node) -> Option<T>,
+) -> Result<Vec<T>, deploy::PublicError> {
+    let mut out = Vec::new();
+    let mut pages = Pages::new(q);
+    while let Some(page) = pages.next(&ctx.store).await? {
+        out.extend(owned(ctx, page).await.into_iter().filter_map(&mut select));
+    }
+    Ok(out)
 }
 
 /// Every page of a node listing, from a store.
 pub async fn list_all_store(
     store: &store::DataStore,
-    mut q: NodeListQuery,
+    q: NodeListQuery,
 ) -> Result<Vec<Node>, deploy::PublicError> {
+    select_all(store, q, Some).await
+}
+
+/// What `select` keeps of the nodes of a listing, read a page at a time ([`Pages`]).
+pub async fn select_all<T>(
+    store: &store::DataStore,
+    q: NodeListQuery,
+    mut select: impl FnMut(Node) -> Option<T>,
+) -> Result<Vec<T>, deploy::PublicError> {
     let mut out = Vec::new();
-    loop {
-        let page = store.node_list(&q).await?;
-        let full = page.len() >= q.limit as usize;
-        q.marker = page.last().map(|n| n.uuid);
-        out.extend(page);
-        if !full || q.marker.is_none() {
-            return Ok(out);
-        }
+    let mut pages = Pages::new(q);
+    while let Some(page) = pages.next(store).await? {
+        out.extend(page.into_iter().filter_map(&mut select));
     }
+    Ok(out)
 }
 
 /// Find unlocked nodes this conductor owns that need a conductor (working states, wait
@@ -201,14 +246,13 @@ pub async fn sweep(ctx: Arc<Ctx>) {
         ],
         ..Default::default()
     };
-    let nodes = match list_all(&ctx, q).await {
-        Ok(n) => owned(&ctx, n).await,
+    let due = match select_owned(&ctx, q, |n| work_for(&n).is_some().then_some(n.uuid)).await {
+        Ok(due) => due,
         Err(e) => {
             tracing::warn!(error = %common::ErrorChain(&e), "sweep cannot list nodes");
             return;
         }
     };
-    let due: Vec<NodeId> = nodes.iter().filter(|n| work_for(n).is_some()).map(|n| n.uuid).collect();
     if !due.is_empty() {
         tracing::info!(nodes = due.len(), "sweep found nodes to drive");
     }
@@ -236,20 +280,20 @@ pub async fn callback_timeouts(ctx: Arc<Ctx>) {
         provision_states: waits,
         ..Default::default()
     };
-    let Ok(nodes) = list_all(&ctx, q).await else { return };
-    let nodes = owned(&ctx, nodes).await;
     let now = ctx.clock.now();
-    for n in nodes {
-        if work_for(&n).is_some() {
-            continue;
-        }
-        let due = if timed_out(&ctx.cfg, &n, now) {
-            Due::Fail
-        } else if boot_retry_due(&ctx.cfg, &n, now) {
-            Due::BootAgain
+    let due = |n: &Node| {
+        if work_for(n).is_some() {
+            None
+        } else if timed_out(&ctx.cfg, n, now) {
+            Some(Due::Fail)
+        } else if boot_retry_due(&ctx.cfg, n, now) {
+            Some(Due::BootAgain)
         } else {
-            continue;
-        };
+            None
+        }
+    };
+    let Ok(nodes) = select_owned(&ctx, q, |n| due(&n).map(|d| (n, d))).await else { return };
+    for (n, due) in nodes {
         let Ok((guard, node)) = LockGuard::acquire(&ctx, n.uuid).await else { continue };
         // Re-check under the lock: the agent may have called back meanwhile.
         let still = node.provision_state == n.provision_state
