@@ -151,15 +151,21 @@ async fn main() -> anyhow::Result<()> {
                 tokio::time::interval(Duration::from_micros(1_000_000 / conductor_writes));
             let mut done = 0_usize;
             let mut k = 7_usize;
+            // The writes still under way when the heartbeats end finish before the count.
+            let writes = tokio_util::task::TaskTracker::new();
             loop {
                 tokio::select! {
-                    () = stop.cancelled() => return Ok(done),
+                    () = stop.cancelled() => {
+                        writes.close();
+                        writes.wait().await;
+                        return Ok(done);
+                    }
                     _ = tick.tick() => {}
                 }
                 k = (k * 7919 + 13) % agents.len();
                 let id: NodeId = agents[k].node.parse()?;
                 let (store, step) = (store.clone(), done);
-                tokio::spawn(async move {
+                writes.spawn(async move {
                     if let Err(e) = conductor_write(&store, id, step).await {
                         println!("conductor write failed: {e:#}");
                     }

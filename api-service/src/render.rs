@@ -13,13 +13,46 @@ use serde_json::{Map, Value, json};
 use crate::error::ApiError;
 use crate::version::Version;
 
-/// Ironic's timestamp format: ISO 8601 with microseconds and an explicit UTC offset.
+/// Ironic's timestamp format: ISO 8601 with microseconds and an explicit UTC offset
+/// (`%Y-%m-%dT%H:%M:%S%.6f+00:00`).
 pub fn ts(t: &DateTime<Utc>) -> String {
-    t.format(TS_FORMAT).to_string()
+    IronicTime(t).to_string()
 }
 
-/// The `strftime` form of [`ts`].
-const TS_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6f+00:00";
+/// A timestamp in Ironic's format ([`ts`]), written digit by digit: a detailed list of a
+/// thousand nodes writes thousands of them, and `strftime` parses its pattern every time.
+struct IronicTime<'a>(&'a DateTime<Utc>);
+
+impl std::fmt::Display for IronicTime<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use chrono::{Datelike as _, Timelike as _};
+        let t = self.0;
+        let year = t.year();
+        if !(0..=9999).contains(&year) {
+            return write!(f, "{}", t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00"));
+        }
+        // A leap second is nanosecond 1,000,000,000 and up of second 59; `%S` shows 60.
+        let (second, nanos) = match t.nanosecond() {
+            n if n >= 1_000_000_000 => (t.second() + 1, n - 1_000_000_000),
+            n => (t.second(), n),
+        };
+        let mut b = *b"0000-00-00T00:00:00.000000+00:00";
+        let mut put = |at: usize, width: usize, mut v: u32| {
+            for i in (at..at + width).rev() {
+                b[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, year.unsigned_abs());
+        put(5, 2, t.month());
+        put(8, 2, t.day());
+        put(11, 2, t.hour());
+        put(14, 2, t.minute());
+        put(17, 2, second);
+        put(20, 6, nanos / 1000);
+        f.write_str(std::str::from_utf8(&b).map_err(|_| std::fmt::Error)?)
+    }
+}
 
 fn opt_ts(t: Option<&DateTime<Utc>>) -> Value {
     t.map_or(Value::Null, |t| Value::String(ts(t)))
@@ -105,24 +138,53 @@ struct Ts<'a>(&'a DateTime<Utc>);
 
 impl Serialize for Ts<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0.format(TS_FORMAT))
+        s.collect_str(&IronicTime(self.0))
     }
 }
 
-/// One `{"href", "rel"}` link.
-#[derive(serde::Serialize)]
-struct Link {
-    href: String,
-    rel: &'static str,
+/// One `{"href", "rel"}` link to `{base}[/v1]/{coll}/{id}[/{sub}]`, written without
+/// building its URL first.
+struct Link<'a> {
+    base: &'a str,
+    coll: &'a str,
+    id: &'a str,
+    sub: Option<&'a str>,
+    /// `self` (versioned) or `bookmark`.
+    bookmark: bool,
+}
+
+impl std::fmt::Display for Link<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.base)?;
+        if !self.bookmark {
+            f.write_str("/v1")?;
+        }
+        for part in [Some(self.coll), Some(self.id), self.sub].into_iter().flatten() {
+            f.write_str("/")?;
+            f.write_str(part)?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Link<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Href<'b, 'a>(&'b Link<'a>);
+        impl Serialize for Href<'_, '_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self.0)
+            }
+        }
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("href", &Href(self))?;
+        m.serialize_entry("rel", if self.bookmark { "bookmark" } else { "self" })?;
+        m.end()
+    }
 }
 
 /// `self` and `bookmark` links to `{coll}/{id}` with an optional sub-resource.
-fn link_pair(base: &str, coll: &str, id: &str, sub: Option<&str>) -> [Link; 2] {
-    let tail = sub.map_or_else(String::new, |s| format!("/{s}"));
-    [
-        Link { href: format!("{base}/v1/{coll}/{id}{tail}"), rel: "self" },
-        Link { href: format!("{base}/{coll}/{id}{tail}"), rel: "bookmark" },
-    ]
+fn link_pair<'a>(base: &'a str, coll: &'a str, id: &'a str, sub: Option<&'a str>) -> [Link<'a>; 2] {
+    [Link { base, coll, id, sub, bookmark: false }, Link { base, coll, id, sub, bookmark: true }]
 }
 
 /// Every node field with the microversion (minor) that introduced it, in Ironic's order:
@@ -475,6 +537,39 @@ mod tests {
         assert!(new.get("lessee").is_some() && new.get("deploy_interface").is_some());
         let mid = node_json(&n, Version { minor: 50 }, "http://x", None);
         assert!(mid.get("owner").is_some() && mid.get("lessee").is_none());
+    }
+
+    #[test]
+    fn test_timestamps_are_written_as_strftime_writes_them() {
+        use chrono::TimeZone as _;
+        let strftime = |t: &DateTime<Utc>| t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string();
+        let mut times = vec![
+            Utc.with_ymd_and_hms(2026, 12, 4, 18, 5, 9).unwrap(),
+            Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(12345, 1, 1, 0, 0, 0).unwrap(),
+            DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap(),
+            DateTime::from_timestamp(1_700_000_000, 999_999).unwrap(),
+        ];
+        // A leap second.
+        times.push(DateTime::from_timestamp(1_483_228_799, 1_500_000_000).unwrap());
+        for t in &times {
+            assert_eq!(ts(t), strftime(t), "{t:?}");
+        }
+        assert_eq!(ts(&times[0]), "2026-12-04T18:05:09.000000+00:00");
+    }
+
+    #[test]
+    fn test_links_are_written_whole() {
+        let [own, mark] = link_pair("http://h:6385", "nodes", "abc", Some("ports"));
+        let v = serde_json::to_value([own, mark]).unwrap();
+        assert_eq!(
+            v,
+            json!([
+                {"href": "http://h:6385/v1/nodes/abc/ports", "rel": "self"},
+                {"href": "http://h:6385/nodes/abc/ports", "rel": "bookmark"},
+            ])
+        );
     }
 
     #[test]

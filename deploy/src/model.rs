@@ -475,8 +475,13 @@ pub struct NodeHistory {
 
 /// Keys of `driver_info` whose values are secrets (masked as `******` on output).
 pub fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    k.contains("password") || k.contains("secret") || k.contains("token") || k.ends_with("_key")
+    // Case-insensitive without a lowercase copy: every key of every listed node passes here.
+    let k = key.as_bytes();
+    let contains = |word: &[u8]| k.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word));
+    contains(b"password")
+        || contains(b"secret")
+        || contains(b"token")
+        || k.len() >= 4 && k[k.len() - 4..].eq_ignore_ascii_case(b"_key")
 }
 
 /// The mask Ironic shows instead of a secret.
@@ -501,6 +506,18 @@ pub fn mask_secrets(obj: &JsonObject) -> JsonObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_secret_keys_are_found_whatever_their_case() {
+        for k in
+            ["ipmi_password", "IPMI_Password", "agent_secret_token", "Token", "ssh_KEY", "x_key"]
+        {
+            assert!(is_secret_key(k), "{k}");
+        }
+        for k in ["ipmi_address", "key", "keystone", "_ke", "", "pass", "ключ_key_"] {
+            assert!(!is_secret_key(k), "{k}");
+        }
+    }
 
     #[test]
     fn test_mask_secrets_masks_passwords_and_tokens() {
