@@ -40,7 +40,7 @@ use store::{
 use uuid::Uuid;
 
 use crate::Ctx;
-use crate::periodic::list_all_store;
+use crate::periodic::select_all;
 
 /// Allocation states (the `state` field of the body).
 pub mod state {
@@ -259,11 +259,16 @@ async fn candidates(
         associated: Some(false),
         ..Default::default()
     };
-    let nodes: Vec<Node> = list_all_store(store, q)
-        .await?
-        .into_iter()
-        .filter(|n| unsuitable_ignoring_traits(n, req).is_none())
-        .collect();
+    // Read a page at a time, keeping what the choice needs of each suitable node: a
+    // resource class may hold most of a large fleet.
+    let nodes = select_all(store, q, |n| {
+        unsuitable_ignoring_traits(&n, req).is_none().then(|| Candidate {
+            has_traits: has_traits(&n, req),
+            uuid: n.uuid,
+            name: n.name,
+        })
+    })
+    .await?;
     let rc = &req.resource_class;
     if nodes.is_empty() {
         return Ok(Err(if req.candidate_nodes.is_empty() {
@@ -272,7 +277,7 @@ async fn candidates(
             format!("none of the requested nodes are available and match the resource class {rc}")
         }));
     }
-    let mut nodes: Vec<Node> = nodes.into_iter().filter(|n| has_traits(n, req)).collect();
+    let mut nodes: Vec<Candidate> = nodes.into_iter().filter(|n| n.has_traits).collect();
     if nodes.is_empty() {
         let traits = req.traits.join(", ");
         return Ok(Err(format!(
@@ -283,9 +288,16 @@ async fn candidates(
     Ok(Ok(nodes.into_iter().map(|n| n.uuid).collect()))
 }
 
+/// A node that suits an allocation's resource class (and, `has_traits`, its traits).
+struct Candidate {
+    uuid: NodeId,
+    name: Option<String>,
+    has_traits: bool,
+}
+
 /// Shuffle, so parallel allocations try nodes in different orders, then put the node named
 /// like the allocation first (less confusing when both follow one naming scheme).
-fn order(nodes: &mut [Node], name: Option<&str>) {
+fn order(nodes: &mut [Candidate], name: Option<&str>) {
     nodes.shuffle(&mut rand::rng());
     if let Some(name) = name
         && let Some(i) = nodes.iter().position(|n| n.name.as_deref() == Some(name))
