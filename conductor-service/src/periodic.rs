@@ -487,24 +487,24 @@ async fn fail_wait(task: &mut Task) -> Result<(), WorkflowError> {
 /// whose BMC stayed silent on its last call are read in a lane of their own, so hung BMCs
 /// delay only each other.
 pub async fn power_sync(ctx: Arc<Ctx>) {
-    let mut q =
-        NodeListQuery { maintenance: Some(false), reserved: Some(false), ..Default::default() };
+    let q = NodeListQuery { maintenance: Some(false), reserved: Some(false), ..Default::default() };
+    let page_size = q.limit as usize;
     let workers = ctx.cfg.power_sync_workers.max(1);
     let answering = Arc::new(tokio::sync::Semaphore::new(workers));
     let silent = Arc::new(tokio::sync::Semaphore::new(POWER_SYNC_SILENT_WORKERS));
     let mut set = tokio::task::JoinSet::new();
     // Page by page, so a conductor of a large fleet holds one page and the reads in flight,
     // never the whole fleet.
+    let mut pages = Pages::new(q);
     loop {
-        let page = match ctx.store.node_list(&q).await {
-            Ok(page) => page,
+        let page = match pages.next(&ctx.store).await {
+            Ok(Some(page)) => page,
+            Ok(None) => break,
             Err(e) => {
                 tracing::warn!(error = %common::ErrorChain(&e), "power sync cannot list nodes");
                 break;
             }
         };
-        let full = page.len() >= q.limit as usize;
-        q.marker = page.last().map(|n| n.uuid);
         for n in owned(&ctx, page).await {
             if n.target_power_state.is_some() && !n.provision_state.is_transient_working() {
                 // A pending request whose message was lost: drive it.
@@ -518,11 +518,8 @@ pub async fn power_sync(ctx: Arc<Ctx>) {
             set.spawn(sync_one(ctx.clone(), lane.clone(), n));
         }
         // The next page waits until the reads queued are down to about one page.
-        while set.len() > workers + q.limit as usize {
+        while set.len() > workers + page_size {
             set.join_next().await;
-        }
-        if !full || q.marker.is_none() {
-            break;
         }
     }
     while set.join_next().await.is_some() {}
