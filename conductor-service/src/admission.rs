@@ -14,7 +14,8 @@
 //! its place in `driver_internal_info.admission`: `operation`, `position` (1 = next),
 //! `waiting` (how many wait for the same operation here), `queued_at` and `conductor`,
 //! refreshed every few seconds (exactly for the first ten places, further back once the
-//! place moved by a tenth) and removed when it is admitted. The order is fair: higher
+//! place halved; a bounded number of writes per refresh, front first) and removed when it
+//! is admitted. The order is fair: higher
 //! `extra.admission_priority` first (an integer, default 0), then the projects (lessee, else
 //! owner) in turn, one node each, and each project's nodes in the order they were queued.
 //! The queue is rebuilt from the nodes after a restart or a takeover (`queued_at` keeps each
@@ -26,7 +27,7 @@
 //! address (several nodes behind one chassis manager or Redfish emulator) and, for a
 //! deploy, the server its image comes from. With `max_operations_per_bmc` or
 //! `max_deploys_per_image_server` set, a node whose endpoint has that many operations under
-//! way (this conductor's exactly, the other conductors' as of the last refresh) waits, and
+//! way (this conductor's exactly, the other conductors' as of the last resync) waits, and
 //! nodes behind it whose endpoints have room go first; its place in the fair order is kept.
 
 use std::cmp::Reverse;
@@ -251,6 +252,41 @@ impl Line {
         Some(turns.queues.get(project)?.first()?.node)
     }
 
+    /// `w`'s position (1 = next) in the order, without walking the line: the nodes of
+    /// higher priorities, then whole rounds of project turns, then the projects whose turn
+    /// in the current round comes before `w`'s. `None` when `w` is not in the line.
+    fn position(&self, w: &Waiter) -> Option<usize> {
+        let mut ahead = 0;
+        for (prio, turns) in &self.by_priority {
+            if prio.0 > w.priority {
+                ahead += turns.queues.values().map(BTreeSet::len).sum::<usize>();
+                continue;
+            }
+            if prio.0 != w.priority {
+                return None;
+            }
+            let queue = turns.queues.get(&w.project).filter(|q| q.contains(&w.place))?;
+            let rank = queue.range(..&w.place).count();
+            let mut before_turn = true;
+            for project in &turns.order {
+                if *project == w.project {
+                    before_turn = false;
+                    ahead += rank;
+                    continue;
+                }
+                let len = turns.queues.get(project).map_or(0, BTreeSet::len);
+                ahead += len.min(rank) + usize::from(before_turn && len > rank);
+            }
+            return Some(ahead + 1);
+        }
+        None
+    }
+
+    /// How many nodes wait in the line.
+    fn len(&self) -> usize {
+        self.by_priority.values().flat_map(|t| t.queues.values()).map(BTreeSet::len).sum()
+    }
+
     /// Every waiting node in admission order.
     fn order(&self) -> Vec<NodeId> {
         let mut copy = self.clone();
@@ -270,8 +306,10 @@ struct State {
     progress: HashMap<Op, Instant>,
     /// The limited endpoints each granted or running operation here loads.
     loads: HashMap<NodeId, Vec<Load>>,
-    /// Operations under way on other conductors, by endpoint, as of the last refresh.
+    /// Operations under way on other conductors, by endpoint, as of the last resync.
     elsewhere: LoadCounts,
+    /// When the next refresh reads the nodes from the database again.
+    next_resync: Option<Instant>,
 }
 
 impl State {
@@ -354,7 +392,7 @@ impl Admission {
             return Decision::Go;
         }
         if !st.waiting.contains_key(&n.uuid) {
-            let w = Waiter {
+            let mut w = Waiter {
                 op,
                 priority: n.extra.get("admission_priority").and_then(Value::as_i64).unwrap_or(0),
                 project: n.lessee.clone().or_else(|| n.owner.clone()).unwrap_or_default(),
@@ -369,12 +407,21 @@ impl Admission {
                 // The timeout counts from when the line formed.
                 st.progress.insert(op, Instant::now());
             }
-            st.lines.entry(op).or_default().insert(&w);
+            let line = st.lines.entry(op).or_default();
+            line.insert(&w);
+            // What the node shows: the marker it carries (after a restart or a takeover),
+            // else the place the caller writes now.
+            w.shown = shown_position(n).or_else(|| line.position(&w));
             st.waiting.insert(n.uuid, w);
         }
-        let order = st.lines.get(&op).map(Line::order).unwrap_or_default();
-        let position = order.iter().position(|id| *id == n.uuid).map_or(order.len(), |p| p + 1);
-        Decision::Wait { position, waiting: order.len() }
+        let line = st.lines.get(&op);
+        let waiting = line.map_or(0, Line::len);
+        let position = st
+            .waiting
+            .get(&n.uuid)
+            .and_then(|w| line.and_then(|l| l.position(w)))
+            .unwrap_or(waiting);
+        Decision::Wait { position, waiting }
     }
 
     /// `n` was driven and is now as given: an operation that ended frees its place.
@@ -457,6 +504,12 @@ fn queued_at(n: &Node) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
 }
 
+/// The position `n`'s marker shows.
+fn shown_position(n: &Node) -> Option<usize> {
+    let p = n.driver_internal_info.get(MARKER)?.get("position")?.as_u64()?;
+    usize::try_from(p).ok()
+}
+
 /// Show `n`'s place in its `driver_internal_info` (under its lock, briefly); nothing when
 /// the node is locked or changed meanwhile (the next refresh shows it).
 pub(crate) async fn show(ctx: &Arc<Ctx>, id: NodeId, op: Op, position: usize, waiting: usize) {
@@ -493,10 +546,33 @@ pub(crate) async fn clear(task: &mut Task) {
     }
 }
 
-/// Every [`REFRESH`]: count the operations under way on this conductor's nodes, admit what
-/// fits, show the waiting nodes their new places and fail those of a queue that has not
-/// moved for `admission_timeout_secs`.
+/// Every [`REFRESH`]: count the operations under way on this conductor's nodes (from the
+/// database when a resync is due, see [`RESYNC_ROWS`]), admit what fits, show the waiting
+/// nodes their new places and fail those of a queue that has not moved for
+/// `admission_timeout_secs`.
 pub async fn refresh(ctx: Arc<Ctx>) {
+    let due = ctx.admission.lock().next_resync.is_none_or(|at| Instant::now() >= at);
+    if due {
+        let Some(rows) = resync(&ctx).await else { return };
+        // Every REFRESH while few nodes are in an operation's states; with more, once per
+        // RESYNC_ROWS rows' worth of REFRESH, so that a conductor reads about
+        // RESYNC_ROWS / REFRESH rows a second however many nodes wait over the fleet.
+        // Half a period early, so a tick that comes a little early still resyncs.
+        let periods = u32::try_from(rows.div_ceil(RESYNC_ROWS).max(1)).unwrap_or(u32::MAX);
+        let next = Instant::now() + REFRESH.saturating_mul(periods) - REFRESH / 2;
+        ctx.admission.lock().next_resync = Some(next);
+    }
+    settle_lines(&ctx).await;
+}
+
+/// Rows of a resync's listing per [`REFRESH`] that may pass before the next resync.
+const RESYNC_ROWS: usize = 5000;
+
+/// Read the nodes in an operation's states and make the in-memory state match them: the
+/// operations under way here, the other conductors' endpoints in use, the waiting nodes
+/// that left their operation meanwhile. Returns the rows read; `None` when the database
+/// did not answer.
+async fn resync(ctx: &Arc<Ctx>) -> Option<usize> {
     let q = NodeListQuery {
         provision_states: vec![
             S::Deploying,
@@ -516,33 +592,39 @@ pub async fn refresh(ctx: Arc<Ctx>) {
     let mut running_loads = Vec::new();
     let mut elsewhere = LoadCounts::new();
     let started = |n: &Node| Op::of_state(n.provision_state).filter(|op| op.started(n));
-    let mut pages = crate::periodic::Pages::new(q);
+    // With endpoint limits every conductor's operations count: the whole listing is read.
+    // Without, only this conductor's nodes are read whole.
+    let mut all = crate::periodic::Pages::new(q.clone());
+    let mut owned = crate::periodic::OwnedPages::new(q);
+    let mut rows = 0;
     loop {
-        let page = match pages.next(&ctx.store).await {
+        let page = if limited { all.next(&ctx.store).await } else { owned.next(ctx).await };
+        let page = match page {
             Ok(Some(page)) => page,
             Ok(None) => break,
-            Err(_) => return,
+            Err(_) => return None,
         };
+        rows += page.len();
         let (mine, others) = if limited {
-            let mine: HashSet<NodeId> = crate::ownership::owned(&ctx, page.clone())
+            let mine: HashSet<NodeId> = crate::ownership::owned(ctx, page.clone())
                 .await
                 .into_iter()
                 .map(|n| n.uuid)
                 .collect();
             page.into_iter().partition(|n| mine.contains(&n.uuid))
         } else {
-            (crate::ownership::owned(&ctx, page).await, Vec::new())
+            (page, Vec::new())
         };
         for n in &others {
             if let Some(op) = started(n) {
-                add(&mut elsewhere, &loads_of(&ctx, n, op));
+                add(&mut elsewhere, &loads_of(ctx, n, op));
             }
         }
         for n in &mine {
             let op = Op::of_state(n.provision_state);
             let under_way = started(n);
             if limited && let Some(op) = under_way {
-                running_loads.push((n.uuid, loads_of(&ctx, n, op)));
+                running_loads.push((n.uuid, loads_of(ctx, n, op)));
             }
             present.insert(n.uuid, (op, under_way.is_some()));
         }
@@ -575,7 +657,13 @@ pub async fn refresh(ctx: Arc<Ctx>) {
         }
         st.prune_loads();
     }
-    ctx.admission.pump(&ctx);
+    Some(rows)
+}
+
+/// Admit what fits, fail the waiting nodes of a stalled queue and show the others their
+/// places: at most [`MAX_SHOWN`] per refresh, front of the line first.
+async fn settle_lines(ctx: &Arc<Ctx>) {
+    ctx.admission.pump(ctx);
     let timeout = crate::config::dur(ctx.cfg.admission_timeout_secs);
     let (expired, moved) = {
         let mut st = ctx.admission.lock();
@@ -596,6 +684,9 @@ pub async fn refresh(ctx: Arc<Ctx>) {
             let order = st.lines.get(&op).map(Line::order).unwrap_or_default();
             let total = order.len();
             for (i, id) in order.into_iter().enumerate() {
+                if moved.len() >= MAX_SHOWN {
+                    break;
+                }
                 if let Some(w) = st.waiting.get_mut(&id)
                     && worth_showing(w.shown, i + 1)
                 {
@@ -607,21 +698,25 @@ pub async fn refresh(ctx: Arc<Ctx>) {
         (expired, moved)
     };
     for (id, op) in expired {
-        fail_waiting(&ctx, id, op, timeout).await;
+        fail_waiting(ctx, id, op, timeout).await;
     }
     for (id, op, position, waiting) in moved {
-        show(&ctx, id, op, position, waiting).await;
+        show(ctx, id, op, position, waiting).await;
     }
 }
 
+/// Places written per refresh: a long line costs the database a bounded trickle of writes;
+/// places further back are written on later refreshes.
+const MAX_SHOWN: usize = 64;
+
 /// Whether a waiting node's place changed enough to write it again: exactly within the
-/// first [`EXACT_PLACES`], elsewhere once it moved by a tenth. A long queue then costs each
-/// node a few writes while it waits, not one per admission ahead of it.
+/// first [`EXACT_PLACES`], elsewhere once it halved. A node at place 10,000 is written
+/// about 14 times on its way to the front, not once per admission ahead of it.
 fn worth_showing(shown: Option<usize>, now: usize) -> bool {
     match shown {
         None => true,
         Some(s) if s == now => false,
-        Some(s) => now <= EXACT_PLACES || s.abs_diff(now) * 10 >= s,
+        Some(s) => now <= EXACT_PLACES || now * 2 <= s,
     }
 }
 
@@ -695,11 +790,52 @@ mod tests {
     }
 
     #[test]
-    fn test_places_are_written_exactly_up_front_and_by_tenths_behind() {
+    fn test_a_position_is_the_place_in_the_walked_order() {
+        // Lines of mixed priorities and projects, some turns already taken: each waiter's
+        // computed position is its index in the order the line pops in.
+        let mut seed = 7_u64;
+        let mut next = |m: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % m
+        };
+        for round in 0..50 {
+            let mut line = Line::default();
+            let mut all = Vec::new();
+            for i in 0..(5 + next(60)) {
+                let w = waiter(
+                    Op::Deploy,
+                    next(3) as i64 - 1,
+                    ["a", "b", "c", "d"][next(4) as usize],
+                    next(1000) as i64,
+                    u128::from(round * 1000 + i),
+                );
+                line.insert(&w);
+                all.push(w);
+            }
+            for _ in 0..next(10) {
+                let Some(id) = line.pop() else { break };
+                all.retain(|w| w.place.node != id);
+            }
+            let order = line.order();
+            assert_eq!(line.len(), order.len());
+            for w in &all {
+                let want = order.iter().position(|id| *id == w.place.node).map(|p| p + 1);
+                assert_eq!(line.position(w), want, "round {round}");
+            }
+            let gone = waiter(Op::Deploy, 0, "a", 5000, 1);
+            assert_eq!(line.position(&gone), None);
+        }
+    }
+
+    #[test]
+    fn test_places_are_written_exactly_up_front_and_by_halves_behind() {
         assert!(worth_showing(None, 400));
         assert!(!worth_showing(Some(400), 400));
-        assert!(!worth_showing(Some(400), 361), "moved by less than a tenth");
-        assert!(worth_showing(Some(400), 360));
+        assert!(!worth_showing(Some(400), 201), "not yet halved");
+        assert!(worth_showing(Some(400), 200));
+        assert!(!worth_showing(Some(20), 11));
         assert!(worth_showing(Some(11), 10), "exact within the first ten");
         assert!(worth_showing(Some(3), 2));
     }

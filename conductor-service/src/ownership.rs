@@ -101,3 +101,30 @@ pub async fn owned(ctx: &Ctx, nodes: Vec<Node>) -> Vec<Node> {
     tracing::debug!(total, owned = mine.len(), "nodes this conductor handles");
     mine
 }
+
+/// The nodes of `heads` this conductor handles, as [`owned`] judges them, from their ring
+/// keys alone; when the conductors cannot be read every node is kept.
+pub async fn owned_heads(ctx: &Ctx, heads: &[store::NodeHead]) -> Vec<deploy::NodeId> {
+    if heads.is_empty() {
+        return Vec::new();
+    }
+    let all = || heads.iter().map(|h| h.uuid).collect();
+    let Some(mut r) = rings(ctx, TTL).await else { return all() };
+    let owner = |r: &ConductorRings, h: &store::NodeHead| {
+        r.owner_in(&h.conductor_group, &h.driver, h.uuid).map(str::to_owned)
+    };
+    if heads.iter().any(|h| owner(&r, h).is_none()) {
+        match rings(ctx, MISS_TTL).await {
+            Some(fresh) => r = fresh,
+            None => return all(),
+        }
+    }
+    let me = ctx.cfg.hostname.as_str();
+    let mine: Vec<deploy::NodeId> = heads
+        .iter()
+        .filter(|h| r.owner_in(&h.conductor_group, &h.driver, h.uuid) == Some(me))
+        .map(|h| h.uuid)
+        .collect();
+    tracing::debug!(total = heads.len(), owned = mine.len(), "nodes this conductor handles");
+    mine
+}

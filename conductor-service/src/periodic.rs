@@ -16,7 +16,6 @@ use store::NodeListQuery;
 
 use crate::Ctx;
 use crate::config::ConductorConfig;
-use crate::ownership::owned;
 use crate::task::{LockGuard, Task, WorkflowError};
 use crate::worker::wake_owned;
 use crate::workflows::{fail_current, power_off_after_failure, work_for};
@@ -187,17 +186,48 @@ impl Pages {
     }
 }
 
+/// The pages of a node listing keeping the nodes the ring gives this conductor: each page
+/// lists the nodes' ring keys only ([`store::DataStore::node_heads`]) and reads whole the
+/// nodes this conductor owns, so the conductors of a fleet together decode each node once
+/// per listing, not once each.
+pub struct OwnedPages {
+    q: NodeListQuery,
+    done: bool,
+}
+
+impl OwnedPages {
+    /// The pages of `q` (its `limit` is the page size of the listing).
+    pub fn new(q: NodeListQuery) -> Self {
+        Self { q, done: false }
+    }
+
+    /// The next page's nodes this conductor owns (possibly none); `None` after the last.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn next(&mut self, ctx: &Ctx) -> Result<Option<Vec<Node>>, deploy::PublicError> {
+        if self.done {
+            return Ok(None);
+        }
+        let heads = ctx.store.node_heads(&self.q).await?;
+        self.q.marker = heads.last().map(|h| h.uuid);
+        self.done = heads.len() < self.q.limit as usize || self.q.marker.is_none();
+        let mine = crate::ownership::owned_heads(ctx, &heads).await;
+        Ok(Some(ctx.store.node_fetch_many(&mine).await?))
+    }
+}
+
 /// What `select` keeps of the nodes of a listing that this conductor owns (by the ring),
-/// read a page at a time ([`Pages`]).
+/// read a page at a time ([`OwnedPages`]).
 pub async fn select_owned<T>(
     ctx: &Ctx,
     q: NodeListQuery,
     mut select: impl FnMut(Node) -> Option<T>,
 ) -> Result<Vec<T>, deploy::PublicError> {
     let mut out = Vec::new();
-    let mut pages = Pages::new(q);
-    while let Some(page) = pages.next(&ctx.store).await? {
-        out.extend(owned(ctx, page).await.into_iter().filter_map(&mut select));
+    let mut pages = OwnedPages::new(q);
+    while let Some(page) = pages.next(ctx).await? {
+        out.extend(page.into_iter().filter_map(&mut select));
     }
     Ok(out)
 }
@@ -495,9 +525,9 @@ pub async fn power_sync(ctx: Arc<Ctx>) {
     let mut set = tokio::task::JoinSet::new();
     // Page by page, so a conductor of a large fleet holds one page and the reads in flight,
     // never the whole fleet.
-    let mut pages = Pages::new(q);
+    let mut pages = OwnedPages::new(q);
     loop {
-        let page = match pages.next(&ctx.store).await {
+        let page = match pages.next(&ctx).await {
             Ok(Some(page)) => page,
             Ok(None) => break,
             Err(e) => {
@@ -505,7 +535,7 @@ pub async fn power_sync(ctx: Arc<Ctx>) {
                 break;
             }
         };
-        for n in owned(&ctx, page).await {
+        for n in page {
             if n.target_power_state.is_some() && !n.provision_state.is_transient_working() {
                 // A pending request whose message was lost: drive it.
                 set.spawn(wake_owned(ctx.clone(), n.uuid));

@@ -357,8 +357,13 @@ async fn enroll(cfg: &SimulationConfig, store: &DataStore) -> Result<Vec<NodeId>
     Ok(ids)
 }
 
-async fn list_all(store: &DataStore) -> Result<Vec<Node>, PublicError> {
-    crate::periodic::list_all_store(store, NodeListQuery::default()).await
+/// Where a node ended, for the report.
+struct End {
+    provision_state: ProvisionState,
+    last_error: Option<String>,
+    locked: bool,
+    /// Its conductor on the ring.
+    owner: Option<String>,
 }
 
 /// Ask for `verb` on every node of `chosen`, then wait (in simulated time) until none is
@@ -392,11 +397,11 @@ async fn phase(
     }
     loop {
         tokio::time::sleep(Duration::from_secs(30)).await;
-        let pending = moving(store).await?;
-        if pending == 0 {
+        if !any_moving(store).await? {
             break;
         }
         if t0.elapsed() > cfg.phase_deadline {
+            let pending = moving(store).await?;
             return Err(SimulationError::Stuck { phase: name, pending, after: cfg.phase_deadline });
         }
     }
@@ -408,18 +413,35 @@ async fn phase(
     })
 }
 
-/// How many nodes are still moving: in a state that is not at rest, or locked. Only those
-/// rows are read, so a fleet that has nearly settled costs little to poll.
-async fn moving(store: &DataStore) -> Result<usize, PublicError> {
+/// The listings of moving nodes: in a state that is not at rest, or locked.
+fn moving_queries() -> [NodeListQuery; 2] {
     let busy_states: Vec<ProvisionState> =
         deploy::state::ALL_STATES.into_iter().filter(|s| !s.is_at_rest()).collect();
-    let q = NodeListQuery { provision_states: busy_states, ..Default::default() };
-    let busy = crate::periodic::list_all_store(store, q).await?.len();
+    [
+        NodeListQuery { provision_states: busy_states, ..Default::default() },
+        NodeListQuery { reserved: Some(true), ..Default::default() },
+    ]
+}
+
+/// Whether any node is still moving: one row of each listing at most, so polling a fleet
+/// of 100,000 busy nodes costs no more than polling a settled one.
+async fn any_moving(store: &DataStore) -> Result<bool, PublicError> {
+    for q in moving_queries() {
+        if !store.node_list(&NodeListQuery { limit: 1, ..q }).await?.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// How many nodes are still moving (for the report of a fleet that did not settle).
+async fn moving(store: &DataStore) -> Result<usize, PublicError> {
+    let [busy, locked] = moving_queries();
+    let busy = crate::periodic::select_all(store, busy, |_| Some(())).await?.len();
     if busy > 0 {
         return Ok(busy);
     }
-    let q = NodeListQuery { reserved: Some(true), ..Default::default() };
-    Ok(crate::periodic::list_all_store(store, q).await?.len())
+    Ok(crate::periodic::select_all(store, locked, |_| Some(())).await?.len())
 }
 
 #[expect(clippy::too_many_arguments, reason = "the run's parts, gathered once")]
@@ -433,10 +455,25 @@ async fn report(
     enroll_wall_secs: f64,
     keep_outcomes: bool,
 ) -> Result<SimulationReport, SimulationError> {
-    let nodes: HashMap<NodeId, Node> =
-        list_all(store).await?.into_iter().map(|n| (n.uuid, n)).collect();
     let conductors = store.conductor_list().await?;
     let rings = deploy::ring::ConductorRings::new(&conductors);
+    // What the report needs of each node, not the node: a fleet of 100,000 is read a page
+    // at a time.
+    let keep = |n: Node| {
+        let owner = rings.owner(&n).map(str::to_owned);
+        let end = End {
+            provision_state: n.provision_state,
+            last_error: n.last_error,
+            locked: n.reservation.is_some(),
+            owner,
+        };
+        Some((n.uuid, end))
+    };
+    let nodes: HashMap<NodeId, End> =
+        crate::periodic::select_all(store, NodeListQuery::default(), keep)
+            .await?
+            .into_iter()
+            .collect();
     let mut ring_shares: BTreeMap<String, u64> = BTreeMap::new();
     let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
     let mut by_fault: BTreeMap<String, u64> = BTreeMap::new();
@@ -450,7 +487,7 @@ async fn report(
         };
         let fault = cfg.plan.fault(i as u64);
         let history = store.history_list(*id).await?;
-        let owner = rings.owner(n);
+        let owner = n.owner.as_deref();
         foreign_entries += history
             .iter()
             .filter(|h| h.conductor.is_some() && h.conductor.as_deref() != owner)
@@ -481,7 +518,7 @@ async fn report(
         if n.provision_state.is_failed() && n.last_error.is_none() {
             failed_without_error += 1;
         }
-        if n.reservation.is_some() {
+        if n.locked {
             still_locked += 1;
         }
         if o.provision_state != o.expected {

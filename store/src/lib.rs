@@ -42,6 +42,7 @@ use sqlx::sqlite::{
 };
 
 pub use modify::{NODE_MODIFY_ATTEMPTS, NodeModify};
+pub use node::NodeHead;
 pub use outbox::OutboxEntry;
 pub use query::{MAX_LIMIT, NodeListQuery, NodeSortKey, PortListQuery, SortDir};
 pub use resource::{

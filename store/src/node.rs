@@ -23,6 +23,20 @@ use crate::txn::{TxnError, transaction};
 use crate::types::{DbUuid, now, ts};
 use crate::{Backend, DataStore, on_pool};
 
+/// What places a node on the hash ring ([`DataStore::node_heads`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeHead {
+    /// The node.
+    pub uuid: NodeId,
+    /// Its hardware type.
+    pub driver: String,
+    /// Its conductor group.
+    pub conductor_group: String,
+}
+
+/// The columns of a [`NodeHead`].
+const HEAD_COLUMNS: &str = "uuid, driver, conductor_group";
+
 /// A `nodes` row as stored (less the internal `id`). Converted to [`deploy::Node`] with
 /// `TryFrom`.
 #[derive(Debug, sqlx::FromRow)]
@@ -572,6 +586,53 @@ impl DataStore {
         rows.into_iter().map(|r| self.node_from_row(r)).collect()
     }
 
+    /// The ring keys of one page of nodes matching `q` ([`DataStore::node_list`]'s page,
+    /// without the rest of each row): what a conductor needs to pick out the nodes the hash
+    /// ring gives it before it reads them whole ([`DataStore::node_fetch_many`]).
+    ///
+    /// # Errors
+    /// As [`DataStore::node_list`].
+    pub async fn node_heads(&self, q: &NodeListQuery) -> Result<Vec<NodeHead>, PublicError> {
+        let limit = check_limit(q.limit)?;
+        let sql = self.node_list_sql_of(HEAD_COLUMNS, q, limit).await?;
+        let rows: Vec<(DbUuid, String, String)> = on_pool!(self, |pool| {
+            let query =
+                sqlx::query_as::<_, (DbUuid, String, String)>(AssertSqlSafe(sql.text.as_str()));
+            bind_args!(query, &sql.args).fetch_all(pool).await
+        })
+        .map_err(|e| public_error(e, &Ctx::new("Node", "list")))?;
+        Ok(rows
+            .into_iter()
+            .map(|(uuid, driver, conductor_group)| NodeHead {
+                uuid: NodeId(uuid.0),
+                driver,
+                conductor_group,
+            })
+            .collect())
+    }
+
+    /// The nodes of `ids` that exist, in insertion order.
+    ///
+    /// # Errors
+    /// `InvalidRequest` for more than [`MAX_LIMIT`] ids; the database's.
+    pub async fn node_fetch_many(&self, ids: &[NodeId]) -> Result<Vec<Node>, PublicError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        check_limit(u32::try_from(ids.len()).unwrap_or(u32::MAX))?;
+        let mut sql =
+            Sql { text: "SELECT * FROM nodes WHERE uuid IN (".to_owned(), args: Vec::new() };
+        let params: Vec<String> = ids.iter().map(|id| sql.arg(Arg::Uuid((*id).into()))).collect();
+        sql.text.push_str(&params.join(", "));
+        sql.text.push_str(") ORDER BY id ASC");
+        let rows: Vec<NodeRow> = on_pool!(self, |pool| {
+            let query = sqlx::query_as::<_, NodeRow>(AssertSqlSafe(sql.text.as_str()));
+            bind_args!(query, &sql.args).fetch_all(pool).await
+        })
+        .map_err(|e| public_error(e, &Ctx::new("Node", "list")))?;
+        rows.into_iter().map(|r| self.node_from_row(r)).collect()
+    }
+
     /// The `SELECT` for [`DataStore::node_list`]; public to the crate so tests and the
     /// benchmark can `EXPLAIN` it.
     pub(crate) async fn node_list_sql(
@@ -579,8 +640,19 @@ impl DataStore {
         q: &NodeListQuery,
         limit: i64,
     ) -> Result<Sql, PublicError> {
+        self.node_list_sql_of("*", q, limit).await
+    }
+
+    /// [`DataStore::node_list_sql`] selecting `columns`.
+    async fn node_list_sql_of(
+        &self,
+        columns: &str,
+        q: &NodeListQuery,
+        limit: i64,
+    ) -> Result<Sql, PublicError> {
         let pg = matches!(self.backend, Backend::Pg(_));
-        let mut sql = Sql { text: "SELECT * FROM nodes WHERE TRUE".to_owned(), args: Vec::new() };
+        let mut sql =
+            Sql { text: format!("SELECT {columns} FROM nodes WHERE TRUE"), args: Vec::new() };
 
         if let Some(s) = q.provision_state {
             let p = sql.arg(Arg::Text(s.as_str().to_owned()));

@@ -53,6 +53,7 @@ backend_tests!(
     modify::test_node_modify_reapplies_after_a_lost_race,
     modify::test_node_modify_concurrent_writers_lose_nothing,
     list::test_node_list_filters,
+    list::test_node_heads_page_like_the_listing_and_fetch_many_reads_them_whole,
     list::test_node_list_pages_through_every_sort_key,
     list::test_node_list_rejects_bad_limit_and_unknown_marker,
     list::test_node_list_is_served_by_an_index,

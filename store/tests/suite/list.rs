@@ -272,3 +272,53 @@ pub async fn test_node_list_is_served_by_an_index(db: &TestDatabase) {
         assert!(!plan.contains("Seq Scan"), "{q:?}\n{plan}");
     }
 }
+
+pub async fn test_node_heads_page_like_the_listing_and_fetch_many_reads_them_whole(
+    db: &TestDatabase,
+) {
+    let store = db.store();
+    let mut all = Vec::new();
+    for i in 0..7 {
+        let mut n = node(Some(&format!("h{i}")));
+        n.driver = if i % 2 == 0 { "ipmi" } else { "redfish" }.into();
+        n.conductor_group = if i < 4 { "" } else { "rack-b" }.into();
+        n.provision_state =
+            if i % 3 == 0 { ProvisionState::Active } else { ProvisionState::Available };
+        all.push(insert(store, &n).await);
+    }
+    // The heads of a filtered listing, a page at a time, are the listing's nodes' keys.
+    let q = NodeListQuery {
+        provision_state: Some(ProvisionState::Available),
+        limit: 2,
+        ..Default::default()
+    };
+    let mut heads = Vec::new();
+    let mut marker = None;
+    loop {
+        let page = store.node_heads(&NodeListQuery { marker, ..q.clone() }).await.unwrap();
+        marker = page.last().map(|h| h.uuid);
+        let short = page.len() < 2;
+        heads.extend(page);
+        if short {
+            break;
+        }
+    }
+    let listed = store.node_list(&NodeListQuery { limit: 1000, ..q.clone() }).await.unwrap();
+    assert_eq!(heads.iter().map(|h| h.uuid).collect::<Vec<_>>(), uuids(&listed));
+    for (h, n) in heads.iter().zip(&listed) {
+        assert_eq!(
+            (h.driver.as_str(), h.conductor_group.as_str()),
+            (n.driver.as_str(), n.conductor_group.as_str())
+        );
+    }
+    // Whole nodes by UUID, in insertion order whatever the order asked, unknown ones left out.
+    let ids = vec![all[5].uuid, NodeId::new_v4(), all[1].uuid, all[3].uuid];
+    let got = store.node_fetch_many(&ids).await.unwrap();
+    assert_eq!(got, vec![all[1].clone(), all[3].clone(), all[5].clone()]);
+    assert_eq!(store.node_fetch_many(&[]).await.unwrap(), Vec::<Node>::new());
+    let too_many: Vec<NodeId> = (0..1001).map(|_| NodeId::new_v4()).collect();
+    assert!(matches!(
+        store.node_fetch_many(&too_many).await,
+        Err(PublicError::InvalidRequest { .. })
+    ));
+}
