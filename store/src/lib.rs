@@ -78,15 +78,58 @@ pub struct DataStore {
     backend: Backend,
     /// Tests on a paused Tokio clock: hold the clock still while a statement runs (see
     /// [`DataStore::hold_clock`]).
-    hold_paused_clock: bool,
+    hold_paused_clock: Option<std::sync::Arc<ClockHolds>>,
     /// Seal `driver_info` secrets on write, open them on read (module `secrets`).
     secrets: std::sync::Arc<SecretKeys>,
 }
 
-/// While alive, a blocking task is running, and a paused current-thread Tokio runtime does
-/// not auto-advance its clock. Dropping it ends the task.
+/// The statements running on a store that holds a paused clock, and a blocking task that
+/// lives while there are any: a paused current-thread Tokio runtime does not auto-advance
+/// its clock while a blocking task runs. One task serves every overlapping statement, so a
+/// busy simulation starts a blocking task per busy spell, not per statement.
+#[derive(Debug, Default)]
+struct ClockHolds {
+    running: std::sync::Mutex<usize>,
+    none_left: std::sync::Condvar,
+}
+
+/// One statement's hold ([`ClockHolds`]); dropping it lets the clock go when it was the last.
 struct ClockHold {
-    _task_runs_until_dropped: std::sync::mpsc::Sender<()>,
+    holds: std::sync::Arc<ClockHolds>,
+}
+
+impl ClockHold {
+    fn new(holds: &std::sync::Arc<ClockHolds>) -> Self {
+        let mut running = holds.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *running += 1;
+        if *running == 1 {
+            // The first statement of a spell: a blocking task holds the clock until none is
+            // left. (One of the previous spell may still be on its way out; two hold alike.)
+            let h = holds.clone();
+            drop(tokio::task::spawn_blocking(move || {
+                let mut running =
+                    h.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                while *running > 0 {
+                    running = h
+                        .none_left
+                        .wait(running)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            }));
+        }
+        Self { holds: holds.clone() }
+    }
+}
+
+impl Drop for ClockHold {
+    fn drop(&mut self) {
+        let mut running =
+            self.holds.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *running = running.saturating_sub(1);
+        if *running == 0 {
+            self.holds.none_left.notify_all();
+        }
+    }
 }
 
 /// Run `$body` with `$pool` bound to the open pool, whichever backend it is. The body is
@@ -166,7 +209,7 @@ impl DataStore {
     }
 
     fn with_backend(backend: Backend) -> Self {
-        Self { backend, hold_paused_clock: false, secrets: std::sync::Arc::new(SecretKeys::none()) }
+        Self { backend, hold_paused_clock: None, secrets: std::sync::Arc::new(SecretKeys::none()) }
     }
 
     /// [`DataStore::connect`] to `cfg.url`, sealing `driver_info` secrets with the keys of
@@ -208,21 +251,14 @@ impl DataStore {
     #[cfg(feature = "testing")]
     #[must_use]
     pub fn holding_paused_clock(mut self) -> Self {
-        self.hold_paused_clock = true;
+        self.hold_paused_clock = Some(std::sync::Arc::default());
         self
     }
 
     /// A [`ClockHold`] when this store holds a paused clock (a blocking task inhibits Tokio's
     /// auto-advance until it ends), else nothing.
     fn hold_clock(&self) -> Option<ClockHold> {
-        if !self.hold_paused_clock {
-            return None;
-        }
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        drop(tokio::task::spawn_blocking(move || {
-            let _ = rx.recv();
-        }));
-        Some(ClockHold { _task_runs_until_dropped: tx })
+        self.hold_paused_clock.as_ref().map(ClockHold::new)
     }
 
     /// Apply every pending migration for this backend. Idempotent: already-applied
