@@ -554,9 +554,9 @@ pub async fn refresh(ctx: Arc<Ctx>) {
     let due = ctx.admission.lock().next_resync.is_none_or(|at| Instant::now() >= at);
     if due {
         let Some(rows) = resync(&ctx).await else { return };
-        // Every REFRESH while few nodes are in an operation's states; with more, once per
-        // RESYNC_ROWS rows' worth of REFRESH, so that a conductor reads about
-        // RESYNC_ROWS / REFRESH rows a second however many nodes wait over the fleet.
+        // Every REFRESH while few nodes are read whole; with more, once per RESYNC_ROWS
+        // nodes' worth of REFRESH, so that a conductor reads at most about
+        // RESYNC_ROWS / REFRESH whole nodes a second however many of its nodes wait.
         // Half a period early, so a tick that comes a little early still resyncs.
         let periods = u32::try_from(rows.div_ceil(RESYNC_ROWS).max(1)).unwrap_or(u32::MAX);
         let next = Instant::now() + REFRESH.saturating_mul(periods) - REFRESH / 2;
@@ -565,13 +565,13 @@ pub async fn refresh(ctx: Arc<Ctx>) {
     settle_lines(&ctx).await;
 }
 
-/// Rows of a resync's listing per [`REFRESH`] that may pass before the next resync.
+/// Nodes a resync read whole per [`REFRESH`] that passes before the next resync.
 const RESYNC_ROWS: usize = 5000;
 
 /// Read the nodes in an operation's states and make the in-memory state match them: the
 /// operations under way here, the other conductors' endpoints in use, the waiting nodes
-/// that left their operation meanwhile. Returns the rows read; `None` when the database
-/// did not answer.
+/// that left their operation meanwhile. Returns the nodes read whole (this conductor's;
+/// every conductor's with endpoint limits); `None` when the database did not answer.
 async fn resync(ctx: &Arc<Ctx>) -> Option<usize> {
     let q = NodeListQuery {
         provision_states: vec![
