@@ -110,9 +110,9 @@ pub async fn owned_heads(ctx: &Ctx, heads: &[store::NodeHead]) -> Vec<deploy::No
     }
     let all = || heads.iter().map(|h| h.uuid).collect();
     let Some(mut r) = rings(ctx, TTL).await else { return all() };
-    let owner = |r: &ConductorRings, h: &store::NodeHead| {
-        r.owner_in(&h.conductor_group, &h.driver, h.uuid).map(str::to_owned)
-    };
+    fn owner<'r>(r: &'r ConductorRings, h: &store::NodeHead) -> Option<&'r str> {
+        r.owner_in(&h.conductor_group, &h.driver, h.uuid)
+    }
     if heads.iter().any(|h| owner(&r, h).is_none()) {
         match rings(ctx, MISS_TTL).await {
             Some(fresh) => r = fresh,
@@ -120,11 +120,8 @@ pub async fn owned_heads(ctx: &Ctx, heads: &[store::NodeHead]) -> Vec<deploy::No
         }
     }
     let me = ctx.cfg.hostname.as_str();
-    let mine: Vec<deploy::NodeId> = heads
-        .iter()
-        .filter(|h| r.owner_in(&h.conductor_group, &h.driver, h.uuid) == Some(me))
-        .map(|h| h.uuid)
-        .collect();
+    let mine: Vec<deploy::NodeId> =
+        heads.iter().filter(|h| owner(&r, h) == Some(me)).map(|h| h.uuid).collect();
     tracing::debug!(total = heads.len(), owned = mine.len(), "nodes this conductor handles");
     mine
 }
