@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiJson, ApiPath, ApiQuery, Base, accepted};
+use super::{ApiJson, ApiPath, ApiQuery, Base, accepted, json_sized};
 use crate::error::ApiError;
 use crate::patch::PatchOp;
 use crate::render::{
@@ -73,7 +73,9 @@ async fn list_inner(
         .iter()
         .map(|n| NodeView { node: n.as_ref(), v, base, fields: fields.as_deref() })
         .collect();
-    Ok(Json(NodePage { nodes, next }).into_response())
+    // A detailed node is about 3 KiB of JSON, a default or `fields=` one a few hundred bytes.
+    let per_node = if fields.is_none() { 3 * 1024 } else { 512 };
+    json_sized(&NodePage { nodes, next }, views.len().saturating_mul(per_node))
 }
 
 /// A page of nodes, serialized without an intermediate `Value` per node.
