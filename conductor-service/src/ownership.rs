@@ -81,47 +81,56 @@ pub(crate) async fn owner(ctx: &Ctx, node: &Node) -> Option<String> {
     rings(ctx, MISS_TTL).await?.owner(node).map(str::to_owned)
 }
 
-/// The nodes of `nodes` this conductor handles. A node nobody owns makes the rings be read
+/// What the rings place a node by: its conductor group, hardware type and UUID.
+trait RingKey {
+    fn ring_key(&self) -> (&str, &str, deploy::NodeId);
+}
+
+impl RingKey for Node {
+    fn ring_key(&self) -> (&str, &str, deploy::NodeId) {
+        (&self.conductor_group, &self.driver, self.uuid)
+    }
+}
+
+impl RingKey for store::NodeHead {
+    fn ring_key(&self) -> (&str, &str, deploy::NodeId) {
+        (&self.conductor_group, &self.driver, self.uuid)
+    }
+}
+
+fn owner_of<'r>(r: &'r ConductorRings, k: &impl RingKey) -> Option<&'r str> {
+    let (group, driver, id) = k.ring_key();
+    r.owner_in(group, driver, id)
+}
+
+/// The nodes of `items` this conductor handles. A node nobody owns makes the rings be read
 /// again (once, at most [`MISS_TTL`] old) before it is left out; when the conductors
 /// cannot be read every node is kept.
-pub async fn owned(ctx: &Ctx, nodes: Vec<Node>) -> Vec<Node> {
-    if nodes.is_empty() {
-        return nodes;
+async fn keep_owned<T: RingKey>(ctx: &Ctx, items: Vec<T>) -> Vec<T> {
+    if items.is_empty() {
+        return items;
     }
-    let Some(mut r) = rings(ctx, TTL).await else { return nodes };
-    if nodes.iter().any(|n| r.owner(n).is_none()) {
+    let Some(mut r) = rings(ctx, TTL).await else { return items };
+    if items.iter().any(|n| owner_of(&r, n).is_none()) {
         match rings(ctx, MISS_TTL).await {
             Some(fresh) => r = fresh,
-            None => return nodes,
+            None => return items,
         }
     }
-    let me = ctx.cfg.hostname.as_str();
-    let total = nodes.len();
-    let mine: Vec<Node> = nodes.into_iter().filter(|n| r.owns(me, n)).collect();
+    let me = Some(ctx.cfg.hostname.as_str());
+    let total = items.len();
+    let mine: Vec<T> = items.into_iter().filter(|n| owner_of(&r, n) == me).collect();
     tracing::debug!(total, owned = mine.len(), "nodes this conductor handles");
     mine
 }
 
-/// The nodes of `heads` this conductor handles, as [`owned`] judges them, from their ring
-/// keys alone; when the conductors cannot be read every node is kept.
-pub async fn owned_heads(ctx: &Ctx, heads: &[store::NodeHead]) -> Vec<deploy::NodeId> {
-    if heads.is_empty() {
-        return Vec::new();
-    }
-    let all = || heads.iter().map(|h| h.uuid).collect();
-    let Some(mut r) = rings(ctx, TTL).await else { return all() };
-    fn owner<'r>(r: &'r ConductorRings, h: &store::NodeHead) -> Option<&'r str> {
-        r.owner_in(&h.conductor_group, &h.driver, h.uuid)
-    }
-    if heads.iter().any(|h| owner(&r, h).is_none()) {
-        match rings(ctx, MISS_TTL).await {
-            Some(fresh) => r = fresh,
-            None => return all(),
-        }
-    }
-    let me = ctx.cfg.hostname.as_str();
-    let mine: Vec<deploy::NodeId> =
-        heads.iter().filter(|h| owner(&r, h) == Some(me)).map(|h| h.uuid).collect();
-    tracing::debug!(total = heads.len(), owned = mine.len(), "nodes this conductor handles");
-    mine
+/// The nodes of `nodes` this conductor handles ([`keep_owned`]).
+pub async fn owned(ctx: &Ctx, nodes: Vec<Node>) -> Vec<Node> {
+    keep_owned(ctx, nodes).await
+}
+
+/// The nodes of `heads` this conductor handles, judged by their ring keys alone as
+/// [`owned`] judges whole nodes.
+pub async fn owned_heads(ctx: &Ctx, heads: Vec<store::NodeHead>) -> Vec<deploy::NodeId> {
+    keep_owned(ctx, heads).await.into_iter().map(|h| h.uuid).collect()
 }

@@ -212,7 +212,7 @@ impl OwnedPages {
         let heads = ctx.store.node_heads(&self.q).await?;
         self.q.marker = heads.last().map(|h| h.uuid);
         self.done = heads.len() < self.q.limit as usize || self.q.marker.is_none();
-        let mine = crate::ownership::owned_heads(ctx, &heads).await;
+        let mine = crate::ownership::owned_heads(ctx, heads).await;
         Ok(Some(ctx.store.node_fetch_many(&mine).await?))
     }
 }
