@@ -133,24 +133,28 @@ pub async fn run(
         return Err(e);
     }
     let target = std::sync::Mutex::new(Some(target));
+    let target = &target;
     let outcome = tokio::select! {
         biased;
         () = shutdown.cancelled() => Outcome::Stop,
         r = iscsi::notify::serve(&notify, |body| {
             let (disk, fake) = (cfg.disk.clone(), cfg.fake_root.clone());
             async move { bootloader::answer(&body, &disk, fake.as_deref()).await }
-        }, |_| async {
+        }, |outcome| async move {
             let t = target.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
             if let Some(t) = t {
                 t.shutdown(Duration::from_secs(5)).await;
             }
+            // Logged before the conductor hears `ok`: it reboots the machine right after,
+            // and a line written later may never reach the console.
+            tracing::info!(?outcome, "the conductor ended the iSCSI export");
         }) => r.map_err(ExportError::Notify)?,
     };
     let t = target.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     if let Some(t) = t {
         t.shutdown(Duration::from_secs(5)).await;
+        tracing::info!(?outcome, "the iSCSI export stopped with the ramdisk");
     }
-    tracing::info!(?outcome, "the conductor ended the iSCSI export");
     Ok(outcome)
 }
 
