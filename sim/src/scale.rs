@@ -330,6 +330,15 @@ impl SimBmcs {
         lock(&self.machines).values().map(|m| m.calls).sum()
     }
 
+    /// Each machine's BMC calls so far, passed to `f` one machine at a time (under the
+    /// fleet's lock, so `f` must be short). Machines whose BMC has never been called are
+    /// not passed.
+    pub fn for_each_calls(&self, mut f: impl FnMut(NodeId, u64)) {
+        for (id, m) in lock(&self.machines).iter() {
+            f(*id, m.calls);
+        }
+    }
+
     fn index(node: &Node) -> Result<u64, DriverError> {
         sim_index(node).ok_or_else(|| DriverError::InvalidDriverInfo {
             message: format!("driver_info.{SIM_INDEX_KEY} is required for a simulated machine"),
@@ -530,6 +539,9 @@ mod tests {
         bmcs.set_power_state(&ok, PowerState::Rebooting).await.unwrap();
         assert_eq!(on.try_recv().unwrap().boot, 2);
         assert_eq!(bmcs.power(ok.uuid), PowerState::On);
+        let mut calls = Vec::new();
+        bmcs.for_each_calls(|id, n| calls.push((id, n)));
+        assert_eq!(calls, [(ok.uuid, 5)], "one read, a boot device, three power changes");
 
         let refuses = node(&plan, index_with(&plan, NodeFault::BmcRefuses));
         let e = bmcs.set_power_state(&refuses, PowerState::On).await.unwrap_err();

@@ -4,10 +4,11 @@
 //!
 //! The nodes are enrolled with no recorded power state, so the first sync round changes
 //! every node (a BMC read, the node lock, a second read, an update and a history entry each); the second
-//! round finds every node as recorded (a read each), which is a fleet's steady state. The
-//! bench prints how long each round took from its first BMC read to its last, and this
-//! process's resident memory, which holds the conductors (and the simulated BMCs' small
-//! table). Run:
+//! round finds every node as recorded (a read each), which is a fleet's steady state. Each
+//! conductor's rounds are timed on its own share of the ring (from its first BMC read of
+//! the round to its last); the bench prints every conductor's time, the slowest, the span
+//! from the fleet's first read to its last, and this process's resident memory, which holds
+//! the conductors (and the simulated BMCs' small table). Run:
 //! `cargo run --release -p conductor-service --features testing --bin power-sync-bench --
 //! --nodes 100000 --conductors 3`.
 
@@ -57,7 +58,12 @@ struct Args {
 #[expect(clippy::print_stdout, reason = "a benchmark prints its numbers")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _telemetry = common::telemetry::init_for("power-sync-bench", &Default::default());
+    // Every first-round change is logged as out of band (a warning per node): quiet here
+    // unless RUST_LOG asks for it.
+    let filter = std::env::var("RUST_LOG")
+        .unwrap_or_else(|_| "info,conductor_service::periodic=error".to_owned());
+    let telemetry = common::config::TelemetryConfig { filter, ..Default::default() };
+    let _telemetry = common::telemetry::init_for("power-sync-bench", &telemetry);
     let db = store::testing::TestDatabase::postgres().await.context("PostgreSQL is required")?;
     let store = db.store().clone();
 
@@ -104,50 +110,33 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let n = args.nodes;
-    // BMC reads that end each round: in the first every node differs from its record and
-    // is read twice (to find the difference, then again under its lock before the change is
-    // recorded); in the second every node is read once.
-    let ends = [2 * n, 3 * n];
-    let mut rounds = Vec::new();
-    let mut round_start: Option<Instant> = None;
-    let deadline = Instant::now() + Duration::from_secs_f64(args.interval * 2.0 + 1800.0);
-    let mut peak_rss = 0.0f64;
-    while rounds.len() < ends.len() {
-        anyhow::ensure!(Instant::now() < deadline, "power sync did not finish two rounds");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        peak_rss = peak_rss.max(rss_mib("VmRSS"));
-        let calls = bmcs.calls();
-        let before = if rounds.is_empty() { 0 } else { ends[rounds.len() - 1] };
-        if round_start.is_none() && calls > before {
-            round_start = Some(Instant::now());
-        }
-        if let Some(start) = round_start
-            && calls >= ends[rounds.len()]
-        {
-            rounds.push(start.elapsed());
-            round_start = None;
-            if rounds.len() == 1 {
-                let synced = synced(&store).await?;
-                anyhow::ensure!(synced == n, "only {synced} of {n} nodes synced after round 1");
-            }
-            println!(
-                "round {}: {} nodes synced in {:.1}s ({:.0} nodes/s){}; rss {:.1} MiB",
-                rounds.len(),
-                n,
-                start.elapsed().as_secs_f64(),
-                n as f64 / start.elapsed().as_secs_f64(),
-                if rounds.len() == 1 {
-                    ", every node changed (read, lock, read again, update, history entry)"
-                } else {
-                    ", every node as recorded"
-                },
-                rss_mib("VmRSS"),
-            );
-        }
+    let hosts: Vec<String> = (0..args.conductors).map(|i| format!("psync-{i}")).collect();
+    let rounds = watch_rounds(&bmcs, &store, args.nodes, &hosts, args.interval).await?;
+    for (r, what) in [
+        (0, "every node changed (read, lock, read again, update, history entry)"),
+        (1, "every node as recorded (one read)"),
+    ] {
+        let slowest = rounds.iter().map(|c| c.took[r]).max().unwrap_or_default();
+        let first = rounds.iter().map(|c| c.start[r]).min();
+        let last = rounds.iter().map(|c| c.start[r] + c.took[r]).max();
+        let span = first.zip(last).map(|(f, l)| l - f).unwrap_or_default();
+        let each: Vec<String> = rounds
+            .iter()
+            .map(|c| format!("{} {} nodes {:.1}s", c.host, c.share, c.took[r].as_secs_f64()))
+            .collect();
+        println!(
+            "round {}: {n} nodes synced, slowest conductor {:.1}s ({:.0} nodes/s over the fleet), \
+             first read to last {:.1}s; {what}; {}",
+            r + 1,
+            slowest.as_secs_f64(),
+            n as f64 / slowest.as_secs_f64().max(1e-9),
+            span.as_secs_f64(),
+            each.join(", "),
+        );
     }
     println!(
         "peak rss while syncing {:.1} MiB (VmHWM {:.1} MiB), {} conductors in this process",
-        peak_rss,
+        rounds.iter().map(|c| c.peak_rss).fold(0.0, f64::max),
         rss_mib("VmHWM"),
         args.conductors
     );
@@ -157,6 +146,105 @@ async fn main() -> anyhow::Result<()> {
     }
     db.cleanup().await;
     Ok(())
+}
+
+/// One conductor's first two power-sync rounds, as its share of the simulated BMCs saw them.
+struct Rounds {
+    host: String,
+    /// Nodes on the ring's share of this conductor.
+    share: u64,
+    /// When each round's first read began.
+    start: [Instant; 2],
+    /// From each round's first read to the start of its last (a read takes at most the
+    /// bench's longest latency more, and the watch looks every 100 ms).
+    took: [Duration; 2],
+    peak_rss: f64,
+}
+
+/// Watch the BMC calls until every conductor has done two rounds over its share.
+///
+/// Each conductor is judged on its own nodes (by the ring of `hosts`), not by the fleet's
+/// total of calls: a conductor that ends its first round early starts its second while the
+/// others are still in their first. A round-1 node is read twice (to find the difference,
+/// then under its lock), a round-2 node once more; so a conductor's round 1 starts with its
+/// first call and ends when each of its nodes has had two, and round 2 starts when one of
+/// its nodes has a third call and ends when all have.
+async fn watch_rounds(
+    bmcs: &SimBmcs,
+    store: &store::DataStore,
+    n: u64,
+    hosts: &[String],
+    interval: f64,
+) -> anyhow::Result<Vec<Rounds>> {
+    let ring = deploy::ring::HashRing::new(hosts.iter().cloned());
+    let plan = FaultPlan::new(1, FaultRates::NONE);
+    let mut owner = std::collections::HashMap::with_capacity(n as usize);
+    let mut share = vec![0u64; hosts.len()];
+    for i in 0..n {
+        let id = plan.node_id(i);
+        let host = ring.owner(id).context("an empty ring")?;
+        let c = hosts.iter().position(|h| h == host).context("a host off the ring")?;
+        owner.insert(id, c);
+        share[c] += 1;
+    }
+    let (starts_at, ends_at) = ([1u64, 3], [2u64, 3]);
+    let mut start = vec![[None::<Instant>; 2]; hosts.len()];
+    let mut end = vec![[None::<Instant>; 2]; hosts.len()];
+    let mut checked = false;
+    let mut peak_rss = 0.0f64;
+    let deadline = Instant::now() + Duration::from_secs_f64(interval * 2.0 + 1800.0);
+    while end.iter().any(|e| e[1].is_none()) {
+        anyhow::ensure!(Instant::now() < deadline, "power sync did not finish two rounds");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak_rss = peak_rss.max(rss_mib("VmRSS"));
+        let (mut seen, mut min, mut max) =
+            (vec![0u64; hosts.len()], vec![u64::MAX; hosts.len()], vec![0u64; hosts.len()]);
+        bmcs.for_each_calls(|id, calls| {
+            if let Some(&c) = owner.get(&id) {
+                seen[c] += 1;
+                min[c] = min[c].min(calls);
+                max[c] = max[c].max(calls);
+            }
+        });
+        let now = Instant::now();
+        for c in 0..hosts.len() {
+            let min = if seen[c] < share[c] { 0 } else { min[c] };
+            for r in 0..2 {
+                if start[c][r].is_none() && max[c] >= starts_at[r] {
+                    start[c][r] = Some(now);
+                }
+                if start[c][r].is_some() && end[c][r].is_none() && min >= ends_at[r] {
+                    end[c][r] = Some(now);
+                }
+            }
+        }
+        if !checked && end.iter().all(|e| e[0].is_some()) {
+            // The last changes are recorded just after their second read began.
+            let until = Instant::now() + Duration::from_secs(30);
+            let mut count = synced(store).await?;
+            while count < n && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                count = synced(store).await?;
+            }
+            anyhow::ensure!(count == n, "only {count} of {n} nodes synced after round 1");
+            checked = true;
+        }
+    }
+    let mut out = Vec::with_capacity(hosts.len());
+    for (c, host) in hosts.iter().enumerate() {
+        let (s, e) = (start[c], end[c]);
+        let (Some(s0), Some(s1), Some(e0), Some(e1)) = (s[0], s[1], e[0], e[1]) else {
+            anyhow::bail!("{host} did not finish two rounds");
+        };
+        out.push(Rounds {
+            host: host.clone(),
+            share: share[c],
+            start: [s0, s1],
+            took: [e0 - s0, e1 - s1],
+            peak_rss,
+        });
+    }
+    Ok(out)
 }
 
 /// Insert `n` fake-hardware nodes, `available`, with no recorded power state.
