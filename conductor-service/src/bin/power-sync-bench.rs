@@ -3,12 +3,12 @@
 //! synced by K conductors on the hash ring, each reading only its share.
 //!
 //! The nodes are enrolled with no recorded power state, so the first sync round changes
-//! every node (a BMC read, the node lock, a second read, an update and a history entry each); the second
-//! round finds every node as recorded (a read each), which is a fleet's steady state. Each
-//! conductor's rounds are timed on its own share of the ring (from its first BMC read of
-//! the round to its last); the bench prints every conductor's time, the slowest, the span
-//! from the fleet's first read to its last, and this process's resident memory, which holds
-//! the conductors (and the simulated BMCs' small table). Run:
+//! every node (a BMC read, the node lock, a second read, an update and a history entry
+//! each); the second round finds every node as recorded (a read each), which is a fleet's
+//! steady state. Each conductor's rounds are timed on its own share of the ring (from its
+//! first BMC read of the round to its last); the bench prints every conductor's time, the
+//! slowest, the span from the fleet's first read to its last, and this process's resident
+//! memory, which holds the conductors (and the simulated BMCs' small table). Run:
 //! `cargo run --release -p conductor-service --features testing --bin power-sync-bench --
 //! --nodes 100000 --conductors 3`.
 
@@ -67,8 +67,10 @@ async fn main() -> anyhow::Result<()> {
     let db = store::testing::TestDatabase::postgres().await.context("PostgreSQL is required")?;
     let store = db.store().clone();
 
+    // The fleet's node ids and BMCs: no faults, every BMC answers.
+    let plan = FaultPlan::new(1, FaultRates::NONE);
     let started = Instant::now();
-    enroll(&store, args.nodes, args.enroll_concurrency).await?;
+    enroll(&store, &plan, args.nodes, args.enroll_concurrency).await?;
     println!(
         "enrolled {} nodes in {:.1}s; rss {:.1} MiB",
         args.nodes,
@@ -78,16 +80,17 @@ async fn main() -> anyhow::Result<()> {
 
     let latency =
         (Duration::from_millis(args.latency_min_ms), Duration::from_millis(args.latency_max_ms));
-    let (bmcs, _power_on) = SimBmcs::new(FaultPlan::new(1, FaultRates::NONE), latency);
+    let (bmcs, _power_on) = SimBmcs::new(plan, latency);
     let fake = DriverSet { power: Arc::new(bmcs.clone()), management: Arc::new(bmcs.clone()) };
     let token = CancellationToken::new();
     let root = Shutdown::new(token.clone(), Duration::from_secs(30));
     let bus = bus::connect(None).await?;
     let queue = format!("conductor.psync-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let hosts: Vec<String> = (0..args.conductors).map(|i| format!("psync-{i}")).collect();
     let mut running = Vec::new();
-    for i in 0..args.conductors {
+    for host in &hosts {
         let cfg = ConductorConfig {
-            hostname: format!("psync-{i}"),
+            hostname: host.clone(),
             queue: queue.clone(),
             power_sync_interval_secs: args.interval,
             power_sync_workers: args.workers,
@@ -110,8 +113,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let n = args.nodes;
-    let hosts: Vec<String> = (0..args.conductors).map(|i| format!("psync-{i}")).collect();
-    let rounds = watch_rounds(&bmcs, &store, args.nodes, &hosts, args.interval).await?;
+    let (rounds, peak_rss) = watch_rounds(&bmcs, &store, args.nodes, &hosts, args.interval).await?;
     for (r, what) in [
         (0, "every node changed (read, lock, read again, update, history entry)"),
         (1, "every node as recorded (one read)"),
@@ -136,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "peak rss while syncing {:.1} MiB (VmHWM {:.1} MiB), {} conductors in this process",
-        rounds.iter().map(|c| c.peak_rss).fold(0.0, f64::max),
+        peak_rss,
         rss_mib("VmHWM"),
         args.conductors
     );
@@ -158,10 +160,10 @@ struct Rounds {
     /// From each round's first read to the start of its last (a read takes at most the
     /// bench's longest latency more, and the watch looks every 100 ms).
     took: [Duration; 2],
-    peak_rss: f64,
 }
 
-/// Watch the BMC calls until every conductor has done two rounds over its share.
+/// Watch the BMC calls until every conductor has done two rounds over its share; the
+/// rounds, and this process's highest `VmRSS` meanwhile.
 ///
 /// Each conductor is judged on its own nodes (by the ring of `hosts`), not by the fleet's
 /// total of calls: a conductor that ends its first round early starts its second while the
@@ -175,9 +177,9 @@ async fn watch_rounds(
     n: u64,
     hosts: &[String],
     interval: f64,
-) -> anyhow::Result<Vec<Rounds>> {
+) -> anyhow::Result<(Vec<Rounds>, f64)> {
     let ring = deploy::ring::HashRing::new(hosts.iter().cloned());
-    let plan = FaultPlan::new(1, FaultRates::NONE);
+    let plan = bmcs.plan();
     let mut owner = std::collections::HashMap::with_capacity(n as usize);
     let mut share = vec![0u64; hosts.len()];
     for i in 0..n {
@@ -241,15 +243,18 @@ async fn watch_rounds(
             share: share[c],
             start: [s0, s1],
             took: [e0 - s0, e1 - s1],
-            peak_rss,
         });
     }
-    Ok(out)
+    Ok((out, peak_rss))
 }
 
 /// Insert `n` fake-hardware nodes, `available`, with no recorded power state.
-async fn enroll(store: &store::DataStore, n: u64, concurrency: usize) -> anyhow::Result<()> {
-    let plan = FaultPlan::new(1, FaultRates::NONE);
+async fn enroll(
+    store: &store::DataStore,
+    plan: &FaultPlan,
+    n: u64,
+    concurrency: usize,
+) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
     let mut inserts = futures::stream::iter(0..n)
         .map(|i| {
